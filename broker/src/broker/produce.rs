@@ -1,0 +1,161 @@
+//! Produce: every batch of a request is validated before any is queued
+//! (nothing is partially appended because of bad input); then the batches
+//! are queued to their partitions in request order and acknowledged once
+//! the partitions' appenders report them written (and fsynced).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use brook_record::BatchHeader;
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::{Broker, BrokerError};
+use crate::partition::Partition;
+use crate::storage::LogError;
+
+/// One encoded record batch for one partition.
+#[derive(Debug, Clone)]
+pub struct ProduceBatch {
+    pub topic: String,
+    pub partition: u32,
+    pub batch: Bytes,
+}
+
+/// Where an acknowledged batch went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchAppended {
+    pub base_offset: i64,
+    pub log_start_offset: i64,
+}
+
+type PartitionGroup = (Arc<Partition>, Vec<(Bytes, BatchHeader)>, Vec<usize>);
+
+/// Batches queued to one partition and where their results go in the response.
+#[derive(Debug)]
+struct QueuedGroup {
+    partition: Arc<Partition>,
+    reply: oneshot::Receiver<Result<Vec<i64>, LogError>>,
+    positions: Vec<usize>,
+}
+
+/// A produce request whose batches are queued; `wait` gives the results.
+#[derive(Debug)]
+pub struct PendingProduce {
+    groups: Vec<QueuedGroup>,
+    batches: usize,
+}
+
+impl Broker {
+    /// Validates and appends, returning one result per batch in request order.
+    pub async fn produce(
+        &self,
+        batches: Vec<ProduceBatch>,
+    ) -> Result<Vec<Result<BatchAppended, BrokerError>>, BrokerError> {
+        Ok(self.enqueue_produce(batches).await?.wait().await)
+    }
+
+    /// Validates every batch, then queues them. Batches queued by one call
+    /// are appended before those of any later call on the same partition,
+    /// which is what keeps a pipelined stream in order.
+    pub async fn enqueue_produce(
+        &self,
+        batches: Vec<ProduceBatch>,
+    ) -> Result<PendingProduce, BrokerError> {
+        let max = self.config.limits.produce_batches_max;
+        if batches.is_empty() || batches.len() > max {
+            return Err(BrokerError::invalid(
+                "batches",
+                format!(
+                    "a produce request holds 1 to {max} batches, got {}",
+                    batches.len()
+                ),
+            ));
+        }
+        let count = batches.len();
+        // Per partition: its batches and their positions in the request.
+        let mut groups: Vec<PartitionGroup> = Vec::new();
+        let mut group_of: HashMap<(String, u32), usize> = HashMap::new();
+        for (position, produced) in batches.into_iter().enumerate() {
+            let topic = self.topic(&produced.topic)?;
+            let partition = topic.partition(&produced.topic, produced.partition)?;
+            let max_bytes = topic
+                .record()
+                .overrides
+                .max_message_bytes
+                .unwrap_or(self.config.topic_defaults.max_message_bytes);
+            let header = brook_record::validate_batch(&produced.batch, max_bytes as usize)
+                .map_err(|source| BrokerError::InvalidBatch {
+                    topic: produced.topic.clone(),
+                    partition: produced.partition,
+                    source,
+                })?;
+            let key = (produced.topic, produced.partition);
+            let index = *group_of.entry(key).or_insert_with(|| {
+                groups.push((partition, Vec::new(), Vec::new()));
+                groups.len() - 1
+            });
+            groups[index].1.push((produced.batch, header));
+            groups[index].2.push(position);
+        }
+        let mut queued = Vec::with_capacity(groups.len());
+        for (partition, batches, positions) in groups {
+            let reply = partition.enqueue(batches).await;
+            queued.push(QueuedGroup {
+                partition,
+                reply,
+                positions,
+            });
+        }
+        Ok(PendingProduce {
+            groups: queued,
+            batches: count,
+        })
+    }
+}
+
+impl PendingProduce {
+    /// Waits for every partition's acknowledgement.
+    pub async fn wait(self) -> Vec<Result<BatchAppended, BrokerError>> {
+        let mut results: Vec<Option<Result<BatchAppended, BrokerError>>> =
+            (0..self.batches).map(|_| None).collect();
+        for group in self.groups {
+            let topic = group.partition.topic();
+            let index = group.partition.index();
+            let outcome = group.reply.await.unwrap_or_else(|_| {
+                Err(LogError::Poisoned {
+                    reason: "the partition's appender stopped".to_owned(),
+                })
+            });
+            match outcome {
+                Ok(offsets) => {
+                    let log_start_offset = group.partition.log().start_offset();
+                    for (position, base_offset) in group.positions.into_iter().zip(offsets) {
+                        results[position] = Some(Ok(BatchAppended {
+                            base_offset,
+                            log_start_offset,
+                        }));
+                    }
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    for position in group.positions {
+                        results[position] = Some(Err(BrokerError::from_log(
+                            topic,
+                            index,
+                            LogError::Poisoned {
+                                reason: message.clone(),
+                            },
+                        )));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| Err(BrokerError::Internal("batch without a result".to_owned())))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,190 @@
+//! Every setting and limit of the broker, in one place, with the defaults
+//! `brook serve` runs on.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::storage::{LogConfig, OsStorage, Storage};
+
+/// The default gRPC address of `brook serve`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9420";
+/// The default HTTP address (health and readiness) of `brook serve`.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9421";
+/// The default data directory, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "brook-data";
+
+/// When a produce is acknowledged relative to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FsyncPolicy {
+    /// Acknowledge only after the batch is fsynced (group commit shares
+    /// fsyncs between concurrent producers). Nothing acknowledged is lost.
+    #[default]
+    Always,
+    /// Acknowledge once written to the OS; fsync every interval. A crash can
+    /// lose up to an interval of acknowledged records.
+    Interval(Duration),
+    /// Acknowledge once written to the OS; never fsync (the OS flushes when
+    /// it likes). A crash can lose any amount of acknowledged records.
+    Never,
+}
+
+impl FromStr for FsyncPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "always" => Ok(Self::Always),
+            "never" => Ok(Self::Never),
+            _ => {
+                let ms = s
+                    .strip_prefix("interval:")
+                    .and_then(|ms| ms.parse::<u64>().ok())
+                    .filter(|ms| *ms > 0)
+                    .ok_or_else(|| {
+                        format!("fsync must be `always`, `never` or `interval:<ms>` with ms > 0, not `{s}`")
+                    })?;
+                Ok(Self::Interval(Duration::from_millis(ms)))
+            }
+        }
+    }
+}
+
+impl fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Always => f.write_str("always"),
+            Self::Never => f.write_str("never"),
+            Self::Interval(d) => write!(f, "interval:{}", d.as_millis()),
+        }
+    }
+}
+
+/// A topic's effective settings; the broker's `topic_defaults` are what a topic gets unless it overrides them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicSettings {
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub segment_bytes: u64,
+    pub segment_ms: i64,
+    pub max_message_bytes: u32,
+}
+
+impl Default for TopicSettings {
+    fn default() -> Self {
+        let log = LogConfig::default();
+        Self {
+            retention_ms: log.retention_ms,
+            retention_bytes: log.retention_bytes,
+            segment_bytes: log.segment_bytes,
+            segment_ms: log.segment_ms,
+            max_message_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// Bounds on what a client may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub partitions_per_topic_max: u32,
+    /// Largest batch any topic may accept; caps `max_message_bytes`.
+    pub message_bytes_max: u32,
+    /// Largest fetch response.
+    pub fetch_bytes_max: u32,
+    /// Longest long-poll wait.
+    pub fetch_wait_ms_max: u32,
+    /// Partitions in one fetch request.
+    pub fetch_partitions_max: usize,
+    /// Batches in one produce request.
+    pub produce_batches_max: usize,
+    /// Produce requests in flight on one produce stream.
+    pub produce_stream_in_flight_max: usize,
+    /// Concurrent streams per client connection (HTTP/2 streams).
+    pub streams_per_connection_max: u32,
+    /// Largest gRPC message the broker decodes.
+    pub grpc_message_bytes_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            partitions_per_topic_max: 10_000,
+            message_bytes_max: 64 * 1024 * 1024,
+            fetch_bytes_max: 64 * 1024 * 1024,
+            fetch_wait_ms_max: 60_000,
+            fetch_partitions_max: 10_000,
+            produce_batches_max: 10_000,
+            produce_stream_in_flight_max: 256,
+            streams_per_connection_max: 1024,
+            grpc_message_bytes_max: 128 * 1024 * 1024,
+        }
+    }
+}
+
+/// Where topics' metadata lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MetaBackend {
+    /// sled, in `<data_dir>/meta`.
+    #[default]
+    Sled,
+    /// In memory, gone with the process (tests).
+    Memory,
+}
+
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    pub fsync: FsyncPolicy,
+    pub topic_defaults: TopicSettings,
+    pub limits: Limits,
+    /// How often retention is checked (it is also applied on every roll).
+    pub retention_check_interval: Duration,
+    /// Bytes of log between two offset index entries.
+    pub index_interval_bytes: u64,
+    /// File system of the log (swap in a fault-injecting one in tests).
+    pub storage: Arc<dyn Storage>,
+    pub meta: MetaBackend,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            listen: DEFAULT_LISTEN.parse().expect("constant address"),
+            http_listen: DEFAULT_HTTP_LISTEN.parse().expect("constant address"),
+            fsync: FsyncPolicy::Always,
+            topic_defaults: TopicSettings::default(),
+            limits: Limits::default(),
+            retention_check_interval: Duration::from_secs(60),
+            index_interval_bytes: crate::storage::DEFAULT_INDEX_INTERVAL_BYTES,
+            storage: Arc::new(OsStorage),
+            meta: MetaBackend::Sled,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fsync_policy_parses() {
+        assert_eq!("always".parse(), Ok(FsyncPolicy::Always));
+        assert_eq!("never".parse(), Ok(FsyncPolicy::Never));
+        assert_eq!(
+            "interval:50".parse(),
+            Ok(FsyncPolicy::Interval(Duration::from_millis(50)))
+        );
+        assert!("interval:0".parse::<FsyncPolicy>().is_err());
+        assert!("sometimes".parse::<FsyncPolicy>().is_err());
+        assert_eq!(
+            FsyncPolicy::Interval(Duration::from_millis(7)).to_string(),
+            "interval:7"
+        );
+    }
+}

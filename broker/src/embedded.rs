@@ -1,0 +1,141 @@
+//! A real broker inside the calling process: on a random loopback port, in a
+//! temporary directory unless told otherwise, gone on drop. For tests, and
+//! for applications that embed Brook and also use it directly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{Broker, BrokerError};
+use crate::config::BrokerConfig;
+use crate::server::{ServeError, serve};
+
+/// A running in-process broker. Dropping it stops the server; the temporary
+/// data directory (if it made one) is removed.
+#[derive(Debug)]
+pub struct EmbeddedBroker {
+    addr: SocketAddr,
+    broker: Arc<Broker>,
+    stop: CancellationToken,
+    task: Option<JoinHandle<Result<(), ServeError>>>,
+    /// Held so the directory lives as long as the broker.
+    _temp_dir: Option<tempfile::TempDir>,
+}
+
+/// How to start an `EmbeddedBroker`.
+#[derive(Debug, Default)]
+pub struct EmbeddedBrokerBuilder {
+    config: BrokerConfig,
+    data_dir: Option<PathBuf>,
+}
+
+impl EmbeddedBrokerBuilder {
+    /// Keeps data in `dir` (and leaves it there) instead of a temporary directory.
+    #[must_use]
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Starts from this configuration; its data directory and listen
+    /// addresses are replaced by the builder's.
+    #[must_use]
+    pub fn config(mut self, config: BrokerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    pub async fn start(self) -> Result<EmbeddedBroker, BrokerError> {
+        let mut config = self.config;
+        let temp_dir = if let Some(dir) = self.data_dir {
+            config.data_dir = dir;
+            None
+        } else {
+            {
+                let dir = tempfile::Builder::new()
+                    .prefix("brook-")
+                    .tempdir()
+                    .map_err(|source| BrokerError::Io {
+                        what: "create a temporary data directory".to_owned(),
+                        source,
+                    })?;
+                dir.path().clone_into(&mut config.data_dir);
+                Some(dir)
+            }
+        };
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .map_err(|source| BrokerError::Io {
+                what: "bind 127.0.0.1:0".to_owned(),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| BrokerError::Io {
+            what: "read the bound address".to_owned(),
+            source,
+        })?;
+        config.listen = addr;
+        let broker = Broker::open(config).await?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(serve(broker.clone(), listener, None, {
+            let stop = stop.clone();
+            async move { stop.cancelled().await }
+        }));
+        Ok(EmbeddedBroker {
+            addr,
+            broker,
+            stop,
+            task: Some(task),
+            _temp_dir: temp_dir,
+        })
+    }
+}
+
+impl EmbeddedBroker {
+    /// Starts a broker with the default configuration in a temporary directory.
+    pub async fn start() -> Result<Self, BrokerError> {
+        Self::builder().start().await
+    }
+
+    pub fn builder() -> EmbeddedBrokerBuilder {
+        EmbeddedBrokerBuilder::default()
+    }
+
+    /// The gRPC endpoint, `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The broker itself, for direct calls without gRPC.
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.broker.config().data_dir
+    }
+
+    /// Stops gracefully: in-flight requests finish, partitions are fsynced.
+    pub async fn shutdown(mut self) -> Result<(), ServeError> {
+        self.stop.cancel();
+        match self.task.take() {
+            Some(task) => task
+                .await
+                .unwrap_or_else(|e| Err(ServeError::Http(std::io::Error::other(e)))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for EmbeddedBroker {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}

@@ -1,0 +1,145 @@
+//! `brook.v1.AdminService`: topic administration.
+
+use std::sync::Arc;
+
+use brook_proto::admin_service_server::AdminService;
+use brook_proto::{
+    AddPartitionsRequest, AddPartitionsResponse, AlterTopicConfigRequest, AlterTopicConfigResponse,
+    CreateTopicRequest, CreateTopicResponse, DeleteTopicRequest, DeleteTopicResponse,
+    DescribeTopicRequest, DescribeTopicResponse, ListTopicsRequest, ListTopicsResponse,
+    PartitionDescription, TopicConfig, TopicDescription, TopicSummary,
+};
+use tonic::{Request, Response, Status};
+
+use crate::broker::{Broker, BrokerError, TopicInfo};
+use crate::meta::TopicOverrides;
+
+#[derive(Debug)]
+pub struct AdminHandler {
+    broker: Arc<Broker>,
+}
+
+impl AdminHandler {
+    pub fn new(broker: Arc<Broker>) -> Self {
+        Self { broker }
+    }
+}
+
+fn overrides(config: Option<TopicConfig>) -> TopicOverrides {
+    let config = config.unwrap_or_default();
+    TopicOverrides {
+        retention_ms: config.retention_ms,
+        retention_bytes: config.retention_bytes,
+        segment_bytes: config.segment_bytes,
+        segment_ms: config.segment_ms,
+        max_message_bytes: config.max_message_bytes,
+    }
+}
+
+fn description(info: TopicInfo) -> TopicDescription {
+    let s = info.settings;
+    TopicDescription {
+        name: info.name,
+        config: Some(TopicConfig {
+            retention_ms: Some(s.retention_ms),
+            retention_bytes: Some(s.retention_bytes),
+            segment_bytes: Some(s.segment_bytes),
+            segment_ms: Some(s.segment_ms),
+            max_message_bytes: Some(s.max_message_bytes),
+        }),
+        partitions: info
+            .partitions
+            .into_iter()
+            .map(|p| PartitionDescription {
+                partition: p.partition,
+                start_offset: p.start_offset,
+                end_offset: p.end_offset,
+                size_bytes: p.size_bytes,
+                segments: p.segments,
+            })
+            .collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminHandler {
+    #[tracing::instrument(skip_all, fields(topic = %request.get_ref().name))]
+    async fn create_topic(
+        &self,
+        request: Request<CreateTopicRequest>,
+    ) -> Result<Response<CreateTopicResponse>, Status> {
+        let request = request.into_inner();
+        let info = self
+            .broker
+            .create_topic(&request.name, request.partitions, overrides(request.config))
+            .await?;
+        Ok(Response::new(CreateTopicResponse {
+            topic: Some(description(info)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(topic = %request.get_ref().name))]
+    async fn delete_topic(
+        &self,
+        request: Request<DeleteTopicRequest>,
+    ) -> Result<Response<DeleteTopicResponse>, Status> {
+        self.broker.delete_topic(&request.into_inner().name).await?;
+        Ok(Response::new(DeleteTopicResponse {}))
+    }
+
+    async fn list_topics(
+        &self,
+        _request: Request<ListTopicsRequest>,
+    ) -> Result<Response<ListTopicsResponse>, Status> {
+        let topics = self
+            .broker
+            .list_topics()
+            .into_iter()
+            .map(|(name, partitions)| TopicSummary { name, partitions })
+            .collect();
+        Ok(Response::new(ListTopicsResponse { topics }))
+    }
+
+    async fn describe_topic(
+        &self,
+        request: Request<DescribeTopicRequest>,
+    ) -> Result<Response<DescribeTopicResponse>, Status> {
+        let info = self.broker.describe_topic(&request.into_inner().name)?;
+        Ok(Response::new(DescribeTopicResponse {
+            topic: Some(description(info)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(topic = %request.get_ref().name))]
+    async fn add_partitions(
+        &self,
+        request: Request<AddPartitionsRequest>,
+    ) -> Result<Response<AddPartitionsResponse>, Status> {
+        let request = request.into_inner();
+        let info = self
+            .broker
+            .add_partitions(&request.name, request.partitions)
+            .await?;
+        Ok(Response::new(AddPartitionsResponse {
+            topic: Some(description(info)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(topic = %request.get_ref().name))]
+    async fn alter_topic_config(
+        &self,
+        request: Request<AlterTopicConfigRequest>,
+    ) -> Result<Response<AlterTopicConfigResponse>, Status> {
+        let request = request.into_inner();
+        if request.config.is_none() {
+            return Err(BrokerError::invalid("config", "must be set").into());
+        }
+        let info = self
+            .broker
+            .alter_topic_config(&request.name, overrides(request.config))
+            .await?;
+        Ok(Response::new(AlterTopicConfigResponse {
+            topic: Some(description(info)),
+        }))
+    }
+}

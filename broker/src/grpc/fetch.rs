@@ -1,0 +1,138 @@
+//! `brook.v1.FetchService`: long-poll fetch, subscriptions, offset lookups.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use brook_proto::fetch_service_server::FetchService;
+use brook_proto::list_offsets_request::Spec;
+use brook_proto::{
+    FetchRequest, FetchResponse, FetchedPartition, ListOffsetsRequest, ListOffsetsResponse,
+    SubscribeRequest, SubscribeResponse,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::status::to_status;
+use crate::broker::{Broker, BrokerError, FetchSpec, OffsetSpec};
+
+/// Chunks a subscription reads ahead of a slow client.
+const SUBSCRIBE_BUFFER: usize = 4;
+
+#[derive(Debug)]
+pub struct FetchHandler {
+    broker: Arc<Broker>,
+}
+
+impl FetchHandler {
+    pub fn new(broker: Arc<Broker>) -> Self {
+        Self { broker }
+    }
+}
+
+#[tonic::async_trait]
+impl FetchService for FetchHandler {
+    #[tracing::instrument(skip_all, fields(partitions = request.get_ref().partitions.len()))]
+    async fn fetch(
+        &self,
+        request: Request<FetchRequest>,
+    ) -> Result<Response<FetchResponse>, Status> {
+        let request = request.into_inner();
+        let specs = request
+            .partitions
+            .into_iter()
+            .map(|p| FetchSpec {
+                topic: p.topic,
+                partition: p.partition,
+                offset: p.offset,
+                max_bytes: p.max_bytes,
+            })
+            .collect();
+        let fetched = self
+            .broker
+            .fetch(
+                specs,
+                Duration::from_millis(u64::from(request.max_wait_ms)),
+                request.max_bytes,
+            )
+            .await?;
+        Ok(Response::new(FetchResponse {
+            partitions: fetched
+                .into_iter()
+                .map(|f| FetchedPartition {
+                    topic: f.topic,
+                    partition: f.partition,
+                    records: f.records,
+                    high_watermark: f.high_watermark,
+                    log_start_offset: f.start_offset,
+                })
+                .collect(),
+        }))
+    }
+
+    type SubscribeStream = ReceiverStream<Result<SubscribeResponse, Status>>;
+
+    #[tracing::instrument(skip_all, fields(topic = %request.get_ref().topic, partition = request.get_ref().partition))]
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let request = request.into_inner();
+        let mut subscription = self.broker.subscribe(
+            &request.topic,
+            request.partition,
+            request.offset,
+            request.max_bytes,
+        )?;
+        // Bounded: a client that stops reading stops the subscription's reads.
+        let (sender, receiver) = mpsc::channel(SUBSCRIBE_BUFFER);
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    next = subscription.next() => next,
+                    () = sender.closed() => break,
+                };
+                let Some(chunk) = next else { break };
+                let message = chunk
+                    .map(|c| SubscribeResponse {
+                        records: c.records,
+                        high_watermark: c.high_watermark,
+                        next_offset: c.next_offset,
+                    })
+                    .map_err(|e| to_status(&e));
+                let failed = message.is_err();
+                if sender.send(message).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    async fn list_offsets(
+        &self,
+        request: Request<ListOffsetsRequest>,
+    ) -> Result<Response<ListOffsetsResponse>, Status> {
+        let request = request.into_inner();
+        let spec = match request.spec {
+            Some(Spec::Earliest(_)) => OffsetSpec::Earliest,
+            Some(Spec::Latest(_)) => OffsetSpec::Latest,
+            Some(Spec::TimestampMs(ts)) => OffsetSpec::Timestamp(ts),
+            None => {
+                return Err(BrokerError::invalid(
+                    "spec",
+                    "one of earliest, latest or timestamp_ms must be set",
+                )
+                .into());
+            }
+        };
+        let (offset, timestamp_ms) = self
+            .broker
+            .list_offsets(&request.topic, request.partition, spec)
+            .await?;
+        Ok(Response::new(ListOffsetsResponse {
+            offset,
+            timestamp_ms,
+        }))
+    }
+}

@@ -1,0 +1,38 @@
+//! The gRPC surface: one file per `brook.v1` service, and the single
+//! mapping from broker errors to statuses.
+//!
+//! Invariant: only this module (among the broker's) knows the protobuf types.
+
+mod admin;
+mod fetch;
+mod produce;
+pub mod status;
+
+use std::sync::Arc;
+
+use brook_proto::admin_service_server::AdminServiceServer;
+use brook_proto::fetch_service_server::FetchServiceServer;
+use brook_proto::produce_service_server::ProduceServiceServer;
+use tonic::service::Routes;
+
+use crate::broker::Broker;
+
+/// The broker's gRPC services, ready to serve.
+pub fn routes(broker: &Arc<Broker>) -> Routes {
+    let limit = broker.config().limits.grpc_message_bytes_max;
+    Routes::new(
+        AdminServiceServer::new(admin::AdminHandler::new(broker.clone()))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit),
+    )
+    .add_service(
+        ProduceServiceServer::new(produce::ProduceHandler::new(broker.clone()))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit),
+    )
+    .add_service(
+        FetchServiceServer::new(fetch::FetchHandler::new(broker.clone()))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit),
+    )
+}

@@ -1,0 +1,155 @@
+//! `brook.v1.ProduceService`: unary produce, and the pipelined stream that
+//! appends requests in arrival order and acknowledges them in that order.
+
+use std::sync::Arc;
+
+use brook_proto::produce_service_server::ProduceService;
+use brook_proto::{BatchResult, ProduceRequest, ProduceResponse};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::status::to_proto_error;
+use crate::broker::{BatchAppended, Broker, BrokerError, PendingProduce, ProduceBatch};
+
+#[derive(Debug)]
+pub struct ProduceHandler {
+    broker: Arc<Broker>,
+}
+
+impl ProduceHandler {
+    pub fn new(broker: Arc<Broker>) -> Self {
+        Self { broker }
+    }
+}
+
+fn batches(request: ProduceRequest) -> Vec<ProduceBatch> {
+    request
+        .batches
+        .into_iter()
+        .map(|b| ProduceBatch {
+            topic: b.topic,
+            partition: b.partition,
+            batch: b.batch,
+        })
+        .collect()
+}
+
+fn results(
+    topics: &[(String, u32)],
+    outcomes: Vec<Result<BatchAppended, BrokerError>>,
+) -> Vec<BatchResult> {
+    topics
+        .iter()
+        .zip(outcomes)
+        .map(|((topic, partition), outcome)| match outcome {
+            Ok(appended) => BatchResult {
+                topic: topic.clone(),
+                partition: *partition,
+                base_offset: appended.base_offset,
+                log_start_offset: appended.log_start_offset,
+                error: None,
+            },
+            Err(e) => BatchResult {
+                topic: topic.clone(),
+                partition: *partition,
+                base_offset: -1,
+                log_start_offset: -1,
+                error: Some(to_proto_error(&e)),
+            },
+        })
+        .collect()
+}
+
+fn targets(request: &ProduceRequest) -> Vec<(String, u32)> {
+    request
+        .batches
+        .iter()
+        .map(|b| (b.topic.clone(), b.partition))
+        .collect()
+}
+
+/// A queued request of a stream, waiting for its acknowledgement.
+type InFlight = (u64, Vec<(String, u32)>, Result<PendingProduce, BrokerError>);
+
+#[tonic::async_trait]
+impl ProduceService for ProduceHandler {
+    #[tracing::instrument(skip_all, fields(batches = request.get_ref().batches.len()))]
+    async fn produce(
+        &self,
+        request: Request<ProduceRequest>,
+    ) -> Result<Response<ProduceResponse>, Status> {
+        let request = request.into_inner();
+        let correlation_id = request.correlation_id;
+        let targets = targets(&request);
+        let outcomes = self.broker.produce(batches(request)).await?;
+        Ok(Response::new(ProduceResponse {
+            correlation_id,
+            results: results(&targets, outcomes),
+            error: None,
+        }))
+    }
+
+    type ProduceStreamStream = ReceiverStream<Result<ProduceResponse, Status>>;
+
+    async fn produce_stream(
+        &self,
+        request: Request<Streaming<ProduceRequest>>,
+    ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let in_flight_max = self.broker.config().limits.produce_stream_in_flight_max;
+        // Acknowledgements waiting to be sent; bounded so a slow reader
+        // holds back the stream instead of growing memory.
+        let (responses, outbound) = mpsc::channel(in_flight_max);
+        // Requests queued to partitions, in arrival order; the bound is the
+        // stream's in-flight limit.
+        let (queued, mut awaiting) = mpsc::channel::<InFlight>(in_flight_max);
+        tokio::spawn(async move {
+            while let Some((correlation_id, targets, pending)) = awaiting.recv().await {
+                let response = match pending {
+                    Ok(pending) => ProduceResponse {
+                        correlation_id,
+                        results: results(&targets, pending.wait().await),
+                        error: None,
+                    },
+                    Err(e) => ProduceResponse {
+                        correlation_id,
+                        results: Vec::new(),
+                        error: Some(to_proto_error(&e)),
+                    },
+                };
+                if responses.send(Ok(response)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let broker = self.broker.clone();
+        tokio::spawn(async move {
+            loop {
+                let message = tokio::select! {
+                    message = inbound.message() => message,
+                    () = broker.stopping() => break,
+                };
+                let request = match message {
+                    Ok(Some(request)) => request,
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(%status, "produce stream ended by the client");
+                        break;
+                    }
+                };
+                let correlation_id = request.correlation_id;
+                let targets = targets(&request);
+                let pending = broker.enqueue_produce(batches(request)).await;
+                if queued
+                    .send((correlation_id, targets, pending))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(outbound)))
+    }
+}

@@ -1,0 +1,20 @@
+//! Brook's broker: a partitioned, append-only log with a gRPC API.
+//!
+//! Run it with [`server::serve`] on listeners you bind, or start an
+//! [`EmbeddedBroker`] inside your process (tests, applications that embed
+//! Brook). [`Broker`] is the broker as a library, usable directly.
+
+pub mod broker;
+mod clock;
+pub mod config;
+pub mod embedded;
+pub mod grpc;
+mod http;
+pub mod meta;
+pub mod partition;
+pub mod server;
+pub mod storage;
+
+pub use broker::{Broker, BrokerError};
+pub use config::{BrokerConfig, FsyncPolicy};
+pub use embedded::{EmbeddedBroker, EmbeddedBrokerBuilder};

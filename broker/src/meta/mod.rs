@@ -1,0 +1,67 @@
+//! The broker's metadata (topics and their configuration) behind a small
+//! trait, so that nothing else knows which store holds it.
+//!
+//! Invariant: only `meta/sled.rs` knows sled. A write returns only once it
+//! is durable.
+
+mod memory;
+mod sled;
+
+pub use memory::MemoryMetaStore;
+pub use sled::SledMetaStore;
+
+use serde::{Deserialize, Serialize};
+
+/// A topic as stored: its partition count and the settings it overrides.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicRecord {
+    pub name: String,
+    pub partitions: u32,
+    pub overrides: TopicOverrides,
+    pub created_ms: i64,
+}
+
+/// Per-topic settings; `None` means the broker's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicOverrides {
+    pub retention_ms: Option<i64>,
+    pub retention_bytes: Option<i64>,
+    pub segment_bytes: Option<u64>,
+    pub segment_ms: Option<i64>,
+    pub max_message_bytes: Option<u32>,
+}
+
+impl TopicOverrides {
+    /// `self` with every field `other` sets replaced.
+    #[must_use]
+    pub fn merged(self, other: TopicOverrides) -> Self {
+        Self {
+            retention_ms: other.retention_ms.or(self.retention_ms),
+            retention_bytes: other.retention_bytes.or(self.retention_bytes),
+            segment_bytes: other.segment_bytes.or(self.segment_bytes),
+            segment_ms: other.segment_ms.or(self.segment_ms),
+            max_message_bytes: other.max_message_bytes.or(self.max_message_bytes),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("metadata store: {0}")]
+    Store(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("metadata record {key} cannot be decoded: {source}")]
+    Decode {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+pub trait MetaStore: Send + Sync + std::fmt::Debug {
+    /// Inserts or replaces a topic, durably.
+    fn put_topic(&self, topic: &TopicRecord) -> Result<(), MetaError>;
+    /// Removes a topic, durably; removing a missing topic is not an error.
+    fn delete_topic(&self, name: &str) -> Result<(), MetaError>;
+    /// Every stored topic.
+    fn topics(&self) -> Result<Vec<TopicRecord>, MetaError>;
+}

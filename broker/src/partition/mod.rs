@@ -1,0 +1,167 @@
+//! A partition at run time: its log, the task that appends to it with group
+//! commit, and the watch that wakes long polls and subscriptions when the
+//! high watermark moves.
+//!
+//! Group commit: producers queue append requests; the appender takes every
+//! request waiting at the start of a round, writes them all, pays one fsync
+//! for the lot, and only then acknowledges them and makes them visible.
+
+use std::sync::Arc;
+
+use brook_record::BatchHeader;
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::FsyncPolicy;
+use crate::storage::{LogError, PartitionLog, WrittenMark};
+
+/// Append requests a partition queues before producers wait (backpressure).
+const APPEND_QUEUE_LEN: usize = 1024;
+/// Requests written in one round at most, so one round's latency stays bounded.
+const ROUND_REQUESTS_MAX: usize = 512;
+
+/// One producer's batches for this partition, appended together.
+struct AppendRequest {
+    batches: Vec<(Bytes, BatchHeader)>,
+    reply: oneshot::Sender<Result<Vec<i64>, LogError>>,
+}
+
+#[derive(Debug)]
+pub struct Partition {
+    topic: String,
+    index: u32,
+    log: Arc<PartitionLog>,
+    /// Queue to the appender task; bounded by `APPEND_QUEUE_LEN`.
+    appends: mpsc::Sender<AppendRequest>,
+    /// Carries the high watermark; every change wakes waiting readers.
+    watermark: watch::Sender<i64>,
+}
+
+impl std::fmt::Debug for AppendRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppendRequest")
+            .field("batches", &self.batches.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Partition {
+    /// Wraps an opened log and starts its appender on the current runtime.
+    pub fn start(topic: &str, index: u32, log: PartitionLog, fsync: FsyncPolicy) -> Arc<Self> {
+        let log = Arc::new(log);
+        let (appends, queue) = mpsc::channel(APPEND_QUEUE_LEN);
+        let (watermark, _) = watch::channel(log.high_watermark());
+        let partition = Arc::new(Self {
+            topic: topic.to_owned(),
+            index,
+            log: log.clone(),
+            appends,
+            watermark: watermark.clone(),
+        });
+        tokio::spawn(run_appender(log, queue, fsync, watermark));
+        partition
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    pub fn log(&self) -> &Arc<PartitionLog> {
+        &self.log
+    }
+
+    /// Queues validated batches; the returned receiver resolves once they
+    /// are acknowledged (durable under the `always` fsync policy).
+    /// Queuing order is append order.
+    pub async fn enqueue(
+        &self,
+        batches: Vec<(Bytes, BatchHeader)>,
+    ) -> oneshot::Receiver<Result<Vec<i64>, LogError>> {
+        let (reply, receiver) = oneshot::channel();
+        let request = AppendRequest { batches, reply };
+        if let Err(mpsc::error::SendError(request)) = self.appends.send(request).await {
+            // The appender is gone (broker shutting down); answer here.
+            let _ = request.reply.send(Err(LogError::Poisoned {
+                reason: "partition is closed".to_owned(),
+            }));
+        }
+        receiver
+    }
+
+    /// A receiver that sees every high watermark change.
+    pub fn watch(&self) -> watch::Receiver<i64> {
+        self.watermark.subscribe()
+    }
+
+    /// Wakes readers after the log's visible end moved outside the appender
+    /// (an fsync on an interval, retention).
+    pub fn notify(&self) {
+        self.watermark.send_replace(self.log.high_watermark());
+    }
+}
+
+async fn run_appender(
+    log: Arc<PartitionLog>,
+    mut queue: mpsc::Receiver<AppendRequest>,
+    fsync: FsyncPolicy,
+    watermark: watch::Sender<i64>,
+) {
+    let mut round = Vec::with_capacity(ROUND_REQUESTS_MAX);
+    while queue.recv_many(&mut round, ROUND_REQUESTS_MAX).await > 0 {
+        let requests = std::mem::take(&mut round);
+        let log_for_round = log.clone();
+        let outcome =
+            tokio::task::spawn_blocking(move || write_round(&log_for_round, requests, fsync)).await;
+        match outcome {
+            Ok(()) => {}
+            Err(join_error) => {
+                log.poison(format!("append task failed: {join_error}"));
+            }
+        }
+        watermark.send_replace(log.high_watermark());
+    }
+}
+
+/// Writes every request of a round, makes them durable with one fsync
+/// (under the `always` policy), publishes them and answers each producer.
+fn write_round(log: &PartitionLog, requests: Vec<AppendRequest>, fsync: FsyncPolicy) {
+    let now_ms = crate::clock::now_ms();
+    let mut results = Vec::with_capacity(requests.len());
+    let mut last_mark: Option<WrittenMark> = None;
+    for request in &requests {
+        match log.append(&request.batches, now_ms) {
+            Ok((offsets, mark)) => {
+                results.push(Ok(offsets));
+                last_mark = Some(mark);
+            }
+            Err(e) => results.push(Err(e)),
+        }
+    }
+    if let Some(mark) = last_mark {
+        let published = match fsync {
+            FsyncPolicy::Always => log.sync().map(|synced| log.publish(&synced)),
+            FsyncPolicy::Interval(_) | FsyncPolicy::Never => {
+                log.publish(&mark);
+                Ok(())
+            }
+        };
+        if let Err(e) = published {
+            let reason = e.to_string();
+            for result in &mut results {
+                if result.is_ok() {
+                    *result = Err(LogError::Poisoned {
+                        reason: reason.clone(),
+                    });
+                }
+            }
+        }
+    }
+    for (request, result) in requests.into_iter().zip(results) {
+        // A producer that went away no longer needs its answer.
+        let _ = request.reply.send(result);
+    }
+}

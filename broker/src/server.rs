@@ -1,0 +1,104 @@
+//! Serving a broker: the gRPC services (with `grpc.health.v1`) and the HTTP
+//! endpoints on listeners the caller bound, until a shutdown signal; then
+//! in-flight requests finish, streams end, and every partition is fsynced.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+
+use crate::broker::Broker;
+
+/// The services `grpc.health.v1` reports on, besides the server as a whole ("").
+const SERVICES: [&str; 3] = [
+    "brook.v1.AdminService",
+    "brook.v1.ProduceService",
+    "brook.v1.FetchService",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("HTTP server: {0}")]
+    Http(#[source] std::io::Error),
+}
+
+/// Serves until `shutdown` resolves, then drains and stops the broker.
+pub async fn serve(
+    broker: Arc<Broker>,
+    grpc: TcpListener,
+    http: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let stop = CancellationToken::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for service in SERVICES {
+        health
+            .set_service_status(service, ServingStatus::Serving)
+            .await;
+    }
+    {
+        let stop = stop.clone();
+        let broker = broker.clone();
+        let ready = ready.clone();
+        let health = health.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = stop.cancelled() => {}
+            }
+            tracing::info!("shutting down: refusing new work, finishing in-flight requests");
+            ready.store(false, Ordering::Release);
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            for service in SERVICES {
+                health
+                    .set_service_status(service, ServingStatus::NotServing)
+                    .await;
+            }
+            broker.begin_shutdown();
+            stop.cancel();
+        });
+    }
+    let http_task = http.map(|listener| {
+        let router = crate::http::router(broker.clone(), ready.clone());
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        })
+    });
+    let limits = broker.config().limits;
+    let grpc_addr = grpc.local_addr().ok();
+    let grpc_server = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(limits.streams_per_connection_max))
+        .tcp_nodelay(true)
+        .add_routes(crate::grpc::routes(&broker))
+        .add_service(health_service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), {
+            let stop = stop.clone();
+            async move { stop.cancelled().await }
+        });
+    ready.store(true, Ordering::Release);
+    tracing::info!(grpc_addr = ?grpc_addr, "serving");
+    let served = grpc_server.await;
+    stop.cancel();
+    let http_served = match http_task {
+        Some(task) => match task.await {
+            Ok(result) => result.map_err(ServeError::Http),
+            Err(e) => Err(ServeError::Http(std::io::Error::other(e))),
+        },
+        None => Ok(()),
+    };
+    broker.shutdown().await;
+    served?;
+    http_served
+}

@@ -1,0 +1,266 @@
+//! Sparse indexes beside each segment: the offset index maps a record offset
+//! (relative to the segment's base) to the byte position of the batch that
+//! holds it; the time index maps a timestamp to the first offset at or after
+//! which records reach that timestamp.
+//!
+//! Both live in memory and are mirrored to their files by appending; they are
+//! not fsynced on every append because recovery can rebuild them from the log.
+//! Invariant: entries are strictly increasing in offset (and position, and
+//! timestamp for the time index).
+
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+
+use super::io::{LogFile, read_full_at};
+
+/// One offset index entry on disk: relative offset u32 LE, position u32 LE.
+pub const OFFSET_ENTRY_LEN: usize = 8;
+/// One time index entry on disk: timestamp i64 LE, relative offset u32 LE.
+pub const TIME_ENTRY_LEN: usize = 12;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetEntry {
+    pub relative_offset: u32,
+    pub position: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeEntry {
+    pub timestamp: i64,
+    pub relative_offset: u32,
+}
+
+/// Offset → position.
+#[derive(Debug)]
+pub struct OffsetIndex {
+    entries: Vec<OffsetEntry>,
+    file: Arc<dyn LogFile>,
+}
+
+impl OffsetIndex {
+    /// Reads the index file. Returns `None` when its contents are not a
+    /// well-formed index (wrong length, entries out of order), so the caller
+    /// rebuilds it.
+    pub fn load(file: Arc<dyn LogFile>) -> io::Result<Option<Self>> {
+        let bytes = read_whole(file.as_ref())?;
+        if bytes.len() % OFFSET_ENTRY_LEN != 0 {
+            return Ok(None);
+        }
+        let entries: Vec<OffsetEntry> = bytes
+            .chunks_exact(OFFSET_ENTRY_LEN)
+            .map(|c| OffsetEntry {
+                relative_offset: u32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+                position: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+            })
+            .collect();
+        let ordered = entries
+            .windows(2)
+            .all(|w| w[0].relative_offset < w[1].relative_offset && w[0].position < w[1].position);
+        Ok(ordered.then_some(Self { entries, file }))
+    }
+
+    /// Replaces the file's contents with `entries`.
+    pub fn rewrite(file: Arc<dyn LogFile>, entries: Vec<OffsetEntry>) -> io::Result<Self> {
+        file.truncate(0)?;
+        let mut bytes = Vec::with_capacity(entries.len() * OFFSET_ENTRY_LEN);
+        for e in &entries {
+            bytes.extend_from_slice(&e.relative_offset.to_le_bytes());
+            bytes.extend_from_slice(&e.position.to_le_bytes());
+        }
+        file.append(&[IoSlice::new(&bytes)])?;
+        Ok(Self { entries, file })
+    }
+
+    pub fn push(&mut self, entry: OffsetEntry) -> io::Result<()> {
+        if let Some(last) = self.entries.last() {
+            assert!(
+                entry.relative_offset > last.relative_offset && entry.position > last.position,
+                "offset index entries must increase"
+            );
+        }
+        let mut bytes = [0u8; OFFSET_ENTRY_LEN];
+        bytes[..4].copy_from_slice(&entry.relative_offset.to_le_bytes());
+        bytes[4..].copy_from_slice(&entry.position.to_le_bytes());
+        self.file.append(&[IoSlice::new(&bytes)])?;
+        self.entries.push(entry);
+        Ok(())
+    }
+
+    /// The last entry at or below `relative_offset`: where to start scanning.
+    pub fn floor(&self, relative_offset: u32) -> Option<OffsetEntry> {
+        let idx = self
+            .entries
+            .partition_point(|e| e.relative_offset <= relative_offset);
+        idx.checked_sub(1).map(|i| self.entries[i])
+    }
+
+    pub fn last(&self) -> Option<OffsetEntry> {
+        self.entries.last().copied()
+    }
+
+    pub fn entries(&self) -> &[OffsetEntry] {
+        &self.entries
+    }
+
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync()
+    }
+}
+
+/// Timestamp → offset.
+#[derive(Debug)]
+pub struct TimeIndex {
+    entries: Vec<TimeEntry>,
+    file: Arc<dyn LogFile>,
+}
+
+impl TimeIndex {
+    /// Reads the index file; `None` when it is not well formed.
+    pub fn load(file: Arc<dyn LogFile>) -> io::Result<Option<Self>> {
+        let bytes = read_whole(file.as_ref())?;
+        if bytes.len() % TIME_ENTRY_LEN != 0 {
+            return Ok(None);
+        }
+        let entries: Vec<TimeEntry> = bytes
+            .chunks_exact(TIME_ENTRY_LEN)
+            .map(|c| {
+                let mut ts = [0u8; 8];
+                ts.copy_from_slice(&c[..8]);
+                TimeEntry {
+                    timestamp: i64::from_le_bytes(ts),
+                    relative_offset: u32::from_le_bytes([c[8], c[9], c[10], c[11]]),
+                }
+            })
+            .collect();
+        let ordered = entries.windows(2).all(|w| {
+            w[0].timestamp < w[1].timestamp && w[0].relative_offset <= w[1].relative_offset
+        });
+        Ok(ordered.then_some(Self { entries, file }))
+    }
+
+    pub fn rewrite(file: Arc<dyn LogFile>, entries: Vec<TimeEntry>) -> io::Result<Self> {
+        file.truncate(0)?;
+        let mut bytes = Vec::with_capacity(entries.len() * TIME_ENTRY_LEN);
+        for e in &entries {
+            bytes.extend_from_slice(&e.timestamp.to_le_bytes());
+            bytes.extend_from_slice(&e.relative_offset.to_le_bytes());
+        }
+        file.append(&[IoSlice::new(&bytes)])?;
+        Ok(Self { entries, file })
+    }
+
+    /// Records that records at `relative_offset` reach `timestamp`; ignored
+    /// unless it raises the largest timestamp seen.
+    pub fn push(&mut self, entry: TimeEntry) -> io::Result<()> {
+        if self
+            .entries
+            .last()
+            .is_some_and(|last| entry.timestamp <= last.timestamp)
+        {
+            return Ok(());
+        }
+        let mut bytes = [0u8; TIME_ENTRY_LEN];
+        bytes[..8].copy_from_slice(&entry.timestamp.to_le_bytes());
+        bytes[8..].copy_from_slice(&entry.relative_offset.to_le_bytes());
+        self.file.append(&[IoSlice::new(&bytes)])?;
+        self.entries.push(entry);
+        Ok(())
+    }
+
+    /// The relative offset to start scanning from for the first record with a
+    /// timestamp at or after `timestamp`: the entry just before the first one
+    /// that reaches it (records between two entries may reach it earlier).
+    pub fn scan_start(&self, timestamp: i64) -> u32 {
+        let idx = self.entries.partition_point(|e| e.timestamp < timestamp);
+        idx.checked_sub(1)
+            .map_or(0, |i| self.entries[i].relative_offset)
+    }
+
+    pub fn max_timestamp(&self) -> Option<i64> {
+        self.entries.last().map(|e| e.timestamp)
+    }
+
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync()
+    }
+}
+
+fn read_whole(file: &dyn LogFile) -> io::Result<Vec<u8>> {
+    let len =
+        usize::try_from(file.len()?).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let mut bytes = vec![0u8; len];
+    let n = read_full_at(file, &mut bytes, 0)?;
+    bytes.truncate(n);
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::io::Storage;
+    use crate::storage::testing::MemStorage;
+    use std::path::Path;
+
+    fn file() -> Arc<dyn LogFile> {
+        MemStorage::default().open(Path::new("/i")).unwrap()
+    }
+
+    #[test]
+    fn floor_finds_last_entry_at_or_below() {
+        let mut index = OffsetIndex::rewrite(file(), Vec::new()).unwrap();
+        for (o, p) in [(0, 0), (10, 4096), (25, 8200)] {
+            index
+                .push(OffsetEntry {
+                    relative_offset: o,
+                    position: p,
+                })
+                .unwrap();
+        }
+        assert_eq!(index.floor(9).unwrap().position, 0);
+        assert_eq!(index.floor(10).unwrap().position, 4096);
+        assert_eq!(index.floor(1000).unwrap().position, 8200);
+    }
+
+    #[test]
+    fn load_round_trips_and_rejects_garbage() {
+        let f = file();
+        let mut index = OffsetIndex::rewrite(f.clone(), Vec::new()).unwrap();
+        index
+            .push(OffsetEntry {
+                relative_offset: 3,
+                position: 100,
+            })
+            .unwrap();
+        let loaded = OffsetIndex::load(f.clone()).unwrap().unwrap();
+        assert_eq!(loaded.entries(), index.entries());
+        f.append(&[IoSlice::new(&[1, 2, 3])]).unwrap();
+        assert!(OffsetIndex::load(f).unwrap().is_none());
+    }
+
+    #[test]
+    fn time_index_scan_start() {
+        let mut index = TimeIndex::rewrite(file(), Vec::new()).unwrap();
+        index
+            .push(TimeEntry {
+                timestamp: 100,
+                relative_offset: 0,
+            })
+            .unwrap();
+        index
+            .push(TimeEntry {
+                timestamp: 90,
+                relative_offset: 5,
+            })
+            .unwrap();
+        index
+            .push(TimeEntry {
+                timestamp: 200,
+                relative_offset: 10,
+            })
+            .unwrap();
+        assert_eq!(index.scan_start(50), 0);
+        assert_eq!(index.scan_start(150), 0);
+        assert_eq!(index.scan_start(250), 10);
+        assert_eq!(index.max_timestamp(), Some(200));
+    }
+}

@@ -1,0 +1,158 @@
+//! The file system as the log sees it: a small trait for files and one for
+//! directories, so that tests can swap in a file that fails after N
+//! operations or one that keeps only what was synced (see `testing`).
+//!
+//! Invariant: every byte the log writes or reads goes through these traits;
+//! nothing in `storage/` calls `std::fs` directly except `OsStorage`.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, IoSlice, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+/// One open file of the log: a segment or one of its indexes.
+///
+/// Writes only ever go to the end (`append`); `truncate` is for recovery.
+pub trait LogFile: Send + Sync + fmt::Debug {
+    /// Reads up to `buf.len()` bytes at `position`; fewer only at end of file.
+    fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<usize>;
+    /// Appends all of `bufs`, in order, at the end of the file.
+    fn append(&self, bufs: &[IoSlice<'_>]) -> io::Result<()>;
+    /// Makes everything appended so far durable (fdatasync).
+    fn sync(&self) -> io::Result<()>;
+    /// Cuts the file to `len` bytes.
+    fn truncate(&self, len: u64) -> io::Result<()>;
+    /// The file's current length.
+    fn len(&self) -> io::Result<u64>;
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+}
+
+/// Directory operations and the way files are opened.
+pub trait Storage: Send + Sync + fmt::Debug {
+    /// Opens `path` for reading and appending, creating it when missing.
+    fn open(&self, path: &Path) -> io::Result<Arc<dyn LogFile>>;
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// The names of the entries of `path` (files only, no directories).
+    fn list_files(&self, path: &Path) -> io::Result<Vec<String>>;
+    /// Makes the directory's entries (created and removed files) durable.
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+}
+
+/// Reads exactly `buf.len()` bytes at `position`, or fails with `UnexpectedEof`.
+pub fn read_exact_at(file: &dyn LogFile, mut buf: &mut [u8], mut position: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match file.read_at(buf, position) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                buf = &mut buf[n..];
+                position += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads up to `buf.len()` bytes at `position`, stopping early only at end of file.
+pub fn read_full_at(file: &dyn LogFile, buf: &mut [u8], position: u64) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], position + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// The real file system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OsStorage;
+
+#[derive(Debug)]
+struct OsFile(File);
+
+impl LogFile for OsFile {
+    fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<usize> {
+        self.0.read_at(buf, position)
+    }
+
+    fn append(&self, bufs: &[IoSlice<'_>]) -> io::Result<()> {
+        // The file is opened with O_APPEND, so every write lands at the end.
+        let mut owned: Vec<IoSlice<'_>> = bufs.to_vec();
+        let mut slices: &mut [IoSlice<'_>] = &mut owned;
+        while !slices.is_empty() {
+            match (&self.0).write_vectored(slices) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => IoSlice::advance_slices(&mut slices, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+
+    fn truncate(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+}
+
+impl Storage for OsStorage {
+    fn open(&self, path: &Path) -> io::Result<Arc<dyn LogFile>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(path)?;
+        Ok(Arc::new(OsFile(file)))
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        fs::create_dir_all(path)
+    }
+
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        match fs::remove_dir_all(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
+    fn list_files(&self, path: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(path)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                if let Some(name) = entry.file_name().to_str() {
+                    names.push(name.to_owned());
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        File::open(path)?.sync_all()
+    }
+}

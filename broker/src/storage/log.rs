@@ -1,0 +1,461 @@
+//! A partition's log: an ordered set of segments, the last one active.
+//!
+//! One writer at a time appends (under `writer`), rolls and applies
+//! retention; any number of readers read concurrently. Appending and making
+//! data visible are separate steps so that the caller decides when readers
+//! may see a batch (after its fsync, or at once when the fsync policy does
+//! not wait).
+//!
+//! Invariants: offsets are dense across segments; the high watermark only
+//! grows and never passes what was written; after a failed write or fsync
+//! the log is poisoned and refuses appends.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use brook_record::BatchHeader;
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+
+use super::error::LogError;
+use super::io::Storage;
+use super::segment::{Segment, parse_log_name};
+
+/// Per-partition log settings (a topic's config, resolved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Roll once the active segment holds this many bytes.
+    pub segment_bytes: u64,
+    /// Roll once the active segment's first append is this old.
+    pub segment_ms: i64,
+    /// Delete sealed segments whose newest record is older; -1 keeps all.
+    pub retention_ms: i64,
+    /// Delete the oldest sealed segments while the rest still hold this
+    /// many bytes; -1 keeps all.
+    pub retention_bytes: i64,
+    pub index_interval_bytes: u64,
+}
+
+/// Largest segment: index positions are 32-bit.
+pub const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
+/// Offsets a segment may span: index offsets are 32-bit relative to the base.
+const SEGMENT_OFFSETS_MAX: i64 = u32::MAX as i64 / 2;
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            segment_bytes: 256 * 1024 * 1024,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: -1,
+            index_interval_bytes: super::DEFAULT_INDEX_INTERVAL_BYTES,
+        }
+    }
+}
+
+/// The end of what a writer has written: what a later `publish` makes
+/// visible.
+#[derive(Debug, Clone)]
+pub struct WrittenMark {
+    segment: Arc<Segment>,
+    bytes: u64,
+    next_offset: i64,
+}
+
+impl WrittenMark {
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ReadResult {
+    /// Whole batches, possibly empty.
+    pub records: Bytes,
+    pub high_watermark: i64,
+    pub start_offset: i64,
+}
+
+#[derive(Debug)]
+pub struct PartitionLog {
+    dir: PathBuf,
+    storage: Arc<dyn Storage>,
+    config: RwLock<LogConfig>,
+    /// Segments by base offset; the last is the active one. Never empty.
+    segments: RwLock<BTreeMap<i64, Arc<Segment>>>,
+    /// The single writer: appends, rolls and retention hold it.
+    writer: Mutex<()>,
+    /// The offset after the last visible record.
+    high_watermark: AtomicI64,
+    /// The first offset still retained.
+    start_offset: AtomicI64,
+    /// Set by the first failed write or fsync.
+    poisoned: Mutex<Option<String>>,
+}
+
+/// What `open` found and repaired, for the caller to log.
+#[derive(Debug)]
+pub struct OpenReport {
+    pub segments: usize,
+    pub truncated_bytes: u64,
+    pub damage: Option<super::scan::TailDamage>,
+}
+
+impl PartitionLog {
+    /// Opens (or creates) the partition in `dir`: sealed segments are
+    /// opened through their indexes, the active one is checked batch by
+    /// batch and a damaged tail is cut off.
+    pub fn open(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        config: LogConfig,
+    ) -> Result<(Self, OpenReport), LogError> {
+        assert!(config.segment_bytes <= SEGMENT_BYTES_MAX);
+        storage
+            .create_dir_all(dir)
+            .map_err(|e| LogError::io("create", dir, e))?;
+        let mut bases: Vec<i64> = storage
+            .list_files(dir)
+            .map_err(|e| LogError::io("list", dir, e))?
+            .iter()
+            .filter_map(|name| parse_log_name(name))
+            .collect();
+        bases.sort_unstable();
+        let mut segments = BTreeMap::new();
+        let mut report = OpenReport {
+            segments: bases.len().max(1),
+            truncated_bytes: 0,
+            damage: None,
+        };
+        let Some((&active_base, sealed)) = bases.split_last() else {
+            let segment = Segment::create(storage.as_ref(), dir, 0)?;
+            storage
+                .sync_dir(dir)
+                .map_err(|e| LogError::io("fsync", dir, e))?;
+            segments.insert(0, Arc::new(segment));
+            return Ok((Self::assemble(dir, storage, config, segments), report));
+        };
+        for (i, &base) in sealed.iter().enumerate() {
+            let segment = Segment::open_sealed(storage.as_ref(), dir, base)?;
+            let next_base = bases[i + 1];
+            if segment.next_offset() != next_base {
+                return Err(LogError::corrupt(
+                    &dir.join(format!("{base:020}.log")),
+                    segment.written_bytes(),
+                    format!(
+                        "segment ends at offset {} but the next one starts at {next_base}",
+                        segment.next_offset()
+                    ),
+                ));
+            }
+            segments.insert(base, Arc::new(segment));
+        }
+        let recovery = Segment::recover_active(
+            storage.as_ref(),
+            dir,
+            active_base,
+            config.index_interval_bytes,
+        )?;
+        report.truncated_bytes = recovery.truncated_bytes;
+        report.damage = recovery.damage;
+        segments.insert(active_base, Arc::new(recovery.segment));
+        Ok((Self::assemble(dir, storage, config, segments), report))
+    }
+
+    fn assemble(
+        dir: &Path,
+        storage: Arc<dyn Storage>,
+        config: LogConfig,
+        segments: BTreeMap<i64, Arc<Segment>>,
+    ) -> Self {
+        let start = segments.keys().next().copied().unwrap_or(0);
+        let end = segments.values().next_back().map_or(0, |s| s.next_offset());
+        Self {
+            dir: dir.to_owned(),
+            storage,
+            config: RwLock::new(config),
+            segments: RwLock::new(segments),
+            writer: Mutex::new(()),
+            high_watermark: AtomicI64::new(end),
+            start_offset: AtomicI64::new(start),
+            poisoned: Mutex::new(None),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> LogConfig {
+        *self.config.read()
+    }
+
+    pub fn set_config(&self, config: LogConfig) {
+        assert!(config.segment_bytes <= SEGMENT_BYTES_MAX);
+        *self.config.write() = config;
+    }
+
+    pub fn high_watermark(&self) -> i64 {
+        self.high_watermark.load(Ordering::Acquire)
+    }
+
+    pub fn start_offset(&self) -> i64 {
+        self.start_offset.load(Ordering::Acquire)
+    }
+
+    /// Bytes of all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments
+            .read()
+            .values()
+            .map(|s| s.written_bytes())
+            .sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.read().len()
+    }
+
+    pub fn poisoned(&self) -> Option<String> {
+        self.poisoned.lock().clone()
+    }
+
+    /// Refuses all further writes, keeping the first reason.
+    pub fn poison(&self, reason: String) {
+        let mut poisoned = self.poisoned.lock();
+        if poisoned.is_none() {
+            tracing::error!(dir = %self.dir.display(), %reason, "partition poisoned");
+            *poisoned = Some(reason);
+        }
+    }
+
+    fn check_poison(&self) -> Result<(), LogError> {
+        match self.poisoned.lock().as_ref() {
+            Some(reason) => Err(LogError::Poisoned {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn active(&self) -> Arc<Segment> {
+        self.segments
+            .read()
+            .values()
+            .next_back()
+            .cloned()
+            .expect("a log always has an active segment")
+    }
+
+    /// Writes validated batches (not yet durable, not yet visible) and
+    /// returns each one's base offset and the mark to publish afterwards.
+    /// A failed write poisons the log.
+    pub fn append(
+        &self,
+        batches: &[(Bytes, BatchHeader)],
+        now_ms: i64,
+    ) -> Result<(Vec<i64>, WrittenMark), LogError> {
+        let _writer = self.writer.lock();
+        self.check_poison()?;
+        let config = self.config();
+        let mut base_offsets = Vec::with_capacity(batches.len());
+        let mut active = self.active();
+        for (batch, header) in batches {
+            if Self::should_roll(&active, batch.len() as u64, header, &config, now_ms) {
+                active = self
+                    .roll(&active, now_ms, &config)
+                    .inspect_err(|e| self.poison(e.to_string()))?;
+            }
+            let base_offset = active.next_offset();
+            active
+                .append(
+                    base_offset,
+                    batch,
+                    header,
+                    config.index_interval_bytes,
+                    now_ms,
+                )
+                .inspect_err(|e| self.poison(e.to_string()))?;
+            base_offsets.push(base_offset);
+        }
+        let mark = WrittenMark {
+            bytes: active.written_bytes(),
+            next_offset: active.next_offset(),
+            segment: active,
+        };
+        Ok((base_offsets, mark))
+    }
+
+    fn should_roll(
+        active: &Segment,
+        batch_bytes: u64,
+        header: &BatchHeader,
+        config: &LogConfig,
+        now_ms: i64,
+    ) -> bool {
+        if active.is_empty() {
+            return false;
+        }
+        let too_big = active.written_bytes() + batch_bytes > config.segment_bytes;
+        let too_old = active
+            .first_append_ms()
+            .is_some_and(|first| now_ms.saturating_sub(first) >= config.segment_ms);
+        let too_many_offsets = active.next_offset() + i64::from(header.last_offset_delta)
+            - active.base_offset()
+            >= SEGMENT_OFFSETS_MAX;
+        too_big || too_old || too_many_offsets
+    }
+
+    /// Seals the active segment, starts the next one and applies retention.
+    fn roll(
+        &self,
+        active: &Arc<Segment>,
+        now_ms: i64,
+        config: &LogConfig,
+    ) -> Result<Arc<Segment>, LogError> {
+        active.seal()?;
+        active.publish(active.written_bytes());
+        let base = active.next_offset();
+        let next = Arc::new(Segment::create(self.storage.as_ref(), &self.dir, base)?);
+        self.storage
+            .sync_dir(&self.dir)
+            .map_err(|e| LogError::io("fsync", &self.dir, e))?;
+        self.segments.write().insert(base, next.clone());
+        tracing::info!(dir = %self.dir.display(), base_offset = base, "segment rolled");
+        self.apply_retention(now_ms, config)?;
+        Ok(next)
+    }
+
+    /// Makes everything written so far durable and returns the mark to
+    /// publish. Appends may continue while the fsync runs (group commit: one
+    /// fsync covers every batch written before it started).
+    pub fn sync(&self) -> Result<WrittenMark, LogError> {
+        let mark = {
+            let _writer = self.writer.lock();
+            self.check_poison()?;
+            let active = self.active();
+            WrittenMark {
+                bytes: active.written_bytes(),
+                next_offset: active.next_offset(),
+                segment: active,
+            }
+        };
+        mark.segment
+            .sync()
+            .inspect_err(|e| self.poison(e.to_string()))?;
+        Ok(mark)
+    }
+
+    /// Lets readers see everything up to `mark`.
+    pub fn publish(&self, mark: &WrittenMark) {
+        mark.segment.publish(mark.bytes);
+        self.high_watermark
+            .fetch_max(mark.next_offset, Ordering::AcqRel);
+    }
+
+    /// Whole batches from the one holding `offset`, about `max_bytes` of
+    /// them (at least one whole batch when any is visible).
+    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult, LogError> {
+        let high_watermark = self.high_watermark();
+        let start_offset = self.start_offset();
+        if offset < start_offset || offset > high_watermark {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                start_offset,
+                end_offset: high_watermark,
+            });
+        }
+        let mut records = Bytes::new();
+        if offset < high_watermark {
+            let candidates: Vec<Arc<Segment>> = {
+                let segments = self.segments.read();
+                let first = segments
+                    .range(..=offset)
+                    .next_back()
+                    .map_or(offset, |(b, _)| *b);
+                segments.range(first..).map(|(_, s)| s.clone()).collect()
+            };
+            for segment in candidates {
+                if let Some(bytes) = segment.read(offset, max_bytes)? {
+                    records = bytes;
+                    break;
+                }
+            }
+        }
+        Ok(ReadResult {
+            records,
+            high_watermark,
+            start_offset,
+        })
+    }
+
+    /// The first visible record at or after `timestamp`: `(offset, timestamp)`.
+    pub fn find_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>, LogError> {
+        let segments: Vec<Arc<Segment>> = self.segments.read().values().cloned().collect();
+        let high_watermark = self.high_watermark();
+        for segment in segments {
+            if let Some((offset, ts)) = segment.find_timestamp(timestamp)? {
+                return Ok((offset < high_watermark).then_some((offset, ts)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes whole sealed segments past the retention limits; returns how
+    /// many went.
+    pub fn enforce_retention(&self, now_ms: i64) -> Result<usize, LogError> {
+        let _writer = self.writer.lock();
+        let config = self.config();
+        self.apply_retention(now_ms, &config)
+    }
+
+    fn apply_retention(&self, now_ms: i64, config: &LogConfig) -> Result<usize, LogError> {
+        let mut deleted = Vec::new();
+        {
+            let mut segments = self.segments.write();
+            let mut total: u64 = segments.values().map(|s| s.written_bytes()).sum();
+            while segments.len() > 1 {
+                let Some(oldest) = segments.values().next().cloned() else {
+                    break;
+                };
+                let size = oldest.written_bytes();
+                let over_bytes = config.retention_bytes >= 0
+                    && total.saturating_sub(size) >= config.retention_bytes as u64;
+                let over_age = config.retention_ms >= 0
+                    && oldest.max_timestamp() < now_ms.saturating_sub(config.retention_ms);
+                if !(over_bytes || over_age) {
+                    break;
+                }
+                segments.remove(&oldest.base_offset());
+                total -= size;
+                deleted.push(oldest);
+            }
+            if let Some(first) = segments.keys().next() {
+                self.start_offset.store(*first, Ordering::Release);
+            }
+        }
+        for segment in &deleted {
+            tracing::info!(
+                dir = %self.dir.display(),
+                base_offset = segment.base_offset(),
+                start_offset = self.start_offset(),
+                "segment deleted by retention"
+            );
+            segment.delete_files(self.storage.as_ref())?;
+        }
+        Ok(deleted.len())
+    }
+
+    /// Removes the partition's directory; the log refuses writes afterwards.
+    pub fn delete(&self) -> Result<(), LogError> {
+        let _writer = self.writer.lock();
+        self.poisoned
+            .lock()
+            .get_or_insert_with(|| "partition deleted".to_owned());
+        self.storage
+            .remove_dir_all(&self.dir)
+            .map_err(|e| LogError::io("remove", &self.dir, e))
+    }
+}

@@ -1,0 +1,21 @@
+//! The durable log: segments of record batches with sparse indexes, recovery
+//! of a partition directory, retention, and the file-system traits all of it
+//! goes through.
+//!
+//! Invariant: this module knows nothing of gRPC, topics' metadata store or
+//! consumer groups; it stores opaque, already validated batches.
+
+pub mod error;
+pub mod index;
+pub mod io;
+pub mod log;
+pub mod scan;
+pub mod segment;
+pub mod testing;
+
+pub use error::LogError;
+pub use io::{LogFile, OsStorage, Storage};
+pub use log::{LogConfig, PartitionLog, ReadResult, WrittenMark};
+
+/// Bytes of log between two offset index entries, by default.
+pub const DEFAULT_INDEX_INTERVAL_BYTES: u64 = 4096;

@@ -1,0 +1,212 @@
+//! Sequential walks over a segment's batches: the full check recovery runs
+//! on the active segment (length, CRC, dense offsets), and the cheaper walk
+//! over batch headers that rebuilds the indexes of a sealed segment.
+//!
+//! Reads go through a window buffer so that a segment of small batches costs
+//! a few large reads, not two per batch.
+
+use std::fmt;
+use std::io;
+
+use brook_record::{BatchHeader, HEADER_LEN};
+
+use super::index::{OffsetEntry, TimeEntry};
+use super::io::{LogFile, read_full_at};
+
+/// Bytes read at a time while scanning.
+const WINDOW_BYTES: usize = 1 << 20;
+
+/// Why recovery cut a segment's tail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TailDamage {
+    /// The file ends inside a batch (a write that did not finish).
+    Torn { position: u64 },
+    /// A batch that is complete but fails its checks.
+    Corrupt { position: u64, reason: String },
+}
+
+impl fmt::Display for TailDamage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Torn { position } => write!(f, "torn batch at byte {position}"),
+            Self::Corrupt { position, reason } => {
+                write!(f, "corrupt batch at byte {position}: {reason}")
+            }
+        }
+    }
+}
+
+/// What a walk found: where the good part ends and the indexes for it.
+#[derive(Debug, Default)]
+pub struct ScanOutcome {
+    pub end_position: u64,
+    pub next_offset: i64,
+    pub max_timestamp: i64,
+    /// First timestamp of the first batch, `i64::MIN` when there is none.
+    pub first_timestamp: i64,
+    pub index: Vec<OffsetEntry>,
+    pub time_index: Vec<TimeEntry>,
+    pub bytes_since_index: u64,
+    pub damage: Option<TailDamage>,
+}
+
+pub struct Scanner<'a> {
+    file: &'a dyn LogFile,
+    file_len: u64,
+    window: Vec<u8>,
+    /// File position of `window[0]`.
+    window_start: u64,
+}
+
+impl<'a> Scanner<'a> {
+    pub fn new(file: &'a dyn LogFile, file_len: u64) -> Self {
+        Self {
+            file,
+            file_len,
+            window: Vec::new(),
+            window_start: 0,
+        }
+    }
+
+    /// The `len` bytes at `position`, or `None` when the file is shorter.
+    fn bytes(&mut self, position: u64, len: usize) -> io::Result<Option<&[u8]>> {
+        if position + len as u64 > self.file_len {
+            return Ok(None);
+        }
+        let inside = position >= self.window_start
+            && position + len as u64 <= self.window_start + self.window.len() as u64;
+        if !inside {
+            let want = len
+                .max(WINDOW_BYTES)
+                .min((self.file_len - position) as usize);
+            self.window.resize(want, 0);
+            let n = read_full_at(self.file, &mut self.window, position)?;
+            self.window.truncate(n);
+            self.window_start = position;
+            if n < len {
+                return Ok(None);
+            }
+        }
+        let from = (position - self.window_start) as usize;
+        Ok(self.window.get(from..from + len))
+    }
+
+    /// Checks every batch from the start of the segment: complete, CRC and
+    /// structure valid, offsets dense from `base_offset`. Stops at the first
+    /// failure and reports it as damage.
+    pub fn verify(
+        &mut self,
+        base_offset: i64,
+        index_interval_bytes: u64,
+    ) -> io::Result<ScanOutcome> {
+        self.walk(0, base_offset, index_interval_bytes, true)
+    }
+
+    /// Walks batch headers from `position` (a batch boundary) without
+    /// checking CRCs, rebuilding index entries on the way.
+    pub fn walk_headers(&mut self, position: u64, base_offset: i64) -> io::Result<ScanOutcome> {
+        self.walk(
+            position,
+            base_offset,
+            super::DEFAULT_INDEX_INTERVAL_BYTES,
+            false,
+        )
+    }
+
+    fn walk(
+        &mut self,
+        mut position: u64,
+        base_offset: i64,
+        index_interval_bytes: u64,
+        verify: bool,
+    ) -> io::Result<ScanOutcome> {
+        let mut out = ScanOutcome {
+            end_position: position,
+            next_offset: base_offset,
+            max_timestamp: i64::MIN,
+            first_timestamp: i64::MIN,
+            ..ScanOutcome::default()
+        };
+        let mut expected_offset = (position == 0).then_some(base_offset);
+        while position < self.file_len {
+            let Some(prefix) = self.bytes(position, HEADER_LEN)? else {
+                out.damage = Some(TailDamage::Torn { position });
+                break;
+            };
+            let header = match BatchHeader::parse(prefix) {
+                Ok(h) => h,
+                Err(e) => {
+                    out.damage = Some(TailDamage::Corrupt {
+                        position,
+                        reason: e.to_string(),
+                    });
+                    break;
+                }
+            };
+            let len = header.total_len();
+            if len < HEADER_LEN {
+                out.damage = Some(TailDamage::Corrupt {
+                    position,
+                    reason: format!("batch length {len} is shorter than a header"),
+                });
+                break;
+            }
+            let Some(batch) = self.bytes(position, len)? else {
+                out.damage = Some(TailDamage::Torn { position });
+                break;
+            };
+            if verify {
+                if let Err(e) = brook_record::validate_batch(batch, usize::MAX) {
+                    out.damage = Some(TailDamage::Corrupt {
+                        position,
+                        reason: e.to_string(),
+                    });
+                    break;
+                }
+            }
+            if let Some(expected) = expected_offset {
+                if header.base_offset != expected {
+                    out.damage = Some(TailDamage::Corrupt {
+                        position,
+                        reason: format!(
+                            "base offset {} where {expected} was expected",
+                            header.base_offset
+                        ),
+                    });
+                    break;
+                }
+            }
+            let relative_offset =
+                u32::try_from(header.base_offset - base_offset).unwrap_or(u32::MAX);
+            if out.index.is_empty() && position == 0
+                || out.bytes_since_index >= index_interval_bytes
+            {
+                out.index.push(OffsetEntry {
+                    relative_offset,
+                    position: u32::try_from(position).unwrap_or(u32::MAX),
+                });
+                out.bytes_since_index = 0;
+            }
+            out.bytes_since_index += len as u64;
+            if out
+                .time_index
+                .last()
+                .is_none_or(|t| header.max_timestamp > t.timestamp)
+            {
+                out.time_index.push(TimeEntry {
+                    timestamp: header.max_timestamp,
+                    relative_offset,
+                });
+            }
+            if out.first_timestamp == i64::MIN {
+                out.first_timestamp = header.first_timestamp;
+            }
+            out.max_timestamp = out.max_timestamp.max(header.max_timestamp);
+            out.next_offset = header.last_offset() + 1;
+            expected_offset = Some(out.next_offset);
+            position += len as u64;
+            out.end_position = position;
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,488 @@
+//! One segment: a log file of whole record batches, stored exactly as they
+//! were produced (base offset stamped), plus its offset and time indexes.
+//!
+//! Invariants: batches in a segment have dense offsets starting at the
+//! segment's base offset; readers never see past `visible_bytes`, which only
+//! grows, and only to batch boundaries.
+
+use std::io::{self, IoSlice};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use brook_record::{BatchHeader, HEADER_LEN, LENGTH_PREFIX_LEN};
+use bytes::{Bytes, BytesMut};
+use parking_lot::RwLock;
+
+use super::error::LogError;
+use super::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
+use super::io::{LogFile, Storage, read_exact_at, read_full_at};
+use super::scan::{Scanner, TailDamage};
+
+/// Paths of a segment's three files.
+#[derive(Debug, Clone)]
+pub struct SegmentPaths {
+    pub log: PathBuf,
+    pub index: PathBuf,
+    pub time_index: PathBuf,
+}
+
+impl SegmentPaths {
+    pub fn new(dir: &Path, base_offset: i64) -> Self {
+        Self {
+            log: dir.join(format!("{base_offset:020}.log")),
+            index: dir.join(format!("{base_offset:020}.index")),
+            time_index: dir.join(format!("{base_offset:020}.timeindex")),
+        }
+    }
+}
+
+/// Parses a segment log file name (`00000000000000001234.log`) into its base offset.
+pub fn parse_log_name(name: &str) -> Option<i64> {
+    let stem = name.strip_suffix(".log")?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+#[derive(Debug)]
+pub struct Segment {
+    base_offset: i64,
+    paths: SegmentPaths,
+    log: Arc<dyn LogFile>,
+    /// Written by the partition's single writer, read by fetches.
+    index: RwLock<OffsetIndex>,
+    /// Written by the partition's single writer, read by timestamp lookups.
+    time_index: RwLock<TimeIndex>,
+    /// Bytes written to the log file (the writer's view).
+    written_bytes: AtomicU64,
+    /// Bytes readers may see: durable ones, or written ones when the fsync
+    /// policy does not wait for the disk. Always at a batch boundary.
+    visible_bytes: AtomicU64,
+    /// The offset after the last batch written.
+    next_offset: AtomicI64,
+    /// Largest record timestamp in the segment (`i64::MIN` while empty).
+    max_timestamp: AtomicI64,
+    /// Wall-clock milliseconds of the first append, for roll by age.
+    first_append_ms: AtomicI64,
+    /// Bytes appended since the last offset index entry (writer only).
+    bytes_since_index: AtomicU64,
+}
+
+/// What recovery of the active segment found.
+#[derive(Debug)]
+pub struct Recovery {
+    pub segment: Segment,
+    /// Damage found and cut off, if any.
+    pub damage: Option<TailDamage>,
+    pub truncated_bytes: u64,
+}
+
+impl Segment {
+    /// Creates an empty segment (any leftover files of that name are emptied).
+    pub fn create(storage: &dyn Storage, dir: &Path, base_offset: i64) -> Result<Self, LogError> {
+        let paths = SegmentPaths::new(dir, base_offset);
+        let log = open(storage, &paths.log)?;
+        log.truncate(0)
+            .map_err(|e| LogError::io("truncate", &paths.log, e))?;
+        let index = OffsetIndex::rewrite(open(storage, &paths.index)?, Vec::new())
+            .map_err(|e| LogError::io("write", &paths.index, e))?;
+        let time_index = TimeIndex::rewrite(open(storage, &paths.time_index)?, Vec::new())
+            .map_err(|e| LogError::io("write", &paths.time_index, e))?;
+        Ok(Self::assemble(
+            base_offset,
+            paths,
+            log,
+            index,
+            time_index,
+            0,
+            base_offset,
+            i64::MIN,
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        base_offset: i64,
+        paths: SegmentPaths,
+        log: Arc<dyn LogFile>,
+        index: OffsetIndex,
+        time_index: TimeIndex,
+        size: u64,
+        next_offset: i64,
+        max_timestamp: i64,
+    ) -> Self {
+        Self {
+            base_offset,
+            paths,
+            log,
+            index: RwLock::new(index),
+            time_index: RwLock::new(time_index),
+            written_bytes: AtomicU64::new(size),
+            visible_bytes: AtomicU64::new(size),
+            next_offset: AtomicI64::new(next_offset),
+            max_timestamp: AtomicI64::new(max_timestamp),
+            first_append_ms: AtomicI64::new(i64::MIN),
+            bytes_since_index: AtomicU64::new(0),
+        }
+    }
+
+    /// Opens a sealed (not last) segment. Its indexes are trusted when they
+    /// are well formed and their last entry points at the batch it names;
+    /// otherwise they are rebuilt from the log's batch headers.
+    pub fn open_sealed(
+        storage: &dyn Storage,
+        dir: &Path,
+        base_offset: i64,
+    ) -> Result<Self, LogError> {
+        let paths = SegmentPaths::new(dir, base_offset);
+        let log = open(storage, &paths.log)?;
+        let size = log.len().map_err(|e| LogError::io("stat", &paths.log, e))?;
+        let index_file = open(storage, &paths.index)?;
+        let time_file = open(storage, &paths.time_index)?;
+        let loaded = OffsetIndex::load(index_file.clone())
+            .map_err(|e| LogError::io("read", &paths.index, e))?
+            .filter(|index| index_matches_log(index, log.as_ref(), base_offset, size));
+        let time_loaded = TimeIndex::load(time_file.clone())
+            .map_err(|e| LogError::io("read", &paths.time_index, e))?;
+        let (index, time_index) = if let (Some(index), Some(time_index)) = (loaded, time_loaded) {
+            (index, time_index)
+        } else {
+            {
+                tracing::warn!(path = %paths.index.display(), "index missing or damaged; rebuilding");
+                let mut scanner = Scanner::new(log.as_ref(), size);
+                let scan = scanner
+                    .walk_headers(0, base_offset)
+                    .map_err(|e| LogError::io("read", &paths.log, e))?;
+                let index = OffsetIndex::rewrite(index_file, scan.index)
+                    .map_err(|e| LogError::io("write", &paths.index, e))?;
+                let time_index = TimeIndex::rewrite(time_file, scan.time_index)
+                    .map_err(|e| LogError::io("write", &paths.time_index, e))?;
+                (index, time_index)
+            }
+        };
+        // The tail after the last index entry holds the end offset.
+        let tail_start = index.last().map_or(0, |e| u64::from(e.position));
+        let mut scanner = Scanner::new(log.as_ref(), size);
+        let tail = scanner
+            .walk_headers(tail_start, base_offset)
+            .map_err(|e| LogError::io("read", &paths.log, e))?;
+        let next_offset = if tail.end_position == tail_start {
+            base_offset
+        } else {
+            tail.next_offset
+        };
+        let max_timestamp = time_index
+            .max_timestamp()
+            .unwrap_or(i64::MIN)
+            .max(tail.max_timestamp);
+        Ok(Self::assemble(
+            base_offset,
+            paths,
+            log,
+            index,
+            time_index,
+            tail.end_position,
+            next_offset,
+            max_timestamp,
+        ))
+    }
+
+    /// Opens the active (last) segment: every batch is checked (length, CRC,
+    /// dense offsets); the log is cut at the first damaged one and both
+    /// indexes are rebuilt from what remains.
+    pub fn recover_active(
+        storage: &dyn Storage,
+        dir: &Path,
+        base_offset: i64,
+        index_interval_bytes: u64,
+    ) -> Result<Recovery, LogError> {
+        let paths = SegmentPaths::new(dir, base_offset);
+        let log = open(storage, &paths.log)?;
+        let size = log.len().map_err(|e| LogError::io("stat", &paths.log, e))?;
+        let mut scanner = Scanner::new(log.as_ref(), size);
+        let scan = scanner
+            .verify(base_offset, index_interval_bytes)
+            .map_err(|e| LogError::io("read", &paths.log, e))?;
+        let truncated_bytes = size - scan.end_position;
+        if truncated_bytes > 0 {
+            log.truncate(scan.end_position)
+                .and_then(|()| log.sync())
+                .map_err(|e| LogError::io("truncate", &paths.log, e))?;
+        }
+        let index = OffsetIndex::rewrite(open(storage, &paths.index)?, scan.index)
+            .map_err(|e| LogError::io("write", &paths.index, e))?;
+        let time_index = TimeIndex::rewrite(open(storage, &paths.time_index)?, scan.time_index)
+            .map_err(|e| LogError::io("write", &paths.time_index, e))?;
+        let segment = Self::assemble(
+            base_offset,
+            paths,
+            log,
+            index,
+            time_index,
+            scan.end_position,
+            scan.next_offset,
+            scan.max_timestamp,
+        );
+        segment
+            .bytes_since_index
+            .store(scan.bytes_since_index, Ordering::Relaxed);
+        segment
+            .first_append_ms
+            .store(scan.first_timestamp, Ordering::Relaxed);
+        Ok(Recovery {
+            segment,
+            damage: scan.damage,
+            truncated_bytes,
+        })
+    }
+
+    pub fn base_offset(&self) -> i64 {
+        self.base_offset
+    }
+
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset.load(Ordering::Acquire)
+    }
+
+    pub fn written_bytes(&self) -> u64 {
+        self.written_bytes.load(Ordering::Acquire)
+    }
+
+    pub fn visible_bytes(&self) -> u64 {
+        self.visible_bytes.load(Ordering::Acquire)
+    }
+
+    pub fn max_timestamp(&self) -> i64 {
+        self.max_timestamp.load(Ordering::Acquire)
+    }
+
+    /// Wall-clock ms of the first append (or of the first batch's timestamp
+    /// after a restart); `None` while empty.
+    pub fn first_append_ms(&self) -> Option<i64> {
+        let ms = self.first_append_ms.load(Ordering::Relaxed);
+        (ms != i64::MIN).then_some(ms)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.written_bytes() == 0
+    }
+
+    /// Appends one validated batch with `base_offset` stamped in front of
+    /// its bytes (written with one vectored write, the batch is not copied).
+    /// Only the partition's writer calls this.
+    pub fn append(
+        &self,
+        base_offset: i64,
+        batch: &[u8],
+        header: &BatchHeader,
+        index_interval_bytes: u64,
+        now_ms: i64,
+    ) -> Result<(), LogError> {
+        assert_eq!(base_offset, self.next_offset(), "appends must be dense");
+        assert!(batch.len() >= HEADER_LEN, "batch was validated");
+        let position = self.written_bytes();
+        let stamp = brook_record::encode_base_offset(base_offset);
+        self.log
+            .append(&[IoSlice::new(&stamp), IoSlice::new(&batch[8..])])
+            .map_err(|e| LogError::io("append", &self.paths.log, e))?;
+        let relative_offset = u32::try_from(base_offset - self.base_offset)
+            .expect("segments roll long before 2^32 offsets");
+        let since_index = self.bytes_since_index.load(Ordering::Relaxed);
+        if position == 0 || since_index >= index_interval_bytes {
+            self.index
+                .write()
+                .push(OffsetEntry {
+                    relative_offset,
+                    position: u32::try_from(position).expect("segments roll before 4 GiB"),
+                })
+                .map_err(|e| LogError::io("append", &self.paths.index, e))?;
+            self.bytes_since_index.store(0, Ordering::Relaxed);
+        }
+        self.bytes_since_index
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.time_index
+            .write()
+            .push(TimeEntry {
+                timestamp: header.max_timestamp,
+                relative_offset,
+            })
+            .map_err(|e| LogError::io("append", &self.paths.time_index, e))?;
+        if position == 0 {
+            self.first_append_ms.store(now_ms, Ordering::Relaxed);
+        }
+        self.max_timestamp
+            .fetch_max(header.max_timestamp, Ordering::AcqRel);
+        self.written_bytes
+            .store(position + batch.len() as u64, Ordering::Release);
+        self.next_offset.store(
+            i64::from(header.last_offset_delta) + base_offset + 1,
+            Ordering::Release,
+        );
+        Ok(())
+    }
+
+    /// Lets readers see the first `bytes` bytes (a batch boundary the writer
+    /// reported). Never moves backwards.
+    pub fn publish(&self, bytes: u64) {
+        assert!(
+            bytes <= self.written_bytes(),
+            "cannot publish unwritten bytes"
+        );
+        self.visible_bytes.fetch_max(bytes, Ordering::AcqRel);
+    }
+
+    pub fn sync(&self) -> Result<(), LogError> {
+        self.log
+            .sync()
+            .map_err(|e| LogError::io("fsync", &self.paths.log, e))
+    }
+
+    /// Syncs the log and both indexes: the segment becomes read-only.
+    pub fn seal(&self) -> Result<(), LogError> {
+        self.sync()?;
+        self.index
+            .read()
+            .sync()
+            .map_err(|e| LogError::io("fsync", &self.paths.index, e))?;
+        self.time_index
+            .read()
+            .sync()
+            .map_err(|e| LogError::io("fsync", &self.paths.time_index, e))
+    }
+
+    /// Removes the segment's files. Readers holding the segment keep reading
+    /// the unlinked file until they drop it.
+    pub fn delete_files(&self, storage: &dyn Storage) -> Result<(), LogError> {
+        for path in [&self.paths.log, &self.paths.index, &self.paths.time_index] {
+            match storage.remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(LogError::io("remove", path, e));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Position of the visible batch that holds `offset`, found through the
+    /// index and a short walk of batch headers; `None` past the visible end.
+    pub fn position_of(&self, offset: i64) -> Result<Option<u64>, LogError> {
+        let visible = self.visible_bytes();
+        let relative = u32::try_from(offset - self.base_offset).unwrap_or(u32::MAX);
+        let mut position = self
+            .index
+            .read()
+            .floor(relative)
+            .map_or(0, |e| u64::from(e.position));
+        let mut header = [0u8; HEADER_LEN];
+        while position + HEADER_LEN as u64 <= visible {
+            read_exact_at(self.log.as_ref(), &mut header, position)
+                .map_err(|e| LogError::io("read", &self.paths.log, e))?;
+            let parsed = BatchHeader::parse(&header)
+                .map_err(|e| LogError::corrupt(&self.paths.log, position, e.to_string()))?;
+            if parsed.last_offset() >= offset {
+                return Ok(Some(position));
+            }
+            position += parsed.total_len() as u64;
+        }
+        Ok(None)
+    }
+
+    /// Whole batches starting with the one holding `offset`, up to
+    /// `max_bytes` (but always the first batch whole). `None` when `offset`
+    /// is past the visible end of this segment.
+    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<Option<Bytes>, LogError> {
+        let Some(start) = self.position_of(offset)? else {
+            return Ok(None);
+        };
+        let visible = self.visible_bytes();
+        let mut prefix = [0u8; LENGTH_PREFIX_LEN];
+        read_exact_at(self.log.as_ref(), &mut prefix, start)
+            .map_err(|e| LogError::io("read", &self.paths.log, e))?;
+        let first_len = brook_record::batch_total_len(&prefix).unwrap_or(0) as u64;
+        let available = visible - start;
+        let want = (max_bytes as u64).max(first_len).min(available);
+        let mut buf = BytesMut::zeroed(usize::try_from(want).unwrap_or(usize::MAX));
+        let n = read_full_at(self.log.as_ref(), &mut buf, start)
+            .map_err(|e| LogError::io("read", &self.paths.log, e))?;
+        buf.truncate(whole_batches_len(&buf[..n]));
+        Ok(Some(buf.freeze()))
+    }
+
+    /// The first record at or after `timestamp` in this segment, as
+    /// `(offset, timestamp)`.
+    pub fn find_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>, LogError> {
+        if self.max_timestamp() < timestamp {
+            return Ok(None);
+        }
+        let relative = self.time_index.read().scan_start(timestamp);
+        let Some(mut position) = self.position_of(self.base_offset + i64::from(relative))? else {
+            return Ok(None);
+        };
+        let visible = self.visible_bytes();
+        let mut header = [0u8; HEADER_LEN];
+        while position + HEADER_LEN as u64 <= visible {
+            read_exact_at(self.log.as_ref(), &mut header, position)
+                .map_err(|e| LogError::io("read", &self.paths.log, e))?;
+            let parsed = BatchHeader::parse(&header)
+                .map_err(|e| LogError::corrupt(&self.paths.log, position, e.to_string()))?;
+            if parsed.max_timestamp >= timestamp {
+                let mut batch = BytesMut::zeroed(parsed.total_len());
+                read_exact_at(self.log.as_ref(), &mut batch, position)
+                    .map_err(|e| LogError::io("read", &self.paths.log, e))?;
+                let (_, records) = brook_record::decode_batch(&batch.freeze())
+                    .map_err(|e| LogError::corrupt(&self.paths.log, position, e.to_string()))?;
+                if let Some(r) = records.iter().find(|r| r.timestamp >= timestamp) {
+                    return Ok(Some((r.offset, r.timestamp)));
+                }
+            }
+            position += parsed.total_len() as u64;
+        }
+        Ok(None)
+    }
+}
+
+/// Length of the longest prefix of `buf` made of whole batches.
+fn whole_batches_len(buf: &[u8]) -> usize {
+    let mut end = 0;
+    while let Some(len) = buf.get(end..).and_then(brook_record::batch_total_len) {
+        if len < HEADER_LEN || end + len > buf.len() {
+            break;
+        }
+        end += len;
+    }
+    end
+}
+
+/// Whether a loaded index agrees with its log: its last entry lies inside
+/// the log and points at a batch with the offset the entry names.
+fn index_matches_log(index: &OffsetIndex, log: &dyn LogFile, base_offset: i64, size: u64) -> bool {
+    let Some(last) = index.last() else {
+        return size == 0;
+    };
+    if index
+        .entries()
+        .first()
+        .is_some_and(|e| e.position != 0 || e.relative_offset != 0)
+    {
+        return false;
+    }
+    let position = u64::from(last.position);
+    if position + HEADER_LEN as u64 > size {
+        return false;
+    }
+    let mut header = [0u8; HEADER_LEN];
+    if read_exact_at(log, &mut header, position).is_err() {
+        return false;
+    }
+    BatchHeader::parse(&header)
+        .is_ok_and(|h| h.base_offset == base_offset + i64::from(last.relative_offset))
+}
+
+fn open(storage: &dyn Storage, path: &Path) -> Result<Arc<dyn LogFile>, LogError> {
+    storage
+        .open(path)
+        .map_err(|e| LogError::io("open", path, e))
+}

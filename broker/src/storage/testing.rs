@@ -1,0 +1,248 @@
+//! File systems for fault tests: `MemStorage` keeps files in memory and can
+//! produce the image a crash would leave (only what was synced survives);
+//! `FailingStorage` wraps another storage and fails every write, sync and
+//! truncate after a budget of successful ones.
+//!
+//! Public so that integration tests and embedders can inject faults through
+//! `BrokerConfig::storage`; nothing in the broker's normal path uses them.
+
+use std::collections::HashMap;
+use std::io::{self, IoSlice};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use super::io::{LogFile, Storage};
+
+/// An in-memory file system that remembers, per file, what was last synced.
+#[derive(Debug, Default, Clone)]
+pub struct MemStorage {
+    /// All files by path; directories are implied by file paths.
+    files: Arc<Mutex<HashMap<PathBuf, Arc<MemFile>>>>,
+}
+
+#[derive(Debug, Default)]
+struct MemFile {
+    /// What the file holds now.
+    data: Mutex<Vec<u8>>,
+    /// What the file held at its last sync: what survives a crash.
+    synced: Mutex<Vec<u8>>,
+}
+
+impl MemStorage {
+    /// The files as a power loss now would leave them: each one cut back to
+    /// its contents at its last sync.
+    #[must_use]
+    pub fn crash_image(&self) -> MemStorage {
+        let files = self
+            .files
+            .lock()
+            .iter()
+            .map(|(path, file)| {
+                let synced = file.synced.lock().clone();
+                let copy = MemFile {
+                    data: Mutex::new(synced.clone()),
+                    synced: Mutex::new(synced),
+                };
+                (path.clone(), Arc::new(copy))
+            })
+            .collect();
+        MemStorage {
+            files: Arc::new(Mutex::new(files)),
+        }
+    }
+
+    /// A file's current contents, if it exists.
+    pub fn contents(&self, path: &Path) -> Option<Vec<u8>> {
+        self.files.lock().get(path).map(|f| f.data.lock().clone())
+    }
+
+    /// Replaces a file's contents (and its synced image), for corruption tests.
+    pub fn set_contents(&self, path: &Path, bytes: Vec<u8>) {
+        let file = MemFile {
+            data: Mutex::new(bytes.clone()),
+            synced: Mutex::new(bytes),
+        };
+        self.files.lock().insert(path.to_owned(), Arc::new(file));
+    }
+
+    /// Paths of every file, sorted.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        let mut paths: Vec<PathBuf> = self.files.lock().keys().cloned().collect();
+        paths.sort();
+        paths
+    }
+}
+
+impl LogFile for MemFile {
+    fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<usize> {
+        let data = self.data.lock();
+        let start = usize::try_from(position)
+            .unwrap_or(usize::MAX)
+            .min(data.len());
+        let n = buf.len().min(data.len() - start);
+        buf[..n].copy_from_slice(&data[start..start + n]);
+        Ok(n)
+    }
+
+    fn append(&self, bufs: &[IoSlice<'_>]) -> io::Result<()> {
+        let mut data = self.data.lock();
+        for b in bufs {
+            data.extend_from_slice(b);
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        let data = self.data.lock().clone();
+        *self.synced.lock() = data;
+        Ok(())
+    }
+
+    fn truncate(&self, len: u64) -> io::Result<()> {
+        let len =
+            usize::try_from(len).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        self.data.lock().resize(len, 0);
+        Ok(())
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.data.lock().len() as u64)
+    }
+}
+
+impl Storage for MemStorage {
+    fn open(&self, path: &Path) -> io::Result<Arc<dyn LogFile>> {
+        let file = self
+            .files
+            .lock()
+            .entry(path.to_owned())
+            .or_default()
+            .clone();
+        Ok(file)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        match self.files.lock().remove(path) {
+            Some(_) => Ok(()),
+            None => Err(io::ErrorKind::NotFound.into()),
+        }
+    }
+
+    fn create_dir_all(&self, _path: &Path) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        self.files.lock().retain(|p, _| !p.starts_with(path));
+        Ok(())
+    }
+
+    fn list_files(&self, path: &Path) -> io::Result<Vec<String>> {
+        Ok(self
+            .files
+            .lock()
+            .keys()
+            .filter(|p| p.parent() == Some(path))
+            .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
+            .collect())
+    }
+
+    fn sync_dir(&self, _path: &Path) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Wraps a storage and fails every mutating file operation (append, sync,
+/// truncate) once `budget` of them have succeeded.
+#[derive(Debug, Clone)]
+pub struct FailingStorage {
+    inner: Arc<dyn Storage>,
+    /// Mutating operations still allowed to succeed, shared by all files.
+    budget: Arc<AtomicU64>,
+}
+
+impl FailingStorage {
+    pub fn new(inner: Arc<dyn Storage>, budget: u64) -> Self {
+        Self {
+            inner,
+            budget: Arc::new(AtomicU64::new(budget)),
+        }
+    }
+
+    /// Allows `budget` more operations from now on.
+    pub fn set_budget(&self, budget: u64) {
+        self.budget.store(budget, Ordering::SeqCst);
+    }
+}
+
+#[derive(Debug)]
+struct FailingFile {
+    inner: Arc<dyn LogFile>,
+    budget: Arc<AtomicU64>,
+}
+
+impl FailingFile {
+    fn spend(&self) -> io::Result<()> {
+        self.budget
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1))
+            .map(|_| ())
+            .map_err(|_| io::Error::other("injected failure"))
+    }
+}
+
+impl LogFile for FailingFile {
+    fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<usize> {
+        self.inner.read_at(buf, position)
+    }
+
+    fn append(&self, bufs: &[IoSlice<'_>]) -> io::Result<()> {
+        self.spend()?;
+        self.inner.append(bufs)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.spend()?;
+        self.inner.sync()
+    }
+
+    fn truncate(&self, len: u64) -> io::Result<()> {
+        self.spend()?;
+        self.inner.truncate(len)
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        self.inner.len()
+    }
+}
+
+impl Storage for FailingStorage {
+    fn open(&self, path: &Path) -> io::Result<Arc<dyn LogFile>> {
+        Ok(Arc::new(FailingFile {
+            inner: self.inner.open(path)?,
+            budget: self.budget.clone(),
+        }))
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove_file(path)
+    }
+
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        self.inner.create_dir_all(path)
+    }
+
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        self.inner.remove_dir_all(path)
+    }
+
+    fn list_files(&self, path: &Path) -> io::Result<Vec<String>> {
+        self.inner.list_files(path)
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        self.inner.sync_dir(path)
+    }
+}

@@ -1,0 +1,20 @@
+//! Compiles `brook/v1/*.proto` with protox (pure Rust, no system `protoc`)
+//! and hands the descriptor set to tonic's code generator.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["brook/v1/brook.proto"];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let descriptors = protox::compile(protos, ["."])?;
+    let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    // Kept for gRPC server reflection.
+    std::fs::write(
+        out_dir.join("brook_descriptor.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
+    tonic_prost_build::configure()
+        .bytes(".")
+        .compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,266 @@
+//! Compression codecs for the records section.
+//!
+//! The codec id lives in bits 0-2 of the batch `attributes`. The whole records
+//! section is compressed as one unit (better ratio than per-record, and the broker
+//! never needs to look inside a compressed batch).
+//!
+//! Invariant: decompression never allocates more than [`MAX_DECOMPRESSED_BYTES`]
+//! (plus a fixed-size codec workspace), whatever the input claims, so a small hostile
+//! batch cannot make a reader allocate gigabytes.
+
+use std::fmt;
+use std::io::Read;
+use std::str::FromStr;
+
+use bytes::Bytes;
+
+use crate::error::{BatchError, ParseCompressionError};
+
+/// Largest records section a reader will inflate a compressed batch to (64 MiB).
+pub const MAX_DECOMPRESSED_BYTES: usize = 64 * 1024 * 1024;
+
+/// zstd level used when building batches: zstd's own default, a good speed/ratio balance.
+const ZSTD_LEVEL: i32 = 3;
+
+/// log2 of the largest zstd window a reader accepts. A window larger than the output
+/// limit is useless, and capping it stops a frame header from demanding a huge buffer.
+const ZSTD_WINDOW_LOG_MAX: u32 = 26;
+
+/// One LZ4 input byte can expand to at most 255 output bytes (a match-length extension
+/// byte adds at most 255 to the match), so a declared size above this ratio is a lie.
+const LZ4_MAX_RATIO: usize = 255;
+
+/// Compression codec of a batch's records section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Compression {
+    #[default]
+    None,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    /// The codec id stored in bits 0-2 of the batch attributes.
+    pub fn id(self) -> u8 {
+        match self {
+            Compression::None => 0,
+            Compression::Lz4 => 1,
+            Compression::Zstd => 2,
+        }
+    }
+
+    /// The codec for an id from the attributes' codec bits.
+    pub fn from_id(id: u8) -> Result<Self, BatchError> {
+        match id {
+            0 => Ok(Compression::None),
+            1 => Ok(Compression::Lz4),
+            2 => Ok(Compression::Zstd),
+            other => Err(BatchError::UnknownCompression(other)),
+        }
+    }
+
+    /// Lower-case name, as accepted by [`FromStr`].
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+impl TryFrom<u8> for Compression {
+    type Error = BatchError;
+
+    fn try_from(id: u8) -> Result<Self, Self::Error> {
+        Compression::from_id(id)
+    }
+}
+
+impl From<Compression> for u8 {
+    fn from(codec: Compression) -> u8 {
+        codec.id()
+    }
+}
+
+impl FromStr for Compression {
+    type Err = ParseCompressionError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(Compression::None),
+            "lz4" => Ok(Compression::Lz4),
+            "zstd" => Ok(Compression::Zstd),
+            other => Err(ParseCompressionError(other.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Compresses an encoded records section.
+pub(crate) fn compress(codec: Compression, section: Vec<u8>) -> Result<Vec<u8>, BatchError> {
+    match codec {
+        Compression::None => Ok(section),
+        Compression::Lz4 => Ok(lz4_flex::block::compress_prepend_size(&section)),
+        Compression::Zstd => {
+            zstd::bulk::compress(&section, ZSTD_LEVEL).map_err(|e| BatchError::CompressionFailed {
+                codec,
+                reason: e.to_string(),
+            })
+        }
+    }
+}
+
+/// Returns the plain records section. Uncompressed input is returned as is (a cheap
+/// `Bytes` clone), so records decoded from it are zero-copy slices of the batch.
+pub(crate) fn decompress(codec: Compression, section: &Bytes) -> Result<Bytes, BatchError> {
+    match codec {
+        Compression::None => Ok(section.clone()),
+        Compression::Lz4 => decompress_lz4(section).map(Bytes::from),
+        Compression::Zstd => decompress_zstd(section).map(Bytes::from),
+    }
+}
+
+fn decompress_lz4(section: &[u8]) -> Result<Vec<u8>, BatchError> {
+    let codec = Compression::Lz4;
+    let failed = |reason: String| BatchError::Decompression { codec, reason };
+    let Some((size_prefix, body)) = section.split_first_chunk::<4>() else {
+        return Err(failed(format!(
+            "section is {} bytes, too short for the 4-byte size prefix",
+            section.len()
+        )));
+    };
+    let declared = u32::from_le_bytes(*size_prefix) as usize;
+    // Both checks happen before allocating the output buffer.
+    if declared > MAX_DECOMPRESSED_BYTES {
+        return Err(BatchError::DecompressedTooLarge {
+            codec,
+            size: declared,
+            max: MAX_DECOMPRESSED_BYTES,
+        });
+    }
+    if declared > body.len().saturating_mul(LZ4_MAX_RATIO) {
+        return Err(failed(format!(
+            "size prefix declares {declared} bytes, more than lz4 can produce from {} compressed bytes",
+            body.len()
+        )));
+    }
+    let out = lz4_flex::block::decompress(body, declared).map_err(|e| failed(e.to_string()))?;
+    if out.len() != declared {
+        return Err(failed(format!(
+            "size prefix declares {declared} bytes but the data decompresses to {}",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+fn decompress_zstd(section: &[u8]) -> Result<Vec<u8>, BatchError> {
+    let codec = Compression::Zstd;
+    let failed = |e: std::io::Error| BatchError::Decompression {
+        codec,
+        reason: e.to_string(),
+    };
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(section).map_err(failed)?;
+    decoder
+        .window_log_max(ZSTD_WINDOW_LOG_MAX)
+        .map_err(failed)?;
+    // Read one byte past the limit so "exactly at the limit" and "over it" differ.
+    let mut out = Vec::new();
+    decoder
+        .take(MAX_DECOMPRESSED_BYTES as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(failed)?;
+    if out.len() > MAX_DECOMPRESSED_BYTES {
+        return Err(BatchError::DecompressedTooLarge {
+            codec,
+            size: out.len(),
+            max: MAX_DECOMPRESSED_BYTES,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [Compression; 3] = [Compression::None, Compression::Lz4, Compression::Zstd];
+
+    #[test]
+    fn ids_names_round_trip() {
+        for codec in ALL {
+            assert_eq!(Compression::from_id(codec.id()), Ok(codec));
+            assert_eq!(Compression::try_from(codec.id()), Ok(codec));
+            assert_eq!(codec.to_string().parse::<Compression>(), Ok(codec));
+        }
+        assert_eq!(
+            Compression::from_id(3),
+            Err(BatchError::UnknownCompression(3))
+        );
+        assert_eq!(Compression::default(), Compression::None);
+        let err = "gzip".parse::<Compression>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown compression codec \"gzip\" (expected \"none\", \"lz4\" or \"zstd\")"
+        );
+    }
+
+    #[test]
+    fn round_trips_each_codec() {
+        let plain: Vec<u8> = (0..10_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        for codec in ALL {
+            let packed = Bytes::from(compress(codec, plain.clone()).unwrap());
+            assert_eq!(decompress(codec, &packed).unwrap(), plain, "{codec}");
+        }
+    }
+
+    #[test]
+    fn lz4_refuses_oversized_declaration_before_allocating() {
+        let mut section = ((MAX_DECOMPRESSED_BYTES + 1) as u32).to_le_bytes().to_vec();
+        section.extend_from_slice(&[0; 16]);
+        let err = decompress(Compression::Lz4, &Bytes::from(section)).unwrap_err();
+        assert!(
+            matches!(err, BatchError::DecompressedTooLarge { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn lz4_refuses_impossible_ratio() {
+        let mut section = 1_000_000u32.to_le_bytes().to_vec();
+        section.extend_from_slice(&[0; 8]);
+        let err = decompress(Compression::Lz4, &Bytes::from(section)).unwrap_err();
+        assert!(matches!(err, BatchError::Decompression { .. }), "{err}");
+    }
+
+    #[test]
+    fn lz4_rejects_short_and_lying_prefixes() {
+        let err = decompress(Compression::Lz4, &Bytes::from_static(&[1, 0])).unwrap_err();
+        assert!(matches!(err, BatchError::Decompression { .. }), "{err}");
+        // Declares 100 bytes, actually holds 5.
+        let mut section = compress(Compression::Lz4, b"hello".to_vec()).unwrap();
+        section.splice(0..4, 100u32.to_le_bytes());
+        let err = decompress(Compression::Lz4, &Bytes::from(section)).unwrap_err();
+        assert!(matches!(err, BatchError::Decompression { .. }), "{err}");
+    }
+
+    #[test]
+    fn zstd_rejects_garbage_and_bombs() {
+        let err = decompress(Compression::Zstd, &Bytes::from_static(b"not zstd")).unwrap_err();
+        assert!(matches!(err, BatchError::Decompression { .. }), "{err}");
+        let bomb = compress(Compression::Zstd, vec![0; MAX_DECOMPRESSED_BYTES + 1]).unwrap();
+        let err = decompress(Compression::Zstd, &Bytes::from(bomb)).unwrap_err();
+        assert!(
+            matches!(err, BatchError::DecompressedTooLarge { .. }),
+            "{err}"
+        );
+    }
+}
