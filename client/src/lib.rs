@@ -1,1 +1,49 @@
-//! placeholder
+//! A Rust client for the Brook message broker.
+//!
+//! [`Client`] holds one HTTP/2 connection and offers topic administration,
+//! unary produce ([`Client::produce`]), a pipelined producer
+//! ([`Client::produce_stream`]), long-poll fetches ([`Client::fetch`]),
+//! subscriptions ([`Client::subscribe`]) and offset lookups. Every call is
+//! bounded in time, and every failure is a [`ClientError`] that knows
+//! whether retrying can help.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), brook_client::ClientError> {
+//! use brook_client::{Client, NewRecord, OffsetSpec};
+//! use futures::StreamExt;
+//!
+//! let client = Client::connect("http://127.0.0.1:9420").await?;
+//! let start = client.list_offsets("events", 0, OffsetSpec::Latest).await?;
+//! let mut records = client.subscribe("events", 0, start).await?;
+//! client
+//!     .produce("events", 0, &[NewRecord { value: Some("hi".into()), ..NewRecord::default() }])
+//!     .await?;
+//! let record = records.next().await.expect("a record")?;
+//! assert_eq!(record.offset, start);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Invariant: only this crate's modules know the `brook_proto` types; the
+//! public API speaks in its own structs and in `brook_record`'s records.
+
+mod admin;
+mod client;
+mod error;
+mod fetch;
+mod produce;
+mod stream;
+
+pub use admin::{PartitionDescription, TopicConfig, TopicDescription, TopicSettings, TopicSummary};
+pub use brook_record::{BatchOptions, Compression, Header, NewRecord, Record};
+pub use client::{
+    Client, ClientOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MESSAGE_BYTES_MAX,
+    DEFAULT_PRODUCE_IN_FLIGHT_MAX, DEFAULT_REQUEST_TIMEOUT,
+};
+pub use error::ClientError;
+pub use fetch::{
+    FetchOptions, FetchResult, FetchTarget, OffsetSpec, PartitionFetch, SUBSCRIBE_MAX_BYTES,
+    Subscription,
+};
+pub use produce::ProduceAck;
+pub use stream::{PendingAck, ProduceStream};

@@ -88,7 +88,9 @@ impl LogFile for OsFile {
 
     fn append(&self, bufs: &[IoSlice<'_>]) -> io::Result<()> {
         // The file is opened with O_APPEND, so every write lands at the end.
-        let mut owned: Vec<IoSlice<'_>> = bufs.to_vec();
+        // Empty slices would make a vectored write return 0, which reads as
+        // "cannot write".
+        let mut owned: Vec<IoSlice<'_>> = bufs.iter().filter(|b| !b.is_empty()).copied().collect();
         let mut slices: &mut [IoSlice<'_>] = &mut owned;
         while !slices.is_empty() {
             match (&self.0).write_vectored(slices) {
@@ -154,5 +156,26 @@ impl Storage for OsStorage {
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         File::open(path)?.sync_all()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn os_file_appends_reads_and_ignores_empty_slices() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = OsStorage.open(&dir.path().join("f")).unwrap();
+        file.append(&[]).unwrap();
+        file.append(&[IoSlice::new(&[]), IoSlice::new(b"ab"), IoSlice::new(b"")])
+            .unwrap();
+        file.append(&[IoSlice::new(b"cd")]).unwrap();
+        let mut buf = [0u8; 4];
+        read_exact_at(file.as_ref(), &mut buf, 0).unwrap();
+        assert_eq!(&buf, b"abcd");
+        file.truncate(1).unwrap();
+        assert_eq!(file.len().unwrap(), 1);
+        assert!(read_exact_at(file.as_ref(), &mut buf, 0).is_err());
     }
 }

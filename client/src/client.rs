@@ -1,0 +1,177 @@
+//! The connection: one tonic `Channel` shared by the three service stubs,
+//! the options that bound every call, and the helper that applies them.
+//!
+//! Invariant: every unary call goes through [`Client::call`], so none can
+//! wait longer than its time limit.
+
+use std::future::Future;
+use std::time::Duration;
+
+use brook_proto::admin_service_client::AdminServiceClient;
+use brook_proto::fetch_service_client::FetchServiceClient;
+use brook_proto::produce_service_client::ProduceServiceClient;
+use brook_record::BatchOptions;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::ClientError;
+
+/// How long establishing the connection may take.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one call may take (a fetch gets its long-poll wait on top).
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest gRPC message sent or received; matches the broker's default
+/// limit, which is above its largest batch and largest fetch response.
+pub const DEFAULT_MESSAGE_BYTES_MAX: usize = 128 * 1024 * 1024;
+/// Produce requests a [`crate::ProduceStream`] keeps unacknowledged.
+pub const DEFAULT_PRODUCE_IN_FLIGHT_MAX: usize = 128;
+
+/// Settings of a [`Client`]; [`ClientOptions::default`] holds the `DEFAULT_*` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// Time limit for the TCP connect and the HTTP/2 handshake.
+    pub connect_timeout: Duration,
+    /// Time limit for each call (a fetch adds its `max_wait`).
+    pub request_timeout: Duration,
+    /// Largest gRPC message encoded or decoded.
+    pub message_bytes_max: usize,
+    /// Unacknowledged requests per produce stream; `send` waits at this bound.
+    pub produce_in_flight_max: usize,
+    /// Compression (and producer identity) of batches built by [`Client::produce`].
+    pub batch: BatchOptions,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            message_bytes_max: DEFAULT_MESSAGE_BYTES_MAX,
+            produce_in_flight_max: DEFAULT_PRODUCE_IN_FLIGHT_MAX,
+            batch: BatchOptions::default(),
+        }
+    }
+}
+
+/// A connection to a Brook broker. Cloning is cheap: clones share the
+/// connection (HTTP/2 multiplexes their calls).
+///
+/// ```no_run
+/// # async fn example() -> Result<(), brook_client::ClientError> {
+/// use brook_client::{Client, FetchOptions, NewRecord, TopicConfig};
+///
+/// let client = Client::connect("127.0.0.1:9420").await?;
+/// client.create_topic("events", 3, TopicConfig::default()).await?;
+/// let record = NewRecord {
+///     value: Some("hello".into()),
+///     ..NewRecord::default()
+/// };
+/// let ack = client.produce("events", 0, &[record]).await?;
+/// let fetched = client
+///     .fetch("events", 0, ack.base_offset, FetchOptions::default())
+///     .await?;
+/// assert_eq!(fetched.records[0].value.as_deref(), Some(&b"hello"[..]));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub(crate) admin: AdminServiceClient<Channel>,
+    pub(crate) produce: ProduceServiceClient<Channel>,
+    pub(crate) fetch: FetchServiceClient<Channel>,
+    pub(crate) options: ClientOptions,
+}
+
+impl Client {
+    /// Connects with [`ClientOptions::default`]. `endpoint` is a URI such as
+    /// `http://127.0.0.1:9420`, or `host:port` (then `http://` is assumed).
+    pub async fn connect(endpoint: impl Into<String>) -> Result<Self, ClientError> {
+        Self::connect_with(endpoint, ClientOptions::default()).await
+    }
+
+    /// Connects with the given options.
+    pub async fn connect_with(
+        endpoint: impl Into<String>,
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
+        assert!(
+            options.produce_in_flight_max > 0,
+            "a produce stream needs room for one request"
+        );
+        let endpoint = Endpoint::from_shared(with_scheme(endpoint.into()))?
+            .connect_timeout(options.connect_timeout)
+            .tcp_nodelay(true);
+        // connect_timeout bounds the TCP connect only; this bounds the handshake too.
+        let channel = tokio::time::timeout(options.connect_timeout, endpoint.connect())
+            .await
+            .map_err(|_elapsed| ClientError::Timeout {
+                operation: "connect",
+                after: options.connect_timeout,
+            })??;
+        Ok(Self::from_channel(channel, options))
+    }
+
+    /// Wraps an existing channel (e.g. one with TLS or a custom connector).
+    pub fn from_channel(channel: Channel, options: ClientOptions) -> Self {
+        let limit = options.message_bytes_max;
+        Self {
+            admin: AdminServiceClient::new(channel.clone())
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+            produce: ProduceServiceClient::new(channel.clone())
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+            fetch: FetchServiceClient::new(channel)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+            options,
+        }
+    }
+
+    /// The options this client was made with.
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    /// Runs one call under `timeout`, turning its status into a [`ClientError`].
+    pub(crate) async fn call<T>(
+        operation: &'static str,
+        timeout: Duration,
+        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, ClientError> {
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(ClientError::status(operation, status)),
+            Err(_elapsed) => Err(ClientError::Timeout {
+                operation,
+                after: timeout,
+            }),
+        }
+    }
+}
+
+/// `host:port` becomes `http://host:port`; anything with a scheme is kept.
+fn with_scheme(endpoint: String) -> String {
+    if endpoint.contains("://") {
+        endpoint
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scheme_is_added_only_when_missing() {
+        assert_eq!(with_scheme("127.0.0.1:9420".into()), "http://127.0.0.1:9420");
+        assert_eq!(with_scheme("localhost:1".into()), "http://localhost:1");
+        assert_eq!(with_scheme("https://b:1".into()), "https://b:1");
+    }
+
+    #[tokio::test]
+    async fn an_invalid_endpoint_is_a_transport_error() {
+        let error = Client::connect("http://bad host:1").await.unwrap_err();
+        assert!(matches!(error, ClientError::Transport(_)), "{error:?}");
+    }
+}

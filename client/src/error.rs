@@ -1,0 +1,170 @@
+//! The one error type of the client, and whether retrying can help.
+//!
+//! Invariant: a status the broker answered with is kept whole (code, message,
+//! metadata) as the error's source; nothing is flattened to a string.
+
+use std::time::Duration;
+
+use brook_record::BatchError;
+use tonic::Code;
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The broker (or the gRPC stack under it) answered the call with a status.
+    #[error("{operation} failed with {code:?}: {message}", code = status.code(), message = status.message())]
+    Status {
+        /// The call, e.g. `create_topic`.
+        operation: &'static str,
+        #[source]
+        status: tonic::Status,
+    },
+
+    /// The broker refused one batch of a produce (the request itself went through).
+    #[error("batch for {topic}/{partition} rejected with {code:?}: {message}", code = status.code(), message = status.message())]
+    Rejected {
+        topic: String,
+        partition: u32,
+        /// The broker's error as a status: its code and its message.
+        #[source]
+        status: tonic::Status,
+    },
+
+    /// The broker served bytes that are not valid record batches.
+    #[error("fetched records do not decode")]
+    Decode(#[source] BatchError),
+
+    /// The records given to a produce call could not be encoded (e.g. none).
+    #[error("records do not encode into a batch")]
+    Encode(#[source] BatchError),
+
+    /// Connecting failed, or the endpoint is not a valid URI.
+    #[error("transport error")]
+    Transport(#[from] tonic::transport::Error),
+
+    /// No answer within the call's time limit.
+    #[error("{operation} timed out after {after:?}")]
+    Timeout {
+        operation: &'static str,
+        after: Duration,
+    },
+
+    /// A stream ended (the connection dropped, or the broker is shutting
+    /// down) before this request was answered. The request may or may not
+    /// have been applied.
+    #[error("{operation} stream closed before the answer arrived")]
+    StreamClosed { operation: &'static str },
+
+    /// The broker's answer broke the protocol (e.g. a produce response with
+    /// the wrong number of results). A bug on one side; do not retry.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The gRPC status code, when the broker answered with one.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            Self::Status { status, .. } | Self::Rejected { status, .. } => Some(status.code()),
+            Self::Decode(_)
+            | Self::Encode(_)
+            | Self::Transport(_)
+            | Self::Timeout { .. }
+            | Self::StreamClosed { .. }
+            | Self::Protocol(_) => None,
+        }
+    }
+
+    /// Whether the same call may succeed if tried again later: the broker was
+    /// unreachable, overloaded, shutting down or slow. A produce retried after
+    /// a timeout or a closed stream may append its records twice.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Status { status, .. } | Self::Rejected { status, .. } => {
+                code_is_retryable(status.code())
+            }
+            Self::Transport(_) | Self::Timeout { .. } | Self::StreamClosed { .. } => true,
+            Self::Decode(_) | Self::Encode(_) | Self::Protocol(_) => false,
+        }
+    }
+
+    /// A `Status` error for `operation`.
+    pub(crate) fn status(operation: &'static str, status: tonic::Status) -> Self {
+        Self::Status { operation, status }
+    }
+
+    /// A `Rejected` error from the broker's in-band `Error` message.
+    pub(crate) fn rejected(topic: String, partition: u32, error: brook_proto::Error) -> Self {
+        Self::Rejected {
+            topic,
+            partition,
+            status: tonic::Status::new(Code::from_i32(error.code), error.message),
+        }
+    }
+}
+
+/// Codes that describe a passing condition rather than a wrong request.
+fn code_is_retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_classify_as_documented() {
+        for code in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::ResourceExhausted,
+        ] {
+            let e = ClientError::status("produce", tonic::Status::new(code, "x"));
+            assert!(e.is_retryable(), "{code:?}");
+            assert_eq!(e.code(), Some(code));
+        }
+        for code in [
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::AlreadyExists,
+            Code::OutOfRange,
+            Code::FailedPrecondition,
+        ] {
+            let e = ClientError::status("produce", tonic::Status::new(code, "x"));
+            assert!(!e.is_retryable(), "{code:?}");
+        }
+    }
+
+    #[test]
+    fn rejected_keeps_code_and_message() {
+        let e = ClientError::rejected(
+            "t".into(),
+            2,
+            brook_proto::Error {
+                code: Code::InvalidArgument as i32,
+                message: "crc mismatch".into(),
+            },
+        );
+        assert_eq!(e.code(), Some(Code::InvalidArgument));
+        assert!(!e.is_retryable());
+        assert_eq!(
+            e.to_string(),
+            "batch for t/2 rejected with InvalidArgument: crc mismatch"
+        );
+    }
+
+    #[test]
+    fn local_failures_classify() {
+        let timeout = ClientError::Timeout {
+            operation: "fetch",
+            after: Duration::from_secs(1),
+        };
+        assert!(timeout.is_retryable());
+        assert_eq!(timeout.code(), None);
+        assert!(!ClientError::Decode(BatchError::EmptyBatch).is_retryable());
+        assert!(ClientError::StreamClosed { operation: "produce" }.is_retryable());
+    }
+}

@@ -1,0 +1,272 @@
+//! The pipelined producer over `ProduceStream`: requests go out without
+//! waiting for earlier answers; the broker appends and acknowledges them in
+//! arrival order, and a reader task hands each acknowledgement to the
+//! [`PendingAck`] of its request.
+//!
+//! Invariants: at most `produce_in_flight_max` requests are unacknowledged
+//! (a semaphore permit travels with each one until its answer arrives);
+//! the queue of awaited answers holds the requests in the order they were
+//! sent, and each answer's correlation id is checked against its head.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use brook_proto::{ProduceRequest, ProduceResponse};
+use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+use crate::client::Client;
+use crate::error::ClientError;
+use crate::produce::{ProduceAck, acks, request};
+
+const OPERATION: &str = "produce_stream";
+
+/// A pipelined produce stream, from [`Client::produce_stream`].
+///
+/// [`send`](Self::send) returns once the request is on its way; await the
+/// returned [`PendingAck`] for the broker's answer. Acknowledgements arrive
+/// in the order requests were sent. Dropping the stream ends it after the
+/// requests already sent; their acknowledgements are still delivered.
+///
+/// ```no_run
+/// # async fn example(client: brook_client::Client, batches: Vec<bytes::Bytes>)
+/// # -> Result<(), brook_client::ClientError> {
+/// let mut stream = client.produce_stream().await?;
+/// let mut pending = Vec::new();
+/// for batch in batches {
+///     pending.push(stream.send("events", 0, batch).await?);
+/// }
+/// for ack in pending {
+///     println!("appended at {}", ack.await?.base_offset);
+/// }
+/// stream.finish().await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct ProduceStream {
+    /// Requests for the broker. Never full: a permit is taken first and the
+    /// capacity equals the permit count.
+    requests: mpsc::Sender<ProduceRequest>,
+    /// Answers the reader task owes, in send order; bounded like `requests`.
+    awaiting: mpsc::Sender<Awaiting>,
+    /// One permit per unacknowledged request: the in-flight bound.
+    permits: Arc<Semaphore>,
+    in_flight_max: usize,
+    next_correlation_id: u64,
+    reader: JoinHandle<()>,
+}
+
+/// A request sent and not yet answered.
+#[derive(Debug)]
+struct Awaiting {
+    correlation_id: u64,
+    topic: String,
+    partition: u32,
+    reply: oneshot::Sender<Result<ProduceAck, ClientError>>,
+    /// Returned to the semaphore when the answer is handed over.
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The broker's answer to one [`ProduceStream::send`], to be awaited.
+#[derive(Debug)]
+#[must_use = "the acknowledgement tells whether the batch was appended"]
+pub struct PendingAck {
+    correlation_id: u64,
+    reply: oneshot::Receiver<Result<ProduceAck, ClientError>>,
+}
+
+impl PendingAck {
+    /// The id the request was sent with; the broker's answer echoes it.
+    pub fn correlation_id(&self) -> u64 {
+        self.correlation_id
+    }
+}
+
+impl Future for PendingAck {
+    type Output = Result<ProduceAck, ClientError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.reply).poll(cx).map(|answer| {
+            // The reader answers every request it dequeues; a dropped sender
+            // means it is gone (runtime shut down).
+            answer.unwrap_or(Err(ClientError::StreamClosed {
+                operation: OPERATION,
+            }))
+        })
+    }
+}
+
+impl Client {
+    /// Opens a pipelined produce stream; see [`ProduceStream`].
+    pub async fn produce_stream(&self) -> Result<ProduceStream, ClientError> {
+        let in_flight_max = self.options.produce_in_flight_max;
+        let (requests, outbound) = mpsc::channel(in_flight_max);
+        let responses = Client::call(
+            OPERATION,
+            self.options.request_timeout,
+            self.produce
+                .clone()
+                .produce_stream(ReceiverStream::new(outbound)),
+        )
+        .await?;
+        let (awaiting, queue) = mpsc::channel(in_flight_max);
+        let reader = tokio::spawn(read_acks(responses, queue));
+        Ok(ProduceStream {
+            requests,
+            awaiting,
+            permits: Arc::new(Semaphore::new(in_flight_max)),
+            in_flight_max,
+            next_correlation_id: 1,
+            reader,
+        })
+    }
+}
+
+impl ProduceStream {
+    /// Sends one encoded batch; waits only while the in-flight bound is
+    /// reached. Cancel-safe: if this future is dropped, nothing was sent.
+    pub async fn send(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        batch: Bytes,
+    ) -> Result<PendingAck, ClientError> {
+        let closed = ClientError::StreamClosed {
+            operation: OPERATION,
+        };
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        // Reserve both slots before filling either, so a cancelled send
+        // cannot leave an awaited answer without its request.
+        let Ok(awaiting_slot) = self.awaiting.reserve().await else {
+            return Err(closed);
+        };
+        let Ok(request_slot) = self.requests.reserve().await else {
+            return Err(closed);
+        };
+        let correlation_id = self.next_correlation_id;
+        self.next_correlation_id += 1;
+        let (reply, answer) = oneshot::channel();
+        awaiting_slot.send(Awaiting {
+            correlation_id,
+            topic: topic.to_owned(),
+            partition,
+            reply,
+            _permit: permit,
+        });
+        request_slot.send(request(
+            correlation_id,
+            vec![(topic.to_owned(), partition, batch)],
+        ));
+        Ok(PendingAck {
+            correlation_id,
+            reply: answer,
+        })
+    }
+
+    /// Requests sent and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight_max - self.permits.available_permits()
+    }
+
+    /// Ends the stream and waits until every request sent has its answer
+    /// (delivered to its [`PendingAck`]).
+    pub async fn finish(self) {
+        let Self {
+            requests,
+            awaiting,
+            reader,
+            ..
+        } = self;
+        drop(requests);
+        drop(awaiting);
+        if let Err(e) = reader.await {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+    }
+}
+
+/// How a stream's answers stopped.
+enum Ended {
+    /// The broker ended the stream (or the client did, and all was answered).
+    Closed,
+    Failed(tonic::Status),
+    Broken(String),
+}
+
+impl Ended {
+    fn error(&self) -> ClientError {
+        match self {
+            Ended::Closed => ClientError::StreamClosed {
+                operation: OPERATION,
+            },
+            Ended::Failed(status) => ClientError::status(OPERATION, status.clone()),
+            Ended::Broken(why) => ClientError::Protocol(why.clone()),
+        }
+    }
+}
+
+/// Hands each answer to the request at the head of `queue`; when answers
+/// stop, fails every request still queued.
+async fn read_acks(mut responses: Streaming<ProduceResponse>, mut queue: mpsc::Receiver<Awaiting>) {
+    let ended = loop {
+        let response = match responses.message().await {
+            Ok(Some(response)) => response,
+            Ok(None) => break Ended::Closed,
+            Err(status) => break Ended::Failed(status),
+        };
+        let Some(awaited) = queue.recv().await else {
+            break Ended::Broken(format!(
+                "answer {} arrived for no request",
+                response.correlation_id
+            ));
+        };
+        if response.correlation_id != awaited.correlation_id {
+            let ended = Ended::Broken(format!(
+                "expected the answer to request {}, got one to {}",
+                awaited.correlation_id, response.correlation_id
+            ));
+            // The caller may have stopped waiting; nothing to tell then.
+            let _ = awaited.reply.send(Err(ended.error()));
+            break ended;
+        }
+        let Awaiting {
+            topic,
+            partition,
+            reply,
+            ..
+        } = awaited;
+        let _ = reply.send(outcome(topic, partition, response));
+    };
+    if !matches!(ended, Ended::Closed) {
+        tracing::debug!(error = %ended.error(), "produce stream ended");
+    }
+    queue.close();
+    while let Some(awaited) = queue.recv().await {
+        let _ = awaited.reply.send(Err(ended.error()));
+    }
+}
+
+fn outcome(
+    topic: String,
+    partition: u32,
+    response: ProduceResponse,
+) -> Result<ProduceAck, ClientError> {
+    if let Some(error) = response.error {
+        return Err(ClientError::rejected(topic, partition, error));
+    }
+    let mut acks = acks(1, response.results)?;
+    acks.pop().expect("acks checked the count")
+}
