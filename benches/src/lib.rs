@@ -134,7 +134,10 @@ pub async fn produce(endpoint: &str, options: &ProduceOptions) -> anyhow::Result
                 }],
             };
             sent_at.push_back(Instant::now());
-            requests.send(request).await.context("produce stream closed")?;
+            requests
+                .send(request)
+                .await
+                .context("produce stream closed")?;
             next_batch += 1;
             continue;
         }
@@ -143,10 +146,15 @@ pub async fn produce(endpoint: &str, options: &ProduceOptions) -> anyhow::Result
             .await
             .context("produce stream ended early")?
             .context("produce stream failed")?;
-        if let Some(error) = ack.error.or_else(|| ack.results.into_iter().find_map(|r| r.error)) {
+        if let Some(error) = ack
+            .error
+            .or_else(|| ack.results.into_iter().find_map(|r| r.error))
+        {
             bail!("produce failed: {}", error.message);
         }
-        let sent = sent_at.pop_front().context("an acknowledgement nobody waited for")?;
+        let sent = sent_at
+            .pop_front()
+            .context("an acknowledgement nobody waited for")?;
         latencies.record(sent.elapsed().as_micros() as u64)?;
         acked += 1;
     }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::broker::Broker;
@@ -80,10 +80,11 @@ pub async fn serve(
     let grpc_addr = grpc.local_addr().ok();
     let grpc_server = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(limits.streams_per_connection_max))
-        .tcp_nodelay(true)
         .add_routes(crate::grpc::routes(&broker))
         .add_service(health_service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), {
+        // Accepted connections get TCP_NODELAY only through `TcpIncoming`;
+        // without it small responses wait for the peer's delayed ACK.
+        .serve_with_incoming_shutdown(TcpIncoming::from(grpc).with_nodelay(Some(true)), {
             let stop = stop.clone();
             async move { stop.cancelled().await }
         });

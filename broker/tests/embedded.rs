@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use brook_broker::EmbeddedBroker;
 use brook_proto::list_offsets_request::Spec;
-use brook_proto::{FetchPartition, FetchRequest, ListOffsetsRequest, SubscribeRequest, TopicConfig};
+use brook_proto::{
+    FetchPartition, FetchRequest, ListOffsetsRequest, SubscribeRequest, TopicConfig,
+};
 use brook_record::BatchOptions;
 use common::{Clients, WAIT, batch, partition_batch, produce_request, records, values, within};
 use tokio_stream::StreamExt;
@@ -92,11 +94,9 @@ async fn offsets_are_listed_and_described() {
     let first_ms = common::now_ms() - 3_600_000;
     for i in 0..3 {
         let timestamp = first_ms + i * 1_000;
-        let encoded = brook_record::encode_batch(
-            &records("click", 5, timestamp),
-            BatchOptions::default(),
-        )
-        .unwrap();
+        let encoded =
+            brook_record::encode_batch(&records("click", 5, timestamp), BatchOptions::default())
+                .unwrap();
         clients.produce("clicks", 0, encoded).await.unwrap();
     }
 
@@ -174,8 +174,16 @@ async fn produce_stream_acknowledges_pipelined_requests_in_order() {
         assert_eq!(result.base_offset, expected_base, "request {i}");
         expected_base += (i % 3 + 1) as i64;
     }
-    assert!(within("end of stream", acks.next()).await.unwrap().is_none());
-    assert_eq!(clients.end_offset("stream", 0).await.unwrap(), expected_base);
+    assert!(
+        within("end of stream", acks.next())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        clients.end_offset("stream", 0).await.unwrap(),
+        expected_base
+    );
     let fetched = clients.fetch_all("stream", 0, 0).await.unwrap();
     assert_eq!(fetched.len() as i64, expected_base);
     assert_eq!(fetched.last().map(|r| r.offset), Some(expected_base - 1));
@@ -224,4 +232,54 @@ async fn long_poll_returns_as_soon_as_records_arrive() {
         elapsed < Duration::from_millis(1_500),
         "the long poll waited {elapsed:?} although records arrived"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_fetch_responses_are_not_held_back_by_nagle() {
+    let embedded = EmbeddedBroker::start().await.unwrap();
+    let mut clients = Clients::connect(embedded.endpoint()).await.unwrap();
+    clients
+        .create_topic("latency", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    // A response of a few hundred bytes goes out in several small writes;
+    // without TCP_NODELAY the last waits for the client's delayed ACK (~40 ms).
+    let encoded = common::sized_batch(230, common::now_ms()).unwrap();
+    clients.produce("latency", 0, encoded).await.unwrap();
+    clients.fetch_once("latency", 0, 0).await.unwrap();
+    let mut took: Vec<Duration> = Vec::new();
+    for _ in 0..11 {
+        let started = Instant::now();
+        let bytes = clients.fetch_once("latency", 0, 0).await.unwrap();
+        took.push(started.elapsed());
+        assert!(!bytes.is_empty());
+    }
+    took.sort();
+    let median = took[took.len() / 2];
+    eprintln!("fetch round trips: median {median:?}, all {took:?}");
+    assert!(
+        median < Duration::from_millis(25),
+        "median fetch took {median:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_without_a_partition_byte_limit_returns_every_batch() {
+    let embedded = EmbeddedBroker::start().await.unwrap();
+    let mut clients = Clients::connect(embedded.endpoint()).await.unwrap();
+    clients
+        .create_topic("unbounded", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    for i in 0..5 {
+        clients
+            .produce("unbounded", 0, batch(&format!("b{i}"), 2).unwrap())
+            .await
+            .unwrap();
+    }
+    // max_bytes 0 (unset) means "no limit" for the request; it must not
+    // mean "one batch" for the partition.
+    let bytes = clients.fetch_once("unbounded", 0, 0).await.unwrap();
+    let fetched = brook_record::decode_batches(&bytes).unwrap();
+    assert_eq!(fetched.len(), 10, "fetched {:?}", values(&fetched));
 }

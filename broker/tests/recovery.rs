@@ -7,6 +7,7 @@ mod common;
 use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use brook_broker::EmbeddedBroker;
 use brook_broker::storage::{OsStorage, Storage};
 use brook_proto::list_offsets_request::Spec;
@@ -34,7 +35,10 @@ fn numbered_batch(i: i64) -> anyhow::Result<Bytes> {
             ..NewRecord::default()
         })
         .collect();
-    Ok(brook_record::encode_batch(&records, BatchOptions::default())?)
+    Ok(brook_record::encode_batch(
+        &records,
+        BatchOptions::default(),
+    )?)
 }
 
 async fn start(dir: &Path) -> anyhow::Result<(EmbeddedBroker, Clients)> {
@@ -82,7 +86,10 @@ fn batch_spans(log: &Path) -> anyhow::Result<Vec<(usize, usize)>> {
     let bytes = std::fs::read(log)?;
     let mut spans = Vec::new();
     let mut position = 0;
-    while let Some(len) = bytes.get(position..).and_then(brook_record::batch_total_len) {
+    while let Some(len) = bytes
+        .get(position..)
+        .and_then(brook_record::batch_total_len)
+    {
         anyhow::ensure!(position + len <= bytes.len(), "torn batch at {position}");
         spans.push((position, len));
         position += len;
@@ -91,39 +98,46 @@ fn batch_spans(log: &Path) -> anyhow::Result<Vec<(usize, usize)>> {
 }
 
 /// Checks that exactly offsets `0..end` are served, with their values.
-async fn assert_served(clients: &mut Clients, end: i64) {
-    assert_eq!(clients.end_offset(TOPIC, 0).await.unwrap(), end);
-    let records = clients.fetch_all(TOPIC, 0, 0).await.unwrap();
+async fn assert_served(clients: &mut Clients, end: i64) -> anyhow::Result<()> {
+    let served_end = clients.end_offset(TOPIC, 0).await?;
+    anyhow::ensure!(served_end == end, "end offset {served_end}, expected {end}");
+    let records = clients.fetch_all(TOPIC, 0, 0).await?;
     let offsets: Vec<i64> = records.iter().map(|r| r.offset).collect();
-    assert_eq!(offsets, (0..end).collect::<Vec<i64>>());
+    anyhow::ensure!(
+        offsets == (0..end).collect::<Vec<i64>>(),
+        "offsets served: {offsets:?}"
+    );
     let expected: Vec<String> = (0..end).map(value).collect();
-    assert_eq!(values(&records), expected);
+    anyhow::ensure!(values(&records) == expected, "values differ");
+    Ok(())
 }
 
 /// Damages the last batch of the active segment with `damage(bytes, start, len)`,
 /// restarts, and checks the log ends where that batch began.
-async fn assert_last_batch_cut(damage: impl FnOnce(&mut Vec<u8>, usize, usize)) {
-    let dir = tempfile::tempdir().unwrap();
-    fill(dir.path()).await.unwrap();
-    let logs = segment_logs(dir.path()).unwrap();
-    assert!(logs.len() >= 3, "expected several segments, got {logs:?}");
-    let active = logs.last().unwrap();
-    let &(position, len) = batch_spans(active).unwrap().last().unwrap();
-    let mut bytes = std::fs::read(active).unwrap();
+async fn assert_last_batch_cut(
+    damage: impl FnOnce(&mut Vec<u8>, usize, usize),
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    fill(dir.path()).await?;
+    let logs = segment_logs(dir.path())?;
+    anyhow::ensure!(logs.len() >= 3, "expected several segments, got {logs:?}");
+    let active = logs.last().context("no segment")?;
+    let &(position, len) = batch_spans(active)?.last().context("empty segment")?;
+    let mut bytes = std::fs::read(active)?;
     damage(&mut bytes, position, len);
-    std::fs::write(active, &bytes).unwrap();
+    std::fs::write(active, &bytes)?;
 
-    let (embedded, mut clients) = start(dir.path()).await.unwrap();
+    let (embedded, mut clients) = start(dir.path()).await?;
     let end = (BATCHES - 1) * RECORDS_PER_BATCH;
-    assert_served(&mut clients, end).await;
+    assert_served(&mut clients, end).await?;
     let base = clients
-        .produce(TOPIC, 0, numbered_batch(BATCHES - 1).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(base, end);
-    assert_served(&mut clients, BATCHES * RECORDS_PER_BATCH).await;
+        .produce(TOPIC, 0, numbered_batch(BATCHES - 1)?)
+        .await?;
+    anyhow::ensure!(base == end, "a new batch got offset {base}, expected {end}");
+    assert_served(&mut clients, BATCHES * RECORDS_PER_BATCH).await?;
     drop(clients);
-    within("shutdown", embedded.shutdown()).await.unwrap().unwrap();
+    within("shutdown", embedded.shutdown()).await??;
+    Ok(())
 }
 
 #[test]
@@ -137,12 +151,16 @@ fn appending_nothing_to_a_real_file_succeeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn torn_last_batch_of_the_active_segment_is_cut() {
-    assert_last_batch_cut(|bytes, position, len| bytes.truncate(position + len / 2)).await;
+    assert_last_batch_cut(|bytes, position, len| bytes.truncate(position + len / 2))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_last_batch_of_the_active_segment_is_cut() {
-    assert_last_batch_cut(|bytes, position, len| bytes[position + len / 2] ^= 0x20).await;
+    assert_last_batch_cut(|bytes, position, len| bytes[position + len / 2] ^= 0x20)
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,13 +175,19 @@ async fn missing_and_damaged_indexes_of_sealed_segments_are_rebuilt() {
     std::fs::remove_file(logs[2].with_extension("index")).unwrap();
 
     let (embedded, mut clients) = start(dir.path()).await.unwrap();
-    assert_served(&mut clients, BATCHES * RECORDS_PER_BATCH).await;
+    assert_served(&mut clients, BATCHES * RECORDS_PER_BATCH)
+        .await
+        .unwrap();
     // A fetch at every offset starts with the batch that holds it.
     for offset in 0..BATCHES * RECORDS_PER_BATCH {
         let bytes = clients.fetch_once(TOPIC, 0, offset).await.unwrap();
         let records = brook_record::decode_batches(&bytes).unwrap();
         let first = records.first().map(|r| r.offset);
-        assert_eq!(first, Some(offset - offset % RECORDS_PER_BATCH), "fetch at {offset}");
+        assert_eq!(
+            first,
+            Some(offset - offset % RECORDS_PER_BATCH),
+            "fetch at {offset}"
+        );
     }
     // Timestamp lookups go through the rebuilt time indexes.
     for i in 0..BATCHES {
@@ -172,12 +196,20 @@ async fn missing_and_damaged_indexes_of_sealed_segments_are_rebuilt() {
             partition: 0,
             spec: Some(Spec::TimestampMs(FIRST_TIMESTAMP_MS + i * 1_000 - 500)),
         };
-        let found = clients.fetch.list_offsets(request).await.unwrap().into_inner();
+        let found = clients
+            .fetch
+            .list_offsets(request)
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(found.offset, i * RECORDS_PER_BATCH, "batch {i}");
         assert_eq!(found.timestamp_ms, FIRST_TIMESTAMP_MS + i * 1_000);
     }
     drop(clients);
-    within("shutdown", embedded.shutdown()).await.unwrap().unwrap();
+    within("shutdown", embedded.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,10 +219,17 @@ async fn undamaged_log_survives_restarts_whole() {
     let end = BATCHES * RECORDS_PER_BATCH;
     for restart in 0..2 {
         let (embedded, mut clients) = start(dir.path()).await.unwrap();
-        assert_served(&mut clients, end + restart * RECORDS_PER_BATCH).await;
-        let base = clients.produce(TOPIC, 0, numbered_batch(BATCHES + restart).unwrap()).await;
+        assert_served(&mut clients, end + restart * RECORDS_PER_BATCH)
+            .await
+            .unwrap();
+        let base = clients
+            .produce(TOPIC, 0, numbered_batch(BATCHES + restart).unwrap())
+            .await;
         assert_eq!(base.unwrap(), end + restart * RECORDS_PER_BATCH);
         drop(clients);
-        within("shutdown", embedded.shutdown()).await.unwrap().unwrap();
+        within("shutdown", embedded.shutdown())
+            .await
+            .unwrap()
+            .unwrap();
     }
 }

@@ -34,11 +34,20 @@ async fn produce_batches(
 ) -> anyhow::Result<()> {
     for chunk in 0..count.div_ceil(10) {
         let batches = (0..10.min(count - chunk * 10))
-            .map(|_| Ok(partition_batch(topic, 0, sized_batch(value_bytes, timestamp)?)))
+            .map(|_| {
+                Ok(partition_batch(
+                    topic,
+                    0,
+                    sized_batch(value_bytes, timestamp)?,
+                ))
+            })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let response = within("produce", clients.produce.produce(produce_request(0, batches)))
-            .await??
-            .into_inner();
+        let response = within(
+            "produce",
+            clients.produce.produce(produce_request(0, batches)),
+        )
+        .await??
+        .into_inner();
         anyhow::ensure!(
             response.results.iter().all(|r| r.error.is_none()),
             "produce failed: {response:?}"
@@ -94,14 +103,22 @@ async fn size_retention_deletes_old_segments_and_moves_the_start() {
         .unwrap();
 
     let bound = RETENTION_BYTES as u64 + SEGMENT_BYTES;
-    let described = describe_until(&mut clients, "sized", |p| p.start_offset > 0 && p.size_bytes <= bound)
-        .await
-        .unwrap();
+    let described = describe_until(&mut clients, "sized", |p| {
+        p.start_offset > 0 && p.size_bytes <= bound
+    })
+    .await
+    .unwrap();
     assert_eq!(described.end_offset, 200);
     let dir = embedded.data_dir().join("topics/sized/0");
     let (on_disk, files) = logs_on_disk(&dir).unwrap();
-    assert!(on_disk <= bound, "{on_disk} bytes of segments on disk, over {bound}");
-    assert!(on_disk >= RETENTION_BYTES as u64, "retention kept only {on_disk} bytes");
+    assert!(
+        on_disk <= bound,
+        "{on_disk} bytes of segments on disk, over {bound}"
+    );
+    assert!(
+        on_disk >= RETENTION_BYTES as u64,
+        "retention kept only {on_disk} bytes"
+    );
     assert_eq!(files, described.segments as usize);
 
     let start = described.start_offset;
@@ -150,7 +167,10 @@ async fn lowering_retention_bytes_applies_in_the_background() {
         .unwrap();
     assert!(after.start_offset > 0, "{after:?}");
     assert_eq!(after.end_offset, 60);
-    let records = clients.fetch_all("later", 0, after.start_offset).await.unwrap();
+    let records = clients
+        .fetch_all("later", 0, after.start_offset)
+        .await
+        .unwrap();
     assert_eq!(records.len() as i64, 60 - after.start_offset);
 }
 
@@ -179,8 +199,14 @@ async fn time_retention_deletes_segments_of_old_records_only() {
         .unwrap();
     let fresh = clients.describe("aged", 0).await.unwrap();
     assert!(fresh.segments > 1, "{fresh:?}");
-    assert!(fresh.start_offset <= 20, "a fresh record was deleted: {fresh:?}");
-    let records = clients.fetch_all("aged", 0, fresh.start_offset).await.unwrap();
+    assert!(
+        fresh.start_offset <= 20,
+        "a fresh record was deleted: {fresh:?}"
+    );
+    let records = clients
+        .fetch_all("aged", 0, fresh.start_offset)
+        .await
+        .unwrap();
     let fresh_count = records.iter().filter(|r| r.timestamp > hour_ago).count();
     assert_eq!(fresh_count, 20);
     assert_eq!(records.last().map(|r| r.offset), Some(39));

@@ -166,7 +166,11 @@ fn read_all(
     let mut budget = max_bytes as usize;
     let mut fetched = Vec::with_capacity(targets.len());
     for (spec, log) in targets {
-        let want = (spec.max_bytes as usize).min(budget).max(1);
+        // 0 means no limit for the partition beyond the response's.
+        let want = match spec.max_bytes {
+            0 => budget,
+            max => (max as usize).min(budget),
+        };
         let read = if budget == 0 {
             Ok(crate::storage::ReadResult {
                 records: Bytes::new(),

@@ -2,6 +2,7 @@
 //! with any sled tool, and tolerant of added fields), flushed on every write.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use super::{MetaError, MetaStore, TopicRecord};
 
@@ -14,14 +15,33 @@ pub struct SledMetaStore {
 }
 
 impl SledMetaStore {
+    /// Opens (or creates) the store. Blocks: call it off the async workers.
     pub fn open(dir: &Path) -> Result<Self, MetaError> {
-        let db = sled::open(dir).map_err(store)?;
+        let db = open_when_unlocked(dir)?;
         let topics = db.open_tree(TOPICS_TREE).map_err(store)?;
         Ok(Self { db, topics })
     }
 
     fn flush(&self) -> Result<(), MetaError> {
         self.db.flush().map(drop).map_err(store)
+    }
+}
+
+/// How long to wait for a previous instance in this process to release the
+/// store's file lock (sled's flusher thread lets go shortly after a drop).
+const LOCK_WAIT: Duration = Duration::from_secs(5);
+
+fn open_when_unlocked(dir: &Path) -> Result<sled::Db, MetaError> {
+    let started = Instant::now();
+    loop {
+        match sled::open(dir) {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock && started.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other.map_err(store),
+        }
     }
 }
 

@@ -315,8 +315,9 @@ impl PartitionLog {
         now_ms: i64,
         config: &LogConfig,
     ) -> Result<Arc<Segment>, LogError> {
+        // Sealed, not published: its last batches become visible with the
+        // next `publish`, once the round they belong to is acknowledged.
         active.seal()?;
-        active.publish(active.written_bytes());
         let base = active.next_offset();
         let next = Arc::new(Segment::create(self.storage.as_ref(), &self.dir, base)?);
         self.storage
@@ -350,6 +351,18 @@ impl PartitionLog {
 
     /// Lets readers see everything up to `mark`.
     pub fn publish(&self, mark: &WrittenMark) {
+        // Segments sealed since the last publish are on disk (a roll syncs
+        // them) and end before the mark: they become visible whole.
+        for sealed in self
+            .segments
+            .read()
+            .range(..mark.segment.base_offset())
+            .rev()
+            .map(|(_, s)| s)
+            .take_while(|s| s.visible_bytes() < s.written_bytes())
+        {
+            sealed.publish(sealed.written_bytes());
+        }
         mark.segment.publish(mark.bytes);
         self.high_watermark
             .fetch_max(mark.next_offset, Ordering::AcqRel);
@@ -369,19 +382,21 @@ impl PartitionLog {
         }
         let mut records = Bytes::new();
         if offset < high_watermark {
-            let candidates: Vec<Arc<Segment>> = {
-                let segments = self.segments.read();
-                let first = segments
-                    .range(..=offset)
-                    .next_back()
-                    .map_or(offset, |(b, _)| *b);
-                segments.range(first..).map(|(_, s)| s.clone()).collect()
-            };
-            for segment in candidates {
-                if let Some(bytes) = segment.read(offset, max_bytes)? {
-                    records = bytes;
-                    break;
-                }
+            // Offsets are dense and a segment is published whole before the
+            // next one's batches become visible, so the segment whose base is
+            // the floor of `offset` holds it.
+            let segment = self
+                .segments
+                .read()
+                .range(..=offset)
+                .next_back()
+                .map(|(_, s)| s.clone());
+            if let Some(bytes) = segment
+                .map(|s| s.read(offset, max_bytes))
+                .transpose()?
+                .flatten()
+            {
+                records = bytes;
             }
         }
         Ok(ReadResult {
@@ -420,6 +435,11 @@ impl PartitionLog {
                 let Some(oldest) = segments.values().next().cloned() else {
                     break;
                 };
+                // Never retire what readers cannot see yet: the start offset
+                // must not pass the high watermark.
+                if oldest.next_offset() > self.high_watermark() {
+                    break;
+                }
                 let size = oldest.written_bytes();
                 let over_bytes = config.retention_bytes >= 0
                     && total.saturating_sub(size) >= config.retention_bytes as u64;

@@ -43,7 +43,9 @@ impl Clients {
     pub async fn connect(endpoint: String) -> anyhow::Result<Self> {
         let channel = within(
             "connecting",
-            Channel::from_shared(endpoint)?.connect_timeout(WAIT).connect(),
+            Channel::from_shared(endpoint)?
+                .connect_timeout(WAIT)
+                .connect(),
         )
         .await??;
         Ok(Self {
@@ -150,7 +152,10 @@ impl Clients {
             }
             let bytes = self.fetch_once(topic, partition, next).await?;
             let fetched = brook_record::decode_batches(&bytes)?;
-            ensure!(!fetched.is_empty(), "fetch at {next} below end {end} was empty");
+            ensure!(
+                !fetched.is_empty(),
+                "fetch at {next} below end {end} was empty"
+            );
             records.extend(fetched.into_iter().filter(|r| r.offset >= next));
             next = records.last().map_or(next, |r| r.offset + 1);
         }
