@@ -126,9 +126,7 @@ impl EmbeddedBroker {
     pub async fn shutdown(mut self) -> Result<(), ServeError> {
         self.stop.cancel();
         match self.task.take() {
-            Some(task) => task
-                .await
-                .unwrap_or_else(|e| Err(ServeError::Http(std::io::Error::other(e)))),
+            Some(task) => task.await.unwrap_or_else(|e| Err(ServeError::Task(e))),
             None => Ok(()),
         }
     }

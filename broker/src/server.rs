@@ -26,6 +26,8 @@ pub enum ServeError {
     Grpc(#[from] tonic::transport::Error),
     #[error("HTTP server: {0}")]
     Http(#[source] std::io::Error),
+    #[error("server task: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// Serves until `shutdown` resolves, then drains and stops the broker.
@@ -77,7 +79,9 @@ pub async fn serve(
         })
     });
     let limits = broker.config().limits;
-    let grpc_addr = grpc.local_addr().ok();
+    let grpc_addr = grpc
+        .local_addr()
+        .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string());
     let grpc_server = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(limits.streams_per_connection_max))
         .add_routes(crate::grpc::routes(&broker))
@@ -89,13 +93,13 @@ pub async fn serve(
             async move { stop.cancelled().await }
         });
     ready.store(true, Ordering::Release);
-    tracing::info!(grpc_addr = ?grpc_addr, "serving");
+    tracing::info!(%grpc_addr, "serving");
     let served = grpc_server.await;
     stop.cancel();
     let http_served = match http_task {
         Some(task) => match task.await {
             Ok(result) => result.map_err(ServeError::Http),
-            Err(e) => Err(ServeError::Http(std::io::Error::other(e))),
+            Err(e) => Err(ServeError::Task(e)),
         },
         None => Ok(()),
     };

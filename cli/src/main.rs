@@ -1,1 +1,124 @@
-fn main() {}
+//! `brook`: run a broker, administer topics, and produce and consume
+//! records from a shell. Each subcommand lives in its own module; this file
+//! parses the command line and installs the tracing subscriber.
+
+mod bench;
+mod consume;
+mod produce;
+mod serve;
+mod topic;
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use brook_client::Client;
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+/// The broker address when neither `--broker` nor `BROOK_BROKER` is given;
+/// `brook serve` listens there by default.
+const DEFAULT_BROKER: &str = "http://127.0.0.1:9420";
+
+/// Brook: a partitioned, durable message log.
+#[derive(Debug, Parser)]
+#[command(name = "brook", version, about)]
+struct Cli {
+    /// The broker's gRPC address: `host:port` or `http://host:port`.
+    #[arg(long, global = true, env = "BROOK_BROKER", default_value = DEFAULT_BROKER)]
+    broker: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a broker until SIGINT or SIGTERM.
+    Serve(serve::ServeArgs),
+    /// Create, list, describe and delete topics.
+    #[command(subcommand)]
+    Topic(topic::TopicCommand),
+    /// Produce each line of standard input as one record.
+    Produce(produce::ProduceArgs),
+    /// Print the values of a topic's records, one per line.
+    Consume(consume::ConsumeArgs),
+    /// Measure a broker's throughput and latency.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // `{:#}` prints the causes on one line, without a backtrace.
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            init_tracing(args.log_format, "info");
+            serve::run(args).await
+        }
+        Command::Topic(command) => topic::run(&connect(&cli.broker).await?, command).await,
+        Command::Produce(args) => produce::run(&connect(&cli.broker).await?, args).await,
+        Command::Consume(args) => consume::run(&connect(&cli.broker).await?, args).await,
+        Command::Bench(command) => {
+            init_tracing(LogFormat::Text, "warn");
+            bench::run(&cli.broker, command).await
+        }
+    }
+}
+
+/// The client commands' start: quiet logs (they print results on stdout;
+/// only trouble goes to stderr) and a connection.
+async fn connect(broker: &str) -> anyhow::Result<Client> {
+    init_tracing(LogFormat::Text, "warn");
+    Client::connect(broker)
+        .await
+        .with_context(|| format!("cannot connect to the broker at {broker}"))
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (else `default_level`).
+fn init_tracing(format: LogFormat, default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_unset| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_default_broker_is_where_serve_listens() {
+        assert_eq!(
+            DEFAULT_BROKER,
+            format!("http://{}", brook_broker::config::DEFAULT_LISTEN)
+        );
+    }
+}

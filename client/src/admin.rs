@@ -25,17 +25,24 @@ pub struct TopicConfig {
 /// A topic's effective settings, defaults filled in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TopicSettings {
+    /// Segments whose newest record is older than this are deleted; -1 keeps forever.
     pub retention_ms: i64,
+    /// The oldest segments are deleted while a partition holds more; -1 keeps everything.
     pub retention_bytes: i64,
+    /// A new segment starts once the active one holds this many bytes.
     pub segment_bytes: u64,
+    /// A new segment starts once the active one is this old.
     pub segment_ms: i64,
+    /// The largest record batch the topic accepts, in bytes.
     pub max_message_bytes: u32,
 }
 
 /// A topic and the state of each of its partitions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicDescription {
+    /// The topic's name.
     pub name: String,
+    /// The effective settings.
     pub config: TopicSettings,
     /// In partition order.
     pub partitions: Vec<PartitionDescription>,
@@ -44,6 +51,7 @@ pub struct TopicDescription {
 /// One partition's offsets and size on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartitionDescription {
+    /// The partition's index, from 0.
     pub partition: u32,
     /// The first offset still retained.
     pub start_offset: i64,
@@ -51,13 +59,16 @@ pub struct PartitionDescription {
     pub end_offset: i64,
     /// Bytes of segment files on disk.
     pub size_bytes: u64,
+    /// Segment files the partition's log is made of.
     pub segments: u32,
 }
 
 /// A topic as listed: its name and partition count.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicSummary {
+    /// The topic's name.
     pub name: String,
+    /// How many partitions it has.
     pub partitions: u32,
 }
 
@@ -189,7 +200,9 @@ fn description(topic: Option<proto::TopicDescription>) -> Result<TopicDescriptio
             retention_bytes: config
                 .retention_bytes
                 .ok_or_else(|| missing("retention_bytes"))?,
-            segment_bytes: config.segment_bytes.ok_or_else(|| missing("segment_bytes"))?,
+            segment_bytes: config
+                .segment_bytes
+                .ok_or_else(|| missing("segment_bytes"))?,
             segment_ms: config.segment_ms.ok_or_else(|| missing("segment_ms"))?,
             max_message_bytes: config
                 .max_message_bytes

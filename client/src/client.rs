@@ -164,7 +164,10 @@ mod tests {
 
     #[test]
     fn scheme_is_added_only_when_missing() {
-        assert_eq!(with_scheme("127.0.0.1:9420".into()), "http://127.0.0.1:9420");
+        assert_eq!(
+            with_scheme("127.0.0.1:9420".into()),
+            "http://127.0.0.1:9420"
+        );
         assert_eq!(with_scheme("localhost:1".into()), "http://localhost:1");
         assert_eq!(with_scheme("https://b:1".into()), "https://b:1");
     }

@@ -16,6 +16,7 @@ pub enum ClientError {
     Status {
         /// The call, e.g. `create_topic`.
         operation: &'static str,
+        /// The status, as received.
         #[source]
         status: tonic::Status,
     },
@@ -23,7 +24,9 @@ pub enum ClientError {
     /// The broker refused one batch of a produce (the request itself went through).
     #[error("batch for {topic}/{partition} rejected with {code:?}: {message}", code = status.code(), message = status.message())]
     Rejected {
+        /// The batch's topic.
         topic: String,
+        /// The batch's partition.
         partition: u32,
         /// The broker's error as a status: its code and its message.
         #[source]
@@ -39,13 +42,15 @@ pub enum ClientError {
     Encode(#[source] BatchError),
 
     /// Connecting failed, or the endpoint is not a valid URI.
-    #[error("transport error")]
+    #[error("cannot reach the broker")]
     Transport(#[from] tonic::transport::Error),
 
     /// No answer within the call's time limit.
     #[error("{operation} timed out after {after:?}")]
     Timeout {
+        /// The call, e.g. `fetch`.
         operation: &'static str,
+        /// The time limit that passed.
         after: Duration,
     },
 
@@ -53,7 +58,10 @@ pub enum ClientError {
     /// down) before this request was answered. The request may or may not
     /// have been applied.
     #[error("{operation} stream closed before the answer arrived")]
-    StreamClosed { operation: &'static str },
+    StreamClosed {
+        /// The stream's call, e.g. `produce_stream`.
+        operation: &'static str,
+    },
 
     /// The broker's answer broke the protocol (e.g. a produce response with
     /// the wrong number of results). A bug on one side; do not retry.
@@ -165,6 +173,11 @@ mod tests {
         assert!(timeout.is_retryable());
         assert_eq!(timeout.code(), None);
         assert!(!ClientError::Decode(BatchError::EmptyBatch).is_retryable());
-        assert!(ClientError::StreamClosed { operation: "produce" }.is_retryable());
+        assert!(
+            ClientError::StreamClosed {
+                operation: "produce"
+            }
+            .is_retryable()
+        );
     }
 }

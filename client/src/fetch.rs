@@ -57,16 +57,22 @@ pub struct FetchResult {
 /// One partition of a [`Client::fetch_many`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchTarget {
+    /// The topic to read.
     pub topic: String,
+    /// The partition to read.
     pub partition: u32,
+    /// The first offset wanted.
     pub offset: i64,
 }
 
 /// One partition's part of a [`Client::fetch_many`] answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionFetch {
+    /// The topic read.
     pub topic: String,
+    /// The partition read.
     pub partition: u32,
+    /// What it returned.
     pub result: FetchResult,
 }
 
@@ -97,7 +103,10 @@ impl Client {
             offset,
         };
         let mut fetched = self.fetch_many(&[target], options).await?;
-        Ok(fetched.pop().expect("fetch_many answers each target").result)
+        Ok(fetched
+            .pop()
+            .expect("fetch_many answers each target")
+            .result)
     }
 
     /// Reads several partitions in one long-poll: the answer comes as soon as
@@ -123,8 +132,7 @@ impl Client {
             max_bytes: options.max_bytes,
         };
         let timeout = self.options.request_timeout + options.max_wait;
-        let response =
-            Client::call("fetch", timeout, self.fetch.clone().fetch(request)).await?;
+        let response = Client::call("fetch", timeout, self.fetch.clone().fetch(request)).await?;
         if response.partitions.len() != targets.len() {
             return Err(ClientError::Protocol(format!(
                 "{} partitions fetched, {} answered",

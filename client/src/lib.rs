@@ -27,6 +27,8 @@
 //! Invariant: only this crate's modules know the `brook_proto` types; the
 //! public API speaks in its own structs and in `brook_record`'s records.
 
+#![warn(missing_docs)]
+
 mod admin;
 mod client;
 mod error;

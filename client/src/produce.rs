@@ -10,7 +10,9 @@ use crate::error::ClientError;
 /// The broker's acknowledgement of one appended batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProduceAck {
+    /// The batch's topic.
     pub topic: String,
+    /// The batch's partition.
     pub partition: u32,
     /// The offset given to the batch's first record; the rest follow densely.
     pub base_offset: i64,
@@ -67,7 +69,10 @@ impl Client {
     }
 }
 
-pub(crate) fn request(correlation_id: u64, batches: Vec<(String, u32, Bytes)>) -> proto::ProduceRequest {
+pub(crate) fn request(
+    correlation_id: u64,
+    batches: Vec<(String, u32, Bytes)>,
+) -> proto::ProduceRequest {
     proto::ProduceRequest {
         correlation_id,
         batches: batches

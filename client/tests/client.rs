@@ -3,9 +3,7 @@
 use std::time::Duration;
 
 use brook_broker::EmbeddedBroker;
-use brook_client::{
-    Client, ClientError, FetchOptions, Header, NewRecord, OffsetSpec, TopicConfig,
-};
+use brook_client::{Client, ClientError, FetchOptions, Header, NewRecord, OffsetSpec, TopicConfig};
 use brook_record::{BatchOptions, encode_batch};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -49,7 +47,10 @@ async fn topics_are_created_listed_described_and_deleted() {
 
     let topics = client.list_topics().await.unwrap();
     assert_eq!(topics.len(), 1);
-    assert_eq!((topics[0].name.as_str(), topics[0].partitions), ("orders", 3));
+    assert_eq!(
+        (topics[0].name.as_str(), topics[0].partitions),
+        ("orders", 3)
+    );
 
     let described = client.describe_topic("orders").await.unwrap();
     let partitions: Vec<u32> = described.partitions.iter().map(|p| p.partition).collect();
@@ -91,7 +92,10 @@ async fn produced_records_fetch_back_with_dense_offsets() {
     let first: Vec<NewRecord> = (0..10).map(record).collect();
     let second: Vec<NewRecord> = (10..25).map(record).collect();
     let ack = client.produce("t", 0, &first).await.unwrap();
-    assert_eq!((ack.topic.as_str(), ack.partition, ack.base_offset), ("t", 0, 0));
+    assert_eq!(
+        (ack.topic.as_str(), ack.partition, ack.base_offset),
+        ("t", 0, 0)
+    );
     let ack = client.produce("t", 0, &second).await.unwrap();
     assert_eq!(ack.base_offset, 10);
 
@@ -173,8 +177,8 @@ async fn a_thousand_pipelined_batches_are_acknowledged_in_order() {
     let mut pending = Vec::with_capacity(1_000);
     timeout(LIMIT, async {
         for i in 0..1_000 {
-            let batch = encode_batch(&[record(2 * i), record(2 * i + 1)], BatchOptions::default())
-                .unwrap();
+            let batch =
+                encode_batch(&[record(2 * i), record(2 * i + 1)], BatchOptions::default()).unwrap();
             pending.push(stream.send("t", 0, batch).await.unwrap());
             assert!(stream.in_flight() <= client.options().produce_in_flight_max);
         }
@@ -182,7 +186,10 @@ async fn a_thousand_pipelined_batches_are_acknowledged_in_order() {
     .await
     .expect("sends in time");
 
-    let correlation_ids: Vec<u64> = pending.iter().map(|p| p.correlation_id()).collect();
+    let correlation_ids: Vec<u64> = pending
+        .iter()
+        .map(brook_client::PendingAck::correlation_id)
+        .collect();
     assert_eq!(correlation_ids, (1..=1_000).collect::<Vec<_>>());
     let acks = timeout(LIMIT, futures::future::join_all(pending))
         .await
@@ -191,7 +198,10 @@ async fn a_thousand_pipelined_batches_are_acknowledged_in_order() {
     assert_eq!(base_offsets, (0..1_000).map(|i| 2 * i).collect::<Vec<_>>());
     timeout(LIMIT, stream.finish()).await.expect("finishes");
 
-    let latest = client.list_offsets("t", 0, OffsetSpec::Latest).await.unwrap();
+    let latest = client
+        .list_offsets("t", 0, OffsetSpec::Latest)
+        .await
+        .unwrap();
     assert_eq!(latest, 2_000);
 }
 
@@ -206,7 +216,10 @@ async fn a_rejected_stream_batch_fails_alone() {
     let good = encode_batch(&[record(0)], BatchOptions::default()).unwrap();
     let first = stream.send("t", 0, good.clone()).await.unwrap();
     let missing = stream.send("t", 7, good.clone()).await.unwrap();
-    let garbage = stream.send("t", 0, Bytes::from_static(b"garbage")).await.unwrap();
+    let garbage = stream
+        .send("t", 0, Bytes::from_static(b"garbage"))
+        .await
+        .unwrap();
     let last = stream.send("t", 0, good).await.unwrap();
 
     let wait = |p| async move { timeout(LIMIT, p).await.expect("answered in time") };
@@ -226,7 +239,10 @@ async fn a_subscription_sees_records_produced_after_it_started() {
         .create_topic("t", 1, TopicConfig::default())
         .await
         .unwrap();
-    client.produce("t", 0, &[record(0), record(1)]).await.unwrap();
+    client
+        .produce("t", 0, &[record(0), record(1)])
+        .await
+        .unwrap();
 
     // Subscribe from offset 1: the batch holding it starts at 0.
     let mut subscription = client.subscribe("t", 0, 1).await.unwrap();
@@ -247,7 +263,7 @@ async fn a_subscription_sees_records_produced_after_it_started() {
     }
     produced.await.unwrap();
     let want: Vec<(i64, Bytes)> = (1..6)
-        .map(|i| (i as i64, Bytes::from(format!("value-{i}"))))
+        .map(|i| (i64::from(i), Bytes::from(format!("value-{i}"))))
         .collect();
     assert_eq!(seen, want);
     assert_eq!(subscription.next_offset(), 6);
@@ -264,8 +280,14 @@ async fn list_offsets_reports_earliest_latest_and_by_time() {
     client.produce("t", 0, &records).await.unwrap();
     client.produce("t", 0, &records).await.unwrap();
 
-    let earliest = client.list_offsets("t", 0, OffsetSpec::Earliest).await.unwrap();
-    let latest = client.list_offsets("t", 0, OffsetSpec::Latest).await.unwrap();
+    let earliest = client
+        .list_offsets("t", 0, OffsetSpec::Earliest)
+        .await
+        .unwrap();
+    let latest = client
+        .list_offsets("t", 0, OffsetSpec::Latest)
+        .await
+        .unwrap();
     assert_eq!((earliest, latest), (0, 10));
     let future = client
         .list_offsets("t", 0, OffsetSpec::Timestamp(i64::MAX))
@@ -311,4 +333,22 @@ async fn a_stopped_broker_is_a_retryable_error() {
         .expect("fails in time")
         .unwrap_err();
     assert!(error.is_retryable(), "{error:?}");
+}
+
+#[tokio::test]
+async fn a_single_streamed_batch_is_acknowledged_without_closing() {
+    let (_broker, client) = connect().await;
+    client
+        .create_topic("t", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let mut stream = client.produce_stream().await.unwrap();
+    let batch = encode_batch(&[record(0)], BatchOptions::default()).unwrap();
+    let ack = stream.send("t", 0, batch).await.unwrap();
+    let ack = timeout(Duration::from_secs(5), ack)
+        .await
+        .expect("acknowledged while the stream stays open")
+        .unwrap();
+    assert_eq!(ack.base_offset, 0);
+    drop(stream);
 }

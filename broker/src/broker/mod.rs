@@ -28,6 +28,7 @@ use crate::config::{BrokerConfig, FsyncPolicy, MetaBackend};
 use crate::meta::{MemoryMetaStore, MetaStore, SledMetaStore, TopicRecord};
 use crate::partition::Partition;
 use crate::storage::PartitionLog;
+use crate::storage::scan::TailDamage;
 use topic::Topic;
 
 #[derive(Debug)]
@@ -262,14 +263,25 @@ fn open_partition_log(
     let dir = partition_dir(&config.data_dir, topic, partition);
     let (log, report) = PartitionLog::open(config.storage.clone(), &dir, log_config)
         .map_err(|e| BrokerError::from_log(topic, partition, e))?;
-    if let Some(damage) = &report.damage {
-        tracing::warn!(
+    match &report.damage {
+        // An unfinished write: expected after a crash, nothing acknowledged is lost.
+        Some(damage @ TailDamage::Torn { .. }) => tracing::warn!(
             topic,
             partition,
             %damage,
             truncated_bytes = report.truncated_bytes,
-            "cut a damaged tail during recovery"
-        );
+            "cut a torn tail during recovery"
+        ),
+        // A complete batch that fails its checks: the disk changed data, and
+        // everything from there on (possibly acknowledged records) is cut.
+        Some(damage @ TailDamage::Corrupt { .. }) => tracing::error!(
+            topic,
+            partition,
+            %damage,
+            truncated_bytes = report.truncated_bytes,
+            "cut a corrupt batch and everything after it during recovery"
+        ),
+        None => {}
     }
     Ok(log)
 }

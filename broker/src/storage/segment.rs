@@ -144,8 +144,10 @@ impl Segment {
         let loaded = OffsetIndex::load(index_file.clone())
             .map_err(|e| LogError::io("read", &paths.index, e))?
             .filter(|index| index_matches_log(index, log.as_ref(), base_offset, size));
+        // An empty time index beside a non-empty log was lost, not empty.
         let time_loaded = TimeIndex::load(time_file.clone())
-            .map_err(|e| LogError::io("read", &paths.time_index, e))?;
+            .map_err(|e| LogError::io("read", &paths.time_index, e))?
+            .filter(|t| size == 0 || t.max_timestamp().is_some());
         let (index, time_index) = if let (Some(index), Some(time_index)) = (loaded, time_loaded) {
             (index, time_index)
         } else {

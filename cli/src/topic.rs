@@ -1,0 +1,158 @@
+//! `brook topic`: create, list, describe and delete topics; results as
+//! aligned tables on stdout.
+
+use brook_client::{Client, TopicConfig, TopicDescription};
+use clap::Subcommand;
+
+#[derive(Debug, Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic.
+    Create {
+        name: String,
+        /// How many partitions the topic has.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        partitions: u32,
+        /// Delete segments whose newest record is older than this; -1 keeps forever.
+        #[arg(long, allow_negative_numbers = true)]
+        retention_ms: Option<i64>,
+        /// Delete the oldest segments while a partition holds more; -1 keeps everything.
+        #[arg(long, allow_negative_numbers = true)]
+        retention_bytes: Option<i64>,
+        /// Roll to a new segment at this size.
+        #[arg(long)]
+        segment_bytes: Option<u64>,
+        /// The largest record batch the topic accepts.
+        #[arg(long)]
+        max_message_bytes: Option<u32>,
+    },
+    /// List the topics and their partition counts.
+    List,
+    /// Show a topic's settings and each partition's offsets and size.
+    Describe { name: String },
+    /// Delete a topic and all its records.
+    Delete { name: String },
+}
+
+pub async fn run(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
+    match command {
+        TopicCommand::Create {
+            name,
+            partitions,
+            retention_ms,
+            retention_bytes,
+            segment_bytes,
+            max_message_bytes,
+        } => {
+            let config = TopicConfig {
+                retention_ms,
+                retention_bytes,
+                segment_bytes,
+                segment_ms: None,
+                max_message_bytes,
+            };
+            let topic = client.create_topic(&name, partitions, config).await?;
+            println!(
+                "created topic {} with {} partitions",
+                topic.name,
+                topic.partitions.len()
+            );
+        }
+        TopicCommand::List => {
+            let rows: Vec<Vec<String>> = client
+                .list_topics()
+                .await?
+                .into_iter()
+                .map(|t| vec![t.name, t.partitions.to_string()])
+                .collect();
+            print!("{}", table(&["TOPIC", "PARTITIONS"], &rows));
+        }
+        TopicCommand::Describe { name } => {
+            print!("{}", describe(&client.describe_topic(&name).await?));
+        }
+        TopicCommand::Delete { name } => {
+            client.delete_topic(&name).await?;
+            println!("deleted topic {name}");
+        }
+    }
+    Ok(())
+}
+
+fn describe(topic: &TopicDescription) -> String {
+    let c = &topic.config;
+    let mut out = format!(
+        "topic {}\nretention_ms={} retention_bytes={} segment_bytes={} segment_ms={} max_message_bytes={}\n\n",
+        topic.name,
+        c.retention_ms,
+        c.retention_bytes,
+        c.segment_bytes,
+        c.segment_ms,
+        c.max_message_bytes
+    );
+    let rows: Vec<Vec<String>> = topic
+        .partitions
+        .iter()
+        .map(|p| {
+            vec![
+                p.partition.to_string(),
+                p.start_offset.to_string(),
+                p.end_offset.to_string(),
+                p.size_bytes.to_string(),
+                p.segments.to_string(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["PARTITION", "START", "END", "BYTES", "SEGMENTS"],
+        &rows,
+    ));
+    out
+}
+
+/// Columns padded to their widest cell, two spaces apart; the first column
+/// (a name or an index) left-aligned, the rest (numbers) right-aligned.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        assert_eq!(row.len(), headers.len(), "every row has every column");
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = headers.iter().map(|h| (*h).to_owned()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(column, (cell, &width))| {
+                if column == 0 {
+                    format!("{cell:<width$}")
+                } else {
+                    format!("{cell:>width$}")
+                }
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns() {
+        let rows = vec![
+            vec!["orders".to_owned(), "12".to_owned()],
+            vec!["a".to_owned(), "3".to_owned()],
+        ];
+        assert_eq!(
+            table(&["TOPIC", "PARTITIONS"], &rows),
+            "TOPIC   PARTITIONS\norders          12\na                3\n"
+        );
+        assert_eq!(table(&["TOPIC"], &[]), "TOPIC\n");
+    }
+}
