@@ -144,6 +144,9 @@ pub struct BrokerConfig {
     pub limits: Limits,
     /// How often retention is checked (it is also applied on every roll).
     pub retention_check_interval: Duration,
+    /// How long a graceful shutdown waits for in-flight requests and open
+    /// streams before it closes them (every partition is fsynced either way).
+    pub shutdown_grace: Duration,
     /// Bytes of log between two offset index entries.
     pub index_interval_bytes: u64,
     /// File system of the log (swap in a fault-injecting one in tests).
@@ -161,6 +164,7 @@ impl Default for BrokerConfig {
             topic_defaults: TopicSettings::default(),
             limits: Limits::default(),
             retention_check_interval: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(30),
             index_interval_bytes: crate::storage::DEFAULT_INDEX_INTERVAL_BYTES,
             storage: Arc::new(OsStorage),
             meta: MetaBackend::Sled,

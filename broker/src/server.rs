@@ -6,7 +6,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use std::time::Duration;
+
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
@@ -94,16 +97,40 @@ pub async fn serve(
         });
     ready.store(true, Ordering::Release);
     tracing::info!(%grpc_addr, "serving");
-    let served = grpc_server.await;
+    let grace = broker.config().shutdown_grace;
+    let mut grpc_task = tokio::spawn(grpc_server);
+    let served = tokio::select! {
+        served = &mut grpc_task => served,
+        () = stop.cancelled() => finish_within(grace, grpc_task, "gRPC").await,
+    };
     stop.cancel();
     let http_served = match http_task {
-        Some(task) => match task.await {
-            Ok(result) => result.map_err(ServeError::Http),
-            Err(e) => Err(ServeError::Task(e)),
-        },
+        Some(task) => finish_within(grace, task, "HTTP")
+            .await?
+            .map_err(ServeError::Http),
         None => Ok(()),
     };
+    // Whatever was cut off, every partition is fsynced before returning.
     broker.shutdown().await;
-    served?;
+    served??;
     http_served
+}
+
+/// Waits up to `grace` for a server task to drain; then closes what is
+/// left (streams a client keeps open, long polls) by aborting it.
+async fn finish_within<E>(
+    grace: Duration,
+    mut task: JoinHandle<Result<(), E>>,
+    server: &'static str,
+) -> Result<Result<(), E>, tokio::task::JoinError> {
+    if let Ok(result) = tokio::time::timeout(grace, &mut task).await {
+        return result;
+    }
+    tracing::warn!(
+        server,
+        grace_ms = grace.as_millis() as u64,
+        "connections still open after the grace period; closing them"
+    );
+    task.abort();
+    Ok(Ok(()))
 }

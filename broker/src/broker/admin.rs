@@ -232,6 +232,21 @@ impl Broker {
                     open_partition_log(&config, &name, p, log_config)
                 })
                 .collect::<Result<Vec<_>, _>>()
+                .and_then(|logs| {
+                    // The new directories' entries must be durable before
+                    // anything in them is acknowledged.
+                    let topics = super::topics_dir(&config.data_dir);
+                    for dir in [topics.join(&name), topics, config.data_dir.clone()] {
+                        config
+                            .storage
+                            .sync_dir(&dir)
+                            .map_err(|source| BrokerError::Io {
+                                what: format!("fsync {}", dir.display()),
+                                source,
+                            })?;
+                    }
+                    Ok(logs)
+                })
         })
         .await??;
         Ok(logs

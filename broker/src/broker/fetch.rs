@@ -219,6 +219,11 @@ impl Subscription {
     /// stops.
     pub async fn next(&mut self) -> Option<Result<SubscriptionChunk, BrokerError>> {
         loop {
+            // Checked on every turn, not only while idle: a subscriber with
+            // a backlog must not hold up a shutdown.
+            if self.stop.is_cancelled() {
+                return None;
+            }
             self.watch.mark_unchanged();
             let log = self.log.clone();
             let (offset, max_bytes) = (self.offset, self.max_bytes as usize);

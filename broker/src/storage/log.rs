@@ -391,12 +391,21 @@ impl PartitionLog {
                 .range(..=offset)
                 .next_back()
                 .map(|(_, s)| s.clone());
-            if let Some(bytes) = segment
+            match segment
                 .map(|s| s.read(offset, max_bytes))
                 .transpose()?
                 .flatten()
             {
-                records = bytes;
+                Some(bytes) => records = bytes,
+                // Retention removed the segment after the range check.
+                None if offset < self.start_offset() => {
+                    return Err(LogError::OffsetOutOfRange {
+                        offset,
+                        start_offset: self.start_offset(),
+                        end_offset: high_watermark,
+                    });
+                }
+                None => {}
             }
         }
         Ok(ReadResult {
@@ -422,6 +431,11 @@ impl PartitionLog {
     /// many went.
     pub fn enforce_retention(&self, now_ms: i64) -> Result<usize, LogError> {
         let _writer = self.writer.lock();
+        // A deleted log's paths may already belong to a new topic of the
+        // same name; a poisoned one is left as it is until restart.
+        if self.poisoned.lock().is_some() {
+            return Ok(0);
+        }
         let config = self.config();
         self.apply_retention(now_ms, &config)
     }
@@ -477,5 +491,95 @@ impl PartitionLog {
         self.storage
             .remove_dir_all(&self.dir)
             .map_err(|e| LogError::io("remove", &self.dir, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::testing::MemStorage;
+    use brook_record::{BatchOptions, NewRecord};
+
+    fn batch(value: &str) -> (Bytes, BatchHeader) {
+        let record = NewRecord {
+            timestamp: 1_000,
+            value: Some(Bytes::copy_from_slice(value.as_bytes())),
+            ..NewRecord::default()
+        };
+        let bytes = brook_record::encode_batch(&[record], BatchOptions::default()).unwrap();
+        let header = BatchHeader::parse(&bytes).unwrap();
+        (bytes, header)
+    }
+
+    fn open(storage: &MemStorage) -> Result<PartitionLog, LogError> {
+        PartitionLog::open(
+            Arc::new(storage.clone()),
+            Path::new("/p"),
+            LogConfig::default(),
+        )
+        .map(|(log, _)| log)
+    }
+
+    fn write_three(storage: &MemStorage) -> Vec<u64> {
+        let log = open(storage).unwrap();
+        let mut ends = Vec::new();
+        for value in ["one", "two", "three"] {
+            let (_, mark) = log.append(&[batch(value)], 0).unwrap();
+            ends.push(mark.bytes);
+        }
+        log.sync().unwrap();
+        ends
+    }
+
+    fn flip(storage: &MemStorage, position: u64) {
+        let path = Path::new("/p/00000000000000000000.log");
+        let mut bytes = storage.contents(path).unwrap();
+        bytes[position as usize] ^= 0xff;
+        storage.set_contents(path, bytes);
+    }
+
+    #[test]
+    fn a_corrupt_last_batch_is_cut() {
+        let storage = MemStorage::default();
+        let ends = write_three(&storage);
+        flip(&storage, ends[1] + 30);
+        let log = open(&storage).unwrap();
+        assert_eq!(log.high_watermark(), 2);
+    }
+
+    #[test]
+    fn corruption_followed_by_intact_batches_refuses_to_open() {
+        let storage = MemStorage::default();
+        let ends = write_three(&storage);
+        flip(&storage, ends[0] + 30);
+        let error = open(&storage).unwrap_err();
+        assert!(
+            error.to_string().contains("followed by intact batches"),
+            "{error}"
+        );
+        // Nothing was cut.
+        let path = Path::new("/p/00000000000000000000.log");
+        assert_eq!(storage.contents(path).unwrap().len() as u64, ends[2]);
+    }
+
+    #[test]
+    fn retention_leaves_a_deleted_log_alone() {
+        let storage = MemStorage::default();
+        let log = open(&storage).unwrap();
+        log.set_config(LogConfig {
+            segment_bytes: 1024,
+            retention_bytes: 0,
+            ..LogConfig::default()
+        });
+        for _ in 0..40 {
+            let (_, mark) = log.append(&[batch(&"x".repeat(100))], 0).unwrap();
+            log.publish(&mark);
+        }
+        log.delete().unwrap();
+        // A new log in the same place, as when a topic is recreated.
+        let _new = open(&storage).unwrap();
+        let files = storage.paths();
+        assert_eq!(log.enforce_retention(i64::MAX).unwrap(), 0);
+        assert_eq!(storage.paths(), files);
     }
 }

@@ -42,12 +42,12 @@ pub struct ScanOutcome {
     pub end_position: u64,
     pub next_offset: i64,
     pub max_timestamp: i64,
-    /// First timestamp of the first batch, `i64::MIN` when there is none.
-    pub first_timestamp: i64,
     pub index: Vec<OffsetEntry>,
     pub time_index: Vec<TimeEntry>,
     pub bytes_since_index: u64,
     pub damage: Option<TailDamage>,
+    /// A valid batch follows the damaged one: the damage is not a tail.
+    pub intact_after_damage: bool,
 }
 
 pub struct Scanner<'a> {
@@ -124,60 +124,22 @@ impl<'a> Scanner<'a> {
             end_position: position,
             next_offset: base_offset,
             max_timestamp: i64::MIN,
-            first_timestamp: i64::MIN,
             ..ScanOutcome::default()
         };
         let mut expected_offset = (position == 0).then_some(base_offset);
         while position < self.file_len {
-            let Some(prefix) = self.bytes(position, HEADER_LEN)? else {
-                out.damage = Some(TailDamage::Torn { position });
-                break;
-            };
-            let header = match BatchHeader::parse(prefix) {
-                Ok(h) => h,
-                Err(e) => {
-                    out.damage = Some(TailDamage::Corrupt {
-                        position,
-                        reason: e.to_string(),
-                    });
+            let header = match self.check_batch(position, expected_offset, verify)? {
+                Ok(header) => header,
+                Err(damage) => {
+                    out.intact_after_damage = self.intact_batch_follows(&damage)?;
+                    out.damage = Some(damage);
                     break;
                 }
             };
             let len = header.total_len();
-            if len < HEADER_LEN {
-                out.damage = Some(TailDamage::Corrupt {
-                    position,
-                    reason: format!("batch length {len} is shorter than a header"),
-                });
-                break;
-            }
-            let Some(batch) = self.bytes(position, len)? else {
-                out.damage = Some(TailDamage::Torn { position });
-                break;
-            };
-            if verify {
-                if let Err(e) = brook_record::validate_batch(batch, usize::MAX) {
-                    out.damage = Some(TailDamage::Corrupt {
-                        position,
-                        reason: e.to_string(),
-                    });
-                    break;
-                }
-            }
-            if let Some(expected) = expected_offset {
-                if header.base_offset != expected {
-                    out.damage = Some(TailDamage::Corrupt {
-                        position,
-                        reason: format!(
-                            "base offset {} where {expected} was expected",
-                            header.base_offset
-                        ),
-                    });
-                    break;
-                }
-            }
             let relative_offset =
                 u32::try_from(header.base_offset - base_offset).unwrap_or(u32::MAX);
+            out.max_timestamp = out.max_timestamp.max(header.max_timestamp);
             if out.index.is_empty() && position == 0
                 || out.bytes_since_index >= index_interval_bytes
             {
@@ -186,27 +148,85 @@ impl<'a> Scanner<'a> {
                     position: u32::try_from(position).unwrap_or(u32::MAX),
                 });
                 out.bytes_since_index = 0;
+                // The time index is as sparse as the offset index: each entry
+                // holds the largest timestamp up to its batch.
+                if out
+                    .time_index
+                    .last()
+                    .is_none_or(|t| out.max_timestamp > t.timestamp)
+                {
+                    out.time_index.push(TimeEntry {
+                        timestamp: out.max_timestamp,
+                        relative_offset,
+                    });
+                }
             }
             out.bytes_since_index += len as u64;
-            if out
-                .time_index
-                .last()
-                .is_none_or(|t| header.max_timestamp > t.timestamp)
-            {
-                out.time_index.push(TimeEntry {
-                    timestamp: header.max_timestamp,
-                    relative_offset,
-                });
-            }
-            if out.first_timestamp == i64::MIN {
-                out.first_timestamp = header.first_timestamp;
-            }
-            out.max_timestamp = out.max_timestamp.max(header.max_timestamp);
             out.next_offset = header.last_offset() + 1;
             expected_offset = Some(out.next_offset);
             position += len as u64;
             out.end_position = position;
         }
         Ok(out)
+    }
+
+    /// The header of the batch at `position` if the batch is complete,
+    /// (with `verify`) valid, and has the expected base offset.
+    fn check_batch(
+        &mut self,
+        position: u64,
+        expected_offset: Option<i64>,
+        verify: bool,
+    ) -> io::Result<Result<BatchHeader, TailDamage>> {
+        let corrupt = |reason: String| Err(TailDamage::Corrupt { position, reason });
+        let Some(prefix) = self.bytes(position, HEADER_LEN)? else {
+            return Ok(Err(TailDamage::Torn { position }));
+        };
+        let header = match BatchHeader::parse(prefix) {
+            Ok(h) => h,
+            Err(e) => return Ok(corrupt(e.to_string())),
+        };
+        let len = header.total_len();
+        if len < HEADER_LEN {
+            return Ok(corrupt(format!(
+                "batch length {len} is shorter than a header"
+            )));
+        }
+        let Some(batch) = self.bytes(position, len)? else {
+            return Ok(Err(TailDamage::Torn { position }));
+        };
+        if verify {
+            if let Err(e) = brook_record::validate_batch(batch, usize::MAX) {
+                return Ok(corrupt(e.to_string()));
+            }
+        }
+        if let Some(expected) = expected_offset {
+            if header.base_offset != expected {
+                return Ok(corrupt(format!(
+                    "base offset {} where {expected} was expected",
+                    header.base_offset
+                )));
+            }
+        }
+        Ok(Ok(header))
+    }
+
+    /// Whether a valid batch follows a corrupt one: then the damage is in
+    /// the middle of the segment, not at its tail.
+    fn intact_batch_follows(&mut self, damage: &TailDamage) -> io::Result<bool> {
+        let TailDamage::Corrupt { position, .. } = damage else {
+            return Ok(false);
+        };
+        let Some(prefix) = self.bytes(*position, brook_record::LENGTH_PREFIX_LEN)? else {
+            return Ok(false);
+        };
+        let Some(len) = brook_record::batch_total_len(prefix) else {
+            return Ok(false);
+        };
+        let next = position + len as u64;
+        if len < HEADER_LEN || next >= self.file_len {
+            return Ok(false);
+        }
+        Ok(self.check_batch(next, None, true)?.is_ok())
     }
 }

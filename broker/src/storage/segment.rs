@@ -207,6 +207,17 @@ impl Segment {
         let scan = scanner
             .verify(base_offset, index_interval_bytes)
             .map_err(|e| LogError::io("read", &paths.log, e))?;
+        if let (Some(damage), true) = (&scan.damage, scan.intact_after_damage) {
+            // Cutting here would drop intact, acknowledged batches after the
+            // damage: leave the decision to an operator.
+            return Err(LogError::corrupt(
+                &paths.log,
+                scan.end_position,
+                format!(
+                    "{damage}, followed by intact batches; refusing to cut them (move the segment aside or truncate it at this byte to accept the loss)"
+                ),
+            ));
+        }
         let truncated_bytes = size - scan.end_position;
         if truncated_bytes > 0 {
             log.truncate(scan.end_position)
@@ -230,9 +241,13 @@ impl Segment {
         segment
             .bytes_since_index
             .store(scan.bytes_since_index, Ordering::Relaxed);
-        segment
-            .first_append_ms
-            .store(scan.first_timestamp, Ordering::Relaxed);
+        if scan.end_position > 0 {
+            // Roll by age counts from the restart: the batches' own
+            // timestamps are the producers' clocks.
+            segment
+                .first_append_ms
+                .store(crate::clock::now_ms(), Ordering::Relaxed);
+        }
         Ok(Recovery {
             segment,
             damage: scan.damage,
@@ -291,8 +306,21 @@ impl Segment {
             .map_err(|e| LogError::io("append", &self.paths.log, e))?;
         let relative_offset = u32::try_from(base_offset - self.base_offset)
             .expect("segments roll long before 2^32 offsets");
+        let max_timestamp = self
+            .max_timestamp
+            .fetch_max(header.max_timestamp, Ordering::AcqRel)
+            .max(header.max_timestamp);
         let since_index = self.bytes_since_index.load(Ordering::Relaxed);
         if position == 0 || since_index >= index_interval_bytes {
+            // Both indexes get an entry every `index_interval_bytes`; the
+            // time index's holds the largest timestamp up to this batch.
+            self.time_index
+                .write()
+                .push(TimeEntry {
+                    timestamp: max_timestamp,
+                    relative_offset,
+                })
+                .map_err(|e| LogError::io("append", &self.paths.time_index, e))?;
             self.index
                 .write()
                 .push(OffsetEntry {
@@ -304,18 +332,9 @@ impl Segment {
         }
         self.bytes_since_index
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        self.time_index
-            .write()
-            .push(TimeEntry {
-                timestamp: header.max_timestamp,
-                relative_offset,
-            })
-            .map_err(|e| LogError::io("append", &self.paths.time_index, e))?;
         if position == 0 {
             self.first_append_ms.store(now_ms, Ordering::Relaxed);
         }
-        self.max_timestamp
-            .fetch_max(header.max_timestamp, Ordering::AcqRel);
         self.written_bytes
             .store(position + batch.len() as u64, Ordering::Release);
         self.next_offset.store(
@@ -341,8 +360,21 @@ impl Segment {
             .map_err(|e| LogError::io("fsync", &self.paths.log, e))
     }
 
-    /// Syncs the log and both indexes: the segment becomes read-only.
+    /// Syncs the log and both indexes: the segment becomes read-only. The
+    /// time index gets a last entry with the segment's largest timestamp,
+    /// which time retention reads after a restart.
     pub fn seal(&self) -> Result<(), LogError> {
+        if !self.is_empty() {
+            let last_relative = u32::try_from(self.next_offset() - 1 - self.base_offset)
+                .expect("segments roll long before 2^32 offsets");
+            self.time_index
+                .write()
+                .push(TimeEntry {
+                    timestamp: self.max_timestamp(),
+                    relative_offset: last_relative,
+                })
+                .map_err(|e| LogError::io("append", &self.paths.time_index, e))?;
+        }
         self.sync()?;
         self.index
             .read()
@@ -434,10 +466,19 @@ impl Segment {
                 let mut batch = BytesMut::zeroed(parsed.total_len());
                 read_exact_at(self.log.as_ref(), &mut batch, position)
                     .map_err(|e| LogError::io("read", &self.paths.log, e))?;
-                let (_, records) = brook_record::decode_batch(&batch.freeze())
-                    .map_err(|e| LogError::corrupt(&self.paths.log, position, e.to_string()))?;
-                if let Some(r) = records.iter().find(|r| r.timestamp >= timestamp) {
-                    return Ok(Some((r.offset, r.timestamp)));
+                match brook_record::decode_batch(&batch.freeze()) {
+                    Ok((_, records)) => {
+                        if let Some(r) = records.iter().find(|r| r.timestamp >= timestamp) {
+                            return Ok(Some((r.offset, r.timestamp)));
+                        }
+                    }
+                    // The broker does not decompress on produce, so a batch
+                    // may pass validation yet not decode: answer with the
+                    // batch rather than fail every later lookup.
+                    Err(e) => {
+                        tracing::warn!(path = %self.paths.log.display(), position, error = %e, "batch does not decode; answering a timestamp lookup with its base offset");
+                        return Ok(Some((parsed.base_offset, parsed.max_timestamp)));
+                    }
                 }
             }
             position += parsed.total_len() as u64;
