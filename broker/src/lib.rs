@@ -9,9 +9,11 @@ mod clock;
 pub mod config;
 pub mod embedded;
 pub mod grpc;
-mod http;
+pub mod http;
 pub mod meta;
+pub mod metrics;
 pub mod partition;
+mod process;
 pub mod server;
 pub mod storage;
 

@@ -1,20 +1,24 @@
-//! Serving a broker: the gRPC services (with `grpc.health.v1`) and the HTTP
-//! endpoints on listeners the caller bound, until a shutdown signal; then
-//! in-flight requests finish, streams end, and every partition is fsynced.
+//! Serving a broker: the gRPC services (with `grpc.health.v1` and server
+//! reflection) and the HTTP endpoints on listeners the caller bound.
+//!
+//! Lifecycle: HTTP answers from the start (`/ready` is 503 while recovery
+//! runs); once the broker is open, gRPC serves and `/ready` turns 200. On the
+//! shutdown signal `/ready` and gRPC health turn not-serving, the gRPC
+//! listener stops accepting, in-flight work gets `shutdown_grace` to finish,
+//! every partition is fsynced, and only then does HTTP stop.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, BrokerError};
+use crate::config::BrokerConfig;
+use crate::http::{Phase, ServerStatus};
 
 /// The services `grpc.health.v1` reports on, besides the server as a whole ("").
 const SERVICES: [&str; 3] = [
@@ -25,41 +29,131 @@ const SERVICES: [&str; 3] = [
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error("cannot open the broker: {0}")]
+    Open(#[from] BrokerError),
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
     #[error("HTTP server: {0}")]
     Http(#[source] std::io::Error),
     #[error("server task: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
 
-/// Serves until `shutdown` resolves, then drains and stops the broker.
+/// Opens the broker from `config` (HTTP already answering, not ready) and
+/// serves it until `shutdown` resolves. `on_ready` runs once the broker is
+/// open, right before gRPC starts serving.
+pub async fn run(
+    config: BrokerConfig,
+    grpc: TcpListener,
+    http: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(&Arc<Broker>) + Send,
+) -> Result<(), ServeError> {
+    let status = Arc::new(ServerStatus::default());
+    let stop = stop_token(shutdown);
+    let http_stop = CancellationToken::new();
+    let http_task = http.map(|listener| spawn_http(listener, status.clone(), http_stop.clone()));
+    let opened = tokio::select! {
+        opened = Broker::open(config) => Some(opened),
+        () = stop.cancelled() => None,
+    };
+    let broker = match opened {
+        Some(Ok(broker)) => broker,
+        Some(Err(e)) => {
+            http_stop.cancel();
+            return Err(e.into());
+        }
+        None => {
+            tracing::info!("shutdown requested during recovery");
+            http_stop.cancel();
+            return Ok(());
+        }
+    };
+    status.set_broker(broker.clone());
+    on_ready(&broker);
+    serve_grpc(broker, grpc, status, stop, http_stop, http_task).await
+}
+
+/// Serves an already opened broker until `shutdown` resolves.
 pub async fn serve(
     broker: Arc<Broker>,
     grpc: TcpListener,
     http: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let status = Arc::new(ServerStatus::default());
+    status.set_broker(broker.clone());
+    let stop = stop_token(shutdown);
+    let http_stop = CancellationToken::new();
+    let http_task = http.map(|listener| spawn_http(listener, status.clone(), http_stop.clone()));
+    serve_grpc(broker, grpc, status, stop, http_stop, http_task).await
+}
+
+/// A token cancelled when `shutdown` resolves.
+fn stop_token(shutdown: impl Future<Output = ()> + Send + 'static) -> CancellationToken {
     let stop = CancellationToken::new();
-    let ready = Arc::new(AtomicBool::new(false));
+    let cancel = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = shutdown => cancel.cancel(),
+            () = cancel.cancelled() => {}
+        }
+    });
+    stop
+}
+
+type HttpTask = JoinHandle<Result<(), std::io::Error>>;
+
+fn spawn_http(
+    listener: TcpListener,
+    status: Arc<ServerStatus>,
+    stop: CancellationToken,
+) -> HttpTask {
+    let router = crate::http::router(status);
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+    })
+}
+
+async fn serve_grpc(
+    broker: Arc<Broker>,
+    grpc: TcpListener,
+    status: Arc<ServerStatus>,
+    stop: CancellationToken,
+    http_stop: CancellationToken,
+    http_task: Option<HttpTask>,
+) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     for service in SERVICES {
         health
             .set_service_status(service, ServingStatus::Serving)
             .await;
     }
-    {
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(brook_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(brook_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let limits = broker.config().limits;
+    let grpc_addr = grpc
+        .local_addr()
+        .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string());
+    let incoming = crate::grpc::connections::counted(grpc, broker.metrics().clone());
+    let drain = {
         let stop = stop.clone();
+        let status = status.clone();
         let broker = broker.clone();
-        let ready = ready.clone();
-        let health = health.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = shutdown => {}
-                () = stop.cancelled() => {}
-            }
+        async move {
+            stop.cancelled().await;
             tracing::info!("shutting down: refusing new work, finishing in-flight requests");
-            ready.store(false, Ordering::Release);
+            status.set_phase(Phase::Stopping);
             health
                 .set_service_status("", ServingStatus::NotServing)
                 .await;
@@ -69,33 +163,16 @@ pub async fn serve(
                     .await;
             }
             broker.begin_shutdown();
-            stop.cancel();
-        });
-    }
-    let http_task = http.map(|listener| {
-        let router = crate::http::router(broker.clone(), ready.clone());
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        })
-    });
-    let limits = broker.config().limits;
-    let grpc_addr = grpc
-        .local_addr()
-        .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string());
+        }
+    };
     let grpc_server = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(limits.streams_per_connection_max))
         .add_routes(crate::grpc::routes(&broker))
         .add_service(health_service)
-        // Accepted connections get TCP_NODELAY only through `TcpIncoming`;
-        // without it small responses wait for the peer's delayed ACK.
-        .serve_with_incoming_shutdown(TcpIncoming::from(grpc).with_nodelay(Some(true)), {
-            let stop = stop.clone();
-            async move { stop.cancelled().await }
-        });
-    ready.store(true, Ordering::Release);
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(incoming, drain);
+    status.set_phase(Phase::Ready);
     tracing::info!(%grpc_addr, "serving");
     let grace = broker.config().shutdown_grace;
     let mut grpc_task = tokio::spawn(grpc_server);
@@ -103,15 +180,15 @@ pub async fn serve(
         served = &mut grpc_task => served,
         () = stop.cancelled() => finish_within(grace, grpc_task, "gRPC").await,
     };
-    stop.cancel();
+    // Whatever was cut off, every partition is fsynced before returning.
+    broker.shutdown().await;
+    http_stop.cancel();
     let http_served = match http_task {
         Some(task) => finish_within(grace, task, "HTTP")
             .await?
             .map_err(ServeError::Http),
         None => Ok(()),
     };
-    // Whatever was cut off, every partition is fsynced before returning.
-    broker.shutdown().await;
     served??;
     http_served
 }

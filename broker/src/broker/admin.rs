@@ -27,6 +27,17 @@ pub struct PartitionInfo {
     pub segments: u32,
 }
 
+pub(super) fn partition_info(partition: &Partition) -> PartitionInfo {
+    let log = partition.log();
+    PartitionInfo {
+        partition: partition.index(),
+        start_offset: log.start_offset(),
+        end_offset: log.high_watermark(),
+        size_bytes: log.size_bytes(),
+        segments: log.segment_count() as u32,
+    }
+}
+
 impl Broker {
     pub async fn create_topic(
         &self,
@@ -118,16 +129,7 @@ impl Broker {
         let partitions = topic
             .partitions()
             .iter()
-            .map(|p| {
-                let log = p.log();
-                PartitionInfo {
-                    partition: p.index(),
-                    start_offset: log.start_offset(),
-                    end_offset: log.high_watermark(),
-                    size_bytes: log.size_bytes(),
-                    segments: log.segment_count() as u32,
-                }
-            })
+            .map(|p| partition_info(p))
             .collect();
         TopicInfo {
             name: name.to_owned(),
@@ -252,7 +254,15 @@ impl Broker {
         Ok(logs
             .into_iter()
             .zip(range)
-            .map(|(log, p)| Partition::start(&record.name, p, log, self.config.fsync))
+            .map(|(log, p)| {
+                Partition::start(
+                    &record.name,
+                    p,
+                    log,
+                    self.config.fsync,
+                    self.metrics.clone(),
+                )
+            })
             .collect())
     }
 }

@@ -11,6 +11,7 @@ use futures::future::select_all;
 use tokio::sync::watch;
 
 use super::{Broker, BrokerError};
+use crate::metrics::Metrics;
 use crate::storage::PartitionLog;
 
 /// One partition of a fetch request.
@@ -49,6 +50,7 @@ impl Broker {
         max_wait: Duration,
         max_bytes: u32,
     ) -> Result<Vec<Fetched>, BrokerError> {
+        self.metrics.fetch_requests.inc();
         let limits = &self.config.limits;
         if specs.is_empty() || specs.len() > limits.fetch_partitions_max {
             return Err(BrokerError::invalid(
@@ -86,6 +88,13 @@ impl Broker {
                 tokio::task::spawn_blocking(move || read_all(&reading, max_bytes)).await??;
             let has_data = fetched.iter().any(|f| !f.records.is_empty());
             if has_data || tokio::time::Instant::now() >= deadline {
+                for f in &fetched {
+                    if !f.records.is_empty() {
+                        let (_, records) = batch_stats(&f.records);
+                        self.metrics
+                            .record_fetched(&f.topic, records, f.records.len() as u64);
+                    }
+                }
                 return Ok(fetched);
             }
             let changes = watches.iter_mut().map(|w| Box::pin(w.changed()));
@@ -124,6 +133,7 @@ impl Broker {
             offset,
             max_bytes,
             stop: self.background.clone(),
+            metrics: self.metrics.clone(),
         })
     }
 
@@ -212,6 +222,7 @@ pub struct Subscription {
     offset: i64,
     max_bytes: u32,
     stop: tokio_util::sync::CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 impl Subscription {
@@ -236,7 +247,9 @@ impl Subscription {
                 Ok(read) => read,
                 Err(e) => return Some(Err(BrokerError::from_log(&self.topic, self.partition, e))),
             };
-            if let Some(last) = last_offset(&read.records) {
+            if let (Some(last), records) = batch_stats(&read.records) {
+                self.metrics
+                    .record_fetched(&self.topic, records, read.records.len() as u64);
                 self.offset = last + 1;
                 return Some(Ok(SubscriptionChunk {
                     records: read.records,
@@ -260,17 +273,25 @@ impl Subscription {
     }
 }
 
-/// The last offset held by concatenated whole batches, from their headers.
-pub(crate) fn last_offset(records: &[u8]) -> Option<i64> {
+/// The last offset held by concatenated whole batches and how many records
+/// they hold, from their headers (nothing is decoded).
+pub(crate) fn batch_stats(records: &[u8]) -> (Option<i64>, u64) {
     let mut position = 0;
     let mut last = None;
+    let mut count = 0u64;
     while let Some(len) = records
         .get(position..)
         .and_then(brook_record::batch_total_len)
     {
-        let header = BatchHeader::parse(records.get(position..)?).ok()?;
+        let Some(header) = records
+            .get(position..)
+            .and_then(|rest| BatchHeader::parse(rest).ok())
+        else {
+            break;
+        };
         last = Some(header.last_offset());
+        count += u64::from(header.record_count);
         position += len.max(brook_record::HEADER_LEN);
     }
-    last
+    (last, count)
 }

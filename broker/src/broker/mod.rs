@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{BrokerConfig, FsyncPolicy, MetaBackend};
 use crate::meta::{MemoryMetaStore, MetaStore, SledMetaStore, TopicRecord};
+use crate::metrics::Metrics;
 use crate::partition::Partition;
 use crate::storage::PartitionLog;
 use crate::storage::scan::TailDamage;
@@ -41,6 +42,7 @@ pub struct Broker {
     admin: tokio::sync::Mutex<()>,
     /// Stops the background tasks (retention, interval fsync).
     background: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 impl Broker {
@@ -64,6 +66,7 @@ impl Broker {
             }
         };
         let records = meta.topics()?;
+        let metrics = Arc::new(Metrics::new());
         let opening_config = config.clone();
         let opened =
             tokio::task::spawn_blocking(move || open_logs(&opening_config, &records)).await??;
@@ -72,7 +75,9 @@ impl Broker {
             let partitions = logs
                 .into_iter()
                 .enumerate()
-                .map(|(i, log)| Partition::start(&record.name, i as u32, log, config.fsync))
+                .map(|(i, log)| {
+                    Partition::start(&record.name, i as u32, log, config.fsync, metrics.clone())
+                })
                 .collect();
             topics.insert(
                 record.name.clone(),
@@ -86,6 +91,7 @@ impl Broker {
             topics: RwLock::new(topics),
             admin: tokio::sync::Mutex::new(()),
             background: CancellationToken::new(),
+            metrics,
         });
         broker.spawn_background();
         tracing::info!(
@@ -100,6 +106,23 @@ impl Broker {
 
     pub fn config(&self) -> &BrokerConfig {
         &self.config
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Whether `begin_shutdown` was called.
+    pub fn is_stopping(&self) -> bool {
+        self.background.is_cancelled()
+    }
+
+    /// Every partition's offsets and size, for metrics.
+    pub fn partition_states(&self) -> Vec<(String, u32, PartitionInfo)> {
+        self.all_partitions()
+            .iter()
+            .map(|p| (p.topic().to_owned(), p.index(), admin::partition_info(p)))
+            .collect()
     }
 
     fn topic(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {

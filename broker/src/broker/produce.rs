@@ -11,6 +11,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::{Broker, BrokerError};
+use crate::metrics::Metrics;
 use crate::partition::Partition;
 use crate::storage::LogError;
 
@@ -35,6 +36,9 @@ type PartitionGroup = (Arc<Partition>, Vec<(Bytes, BatchHeader)>, Vec<usize>);
 #[derive(Debug)]
 struct QueuedGroup {
     partition: Arc<Partition>,
+    /// Records and bytes of the group's batches, counted once acknowledged.
+    records: u64,
+    bytes: u64,
     reply: oneshot::Receiver<Result<Vec<i64>, LogError>>,
     positions: Vec<usize>,
 }
@@ -44,6 +48,7 @@ struct QueuedGroup {
 pub struct PendingProduce {
     groups: Vec<QueuedGroup>,
     batches: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl Broker {
@@ -62,6 +67,10 @@ impl Broker {
         &self,
         batches: Vec<ProduceBatch>,
     ) -> Result<PendingProduce, BrokerError> {
+        if self.is_stopping() {
+            return Err(BrokerError::ShuttingDown);
+        }
+        self.metrics.produce_requests.inc();
         let max = self.config.limits.produce_batches_max;
         if batches.is_empty() || batches.len() > max {
             return Err(BrokerError::invalid(
@@ -100,9 +109,13 @@ impl Broker {
         }
         let mut queued = Vec::with_capacity(groups.len());
         for (partition, batches, positions) in groups {
+            let records = batches.iter().map(|(_, h)| u64::from(h.record_count)).sum();
+            let bytes = batches.iter().map(|(b, _)| b.len() as u64).sum();
             let reply = partition.enqueue(batches).await;
             queued.push(QueuedGroup {
                 partition,
+                records,
+                bytes,
                 reply,
                 positions,
             });
@@ -110,6 +123,7 @@ impl Broker {
         Ok(PendingProduce {
             groups: queued,
             batches: count,
+            metrics: self.metrics.clone(),
         })
     }
 }
@@ -129,6 +143,8 @@ impl PendingProduce {
             });
             match outcome {
                 Ok(offsets) => {
+                    self.metrics
+                        .record_produced(topic, group.records, group.bytes);
                     let log_start_offset = group.partition.log().start_offset();
                     for (position, base_offset) in group.positions.into_iter().zip(offsets) {
                         results[position] = Some(Ok(BatchAppended {

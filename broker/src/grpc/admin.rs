@@ -68,6 +68,7 @@ impl AdminService for AdminHandler {
         &self,
         request: Request<CreateTopicRequest>,
     ) -> Result<Response<CreateTopicResponse>, Status> {
+        let _timer = self.broker.metrics().time_request("CreateTopic");
         let request = request.into_inner();
         let info = self
             .broker
@@ -83,6 +84,7 @@ impl AdminService for AdminHandler {
         &self,
         request: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
+        let _timer = self.broker.metrics().time_request("DeleteTopic");
         self.broker.delete_topic(&request.into_inner().name).await?;
         Ok(Response::new(DeleteTopicResponse {}))
     }
@@ -91,6 +93,7 @@ impl AdminService for AdminHandler {
         &self,
         _request: Request<ListTopicsRequest>,
     ) -> Result<Response<ListTopicsResponse>, Status> {
+        let _timer = self.broker.metrics().time_request("ListTopics");
         let topics = self
             .broker
             .list_topics()
@@ -104,6 +107,7 @@ impl AdminService for AdminHandler {
         &self,
         request: Request<DescribeTopicRequest>,
     ) -> Result<Response<DescribeTopicResponse>, Status> {
+        let _timer = self.broker.metrics().time_request("DescribeTopic");
         let info = self.broker.describe_topic(&request.into_inner().name)?;
         Ok(Response::new(DescribeTopicResponse {
             topic: Some(description(info)),
@@ -115,6 +119,7 @@ impl AdminService for AdminHandler {
         &self,
         request: Request<AddPartitionsRequest>,
     ) -> Result<Response<AddPartitionsResponse>, Status> {
+        let _timer = self.broker.metrics().time_request("AddPartitions");
         let request = request.into_inner();
         let info = self
             .broker
@@ -130,6 +135,7 @@ impl AdminService for AdminHandler {
         &self,
         request: Request<AlterTopicConfigRequest>,
     ) -> Result<Response<AlterTopicConfigResponse>, Status> {
+        let _timer = self.broker.metrics().time_request("AlterTopicConfig");
         let request = request.into_inner();
         if request.config.is_none() {
             return Err(BrokerError::invalid("config", "must be set").into());

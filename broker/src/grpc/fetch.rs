@@ -37,6 +37,7 @@ impl FetchService for FetchHandler {
         &self,
         request: Request<FetchRequest>,
     ) -> Result<Response<FetchResponse>, Status> {
+        let _timer = self.broker.metrics().time_request("Fetch");
         let request = request.into_inner();
         let specs = request
             .partitions
@@ -86,7 +87,9 @@ impl FetchService for FetchHandler {
         )?;
         // Bounded: a client that stops reading stops the subscription's reads.
         let (sender, receiver) = mpsc::channel(SUBSCRIBE_BUFFER);
+        let open = self.broker.metrics().open_stream("subscribe");
         tokio::spawn(async move {
+            let _open = open;
             loop {
                 let next = tokio::select! {
                     next = subscription.next() => next,
@@ -113,6 +116,7 @@ impl FetchService for FetchHandler {
         &self,
         request: Request<ListOffsetsRequest>,
     ) -> Result<Response<ListOffsetsResponse>, Status> {
+        let _timer = self.broker.metrics().time_request("ListOffsets");
         let request = request.into_inner();
         let spec = match request.spec {
             Some(Spec::Earliest(_)) => OffsetSpec::Earliest,

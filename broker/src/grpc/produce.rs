@@ -79,6 +79,7 @@ impl ProduceService for ProduceHandler {
         &self,
         request: Request<ProduceRequest>,
     ) -> Result<Response<ProduceResponse>, Status> {
+        let _timer = self.broker.metrics().time_request("Produce");
         let request = request.into_inner();
         let correlation_id = request.correlation_id;
         let targets = targets(&request);
@@ -124,7 +125,9 @@ impl ProduceService for ProduceHandler {
             }
         });
         let broker = self.broker.clone();
+        let open = self.broker.metrics().open_stream("produce");
         tokio::spawn(async move {
+            let _open = open;
             loop {
                 let message = tokio::select! {
                     message = inbound.message() => message,

@@ -1,41 +1,83 @@
-//! The HTTP side: `/health` (alive and no partition poisoned) and `/ready`
-//! (recovery done and the gRPC listener accepting; not while stopping).
+//! The HTTP side: `/health` (alive and no partition poisoned), `/ready`
+//! (recovery done and gRPC serving; not while stopping) and `/metrics`
+//! (Prometheus/OpenMetrics text).
+//!
+//! It answers from before the broker is open, so that an orchestrator sees
+//! "alive, not ready" during a long recovery instead of a refused connection.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Json};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde_json::json;
 
 use crate::broker::Broker;
 
-#[derive(Debug, Clone)]
-struct HttpState {
-    broker: Arc<Broker>,
-    ready: Arc<AtomicBool>,
+/// Where the server is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// Recovering the data directory; gRPC not yet serving.
+    Starting = 0,
+    Ready = 1,
+    /// Draining after a shutdown signal.
+    Stopping = 2,
 }
 
-/// The router; `ready` is set by the server once it accepts gRPC calls and
-/// cleared when it starts stopping.
-pub fn router(broker: Arc<Broker>, ready: Arc<AtomicBool>) -> Router {
+/// What the HTTP endpoints report on; shared with the server that moves it
+/// through its phases.
+#[derive(Debug, Default)]
+pub struct ServerStatus {
+    phase: AtomicU8,
+    /// Set once recovery finished.
+    broker: OnceLock<Arc<Broker>>,
+}
+
+impl ServerStatus {
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Phase::Starting,
+            1 => Phase::Ready,
+            _ => Phase::Stopping,
+        }
+    }
+
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Release);
+    }
+
+    pub fn set_broker(&self, broker: Arc<Broker>) {
+        // A second broker for the same status is a programmer error; the
+        // first one stays.
+        let _ = self.broker.set(broker);
+    }
+}
+
+pub fn router(status: Arc<ServerStatus>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(readiness))
-        .with_state(HttpState { broker, ready })
+        .route("/metrics", get(metrics))
+        .with_state(status)
 }
 
-async fn health(State(state): State<HttpState>) -> impl IntoResponse {
-    let poisoned = state.broker.poisoned_partitions();
+async fn health(State(status): State<Arc<ServerStatus>>) -> impl IntoResponse {
+    let Some(broker) = status.broker.get() else {
+        return (StatusCode::OK, Json(json!({ "status": "starting" })));
+    };
+    let poisoned = broker.poisoned_partitions();
     if poisoned.is_empty() {
         return (StatusCode::OK, Json(json!({ "status": "ok" })));
     }
     let partitions: Vec<_> = poisoned
         .into_iter()
-        .map(|(topic, partition, reason)| json!({ "topic": topic, "partition": partition, "reason": reason }))
+        .map(|(topic, partition, reason)| {
+            json!({ "topic": topic, "partition": partition, "reason": reason })
+        })
         .collect();
     (
         StatusCode::SERVICE_UNAVAILABLE,
@@ -43,13 +85,36 @@ async fn health(State(state): State<HttpState>) -> impl IntoResponse {
     )
 }
 
-async fn readiness(State(state): State<HttpState>) -> impl IntoResponse {
-    if state.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, Json(json!({ "status": "ready" })))
-    } else {
-        (
+async fn readiness(State(status): State<Arc<ServerStatus>>) -> impl IntoResponse {
+    match status.phase() {
+        Phase::Ready => (StatusCode::OK, Json(json!({ "status": "ready" }))),
+        Phase::Starting => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "not ready" })),
+            Json(json!({ "status": "starting", "reason": "recovering the data directory" })),
+        ),
+        Phase::Stopping => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "stopping", "reason": "shutting down" })),
+        ),
+    }
+}
+
+async fn metrics(State(status): State<Arc<ServerStatus>>) -> Response {
+    let Some(broker) = status.broker.get() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response();
+    };
+    match broker.metrics().render(broker) {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
         )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode metrics");
+            (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response()
+        }
     }
 }

@@ -7,12 +7,14 @@
 //! for the lot, and only then acknowledges them and makes them visible.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use brook_record::BatchHeader;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::FsyncPolicy;
+use crate::metrics::Metrics;
 use crate::storage::{LogError, PartitionLog, WrittenMark};
 
 /// Append requests a partition queues before producers wait (backpressure).
@@ -47,7 +49,13 @@ impl std::fmt::Debug for AppendRequest {
 
 impl Partition {
     /// Wraps an opened log and starts its appender on the current runtime.
-    pub fn start(topic: &str, index: u32, log: PartitionLog, fsync: FsyncPolicy) -> Arc<Self> {
+    pub fn start(
+        topic: &str,
+        index: u32,
+        log: PartitionLog,
+        fsync: FsyncPolicy,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         let log = Arc::new(log);
         let (appends, queue) = mpsc::channel(APPEND_QUEUE_LEN);
         let (watermark, _) = watch::channel(log.high_watermark());
@@ -58,7 +66,7 @@ impl Partition {
             appends,
             watermark: watermark.clone(),
         });
-        tokio::spawn(run_appender(log, queue, fsync, watermark));
+        tokio::spawn(run_appender(log, queue, fsync, watermark, metrics));
         partition
     }
 
@@ -109,13 +117,17 @@ async fn run_appender(
     mut queue: mpsc::Receiver<AppendRequest>,
     fsync: FsyncPolicy,
     watermark: watch::Sender<i64>,
+    metrics: Arc<Metrics>,
 ) {
     let mut round = Vec::with_capacity(ROUND_REQUESTS_MAX);
     while queue.recv_many(&mut round, ROUND_REQUESTS_MAX).await > 0 {
         let requests = std::mem::take(&mut round);
         let log_for_round = log.clone();
-        let outcome =
-            tokio::task::spawn_blocking(move || write_round(&log_for_round, requests, fsync)).await;
+        let metrics_for_round = metrics.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            write_round(&log_for_round, requests, fsync, &metrics_for_round);
+        })
+        .await;
         match outcome {
             Ok(()) => {}
             Err(join_error) => {
@@ -128,8 +140,15 @@ async fn run_appender(
 
 /// Writes every request of a round, makes them durable with one fsync
 /// (under the `always` policy), publishes them and answers each producer.
-fn write_round(log: &PartitionLog, requests: Vec<AppendRequest>, fsync: FsyncPolicy) {
+fn write_round(
+    log: &PartitionLog,
+    requests: Vec<AppendRequest>,
+    fsync: FsyncPolicy,
+    metrics: &Metrics,
+) {
     let now_ms = crate::clock::now_ms();
+    let started = Instant::now();
+    let batches: usize = requests.iter().map(|r| r.batches.len()).sum();
     let mut results = Vec::with_capacity(requests.len());
     let mut last_mark: Option<WrittenMark> = None;
     for request in &requests {
@@ -141,9 +160,20 @@ fn write_round(log: &PartitionLog, requests: Vec<AppendRequest>, fsync: FsyncPol
             Err(e) => results.push(Err(e)),
         }
     }
+    metrics
+        .append_duration
+        .observe(started.elapsed().as_secs_f64());
     if let Some(mark) = last_mark {
         let published = match fsync {
-            FsyncPolicy::Always => log.sync().map(|synced| log.publish(&synced)),
+            FsyncPolicy::Always => {
+                let syncing = Instant::now();
+                let synced = log.sync();
+                metrics
+                    .fsync_duration
+                    .observe(syncing.elapsed().as_secs_f64());
+                metrics.group_commit_batches.observe(batches as f64);
+                synced.map(|synced| log.publish(&synced))
+            }
             FsyncPolicy::Interval(_) | FsyncPolicy::Never => {
                 log.publish(&mark);
                 Ok(())

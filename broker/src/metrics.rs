@@ -1,0 +1,304 @@
+//! The broker's Prometheus metrics: counters and histograms updated on the
+//! request, append and fsync paths, plus gauges read from the broker's state
+//! at scrape time (partition offsets and sizes, process memory and files).
+//!
+//! Each broker owns its registry, so several embedded brokers in one process
+//! keep separate figures. Names carry their unit.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::broker::Broker;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabels {
+    pub topic: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabels {
+    topic: String,
+    partition: u32,
+}
+
+/// Latency buckets from 50 µs to about 13 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 19))
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub produce_requests: Counter,
+    pub fetch_requests: Counter,
+    pub produced_records: Family<TopicLabels, Counter>,
+    pub produced_bytes: Family<TopicLabels, Counter>,
+    pub fetched_records: Family<TopicLabels, Counter>,
+    pub fetched_bytes: Family<TopicLabels, Counter>,
+    pub request_duration: Family<MethodLabels, Histogram, fn() -> Histogram>,
+    pub append_duration: Histogram,
+    pub fsync_duration: Histogram,
+    pub group_commit_batches: Histogram,
+    pub open_connections: Gauge,
+    pub open_streams: Family<StreamLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let metrics = Self {
+            produce_requests: Counter::default(),
+            fetch_requests: Counter::default(),
+            produced_records: Family::default(),
+            produced_bytes: Family::default(),
+            fetched_records: Family::default(),
+            fetched_bytes: Family::default(),
+            request_duration: Family::new_with_constructor(latency_histogram),
+            append_duration: latency_histogram(),
+            fsync_duration: latency_histogram(),
+            group_commit_batches: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            open_connections: Gauge::default(),
+            open_streams: Family::default(),
+            registry: Registry::default(),
+        };
+        let m = &metrics;
+        registry.register(
+            "brook_produce_requests",
+            "Produce requests (unary, and each request of a stream)",
+            m.produce_requests.clone(),
+        );
+        registry.register(
+            "brook_fetch_requests",
+            "Fetch requests",
+            m.fetch_requests.clone(),
+        );
+        registry.register(
+            "brook_produced_records",
+            "Records acknowledged to producers",
+            m.produced_records.clone(),
+        );
+        registry.register_with_unit(
+            "brook_produced",
+            "Record batch bytes acknowledged to producers",
+            Unit::Bytes,
+            m.produced_bytes.clone(),
+        );
+        registry.register(
+            "brook_fetched_records",
+            "Records returned by fetches and subscriptions (whole batches)",
+            m.fetched_records.clone(),
+        );
+        registry.register_with_unit(
+            "brook_fetched",
+            "Record batch bytes returned by fetches and subscriptions",
+            Unit::Bytes,
+            m.fetched_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "brook_request_duration",
+            "gRPC request handling time by method",
+            Unit::Seconds,
+            m.request_duration.clone(),
+        );
+        registry.register_with_unit(
+            "brook_append_duration",
+            "Time to write one group-commit round of batches to the log (before fsync)",
+            Unit::Seconds,
+            m.append_duration.clone(),
+        );
+        registry.register_with_unit(
+            "brook_fsync_duration",
+            "Time of one log fsync",
+            Unit::Seconds,
+            m.fsync_duration.clone(),
+        );
+        registry.register(
+            "brook_group_commit_batches",
+            "Batches made durable by one fsync",
+            m.group_commit_batches.clone(),
+        );
+        registry.register(
+            "brook_open_connections",
+            "Open gRPC connections",
+            m.open_connections.clone(),
+        );
+        registry.register(
+            "brook_open_streams",
+            "Open gRPC streams by kind",
+            m.open_streams.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// Starts timing a gRPC method; the time is recorded when the guard drops.
+    pub fn time_request(&self, method: &'static str) -> RequestTimer {
+        RequestTimer {
+            histogram: self
+                .request_duration
+                .get_or_create_owned(&MethodLabels { method }),
+            started: Instant::now(),
+        }
+    }
+
+    /// Counts an open stream until the guard drops.
+    pub fn open_stream(&self, kind: &'static str) -> GaugeGuard {
+        GaugeGuard::new(
+            self.open_streams
+                .get_or_create_owned(&StreamLabels { kind }),
+        )
+    }
+
+    pub fn record_produced(&self, topic: &str, records: u64, bytes: u64) {
+        let labels = TopicLabels {
+            topic: topic.to_owned(),
+        };
+        self.produced_records.get_or_create(&labels).inc_by(records);
+        self.produced_bytes.get_or_create(&labels).inc_by(bytes);
+    }
+
+    pub fn record_fetched(&self, topic: &str, records: u64, bytes: u64) {
+        let labels = TopicLabels {
+            topic: topic.to_owned(),
+        };
+        self.fetched_records.get_or_create(&labels).inc_by(records);
+        self.fetched_bytes.get_or_create(&labels).inc_by(bytes);
+    }
+
+    /// The text exposition: the registry, then the gauges read now.
+    pub fn render(&self, broker: &Broker) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        encode_registry(&mut text, &self.registry)?;
+        encode_registry(&mut text, &scrape_time_registry(broker))?;
+        encode_eof(&mut text)?;
+        Ok(text)
+    }
+}
+
+/// Gauges computed from the broker's state at scrape time, so that deleted
+/// topics disappear with them.
+fn scrape_time_registry(broker: &Broker) -> Registry {
+    let mut registry = Registry::default();
+    let start: Family<PartitionLabels, Gauge> = Family::default();
+    let end: Family<PartitionLabels, Gauge> = Family::default();
+    let size: Family<PartitionLabels, Gauge> = Family::default();
+    let segments: Family<PartitionLabels, Gauge> = Family::default();
+    for (topic, partition, info) in broker.partition_states() {
+        let labels = PartitionLabels { topic, partition };
+        start.get_or_create(&labels).set(info.start_offset);
+        end.get_or_create(&labels).set(info.end_offset);
+        size.get_or_create(&labels)
+            .set(i64::try_from(info.size_bytes).unwrap_or(i64::MAX));
+        segments
+            .get_or_create(&labels)
+            .set(i64::from(info.segments));
+    }
+    registry.register(
+        "brook_partition_start_offset",
+        "First offset still retained",
+        start,
+    );
+    registry.register(
+        "brook_partition_end_offset",
+        "Offset the next record will get (high watermark)",
+        end,
+    );
+    registry.register_with_unit(
+        "brook_partition_size",
+        "Bytes of segment files",
+        Unit::Bytes,
+        size,
+    );
+    registry.register("brook_partition_segments", "Segment files", segments);
+    let process = crate::process::sample();
+    if let Some(rss) = process.resident_memory_bytes {
+        let gauge: Gauge = Gauge::default();
+        gauge.set(rss);
+        registry.register_with_unit(
+            "process_resident_memory",
+            "Resident memory",
+            Unit::Bytes,
+            gauge,
+        );
+    }
+    if let Some(virtual_bytes) = process.virtual_memory_bytes {
+        let gauge: Gauge = Gauge::default();
+        gauge.set(virtual_bytes);
+        registry.register_with_unit(
+            "process_virtual_memory",
+            "Virtual memory",
+            Unit::Bytes,
+            gauge,
+        );
+    }
+    if let Some(fds) = process.open_fds {
+        let gauge: Gauge = Gauge::default();
+        gauge.set(fds);
+        registry.register("process_open_fds", "Open file descriptors", gauge);
+    }
+    if let Some(threads) = process.threads {
+        let gauge: Gauge = Gauge::default();
+        gauge.set(threads);
+        registry.register("process_threads", "OS threads", gauge);
+    }
+    registry
+}
+
+/// Records the time since it was made into a histogram when dropped.
+#[derive(Debug)]
+pub struct RequestTimer {
+    histogram: Histogram,
+    started: Instant,
+}
+
+impl Drop for RequestTimer {
+    fn drop(&mut self) {
+        self.histogram.observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// Increments a gauge now and decrements it when dropped.
+#[derive(Debug)]
+pub struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    pub fn new(gauge: Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Shared handle, as the broker and its servers hold it.
+pub type SharedMetrics = Arc<Metrics>;
