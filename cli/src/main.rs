@@ -4,8 +4,10 @@
 
 mod bench;
 mod consume;
+mod health;
 mod produce;
 mod serve;
+mod settings;
 mod topic;
 
 use std::process::ExitCode;
@@ -34,7 +36,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a broker until SIGINT or SIGTERM.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Create, list, describe and delete topics.
     #[command(subcommand)]
     Topic(topic::TopicCommand),
@@ -42,6 +44,8 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Print the values of a topic's records, one per line.
     Consume(consume::ConsumeArgs),
+    /// Ask a broker's HTTP endpoint whether it is healthy (exit 0) or not.
+    Health(health::HealthArgs),
     /// Measure a broker's throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -68,15 +72,13 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => {
-            init_tracing(args.log_format, "info");
-            serve::run(args).await
-        }
+        Command::Serve(args) => serve::run(*args).await,
+        Command::Health(args) => health::run(args).await,
         Command::Topic(command) => topic::run(&connect(&cli.broker).await?, command).await,
         Command::Produce(args) => produce::run(&connect(&cli.broker).await?, args).await,
         Command::Consume(args) => consume::run(&connect(&cli.broker).await?, args).await,
         Command::Bench(command) => {
-            init_tracing(LogFormat::Text, "warn");
+            init_tracing(LogFormat::Text, &default_filter("warn"));
             bench::run(&cli.broker, command).await
         }
     }
@@ -85,16 +87,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// The client commands' start: quiet logs (they print results on stdout;
 /// only trouble goes to stderr) and a connection.
 async fn connect(broker: &str) -> anyhow::Result<Client> {
-    init_tracing(LogFormat::Text, "warn");
+    init_tracing(LogFormat::Text, &default_filter("warn"));
     Client::connect(broker)
         .await
         .with_context(|| format!("cannot connect to the broker at {broker}"))
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (else `default_level`).
-fn init_tracing(format: LogFormat, default_level: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_unset| EnvFilter::new(default_level));
+/// `RUST_LOG` if set, else `level`.
+fn default_filter(level: &str) -> String {
+    std::env::var("RUST_LOG").unwrap_or_else(|_unset| level.to_owned())
+}
+
+/// Logs to stderr with a RUST_LOG-style filter.
+fn init_tracing(format: LogFormat, filter: &str) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_invalid| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

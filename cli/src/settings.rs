@@ -1,0 +1,371 @@
+//! The settings of `brook serve`, from flags, `BROOK_*` environment
+//! variables and a TOML file, in that order of precedence, over the
+//! defaults. Every key has all three forms: `shutdown_grace_ms` in the file,
+//! `--shutdown-grace-ms` on the command line, `BROOK_SHUTDOWN_GRACE_MS` in
+//! the environment.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use brook_broker::config::{
+    DEFAULT_DATA_DIR, DEFAULT_HTTP_LISTEN, DEFAULT_LISTEN, Limits, TopicSettings,
+};
+use brook_broker::{BrokerConfig, FsyncPolicy};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use crate::LogFormat;
+
+/// Declares the settings once: each becomes an optional flag with its
+/// environment variable and an optional key of the file; `merge` lets the
+/// first source that sets a key win.
+macro_rules! settings {
+    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $env:literal, )*) => {
+        #[derive(Debug, Default, Clone, Args, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct Settings {
+            $(
+                $(#[doc = $doc])*
+                #[arg(long, env = $env)]
+                pub $name: Option<$ty>,
+            )*
+        }
+
+        impl Settings {
+            /// `self` where it sets a key, else `lower`.
+            #[must_use]
+            pub fn merge(self, lower: Settings) -> Settings {
+                Settings { $( $name: self.$name.or(lower.$name), )* }
+            }
+        }
+    };
+}
+
+settings! {
+    /// Where topics, segments and metadata are kept [default: ./brook-data].
+    data_dir: PathBuf = "BROOK_DATA_DIR",
+    /// The gRPC address; port 0 picks a free port [default: 127.0.0.1:9420].
+    listen: String = "BROOK_LISTEN",
+    /// The HTTP address of /health, /ready and /metrics [default: 127.0.0.1:9421].
+    http_listen: String = "BROOK_HTTP_LISTEN",
+    /// When a produce is acknowledged: `always` (after fsync), `never`, or
+    /// `interval:<ms>`; the last two can lose acknowledged records in a crash [default: always].
+    fsync: String = "BROOK_FSYNC",
+    /// Log lines as `text` or `json` objects, to stderr [default: text].
+    log_format: String = "BROOK_LOG_FORMAT",
+    /// Which logs to write, as a RUST_LOG filter such as `info` or
+    /// `brook_broker=debug` [default: RUST_LOG, else info].
+    log: String = "BROOK_LOG",
+    /// How long a shutdown waits for in-flight work and open streams [default: 30000].
+    shutdown_grace_ms: u64 = "BROOK_SHUTDOWN_GRACE_MS",
+    /// How often retention is applied, besides on every segment roll [default: 60000].
+    retention_check_interval_ms: u64 = "BROOK_RETENTION_CHECK_INTERVAL_MS",
+    /// Bytes of log between two offset index entries [default: 4096].
+    index_interval_bytes: u64 = "BROOK_INDEX_INTERVAL_BYTES",
+    /// Topics' retention by time unless they set their own; -1 keeps forever [default: 604800000].
+    default_retention_ms: i64 = "BROOK_DEFAULT_RETENTION_MS",
+    /// Topics' retention by size per partition; -1 keeps everything [default: -1].
+    default_retention_bytes: i64 = "BROOK_DEFAULT_RETENTION_BYTES",
+    /// Topics' segment size [default: 268435456].
+    default_segment_bytes: u64 = "BROOK_DEFAULT_SEGMENT_BYTES",
+    /// Topics' segment age before a roll [default: 604800000].
+    default_segment_ms: i64 = "BROOK_DEFAULT_SEGMENT_MS",
+    /// Topics' largest record batch [default: 8388608].
+    default_max_message_bytes: u32 = "BROOK_DEFAULT_MAX_MESSAGE_BYTES",
+    /// Most partitions a topic may have [default: 10000].
+    max_partitions_per_topic: u32 = "BROOK_MAX_PARTITIONS_PER_TOPIC",
+    /// Largest record batch any topic may allow [default: 67108864].
+    max_message_bytes: u32 = "BROOK_MAX_MESSAGE_BYTES",
+    /// Largest fetch response [default: 67108864].
+    max_fetch_bytes: u32 = "BROOK_MAX_FETCH_BYTES",
+    /// Longest long-poll wait [default: 60000].
+    max_fetch_wait_ms: u32 = "BROOK_MAX_FETCH_WAIT_MS",
+    /// Produce requests in flight on one produce stream [default: 256].
+    max_produce_stream_in_flight: usize = "BROOK_MAX_PRODUCE_STREAM_IN_FLIGHT",
+    /// Concurrent gRPC streams per connection [default: 1024].
+    max_streams_per_connection: u32 = "BROOK_MAX_STREAMS_PER_CONNECTION",
+    /// Largest gRPC message [default: 134217728].
+    max_grpc_message_bytes: usize = "BROOK_MAX_GRPC_MESSAGE_BYTES",
+}
+
+/// The settings with every default filled in and every value checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct Effective {
+    pub data_dir: PathBuf,
+    pub listen: String,
+    pub http_listen: String,
+    pub fsync: String,
+    pub log_format: String,
+    pub log: String,
+    pub shutdown_grace_ms: u64,
+    pub retention_check_interval_ms: u64,
+    pub index_interval_bytes: u64,
+    pub default_retention_ms: i64,
+    pub default_retention_bytes: i64,
+    pub default_segment_bytes: u64,
+    pub default_segment_ms: i64,
+    pub default_max_message_bytes: u32,
+    pub max_partitions_per_topic: u32,
+    pub max_message_bytes: u32,
+    pub max_fetch_bytes: u32,
+    pub max_fetch_wait_ms: u32,
+    pub max_produce_stream_in_flight: usize,
+    pub max_streams_per_connection: u32,
+    pub max_grpc_message_bytes: usize,
+}
+
+/// Reads a settings file; unknown keys and values of the wrong type are
+/// errors that name the key.
+pub fn read_file(path: &Path) -> anyhow::Result<Settings> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+impl Settings {
+    /// Fills in the defaults and checks every value.
+    pub fn resolve(self) -> anyhow::Result<Effective> {
+        let topic = TopicSettings::default();
+        let limits = Limits::default();
+        let broker = BrokerConfig::default();
+        let effective = Effective {
+            data_dir: self
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            listen: self.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned()),
+            http_listen: self
+                .http_listen
+                .unwrap_or_else(|| DEFAULT_HTTP_LISTEN.to_owned()),
+            fsync: self
+                .fsync
+                .unwrap_or_else(|| FsyncPolicy::Always.to_string()),
+            log_format: self.log_format.unwrap_or_else(|| "text".to_owned()),
+            log: self
+                .log
+                .or_else(|| std::env::var("RUST_LOG").ok())
+                .unwrap_or_else(|| "info".to_owned()),
+            shutdown_grace_ms: self
+                .shutdown_grace_ms
+                .unwrap_or(millis(broker.shutdown_grace)),
+            retention_check_interval_ms: self
+                .retention_check_interval_ms
+                .unwrap_or(millis(broker.retention_check_interval)),
+            index_interval_bytes: self
+                .index_interval_bytes
+                .unwrap_or(broker.index_interval_bytes),
+            default_retention_ms: self.default_retention_ms.unwrap_or(topic.retention_ms),
+            default_retention_bytes: self
+                .default_retention_bytes
+                .unwrap_or(topic.retention_bytes),
+            default_segment_bytes: self.default_segment_bytes.unwrap_or(topic.segment_bytes),
+            default_segment_ms: self.default_segment_ms.unwrap_or(topic.segment_ms),
+            default_max_message_bytes: self
+                .default_max_message_bytes
+                .unwrap_or(topic.max_message_bytes),
+            max_partitions_per_topic: self
+                .max_partitions_per_topic
+                .unwrap_or(limits.partitions_per_topic_max),
+            max_message_bytes: self.max_message_bytes.unwrap_or(limits.message_bytes_max),
+            max_fetch_bytes: self.max_fetch_bytes.unwrap_or(limits.fetch_bytes_max),
+            max_fetch_wait_ms: self.max_fetch_wait_ms.unwrap_or(limits.fetch_wait_ms_max),
+            max_produce_stream_in_flight: self
+                .max_produce_stream_in_flight
+                .unwrap_or(limits.produce_stream_in_flight_max),
+            max_streams_per_connection: self
+                .max_streams_per_connection
+                .unwrap_or(limits.streams_per_connection_max),
+            max_grpc_message_bytes: self
+                .max_grpc_message_bytes
+                .unwrap_or(limits.grpc_message_bytes_max),
+        };
+        effective.check()?;
+        Ok(effective)
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Effective {
+    fn check(&self) -> anyhow::Result<()> {
+        self.fsync_policy()?;
+        self.log_format()?;
+        tracing_subscriber::EnvFilter::try_new(&self.log)
+            .map_err(|e| anyhow::anyhow!("log: `{}` is not a log filter: {e}", self.log))?;
+        positive("shutdown_grace_ms", self.shutdown_grace_ms)?;
+        positive(
+            "retention_check_interval_ms",
+            self.retention_check_interval_ms,
+        )?;
+        positive("index_interval_bytes", self.index_interval_bytes)?;
+        positive(
+            "max_partitions_per_topic",
+            u64::from(self.max_partitions_per_topic),
+        )?;
+        positive("max_fetch_bytes", u64::from(self.max_fetch_bytes))?;
+        positive(
+            "max_produce_stream_in_flight",
+            self.max_produce_stream_in_flight as u64,
+        )?;
+        positive(
+            "max_streams_per_connection",
+            u64::from(self.max_streams_per_connection),
+        )?;
+        if self.default_retention_ms < -1 {
+            bail!(
+                "default_retention_ms: must be -1 (keep forever) or >= 0, got {}",
+                self.default_retention_ms
+            );
+        }
+        if self.default_retention_bytes < -1 {
+            bail!(
+                "default_retention_bytes: must be -1 (keep everything) or >= 0, got {}",
+                self.default_retention_bytes
+            );
+        }
+        if self.default_segment_ms < 1 {
+            bail!(
+                "default_segment_ms: must be at least 1, got {}",
+                self.default_segment_ms
+            );
+        }
+        let segment_max = brook_broker::storage::log::SEGMENT_BYTES_MAX;
+        if !(1024..=segment_max).contains(&self.default_segment_bytes) {
+            bail!(
+                "default_segment_bytes: must be between 1024 and {segment_max}, got {}",
+                self.default_segment_bytes
+            );
+        }
+        let header = brook_record::HEADER_LEN as u32;
+        if self.max_message_bytes < header {
+            bail!(
+                "max_message_bytes: must be at least {header}, got {}",
+                self.max_message_bytes
+            );
+        }
+        if !(header..=self.max_message_bytes).contains(&self.default_max_message_bytes) {
+            bail!(
+                "default_max_message_bytes: must be between {header} and max_message_bytes ({}), got {}",
+                self.max_message_bytes,
+                self.default_max_message_bytes
+            );
+        }
+        if self.max_grpc_message_bytes < self.max_message_bytes as usize {
+            bail!(
+                "max_grpc_message_bytes: must be at least max_message_bytes ({}), got {}",
+                self.max_message_bytes,
+                self.max_grpc_message_bytes
+            );
+        }
+        Ok(())
+    }
+
+    pub fn fsync_policy(&self) -> anyhow::Result<FsyncPolicy> {
+        self.fsync
+            .parse()
+            .map_err(|e| anyhow::anyhow!("fsync: {e}"))
+    }
+
+    pub fn log_format(&self) -> anyhow::Result<LogFormat> {
+        match self.log_format.as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => bail!("log_format: must be `text` or `json`, not `{other}`"),
+        }
+    }
+
+    /// The broker's configuration (listen addresses are set once bound).
+    pub fn broker_config(&self) -> anyhow::Result<BrokerConfig> {
+        Ok(BrokerConfig {
+            data_dir: self.data_dir.clone(),
+            fsync: self.fsync_policy()?,
+            topic_defaults: TopicSettings {
+                retention_ms: self.default_retention_ms,
+                retention_bytes: self.default_retention_bytes,
+                segment_bytes: self.default_segment_bytes,
+                segment_ms: self.default_segment_ms,
+                max_message_bytes: self.default_max_message_bytes,
+            },
+            limits: Limits {
+                partitions_per_topic_max: self.max_partitions_per_topic,
+                message_bytes_max: self.max_message_bytes,
+                fetch_bytes_max: self.max_fetch_bytes,
+                fetch_wait_ms_max: self.max_fetch_wait_ms,
+                produce_stream_in_flight_max: self.max_produce_stream_in_flight,
+                streams_per_connection_max: self.max_streams_per_connection,
+                grpc_message_bytes_max: self.max_grpc_message_bytes,
+                ..Limits::default()
+            },
+            retention_check_interval: Duration::from_millis(self.retention_check_interval_ms),
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            index_interval_bytes: self.index_interval_bytes,
+            ..BrokerConfig::default()
+        })
+    }
+
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        toml::to_string(self).context("render the configuration")
+    }
+}
+
+fn positive(key: &str, value: u64) -> anyhow::Result<()> {
+    if value == 0 {
+        bail!("{key}: must be at least 1, got 0");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let file: Settings =
+            toml::from_str("listen = \"127.0.0.1:1\"\nshutdown_grace_ms = 5\n").unwrap();
+        let flags = Settings {
+            listen: Some("127.0.0.1:2".into()),
+            ..Settings::default()
+        };
+        let effective = flags.merge(file).resolve().unwrap();
+        assert_eq!(effective.listen, "127.0.0.1:2");
+        assert_eq!(effective.shutdown_grace_ms, 5);
+        assert_eq!(effective.http_listen, DEFAULT_HTTP_LISTEN);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let unknown = toml::from_str::<Settings>("listen_addr = \"x\"\n").unwrap_err();
+        assert!(unknown.to_string().contains("listen_addr"), "{unknown}");
+        let wrong_type = toml::from_str::<Settings>("shutdown_grace_ms = \"soon\"\n").unwrap_err();
+        assert!(
+            wrong_type.to_string().contains("shutdown_grace_ms"),
+            "{wrong_type}"
+        );
+        let bad_fsync = Settings {
+            fsync: Some("sometimes".into()),
+            ..Settings::default()
+        };
+        let error = bad_fsync.resolve().unwrap_err();
+        assert!(error.to_string().starts_with("fsync:"), "{error}");
+        let bad_limit = Settings {
+            default_max_message_bytes: Some(10),
+            ..Settings::default()
+        };
+        let error = bad_limit.resolve().unwrap_err();
+        assert!(
+            error.to_string().starts_with("default_max_message_bytes:"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_printed_configuration_reads_back_as_a_file() {
+        let effective = Settings::default().resolve().unwrap();
+        let text = effective.to_toml().unwrap();
+        let again: Settings = toml::from_str(&text).unwrap();
+        assert_eq!(again.resolve().unwrap().to_toml().unwrap(), text);
+    }
+}
