@@ -102,6 +102,9 @@ pub struct Limits {
     pub produce_batches_max: usize,
     /// Produce requests in flight on one produce stream.
     pub produce_stream_in_flight_max: usize,
+    /// Bytes of record batches queued to partitions and not yet
+    /// acknowledged, across all producers: beyond it, produces wait.
+    pub produce_bytes_in_flight_max: usize,
     /// Concurrent streams per client connection (HTTP/2 streams).
     pub streams_per_connection_max: u32,
     /// Largest gRPC message the broker decodes.
@@ -118,6 +121,7 @@ impl Default for Limits {
             fetch_partitions_max: 10_000,
             produce_batches_max: 10_000,
             produce_stream_in_flight_max: 256,
+            produce_bytes_in_flight_max: 512 * 1024 * 1024,
             streams_per_connection_max: 1024,
             grpc_message_bytes_max: 128 * 1024 * 1024,
         }

@@ -83,6 +83,9 @@ settings! {
     max_fetch_wait_ms: u32 = "BROOK_MAX_FETCH_WAIT_MS",
     /// Produce requests in flight on one produce stream [default: 256].
     max_produce_stream_in_flight: usize = "BROOK_MAX_PRODUCE_STREAM_IN_FLIGHT",
+    /// Bytes of record batches queued and not yet acknowledged, across all
+    /// producers; beyond it produces wait [default: 536870912].
+    max_produce_bytes_in_flight: usize = "BROOK_MAX_PRODUCE_BYTES_IN_FLIGHT",
     /// Concurrent gRPC streams per connection [default: 1024].
     max_streams_per_connection: u32 = "BROOK_MAX_STREAMS_PER_CONNECTION",
     /// Largest gRPC message [default: 134217728].
@@ -111,6 +114,7 @@ pub struct Effective {
     pub max_fetch_bytes: u32,
     pub max_fetch_wait_ms: u32,
     pub max_produce_stream_in_flight: usize,
+    pub max_produce_bytes_in_flight: usize,
     pub max_streams_per_connection: u32,
     pub max_grpc_message_bytes: usize,
 }
@@ -172,6 +176,9 @@ impl Settings {
             max_produce_stream_in_flight: self
                 .max_produce_stream_in_flight
                 .unwrap_or(limits.produce_stream_in_flight_max),
+            max_produce_bytes_in_flight: self
+                .max_produce_bytes_in_flight
+                .unwrap_or(limits.produce_bytes_in_flight_max),
             max_streams_per_connection: self
                 .max_streams_per_connection
                 .unwrap_or(limits.streams_per_connection_max),
@@ -205,6 +212,10 @@ impl Effective {
             u64::from(self.max_partitions_per_topic),
         )?;
         positive("max_fetch_bytes", u64::from(self.max_fetch_bytes))?;
+        positive(
+            "max_produce_bytes_in_flight",
+            self.max_produce_bytes_in_flight as u64,
+        )?;
         positive(
             "max_produce_stream_in_flight",
             self.max_produce_stream_in_flight as u64,
@@ -294,6 +305,7 @@ impl Effective {
                 fetch_bytes_max: self.max_fetch_bytes,
                 fetch_wait_ms_max: self.max_fetch_wait_ms,
                 produce_stream_in_flight_max: self.max_produce_stream_in_flight,
+                produce_bytes_in_flight_max: self.max_produce_bytes_in_flight,
                 streams_per_connection_max: self.max_streams_per_connection,
                 grpc_message_bytes_max: self.max_grpc_message_bytes,
                 ..Limits::default()

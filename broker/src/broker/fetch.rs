@@ -14,6 +14,9 @@ use super::{Broker, BrokerError};
 use crate::metrics::Metrics;
 use crate::storage::PartitionLog;
 
+/// Chunk size of a subscription that asks for no particular size.
+pub const SUBSCRIPTION_CHUNK_BYTES: u32 = 1024 * 1024;
+
 /// One partition of a fetch request.
 #[derive(Debug, Clone)]
 pub struct FetchSpec {
@@ -120,8 +123,10 @@ impl Broker {
         check_offset(offset)?;
         let partition = self.partition(topic, partition)?;
         let limit = self.config.limits.fetch_bytes_max;
+        // A subscription reads ahead of its client, so its chunks default
+        // to a modest size rather than the largest fetch.
         let max_bytes = if max_bytes == 0 {
-            limit
+            SUBSCRIPTION_CHUNK_BYTES.min(limit)
         } else {
             max_bytes.min(limit)
         };

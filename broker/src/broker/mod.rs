@@ -43,6 +43,9 @@ pub struct Broker {
     /// Stops the background tasks (retention, interval fsync).
     background: CancellationToken,
     metrics: Arc<Metrics>,
+    /// Bounds the batch bytes queued to partitions and not yet acknowledged;
+    /// one permit per KiB (see `produce::permits_for`).
+    produce_memory: Arc<tokio::sync::Semaphore>,
 }
 
 impl Broker {
@@ -66,6 +69,7 @@ impl Broker {
             }
         };
         let records = meta.topics()?;
+        let config_produce_bytes = config.limits.produce_bytes_in_flight_max;
         let metrics = Arc::new(Metrics::new());
         let opening_config = config.clone();
         let opened =
@@ -91,6 +95,10 @@ impl Broker {
             topics: RwLock::new(topics),
             admin: tokio::sync::Mutex::new(()),
             background: CancellationToken::new(),
+            produce_memory: Arc::new(tokio::sync::Semaphore::new(produce::permits_for(
+                config_produce_bytes,
+                config_produce_bytes,
+            ) as usize)),
             metrics,
         });
         broker.spawn_background();

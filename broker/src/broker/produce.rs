@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use brook_record::BatchHeader;
 use bytes::Bytes;
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::{Broker, BrokerError};
 use crate::metrics::Metrics;
@@ -46,6 +46,8 @@ struct QueuedGroup {
 /// A produce request whose batches are queued; `wait` gives the results.
 #[derive(Debug)]
 pub struct PendingProduce {
+    /// Held until the acknowledgements arrive.
+    _memory: OwnedSemaphorePermit,
     groups: Vec<QueuedGroup>,
     batches: usize,
     metrics: Arc<Metrics>,
@@ -107,6 +109,16 @@ impl Broker {
             groups[index].1.push((produced.batch, header));
             groups[index].2.push(position);
         }
+        // Wait for room before queuing: this is where producers feel
+        // backpressure when the partitions fall behind.
+        let max = self.config.limits.produce_bytes_in_flight_max;
+        let bytes: usize = groups.iter().flat_map(|g| &g.1).map(|(b, _)| b.len()).sum();
+        let memory = self
+            .produce_memory
+            .clone()
+            .acquire_many_owned(permits_for(bytes, max))
+            .await
+            .map_err(|_| BrokerError::ShuttingDown)?;
         let mut queued = Vec::with_capacity(groups.len());
         for (partition, batches, positions) in groups {
             let records = batches.iter().map(|(_, h)| u64::from(h.record_count)).sum();
@@ -121,11 +133,20 @@ impl Broker {
             });
         }
         Ok(PendingProduce {
+            _memory: memory,
             groups: queued,
             batches: count,
             metrics: self.metrics.clone(),
         })
     }
+}
+
+/// Semaphore permits for `bytes` of batches, one per KiB (rounded up), at
+/// most the permits `max` bytes make, so one huge request can still go
+/// through alone.
+pub(super) fn permits_for(bytes: usize, max: usize) -> u32 {
+    let kib = |b: usize| u32::try_from(b.div_ceil(1024)).unwrap_or(u32::MAX).max(1);
+    kib(bytes).min(kib(max))
 }
 
 impl PendingProduce {

@@ -16,8 +16,9 @@ use tonic::{Request, Response, Status};
 use super::status::to_status;
 use crate::broker::{Broker, BrokerError, FetchSpec, OffsetSpec};
 
-/// Chunks a subscription reads ahead of a slow client.
-const SUBSCRIBE_BUFFER: usize = 4;
+/// Chunks a subscription reads ahead of a slow client (each up to the
+/// subscription's chunk size).
+const SUBSCRIBE_BUFFER: usize = 2;
 
 #[derive(Debug)]
 pub struct FetchHandler {
