@@ -45,7 +45,9 @@ impl FromStr for FsyncPolicy {
                     .and_then(|ms| ms.parse::<u64>().ok())
                     .filter(|ms| *ms > 0)
                     .ok_or_else(|| {
-                        format!("fsync must be `always`, `never` or `interval:<ms>` with ms > 0, not `{s}`")
+                        format!(
+                            "must be `always`, `never` or `interval:<ms>` with ms > 0, not `{s}`"
+                        )
                     })?;
                 Ok(Self::Interval(Duration::from_millis(ms)))
             }

@@ -124,7 +124,21 @@ pub struct Effective {
 pub fn read_file(path: &Path) -> anyhow::Result<Settings> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the config file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    parse_file(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+/// Parses settings, naming the key in any error about a value.
+fn parse_file(text: &str) -> anyhow::Result<Settings> {
+    let deserializer = toml::Deserializer::parse(text)?;
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        if key == "." {
+            anyhow::Error::new(inner)
+        } else {
+            anyhow::anyhow!("{key}: {}", inner.message())
+        }
+    })
 }
 
 impl Settings {
@@ -351,9 +365,11 @@ mod tests {
     fn unknown_keys_and_bad_values_name_the_key() {
         let unknown = toml::from_str::<Settings>("listen_addr = \"x\"\n").unwrap_err();
         assert!(unknown.to_string().contains("listen_addr"), "{unknown}");
-        let wrong_type = toml::from_str::<Settings>("shutdown_grace_ms = \"soon\"\n").unwrap_err();
+        let wrong_type = parse_file("shutdown_grace_ms = \"soon\"\n").unwrap_err();
         assert!(
-            wrong_type.to_string().contains("shutdown_grace_ms"),
+            wrong_type
+                .to_string()
+                .starts_with("shutdown_grace_ms: invalid type"),
             "{wrong_type}"
         );
         let bad_fsync = Settings {

@@ -89,7 +89,7 @@ impl ClientError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Status { status, .. } | Self::Rejected { status, .. } => {
-                code_is_retryable(status.code())
+                code_is_retryable(status.code()) || is_connection_failure(status)
             }
             Self::Transport(_) | Self::Timeout { .. } | Self::StreamClosed { .. } => true,
             Self::Decode(_) | Self::Encode(_) | Self::Protocol(_) => false,
@@ -111,6 +111,24 @@ impl ClientError {
     }
 }
 
+/// Whether an `Unknown` status stands for a broken connection (the broker
+/// went away mid-call: an I/O error or an HTTP/2 failure underneath) rather
+/// than for an answer of the broker.
+fn is_connection_failure(status: &tonic::Status) -> bool {
+    if status.code() != Code::Unknown {
+        return false;
+    }
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        if cause.is::<std::io::Error>() {
+            return true;
+        }
+        source = cause.source();
+    }
+    status.message().starts_with("h2 protocol error")
+        || status.message().starts_with("transport error")
+}
+
 /// Codes that describe a passing condition rather than a wrong request.
 fn code_is_retryable(code: Code) -> bool {
     matches!(
@@ -122,6 +140,19 @@ fn code_is_retryable(code: Code) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broken_connection_is_retryable() {
+        let broken = tonic::Status::from_error(Box::new(std::io::Error::from(
+            std::io::ErrorKind::BrokenPipe,
+        )));
+        assert_eq!(broken.code(), Code::Unknown);
+        assert!(ClientError::status("produce", broken).is_retryable());
+        let h2 = tonic::Status::unknown("h2 protocol error: error reading a body from connection");
+        assert!(ClientError::status("produce", h2).is_retryable());
+        let answer = tonic::Status::unknown("the handler failed");
+        assert!(!ClientError::status("produce", answer).is_retryable());
+    }
 
     #[test]
     fn codes_classify_as_documented() {

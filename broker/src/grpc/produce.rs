@@ -105,6 +105,7 @@ impl ProduceService for ProduceHandler {
         // Requests queued to partitions, in arrival order; the bound is the
         // stream's in-flight limit.
         let (queued, mut awaiting) = mpsc::channel::<InFlight>(in_flight_max);
+        let stopping = self.broker.clone();
         tokio::spawn(async move {
             while let Some((correlation_id, targets, pending)) = awaiting.recv().await {
                 let response = match pending {
@@ -120,8 +121,17 @@ impl ProduceService for ProduceHandler {
                     },
                 };
                 if responses.send(Ok(response)).await.is_err() {
-                    break;
+                    return;
                 }
+            }
+            // Everything queued is acknowledged; a stream cut short by a
+            // shutdown ends with a status the client knows to retry on.
+            if stopping.is_stopping() {
+                let _ = responses
+                    .send(Err(Status::unavailable(
+                        "the broker is shutting down; requests after the last acknowledgement were not read",
+                    )))
+                    .await;
             }
         });
         let broker = self.broker.clone();

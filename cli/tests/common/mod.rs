@@ -34,11 +34,17 @@ pub struct Server {
 impl Server {
     /// Starts `brook serve` on free ports and waits for its ready line.
     pub async fn start(data_dir: &Path) -> Server {
+        Server::start_with(data_dir, &[]).await
+    }
+
+    /// Like [`Server::start`], with more `brook serve` flags.
+    pub async fn start_with(data_dir: &Path, flags: &[&str]) -> Server {
         let mut child = Command::new(BROOK)
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .args(flags)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -66,12 +72,17 @@ impl Server {
     }
 
     /// Sends `signal` and waits (bounded) for the process to exit.
-    pub async fn stop(mut self, signal: Signal) -> ExitStatus {
+    pub async fn stop(self, signal: Signal) -> ExitStatus {
+        self.stop_within(signal, Duration::from_secs(10)).await
+    }
+
+    /// Sends `signal` and waits up to `limit` for the process to exit.
+    pub async fn stop_within(mut self, signal: Signal, limit: Duration) -> ExitStatus {
         let pid = self.child.id().expect("still running");
         kill(Pid::from_raw(pid as i32), signal).expect("send the signal");
-        timeout(Duration::from_secs(10), self.child.wait())
+        timeout(limit, self.child.wait())
             .await
-            .expect("the server exits within 10 s")
+            .unwrap_or_else(|_| panic!("the server exits within {limit:?}"))
             .expect("wait for the server")
     }
 }
