@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use brook_broker::config::MetaBackend;
 use brook_broker::storage::testing::{FailingStorage, MemStorage};
-use brook_broker::storage::{LogConfig, PartitionLog};
+use brook_broker::storage::{BatchOutcome, LogConfig, PartitionLog};
 use brook_broker::{BrokerConfig, EmbeddedBroker};
 use brook_proto::{BatchResult, TopicConfig};
 use brook_record::BatchHeader;
@@ -164,7 +164,7 @@ fn crash_keeps_exactly_the_synced_batches() {
         let (offsets, _) = log
             .append(&[validated(&format!("synced{i}"), 3).unwrap()], 0)
             .unwrap();
-        assert_eq!(offsets, [i * 3]);
+        assert_eq!(offsets, [BatchOutcome::Appended(i * 3)]);
         let mark = log.sync().unwrap();
         log.publish(&mark);
     }
@@ -187,5 +187,5 @@ fn crash_keeps_exactly_the_synced_batches() {
     let (offsets, _) = recovered
         .append(&[validated("after", 1).unwrap()], 0)
         .unwrap();
-    assert_eq!(offsets, [15]);
+    assert_eq!(offsets, [BatchOutcome::Appended(15)]);
 }

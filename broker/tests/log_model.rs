@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use brook_broker::storage::testing::MemStorage;
-use brook_broker::storage::{LogConfig, LogError, PartitionLog};
+use brook_broker::storage::{BatchOutcome, LogConfig, LogError, PartitionLog};
 use brook_record::{BatchHeader, BatchOptions, NewRecord};
 use bytes::Bytes;
 use proptest::prelude::*;
@@ -218,7 +218,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let (offsets, _) = log
                     .append(&batches, 0)
                     .map_err(|e| TestCaseError::fail(format!("append: {e}")))?;
-                for ((bytes, header), base_offset) in batches.into_iter().zip(offsets) {
+                for ((bytes, header), outcome) in batches.into_iter().zip(offsets) {
+                    let BatchOutcome::Appended(base_offset) = outcome else {
+                        return Err(TestCaseError::fail(format!("not appended: {outcome:?}")));
+                    };
                     prop_assert_eq!(base_offset, model.end_of(model.batches.len()));
                     let records = i64::from(header.record_count);
                     model.batches.push(Stored {

@@ -40,6 +40,19 @@ pub enum BrokerError {
         start_offset: i64,
         end_offset: i64,
     },
+    #[error("batch for topic `{topic}` partition {partition} refused: {reason}")]
+    ProducerFenced {
+        topic: String,
+        partition: u32,
+        reason: String,
+    },
+    #[error("batch for topic `{topic}` partition {partition} refused: {source}")]
+    Sequence {
+        topic: String,
+        partition: u32,
+        #[source]
+        source: crate::storage::SequenceError,
+    },
     #[error("topic `{topic}` partition {partition}: {source}")]
     Log {
         topic: String,

@@ -9,6 +9,7 @@ mod admin;
 mod error;
 mod fetch;
 mod produce;
+mod producers;
 mod topic;
 
 pub use admin::{PartitionInfo, TopicInfo};
@@ -46,6 +47,8 @@ pub struct Broker {
     /// Bounds the batch bytes queued to partitions and not yet acknowledged;
     /// one permit per KiB (see `produce::permits_for`).
     produce_memory: Arc<tokio::sync::Semaphore>,
+    /// Current epoch of every idempotent producer.
+    producer_epochs: producers::ProducerEpochs,
 }
 
 impl Broker {
@@ -69,6 +72,7 @@ impl Broker {
             }
         };
         let records = meta.topics()?;
+        let producer_epochs = producers::ProducerEpochs::new(meta.producer_epochs()?);
         let config_produce_bytes = config.limits.produce_bytes_in_flight_max;
         let metrics = Arc::new(Metrics::new());
         let opening_config = config.clone();
@@ -100,6 +104,7 @@ impl Broker {
                 config_produce_bytes,
             ) as usize)),
             metrics,
+            producer_epochs,
         });
         broker.spawn_background();
         tracing::info!(

@@ -13,7 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use super::{Broker, BrokerError};
 use crate::metrics::Metrics;
 use crate::partition::Partition;
-use crate::storage::LogError;
+use crate::storage::{BatchOutcome, LogError};
 
 /// One encoded record batch for one partition.
 #[derive(Debug, Clone)]
@@ -28,6 +28,8 @@ pub struct ProduceBatch {
 pub struct BatchAppended {
     pub base_offset: i64,
     pub log_start_offset: i64,
+    /// A retry of a batch already appended: `base_offset` is the original's.
+    pub duplicate: bool,
 }
 
 type PartitionGroup = (Arc<Partition>, Vec<(Bytes, BatchHeader)>, Vec<usize>);
@@ -36,10 +38,9 @@ type PartitionGroup = (Arc<Partition>, Vec<(Bytes, BatchHeader)>, Vec<usize>);
 #[derive(Debug)]
 struct QueuedGroup {
     partition: Arc<Partition>,
-    /// Records and bytes of the group's batches, counted once acknowledged.
-    records: u64,
-    bytes: u64,
-    reply: oneshot::Receiver<Result<Vec<i64>, LogError>>,
+    /// Records and bytes of each batch, counted once appended.
+    sizes: Vec<(u64, u64)>,
+    reply: oneshot::Receiver<Result<Vec<BatchOutcome>, LogError>>,
     positions: Vec<usize>,
 }
 
@@ -101,6 +102,8 @@ impl Broker {
                     partition: produced.partition,
                     source,
                 })?;
+            self.producer_epochs
+                .check(&header, &produced.topic, produced.partition)?;
             let key = (produced.topic, produced.partition);
             let index = *group_of.entry(key).or_insert_with(|| {
                 groups.push((partition, Vec::new(), Vec::new()));
@@ -121,13 +124,14 @@ impl Broker {
             .map_err(|_| BrokerError::ShuttingDown)?;
         let mut queued = Vec::with_capacity(groups.len());
         for (partition, batches, positions) in groups {
-            let records = batches.iter().map(|(_, h)| u64::from(h.record_count)).sum();
-            let bytes = batches.iter().map(|(b, _)| b.len() as u64).sum();
+            let sizes = batches
+                .iter()
+                .map(|(b, h)| (u64::from(h.record_count), b.len() as u64))
+                .collect();
             let reply = partition.enqueue(batches).await;
             queued.push(QueuedGroup {
                 partition,
-                records,
-                bytes,
+                sizes,
                 reply,
                 positions,
             });
@@ -163,16 +167,35 @@ impl PendingProduce {
                 })
             });
             match outcome {
-                Ok(offsets) => {
-                    self.metrics
-                        .record_produced(topic, group.records, group.bytes);
+                Ok(outcomes) => {
                     let log_start_offset = group.partition.log().start_offset();
-                    for (position, base_offset) in group.positions.into_iter().zip(offsets) {
-                        results[position] = Some(Ok(BatchAppended {
-                            base_offset,
-                            log_start_offset,
-                        }));
+                    let (mut records, mut bytes) = (0, 0);
+                    for ((position, outcome), size) in
+                        group.positions.into_iter().zip(outcomes).zip(group.sizes)
+                    {
+                        results[position] = Some(match outcome {
+                            BatchOutcome::Appended(base_offset) => {
+                                records += size.0;
+                                bytes += size.1;
+                                Ok(BatchAppended {
+                                    base_offset,
+                                    log_start_offset,
+                                    duplicate: false,
+                                })
+                            }
+                            BatchOutcome::Duplicate(base_offset) => Ok(BatchAppended {
+                                base_offset,
+                                log_start_offset,
+                                duplicate: true,
+                            }),
+                            BatchOutcome::Refused(source) => Err(BrokerError::Sequence {
+                                topic: topic.to_owned(),
+                                partition: index,
+                                source,
+                            }),
+                        });
                     }
+                    self.metrics.record_produced(topic, records, bytes);
                 }
                 Err(e) => {
                     let message = e.to_string();

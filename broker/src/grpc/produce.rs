@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use brook_proto::produce_service_server::ProduceService;
-use brook_proto::{BatchResult, ProduceRequest, ProduceResponse};
+use brook_proto::{
+    BatchResult, InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -49,6 +51,7 @@ fn results(
                 base_offset: appended.base_offset,
                 log_start_offset: appended.log_start_offset,
                 error: None,
+                duplicate: appended.duplicate,
             },
             Err(e) => BatchResult {
                 topic: topic.clone(),
@@ -56,6 +59,7 @@ fn results(
                 base_offset: -1,
                 log_start_offset: -1,
                 error: Some(to_proto_error(&e)),
+                duplicate: false,
             },
         })
         .collect()
@@ -88,6 +92,21 @@ impl ProduceService for ProduceHandler {
             correlation_id,
             results: results(&targets, outcomes),
             error: None,
+        }))
+    }
+
+    async fn init_producer_id(
+        &self,
+        request: Request<InitProducerIdRequest>,
+    ) -> Result<Response<InitProducerIdResponse>, Status> {
+        let _timer = self.broker.metrics().time_request("InitProducerId");
+        let (producer_id, epoch) = self
+            .broker
+            .init_producer_id(request.into_inner().producer_id)
+            .await?;
+        Ok(Response::new(InitProducerIdResponse {
+            producer_id,
+            producer_epoch: i32::from(epoch),
         }))
     }
 

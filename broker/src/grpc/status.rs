@@ -13,6 +13,9 @@ pub fn code(error: &BrokerError) -> Code {
             Code::InvalidArgument
         }
         BrokerError::OffsetOutOfRange { .. } => Code::OutOfRange,
+        BrokerError::ProducerFenced { .. } | BrokerError::Sequence { .. } => {
+            Code::FailedPrecondition
+        }
         BrokerError::Log { source, .. } => match source {
             LogError::Poisoned { .. } => Code::Unavailable,
             LogError::OffsetOutOfRange { .. } => Code::OutOfRange,

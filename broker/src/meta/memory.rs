@@ -10,6 +10,8 @@ use super::{MetaError, MetaStore, TopicRecord};
 pub struct MemoryMetaStore {
     /// Topics by name.
     topics: Mutex<BTreeMap<String, TopicRecord>>,
+    /// Producer ids handed out, with their epochs.
+    producers: Mutex<BTreeMap<i64, i16>>,
 }
 
 impl MetaStore for MemoryMetaStore {
@@ -25,5 +27,26 @@ impl MetaStore for MemoryMetaStore {
 
     fn topics(&self) -> Result<Vec<TopicRecord>, MetaError> {
         Ok(self.topics.lock().values().cloned().collect())
+    }
+
+    fn allocate_producer_id(&self) -> Result<i64, MetaError> {
+        let mut producers = self.producers.lock();
+        let id = producers.keys().next_back().map_or(1, |last| last + 1);
+        producers.insert(id, 0);
+        Ok(id)
+    }
+
+    fn put_producer_epoch(&self, producer_id: i64, epoch: i16) -> Result<(), MetaError> {
+        self.producers.lock().insert(producer_id, epoch);
+        Ok(())
+    }
+
+    fn producer_epochs(&self) -> Result<Vec<(i64, i16)>, MetaError> {
+        Ok(self
+            .producers
+            .lock()
+            .iter()
+            .map(|(id, e)| (*id, *e))
+            .collect())
     }
 }

@@ -64,4 +64,10 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     fn delete_topic(&self, name: &str) -> Result<(), MetaError>;
     /// Every stored topic.
     fn topics(&self) -> Result<Vec<TopicRecord>, MetaError>;
+    /// A producer id never handed out before (ids start at 1), durably.
+    fn allocate_producer_id(&self) -> Result<i64, MetaError>;
+    /// Records a producer's current epoch, durably.
+    fn put_producer_epoch(&self, producer_id: i64, epoch: i16) -> Result<(), MetaError>;
+    /// Every producer id handed out, with its current epoch.
+    fn producer_epochs(&self) -> Result<Vec<(i64, i16)>, MetaError>;
 }

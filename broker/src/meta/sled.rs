@@ -7,11 +7,14 @@ use std::time::{Duration, Instant};
 use super::{MetaError, MetaStore, TopicRecord};
 
 const TOPICS_TREE: &str = "topics";
+/// Producer id (8 bytes, big-endian) → current epoch (2 bytes, big-endian).
+const PRODUCERS_TREE: &str = "producers";
 
 #[derive(Debug)]
 pub struct SledMetaStore {
     db: sled::Db,
     topics: sled::Tree,
+    producers: sled::Tree,
 }
 
 impl SledMetaStore {
@@ -19,7 +22,12 @@ impl SledMetaStore {
     pub fn open(dir: &Path) -> Result<Self, MetaError> {
         let db = open_when_unlocked(dir)?;
         let topics = db.open_tree(TOPICS_TREE).map_err(store)?;
-        Ok(Self { db, topics })
+        let producers = db.open_tree(PRODUCERS_TREE).map_err(store)?;
+        Ok(Self {
+            db,
+            topics,
+            producers,
+        })
     }
 
     fn flush(&self) -> Result<(), MetaError> {
@@ -64,6 +72,39 @@ impl MetaStore for SledMetaStore {
     fn delete_topic(&self, name: &str) -> Result<(), MetaError> {
         self.topics.remove(name.as_bytes()).map_err(store)?;
         self.flush()
+    }
+
+    fn allocate_producer_id(&self) -> Result<i64, MetaError> {
+        // generate_id is durable and never repeats (it skips ahead after a
+        // crash); 0 is kept free so that ids start at 1.
+        let id = i64::try_from(self.db.generate_id().map_err(store)? + 1)
+            .map_err(|e| MetaError::Store(Box::new(e)))?;
+        self.put_producer_epoch(id, 0)?;
+        Ok(id)
+    }
+
+    fn put_producer_epoch(&self, producer_id: i64, epoch: i16) -> Result<(), MetaError> {
+        self.producers
+            .insert(producer_id.to_be_bytes(), &epoch.to_be_bytes())
+            .map_err(store)?;
+        self.flush()
+    }
+
+    fn producer_epochs(&self) -> Result<Vec<(i64, i16)>, MetaError> {
+        self.producers
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry.map_err(store)?;
+                let id = <[u8; 8]>::try_from(key.as_ref()).map(i64::from_be_bytes);
+                let epoch = <[u8; 2]>::try_from(value.as_ref()).map(i16::from_be_bytes);
+                match (id, epoch) {
+                    (Ok(id), Ok(epoch)) => Ok((id, epoch)),
+                    _ => Err(MetaError::Store(
+                        format!("malformed producer record {key:?} = {value:?}").into(),
+                    )),
+                }
+            })
+            .collect()
     }
 
     fn topics(&self) -> Result<Vec<TopicRecord>, MetaError> {

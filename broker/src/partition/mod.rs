@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::FsyncPolicy;
 use crate::metrics::Metrics;
-use crate::storage::{LogError, PartitionLog, WrittenMark};
+use crate::storage::{BatchOutcome, LogError, PartitionLog, WrittenMark};
 
 /// Append requests a partition queues before producers wait (backpressure).
 const APPEND_QUEUE_LEN: usize = 1024;
@@ -25,7 +25,7 @@ const ROUND_REQUESTS_MAX: usize = 512;
 /// One producer's batches for this partition, appended together.
 struct AppendRequest {
     batches: Vec<(Bytes, BatchHeader)>,
-    reply: oneshot::Sender<Result<Vec<i64>, LogError>>,
+    reply: oneshot::Sender<Result<Vec<BatchOutcome>, LogError>>,
 }
 
 #[derive(Debug)]
@@ -88,7 +88,7 @@ impl Partition {
     pub async fn enqueue(
         &self,
         batches: Vec<(Bytes, BatchHeader)>,
-    ) -> oneshot::Receiver<Result<Vec<i64>, LogError>> {
+    ) -> oneshot::Receiver<Result<Vec<BatchOutcome>, LogError>> {
         let (reply, receiver) = oneshot::channel();
         let request = AppendRequest { batches, reply };
         if let Err(mpsc::error::SendError(request)) = self.appends.send(request).await {

@@ -21,6 +21,7 @@ use parking_lot::{Mutex, RwLock};
 
 use super::error::LogError;
 use super::io::Storage;
+use super::producers::{self, ProducerState, SequenceCheck, SequenceError};
 use super::segment::{Segment, parse_log_name};
 
 /// Per-partition log settings (a topic's config, resolved).
@@ -93,6 +94,19 @@ pub struct PartitionLog {
     start_offset: AtomicI64,
     /// Set by the first failed write or fsync.
     poisoned: Mutex<Option<String>>,
+    /// Idempotent producers' sequences; changed only under `writer`.
+    producers: Mutex<ProducerState>,
+}
+
+/// What became of one batch handed to `append`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// Written at this base offset.
+    Appended(i64),
+    /// A retry of a batch already written at this base offset; not written again.
+    Duplicate(i64),
+    /// Refused by its producer's sequence.
+    Refused(SequenceError),
 }
 
 /// What `open` found and repaired, for the caller to log.
@@ -135,7 +149,8 @@ impl PartitionLog {
                 .sync_dir(dir)
                 .map_err(|e| LogError::io("fsync", dir, e))?;
             segments.insert(0, Arc::new(segment));
-            return Ok((Self::assemble(dir, storage, config, segments), report));
+            let log = Self::assemble(dir, storage, config, segments, ProducerState::default());
+            return Ok((log, report));
         };
         for (i, &base) in sealed.iter().enumerate() {
             let segment = Segment::open_sealed(storage.as_ref(), dir, base)?;
@@ -152,16 +167,27 @@ impl PartitionLog {
             }
             segments.insert(base, Arc::new(segment));
         }
+        // Producer state: the newest snapshot, then the headers of every
+        // batch after it (normally just the active segment's, which
+        // recovery reads anyway).
+        let (snapshot_offset, mut producers) =
+            producers::snapshot::load_latest(storage.as_ref(), dir, active_base)?
+                .unwrap_or_default();
+        for segment in segments.range(snapshot_offset..).map(|(_, s)| s) {
+            segment.visit_headers(&mut |h| producers.record(h, h.base_offset))?;
+        }
         let recovery = Segment::recover_active(
             storage.as_ref(),
             dir,
             active_base,
             config.index_interval_bytes,
+            &mut |h| producers.record(h, h.base_offset),
         )?;
         report.truncated_bytes = recovery.truncated_bytes;
         report.damage = recovery.damage;
         segments.insert(active_base, Arc::new(recovery.segment));
-        Ok((Self::assemble(dir, storage, config, segments), report))
+        let log = Self::assemble(dir, storage, config, segments, producers);
+        Ok((log, report))
     }
 
     fn assemble(
@@ -169,6 +195,7 @@ impl PartitionLog {
         storage: Arc<dyn Storage>,
         config: LogConfig,
         segments: BTreeMap<i64, Arc<Segment>>,
+        producers: ProducerState,
     ) -> Self {
         let start = segments.keys().next().copied().unwrap_or(0);
         let end = segments.values().next_back().map_or(0, |s| s.next_offset());
@@ -181,6 +208,7 @@ impl PartitionLog {
             high_watermark: AtomicI64::new(end),
             start_offset: AtomicI64::new(start),
             poisoned: Mutex::new(None),
+            producers: Mutex::new(producers),
         }
     }
 
@@ -250,22 +278,35 @@ impl PartitionLog {
     }
 
     /// Writes validated batches (not yet durable, not yet visible) and
-    /// returns each one's base offset and the mark to publish afterwards.
-    /// A failed write poisons the log.
+    /// returns what became of each and the mark to publish afterwards. A
+    /// retried batch of an idempotent producer is answered with its original
+    /// offset; one out of sequence is refused. A failed write poisons the log.
     pub fn append(
         &self,
         batches: &[(Bytes, BatchHeader)],
         now_ms: i64,
-    ) -> Result<(Vec<i64>, WrittenMark), LogError> {
+    ) -> Result<(Vec<BatchOutcome>, WrittenMark), LogError> {
         let _writer = self.writer.lock();
         self.check_poison()?;
         let config = self.config();
-        let mut base_offsets = Vec::with_capacity(batches.len());
+        let mut outcomes = Vec::with_capacity(batches.len());
         let mut active = self.active();
+        let mut producers = self.producers.lock();
         for (batch, header) in batches {
+            match producers.check(header) {
+                Ok(SequenceCheck::Append) => {}
+                Ok(SequenceCheck::Duplicate { base_offset }) => {
+                    outcomes.push(BatchOutcome::Duplicate(base_offset));
+                    continue;
+                }
+                Err(refused) => {
+                    outcomes.push(BatchOutcome::Refused(refused));
+                    continue;
+                }
+            }
             if Self::should_roll(&active, batch.len() as u64, header, &config, now_ms) {
                 active = self
-                    .roll(&active, now_ms, &config)
+                    .roll(&active, now_ms, &config, &producers)
                     .inspect_err(|e| self.poison(e.to_string()))?;
             }
             let base_offset = active.next_offset();
@@ -278,14 +319,15 @@ impl PartitionLog {
                     now_ms,
                 )
                 .inspect_err(|e| self.poison(e.to_string()))?;
-            base_offsets.push(base_offset);
+            producers.record(header, base_offset);
+            outcomes.push(BatchOutcome::Appended(base_offset));
         }
         let mark = WrittenMark {
             bytes: active.written_bytes(),
             next_offset: active.next_offset(),
             segment: active,
         };
-        Ok((base_offsets, mark))
+        Ok((outcomes, mark))
     }
 
     fn should_roll(
@@ -314,11 +356,14 @@ impl PartitionLog {
         active: &Arc<Segment>,
         now_ms: i64,
         config: &LogConfig,
+        producers: &ProducerState,
     ) -> Result<Arc<Segment>, LogError> {
         // Sealed, not published: its last batches become visible with the
         // next `publish`, once the round they belong to is acknowledged.
         active.seal()?;
         let base = active.next_offset();
+        // Recovery then rebuilds producer state from the new segment only.
+        producers::snapshot::write(self.storage.as_ref(), &self.dir, base, producers)?;
         let next = Arc::new(Segment::create(self.storage.as_ref(), &self.dir, base)?);
         self.storage
             .sync_dir(&self.dir)

@@ -9,13 +9,15 @@ pub mod error;
 pub mod index;
 pub mod io;
 pub mod log;
+pub mod producers;
 pub mod scan;
 pub mod segment;
 pub mod testing;
 
 pub use error::LogError;
 pub use io::{LogFile, OsStorage, Storage};
-pub use log::{LogConfig, PartitionLog, ReadResult, WrittenMark};
+pub use log::{BatchOutcome, LogConfig, PartitionLog, ReadResult, WrittenMark};
+pub use producers::SequenceError;
 
 /// Bytes of log between two offset index entries, by default.
 pub const DEFAULT_INDEX_INTERVAL_BYTES: u64 = 4096;

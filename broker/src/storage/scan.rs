@@ -98,18 +98,25 @@ impl<'a> Scanner<'a> {
         &mut self,
         base_offset: i64,
         index_interval_bytes: u64,
+        visit: &mut dyn FnMut(&BatchHeader),
     ) -> io::Result<ScanOutcome> {
-        self.walk(0, base_offset, index_interval_bytes, true)
+        self.walk(0, base_offset, index_interval_bytes, true, visit)
     }
 
     /// Walks batch headers from `position` (a batch boundary) without
     /// checking CRCs, rebuilding index entries on the way.
-    pub fn walk_headers(&mut self, position: u64, base_offset: i64) -> io::Result<ScanOutcome> {
+    pub fn walk_headers(
+        &mut self,
+        position: u64,
+        base_offset: i64,
+        visit: &mut dyn FnMut(&BatchHeader),
+    ) -> io::Result<ScanOutcome> {
         self.walk(
             position,
             base_offset,
             super::DEFAULT_INDEX_INTERVAL_BYTES,
             false,
+            visit,
         )
     }
 
@@ -119,6 +126,7 @@ impl<'a> Scanner<'a> {
         base_offset: i64,
         index_interval_bytes: u64,
         verify: bool,
+        visit: &mut dyn FnMut(&BatchHeader),
     ) -> io::Result<ScanOutcome> {
         let mut out = ScanOutcome {
             end_position: position,
@@ -136,6 +144,7 @@ impl<'a> Scanner<'a> {
                     break;
                 }
             };
+            visit(&header);
             let len = header.total_len();
             let relative_offset =
                 u32::try_from(header.base_offset - base_offset).unwrap_or(u32::MAX);

@@ -155,7 +155,7 @@ impl Segment {
                 tracing::warn!(path = %paths.index.display(), "index missing or damaged; rebuilding");
                 let mut scanner = Scanner::new(log.as_ref(), size);
                 let scan = scanner
-                    .walk_headers(0, base_offset)
+                    .walk_headers(0, base_offset, &mut |_| {})
                     .map_err(|e| LogError::io("read", &paths.log, e))?;
                 let index = OffsetIndex::rewrite(index_file, scan.index)
                     .map_err(|e| LogError::io("write", &paths.index, e))?;
@@ -168,7 +168,7 @@ impl Segment {
         let tail_start = index.last().map_or(0, |e| u64::from(e.position));
         let mut scanner = Scanner::new(log.as_ref(), size);
         let tail = scanner
-            .walk_headers(tail_start, base_offset)
+            .walk_headers(tail_start, base_offset, &mut |_| {})
             .map_err(|e| LogError::io("read", &paths.log, e))?;
         let next_offset = if tail.end_position == tail_start {
             base_offset
@@ -199,13 +199,14 @@ impl Segment {
         dir: &Path,
         base_offset: i64,
         index_interval_bytes: u64,
+        visit: &mut dyn FnMut(&BatchHeader),
     ) -> Result<Recovery, LogError> {
         let paths = SegmentPaths::new(dir, base_offset);
         let log = open(storage, &paths.log)?;
         let size = log.len().map_err(|e| LogError::io("stat", &paths.log, e))?;
         let mut scanner = Scanner::new(log.as_ref(), size);
         let scan = scanner
-            .verify(base_offset, index_interval_bytes)
+            .verify(base_offset, index_interval_bytes, visit)
             .map_err(|e| LogError::io("read", &paths.log, e))?;
         if let (Some(damage), true) = (&scan.damage, scan.intact_after_damage) {
             // Cutting here would drop intact, acknowledged batches after the
@@ -342,6 +343,15 @@ impl Segment {
             Ordering::Release,
         );
         Ok(())
+    }
+
+    /// Calls `visit` with the header of every batch, in order (no CRC checks).
+    pub fn visit_headers(&self, visit: &mut dyn FnMut(&BatchHeader)) -> Result<(), LogError> {
+        let mut scanner = Scanner::new(self.log.as_ref(), self.written_bytes());
+        scanner
+            .walk_headers(0, self.base_offset, visit)
+            .map(drop)
+            .map_err(|e| LogError::io("read", &self.paths.log, e))
     }
 
     /// Lets readers see the first `bytes` bytes (a batch boundary the writer
