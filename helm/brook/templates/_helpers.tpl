@@ -1,0 +1,157 @@
+{{/*
+Names, labels and the rendered broker configuration, shared by the templates.
+*/}}
+
+{{/* The chart name, truncated to the 63 characters of a DNS label. */}}
+{{- define "brook.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The full name of the release's resources. Truncated to 52 characters, not 63:
+the headless Service adds "-headless" and a StatefulSet's pods add their
+ordinal, and both must stay valid DNS labels.
+*/}}
+{{- define "brook.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "brook.headlessName" -}}
+{{- printf "%s-headless" (include "brook.fullname" .) }}
+{{- end }}
+
+{{- define "brook.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels that select the broker pods. Never change them: selectors are immutable. */}}
+{{- define "brook.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "brook.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Labels of every resource. */}}
+{{- define "brook.labels" -}}
+helm.sh/chart: {{ include "brook.chart" . }}
+{{ include "brook.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: brook
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The annotations of a resource's metadata: commonAnnotations merged with
+"extra" (which wins), or nothing. Call with (dict "ctx" $ "extra" $map) right
+after the labels; it writes its own leading newline and indentation.
+*/}}
+{{- define "brook.annotations" -}}
+{{- $all := merge (deepCopy (default dict .extra)) (default dict .ctx.Values.commonAnnotations) }}
+{{- with $all }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+{{- end }}
+{{- end }}
+
+{{- define "brook.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "brook.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "brook.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/* Listen addresses inside the pod: every interface, the chart's ports. */}}
+{{- define "brook.listen" -}}
+{{- printf "0.0.0.0:%d" (int .Values.ports.grpc) }}
+{{- end }}
+{{- define "brook.httpListen" -}}
+{{- printf "0.0.0.0:%d" (int .Values.ports.http) }}
+{{- end }}
+
+{{/*
+One TOML value. Helm reads YAML numbers as float64, which would print as
+2.68435456e+08, so numbers are printed as integers (every numeric broker
+setting is one); strings are quoted (JSON string escapes are valid TOML).
+*/}}
+{{- define "brook.tomlValue" -}}
+{{- if kindIs "string" . }}{{ toJson . }}
+{{- else if kindIs "bool" . }}{{ . }}
+{{- else if or (kindIs "float64" .) (kindIs "int64" .) (kindIs "int" .) }}{{ int64 . }}
+{{- else }}{{ fail (printf "brook.toml: unsupported value %v (%s): the file is flat, use strings, numbers and booleans" . (kindOf .)) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The broker settings the chart renders: .Values.config with .Values.extraConfig
+merged over it (extraConfig wins), as a dict; null values are left out, so the
+broker's own default applies to them. Keys the chart owns are refused.
+*/}}
+{{- define "brook.settings" -}}
+{{- $merged := dict }}
+{{- range $key, $value := .Values.config }}
+{{- if not (kindIs "invalid" $value) }}{{ $_ := set $merged $key $value }}{{ end }}
+{{- end }}
+{{- range $key, $value := .Values.extraConfig }}
+{{- if not (kindIs "invalid" $value) }}{{ $_ := set $merged $key $value }}{{ end }}
+{{- end }}
+{{- range $key := list "data_dir" "listen" "http_listen" }}
+{{- if hasKey $merged $key }}
+{{- fail (printf "brook.toml: %q is set by the chart and cannot be configured" $key) }}
+{{- end }}
+{{- end }}
+{{- toJson $merged }}
+{{- end }}
+
+{{/* brook.toml: the chart-owned keys, then the settings, sorted. */}}
+{{- define "brook.config" -}}
+{{- $settings := include "brook.settings" . | fromJson -}}
+# Rendered by the Helm chart from .Values.config and .Values.extraConfig.
+# BROOK_* environment variables and flags override these keys.
+data_dir = "/data"
+listen = {{ include "brook.listen" . | quote }}
+http_listen = {{ include "brook.httpListen" . | quote }}
+{{- range $key := keys $settings | sortAlpha }}
+{{ $key }} = {{ include "brook.tomlValue" (index $settings $key) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The value of one broker setting as the chart renders it, or the given default.
+Call with (list $ "key" default).
+*/}}
+{{- define "brook.setting" -}}
+{{- $settings := include "brook.settings" (index . 0) | fromJson }}
+{{- $value := index . 2 }}
+{{- if hasKey $settings (index . 1) }}{{ $value = index $settings (index . 1) }}{{ end }}
+{{- if kindIs "string" $value }}{{ $value }}{{ else }}{{ int64 $value }}{{ end }}
+{{- end }}
+
+{{/*
+terminationGracePeriodSeconds: the broker's shutdown_grace_ms (default 30000)
+rounded up to whole seconds, plus the margin for the final fsyncs. Kubernetes
+kills the container when it runs out, so it must outlast the broker's drain.
+*/}}
+{{- define "brook.terminationGracePeriodSeconds" -}}
+{{- $graceMs := include "brook.setting" (list . "shutdown_grace_ms" 30000) | int64 }}
+{{- add (div (add $graceMs 999) 1000) (int64 .Values.terminationGracePeriodMarginSeconds) }}
+{{- end }}
