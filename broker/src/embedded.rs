@@ -31,6 +31,7 @@ pub struct EmbeddedBroker {
 pub struct EmbeddedBrokerBuilder {
     config: BrokerConfig,
     data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
 }
 
 impl EmbeddedBrokerBuilder {
@@ -38,6 +39,14 @@ impl EmbeddedBrokerBuilder {
     #[must_use]
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Listens on `addr` instead of a random loopback port: a broker
+    /// restarted on its predecessor's address is found by the same clients.
+    #[must_use]
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = Some(addr);
         self
     }
 
@@ -67,10 +76,13 @@ impl EmbeddedBrokerBuilder {
                 Some(dir)
             }
         };
-        let listener = TcpListener::bind(("127.0.0.1", 0))
+        let wanted = self
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let listener = TcpListener::bind(wanted)
             .await
             .map_err(|source| BrokerError::Io {
-                what: "bind 127.0.0.1:0".to_owned(),
+                what: format!("bind {wanted}"),
                 source,
             })?;
         let addr = listener.local_addr().map_err(|source| BrokerError::Io {
