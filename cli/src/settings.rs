@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 use brook_broker::config::{
     DEFAULT_DATA_DIR, DEFAULT_HTTP_LISTEN, DEFAULT_LISTEN, Limits, TopicSettings,
 };
-use brook_broker::{BrokerConfig, FsyncPolicy};
+use brook_broker::{BrokerConfig, BrokerError, FsyncPolicy};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
@@ -238,31 +238,6 @@ impl Effective {
             "max_streams_per_connection",
             u64::from(self.max_streams_per_connection),
         )?;
-        if self.default_retention_ms < -1 {
-            bail!(
-                "default_retention_ms: must be -1 (keep forever) or >= 0, got {}",
-                self.default_retention_ms
-            );
-        }
-        if self.default_retention_bytes < -1 {
-            bail!(
-                "default_retention_bytes: must be -1 (keep everything) or >= 0, got {}",
-                self.default_retention_bytes
-            );
-        }
-        if self.default_segment_ms < 1 {
-            bail!(
-                "default_segment_ms: must be at least 1, got {}",
-                self.default_segment_ms
-            );
-        }
-        let segment_max = brook_broker::storage::log::SEGMENT_BYTES_MAX;
-        if !(1024..=segment_max).contains(&self.default_segment_bytes) {
-            bail!(
-                "default_segment_bytes: must be between 1024 and {segment_max}, got {}",
-                self.default_segment_bytes
-            );
-        }
         let header = brook_record::HEADER_LEN as u32;
         if self.max_message_bytes < header {
             bail!(
@@ -270,12 +245,19 @@ impl Effective {
                 self.max_message_bytes
             );
         }
-        if !(header..=self.max_message_bytes).contains(&self.default_max_message_bytes) {
-            bail!(
-                "default_max_message_bytes: must be between {header} and max_message_bytes ({}), got {}",
-                self.max_message_bytes,
-                self.default_max_message_bytes
-            );
+        // The topic defaults obey the rules of a topic's own settings.
+        let config = self.broker_config()?;
+        if let Err(e) = brook_broker::broker::resolve_topic_settings(
+            &config.topic_defaults,
+            &brook_broker::meta::TopicOverrides::default(),
+            &config.limits,
+        ) {
+            match e {
+                BrokerError::InvalidArgument { field, reason } => {
+                    bail!("default_{field}: {reason}")
+                }
+                other => return Err(other.into()),
+            }
         }
         if self.max_grpc_message_bytes < self.max_message_bytes as usize {
             bail!(

@@ -16,7 +16,9 @@ pub use admin::{PartitionInfo, TopicInfo};
 pub use error::BrokerError;
 pub use fetch::{FetchSpec, Fetched, OffsetSpec, Subscription, SubscriptionChunk};
 pub use produce::{BatchAppended, PendingProduce, ProduceBatch};
-pub use topic::{TOPIC_NAME_LEN_MAX, validate_topic_name};
+pub use topic::{
+    TOPIC_NAME_LEN_MAX, resolve_settings as resolve_topic_settings, validate_topic_name,
+};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

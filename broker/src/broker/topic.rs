@@ -150,7 +150,7 @@ pub fn resolve_settings(
         return Err(BrokerError::invalid(
             "max_message_bytes",
             format!(
-                "must be between {min_message} and {}, got {}",
+                "must be between {min_message} and the broker's max_message_bytes ({}), got {}",
                 limits.message_bytes_max, settings.max_message_bytes
             ),
         ));
