@@ -85,12 +85,13 @@ impl Client {
             partitions,
             config: Some(to_proto(config)),
         };
-        let response = Client::call(
-            "create_topic",
-            self.options.request_timeout,
-            self.admin.clone().create_topic(request),
-        )
-        .await?;
+        let response = self
+            .rpc(
+                "create_topic",
+                self.options.request_timeout,
+                self.admin.clone().create_topic(request),
+            )
+            .await?;
         description(response.topic)
     }
 
@@ -99,7 +100,7 @@ impl Client {
         let request = proto::DeleteTopicRequest {
             name: name.to_owned(),
         };
-        Client::call(
+        self.rpc(
             "delete_topic",
             self.options.request_timeout,
             self.admin.clone().delete_topic(request),
@@ -110,12 +111,13 @@ impl Client {
 
     /// Every topic with its partition count.
     pub async fn list_topics(&self) -> Result<Vec<TopicSummary>, ClientError> {
-        let response = Client::call(
-            "list_topics",
-            self.options.request_timeout,
-            self.admin.clone().list_topics(proto::ListTopicsRequest {}),
-        )
-        .await?;
+        let response = self
+            .rpc(
+                "list_topics",
+                self.options.request_timeout,
+                self.admin.clone().list_topics(proto::ListTopicsRequest {}),
+            )
+            .await?;
         Ok(response
             .topics
             .into_iter()
@@ -131,12 +133,13 @@ impl Client {
         let request = proto::DescribeTopicRequest {
             name: name.to_owned(),
         };
-        let response = Client::call(
-            "describe_topic",
-            self.options.request_timeout,
-            self.admin.clone().describe_topic(request),
-        )
-        .await?;
+        let response = self
+            .rpc(
+                "describe_topic",
+                self.options.request_timeout,
+                self.admin.clone().describe_topic(request),
+            )
+            .await?;
         description(response.topic)
     }
 
@@ -150,12 +153,13 @@ impl Client {
             name: name.to_owned(),
             partitions,
         };
-        let response = Client::call(
-            "add_partitions",
-            self.options.request_timeout,
-            self.admin.clone().add_partitions(request),
-        )
-        .await?;
+        let response = self
+            .rpc(
+                "add_partitions",
+                self.options.request_timeout,
+                self.admin.clone().add_partitions(request),
+            )
+            .await?;
         description(response.topic)
     }
 
@@ -169,12 +173,13 @@ impl Client {
             name: name.to_owned(),
             config: Some(to_proto(config)),
         };
-        let response = Client::call(
-            "alter_topic_config",
-            self.options.request_timeout,
-            self.admin.clone().alter_topic_config(request),
-        )
-        .await?;
+        let response = self
+            .rpc(
+                "alter_topic_config",
+                self.options.request_timeout,
+                self.admin.clone().alter_topic_config(request),
+            )
+            .await?;
         description(response.topic)
     }
 }

@@ -1,8 +1,10 @@
 //! The connection: one tonic `Channel` shared by the three service stubs,
-//! the options that bound every call, and the helper that applies them.
+//! the options that bound every call, the circuit breaker in front of it, and
+//! the helper that applies both.
 //!
-//! Invariant: every unary call goes through [`Client::call`], so none can
-//! wait longer than its time limit.
+//! Invariant: every call goes through [`Client::rpc`], so none can wait
+//! longer than its time limit, and each passes the circuit breaker and
+//! reports its outcome to it.
 
 use std::future::Future;
 use std::time::Duration;
@@ -14,6 +16,7 @@ use brook_record::BatchOptions;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::ClientError;
+use crate::resilience::{CircuitBreaker, CircuitBreakerConfig, CircuitState};
 
 /// How long establishing the connection may take.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,6 +41,8 @@ pub struct ClientOptions {
     pub produce_in_flight_max: usize,
     /// Compression (and producer identity) of batches built by [`Client::produce`].
     pub batch: BatchOptions,
+    /// When calls start failing fast because the broker looks unreachable.
+    pub circuit_breaker: CircuitBreakerConfig,
 }
 
 impl Default for ClientOptions {
@@ -48,12 +53,28 @@ impl Default for ClientOptions {
             message_bytes_max: DEFAULT_MESSAGE_BYTES_MAX,
             produce_in_flight_max: DEFAULT_PRODUCE_IN_FLIGHT_MAX,
             batch: BatchOptions::default(),
+            circuit_breaker: CircuitBreakerConfig::default(),
         }
     }
 }
 
 /// A connection to a Brook broker. Cloning is cheap: clones share the
-/// connection (HTTP/2 multiplexes their calls).
+/// connection (HTTP/2 multiplexes their calls) and its circuit breaker.
+///
+/// # When the broker goes away
+///
+/// The connection heals itself: once the broker is unreachable, each call
+/// (re)connects first, the TCP connect and HTTP/2 handshake bounded by
+/// [`ClientOptions::connect_timeout`], and a call that cannot connect fails
+/// with a retryable error ([`ClientError::is_retryable`]). A broker that is
+/// down usually refuses connections at once; one behind a dead host or
+/// partition makes each call wait for the connect timeout. To stop every
+/// caller from paying that, a circuit breaker
+/// ([`ClientOptions::circuit_breaker`]) counts consecutive retryable failures:
+/// after `failure_threshold` of them, calls fail at once with
+/// [`ClientError::CircuitOpen`] for `open_duration`, then one probe call goes
+/// through, and its success lets every call through again. Nothing is retried
+/// for you; a [`crate::resilience::Backoff`] paces retry loops.
 ///
 /// ```no_run
 /// # async fn example() -> Result<(), brook_client::ClientError> {
@@ -79,6 +100,8 @@ pub struct Client {
     pub(crate) produce: ProduceServiceClient<Channel>,
     pub(crate) fetch: FetchServiceClient<Channel>,
     pub(crate) options: ClientOptions,
+    /// Shared by the clones, as the connection is.
+    breaker: CircuitBreaker,
 }
 
 impl Client {
@@ -88,7 +111,14 @@ impl Client {
         Self::connect_with(endpoint, ClientOptions::default()).await
     }
 
-    /// Connects with the given options.
+    /// Connects with the given options. The first connection is made here,
+    /// within `options.connect_timeout`, so a wrong address fails now; later
+    /// reconnects happen on demand (see [`Client`]).
+    ///
+    /// # Panics
+    ///
+    /// If `options.produce_in_flight_max` or
+    /// `options.circuit_breaker.failure_threshold` is 0.
     pub async fn connect_with(
         endpoint: impl Into<String>,
         options: ClientOptions,
@@ -111,6 +141,10 @@ impl Client {
     }
 
     /// Wraps an existing channel (e.g. one with TLS or a custom connector).
+    ///
+    /// # Panics
+    ///
+    /// If `options.circuit_breaker.failure_threshold` is 0.
     pub fn from_channel(channel: Channel, options: ClientOptions) -> Self {
         let limit = options.message_bytes_max;
         Self {
@@ -124,6 +158,7 @@ impl Client {
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
             options,
+            breaker: CircuitBreaker::new(options.circuit_breaker),
         }
     }
 
@@ -132,8 +167,37 @@ impl Client {
         &self.options
     }
 
+    /// The state of the circuit breaker in front of the connection.
+    pub fn circuit_state(&self) -> CircuitState {
+        self.breaker.state()
+    }
+
+    /// The circuit breaker, for streams to acquire a permit before opening
+    /// and to report how the stream's calls went.
+    #[allow(dead_code, reason = "for the producer's and consumer's streams")]
+    pub(crate) fn breaker(&self) -> &CircuitBreaker {
+        &self.breaker
+    }
+
+    /// Runs one call through the circuit breaker and under `timeout`, turning
+    /// its status into a [`ClientError`]. With the breaker open, fails with
+    /// [`ClientError::CircuitOpen`] without polling `call` (so nothing is
+    /// sent); otherwise reports the outcome: retryable errors count against
+    /// the broker, answers (errors included) for it.
+    pub(crate) async fn rpc<T>(
+        &self,
+        operation: &'static str,
+        timeout: Duration,
+        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, ClientError> {
+        let permit = self.breaker.acquire()?;
+        let result = Self::call(operation, timeout, call).await;
+        permit.report(&result);
+        result
+    }
+
     /// Runs one call under `timeout`, turning its status into a [`ClientError`].
-    pub(crate) async fn call<T>(
+    async fn call<T>(
         operation: &'static str,
         timeout: Duration,
         call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,

@@ -63,6 +63,15 @@ pub enum ClientError {
         operation: &'static str,
     },
 
+    /// The client's circuit breaker is open: recent calls failed to reach the
+    /// broker, so this one failed at once instead of waiting for a connect
+    /// timeout. See [`crate::resilience::CircuitBreaker`].
+    #[error("circuit breaker open: the broker was unreachable; retry after {retry_after:?}")]
+    CircuitOpen {
+        /// How long until the breaker lets a probe call through.
+        retry_after: Duration,
+    },
+
     /// The broker's answer broke the protocol (e.g. a produce response with
     /// the wrong number of results). A bug on one side; do not retry.
     #[error("protocol violation: {0}")]
@@ -79,19 +88,24 @@ impl ClientError {
             | Self::Transport(_)
             | Self::Timeout { .. }
             | Self::StreamClosed { .. }
+            | Self::CircuitOpen { .. }
             | Self::Protocol(_) => None,
         }
     }
 
     /// Whether the same call may succeed if tried again later: the broker was
     /// unreachable, overloaded, shutting down or slow. A produce retried after
-    /// a timeout or a closed stream may append its records twice.
+    /// a timeout or a closed stream may append its records twice. An open
+    /// circuit breaker is retryable (after its `retry_after`): nothing was sent.
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Status { status, .. } | Self::Rejected { status, .. } => {
                 code_is_retryable(status.code()) || is_connection_failure(status)
             }
-            Self::Transport(_) | Self::Timeout { .. } | Self::StreamClosed { .. } => true,
+            Self::Transport(_)
+            | Self::Timeout { .. }
+            | Self::StreamClosed { .. }
+            | Self::CircuitOpen { .. } => true,
             Self::Decode(_) | Self::Encode(_) | Self::Protocol(_) => false,
         }
     }
@@ -111,22 +125,25 @@ impl ClientError {
     }
 }
 
-/// Whether an `Unknown` status stands for a broken connection (the broker
-/// went away mid-call: an I/O error or an HTTP/2 failure underneath) rather
-/// than for an answer of the broker.
+/// Whether an `Unknown` or `Cancelled` status stands for a broken
+/// connection (the broker went away mid-call: an I/O, transport or HTTP/2
+/// failure underneath; tonic reports a connection closed under a call as
+/// `CANCELLED`) rather than for an answer of the broker. The answer was
+/// lost; the request may or may not have been applied.
 fn is_connection_failure(status: &tonic::Status) -> bool {
-    if status.code() != Code::Unknown {
+    if !matches!(status.code(), Code::Unknown | Code::Cancelled) {
         return false;
     }
     let mut source = std::error::Error::source(status);
     while let Some(cause) = source {
-        if cause.is::<std::io::Error>() {
+        if cause.is::<std::io::Error>() || cause.is::<tonic::transport::Error>() {
             return true;
         }
         source = cause.source();
     }
-    status.message().starts_with("h2 protocol error")
-        || status.message().starts_with("transport error")
+    status.code() == Code::Unknown
+        && (status.message().starts_with("h2 protocol error")
+            || status.message().starts_with("transport error"))
 }
 
 /// Codes that describe a passing condition rather than a wrong request.
@@ -209,6 +226,15 @@ mod tests {
                 operation: "produce"
             }
             .is_retryable()
+        );
+        let open = ClientError::CircuitOpen {
+            retry_after: Duration::from_millis(300),
+        };
+        assert!(open.is_retryable());
+        assert_eq!(open.code(), None);
+        assert_eq!(
+            open.to_string(),
+            "circuit breaker open: the broker was unreachable; retry after 300ms"
         );
     }
 }

@@ -132,7 +132,9 @@ impl Client {
             max_bytes: options.max_bytes,
         };
         let timeout = self.options.request_timeout + options.max_wait;
-        let response = Client::call("fetch", timeout, self.fetch.clone().fetch(request)).await?;
+        let response = self
+            .rpc("fetch", timeout, self.fetch.clone().fetch(request))
+            .await?;
         if response.partitions.len() != targets.len() {
             return Err(ClientError::Protocol(format!(
                 "{} partitions fetched, {} answered",
@@ -179,12 +181,13 @@ impl Client {
             offset,
             max_bytes: SUBSCRIBE_MAX_BYTES,
         };
-        let responses = Client::call(
-            "subscribe",
-            self.options.request_timeout,
-            self.fetch.clone().subscribe(request),
-        )
-        .await?;
+        let responses = self
+            .rpc(
+                "subscribe",
+                self.options.request_timeout,
+                self.fetch.clone().subscribe(request),
+            )
+            .await?;
         Ok(Subscription {
             responses,
             buffered: Vec::new().into_iter(),
@@ -210,12 +213,13 @@ impl Client {
                 OffsetSpec::Timestamp(ms) => Spec::TimestampMs(ms),
             }),
         };
-        let response = Client::call(
-            "list_offsets",
-            self.options.request_timeout,
-            self.fetch.clone().list_offsets(request),
-        )
-        .await?;
+        let response = self
+            .rpc(
+                "list_offsets",
+                self.options.request_timeout,
+                self.fetch.clone().list_offsets(request),
+            )
+            .await?;
         Ok(response.offset)
     }
 }

@@ -31,10 +31,15 @@
 
 mod admin;
 mod client;
+mod consumer;
 mod error;
+pub mod event;
 mod fetch;
 mod produce;
+mod producer;
+pub mod resilience;
 mod stream;
+pub mod trace;
 
 pub use admin::{PartitionDescription, TopicConfig, TopicDescription, TopicSettings, TopicSummary};
 pub use brook_record::{BatchOptions, Compression, Header, NewRecord, Record};
@@ -42,10 +47,18 @@ pub use client::{
     Client, ClientOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MESSAGE_BYTES_MAX,
     DEFAULT_PRODUCE_IN_FLIGHT_MAX, DEFAULT_REQUEST_TIMEOUT,
 };
+pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, ConsumerError, OffsetReset, SeekTo};
 pub use error::ClientError;
 pub use fetch::{
     FetchOptions, FetchResult, FetchTarget, OffsetSpec, PartitionFetch, SUBSCRIBE_MAX_BYTES,
     Subscription,
 };
 pub use produce::ProduceAck;
+pub use producer::{
+    DEFAULT_BATCH_SIZE, DEFAULT_BUFFER_MEMORY, DEFAULT_DELIVERY_TIMEOUT, DEFAULT_LINGER,
+    DEFAULT_MAX_IN_FLIGHT, DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_MAX, DeliveryFuture,
+    Producer, ProducerConfig, ProducerRecord, RecordMetadata, fnv1a32,
+};
+pub use resilience::{Backoff, CircuitBreakerConfig, CircuitState};
 pub use stream::{PendingAck, ProduceStream};
+pub use trace::{record_span, traceparent_header};

@@ -1,5 +1,7 @@
 //! Unary produce: one request, one or more batches, one answer.
 
+use std::time::Duration;
+
 use brook_proto as proto;
 use brook_record::{NewRecord, encode_batch};
 use bytes::Bytes;
@@ -18,6 +20,10 @@ pub struct ProduceAck {
     pub base_offset: i64,
     /// The partition's first retained offset after the append.
     pub log_start_offset: i64,
+    /// The batch was a retry of one the broker had already appended (same
+    /// producer id, epoch and sequence): it was not appended again, and
+    /// `base_offset` is the original's.
+    pub duplicate: bool,
 }
 
 impl Client {
@@ -57,15 +63,48 @@ impl Client {
         &self,
         batches: Vec<(String, u32, Bytes)>,
     ) -> Result<Vec<Result<ProduceAck, ClientError>>, ClientError> {
+        self.produce_many_within(batches, self.options.request_timeout)
+            .await
+    }
+
+    /// [`Client::produce_many`] under its own time limit instead of the
+    /// client's `request_timeout` (the producer shortens it to a batch's
+    /// remaining delivery time).
+    pub(crate) async fn produce_many_within(
+        &self,
+        batches: Vec<(String, u32, Bytes)>,
+        timeout: Duration,
+    ) -> Result<Vec<Result<ProduceAck, ClientError>>, ClientError> {
         let request = request(0, batches);
         let batch_count = request.batches.len();
-        let response = Client::call(
-            "produce",
-            self.options.request_timeout,
-            self.produce.clone().produce(request),
-        )
-        .await?;
+        let response = self
+            .rpc("produce", timeout, self.produce.clone().produce(request))
+            .await?;
         acks(batch_count, response.results)
+    }
+
+    /// A new producer id (`producer_id <= 0`) or the next epoch of
+    /// `producer_id`, for idempotent produce: `(producer_id, producer_epoch)`.
+    pub(crate) async fn init_producer_id(
+        &self,
+        producer_id: i64,
+    ) -> Result<(i64, i16), ClientError> {
+        let response = self
+            .rpc(
+                "init_producer_id",
+                self.options.request_timeout,
+                self.produce
+                    .clone()
+                    .init_producer_id(proto::InitProducerIdRequest { producer_id }),
+            )
+            .await?;
+        let epoch = i16::try_from(response.producer_epoch).map_err(|error| {
+            ClientError::Protocol(format!(
+                "producer_epoch {} does not fit the batch header's i16: {error}",
+                response.producer_epoch
+            ))
+        })?;
+        Ok((response.producer_id, epoch))
     }
 }
 
@@ -108,6 +147,7 @@ fn ack(result: proto::BatchResult) -> Result<ProduceAck, ClientError> {
             partition: result.partition,
             base_offset: result.base_offset,
             log_start_offset: result.log_start_offset,
+            duplicate: result.duplicate,
         }),
     }
 }

@@ -107,14 +107,15 @@ impl Client {
     pub async fn produce_stream(&self) -> Result<ProduceStream, ClientError> {
         let in_flight_max = self.options.produce_in_flight_max;
         let (requests, outbound) = mpsc::channel(in_flight_max);
-        let responses = Client::call(
-            OPERATION,
-            self.options.request_timeout,
-            self.produce
-                .clone()
-                .produce_stream(ReceiverStream::new(outbound)),
-        )
-        .await?;
+        let responses = self
+            .rpc(
+                OPERATION,
+                self.options.request_timeout,
+                self.produce
+                    .clone()
+                    .produce_stream(ReceiverStream::new(outbound)),
+            )
+            .await?;
         let (awaiting, queue) = mpsc::channel(in_flight_max);
         let reader = tokio::spawn(read_acks(responses, queue));
         Ok(ProduceStream {

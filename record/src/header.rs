@@ -170,6 +170,29 @@ pub fn stamp_base_offset(batch: &mut [u8], base_offset: i64) {
     *head = encode_base_offset(base_offset);
 }
 
+/// Rewrites the idempotence fields of an encoded batch (producer id, epoch,
+/// base sequence) and recomputes its CRC, which covers them. A producer
+/// stamps a batch this way when it first sends it, so the sequence follows
+/// send order rather than build order.
+///
+/// # Errors
+/// [`BatchError::TooShort`] if `batch` is shorter than a header.
+pub fn stamp_producer(
+    batch: &mut [u8],
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+) -> Result<(), BatchError> {
+    let mut header = BatchHeader::parse(batch)?;
+    header.producer_id = producer_id;
+    header.producer_epoch = producer_epoch;
+    header.base_sequence = base_sequence;
+    batch[..HEADER_LEN].copy_from_slice(&header.to_bytes());
+    header.crc = compute_crc(batch);
+    batch[..HEADER_LEN].copy_from_slice(&header.to_bytes());
+    Ok(())
+}
+
 /// CRC-32 (IEEE) of everything after the crc field; an empty-range CRC if the buffer
 /// is shorter than that.
 pub(crate) fn compute_crc(batch: &[u8]) -> u32 {
@@ -179,6 +202,28 @@ pub(crate) fn compute_crc(batch: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stamping_the_producer_matches_building_with_it() {
+        use crate::{BatchOptions, NewRecord, encode_batch, validate_batch};
+        let records = vec![NewRecord::default(); 3];
+        let plain = encode_batch(&records, BatchOptions::default()).unwrap();
+        let built = encode_batch(
+            &records,
+            BatchOptions {
+                producer_id: 9,
+                producer_epoch: 2,
+                base_sequence: 40,
+                ..BatchOptions::default()
+            },
+        )
+        .unwrap();
+        let mut stamped = plain.to_vec();
+        stamp_producer(&mut stamped, 9, 2, 40).unwrap();
+        assert_eq!(stamped, built.to_vec());
+        assert!(validate_batch(&stamped, usize::MAX).is_ok());
+        assert!(stamp_producer(&mut [0u8; 10], 1, 1, 1).is_err());
+    }
 
     fn sample() -> BatchHeader {
         BatchHeader {

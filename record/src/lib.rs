@@ -29,7 +29,7 @@ pub use decode::{BatchIter, decode_batch, decode_batches, split_batches};
 pub use error::{BatchError, ParseCompressionError};
 pub use header::{
     BatchHeader, HEADER_LEN, LENGTH_PREFIX_LEN, MAGIC, batch_total_len, encode_base_offset,
-    read_base_offset, stamp_base_offset,
+    read_base_offset, stamp_base_offset, stamp_producer,
 };
 pub use record::{Header, MIN_RECORD_BODY_LEN, NewRecord, Record};
 pub use validate::{MAX_RECORDS_PER_BATCH, validate_batch};

@@ -1,0 +1,350 @@
+//! The consumer's background task: one `fetch_many` long poll at a time over
+//! every assigned partition, each answer queued as one chunk.
+//!
+//! Invariants: a prefetch slot is taken before a fetch starts and travels
+//! with the chunk until the stream has handed it out, so fetched data never
+//! exceeds `prefetch` chunks whatever the reader's pace; the queue can hold
+//! every slot, so sending never waits. A fetch answer moves a partition's
+//! fetch offset only if nothing (a seek, a reset) moved it meanwhile.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use brook_record::Record;
+use tokio::sync::mpsc;
+use tonic::Code;
+
+use super::cursor::{ChunkSlot, FetchFrom, PartitionCell, Shared};
+use super::{ConsumerConfig, OffsetReset};
+use crate::client::Client;
+use crate::error::ClientError;
+use crate::fetch::{FetchOptions, FetchTarget, OffsetSpec, PartitionFetch};
+
+/// What one fetch round queues for the stream.
+#[derive(Debug)]
+pub(crate) struct Chunk {
+    pub items: VecDeque<Item>,
+    pub _slot: ChunkSlot,
+}
+
+/// One partition's share of a chunk, or an error for the stream to report.
+#[derive(Debug)]
+pub(crate) enum Item {
+    /// Records fetched under `epoch`, in offset order.
+    Records {
+        cell: Arc<PartitionCell>,
+        epoch: u64,
+        records: std::vec::IntoIter<Record>,
+    },
+    /// The fetch offset was reset (out of range): the position moves there,
+    /// after the records queued before the reset were handed out.
+    Reset {
+        cell: Arc<PartitionCell>,
+        epoch: u64,
+        offset: i64,
+    },
+    Error(ClientError),
+}
+
+/// A partition as it was when the fetch started.
+struct Target {
+    cell: Arc<PartitionCell>,
+    epoch: u64,
+    offset: i64,
+}
+
+pub(crate) struct Fetcher {
+    pub client: Client,
+    pub config: ConsumerConfig,
+    pub shared: Arc<Shared>,
+    pub chunks: mpsc::Sender<Chunk>,
+}
+
+/// A round that needs no more than waiting for a change.
+enum Round {
+    /// Something was done; go again.
+    Again,
+    /// Nothing to fetch: wait for an assignment or a seek.
+    Idle,
+    /// A retryable failure: back off.
+    Failed,
+    /// The consumer is gone.
+    Closed,
+}
+
+impl Fetcher {
+    pub async fn run(self) {
+        let mut backoff = self.config.retry_backoff;
+        let mut rotation = 0_usize;
+        loop {
+            let Ok(permit) = self.shared.slots.clone().acquire_owned().await else {
+                return;
+            };
+            let slot = self.shared.chunk_buffered(permit);
+            let round = self.round(slot, rotation).await;
+            rotation = rotation.wrapping_add(1);
+            let wait = match round {
+                Round::Again => {
+                    backoff = self.config.retry_backoff;
+                    continue;
+                }
+                Round::Closed => return,
+                Round::Idle => None,
+                Round::Failed => {
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(self.config.retry_backoff_max);
+                    Some(wait)
+                }
+            };
+            match wait {
+                Some(wait) => {
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = self.shared.changed.notified() => {}
+                    }
+                }
+                None => self.shared.changed.notified().await,
+            }
+        }
+    }
+
+    /// Resolves unresolved partitions, then fetches the others once. `slot`
+    /// goes with whatever is queued, or is released.
+    async fn round(&self, slot: ChunkSlot, rotation: usize) -> Round {
+        let cells = self.shared.cells();
+        let mut targets = Vec::with_capacity(cells.len());
+        let mut unresolved = Vec::new();
+        for cell in cells {
+            let cursor = cell.cursor.lock();
+            match cursor.fetch {
+                FetchFrom::At(offset) => {
+                    let epoch = cursor.epoch;
+                    drop(cursor);
+                    targets.push(Target {
+                        cell,
+                        epoch,
+                        offset,
+                    });
+                }
+                FetchFrom::Unresolved => {
+                    let epoch = cursor.epoch;
+                    drop(cursor);
+                    unresolved.push((cell, epoch));
+                }
+                FetchFrom::Parked => {}
+            }
+        }
+        if !unresolved.is_empty() {
+            return self.resolve(unresolved, slot).await;
+        }
+        if targets.is_empty() {
+            return Round::Idle;
+        }
+        // The broker fills its byte budget in request order: rotate for fairness.
+        let len = targets.len();
+        targets.rotate_left(rotation % len);
+        let request: Vec<FetchTarget> = targets
+            .iter()
+            .map(|t| FetchTarget {
+                topic: t.cell.topic.to_string(),
+                partition: t.cell.partition,
+                offset: t.offset,
+            })
+            .collect();
+        let options = FetchOptions {
+            max_bytes: self.config.max_bytes,
+            max_wait: self.config.max_wait,
+        };
+        let fetched = tokio::select! {
+            fetched = self.client.fetch_many(&request, options) => fetched,
+            // A seek or a new assignment: this poll asks for stale offsets.
+            () = self.shared.changed.notified() => return Round::Again,
+        };
+        match fetched {
+            Ok(fetched) => self.queue_fetched(&targets, fetched, slot).await,
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, "consumer fetch failed; retrying");
+                Round::Failed
+            }
+            Err(e) if len == 1 => {
+                let items = self.fail(&targets[0], e).await.into_iter().collect();
+                self.queue(items, slot).await
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "consumer fetch failed; probing each partition");
+                self.probe(&targets, slot).await
+            }
+        }
+    }
+
+    /// Queues the records of every partition whose fetch offset did not move meanwhile.
+    async fn queue_fetched(
+        &self,
+        targets: &[Target],
+        fetched: Vec<PartitionFetch>,
+        slot: ChunkSlot,
+    ) -> Round {
+        let mut items = Vec::new();
+        for (target, fetched) in targets.iter().zip(fetched) {
+            let mut cursor = target.cell.cursor.lock();
+            if cursor.epoch != target.epoch || cursor.fetch != FetchFrom::At(target.offset) {
+                continue;
+            }
+            cursor.fetch = FetchFrom::At(fetched.result.next_offset);
+            drop(cursor);
+            if !fetched.result.records.is_empty() {
+                items.push(Item::Records {
+                    cell: target.cell.clone(),
+                    epoch: target.epoch,
+                    records: fetched.result.records.into_iter(),
+                });
+            }
+        }
+        self.queue(items, slot).await
+    }
+
+    /// Finds which partitions of a failed multi-partition fetch fail on
+    /// their own, and deals with each of those.
+    async fn probe(&self, targets: &[Target], slot: ChunkSlot) -> Round {
+        let mut items = Vec::new();
+        let mut retry = false;
+        let options = FetchOptions {
+            max_bytes: 1,
+            max_wait: Duration::ZERO,
+        };
+        for target in targets {
+            let probed = self
+                .client
+                .fetch(
+                    &target.cell.topic,
+                    target.cell.partition,
+                    target.offset,
+                    options,
+                )
+                .await;
+            match probed {
+                Ok(_) => {}
+                Err(e) if e.is_retryable() => retry = true,
+                Err(e) => items.extend(self.fail(target, e).await),
+            }
+        }
+        if items.is_empty() && retry {
+            return Round::Failed;
+        }
+        self.queue(items, slot).await
+    }
+
+    /// A partition's fetch failed for good: reset it if it was out of range
+    /// and the policy allows, else park it and report the error.
+    async fn fail(&self, target: &Target, error: ClientError) -> Option<Item> {
+        let spec = match (error.code(), self.config.auto_offset_reset) {
+            (Some(Code::OutOfRange), OffsetReset::Earliest) => Some(OffsetSpec::Earliest),
+            (Some(Code::OutOfRange), OffsetReset::Latest) => Some(OffsetSpec::Latest),
+            _ => None,
+        };
+        let cell = &target.cell;
+        let Some(spec) = spec else {
+            return Self::park(target, error);
+        };
+        let offset = match self
+            .client
+            .list_offsets(&cell.topic, cell.partition, spec)
+            .await
+        {
+            Ok(offset) => offset,
+            // Retried on the next round: the fetch offset did not move.
+            Err(e) if e.is_retryable() => return None,
+            Err(e) => return Self::park(target, e),
+        };
+        let mut cursor = cell.cursor.lock();
+        if cursor.epoch != target.epoch || cursor.fetch != FetchFrom::At(target.offset) {
+            return None;
+        }
+        tracing::info!(
+            topic = &*cell.topic,
+            partition = cell.partition,
+            from = target.offset,
+            offset,
+            "consumer offset out of range; reset"
+        );
+        // Same epoch: the records queued before the reset are still handed out.
+        cursor.fetch = FetchFrom::At(offset);
+        Some(Item::Reset {
+            cell: cell.clone(),
+            epoch: cursor.epoch,
+            offset,
+        })
+    }
+
+    fn park(target: &Target, error: ClientError) -> Option<Item> {
+        let mut cursor = target.cell.cursor.lock();
+        if cursor.epoch != target.epoch || cursor.fetch != FetchFrom::At(target.offset) {
+            return None;
+        }
+        cursor.fetch = FetchFrom::Parked;
+        Some(Item::Error(error))
+    }
+
+    /// Gives partitions without an offset the one `auto_offset_reset` names.
+    async fn resolve(&self, unresolved: Vec<(Arc<PartitionCell>, u64)>, slot: ChunkSlot) -> Round {
+        let spec = match self.config.auto_offset_reset {
+            OffsetReset::Earliest => OffsetSpec::Earliest,
+            OffsetReset::Latest => OffsetSpec::Latest,
+            // Such partitions wait for a seek.
+            OffsetReset::Error => {
+                for (cell, epoch) in unresolved {
+                    let mut cursor = cell.cursor.lock();
+                    if cursor.epoch == epoch && cursor.fetch == FetchFrom::Unresolved {
+                        cursor.fetch = FetchFrom::Parked;
+                    }
+                }
+                drop(slot);
+                return Round::Again;
+            }
+        };
+        let mut items = Vec::new();
+        let mut retry = false;
+        for (cell, epoch) in unresolved {
+            match self
+                .client
+                .list_offsets(&cell.topic, cell.partition, spec)
+                .await
+            {
+                Ok(offset) => {
+                    let mut cursor = cell.cursor.lock();
+                    if cursor.epoch == epoch && cursor.fetch == FetchFrom::Unresolved {
+                        cursor.fetch = FetchFrom::At(offset);
+                        cursor.position = Some(offset);
+                    }
+                }
+                Err(e) if e.is_retryable() => retry = true,
+                Err(e) => {
+                    let mut cursor = cell.cursor.lock();
+                    if cursor.epoch == epoch && cursor.fetch == FetchFrom::Unresolved {
+                        cursor.fetch = FetchFrom::Parked;
+                        items.push(Item::Error(e));
+                    }
+                }
+            }
+        }
+        if items.is_empty() && retry {
+            return Round::Failed;
+        }
+        self.queue(items, slot).await
+    }
+
+    async fn queue(&self, items: Vec<Item>, slot: ChunkSlot) -> Round {
+        if items.is_empty() {
+            return Round::Again;
+        }
+        let chunk = Chunk {
+            items: items.into(),
+            _slot: slot,
+        };
+        match self.chunks.send(chunk).await {
+            Ok(()) => Round::Again,
+            Err(_closed) => Round::Closed,
+        }
+    }
+}

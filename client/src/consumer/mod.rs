@@ -1,0 +1,383 @@
+//! A consumer of manually assigned partitions: a `Stream` of records that
+//! prefetches in the background, within a bound.
+//!
+//! Layout: `cursor` holds the state the stream and the fetcher share (the
+//! assignment, fetch offsets, positions); `fetcher` is the background task.
+//! Consumer groups build on this: they decide the assignment and the offsets
+//! to seek to, this module reads.
+//!
+//! Invariants: at most `prefetch` fetched chunks are held (queued, being
+//! handed out, or being fetched); a record is handed out at most once per
+//! seek, in offset order per partition, and never below the partition's
+//! position.
+
+mod cursor;
+mod fetcher;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use brook_record::Record;
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use self::cursor::Shared;
+use self::fetcher::{Chunk, Fetcher, Item};
+use crate::client::Client;
+use crate::error::ClientError;
+use crate::fetch::OffsetSpec;
+
+/// Where a partition's consumption starts when it has no valid offset: when
+/// it is newly assigned and not sought, or when its offset is out of range
+/// (e.g. retention deleted the records there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OffsetReset {
+    /// The first offset still retained.
+    Earliest,
+    /// The end of the partition: only records appended from now on.
+    #[default]
+    Latest,
+    /// No automatic choice: a newly assigned partition waits for a
+    /// [`Consumer::seek`]; an out-of-range one is reported on the stream
+    /// (a [`ClientError`] with code `OutOfRange`) and waits for a seek.
+    Error,
+}
+
+/// Settings of a [`Consumer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumerConfig {
+    /// Upper bound for the records of one fetch (in total and per
+    /// partition); at least one batch comes back when data exists.
+    pub max_bytes: u32,
+    /// How long one fetch waits for data when there is none. Not zero.
+    pub max_wait: Duration,
+    /// Fetched chunks (fetch answers with data) held at most, including the
+    /// one being handed out and the fetch in flight: memory stays below
+    /// about `prefetch * max_bytes` (plus one batch) however slowly the
+    /// stream is read. At least 1.
+    pub prefetch: usize,
+    /// What to do without a valid offset.
+    pub auto_offset_reset: OffsetReset,
+    /// The first wait after a retryable failure; doubled each time up to `retry_backoff_max`.
+    pub retry_backoff: Duration,
+    /// The longest wait between retries.
+    pub retry_backoff_max: Duration,
+}
+
+impl Default for ConsumerConfig {
+    /// 1 MiB fetches, a 500 ms long poll, 4 chunks prefetched, reset to
+    /// latest, retries after 100 ms up to 5 s.
+    fn default() -> Self {
+        Self {
+            max_bytes: 1024 * 1024,
+            max_wait: Duration::from_millis(500),
+            prefetch: 4,
+            auto_offset_reset: OffsetReset::Latest,
+            retry_backoff: Duration::from_millis(100),
+            retry_backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where [`Consumer::seek`] moves a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeekTo {
+    /// This offset.
+    Offset(i64),
+    /// The first offset still retained.
+    Earliest,
+    /// The end: the next record appended.
+    Latest,
+    /// The first record whose timestamp is at or after this (ms since the
+    /// Unix epoch); the end if there is none.
+    Timestamp(i64),
+}
+
+/// A record and the partition it was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumedRecord {
+    /// The record's topic.
+    pub topic: Arc<str>,
+    /// The record's partition.
+    pub partition: u32,
+    /// The record, decoded (and decompressed).
+    pub record: Record,
+}
+
+/// Why a [`Consumer`] call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    /// The partition is not in the consumer's assignment.
+    #[error("{topic}/{partition} is not assigned to this consumer")]
+    NotAssigned {
+        /// The topic named.
+        topic: String,
+        /// The partition named.
+        partition: u32,
+    },
+    /// A call to the broker failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// Reads assigned partitions as one `Stream` of [`ConsumedRecord`]s, records
+/// of each partition in offset order.
+///
+/// A background task fetches ahead (one long poll over all assigned
+/// partitions at a time) into a queue of at most
+/// [`ConsumerConfig::prefetch`] chunks; it ends when the consumer is dropped.
+/// Retryable failures are retried with backoff and not reported; any other
+/// failure is yielded as an `Err` item for the partition it concerns, which
+/// is then not read until it is sought again. The stream never ends by itself.
+///
+/// [`Consumer::position`] is the offset after the last record handed out,
+/// which is what to commit or to resume from.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// use brook_client::{Client, Consumer, ConsumerConfig, SeekTo};
+/// use futures::StreamExt;
+///
+/// let client = Client::connect("http://127.0.0.1:9420").await?;
+/// let mut consumer = Consumer::new(client, ConsumerConfig::default());
+/// consumer.assign(&[("orders", 0), ("orders", 1)]);
+/// consumer.seek("orders", 0, SeekTo::Earliest).await?;
+/// while let Some(consumed) = consumer.next().await {
+///     let consumed = consumed?;
+///     println!("{}/{} @{}", consumed.topic, consumed.partition, consumed.record.offset);
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+#[must_use = "a consumer does nothing unless its stream is polled"]
+pub struct Consumer {
+    client: Client,
+    config: ConsumerConfig,
+    shared: Arc<Shared>,
+    /// Fetched chunks; bounded by `prefetch`, and never full when the fetcher
+    /// sends, as each chunk holds one of `prefetch` slots.
+    chunks: mpsc::Receiver<Chunk>,
+    /// The chunk being handed out.
+    current: Option<Chunk>,
+    fetcher: JoinHandle<()>,
+}
+
+impl Consumer {
+    /// A consumer with nothing assigned; starts its fetch task, so it must
+    /// be called within a Tokio runtime.
+    ///
+    /// # Panics
+    ///
+    /// If `config.prefetch` or `config.max_wait` is zero (the fetcher would
+    /// have no room, or would poll without pause).
+    pub fn new(client: Client, config: ConsumerConfig) -> Self {
+        assert!(
+            config.prefetch > 0,
+            "prefetch must leave room for one chunk"
+        );
+        assert!(
+            !config.max_wait.is_zero(),
+            "a zero max_wait makes an idle consumer poll without pause"
+        );
+        let shared = Arc::new(Shared::new(config.prefetch));
+        let (sender, chunks) = mpsc::channel(config.prefetch);
+        let fetcher = tokio::spawn(
+            Fetcher {
+                client: client.clone(),
+                config,
+                shared: shared.clone(),
+                chunks: sender,
+            }
+            .run(),
+        );
+        Self {
+            client,
+            config,
+            shared,
+            chunks,
+            current: None,
+            fetcher,
+        }
+    }
+
+    /// The settings this consumer was made with.
+    pub fn config(&self) -> &ConsumerConfig {
+        &self.config
+    }
+
+    /// Makes `partitions` the assignment, replacing the previous one.
+    /// Partitions kept keep their positions; new ones start where
+    /// [`ConsumerConfig::auto_offset_reset`] says unless sought first;
+    /// records of dropped ones still queued are discarded.
+    pub fn assign<T: AsRef<str>>(&self, partitions: &[(T, u32)]) {
+        let partitions: Vec<(&str, u32)> = partitions
+            .iter()
+            .map(|(topic, partition)| (topic.as_ref(), *partition))
+            .collect();
+        self.shared.assign(&partitions);
+    }
+
+    /// The assigned partitions, ordered by topic then partition.
+    pub fn assignment(&self) -> Vec<(String, u32)> {
+        self.shared
+            .cells()
+            .iter()
+            .map(|cell| (cell.topic.to_string(), cell.partition))
+            .collect()
+    }
+
+    /// Moves an assigned partition: the next record it hands out is the one
+    /// at the offset `to` resolves to (or the first after it). Records
+    /// fetched before are discarded. Returns that offset.
+    pub async fn seek(
+        &self,
+        topic: &str,
+        partition: u32,
+        to: SeekTo,
+    ) -> Result<i64, ConsumerError> {
+        let not_assigned = || ConsumerError::NotAssigned {
+            topic: topic.to_owned(),
+            partition,
+        };
+        if self.shared.cell(topic, partition).is_none() {
+            return Err(not_assigned());
+        }
+        let offset = match to {
+            SeekTo::Offset(offset) => offset,
+            SeekTo::Earliest => self.lookup(topic, partition, OffsetSpec::Earliest).await?,
+            SeekTo::Latest => self.lookup(topic, partition, OffsetSpec::Latest).await?,
+            SeekTo::Timestamp(ms) => {
+                match self
+                    .lookup(topic, partition, OffsetSpec::Timestamp(ms))
+                    .await?
+                {
+                    -1 => self.lookup(topic, partition, OffsetSpec::Latest).await?,
+                    offset => offset,
+                }
+            }
+        };
+        // Looked up again: the assignment may have changed during the lookups.
+        let cell = self
+            .shared
+            .cell(topic, partition)
+            .ok_or_else(not_assigned)?;
+        cell.seek(offset);
+        self.shared.changed.notify_one();
+        Ok(offset)
+    }
+
+    /// The offset of the next record the partition hands out: one past the
+    /// last one handed out, or where it was sought or reset to. `None` if the
+    /// partition is not assigned or has no offset yet.
+    pub fn position(&self, topic: &str, partition: u32) -> Option<i64> {
+        self.shared.cell(topic, partition)?.cursor.lock().position
+    }
+
+    /// Chunks fetched and not yet fully handed out (with the fetch in
+    /// flight). For tests of the prefetch bound.
+    #[doc(hidden)]
+    pub fn buffered_chunks(&self) -> usize {
+        self.shared.buffered.load(Ordering::Acquire)
+    }
+
+    /// The most [`Self::buffered_chunks`] ever was.
+    #[doc(hidden)]
+    pub fn buffered_chunks_max(&self) -> usize {
+        self.shared.buffered_max.load(Ordering::Acquire)
+    }
+
+    async fn lookup(
+        &self,
+        topic: &str,
+        partition: u32,
+        spec: OffsetSpec,
+    ) -> Result<i64, ClientError> {
+        self.client.list_offsets(topic, partition, spec).await
+    }
+
+    /// The next record or error of the current chunk, if it has one.
+    fn next_from_current(&mut self) -> Option<Result<ConsumedRecord, ClientError>> {
+        let chunk = self.current.as_mut()?;
+        loop {
+            if let Item::Records {
+                cell,
+                epoch,
+                records,
+            } = chunk.items.front_mut()?
+            {
+                let mut cursor = cell.cursor.lock();
+                if cursor.assigned && cursor.epoch == *epoch {
+                    for record in records.by_ref() {
+                        if cursor.position.is_none_or(|at| record.offset >= at) {
+                            cursor.position = Some(record.offset + 1);
+                            return Some(Ok(ConsumedRecord {
+                                topic: cell.topic.clone(),
+                                partition: cell.partition,
+                                record,
+                            }));
+                        }
+                    }
+                }
+            }
+            // The first item is exhausted, stale, or not records: take it.
+            match chunk.items.pop_front()? {
+                Item::Records { .. } => {}
+                Item::Reset {
+                    cell,
+                    epoch,
+                    offset,
+                } => {
+                    let mut cursor = cell.cursor.lock();
+                    if cursor.assigned && cursor.epoch == epoch {
+                        cursor.position = Some(offset);
+                    }
+                }
+                Item::Error(error) => return Some(Err(error)),
+            }
+        }
+    }
+}
+
+impl Stream for Consumer {
+    type Item = Result<ConsumedRecord, ClientError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(item) = this.next_from_current() {
+                return Poll::Ready(Some(item));
+            }
+            // Dropping the exhausted chunk frees its prefetch slot.
+            this.current = None;
+            match this.chunks.poll_recv(cx) {
+                Poll::Ready(Some(chunk)) => this.current = Some(chunk),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.fetcher.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_bounded() {
+        let config = ConsumerConfig::default();
+        assert!(config.prefetch > 0);
+        assert!(!config.max_wait.is_zero());
+        assert!(config.retry_backoff <= config.retry_backoff_max);
+    }
+}

@@ -1,0 +1,206 @@
+//! A closed batch: its encoded bytes, the callers waiting for it, the
+//! buffer memory it holds, and its place in the retry cycle.
+//!
+//! Invariants: a batch answers each of its records exactly once (acked or
+//! failed), and gives its buffer memory back when it does; its bytes never
+//! change between attempts of one producer identity, so a retry is
+//! byte-for-byte the batch the broker may already hold.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+
+use super::error::replicate;
+use super::{RecordMetadata, Reply};
+use crate::error::ClientError;
+
+/// A record accepted and not yet answered.
+#[derive(Debug)]
+pub(crate) struct PendingRecord {
+    pub(crate) reply: Reply,
+    pub(crate) timestamp: i64,
+}
+
+impl PendingRecord {
+    pub(crate) fn new(
+        reply: oneshot::Sender<Result<RecordMetadata, ClientError>>,
+        timestamp: i64,
+    ) -> Self {
+        Self { reply, timestamp }
+    }
+}
+
+/// An idempotent producer identity: batches carry it in their header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Identity {
+    pub(crate) producer_id: i64,
+    pub(crate) producer_epoch: i16,
+}
+
+/// Where a batch is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BatchState {
+    /// To be sent, not before this instant (now for a first attempt).
+    Ready { not_before: Instant },
+    /// Refused as out of order while an earlier batch of its partition was
+    /// unacknowledged: sent again only once every earlier batch is acked.
+    Held,
+    /// Part of a request awaiting its answer.
+    InFlight,
+    /// Appended and answered; kept as a placeholder while an earlier batch
+    /// of the partition is unacknowledged (it still counts in the window).
+    Acked,
+}
+
+#[derive(Debug)]
+pub(crate) struct Batch {
+    /// Unique per producer, increasing in the order batches were opened.
+    pub(crate) id: u64,
+    pub(crate) bytes: Bytes,
+    pub(crate) records: Vec<PendingRecord>,
+    /// The buffer memory of the records; released when the batch is answered.
+    pub(crate) permit: Option<OwnedSemaphorePermit>,
+    /// When the oldest record's delivery timeout runs out.
+    pub(crate) deadline: Instant,
+    pub(crate) state: BatchState,
+    /// Requests this batch was part of.
+    pub(crate) attempts: u32,
+    /// The identity and base sequence in the header; `None` until the first
+    /// send of an idempotent batch (and again after a sequence reset).
+    pub(crate) stamp: Option<(Identity, i32)>,
+    /// Whether the last attempt was sent while no earlier batch of the
+    /// partition was unacknowledged: then an out-of-order answer means a
+    /// real gap, not a race with an earlier batch.
+    pub(crate) sent_as_front: bool,
+    /// The error of the last failed attempt, for the log when it expires.
+    pub(crate) last_error: Option<ClientError>,
+}
+
+impl Batch {
+    pub(crate) fn new(
+        id: u64,
+        bytes: Bytes,
+        records: Vec<PendingRecord>,
+        permit: Option<OwnedSemaphorePermit>,
+        opened: Instant,
+        deadline: Instant,
+    ) -> Self {
+        assert!(!records.is_empty(), "a batch holds at least one record");
+        Self {
+            id,
+            bytes,
+            records,
+            permit,
+            deadline,
+            state: BatchState::Ready { not_before: opened },
+            attempts: 0,
+            stamp: None,
+            sent_as_front: false,
+            last_error: None,
+        }
+    }
+
+    pub(crate) fn record_count(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Writes `identity` and `base_sequence` into the header (and the CRC
+    /// that covers them).
+    pub(crate) fn stamp(&mut self, identity: Identity, base_sequence: i32) {
+        self.bytes = stamp_producer(std::mem::take(&mut self.bytes), identity, base_sequence);
+        self.stamp = Some((identity, base_sequence));
+    }
+
+    /// Answers every record: offsets follow `base_offset` densely.
+    pub(crate) fn succeed(&mut self, topic: &str, partition: u32, base_offset: i64) {
+        for (i, record) in self.records.drain(..).enumerate() {
+            // The caller may have stopped waiting (fire and forget).
+            let _ = record.reply.send(Ok(RecordMetadata {
+                topic: topic.to_owned(),
+                partition,
+                offset: base_offset + i as i64,
+                timestamp: record.timestamp,
+            }));
+        }
+        self.release();
+    }
+
+    /// Answers every record with `error`.
+    pub(crate) fn fail(&mut self, error: &ClientError) {
+        for record in self.records.drain(..) {
+            let _ = record.reply.send(Err(replicate(error)));
+        }
+        self.release();
+    }
+
+    fn release(&mut self) {
+        self.permit = None;
+        self.bytes = Bytes::new();
+        self.last_error = None;
+    }
+}
+
+/// `batch` with the producer fields of its header replaced and the CRC
+/// recomputed.
+fn stamp_producer(batch: Bytes, identity: Identity, base_sequence: i32) -> Bytes {
+    let mut bytes = Vec::from(batch);
+    brook_record::stamp_producer(
+        &mut bytes,
+        identity.producer_id,
+        identity.producer_epoch,
+        base_sequence,
+    )
+    .expect("batches are built by BatchBuilder, whole headers included");
+    Bytes::from(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use brook_record::{
+        BatchOptions, Compression, NewRecord, decode_batch, encode_batch, validate_batch,
+    };
+
+    #[test]
+    fn stamping_matches_a_batch_built_with_the_identity() {
+        let records = vec![
+            NewRecord {
+                timestamp: 5,
+                value: Some(Bytes::from_static(b"v")),
+                ..NewRecord::default()
+            };
+            3
+        ];
+        for compression in [Compression::None, Compression::Lz4, Compression::Zstd] {
+            let plain = encode_batch(
+                &records,
+                BatchOptions {
+                    compression,
+                    ..BatchOptions::default()
+                },
+            )
+            .unwrap();
+            let identity = Identity {
+                producer_id: 42,
+                producer_epoch: 3,
+            };
+            let stamped = stamp_producer(plain, identity, 17);
+            let built = encode_batch(
+                &records,
+                BatchOptions {
+                    compression,
+                    producer_id: 42,
+                    producer_epoch: 3,
+                    base_sequence: 17,
+                },
+            )
+            .unwrap();
+            assert_eq!(stamped, built, "{compression}");
+            validate_batch(&stamped, usize::MAX).unwrap();
+            let (header, decoded) = decode_batch(&stamped).unwrap();
+            assert_eq!(header.base_sequence, 17);
+            assert_eq!(decoded.len(), 3);
+        }
+    }
+}

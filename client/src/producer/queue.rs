@@ -1,0 +1,548 @@
+//! One partition's closed batches, in sequence order, and the rules for
+//! which may be sent, retried or given up.
+//!
+//! Rules:
+//! * Batches are sent in queue order: a batch goes out only when every
+//!   batch before it is in flight or acknowledged, so sequence numbers
+//!   (stamped at the first send) follow the queue.
+//! * Only the first `window` batches may have been sent: 5 with
+//!   idempotence (the broker remembers a producer's last 5 batches per
+//!   partition, so a retry of any of them is recognised as a duplicate),
+//!   1 without (one batch in flight, so a retry cannot overtake a later one).
+//! * A retriable failure sends the same bytes again after a backoff, before
+//!   any later batch that is not already in flight.
+//! * An out-of-order answer for a batch sent while an earlier one was
+//!   unacknowledged holds it until it is the oldest; an out-of-order
+//!   answer for the oldest batch means a batch before it is lost for good
+//!   (it expired or failed): the partition then starts a new sequence
+//!   under a fresh producer id, once nothing of it is in flight.
+//! * A `duplicate` answer is a success with the original offset.
+//!
+//! Invariant: acknowledged batches leave the queue from the front; one in
+//! the middle stays (as `Acked`) until every batch before it is answered.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::batch::{Batch, BatchState, Identity};
+use super::error::{Failure, classify, delivery_timed_out, is_unknown_partition};
+use crate::error::ClientError;
+use crate::produce::ProduceAck;
+use crate::resilience::Backoff;
+
+/// Batches per partition sent and not all acknowledged, with idempotence:
+/// the broker's `RECENT_BATCHES` (how many of a producer's batches it
+/// remembers per partition to answer retries).
+pub(crate) const IDEMPOTENT_WINDOW: usize = 5;
+
+/// What the sender must do after an answer.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Done,
+    /// The cached partition count of the topic may be wrong.
+    RefreshMetadata,
+    /// The producer identity was refused: fail everything.
+    Fenced(ClientError),
+}
+
+/// Timing the queue's decisions need.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    pub(crate) now: Instant,
+    pub(crate) backoff: Backoff,
+    pub(crate) delivery_timeout: Duration,
+}
+
+#[derive(Debug)]
+pub(crate) struct PartitionQueue {
+    batches: VecDeque<Batch>,
+    idempotent: bool,
+    window: usize,
+    /// The identity batches are stamped with; `None` until assigned.
+    identity: Option<Identity>,
+    /// Whether the partition must not share the producer's default
+    /// identity (its sequence under that one is broken).
+    needs_fresh_identity: bool,
+    /// A sequence gap was found: nothing is sent until the in-flight
+    /// batches are back and the queue is restamped.
+    resetting: bool,
+    next_sequence: i32,
+}
+
+impl PartitionQueue {
+    pub(crate) fn new(idempotent: bool) -> Self {
+        Self {
+            batches: VecDeque::new(),
+            idempotent,
+            window: if idempotent { IDEMPOTENT_WINDOW } else { 1 },
+            identity: None,
+            needs_fresh_identity: false,
+            resetting: false,
+            next_sequence: 0,
+        }
+    }
+
+    pub(crate) fn push(&mut self, batch: Batch) {
+        debug_assert!(self.batches.back().is_none_or(|last| last.id < batch.id));
+        self.batches.push_back(batch);
+    }
+
+    /// Whether no batch waits for an answer.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.batches
+            .iter()
+            .take(self.window)
+            .filter(|b| b.state == BatchState::InFlight)
+            .count()
+    }
+
+    /// The smallest id of a batch not yet answered.
+    pub(crate) fn oldest_unanswered(&self) -> Option<u64> {
+        self.batches
+            .iter()
+            .find(|b| b.state != BatchState::Acked)
+            .map(|b| b.id)
+    }
+
+    /// Whether the queue waits for an identity: `Some(fresh)` when it does,
+    /// `fresh` telling whether the producer's default one will not do.
+    pub(crate) fn wants_identity(&self) -> Option<bool> {
+        (self.idempotent && self.identity.is_none() && !self.resetting && !self.is_empty())
+            .then_some(self.needs_fresh_identity)
+    }
+
+    pub(crate) fn assign_identity(&mut self, identity: Identity) {
+        assert!(self.identity.is_none() && self.next_sequence == 0);
+        self.identity = Some(identity);
+        self.needs_fresh_identity = false;
+    }
+
+    /// The index of the batch to send now, if any.
+    pub(crate) fn sendable(&self, now: Instant) -> Option<usize> {
+        if self.resetting || (self.idempotent && self.identity.is_none()) {
+            return None;
+        }
+        for (index, batch) in self.batches.iter().enumerate().take(self.window) {
+            match batch.state {
+                BatchState::InFlight | BatchState::Acked => {}
+                BatchState::Ready { not_before } => return (not_before <= now).then_some(index),
+                BatchState::Held => return (index == 0).then_some(index),
+            }
+        }
+        None
+    }
+
+    /// Marks the batch at `index` in flight (stamping it on its first send
+    /// under the current identity): its id, bytes and deadline.
+    pub(crate) fn start_attempt(&mut self, index: usize) -> (u64, Bytes, Instant) {
+        let identity = self.identity;
+        let next_sequence = &mut self.next_sequence;
+        let batch = &mut self.batches[index];
+        if self.idempotent && batch.stamp.is_none() {
+            let identity = identity.expect("sendable checks the identity");
+            batch.stamp(identity, *next_sequence);
+            let count =
+                i32::try_from(batch.record_count()).expect("batches hold at most 1e6 records");
+            *next_sequence = next_sequence.wrapping_add(count);
+        }
+        batch.state = BatchState::InFlight;
+        batch.attempts += 1;
+        batch.sent_as_front = index == 0;
+        (batch.id, batch.bytes.clone(), batch.deadline)
+    }
+
+    /// Applies the answer to batch `id` of `topic`/`partition`.
+    pub(crate) fn complete(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        id: u64,
+        answer: Result<ProduceAck, ClientError>,
+        timing: Timing,
+    ) -> Outcome {
+        // A batch failed meanwhile (the producer was fenced) is gone.
+        let Some(index) = self.batches.iter().position(|b| b.id == id) else {
+            return Outcome::Done;
+        };
+        let batch = &mut self.batches[index];
+        assert_eq!(
+            batch.state,
+            BatchState::InFlight,
+            "answers come for sent batches"
+        );
+        let error = match answer {
+            Ok(ack) => {
+                if ack.duplicate {
+                    tracing::debug!(
+                        topic,
+                        partition,
+                        offset = ack.base_offset,
+                        "retry was a duplicate"
+                    );
+                }
+                batch.succeed(topic, partition, ack.base_offset);
+                batch.state = BatchState::Acked;
+                self.pop_acked();
+                return Outcome::Done;
+            }
+            Err(error) => error,
+        };
+        let stale = batch.stamp.map(|(identity, _)| identity) != self.identity;
+        match classify(&error, self.idempotent) {
+            Failure::Fenced if !stale => Outcome::Fenced(error),
+            Failure::Retry | Failure::OutOfOrder | Failure::Fenced
+                if timing.now >= batch.deadline =>
+            {
+                tracing::warn!(topic, partition, %error, "delivery timed out; last attempt failed");
+                batch.fail(&delivery_timed_out(timing.delivery_timeout));
+                self.remove(index);
+                Outcome::Done
+            }
+            Failure::Retry => {
+                batch.state = BatchState::Ready {
+                    not_before: timing.now + timing.backoff.delay(batch.attempts.saturating_sub(1)),
+                };
+                tracing::debug!(topic, partition, attempts = batch.attempts, %error, "batch will be retried");
+                batch.last_error = Some(error);
+                Outcome::Done
+            }
+            // Sent before a sequence reset: it is restamped when sent again.
+            Failure::OutOfOrder | Failure::Fenced if stale => {
+                batch.stamp = None;
+                batch.state = BatchState::Ready {
+                    not_before: timing.now,
+                };
+                Outcome::Done
+            }
+            Failure::OutOfOrder if !batch.sent_as_front => {
+                batch.state = BatchState::Held;
+                Outcome::Done
+            }
+            Failure::OutOfOrder | Failure::Fenced => {
+                tracing::warn!(topic, partition, %error, "sequence gap: an earlier batch was lost; starting a new sequence");
+                batch.state = BatchState::Ready {
+                    not_before: timing.now,
+                };
+                self.resetting = true;
+                Outcome::Done
+            }
+            Failure::Fatal => {
+                batch.fail(&error);
+                self.remove(index);
+                if is_unknown_partition(&error) {
+                    Outcome::RefreshMetadata
+                } else {
+                    Outcome::Done
+                }
+            }
+        }
+    }
+
+    /// Fails every batch not in flight whose delivery timeout ran out, and,
+    /// once a reset waits for nothing in flight, restamps the queue.
+    pub(crate) fn maintain(&mut self, now: Instant, delivery_timeout: Duration) {
+        let mut index = 0;
+        while index < self.batches.len() {
+            let batch = &mut self.batches[index];
+            let waiting = matches!(batch.state, BatchState::Ready { .. } | BatchState::Held);
+            if waiting && batch.deadline <= now {
+                if let Some(error) = &batch.last_error {
+                    tracing::warn!(attempts = batch.attempts, %error, "delivery timed out");
+                }
+                batch.fail(&delivery_timed_out(delivery_timeout));
+                self.remove(index);
+            } else {
+                index += 1;
+            }
+        }
+        if self.resetting && self.in_flight() == 0 {
+            // Nothing after a gap can have been appended, so nothing here
+            // is acked; restamping cannot duplicate a record.
+            for batch in &mut self.batches {
+                batch.stamp = None;
+                if batch.state == BatchState::Held {
+                    batch.state = BatchState::Ready { not_before: now };
+                }
+            }
+            self.identity = None;
+            self.needs_fresh_identity = true;
+            self.next_sequence = 0;
+            self.resetting = false;
+        }
+    }
+
+    /// The earliest instant after `now` at which a waiting batch's backoff
+    /// ends or its delivery timeout runs out. (A batch whose backoff is
+    /// over but which waits for the window or for an earlier batch is woken
+    /// by that batch's answer, not by time.)
+    pub(crate) fn next_wake(&self, now: Instant) -> Option<Instant> {
+        self.batches
+            .iter()
+            .flat_map(|b| match b.state {
+                BatchState::Ready { not_before } => [Some(not_before), Some(b.deadline)],
+                BatchState::Held => [None, Some(b.deadline)],
+                BatchState::InFlight | BatchState::Acked => [None, None],
+            })
+            .flatten()
+            .filter(|&wake| wake > now)
+            .min()
+    }
+
+    /// Answers every batch with `error` (the producer is fenced).
+    pub(crate) fn fail_all(&mut self, error: &ClientError) {
+        for mut batch in self.batches.drain(..) {
+            batch.fail(error);
+        }
+    }
+
+    fn remove(&mut self, index: usize) {
+        self.batches.remove(index);
+        self.pop_acked();
+    }
+
+    fn pop_acked(&mut self) {
+        while self
+            .batches
+            .front()
+            .is_some_and(|b| b.state == BatchState::Acked)
+        {
+            self.batches.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::producer::RecordMetadata;
+    use crate::producer::batch::PendingRecord;
+    use brook_record::{BatchHeader, BatchOptions, NewRecord, encode_batch};
+    use tokio::sync::oneshot;
+    use tonic::{Code, Status};
+
+    type Answer = oneshot::Receiver<Result<RecordMetadata, ClientError>>;
+
+    const IDENTITY: Identity = Identity {
+        producer_id: 7,
+        producer_epoch: 0,
+    };
+
+    /// A batch of two records, and the receivers of their answers.
+    fn batch(id: u64, opened: Instant) -> (Batch, Vec<Answer>) {
+        let bytes = encode_batch(
+            &[NewRecord::default(), NewRecord::default()],
+            BatchOptions::default(),
+        )
+        .unwrap();
+        let (records, answers) = (0..2)
+            .map(|_| {
+                let (reply, answer) = oneshot::channel();
+                (PendingRecord::new(reply, 0), answer)
+            })
+            .unzip();
+        (
+            Batch::new(
+                id,
+                bytes,
+                records,
+                None,
+                opened,
+                opened + Duration::from_secs(60),
+            ),
+            answers,
+        )
+    }
+
+    fn queue(idempotent: bool, batches: u64) -> (PartitionQueue, Vec<Vec<Answer>>, Instant) {
+        let now = Instant::now();
+        let mut queue = PartitionQueue::new(idempotent);
+        let mut answers = Vec::new();
+        for id in 1..=batches {
+            let (batch, answer) = batch(id, now);
+            queue.push(batch);
+            answers.push(answer);
+        }
+        if idempotent {
+            assert_eq!(queue.wants_identity(), Some(false));
+            queue.assign_identity(IDENTITY);
+        }
+        (queue, answers, now)
+    }
+
+    fn timing(now: Instant) -> Timing {
+        Timing {
+            now,
+            backoff: Backoff {
+                initial: Duration::from_millis(100),
+                max: Duration::from_millis(100),
+                multiplier: 2.0,
+            },
+            delivery_timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// Sends everything sendable now: the ids and base sequences sent.
+    fn send(queue: &mut PartitionQueue, now: Instant) -> Vec<(u64, i32)> {
+        let mut sent = Vec::new();
+        while let Some(index) = queue.sendable(now) {
+            let (id, bytes, _) = queue.start_attempt(index);
+            sent.push((id, BatchHeader::parse(&bytes).unwrap().base_sequence));
+        }
+        sent
+    }
+
+    #[allow(
+        clippy::unnecessary_wraps,
+        reason = "an answer, as the sender passes it"
+    )]
+    fn ack(offset: i64) -> Result<ProduceAck, ClientError> {
+        Ok(ProduceAck {
+            topic: "t".into(),
+            partition: 0,
+            base_offset: offset,
+            log_start_offset: 0,
+            duplicate: false,
+        })
+    }
+
+    fn refused(code: Code, message: &str) -> Result<ProduceAck, ClientError> {
+        Err(ClientError::Rejected {
+            topic: "t".into(),
+            partition: 0,
+            status: Status::new(code, message),
+        })
+    }
+
+    fn out_of_order() -> Result<ProduceAck, ClientError> {
+        refused(
+            Code::FailedPrecondition,
+            "refused: out of order sequence for producer_id 7",
+        )
+    }
+
+    fn complete(
+        queue: &mut PartitionQueue,
+        id: u64,
+        answer: Result<ProduceAck, ClientError>,
+        now: Instant,
+    ) -> Outcome {
+        queue.complete("t", 0, id, answer, timing(now))
+    }
+
+    #[test]
+    fn five_batches_are_unacknowledged_at_most_and_sequences_follow_the_queue() {
+        let (mut queue, mut answers, now) = queue(true, 7);
+        assert_eq!(
+            send(&mut queue, now),
+            [(1, 0), (2, 2), (3, 4), (4, 6), (5, 8)]
+        );
+        complete(&mut queue, 3, ack(4), now);
+        assert!(
+            send(&mut queue, now).is_empty(),
+            "an acked batch behind an unacked one still counts"
+        );
+        complete(&mut queue, 1, ack(0), now);
+        assert_eq!(send(&mut queue, now), [(6, 10)]);
+        let first = answers[0][1].try_recv().unwrap().unwrap();
+        assert_eq!((first.partition, first.offset), (0, 1));
+        assert_eq!(answers[2][0].try_recv().unwrap().unwrap().offset, 4);
+    }
+
+    #[test]
+    fn a_retry_goes_out_before_later_batches_with_the_same_bytes() {
+        let (mut queue, _answers, now) = queue(true, 3);
+        let first = queue.start_attempt(0).1;
+        assert_eq!(send(&mut queue, now), [(2, 2), (3, 4)]);
+        complete(&mut queue, 1, refused(Code::Unavailable, "down"), now);
+        assert!(send(&mut queue, now).is_empty(), "backing off");
+        let later = now + Duration::from_millis(100);
+        let wake = queue.next_wake(now).expect("the backoff's end");
+        assert!(
+            wake > now && wake <= later,
+            "not the later batches' past readiness"
+        );
+        let index = queue.sendable(later).unwrap();
+        let (id, retry, _) = queue.start_attempt(index);
+        assert_eq!((id, retry), (1, first), "the same batch, byte for byte");
+    }
+
+    #[test]
+    fn an_out_of_order_batch_waits_for_the_one_before_it() {
+        let (mut queue, _answers, now) = queue(true, 2);
+        assert_eq!(send(&mut queue, now), [(1, 0), (2, 2)]);
+        complete(&mut queue, 1, refused(Code::Unavailable, "down"), now);
+        complete(&mut queue, 2, out_of_order(), now);
+        let later = now + Duration::from_millis(100);
+        assert_eq!(
+            send(&mut queue, later),
+            [(1, 0)],
+            "batch 2 is held behind batch 1"
+        );
+        complete(&mut queue, 1, ack(0), later);
+        assert_eq!(send(&mut queue, later), [(2, 2)], "same sequence as before");
+        complete(&mut queue, 2, ack(2), later);
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn a_gap_at_the_front_starts_a_new_sequence_under_a_fresh_identity() {
+        let (mut queue, mut answers, now) = queue(true, 3);
+        assert_eq!(send(&mut queue, now), [(1, 0), (2, 2), (3, 4)]);
+        complete(
+            &mut queue,
+            1,
+            refused(Code::InvalidArgument, "too large"),
+            now,
+        );
+        let error = answers[0][0].try_recv().unwrap().unwrap_err();
+        assert_eq!(error.code(), Some(Code::InvalidArgument));
+        complete(&mut queue, 2, out_of_order(), now);
+        complete(&mut queue, 3, out_of_order(), now);
+        assert_eq!(send(&mut queue, now), [(2, 2)], "the oldest goes alone");
+        complete(&mut queue, 2, out_of_order(), now);
+        assert!(send(&mut queue, now).is_empty());
+        queue.maintain(now, Duration::from_secs(60));
+        assert_eq!(queue.wants_identity(), Some(true), "not the broken one");
+        queue.assign_identity(Identity {
+            producer_id: 8,
+            producer_epoch: 0,
+        });
+        assert_eq!(send(&mut queue, now), [(2, 0), (3, 2)]);
+    }
+
+    #[test]
+    fn without_idempotence_one_batch_is_in_flight() {
+        let (mut queue, _answers, now) = queue(false, 3);
+        assert_eq!(queue.wants_identity(), None);
+        assert_eq!(send(&mut queue, now), [(1, -1)]);
+        complete(&mut queue, 1, ack(0), now);
+        assert_eq!(send(&mut queue, now), [(2, -1)]);
+    }
+
+    #[test]
+    fn a_refused_identity_fences_and_expired_batches_time_out() {
+        let (mut queue, mut answers, now) = queue(true, 2);
+        assert_eq!(send(&mut queue, now), [(1, 0), (2, 2)]);
+        let outcome = complete(
+            &mut queue,
+            1,
+            refused(Code::FailedPrecondition, "epoch 0 is fenced"),
+            now,
+        );
+        assert!(matches!(outcome, Outcome::Fenced(_)), "{outcome:?}");
+
+        complete(&mut queue, 2, refused(Code::Unavailable, "down"), now);
+        queue.maintain(now + Duration::from_secs(61), Duration::from_secs(60));
+        let error = answers[1][0].try_recv().unwrap().unwrap_err();
+        assert!(
+            matches!(error, ClientError::Timeout { .. }) && error.is_retryable(),
+            "{error:?}"
+        );
+    }
+}

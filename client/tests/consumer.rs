@@ -1,0 +1,363 @@
+//! The consumer against a real in-process broker.
+
+use std::time::Duration;
+
+use brook_broker::EmbeddedBroker;
+use brook_client::{
+    BatchOptions, Client, ClientOptions, Compression, ConsumedRecord, Consumer, ConsumerConfig,
+    ConsumerError, NewRecord, OffsetReset, SeekTo, TopicConfig,
+};
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::time::timeout;
+
+/// Every wait in these tests is bounded by this.
+const LIMIT: Duration = Duration::from_secs(30);
+const T0: i64 = 1_700_000_000_000;
+
+async fn connect() -> (EmbeddedBroker, Client) {
+    let broker = EmbeddedBroker::start().await.expect("broker starts");
+    let client = Client::connect(broker.endpoint()).await.expect("connect");
+    (broker, client)
+}
+
+fn record(partition: u32, i: i64) -> NewRecord {
+    NewRecord {
+        timestamp: T0 + i,
+        key: None,
+        value: Some(Bytes::from(format!("p{partition}-{i}"))),
+        headers: vec![],
+    }
+}
+
+/// Produces records `from..to` to the partition, `per_batch` to a batch.
+async fn produce(
+    client: &Client,
+    topic: &str,
+    partition: u32,
+    from: i64,
+    to: i64,
+    per_batch: usize,
+) {
+    let records: Vec<NewRecord> = (from..to).map(|i| record(partition, i)).collect();
+    for batch in records.chunks(per_batch) {
+        client
+            .produce(topic, partition, batch)
+            .await
+            .expect("produce");
+    }
+}
+
+async fn next(consumer: &mut Consumer) -> ConsumedRecord {
+    timeout(LIMIT, consumer.next())
+        .await
+        .expect("a record in time")
+        .expect("the stream goes on")
+        .expect("no error")
+}
+
+fn config(reset: OffsetReset) -> ConsumerConfig {
+    ConsumerConfig {
+        max_wait: Duration::from_millis(100),
+        auto_offset_reset: reset,
+        ..ConsumerConfig::default()
+    }
+}
+
+fn value(consumed: &ConsumedRecord) -> String {
+    String::from_utf8(consumed.record.value.clone().expect("a value").to_vec()).expect("utf-8")
+}
+
+#[tokio::test]
+async fn two_assigned_partitions_stream_in_order_per_partition() {
+    let (_broker, client) = connect().await;
+    client
+        .create_topic("orders", 2, TopicConfig::default())
+        .await
+        .unwrap();
+    produce(&client, "orders", 0, 0, 30, 7).await;
+    produce(&client, "orders", 1, 0, 25, 4).await;
+
+    let mut consumer = Consumer::new(client, config(OffsetReset::Earliest));
+    consumer.assign(&[("orders", 0), ("orders", 1)]);
+    assert_eq!(
+        consumer.assignment(),
+        [("orders".to_owned(), 0), ("orders".to_owned(), 1)]
+    );
+    let mut seen = [Vec::new(), Vec::new()];
+    for _ in 0..55 {
+        let consumed = next(&mut consumer).await;
+        assert_eq!(&*consumed.topic, "orders");
+        let p = consumed.partition;
+        assert_eq!(value(&consumed), format!("p{p}-{}", consumed.record.offset));
+        seen[p as usize].push(consumed.record.offset);
+    }
+    assert_eq!(seen[0], (0..30).collect::<Vec<_>>());
+    assert_eq!(seen[1], (0..25).collect::<Vec<_>>());
+    assert_eq!(consumer.position("orders", 0), Some(30));
+    assert_eq!(consumer.position("orders", 1), Some(25));
+}
+
+#[tokio::test]
+async fn seek_moves_to_an_offset_the_ends_and_a_timestamp() {
+    let (_broker, client) = connect().await;
+    client
+        .create_topic("orders", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    produce(&client, "orders", 0, 0, 10, 3).await;
+
+    let mut consumer = Consumer::new(client.clone(), config(OffsetReset::Error));
+    consumer.assign(&[("orders", 0)]);
+
+    assert_eq!(
+        consumer.seek("orders", 0, SeekTo::Offset(5)).await.unwrap(),
+        5
+    );
+    // 5 is inside the batch 3..6: the records before it are skipped.
+    assert_eq!(next(&mut consumer).await.record.offset, 5);
+    assert_eq!(next(&mut consumer).await.record.offset, 6);
+
+    assert_eq!(
+        consumer.seek("orders", 0, SeekTo::Earliest).await.unwrap(),
+        0
+    );
+    assert_eq!(next(&mut consumer).await.record.offset, 0);
+
+    assert_eq!(
+        consumer
+            .seek("orders", 0, SeekTo::Timestamp(T0 + 7))
+            .await
+            .unwrap(),
+        7
+    );
+    assert_eq!(next(&mut consumer).await.record.offset, 7);
+
+    assert_eq!(
+        consumer.seek("orders", 0, SeekTo::Latest).await.unwrap(),
+        10
+    );
+    produce(&client, "orders", 0, 10, 11, 1).await;
+    assert_eq!(next(&mut consumer).await.record.offset, 10);
+
+    // No record that recent: the end.
+    let future = consumer
+        .seek("orders", 0, SeekTo::Timestamp(T0 + 1_000))
+        .await
+        .unwrap();
+    assert_eq!(future, 11);
+
+    let error = consumer
+        .seek("orders", 1, SeekTo::Earliest)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ConsumerError::NotAssigned { partition: 1, .. }),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn position_is_the_offset_after_the_last_record_handed_out() {
+    let (_broker, client) = connect().await;
+    client
+        .create_topic("orders", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    produce(&client, "orders", 0, 0, 20, 20).await;
+
+    let mut consumer = Consumer::new(client, config(OffsetReset::Error));
+    assert_eq!(consumer.position("orders", 0), None, "not assigned");
+    consumer.assign(&[("orders", 0)]);
+    assert_eq!(consumer.position("orders", 0), None, "no offset yet");
+    consumer.seek("orders", 0, SeekTo::Offset(3)).await.unwrap();
+    assert_eq!(consumer.position("orders", 0), Some(3));
+    let consumed = next(&mut consumer).await;
+    assert_eq!(consumed.record.offset, 3);
+    // The whole batch is fetched, but only one record was handed out.
+    assert_eq!(consumer.position("orders", 0), Some(4));
+    next(&mut consumer).await;
+    assert_eq!(consumer.position("orders", 0), Some(5));
+
+    consumer.assign(&[("orders", 1)]);
+    assert_eq!(consumer.position("orders", 0), None, "unassigned");
+}
+
+#[tokio::test]
+async fn a_newly_assigned_partition_starts_where_auto_offset_reset_says() {
+    let (_broker, client) = connect().await;
+    client
+        .create_topic("orders", 2, TopicConfig::default())
+        .await
+        .unwrap();
+    produce(&client, "orders", 0, 0, 5, 5).await;
+
+    let mut latest = Consumer::new(client.clone(), config(OffsetReset::Latest));
+    latest.assign(&[("orders", 0)]);
+    let mut earliest = Consumer::new(client.clone(), config(OffsetReset::Earliest));
+    earliest.assign(&[("orders", 0)]);
+    assert_eq!(next(&mut earliest).await.record.offset, 0);
+    // Latest resolves to 5 before the next record is appended.
+    timeout(LIMIT, async {
+        while latest.position("orders", 0).is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("resolved in time");
+    assert_eq!(latest.position("orders", 0), Some(5));
+    produce(&client, "orders", 0, 5, 6, 1).await;
+    assert_eq!(next(&mut latest).await.record.offset, 5);
+}
+
+#[tokio::test]
+async fn a_slow_reader_never_has_more_than_prefetch_chunks_buffered() {
+    const PREFETCH: usize = 2;
+    const BATCHES: i64 = 20;
+    let (_broker, client) = connect().await;
+    client
+        .create_topic("orders", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    produce(&client, "orders", 0, 0, BATCHES, 1).await;
+
+    let mut consumer = Consumer::new(
+        client,
+        ConsumerConfig {
+            // One batch per fetch: each chunk is one record.
+            max_bytes: 1,
+            prefetch: PREFETCH,
+            ..config(OffsetReset::Earliest)
+        },
+    );
+    consumer.assign(&[("orders", 0)]);
+    for offset in 0..BATCHES {
+        assert_eq!(next(&mut consumer).await.record.offset, offset);
+        // Give the fetcher every chance to run ahead before reading on.
+        timeout(LIMIT, async {
+            while consumer.buffered_chunks() < PREFETCH {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the fetcher fills its slots");
+        assert!(consumer.buffered_chunks() <= PREFETCH);
+    }
+    assert_eq!(consumer.buffered_chunks_max(), PREFETCH);
+}
+
+#[tokio::test]
+async fn lz4_and_zstd_batches_decode() {
+    let broker = EmbeddedBroker::start().await.expect("broker starts");
+    let plain = Client::connect(broker.endpoint()).await.unwrap();
+    plain
+        .create_topic("orders", 2, TopicConfig::default())
+        .await
+        .unwrap();
+    for (partition, compression) in [(0, Compression::Lz4), (1, Compression::Zstd)] {
+        let options = ClientOptions {
+            batch: BatchOptions {
+                compression,
+                ..BatchOptions::default()
+            },
+            ..ClientOptions::default()
+        };
+        let client = Client::connect_with(broker.endpoint(), options)
+            .await
+            .unwrap();
+        produce(&client, "orders", partition, 0, 50, 25).await;
+    }
+    let mut consumer = Consumer::new(plain, config(OffsetReset::Earliest));
+    consumer.assign(&[("orders", 0), ("orders", 1)]);
+    let mut counts = [0_i64; 2];
+    for _ in 0..100 {
+        let consumed = next(&mut consumer).await;
+        let p = consumed.partition as usize;
+        assert_eq!(consumed.record.offset, counts[p]);
+        assert_eq!(value(&consumed), format!("p{p}-{}", counts[p]));
+        counts[p] += 1;
+    }
+    assert_eq!(counts, [50, 50]);
+}
+
+/// A topic whose first segments retention has deleted; returns the new start.
+async fn retained_topic(broker: &EmbeddedBroker, client: &Client) -> i64 {
+    let config = TopicConfig {
+        segment_bytes: Some(1024),
+        ..TopicConfig::default()
+    };
+    client
+        .create_topic("orders", 1, config)
+        .await
+        .expect("create");
+    // ~300-byte batches: a segment rolls every few of them.
+    let padding = "x".repeat(250);
+    for i in 0..20 {
+        let record = NewRecord {
+            timestamp: T0 + i,
+            value: Some(Bytes::from(format!("{i}-{padding}"))),
+            ..NewRecord::default()
+        };
+        client
+            .produce("orders", 0, &[record])
+            .await
+            .expect("produce");
+    }
+    let keep_little = TopicConfig {
+        retention_bytes: Some(1),
+        ..TopicConfig::default()
+    };
+    client
+        .alter_topic_config("orders", keep_little)
+        .await
+        .expect("alter");
+    broker.broker().enforce_retention().await;
+    let start = client
+        .describe_topic("orders")
+        .await
+        .expect("describe")
+        .partitions[0]
+        .start_offset;
+    assert!(start > 0, "retention deleted segments");
+    start
+}
+
+#[tokio::test]
+async fn out_of_range_after_retention_resets_to_the_new_start() {
+    let (broker, client) = connect().await;
+    let start = retained_topic(&broker, &client).await;
+
+    let mut consumer = Consumer::new(client, config(OffsetReset::Earliest));
+    consumer.assign(&[("orders", 0)]);
+    consumer.seek("orders", 0, SeekTo::Offset(0)).await.unwrap();
+    let consumed = next(&mut consumer).await;
+    assert_eq!(consumed.record.offset, start);
+    assert_eq!(consumer.position("orders", 0), Some(start + 1));
+    for offset in start + 1..20 {
+        assert_eq!(next(&mut consumer).await.record.offset, offset);
+    }
+}
+
+#[tokio::test]
+async fn out_of_range_under_error_policy_is_reported_and_a_seek_resumes() {
+    let (broker, client) = connect().await;
+    let start = retained_topic(&broker, &client).await;
+
+    let mut consumer = Consumer::new(client, config(OffsetReset::Error));
+    consumer.assign(&[("orders", 0)]);
+    consumer.seek("orders", 0, SeekTo::Offset(0)).await.unwrap();
+    let error = timeout(LIMIT, consumer.next())
+        .await
+        .expect("an answer in time")
+        .expect("the stream goes on")
+        .expect_err("out of range");
+    assert_eq!(error.code(), Some(tonic::Code::OutOfRange), "{error:?}");
+    assert_eq!(
+        consumer.position("orders", 0),
+        Some(0),
+        "nothing handed out"
+    );
+
+    consumer.seek("orders", 0, SeekTo::Earliest).await.unwrap();
+    assert_eq!(next(&mut consumer).await.record.offset, start);
+}
