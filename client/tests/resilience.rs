@@ -11,7 +11,8 @@ use brook_broker::server::{ServeError, serve};
 use brook_broker::{Broker, BrokerConfig, EmbeddedBroker};
 use brook_client::resilience::Backoff;
 use brook_client::{
-    CircuitBreakerConfig, CircuitState, Client, ClientError, ClientOptions, TopicConfig,
+    CircuitBreakerConfig, CircuitState, Client, ClientError, ClientOptions, Producer,
+    ProducerConfig, ProducerRecord, TopicConfig,
 };
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -133,6 +134,10 @@ async fn the_breaker_opens_while_the_broker_is_down_and_the_client_recovers_on_r
         assert_eq!(error.code(), Some(Code::NotFound), "{error:?}");
     }
     assert_eq!(client.circuit_state(), CircuitState::Closed);
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+    producer
+        .send(ProducerRecord::new("events", &b"before"[..]))
+        .await?;
 
     first.shutdown().await?;
 
@@ -173,6 +178,14 @@ async fn the_breaker_opens_while_the_broker_is_down_and_the_client_recovers_on_r
     assert_eq!(topics, ["events"]);
     assert_eq!(client.circuit_state(), CircuitState::Closed);
     client.describe_topic("events").await?;
+    // The producer made before the outage sends again, unchanged.
+    let after = timeout(
+        LIMIT,
+        producer.send(ProducerRecord::new("events", &b"after"[..])),
+    )
+    .await??;
+    assert_eq!(after.offset, 1);
+    producer.close().await;
 
     second.shutdown().await
 }
