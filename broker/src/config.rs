@@ -130,6 +130,83 @@ impl Default for Limits {
     }
 }
 
+/// Consumer group sessions and their bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupSettings {
+    /// Session timeout of a member that asks for none; members are told to
+    /// heartbeat every third of their session timeout.
+    pub session_timeout: Duration,
+    /// Shortest session timeout a member may ask for.
+    pub session_timeout_min: Duration,
+    /// Longest session timeout a member may ask for.
+    pub session_timeout_max: Duration,
+    /// Members in one group.
+    pub members_max: usize,
+    /// Topics one member subscribes to.
+    pub topics_per_member_max: usize,
+    /// Events (assignments) queued to one member; a member that lets them
+    /// pile up to this is removed.
+    pub member_queue_max: usize,
+    /// How often a group notices partitions added to, or topics deleted
+    /// from, its subscriptions.
+    pub topology_check_interval: Duration,
+}
+
+impl Default for GroupSettings {
+    fn default() -> Self {
+        Self {
+            session_timeout: Duration::from_secs(10),
+            session_timeout_min: Duration::from_millis(100),
+            session_timeout_max: Duration::from_secs(300),
+            members_max: 1000,
+            topics_per_member_max: 1000,
+            member_queue_max: 64,
+            topology_check_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl GroupSettings {
+    /// Checks the relations between the settings.
+    pub fn check(&self) -> Result<(), crate::broker::BrokerError> {
+        use crate::broker::BrokerError;
+        if self.session_timeout_min.is_zero()
+            || self.session_timeout_min > self.session_timeout
+            || self.session_timeout > self.session_timeout_max
+        {
+            return Err(BrokerError::invalid(
+                "groups.session_timeout",
+                format!(
+                    "must satisfy 0 < session_timeout_min ({} ms) <= session_timeout ({} ms) <= session_timeout_max ({} ms)",
+                    self.session_timeout_min.as_millis(),
+                    self.session_timeout.as_millis(),
+                    self.session_timeout_max.as_millis()
+                ),
+            ));
+        }
+        if self.members_max == 0 || self.topics_per_member_max == 0 {
+            return Err(BrokerError::invalid(
+                "groups.members_max",
+                "members_max and topics_per_member_max must be at least 1",
+            ));
+        }
+        // `Joined` and the first assignment, plus the slot kept for `Removed`.
+        if self.member_queue_max < 3 {
+            return Err(BrokerError::invalid(
+                "groups.member_queue_max",
+                format!("must be at least 3, got {}", self.member_queue_max),
+            ));
+        }
+        if self.topology_check_interval.is_zero() {
+            return Err(BrokerError::invalid(
+                "groups.topology_check_interval",
+                "must be longer than 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Where topics' metadata lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MetaBackend {
@@ -158,6 +235,8 @@ pub struct BrokerConfig {
     /// File system of the log (swap in a fault-injecting one in tests).
     pub storage: Arc<dyn Storage>,
     pub meta: MetaBackend,
+    /// Consumer group sessions.
+    pub groups: GroupSettings,
 }
 
 impl Default for BrokerConfig {
@@ -174,6 +253,7 @@ impl Default for BrokerConfig {
             index_interval_bytes: crate::storage::DEFAULT_INDEX_INTERVAL_BYTES,
             storage: Arc::new(OsStorage),
             meta: MetaBackend::Sled,
+            groups: GroupSettings::default(),
         }
     }
 }

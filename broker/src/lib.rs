@@ -8,6 +8,7 @@ pub mod broker;
 mod clock;
 pub mod config;
 pub mod embedded;
+pub mod group;
 pub mod grpc;
 pub mod http;
 pub mod meta;

@@ -39,6 +39,18 @@ struct PartitionLabels {
     partition: u32,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    pub group: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupPartitionLabels {
+    group: String,
+    topic: String,
+    partition: u32,
+}
+
 /// Latency buckets from 50 µs to about 13 s.
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 19))
@@ -59,6 +71,7 @@ pub struct Metrics {
     pub group_commit_batches: Histogram,
     pub open_connections: Gauge,
     pub open_streams: Family<StreamLabels, Gauge>,
+    pub group_rebalances: Family<GroupLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -83,6 +96,7 @@ impl Metrics {
             group_commit_batches: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             open_connections: Gauge::default(),
             open_streams: Family::default(),
+            group_rebalances: Family::default(),
             registry: Registry::default(),
         };
         let m = &metrics;
@@ -150,6 +164,11 @@ impl Metrics {
             "brook_open_streams",
             "Open gRPC streams by kind",
             m.open_streams.clone(),
+        );
+        registry.register(
+            "brook_group_rebalances",
+            "Target assignment changes (generations) of a consumer group",
+            m.group_rebalances.clone(),
         );
         Self {
             registry,
@@ -236,6 +255,32 @@ fn scrape_time_registry(broker: &Broker) -> Registry {
         size,
     );
     registry.register("brook_partition_segments", "Segment files", segments);
+    let groups = broker.group_metrics();
+    let members: Family<GroupLabels, Gauge> = Family::default();
+    for (group, count) in groups.members {
+        members
+            .get_or_create(&GroupLabels { group })
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+    registry.register(
+        "brook_group_members",
+        "Members of a consumer group with members",
+        members,
+    );
+    let lag: Family<GroupPartitionLabels, Gauge> = Family::default();
+    for (group, tp, records) in groups.lag {
+        let labels = GroupPartitionLabels {
+            group,
+            topic: tp.topic,
+            partition: tp.partition,
+        };
+        lag.get_or_create(&labels).set(records);
+    }
+    registry.register(
+        "brook_group_lag",
+        "Records between a group's committed offset (or the start offset) and the end offset",
+        lag,
+    );
     let process = crate::process::sample();
     if let Some(rss) = process.resident_memory_bytes {
         let gauge: Gauge = Gauge::default();

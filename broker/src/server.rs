@@ -21,10 +21,11 @@ use crate::config::BrokerConfig;
 use crate::http::{Phase, ServerStatus};
 
 /// The services `grpc.health.v1` reports on, besides the server as a whole ("").
-const SERVICES: [&str; 3] = [
+const SERVICES: [&str; 4] = [
     "brook.v1.AdminService",
     "brook.v1.ProduceService",
     "brook.v1.FetchService",
+    "brook.v1.GroupService",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -68,6 +68,32 @@ pub enum BrokerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("group `{0}` does not exist (it has no members and no committed offsets)")]
+    GroupNotFound(String),
+    #[error(
+        "group `{group}` has {members} members; {action} needs an empty group (stop its consumers first)"
+    )]
+    GroupNotEmpty {
+        group: String,
+        members: usize,
+        action: &'static str,
+    },
+    #[error("group `{group}` already has {members_max} members, the limit (groups.members_max)")]
+    GroupFull { group: String, members_max: usize },
+    #[error("commit to group `{group}` refused for member `{member_id}`: {reason}")]
+    CommitFenced {
+        group: String,
+        member_id: String,
+        reason: String,
+    },
+    #[error("member `{member_id}` was removed from group `{group}`: {reason}; join again")]
+    MemberRemoved {
+        group: String,
+        member_id: String,
+        reason: String,
+    },
+    #[error("no `join` within {waited_ms} ms of opening the group session")]
+    JoinTimeout { waited_ms: u64 },
     #[error("the broker is shutting down")]
     ShuttingDown,
     #[error("internal error: {0}")]

@@ -28,6 +28,7 @@ use parking_lot::RwLock;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BrokerConfig, FsyncPolicy, MetaBackend};
+use crate::group::Groups;
 use crate::meta::{MemoryMetaStore, MetaStore, SledMetaStore, TopicRecord};
 use crate::metrics::Metrics;
 use crate::partition::Partition;
@@ -51,6 +52,8 @@ pub struct Broker {
     produce_memory: Arc<tokio::sync::Semaphore>,
     /// Current epoch of every idempotent producer.
     producer_epochs: producers::ProducerEpochs,
+    /// Consumer groups: live members and committed offsets.
+    groups: Arc<Groups>,
 }
 
 impl Broker {
@@ -75,6 +78,8 @@ impl Broker {
         };
         let records = meta.topics()?;
         let producer_epochs = producers::ProducerEpochs::new(meta.producer_epochs()?);
+        config.groups.check()?;
+        let offsets = crate::group::OffsetStore::load(meta.clone())?;
         let config_produce_bytes = config.limits.produce_bytes_in_flight_max;
         let metrics = Arc::new(Metrics::new());
         let opening_config = config.clone();
@@ -95,18 +100,26 @@ impl Broker {
             );
         }
         remove_orphans(&config, &topics);
+        let background = CancellationToken::new();
+        let groups = Arc::new(Groups::new(
+            config.groups,
+            offsets,
+            metrics.clone(),
+            background.clone(),
+        ));
         let broker = Arc::new(Self {
             config,
             meta,
             topics: RwLock::new(topics),
             admin: tokio::sync::Mutex::new(()),
-            background: CancellationToken::new(),
+            background,
             produce_memory: Arc::new(tokio::sync::Semaphore::new(produce::permits_for(
                 config_produce_bytes,
                 config_produce_bytes,
             ) as usize)),
             metrics,
             producer_epochs,
+            groups,
         });
         broker.spawn_background();
         tracing::info!(
@@ -125,6 +138,10 @@ impl Broker {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    pub(crate) fn groups(&self) -> &Arc<Groups> {
+        &self.groups
     }
 
     /// Whether `begin_shutdown` was called.

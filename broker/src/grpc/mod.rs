@@ -6,6 +6,7 @@
 mod admin;
 pub mod connections;
 mod fetch;
+mod group;
 mod produce;
 pub mod status;
 
@@ -13,6 +14,7 @@ use std::sync::Arc;
 
 use brook_proto::admin_service_server::AdminServiceServer;
 use brook_proto::fetch_service_server::FetchServiceServer;
+use brook_proto::group_service_server::GroupServiceServer;
 use brook_proto::produce_service_server::ProduceServiceServer;
 use tonic::service::Routes;
 
@@ -33,6 +35,11 @@ pub fn routes(broker: &Arc<Broker>) -> Routes {
     )
     .add_service(
         FetchServiceServer::new(fetch::FetchHandler::new(broker.clone()))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit),
+    )
+    .add_service(
+        GroupServiceServer::new(group::GroupHandler::new(broker.clone()))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit),
     )

@@ -7,15 +7,21 @@ use crate::storage::LogError;
 
 pub fn code(error: &BrokerError) -> Code {
     match error {
-        BrokerError::TopicNotFound(_) | BrokerError::PartitionNotFound { .. } => Code::NotFound,
+        BrokerError::TopicNotFound(_)
+        | BrokerError::PartitionNotFound { .. }
+        | BrokerError::GroupNotFound(_) => Code::NotFound,
         BrokerError::TopicExists(_) => Code::AlreadyExists,
         BrokerError::InvalidArgument { .. } | BrokerError::InvalidBatch { .. } => {
             Code::InvalidArgument
         }
         BrokerError::OffsetOutOfRange { .. } => Code::OutOfRange,
-        BrokerError::ProducerFenced { .. } | BrokerError::Sequence { .. } => {
-            Code::FailedPrecondition
-        }
+        BrokerError::ProducerFenced { .. }
+        | BrokerError::Sequence { .. }
+        | BrokerError::CommitFenced { .. }
+        | BrokerError::GroupNotEmpty { .. } => Code::FailedPrecondition,
+        BrokerError::GroupFull { .. } => Code::ResourceExhausted,
+        BrokerError::MemberRemoved { .. } => Code::Aborted,
+        BrokerError::JoinTimeout { .. } => Code::DeadlineExceeded,
         BrokerError::Log { source, .. } => match source {
             LogError::Poisoned { .. } => Code::Unavailable,
             LogError::OffsetOutOfRange { .. } => Code::OutOfRange,

@@ -12,6 +12,8 @@ pub struct MemoryMetaStore {
     topics: Mutex<BTreeMap<String, TopicRecord>>,
     /// Producer ids handed out, with their epochs.
     producers: Mutex<BTreeMap<i64, i16>>,
+    /// Committed offsets by (group, topic, partition).
+    offsets: Mutex<BTreeMap<(String, String, u32), i64>>,
 }
 
 impl MetaStore for MemoryMetaStore {
@@ -48,5 +50,39 @@ impl MetaStore for MemoryMetaStore {
             .iter()
             .map(|(id, e)| (*id, *e))
             .collect())
+    }
+
+    fn put_offsets(&self, group: &str, offsets: &[(String, u32, i64)]) -> Result<(), MetaError> {
+        let mut stored = self.offsets.lock();
+        for (topic, partition, offset) in offsets {
+            stored.insert((group.to_owned(), topic.clone(), *partition), *offset);
+        }
+        Ok(())
+    }
+
+    fn offsets(&self, group: &str) -> Result<Vec<(String, u32, i64)>, MetaError> {
+        Ok(self
+            .offsets
+            .lock()
+            .iter()
+            .filter(|((g, _, _), _)| g == group)
+            .map(|((_, topic, partition), offset)| (topic.clone(), *partition, *offset))
+            .collect())
+    }
+
+    fn delete_group(&self, group: &str) -> Result<(), MetaError> {
+        self.offsets.lock().retain(|(g, _, _), _| g != group);
+        Ok(())
+    }
+
+    fn groups(&self) -> Result<Vec<String>, MetaError> {
+        let mut groups: Vec<String> = self
+            .offsets
+            .lock()
+            .keys()
+            .map(|(g, _, _)| g.clone())
+            .collect();
+        groups.dedup();
+        Ok(groups)
     }
 }

@@ -1,5 +1,6 @@
-//! The broker's metadata (topics and their configuration) behind a small
-//! trait, so that nothing else knows which store holds it.
+//! The broker's metadata (topics and their configuration, producer epochs,
+//! committed group offsets) behind a small trait, so that nothing else knows
+//! which store holds it.
 //!
 //! Invariant: only `meta/sled.rs` knows sled. A write returns only once it
 //! is durable.
@@ -70,4 +71,13 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     fn put_producer_epoch(&self, producer_id: i64, epoch: i16) -> Result<(), MetaError>;
     /// Every producer id handed out, with its current epoch.
     fn producer_epochs(&self) -> Result<Vec<(i64, i16)>, MetaError>;
+    /// Stores a group's committed offsets `(topic, partition, offset)`,
+    /// durably and all or nothing; other partitions keep theirs.
+    fn put_offsets(&self, group: &str, offsets: &[(String, u32, i64)]) -> Result<(), MetaError>;
+    /// A group's committed offsets, by topic and partition.
+    fn offsets(&self, group: &str) -> Result<Vec<(String, u32, i64)>, MetaError>;
+    /// Removes a group's committed offsets, durably; a missing group is not an error.
+    fn delete_group(&self, group: &str) -> Result<(), MetaError>;
+    /// Every group with committed offsets, sorted.
+    fn groups(&self) -> Result<Vec<String>, MetaError>;
 }

@@ -9,12 +9,17 @@ use super::{MetaError, MetaStore, TopicRecord};
 const TOPICS_TREE: &str = "topics";
 /// Producer id (8 bytes, big-endian) → current epoch (2 bytes, big-endian).
 const PRODUCERS_TREE: &str = "producers";
+/// `group \0 topic \0 partition (4 bytes, big-endian)` → committed offset
+/// (8 bytes, big-endian). Neither names contain NUL, so a group's keys are
+/// contiguous and sorted by topic and partition.
+const OFFSETS_TREE: &str = "offsets";
 
 #[derive(Debug)]
 pub struct SledMetaStore {
     db: sled::Db,
     topics: sled::Tree,
     producers: sled::Tree,
+    offsets: sled::Tree,
 }
 
 impl SledMetaStore {
@@ -23,10 +28,12 @@ impl SledMetaStore {
         let db = open_when_unlocked(dir)?;
         let topics = db.open_tree(TOPICS_TREE).map_err(store)?;
         let producers = db.open_tree(PRODUCERS_TREE).map_err(store)?;
+        let offsets = db.open_tree(OFFSETS_TREE).map_err(store)?;
         Ok(Self {
             db,
             topics,
             producers,
+            offsets,
         })
     }
 
@@ -55,6 +62,51 @@ fn open_when_unlocked(dir: &Path) -> Result<sled::Db, MetaError> {
 
 fn store(e: sled::Error) -> MetaError {
     MetaError::Store(Box::new(e))
+}
+
+/// The key prefix of a group's offsets: `group \0`.
+fn group_prefix(group: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(group.len() + 1);
+    key.extend_from_slice(group.as_bytes());
+    key.push(0);
+    key
+}
+
+fn offset_key(group: &str, topic: &str, partition: u32) -> Vec<u8> {
+    let mut key = group_prefix(group);
+    key.extend_from_slice(topic.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&partition.to_be_bytes());
+    key
+}
+
+fn malformed(key: &[u8], value: &[u8]) -> MetaError {
+    MetaError::Store(format!("malformed offset record {key:?} = {value:?}").into())
+}
+
+/// `(topic, partition, offset)` of a key and value of the offsets tree.
+fn decode_offset(
+    prefix_len: usize,
+    key: &[u8],
+    value: &[u8],
+) -> Result<(String, u32, i64), MetaError> {
+    let rest = key.get(prefix_len..).ok_or_else(|| malformed(key, value))?;
+    let split = rest
+        .len()
+        .checked_sub(5)
+        .ok_or_else(|| malformed(key, value))?;
+    let (topic, tail) = rest.split_at(split);
+    let partition = tail
+        .get(1..)
+        .and_then(|p| <[u8; 4]>::try_from(p).ok())
+        .map(u32::from_be_bytes);
+    let offset = <[u8; 8]>::try_from(value).ok().map(i64::from_be_bytes);
+    match (std::str::from_utf8(topic), tail.first(), partition, offset) {
+        (Ok(topic), Some(0), Some(partition), Some(offset)) => {
+            Ok((topic.to_owned(), partition, offset))
+        }
+        _ => Err(malformed(key, value)),
+    }
 }
 
 impl MetaStore for SledMetaStore {
@@ -107,6 +159,53 @@ impl MetaStore for SledMetaStore {
             .collect()
     }
 
+    fn put_offsets(&self, group: &str, offsets: &[(String, u32, i64)]) -> Result<(), MetaError> {
+        let mut batch = sled::Batch::default();
+        for (topic, partition, offset) in offsets {
+            batch.insert(offset_key(group, topic, *partition), &offset.to_be_bytes());
+        }
+        self.offsets.apply_batch(batch).map_err(store)?;
+        self.flush()
+    }
+
+    fn offsets(&self, group: &str) -> Result<Vec<(String, u32, i64)>, MetaError> {
+        let prefix = group_prefix(group);
+        self.offsets
+            .scan_prefix(&prefix)
+            .map(|entry| {
+                let (key, value) = entry.map_err(store)?;
+                decode_offset(prefix.len(), &key, &value)
+            })
+            .collect()
+    }
+
+    fn delete_group(&self, group: &str) -> Result<(), MetaError> {
+        let mut batch = sled::Batch::default();
+        for entry in self.offsets.scan_prefix(group_prefix(group)).keys() {
+            batch.remove(entry.map_err(store)?);
+        }
+        self.offsets.apply_batch(batch).map_err(store)?;
+        self.flush()
+    }
+
+    fn groups(&self) -> Result<Vec<String>, MetaError> {
+        let mut groups = Vec::new();
+        let mut from: Vec<u8> = Vec::new();
+        // One seek per group: after a group's first key, jump past `group \x01`.
+        while let Some(entry) = self.offsets.range(from.clone()..).next() {
+            let (key, _) = entry.map_err(store)?;
+            let end = key
+                .iter()
+                .position(|&b| b == 0)
+                .ok_or_else(|| malformed(&key, &[]))?;
+            let group = std::str::from_utf8(&key[..end]).map_err(|_| malformed(&key, &[]))?;
+            groups.push(group.to_owned());
+            from = key[..end].to_vec();
+            from.push(1);
+        }
+        Ok(groups)
+    }
+
     fn topics(&self) -> Result<Vec<TopicRecord>, MetaError> {
         self.topics
             .iter()
@@ -146,5 +245,31 @@ mod tests {
         assert_eq!(store.topics().unwrap(), vec![topic]);
         store.delete_topic("orders").unwrap();
         assert!(store.topics().unwrap().is_empty());
+    }
+
+    #[test]
+    fn offsets_survive_reopen_and_groups_stay_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledMetaStore::open(dir.path()).unwrap();
+            store
+                .put_offsets("g", &[("a".into(), 1, 10), ("a".into(), 0, 5)])
+                .unwrap();
+            store.put_offsets("g2", &[("a".into(), 0, 7)]).unwrap();
+            store.put_offsets("g", &[("a".into(), 1, 11)]).unwrap();
+        }
+        let store = SledMetaStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.groups().unwrap(),
+            vec!["g".to_owned(), "g2".to_owned()]
+        );
+        assert_eq!(
+            store.offsets("g").unwrap(),
+            vec![("a".to_owned(), 0, 5), ("a".to_owned(), 1, 11)]
+        );
+        store.delete_group("g").unwrap();
+        assert!(store.offsets("g").unwrap().is_empty());
+        assert_eq!(store.offsets("g2").unwrap(), vec![("a".to_owned(), 0, 7)]);
+        assert_eq!(store.groups().unwrap(), vec!["g2".to_owned()]);
     }
 }

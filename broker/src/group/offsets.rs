@@ -1,0 +1,128 @@
+//! Committed offsets: durable in the `MetaStore`, mirrored in memory so that
+//! `FetchOffsets`, `DescribeGroup` and the lag metrics never touch the store.
+//!
+//! Writes are serialized (`writes`): a commit checks its fencing and writes
+//! while holding it, so no other write to the offsets overtakes it. The
+//! mirror changes only after the store's write returned.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::TopicPartition;
+use crate::broker::BrokerError;
+use crate::meta::{MetaError, MetaStore};
+
+#[derive(Debug)]
+pub(crate) struct OffsetStore {
+    meta: Arc<dyn MetaStore>,
+    /// Committed offsets by group, as in the store. Held briefly, never
+    /// across an await.
+    cache: Mutex<BTreeMap<String, BTreeMap<TopicPartition, i64>>>,
+    /// Serializes writes to the store (sled flushes the whole store on each
+    /// write, so this costs little) and makes check-then-write atomic.
+    pub(crate) writes: tokio::sync::Mutex<()>,
+}
+
+impl OffsetStore {
+    /// Loads every group's offsets. Blocks on the store.
+    pub(crate) fn load(meta: Arc<dyn MetaStore>) -> Result<Self, MetaError> {
+        let mut cache = BTreeMap::new();
+        for group in meta.groups()? {
+            let offsets: BTreeMap<TopicPartition, i64> = meta
+                .offsets(&group)?
+                .into_iter()
+                .map(|(topic, partition, offset)| (TopicPartition::new(topic, partition), offset))
+                .collect();
+            if !offsets.is_empty() {
+                cache.insert(group, offsets);
+            }
+        }
+        Ok(Self {
+            meta,
+            cache: Mutex::new(cache),
+            writes: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Writes offsets durably, then mirrors them. Call with `writes` held.
+    pub(crate) async fn put(
+        &self,
+        group: &str,
+        offsets: Vec<(TopicPartition, i64)>,
+    ) -> Result<(), BrokerError> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let meta = self.meta.clone();
+        let owned = group.to_owned();
+        let rows: Vec<(String, u32, i64)> = offsets
+            .iter()
+            .map(|(tp, offset)| (tp.topic.clone(), tp.partition, *offset))
+            .collect();
+        tokio::task::spawn_blocking(move || meta.put_offsets(&owned, &rows)).await??;
+        self.cache
+            .lock()
+            .entry(group.to_owned())
+            .or_default()
+            .extend(offsets);
+        Ok(())
+    }
+
+    /// Removes a group's offsets durably, then from the mirror. Call with
+    /// `writes` held.
+    pub(crate) async fn delete(&self, group: &str) -> Result<(), BrokerError> {
+        let meta = self.meta.clone();
+        let owned = group.to_owned();
+        tokio::task::spawn_blocking(move || meta.delete_group(&owned)).await??;
+        self.cache.lock().remove(group);
+        Ok(())
+    }
+
+    pub(crate) fn get(&self, group: &str) -> BTreeMap<TopicPartition, i64> {
+        self.cache.lock().get(group).cloned().unwrap_or_default()
+    }
+
+    pub(crate) fn has_group(&self, group: &str) -> bool {
+        self.cache.lock().contains_key(group)
+    }
+
+    /// Groups with committed offsets.
+    pub(crate) fn groups(&self) -> Vec<String> {
+        self.cache.lock().keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::MemoryMetaStore;
+
+    #[tokio::test]
+    async fn offsets_are_stored_mirrored_and_deleted() {
+        let meta: Arc<dyn MetaStore> = Arc::new(MemoryMetaStore::default());
+        let store = OffsetStore::load(meta.clone()).unwrap();
+        store
+            .put(
+                "g",
+                vec![
+                    (TopicPartition::new("t", 1), 5),
+                    (TopicPartition::new("t", 0), 3),
+                ],
+            )
+            .await
+            .unwrap();
+        store
+            .put("g", vec![(TopicPartition::new("t", 1), 7)])
+            .await
+            .unwrap();
+        assert_eq!(store.get("g")[&TopicPartition::new("t", 1)], 7);
+        let reloaded = OffsetStore::load(meta.clone()).unwrap();
+        assert_eq!(reloaded.get("g"), store.get("g"));
+        assert_eq!(reloaded.groups(), vec!["g".to_owned()]);
+        store.delete("g").await.unwrap();
+        assert!(!store.has_group("g"));
+        assert!(meta.groups().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,399 @@
+//! `brook.v1.GroupService`: member sessions, fenced commits, group admin.
+//!
+//! A session's response stream is the member's event queue (bounded,
+//! filled by the group under its lock) turned into protobuf; the request
+//! side is read by one task per session that ends the member when the
+//! stream ends, breaks, breaks the protocol, or the broker stops.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use brook_proto::group_request::Kind;
+use brook_proto::group_service_server::GroupService;
+use brook_proto::reset_offsets_request::To;
+use brook_proto::{
+    CommitOffsetsRequest, CommitOffsetsResponse, DeleteGroupRequest, DeleteGroupResponse,
+    DescribeGroupRequest, DescribeGroupResponse, FetchOffsetsRequest, FetchOffsetsResponse,
+    GroupRequest, GroupResponse, GroupSummary, JoinGroup, ListGroupsRequest, ListGroupsResponse,
+    MemberDescription, PartitionLag, PartitionOffset, ResetOffsetsRequest, ResetOffsetsResponse,
+    group_response,
+};
+use futures::{Stream, StreamExt};
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::status::to_status;
+use crate::broker::{Broker, BrokerError};
+use crate::group::{JoinSpec, MemberEvent, MemberSession, RemovalReason, ResetTo, TopicPartition};
+
+#[derive(Debug)]
+pub struct GroupHandler {
+    broker: Arc<Broker>,
+}
+
+impl GroupHandler {
+    pub fn new(broker: Arc<Broker>) -> Self {
+        Self { broker }
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<GroupResponse, Status>> + Send>>;
+
+fn tp_from_proto(tp: brook_proto::TopicPartition) -> TopicPartition {
+    TopicPartition::new(tp.topic, tp.partition)
+}
+
+fn tp_to_proto(tp: TopicPartition) -> brook_proto::TopicPartition {
+    brook_proto::TopicPartition {
+        topic: tp.topic,
+        partition: tp.partition,
+    }
+}
+
+fn offset_to_proto((tp, offset): (TopicPartition, i64)) -> PartitionOffset {
+    PartitionOffset {
+        topic: tp.topic,
+        partition: tp.partition,
+        offset,
+    }
+}
+
+fn kind_name(kind: &Kind) -> &'static str {
+    match kind {
+        Kind::Join(_) => "join",
+        Kind::Heartbeat(_) => "heartbeat",
+        Kind::Revoked(_) => "revoked",
+        Kind::Leave(_) => "leave",
+    }
+}
+
+/// A member event as the session sends it; `None` for a removal that ends
+/// the stream normally (leave, stream end).
+fn event_to_proto(
+    group: &str,
+    member_id: &str,
+    event: MemberEvent,
+) -> Option<Result<GroupResponse, Status>> {
+    let kind = match event {
+        MemberEvent::Joined {
+            member_id,
+            generation,
+            heartbeat_interval,
+            session_timeout,
+        } => group_response::Kind::Joined(brook_proto::Joined {
+            member_id,
+            generation,
+            heartbeat_interval_ms: millis(heartbeat_interval),
+            session_timeout_ms: millis(session_timeout),
+        }),
+        MemberEvent::Assignment(a) => group_response::Kind::Assignment(brook_proto::Assignment {
+            generation: a.generation,
+            assigned: a.assigned.into_iter().map(tp_to_proto).collect(),
+            revoke: a.revoke.into_iter().map(tp_to_proto).collect(),
+        }),
+        MemberEvent::Removed(reason) => {
+            return reason.error(group, member_id).map(|e| Err(to_status(&e)));
+        }
+    };
+    Some(Ok(GroupResponse { kind: Some(kind) }))
+}
+
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+fn join_spec(join: JoinGroup) -> JoinSpec {
+    JoinSpec {
+        group: join.group,
+        topics: join.topics,
+        session_timeout: (join.session_timeout_ms > 0)
+            .then(|| Duration::from_millis(u64::from(join.session_timeout_ms))),
+        client_id: join.client_id,
+    }
+}
+
+/// Waits for the session's first message, which must be `join`.
+async fn first_join(
+    broker: &Broker,
+    inbound: &mut Streaming<GroupRequest>,
+) -> Result<Option<JoinGroup>, BrokerError> {
+    let wait = broker.config().groups.session_timeout;
+    let first = tokio::select! {
+        first = tokio::time::timeout(wait, inbound.message()) => first,
+        () = broker.stopping() => return Err(BrokerError::ShuttingDown),
+    };
+    match first {
+        Err(_) => Err(BrokerError::JoinTimeout {
+            waited_ms: wait.as_millis() as u64,
+        }),
+        Ok(Ok(None)) => Ok(None),
+        Ok(Err(status)) => Err(BrokerError::invalid(
+            "session",
+            format!("cannot read the first request: {}", status.message()),
+        )),
+        Ok(Ok(Some(GroupRequest {
+            kind: Some(Kind::Join(join)),
+        }))) => Ok(Some(join)),
+        Ok(Ok(Some(GroupRequest { kind: Some(other) }))) => Err(BrokerError::invalid(
+            "session",
+            format!(
+                "the first message of a group session must be `join`, got `{}`",
+                kind_name(&other)
+            ),
+        )),
+        Ok(Ok(Some(GroupRequest { kind: None }))) => Err(BrokerError::invalid(
+            "session",
+            "the first message of a group session must be `join`, got an empty request",
+        )),
+    }
+}
+
+/// Reads a member's requests until the member is removed; ends the member
+/// when the stream ends, breaks or breaks the protocol, or the broker stops.
+async fn serve_member(
+    broker: &Broker,
+    session: &MemberSession,
+    inbound: &mut Streaming<GroupRequest>,
+) {
+    loop {
+        let message = tokio::select! {
+            () = session.removed() => return,
+            () = broker.stopping() => {
+                session.leave(RemovalReason::ShuttingDown);
+                return;
+            }
+            message = inbound.message() => message,
+        };
+        let kind = match message {
+            Ok(Some(GroupRequest { kind: Some(kind) })) => kind,
+            Ok(Some(GroupRequest { kind: None })) => {
+                session.leave(RemovalReason::Protocol(
+                    "a request must set one of join, heartbeat, revoked or leave".to_owned(),
+                ));
+                return;
+            }
+            Ok(None) => {
+                session.leave(RemovalReason::StreamEnded);
+                return;
+            }
+            Err(status) => {
+                tracing::debug!(group = session.group(), member_id = session.member_id(), %status, "group session broken");
+                session.leave(RemovalReason::Protocol(format!(
+                    "cannot read the session's requests: {}",
+                    status.message()
+                )));
+                return;
+            }
+        };
+        let present = match kind {
+            Kind::Heartbeat(_) => session.heartbeat(),
+            Kind::Revoked(done) => {
+                let partitions: Vec<TopicPartition> =
+                    done.partitions.into_iter().map(tp_from_proto).collect();
+                session.revocation_done(done.generation, &partitions)
+            }
+            Kind::Leave(_) => {
+                session.leave(RemovalReason::Left);
+                return;
+            }
+            Kind::Join(_) => {
+                session.leave(RemovalReason::Protocol(
+                    "a session joins once; open a new session to join again".to_owned(),
+                ));
+                return;
+            }
+        };
+        if !present {
+            return;
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl GroupService for GroupHandler {
+    type SessionStream = ResponseStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<GroupRequest>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = request.into_inner();
+        let broker = self.broker.clone();
+        // The member's event queue once it joined, or why it could not.
+        let (started, start) =
+            oneshot::channel::<Result<(String, String, ReceiverStream<MemberEvent>), Status>>();
+        let open = self.broker.metrics().open_stream("group");
+        tokio::spawn(async move {
+            let _open = open;
+            let joined = match first_join(&broker, &mut inbound).await {
+                Ok(Some(join)) => broker.join_group(join_spec(join)),
+                Ok(None) => return,
+                Err(e) => Err(e),
+            };
+            let mut session = match joined {
+                Ok(session) => session,
+                Err(e) => {
+                    let _ = started.send(Err(to_status(&e)));
+                    return;
+                }
+            };
+            let events = session.take_events().expect("a new session has its events");
+            let ids = (session.group().to_owned(), session.member_id().to_owned());
+            if started
+                .send(Ok((ids.0, ids.1, ReceiverStream::new(events))))
+                .is_err()
+            {
+                return;
+            }
+            serve_member(&broker, &session, &mut inbound).await;
+        });
+        let stream = futures::stream::once(start).flat_map(|started| match started {
+            Ok(Ok((group, member_id, events))) => events
+                .filter_map(move |event| {
+                    std::future::ready(event_to_proto(&group, &member_id, event))
+                })
+                .boxed(),
+            Ok(Err(status)) => futures::stream::iter([Err(status)]).boxed(),
+            Err(_) => futures::stream::empty().boxed(),
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    #[tracing::instrument(skip_all, fields(group = %request.get_ref().group, member_id = %request.get_ref().member_id))]
+    async fn commit_offsets(
+        &self,
+        request: Request<CommitOffsetsRequest>,
+    ) -> Result<Response<CommitOffsetsResponse>, Status> {
+        let _timer = self.broker.metrics().time_request("CommitOffsets");
+        let request = request.into_inner();
+        let offsets = request
+            .offsets
+            .into_iter()
+            .map(|o| (TopicPartition::new(o.topic, o.partition), o.offset))
+            .collect();
+        self.broker
+            .commit_offsets(
+                &request.group,
+                &request.member_id,
+                request.generation,
+                offsets,
+            )
+            .await?;
+        Ok(Response::new(CommitOffsetsResponse {}))
+    }
+
+    async fn fetch_offsets(
+        &self,
+        request: Request<FetchOffsetsRequest>,
+    ) -> Result<Response<FetchOffsetsResponse>, Status> {
+        let _timer = self.broker.metrics().time_request("FetchOffsets");
+        let request = request.into_inner();
+        let partitions: Vec<TopicPartition> =
+            request.partitions.into_iter().map(tp_from_proto).collect();
+        let offsets = self.broker.fetch_offsets(&request.group, &partitions)?;
+        Ok(Response::new(FetchOffsetsResponse {
+            offsets: offsets.into_iter().map(offset_to_proto).collect(),
+        }))
+    }
+
+    async fn list_groups(
+        &self,
+        _request: Request<ListGroupsRequest>,
+    ) -> Result<Response<ListGroupsResponse>, Status> {
+        let _timer = self.broker.metrics().time_request("ListGroups");
+        Ok(Response::new(ListGroupsResponse {
+            groups: self
+                .broker
+                .list_groups()
+                .into_iter()
+                .map(|g| GroupSummary {
+                    group: g.name,
+                    state: g.state.as_str().to_owned(),
+                    members: g.members as u32,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn describe_group(
+        &self,
+        request: Request<DescribeGroupRequest>,
+    ) -> Result<Response<DescribeGroupResponse>, Status> {
+        let _timer = self.broker.metrics().time_request("DescribeGroup");
+        let name = request.into_inner().group;
+        crate::group::validate_group_name(&name)?;
+        let info = self
+            .broker
+            .describe_group(&name)
+            .ok_or(BrokerError::GroupNotFound(name))?;
+        Ok(Response::new(DescribeGroupResponse {
+            group: info.name,
+            state: info.state.as_str().to_owned(),
+            generation: info.generation,
+            members: info
+                .members
+                .into_iter()
+                .map(|m| MemberDescription {
+                    member_id: m.member_id,
+                    client_id: m.client_id,
+                    topics: m.topics,
+                    assigned: m.assigned.into_iter().map(tp_to_proto).collect(),
+                    revoking: m.revoking.into_iter().map(tp_to_proto).collect(),
+                })
+                .collect(),
+            partitions: info
+                .partitions
+                .into_iter()
+                .map(|p| PartitionLag {
+                    topic: p.partition.topic,
+                    partition: p.partition.partition,
+                    committed_offset: p.committed_offset.unwrap_or(-1),
+                    end_offset: p.end_offset,
+                    lag: p.lag,
+                    owner: p.owner.unwrap_or_default(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn delete_group(
+        &self,
+        request: Request<DeleteGroupRequest>,
+    ) -> Result<Response<DeleteGroupResponse>, Status> {
+        let _timer = self.broker.metrics().time_request("DeleteGroup");
+        self.broker
+            .delete_group(&request.into_inner().group)
+            .await?;
+        Ok(Response::new(DeleteGroupResponse {}))
+    }
+
+    async fn reset_offsets(
+        &self,
+        request: Request<ResetOffsetsRequest>,
+    ) -> Result<Response<ResetOffsetsResponse>, Status> {
+        let _timer = self.broker.metrics().time_request("ResetOffsets");
+        let request = request.into_inner();
+        let to = match request.to {
+            Some(To::Earliest(_)) => ResetTo::Earliest,
+            Some(To::Latest(_)) => ResetTo::Latest,
+            Some(To::TimestampMs(ts)) => ResetTo::Timestamp(ts),
+            Some(To::Offset(offset)) => ResetTo::Offset(offset),
+            None => {
+                return Err(BrokerError::invalid(
+                    "to",
+                    "one of earliest, latest, timestamp_ms or offset must be set",
+                )
+                .into());
+            }
+        };
+        let offsets = self
+            .broker
+            .reset_group_offsets(&request.group, &request.topic, &request.partitions, to)
+            .await?;
+        Ok(Response::new(ResetOffsetsResponse {
+            offsets: offsets.into_iter().map(offset_to_proto).collect(),
+        }))
+    }
+}
