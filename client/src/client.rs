@@ -28,7 +28,14 @@ pub const DEFAULT_MESSAGE_BYTES_MAX: usize = 128 * 1024 * 1024;
 /// Produce requests a [`crate::ProduceStream`] keeps unacknowledged.
 pub const DEFAULT_PRODUCE_IN_FLIGHT_MAX: usize = 128;
 
-/// Settings of a [`Client`]; [`ClientOptions::default`] holds the `DEFAULT_*` values.
+/// How often an idle connection is pinged (see [`ClientOptions::keepalive_interval`]).
+const KEEPALIVE_INTERVAL_DEFAULT: Duration = Duration::from_secs(30);
+/// How long a ping may take (see [`ClientOptions::keepalive_timeout`]).
+const KEEPALIVE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(20);
+
+/// Settings of a [`Client`]; [`ClientOptions::default`] holds the `DEFAULT_*`
+/// values, and pings the connection every 30 s, closing it when a ping is
+/// not answered within 20 s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientOptions {
     /// Time limit for the TCP connect and the HTTP/2 handshake.
@@ -39,6 +46,15 @@ pub struct ClientOptions {
     pub message_bytes_max: usize,
     /// Unacknowledged requests per produce stream; `send` waits at this bound.
     pub produce_in_flight_max: usize,
+    /// How often the connection sends an HTTP/2 ping, even when no call is
+    /// open, so that a broker that vanished without closing the connection
+    /// (a half-open connection: a crashed host, a dropped route) is noticed,
+    /// and long-lived streams ([`crate::Subscription`],
+    /// [`crate::ProduceStream`]) end with an error instead of waiting forever.
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed and
+    /// every call on it fails (retryably).
+    pub keepalive_timeout: Duration,
     /// Compression (and producer identity) of batches built by [`Client::produce`].
     pub batch: BatchOptions,
     /// When calls start failing fast because the broker looks unreachable.
@@ -52,6 +68,8 @@ impl Default for ClientOptions {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             message_bytes_max: DEFAULT_MESSAGE_BYTES_MAX,
             produce_in_flight_max: DEFAULT_PRODUCE_IN_FLIGHT_MAX,
+            keepalive_interval: KEEPALIVE_INTERVAL_DEFAULT,
+            keepalive_timeout: KEEPALIVE_TIMEOUT_DEFAULT,
             batch: BatchOptions::default(),
             circuit_breaker: CircuitBreakerConfig::default(),
         }
@@ -117,8 +135,9 @@ impl Client {
     ///
     /// # Panics
     ///
-    /// If `options.produce_in_flight_max` or
-    /// `options.circuit_breaker.failure_threshold` is 0.
+    /// If `options.produce_in_flight_max`,
+    /// `options.circuit_breaker.failure_threshold`, `options.keepalive_interval`
+    /// or `options.keepalive_timeout` is 0.
     pub async fn connect_with(
         endpoint: impl Into<String>,
         options: ClientOptions,
@@ -127,9 +146,17 @@ impl Client {
             options.produce_in_flight_max > 0,
             "a produce stream needs room for one request"
         );
+        assert!(
+            !options.keepalive_interval.is_zero() && !options.keepalive_timeout.is_zero(),
+            "keepalive pings need a positive interval and timeout"
+        );
         let endpoint = Endpoint::from_shared(with_scheme(endpoint.into()))?
             .connect_timeout(options.connect_timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            // A half-open connection shows no error by itself: pings find it.
+            .http2_keep_alive_interval(options.keepalive_interval)
+            .keep_alive_timeout(options.keepalive_timeout)
+            .keep_alive_while_idle(true);
         // connect_timeout bounds the TCP connect only; this bounds the handshake too.
         let channel = tokio::time::timeout(options.connect_timeout, endpoint.connect())
             .await
@@ -141,6 +168,10 @@ impl Client {
     }
 
     /// Wraps an existing channel (e.g. one with TLS or a custom connector).
+    /// The channel's own settings apply: `connect_timeout` and the keepalive
+    /// options are for [`Client::connect_with`]; set the same on your
+    /// `Endpoint` (`http2_keep_alive_interval`, `keep_alive_timeout`,
+    /// `keep_alive_while_idle`) so half-open connections are noticed.
     ///
     /// # Panics
     ///

@@ -1,14 +1,22 @@
 //! Reading: long-poll fetches, subscriptions, offset lookups. Batches come
 //! back as stored; this module decodes them and drops records below the
 //! offset asked for (a batch may start before it).
+//!
+//! Invariants: decoded records held per fetched partition stay within about
+//! the fetch's `max_bytes` plus one batch, and a subscription decodes one
+//! batch at a time, however well the batches compressed. A batch that does
+//! not decode never costs the records before it: decoding stops at it, and
+//! it is an error (naming its partition and offset) only once it is the
+//! first batch to decode.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use brook_proto as proto;
 use brook_proto::list_offsets_request::Spec;
-use brook_record::{Record, decode_batch, decode_batches, split_batches};
+use brook_record::{BatchError, BatchIter, Record, decode_batch, split_batches};
 use bytes::Bytes;
 use futures::Stream;
 use tonic::Streaming;
@@ -49,8 +57,10 @@ pub struct FetchResult {
     pub high_watermark: i64,
     /// The partition's first retained offset.
     pub log_start_offset: i64,
-    /// Where to fetch next: one past the last batch returned, or the offset
-    /// asked for when nothing was returned.
+    /// Where to fetch next: one past the last batch decoded, or the offset
+    /// asked for when nothing was. Decoding stops early at a batch that does
+    /// not decode (the next fetch starts with it, and fails on it) and once
+    /// about `max_bytes` of records are decoded.
     pub next_offset: i64,
 }
 
@@ -113,6 +123,9 @@ impl Client {
     /// any of them has data. Results are in the order of `targets`. The
     /// broker fills its byte budget in that order, so a caller reading many
     /// busy partitions should rotate them between calls.
+    ///
+    /// Fails with `DATA_LOSS` if a partition's first batch does not decode;
+    /// the message names the partition and the offset.
     pub async fn fetch_many(
         &self,
         targets: &[FetchTarget],
@@ -142,6 +155,12 @@ impl Client {
                 response.partitions.len()
             )));
         }
+        // Decoded bytes the response may still produce; `max_bytes` bounds
+        // what travels, this what it decodes to. 0 is the broker's limit.
+        let mut budget = match options.max_bytes {
+            0 => self.options.message_bytes_max,
+            max_bytes => max_bytes as usize,
+        };
         targets
             .iter()
             .zip(response.partitions)
@@ -152,7 +171,13 @@ impl Client {
                         target.topic, target.partition, fetched.topic, fetched.partition
                     )));
                 }
-                let (records, next_offset) = decode_from(fetched.records, target.offset)?;
+                let (records, next_offset) = decode_from(
+                    &fetched.topic,
+                    fetched.partition,
+                    fetched.records,
+                    target.offset,
+                    &mut budget,
+                )?;
                 Ok(PartitionFetch {
                     topic: fetched.topic,
                     partition: fetched.partition,
@@ -189,7 +214,10 @@ impl Client {
             )
             .await?;
         Ok(Subscription {
+            topic: topic.to_owned(),
+            partition,
             responses,
+            batches: split_batches(Bytes::new()),
             buffered: Vec::new().into_iter(),
             next_offset: offset,
             done: false,
@@ -224,31 +252,91 @@ impl Client {
     }
 }
 
-/// Decodes concatenated batches, keeping records at or after `offset`;
-/// also returns the offset after the last batch (or `offset` if none).
-fn decode_from(records: Bytes, offset: i64) -> Result<(Vec<Record>, i64), ClientError> {
+/// Decodes the concatenated batches fetched from `topic`/`partition` at
+/// `offset`, keeping records at or after `offset`; also returns the offset
+/// after the last batch decoded (or `offset` if none).
+///
+/// Stops at a batch that does not decode, returning what came before it
+/// (the next fetch starts with it); fails only if it is the first batch.
+/// Takes the bytes of the records it decodes from `budget`, and stops,
+/// after the first batch (so every partition makes progress), once the
+/// budget is spent: compressed batches may decode to many times the bytes
+/// fetched.
+fn decode_from(
+    topic: &str,
+    partition: u32,
+    records: Bytes,
+    offset: i64,
+    budget: &mut usize,
+) -> Result<(Vec<Record>, i64), ClientError> {
     let mut kept = Vec::new();
     let mut next_offset = offset;
-    for batch in split_batches(records) {
-        let (header, decoded) =
-            decode_batch(&batch.map_err(ClientError::Decode)?).map_err(ClientError::Decode)?;
+    for (index, batch) in split_batches(records).enumerate() {
+        if index > 0 && *budget == 0 {
+            break;
+        }
+        let (header, decoded) = match batch.and_then(|batch| decode_batch(&batch)) {
+            Ok(decoded) => decoded,
+            Err(error) if index == 0 => {
+                return Err(undecodable(topic, partition, next_offset, error));
+            }
+            // Where the bad batch starts (its own header may be the bad
+            // part): the next fetch starts there and reports it.
+            Err(_) => break,
+        };
         // decode_batch checked that the last offset fits in an i64.
         let last = header.base_offset + i64::from(header.last_offset_delta);
         next_offset = next_offset.max(last.saturating_add(1));
+        let decoded_bytes = decoded.iter().map(record_bytes).sum::<usize>();
+        *budget = budget.saturating_sub(decoded_bytes);
         kept.extend(decoded.into_iter().filter(|r| r.offset >= offset));
     }
     Ok((kept, next_offset))
 }
 
+/// The bytes a decoded record holds: key, value and headers.
+fn record_bytes(record: &Record) -> usize {
+    record.key.as_ref().map_or(0, Bytes::len)
+        + record.value.as_ref().map_or(0, Bytes::len)
+        + record
+            .headers
+            .iter()
+            .map(|h| h.key.len() + h.value.len())
+            .sum::<usize>()
+}
+
+/// A batch of `topic`/`partition` at `offset` that does not decode: lost
+/// data as far as this client can tell, so `DATA_LOSS`, not retryable; the
+/// decoding error is the status's source.
+fn undecodable(topic: &str, partition: u32, offset: i64, error: BatchError) -> ClientError {
+    let mut status = tonic::Status::data_loss(format!(
+        "the batch of {topic}/{partition} at offset {offset} does not decode: {error}"
+    ));
+    status.set_source(Arc::new(error));
+    ClientError::status("fetch", status)
+}
+
 /// A partition's records as they are appended, from [`Client::subscribe`]:
 /// a `Stream` of decoded records in offset order, none below the offset
 /// subscribed at. It ends when the broker ends it (shutdown) and after the
-/// first error.
+/// first error; a batch that does not decode is such an error (`DATA_LOSS`,
+/// naming the partition and offset), after the records before it.
+///
+/// A subscription waits for records as long as there are none; a broker
+/// that vanished without closing the connection is noticed by the
+/// connection's HTTP/2 keepalive (see [`crate::ClientOptions::keepalive_interval`]),
+/// which ends the stream with an error.
 #[derive(Debug)]
 #[must_use = "a subscription does nothing unless polled"]
 pub struct Subscription {
+    topic: String,
+    partition: u32,
     responses: Streaming<proto::SubscribeResponse>,
-    /// Records of the last message not yet yielded.
+    /// Batches of the last message not yet decoded: they are decoded one
+    /// at a time, so memory holds one decoded batch however large the
+    /// message's batches decompress.
+    batches: BatchIter,
+    /// Records of the last batch decoded not yet yielded.
     buffered: std::vec::IntoIter<Record>,
     /// The next offset to yield; records below it are skipped.
     next_offset: i64,
@@ -278,14 +366,25 @@ impl Stream for Subscription {
             if this.done {
                 return Poll::Ready(None);
             }
-            let failure = match ready!(Pin::new(&mut this.responses).poll_next(cx)) {
-                Some(Ok(message)) => match decode_batches(&message.records) {
-                    Ok(records) => {
+            if let Some(batch) = this.batches.next() {
+                match batch.and_then(|batch| decode_batch(&batch)) {
+                    Ok((_, records)) => {
                         this.buffered = records.into_iter();
                         continue;
                     }
-                    Err(e) => ClientError::Decode(e),
-                },
+                    Err(error) => {
+                        this.done = true;
+                        let (topic, partition) = (&this.topic, this.partition);
+                        let error = undecodable(topic, partition, this.next_offset, error);
+                        return Poll::Ready(Some(Err(error)));
+                    }
+                }
+            }
+            let failure = match ready!(Pin::new(&mut this.responses).poll_next(cx)) {
+                Some(Ok(message)) => {
+                    this.batches = split_batches(message.records);
+                    continue;
+                }
                 Some(Err(status)) => ClientError::status("subscribe", status),
                 None => {
                     this.done = true;
@@ -295,5 +394,102 @@ impl Stream for Subscription {
             this.done = true;
             return Poll::Ready(Some(Err(failure)));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use brook_record::{BatchOptions, Compression, HEADER_LEN, NewRecord, encode_batch};
+
+    use super::*;
+
+    /// A batch of `count` records of `value_bytes` bytes each, at `base_offset`.
+    fn batch(
+        base_offset: i64,
+        count: usize,
+        value_bytes: usize,
+        compression: Compression,
+    ) -> Vec<u8> {
+        let records = vec![
+            NewRecord {
+                value: Some(Bytes::from(vec![b'v'; value_bytes])),
+                ..NewRecord::default()
+            };
+            count
+        ];
+        let options = BatchOptions {
+            compression,
+            ..BatchOptions::default()
+        };
+        let mut batch = encode_batch(&records, options).unwrap().to_vec();
+        brook_record::stamp_base_offset(&mut batch, base_offset);
+        batch
+    }
+
+    /// An LZ4 batch whose compressed payload is garbage under a valid CRC:
+    /// the broker accepts it (it does not decompress), no reader can decode it.
+    fn garbage(base_offset: i64) -> Vec<u8> {
+        let mut batch = batch(base_offset, 3, 100, Compression::Lz4);
+        for byte in &mut batch[HEADER_LEN..] {
+            *byte = 0xff;
+        }
+        let crc = crc32fast::hash(&batch[16..]);
+        batch[12..16].copy_from_slice(&crc.to_le_bytes());
+        brook_record::validate_batch(&batch, usize::MAX).expect("the broker accepts it");
+        batch
+    }
+
+    fn concat(batches: &[Vec<u8>]) -> Bytes {
+        Bytes::from(batches.concat())
+    }
+
+    fn offsets(records: &[Record]) -> Vec<i64> {
+        records.iter().map(|r| r.offset).collect()
+    }
+
+    #[test]
+    fn a_bad_batch_after_good_ones_ends_the_decoding_without_losing_them() {
+        let fetched = concat(&[
+            batch(0, 2, 10, Compression::None),
+            garbage(2),
+            batch(5, 1, 10, Compression::None),
+        ]);
+        let (records, next_offset) = decode_from("t", 3, fetched, 1, &mut { usize::MAX }).unwrap();
+        assert_eq!(offsets(&records), [1]);
+        assert_eq!(next_offset, 2, "the next fetch starts at the bad batch");
+    }
+
+    #[test]
+    fn a_bad_first_batch_is_an_error_naming_partition_and_offset() {
+        let fetched = concat(&[garbage(2), batch(5, 1, 10, Compression::None)]);
+        let error = decode_from("t", 3, fetched, 2, &mut { usize::MAX }).unwrap_err();
+        assert_eq!(error.code(), Some(tonic::Code::DataLoss));
+        assert!(!error.is_retryable());
+        assert!(error.to_string().contains("t/3 at offset 2"), "{error}");
+        let source = std::error::Error::source(&error).and_then(std::error::Error::source);
+        assert!(
+            source.is_some_and(<dyn std::error::Error>::is::<BatchError>),
+            "the decoding error is kept: {error:?}"
+        );
+    }
+
+    #[test]
+    fn decoding_stops_once_the_budget_is_spent() {
+        // Each batch decodes to 100 KiB but compresses to almost nothing.
+        let fetched = concat(&[
+            batch(0, 10, 10 * 1024, Compression::Zstd),
+            batch(10, 10, 10 * 1024, Compression::Zstd),
+            batch(20, 10, 10 * 1024, Compression::Zstd),
+        ]);
+        assert!(fetched.len() < 10 * 1024);
+        let mut budget = 150 * 1024;
+        let (records, next_offset) = decode_from("t", 0, fetched.clone(), 0, &mut budget).unwrap();
+        assert_eq!(records.len(), 20);
+        assert_eq!(next_offset, 20);
+        assert_eq!(budget, 0);
+        // A spent budget still decodes one batch: every partition moves.
+        let (records, next_offset) = decode_from("t", 1, fetched, 0, &mut budget).unwrap();
+        assert_eq!(records.len(), 10);
+        assert_eq!(next_offset, 10);
     }
 }

@@ -35,6 +35,7 @@ mod consumer;
 mod error;
 pub mod event;
 mod fetch;
+mod group;
 mod produce;
 mod producer;
 pub mod resilience;
@@ -52,6 +53,11 @@ pub use error::ClientError;
 pub use fetch::{
     FetchOptions, FetchResult, FetchTarget, OffsetSpec, PartitionFetch, SUBSCRIBE_MAX_BYTES,
     Subscription,
+};
+pub use group::{
+    FailurePolicy, GroupClient, GroupConfig, GroupConsumer, GroupDescription, GroupError,
+    GroupHandle, GroupSummary, MemberDescription, PartitionLag, PartitionOffset, ResetTo,
+    TopicPartition,
 };
 pub use produce::ProduceAck;
 pub use producer::{

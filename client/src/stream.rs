@@ -6,17 +6,23 @@
 //! Invariants: at most `produce_in_flight_max` requests are unacknowledged
 //! (a semaphore permit travels with each one until its answer arrives);
 //! the queue of awaited answers holds the requests in the order they were
-//! sent, and each answer's correlation id is checked against its head.
+//! sent, and each answer's correlation id is checked against its head. An
+//! answer is awaited at most `request_timeout` after its request was sent:
+//! then the stream ends and every request still awaited fails, so a broker
+//! that stopped answering (or a half-open connection) cannot hang callers.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use brook_proto::{ProduceRequest, ProduceResponse};
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
@@ -30,7 +36,10 @@ const OPERATION: &str = "produce_stream";
 ///
 /// [`send`](Self::send) returns once the request is on its way; await the
 /// returned [`PendingAck`] for the broker's answer. Acknowledgements arrive
-/// in the order requests were sent. Dropping the stream ends it after the
+/// in the order requests were sent. If an answer does not arrive within the
+/// client's `request_timeout` of its request, the stream ends: that request
+/// and every later one fail with a (retryable) [`ClientError::Timeout`],
+/// though the broker may have appended them. Dropping the stream ends it after the
 /// requests already sent; their acknowledgements are still delivered.
 ///
 /// ```no_run
@@ -69,6 +78,9 @@ struct Awaiting {
     topic: String,
     partition: u32,
     reply: oneshot::Sender<Result<ProduceAck, ClientError>>,
+    /// When the request was handed to the stream: its answer is due
+    /// `request_timeout` later.
+    sent_at: Instant,
     /// Returned to the semaphore when the answer is handed over.
     _permit: OwnedSemaphorePermit,
 }
@@ -117,7 +129,7 @@ impl Client {
             )
             .await?;
         let (awaiting, queue) = mpsc::channel(in_flight_max);
-        let reader = tokio::spawn(read_acks(responses, queue));
+        let reader = tokio::spawn(read_acks(responses, queue, self.options.request_timeout));
         Ok(ProduceStream {
             requests,
             awaiting,
@@ -163,6 +175,7 @@ impl ProduceStream {
             topic: topic.to_owned(),
             partition,
             reply,
+            sent_at: Instant::now(),
             _permit: permit,
         });
         request_slot.send(request(
@@ -205,6 +218,8 @@ enum Ended {
     Closed,
     Failed(tonic::Status),
     Broken(String),
+    /// The awaited answer did not come within this request timeout.
+    TimedOut(Duration),
 }
 
 impl Ended {
@@ -215,20 +230,53 @@ impl Ended {
             },
             Ended::Failed(status) => ClientError::status(OPERATION, status.clone()),
             Ended::Broken(why) => ClientError::Protocol(why.clone()),
+            Ended::TimedOut(after) => ClientError::Timeout {
+                operation: OPERATION,
+                after: *after,
+            },
         }
     }
 }
 
-/// Hands each answer to the request at the head of `queue`; when answers
-/// stop, fails every request still queued.
-async fn read_acks(mut responses: Streaming<ProduceResponse>, mut queue: mpsc::Receiver<Awaiting>) {
+/// Hands each answer to the oldest request awaiting one; when answers
+/// stop, or the oldest request's answer is `request_timeout` late, fails
+/// every request still awaited.
+async fn read_acks(
+    mut responses: Streaming<ProduceResponse>,
+    mut queue: mpsc::Receiver<Awaiting>,
+    request_timeout: Duration,
+) {
+    // Requests taken from `queue`, oldest first; bounded like it by the
+    // in-flight permits each holds.
+    let mut pending = VecDeque::new();
+    let mut queue_open = true;
     let ended = loop {
-        let response = match responses.message().await {
-            Ok(Some(response)) => response,
-            Ok(None) => break Ended::Closed,
-            Err(status) => break Ended::Failed(status),
+        let due = pending
+            .front()
+            .map(|oldest: &Awaiting| oldest.sent_at + request_timeout);
+        let response = tokio::select! {
+            // Both branches are cancel-safe: a message or a request not
+            // taken now is taken on the next turn.
+            request = queue.recv(), if queue_open => {
+                match request {
+                    Some(request) => pending.push_back(request),
+                    None => queue_open = false,
+                }
+                continue;
+            }
+            message = responses.message() => match message {
+                Ok(Some(response)) => response,
+                Ok(None) => break Ended::Closed,
+                Err(status) => break Ended::Failed(status),
+            },
+            () = sleep_until(due), if due.is_some() => break Ended::TimedOut(request_timeout),
         };
-        let Some(awaited) = queue.recv().await else {
+        // The request is queued before it is sent, so it is there already.
+        let oldest = match pending.pop_front() {
+            Some(oldest) => Some(oldest),
+            None => queue.recv().await,
+        };
+        let Some(awaited) = oldest else {
             break Ended::Broken(format!(
                 "answer {} arrived for no request",
                 response.correlation_id
@@ -255,8 +303,19 @@ async fn read_acks(mut responses: Streaming<ProduceResponse>, mut queue: mpsc::R
         tracing::debug!(error = %ended.error(), "produce stream ended");
     }
     queue.close();
+    for awaited in pending {
+        let _ = awaited.reply.send(Err(ended.error()));
+    }
     while let Some(awaited) = queue.recv().await {
         let _ = awaited.reply.send(Err(ended.error()));
+    }
+}
+
+/// Sleeps until `due`, or forever without one.
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -4,7 +4,8 @@
 //! The header is the W3C Trace Context `traceparent` (version `00`):
 //! `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`, byte for byte what
 //! OpenTelemetry's `TraceContextPropagator` writes and accepts (a unit test
-//! checks both directions). It is encoded here on the OpenTelemetry API types
+//! checks both directions); unlike it, flag bits other than `sampled` are
+//! ignored rather than refused, as the W3C spec asks. It is encoded here on the OpenTelemetry API types
 //! because the propagator lives in `opentelemetry_sdk`, and a library should
 //! depend on the API only, leaving the SDK to the application.
 //!
@@ -98,7 +99,9 @@ fn format_traceparent(span_context: &SpanContext) -> Option<String> {
 
 /// The remote span context in a `traceparent` value; `None` unless it is a
 /// well-formed version-0 value with non-zero ids. Like the W3C spec, hex must
-/// be lowercase, and flags other than `sampled` are dropped.
+/// be lowercase, and any flags byte is accepted: bits other than `sampled`
+/// (e.g. Level 2's `random`, bit 1) are ignored, as the spec asks of
+/// receivers, so a newer tracer's header still joins the trace.
 fn parse_traceparent(value: &str) -> Option<SpanContext> {
     let mut parts = value.trim().split('-');
     let (version, trace_id, span_id, flags) =
@@ -113,10 +116,6 @@ fn parse_traceparent(value: &str) -> Option<SpanContext> {
         return None;
     }
     let flags = u8::from_str_radix(flags, 16).ok()?;
-    if flags > 2 {
-        // Version 0 defines bits 0 and 1 only.
-        return None;
-    }
     let span_context = SpanContext::new(
         TraceId::from_hex(trace_id).ok()?,
         SpanId::from_hex(span_id).ok()?,
@@ -286,7 +285,6 @@ mod tests {
             "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
             "00-00000000000000000000000000000000-b7ad6b7169203331-01",
             "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03",
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-x",
             "zz-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         ] {
@@ -302,8 +300,25 @@ mod tests {
             assert!(parse_traceparent(bad).is_none(), "{bad}");
         }
         // The SDK takes a short id as if zero-padded; the W3C spec fixes the length.
+        // (The SDK also refuses flags above 2, which the spec says to ignore:
+        // see `unknown_flag_bits_are_ignored`.)
         assert!(
             parse_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b716920333-01").is_none()
         );
+    }
+
+    #[test]
+    fn unknown_flag_bits_are_ignored() {
+        let id = "0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331";
+        for (flags, sampled) in [("03", true), ("02", false), ("ff", true), ("fe", false)] {
+            let parsed = parse_traceparent(&format!("00-{id}-{flags}"))
+                .unwrap_or_else(|| panic!("flags {flags} are valid"));
+            assert_eq!(parsed.is_sampled(), sampled, "{flags}");
+            assert_eq!(
+                format_traceparent(&parsed).expect("valid"),
+                format!("00-{id}-0{}", u8::from(sampled)),
+                "only the sampled bit is passed on"
+            );
+        }
     }
 }

@@ -361,3 +361,115 @@ async fn out_of_range_under_error_policy_is_reported_and_a_seek_resumes() {
     consumer.seek("orders", 0, SeekTo::Earliest).await.unwrap();
     assert_eq!(next(&mut consumer).await.record.offset, start);
 }
+
+/// A batch of three records whose LZ4 payload is garbage under a valid
+/// CRC: the broker stores it (it never decompresses), no reader decodes it.
+fn undecodable_batch() -> Bytes {
+    let options = BatchOptions {
+        compression: Compression::Lz4,
+        ..BatchOptions::default()
+    };
+    let records: Vec<NewRecord> = (0..3).map(|i| record(0, i)).collect();
+    let mut batch = brook_record::encode_batch(&records, options)
+        .expect("records encode")
+        .to_vec();
+    for byte in &mut batch[brook_record::HEADER_LEN..] {
+        *byte = 0xff;
+    }
+    // The CRC covers everything after itself (bytes 12..16).
+    let crc = crc32fast::hash(&batch[16..]);
+    batch[12..16].copy_from_slice(&crc.to_le_bytes());
+    Bytes::from(batch)
+}
+
+/// `orders`/0: records 0..3, an undecodable batch at 3..6, records 6..8;
+/// `orders`/1: records 0..5.
+async fn topic_with_a_bad_batch(client: &Client) {
+    client
+        .create_topic("orders", 2, TopicConfig::default())
+        .await
+        .expect("create orders");
+    produce(client, "orders", 0, 0, 3, 3).await;
+    client
+        .produce_batch("orders", 0, undecodable_batch())
+        .await
+        .expect("the broker takes it");
+    produce(client, "orders", 0, 6, 8, 2).await;
+    produce(client, "orders", 1, 0, 5, 5).await;
+}
+
+#[tokio::test]
+async fn an_undecodable_batch_stops_only_its_partition_after_the_records_before_it() {
+    let (_broker, client) = connect().await;
+    topic_with_a_bad_batch(&client).await;
+
+    let mut consumer = Consumer::new(client.clone(), config(OffsetReset::Earliest));
+    consumer.assign(&[("orders", 0), ("orders", 1)]);
+    let mut seen = [Vec::new(), Vec::new()];
+    let mut errors = Vec::new();
+    while seen[0].len() < 3 || seen[1].len() < 5 || errors.is_empty() {
+        let item = timeout(LIMIT, consumer.next())
+            .await
+            .expect("the partitions are not stalled")
+            .expect("the stream goes on");
+        match item {
+            Ok(consumed) => seen[consumed.partition as usize].push(consumed.record.offset),
+            Err(error) => errors.push(error),
+        }
+        assert!(errors.len() <= 1, "reported once: {errors:?}");
+    }
+    assert_eq!(seen, [vec![0, 1, 2], vec![0, 1, 2, 3, 4]]);
+    let error = &errors[0];
+    assert_eq!(error.code(), Some(tonic::Code::DataLoss), "{error:?}");
+    assert!(
+        error.to_string().contains("orders/0 at offset 3"),
+        "names the batch: {error}"
+    );
+    assert_eq!(consumer.position("orders", 0), Some(3));
+
+    // The other partition goes on; the bad one waits for a seek past it.
+    produce(&client, "orders", 1, 5, 6, 1).await;
+    let consumed = next(&mut consumer).await;
+    assert_eq!((consumed.partition, consumed.record.offset), (1, 5));
+    consumer.seek("orders", 0, SeekTo::Offset(6)).await.unwrap();
+    let consumed = next(&mut consumer).await;
+    assert_eq!((consumed.partition, consumed.record.offset), (0, 6));
+}
+
+#[tokio::test]
+async fn fetches_and_subscriptions_return_the_records_before_an_undecodable_batch() {
+    let (_broker, client) = connect().await;
+    topic_with_a_bad_batch(&client).await;
+
+    let options = brook_client::FetchOptions::default();
+    let fetched = client.fetch("orders", 0, 0, options).await.unwrap();
+    let offsets: Vec<i64> = fetched.records.iter().map(|r| r.offset).collect();
+    assert_eq!(offsets, [0, 1, 2]);
+    assert_eq!(
+        fetched.next_offset, 3,
+        "the next fetch starts at the bad batch"
+    );
+    let error = client.fetch("orders", 0, 3, options).await.unwrap_err();
+    assert_eq!(error.code(), Some(tonic::Code::DataLoss), "{error:?}");
+
+    let mut records = client.subscribe("orders", 0, 0).await.unwrap();
+    for offset in 0..3 {
+        let record = timeout(LIMIT, records.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.offset, offset);
+    }
+    let error = timeout(LIMIT, records.next())
+        .await
+        .unwrap()
+        .expect("an error, then the end")
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("orders/0 at offset 3"),
+        "{error}"
+    );
+    assert_eq!(records.next_offset(), 3, "where to resume");
+    assert!(timeout(LIMIT, records.next()).await.unwrap().is_none());
+}

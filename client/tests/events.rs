@@ -303,17 +303,17 @@ async fn unhandled_records_are_errors_under_fail() {
 
     let error = router.handle(&next(&mut consumer).await).await.unwrap_err();
     assert!(
-        matches!(&error, EventError::UnknownType { event_type } if event_type == "order.shipped"),
+        matches!(error.cause(), EventError::UnknownType { event_type } if event_type == "order.shipped"),
         "{error:?}"
     );
     let error = router.handle(&next(&mut consumer).await).await.unwrap_err();
     assert!(
-        matches!(error, EventError::UnknownVersion { version: 9, .. }),
+        matches!(error.cause(), EventError::UnknownVersion { version: 9, .. }),
         "{error:?}"
     );
     let error = router.handle(&next(&mut consumer).await).await.unwrap_err();
     assert!(
-        matches!(error, EventError::Decode { version: 2, .. }),
+        matches!(error.cause(), EventError::Decode { version: 2, .. }),
         "{error:?}"
     );
     assert!(!error.is_retryable());
@@ -401,7 +401,7 @@ async fn dead_letter_without_a_sender_is_an_error_not_a_panic() {
         .await
         .unwrap_err();
     assert!(
-        matches!(error, EventError::NoDeadLetterSink { .. }),
+        matches!(error.cause(), EventError::NoDeadLetterSink { .. }),
         "{error:?}"
     );
 }
@@ -458,7 +458,7 @@ async fn an_upcast_without_a_target_handler_and_a_failing_handler_are_errors() {
     let mut consumer = consumer(&client, "orders");
     let error = router.handle(&next(&mut consumer).await).await.unwrap_err();
     assert!(
-        matches!(error, EventError::NoHandler { version: 2, .. }),
+        matches!(error.cause(), EventError::NoHandler { version: 2, .. }),
         "{error:?}"
     );
 
@@ -468,7 +468,7 @@ async fn an_upcast_without_a_target_handler_and_a_failing_handler_are_errors() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&error, EventError::Handler { offset: 1, .. }),
+        matches!(error.cause(), EventError::Handler { offset: 1, .. }),
         "{error:?}"
     );
     assert_eq!(failing.stats().failed, 1);
@@ -658,4 +658,75 @@ async fn events_sent_through_a_producer_are_partitioned_by_key_and_dead_lettered
     assert_eq!(header(&dead, headers::EVENT_TYPE), "order.shipped");
     assert_eq!(header(&dead, headers::ORIGINAL_PARTITION), "2");
     producer.close().await;
+}
+
+#[tokio::test]
+async fn a_record_whose_handler_failed_is_read_again_after_run_consumer() {
+    let (_broker, client) = connect().await;
+    for id in 0..3 {
+        send_event(&client, "orders", None, &placed(id))
+            .await
+            .unwrap();
+    }
+    let seen = Seen::default();
+    let fail_once = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let router = EventRouter::new().on::<OrderPlaced, _, _>({
+        let seen = seen.clone();
+        move |env| {
+            let fails =
+                env.offset == 1 && fail_once.swap(false, std::sync::atomic::Ordering::SeqCst);
+            let seen = seen.clone();
+            async move {
+                if fails {
+                    return Err("flaky downstream");
+                }
+                seen.lock().push(format!("{}", env.offset));
+                Ok(())
+            }
+        }
+    });
+    let mut consumer = consumer(&client, "orders");
+
+    let error = timeout(LIMIT, router.run_consumer(&mut consumer))
+        .await
+        .expect("fails in time")
+        .unwrap_err();
+    assert_eq!(error.record(), Some(("orders", 0, 1)), "{error:?}");
+    assert!(
+        matches!(error.cause(), EventError::Handler { .. }),
+        "{error:?}"
+    );
+    assert_eq!(
+        consumer.position("orders", 0),
+        Some(1),
+        "what a commit would store does not pass the failed record"
+    );
+    assert_eq!(*seen.lock(), ["0"]);
+
+    // Reading on starts with the failed record.
+    let again = next(&mut consumer).await;
+    assert_eq!(again.record.offset, 1);
+    router.handle(&again).await.unwrap();
+    router.handle(&next(&mut consumer).await).await.unwrap();
+    assert_eq!(*seen.lock(), ["0", "1", "2"]);
+}
+
+#[tokio::test]
+async fn every_router_error_names_its_record() {
+    let (_broker, client) = connect().await;
+    send_event(&client, "orders", None, &OrderShipped::default())
+        .await
+        .unwrap();
+    let error = EventRouter::new()
+        .handle(&next(&mut consumer(&client, "orders")).await)
+        .await
+        .unwrap_err();
+    assert_eq!(error.record(), Some(("orders", 0, 0)));
+    assert!(
+        matches!(error.cause(), EventError::UnknownType { .. }),
+        "{error:?}"
+    );
+    assert_eq!(error.to_string(), "event at orders/0@0 not handled");
+    let source = std::error::Error::source(&error).expect("the reason");
+    assert_eq!(source.to_string(), "unknown event type order.shipped");
 }

@@ -632,3 +632,115 @@ async fn a_burst_of_records_is_answered_in_full() {
     }
     assert!(failed.is_empty(), "{} unanswered: {failed:?}", failed.len());
 }
+
+#[tokio::test]
+async fn one_bad_batch_fails_alone_in_a_multi_partition_request() {
+    let (_broker, client) = connect().await;
+    for topic in ["good", "gone"] {
+        client
+            .create_topic(topic, 2, TopicConfig::default())
+            .await
+            .unwrap();
+    }
+    // A linger longer than the test: batches go out on flush, all at once.
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            linger: Duration::from_secs(600),
+            delivery_timeout: Duration::from_secs(900),
+            ..ProducerConfig::default()
+        },
+    );
+    // The producer learns both topics; then one is deleted behind its back.
+    let mut warm = Vec::new();
+    for topic in ["good", "gone"] {
+        warm.push(
+            producer
+                .enqueue(ProducerRecord::new(topic, "warm").partition(0))
+                .await
+                .unwrap(),
+        );
+    }
+    timeout(LIMIT, producer.flush()).await.unwrap();
+    for delivery in warm {
+        delivery.await.unwrap();
+    }
+    client.delete_topic("gone").await.unwrap();
+
+    // One request: two good batches and one for the deleted topic, which
+    // the broker refuses as a whole.
+    let mut good = Vec::new();
+    for partition in 0..2 {
+        let record = ProducerRecord::new("good", format!("g{partition}")).partition(partition);
+        good.push(producer.enqueue(record).await.unwrap());
+    }
+    let gone = producer
+        .enqueue(ProducerRecord::new("gone", "lost").partition(1))
+        .await
+        .unwrap();
+    timeout(LIMIT, producer.flush()).await.unwrap();
+
+    let refused = gone.await.unwrap_err();
+    assert_eq!(refused.code(), Some(tonic::Code::NotFound), "{refused}");
+    for delivery in good {
+        delivery
+            .await
+            .expect("a good batch is not failed by its neighbour");
+    }
+    let values: HashSet<String> = fetch_topic(&client, "good", 2)
+        .await
+        .iter()
+        .map(|(_, record)| value_of(record))
+        .collect();
+    assert_eq!(
+        values,
+        HashSet::from(["warm".into(), "g0".into(), "g1".into()])
+    );
+}
+
+#[tokio::test]
+async fn records_that_cannot_fit_their_topic_are_refused_at_enqueue() {
+    let (_broker, client) = connect().await;
+    client
+        .create_topic(
+            "small",
+            2,
+            TopicConfig {
+                max_message_bytes: Some(1024),
+                ..TopicConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+    let producer = Producer::new(client.clone(), ProducerConfig::default());
+
+    let missing = timeout(
+        LIMIT,
+        producer.enqueue(ProducerRecord::new("small", "v").partition(2)),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert_eq!(missing.code(), Some(tonic::Code::NotFound), "{missing}");
+
+    let large = timeout(
+        LIMIT,
+        producer.enqueue(ProducerRecord::new("small", vec![b'x'; 2000])),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert_eq!(large.code(), Some(tonic::Code::InvalidArgument), "{large}");
+    assert_eq!(producer.buffered_bytes(), 0, "nothing was accepted");
+
+    // The topic grows: its new partition is found, not refused from the cache.
+    client.add_partitions("small", 3).await.unwrap();
+    let sent = timeout(
+        LIMIT,
+        producer.send(ProducerRecord::new("small", vec![b'x'; 500]).partition(2)),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!((sent.partition, sent.offset), (2, 0));
+}

@@ -5,7 +5,9 @@
 //! with the chunk until the stream has handed it out, so fetched data never
 //! exceeds `prefetch` chunks whatever the reader's pace; the queue can hold
 //! every slot, so sending never waits. A fetch answer moves a partition's
-//! fetch offset only if nothing (a seek, a reset) moved it meanwhile.
+//! fetch offset only if nothing (a seek, a reset) moved it meanwhile. A
+//! round that made no progress because of a failure ends in a backoff, never
+//! straight into the next round.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -44,7 +46,23 @@ pub(crate) enum Item {
         epoch: u64,
         offset: i64,
     },
-    Error(ClientError),
+    /// The partition's fetch failed for good under `epoch`; reported only
+    /// if the partition is still assigned and was not sought since.
+    Error {
+        cell: Arc<PartitionCell>,
+        epoch: u64,
+        error: ClientError,
+    },
+}
+
+/// What became of a partition whose fetch failed for good.
+enum Settled {
+    /// Reset, or parked with the error: queue the item.
+    Item(Item),
+    /// The partition moved meanwhile (a seek, a new assignment): nothing to do.
+    Moved,
+    /// Resetting it failed for a passing reason: try again after a backoff.
+    RetryLater,
 }
 
 /// A partition as it was when the fetch started.
@@ -167,10 +185,11 @@ impl Fetcher {
                 tracing::warn!(error = %e, "consumer fetch failed; retrying");
                 Round::Failed
             }
-            Err(e) if len == 1 => {
-                let items = self.fail(&targets[0], e).await.into_iter().collect();
-                self.queue(items, slot).await
-            }
+            Err(e) if len == 1 => match self.fail(&targets[0], e).await {
+                Settled::Item(item) => self.queue(vec![item], slot).await,
+                Settled::Moved => Round::Again,
+                Settled::RetryLater => Round::Failed,
+            },
             Err(e) => {
                 tracing::debug!(error = %e, "consumer fetch failed; probing each partition");
                 self.probe(&targets, slot).await
@@ -205,7 +224,8 @@ impl Fetcher {
     }
 
     /// Finds which partitions of a failed multi-partition fetch fail on
-    /// their own, and deals with each of those.
+    /// their own, and deals with each of those. If none does (or none can
+    /// be dealt with yet), the round failed: back off before the next.
     async fn probe(&self, targets: &[Target], slot: ChunkSlot) -> Round {
         let mut items = Vec::new();
         let mut retry = false;
@@ -226,10 +246,20 @@ impl Fetcher {
             match probed {
                 Ok(_) => {}
                 Err(e) if e.is_retryable() => retry = true,
-                Err(e) => items.extend(self.fail(target, e).await),
+                Err(e) => match self.fail(target, e).await {
+                    Settled::Item(item) => items.push(item),
+                    Settled::Moved => {}
+                    Settled::RetryLater => retry = true,
+                },
             }
         }
-        if items.is_empty() && retry {
+        if items.is_empty() {
+            if !retry {
+                tracing::warn!(
+                    partitions = targets.len(),
+                    "consumer fetch failed, but no partition fails alone; retrying"
+                );
+            }
             return Round::Failed;
         }
         self.queue(items, slot).await
@@ -237,7 +267,7 @@ impl Fetcher {
 
     /// A partition's fetch failed for good: reset it if it was out of range
     /// and the policy allows, else park it and report the error.
-    async fn fail(&self, target: &Target, error: ClientError) -> Option<Item> {
+    async fn fail(&self, target: &Target, error: ClientError) -> Settled {
         let spec = match (error.code(), self.config.auto_offset_reset) {
             (Some(Code::OutOfRange), OffsetReset::Earliest) => Some(OffsetSpec::Earliest),
             (Some(Code::OutOfRange), OffsetReset::Latest) => Some(OffsetSpec::Latest),
@@ -253,13 +283,21 @@ impl Fetcher {
             .await
         {
             Ok(offset) => offset,
-            // Retried on the next round: the fetch offset did not move.
-            Err(e) if e.is_retryable() => return None,
+            // Retried after a backoff: the fetch offset did not move.
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(
+                    topic = &*cell.topic,
+                    partition = cell.partition,
+                    error = %e,
+                    "consumer offset out of range, and looking up the reset offset failed; retrying"
+                );
+                return Settled::RetryLater;
+            }
             Err(e) => return Self::park(target, e),
         };
         let mut cursor = cell.cursor.lock();
         if cursor.epoch != target.epoch || cursor.fetch != FetchFrom::At(target.offset) {
-            return None;
+            return Settled::Moved;
         }
         tracing::info!(
             topic = &*cell.topic,
@@ -270,20 +308,24 @@ impl Fetcher {
         );
         // Same epoch: the records queued before the reset are still handed out.
         cursor.fetch = FetchFrom::At(offset);
-        Some(Item::Reset {
+        Settled::Item(Item::Reset {
             cell: cell.clone(),
             epoch: cursor.epoch,
             offset,
         })
     }
 
-    fn park(target: &Target, error: ClientError) -> Option<Item> {
+    fn park(target: &Target, error: ClientError) -> Settled {
         let mut cursor = target.cell.cursor.lock();
         if cursor.epoch != target.epoch || cursor.fetch != FetchFrom::At(target.offset) {
-            return None;
+            return Settled::Moved;
         }
         cursor.fetch = FetchFrom::Parked;
-        Some(Item::Error(error))
+        Settled::Item(Item::Error {
+            cell: target.cell.clone(),
+            epoch: target.epoch,
+            error,
+        })
     }
 
     /// Gives partitions without an offset the one `auto_offset_reset` names.
@@ -323,7 +365,12 @@ impl Fetcher {
                     let mut cursor = cell.cursor.lock();
                     if cursor.epoch == epoch && cursor.fetch == FetchFrom::Unresolved {
                         cursor.fetch = FetchFrom::Parked;
-                        items.push(Item::Error(e));
+                        drop(cursor);
+                        items.push(Item::Error {
+                            cell,
+                            epoch,
+                            error: e,
+                        });
                     }
                 }
             }

@@ -57,8 +57,9 @@ pub struct ConsumerConfig {
     pub max_wait: Duration,
     /// Fetched chunks (fetch answers with data) held at most, including the
     /// one being handed out and the fetch in flight: memory stays below
-    /// about `prefetch * max_bytes` (plus one batch) however slowly the
-    /// stream is read. At least 1.
+    /// about `prefetch * max_bytes` of decoded records (plus one batch per
+    /// partition) however slowly the stream is read and however well the
+    /// batches compress. At least 1.
     pub prefetch: usize,
     /// What to do without a valid offset.
     pub auto_offset_reset: OffsetReset,
@@ -132,7 +133,9 @@ pub enum ConsumerError {
 /// [`ConsumerConfig::prefetch`] chunks; it ends when the consumer is dropped.
 /// Retryable failures are retried with backoff and not reported; any other
 /// failure is yielded as an `Err` item for the partition it concerns, which
-/// is then not read until it is sought again. The stream never ends by itself.
+/// is then not read until it is sought again. An error is dropped, not
+/// yielded, if its partition was sought or unassigned after it happened: it
+/// is about offsets no longer asked for. The stream never ends by itself.
 ///
 /// [`Consumer::position`] is the offset after the last record handed out,
 /// which is what to commit or to resume from.
@@ -337,7 +340,14 @@ impl Consumer {
                         cursor.position = Some(offset);
                     }
                 }
-                Item::Error(error) => return Some(Err(error)),
+                Item::Error { cell, epoch, error } => {
+                    let cursor = cell.cursor.lock();
+                    // An error from before a seek or of a partition no
+                    // longer assigned is about nothing the reader asks for.
+                    if cursor.assigned && cursor.epoch == epoch {
+                        return Some(Err(error));
+                    }
+                }
             }
         }
     }
@@ -371,7 +381,51 @@ impl Drop for Consumer {
 
 #[cfg(test)]
 mod tests {
+    use tonic::transport::Endpoint;
+
+    use super::cursor::PartitionCell;
     use super::*;
+    use crate::ClientOptions;
+
+    /// A client whose connection is made on first use, to nowhere.
+    fn unconnected_client() -> Client {
+        let channel = Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        Client::from_channel(channel, ClientOptions::default())
+    }
+
+    #[tokio::test]
+    async fn errors_from_before_a_seek_or_of_unassigned_partitions_are_dropped() {
+        let config = ConsumerConfig {
+            // Nothing is fetched until sought: the test places the chunks.
+            auto_offset_reset: OffsetReset::Error,
+            ..ConsumerConfig::default()
+        };
+        let mut consumer = Consumer::new(unconnected_client(), config);
+        consumer.assign(&[("t", 0), ("t", 1), ("t", 2)]);
+        let cell = |partition| consumer.shared.cell("t", partition).expect("assigned");
+        let error = |cell: Arc<PartitionCell>, epoch, why: &str| Item::Error {
+            cell,
+            epoch,
+            error: ClientError::status("fetch", tonic::Status::internal(why.to_owned())),
+        };
+        let items = [
+            error(cell(0), 0, "before the seek"),
+            error(cell(1), 0, "of a partition unassigned since"),
+            error(cell(2), 0, "current"),
+        ];
+        let permit = consumer.shared.slots.clone().acquire_owned().await.unwrap();
+        consumer.current = Some(Chunk {
+            items: items.into_iter().collect(),
+            _slot: consumer.shared.chunk_buffered(permit),
+        });
+
+        consumer.seek("t", 0, SeekTo::Offset(5)).await.unwrap();
+        consumer.assign(&[("t", 0), ("t", 2)]);
+        let reported = consumer.next_from_current().expect("one error stands");
+        let reported = reported.expect_err("an error");
+        assert!(reported.to_string().contains("current"), "{reported}");
+        assert!(consumer.next_from_current().is_none());
+    }
 
     #[test]
     fn defaults_are_bounded() {

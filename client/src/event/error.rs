@@ -125,6 +125,22 @@ pub enum EventError {
     /// A call to the broker (produce, fetch) failed.
     #[error(transparent)]
     Client(#[from] ClientError),
+
+    /// The record at `topic`/`partition`@`offset` was not dealt with;
+    /// `source` says why. Every error [`super::EventRouter::handle`]
+    /// returns is this one; [`EventError::cause`] is the reason.
+    #[error("event at {topic}/{partition}@{offset} not handled")]
+    Record {
+        /// The record's topic.
+        topic: String,
+        /// The record's partition.
+        partition: u32,
+        /// The record's offset.
+        offset: i64,
+        /// Why it was not handled (never another `Record`).
+        #[source]
+        source: Box<EventError>,
+    },
 }
 
 impl EventError {
@@ -133,7 +149,38 @@ impl EventError {
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Client(e) => e.is_retryable(),
+            Self::Record { source, .. } => source.is_retryable(),
             _ => false,
+        }
+    }
+
+    /// The record the error is about, as `(topic, partition, offset)`:
+    /// where to seek back to handle it again. `None` for errors about no
+    /// one record (encoding an event, a consumer's own failure).
+    pub fn record(&self) -> Option<(&str, u32, i64)> {
+        match self {
+            Self::Record {
+                topic,
+                partition,
+                offset,
+                ..
+            }
+            | Self::Handler {
+                topic,
+                partition,
+                offset,
+                ..
+            } => Some((topic, *partition, *offset)),
+            _ => None,
+        }
+    }
+
+    /// Why the record was not handled: the source of a `Record` error,
+    /// otherwise the error itself.
+    pub fn cause(&self) -> &EventError {
+        match self {
+            Self::Record { source, .. } => source,
+            other => other,
         }
     }
 }

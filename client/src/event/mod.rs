@@ -43,7 +43,7 @@
 //! let config = ConsumerConfig { auto_offset_reset: OffsetReset::Earliest, ..ConsumerConfig::default() };
 //! let mut consumer = Consumer::new(client, config);
 //! consumer.assign(&[("orders", 0)]);
-//! router.run(&mut consumer).await?;
+//! router.run_consumer(&mut consumer).await?;
 //! # Ok(())
 //! # }
 //! ```

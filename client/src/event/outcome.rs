@@ -14,13 +14,13 @@ use crate::consumer::ConsumedRecord;
 pub enum UnknownPolicy {
     /// Drop it (counted in [`RouterStats::skipped`]) and go on.
     Skip,
-    /// Return the error from [`EventRouter::handle`]; the record is not
+    /// Return the error from [`super::EventRouter::handle`]; the record is not
     /// consumed. The default: nothing is lost unless asked for.
     #[default]
     Fail,
     /// Send the original record (key, value, headers) to `topic`, with
     /// [`headers::DEAD_LETTER_REASON`] and the original topic, partition and
-    /// offset added, and go on. Needs [`EventRouter::dead_letter_sender`].
+    /// offset added, and go on. Needs [`super::EventRouter::dead_letter_sender`].
     DeadLetter {
         /// The dead-letter topic.
         topic: String,

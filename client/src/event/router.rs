@@ -3,8 +3,10 @@
 //! explicit policy for what has no handler or does not decode.
 //!
 //! Invariants: a record is routed on its headers before its payload is
-//! touched; every record ends as exactly one [`Outcome`] or one error, and
-//! nothing a record contains can make the router panic.
+//! touched; every record ends as exactly one [`Outcome`] or one error, which
+//! names the record ([`EventError::Record`]); nothing a record contains can
+//! make the router panic. [`EventRouter::run_consumer`] never leaves its
+//! consumer past a record that was not dealt with.
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
@@ -15,6 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::{Stream, StreamExt};
 use tracing::Instrument;
+
+use crate::consumer::{Consumer, SeekTo};
 
 use super::Event;
 use super::envelope::{self, Envelope, EventMeta, decode_payload};
@@ -101,7 +105,7 @@ impl Counters {
 
 /// Hands each record of a topic to the handler of its event type and
 /// version, decoding the payload with the type's codec; see the module docs
-/// of [`crate::event`] for a full example.
+/// of [`mod@crate::event`] for a full example.
 ///
 /// ```
 /// # #[derive(serde::Serialize, serde::Deserialize)] struct OrderPlaced { id: u64 }
@@ -199,7 +203,7 @@ impl EventRouter {
                     })
             })
         }));
-        self.route::<E>()
+        self.add_route::<E>()
     }
 
     /// Accepts events of type `Old` by converting them to `New` and handing
@@ -217,7 +221,7 @@ impl EventRouter {
             envelope.version = New::VERSION;
             sinks.call::<New>(envelope)
         }));
-        self.route::<Old>()
+        self.add_route::<Old>()
     }
 
     /// What to do with a record whose event type has no handler.
@@ -267,8 +271,20 @@ impl EventRouter {
     /// Routes one record: to its handler, or by policy. An `Err` means the
     /// record was not dealt with (a handler failed, a `Fail` policy applied,
     /// or the dead-letter send failed) and should be retried or the
-    /// consumer stopped.
+    /// consumer stopped; it is an [`EventError::Record`] naming the record,
+    /// its [`EventError::cause`] the reason.
     pub async fn handle(&self, consumed: &ConsumedRecord) -> Result<Outcome, EventError> {
+        self.route(consumed)
+            .await
+            .map_err(|source| EventError::Record {
+                topic: consumed.topic.to_string(),
+                partition: consumed.partition,
+                offset: consumed.record.offset,
+                source: Box::new(source),
+            })
+    }
+
+    async fn route(&self, consumed: &ConsumedRecord) -> Result<Outcome, EventError> {
         let handled = match self.dispatch(consumed) {
             Ok(handled) => handled,
             Err((why, error)) => return self.unhandled_record(why, error, consumed).await,
@@ -286,9 +302,43 @@ impl EventRouter {
         }
     }
 
+    /// Handles the records `consumer` hands out, in turn, until one ends in
+    /// an error, which is returned (the stream of a consumer never ends by
+    /// itself).
+    ///
+    /// Before returning a record's error, the consumer is sought back to
+    /// that record, so that reading on (another `run_consumer`) starts with
+    /// it again and [`Consumer::position`] (what to commit) does not pass
+    /// it. A failure of the consumer itself comes back as
+    /// [`EventError::Client`].
+    pub async fn run_consumer(&self, consumer: &mut Consumer) -> Result<(), EventError> {
+        while let Some(consumed) = consumer.next().await {
+            let consumed = consumed?;
+            let Err(error) = self.handle(&consumed).await else {
+                continue;
+            };
+            let (topic, partition, offset) =
+                (&*consumed.topic, consumed.partition, consumed.record.offset);
+            if let Err(not_rewound) = consumer
+                .seek(topic, partition, SeekTo::Offset(offset))
+                .await
+            {
+                // A seek to an offset makes no call: the partition was
+                // unassigned, and is no longer this consumer's to read.
+                tracing::debug!(topic, partition, offset, error = %not_rewound, "failed record not rewound");
+            }
+            return Err(error);
+        }
+        Ok(())
+    }
+
     /// Handles every record of `records` in turn until the stream ends or a
-    /// record ends in an error, which is returned. `records` is typically
-    /// `&mut consumer`.
+    /// record ends in an error, which is returned.
+    ///
+    /// This does not rewind: the record that failed was already handed
+    /// out, so a [`Consumer`] behind `records` has moved past it, and its
+    /// position skips it. Use [`Self::run_consumer`] on a consumer, or seek
+    /// back to the error's [`EventError::record`] yourself.
     pub async fn run<S>(&self, mut records: S) -> Result<(), EventError>
     where
         S: Stream<Item = Result<ConsumedRecord, ClientError>> + Unpin,
@@ -299,7 +349,7 @@ impl EventRouter {
         Ok(())
     }
 
-    fn route<E: Event>(mut self) -> Self {
+    fn add_route<E: Event>(mut self) -> Self {
         let route: Route = Box::new(|meta, consumed, sinks| {
             let envelope = decode_payload::<E>(meta, consumed)?;
             Ok(sinks.call(envelope))

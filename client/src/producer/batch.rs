@@ -75,6 +75,14 @@ pub(crate) struct Batch {
     pub(crate) sent_as_front: bool,
     /// The error of the last failed attempt, for the log when it expires.
     pub(crate) last_error: Option<ClientError>,
+    /// Whether the batch goes in a request of its own: a request it was
+    /// part of was refused as a whole, and only requests of one batch tell
+    /// which batch the broker objects to.
+    pub(crate) alone: bool,
+    /// Whether an attempt under the current stamp failed in a way that may
+    /// hide an append (a timeout, a lost answer): then its sequence numbers
+    /// may be taken at the broker even if a later attempt is refused.
+    pub(crate) maybe_appended: bool,
 }
 
 impl Batch {
@@ -98,6 +106,8 @@ impl Batch {
             stamp: None,
             sent_as_front: false,
             last_error: None,
+            alone: false,
+            maybe_appended: false,
         }
     }
 
@@ -112,8 +122,16 @@ impl Batch {
         self.stamp = Some((identity, base_sequence));
     }
 
+    /// Forgets the stamp: the batch is stamped again when next sent (after
+    /// a sequence reset, under another identity or sequence).
+    pub(crate) fn unstamp(&mut self) {
+        self.stamp = None;
+        self.maybe_appended = false;
+    }
+
     /// Answers every record: offsets follow `base_offset` densely.
     pub(crate) fn succeed(&mut self, topic: &str, partition: u32, base_offset: i64) {
+        self.release();
         for (i, record) in self.records.drain(..).enumerate() {
             // The caller may have stopped waiting (fire and forget).
             let _ = record.reply.send(Ok(RecordMetadata {
@@ -123,17 +141,18 @@ impl Batch {
                 timestamp: record.timestamp,
             }));
         }
-        self.release();
     }
 
     /// Answers every record with `error`.
     pub(crate) fn fail(&mut self, error: &ClientError) {
+        self.release();
         for record in self.records.drain(..) {
             let _ = record.reply.send(Err(replicate(error)));
         }
-        self.release();
     }
 
+    /// Gives the buffer memory back before any record is answered: a caller
+    /// that sees its answer finds its bytes free (and another can use them).
     fn release(&mut self) {
         self.permit = None;
         self.bytes = Bytes::new();
@@ -153,6 +172,35 @@ fn stamp_producer(batch: Bytes, identity: Identity, base_sequence: i32) -> Bytes
     )
     .expect("batches are built by BatchBuilder, whole headers included");
     Bytes::from(bytes)
+}
+
+/// A closed batch of `records` empty records opened at `opened` (with a
+/// minute's delivery time), and the receivers of their answers.
+#[cfg(test)]
+pub(crate) fn test_batch(
+    id: u64,
+    records: usize,
+    opened: Instant,
+) -> (
+    Batch,
+    Vec<oneshot::Receiver<Result<RecordMetadata, ClientError>>>,
+) {
+    let bytes = brook_record::encode_batch(
+        &vec![brook_record::NewRecord::default(); records],
+        brook_record::BatchOptions::default(),
+    )
+    .expect("empty records encode");
+    let (pending, answers) = (0..records)
+        .map(|_| {
+            let (reply, answer) = oneshot::channel();
+            (PendingRecord::new(reply, 0), answer)
+        })
+        .unzip();
+    let deadline = opened + std::time::Duration::from_secs(60);
+    (
+        Batch::new(id, bytes, pending, None, opened, deadline),
+        answers,
+    )
 }
 
 #[cfg(test)]

@@ -51,6 +51,15 @@ pub(crate) fn is_unknown_partition(error: &ClientError) -> bool {
     error.code() == Some(Code::NotFound)
 }
 
+/// Whether `error` says the broker looked at the batch and refused it, so
+/// the attempt was certainly not appended: it was malformed or too large,
+/// or its topic or partition does not exist. Not so for `INTERNAL`, `UNKNOWN` or
+/// `DATA_LOSS` (a failed write may still have reached the log), nor for
+/// anything retryable (a timeout may hide an append).
+pub(crate) fn is_definite_refusal(error: &ClientError) -> bool {
+    !error.is_retryable() && matches!(error.code(), Some(Code::InvalidArgument | Code::NotFound))
+}
+
 /// A copy of `error` for another record of the same batch. [`ClientError`]
 /// is not `Clone` (a transport error is not); such errors become a status
 /// with the same message and the same retryability (so do variants added
@@ -114,6 +123,31 @@ pub(crate) fn larger_than_buffer(record_bytes: usize, buffer_memory: usize) -> C
     )
 }
 
+/// A record for a partition the topic does not have.
+pub(crate) fn no_such_partition(topic: &str, partition: u32, partition_count: u32) -> ClientError {
+    ClientError::status(
+        OPERATION,
+        Status::not_found(format!(
+            "topic {topic} has {partition_count} partitions; there is no partition {partition}"
+        )),
+    )
+}
+
+/// A record that cannot fit a batch the topic accepts, even alone.
+pub(crate) fn larger_than_topic_limit(
+    topic: &str,
+    batch_bytes: usize,
+    max_message_bytes: u32,
+) -> ClientError {
+    ClientError::status(
+        OPERATION,
+        Status::invalid_argument(format!(
+            "record makes a batch of up to {batch_bytes} bytes, more than the \
+             max_message_bytes of topic {topic} ({max_message_bytes} bytes)"
+        )),
+    )
+}
+
 /// A record whose delivery timeout ran out before it was acknowledged.
 pub(crate) fn delivery_timed_out(after: Duration) -> ClientError {
     ClientError::Timeout {
@@ -163,6 +197,25 @@ mod tests {
             classify(&rejected(Code::InvalidArgument, "x"), true),
             Failure::Fatal
         );
+    }
+
+    #[test]
+    fn only_refusals_after_validation_are_definite() {
+        for code in [Code::InvalidArgument, Code::NotFound] {
+            assert!(is_definite_refusal(&rejected(code, "x")), "{code:?}");
+        }
+        for code in [
+            Code::Internal,
+            Code::Unknown,
+            Code::DataLoss,
+            Code::Unavailable,
+            Code::FailedPrecondition,
+        ] {
+            assert!(!is_definite_refusal(&rejected(code, "x")), "{code:?}");
+        }
+        assert!(!is_definite_refusal(&delivery_timed_out(
+            Duration::from_secs(1)
+        )));
     }
 
     #[test]

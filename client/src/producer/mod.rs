@@ -18,12 +18,12 @@ mod accumulator;
 mod batch;
 mod config;
 mod error;
+mod metadata;
 mod partitioner;
 mod queue;
 mod record;
 mod sender;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -41,6 +41,7 @@ pub use config::{
 pub use partitioner::fnv1a32;
 pub use record::{ProducerRecord, RecordMetadata};
 
+use self::metadata::{MetadataCache, TOPICS_MAX, TopicMetadata};
 use self::partitioner::{Target, keyed_partition};
 use self::record::record_size;
 use self::sender::{Command, Enqueued, Sender};
@@ -117,22 +118,16 @@ pub(crate) struct Shared {
     memory: Arc<Semaphore>,
     /// The most buffer memory ever held at once (a test hook reads it).
     memory_peak: AtomicUsize,
-    /// Partition counts by topic; an entry is dropped when the broker says
-    /// the topic or partition does not exist. Never held across an await.
-    pub(crate) metadata: Mutex<HashMap<String, TopicMetadata>>,
+    /// Partition counts by topic, bounded; an entry is dropped when the
+    /// broker says the topic or partition does not exist. Never held across
+    /// an await.
+    pub(crate) metadata: Mutex<MetadataCache>,
     /// The error that fenced the producer, if it was; never held across an await.
     pub(crate) fenced: Mutex<Option<ClientError>>,
     /// Test hook: the next this many acknowledgements are treated as lost.
     pub(crate) drop_acknowledgements: AtomicUsize,
     /// Set by the sender task when it ends.
     pub(crate) finished: watch::Sender<bool>,
-}
-
-/// What the producer needs to know about a topic.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct TopicMetadata {
-    partition_count: u32,
-    max_message_bytes: u32,
 }
 
 impl Producer {
@@ -151,7 +146,7 @@ impl Producer {
             config,
             memory: Arc::new(Semaphore::new(config.buffer_memory)),
             memory_peak: AtomicUsize::new(0),
-            metadata: Mutex::new(HashMap::new()),
+            metadata: Mutex::new(MetadataCache::new(TOPICS_MAX)),
             fenced: Mutex::new(None),
             drop_acknowledgements: AtomicUsize::new(0),
             finished: watch::Sender::new(false),
@@ -178,9 +173,12 @@ impl Producer {
     /// does not cancel the record (fire and forget).
     ///
     /// Fails at once when the producer is closed or fenced, when the record
-    /// is larger than `buffer_memory`, or when the topic's partition count
+    /// is larger than `buffer_memory`, when the topic's partition count
     /// cannot be learned (it does not exist, or the broker stays
-    /// unreachable for the delivery timeout).
+    /// unreachable for the delivery timeout), when the record names a
+    /// partition the topic does not have (`NOT_FOUND`), or when a batch of
+    /// the record alone, uncompressed, would exceed the topic's
+    /// `max_message_bytes` (`INVALID_ARGUMENT`).
     pub async fn enqueue(&self, mut record: ProducerRecord) -> Result<DeliveryFuture, ClientError> {
         let shared = &self.handle.shared;
         if let Some(error) = &*shared.fenced.lock() {
@@ -191,7 +189,7 @@ impl Producer {
         }
         let deadline = Instant::now() + shared.config.delivery_timeout;
         record.add_traceparent();
-        let metadata = shared.topic_metadata(&record.topic, deadline).await?;
+        let metadata = shared.checked_metadata(&record, deadline).await?;
         let target = match (record.partition, &record.key) {
             (Some(partition), _) => Target::Partition(partition),
             (None, Some(key)) => Target::Partition(keyed_partition(key, metadata.partition_count)),
@@ -288,6 +286,41 @@ impl Shared {
         self.config.buffer_memory - self.memory.available_permits()
     }
 
+    /// The metadata of `record`'s topic, after checking that the record
+    /// fits it: its partition exists (the topic may have grown since it was
+    /// cached: then it is described again), and a batch of the record alone
+    /// (its size bound plus the batch header) is within `max_message_bytes`.
+    async fn checked_metadata(
+        &self,
+        record: &ProducerRecord,
+        deadline: Instant,
+    ) -> Result<TopicMetadata, ClientError> {
+        let topic = &record.topic;
+        let mut metadata = self.topic_metadata(topic, deadline).await?;
+        if let Some(partition) = record.partition {
+            if partition >= metadata.partition_count {
+                self.metadata.lock().remove(topic);
+                metadata = self.topic_metadata(topic, deadline).await?;
+            }
+            if partition >= metadata.partition_count {
+                return Err(error::no_such_partition(
+                    topic,
+                    partition,
+                    metadata.partition_count,
+                ));
+            }
+        }
+        let batch_bytes = record_size(record) + brook_record::HEADER_LEN;
+        if batch_bytes > metadata.max_message_bytes as usize {
+            return Err(error::larger_than_topic_limit(
+                topic,
+                batch_bytes,
+                metadata.max_message_bytes,
+            ));
+        }
+        Ok(metadata)
+    }
+
     /// The topic's metadata, from the cache or the broker; retries an
     /// unreachable broker until `deadline`.
     async fn topic_metadata(
@@ -296,7 +329,7 @@ impl Shared {
         deadline: Instant,
     ) -> Result<TopicMetadata, ClientError> {
         if let Some(metadata) = self.metadata.lock().get(topic) {
-            return Ok(*metadata);
+            return Ok(metadata);
         }
         let backoff = self.config.backoff();
         let timed_out = || error::delivery_timed_out(self.config.delivery_timeout);
@@ -321,7 +354,7 @@ impl Shared {
                         partition_count,
                         max_message_bytes: description.config.max_message_bytes,
                     };
-                    self.metadata.lock().insert(topic.to_owned(), metadata);
+                    self.metadata.lock().insert(topic, metadata);
                     return Ok(metadata);
                 }
                 Err(error) if error.is_retryable() => {
@@ -355,5 +388,44 @@ impl Future for DeliveryFuture {
         Pin::new(&mut self.answer)
             .poll(cx)
             .map(|answer| answer.unwrap_or_else(|_gone| Err(error::closed())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tonic::transport::Endpoint;
+
+    use super::*;
+    use crate::ClientOptions;
+
+    /// A client whose connection is made on first use, to nowhere.
+    fn unconnected_client() -> Client {
+        let channel = Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        Client::from_channel(channel, ClientOptions::default())
+    }
+
+    #[tokio::test]
+    async fn flush_and_close_return_when_the_sender_task_panics() {
+        let producer = Producer::new(unconnected_client(), ProducerConfig::default());
+        producer
+            .handle
+            .inbox
+            .send(Command::Panic)
+            .await
+            .expect("the task takes commands");
+        let limit = Duration::from_secs(10);
+        tokio::time::timeout(limit, producer.flush())
+            .await
+            .expect("flush returns once the task is gone");
+        tokio::time::timeout(limit, producer.close())
+            .await
+            .expect("close returns once the task is gone");
+        let refused = producer
+            .enqueue(ProducerRecord::new("t", "v"))
+            .await
+            .expect_err("the producer is closed");
+        assert_eq!(refused.code(), Some(tonic::Code::Cancelled));
     }
 }

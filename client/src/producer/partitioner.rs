@@ -35,6 +35,10 @@ pub(crate) fn keyed_partition(key: &[u8], partition_count: u32) -> u32 {
     fnv1a32(key) % partition_count
 }
 
+/// Topics whose sticky partition is remembered; a topic forgotten starts
+/// again at a random partition, which is harmless.
+const STICKY_TOPICS_MAX: usize = 1024;
+
 /// Where a record should go, as decided when it was accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Target {
@@ -49,7 +53,7 @@ pub(crate) enum Target {
 #[derive(Debug, Default)]
 pub(crate) struct Sticky {
     /// Per topic: the current sticky partition and the partition count it
-    /// was chosen among.
+    /// was chosen among. At most `STICKY_TOPICS_MAX` topics.
     current: HashMap<Arc<str>, (u32, u32)>,
 }
 
@@ -58,6 +62,12 @@ impl Sticky {
     /// a random partition, so producers started together spread out.
     pub(crate) fn partition(&mut self, topic: &Arc<str>, partition_count: u32) -> u32 {
         assert!(partition_count > 0, "a topic has at least one partition");
+        if self.current.len() >= STICKY_TOPICS_MAX && !self.current.contains_key(topic) {
+            let evicted = self.current.keys().next().cloned();
+            if let Some(evicted) = evicted {
+                self.current.remove(&evicted);
+            }
+        }
         let (current, count) = self
             .current
             .entry(topic.clone())
@@ -110,5 +120,15 @@ mod tests {
         );
         sticky.batch_closed("t", first);
         assert_eq!(sticky.partition(&topic, 3), (first + 1) % 3);
+    }
+
+    #[test]
+    fn sticky_state_is_bounded() {
+        let mut sticky = Sticky::default();
+        for i in 0..STICKY_TOPICS_MAX * 2 {
+            let topic: Arc<str> = Arc::from(format!("t{i}"));
+            assert!(sticky.partition(&topic, 4) < 4);
+        }
+        assert_eq!(sticky.current.len(), STICKY_TOPICS_MAX);
     }
 }

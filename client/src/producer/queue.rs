@@ -17,6 +17,12 @@
 //!   (it expired or failed): the partition then starts a new sequence
 //!   under a fresh producer id, once nothing of it is in flight.
 //! * A `duplicate` answer is a success with the original offset.
+//! * A definite refusal (the broker validated the batch and said no, so
+//!   it cannot have been appended) of the newest stamped batch hands its
+//!   sequence numbers back: the next batch takes them, and no gap forms.
+//!   A timeout or an internal error may hide an append, so it never does.
+//! * A batch of a request refused as a whole is sent again alone, so the
+//!   refusal lands on the batch that caused it.
 //!
 //! Invariant: acknowledged batches leave the queue from the front; one in
 //! the middle stays (as `Acked`) until every batch before it is answered.
@@ -27,7 +33,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::batch::{Batch, BatchState, Identity};
-use super::error::{Failure, classify, delivery_timed_out, is_unknown_partition};
+use super::error::{
+    Failure, classify, delivery_timed_out, is_definite_refusal, is_unknown_partition,
+};
 use crate::error::ClientError;
 use crate::produce::ProduceAck;
 use crate::resilience::Backoff;
@@ -69,10 +77,13 @@ pub(crate) struct PartitionQueue {
     /// batches are back and the queue is restamped.
     resetting: bool,
     next_sequence: i32,
+    /// When a batch was last queued or answered: how long the queue has
+    /// been idle, for the sender's eviction.
+    last_active: Instant,
 }
 
 impl PartitionQueue {
-    pub(crate) fn new(idempotent: bool) -> Self {
+    pub(crate) fn new(idempotent: bool, now: Instant) -> Self {
         Self {
             batches: VecDeque::new(),
             idempotent,
@@ -81,12 +92,26 @@ impl PartitionQueue {
             needs_fresh_identity: false,
             resetting: false,
             next_sequence: 0,
+            last_active: now,
         }
     }
 
-    pub(crate) fn push(&mut self, batch: Batch) {
+    pub(crate) fn push(&mut self, batch: Batch, now: Instant) {
         debug_assert!(self.batches.back().is_none_or(|last| last.id < batch.id));
         self.batches.push_back(batch);
+        self.last_active = now;
+    }
+
+    /// Whether the queue remembers something a fresh queue would not:
+    /// sequence numbers used under an identity (the broker expects the
+    /// next one), or a broken sequence under the default identity.
+    pub(crate) fn holds_sequence_state(&self) -> bool {
+        self.idempotent && (self.next_sequence != 0 || self.needs_fresh_identity || self.resetting)
+    }
+
+    /// When a batch was last queued or answered.
+    pub(crate) fn last_active(&self) -> Instant {
+        self.last_active
     }
 
     /// Whether no batch waits for an answer.
@@ -121,6 +146,29 @@ impl PartitionQueue {
         assert!(self.identity.is_none() && self.next_sequence == 0);
         self.identity = Some(identity);
         self.needs_fresh_identity = false;
+    }
+
+    /// Whether the batch at `index` must be the only one of its request.
+    pub(crate) fn goes_alone(&self, index: usize) -> bool {
+        self.batches[index].alone
+    }
+
+    /// Batch `id` was part of a request refused as a whole: nothing of it
+    /// was appended (the broker validates every batch before appending
+    /// any), so it is sent again now, in a request of its own.
+    pub(crate) fn send_alone(&mut self, id: u64, now: Instant) {
+        // A batch failed meanwhile (the producer was fenced) is gone.
+        let Some(batch) = self.batches.iter_mut().find(|b| b.id == id) else {
+            return;
+        };
+        assert_eq!(
+            batch.state,
+            BatchState::InFlight,
+            "answers come for sent batches"
+        );
+        batch.state = BatchState::Ready { not_before: now };
+        batch.alone = true;
+        self.last_active = now;
     }
 
     /// The index of the batch to send now, if any.
@@ -170,6 +218,7 @@ impl PartitionQueue {
         let Some(index) = self.batches.iter().position(|b| b.id == id) else {
             return Outcome::Done;
         };
+        self.last_active = timing.now;
         let batch = &mut self.batches[index];
         assert_eq!(
             batch.state,
@@ -209,12 +258,13 @@ impl PartitionQueue {
                     not_before: timing.now + timing.backoff.delay(batch.attempts.saturating_sub(1)),
                 };
                 tracing::debug!(topic, partition, attempts = batch.attempts, %error, "batch will be retried");
+                batch.maybe_appended = true;
                 batch.last_error = Some(error);
                 Outcome::Done
             }
             // Sent before a sequence reset: it is restamped when sent again.
             Failure::OutOfOrder | Failure::Fenced if stale => {
-                batch.stamp = None;
+                batch.unstamp();
                 batch.state = BatchState::Ready {
                     not_before: timing.now,
                 };
@@ -233,6 +283,10 @@ impl PartitionQueue {
                 Outcome::Done
             }
             Failure::Fatal => {
+                if is_definite_refusal(&error) {
+                    self.hand_back_sequence(index);
+                }
+                let batch = &mut self.batches[index];
                 batch.fail(&error);
                 self.remove(index);
                 if is_unknown_partition(&error) {
@@ -242,6 +296,40 @@ impl PartitionQueue {
                 }
             }
         }
+    }
+
+    /// The batch at `index` was refused for good: if no earlier attempt
+    /// may have been appended and no later batch took sequence numbers
+    /// after it, the next batch stamped takes its numbers, so the broker
+    /// sees no gap (which would cost the partition its identity). With a
+    /// later batch stamped the gap is real and handled as one (a reset once
+    /// that batch is refused as out of order). Were an earlier attempt
+    /// appended, reusing its numbers would make the broker take the next
+    /// batch for a duplicate of it, and drop it.
+    fn hand_back_sequence(&mut self, index: usize) {
+        let batch = &self.batches[index];
+        let Some((identity, base_sequence)) = batch.stamp else {
+            return;
+        };
+        if batch.maybe_appended {
+            return;
+        }
+        let later_stamped = self
+            .batches
+            .iter()
+            .skip(index + 1)
+            .any(|b| b.stamp.is_some());
+        if later_stamped || Some(identity) != self.identity || self.resetting {
+            return;
+        }
+        let count = i32::try_from(self.batches[index].record_count())
+            .expect("batches hold at most 1e6 records");
+        debug_assert_eq!(
+            base_sequence.wrapping_add(count),
+            self.next_sequence,
+            "the newest stamped batch holds the last sequence numbers"
+        );
+        self.next_sequence = base_sequence;
     }
 
     /// Fails every batch not in flight whose delivery timeout ran out, and,
@@ -265,7 +353,7 @@ impl PartitionQueue {
             // Nothing after a gap can have been appended, so nothing here
             // is acked; restamping cannot duplicate a record.
             for batch in &mut self.batches {
-                batch.stamp = None;
+                batch.unstamp();
                 if batch.state == BatchState::Held {
                     batch.state = BatchState::Ready { not_before: now };
                 }
@@ -321,8 +409,8 @@ impl PartitionQueue {
 mod tests {
     use super::*;
     use crate::producer::RecordMetadata;
-    use crate::producer::batch::PendingRecord;
-    use brook_record::{BatchHeader, BatchOptions, NewRecord, encode_batch};
+    use crate::producer::batch::test_batch;
+    use brook_record::BatchHeader;
     use tokio::sync::oneshot;
     use tonic::{Code, Status};
 
@@ -335,37 +423,16 @@ mod tests {
 
     /// A batch of two records, and the receivers of their answers.
     fn batch(id: u64, opened: Instant) -> (Batch, Vec<Answer>) {
-        let bytes = encode_batch(
-            &[NewRecord::default(), NewRecord::default()],
-            BatchOptions::default(),
-        )
-        .unwrap();
-        let (records, answers) = (0..2)
-            .map(|_| {
-                let (reply, answer) = oneshot::channel();
-                (PendingRecord::new(reply, 0), answer)
-            })
-            .unzip();
-        (
-            Batch::new(
-                id,
-                bytes,
-                records,
-                None,
-                opened,
-                opened + Duration::from_secs(60),
-            ),
-            answers,
-        )
+        test_batch(id, 2, opened)
     }
 
     fn queue(idempotent: bool, batches: u64) -> (PartitionQueue, Vec<Vec<Answer>>, Instant) {
         let now = Instant::now();
-        let mut queue = PartitionQueue::new(idempotent);
+        let mut queue = PartitionQueue::new(idempotent, now);
         let mut answers = Vec::new();
         for id in 1..=batches {
             let (batch, answer) = batch(id, now);
-            queue.push(batch);
+            queue.push(batch, now);
             answers.push(answer);
         }
         if idempotent {
@@ -543,6 +610,104 @@ mod tests {
         assert!(
             matches!(error, ClientError::Timeout { .. }) && error.is_retryable(),
             "{error:?}"
+        );
+    }
+
+    #[test]
+    fn a_definite_refusal_of_the_newest_batch_hands_its_sequence_back() {
+        let (mut queue, _answers, now) = queue(true, 1);
+        assert_eq!(send(&mut queue, now), [(1, 0)]);
+        let (later, _later_answers) = batch(2, now);
+        queue.push(later, now);
+        complete(
+            &mut queue,
+            1,
+            refused(Code::InvalidArgument, "too large"),
+            now,
+        );
+        assert_eq!(
+            send(&mut queue, now),
+            [(2, 0)],
+            "no gap: the broker never saw sequence 0"
+        );
+        assert_eq!(queue.wants_identity(), None, "no reset, same identity");
+    }
+
+    #[test]
+    fn refusals_from_newest_to_oldest_hand_back_every_sequence() {
+        let (mut queue, _answers, now) = queue(true, 2);
+        assert_eq!(send(&mut queue, now), [(1, 0), (2, 2)]);
+        complete(&mut queue, 2, refused(Code::NotFound, "no partition"), now);
+        complete(&mut queue, 1, refused(Code::NotFound, "no partition"), now);
+        assert!(queue.is_empty());
+        assert!(
+            !queue.holds_sequence_state(),
+            "nothing was appended under the identity"
+        );
+        let (next, _next_answers) = batch(3, now);
+        queue.push(next, now);
+        assert_eq!(send(&mut queue, now), [(3, 0)]);
+    }
+
+    #[test]
+    fn a_refusal_behind_a_stamped_batch_or_a_possible_append_keeps_the_sequence() {
+        // A later batch holds the next numbers: the gap is real.
+        let (mut queue, _answers, now) = queue(true, 2);
+        assert_eq!(send(&mut queue, now), [(1, 0), (2, 2)]);
+        complete(&mut queue, 1, refused(Code::InvalidArgument, "bad"), now);
+        complete(&mut queue, 2, ack(0), now);
+        let (next, _next_answers) = batch(3, now);
+        queue.push(next, now);
+        assert_eq!(send(&mut queue, now), [(3, 4)]);
+
+        // An internal error may hide an append: its numbers stay used.
+        let (mut queue, _answers, now) = self::queue(true, 1);
+        assert_eq!(send(&mut queue, now), [(1, 0)]);
+        complete(&mut queue, 1, refused(Code::Internal, "fsync failed"), now);
+        let (next, _next_answers) = batch(2, now);
+        queue.push(next, now);
+        assert_eq!(send(&mut queue, now), [(2, 2)]);
+        assert!(queue.holds_sequence_state());
+    }
+
+    #[test]
+    fn a_batch_of_a_refused_request_goes_again_alone_with_the_same_bytes() {
+        let (mut queue, _answers, now) = queue(true, 2);
+        let (id, first, _) = queue.start_attempt(0);
+        assert_eq!(id, 1);
+        assert!(!queue.goes_alone(0));
+        queue.send_alone(1, now);
+        let index = queue.sendable(now).expect("sendable at once");
+        assert_eq!(index, 0);
+        assert!(queue.goes_alone(index));
+        let (id, again, _) = queue.start_attempt(index);
+        assert_eq!((id, again), (1, first));
+    }
+
+    #[test]
+    fn a_refusal_after_an_attempt_that_may_have_been_appended_keeps_the_sequence() {
+        let (mut queue, _answers, now) = queue(true, 1);
+        assert_eq!(send(&mut queue, now), [(1, 0)]);
+        complete(
+            &mut queue,
+            1,
+            refused(Code::Unavailable, "answer lost"),
+            now,
+        );
+        let later = now + Duration::from_millis(100);
+        assert_eq!(send(&mut queue, later), [(1, 0)]);
+        complete(
+            &mut queue,
+            1,
+            refused(Code::InvalidArgument, "too large now"),
+            later,
+        );
+        let (next, _next_answers) = batch(2, later);
+        queue.push(next, later);
+        assert_eq!(
+            send(&mut queue, later),
+            [(2, 2)],
+            "sequence 0 may be taken by the first attempt"
         );
     }
 }

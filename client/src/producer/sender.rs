@@ -3,10 +3,13 @@
 //! multi-partition requests, and applies the answers.
 //!
 //! Invariants: at most `max_in_flight` produce requests are awaiting an
-//! answer; a request holds at most one batch per partition; only this task
-//! touches batches, so no lock is held around them. The task ends when the
-//! inbox is closed (every `Producer` dropped, or `close`) and every
-//! accepted record is answered.
+//! answer; a request holds at most one batch per partition, and at most
+//! `REQUEST_BATCHES_MAX` batches; only this task touches batches, so no
+//! lock is held around them. A partition's queue exists while it holds
+//! batches, or sequence numbers the broker remembers (then until it has
+//! been idle for `QUEUE_IDLE_MAX`). The task ends when the inbox is closed
+//! (every `Producer` dropped, or `close`) and every accepted record is
+//! answered; `finished` is set however it ends, a panic included.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use brook_record::NewRecord;
+use bytes::Bytes;
 use futures::StreamExt as _;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -29,9 +33,32 @@ use crate::error::ClientError;
 use crate::produce::ProduceAck;
 use crate::resilience::Backoff;
 
-/// Bytes of batches in one produce request (at least one batch goes,
-/// whatever its size); well under the client's message limit.
-const REQUEST_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// How much one produce request carries.
+#[derive(Debug, Clone, Copy)]
+struct RequestLimits {
+    /// Bytes of batches (at least one batch goes, whatever its size).
+    bytes_max: usize,
+    /// Batches.
+    batches_max: usize,
+}
+
+const REQUEST_LIMITS: RequestLimits = RequestLimits {
+    // Well under the client's message limit.
+    bytes_max: 16 * 1024 * 1024,
+    // The broker's default `produce_batches_max`: it refuses a request
+    // with more as a whole.
+    batches_max: REQUEST_BATCHES_MAX,
+};
+
+/// Batches in one produce request.
+const REQUEST_BATCHES_MAX: usize = 10_000;
+
+/// How long an empty partition queue that remembers sequence numbers is
+/// kept after its last batch was queued or answered. Forgetting it costs
+/// the default identity (the broker would refuse the partition's sequence
+/// starting over), so queues are forgotten in sweeps this far apart: at
+/// most one new producer id per sweep.
+const QUEUE_IDLE_MAX: Duration = Duration::from_secs(300);
 
 /// A record accepted by `enqueue`, on its way to the accumulator.
 #[derive(Debug)]
@@ -54,6 +81,9 @@ pub(crate) enum Command {
     Flush(oneshot::Sender<()>),
     /// Like `Flush`, then accept nothing more and end.
     Close,
+    /// Test hook: the task panics.
+    #[cfg(test)]
+    Panic,
 }
 
 /// Something the task waited for.
@@ -92,6 +122,27 @@ pub(crate) struct Sender {
     backoff: Backoff,
     /// Set once the producer is fenced: every later record fails with it.
     fenced: Option<ClientError>,
+    /// When idle queues that remember sequence numbers are next forgotten.
+    next_sweep: Instant,
+}
+
+/// Sets `finished` when the task ends, however it ends: `flush` and
+/// `close` wait for it, and must not wait forever after a panic.
+struct FinishedOnDrop(Arc<Shared>);
+
+impl Drop for FinishedOnDrop {
+    fn drop(&mut self) {
+        self.0.finished.send_replace(true);
+    }
+}
+
+/// One request's worth of batches.
+struct Request {
+    batches: Vec<(String, u32, Bytes)>,
+    /// The partition and id of each batch, in request order.
+    sent: Vec<(TopicPartition, u64)>,
+    /// The latest delivery deadline of its batches.
+    latest_deadline: Instant,
 }
 
 impl Sender {
@@ -108,11 +159,13 @@ impl Sender {
             flushes: Vec::new(),
             backoff: config.backoff(),
             fenced: None,
+            next_sweep: Instant::now() + QUEUE_IDLE_MAX,
             shared,
         }
     }
 
     pub(crate) async fn run(mut self) {
+        let _finished = FinishedOnDrop(self.shared.clone());
         loop {
             let now = Instant::now();
             self.maintain(now);
@@ -129,7 +182,6 @@ impl Sender {
         for (_, waiter) in self.flushes.drain(..) {
             let _ = waiter.send(());
         }
-        self.shared.finished.send_replace(true);
     }
 
     fn finished(&self) -> bool {
@@ -152,13 +204,15 @@ impl Sender {
                 }
                 Some(Command::Record(enqueued)) => self.accept(*enqueued, now),
                 Some(Command::Flush(waiter)) => {
-                    self.close_batches_now();
+                    self.close_batches_now(now);
                     self.flushes.push((self.accumulator.next_id(), waiter));
                 }
                 Some(Command::Close) => {
                     // Records already in the inbox are still taken.
                     self.inbox.close();
                 }
+                #[cfg(test)]
+                Some(Command::Panic) => panic!("test hook: the sender task panics"),
             }
             if taken == INBOX_BURST {
                 return;
@@ -177,35 +231,46 @@ impl Sender {
             return;
         }
         for (key, batch) in self.accumulator.append(enqueued, now) {
-            self.enqueue_batch(key, batch);
+            self.enqueue_batch(key, batch, now);
         }
     }
 
-    fn close_batches_now(&mut self) {
+    fn close_batches_now(&mut self, now: Instant) {
         for (key, batch) in self.accumulator.close_all() {
-            self.enqueue_batch(key, batch);
+            self.enqueue_batch(key, batch, now);
         }
     }
 
-    fn enqueue_batch(&mut self, key: TopicPartition, batch: Batch) {
+    fn enqueue_batch(&mut self, key: TopicPartition, batch: Batch, now: Instant) {
         let idempotent = self.shared.config.idempotence;
         self.queues
             .entry(key)
-            .or_insert_with(|| PartitionQueue::new(idempotent))
-            .push(batch);
+            .or_insert_with(|| PartitionQueue::new(idempotent, now))
+            .push(batch, now);
     }
 
     fn maintain(&mut self, now: Instant) {
         if self.inbox_open {
             for (key, batch) in self.accumulator.close_lingering(now) {
-                self.enqueue_batch(key, batch);
+                self.enqueue_batch(key, batch, now);
             }
         } else {
-            self.close_batches_now();
+            self.close_batches_now(now);
         }
         let delivery_timeout = self.shared.config.delivery_timeout;
         for queue in self.queues.values_mut() {
             queue.maintain(now, delivery_timeout);
+        }
+        let sweep = now >= self.next_sweep;
+        if sweep {
+            self.next_sweep = now + QUEUE_IDLE_MAX;
+        }
+        if forget_queues(&mut self.queues, now, sweep) {
+            // A forgotten partition may come back; under the default
+            // identity it would start its sequence over, which the broker
+            // refuses. Partitions from now on get a new identity.
+            tracing::debug!("idle partitions forgotten; retiring the default producer identity");
+            self.identities.default = None;
         }
         self.provide_identities(now);
         while self.requests_in_flight < self.shared.config.max_in_flight {
@@ -233,23 +298,11 @@ impl Sender {
     /// Builds and sends one request of every partition's next sendable
     /// batch; `false` when there was nothing to send.
     fn send_request(&mut self, now: Instant) -> bool {
-        let mut batches = Vec::new();
-        let mut keys = Vec::new();
-        let mut bytes = 0;
-        let mut latest_deadline = now;
-        for (key, queue) in &mut self.queues {
-            if bytes >= REQUEST_BYTES_MAX {
-                break;
-            }
-            let Some(index) = queue.sendable(now) else {
-                continue;
-            };
-            let (id, batch, deadline) = queue.start_attempt(index);
-            bytes += batch.len();
-            latest_deadline = latest_deadline.max(deadline);
-            batches.push((key.0.to_string(), key.1, batch));
-            keys.push((key.clone(), id));
-        }
+        let Request {
+            batches,
+            sent: keys,
+            latest_deadline,
+        } = gather(&mut self.queues, now, REQUEST_LIMITS);
         if batches.is_empty() {
             return false;
         }
@@ -287,6 +340,26 @@ impl Sender {
         self.requests_in_flight -= 1;
         let answers: Vec<Result<ProduceAck, ClientError>> = match answer {
             Ok(answers) => answers,
+            // The broker checks every batch before appending any: one bad
+            // batch refuses them all. Sent alone, only the culprit fails.
+            // (Only on the broker's refusal: a garbled answer may hide
+            // appends.)
+            Err(error @ ClientError::Status { .. })
+                if batches.len() > 1 && !error.is_retryable() =>
+            {
+                tracing::debug!(
+                    %error,
+                    batches = batches.len(),
+                    "produce request refused as a whole; sending its batches one per request"
+                );
+                let now = Instant::now();
+                for (key, id) in &batches {
+                    if let Some(queue) = self.queues.get_mut(key) {
+                        queue.send_alone(*id, now);
+                    }
+                }
+                return;
+            }
             Err(error) => batches.iter().map(|_| Err(replicate(&error))).collect(),
         };
         assert_eq!(answers.len(), batches.len(), "one answer per batch sent");
@@ -305,7 +378,7 @@ impl Sender {
             match queue.complete(&key.0, key.1, id, answer, timing) {
                 Outcome::Done => {}
                 Outcome::RefreshMetadata => {
-                    self.shared.metadata.lock().remove(&*key.0);
+                    self.shared.metadata.lock().remove(&key.0);
                 }
                 Outcome::Fenced(error) => self.fence(&error),
             }
@@ -404,6 +477,65 @@ impl Sender {
 /// Commands taken from the inbox in one go.
 const INBOX_BURST: usize = 256;
 
+/// Takes every partition's next sendable batch, within `limits`. A batch
+/// that must go alone goes only in an otherwise empty request, and ends it.
+fn gather(
+    queues: &mut HashMap<TopicPartition, PartitionQueue>,
+    now: Instant,
+    limits: RequestLimits,
+) -> Request {
+    let mut request = Request {
+        batches: Vec::new(),
+        sent: Vec::new(),
+        latest_deadline: now,
+    };
+    let mut bytes = 0;
+    for (key, queue) in queues {
+        if bytes >= limits.bytes_max || request.batches.len() >= limits.batches_max {
+            break;
+        }
+        let Some(index) = queue.sendable(now) else {
+            continue;
+        };
+        let alone = queue.goes_alone(index);
+        if alone && !request.batches.is_empty() {
+            continue;
+        }
+        let (id, batch, deadline) = queue.start_attempt(index);
+        bytes += batch.len();
+        request.latest_deadline = request.latest_deadline.max(deadline);
+        request.batches.push((key.0.to_string(), key.1, batch));
+        request.sent.push((key.clone(), id));
+        if alone {
+            break;
+        }
+    }
+    request
+}
+
+/// Drops the queues not worth keeping: empty ones that remember nothing,
+/// and, when `sweep`, empty ones idle for `QUEUE_IDLE_MAX`. Returns whether
+/// a queue that remembered sequence numbers was dropped.
+fn forget_queues(
+    queues: &mut HashMap<TopicPartition, PartitionQueue>,
+    now: Instant,
+    sweep: bool,
+) -> bool {
+    let mut forgot_sequences = false;
+    queues.retain(|_, queue| {
+        if !queue.is_empty() {
+            return true;
+        }
+        if !queue.holds_sequence_state() {
+            return false;
+        }
+        let idle = sweep && now.duration_since(queue.last_active()) >= QUEUE_IDLE_MAX;
+        forgot_sequences |= idle;
+        !idle
+    });
+    forgot_sequences
+}
+
 async fn sleep_until(wake: Option<Instant>) {
     if let Some(wake) = wake {
         tokio::time::sleep_until(wake.into()).await;
@@ -416,5 +548,131 @@ impl Shared {
         self.drop_acknowledgements
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::producer::batch::test_batch;
+
+    type Answer = oneshot::Receiver<Result<RecordMetadata, ClientError>>;
+
+    const LIMITS: RequestLimits = RequestLimits {
+        bytes_max: usize::MAX,
+        batches_max: 10,
+    };
+
+    /// `partitions` non-idempotent queues of topic `t` with one batch each
+    /// (ids 1..), and the receivers of their answers.
+    fn queues(
+        partitions: u32,
+        now: Instant,
+    ) -> (HashMap<TopicPartition, PartitionQueue>, Vec<Vec<Answer>>) {
+        let mut queues = HashMap::new();
+        let mut answers = Vec::new();
+        for partition in 0..partitions {
+            let (batch, answer) = test_batch(u64::from(partition) + 1, 1, now);
+            let mut queue = PartitionQueue::new(false, now);
+            queue.push(batch, now);
+            queues.insert((Arc::from("t"), partition), queue);
+            answers.push(answer);
+        }
+        (queues, answers)
+    }
+
+    #[test]
+    fn a_request_holds_at_most_batches_max_batches() {
+        let now = Instant::now();
+        let (mut queues, _answers) = queues(25, now);
+        let sizes: Vec<usize> = std::iter::from_fn(|| {
+            let request = gather(&mut queues, now, LIMITS);
+            (!request.batches.is_empty()).then_some(request.batches.len())
+        })
+        .collect();
+        assert_eq!(sizes, [10, 10, 5]);
+        assert_eq!(REQUEST_LIMITS.batches_max, 10_000, "the broker's limit");
+    }
+
+    #[test]
+    fn a_batch_that_goes_alone_has_a_request_of_its_own() {
+        let now = Instant::now();
+        let (mut queues, _answers) = queues(4, now);
+        let first = gather(&mut queues, now, LIMITS);
+        assert_eq!(first.sent.len(), 4);
+        // The request was refused as a whole.
+        for (key, id) in &first.sent {
+            queues.get_mut(key).unwrap().send_alone(*id, now);
+        }
+        let mut requests = Vec::new();
+        loop {
+            let request = gather(&mut queues, now, LIMITS);
+            if request.batches.is_empty() {
+                break;
+            }
+            requests.push(request.sent);
+        }
+        assert_eq!(requests.len(), 4, "{requests:?}");
+        assert!(requests.iter().all(|sent| sent.len() == 1));
+    }
+
+    #[test]
+    fn empty_queues_are_forgotten_unless_their_sequence_matters() {
+        let now = Instant::now();
+        let mut queues = HashMap::new();
+        let key = |partition: u32| (Arc::<str>::from("t"), partition);
+        // Answered and without idempotence: nothing to remember.
+        let (mut plain, _plain_answers) = self::queues(1, now);
+        let mut queue = plain.remove(&key(0)).unwrap();
+        let (id, _, _) = queue.start_attempt(0);
+        queue.complete("t", 0, id, Ok(ack()), timing(now));
+        queues.insert(key(0), queue);
+        // Idempotent, appended under an identity: the broker expects the next sequence.
+        let (batch, _stamped_answers) = test_batch(10, 1, now);
+        let mut queue = PartitionQueue::new(true, now);
+        queue.push(batch, now);
+        queue.assign_identity(Identity {
+            producer_id: 1,
+            producer_epoch: 0,
+        });
+        let (id, _, _) = queue.start_attempt(0);
+        queue.complete("t", 1, id, Ok(ack()), timing(now));
+        queues.insert(key(1), queue);
+        // Still holding a batch.
+        let (batch, _held_answers) = test_batch(20, 1, now);
+        let mut queue = PartitionQueue::new(true, now);
+        queue.push(batch, now);
+        queues.insert(key(2), queue);
+
+        assert!(!forget_queues(&mut queues, now, true));
+        let mut kept: Vec<u32> = queues.keys().map(|k| k.1).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, [1, 2]);
+
+        let idle = now + QUEUE_IDLE_MAX;
+        assert!(
+            !forget_queues(&mut queues, idle, false),
+            "only sweeps forget sequences"
+        );
+        assert!(forget_queues(&mut queues, idle, true));
+        assert_eq!(queues.keys().map(|k| k.1).collect::<Vec<_>>(), [2]);
+    }
+
+    fn ack() -> ProduceAck {
+        ProduceAck {
+            topic: "t".into(),
+            partition: 0,
+            base_offset: 0,
+            log_start_offset: 0,
+            duplicate: false,
+        }
+    }
+
+    fn timing(now: Instant) -> Timing {
+        Timing {
+            now,
+            backoff: crate::ProducerConfig::default().backoff(),
+            delivery_timeout: Duration::from_secs(60),
+        }
     }
 }

@@ -1,0 +1,454 @@
+//! [`GroupClient`]: a [`Client`] plus the `GroupService` stub on the same
+//! connection, with the group administration calls (list, describe,
+//! delete, reset offsets) and the raw offset calls a member makes.
+//!
+//! Invariant: like every call of the client, each one here goes through
+//! [`Client::rpc`] (time limit, circuit breaker); the session stream does
+//! for its opening.
+
+use std::fmt;
+
+use brook_proto as proto;
+use brook_proto::group_service_client::GroupServiceClient;
+use futures::Stream;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::client::{Client, ClientOptions};
+use crate::error::ClientError;
+
+/// One partition of one topic.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicPartition {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+}
+
+impl TopicPartition {
+    /// `topic`/`partition`.
+    pub fn new(topic: impl Into<String>, partition: u32) -> Self {
+        Self {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
+
+impl fmt::Display for TopicPartition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}
+
+/// A partition's offset: committed, or to commit. By Kafka's convention it
+/// is the next offset to consume, one past the last record processed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PartitionOffset {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+    /// The next offset to consume.
+    pub offset: i64,
+}
+
+impl PartitionOffset {
+    /// The partition this offset is for.
+    pub fn topic_partition(&self) -> TopicPartition {
+        TopicPartition::new(self.topic.clone(), self.partition)
+    }
+}
+
+/// One group, as [`GroupClient::list_groups`] shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSummary {
+    /// The group's name.
+    pub group: String,
+    /// Its state as the broker names it: `empty`, `stable` or `rebalancing`.
+    pub state: String,
+    /// How many members it has.
+    pub members: u32,
+}
+
+/// A group in detail, from [`GroupClient::describe_group`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDescription {
+    /// The group's name.
+    pub group: String,
+    /// `empty`, `stable` or `rebalancing`.
+    pub state: String,
+    /// The current generation; grows with every change of assignment.
+    pub generation: u64,
+    /// The members and what they own.
+    pub members: Vec<MemberDescription>,
+    /// Every partition of the subscribed topics, or that has a committed offset.
+    pub partitions: Vec<PartitionLag>,
+}
+
+/// A member of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberDescription {
+    /// Given by the broker at join.
+    pub member_id: String,
+    /// The free-form name the member joined with.
+    pub client_id: String,
+    /// The topics it subscribes to.
+    pub topics: Vec<String>,
+    /// The partitions it owns.
+    pub assigned: Vec<TopicPartition>,
+    /// Partitions it was asked to give up and has not acknowledged yet.
+    pub revoking: Vec<TopicPartition>,
+}
+
+/// How far a group is behind on one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+    /// The group's committed offset; `None` if it committed nothing.
+    pub committed_offset: Option<i64>,
+    /// The partition's end offset (the next offset to be written).
+    pub end_offset: i64,
+    /// Records between the committed offset (or the partition's start) and the end.
+    pub lag: i64,
+    /// The member that owns the partition, if any.
+    pub owner: Option<String>,
+}
+
+/// Where [`GroupClient::reset_offsets`] moves a group's committed offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetTo {
+    /// Each partition's first retained offset.
+    Earliest,
+    /// Each partition's end: only records appended later are consumed.
+    Latest,
+    /// The first record at or after this timestamp (ms since the Unix epoch).
+    Timestamp(i64),
+    /// This offset, on every partition named.
+    Offset(i64),
+}
+
+/// A connection to a broker for consumer groups: a [`Client`] and the
+/// broker's group service, sharing one HTTP/2 connection. Cloning is cheap.
+///
+/// It is what [`crate::GroupConsumer::join`] takes, and it administers
+/// groups:
+///
+/// ```no_run
+/// # async fn example() -> Result<(), brook_client::ClientError> {
+/// use brook_client::GroupClient;
+///
+/// let groups = GroupClient::connect("http://127.0.0.1:9420").await?;
+/// for partition in groups.describe_group("billing").await?.partitions {
+///     println!("{}/{} lag {}", partition.topic, partition.partition, partition.lag);
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct GroupClient {
+    client: Client,
+    stub: GroupServiceClient<Channel>,
+}
+
+impl GroupClient {
+    /// Connects with [`ClientOptions::default`]; see [`Client::connect`].
+    pub async fn connect(endpoint: impl Into<String>) -> Result<Self, ClientError> {
+        Self::connect_with(endpoint, ClientOptions::default()).await
+    }
+
+    /// Connects with the given options; see [`Client::connect_with`].
+    ///
+    /// # Panics
+    ///
+    /// If `options.produce_in_flight_max` or
+    /// `options.circuit_breaker.failure_threshold` is 0.
+    pub async fn connect_with(
+        endpoint: impl Into<String>,
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
+        assert!(
+            options.produce_in_flight_max > 0,
+            "a produce stream needs room for one request"
+        );
+        let endpoint = Endpoint::from_shared(with_scheme(endpoint.into()))?
+            .connect_timeout(options.connect_timeout)
+            .tcp_nodelay(true);
+        // connect_timeout bounds the TCP connect only; this bounds the handshake too.
+        let channel = tokio::time::timeout(options.connect_timeout, endpoint.connect())
+            .await
+            .map_err(|_elapsed| ClientError::Timeout {
+                operation: "connect",
+                after: options.connect_timeout,
+            })??;
+        Ok(Self::from_channel(channel, options))
+    }
+
+    /// Wraps an existing channel; see [`Client::from_channel`].
+    ///
+    /// # Panics
+    ///
+    /// If `options.circuit_breaker.failure_threshold` is 0.
+    pub fn from_channel(channel: Channel, options: ClientOptions) -> Self {
+        let limit = options.message_bytes_max;
+        Self {
+            client: Client::from_channel(channel.clone(), options),
+            stub: GroupServiceClient::new(channel)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        }
+    }
+
+    /// The plain client on the same connection (topics, produce, fetch).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Commits `offsets` for `member_id` in `generation`. The broker refuses
+    /// (`FAILED_PRECONDITION`) a member it does not know, an old generation,
+    /// or a partition the member does not own. A [`crate::GroupConsumer`]
+    /// commits for you; this is the raw call.
+    pub async fn commit_offsets(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: u64,
+        offsets: &[PartitionOffset],
+    ) -> Result<(), ClientError> {
+        let request = proto::CommitOffsetsRequest {
+            group: group.to_owned(),
+            member_id: member_id.to_owned(),
+            generation,
+            offsets: offsets.iter().map(to_proto_offset).collect(),
+        };
+        self.client
+            .rpc(
+                "commit_offsets",
+                self.client.options().request_timeout,
+                self.stub.clone().commit_offsets(request),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The group's committed offsets of `partitions` (of every partition it
+    /// committed, if empty); partitions without one are absent.
+    pub async fn fetch_offsets(
+        &self,
+        group: &str,
+        partitions: &[TopicPartition],
+    ) -> Result<Vec<PartitionOffset>, ClientError> {
+        let request = proto::FetchOffsetsRequest {
+            group: group.to_owned(),
+            partitions: partitions.iter().map(to_proto_partition).collect(),
+        };
+        let response = self
+            .client
+            .rpc(
+                "fetch_offsets",
+                self.client.options().request_timeout,
+                self.stub.clone().fetch_offsets(request),
+            )
+            .await?;
+        Ok(response
+            .offsets
+            .into_iter()
+            .map(from_proto_offset)
+            .collect())
+    }
+
+    /// Every group the broker knows.
+    pub async fn list_groups(&self) -> Result<Vec<GroupSummary>, ClientError> {
+        let response = self
+            .client
+            .rpc(
+                "list_groups",
+                self.client.options().request_timeout,
+                self.stub.clone().list_groups(proto::ListGroupsRequest {}),
+            )
+            .await?;
+        Ok(response
+            .groups
+            .into_iter()
+            .map(|g| GroupSummary {
+                group: g.group,
+                state: g.state,
+                members: g.members,
+            })
+            .collect())
+    }
+
+    /// The group's state, members, and committed offset and lag per partition.
+    pub async fn describe_group(&self, group: &str) -> Result<GroupDescription, ClientError> {
+        let request = proto::DescribeGroupRequest {
+            group: group.to_owned(),
+        };
+        let response = self
+            .client
+            .rpc(
+                "describe_group",
+                self.client.options().request_timeout,
+                self.stub.clone().describe_group(request),
+            )
+            .await?;
+        Ok(GroupDescription {
+            group: response.group,
+            state: response.state,
+            generation: response.generation,
+            members: response
+                .members
+                .into_iter()
+                .map(|m| MemberDescription {
+                    member_id: m.member_id,
+                    client_id: m.client_id,
+                    topics: m.topics,
+                    assigned: m.assigned.into_iter().map(from_proto_partition).collect(),
+                    revoking: m.revoking.into_iter().map(from_proto_partition).collect(),
+                })
+                .collect(),
+            partitions: response
+                .partitions
+                .into_iter()
+                .map(|p| PartitionLag {
+                    topic: p.topic,
+                    partition: p.partition,
+                    committed_offset: (p.committed_offset >= 0).then_some(p.committed_offset),
+                    end_offset: p.end_offset,
+                    lag: p.lag,
+                    owner: (!p.owner.is_empty()).then_some(p.owner),
+                })
+                .collect(),
+        })
+    }
+
+    /// Deletes a group without members, with its committed offsets.
+    pub async fn delete_group(&self, group: &str) -> Result<(), ClientError> {
+        let request = proto::DeleteGroupRequest {
+            group: group.to_owned(),
+        };
+        self.client
+            .rpc(
+                "delete_group",
+                self.client.options().request_timeout,
+                self.stub.clone().delete_group(request),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Sets the committed offsets of a group without members on `partitions`
+    /// of `topic` (every partition if empty); returns the offsets set.
+    pub async fn reset_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        partitions: &[u32],
+        to: ResetTo,
+    ) -> Result<Vec<PartitionOffset>, ClientError> {
+        use proto::reset_offsets_request::To;
+        let request = proto::ResetOffsetsRequest {
+            group: group.to_owned(),
+            topic: topic.to_owned(),
+            partitions: partitions.to_vec(),
+            to: Some(match to {
+                ResetTo::Earliest => To::Earliest(true),
+                ResetTo::Latest => To::Latest(true),
+                ResetTo::Timestamp(ms) => To::TimestampMs(ms),
+                ResetTo::Offset(offset) => To::Offset(offset),
+            }),
+        };
+        let response = self
+            .client
+            .rpc(
+                "reset_offsets",
+                self.client.options().request_timeout,
+                self.stub.clone().reset_offsets(request),
+            )
+            .await?;
+        Ok(response
+            .offsets
+            .into_iter()
+            .map(from_proto_offset)
+            .collect())
+    }
+
+    /// Opens a member session carrying `requests`; the time limit covers
+    /// the opening only (the broker answering with its headers).
+    pub(crate) async fn open_session(
+        &self,
+        requests: impl Stream<Item = proto::GroupRequest> + Send + 'static,
+    ) -> Result<tonic::Streaming<proto::GroupResponse>, ClientError> {
+        self.client
+            .rpc(
+                "group_session",
+                self.client.options().request_timeout,
+                self.stub.clone().session(requests),
+            )
+            .await
+    }
+}
+
+pub(crate) fn to_proto_partition(p: &TopicPartition) -> proto::TopicPartition {
+    proto::TopicPartition {
+        topic: p.topic.clone(),
+        partition: p.partition,
+    }
+}
+
+pub(crate) fn from_proto_partition(p: proto::TopicPartition) -> TopicPartition {
+    TopicPartition {
+        topic: p.topic,
+        partition: p.partition,
+    }
+}
+
+fn to_proto_offset(o: &PartitionOffset) -> proto::PartitionOffset {
+    proto::PartitionOffset {
+        topic: o.topic.clone(),
+        partition: o.partition,
+        offset: o.offset,
+    }
+}
+
+fn from_proto_offset(o: proto::PartitionOffset) -> PartitionOffset {
+    PartitionOffset {
+        topic: o.topic,
+        partition: o.partition,
+        offset: o.offset,
+    }
+}
+
+/// `host:port` becomes `http://host:port`; anything with a scheme is kept.
+fn with_scheme(endpoint: String) -> String {
+    if endpoint.contains("://") {
+        endpoint
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_print_as_topic_slash_partition_and_sort_by_topic_first() {
+        let mut partitions = [
+            TopicPartition::new("b", 0),
+            TopicPartition::new("a", 2),
+            TopicPartition::new("a", 10),
+        ];
+        partitions.sort();
+        let shown: Vec<String> = partitions.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["a/2", "a/10", "b/0"]);
+    }
+
+    #[test]
+    fn scheme_is_added_only_when_missing() {
+        assert_eq!(with_scheme("h:1".into()), "http://h:1");
+        assert_eq!(with_scheme("https://h:1".into()), "https://h:1");
+    }
+}
