@@ -1,12 +1,19 @@
 //! `brook consume`: prints record values, one per line, reading all of a
 //! topic's partitions (or one) with long-poll fetches that cover every
-//! partition at once.
+//! partition at once; or, with `--group`, the partitions the group gives
+//! this member, committing what was printed (at least once: a record is
+//! committed only after its line was written out).
 
+use std::collections::BTreeMap;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
-use brook_client::{Client, FetchOptions, FetchTarget, OffsetSpec};
+use brook_client::{
+    Client, FetchOptions, FetchTarget, GroupClient, GroupConfig, GroupConsumer, OffsetReset,
+    OffsetSpec, PartitionOffset,
+};
 use clap::Args;
 use tokio::time::Instant;
 
@@ -25,8 +32,15 @@ pub struct ConsumeArgs {
     from_beginning: bool,
 
     /// Read only this partition.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "group")]
     partition: Option<u32>,
+
+    /// Consume as a member of this consumer group: the group's members
+    /// share the partitions, and what is printed is committed. Without
+    /// `--from-beginning`, partitions the group never committed start at
+    /// their end.
+    #[arg(long, value_name = "G")]
+    group: Option<String>,
 
     /// Stop after this many records.
     #[arg(long, value_name = "N")]
@@ -37,8 +51,15 @@ pub struct ConsumeArgs {
     idle_timeout_ms: Option<u64>,
 }
 
-pub async fn run(client: &Client, args: ConsumeArgs) -> anyhow::Result<()> {
-    let mut targets = targets(client, &args).await?;
+pub async fn run(client: &GroupClient, args: ConsumeArgs) -> anyhow::Result<()> {
+    match args.group.clone() {
+        Some(group) => run_group(client, group, &args).await,
+        None => run_partitions(client.client(), &args).await,
+    }
+}
+
+async fn run_partitions(client: &Client, args: &ConsumeArgs) -> anyhow::Result<()> {
+    let mut targets = targets(client, args).await?;
     let idle_timeout = args.idle_timeout_ms.map(Duration::from_millis);
     let mut remaining = args.count;
     let mut out = io::BufWriter::new(io::stdout());
@@ -93,6 +114,114 @@ pub async fn run(client: &Client, args: ConsumeArgs) -> anyhow::Result<()> {
     }
     flush(&mut out)?;
     Ok(())
+}
+
+/// Consumes as a group member until `--count`, the idle timeout or Ctrl-C;
+/// commits the printed records whenever no record is ready and at the end,
+/// each time after flushing stdout. Leaves the group on the way out.
+async fn run_group(client: &GroupClient, group: String, args: &ConsumeArgs) -> anyhow::Result<()> {
+    let config = GroupConfig {
+        client_id: "brook-cli".to_owned(),
+        auto_offset_reset: if args.from_beginning {
+            OffsetReset::Earliest
+        } else {
+            OffsetReset::Latest
+        },
+        ..GroupConfig::new(group.clone(), [args.topic.clone()])
+    };
+    let mut member = GroupConsumer::join(client.clone(), config)
+        .await
+        .with_context(|| format!("join group {group}"))?;
+    let idle_timeout = args.idle_timeout_ms.map(Duration::from_millis);
+    let mut remaining = args.count;
+    let mut out = io::BufWriter::new(io::stdout());
+    let mut printed = Printed::default();
+    let mut last_record = Instant::now();
+    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
+    let result = loop {
+        if remaining == Some(0) {
+            break Ok(());
+        }
+        // A zero timeout polls once: a record already fetched comes at once.
+        let item = if let Ok(item) = tokio::time::timeout(Duration::ZERO, member.recv()).await {
+            item
+        } else {
+            // Nothing ready: a good moment to make what was printed durable.
+            if !flush(&mut out)? {
+                break Ok(());
+            }
+            printed.commit(&member).await?;
+            let idle = idle_timeout.map(|idle| idle.saturating_sub(last_record.elapsed()));
+            if idle.is_some_and(|left| left.is_zero()) {
+                break Ok(());
+            }
+            let sleep = tokio::time::sleep(idle.unwrap_or(Duration::MAX));
+            tokio::select! {
+                item = member.recv() => item,
+                () = sleep, if idle.is_some() => break Ok(()),
+                signal = &mut interrupted => {
+                    signal.context("listen for Ctrl-C")?;
+                    break Ok(());
+                }
+            }
+        };
+        match item {
+            Some(Ok(consumed)) => {
+                let value = consumed.record.value.unwrap_or_default();
+                if !write_line(&mut out, &String::from_utf8_lossy(&value))? {
+                    // The reader went away: what it did not read stays uncommitted.
+                    member.close().await?;
+                    return Ok(());
+                }
+                printed.add(consumed.topic, consumed.partition, consumed.record.offset);
+                remaining = remaining.map(|n| n - 1);
+                last_record = Instant::now();
+            }
+            Some(Err(error)) => break Err(anyhow::Error::new(error).context("consume")),
+            None => break Ok(()),
+        }
+    };
+    if flush(&mut out)? {
+        printed.commit(&member).await?;
+    }
+    member.close().await?;
+    result
+}
+
+/// Offsets printed and not yet committed, per partition.
+#[derive(Default)]
+struct Printed {
+    next: BTreeMap<(Arc<str>, u32), i64>,
+}
+
+impl Printed {
+    fn add(&mut self, topic: Arc<str>, partition: u32, offset: i64) {
+        self.next.insert((topic, partition), offset + 1);
+    }
+
+    /// Commits them. A partition the group moved meanwhile is not an
+    /// error: its new owner prints its records again from the last commit.
+    async fn commit(&mut self, member: &GroupConsumer) -> anyhow::Result<()> {
+        if self.next.is_empty() {
+            return Ok(());
+        }
+        let offsets: Vec<PartitionOffset> = std::mem::take(&mut self.next)
+            .into_iter()
+            .map(|((topic, partition), offset)| PartitionOffset {
+                topic: topic.to_string(),
+                partition,
+                offset,
+            })
+            .collect();
+        match member.commit_offsets(&offsets).await {
+            Ok(()) => Ok(()),
+            Err(error) if error.is_fenced() => {
+                tracing::warn!(%error, "commit refused after a rebalance; those records will be consumed again");
+                Ok(())
+            }
+            Err(error) => Err(anyhow::Error::new(error).context("commit offsets")),
+        }
+    }
 }
 
 /// Each partition to read, at its starting offset.

@@ -4,6 +4,7 @@
 
 mod bench;
 mod consume;
+mod group;
 mod health;
 mod produce;
 mod serve;
@@ -13,7 +14,7 @@ mod topic;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use brook_client::Client;
+use brook_client::{Client, GroupClient};
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
@@ -44,6 +45,9 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Print the values of a topic's records, one per line.
     Consume(consume::ConsumeArgs),
+    /// List, describe, reset and delete consumer groups.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
     /// Ask a broker's HTTP endpoint whether it is healthy (exit 0) or not.
     Health(health::HealthArgs),
     /// Measure a broker's throughput and latency.
@@ -76,7 +80,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Health(args) => health::run(args).await,
         Command::Topic(command) => topic::run(&connect(&cli.broker).await?, command).await,
         Command::Produce(args) => produce::run(&connect(&cli.broker).await?, args).await,
-        Command::Consume(args) => consume::run(&connect(&cli.broker).await?, args).await,
+        Command::Consume(args) => consume::run(&connect_groups(&cli.broker).await?, args).await,
+        Command::Group(command) => group::run(&connect_groups(&cli.broker).await?, command).await,
         Command::Bench(command) => {
             init_tracing(LogFormat::Text, &default_filter("warn"));
             bench::run(&cli.broker, command).await
@@ -89,6 +94,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn connect(broker: &str) -> anyhow::Result<Client> {
     init_tracing(LogFormat::Text, &default_filter("warn"));
     Client::connect(broker)
+        .await
+        .with_context(|| format!("cannot connect to the broker at {broker}"))
+}
+
+/// [`connect`], with the group service on the same connection.
+async fn connect_groups(broker: &str) -> anyhow::Result<GroupClient> {
+    init_tracing(LogFormat::Text, &default_filter("warn"));
+    GroupClient::connect(broker)
         .await
         .with_context(|| format!("cannot connect to the broker at {broker}"))
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use brook_broker::config::{
-    DEFAULT_DATA_DIR, DEFAULT_HTTP_LISTEN, DEFAULT_LISTEN, Limits, TopicSettings,
+    DEFAULT_DATA_DIR, DEFAULT_HTTP_LISTEN, DEFAULT_LISTEN, GroupSettings, Limits, TopicSettings,
 };
 use brook_broker::{BrokerConfig, BrokerError, FsyncPolicy};
 use clap::Args;
@@ -86,6 +86,12 @@ settings! {
     /// Bytes of record batches queued and not yet acknowledged, across all
     /// producers; beyond it produces wait [default: 536870912].
     max_produce_bytes_in_flight: usize = "BROOK_MAX_PRODUCE_BYTES_IN_FLIGHT",
+    /// Session timeout of a group member that asks for none [default: 10000].
+    group_session_timeout_ms: u64 = "BROOK_GROUP_SESSION_TIMEOUT_MS",
+    /// Longest session timeout a group member may ask for [default: 300000].
+    max_group_session_timeout_ms: u64 = "BROOK_MAX_GROUP_SESSION_TIMEOUT_MS",
+    /// Members in one consumer group [default: 1000].
+    max_group_members: usize = "BROOK_MAX_GROUP_MEMBERS",
     /// Concurrent gRPC streams per connection [default: 1024].
     max_streams_per_connection: u32 = "BROOK_MAX_STREAMS_PER_CONNECTION",
     /// Largest gRPC message [default: 134217728].
@@ -115,6 +121,9 @@ pub struct Effective {
     pub max_fetch_wait_ms: u32,
     pub max_produce_stream_in_flight: usize,
     pub max_produce_bytes_in_flight: usize,
+    pub group_session_timeout_ms: u64,
+    pub max_group_session_timeout_ms: u64,
+    pub max_group_members: usize,
     pub max_streams_per_connection: u32,
     pub max_grpc_message_bytes: usize,
 }
@@ -147,6 +156,7 @@ impl Settings {
         let topic = TopicSettings::default();
         let limits = Limits::default();
         let broker = BrokerConfig::default();
+        let groups = broker.groups;
         let effective = Effective {
             data_dir: self
                 .data_dir
@@ -193,6 +203,13 @@ impl Settings {
             max_produce_bytes_in_flight: self
                 .max_produce_bytes_in_flight
                 .unwrap_or(limits.produce_bytes_in_flight_max),
+            group_session_timeout_ms: self
+                .group_session_timeout_ms
+                .unwrap_or(millis(groups.session_timeout)),
+            max_group_session_timeout_ms: self
+                .max_group_session_timeout_ms
+                .unwrap_or(millis(groups.session_timeout_max)),
+            max_group_members: self.max_group_members.unwrap_or(groups.members_max),
             max_streams_per_connection: self
                 .max_streams_per_connection
                 .unwrap_or(limits.streams_per_connection_max),
@@ -226,6 +243,17 @@ impl Effective {
             u64::from(self.max_partitions_per_topic),
         )?;
         positive("max_fetch_bytes", u64::from(self.max_fetch_bytes))?;
+        positive("max_group_members", self.max_group_members as u64)?;
+        let session_min = millis(GroupSettings::default().session_timeout_min);
+        if !(session_min..=self.max_group_session_timeout_ms)
+            .contains(&self.group_session_timeout_ms)
+        {
+            bail!(
+                "group_session_timeout_ms: must be between {session_min} and max_group_session_timeout_ms ({}), got {}",
+                self.max_group_session_timeout_ms,
+                self.group_session_timeout_ms
+            );
+        }
         positive(
             "max_produce_bytes_in_flight",
             self.max_produce_bytes_in_flight as u64,
@@ -308,6 +336,12 @@ impl Effective {
             },
             retention_check_interval: Duration::from_millis(self.retention_check_interval_ms),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            groups: GroupSettings {
+                session_timeout: Duration::from_millis(self.group_session_timeout_ms),
+                session_timeout_max: Duration::from_millis(self.max_group_session_timeout_ms),
+                members_max: self.max_group_members,
+                ..GroupSettings::default()
+            },
             index_interval_bytes: self.index_interval_bytes,
             ..BrokerConfig::default()
         })
