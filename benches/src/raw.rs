@@ -1,0 +1,215 @@
+//! Produce over the raw pipelined stream (`--raw`): batches encoded once
+//! up front, no client library, so the figures are the broker's and the
+//! wire's own ceiling. Also fills topics quickly for consume runs.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use brook_proto::admin_service_client::AdminServiceClient;
+use brook_proto::produce_service_client::ProduceServiceClient;
+use brook_proto::{CreateTopicRequest, PartitionBatch, ProduceRequest};
+use brook_record::{BatchBuilder, BatchOptions, Compression, NewRecord};
+use bytes::Bytes;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::report::{Figures, Latency, histogram};
+use crate::workload::Workload;
+
+/// One raw stream's work.
+#[derive(Debug, Clone)]
+pub struct RawOptions {
+    pub topic: String,
+    pub partitions: u32,
+    /// The partition of the first batch; the next ones go round-robin.
+    pub first_partition: u32,
+    pub records: u64,
+    pub record_size: usize,
+    pub batch_records: usize,
+    /// Produce requests in flight on the stream.
+    pub in_flight: usize,
+    pub compression: Compression,
+}
+
+/// `--raw`: `workload.producers` streams, each on its own connection, with
+/// batches of about `batch_size` bytes and `max_in_flight` requests each.
+pub async fn run(endpoint: &str, workload: &Workload) -> anyhow::Result<Figures> {
+    if workload.rate.is_some() || workload.keyed || workload.duration().is_some() {
+        bail!("--raw produces a count of keyless records as fast as acknowledged");
+    }
+    let started = Instant::now();
+    let mut streams = Vec::with_capacity(workload.producers);
+    for index in 0..workload.producers {
+        let options = RawOptions {
+            topic: workload.topic.clone(),
+            partitions: workload.partitions,
+            first_partition: index as u32 % workload.partitions,
+            records: workload.share(index).unwrap_or(0),
+            record_size: workload.record_size,
+            batch_records: (workload.batch_size / workload.record_size.max(1)).max(1),
+            in_flight: workload.max_in_flight,
+            compression: workload.compression,
+        };
+        let endpoint = endpoint.to_owned();
+        streams.push(tokio::spawn(
+            async move { produce(&endpoint, &options).await },
+        ));
+    }
+    let mut latencies = histogram();
+    for stream in streams {
+        latencies.add(stream.await??)?;
+    }
+    let records = workload.share(0).map_or(0, |_| {
+        (0..workload.producers)
+            .filter_map(|i| workload.share(i))
+            .sum::<u64>()
+    });
+    Ok(Figures {
+        records,
+        bytes: records * workload.record_size as u64,
+        seconds: started.elapsed().as_secs_f64(),
+        latency: Latency::SendToAck,
+        latencies,
+    })
+}
+
+/// Writes `records` records of `record_size` bytes to `topic` (created
+/// with `partitions` if missing) over one raw stream, for consume runs and
+/// retained data; not measured.
+pub async fn fill(
+    endpoint: &str,
+    topic: &str,
+    partitions: u32,
+    records: u64,
+    record_size: usize,
+) -> anyhow::Result<()> {
+    let options = RawOptions {
+        topic: topic.to_owned(),
+        partitions,
+        first_partition: 0,
+        records,
+        record_size,
+        batch_records: (256 * 1024 / record_size.max(1)).clamp(1, 10_000),
+        in_flight: 32,
+        compression: Compression::None,
+    };
+    produce(endpoint, &options).await.map(drop)
+}
+
+/// Produces `options.records` records over one produce stream, spreading
+/// batches round-robin over the partitions; returns request → ack
+/// latencies (microseconds, one per batch).
+pub async fn produce(endpoint: &str, options: &RawOptions) -> anyhow::Result<Histogram<u64>> {
+    let mut latencies = histogram();
+    if options.records == 0 {
+        return Ok(latencies);
+    }
+    if options.batch_records == 0 || options.partitions == 0 || options.in_flight == 0 {
+        bail!("batch size, partitions and in-flight requests must be positive");
+    }
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .with_context(|| format!("connect to {endpoint}"))?;
+    let mut admin = AdminServiceClient::new(channel.clone());
+    let created = admin
+        .create_topic(CreateTopicRequest {
+            name: options.topic.clone(),
+            partitions: options.partitions,
+            config: None,
+        })
+        .await;
+    if let Err(status) = created {
+        if status.code() != tonic::Code::AlreadyExists {
+            return Err(status).context("create the bench topic");
+        }
+    }
+    let mut producer = ProduceServiceClient::new(channel)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    let (requests, outbound) = mpsc::channel(options.in_flight);
+    let mut acks = producer
+        .produce_stream(ReceiverStream::new(outbound))
+        .await
+        .context("open the produce stream")?
+        .into_inner();
+    let mut sent_at: VecDeque<Instant> = VecDeque::with_capacity(options.in_flight);
+    let value = Bytes::from(vec![b'x'; options.record_size]);
+    let full_batch = encode(&value, options.batch_records as u64, options.compression)?;
+    let batches = options.records.div_ceil(options.batch_records as u64);
+    let mut next_batch = 0u64;
+    let mut acked = 0u64;
+    while acked < batches {
+        if next_batch < batches && sent_at.len() < options.in_flight {
+            let first = next_batch * options.batch_records as u64;
+            let count = (options.records - first).min(options.batch_records as u64);
+            let batch = if count == options.batch_records as u64 {
+                full_batch.clone()
+            } else {
+                encode(&value, count, options.compression)?
+            };
+            let partition =
+                (u64::from(options.first_partition) + next_batch) % u64::from(options.partitions);
+            let request = ProduceRequest {
+                correlation_id: next_batch,
+                batches: vec![PartitionBatch {
+                    topic: options.topic.clone(),
+                    partition: partition as u32,
+                    batch,
+                }],
+            };
+            sent_at.push_back(Instant::now());
+            requests
+                .send(request)
+                .await
+                .context("produce stream closed")?;
+            next_batch += 1;
+            continue;
+        }
+        let ack = acks
+            .next()
+            .await
+            .context("produce stream ended early")?
+            .context("produce stream failed")?;
+        if let Some(error) = ack
+            .error
+            .or_else(|| ack.results.into_iter().find_map(|r| r.error))
+        {
+            bail!("produce failed: {}", error.message);
+        }
+        let sent = sent_at
+            .pop_front()
+            .context("an acknowledgement nobody waited for")?;
+        crate::produce::record_latency(&mut latencies, sent);
+        acked += 1;
+    }
+    Ok(latencies)
+}
+
+/// One batch of `count` copies of `value`; the broker stamps offsets, so
+/// the same bytes can be sent again.
+fn encode(value: &Bytes, count: u64, compression: Compression) -> anyhow::Result<Bytes> {
+    let mut builder = BatchBuilder::new(BatchOptions {
+        compression,
+        ..BatchOptions::default()
+    });
+    let timestamp = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .context("the clock is before 1970")?
+            .as_millis(),
+    )?;
+    for _ in 0..count {
+        builder.push(&NewRecord {
+            timestamp,
+            key: None,
+            value: Some(value.clone()),
+            headers: Vec::new(),
+        });
+    }
+    Ok(builder.build()?)
+}
