@@ -9,6 +9,7 @@ mod health;
 mod produce;
 mod serve;
 mod settings;
+mod table;
 mod topic;
 
 use std::process::ExitCode;

@@ -4,6 +4,8 @@
 use brook_client::{Client, TopicConfig, TopicDescription};
 use clap::Subcommand;
 
+use crate::table::table;
+
 #[derive(Debug, Subcommand)]
 pub enum TopicCommand {
     /// Create a topic.
@@ -106,53 +108,4 @@ fn describe(topic: &TopicDescription) -> String {
         &rows,
     ));
     out
-}
-
-/// Columns padded to their widest cell, two spaces apart; the first column
-/// (a name or an index) left-aligned, the rest (numbers) right-aligned.
-fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for row in rows {
-        assert_eq!(row.len(), headers.len(), "every row has every column");
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
-        }
-    }
-    let mut out = String::new();
-    let header: Vec<String> = headers.iter().map(|h| (*h).to_owned()).collect();
-    for row in std::iter::once(&header).chain(rows) {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .enumerate()
-            .map(|(column, (cell, &width))| {
-                if column == 0 {
-                    format!("{cell:<width$}")
-                } else {
-                    format!("{cell:>width$}")
-                }
-            })
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tables_align_columns() {
-        let rows = vec![
-            vec!["orders".to_owned(), "12".to_owned()],
-            vec!["a".to_owned(), "3".to_owned()],
-        ];
-        assert_eq!(
-            table(&["TOPIC", "PARTITIONS"], &rows),
-            "TOPIC   PARTITIONS\norders          12\na                3\n"
-        );
-        assert_eq!(table(&["TOPIC"], &[]), "TOPIC\n");
-    }
 }

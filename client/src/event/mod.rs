@@ -51,7 +51,7 @@
 mod codec;
 mod envelope;
 mod error;
-mod outcome;
+pub(crate) mod outcome;
 mod router;
 mod send;
 

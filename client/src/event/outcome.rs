@@ -77,7 +77,7 @@ pub(super) fn reason(error: &EventError) -> String {
 
 /// The original record, with the dead-letter headers (replacing any it had
 /// from an earlier dead-lettering).
-pub(super) fn dead_letter_record(consumed: &ConsumedRecord, reason: &str) -> NewRecord {
+pub(crate) fn dead_letter_record(consumed: &ConsumedRecord, reason: &str) -> NewRecord {
     const ADDED: [&str; 4] = [
         headers::DEAD_LETTER_REASON,
         headers::ORIGINAL_TOPIC,

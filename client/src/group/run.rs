@@ -20,8 +20,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use brook_record::Header;
-use bytes::Bytes;
 use futures::{FutureExt as _, StreamExt as _};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
@@ -34,7 +32,6 @@ use super::error::{GroupError, HandlerError};
 use super::member::{Committer, Member, Stop, Work};
 use super::session::SessionHandle;
 use crate::consumer::ConsumedRecord;
-use crate::event::headers;
 use crate::producer::{Producer, ProducerConfig, ProducerRecord};
 use crate::resilience::Backoff;
 
@@ -519,50 +516,30 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// The original record for `topic`, with the dead-letter headers (replacing
-/// any it had from an earlier dead-lettering). Same headers as the
-/// [`crate::event::EventRouter`]'s dead letters.
+/// any it had from an earlier dead-lettering): the same record the
+/// [`crate::event::EventRouter`] dead-letters.
 pub(crate) fn dead_letter_record(
     consumed: &ConsumedRecord,
     topic: &str,
     reason: &str,
 ) -> ProducerRecord {
-    const ADDED: [&str; 4] = [
-        headers::DEAD_LETTER_REASON,
-        headers::ORIGINAL_TOPIC,
-        headers::ORIGINAL_PARTITION,
-        headers::ORIGINAL_OFFSET,
-    ];
-    let record = &consumed.record;
-    let mut kept: Vec<Header> = record
-        .headers
-        .iter()
-        .filter(|h| !ADDED.contains(&h.key.as_str()))
-        .cloned()
-        .collect();
-    for (key, value) in ADDED.into_iter().zip([
-        reason.to_owned(),
-        consumed.topic.to_string(),
-        consumed.partition.to_string(),
-        record.offset.to_string(),
-    ]) {
-        kept.push(Header {
-            key: key.to_owned(),
-            value: Bytes::from(value),
-        });
-    }
+    let letter = crate::event::outcome::dead_letter_record(consumed, reason);
     ProducerRecord {
         topic: topic.to_owned(),
         partition: None,
-        key: record.key.clone(),
-        value: record.value.clone(),
-        headers: kept,
-        timestamp: Some(record.timestamp),
+        key: letter.key,
+        value: letter.value,
+        headers: letter.headers,
+        timestamp: Some(letter.timestamp),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use brook_record::Record;
+    use brook_record::{Header, Record};
+    use bytes::Bytes;
+
+    use crate::event::headers;
 
     use super::*;
 
