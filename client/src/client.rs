@@ -120,6 +120,8 @@ pub struct Client {
     pub(crate) options: ClientOptions,
     /// Shared by the clones, as the connection is.
     breaker: CircuitBreaker,
+    /// The connection, for stubs of other services (consumer groups).
+    pub(crate) channel: Channel,
 }
 
 impl Client {
@@ -185,11 +187,12 @@ impl Client {
             produce: ProduceServiceClient::new(channel.clone())
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
-            fetch: FetchServiceClient::new(channel)
+            fetch: FetchServiceClient::new(channel.clone())
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
             options,
             breaker: CircuitBreaker::new(options.circuit_breaker),
+            channel,
         }
     }
 

@@ -11,7 +11,7 @@ use std::fmt;
 use brook_proto as proto;
 use brook_proto::group_service_client::GroupServiceClient;
 use futures::Stream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::client::{Client, ClientOptions};
 use crate::error::ClientError;
@@ -170,21 +170,9 @@ impl GroupClient {
         endpoint: impl Into<String>,
         options: ClientOptions,
     ) -> Result<Self, ClientError> {
-        assert!(
-            options.produce_in_flight_max > 0,
-            "a produce stream needs room for one request"
-        );
-        let endpoint = Endpoint::from_shared(with_scheme(endpoint.into()))?
-            .connect_timeout(options.connect_timeout)
-            .tcp_nodelay(true);
-        // connect_timeout bounds the TCP connect only; this bounds the handshake too.
-        let channel = tokio::time::timeout(options.connect_timeout, endpoint.connect())
-            .await
-            .map_err(|_elapsed| ClientError::Timeout {
-                operation: "connect",
-                after: options.connect_timeout,
-            })??;
-        Ok(Self::from_channel(channel, options))
+        Ok(Self::from_client(
+            Client::connect_with(endpoint, options).await?,
+        ))
     }
 
     /// Wraps an existing channel; see [`Client::from_channel`].
@@ -193,13 +181,16 @@ impl GroupClient {
     ///
     /// If `options.circuit_breaker.failure_threshold` is 0.
     pub fn from_channel(channel: Channel, options: ClientOptions) -> Self {
-        let limit = options.message_bytes_max;
-        Self {
-            client: Client::from_channel(channel.clone(), options),
-            stub: GroupServiceClient::new(channel)
-                .max_decoding_message_size(limit)
-                .max_encoding_message_size(limit),
-        }
+        Self::from_client(Client::from_channel(channel, options))
+    }
+
+    /// The group service on `client`'s connection (its clones share it).
+    pub fn from_client(client: Client) -> Self {
+        let limit = client.options.message_bytes_max;
+        let stub = GroupServiceClient::new(client.channel.clone())
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
+        Self { client, stub }
     }
 
     /// The plain client on the same connection (topics, produce, fetch).
@@ -421,15 +412,6 @@ fn from_proto_offset(o: proto::PartitionOffset) -> PartitionOffset {
     }
 }
 
-/// `host:port` becomes `http://host:port`; anything with a scheme is kept.
-fn with_scheme(endpoint: String) -> String {
-    if endpoint.contains("://") {
-        endpoint
-    } else {
-        format!("http://{endpoint}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,11 +426,5 @@ mod tests {
         partitions.sort();
         let shown: Vec<String> = partitions.iter().map(ToString::to_string).collect();
         assert_eq!(shown, ["a/2", "a/10", "b/0"]);
-    }
-
-    #[test]
-    fn scheme_is_added_only_when_missing() {
-        assert_eq!(with_scheme("h:1".into()), "http://h:1");
-        assert_eq!(with_scheme("https://h:1".into()), "https://h:1");
     }
 }
