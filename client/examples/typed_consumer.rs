@@ -12,7 +12,6 @@ mod orders;
 
 use brook_client::event::{EventRouter, UnknownPolicy};
 use brook_client::{Client, Consumer, ConsumerConfig, OffsetReset, Producer, ProducerConfig};
-use futures::StreamExt;
 
 use orders::{DEAD_LETTER_TOPIC, OrderCancelled, OrderPlaced, OrderPlacedV1, TOPIC};
 
@@ -67,8 +66,12 @@ async fn main() -> anyhow::Result<()> {
     consumer.assign(&assignment);
     println!("reading {TOPIC} ({partitions} partitions) from the start; Ctrl-C stops");
 
-    let records = (&mut consumer).take_until(Box::pin(tokio::signal::ctrl_c()));
-    router.run(records).await?;
+    // run_consumer seeks back to a record whose handling failed, so a
+    // restarted loop reads it again instead of skipping it.
+    tokio::select! {
+        handled = router.run_consumer(&mut consumer) => handled?,
+        _ = tokio::signal::ctrl_c() => {}
+    }
     println!("stopped: {:?}", router.stats());
     Ok(())
 }
