@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use brook_client::{Client, FetchOptions, NewRecord, OffsetSpec, TopicConfig};
+use brook_client::{Client, NewRecord, TopicConfig};
 use brook_record::{BatchOptions, encode_batch};
 use bytes::Bytes;
 use common::Server;
@@ -40,9 +40,18 @@ async fn acknowledged_records_survive_sigkill() {
     let mut seen = vec![false; RECORDS];
     let mut total = 0;
     for partition in 0..PARTITIONS {
-        total += timeout(LIMIT, read_partition(&client, partition, &mut seen))
-            .await
-            .expect("read back in time");
+        let numbers = timeout(
+            LIMIT,
+            common::read_sequence_numbers(&client, "durable", partition),
+        )
+        .await
+        .expect("read back in time");
+        for seq in &numbers {
+            let seq = usize::try_from(*seq).expect("a small sequence number");
+            assert!(!seen[seq], "sequence number {seq} twice");
+            seen[seq] = true;
+        }
+        total += numbers.len();
     }
     assert_eq!(total, RECORDS);
     assert!(seen.iter().all(|s| *s), "every sequence number is back");
@@ -80,38 +89,4 @@ async fn produce_all(client: &Client) {
         ack.await.expect("acknowledged");
     }
     stream.finish().await;
-}
-
-/// Reads a partition from offset 0 to its end; checks offsets are dense and
-/// marks each sequence number seen (exactly once). Returns the record count.
-async fn read_partition(client: &Client, partition: u32, seen: &mut [bool]) -> usize {
-    let end = client
-        .list_offsets("durable", partition, OffsetSpec::Latest)
-        .await
-        .expect("the end offset");
-    let options = FetchOptions {
-        max_wait: Duration::ZERO,
-        ..FetchOptions::default()
-    };
-    let mut offset = 0;
-    while offset < end {
-        let fetched = client
-            .fetch("durable", partition, offset, options)
-            .await
-            .expect("fetch");
-        assert_eq!(fetched.high_watermark, end);
-        assert!(!fetched.records.is_empty(), "data below the high watermark");
-        for record in fetched.records {
-            assert_eq!(record.offset, offset, "dense offsets in {partition}");
-            let value = record.value.expect("every record has a value");
-            let seq: usize = std::str::from_utf8(&value)
-                .ok()
-                .and_then(|text| text.parse().ok())
-                .expect("a sequence number");
-            assert!(!seen[seq], "sequence number {seq} twice");
-            seen[seq] = true;
-            offset += 1;
-        }
-    }
-    usize::try_from(end).expect("a small end offset")
 }

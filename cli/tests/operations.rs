@@ -11,9 +11,7 @@ use std::process::{Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use brook_client::{
-    Client, ClientError, FetchOptions, NewRecord, OffsetSpec, PendingAck, TopicConfig,
-};
+use brook_client::{Client, ClientError, FetchOptions, NewRecord, PendingAck, TopicConfig};
 use brook_record::{BatchOptions, encode_batch};
 use bytes::Bytes;
 use common::{BROOK, Server};
@@ -127,9 +125,12 @@ async fn sigterm_under_produce_load_loses_nothing_acknowledged() {
     let client = Client::connect(server.endpoint()).await.unwrap();
     let mut logs = Vec::new();
     for partition in 0..LOAD_PARTITIONS {
-        let log = timeout(LIMIT, read_partition(&client, partition))
-            .await
-            .expect("read back in time");
+        let log = timeout(
+            LIMIT,
+            common::read_sequence_numbers(&client, LOAD_TOPIC, partition),
+        )
+        .await
+        .expect("read back in time");
         logs.push(log);
     }
     let mut seen = HashSet::new();
@@ -235,40 +236,6 @@ async fn produce_until_error(
     produced.lock().await.sent_batches = sent_batches;
     // Dropped rather than finished: the broker is gone.
     drop(stream);
-}
-
-/// Reads a partition from offset 0 to its end; checks offsets are dense and
-/// returns the sequence numbers by offset.
-async fn read_partition(client: &Client, partition: u32) -> Vec<u64> {
-    let end = client
-        .list_offsets(LOAD_TOPIC, partition, OffsetSpec::Latest)
-        .await
-        .expect("the end offset");
-    let options = FetchOptions {
-        max_wait: Duration::ZERO,
-        ..FetchOptions::default()
-    };
-    let mut log = Vec::new();
-    let mut offset = 0;
-    while offset < end {
-        let fetched = client
-            .fetch(LOAD_TOPIC, partition, offset, options)
-            .await
-            .expect("fetch");
-        assert_eq!(fetched.high_watermark, end);
-        assert!(!fetched.records.is_empty(), "data below the high watermark");
-        for record in fetched.records {
-            assert_eq!(record.offset, offset, "dense offsets in {partition}");
-            let value = record.value.expect("every record has a value");
-            let seq: u64 = std::str::from_utf8(&value)
-                .ok()
-                .and_then(|text| text.parse().ok())
-                .expect("a sequence number");
-            log.push(seq);
-            offset += 1;
-        }
-    }
-    log
 }
 
 /// Runs `brook <args>` to completion (bounded) with only `env` among the

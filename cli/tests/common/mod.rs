@@ -149,3 +149,42 @@ pub async fn run(broker: &str, args: &[&str], stdin: &[u8]) -> Output {
         .expect("write stdin");
     output
 }
+
+/// Reads a partition of `topic` from offset 0 to its end, checking that
+/// offsets are dense, and returns each record's value parsed as a sequence
+/// number, in offset order.
+pub async fn read_sequence_numbers(
+    client: &brook_client::Client,
+    topic: &str,
+    partition: u32,
+) -> Vec<u64> {
+    let end = client
+        .list_offsets(topic, partition, brook_client::OffsetSpec::Latest)
+        .await
+        .expect("the end offset");
+    let options = brook_client::FetchOptions {
+        max_wait: Duration::ZERO,
+        ..brook_client::FetchOptions::default()
+    };
+    let mut numbers = Vec::new();
+    let mut offset = 0;
+    while offset < end {
+        let fetched = client
+            .fetch(topic, partition, offset, options)
+            .await
+            .expect("fetch");
+        assert_eq!(fetched.high_watermark, end);
+        assert!(!fetched.records.is_empty(), "data below the high watermark");
+        for record in fetched.records {
+            assert_eq!(record.offset, offset, "dense offsets in {partition}");
+            let value = record.value.expect("every record has a value");
+            let seq: u64 = std::str::from_utf8(&value)
+                .ok()
+                .and_then(|text| text.parse().ok())
+                .expect("a sequence number");
+            numbers.push(seq);
+            offset += 1;
+        }
+    }
+    numbers
+}
