@@ -92,9 +92,7 @@ impl Broker {
             let topic = self.topic(&produced.topic)?;
             let partition = topic.partition(&produced.topic, produced.partition)?;
             let max_bytes = topic
-                .record()
-                .overrides
-                .max_message_bytes
+                .max_message_bytes_override()
                 .unwrap_or(self.config.topic_defaults.max_message_bytes);
             let header = brook_record::validate_batch(&produced.batch, max_bytes as usize)
                 .map_err(|source| BrokerError::InvalidBatch {

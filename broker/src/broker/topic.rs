@@ -37,6 +37,12 @@ impl Topic {
         self.record.read().clone()
     }
 
+    /// The topic's own batch size limit, if it sets one: read per produced
+    /// batch, so without copying the record.
+    pub fn max_message_bytes_override(&self) -> Option<u32> {
+        self.record.read().overrides.max_message_bytes
+    }
+
     pub fn set_record(&self, record: TopicRecord) {
         *self.record.write() = record;
     }
