@@ -65,6 +65,15 @@ impl BatchBuilder {
         }
     }
 
+    /// A builder whose buffer holds `bytes` of encoded records before it
+    /// grows.
+    pub fn with_capacity(options: BatchOptions, bytes: usize) -> Self {
+        BatchBuilder {
+            records: Vec::with_capacity(bytes),
+            ..Self::new(options)
+        }
+    }
+
     /// Appends a record. Its offset_delta is the number pushed so far; its timestamp is
     /// stored relative to the first pushed record's timestamp (deltas are signed, so
     /// later records may be older).

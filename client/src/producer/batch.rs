@@ -1,4 +1,4 @@
-//! A closed batch: its encoded bytes, the callers waiting for it, the
+//! A closed batch: its encoded bytes, the answer its records wait for, the
 //! buffer memory it holds, and its place in the retry cycle.
 //!
 //! Invariants: a batch answers each of its records exactly once (acked or
@@ -9,27 +9,10 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
-use super::error::replicate;
-use super::{RecordMetadata, Reply};
+use super::buffer::Lease;
+use super::completion::AnswerOnDrop;
 use crate::error::ClientError;
-
-/// A record accepted and not yet answered.
-#[derive(Debug)]
-pub(crate) struct PendingRecord {
-    pub(crate) reply: Reply,
-    pub(crate) timestamp: i64,
-}
-
-impl PendingRecord {
-    pub(crate) fn new(
-        reply: oneshot::Sender<Result<RecordMetadata, ClientError>>,
-        timestamp: i64,
-    ) -> Self {
-        Self { reply, timestamp }
-    }
-}
 
 /// An idempotent producer identity: batches carry it in their header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,9 +41,11 @@ pub(crate) struct Batch {
     /// Unique per producer, increasing in the order batches were opened.
     pub(crate) id: u64,
     pub(crate) bytes: Bytes,
-    pub(crate) records: Vec<PendingRecord>,
+    record_count: usize,
+    /// Answers the records' delivery futures.
+    completion: AnswerOnDrop,
     /// The buffer memory of the records; released when the batch is answered.
-    pub(crate) permit: Option<OwnedSemaphorePermit>,
+    lease: Option<Lease>,
     /// When the oldest record's delivery timeout runs out.
     pub(crate) deadline: Instant,
     pub(crate) state: BatchState,
@@ -89,17 +74,19 @@ impl Batch {
     pub(crate) fn new(
         id: u64,
         bytes: Bytes,
-        records: Vec<PendingRecord>,
-        permit: Option<OwnedSemaphorePermit>,
+        record_count: usize,
+        completion: AnswerOnDrop,
+        lease: Lease,
         opened: Instant,
         deadline: Instant,
     ) -> Self {
-        assert!(!records.is_empty(), "a batch holds at least one record");
+        assert!(record_count > 0, "a batch holds at least one record");
         Self {
             id,
             bytes,
-            records,
-            permit,
+            record_count,
+            completion,
+            lease: Some(lease),
             deadline,
             state: BatchState::Ready { not_before: opened },
             attempts: 0,
@@ -112,7 +99,7 @@ impl Batch {
     }
 
     pub(crate) fn record_count(&self) -> usize {
-        self.records.len()
+        self.record_count
     }
 
     /// Writes `identity` and `base_sequence` into the header (and the CRC
@@ -130,31 +117,21 @@ impl Batch {
     }
 
     /// Answers every record: offsets follow `base_offset` densely.
-    pub(crate) fn succeed(&mut self, topic: &str, partition: u32, base_offset: i64) {
+    pub(crate) fn succeed(&mut self, base_offset: i64) {
         self.release();
-        for (i, record) in self.records.drain(..).enumerate() {
-            // The caller may have stopped waiting (fire and forget).
-            let _ = record.reply.send(Ok(RecordMetadata {
-                topic: topic.to_owned(),
-                partition,
-                offset: base_offset + i as i64,
-                timestamp: record.timestamp,
-            }));
-        }
+        self.completion.succeed(base_offset);
     }
 
     /// Answers every record with `error`.
     pub(crate) fn fail(&mut self, error: &ClientError) {
         self.release();
-        for record in self.records.drain(..) {
-            let _ = record.reply.send(Err(replicate(error)));
-        }
+        self.completion.fail(error);
     }
 
     /// Gives the buffer memory back before any record is answered: a caller
     /// that sees its answer finds its bytes free (and another can use them).
     fn release(&mut self) {
-        self.permit = None;
+        self.lease = None;
         self.bytes = Bytes::new();
         self.last_error = None;
     }
@@ -175,31 +152,35 @@ fn stamp_producer(batch: Bytes, identity: Identity, base_sequence: i32) -> Bytes
 }
 
 /// A closed batch of `records` empty records opened at `opened` (with a
-/// minute's delivery time), and the receivers of their answers.
+/// minute's delivery time), and the futures of their answers.
 #[cfg(test)]
 pub(crate) fn test_batch(
     id: u64,
     records: usize,
     opened: Instant,
-) -> (
-    Batch,
-    Vec<oneshot::Receiver<Result<RecordMetadata, ClientError>>>,
-) {
+) -> (Batch, Vec<super::DeliveryFuture>) {
     let bytes = brook_record::encode_batch(
         &vec![brook_record::NewRecord::default(); records],
         brook_record::BatchOptions::default(),
     )
     .expect("empty records encode");
-    let (pending, answers) = (0..records)
-        .map(|_| {
-            let (reply, answer) = oneshot::channel();
-            (PendingRecord::new(reply, 0), answer)
-        })
-        .unzip();
+    let completion = super::completion::Completion::new(std::sync::Arc::from("t"), 0);
+    let deliveries = (0..records)
+        .map(|index| completion.delivery(u32::try_from(index).unwrap(), 0))
+        .collect();
+    let buffer = std::sync::Arc::new(super::buffer::BufferMemory::new(1));
     let deadline = opened + std::time::Duration::from_secs(60);
     (
-        Batch::new(id, bytes, pending, None, opened, deadline),
-        answers,
+        Batch::new(
+            id,
+            bytes,
+            records,
+            AnswerOnDrop(completion),
+            Lease::new(buffer),
+            opened,
+            deadline,
+        ),
+        deliveries,
     )
 }
 

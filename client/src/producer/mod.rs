@@ -1,21 +1,24 @@
 //! The batching, retrying, idempotent [`Producer`].
 //!
-//! `send`/`enqueue` run in the caller's task: they take buffer memory (and
-//! wait for it), learn the topic's partition count, pick the partition and
-//! hand the record to the sender task through a bounded inbox. The sender
-//! task (`sender.rs`) owns everything else: open batches
-//! (`accumulator.rs`), each partition's queue of closed batches and its
-//! retry and ordering rules (`queue.rs`), and the produce requests in
-//! flight.
+//! `send`/`enqueue` run in the caller's task: they reserve buffer memory
+//! (and wait for it), learn the topic's partition count, pick the
+//! partition and encode the record into its partition's open batch, all
+//! under one short lock (`accumulator.rs`). The sender task (`sender.rs`)
+//! takes batches when they fill up or are due, keeps each partition's
+//! queue of closed batches with its retry and ordering rules (`queue.rs`),
+//! and sends them in multi-partition produce requests. Each batch answers
+//! all its records' [`DeliveryFuture`]s at once (`completion.rs`).
 //!
 //! Invariants: the bytes of accepted, unanswered records never exceed
-//! `buffer_memory` (a semaphore permit per record, released when its batch
-//! is answered); every accepted record is answered exactly once, with its
-//! offset or an error, at the latest when its delivery timeout runs out
-//! (plus the time an in-flight request needs to return).
+//! `buffer_memory` (`buffer.rs`: reserved per record, given back when its
+//! batch is answered); every accepted record is answered exactly once,
+//! with its offset or an error, at the latest when its delivery timeout
+//! runs out (plus the time an in-flight request needs to return).
 
 mod accumulator;
 mod batch;
+mod buffer;
+mod completion;
 mod config;
 mod error;
 mod metadata;
@@ -24,16 +27,15 @@ mod queue;
 mod record;
 mod sender;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Instant;
 
+use brook_record::NewRecord;
 use parking_lot::Mutex;
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
+pub use completion::DeliveryFuture;
 pub use config::{
     DEFAULT_BATCH_SIZE, DEFAULT_BUFFER_MEMORY, DEFAULT_DELIVERY_TIMEOUT, DEFAULT_LINGER,
     DEFAULT_MAX_IN_FLIGHT, DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_MAX, ProducerConfig,
@@ -41,22 +43,20 @@ pub use config::{
 pub use partitioner::fnv1a32;
 pub use record::{ProducerRecord, RecordMetadata};
 
+use self::accumulator::{Accumulator, Incoming};
+use self::buffer::BufferMemory;
 use self::metadata::{MetadataCache, TOPICS_MAX, TopicMetadata};
 use self::partitioner::{Target, keyed_partition};
 use self::record::record_size;
-use self::sender::{Command, Enqueued, Sender};
+use self::sender::{Control, Sender};
 use crate::client::Client;
 use crate::error::ClientError;
 
 /// A topic and partition, as the sender task keys its state.
 pub(crate) type TopicPartition = (Arc<str>, u32);
-/// Where a record's outcome goes.
-pub(crate) type Reply = oneshot::Sender<Result<RecordMetadata, ClientError>>;
 
-/// Records and commands waiting for the sender task. Records already hold
-/// their buffer memory, so this only bounds how many wait; `send` waits
-/// when it is full.
-const INBOX_CAPACITY: usize = 1024;
+/// Flush requests waiting for the sender task.
+const CONTROL_CAPACITY: usize = 64;
 
 /// A batching, retrying producer: records are gathered per partition into
 /// batches (sent when full or after `linger`), several partitions' batches
@@ -100,12 +100,18 @@ pub struct Producer {
 }
 
 /// What the clones of one producer share; dropping the last one closes
-/// the inbox, which lets the sender task finish.
+/// the producer, which lets the sender task finish.
 #[derive(Debug)]
 struct Handle {
     shared: Arc<Shared>,
-    /// To the sender task; bounded by `INBOX_CAPACITY`.
-    inbox: mpsc::Sender<Command>,
+    /// Flush requests to the sender task.
+    control: mpsc::Sender<Control>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.close();
+    }
 }
 
 /// State shared by the callers and the sender task.
@@ -113,21 +119,51 @@ struct Handle {
 pub(crate) struct Shared {
     pub(crate) client: Client,
     pub(crate) config: ProducerConfig,
-    /// One permit per byte of `buffer_memory`: a record holds its size
-    /// from `enqueue` until its batch is answered.
-    memory: Arc<Semaphore>,
-    /// The most buffer memory ever held at once (a test hook reads it).
-    memory_peak: AtomicUsize,
-    /// Partition counts by topic, bounded; an entry is dropped when the
-    /// broker says the topic or partition does not exist. Never held across
-    /// an await.
-    pub(crate) metadata: Mutex<MetadataCache>,
-    /// The error that fenced the producer, if it was; never held across an await.
-    pub(crate) fenced: Mutex<Option<ClientError>>,
+    pub(crate) buffer: Arc<BufferMemory>,
+    /// Everything callers and the sender both change; never held across
+    /// an await, and only for a few map lookups and one record's encoding.
+    pub(crate) state: Mutex<State>,
+    /// Wakes the sender task: a batch opened or filled up, a caller waits
+    /// for buffer memory, a flush, close.
+    pub(crate) wake: Notify,
     /// Test hook: the next this many acknowledgements are treated as lost.
     pub(crate) drop_acknowledgements: AtomicUsize,
     /// Set by the sender task when it ends.
     pub(crate) finished: watch::Sender<bool>,
+}
+
+/// The part of [`Shared`] behind its lock.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) accumulator: Accumulator,
+    /// Partition counts by topic, bounded; an entry is dropped when the
+    /// broker says the topic or partition does not exist.
+    pub(crate) metadata: MetadataCache,
+    /// Nothing more is accepted: `close` was called, every handle is
+    /// gone, or the sender task ended.
+    pub(crate) closed: bool,
+    /// The error that fenced the producer, if it was.
+    pub(crate) fenced: Option<ClientError>,
+}
+
+impl State {
+    fn check_accepting(&self) -> Result<(), ClientError> {
+        if let Some(error) = &self.fenced {
+            return Err(error::replicate(error));
+        }
+        if self.closed {
+            return Err(error::closed());
+        }
+        Ok(())
+    }
+}
+
+/// What `enqueue` needs before it can try again.
+enum Wanted {
+    /// The topic's metadata described again (the cached one looked stale).
+    Metadata,
+    /// Room in the buffer.
+    Memory,
 }
 
 impl Producer {
@@ -140,20 +176,25 @@ impl Producer {
     /// When `config` is inconsistent (see [`ProducerConfig`]'s fields).
     pub fn new(client: Client, config: ProducerConfig) -> Self {
         config.check();
-        let (inbox, commands) = mpsc::channel(INBOX_CAPACITY);
+        let (control, requests) = mpsc::channel(CONTROL_CAPACITY);
+        let buffer = Arc::new(BufferMemory::new(config.buffer_memory));
         let shared = Arc::new(Shared {
             client,
             config,
-            memory: Arc::new(Semaphore::new(config.buffer_memory)),
-            memory_peak: AtomicUsize::new(0),
-            metadata: Mutex::new(MetadataCache::new(TOPICS_MAX)),
-            fenced: Mutex::new(None),
+            state: Mutex::new(State {
+                accumulator: Accumulator::new(config.compression, config.linger, buffer.clone()),
+                metadata: MetadataCache::new(TOPICS_MAX),
+                closed: false,
+                fenced: None,
+            }),
+            buffer,
+            wake: Notify::new(),
             drop_acknowledgements: AtomicUsize::new(0),
             finished: watch::Sender::new(false),
         });
-        tokio::spawn(Sender::new(shared.clone(), commands).run());
+        tokio::spawn(Sender::new(shared.clone(), requests).run());
         Self {
-            handle: Arc::new(Handle { shared, inbox }),
+            handle: Arc::new(Handle { shared, control }),
         }
     }
 
@@ -181,62 +222,86 @@ impl Producer {
     /// `max_message_bytes` (`INVALID_ARGUMENT`).
     pub async fn enqueue(&self, mut record: ProducerRecord) -> Result<DeliveryFuture, ClientError> {
         let shared = &self.handle.shared;
-        if let Some(error) = &*shared.fenced.lock() {
-            return Err(error::replicate(error));
-        }
-        if self.handle.inbox.is_closed() {
-            return Err(error::closed());
-        }
+        shared.state.lock().check_accepting()?;
         let deadline = Instant::now() + shared.config.delivery_timeout;
         record.add_traceparent();
-        let metadata = shared.checked_metadata(&record, deadline).await?;
-        let target = match (record.partition, &record.key) {
-            (Some(partition), _) => Target::Partition(partition),
-            (None, Some(key)) => Target::Partition(keyed_partition(key, metadata.partition_count)),
-            (None, None) => Target::Sticky {
-                partition_count: metadata.partition_count,
-            },
-        };
         let size = record_size(&record);
-        let permits = u32::try_from(size)
+        let bytes = u32::try_from(size)
             .ok()
-            .filter(|&permits| permits as usize <= shared.config.buffer_memory)
+            .filter(|&bytes| bytes as usize <= shared.config.buffer_memory)
             .ok_or_else(|| error::larger_than_buffer(size, shared.config.buffer_memory))?;
-        let permit = shared
-            .memory
-            .clone()
-            .acquire_many_owned(permits)
-            .await
-            .expect("the memory semaphore is never closed");
-        shared
-            .memory_peak
-            .fetch_max(shared.buffered_bytes(), Ordering::Relaxed);
-        let (reply, answer) = oneshot::channel();
-        let enqueued = Enqueued {
-            topic: Arc::from(record.topic.as_str()),
-            target,
-            record: record.into_new_record(),
-            reply,
-            permit,
-            deadline,
-            batch_bytes_max: shared
-                .config
-                .batch_size
-                .min(metadata.max_message_bytes as usize),
-        };
-        self.handle
-            .inbox
-            .send(Command::Record(Box::new(enqueued)))
-            .await
-            .map_err(|_closed| error::closed())?;
-        Ok(DeliveryFuture { answer })
+        let topic = std::mem::take(&mut record.topic);
+        let partition = record.partition;
+        let record = record.into_new_record();
+        let mut reservation = None;
+        let mut described_again = false;
+        loop {
+            let wanted = {
+                let mut state = shared.state.lock();
+                state.check_accepting()?;
+                match state.metadata.get(&topic) {
+                    None => Wanted::Metadata,
+                    Some(metadata) => match check_fits(partition, &record, metadata) {
+                        Err(Misfit::NoPartition(_)) if !described_again => {
+                            // The topic may have grown since it was cached.
+                            state.metadata.remove(&topic);
+                            described_again = true;
+                            Wanted::Metadata
+                        }
+                        Err(misfit) => return Err(misfit.into_error(&topic, metadata)),
+                        Ok(target) => {
+                            if reservation.is_none() {
+                                reservation = shared.buffer.try_reserve(bytes);
+                            }
+                            match reservation.take() {
+                                None => Wanted::Memory,
+                                Some(reservation) => {
+                                    let incoming = Incoming {
+                                        topic: &topic,
+                                        target,
+                                        record: &record,
+                                        reservation,
+                                        deadline,
+                                        batch_bytes_max: shared
+                                            .config
+                                            .batch_size
+                                            .min(metadata.max_message_bytes as usize),
+                                    };
+                                    let (delivery, wake) =
+                                        state.accumulator.append(incoming, Instant::now());
+                                    drop(state);
+                                    if wake {
+                                        shared.wake.notify_one();
+                                    }
+                                    return Ok(delivery);
+                                }
+                            }
+                        }
+                    },
+                }
+            };
+            match wanted {
+                Wanted::Metadata => shared.describe_topic(&topic, deadline).await?,
+                Wanted::Memory => {
+                    let wake = || shared.wake.notify_one();
+                    reservation = Some(shared.buffer.reserve(bytes, wake).await);
+                }
+            }
+        }
     }
 
     /// Sends every record accepted so far without waiting for `linger`, and
     /// waits until each is answered (acknowledged or failed).
     pub async fn flush(&self) {
+        let shared = &self.handle.shared;
+        let covers_below = shared.state.lock().accumulator.flush();
+        shared.wake.notify_one();
         let (waiter, done) = oneshot::channel();
-        if self.handle.inbox.send(Command::Flush(waiter)).await.is_ok() && done.await.is_ok() {
+        let request = Control::Flush {
+            covers_below,
+            waiter,
+        };
+        if self.handle.control.send(request).await.is_ok() && done.await.is_ok() {
             return;
         }
         // The task is ending: it answers everything before it does.
@@ -246,8 +311,7 @@ impl Producer {
     /// Sends every record accepted so far, waits until each is answered,
     /// and ends the sender task. `send` fails from then on, on every clone.
     pub async fn close(&self) {
-        // An error means it is closing already.
-        let _ = self.handle.inbox.send(Command::Close).await;
+        self.handle.shared.close();
         self.wait_finished().await;
     }
 
@@ -271,66 +335,26 @@ impl Producer {
     /// Test hook: bytes of buffer memory held now. Not part of the API.
     #[doc(hidden)]
     pub fn buffered_bytes(&self) -> usize {
-        self.handle.shared.buffered_bytes()
+        self.handle.shared.buffer.held()
     }
 
     /// Test hook: the most buffer memory ever held at once. Not part of the API.
     #[doc(hidden)]
     pub fn buffered_bytes_peak(&self) -> usize {
-        self.handle.shared.memory_peak.load(Ordering::Relaxed)
+        self.handle.shared.buffer.peak()
     }
 }
 
 impl Shared {
-    fn buffered_bytes(&self) -> usize {
-        self.config.buffer_memory - self.memory.available_permits()
+    /// Accepts nothing more; the sender task sends what it holds and ends.
+    pub(crate) fn close(&self) {
+        self.state.lock().closed = true;
+        self.wake.notify_one();
     }
 
-    /// The metadata of `record`'s topic, after checking that the record
-    /// fits it: its partition exists (the topic may have grown since it was
-    /// cached: then it is described again), and a batch of the record alone
-    /// (its size bound plus the batch header) is within `max_message_bytes`.
-    async fn checked_metadata(
-        &self,
-        record: &ProducerRecord,
-        deadline: Instant,
-    ) -> Result<TopicMetadata, ClientError> {
-        let topic = &record.topic;
-        let mut metadata = self.topic_metadata(topic, deadline).await?;
-        if let Some(partition) = record.partition {
-            if partition >= metadata.partition_count {
-                self.metadata.lock().remove(topic);
-                metadata = self.topic_metadata(topic, deadline).await?;
-            }
-            if partition >= metadata.partition_count {
-                return Err(error::no_such_partition(
-                    topic,
-                    partition,
-                    metadata.partition_count,
-                ));
-            }
-        }
-        let batch_bytes = record_size(record) + brook_record::HEADER_LEN;
-        if batch_bytes > metadata.max_message_bytes as usize {
-            return Err(error::larger_than_topic_limit(
-                topic,
-                batch_bytes,
-                metadata.max_message_bytes,
-            ));
-        }
-        Ok(metadata)
-    }
-
-    /// The topic's metadata, from the cache or the broker; retries an
+    /// Learns `topic`'s metadata from the broker into the cache; retries an
     /// unreachable broker until `deadline`.
-    async fn topic_metadata(
-        &self,
-        topic: &str,
-        deadline: Instant,
-    ) -> Result<TopicMetadata, ClientError> {
-        if let Some(metadata) = self.metadata.lock().get(topic) {
-            return Ok(metadata);
-        }
+    async fn describe_topic(&self, topic: &str, deadline: Instant) -> Result<(), ClientError> {
         let backoff = self.config.backoff();
         let timed_out = || error::delivery_timed_out(self.config.delivery_timeout);
         let mut retries = 0;
@@ -354,8 +378,8 @@ impl Shared {
                         partition_count,
                         max_message_bytes: description.config.max_message_bytes,
                     };
-                    self.metadata.lock().insert(topic, metadata);
-                    return Ok(metadata);
+                    self.state.lock().metadata.insert(topic, metadata);
+                    return Ok(());
                 }
                 Err(error) if error.is_retryable() => {
                     let retry_at = Instant::now() + backoff.delay(retries);
@@ -372,23 +396,49 @@ impl Shared {
     }
 }
 
-/// The acknowledgement of one record accepted by [`Producer::enqueue`].
-#[derive(Debug)]
-#[must_use = "await it to learn whether the record was appended (dropping it does not cancel the send)"]
-pub struct DeliveryFuture {
-    answer: oneshot::Receiver<Result<RecordMetadata, ClientError>>,
+/// Why a record does not fit its topic.
+enum Misfit {
+    /// The partition it names does not exist.
+    NoPartition(u32),
+    /// A batch of the record alone would exceed `max_message_bytes`.
+    TooLarge { batch_bytes: usize },
 }
 
-impl Future for DeliveryFuture {
-    type Output = Result<RecordMetadata, ClientError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // The sender task answers every record it takes; a dropped reply
-        // means the task is gone (the runtime shut down).
-        Pin::new(&mut self.answer)
-            .poll(cx)
-            .map(|answer| answer.unwrap_or_else(|_gone| Err(error::closed())))
+impl Misfit {
+    fn into_error(self, topic: &str, metadata: TopicMetadata) -> ClientError {
+        match self {
+            Misfit::NoPartition(partition) => {
+                error::no_such_partition(topic, partition, metadata.partition_count)
+            }
+            Misfit::TooLarge { batch_bytes } => {
+                error::larger_than_topic_limit(topic, batch_bytes, metadata.max_message_bytes)
+            }
+        }
     }
+}
+
+/// Where `record` goes, after checking that it fits the topic: the
+/// partition it names exists, and a batch of the record alone (its size
+/// bound plus the batch header) is within `max_message_bytes`.
+fn check_fits(
+    partition: Option<u32>,
+    record: &NewRecord,
+    metadata: TopicMetadata,
+) -> Result<Target, Misfit> {
+    if let Some(partition) = partition.filter(|&p| p >= metadata.partition_count) {
+        return Err(Misfit::NoPartition(partition));
+    }
+    let batch_bytes = record_size(record) + brook_record::HEADER_LEN;
+    if batch_bytes > metadata.max_message_bytes as usize {
+        return Err(Misfit::TooLarge { batch_bytes });
+    }
+    Ok(match (partition, &record.key) {
+        (Some(partition), _) => Target::Partition(partition),
+        (None, Some(key)) => Target::Partition(keyed_partition(key, metadata.partition_count)),
+        (None, None) => Target::Sticky {
+            partition_count: metadata.partition_count,
+        },
+    })
 }
 
 #[cfg(test)]
@@ -411,8 +461,8 @@ mod tests {
         let producer = Producer::new(unconnected_client(), ProducerConfig::default());
         producer
             .handle
-            .inbox
-            .send(Command::Panic)
+            .control
+            .send(Control::Panic)
             .await
             .expect("the task takes commands");
         let limit = Duration::from_secs(10);

@@ -14,9 +14,6 @@
 //! Invariant: the choice for a keyed record depends on nothing but the key
 //! and the partition count.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
 /// 32-bit FNV-1a of `bytes`: the hash that picks a keyed record's partition.
 ///
 /// ```
@@ -37,8 +34,6 @@ pub(crate) fn keyed_partition(key: &[u8], partition_count: u32) -> u32 {
 
 /// Topics whose sticky partition is remembered; a topic forgotten starts
 /// again at a random partition, which is harmless.
-const STICKY_TOPICS_MAX: usize = 1024;
-
 /// Where a record should go, as decided when it was accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Target {
@@ -48,40 +43,33 @@ pub(crate) enum Target {
     Sticky { partition_count: u32 },
 }
 
-/// The sticky partition of each topic, owned by the sender task (which
-/// knows when a batch is closed).
+/// One topic's sticky partition, kept beside its open batches (where it
+/// is known when a batch closes).
 #[derive(Debug, Default)]
 pub(crate) struct Sticky {
-    /// Per topic: the current sticky partition and the partition count it
-    /// was chosen among. At most `STICKY_TOPICS_MAX` topics.
-    current: HashMap<Arc<str>, (u32, u32)>,
+    /// The current sticky partition and the partition count it was
+    /// chosen among; `None` until the first keyless record.
+    current: Option<(u32, u32)>,
 }
 
 impl Sticky {
-    /// The partition for a keyless record of `topic`. A new topic starts at
-    /// a random partition, so producers started together spread out.
-    pub(crate) fn partition(&mut self, topic: &Arc<str>, partition_count: u32) -> u32 {
+    /// The partition for a keyless record. A topic starts at a random
+    /// partition, so producers started together spread out.
+    pub(crate) fn partition(&mut self, partition_count: u32) -> u32 {
         assert!(partition_count > 0, "a topic has at least one partition");
-        if self.current.len() >= STICKY_TOPICS_MAX && !self.current.contains_key(topic) {
-            let evicted = self.current.keys().next().cloned();
-            if let Some(evicted) = evicted {
-                self.current.remove(&evicted);
-            }
-        }
         let (current, count) = self
             .current
-            .entry(topic.clone())
-            .or_insert_with(|| (rand::random_range(0..partition_count), partition_count));
+            .get_or_insert_with(|| (rand::random_range(0..partition_count), partition_count));
         // The topic may have grown since.
         *current %= partition_count;
         *count = partition_count;
         *current
     }
 
-    /// A batch of `topic`/`partition` was closed: keyless records move on
-    /// if they were sticking to it.
-    pub(crate) fn batch_closed(&mut self, topic: &str, partition: u32) {
-        if let Some((current, count)) = self.current.get_mut(topic) {
+    /// A batch of `partition` was closed: keyless records move on if they
+    /// were sticking to it.
+    pub(crate) fn batch_closed(&mut self, partition: u32) {
+        if let Some((current, count)) = &mut self.current {
             if *current == partition {
                 *current = (partition + 1) % *count;
             }
@@ -108,27 +96,13 @@ mod tests {
 
     #[test]
     fn sticky_moves_on_when_its_batch_closes() {
-        let topic: Arc<str> = Arc::from("t");
         let mut sticky = Sticky::default();
-        let first = sticky.partition(&topic, 3);
-        assert_eq!(sticky.partition(&topic, 3), first);
-        sticky.batch_closed("t", (first + 1) % 3);
-        assert_eq!(
-            sticky.partition(&topic, 3),
-            first,
-            "another partition closed"
-        );
-        sticky.batch_closed("t", first);
-        assert_eq!(sticky.partition(&topic, 3), (first + 1) % 3);
-    }
-
-    #[test]
-    fn sticky_state_is_bounded() {
-        let mut sticky = Sticky::default();
-        for i in 0..STICKY_TOPICS_MAX * 2 {
-            let topic: Arc<str> = Arc::from(format!("t{i}"));
-            assert!(sticky.partition(&topic, 4) < 4);
-        }
-        assert_eq!(sticky.current.len(), STICKY_TOPICS_MAX);
+        let first = sticky.partition(3);
+        assert_eq!(sticky.partition(3), first);
+        sticky.batch_closed((first + 1) % 3);
+        assert_eq!(sticky.partition(3), first, "another partition closed");
+        sticky.batch_closed(first);
+        assert_eq!(sticky.partition(3), (first + 1) % 3);
+        assert!(sticky.partition(1) == 0, "the topic shrank in the cache");
     }
 }

@@ -127,6 +127,17 @@ impl PartitionQueue {
             .count()
     }
 
+    /// Whether the partition's open batch should close now to be sent:
+    /// every queued batch is already sent, and the window has room for
+    /// one more. Otherwise the open batch keeps filling while it waits.
+    pub(crate) fn wants_batch(&self) -> bool {
+        self.batches.len() < self.window
+            && self
+                .batches
+                .iter()
+                .all(|b| matches!(b.state, BatchState::InFlight | BatchState::Acked))
+    }
+
     /// The smallest id of a batch not yet answered.
     pub(crate) fn oldest_unanswered(&self) -> Option<u64> {
         self.batches
@@ -235,7 +246,7 @@ impl PartitionQueue {
                         "retry was a duplicate"
                     );
                 }
-                batch.succeed(topic, partition, ack.base_offset);
+                batch.succeed(ack.base_offset);
                 batch.state = BatchState::Acked;
                 self.pop_acked();
                 return Outcome::Done;
@@ -408,13 +419,13 @@ impl PartitionQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::producer::RecordMetadata;
+    use crate::producer::DeliveryFuture;
     use crate::producer::batch::test_batch;
     use brook_record::BatchHeader;
-    use tokio::sync::oneshot;
+    use futures::FutureExt as _;
     use tonic::{Code, Status};
 
-    type Answer = oneshot::Receiver<Result<RecordMetadata, ClientError>>;
+    type Answer = DeliveryFuture;
 
     const IDENTITY: Identity = Identity {
         producer_id: 7,
@@ -516,9 +527,12 @@ mod tests {
         );
         complete(&mut queue, 1, ack(0), now);
         assert_eq!(send(&mut queue, now), [(6, 10)]);
-        let first = answers[0][1].try_recv().unwrap().unwrap();
+        let first = (&mut answers[0][1]).now_or_never().unwrap().unwrap();
         assert_eq!((first.partition, first.offset), (0, 1));
-        assert_eq!(answers[2][0].try_recv().unwrap().unwrap().offset, 4);
+        assert_eq!(
+            (&mut answers[2][0]).now_or_never().unwrap().unwrap().offset,
+            4
+        );
     }
 
     #[test]
@@ -567,7 +581,7 @@ mod tests {
             refused(Code::InvalidArgument, "too large"),
             now,
         );
-        let error = answers[0][0].try_recv().unwrap().unwrap_err();
+        let error = (&mut answers[0][0]).now_or_never().unwrap().unwrap_err();
         assert_eq!(error.code(), Some(Code::InvalidArgument));
         complete(&mut queue, 2, out_of_order(), now);
         complete(&mut queue, 3, out_of_order(), now);
@@ -606,7 +620,7 @@ mod tests {
 
         complete(&mut queue, 2, refused(Code::Unavailable, "down"), now);
         queue.maintain(now + Duration::from_secs(61), Duration::from_secs(60));
-        let error = answers[1][0].try_recv().unwrap().unwrap_err();
+        let error = (&mut answers[1][0]).now_or_never().unwrap().unwrap_err();
         assert!(
             matches!(error, ClientError::Timeout { .. }) && error.is_retryable(),
             "{error:?}"

@@ -1,34 +1,32 @@
-//! The background task that owns the accumulator and the partition queues:
-//! it takes accepted records from the inbox, closes batches, sends them in
+//! The background task that owns the partition queues: it takes batches
+//! from the accumulator when they fill up or are due, sends them in
 //! multi-partition requests, and applies the answers.
 //!
 //! Invariants: at most `max_in_flight` produce requests are awaiting an
 //! answer; a request holds at most one batch per partition, and at most
-//! `REQUEST_BATCHES_MAX` batches; only this task touches batches, so no
-//! lock is held around them. A partition's queue exists while it holds
-//! batches, or sequence numbers the broker remembers (then until it has
-//! been idle for `QUEUE_IDLE_MAX`). The task ends when the inbox is closed
-//! (every `Producer` dropped, or `close`) and every accepted record is
-//! answered; `finished` is set however it ends, a panic included.
+//! `REQUEST_BATCHES_MAX` batches; only this task touches closed batches,
+//! so no lock is held around them. A partition's queue exists while it
+//! holds batches, or sequence numbers the broker remembers (then until it
+//! has been idle for `QUEUE_IDLE_MAX`). The task ends once the producer is
+//! closed (`close`, or every `Producer` dropped) and every accepted record
+//! is answered; `finished` is set however it ends, a panic included.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use brook_record::NewRecord;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
-use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
-use super::accumulator::Accumulator;
-use super::batch::{Batch, Identity};
-use super::error::{acknowledgement_dropped, replicate};
-use super::partitioner::Target;
+use super::accumulator::{Due, OpenBatch};
+use super::batch::Identity;
+use super::error::{acknowledgement_dropped, closed, replicate};
 use super::queue::{Outcome, PartitionQueue, Timing};
-use super::{RecordMetadata, Shared, TopicPartition};
+use super::{Shared, TopicPartition};
 use crate::error::ClientError;
 use crate::produce::ProduceAck;
 use crate::resilience::Backoff;
@@ -60,27 +58,14 @@ const REQUEST_BATCHES_MAX: usize = 10_000;
 /// most one new producer id per sweep.
 const QUEUE_IDLE_MAX: Duration = Duration::from_secs(300);
 
-/// A record accepted by `enqueue`, on its way to the accumulator.
+/// Requests from the producer's handles to the task.
 #[derive(Debug)]
-pub(crate) struct Enqueued {
-    pub(crate) topic: Arc<str>,
-    pub(crate) target: Target,
-    pub(crate) record: NewRecord,
-    pub(crate) reply: oneshot::Sender<Result<RecordMetadata, ClientError>>,
-    /// The record's share of `buffer_memory`.
-    pub(crate) permit: OwnedSemaphorePermit,
-    pub(crate) deadline: Instant,
-    /// `batch_size`, or the topic's `max_message_bytes` if smaller.
-    pub(crate) batch_bytes_max: usize,
-}
-
-#[derive(Debug)]
-pub(crate) enum Command {
-    Record(Box<Enqueued>),
-    /// Send everything accepted so far; answer once all of it is answered.
-    Flush(oneshot::Sender<()>),
-    /// Like `Flush`, then accept nothing more and end.
-    Close,
+pub(crate) enum Control {
+    /// Answer once every batch with an id below `covers_below` is answered.
+    Flush {
+        covers_below: u64,
+        waiter: oneshot::Sender<()>,
+    },
     /// Test hook: the task panics.
     #[cfg(test)]
     Panic,
@@ -106,12 +91,25 @@ struct Identities {
     failures: u32,
 }
 
+/// What the task saw of the accumulator when it last took batches.
+#[derive(Debug, Clone, Copy, Default)]
+struct AccumulatorView {
+    /// The producer accepts nothing more.
+    closed: bool,
+    /// No open batch is left.
+    empty: bool,
+    /// The smallest id of a batch still in it.
+    oldest_id: Option<u64>,
+    /// When an open batch's linger or delivery timeout runs out.
+    next_wake: Option<Instant>,
+}
+
 pub(crate) struct Sender {
     shared: Arc<Shared>,
-    /// Accepted records and commands; bounded (see `INBOX_CAPACITY`).
-    inbox: mpsc::Receiver<Command>,
-    inbox_open: bool,
-    accumulator: Accumulator,
+    /// Flush requests; closed once every handle is gone.
+    control: mpsc::Receiver<Control>,
+    control_open: bool,
+    accumulator: AccumulatorView,
     queues: HashMap<TopicPartition, PartitionQueue>,
     /// Produce requests and identity calls awaiting their answer.
     events: FuturesUnordered<BoxFuture<'static, Event>>,
@@ -120,18 +118,25 @@ pub(crate) struct Sender {
     /// Flush callers, with the first batch id their flush does not cover.
     flushes: Vec<(u64, oneshot::Sender<()>)>,
     backoff: Backoff,
-    /// Set once the producer is fenced: every later record fails with it.
-    fenced: Option<ClientError>,
+    /// Set once the producer is fenced.
+    fenced: bool,
     /// When idle queues that remember sequence numbers are next forgotten.
     next_sweep: Instant,
 }
 
-/// Sets `finished` when the task ends, however it ends: `flush` and
-/// `close` wait for it, and must not wait forever after a panic.
+/// Closes the producer and answers what the accumulator holds when the
+/// task ends, however it ends (the queues answer their batches as they
+/// drop), then sets `finished`: `flush` and `close` wait for it, and must
+/// not wait forever after a panic.
 struct FinishedOnDrop(Arc<Shared>);
 
 impl Drop for FinishedOnDrop {
     fn drop(&mut self) {
+        {
+            let mut state = self.0.state.lock();
+            state.closed = true;
+            state.accumulator.fail_all(&closed());
+        }
         self.0.finished.send_replace(true);
     }
 }
@@ -146,19 +151,19 @@ struct Request {
 }
 
 impl Sender {
-    pub(crate) fn new(shared: Arc<Shared>, inbox: mpsc::Receiver<Command>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, control: mpsc::Receiver<Control>) -> Self {
         let config = shared.config;
         Self {
-            inbox,
-            inbox_open: true,
-            accumulator: Accumulator::new(config.compression, config.linger),
+            control,
+            control_open: true,
+            accumulator: AccumulatorView::default(),
             queues: HashMap::new(),
             events: FuturesUnordered::new(),
             requests_in_flight: 0,
             identities: Identities::default(),
             flushes: Vec::new(),
             backoff: config.backoff(),
-            fenced: None,
+            fenced: false,
             next_sweep: Instant::now() + QUEUE_IDLE_MAX,
             shared,
         }
@@ -166,6 +171,7 @@ impl Sender {
 
     pub(crate) async fn run(mut self) {
         let _finished = FinishedOnDrop(self.shared.clone());
+        let shared = self.shared.clone();
         loop {
             let now = Instant::now();
             self.maintain(now);
@@ -174,7 +180,8 @@ impl Sender {
             }
             let wake = self.next_wake(now);
             tokio::select! {
-                command = self.inbox.recv(), if self.inbox_open => self.on_command(command),
+                request = self.control.recv(), if self.control_open => self.on_control(request),
+                () = shared.wake.notified() => {}
                 Some(event) = self.events.next(), if !self.events.is_empty() => self.on_event(event),
                 () = sleep_until(wake), if wake.is_some() => {}
             }
@@ -185,63 +192,63 @@ impl Sender {
     }
 
     fn finished(&self) -> bool {
-        !self.inbox_open
-            && self.accumulator.is_empty()
+        self.accumulator.closed
+            && self.accumulator.empty
             && self.requests_in_flight == 0
             && self.queues.values().all(PartitionQueue::is_empty)
     }
 
-    fn on_command(&mut self, command: Option<Command>) {
-        let now = Instant::now();
-        let mut next = command;
-        // Take what is already waiting before the (linear) maintenance pass,
-        // at most INBOX_BURST commands; a command taken is always handled.
-        for taken in 1..=INBOX_BURST {
-            match next {
-                None => {
-                    self.inbox_open = false;
-                    return;
-                }
-                Some(Command::Record(enqueued)) => self.accept(*enqueued, now),
-                Some(Command::Flush(waiter)) => {
-                    self.close_batches_now(now);
-                    self.flushes.push((self.accumulator.next_id(), waiter));
-                }
-                Some(Command::Close) => {
-                    // Records already in the inbox are still taken.
-                    self.inbox.close();
-                }
-                #[cfg(test)]
-                Some(Command::Panic) => panic!("test hook: the sender task panics"),
-            }
-            if taken == INBOX_BURST {
-                return;
-            }
-            match self.inbox.try_recv() {
-                Ok(command) => next = Some(command),
-                Err(mpsc::error::TryRecvError::Empty) => return,
-                Err(mpsc::error::TryRecvError::Disconnected) => next = None,
-            }
+    fn on_control(&mut self, request: Option<Control>) {
+        match request {
+            // Every handle is gone; it closed the producer as it went.
+            None => self.control_open = false,
+            Some(Control::Flush {
+                covers_below,
+                waiter,
+            }) => self.flushes.push((covers_below, waiter)),
+            #[cfg(test)]
+            Some(Control::Panic) => panic!("test hook: the sender task panics"),
         }
     }
 
-    fn accept(&mut self, enqueued: Enqueued, now: Instant) {
-        if let Some(error) = &self.fenced {
-            let _ = enqueued.reply.send(Err(replicate(error)));
+    /// Moves the batches that are full, or due and sendable now, from the
+    /// accumulator to their partition queues.
+    fn take_batches(&mut self, now: Instant) {
+        let max_in_flight = self.shared.config.max_in_flight;
+        let room = self.requests_in_flight < max_in_flight;
+        let taken = {
+            let mut state = self.shared.state.lock();
+            let due = Due {
+                now,
+                all: state.closed || self.shared.buffer.has_waiters(),
+            };
+            let queues = &self.queues;
+            let taken = state.accumulator.take(due, |key| {
+                room && queues.get(key).is_none_or(PartitionQueue::wants_batch)
+            });
+            self.accumulator = AccumulatorView {
+                closed: state.closed,
+                empty: state.accumulator.is_empty(),
+                oldest_id: state.accumulator.oldest_id(),
+                next_wake: state.accumulator.next_wake(now),
+            };
+            taken
+        };
+        for (key, open) in taken {
+            self.enqueue_batch(key, open, now);
+        }
+    }
+
+    fn enqueue_batch(&mut self, key: TopicPartition, open: OpenBatch, now: Instant) {
+        // Encoding may fail (too large to compress): its records are answered.
+        let Some(mut batch) = open.close() else {
+            return;
+        };
+        if self.fenced {
+            let fenced = self.shared.state.lock().fenced.as_ref().map(replicate);
+            batch.fail(&fenced.unwrap_or_else(closed));
             return;
         }
-        for (key, batch) in self.accumulator.append(enqueued, now) {
-            self.enqueue_batch(key, batch, now);
-        }
-    }
-
-    fn close_batches_now(&mut self, now: Instant) {
-        for (key, batch) in self.accumulator.close_all() {
-            self.enqueue_batch(key, batch, now);
-        }
-    }
-
-    fn enqueue_batch(&mut self, key: TopicPartition, batch: Batch, now: Instant) {
         let idempotent = self.shared.config.idempotence;
         self.queues
             .entry(key)
@@ -250,13 +257,7 @@ impl Sender {
     }
 
     fn maintain(&mut self, now: Instant) {
-        if self.inbox_open {
-            for (key, batch) in self.accumulator.close_lingering(now) {
-                self.enqueue_batch(key, batch, now);
-            }
-        } else {
-            self.close_batches_now(now);
-        }
+        self.take_batches(now);
         let delivery_timeout = self.shared.config.delivery_timeout;
         for queue in self.queues.values_mut() {
             queue.maintain(now, delivery_timeout);
@@ -273,9 +274,20 @@ impl Sender {
             self.identities.default = None;
         }
         self.provide_identities(now);
+        let mut sent = false;
         while self.requests_in_flight < self.shared.config.max_in_flight {
             if !self.send_request(now) {
                 break;
+            }
+            sent = true;
+        }
+        if sent && self.requests_in_flight < self.shared.config.max_in_flight {
+            // Room is left: batches that waited for it may go now.
+            self.take_batches(now);
+            while self.requests_in_flight < self.shared.config.max_in_flight {
+                if !self.send_request(now) {
+                    break;
+                }
             }
         }
         self.answer_flushes();
@@ -289,7 +301,7 @@ impl Sender {
     fn next_wake(&self, now: Instant) -> Option<Instant> {
         let queues = self.queues.values().filter_map(|q| q.next_wake(now));
         queues
-            .chain(self.accumulator.next_linger())
+            .chain(self.accumulator.next_wake)
             .chain(self.identities.retry_at)
             .filter(|&wake| wake > now)
             .min()
@@ -378,7 +390,7 @@ impl Sender {
             match queue.complete(&key.0, key.1, id, answer, timing) {
                 Outcome::Done => {}
                 Outcome::RefreshMetadata => {
-                    self.shared.metadata.lock().remove(&key.0);
+                    self.shared.state.lock().metadata.remove(&key.0);
                 }
                 Outcome::Fenced(error) => self.fence(&error),
             }
@@ -388,16 +400,19 @@ impl Sender {
     /// The identity was refused: answer everything accepted, and every
     /// record from now on, with `error`.
     fn fence(&mut self, error: &ClientError) {
-        if self.fenced.is_some() {
+        if self.fenced {
             return;
         }
         tracing::error!(%error, "producer fenced; failing every pending record");
-        self.accumulator.fail_all(error);
+        self.fenced = true;
+        {
+            let mut state = self.shared.state.lock();
+            state.fenced = Some(replicate(error));
+            state.accumulator.fail_all(error);
+        }
         for queue in self.queues.values_mut() {
             queue.fail_all(error);
         }
-        *self.shared.fenced.lock() = Some(replicate(error));
-        self.fenced = Some(replicate(error));
     }
 
     /// Gives waiting partitions an identity, fetching one if none fits.
@@ -462,6 +477,7 @@ impl Sender {
             .queues
             .values()
             .filter_map(PartitionQueue::oldest_unanswered)
+            .chain(self.accumulator.oldest_id)
             .min()
             .unwrap_or(u64::MAX);
         let (done, waiting) = std::mem::take(&mut self.flushes)
@@ -473,9 +489,6 @@ impl Sender {
         }
     }
 }
-
-/// Commands taken from the inbox in one go.
-const INBOX_BURST: usize = 256;
 
 /// Takes every partition's next sendable batch, within `limits`. A batch
 /// that must go alone goes only in an otherwise empty request, and ends it.
@@ -556,7 +569,7 @@ mod tests {
     use super::*;
     use crate::producer::batch::test_batch;
 
-    type Answer = oneshot::Receiver<Result<RecordMetadata, ClientError>>;
+    type Answer = crate::producer::DeliveryFuture;
 
     const LIMITS: RequestLimits = RequestLimits {
         bytes_max: usize::MAX,
