@@ -21,6 +21,15 @@ use crate::config::BrokerConfig;
 use crate::http::{Phase, ServerStatus};
 
 /// The services `grpc.health.v1` reports on, besides the server as a whole ("").
+/// HTTP/2 receive windows: bytes a client may send before the broker
+/// reads them. hyper's 1 MiB default stalls a producer that keeps several
+/// requests of a few MiB in flight; these let it stream at disk speed.
+const HTTP2_CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+const HTTP2_STREAM_WINDOW: u32 = 16 * 1024 * 1024;
+/// Largest HTTP/2 frame a client may send: large batches travel in few
+/// frames instead of 16 KiB ones.
+const HTTP2_FRAME_BYTES_MAX: u32 = 1024 * 1024;
+
 const SERVICES: [&str; 4] = [
     "brook.v1.AdminService",
     "brook.v1.ProduceService",
@@ -168,6 +177,9 @@ async fn serve_grpc(
     };
     let grpc_server = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(limits.streams_per_connection_max))
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+        .max_frame_size(HTTP2_FRAME_BYTES_MAX)
         .add_routes(crate::grpc::routes(&broker))
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use crate::compression::{self, Compression, MAX_DECOMPRESSED_BYTES};
 use crate::error::BatchError;
-use crate::header::{BatchHeader, CRC_START, HEADER_LEN, LENGTH_PREFIX_LEN, MAGIC};
+use crate::header::{BatchHeader, HEADER_LEN, LENGTH_PREFIX_LEN, MAGIC, compute_crc};
 use crate::record::{NewRecord, encode_record};
 use crate::validate::MAX_RECORDS_PER_BATCH;
 
@@ -44,7 +44,8 @@ impl Default for BatchOptions {
 #[derive(Debug, Clone)]
 pub struct BatchBuilder {
     options: BatchOptions,
-    /// Encoded, uncompressed records section.
+    /// Room for the header, then the encoded, uncompressed records
+    /// section: an uncompressed batch is built in place, without a copy.
     records: Vec<u8>,
     /// Scratch for one record body, reused to avoid an allocation per push.
     scratch: Vec<u8>,
@@ -55,22 +56,21 @@ pub struct BatchBuilder {
 
 impl BatchBuilder {
     pub fn new(options: BatchOptions) -> Self {
+        Self::with_capacity(options, 0)
+    }
+
+    /// A builder whose buffer holds `bytes` of batch (header included)
+    /// before it grows.
+    pub fn with_capacity(options: BatchOptions, bytes: usize) -> Self {
+        let mut records = Vec::with_capacity(bytes.max(HEADER_LEN));
+        records.resize(HEADER_LEN, 0);
         BatchBuilder {
             options,
-            records: Vec::new(),
+            records,
             scratch: Vec::new(),
             count: 0,
             first_timestamp: 0,
             max_timestamp: 0,
-        }
-    }
-
-    /// A builder whose buffer holds `bytes` of encoded records before it
-    /// grows.
-    pub fn with_capacity(options: BatchOptions, bytes: usize) -> Self {
-        BatchBuilder {
-            records: Vec::with_capacity(bytes),
-            ..Self::new(options)
         }
     }
 
@@ -107,7 +107,7 @@ impl BatchBuilder {
     /// Size of the batch if built uncompressed now (header included). With compression
     /// the built batch is usually smaller, so this is a safe upper-bound estimate.
     pub fn encoded_len(&self) -> usize {
-        HEADER_LEN + self.records.len()
+        self.records.len()
     }
 
     /// Compresses the records, fills in the header and CRC. base_offset is 0.
@@ -123,17 +123,27 @@ impl BatchBuilder {
                 max: MAX_RECORDS_PER_BATCH,
             })?;
         let codec = self.options.compression;
+        let section_len = self.records.len() - HEADER_LEN;
         // Readers refuse to inflate past this; do not produce what no one can read.
-        if codec != Compression::None && self.records.len() > MAX_DECOMPRESSED_BYTES {
+        if codec != Compression::None && section_len > MAX_DECOMPRESSED_BYTES {
             return Err(BatchError::DecompressedTooLarge {
                 codec,
-                size: self.records.len(),
+                size: section_len,
                 max: MAX_DECOMPRESSED_BYTES,
             });
         }
-        let section = compression::compress(codec, self.records)?;
+        let mut batch = if codec == Compression::None {
+            self.records
+        } else {
+            let section =
+                compression::compress(codec, self.records.get(HEADER_LEN..).unwrap_or_default())?;
+            let mut batch = Vec::with_capacity(HEADER_LEN + section.len());
+            batch.resize(HEADER_LEN, 0);
+            batch.extend_from_slice(&section);
+            batch
+        };
 
-        let total = HEADER_LEN + section.len();
+        let total = batch.len();
         let max_total = LENGTH_PREFIX_LEN + u32::MAX as usize;
         let batch_length =
             u32::try_from(total - LENGTH_PREFIX_LEN).map_err(|_| BatchError::EncodedTooLarge {
@@ -155,17 +165,10 @@ impl BatchBuilder {
             base_sequence: self.options.base_sequence,
             record_count,
         };
-        // The CRC covers the header from magic on plus the section; compute it over the
-        // two pieces instead of assembling first and patching.
-        let mut hasher = crc32fast::Hasher::new();
-        hasher.update(header.to_bytes().get(CRC_START..).unwrap_or_default());
-        hasher.update(&section);
-        header.crc = hasher.finalize();
-
-        let mut out = Vec::with_capacity(total);
-        out.extend_from_slice(&header.to_bytes());
-        out.extend_from_slice(&section);
-        Ok(Bytes::from(out))
+        batch[..HEADER_LEN].copy_from_slice(&header.to_bytes());
+        header.crc = compute_crc(&batch);
+        batch[..HEADER_LEN].copy_from_slice(&header.to_bytes());
+        Ok(Bytes::from(batch))
     }
 }
 

@@ -103,12 +103,12 @@ impl fmt::Display for Compression {
 }
 
 /// Compresses an encoded records section.
-pub(crate) fn compress(codec: Compression, section: Vec<u8>) -> Result<Vec<u8>, BatchError> {
+pub(crate) fn compress(codec: Compression, section: &[u8]) -> Result<Vec<u8>, BatchError> {
     match codec {
-        Compression::None => Ok(section),
-        Compression::Lz4 => Ok(lz4_flex::block::compress_prepend_size(&section)),
+        Compression::None => Ok(section.to_vec()),
+        Compression::Lz4 => Ok(lz4_flex::block::compress_prepend_size(section)),
         Compression::Zstd => {
-            zstd::bulk::compress(&section, ZSTD_LEVEL).map_err(|e| BatchError::CompressionFailed {
+            zstd::bulk::compress(section, ZSTD_LEVEL).map_err(|e| BatchError::CompressionFailed {
                 codec,
                 reason: e.to_string(),
             })
@@ -217,7 +217,7 @@ mod tests {
             .flat_map(|i| (i % 251).to_le_bytes())
             .collect();
         for codec in ALL {
-            let packed = Bytes::from(compress(codec, plain.clone()).unwrap());
+            let packed = Bytes::from(compress(codec, &plain).unwrap());
             assert_eq!(decompress(codec, &packed).unwrap(), plain, "{codec}");
         }
     }
@@ -246,7 +246,7 @@ mod tests {
         let err = decompress(Compression::Lz4, &Bytes::from_static(&[1, 0])).unwrap_err();
         assert!(matches!(err, BatchError::Decompression { .. }), "{err}");
         // Declares 100 bytes, actually holds 5.
-        let mut section = compress(Compression::Lz4, b"hello".to_vec()).unwrap();
+        let mut section = compress(Compression::Lz4, b"hello").unwrap();
         section.splice(0..4, 100u32.to_le_bytes());
         let err = decompress(Compression::Lz4, &Bytes::from(section)).unwrap_err();
         assert!(matches!(err, BatchError::Decompression { .. }), "{err}");
@@ -256,7 +256,7 @@ mod tests {
     fn zstd_rejects_garbage_and_bombs() {
         let err = decompress(Compression::Zstd, &Bytes::from_static(b"not zstd")).unwrap_err();
         assert!(matches!(err, BatchError::Decompression { .. }), "{err}");
-        let bomb = compress(Compression::Zstd, vec![0; MAX_DECOMPRESSED_BYTES + 1]).unwrap();
+        let bomb = compress(Compression::Zstd, &vec![0; MAX_DECOMPRESSED_BYTES + 1]).unwrap();
         let err = decompress(Compression::Zstd, &Bytes::from(bomb)).unwrap_err();
         assert!(
             matches!(err, BatchError::DecompressedTooLarge { .. }),

@@ -35,10 +35,12 @@ use brook_record::{BatchBuilder, BatchOptions, Compression, MAX_RECORDS_PER_BATC
 /// Records per batch; the broker refuses more.
 const BATCH_RECORDS_MAX: usize = MAX_RECORDS_PER_BATCH as usize;
 
-/// Bytes an open batch reserves up front (its buffer grows past it if
-/// the batch size is larger), so filling a batch does not copy it over
-/// and over.
+/// Bytes an open batch reserves up front at most; its buffer grows past
+/// this if it must. A batch reserves about what the topic's last batch
+/// held, so a steady stream fills its batches without copying them over.
 const PREALLOCATED_BYTES_MAX: usize = 1024 * 1024;
+/// What a topic's first batch reserves.
+const PREALLOCATED_BYTES_FIRST: usize = 16 * 1024;
 
 /// A record on its way into a batch.
 #[derive(Debug)]
@@ -108,6 +110,27 @@ struct TopicBatches {
     name: Arc<str>,
     sticky: Sticky,
     open: HashMap<u32, OpenBatch>,
+    /// Bytes of the topic's last closed batch.
+    last_batch_bytes: usize,
+}
+
+impl TopicBatches {
+    /// Hands the open batch of `partition` over: keyless records move on.
+    fn close(&mut self, partition: u32) -> Option<(TopicPartition, OpenBatch)> {
+        let open = self.open.remove(&partition)?;
+        self.sticky.batch_closed(partition);
+        self.last_batch_bytes = open.builder.encoded_len();
+        Some(((self.name.clone(), partition), open))
+    }
+
+    /// Bytes to reserve for a new batch of at most `bytes_max`.
+    fn preallocation(&self, bytes_max: usize) -> usize {
+        let expected = match self.last_batch_bytes {
+            0 => PREALLOCATED_BYTES_FIRST,
+            last => last + last / 8,
+        };
+        expected.min(bytes_max).min(PREALLOCATED_BYTES_MAX)
+    }
 }
 
 /// When the sender takes open batches that are not full.
@@ -175,6 +198,7 @@ impl Accumulator {
                     name,
                     sticky: Sticky::default(),
                     open: HashMap::new(),
+                    last_batch_bytes: 0,
                 },
             );
         }
@@ -190,11 +214,10 @@ impl Accumulator {
         let fits =
             |open: &OpenBatch| open.builder.encoded_len() + record_size(record) <= open.bytes_max;
         if batches.open.get(&partition).is_some_and(|open| !fits(open)) {
-            let open = batches.open.remove(&partition).expect("checked above");
-            batches.sticky.batch_closed(partition);
-            self.full.push(((batches.name.clone(), partition), open));
+            self.full.extend(batches.close(partition));
             wake = true;
         }
+        let preallocation = batches.preallocation(batch_bytes_max);
         let open = batches.open.entry(partition).or_insert_with(|| {
             wake = true;
             let id = self.next_id;
@@ -206,7 +229,7 @@ impl Accumulator {
                         compression: self.compression,
                         ..BatchOptions::default()
                     },
-                    batch_bytes_max.min(PREALLOCATED_BYTES_MAX),
+                    preallocation,
                 ),
                 completion: AnswerOnDrop(Completion::new(batches.name.clone(), partition)),
                 lease: Lease::new(self.buffer.clone()),
@@ -222,9 +245,7 @@ impl Accumulator {
         open.deadline = open.deadline.min(deadline);
         let delivery = open.completion.0.delivery(index, record.timestamp);
         if open.is_full() {
-            let open = batches.open.remove(&partition).expect("appended to above");
-            batches.sticky.batch_closed(partition);
-            self.full.push(((batches.name.clone(), partition), open));
+            self.full.extend(batches.close(partition));
             wake = true;
         }
         (delivery, wake)
@@ -265,10 +286,7 @@ impl Accumulator {
                 .map(|(&partition, _)| partition)
                 .collect();
             for partition in ready {
-                if let Some(open) = batches.open.remove(&partition) {
-                    batches.sticky.batch_closed(partition);
-                    taken.push(((batches.name.clone(), partition), open));
-                }
+                taken.extend(batches.close(partition));
             }
         }
         taken.sort_unstable_by_key(|(_, open)| open.id);
