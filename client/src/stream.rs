@@ -75,14 +75,61 @@ pub struct ProduceStream {
 #[derive(Debug)]
 struct Awaiting {
     correlation_id: u64,
-    topic: String,
-    partition: u32,
-    reply: oneshot::Sender<Result<ProduceAck, ClientError>>,
+    reply: Reply,
     /// When the request was handed to the stream: its answer is due
     /// `request_timeout` later.
     sent_at: Instant,
     /// Returned to the semaphore when the answer is handed over.
     _permit: OwnedSemaphorePermit,
+}
+
+/// The answers to one request of several batches, in request order, or
+/// the error that refused (or lost) the request as a whole.
+pub(crate) type ManyAcks = Result<Vec<Result<ProduceAck, ClientError>>, ClientError>;
+
+/// Where the answer to a request goes.
+#[derive(Debug)]
+enum Reply {
+    /// One batch, from [`ProduceStream::send`].
+    One {
+        topic: String,
+        partition: u32,
+        reply: oneshot::Sender<Result<ProduceAck, ClientError>>,
+    },
+    /// Several partitions' batches, from [`ProduceStream::try_send_many`].
+    Many {
+        batch_count: usize,
+        reply: oneshot::Sender<ManyAcks>,
+    },
+}
+
+impl Reply {
+    // The caller may have stopped waiting; nothing to tell then.
+    fn answer(self, response: ProduceResponse) {
+        match self {
+            Reply::One {
+                topic,
+                partition,
+                reply,
+            } => {
+                let _ = reply.send(outcome(topic, partition, response));
+            }
+            Reply::Many { batch_count, reply } => {
+                let _ = reply.send(outcome_many(batch_count, response));
+            }
+        }
+    }
+
+    fn fail(self, error: ClientError) {
+        match self {
+            Reply::One { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            Reply::Many { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
 }
 
 /// The broker's answer to one [`ProduceStream::send`], to be awaited.
@@ -172,9 +219,11 @@ impl ProduceStream {
         let (reply, answer) = oneshot::channel();
         awaiting_slot.send(Awaiting {
             correlation_id,
-            topic: topic.to_owned(),
-            partition,
-            reply,
+            reply: Reply::One {
+                topic: topic.to_owned(),
+                partition,
+                reply,
+            },
             sent_at: Instant::now(),
             _permit: permit,
         });
@@ -186,6 +235,44 @@ impl ProduceStream {
             correlation_id,
             reply: answer,
         })
+    }
+
+    /// Sends one request of several partitions' batches if that can be
+    /// done without waiting; `None` when the in-flight bound is reached or
+    /// the stream has ended (see [`Self::has_ended`]). The receiver yields
+    /// the answers in request order.
+    pub(crate) fn try_send_many(
+        &mut self,
+        batches: Vec<(String, u32, Bytes)>,
+    ) -> Option<oneshot::Receiver<ManyAcks>> {
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        let awaiting_slot = self.awaiting.try_reserve().ok()?;
+        let request_slot = self.requests.try_reserve().ok()?;
+        let correlation_id = self.next_correlation_id;
+        self.next_correlation_id += 1;
+        let (reply, answer) = oneshot::channel();
+        awaiting_slot.send(Awaiting {
+            correlation_id,
+            reply: Reply::Many {
+                batch_count: batches.len(),
+                reply,
+            },
+            sent_at: Instant::now(),
+            _permit: permit,
+        });
+        request_slot.send(request(correlation_id, batches));
+        Some(answer)
+    }
+
+    /// Whether the stream ended (the broker closed it, it broke, or an
+    /// answer was late): it takes no more requests.
+    pub(crate) fn has_ended(&self) -> bool {
+        self.requests.is_closed() || self.awaiting.is_closed()
+    }
+
+    /// Requests that may be sent before one is answered.
+    pub(crate) fn room(&self) -> usize {
+        self.permits.available_permits()
     }
 
     /// Requests sent and not yet acknowledged.
@@ -287,27 +374,20 @@ async fn read_acks(
                 "expected the answer to request {}, got one to {}",
                 awaited.correlation_id, response.correlation_id
             ));
-            // The caller may have stopped waiting; nothing to tell then.
-            let _ = awaited.reply.send(Err(ended.error()));
+            awaited.reply.fail(ended.error());
             break ended;
         }
-        let Awaiting {
-            topic,
-            partition,
-            reply,
-            ..
-        } = awaited;
-        let _ = reply.send(outcome(topic, partition, response));
+        awaited.reply.answer(response);
     };
     if !matches!(ended, Ended::Closed) {
         tracing::debug!(error = %ended.error(), "produce stream ended");
     }
     queue.close();
     for awaited in pending {
-        let _ = awaited.reply.send(Err(ended.error()));
+        awaited.reply.fail(ended.error());
     }
     while let Some(awaited) = queue.recv().await {
-        let _ = awaited.reply.send(Err(ended.error()));
+        awaited.reply.fail(ended.error());
     }
 }
 
@@ -317,6 +397,16 @@ async fn sleep_until(due: Option<Instant>) {
         Some(due) => tokio::time::sleep_until(due).await,
         None => std::future::pending().await,
     }
+}
+
+/// The answers to a request of `batch_count` batches; a request the
+/// broker refused as a whole is an error with its status.
+fn outcome_many(batch_count: usize, response: ProduceResponse) -> ManyAcks {
+    if let Some(error) = response.error {
+        let status = tonic::Status::new(tonic::Code::from_i32(error.code), error.message);
+        return Err(ClientError::status(OPERATION, status));
+    }
+    acks(batch_count, response.results)
 }
 
 fn outcome(

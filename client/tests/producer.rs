@@ -744,3 +744,44 @@ async fn records_that_cannot_fit_their_topic_are_refused_at_enqueue() {
     .unwrap();
     assert_eq!((sent.partition, sent.offset), (2, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_in_flight_together_arrive_in_order() {
+    let (_broker, client) = connect().await;
+    client
+        .create_topic("pipelined", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    // No linger: nearly every record is a batch of its own, and up to five
+    // of them are in flight to the one partition at once. Were they to
+    // overtake each other on the way, the broker would refuse the early
+    // arrivals as out of order and they would be sent again.
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            linger: Duration::ZERO,
+            ..ProducerConfig::default()
+        },
+    );
+    let mut pending = Vec::new();
+    for i in 0..10_000 {
+        let record = ProducerRecord::new("pipelined", format!("{i}").into_bytes());
+        pending.push(producer.enqueue(record).await.unwrap());
+        if i % 4 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    for (i, delivery) in pending.into_iter().enumerate() {
+        let sent = timeout(LIMIT, delivery).await.unwrap().unwrap();
+        assert_eq!(sent.offset, i as i64, "offsets follow the send order");
+    }
+    assert_eq!(
+        producer.resent_batches(),
+        0,
+        "no batch needed a second attempt"
+    );
+    let records = fetch_all(&client, "pipelined", 0).await;
+    let values: Vec<String> = records.iter().map(value_of).collect();
+    let expected: Vec<String> = (0..10_000).map(|i| i.to_string()).collect();
+    assert_eq!(values, expected);
+}

@@ -14,6 +14,14 @@ use super::{Broker, BrokerError};
 use crate::metrics::Metrics;
 use crate::storage::PartitionLog;
 
+/// Whether a read right after a wait that an append ended runs on the
+/// async worker instead of a blocking thread. It reads what was just
+/// written, which is in the page cache, so it does not block on the disk;
+/// and it saves two thread hand-offs on the path a tailing consumer's
+/// latency is made of. Other reads (a consumer catching up may touch cold
+/// segments) go to a blocking thread.
+const READ_AT_TAIL_INLINE: bool = true;
+
 /// Chunk size of a subscription that asks for no particular size.
 pub const SUBSCRIPTION_CHUNK_BYTES: u32 = 1024 * 1024;
 
@@ -78,6 +86,8 @@ impl Broker {
             targets.push((spec, partition));
         }
         let deadline = tokio::time::Instant::now() + max_wait;
+        // See `read_at_tail`.
+        let mut woken_at_tail = false;
         loop {
             // Subscribe before reading so an append between the read and the
             // wait still wakes us.
@@ -87,8 +97,11 @@ impl Broker {
                 .iter()
                 .map(|(s, p)| (s.clone(), p.log().clone()))
                 .collect();
-            let fetched =
-                tokio::task::spawn_blocking(move || read_all(&reading, max_bytes)).await??;
+            let fetched = if woken_at_tail {
+                read_all(&reading, max_bytes)?
+            } else {
+                tokio::task::spawn_blocking(move || read_all(&reading, max_bytes)).await??
+            };
             let has_data = fetched.iter().any(|f| !f.records.is_empty());
             if has_data || tokio::time::Instant::now() >= deadline {
                 for f in &fetched {
@@ -106,6 +119,7 @@ impl Broker {
                     if woken.is_err() {
                         return Ok(fetched);
                     }
+                    woken_at_tail = READ_AT_TAIL_INLINE;
                 }
                 () = self.background.cancelled() => return Ok(fetched),
             }
@@ -139,6 +153,7 @@ impl Broker {
             max_bytes,
             stop: self.background.clone(),
             metrics: self.metrics.clone(),
+            woken_at_tail: false,
         })
     }
 
@@ -228,6 +243,8 @@ pub struct Subscription {
     max_bytes: u32,
     stop: tokio_util::sync::CancellationToken,
     metrics: Arc<Metrics>,
+    /// The last wait ended with an append at the tail: see `READ_AT_TAIL_INLINE`.
+    woken_at_tail: bool,
 }
 
 impl Subscription {
@@ -243,10 +260,13 @@ impl Subscription {
             self.watch.mark_unchanged();
             let log = self.log.clone();
             let (offset, max_bytes) = (self.offset, self.max_bytes as usize);
-            let read = match tokio::task::spawn_blocking(move || log.read(offset, max_bytes)).await
-            {
-                Ok(read) => read,
-                Err(e) => return Some(Err(e.into())),
+            let read = if std::mem::take(&mut self.woken_at_tail) {
+                log.read(offset, max_bytes)
+            } else {
+                match tokio::task::spawn_blocking(move || log.read(offset, max_bytes)).await {
+                    Ok(read) => read,
+                    Err(e) => return Some(Err(e.into())),
+                }
             };
             let read = match read {
                 Ok(read) => read,
@@ -268,6 +288,7 @@ impl Subscription {
                     if changed.is_err() {
                         return None;
                     }
+                    self.woken_at_tail = READ_AT_TAIL_INLINE;
                 }
             }
         }

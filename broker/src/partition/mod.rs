@@ -124,17 +124,20 @@ async fn run_appender(
         let requests = std::mem::take(&mut round);
         let log_for_round = log.clone();
         let metrics_for_round = metrics.clone();
+        let watermark_for_round = watermark.clone();
         let outcome = tokio::task::spawn_blocking(move || {
             write_round(&log_for_round, requests, fsync, &metrics_for_round);
+            // Readers wake as the producers do, not a task switch later.
+            watermark_for_round.send_replace(log_for_round.high_watermark());
         })
         .await;
         match outcome {
             Ok(()) => {}
             Err(join_error) => {
                 log.poison(format!("append task failed: {join_error}"));
+                watermark.send_replace(log.high_watermark());
             }
         }
-        watermark.send_replace(log.high_watermark());
     }
 }
 

@@ -28,7 +28,7 @@ mod record;
 mod sender;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use brook_record::NewRecord;
@@ -128,6 +128,8 @@ pub(crate) struct Shared {
     pub(crate) wake: Notify,
     /// Test hook: the next this many acknowledgements are treated as lost.
     pub(crate) drop_acknowledgements: AtomicUsize,
+    /// Batches sent again after a failed attempt (a test hook reads it).
+    pub(crate) resent_batches: AtomicU64,
     /// Set by the sender task when it ends.
     pub(crate) finished: watch::Sender<bool>,
 }
@@ -190,6 +192,7 @@ impl Producer {
             buffer,
             wake: Notify::new(),
             drop_acknowledgements: AtomicUsize::new(0),
+            resent_batches: AtomicU64::new(0),
             finished: watch::Sender::new(false),
         });
         tokio::spawn(Sender::new(shared.clone(), requests).run());
@@ -330,6 +333,12 @@ impl Producer {
             .shared
             .drop_acknowledgements
             .store(n, Ordering::SeqCst);
+    }
+
+    /// Test hook: batches sent again after a failed attempt. Not part of the API.
+    #[doc(hidden)]
+    pub fn resent_batches(&self) -> u64 {
+        self.handle.shared.resent_batches.load(Ordering::Relaxed)
     }
 
     /// Test hook: bytes of buffer memory held now. Not part of the API.

@@ -159,6 +159,11 @@ impl PartitionQueue {
         self.needs_fresh_identity = false;
     }
 
+    /// Whether the batch at `index` was sent before.
+    pub(crate) fn was_sent(&self, index: usize) -> bool {
+        self.batches[index].attempts > 0
+    }
+
     /// Whether the batch at `index` must be the only one of its request.
     pub(crate) fn goes_alone(&self, index: usize) -> bool {
         self.batches[index].alone

@@ -1,6 +1,7 @@
 //! The background task that owns the partition queues: it takes batches
 //! from the accumulator when they fill up or are due, sends them in
-//! multi-partition requests, and applies the answers.
+//! multi-partition requests over one ordered produce stream, and applies
+//! the answers.
 //!
 //! Invariants: at most `max_in_flight` produce requests are awaiting an
 //! answer; a request holds at most one batch per partition, and at most
@@ -30,6 +31,7 @@ use super::{Shared, TopicPartition};
 use crate::error::ClientError;
 use crate::produce::ProduceAck;
 use crate::resilience::Backoff;
+use crate::stream::{ManyAcks, ProduceStream};
 
 /// How much one produce request carries.
 #[derive(Debug, Clone, Copy)]
@@ -75,9 +77,25 @@ pub(crate) enum Control {
 enum Event {
     Answer {
         batches: Vec<(TopicPartition, u64)>,
-        answer: Result<Vec<Result<ProduceAck, ClientError>>, ClientError>,
+        answer: ManyAcks,
     },
     Identity(Result<(i64, i16), ClientError>),
+    Connected(Result<ProduceStream, ClientError>),
+}
+
+/// The produce stream requests travel on. The broker appends the requests
+/// of one stream in the order they were sent, so a partition's batches in
+/// flight together arrive in sequence order (separate calls would race on
+/// the broker, and a batch overtaken by a later one is refused as out of
+/// order).
+enum Connection {
+    /// None open: the last one ended, or opening it failed. Opened again
+    /// once batches wait and `retry_at` (if any) has passed.
+    Closed {
+        retry_at: Option<Instant>,
+    },
+    Opening,
+    Open(ProduceStream),
 }
 
 /// Where idempotent identities come from: one `InitProducerId` call at a
@@ -114,6 +132,9 @@ pub(crate) struct Sender {
     /// Produce requests and identity calls awaiting their answer.
     events: FuturesUnordered<BoxFuture<'static, Event>>,
     requests_in_flight: usize,
+    connection: Connection,
+    /// Failed attempts to open a stream since one last opened.
+    connection_failures: u32,
     identities: Identities,
     /// Flush callers, with the first batch id their flush does not cover.
     flushes: Vec<(u64, oneshot::Sender<()>)>,
@@ -144,6 +165,8 @@ impl Drop for FinishedOnDrop {
 /// One request's worth of batches.
 struct Request {
     batches: Vec<(String, u32, Bytes)>,
+    /// How many of them were sent before.
+    resent: usize,
     /// The partition and id of each batch, in request order.
     sent: Vec<(TopicPartition, u64)>,
     /// The latest delivery deadline of its batches.
@@ -160,6 +183,8 @@ impl Sender {
             queues: HashMap::new(),
             events: FuturesUnordered::new(),
             requests_in_flight: 0,
+            connection: Connection::Closed { retry_at: None },
+            connection_failures: 0,
             identities: Identities::default(),
             flushes: Vec::new(),
             backoff: config.backoff(),
@@ -274,6 +299,7 @@ impl Sender {
             self.identities.default = None;
         }
         self.provide_identities(now);
+        self.connect(now);
         let mut sent = false;
         while self.requests_in_flight < self.shared.config.max_in_flight {
             if !self.send_request(now) {
@@ -303,6 +329,10 @@ impl Sender {
         queues
             .chain(self.accumulator.next_wake)
             .chain(self.identities.retry_at)
+            .chain(match self.connection {
+                Connection::Closed { retry_at } => retry_at,
+                Connection::Opening | Connection::Open(_) => None,
+            })
             .filter(|&wake| wake > now)
             .min()
     }
@@ -310,25 +340,53 @@ impl Sender {
     /// Builds and sends one request of every partition's next sendable
     /// batch; `false` when there was nothing to send.
     fn send_request(&mut self, now: Instant) -> bool {
+        let Connection::Open(stream) = &mut self.connection else {
+            return false;
+        };
+        if stream.has_ended() {
+            tracing::debug!("produce stream ended; opening another");
+            self.connection = Connection::Closed { retry_at: None };
+            return false;
+        }
+        if stream.room() == 0 {
+            return false;
+        }
         let Request {
             batches,
+            resent,
             sent: keys,
             latest_deadline,
         } = gather(&mut self.queues, now, REQUEST_LIMITS);
         if batches.is_empty() {
             return false;
         }
-        // An attempt never outlives its batches' delivery timeouts.
+        self.shared
+            .resent_batches
+            .fetch_add(resent as u64, Ordering::Relaxed);
+        // An attempt is not awaited past its batches' delivery timeouts.
         let timeout = self
             .shared
             .config
             .request_timeout
             .min(latest_deadline - now)
             .max(Duration::from_millis(1));
-        let client = self.shared.client.clone();
+        let answer = stream.try_send_many(batches);
         self.requests_in_flight += 1;
         self.events.push(Box::pin(async move {
-            let answer = client.produce_many_within(batches, timeout).await;
+            let ended = || ClientError::StreamClosed {
+                operation: "produce_stream",
+            };
+            let answer = match answer {
+                // Ended between the check and the send: nothing went out.
+                None => Err(ended()),
+                Some(answer) => match tokio::time::timeout(timeout, answer).await {
+                    Ok(answer) => answer.unwrap_or_else(|_gone| Err(ended())),
+                    Err(_elapsed) => Err(ClientError::Timeout {
+                        operation: "produce_stream",
+                        after: timeout,
+                    }),
+                },
+            };
             Event::Answer {
                 batches: keys,
                 answer,
@@ -337,18 +395,48 @@ impl Sender {
         true
     }
 
+    /// Opens the produce stream when batches wait for one.
+    fn connect(&mut self, now: Instant) {
+        let Connection::Closed { retry_at } = self.connection else {
+            return;
+        };
+        if retry_at.is_some_and(|at| at > now) || self.queues.values().all(PartitionQueue::is_empty)
+        {
+            return;
+        }
+        self.connection = Connection::Opening;
+        let client = self.shared.client.clone();
+        self.events.push(Box::pin(async move {
+            Event::Connected(client.produce_stream().await)
+        }));
+    }
+
+    fn on_connected(&mut self, opened: Result<ProduceStream, ClientError>) {
+        match opened {
+            Ok(stream) => {
+                self.connection_failures = 0;
+                self.connection = Connection::Open(stream);
+            }
+            Err(error) => {
+                let delay = self.backoff.delay(self.connection_failures);
+                self.connection_failures += 1;
+                tracing::debug!(%error, ?delay, "opening the produce stream failed; retrying");
+                self.connection = Connection::Closed {
+                    retry_at: Some(Instant::now() + delay),
+                };
+            }
+        }
+    }
+
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Answer { batches, answer } => self.on_answer(batches, answer),
             Event::Identity(answer) => self.on_identity(answer),
+            Event::Connected(opened) => self.on_connected(opened),
         }
     }
 
-    fn on_answer(
-        &mut self,
-        batches: Vec<(TopicPartition, u64)>,
-        answer: Result<Vec<Result<ProduceAck, ClientError>>, ClientError>,
-    ) {
+    fn on_answer(&mut self, batches: Vec<(TopicPartition, u64)>, answer: ManyAcks) {
         self.requests_in_flight -= 1;
         let answers: Vec<Result<ProduceAck, ClientError>> = match answer {
             Ok(answers) => answers,
@@ -501,6 +589,7 @@ fn gather(
         batches: Vec::new(),
         sent: Vec::new(),
         latest_deadline: now,
+        resent: 0,
     };
     let mut bytes = 0;
     for (key, queue) in queues {
@@ -514,6 +603,7 @@ fn gather(
         if alone && !request.batches.is_empty() {
             continue;
         }
+        request.resent += usize::from(queue.was_sent(index));
         let (id, batch, deadline) = queue.start_attempt(index);
         bytes += batch.len();
         request.latest_deadline = request.latest_deadline.max(deadline);
