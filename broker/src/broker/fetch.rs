@@ -14,14 +14,6 @@ use super::{Broker, BrokerError};
 use crate::metrics::Metrics;
 use crate::storage::PartitionLog;
 
-/// Whether a read right after a wait that an append ended runs on the
-/// async worker instead of a blocking thread. It reads what was just
-/// written, which is in the page cache, so it does not block on the disk;
-/// and it saves two thread hand-offs on the path a tailing consumer's
-/// latency is made of. Other reads (a consumer catching up may touch cold
-/// segments) go to a blocking thread.
-const READ_AT_TAIL_INLINE: bool = true;
-
 /// Chunk size of a subscription that asks for no particular size.
 pub const SUBSCRIPTION_CHUNK_BYTES: u32 = 1024 * 1024;
 
@@ -86,7 +78,12 @@ impl Broker {
             targets.push((spec, partition));
         }
         let deadline = tokio::time::Instant::now() + max_wait;
-        // See `read_at_tail`.
+        // A read right after a wait that an append ended runs on this task
+        // instead of a blocking thread: it reads what was just written,
+        // which is in the page cache, so it does not block on the disk, and
+        // it saves two thread hand-offs on a tailing consumer's latency.
+        // Other reads (a consumer catching up may touch cold segments) go
+        // to a blocking thread.
         let mut woken_at_tail = false;
         loop {
             // Subscribe before reading so an append between the read and the
@@ -119,7 +116,7 @@ impl Broker {
                     if woken.is_err() {
                         return Ok(fetched);
                     }
-                    woken_at_tail = READ_AT_TAIL_INLINE;
+                    woken_at_tail = true;
                 }
                 () = self.background.cancelled() => return Ok(fetched),
             }
@@ -243,7 +240,8 @@ pub struct Subscription {
     max_bytes: u32,
     stop: tokio_util::sync::CancellationToken,
     metrics: Arc<Metrics>,
-    /// The last wait ended with an append at the tail: see `READ_AT_TAIL_INLINE`.
+    /// The last wait ended with an append at the tail: the next read is
+    /// of the page cache and runs inline (see `Broker::fetch`).
     woken_at_tail: bool,
 }
 
@@ -288,7 +286,7 @@ impl Subscription {
                     if changed.is_err() {
                         return None;
                     }
-                    self.woken_at_tail = READ_AT_TAIL_INLINE;
+                    self.woken_at_tail = true;
                 }
             }
         }
