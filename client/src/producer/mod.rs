@@ -226,7 +226,9 @@ impl Producer {
     pub async fn enqueue(&self, mut record: ProducerRecord) -> Result<DeliveryFuture, ClientError> {
         let shared = &self.handle.shared;
         shared.state.lock().check_accepting()?;
-        let deadline = Instant::now() + shared.config.delivery_timeout;
+        // One clock read serves the deadline and the linger's start.
+        let accepted = Instant::now();
+        let deadline = accepted + shared.config.delivery_timeout;
         record.add_traceparent();
         let size = record_size(&record);
         let bytes = u32::try_from(size)
@@ -271,7 +273,7 @@ impl Producer {
                                             .min(metadata.max_message_bytes as usize),
                                     };
                                     let (delivery, wake) =
-                                        state.accumulator.append(incoming, Instant::now());
+                                        state.accumulator.append(incoming, accepted);
                                     drop(state);
                                     if wake {
                                         shared.wake.notify_one();
@@ -284,10 +286,12 @@ impl Producer {
                 }
             };
             match wanted {
-                Wanted::Metadata => shared.describe_topic(&topic, deadline).await?,
+                // Boxed: the waits are rare, and inline they would make
+                // every `enqueue` future as large as a describe call.
+                Wanted::Metadata => Box::pin(shared.describe_topic(&topic, deadline)).await?,
                 Wanted::Memory => {
                     let wake = || shared.wake.notify_one();
-                    reservation = Some(shared.buffer.reserve(bytes, wake).await);
+                    reservation = Some(Box::pin(shared.buffer.reserve(bytes, wake)).await);
                 }
             }
         }
@@ -463,6 +467,18 @@ mod tests {
     fn unconnected_client() -> Client {
         let channel = Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
         Client::from_channel(channel, ClientOptions::default())
+    }
+
+    #[tokio::test]
+    async fn an_enqueue_future_stays_small() {
+        let producer = Producer::new(unconnected_client(), ProducerConfig::default());
+        let enqueue = producer.enqueue(ProducerRecord::new("t", "v"));
+        // Callers move it (into `block_on`, a select, a task) once per record.
+        assert!(
+            size_of_val(&enqueue) <= 1024,
+            "{} bytes",
+            size_of_val(&enqueue)
+        );
     }
 
     #[tokio::test]
