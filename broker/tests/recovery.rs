@@ -1,6 +1,7 @@
-//! Restarting on a data directory: a torn or corrupt tail of the active
-//! segment is cut back to the last whole batch, damaged or missing indexes
-//! of sealed segments are rebuilt, and an undamaged log comes back whole.
+//! Restarting on a data directory: after a crash, a torn or corrupt tail of
+//! the active segment is cut back to the last whole batch; damaged or
+//! missing indexes of sealed segments are rebuilt; an undamaged log comes
+//! back whole, through its clean-shutdown mark after a clean shutdown.
 
 mod common;
 
@@ -69,6 +70,17 @@ fn partition_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("topics").join(TOPIC).join("0")
 }
 
+fn clean_shutdown_mark(data_dir: &Path) -> PathBuf {
+    partition_dir(data_dir).join("clean-shutdown")
+}
+
+/// Makes the last shutdown look like a crash: without its clean-shutdown
+/// mark, the next start checks the active segment batch by batch.
+fn forget_clean_shutdown(data_dir: &Path) -> anyhow::Result<()> {
+    std::fs::remove_file(clean_shutdown_mark(data_dir))?;
+    Ok(())
+}
+
 /// Segment log files, by base offset.
 fn segment_logs(data_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut logs: Vec<PathBuf> = std::fs::read_dir(partition_dir(data_dir))?
@@ -119,6 +131,7 @@ async fn assert_last_batch_cut(
 ) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     fill(dir.path()).await?;
+    forget_clean_shutdown(dir.path())?;
     let logs = segment_logs(dir.path())?;
     anyhow::ensure!(logs.len() >= 3, "expected several segments, got {logs:?}");
     let active = logs.last().context("no segment")?;
@@ -218,7 +231,15 @@ async fn undamaged_log_survives_restarts_whole() {
     fill(dir.path()).await.unwrap();
     let end = BATCHES * RECORDS_PER_BATCH;
     for restart in 0..2 {
+        assert!(
+            clean_shutdown_mark(dir.path()).exists(),
+            "shut down cleanly"
+        );
         let (embedded, mut clients) = start(dir.path()).await.unwrap();
+        assert!(
+            !clean_shutdown_mark(dir.path()).exists(),
+            "the mark is used up before anything is appended"
+        );
         assert_served(&mut clients, end + restart * RECORDS_PER_BATCH)
             .await
             .unwrap();

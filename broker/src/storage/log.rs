@@ -19,6 +19,7 @@ use brook_record::BatchHeader;
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 
+use super::clean::{self, CleanShutdown};
 use super::error::LogError;
 use super::io::Storage;
 use super::producers::{self, ProducerState, SequenceCheck, SequenceError};
@@ -112,6 +113,9 @@ pub enum BatchOutcome {
 /// What `open` found and repaired, for the caller to log.
 #[derive(Debug)]
 pub struct OpenReport {
+    /// The active segment was opened through a clean-shutdown mark, without
+    /// reading it batch by batch.
+    pub clean_shutdown: bool,
     pub segments: usize,
     pub truncated_bytes: u64,
     pub damage: Option<super::scan::TailDamage>,
@@ -138,7 +142,11 @@ impl PartitionLog {
             .collect();
         bases.sort_unstable();
         let mut segments = BTreeMap::new();
+        // Taken (and removed) before anything else: whatever happens from
+        // here on is not covered by the last clean shutdown.
+        let clean_mark = clean::take(storage.as_ref(), dir)?;
         let mut report = OpenReport {
+            clean_shutdown: false,
             segments: bases.len().max(1),
             truncated_bytes: 0,
             damage: None,
@@ -167,6 +175,16 @@ impl PartitionLog {
             }
             segments.insert(base, Arc::new(segment));
         }
+        if let Some(mark) = clean_mark {
+            if let Some(active) =
+                Self::open_clean_active(storage.as_ref(), dir, active_base, &mark)?
+            {
+                report.clean_shutdown = true;
+                segments.insert(active_base, Arc::new(active));
+                let log = Self::assemble(dir, storage, config, segments, mark.producers);
+                return Ok((log, report));
+            }
+        }
         // Producer state: the newest snapshot, then the headers of every
         // batch after it (normally just the active segment's, which
         // recovery reads anyway).
@@ -188,6 +206,47 @@ impl PartitionLog {
         segments.insert(active_base, Arc::new(recovery.segment));
         let log = Self::assemble(dir, storage, config, segments, producers);
         Ok((log, report))
+    }
+
+    /// The active segment, opened through `mark` if it matches it (same
+    /// base, size and end); `None` sends `open` down the full recovery.
+    fn open_clean_active(
+        storage: &dyn Storage,
+        dir: &Path,
+        active_base: i64,
+        mark: &CleanShutdown,
+    ) -> Result<Option<Segment>, LogError> {
+        let segment = if mark.active_base == active_base {
+            Segment::open_clean_active(storage, dir, active_base, mark.active_bytes)?
+        } else {
+            None
+        };
+        match segment {
+            Some(segment) if segment.next_offset() == mark.next_offset => Ok(Some(segment)),
+            _ => {
+                tracing::warn!(dir = %dir.display(), "clean-shutdown mark does not match the log; recovering it in full");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Syncs the log and its indexes and leaves a clean-shutdown mark, so
+    /// that the next `open` need not read the active segment batch by
+    /// batch. Call once nothing more will be appended (the broker's
+    /// shutdown); an append after it makes the mark stale, which `open`
+    /// notices.
+    pub fn close_clean(&self) -> Result<(), LogError> {
+        let _writer = self.writer.lock();
+        self.check_poison()?;
+        let active = self.active();
+        active.sync_files()?;
+        let mark = CleanShutdown {
+            active_base: active.base_offset(),
+            active_bytes: active.written_bytes(),
+            next_offset: active.next_offset(),
+            producers: self.producers.lock().clone(),
+        };
+        clean::write(self.storage.as_ref(), &self.dir, &mark)
     }
 
     fn assemble(
@@ -626,5 +685,96 @@ mod tests {
         let files = storage.paths();
         assert_eq!(log.enforce_retention(i64::MAX).unwrap(), 0);
         assert_eq!(storage.paths(), files);
+    }
+
+    fn idempotent_batch(value: &str, base_sequence: i32) -> (Bytes, BatchHeader) {
+        let record = NewRecord {
+            timestamp: 1_000,
+            value: Some(Bytes::copy_from_slice(value.as_bytes())),
+            ..NewRecord::default()
+        };
+        let options = BatchOptions {
+            producer_id: 7,
+            producer_epoch: 0,
+            base_sequence,
+            ..BatchOptions::default()
+        };
+        let bytes = brook_record::encode_batch(&[record], options).unwrap();
+        let header = BatchHeader::parse(&bytes).unwrap();
+        (bytes, header)
+    }
+
+    fn open_with_report(storage: &MemStorage) -> (PartitionLog, OpenReport) {
+        PartitionLog::open(
+            Arc::new(storage.clone()),
+            Path::new("/p"),
+            LogConfig::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_clean_shutdown_reopens_without_recovery_and_keeps_producer_state() {
+        let storage = MemStorage::default();
+        let log = open(&storage).unwrap();
+        for sequence in 0..3 {
+            let value = format!("v{sequence}");
+            log.append(&[idempotent_batch(&value, sequence)], 0)
+                .unwrap();
+        }
+        log.close_clean().unwrap();
+        drop(log);
+
+        let (log, report) = open_with_report(&storage);
+        assert!(report.clean_shutdown);
+        assert_eq!(log.high_watermark(), 3);
+        let (outcomes, _) = log.append(&[idempotent_batch("v2", 2)], 0).unwrap();
+        assert_eq!(
+            outcomes,
+            [BatchOutcome::Duplicate(2)],
+            "the retry is recognised"
+        );
+        let (outcomes, _) = log.append(&[idempotent_batch("v3", 3)], 0).unwrap();
+        assert_eq!(outcomes, [BatchOutcome::Appended(3)]);
+        log.sync().unwrap();
+        drop(log);
+
+        let (log, report) = open_with_report(&storage);
+        assert!(
+            !report.clean_shutdown,
+            "the mark was used up by the last open"
+        );
+        assert_eq!(log.high_watermark(), 4);
+        assert_eq!(log.read(0, usize::MAX).unwrap().high_watermark, 4);
+    }
+
+    #[test]
+    fn a_log_that_changed_after_its_mark_is_recovered_in_full() {
+        // An append after the mark.
+        let storage = MemStorage::default();
+        let log = open(&storage).unwrap();
+        log.append(&[batch("one")], 0).unwrap();
+        log.close_clean().unwrap();
+        log.append(&[batch("two")], 0).unwrap();
+        log.sync().unwrap();
+        drop(log);
+        let (log, report) = open_with_report(&storage);
+        assert!(!report.clean_shutdown);
+        assert_eq!(log.high_watermark(), 2);
+
+        // Bytes after the marked end (a torn write of another life).
+        let storage = MemStorage::default();
+        let log = open(&storage).unwrap();
+        log.append(&[batch("one")], 0).unwrap();
+        log.close_clean().unwrap();
+        drop(log);
+        let path = Path::new("/p/00000000000000000000.log");
+        let mut bytes = storage.contents(path).unwrap();
+        bytes.extend_from_slice(&[0xab; 40]);
+        storage.set_contents(path, bytes);
+        let (log, report) = open_with_report(&storage);
+        assert!(!report.clean_shutdown);
+        assert_eq!(report.truncated_bytes, 40, "recovery cut the stray bytes");
+        assert_eq!(log.high_watermark(), 1);
     }
 }

@@ -191,6 +191,46 @@ impl Segment {
         ))
     }
 
+    /// Opens the active (last) segment after a clean shutdown synced it and
+    /// its indexes: like a sealed segment, through its indexes (checked
+    /// against the log, rebuilt from the headers if they do not match),
+    /// without reading every batch.
+    /// `None` unless the log holds exactly `bytes` of whole batches.
+    pub fn open_clean_active(
+        storage: &dyn Storage,
+        dir: &Path,
+        base_offset: i64,
+        bytes: u64,
+    ) -> Result<Option<Self>, LogError> {
+        let path = SegmentPaths::new(dir, base_offset).log;
+        let size = open(storage, &path)?
+            .len()
+            .map_err(|e| LogError::io("stat", &path, e))?;
+        if size != bytes {
+            return Ok(None);
+        }
+        let segment = Self::open_sealed(storage, dir, base_offset)?;
+        if segment.written_bytes() != bytes {
+            return Ok(None);
+        }
+        let last_indexed = segment
+            .index
+            .read()
+            .last()
+            .map_or(0, |e| u64::from(e.position));
+        segment.bytes_since_index.store(
+            segment.written_bytes().saturating_sub(last_indexed),
+            Ordering::Relaxed,
+        );
+        if !segment.is_empty() {
+            // As in `recover_active`: roll by age counts from the restart.
+            segment
+                .first_append_ms
+                .store(crate::clock::now_ms(), Ordering::Relaxed);
+        }
+        Ok(Some(segment))
+    }
+
     /// Opens the active (last) segment: every batch is checked (length, CRC,
     /// dense offsets); the log is cut at the first damaged one and both
     /// indexes are rebuilt from what remains.
@@ -368,6 +408,19 @@ impl Segment {
         self.log
             .sync()
             .map_err(|e| LogError::io("fsync", &self.paths.log, e))
+    }
+
+    /// Syncs the log and both indexes (a clean shutdown's last step).
+    pub fn sync_files(&self) -> Result<(), LogError> {
+        self.sync()?;
+        self.index
+            .read()
+            .sync()
+            .map_err(|e| LogError::io("fsync", &self.paths.index, e))?;
+        self.time_index
+            .read()
+            .sync()
+            .map_err(|e| LogError::io("fsync", &self.paths.time_index, e))
     }
 
     /// Syncs the log and both indexes: the segment becomes read-only. The
