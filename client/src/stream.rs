@@ -126,6 +126,16 @@ impl Reply {
                 let _ = reply.send(Err(error));
             }
             Reply::Many { reply, .. } => {
+                // The stream ended under the request, which may or may not
+                // have been appended whatever status ended it: never a
+                // refusal of the request itself, always worth a retry.
+                let error = if error.is_retryable() {
+                    error
+                } else {
+                    ClientError::StreamClosed {
+                        operation: OPERATION,
+                    }
+                };
                 let _ = reply.send(Err(error));
             }
         }

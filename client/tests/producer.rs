@@ -785,3 +785,45 @@ async fn batches_in_flight_together_arrive_in_order() {
     let expected: Vec<String> = (0..10_000).map(|i| i.to_string()).collect();
     assert_eq!(values, expected);
 }
+
+#[tokio::test]
+async fn a_send_after_the_broker_restarted_while_idle_goes_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = EmbeddedBroker::builder()
+        .data_dir(dir.path())
+        .start()
+        .await
+        .unwrap();
+    let addr = broker.addr();
+    let client = Client::connect(broker.endpoint()).await.unwrap();
+    client
+        .create_topic("idle", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    // No linger: the record's batch is taken at the first look, which is
+    // also when the ended stream is noticed.
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig {
+            linger: Duration::ZERO,
+            ..ProducerConfig::default()
+        },
+    );
+    let first = producer.send(ProducerRecord::new("idle", "before")).await;
+    assert_eq!(first.unwrap().offset, 0);
+
+    // The producer's stream ends with the broker while nothing is queued;
+    // the next record must open another at once, not wait out its
+    // delivery timeout (two minutes).
+    broker.shutdown().await.unwrap();
+    let (stop, server) = serve_at(dir.path(), addr).await;
+    let second = timeout(
+        Duration::from_secs(20),
+        producer.send(ProducerRecord::new("idle", "after")),
+    )
+    .await
+    .expect("sent well before the delivery timeout");
+    assert_eq!(second.unwrap().offset, 1);
+    stop.cancel();
+    timeout(LIMIT, server).await.unwrap().unwrap();
+}

@@ -36,8 +36,10 @@ use brook_record::{BatchBuilder, BatchOptions, Compression, MAX_RECORDS_PER_BATC
 const BATCH_RECORDS_MAX: usize = MAX_RECORDS_PER_BATCH as usize;
 
 /// Bytes an open batch reserves up front at most; its buffer grows past
-/// this if it must. A batch reserves about what the topic's last batch
-/// held, so a steady stream fills its batches without copying them over.
+/// this if it must. A batch reserves about what its partition's last
+/// batch held, so a steady stream fills its batches without copying them
+/// over, and a trickle does not hold a large buffer per partition. (These
+/// buffers are not counted in `buffer_memory`, which counts records.)
 const PREALLOCATED_BYTES_MAX: usize = 1024 * 1024;
 /// What a topic's first batch reserves.
 const PREALLOCATED_BYTES_FIRST: usize = 16 * 1024;
@@ -110,8 +112,9 @@ struct TopicBatches {
     name: Arc<str>,
     sticky: Sticky,
     open: HashMap<u32, OpenBatch>,
-    /// Bytes of the topic's last closed batch.
-    last_batch_bytes: usize,
+    /// Bytes of each partition's last closed batch (at most one entry per
+    /// partition of the topic).
+    last_batch_bytes: HashMap<u32, usize>,
 }
 
 impl TopicBatches {
@@ -119,15 +122,16 @@ impl TopicBatches {
     fn close(&mut self, partition: u32) -> Option<(TopicPartition, OpenBatch)> {
         let open = self.open.remove(&partition)?;
         self.sticky.batch_closed(partition);
-        self.last_batch_bytes = open.builder.encoded_len();
+        self.last_batch_bytes
+            .insert(partition, open.builder.encoded_len());
         Some(((self.name.clone(), partition), open))
     }
 
-    /// Bytes to reserve for a new batch of at most `bytes_max`.
-    fn preallocation(&self, bytes_max: usize) -> usize {
-        let expected = match self.last_batch_bytes {
-            0 => PREALLOCATED_BYTES_FIRST,
-            last => last + last / 8,
+    /// Bytes to reserve for a new batch of `partition` of at most `bytes_max`.
+    fn preallocation(&self, partition: u32, bytes_max: usize) -> usize {
+        let expected = match self.last_batch_bytes.get(&partition) {
+            None => PREALLOCATED_BYTES_FIRST,
+            Some(&last) => last + last / 8,
         };
         expected.min(bytes_max).min(PREALLOCATED_BYTES_MAX)
     }
@@ -198,7 +202,7 @@ impl Accumulator {
                     name,
                     sticky: Sticky::default(),
                     open: HashMap::new(),
-                    last_batch_bytes: 0,
+                    last_batch_bytes: HashMap::new(),
                 },
             );
         }
@@ -217,7 +221,7 @@ impl Accumulator {
             self.full.extend(batches.close(partition));
             wake = true;
         }
-        let preallocation = batches.preallocation(batch_bytes_max);
+        let preallocation = batches.preallocation(partition, batch_bytes_max);
         let open = batches.open.entry(partition).or_insert_with(|| {
             wake = true;
             let id = self.next_id;

@@ -81,6 +81,22 @@ enum Event {
     },
     Identity(Result<(i64, i16), ClientError>),
     Connected(Result<ProduceStream, ClientError>),
+    /// A request's answer took longer than its time limit.
+    GaveUp {
+        batches: Vec<(TopicPartition, u64)>,
+        after: Duration,
+        late_answer: oneshot::Receiver<ManyAcks>,
+    },
+    /// A request given up on was answered after all: the stream has room.
+    StreamRoom,
+}
+
+/// The error of a request the stream can no longer answer; it may have
+/// been appended.
+fn stream_ended() -> ClientError {
+    ClientError::StreamClosed {
+        operation: "produce_stream",
+    }
 }
 
 /// The produce stream requests travel on. The broker appends the requests
@@ -194,8 +210,15 @@ impl Sender {
         }
     }
 
-    pub(crate) async fn run(mut self) {
+    pub(crate) async fn run(self) {
+        // Declared before the task's state, so dropped after it: the
+        // queues answer their batches before `finished` is set.
         let _finished = FinishedOnDrop(self.shared.clone());
+        let mut task = self;
+        task.run_until_finished().await;
+    }
+
+    async fn run_until_finished(&mut self) {
         let shared = self.shared.clone();
         loop {
             let now = Instant::now();
@@ -343,12 +366,8 @@ impl Sender {
         let Connection::Open(stream) = &mut self.connection else {
             return false;
         };
-        if stream.has_ended() {
-            tracing::debug!("produce stream ended; opening another");
-            self.connection = Connection::Closed { retry_at: None };
-            return false;
-        }
-        if stream.room() == 0 {
+        if stream.has_ended() || stream.room() == 0 {
+            // An ended stream is replaced by `connect`, which runs first.
             return false;
         }
         let Request {
@@ -373,30 +392,38 @@ impl Sender {
         let answer = stream.try_send_many(batches);
         self.requests_in_flight += 1;
         self.events.push(Box::pin(async move {
-            let ended = || ClientError::StreamClosed {
-                operation: "produce_stream",
-            };
-            let answer = match answer {
+            let Some(mut answer) = answer else {
                 // Ended between the check and the send: nothing went out.
-                None => Err(ended()),
-                Some(answer) => match tokio::time::timeout(timeout, answer).await {
-                    Ok(answer) => answer.unwrap_or_else(|_gone| Err(ended())),
-                    Err(_elapsed) => Err(ClientError::Timeout {
-                        operation: "produce_stream",
-                        after: timeout,
-                    }),
-                },
+                return Event::Answer {
+                    batches: keys,
+                    answer: Err(stream_ended()),
+                };
             };
-            Event::Answer {
-                batches: keys,
-                answer,
+            match tokio::time::timeout(timeout, &mut answer).await {
+                Ok(answer) => Event::Answer {
+                    batches: keys,
+                    answer: answer.unwrap_or_else(|_gone| Err(stream_ended())),
+                },
+                Err(_elapsed) => Event::GaveUp {
+                    batches: keys,
+                    after: timeout,
+                    late_answer: answer,
+                },
             }
         }));
         true
     }
 
-    /// Opens the produce stream when batches wait for one.
+    /// Opens the produce stream when batches wait for one and none is
+    /// open (or the open one ended).
     fn connect(&mut self, now: Instant) {
+        if let Connection::Open(stream) = &self.connection {
+            if !stream.has_ended() {
+                return;
+            }
+            tracing::debug!("produce stream ended; opening another");
+            self.connection = Connection::Closed { retry_at: None };
+        }
         let Connection::Closed { retry_at } = self.connection else {
             return;
         };
@@ -411,6 +438,28 @@ impl Sender {
         }));
     }
 
+    /// A request's answer was not awaited any longer: its batches are
+    /// handled as timed out (retried or expired), and its late answer is
+    /// still awaited, only to wake the task when the stream has room again.
+    fn on_gave_up(
+        &mut self,
+        batches: Vec<(TopicPartition, u64)>,
+        after: Duration,
+        late_answer: oneshot::Receiver<ManyAcks>,
+    ) {
+        self.on_answer(
+            batches,
+            Err(ClientError::Timeout {
+                operation: "produce_stream",
+                after,
+            }),
+        );
+        self.events.push(Box::pin(async move {
+            let _ = late_answer.await;
+            Event::StreamRoom
+        }));
+    }
+
     fn on_connected(&mut self, opened: Result<ProduceStream, ClientError>) {
         match opened {
             Ok(stream) => {
@@ -420,10 +469,19 @@ impl Sender {
             Err(error) => {
                 let delay = self.backoff.delay(self.connection_failures);
                 self.connection_failures += 1;
-                tracing::debug!(%error, ?delay, "opening the produce stream failed; retrying");
                 self.connection = Connection::Closed {
                     retry_at: Some(Instant::now() + delay),
                 };
+                if error.is_retryable() {
+                    tracing::debug!(%error, ?delay, "opening the produce stream failed; retrying");
+                    return;
+                }
+                // The broker refuses the stream itself: waiting for the
+                // delivery timeout would not change its mind.
+                tracing::warn!(%error, "the broker refused the produce stream; failing the queued batches");
+                for queue in self.queues.values_mut() {
+                    queue.fail_all(&error);
+                }
             }
         }
     }
@@ -433,6 +491,13 @@ impl Sender {
             Event::Answer { batches, answer } => self.on_answer(batches, answer),
             Event::Identity(answer) => self.on_identity(answer),
             Event::Connected(opened) => self.on_connected(opened),
+            Event::GaveUp {
+                batches,
+                after,
+                late_answer,
+            } => self.on_gave_up(batches, after, late_answer),
+            // The loop looks again after every event.
+            Event::StreamRoom => {}
         }
     }
 
