@@ -14,13 +14,13 @@
 //! mark, or a mark from another life of the directory, sends opening down
 //! the full recovery path.
 
-use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::checked_json;
 use super::error::LogError;
-use super::io::{Storage, read_full_at};
+use super::io::Storage;
 use super::producers::ProducerState;
 
 const FILE_NAME: &str = "clean-shutdown";
@@ -40,17 +40,7 @@ fn path(dir: &Path) -> PathBuf {
 
 /// Writes the mark durably (its file and the directory entry).
 pub fn write(storage: &dyn Storage, dir: &Path, mark: &CleanShutdown) -> Result<(), LogError> {
-    let path = path(dir);
-    let json = serde_json::to_vec(mark)
-        .map_err(|e| LogError::corrupt(&path, 0, format!("cannot encode: {e}")))?;
-    let crc = format!("{:08x}\n", crc32fast::hash(&json));
-    let file = storage
-        .open(&path)
-        .map_err(|e| LogError::io("open", &path, e))?;
-    file.truncate(0)
-        .and_then(|()| file.append(&[IoSlice::new(crc.as_bytes()), IoSlice::new(&json)]))
-        .and_then(|()| file.sync())
-        .map_err(|e| LogError::io("write", &path, e))?;
+    checked_json::write(storage, &path(dir), mark)?;
     storage
         .sync_dir(dir)
         .map_err(|e| LogError::io("fsync", dir, e))
@@ -68,31 +58,15 @@ pub fn take(storage: &dyn Storage, dir: &Path) -> Result<Option<CleanShutdown>, 
         return Ok(None);
     }
     let path = path(dir);
-    let file = storage
-        .open(&path)
-        .map_err(|e| LogError::io("open", &path, e))?;
-    let len = file.len().map_err(|e| LogError::io("stat", &path, e))?;
-    let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(0)];
-    let n =
-        read_full_at(file.as_ref(), &mut bytes, 0).map_err(|e| LogError::io("read", &path, e))?;
-    bytes.truncate(n);
-    drop(file);
+    let mark = checked_json::read(storage, &path)?;
     storage
         .remove_file(&path)
         .and_then(|()| storage.sync_dir(dir))
         .map_err(|e| LogError::io("remove", &path, e))?;
-    let mark = parse(&bytes);
     if mark.is_none() {
         tracing::warn!(path = %path.display(), "clean-shutdown mark damaged; recovering the log in full");
     }
     Ok(mark)
-}
-
-fn parse(bytes: &[u8]) -> Option<CleanShutdown> {
-    let newline = bytes.iter().position(|b| *b == b'\n')?;
-    let crc = u32::from_str_radix(std::str::from_utf8(&bytes[..newline]).ok()?, 16).ok()?;
-    let json = &bytes[newline + 1..];
-    (crc32fast::hash(json) == crc).then(|| serde_json::from_slice(json).ok())?
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! Invariant: this module knows nothing of gRPC, topics' metadata store or
 //! consumer groups; it stores opaque, already validated batches.
 
+pub mod checked_json;
 pub mod clean;
 pub mod error;
 pub mod index;

@@ -271,12 +271,12 @@ mod tests {
 /// the batches below `offset`, written at each segment roll. The first line
 /// is the CRC-32 of the JSON that follows, so a torn snapshot is skipped.
 pub mod snapshot {
-    use std::io::IoSlice;
     use std::path::{Path, PathBuf};
 
     use super::ProducerState;
+    use crate::storage::checked_json;
     use crate::storage::error::LogError;
-    use crate::storage::io::{Storage, read_full_at};
+    use crate::storage::io::Storage;
 
     const SUFFIX: &str = ".producers";
     /// Snapshots kept; older ones are removed after a new one is durable.
@@ -304,17 +304,7 @@ pub mod snapshot {
         offset: i64,
         state: &ProducerState,
     ) -> Result<(), LogError> {
-        let path = path(dir, offset);
-        let json = serde_json::to_vec(state)
-            .map_err(|e| LogError::corrupt(&path, 0, format!("cannot encode: {e}")))?;
-        let crc = format!("{:08x}\n", crc32fast::hash(&json));
-        let file = storage
-            .open(&path)
-            .map_err(|e| LogError::io("open", &path, e))?;
-        file.truncate(0)
-            .and_then(|()| file.append(&[IoSlice::new(crc.as_bytes()), IoSlice::new(&json)]))
-            .and_then(|()| file.sync())
-            .map_err(|e| LogError::io("write", &path, e))?;
+        checked_json::write(storage, &path(dir, offset), state)?;
         let all = offsets(storage, dir)?;
         for old in all.iter().take(all.len().saturating_sub(KEPT)) {
             let old_path = self::path(dir, *old);
@@ -336,26 +326,11 @@ pub mod snapshot {
                 continue;
             }
             let path = path(dir, offset);
-            let file = storage
-                .open(&path)
-                .map_err(|e| LogError::io("open", &path, e))?;
-            let len = file.len().map_err(|e| LogError::io("stat", &path, e))?;
-            let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(0)];
-            let n = read_full_at(file.as_ref(), &mut bytes, 0)
-                .map_err(|e| LogError::io("read", &path, e))?;
-            bytes.truncate(n);
-            if let Some(state) = parse(&bytes) {
+            if let Some(state) = checked_json::read(storage, &path)? {
                 return Ok(Some((offset, state)));
             }
             tracing::warn!(path = %path.display(), "producer snapshot damaged; trying an older one");
         }
         Ok(None)
-    }
-
-    fn parse(bytes: &[u8]) -> Option<ProducerState> {
-        let newline = bytes.iter().position(|b| *b == b'\n')?;
-        let crc = u32::from_str_radix(std::str::from_utf8(&bytes[..newline]).ok()?, 16).ok()?;
-        let json = &bytes[newline + 1..];
-        (crc32fast::hash(json) == crc).then(|| serde_json::from_slice(json).ok())?
     }
 }

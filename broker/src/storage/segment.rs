@@ -438,15 +438,7 @@ impl Segment {
                 })
                 .map_err(|e| LogError::io("append", &self.paths.time_index, e))?;
         }
-        self.sync()?;
-        self.index
-            .read()
-            .sync()
-            .map_err(|e| LogError::io("fsync", &self.paths.index, e))?;
-        self.time_index
-            .read()
-            .sync()
-            .map_err(|e| LogError::io("fsync", &self.paths.time_index, e))
+        self.sync_files()
     }
 
     /// Removes the segment's files. Readers holding the segment keep reading

@@ -1,0 +1,73 @@
+//! Small state files (producer snapshots, clean-shutdown marks) as JSON
+//! behind a CRC: the first line is the CRC-32 of the JSON that follows, in
+//! hex, so a torn or damaged file is recognised and skipped, never half
+//! believed.
+
+use std::io::IoSlice;
+use std::path::Path;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::error::LogError;
+use super::io::{Storage, read_full_at};
+
+/// Writes `value` to `path` (replacing what was there) and syncs the file.
+pub fn write<T: Serialize>(storage: &dyn Storage, path: &Path, value: &T) -> Result<(), LogError> {
+    let json = serde_json::to_vec(value)
+        .map_err(|e| LogError::corrupt(path, 0, format!("cannot encode: {e}")))?;
+    let crc = format!("{:08x}\n", crc32fast::hash(&json));
+    let file = storage
+        .open(path)
+        .map_err(|e| LogError::io("open", path, e))?;
+    file.truncate(0)
+        .and_then(|()| file.append(&[IoSlice::new(crc.as_bytes()), IoSlice::new(&json)]))
+        .and_then(|()| file.sync())
+        .map_err(|e| LogError::io("write", path, e))
+}
+
+/// The value in `path`; `None` when the file is damaged (its CRC or JSON
+/// does not check out).
+pub fn read<T: DeserializeOwned>(
+    storage: &dyn Storage,
+    path: &Path,
+) -> Result<Option<T>, LogError> {
+    let file = storage
+        .open(path)
+        .map_err(|e| LogError::io("open", path, e))?;
+    let len = file.len().map_err(|e| LogError::io("stat", path, e))?;
+    let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(0)];
+    let n =
+        read_full_at(file.as_ref(), &mut bytes, 0).map_err(|e| LogError::io("read", path, e))?;
+    bytes.truncate(n);
+    Ok(parse(&bytes))
+}
+
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Option<T> {
+    let newline = bytes.iter().position(|b| *b == b'\n')?;
+    let crc = u32::from_str_radix(std::str::from_utf8(&bytes[..newline]).ok()?, 16).ok()?;
+    let json = &bytes[newline + 1..];
+    (crc32fast::hash(json) == crc).then(|| serde_json::from_slice(json).ok())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::testing::MemStorage;
+
+    #[test]
+    fn a_value_comes_back_and_a_damaged_file_reads_as_none() {
+        let storage = MemStorage::default();
+        let path = Path::new("/p/state");
+        write(&storage, path, &vec![1u32, 2, 3]).unwrap();
+        assert_eq!(
+            read::<Vec<u32>>(&storage, path).unwrap(),
+            Some(vec![1, 2, 3])
+        );
+        let mut bytes = storage.contents(path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        storage.set_contents(path, bytes);
+        assert_eq!(read::<Vec<u32>>(&storage, path).unwrap(), None);
+    }
+}
