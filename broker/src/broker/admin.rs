@@ -260,6 +260,7 @@ impl Broker {
                     p,
                     log,
                     self.config.fsync,
+                    self.sync_group.clone(),
                     self.metrics.clone(),
                 )
             })

@@ -32,8 +32,8 @@ use crate::group::Groups;
 use crate::meta::{MemoryMetaStore, MetaStore, SledMetaStore, TopicRecord};
 use crate::metrics::Metrics;
 use crate::partition::Partition;
-use crate::storage::PartitionLog;
 use crate::storage::scan::TailDamage;
+use crate::storage::{PartitionLog, SyncGroup};
 use topic::Topic;
 
 #[derive(Debug)]
@@ -54,6 +54,8 @@ pub struct Broker {
     producer_epochs: producers::ProducerEpochs,
     /// Consumer groups: live members and committed offsets.
     groups: Arc<Groups>,
+    /// Lets partitions that fsync at the same time share one sync.
+    sync_group: Arc<SyncGroup>,
 }
 
 impl Broker {
@@ -85,13 +87,29 @@ impl Broker {
         let opening_config = config.clone();
         let opened =
             tokio::task::spawn_blocking(move || open_logs(&opening_config, &records)).await??;
+        let sync_group = Arc::new(
+            config
+                .storage
+                .sync_group(&config.data_dir)
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "no shared fsync for the data directory; each partition syncs its own files");
+                    SyncGroup::per_file()
+                }),
+        );
         let mut topics = HashMap::new();
         for (record, logs) in opened {
             let partitions = logs
                 .into_iter()
                 .enumerate()
                 .map(|(i, log)| {
-                    Partition::start(&record.name, i as u32, log, config.fsync, metrics.clone())
+                    Partition::start(
+                        &record.name,
+                        i as u32,
+                        log,
+                        config.fsync,
+                        sync_group.clone(),
+                        metrics.clone(),
+                    )
                 })
                 .collect();
             topics.insert(
@@ -120,6 +138,7 @@ impl Broker {
             metrics,
             producer_epochs,
             groups,
+            sync_group,
         });
         broker.spawn_background();
         tracing::info!(

@@ -4,7 +4,9 @@
 //!
 //! Group commit: producers queue append requests; the appender takes every
 //! request waiting at the start of a round, writes them all, pays one fsync
-//! for the lot, and only then acknowledges them and makes them visible.
+//! for the lot (shared with other partitions' rounds through the broker's
+//! `SyncGroup` when many sync at once), and only then acknowledges them and
+//! makes them visible.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,7 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::FsyncPolicy;
 use crate::metrics::Metrics;
-use crate::storage::{BatchOutcome, LogError, PartitionLog, WrittenMark};
+use crate::storage::{BatchOutcome, LogError, PartitionLog, SyncGroup, WrittenMark};
 
 /// Append requests a partition queues before producers wait (backpressure).
 const APPEND_QUEUE_LEN: usize = 1024;
@@ -54,6 +56,7 @@ impl Partition {
         index: u32,
         log: PartitionLog,
         fsync: FsyncPolicy,
+        sync_group: Arc<SyncGroup>,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let log = Arc::new(log);
@@ -66,7 +69,9 @@ impl Partition {
             appends,
             watermark: watermark.clone(),
         });
-        tokio::spawn(run_appender(log, queue, fsync, watermark, metrics));
+        tokio::spawn(run_appender(
+            log, queue, fsync, sync_group, watermark, metrics,
+        ));
         partition
     }
 
@@ -116,6 +121,7 @@ async fn run_appender(
     log: Arc<PartitionLog>,
     mut queue: mpsc::Receiver<AppendRequest>,
     fsync: FsyncPolicy,
+    sync_group: Arc<SyncGroup>,
     watermark: watch::Sender<i64>,
     metrics: Arc<Metrics>,
 ) {
@@ -125,8 +131,15 @@ async fn run_appender(
         let log_for_round = log.clone();
         let metrics_for_round = metrics.clone();
         let watermark_for_round = watermark.clone();
+        let sync_group = sync_group.clone();
         let outcome = tokio::task::spawn_blocking(move || {
-            write_round(&log_for_round, requests, fsync, &metrics_for_round);
+            write_round(
+                &log_for_round,
+                requests,
+                fsync,
+                &sync_group,
+                &metrics_for_round,
+            );
             // Readers wake as the producers do, not a task switch later.
             watermark_for_round.send_replace(log_for_round.high_watermark());
         })
@@ -147,6 +160,7 @@ fn write_round(
     log: &PartitionLog,
     requests: Vec<AppendRequest>,
     fsync: FsyncPolicy,
+    sync_group: &SyncGroup,
     metrics: &Metrics,
 ) {
     let now_ms = crate::clock::now_ms();
@@ -170,7 +184,7 @@ fn write_round(
         let published = match fsync {
             FsyncPolicy::Always => {
                 let syncing = Instant::now();
-                let synced = log.sync();
+                let synced = log.sync_in(sync_group);
                 metrics
                     .fsync_duration
                     .observe(syncing.elapsed().as_secs_f64());

@@ -12,6 +12,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::sync_group::SyncGroup;
+
 /// One open file of the log: a segment or one of its indexes.
 ///
 /// Writes only ever go to the end (`append`); `truncate` is for recovery.
@@ -42,6 +44,12 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn list_files(&self, path: &Path) -> io::Result<Vec<String>>;
     /// Makes the directory's entries (created and removed files) durable.
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    /// How the partitions under `dir` share fsyncs (see `SyncGroup`); by
+    /// default each syncs its own files.
+    fn sync_group(&self, dir: &Path) -> io::Result<SyncGroup> {
+        let _ = dir;
+        Ok(SyncGroup::per_file())
+    }
 }
 
 /// Reads exactly `buf.len()` bytes at `position`, or fails with `UnexpectedEof`.
@@ -156,6 +164,10 @@ impl Storage for OsStorage {
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         File::open(path)?.sync_all()
+    }
+
+    fn sync_group(&self, dir: &Path) -> io::Result<SyncGroup> {
+        SyncGroup::for_data_dir(dir)
     }
 }
 

@@ -24,6 +24,7 @@ use super::error::LogError;
 use super::io::Storage;
 use super::producers::{self, ProducerState, SequenceCheck, SequenceError};
 use super::segment::{Segment, parse_log_name};
+use super::sync_group::SyncGroup;
 
 /// Per-partition log settings (a topic's config, resolved).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -437,6 +438,12 @@ impl PartitionLog {
     /// publish. Appends may continue while the fsync runs (group commit: one
     /// fsync covers every batch written before it started).
     pub fn sync(&self) -> Result<WrittenMark, LogError> {
+        self.sync_in(&SyncGroup::per_file())
+    }
+
+    /// Like `sync`, but through `group`: when many partitions sync at once
+    /// they share one file-system sync.
+    pub fn sync_in(&self, group: &SyncGroup) -> Result<WrittenMark, LogError> {
         let mark = {
             let _writer = self.writer.lock();
             self.check_poison()?;
@@ -447,8 +454,8 @@ impl PartitionLog {
                 segment: active,
             }
         };
-        mark.segment
-            .sync()
+        group
+            .sync(|| mark.segment.sync())
             .inspect_err(|e| self.poison(e.to_string()))?;
         Ok(mark)
     }

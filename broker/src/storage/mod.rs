@@ -14,12 +14,14 @@ pub mod log;
 pub mod producers;
 pub mod scan;
 pub mod segment;
+pub mod sync_group;
 pub mod testing;
 
 pub use error::LogError;
 pub use io::{LogFile, OsStorage, Storage};
 pub use log::{BatchOutcome, LogConfig, PartitionLog, ReadResult, WrittenMark};
 pub use producers::SequenceError;
+pub use sync_group::SyncGroup;
 
 /// Bytes of log between two offset index entries, by default.
 pub const DEFAULT_INDEX_INTERVAL_BYTES: u64 = 4096;
