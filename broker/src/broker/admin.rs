@@ -260,7 +260,7 @@ impl Broker {
                     p,
                     log,
                     self.config.fsync,
-                    self.sync_group.clone(),
+                    super::sync_group_for(&self.sync_group, &self.config.data_dir, &record.name, p),
                     self.metrics.clone(),
                 )
             })

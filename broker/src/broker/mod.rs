@@ -107,7 +107,7 @@ impl Broker {
                         i as u32,
                         log,
                         config.fsync,
-                        sync_group.clone(),
+                        sync_group_for(&sync_group, &config.data_dir, &record.name, i as u32),
                         metrics.clone(),
                     )
                 })
@@ -327,6 +327,25 @@ fn topics_dir(data_dir: &Path) -> PathBuf {
 
 fn partition_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {
     topics_dir(data_dir).join(topic).join(partition.to_string())
+}
+
+/// The broker's shared `SyncGroup` for a partition on the data directory's
+/// file system; a group of its own (each sync its own files) for one whose
+/// directory is on another (a mount or a symlink), which `syncfs` of the
+/// data directory would not cover.
+fn sync_group_for(
+    shared: &Arc<SyncGroup>,
+    data_dir: &Path,
+    topic: &str,
+    partition: u32,
+) -> Arc<SyncGroup> {
+    let dir = partition_dir(data_dir, topic, partition);
+    if shared.covers(&dir) {
+        shared.clone()
+    } else {
+        tracing::info!(dir = %dir.display(), "partition on another file system; it syncs its own files");
+        Arc::new(SyncGroup::per_file())
+    }
 }
 
 /// Opens the logs of every stored topic (recovery runs here).

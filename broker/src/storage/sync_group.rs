@@ -10,14 +10,23 @@
 //! file-system-wide sync also writes back what other programs left dirty,
 //! which only pays off when it replaces many fsyncs.
 //!
+//! Sharing is used only where `syncfs` reports write-back errors (Linux
+//! 5.8 and later) and only for partitions on the data directory's own file
+//! system (`covers`). `syncfs` reports an error once: after a failed round
+//! the group stops sharing for good, so that each partition's own
+//! `fdatasync` (whose file still holds the error) reports whether its data
+//! was lost.
+//!
 //! Invariants: a caller returns `Ok` only after a sync that started after
 //! it arrived has succeeded; a failed round fails every caller that was
-//! waiting for it (or for a later one) when it failed.
+//! waiting for it (or for a later one) when it failed; no round is shared
+//! after one failed.
 
 use std::fs::File;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
@@ -35,6 +44,10 @@ pub struct SyncGroup {
     sync_all: Option<SyncAll>,
     /// For error messages: what `sync_all` syncs.
     dir: PathBuf,
+    /// The device of `dir`: only partitions on it may share its syncs.
+    device: Option<u64>,
+    /// Set after a failed round: every caller syncs its own file from then on.
+    stopped_sharing: AtomicBool,
     /// Callers inside `sync` now.
     syncing: AtomicUsize,
     /// File-system syncs run so far.
@@ -65,24 +78,37 @@ struct Rounds {
 impl SyncGroup {
     /// Every partition syncs its own file.
     pub fn per_file() -> Self {
-        Self::new(None, PathBuf::new())
+        Self::new(None, PathBuf::new(), None)
     }
 
     /// Shares `syncfs` of `dir`'s file system when many partitions sync at
     /// once (Linux; elsewhere, per file).
     pub fn for_data_dir(dir: &Path) -> io::Result<Self> {
         let sync_all = filesystem_sync(dir)?;
-        Ok(Self::new(sync_all, dir.to_owned()))
+        let device = std::fs::metadata(dir)?.dev();
+        Ok(Self::new(sync_all, dir.to_owned(), Some(device)))
     }
 
-    fn new(sync_all: Option<SyncAll>, dir: PathBuf) -> Self {
+    fn new(sync_all: Option<SyncAll>, dir: PathBuf, device: Option<u64>) -> Self {
         Self {
             sync_all,
             dir,
+            device,
+            stopped_sharing: AtomicBool::new(false),
             syncing: AtomicUsize::new(0),
             shared_rounds: AtomicU64::new(0),
             rounds: Mutex::new(Rounds::default()),
             round_done: Condvar::new(),
+        }
+    }
+
+    /// Whether a partition whose files are in `path` may share this group's
+    /// syncs: it is on the same file system (not a mount or symlink to
+    /// another disk), or the group does not share at all.
+    pub fn covers(&self, path: &Path) -> bool {
+        match (&self.sync_all, self.device) {
+            (Some(_), Some(device)) => std::fs::metadata(path).is_ok_and(|m| m.dev() == device),
+            _ => true,
         }
     }
 
@@ -98,7 +124,9 @@ impl SyncGroup {
         let Some(sync_all) = &self.sync_all else {
             return own();
         };
-        if self.syncing.load(Ordering::Acquire) < SHARED_SYNC_MIN {
+        if self.syncing.load(Ordering::Acquire) < SHARED_SYNC_MIN
+            || self.stopped_sharing.load(Ordering::Acquire)
+        {
             return own();
         }
         let mut rounds = self.rounds.lock();
@@ -122,12 +150,21 @@ impl SyncGroup {
             rounds.running = true;
             rounds.started += 1;
             let round = rounds.started;
-            let result = MutexGuard::unlocked(&mut rounds, sync_all);
+            // A panic must not leave the round running forever, with
+            // every waiter blocked: it fails the round instead.
+            let result = MutexGuard::unlocked(&mut rounds, || {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(sync_all))
+                    .unwrap_or_else(|_panic| Err(io::Error::other("the file-system sync panicked")))
+            });
             self.shared_rounds.fetch_add(1, Ordering::Relaxed);
             rounds.running = false;
             rounds.finished = round;
             if let Err(e) = result {
-                tracing::error!(dir = %self.dir.display(), error = %e, "syncfs failed");
+                tracing::error!(dir = %self.dir.display(), error = %e, "syncfs failed; partitions sync their own files from now on");
+                // The file system's error is now consumed: a later round
+                // would succeed over lost data. Each file's own fdatasync
+                // still reports it.
+                self.stopped_sharing.store(true, Ordering::Release);
                 rounds.failure = Some((round, e.kind(), e.to_string()));
             }
             self.round_done.notify_all();
@@ -154,12 +191,34 @@ impl Drop for Counted<'_> {
 /// `syncfs` of the file system holding `dir`, through a descriptor kept
 /// open: `syncfs` reports write-back errors that happened since the
 /// descriptor was opened, so it must outlive every write it covers.
+/// Only where the kernel reports write-back errors through `syncfs`
+/// (Linux 5.8 and later); elsewhere `None`.
 #[cfg(target_os = "linux")]
 fn filesystem_sync(dir: &Path) -> io::Result<Option<SyncAll>> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    if !reports_writeback_errors(&release) {
+        tracing::info!(
+            kernel = release.trim(),
+            "syncfs does not report write-back errors on this kernel; partitions sync their own files"
+        );
+        return Ok(None);
+    }
     let dir = File::open(dir)?;
     Ok(Some(Box::new(move || {
         nix::unistd::syncfs(&dir).map_err(io::Error::from)
     })))
+}
+
+/// Whether a Linux kernel `release` ("6.1.0-18-amd64") is 5.8 or later.
+fn reports_writeback_errors(release: &str) -> bool {
+    let mut numbers = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::parse::<u32>);
+    match (numbers.next(), numbers.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor) >= (5, 8),
+        _ => false,
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -189,6 +248,7 @@ mod tests {
                 }
             })),
             PathBuf::from("/data"),
+            None,
         )
     }
 
@@ -255,6 +315,48 @@ mod tests {
                 .iter()
                 .any(|r| r.as_ref().is_err_and(|e| e.contains("disk gone")))
         );
+    }
+
+    #[test]
+    fn after_a_failed_round_nothing_is_shared() {
+        let calls = Arc::new(AtomicU64::new(0));
+        let group = Arc::new(counting(calls.clone(), true));
+        let (own, _) = sync_together(&group, 64);
+        assert!(own < 64);
+        let rounds = calls.load(Ordering::SeqCst);
+        let (own, results) = sync_together(&group, 64);
+        assert_eq!(own, 64, "every caller syncs its own file");
+        assert!(results.iter().all(Result::is_ok));
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            rounds,
+            "no more shared rounds"
+        );
+    }
+
+    #[test]
+    fn kernels_from_5_8_report_writeback_errors_through_syncfs() {
+        assert!(reports_writeback_errors("6.18.44-fc-v595\n"));
+        assert!(reports_writeback_errors("5.8.0"));
+        assert!(reports_writeback_errors("5.15.0-91-generic"));
+        assert!(!reports_writeback_errors("5.4.0-150-generic"));
+        assert!(!reports_writeback_errors("4.18.0-513.el8.x86_64"));
+        assert!(!reports_writeback_errors(""));
+    }
+
+    #[test]
+    fn a_group_covers_only_its_own_file_system() {
+        assert!(SyncGroup::per_file().covers(Path::new("/anywhere")));
+        let dir = tempfile::tempdir().unwrap();
+        let group = SyncGroup::for_data_dir(dir.path()).unwrap();
+        if group.sync_all.is_none() {
+            // This kernel's syncfs does not report errors: nothing is shared.
+            return;
+        }
+        std::fs::create_dir(dir.path().join("topics")).unwrap();
+        assert!(group.covers(&dir.path().join("topics")));
+        assert!(!group.covers(&dir.path().join("missing")));
+        assert!(!group.covers(Path::new("/proc")), "another file system");
     }
 
     #[test]
