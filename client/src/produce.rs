@@ -1,7 +1,5 @@
 //! Unary produce: one request, one or more batches, one answer.
 
-use std::time::Duration;
-
 use brook_proto as proto;
 use brook_record::{NewRecord, encode_batch};
 use bytes::Bytes;
@@ -63,22 +61,14 @@ impl Client {
         &self,
         batches: Vec<(String, u32, Bytes)>,
     ) -> Result<Vec<Result<ProduceAck, ClientError>>, ClientError> {
-        self.produce_many_within(batches, self.options.request_timeout)
-            .await
-    }
-
-    /// [`Client::produce_many`] under its own time limit instead of the
-    /// client's `request_timeout` (the producer shortens it to a batch's
-    /// remaining delivery time).
-    pub(crate) async fn produce_many_within(
-        &self,
-        batches: Vec<(String, u32, Bytes)>,
-        timeout: Duration,
-    ) -> Result<Vec<Result<ProduceAck, ClientError>>, ClientError> {
         let request = request(0, batches);
         let batch_count = request.batches.len();
         let response = self
-            .rpc("produce", timeout, self.produce.clone().produce(request))
+            .rpc(
+                "produce",
+                self.options.request_timeout,
+                self.produce.clone().produce(request),
+            )
             .await?;
         acks(batch_count, response.results)
     }

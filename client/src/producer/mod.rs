@@ -241,49 +241,45 @@ impl Producer {
         let mut reservation = None;
         let mut described_again = false;
         loop {
-            let wanted = {
+            let wanted = 'attempt: {
                 let mut state = shared.state.lock();
                 state.check_accepting()?;
-                match state.metadata.get(&topic) {
-                    None => Wanted::Metadata,
-                    Some(metadata) => match check_fits(partition, &record, metadata) {
-                        Err(Misfit::NoPartition(_)) if !described_again => {
-                            // The topic may have grown since it was cached.
-                            state.metadata.remove(&topic);
-                            described_again = true;
-                            Wanted::Metadata
-                        }
-                        Err(misfit) => return Err(misfit.into_error(&topic, metadata)),
-                        Ok(target) => {
-                            if reservation.is_none() {
-                                reservation = shared.buffer.try_reserve(bytes);
-                            }
-                            match reservation.take() {
-                                None => Wanted::Memory,
-                                Some(reservation) => {
-                                    let incoming = Incoming {
-                                        topic: &topic,
-                                        target,
-                                        record: &record,
-                                        reservation,
-                                        deadline,
-                                        batch_bytes_max: shared
-                                            .config
-                                            .batch_size
-                                            .min(metadata.max_message_bytes as usize),
-                                    };
-                                    let (delivery, wake) =
-                                        state.accumulator.append(incoming, accepted);
-                                    drop(state);
-                                    if wake {
-                                        shared.wake.notify_one();
-                                    }
-                                    return Ok(delivery);
-                                }
-                            }
-                        }
-                    },
+                let Some(metadata) = state.metadata.get(&topic) else {
+                    break 'attempt Wanted::Metadata;
+                };
+                let target = match check_fits(partition, &record, metadata) {
+                    Ok(target) => target,
+                    Err(Misfit::NoPartition(_)) if !described_again => {
+                        // The topic may have grown since it was cached.
+                        state.metadata.remove(&topic);
+                        described_again = true;
+                        break 'attempt Wanted::Metadata;
+                    }
+                    Err(misfit) => return Err(misfit.into_error(&topic, metadata)),
+                };
+                let Some(reservation) = reservation
+                    .take()
+                    .or_else(|| shared.buffer.try_reserve(bytes))
+                else {
+                    break 'attempt Wanted::Memory;
+                };
+                let incoming = Incoming {
+                    topic: &topic,
+                    target,
+                    record: &record,
+                    reservation,
+                    deadline,
+                    batch_bytes_max: shared
+                        .config
+                        .batch_size
+                        .min(metadata.max_message_bytes as usize),
+                };
+                let (delivery, wake) = state.accumulator.append(incoming, accepted);
+                drop(state);
+                if wake {
+                    shared.wake.notify_one();
                 }
+                return Ok(delivery);
             };
             match wanted {
                 // Boxed: the waits are rare, and inline they would make

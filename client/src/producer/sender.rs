@@ -289,14 +289,9 @@ impl Sender {
 
     fn enqueue_batch(&mut self, key: TopicPartition, open: OpenBatch, now: Instant) {
         // Encoding may fail (too large to compress): its records are answered.
-        let Some(mut batch) = open.close() else {
+        let Some(batch) = open.close() else {
             return;
         };
-        if self.fenced {
-            let fenced = self.shared.state.lock().fenced.as_ref().map(replicate);
-            batch.fail(&fenced.unwrap_or_else(closed));
-            return;
-        }
         let idempotent = self.shared.config.idempotence;
         self.queues
             .entry(key)
@@ -323,23 +318,22 @@ impl Sender {
         }
         self.provide_identities(now);
         self.connect(now);
-        let mut sent = false;
-        while self.requests_in_flight < self.shared.config.max_in_flight {
-            if !self.send_request(now) {
-                break;
-            }
-            sent = true;
-        }
-        if sent && self.requests_in_flight < self.shared.config.max_in_flight {
+        if self.send_requests(now) && self.requests_in_flight < self.shared.config.max_in_flight {
             // Room is left: batches that waited for it may go now.
             self.take_batches(now);
-            while self.requests_in_flight < self.shared.config.max_in_flight {
-                if !self.send_request(now) {
-                    break;
-                }
-            }
+            self.send_requests(now);
         }
         self.answer_flushes();
+    }
+
+    /// Sends requests while there is room in flight and something to send;
+    /// whether any went.
+    fn send_requests(&mut self, now: Instant) -> bool {
+        let mut sent = false;
+        while self.requests_in_flight < self.shared.config.max_in_flight && self.send_request(now) {
+            sent = true;
+        }
+        sent
     }
 
     /// When the task must look again without an event: a linger, a retry
