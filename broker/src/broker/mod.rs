@@ -231,35 +231,39 @@ impl Broker {
 
     /// Applies retention to every partition now.
     pub async fn enforce_retention(&self) {
-        let partitions = self.all_partitions();
         let now_ms = crate::clock::now_ms();
-        let result = tokio::task::spawn_blocking(move || {
-            for partition in &partitions {
-                if let Err(e) = partition.log().enforce_retention(now_ms) {
-                    tracing::warn!(topic = partition.topic(), partition = partition.index(), error = %e, "retention failed");
-                }
+        self.on_every_partition("retention", move |partition| {
+            if let Err(e) = partition.log().enforce_retention(now_ms) {
+                tracing::warn!(topic = partition.topic(), partition = partition.index(), error = %e, "retention failed");
             }
         })
         .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "retention task failed");
-        }
     }
 
     /// Fsyncs every partition (a failure poisons that partition).
     pub async fn sync_all(&self) {
-        let partitions = self.all_partitions();
-        let result = tokio::task::spawn_blocking(move || {
-            for partition in &partitions {
-                if partition.log().poisoned().is_none() {
-                    // The error is logged by the poisoning itself.
-                    let _ = partition.log().sync();
-                }
+        self.on_every_partition("fsync", |partition| {
+            if partition.log().poisoned().is_none() {
+                // The error is logged by the poisoning itself.
+                let _ = partition.log().sync();
             }
         })
         .await;
+    }
+
+    /// Runs `work` on every partition, one after the other, on the
+    /// blocking pool (it does file I/O); `task` names it in the log if the
+    /// pool's task fails.
+    async fn on_every_partition(
+        &self,
+        task: &'static str,
+        work: impl Fn(&Partition) + Send + 'static,
+    ) {
+        let partitions = self.all_partitions();
+        let result =
+            tokio::task::spawn_blocking(move || partitions.iter().for_each(|p| work(p))).await;
         if let Err(e) = result {
-            tracing::error!(error = %e, "fsync task failed");
+            tracing::error!(error = %e, task, "partition task failed");
         }
     }
 
@@ -279,26 +283,20 @@ impl Broker {
     /// batch by batch). Call after the servers stopped taking requests.
     pub async fn shutdown(&self) {
         self.background.cancel();
-        let partitions = self.all_partitions();
-        let result = tokio::task::spawn_blocking(move || {
-            for partition in &partitions {
-                if partition.log().poisoned().is_some() {
-                    continue;
-                }
-                if let Err(e) = partition.log().close_clean() {
-                    tracing::warn!(
-                        topic = partition.topic(),
-                        partition = partition.index(),
-                        error = %e,
-                        "clean shutdown failed; the partition is recovered in full at the next start"
-                    );
-                }
+        self.on_every_partition("clean shutdown", |partition| {
+            if partition.log().poisoned().is_some() {
+                return;
+            }
+            if let Err(e) = partition.log().close_clean() {
+                tracing::warn!(
+                    topic = partition.topic(),
+                    partition = partition.index(),
+                    error = %e,
+                    "clean shutdown failed; the partition is recovered in full at the next start"
+                );
             }
         })
         .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "shutdown task failed");
-        }
         tracing::info!("broker stopped");
     }
 

@@ -47,14 +47,14 @@ pub fn write(storage: &dyn Storage, dir: &Path, mark: &CleanShutdown) -> Result<
 }
 
 /// Reads and removes the mark; `None` when there was none, or it was
-/// damaged (then the log is recovered in full, as after a crash).
-pub fn take(storage: &dyn Storage, dir: &Path) -> Result<Option<CleanShutdown>, LogError> {
-    let present = storage
-        .list_files(dir)
-        .map_err(|e| LogError::io("list", dir, e))?
-        .iter()
-        .any(|name| name == FILE_NAME);
-    if !present {
+/// damaged (then the log is recovered in full, as after a crash). `files`
+/// are the names in `dir`, as the caller listed them.
+pub fn take(
+    storage: &dyn Storage,
+    dir: &Path,
+    files: &[String],
+) -> Result<Option<CleanShutdown>, LogError> {
+    if !files.iter().any(|name| name == FILE_NAME) {
         return Ok(None);
     }
     let path = path(dir);
@@ -88,10 +88,20 @@ mod tests {
         let storage = MemStorage::default();
         let dir = Path::new("/p");
         storage.create_dir_all(dir).unwrap();
-        assert_eq!(take(&storage, dir).unwrap(), None);
+        assert_eq!(
+            take(&storage, dir, &storage.list_files(dir).unwrap()).unwrap(),
+            None
+        );
         write(&storage, dir, &mark()).unwrap();
-        assert_eq!(take(&storage, dir).unwrap(), Some(mark()));
-        assert_eq!(take(&storage, dir).unwrap(), None, "removed when read");
+        assert_eq!(
+            take(&storage, dir, &storage.list_files(dir).unwrap()).unwrap(),
+            Some(mark())
+        );
+        assert_eq!(
+            take(&storage, dir, &storage.list_files(dir).unwrap()).unwrap(),
+            None,
+            "removed when read"
+        );
     }
 
     #[test]
@@ -103,7 +113,10 @@ mod tests {
         let file = storage.open(&path(dir)).unwrap();
         let len = file.len().unwrap();
         file.truncate(len - 1).unwrap();
-        assert_eq!(take(&storage, dir).unwrap(), None);
+        assert_eq!(
+            take(&storage, dir, &storage.list_files(dir).unwrap()).unwrap(),
+            None
+        );
         assert!(
             !storage
                 .list_files(dir)

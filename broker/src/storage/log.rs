@@ -135,9 +135,10 @@ impl PartitionLog {
         storage
             .create_dir_all(dir)
             .map_err(|e| LogError::io("create", dir, e))?;
-        let mut bases: Vec<i64> = storage
+        let files = storage
             .list_files(dir)
-            .map_err(|e| LogError::io("list", dir, e))?
+            .map_err(|e| LogError::io("list", dir, e))?;
+        let mut bases: Vec<i64> = files
             .iter()
             .filter_map(|name| parse_log_name(name))
             .collect();
@@ -145,7 +146,7 @@ impl PartitionLog {
         let mut segments = BTreeMap::new();
         // Taken (and removed) before anything else: whatever happens from
         // here on is not covered by the last clean shutdown.
-        let clean_mark = clean::take(storage.as_ref(), dir)?;
+        let clean_mark = clean::take(storage.as_ref(), dir, &files)?;
         let mut report = OpenReport {
             clean_shutdown: false,
             segments: bases.len().max(1),
