@@ -349,6 +349,23 @@ async fn send_fails_after_the_delivery_timeout_when_the_broker_is_gone() {
 }
 
 /// Serves `data_dir` on `addr` until the token is cancelled.
+/// A broker on a data directory of its own, so that `serve_at` can start
+/// it again on the same address; a client; and `topic` with `partitions`.
+async fn restartable(topic: &str, partitions: u32) -> (tempfile::TempDir, EmbeddedBroker, Client) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let broker = EmbeddedBroker::builder()
+        .data_dir(dir.path())
+        .start()
+        .await
+        .expect("broker starts");
+    let client = Client::connect(broker.endpoint()).await.expect("connect");
+    client
+        .create_topic(topic, partitions, TopicConfig::default())
+        .await
+        .expect("topic created");
+    (dir, broker, client)
+}
+
 async fn serve_at(
     data_dir: &Path,
     addr: SocketAddr,
@@ -380,18 +397,8 @@ async fn serve_at(
 #[tokio::test]
 async fn a_broker_restart_between_send_and_retry_appends_once() {
     const RECORDS: usize = 200;
-    let dir = tempfile::tempdir().unwrap();
-    let broker = EmbeddedBroker::builder()
-        .data_dir(dir.path())
-        .start()
-        .await
-        .unwrap();
+    let (dir, broker, client) = restartable("t", 2).await;
     let addr = broker.addr();
-    let client = Client::connect(broker.endpoint()).await.unwrap();
-    client
-        .create_topic("t", 2, TopicConfig::default())
-        .await
-        .unwrap();
     // About 20 bytes a record: 3 or 4 batches per partition, within the 5
     // a partition may have unacknowledged.
     let producer = Producer::new(
@@ -788,18 +795,8 @@ async fn batches_in_flight_together_arrive_in_order() {
 
 #[tokio::test]
 async fn a_send_after_the_broker_restarted_while_idle_goes_through() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = EmbeddedBroker::builder()
-        .data_dir(dir.path())
-        .start()
-        .await
-        .unwrap();
+    let (dir, broker, client) = restartable("idle", 1).await;
     let addr = broker.addr();
-    let client = Client::connect(broker.endpoint()).await.unwrap();
-    client
-        .create_topic("idle", 1, TopicConfig::default())
-        .await
-        .unwrap();
     // No linger: the record's batch is taken at the first look, which is
     // also when the ended stream is noticed.
     let producer = Producer::new(
