@@ -31,18 +31,8 @@ pub async fn run(endpoint: &str, workload: &Workload) -> anyhow::Result<Figures>
     let client = Client::connect(endpoint)
         .await
         .with_context(|| format!("connect to {endpoint}"))?;
-    let partitions = u32::try_from(
-        client
-            .describe_topic(&workload.topic)
-            .await?
-            .partitions
-            .len(),
-    )?;
     let mut consumers = Vec::with_capacity(workload.consumers);
-    for index in 0..workload.consumers {
-        let mine: Vec<u32> = (0..partitions)
-            .filter(|p| *p as usize % workload.consumers == index)
-            .collect();
+    for mine in partitions_per_consumer(&client, workload).await? {
         consumers.push(prepare(endpoint, workload, &mine).await?);
     }
     let started = Instant::now();
@@ -68,6 +58,27 @@ pub async fn run(endpoint: &str, workload: &Workload) -> anyhow::Result<Figures>
 
 /// A consumer of `partitions`, sought to their start, and how many records
 /// they hold.
+/// The topic's partitions dealt round robin to the workload's consumers.
+pub(crate) async fn partitions_per_consumer(
+    client: &Client,
+    workload: &Workload,
+) -> anyhow::Result<Vec<Vec<u32>>> {
+    let partitions = u32::try_from(
+        client
+            .describe_topic(&workload.topic)
+            .await?
+            .partitions
+            .len(),
+    )?;
+    Ok((0..workload.consumers)
+        .map(|index| {
+            (0..partitions)
+                .filter(|p| *p as usize % workload.consumers == index)
+                .collect()
+        })
+        .collect())
+}
+
 async fn prepare(
     endpoint: &str,
     workload: &Workload,

@@ -13,6 +13,7 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use tokio::sync::watch;
 
+use crate::consume::partitions_per_consumer;
 use crate::produce::{STAMP_LEN, ensure_topic, read_stamp, send_all};
 use crate::report::{Figures, Latency, histogram};
 use crate::workload::Workload;
@@ -30,21 +31,12 @@ pub async fn run(endpoint: &str, workload: &Workload) -> anyhow::Result<Figures>
         .await
         .with_context(|| format!("connect to {endpoint}"))?;
     ensure_topic(&client, &workload.topic, workload.partitions).await?;
-    let partitions = u32::try_from(
-        client
-            .describe_topic(&workload.topic)
-            .await?
-            .partitions
-            .len(),
-    )?;
+    let shares = partitions_per_consumer(&client, workload).await?;
     let received = Arc::new(AtomicU64::new(0));
     let (stop, stopped) = watch::channel(false);
     let start = Instant::now() + Duration::from_millis(50);
     let mut consumers = Vec::with_capacity(workload.consumers);
-    for index in 0..workload.consumers {
-        let mine: Vec<u32> = (0..partitions)
-            .filter(|p| *p as usize % workload.consumers == index)
-            .collect();
+    for mine in shares {
         let consumer = at_end(endpoint, &workload.topic, &mine).await?;
         consumers.push(tokio::spawn(receive(
             consumer,
