@@ -1,6 +1,6 @@
 //! A model test of `PartitionLog` on `MemStorage` against a plain `Vec` of
-//! batches: random appends, syncs, reads, reopens, crashes and retention,
-//! with segments small enough to roll every few batches.
+//! batches: random appends, syncs, recovery points, reads, reopens, crashes
+//! and retention, with segments small enough to roll every few batches.
 
 mod common;
 
@@ -40,6 +40,8 @@ enum Op {
         seed: u16,
         max_bytes: u16,
     },
+    /// Takes a recovery point (which syncs, without publishing).
+    RecoveryPoint,
     Reopen,
     Crash,
     Retention,
@@ -50,6 +52,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => prop::collection::vec((1..4usize, 0..300usize), 1..4).prop_map(Op::Append),
         3 => Just(Op::SyncAndPublish),
         3 => (any::<u16>(), any::<u16>()).prop_map(|(seed, max_bytes)| Op::Read { seed, max_bytes }),
+        1 => Just(Op::RecoveryPoint),
         1 => Just(Op::Reopen),
         1 => Just(Op::Crash),
         1 => Just(Op::Retention),
@@ -237,6 +240,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     .map_err(|e| TestCaseError::fail(format!("sync: {e}")))?;
                 log.publish(&mark);
                 model.visible = model.batches.len();
+                model.synced = model.batches.len();
+            }
+            Op::RecoveryPoint => {
+                log.write_recovery_point(0)
+                    .map_err(|e| TestCaseError::fail(format!("recovery point: {e}")))?;
                 model.synced = model.batches.len();
             }
             Op::Read { seed, max_bytes } => {

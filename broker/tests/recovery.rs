@@ -1,7 +1,8 @@
 //! Restarting on a data directory: after a crash, a torn or corrupt tail of
 //! the active segment is cut back to the last whole batch; damaged or
 //! missing indexes of sealed segments are rebuilt; an undamaged log comes
-//! back whole, through its clean-shutdown mark after a clean shutdown.
+//! back whole, through its clean-shutdown mark after a clean shutdown; past
+//! a recovery point, only the batches after it are checked.
 
 mod common;
 
@@ -15,7 +16,7 @@ use brook_proto::list_offsets_request::Spec;
 use brook_proto::{ListOffsetsRequest, TopicConfig};
 use brook_record::{BatchOptions, NewRecord};
 use bytes::Bytes;
-use common::{Clients, garbage, values, within};
+use common::{Clients, garbage, sized_batch, values, within};
 
 const TOPIC: &str = "r";
 /// Batches produced; three records each, about 260 bytes, three to a segment.
@@ -253,4 +254,68 @@ async fn undamaged_log_survives_restarts_whole() {
             .unwrap()
             .unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_past_a_recovery_point_cuts_the_tail_and_keeps_the_point() {
+    const BIG_BATCHES: i64 = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let (embedded, mut clients) = start(dir.path()).await.unwrap();
+    let config = TopicConfig {
+        retention_ms: Some(-1),
+        ..TopicConfig::default()
+    };
+    clients.create_topic(TOPIC, 1, config).await.unwrap();
+    // 35 MiB in one segment: past the 32 MiB between recovery points.
+    for i in 0..BIG_BATCHES {
+        let base = clients
+            .produce(TOPIC, 0, sized_batch(7 << 20, FIRST_TIMESTAMP_MS).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(base, i);
+    }
+    let point = partition_dir(dir.path()).join("recovery-point");
+    within("recovery point", async {
+        while !point.exists() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    for i in 0..3 {
+        clients
+            .produce(TOPIC, 0, numbered_batch(i).unwrap())
+            .await
+            .unwrap();
+    }
+    drop(clients);
+    within("shutdown", embedded.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
+    // A crash in the middle of the last write.
+    forget_clean_shutdown(dir.path()).unwrap();
+    let active = segment_logs(dir.path()).unwrap().pop().unwrap();
+    let &(position, len) = batch_spans(&active).unwrap().last().unwrap();
+    let mut bytes = std::fs::read(&active).unwrap();
+    bytes.truncate(position + len / 2);
+    std::fs::write(&active, &bytes).unwrap();
+
+    let (embedded, mut clients) = start(dir.path()).await.unwrap();
+    assert!(point.exists(), "a point that matched the log is kept");
+    let end = BIG_BATCHES + 2 * RECORDS_PER_BATCH;
+    assert_eq!(clients.end_offset(TOPIC, 0).await.unwrap(), end);
+    let records = clients.fetch_all(TOPIC, 0, BIG_BATCHES).await.unwrap();
+    let expected: Vec<String> = (0..2 * RECORDS_PER_BATCH).map(value).collect();
+    assert_eq!(values(&records), expected);
+    let base = clients
+        .produce(TOPIC, 0, numbered_batch(2).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(base, end, "appends go on after the cut");
+    drop(clients);
+    within("shutdown", embedded.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
 }

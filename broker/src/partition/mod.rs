@@ -6,7 +6,8 @@
 //! request waiting at the start of a round, writes them all, pays one fsync
 //! for the lot (shared with other partitions' rounds through the broker's
 //! `SyncGroup` when many sync at once), and only then acknowledges them and
-//! makes them visible.
+//! makes them visible. Every so often, after a round, it also takes the
+//! log's recovery point, which bounds the work of a crash recovery.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -142,6 +143,8 @@ async fn run_appender(
             );
             // Readers wake as the producers do, not a task switch later.
             watermark_for_round.send_replace(log_for_round.high_watermark());
+            // After the answers, so the producers do not wait for it.
+            take_recovery_point_if_due(&log_for_round);
         })
         .await;
         match outcome {
@@ -151,6 +154,17 @@ async fn run_appender(
                 watermark.send_replace(log.high_watermark());
             }
         }
+    }
+}
+
+/// Bounds how much of the active segment a crash recovery has to check.
+fn take_recovery_point_if_due(log: &PartitionLog) {
+    let now_ms = crate::clock::now_ms();
+    if !log.recovery_point_due(now_ms) {
+        return;
+    }
+    if let Err(e) = log.write_recovery_point(now_ms) {
+        tracing::warn!(dir = %log.dir().display(), error = %e, "recovery point not written");
     }
 }
 

@@ -16,23 +16,15 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use super::checked_json;
 use super::error::LogError;
 use super::io::Storage;
-use super::producers::ProducerState;
+use super::recovery_point::RecoveryPoint;
 
 const FILE_NAME: &str = "clean-shutdown";
 
-/// What the log looked like when it was shut down cleanly.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CleanShutdown {
-    pub active_base: i64,
-    pub active_bytes: u64,
-    pub next_offset: i64,
-    pub producers: ProducerState,
-}
+/// The mark: a recovery point at the very end of the log.
+pub type CleanShutdown = RecoveryPoint;
 
 fn path(dir: &Path) -> PathBuf {
     dir.join(FILE_NAME)
@@ -72,6 +64,7 @@ pub fn take(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::producers::ProducerState;
     use crate::storage::testing::MemStorage;
 
     fn mark() -> CleanShutdown {

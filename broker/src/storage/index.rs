@@ -59,30 +59,66 @@ impl OffsetIndex {
         Ok(ordered.then_some(Self { entries, file }))
     }
 
-    /// Replaces the file's contents with `entries`.
-    pub fn rewrite(file: Arc<dyn LogFile>, entries: Vec<OffsetEntry>) -> io::Result<Self> {
-        file.truncate(0)?;
-        let mut bytes = Vec::with_capacity(entries.len() * OFFSET_ENTRY_LEN);
-        for e in &entries {
-            bytes.extend_from_slice(&e.relative_offset.to_le_bytes());
-            bytes.extend_from_slice(&e.position.to_le_bytes());
+    /// Reads the longest well-formed prefix of the index file whose entries
+    /// all satisfy `keep`, and cuts the file to it (so that later entries
+    /// follow it). For an index whose tail may be stale or torn.
+    pub fn load_prefix(
+        file: Arc<dyn LogFile>,
+        keep: impl Fn(&OffsetEntry) -> bool,
+    ) -> io::Result<Self> {
+        let bytes = read_whole(file.as_ref())?;
+        let mut entries: Vec<OffsetEntry> = Vec::new();
+        for c in bytes.chunks_exact(OFFSET_ENTRY_LEN) {
+            let entry = OffsetEntry {
+                relative_offset: u32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+                position: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+            };
+            let ordered = entries.last().is_none_or(|last| {
+                last.relative_offset < entry.relative_offset && last.position < entry.position
+            });
+            if !ordered || !keep(&entry) {
+                break;
+            }
+            entries.push(entry);
         }
-        file.append(&[IoSlice::new(&bytes)])?;
+        cut(file.as_ref(), bytes.len(), entries.len() * OFFSET_ENTRY_LEN)?;
         Ok(Self { entries, file })
     }
 
+    /// Replaces the file's contents with `entries`.
+    pub fn rewrite(file: Arc<dyn LogFile>, entries: &[OffsetEntry]) -> io::Result<Self> {
+        file.truncate(0)?;
+        let mut index = Self {
+            entries: Vec::new(),
+            file,
+        };
+        index.extend(entries)?;
+        Ok(index)
+    }
+
     pub fn push(&mut self, entry: OffsetEntry) -> io::Result<()> {
-        if let Some(last) = self.entries.last() {
+        self.extend(&[entry])
+    }
+
+    /// Appends `entries` with one write.
+    pub fn extend(&mut self, entries: &[OffsetEntry]) -> io::Result<()> {
+        let mut bytes = Vec::with_capacity(entries.len() * OFFSET_ENTRY_LEN);
+        let mut last = self.entries.last().copied();
+        for entry in entries {
             assert!(
-                entry.relative_offset > last.relative_offset && entry.position > last.position,
+                last.is_none_or(|last| entry.relative_offset > last.relative_offset
+                    && entry.position > last.position),
                 "offset index entries must increase"
             );
+            bytes.extend_from_slice(&entry.relative_offset.to_le_bytes());
+            bytes.extend_from_slice(&entry.position.to_le_bytes());
+            last = Some(*entry);
         }
-        let mut bytes = [0u8; OFFSET_ENTRY_LEN];
-        bytes[..4].copy_from_slice(&entry.relative_offset.to_le_bytes());
-        bytes[4..].copy_from_slice(&entry.position.to_le_bytes());
+        if bytes.is_empty() {
+            return Ok(());
+        }
         self.file.append(&[IoSlice::new(&bytes)])?;
-        self.entries.push(entry);
+        self.entries.extend_from_slice(entries);
         Ok(())
     }
 
@@ -121,49 +157,74 @@ impl TimeIndex {
         if bytes.len() % TIME_ENTRY_LEN != 0 {
             return Ok(None);
         }
-        let entries: Vec<TimeEntry> = bytes
-            .chunks_exact(TIME_ENTRY_LEN)
-            .map(|c| {
-                let mut ts = [0u8; 8];
-                ts.copy_from_slice(&c[..8]);
-                TimeEntry {
-                    timestamp: i64::from_le_bytes(ts),
-                    relative_offset: u32::from_le_bytes([c[8], c[9], c[10], c[11]]),
-                }
-            })
-            .collect();
+        let entries: Vec<TimeEntry> = bytes.chunks_exact(TIME_ENTRY_LEN).map(time_entry).collect();
         let ordered = entries.windows(2).all(|w| {
             w[0].timestamp < w[1].timestamp && w[0].relative_offset <= w[1].relative_offset
         });
         Ok(ordered.then_some(Self { entries, file }))
     }
 
-    pub fn rewrite(file: Arc<dyn LogFile>, entries: Vec<TimeEntry>) -> io::Result<Self> {
-        file.truncate(0)?;
-        let mut bytes = Vec::with_capacity(entries.len() * TIME_ENTRY_LEN);
-        for e in &entries {
-            bytes.extend_from_slice(&e.timestamp.to_le_bytes());
-            bytes.extend_from_slice(&e.relative_offset.to_le_bytes());
+    /// Reads the longest well-formed prefix of the index file whose entries
+    /// all satisfy `keep`, and cuts the file to it.
+    pub fn load_prefix(
+        file: Arc<dyn LogFile>,
+        keep: impl Fn(&TimeEntry) -> bool,
+    ) -> io::Result<Self> {
+        let bytes = read_whole(file.as_ref())?;
+        let mut entries: Vec<TimeEntry> = Vec::new();
+        for c in bytes.chunks_exact(TIME_ENTRY_LEN) {
+            let entry = time_entry(c);
+            let ordered = entries.last().is_none_or(|last| {
+                last.timestamp < entry.timestamp && last.relative_offset <= entry.relative_offset
+            });
+            if !ordered || !keep(&entry) {
+                break;
+            }
+            entries.push(entry);
         }
-        file.append(&[IoSlice::new(&bytes)])?;
+        cut(file.as_ref(), bytes.len(), entries.len() * TIME_ENTRY_LEN)?;
         Ok(Self { entries, file })
     }
 
-    /// Records that records at `relative_offset` reach `timestamp`; ignored
-    /// unless it raises the largest timestamp seen.
+    pub fn rewrite(file: Arc<dyn LogFile>, entries: &[TimeEntry]) -> io::Result<Self> {
+        file.truncate(0)?;
+        let mut index = Self {
+            entries: Vec::new(),
+            file,
+        };
+        index.extend(entries)?;
+        Ok(index)
+    }
+
+    /// Appends an entry; one whose timestamp is not above the last entry's
+    /// adds nothing (its offset is found through the earlier entry).
     pub fn push(&mut self, entry: TimeEntry) -> io::Result<()> {
-        if self
-            .entries
-            .last()
-            .is_some_and(|last| entry.timestamp <= last.timestamp)
-        {
+        self.extend(&[entry])
+    }
+
+    /// Appends `entries` (as `push` each) with one write.
+    pub fn extend(&mut self, entries: &[TimeEntry]) -> io::Result<()> {
+        let mut bytes = Vec::with_capacity(entries.len() * TIME_ENTRY_LEN);
+        let kept_from = self.entries.len();
+        for &entry in entries {
+            if self
+                .entries
+                .last()
+                .is_some_and(|last| entry.timestamp <= last.timestamp)
+            {
+                continue;
+            }
+            bytes.extend_from_slice(&entry.timestamp.to_le_bytes());
+            bytes.extend_from_slice(&entry.relative_offset.to_le_bytes());
+            self.entries.push(entry);
+        }
+        if bytes.is_empty() {
             return Ok(());
         }
-        let mut bytes = [0u8; TIME_ENTRY_LEN];
-        bytes[..8].copy_from_slice(&entry.timestamp.to_le_bytes());
-        bytes[8..].copy_from_slice(&entry.relative_offset.to_le_bytes());
-        self.file.append(&[IoSlice::new(&bytes)])?;
-        self.entries.push(entry);
+        if let Err(e) = self.file.append(&[IoSlice::new(&bytes)]) {
+            self.entries.truncate(kept_from);
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -183,6 +244,24 @@ impl TimeIndex {
     pub fn sync(&self) -> io::Result<()> {
         self.file.sync()
     }
+}
+
+/// Decodes one time index entry from `TIME_ENTRY_LEN` bytes.
+fn time_entry(c: &[u8]) -> TimeEntry {
+    let mut ts = [0u8; 8];
+    ts.copy_from_slice(&c[..8]);
+    TimeEntry {
+        timestamp: i64::from_le_bytes(ts),
+        relative_offset: u32::from_le_bytes([c[8], c[9], c[10], c[11]]),
+    }
+}
+
+/// Cuts an index file of `len` bytes back to its first `keep` bytes.
+fn cut(file: &dyn LogFile, len: usize, keep: usize) -> io::Result<()> {
+    if keep < len {
+        file.truncate(keep as u64)?;
+    }
+    Ok(())
 }
 
 fn read_whole(file: &dyn LogFile) -> io::Result<Vec<u8>> {
@@ -207,7 +286,7 @@ mod tests {
 
     #[test]
     fn floor_finds_last_entry_at_or_below() {
-        let mut index = OffsetIndex::rewrite(file(), Vec::new()).unwrap();
+        let mut index = OffsetIndex::rewrite(file(), &[]).unwrap();
         for (o, p) in [(0, 0), (10, 4096), (25, 8200)] {
             index
                 .push(OffsetEntry {
@@ -224,7 +303,7 @@ mod tests {
     #[test]
     fn load_round_trips_and_rejects_garbage() {
         let f = file();
-        let mut index = OffsetIndex::rewrite(f.clone(), Vec::new()).unwrap();
+        let mut index = OffsetIndex::rewrite(f.clone(), &[]).unwrap();
         index
             .push(OffsetEntry {
                 relative_offset: 3,
@@ -239,7 +318,7 @@ mod tests {
 
     #[test]
     fn time_index_scan_start() {
-        let mut index = TimeIndex::rewrite(file(), Vec::new()).unwrap();
+        let mut index = TimeIndex::rewrite(file(), &[]).unwrap();
         index
             .push(TimeEntry {
                 timestamp: 100,
@@ -262,5 +341,35 @@ mod tests {
         assert_eq!(index.scan_start(150), 0);
         assert_eq!(index.scan_start(250), 10);
         assert_eq!(index.max_timestamp(), Some(200));
+    }
+
+    #[test]
+    fn load_prefix_keeps_ordered_wanted_entries_and_cuts_the_file() {
+        let f = file();
+        let entries = [(0, 0), (1, 10), (2, 20), (3, 30)].map(|(o, p)| OffsetEntry {
+            relative_offset: o,
+            position: p,
+        });
+        OffsetIndex::rewrite(f.clone(), &entries).unwrap();
+        let loaded = OffsetIndex::load_prefix(f.clone(), |e| e.position < 25).unwrap();
+        assert_eq!(loaded.entries(), &entries[..3]);
+        assert_eq!(f.len().unwrap(), 3 * OFFSET_ENTRY_LEN as u64);
+
+        // Out of order, then a torn entry: only what comes before counts.
+        f.append(&[IoSlice::new(&[0; OFFSET_ENTRY_LEN]), IoSlice::new(&[9; 3])])
+            .unwrap();
+        let loaded = OffsetIndex::load_prefix(f.clone(), |_| true).unwrap();
+        assert_eq!(loaded.entries(), &entries[..3]);
+        assert_eq!(f.len().unwrap(), 3 * OFFSET_ENTRY_LEN as u64);
+
+        let t = file();
+        let times = [(5, 0), (7, 1), (9, 4)].map(|(timestamp, o)| TimeEntry {
+            timestamp,
+            relative_offset: o,
+        });
+        TimeIndex::rewrite(t.clone(), &times).unwrap();
+        let loaded = TimeIndex::load_prefix(t.clone(), |e| e.relative_offset <= 1).unwrap();
+        assert_eq!(loaded.max_timestamp(), Some(7));
+        assert_eq!(t.len().unwrap(), 2 * TIME_ENTRY_LEN as u64);
     }
 }

@@ -23,6 +23,7 @@ use super::clean::{self, CleanShutdown};
 use super::error::LogError;
 use super::io::Storage;
 use super::producers::{self, ProducerState, SequenceCheck, SequenceError};
+use super::recovery_point::{self, RecoveryPoint};
 use super::segment::{Segment, parse_log_name};
 use super::sync_group::SyncGroup;
 
@@ -98,6 +99,17 @@ pub struct PartitionLog {
     poisoned: Mutex<Option<String>>,
     /// Idempotent producers' sequences; changed only under `writer`.
     producers: Mutex<ProducerState>,
+    /// Where the last recovery point was taken.
+    last_recovery_point: Mutex<PointTaken>,
+}
+
+/// The active segment's base and size when the last recovery point was
+/// taken, and the time.
+#[derive(Debug, Clone, Copy)]
+struct PointTaken {
+    active_base: i64,
+    active_bytes: u64,
+    at_ms: i64,
 }
 
 /// What became of one batch handed to `append`.
@@ -117,6 +129,8 @@ pub struct OpenReport {
     /// The active segment was opened through a clean-shutdown mark, without
     /// reading it batch by batch.
     pub clean_shutdown: bool,
+    /// The active segment was checked only after its recovery point.
+    pub from_recovery_point: bool,
     pub segments: usize,
     pub truncated_bytes: u64,
     pub damage: Option<super::scan::TailDamage>,
@@ -147,8 +161,10 @@ impl PartitionLog {
         // Taken (and removed) before anything else: whatever happens from
         // here on is not covered by the last clean shutdown.
         let clean_mark = clean::take(storage.as_ref(), dir, &files)?;
+        let point = recovery_point::read(storage.as_ref(), dir, &files)?;
         let mut report = OpenReport {
             clean_shutdown: false,
+            from_recovery_point: false,
             segments: bases.len().max(1),
             truncated_bytes: 0,
             damage: None,
@@ -159,6 +175,7 @@ impl PartitionLog {
                 .sync_dir(dir)
                 .map_err(|e| LogError::io("fsync", dir, e))?;
             segments.insert(0, Arc::new(segment));
+            recovery_point::remove(storage.as_ref(), dir, &files)?;
             let log = Self::assemble(dir, storage, config, segments, ProducerState::default());
             return Ok((log, report));
         };
@@ -181,12 +198,40 @@ impl PartitionLog {
             if let Some(active) =
                 Self::open_clean_active(storage.as_ref(), dir, active_base, &mark)?
             {
+                if point.as_ref().is_some_and(|p| p.active_base != active_base) {
+                    recovery_point::remove(storage.as_ref(), dir, &files)?;
+                }
                 report.clean_shutdown = true;
                 segments.insert(active_base, Arc::new(active));
                 let log = Self::assemble(dir, storage, config, segments, mark.producers);
                 return Ok((log, report));
             }
         }
+        if let Some(point) = point.filter(|p| p.active_base == active_base) {
+            let mut producers = point.producers.clone();
+            if let Some(recovery) = Segment::recover_active_from(
+                storage.as_ref(),
+                dir,
+                &point,
+                config.index_interval_bytes,
+                &mut |h| producers.record(h, h.base_offset),
+            )? {
+                report.from_recovery_point = true;
+                report.truncated_bytes = recovery.truncated_bytes;
+                report.damage = recovery.damage;
+                segments.insert(active_base, Arc::new(recovery.segment));
+                let log = Self::assemble(dir, storage, config, segments, producers);
+                *log.last_recovery_point.lock() = PointTaken {
+                    active_base,
+                    active_bytes: point.active_bytes,
+                    at_ms: crate::clock::now_ms(),
+                };
+                return Ok((log, report));
+            }
+            tracing::warn!(dir = %dir.display(), "recovery point does not match the log; recovering the active segment in full");
+        }
+        // A point not used now is stale: gone before the log can change.
+        recovery_point::remove(storage.as_ref(), dir, &files)?;
         // Producer state: the newest snapshot, then the headers of every
         // batch after it (normally just the active segment's, which
         // recovery reads anyway).
@@ -251,6 +296,53 @@ impl PartitionLog {
         clean::write(self.storage.as_ref(), &self.dir, &mark)
     }
 
+    /// Whether the active segment has grown enough since the last recovery
+    /// point (`recovery_point::INTERVAL_BYTES`, or any growth
+    /// `INTERVAL_MS` later) to take another.
+    pub fn recovery_point_due(&self, now_ms: i64) -> bool {
+        let active = self.active();
+        let last = *self.last_recovery_point.lock();
+        let taken = if last.active_base == active.base_offset() {
+            last.active_bytes
+        } else {
+            0
+        };
+        let grown = active.written_bytes().saturating_sub(taken);
+        grown >= recovery_point::INTERVAL_BYTES
+            || grown > 0 && now_ms.saturating_sub(last.at_ms) >= recovery_point::INTERVAL_MS
+    }
+
+    /// Syncs the active segment and its indexes, then records everything
+    /// written so far as the partition's recovery point. Appends may go on
+    /// meanwhile (the point is what was written when it started). A failed
+    /// sync poisons the log, as an append's would.
+    pub fn write_recovery_point(&self, now_ms: i64) -> Result<(), LogError> {
+        let (active, point) = {
+            let _writer = self.writer.lock();
+            self.check_poison()?;
+            let active = self.active();
+            let point = RecoveryPoint {
+                active_base: active.base_offset(),
+                active_bytes: active.written_bytes(),
+                next_offset: active.next_offset(),
+                producers: self.producers.lock().clone(),
+            };
+            *self.last_recovery_point.lock() = PointTaken {
+                active_base: point.active_base,
+                active_bytes: point.active_bytes,
+                at_ms: now_ms,
+            };
+            (active, point)
+        };
+        if point.active_bytes == 0 {
+            return Ok(());
+        }
+        active
+            .sync_files()
+            .inspect_err(|e| self.poison(e.to_string()))?;
+        recovery_point::write(self.storage.as_ref(), &self.dir, &point)
+    }
+
     fn assemble(
         dir: &Path,
         storage: Arc<dyn Storage>,
@@ -260,6 +352,7 @@ impl PartitionLog {
     ) -> Self {
         let start = segments.keys().next().copied().unwrap_or(0);
         let end = segments.values().next_back().map_or(0, |s| s.next_offset());
+        let active_base = segments.keys().next_back().copied().unwrap_or(0);
         Self {
             dir: dir.to_owned(),
             storage,
@@ -270,6 +363,11 @@ impl PartitionLog {
             start_offset: AtomicI64::new(start),
             poisoned: Mutex::new(None),
             producers: Mutex::new(producers),
+            last_recovery_point: Mutex::new(PointTaken {
+                active_base,
+                active_bytes: 0,
+                at_ms: crate::clock::now_ms(),
+            }),
         }
     }
 
@@ -784,5 +882,211 @@ mod tests {
         assert!(!report.clean_shutdown);
         assert_eq!(report.truncated_bytes, 40, "recovery cut the stray bytes");
         assert_eq!(log.high_watermark(), 1);
+    }
+
+    fn open_indexing_every_batch(storage: &MemStorage) -> (PartitionLog, OpenReport) {
+        let config = LogConfig {
+            index_interval_bytes: 1,
+            ..LogConfig::default()
+        };
+        PartitionLog::open(Arc::new(storage.clone()), Path::new("/p"), config).unwrap()
+    }
+
+    const LOG: &str = "/p/00000000000000000000.log";
+    const POINT: &str = "/p/recovery-point";
+
+    /// Five idempotent batches, a recovery point after the first three,
+    /// all synced; returns the end of each batch.
+    fn five_with_a_point_after_three(storage: &MemStorage) -> Vec<u64> {
+        let (log, _) = open_indexing_every_batch(storage);
+        let mut ends = Vec::new();
+        for sequence in 0..5 {
+            if sequence == 3 {
+                log.write_recovery_point(0).unwrap();
+            }
+            let value = format!("v{sequence}");
+            let (_, mark) = log
+                .append(&[idempotent_batch(&value, sequence)], 0)
+                .unwrap();
+            ends.push(mark.bytes);
+        }
+        log.sync().unwrap();
+        ends
+    }
+
+    fn assert_reads_every_offset(log: &PartitionLog) {
+        for offset in 0..log.high_watermark() {
+            let read = log.read(offset, 1).unwrap();
+            assert_eq!(
+                brook_record::read_base_offset(&read.records),
+                Some(offset),
+                "read at {offset}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_crash_after_a_recovery_point_checks_only_what_follows_and_keeps_producer_state() {
+        let storage = MemStorage::default();
+        five_with_a_point_after_three(&storage);
+        let storage = storage.crash_image();
+
+        let (log, report) = open_indexing_every_batch(&storage);
+        assert!(report.from_recovery_point);
+        assert!(!report.clean_shutdown);
+        assert_eq!(log.high_watermark(), 5);
+        assert_reads_every_offset(&log);
+        let (outcomes, _) = log
+            .append(
+                &[
+                    idempotent_batch("v1", 1),
+                    idempotent_batch("v4", 4),
+                    idempotent_batch("v5", 5),
+                ],
+                0,
+            )
+            .unwrap();
+        assert_eq!(
+            outcomes,
+            [
+                BatchOutcome::Duplicate(1),
+                BatchOutcome::Duplicate(4),
+                BatchOutcome::Appended(5)
+            ],
+            "retries from before and after the point are recognised"
+        );
+        log.sync().unwrap();
+        drop(log);
+
+        // The point stays valid for the next crash.
+        let (log, report) = open_indexing_every_batch(&storage.crash_image());
+        assert!(report.from_recovery_point);
+        assert_eq!(log.high_watermark(), 6);
+        assert_reads_every_offset(&log);
+    }
+
+    #[test]
+    fn damage_after_the_recovery_point_is_cut_as_in_a_full_recovery() {
+        let storage = MemStorage::default();
+        let ends = five_with_a_point_after_three(&storage);
+        flip(&storage, ends[3] + 30);
+        let (log, report) = open_indexing_every_batch(&storage);
+        assert!(report.from_recovery_point);
+        assert!(matches!(
+            report.damage,
+            Some(super::super::scan::TailDamage::Corrupt { .. })
+        ));
+        assert_eq!(report.truncated_bytes, ends[4] - ends[3]);
+        assert_eq!(log.high_watermark(), 4);
+        assert_reads_every_offset(&log);
+
+        // A torn last batch.
+        let storage = MemStorage::default();
+        let ends = five_with_a_point_after_three(&storage);
+        let mut bytes = storage.contents(Path::new(LOG)).unwrap();
+        bytes.truncate(ends[4] as usize - 5);
+        storage.set_contents(Path::new(LOG), bytes);
+        let (log, report) = open_indexing_every_batch(&storage);
+        assert!(report.from_recovery_point);
+        assert_eq!(log.high_watermark(), 4);
+    }
+
+    #[test]
+    fn damage_before_the_recovery_point_sends_open_down_the_full_recovery() {
+        let storage = MemStorage::default();
+        let log = open(&storage).unwrap();
+        for value in ["one", "two", "three"] {
+            log.append(&[batch(value)], 0).unwrap();
+        }
+        log.write_recovery_point(0).unwrap();
+        let (_, mark) = log.append(&[batch("four")], 0).unwrap();
+        log.sync().unwrap();
+        drop(log);
+        // The second batch: checked, since no index entry lies between it
+        // and the point; the full recovery refuses to cut what follows.
+        let second = BatchHeader::parse(&storage.contents(Path::new(LOG)).unwrap())
+            .unwrap()
+            .total_len() as u64;
+        flip(&storage, second + 30);
+        let error = open(&storage).unwrap_err();
+        assert!(
+            error.to_string().contains("followed by intact batches"),
+            "{error}"
+        );
+        assert_eq!(
+            storage.contents(Path::new(LOG)).unwrap().len() as u64,
+            mark.bytes,
+            "nothing was cut"
+        );
+    }
+
+    #[test]
+    fn a_recovery_point_the_log_no_longer_matches_is_removed() {
+        let storage = MemStorage::default();
+        let ends = five_with_a_point_after_three(&storage);
+        // Cut back below the point (as an operator accepting a loss would).
+        let mut bytes = storage.contents(Path::new(LOG)).unwrap();
+        bytes.truncate(ends[1] as usize);
+        storage.set_contents(Path::new(LOG), bytes);
+        let (log, report) = open_indexing_every_batch(&storage);
+        assert!(!report.from_recovery_point);
+        assert_eq!(log.high_watermark(), 2);
+        assert!(!storage.paths().contains(&Path::new(POINT).to_owned()));
+        // Grown past the old point again: still recovered in full.
+        for value in ["x", "y", "z"] {
+            log.append(&[batch(value)], 0).unwrap();
+        }
+        log.sync().unwrap();
+        drop(log);
+        let (log, report) = open_indexing_every_batch(&storage);
+        assert!(!report.from_recovery_point);
+        assert_eq!(log.high_watermark(), 5);
+    }
+
+    #[test]
+    fn index_entries_past_the_recovery_point_are_cut_and_rebuilt() {
+        let storage = MemStorage::default();
+        five_with_a_point_after_three(&storage);
+        // Stale entries after the point: garbage, then a plausible entry
+        // pointing past the end.
+        let path = Path::new("/p/00000000000000000000.index");
+        let mut index = storage.contents(path).unwrap();
+        index.truncate(3 * super::super::index::OFFSET_ENTRY_LEN);
+        index.extend_from_slice(&[0xff; 8]);
+        index.extend_from_slice(&[1, 2, 3]);
+        storage.set_contents(path, index);
+        let (log, report) = open_indexing_every_batch(&storage);
+        assert!(report.from_recovery_point);
+        assert_eq!(log.high_watermark(), 5);
+        assert_reads_every_offset(&log);
+        assert_eq!(
+            storage.contents(path).unwrap().len(),
+            5 * super::super::index::OFFSET_ENTRY_LEN,
+            "one entry per batch, none stale"
+        );
+        log.append(&[idempotent_batch("v5", 5)], 0).unwrap();
+        log.close_clean().unwrap();
+        drop(log);
+        let (log, report) = open_indexing_every_batch(&storage);
+        assert!(report.clean_shutdown);
+        assert_eq!(log.high_watermark(), 6);
+        assert_reads_every_offset(&log);
+    }
+
+    #[test]
+    fn a_recovery_point_is_due_after_enough_bytes_or_time() {
+        let storage = MemStorage::default();
+        let log = open(&storage).unwrap();
+        assert!(!log.recovery_point_due(recovery_point::INTERVAL_MS * 2));
+        log.append(&[batch("small")], 0).unwrap();
+        let now = crate::clock::now_ms();
+        assert!(!log.recovery_point_due(now));
+        assert!(log.recovery_point_due(now + recovery_point::INTERVAL_MS));
+        log.write_recovery_point(now).unwrap();
+        assert!(!log.recovery_point_due(now + recovery_point::INTERVAL_MS));
+
+        let big = "x".repeat(recovery_point::INTERVAL_BYTES as usize);
+        log.append(&[batch(&big)], 0).unwrap();
+        assert!(log.recovery_point_due(now));
     }
 }

@@ -12,6 +12,7 @@ pub mod index;
 pub mod io;
 pub mod log;
 pub mod producers;
+pub mod recovery_point;
 pub mod scan;
 pub mod segment;
 pub mod sync_group;

@@ -50,6 +50,26 @@ pub struct ScanOutcome {
     pub intact_after_damage: bool,
 }
 
+/// Where a walk starts: a batch boundary, the base offset the batch there
+/// must have (`None`: whatever it has), and whether the offset index already
+/// has an entry for that batch.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanStart {
+    pub position: u64,
+    pub expected_offset: Option<i64>,
+    pub indexed: bool,
+}
+
+impl ScanStart {
+    fn segment_start(base_offset: i64) -> Self {
+        Self {
+            position: 0,
+            expected_offset: Some(base_offset),
+            indexed: false,
+        }
+    }
+}
+
 pub struct Scanner<'a> {
     file: &'a dyn LogFile,
     file_len: u64,
@@ -100,7 +120,26 @@ impl<'a> Scanner<'a> {
         index_interval_bytes: u64,
         visit: &mut dyn FnMut(&BatchHeader),
     ) -> io::Result<ScanOutcome> {
-        self.walk(0, base_offset, index_interval_bytes, true, visit)
+        self.walk(
+            ScanStart::segment_start(base_offset),
+            base_offset,
+            index_interval_bytes,
+            true,
+            visit,
+        )
+    }
+
+    /// Like `verify`, from a batch the segment's offset index already
+    /// names (`start`) to the end of the file. The outcome's index entries
+    /// are the ones after `start`'s.
+    pub fn verify_from(
+        &mut self,
+        start: ScanStart,
+        base_offset: i64,
+        index_interval_bytes: u64,
+        visit: &mut dyn FnMut(&BatchHeader),
+    ) -> io::Result<ScanOutcome> {
+        self.walk(start, base_offset, index_interval_bytes, true, visit)
     }
 
     /// Walks batch headers from `position` (a batch boundary) without
@@ -111,8 +150,17 @@ impl<'a> Scanner<'a> {
         base_offset: i64,
         visit: &mut dyn FnMut(&BatchHeader),
     ) -> io::Result<ScanOutcome> {
+        let start = if position == 0 {
+            ScanStart::segment_start(base_offset)
+        } else {
+            ScanStart {
+                position,
+                expected_offset: None,
+                indexed: false,
+            }
+        };
         self.walk(
-            position,
+            start,
             base_offset,
             super::DEFAULT_INDEX_INTERVAL_BYTES,
             false,
@@ -122,19 +170,23 @@ impl<'a> Scanner<'a> {
 
     fn walk(
         &mut self,
-        mut position: u64,
+        start: ScanStart,
         base_offset: i64,
         index_interval_bytes: u64,
         verify: bool,
         visit: &mut dyn FnMut(&BatchHeader),
     ) -> io::Result<ScanOutcome> {
+        let mut position = start.position;
         let mut out = ScanOutcome {
             end_position: position,
-            next_offset: base_offset,
+            next_offset: start.expected_offset.unwrap_or(base_offset),
             max_timestamp: i64::MIN,
             ..ScanOutcome::default()
         };
-        let mut expected_offset = (position == 0).then_some(base_offset);
+        let mut expected_offset = start.expected_offset;
+        // The first batch of a segment always gets an index entry, unless
+        // the index already holds the one for the batch the walk starts at.
+        let mut needs_entry = position == 0 && !start.indexed;
         while position < self.file_len {
             let header = match self.check_batch(position, expected_offset, verify)? {
                 Ok(header) => header,
@@ -149,9 +201,8 @@ impl<'a> Scanner<'a> {
             let relative_offset =
                 u32::try_from(header.base_offset - base_offset).unwrap_or(u32::MAX);
             out.max_timestamp = out.max_timestamp.max(header.max_timestamp);
-            if out.index.is_empty() && position == 0
-                || out.bytes_since_index >= index_interval_bytes
-            {
+            if needs_entry || out.bytes_since_index >= index_interval_bytes {
+                needs_entry = false;
                 out.index.push(OffsetEntry {
                     relative_offset,
                     position: u32::try_from(position).unwrap_or(u32::MAX),

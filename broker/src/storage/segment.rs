@@ -17,7 +17,8 @@ use parking_lot::RwLock;
 use super::error::LogError;
 use super::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 use super::io::{LogFile, Storage, read_exact_at, read_full_at};
-use super::scan::{Scanner, TailDamage};
+use super::recovery_point::RecoveryPoint;
+use super::scan::{ScanOutcome, ScanStart, Scanner, TailDamage};
 
 /// Paths of a segment's three files.
 #[derive(Debug, Clone)]
@@ -86,9 +87,9 @@ impl Segment {
         let log = open(storage, &paths.log)?;
         log.truncate(0)
             .map_err(|e| LogError::io("truncate", &paths.log, e))?;
-        let index = OffsetIndex::rewrite(open(storage, &paths.index)?, Vec::new())
+        let index = OffsetIndex::rewrite(open(storage, &paths.index)?, &[])
             .map_err(|e| LogError::io("write", &paths.index, e))?;
-        let time_index = TimeIndex::rewrite(open(storage, &paths.time_index)?, Vec::new())
+        let time_index = TimeIndex::rewrite(open(storage, &paths.time_index)?, &[])
             .map_err(|e| LogError::io("write", &paths.time_index, e))?;
         Ok(Self::assemble(
             base_offset,
@@ -157,9 +158,9 @@ impl Segment {
                 let scan = scanner
                     .walk_headers(0, base_offset, &mut |_| {})
                     .map_err(|e| LogError::io("read", &paths.log, e))?;
-                let index = OffsetIndex::rewrite(index_file, scan.index)
+                let index = OffsetIndex::rewrite(index_file, &scan.index)
                     .map_err(|e| LogError::io("write", &paths.index, e))?;
-                let time_index = TimeIndex::rewrite(time_file, scan.time_index)
+                let time_index = TimeIndex::rewrite(time_file, &scan.time_index)
                     .map_err(|e| LogError::io("write", &paths.time_index, e))?;
                 (index, time_index)
             }
@@ -248,6 +249,93 @@ impl Segment {
         let scan = scanner
             .verify(base_offset, index_interval_bytes, visit)
             .map_err(|e| LogError::io("read", &paths.log, e))?;
+        let index = OffsetIndex::rewrite(open(storage, &paths.index)?, &[])
+            .map_err(|e| LogError::io("write", &paths.index, e))?;
+        let time_index = TimeIndex::rewrite(open(storage, &paths.time_index)?, &[])
+            .map_err(|e| LogError::io("write", &paths.time_index, e))?;
+        Self::finish_recovery(base_offset, paths, log, size, scan, index, time_index)
+    }
+
+    /// Opens the active (last) segment from a recovery point: the log and
+    /// its indexes are trusted up to the point (the indexes are cut back to
+    /// it), and batches are checked from the last indexed one before the
+    /// point to the end of the file, as `recover_active` checks them all.
+    /// `visit` sees the headers of the batches after the point.
+    /// `None` when the log does not match the point: it is shorter, the
+    /// index has nothing before the point, or the batches do not end at the
+    /// point's size and offset (damage before the point among them).
+    pub fn recover_active_from(
+        storage: &dyn Storage,
+        dir: &Path,
+        point: &RecoveryPoint,
+        index_interval_bytes: u64,
+        visit: &mut dyn FnMut(&BatchHeader),
+    ) -> Result<Option<Recovery>, LogError> {
+        let base_offset = point.active_base;
+        let paths = SegmentPaths::new(dir, base_offset);
+        let log = open(storage, &paths.log)?;
+        let size = log.len().map_err(|e| LogError::io("stat", &paths.log, e))?;
+        if point.active_bytes == 0 || size < point.active_bytes {
+            return Ok(None);
+        }
+        let index = OffsetIndex::load_prefix(open(storage, &paths.index)?, |e| {
+            u64::from(e.position) < point.active_bytes
+        })
+        .map_err(|e| LogError::io("read", &paths.index, e))?;
+        let (Some(first), Some(start)) = (index.entries().first(), index.last()) else {
+            return Ok(None);
+        };
+        if first.position != 0 || first.relative_offset != 0 {
+            return Ok(None);
+        }
+        let time_index = TimeIndex::load_prefix(open(storage, &paths.time_index)?, |e| {
+            e.relative_offset <= start.relative_offset
+        })
+        .map_err(|e| LogError::io("read", &paths.time_index, e))?;
+        let scan_start = ScanStart {
+            position: u64::from(start.position),
+            expected_offset: Some(base_offset + i64::from(start.relative_offset)),
+            indexed: true,
+        };
+        let mut position = scan_start.position;
+        let mut reached_point = false;
+        let mut scanner = Scanner::new(log.as_ref(), size);
+        let scan = scanner
+            .verify_from(
+                scan_start,
+                base_offset,
+                index_interval_bytes,
+                &mut |header| {
+                    if header.base_offset >= point.next_offset {
+                        visit(header);
+                    }
+                    position += header.total_len() as u64;
+                    if position == point.active_bytes
+                        && header.last_offset() + 1 == point.next_offset
+                    {
+                        reached_point = true;
+                    }
+                },
+            )
+            .map_err(|e| LogError::io("read", &paths.log, e))?;
+        if !reached_point {
+            return Ok(None);
+        }
+        Self::finish_recovery(base_offset, paths, log, size, scan, index, time_index).map(Some)
+    }
+
+    /// The common end of both recoveries: refuses damage followed by intact
+    /// batches, cuts a damaged tail, adds the scan's index entries and
+    /// assembles the segment.
+    fn finish_recovery(
+        base_offset: i64,
+        paths: SegmentPaths,
+        log: Arc<dyn LogFile>,
+        size: u64,
+        scan: ScanOutcome,
+        mut index: OffsetIndex,
+        mut time_index: TimeIndex,
+    ) -> Result<Recovery, LogError> {
         if let (Some(damage), true) = (&scan.damage, scan.intact_after_damage) {
             // Cutting here would drop intact, acknowledged batches after the
             // damage: leave the decision to an operator.
@@ -265,10 +353,16 @@ impl Segment {
                 .and_then(|()| log.sync())
                 .map_err(|e| LogError::io("truncate", &paths.log, e))?;
         }
-        let index = OffsetIndex::rewrite(open(storage, &paths.index)?, scan.index)
+        index
+            .extend(&scan.index)
             .map_err(|e| LogError::io("write", &paths.index, e))?;
-        let time_index = TimeIndex::rewrite(open(storage, &paths.time_index)?, scan.time_index)
+        time_index
+            .extend(&scan.time_index)
             .map_err(|e| LogError::io("write", &paths.time_index, e))?;
+        let max_timestamp = time_index
+            .max_timestamp()
+            .unwrap_or(i64::MIN)
+            .max(scan.max_timestamp);
         let segment = Self::assemble(
             base_offset,
             paths,
@@ -277,7 +371,7 @@ impl Segment {
             time_index,
             scan.end_position,
             scan.next_offset,
-            scan.max_timestamp,
+            max_timestamp,
         );
         segment
             .bytes_since_index
