@@ -32,6 +32,7 @@
 mod admin;
 mod client;
 mod consumer;
+mod deadline;
 mod error;
 pub mod event;
 mod fetch;

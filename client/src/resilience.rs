@@ -403,7 +403,7 @@ impl Permit {
                 let failures = failures + 1;
                 if failures >= config.failure_threshold {
                     Some(state.transition(Phase::Open {
-                        until: now + config.open_duration,
+                        until: crate::deadline::after(now, config.open_duration),
                     }))
                 } else {
                     state.phase = Phase::Closed { failures };
@@ -412,7 +412,7 @@ impl Permit {
             }
             (Phase::HalfOpen { .. }, true) => Some(state.transition(Phase::Closed { failures: 0 })),
             (Phase::HalfOpen { .. }, false) => Some(state.transition(Phase::Open {
-                until: now + config.open_duration,
+                until: crate::deadline::after(now, config.open_duration),
             })),
             // An open breaker grants no permits in its own generation.
             (Phase::Open { .. }, _) => None,

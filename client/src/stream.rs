@@ -350,7 +350,7 @@ async fn read_acks(
     let ended = loop {
         let due = pending
             .front()
-            .map(|oldest: &Awaiting| oldest.sent_at + request_timeout);
+            .map(|oldest: &Awaiting| crate::deadline::after_tokio(oldest.sent_at, request_timeout));
         let response = tokio::select! {
             // Both branches are cancel-safe: a message or a request not
             // taken now is taken on the next turn.

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use brook_broker::{Broker, BrokerConfig, EmbeddedBroker};
 use brook_client::{
-    Client, ClientError, Compression, FetchOptions, Producer, ProducerConfig, ProducerRecord,
-    Record, TopicConfig, fnv1a32,
+    Client, ClientError, ClientOptions, Compression, FetchOptions, Producer, ProducerConfig,
+    ProducerRecord, Record, TopicConfig, fnv1a32,
 };
 use futures::future::join_all;
 use tokio::net::TcpListener;
@@ -132,6 +132,38 @@ async fn records_are_acknowledged_with_their_offsets() {
         .await
         .unwrap_err();
     assert!(!closed.is_retryable(), "{closed}");
+}
+
+#[tokio::test]
+async fn durations_meaning_never_are_accepted() {
+    let broker = EmbeddedBroker::start().await.expect("broker starts");
+    let options = ClientOptions {
+        request_timeout: Duration::MAX,
+        ..ClientOptions::default()
+    };
+    let client = Client::connect_with(broker.endpoint(), options)
+        .await
+        .unwrap();
+    client
+        .create_topic("t", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let config = ProducerConfig {
+        linger: Duration::from_secs(24 * 3600),
+        delivery_timeout: Duration::MAX,
+        request_timeout: Duration::MAX,
+        retry_backoff_max: Duration::MAX,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(client.clone(), config);
+    let delivery = timeout(LIMIT, producer.enqueue(ProducerRecord::new("t", "v")))
+        .await
+        .unwrap()
+        .unwrap();
+    timeout(LIMIT, producer.flush()).await.unwrap();
+    let sent = timeout(LIMIT, delivery).await.unwrap().unwrap();
+    assert_eq!(sent.offset, 0);
+    producer.close().await;
 }
 
 #[tokio::test]

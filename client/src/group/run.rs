@@ -177,7 +177,7 @@ impl Runner {
     /// stop or something fails.
     async fn dispatch(&mut self) -> Exit {
         let mut tick = tokio::time::interval_at(
-            tokio::time::Instant::now() + self.commit_interval,
+            crate::deadline::after_tokio(tokio::time::Instant::now(), self.commit_interval),
             self.commit_interval,
         );
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -238,7 +238,7 @@ impl Accumulator {
                 completion: AnswerOnDrop(Completion::new(batches.name.clone(), partition)),
                 lease: Lease::new(self.buffer.clone()),
                 opened: now,
-                linger_until: now + self.linger,
+                linger_until: crate::deadline::after(now, self.linger),
                 deadline,
                 bytes_max: batch_bytes_max,
             }

@@ -228,7 +228,7 @@ impl Producer {
         shared.state.lock().check_accepting()?;
         // One clock read serves the deadline and the linger's start.
         let accepted = Instant::now();
-        let deadline = accepted + shared.config.delivery_timeout;
+        let deadline = crate::deadline::after(accepted, shared.config.delivery_timeout);
         record.add_traceparent();
         let size = record_size(&record);
         let bytes = u32::try_from(size)
@@ -391,7 +391,7 @@ impl Shared {
                     return Ok(());
                 }
                 Err(error) if error.is_retryable() => {
-                    let retry_at = Instant::now() + backoff.delay(retries);
+                    let retry_at = crate::deadline::after(Instant::now(), backoff.delay(retries));
                     retries += 1;
                     if retry_at >= deadline {
                         tracing::debug!(topic, %error, "describe_topic failed until the delivery timeout");

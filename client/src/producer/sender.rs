@@ -464,7 +464,7 @@ impl Sender {
                 let delay = self.backoff.delay(self.connection_failures);
                 self.connection_failures += 1;
                 self.connection = Connection::Closed {
-                    retry_at: Some(Instant::now() + delay),
+                    retry_at: Some(crate::deadline::after(Instant::now(), delay)),
                 };
                 if error.is_retryable() {
                     tracing::debug!(%error, ?delay, "opening the produce stream failed; retrying");
@@ -592,7 +592,7 @@ impl Sender {
                 let delay = self.backoff.delay(self.identities.failures);
                 self.identities.failures += 1;
                 tracing::debug!(%error, ?delay, "init_producer_id failed; retrying");
-                self.identities.retry_at = Some(Instant::now() + delay);
+                self.identities.retry_at = Some(crate::deadline::after(Instant::now(), delay));
                 return;
             }
             Err(error) => return self.fence(&error),
