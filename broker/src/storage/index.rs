@@ -237,6 +237,10 @@ impl TimeIndex {
             .map_or(0, |i| self.entries[i].relative_offset)
     }
 
+    pub fn first_relative_offset(&self) -> Option<u32> {
+        self.entries.first().map(|e| e.relative_offset)
+    }
+
     pub fn max_timestamp(&self) -> Option<i64> {
         self.entries.last().map(|e| e.timestamp)
     }

@@ -314,8 +314,11 @@ impl PartitionLog {
 
     /// Syncs the active segment and its indexes, then records everything
     /// written so far as the partition's recovery point. Appends may go on
-    /// meanwhile (the point is what was written when it started). A failed
-    /// sync poisons the log, as an append's would.
+    /// during the sync (the point is what was written when it started). A
+    /// failed sync poisons the log, as an append's would. The point is
+    /// written only if, after the sync, the log is still unpoisoned (no
+    /// other sync failed meanwhile, the partition was not deleted) and the
+    /// segment still active.
     pub fn write_recovery_point(&self, now_ms: i64) -> Result<(), LogError> {
         let (active, point) = {
             let _writer = self.writer.lock();
@@ -340,6 +343,11 @@ impl PartitionLog {
         active
             .sync_files()
             .inspect_err(|e| self.poison(e.to_string()))?;
+        let _writer = self.writer.lock();
+        self.check_poison()?;
+        if !Arc::ptr_eq(&self.active(), &active) {
+            return Ok(());
+        }
         recovery_point::write(self.storage.as_ref(), &self.dir, &point)
     }
 
@@ -884,21 +892,35 @@ mod tests {
         assert_eq!(log.high_watermark(), 1);
     }
 
-    fn open_indexing_every_batch(storage: &MemStorage) -> (PartitionLog, OpenReport) {
+    fn open_indexing_every(
+        storage: &MemStorage,
+        index_interval_bytes: u64,
+    ) -> (PartitionLog, OpenReport) {
         let config = LogConfig {
-            index_interval_bytes: 1,
+            index_interval_bytes,
             ..LogConfig::default()
         };
         PartitionLog::open(Arc::new(storage.clone()), Path::new("/p"), config).unwrap()
     }
 
+    fn open_indexing_every_batch(storage: &MemStorage) -> (PartitionLog, OpenReport) {
+        open_indexing_every(storage, 1)
+    }
+
     const LOG: &str = "/p/00000000000000000000.log";
     const POINT: &str = "/p/recovery-point";
+    /// Index intervals: an entry per batch (also with 0), or one for all.
+    const INTERVALS: [u64; 3] = [0, 1, 4096];
 
-    /// Five idempotent batches, a recovery point after the first three,
-    /// all synced; returns the end of each batch.
-    fn five_with_a_point_after_three(storage: &MemStorage) -> Vec<u64> {
-        let (log, _) = open_indexing_every_batch(storage);
+    /// Five idempotent batches with a recovery point after the first
+    /// three; the last two are synced if `sync_tail`. Returns the end of
+    /// each batch.
+    fn five_with_a_point_after_three(
+        storage: &MemStorage,
+        index_interval_bytes: u64,
+        sync_tail: bool,
+    ) -> Vec<u64> {
+        let (log, _) = open_indexing_every(storage, index_interval_bytes);
         let mut ends = Vec::new();
         for sequence in 0..5 {
             if sequence == 3 {
@@ -910,7 +932,9 @@ mod tests {
                 .unwrap();
             ends.push(mark.bytes);
         }
-        log.sync().unwrap();
+        if sync_tail {
+            log.sync().unwrap();
+        }
         ends
     }
 
@@ -927,48 +951,74 @@ mod tests {
 
     #[test]
     fn a_crash_after_a_recovery_point_checks_only_what_follows_and_keeps_producer_state() {
-        let storage = MemStorage::default();
-        five_with_a_point_after_three(&storage);
-        let storage = storage.crash_image();
+        for interval in INTERVALS {
+            let storage = MemStorage::default();
+            five_with_a_point_after_three(&storage, interval, true);
+            let storage = storage.crash_image();
 
-        let (log, report) = open_indexing_every_batch(&storage);
-        assert!(report.from_recovery_point);
-        assert!(!report.clean_shutdown);
-        assert_eq!(log.high_watermark(), 5);
-        assert_reads_every_offset(&log);
-        let (outcomes, _) = log
-            .append(
-                &[
-                    idempotent_batch("v1", 1),
-                    idempotent_batch("v4", 4),
-                    idempotent_batch("v5", 5),
+            let (log, report) = open_indexing_every(&storage, interval);
+            assert!(report.from_recovery_point, "interval {interval}");
+            assert!(!report.clean_shutdown);
+            assert_eq!(log.high_watermark(), 5);
+            assert_reads_every_offset(&log);
+            // Each batch counted once: the oldest of the five is still known.
+            let retries: Vec<_> = [0, 2, 4]
+                .map(|sequence| idempotent_batch(&format!("v{sequence}"), sequence))
+                .into_iter()
+                .chain([idempotent_batch("v5", 5)])
+                .collect();
+            let (outcomes, _) = log.append(&retries, 0).unwrap();
+            assert_eq!(
+                outcomes,
+                [
+                    BatchOutcome::Duplicate(0),
+                    BatchOutcome::Duplicate(2),
+                    BatchOutcome::Duplicate(4),
+                    BatchOutcome::Appended(5)
                 ],
-                0,
-            )
-            .unwrap();
-        assert_eq!(
-            outcomes,
-            [
-                BatchOutcome::Duplicate(1),
-                BatchOutcome::Duplicate(4),
-                BatchOutcome::Appended(5)
-            ],
-            "retries from before and after the point are recognised"
-        );
-        log.sync().unwrap();
-        drop(log);
+                "retries from before and after the point are recognised (interval {interval})"
+            );
+            log.sync().unwrap();
+            drop(log);
 
-        // The point stays valid for the next crash.
-        let (log, report) = open_indexing_every_batch(&storage.crash_image());
-        assert!(report.from_recovery_point);
-        assert_eq!(log.high_watermark(), 6);
-        assert_reads_every_offset(&log);
+            // The point stays valid for the next crash.
+            let (log, report) = open_indexing_every(&storage.crash_image(), interval);
+            assert!(report.from_recovery_point);
+            assert_eq!(log.high_watermark(), 6);
+            assert_reads_every_offset(&log);
+        }
+    }
+
+    #[test]
+    fn a_recovery_point_survives_a_crash_that_loses_everything_after_it() {
+        for interval in INTERVALS {
+            let storage = MemStorage::default();
+            five_with_a_point_after_three(&storage, interval, false);
+            let (log, report) = open_indexing_every(&storage.crash_image(), interval);
+            // The point synced the log and both indexes: without either
+            // index, the point would not be used.
+            assert!(report.from_recovery_point, "interval {interval}");
+            assert_eq!(log.high_watermark(), 3);
+            assert_reads_every_offset(&log);
+            assert_eq!(log.find_timestamp(0).unwrap(), Some((0, 1_000)));
+        }
+    }
+
+    #[test]
+    fn a_lost_time_index_sends_open_down_the_full_recovery() {
+        let storage = MemStorage::default();
+        five_with_a_point_after_three(&storage, 1, true);
+        storage.set_contents(Path::new("/p/00000000000000000000.timeindex"), Vec::new());
+        let (log, report) = open_indexing_every_batch(&storage);
+        assert!(!report.from_recovery_point);
+        assert_eq!(log.high_watermark(), 5);
+        assert_eq!(log.find_timestamp(0).unwrap(), Some((0, 1_000)));
     }
 
     #[test]
     fn damage_after_the_recovery_point_is_cut_as_in_a_full_recovery() {
         let storage = MemStorage::default();
-        let ends = five_with_a_point_after_three(&storage);
+        let ends = five_with_a_point_after_three(&storage, 1, true);
         flip(&storage, ends[3] + 30);
         let (log, report) = open_indexing_every_batch(&storage);
         assert!(report.from_recovery_point);
@@ -982,7 +1032,7 @@ mod tests {
 
         // A torn last batch.
         let storage = MemStorage::default();
-        let ends = five_with_a_point_after_three(&storage);
+        let ends = five_with_a_point_after_three(&storage, 1, true);
         let mut bytes = storage.contents(Path::new(LOG)).unwrap();
         bytes.truncate(ends[4] as usize - 5);
         storage.set_contents(Path::new(LOG), bytes);
@@ -995,35 +1045,30 @@ mod tests {
     fn damage_before_the_recovery_point_sends_open_down_the_full_recovery() {
         let storage = MemStorage::default();
         let log = open(&storage).unwrap();
+        let mut ends = Vec::new();
         for value in ["one", "two", "three"] {
-            log.append(&[batch(value)], 0).unwrap();
+            let (_, mark) = log.append(&[batch(value)], 0).unwrap();
+            ends.push(mark.bytes);
         }
         log.write_recovery_point(0).unwrap();
-        let (_, mark) = log.append(&[batch("four")], 0).unwrap();
-        log.sync().unwrap();
         drop(log);
-        // The second batch: checked, since no index entry lies between it
-        // and the point; the full recovery refuses to cut what follows.
-        let second = BatchHeader::parse(&storage.contents(Path::new(LOG)).unwrap())
-            .unwrap()
-            .total_len() as u64;
-        flip(&storage, second + 30);
-        let error = open(&storage).unwrap_err();
-        assert!(
-            error.to_string().contains("followed by intact batches"),
-            "{error}"
-        );
-        assert_eq!(
-            storage.contents(Path::new(LOG)).unwrap().len() as u64,
-            mark.bytes,
-            "nothing was cut"
-        );
+        // The last batch before the point: checked, since no index entry
+        // lies between it and the point. The full recovery cuts it.
+        flip(&storage, ends[1] + 30);
+        let (log, report) = open_with_report(&storage);
+        assert!(!report.from_recovery_point);
+        assert!(matches!(
+            report.damage,
+            Some(super::super::scan::TailDamage::Corrupt { .. })
+        ));
+        assert_eq!(log.high_watermark(), 2);
+        assert!(!storage.paths().contains(&Path::new(POINT).to_owned()));
     }
 
     #[test]
     fn a_recovery_point_the_log_no_longer_matches_is_removed() {
         let storage = MemStorage::default();
-        let ends = five_with_a_point_after_three(&storage);
+        let ends = five_with_a_point_after_three(&storage, 1, true);
         // Cut back below the point (as an operator accepting a loss would).
         let mut bytes = storage.contents(Path::new(LOG)).unwrap();
         bytes.truncate(ends[1] as usize);
@@ -1046,9 +1091,8 @@ mod tests {
     #[test]
     fn index_entries_past_the_recovery_point_are_cut_and_rebuilt() {
         let storage = MemStorage::default();
-        five_with_a_point_after_three(&storage);
-        // Stale entries after the point: garbage, then a plausible entry
-        // pointing past the end.
+        five_with_a_point_after_three(&storage, 1, true);
+        // Stale entries after the point: garbage, then a torn entry.
         let path = Path::new("/p/00000000000000000000.index");
         let mut index = storage.contents(path).unwrap();
         index.truncate(3 * super::super::index::OFFSET_ENTRY_LEN);
@@ -1071,6 +1115,28 @@ mod tests {
         assert!(report.clean_shutdown);
         assert_eq!(log.high_watermark(), 6);
         assert_reads_every_offset(&log);
+    }
+
+    #[test]
+    fn no_recovery_point_is_written_after_a_failed_sync() {
+        use crate::storage::testing::FailingStorage;
+        let failing = FailingStorage::new(Arc::new(MemStorage::default()), u64::MAX);
+        let (log, _) = PartitionLog::open(
+            Arc::new(failing.clone()),
+            Path::new("/p"),
+            LogConfig::default(),
+        )
+        .unwrap();
+        log.append(&[batch("one")], 0).unwrap();
+        failing.set_budget(0);
+        assert!(log.sync().is_err());
+        failing.set_budget(u64::MAX);
+        assert!(log.write_recovery_point(0).is_err(), "the log is poisoned");
+        let active = log.active();
+        assert!(
+            active.sync().is_err(),
+            "a sync after a failed one fails too, even if the disk now answers"
+        );
     }
 
     #[test]

@@ -73,7 +73,8 @@ pub fn read(
     Ok(point)
 }
 
-/// Removes the partition's recovery point, if `files` has one.
+/// Removes the partition's recovery point, if `files` has one, durably:
+/// a stale point must not come back after a power loss.
 pub fn remove(storage: &dyn Storage, dir: &Path, files: &[String]) -> Result<(), LogError> {
     if !files.iter().any(|name| name == FILE_NAME) {
         return Ok(());
@@ -81,6 +82,7 @@ pub fn remove(storage: &dyn Storage, dir: &Path, files: &[String]) -> Result<(),
     let path = path(dir);
     storage
         .remove_file(&path)
+        .and_then(|()| storage.sync_dir(dir))
         .map_err(|e| LogError::io("remove", &path, e))
 }
 

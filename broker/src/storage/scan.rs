@@ -187,6 +187,7 @@ impl<'a> Scanner<'a> {
         // The first batch of a segment always gets an index entry, unless
         // the index already holds the one for the batch the walk starts at.
         let mut needs_entry = position == 0 && !start.indexed;
+        let mut at_indexed_start = start.indexed;
         while position < self.file_len {
             let header = match self.check_batch(position, expected_offset, verify)? {
                 Ok(header) => header,
@@ -201,7 +202,10 @@ impl<'a> Scanner<'a> {
             let relative_offset =
                 u32::try_from(header.base_offset - base_offset).unwrap_or(u32::MAX);
             out.max_timestamp = out.max_timestamp.max(header.max_timestamp);
-            if needs_entry || out.bytes_since_index >= index_interval_bytes {
+            let interval_passed =
+                !at_indexed_start && out.bytes_since_index >= index_interval_bytes;
+            at_indexed_start = false;
+            if needs_entry || interval_passed {
                 needs_entry = false;
                 out.index.push(OffsetEntry {
                     relative_offset,

@@ -8,11 +8,11 @@
 use std::io::{self, IoSlice};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use brook_record::{BatchHeader, HEADER_LEN, LENGTH_PREFIX_LEN};
 use bytes::{Bytes, BytesMut};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use super::error::LogError;
 use super::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
@@ -69,6 +69,11 @@ pub struct Segment {
     first_append_ms: AtomicI64,
     /// Bytes appended since the last offset index entry (writer only).
     bytes_since_index: AtomicU64,
+    /// Held while the log file is synced: syncs of a segment run one at a
+    /// time, so `sync_failed` is set before any other sync can report.
+    syncing: Mutex<()>,
+    /// A sync of the log file failed.
+    sync_failed: AtomicBool,
 }
 
 /// What recovery of the active segment found.
@@ -126,6 +131,8 @@ impl Segment {
             max_timestamp: AtomicI64::new(max_timestamp),
             first_append_ms: AtomicI64::new(i64::MIN),
             bytes_since_index: AtomicU64::new(0),
+            syncing: Mutex::new(()),
+            sync_failed: AtomicBool::new(false),
         }
     }
 
@@ -292,6 +299,11 @@ impl Segment {
             e.relative_offset <= start.relative_offset
         })
         .map_err(|e| LogError::io("read", &paths.time_index, e))?;
+        // As in `open_sealed`: a time index with nothing for the first batch
+        // was lost, and the segment's largest timestamp with it.
+        if time_index.first_relative_offset() != Some(0) {
+            return Ok(None);
+        }
         let scan_start = ScanStart {
             position: u64::from(start.position),
             expected_offset: Some(base_offset + i64::from(start.relative_offset)),
@@ -498,10 +510,22 @@ impl Segment {
         self.visible_bytes.fetch_max(bytes, Ordering::AcqRel);
     }
 
+    /// Syncs the log file. A failure is sticky: the kernel reports a lost
+    /// write-back to one fsync of a file only, and a later one that
+    /// succeeds must not pass for covering the lost bytes.
     pub fn sync(&self) -> Result<(), LogError> {
-        self.log
-            .sync()
-            .map_err(|e| LogError::io("fsync", &self.paths.log, e))
+        let _one_at_a_time = self.syncing.lock();
+        if self.sync_failed.load(Ordering::Acquire) {
+            return Err(LogError::io(
+                "fsync",
+                &self.paths.log,
+                io::Error::other("an earlier fsync of this file failed"),
+            ));
+        }
+        self.log.sync().map_err(|e| {
+            self.sync_failed.store(true, Ordering::Release);
+            LogError::io("fsync", &self.paths.log, e)
+        })
     }
 
     /// Syncs the log and both indexes (a clean shutdown's last step).
