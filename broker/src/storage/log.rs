@@ -297,8 +297,7 @@ impl PartitionLog {
     }
 
     /// Whether the active segment has grown enough since the last recovery
-    /// point (`recovery_point::INTERVAL_BYTES`, or any growth
-    /// `INTERVAL_MS` later) to take another.
+    /// point, for the time since, to take another (`recovery_point::due`).
     pub fn recovery_point_due(&self, now_ms: i64) -> bool {
         let active = self.active();
         let last = *self.last_recovery_point.lock();
@@ -308,8 +307,7 @@ impl PartitionLog {
             0
         };
         let grown = active.written_bytes().saturating_sub(taken);
-        grown >= recovery_point::INTERVAL_BYTES
-            || grown > 0 && now_ms.saturating_sub(last.at_ms) >= recovery_point::INTERVAL_MS
+        recovery_point::due(grown, now_ms.saturating_sub(last.at_ms))
     }
 
     /// Syncs the active segment and its indexes, then records everything
@@ -1143,13 +1141,13 @@ mod tests {
     fn a_recovery_point_is_due_after_enough_bytes_or_time() {
         let storage = MemStorage::default();
         let log = open(&storage).unwrap();
-        assert!(!log.recovery_point_due(recovery_point::INTERVAL_MS * 2));
+        assert!(!log.recovery_point_due(recovery_point::LATEST_MS * 2));
         log.append(&[batch("small")], 0).unwrap();
         let now = crate::clock::now_ms();
         assert!(!log.recovery_point_due(now));
-        assert!(log.recovery_point_due(now + recovery_point::INTERVAL_MS));
+        assert!(log.recovery_point_due(now + recovery_point::LATEST_MS));
         log.write_recovery_point(now).unwrap();
-        assert!(!log.recovery_point_due(now + recovery_point::INTERVAL_MS));
+        assert!(!log.recovery_point_due(now + recovery_point::LATEST_MS));
 
         let big = "x".repeat(recovery_point::INTERVAL_BYTES as usize);
         log.append(&[batch(&big)], 0).unwrap();

@@ -2,8 +2,9 @@
 //! be on disk, whole and with its indexes, and the producer state at that
 //! point.
 //!
-//! The log writes one every `INTERVAL_BYTES` of appends (or `INTERVAL_MS`
-//! after an append, whichever comes first). After a crash, opening trusts
+//! The log takes one when `due` says so: after 32 MiB of appends, or a few
+//! seconds after the last one for a partition that took some appends since
+//! (see `due`). After a crash, opening trusts
 //! the active segment up to the point, as it trusts sealed segments, and
 //! checks batch by batch only what follows: recovery reads at most what was
 //! appended since the last point, not the whole segment. (Kafka's recovery
@@ -25,12 +26,26 @@ use super::producers::ProducerState;
 
 const FILE_NAME: &str = "recovery-point";
 
-/// Appends between two recovery points: what a crash recovery reads per
-/// partition at most (besides the last unfinished `INTERVAL_MS`).
+/// Appends after which a point is taken at once: what a crash recovery
+/// reads per busy partition at most.
 pub const INTERVAL_BYTES: u64 = 32 * 1024 * 1024;
-/// Time after which appended bytes get a recovery point however few they
-/// are, so that a slow partition's recovery stays short too.
-pub const INTERVAL_MS: i64 = 10_000;
+/// A partition with at least `SOON_BYTES` appended since its last point
+/// takes one `SOON_MS` after it, so that many partitions each short of
+/// `INTERVAL_BYTES` do not leave gigabytes for recovery between them.
+pub const SOON_BYTES: u64 = 1024 * 1024;
+pub const SOON_MS: i64 = 2_000;
+/// Any append gets a point this long after the last one. Longer, because
+/// every point costs a few fsyncs, and thousands of partitions that each
+/// take a trickle would otherwise pay them every few seconds.
+pub const LATEST_MS: i64 = 30_000;
+
+/// Whether a partition that appended `grown_bytes` in the `elapsed_ms`
+/// since its last point takes another.
+pub fn due(grown_bytes: u64, elapsed_ms: i64) -> bool {
+    grown_bytes >= INTERVAL_BYTES
+        || grown_bytes >= SOON_BYTES && elapsed_ms >= SOON_MS
+        || grown_bytes > 0 && elapsed_ms >= LATEST_MS
+}
 
 /// A durable prefix of the active segment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +133,16 @@ mod tests {
         }
         remove(&storage, dir, &files(&storage, dir)).unwrap();
         assert_eq!(read(&storage, dir, &files(&storage, dir)).unwrap(), None);
+    }
+
+    #[test]
+    fn a_point_is_due_sooner_the_more_was_appended() {
+        assert!(!due(0, i64::MAX), "nothing new, nothing to cover");
+        assert!(due(INTERVAL_BYTES, 0));
+        assert!(!due(SOON_BYTES, SOON_MS - 1));
+        assert!(due(SOON_BYTES, SOON_MS));
+        assert!(!due(SOON_BYTES - 1, LATEST_MS - 1));
+        assert!(due(1, LATEST_MS));
     }
 
     #[test]
