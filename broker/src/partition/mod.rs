@@ -160,11 +160,16 @@ async fn run_appender(
 /// Bounds how much of the active segment a crash recovery has to check.
 fn take_recovery_point_if_due(log: &PartitionLog) {
     let now_ms = crate::clock::now_ms();
-    if !log.recovery_point_due(now_ms) {
+    // A poisoned log takes no more points (and said why when poisoned).
+    if log.poisoned().is_some() || !log.recovery_point_due(now_ms) {
         return;
     }
-    if let Err(e) = log.write_recovery_point(now_ms) {
-        tracing::warn!(dir = %log.dir().display(), error = %e, "recovery point not written");
+    match log.write_recovery_point(now_ms) {
+        // Poisoned meanwhile: deleted, or a sync failed and was logged.
+        Ok(()) | Err(LogError::Poisoned { .. }) => {}
+        Err(e) => {
+            tracing::warn!(dir = %log.dir().display(), error = %e, "recovery point not written");
+        }
     }
 }
 

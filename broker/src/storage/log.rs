@@ -286,7 +286,9 @@ impl PartitionLog {
         let _writer = self.writer.lock();
         self.check_poison()?;
         let active = self.active();
-        active.sync_files()?;
+        active
+            .sync_files()
+            .inspect_err(|e| self.poison(e.to_string()))?;
         let mark = CleanShutdown {
             active_base: active.base_offset(),
             active_bytes: active.written_bytes(),
@@ -907,8 +909,9 @@ mod tests {
 
     const LOG: &str = "/p/00000000000000000000.log";
     const POINT: &str = "/p/recovery-point";
-    /// Index intervals: an entry per batch (also with 0), or one for all.
-    const INTERVALS: [u64; 3] = [0, 1, 4096];
+    /// Index intervals: an entry per batch (also with 0), one every few
+    /// batches, or one for all.
+    const INTERVALS: [u64; 4] = [0, 1, 100, 4096];
 
     /// Five idempotent batches with a recovery point after the first
     /// three; the last two are synced if `sync_tail`. Returns the end of
@@ -1118,7 +1121,8 @@ mod tests {
     #[test]
     fn no_recovery_point_is_written_after_a_failed_sync() {
         use crate::storage::testing::FailingStorage;
-        let failing = FailingStorage::new(Arc::new(MemStorage::default()), u64::MAX);
+        let memory = MemStorage::default();
+        let failing = FailingStorage::new(Arc::new(memory.clone()), u64::MAX);
         let (log, _) = PartitionLog::open(
             Arc::new(failing.clone()),
             Path::new("/p"),
@@ -1126,28 +1130,57 @@ mod tests {
         )
         .unwrap();
         log.append(&[batch("one")], 0).unwrap();
+        // Another sync of the segment fails (the kernel reports it there
+        // and only there); the log is not poisoned by it yet.
         failing.set_budget(0);
-        assert!(log.sync().is_err());
+        assert!(log.active().sync().is_err());
+        assert!(log.poisoned().is_none());
         failing.set_budget(u64::MAX);
-        assert!(log.write_recovery_point(0).is_err(), "the log is poisoned");
-        let active = log.active();
         assert!(
-            active.sync().is_err(),
-            "a sync after a failed one fails too, even if the disk now answers"
+            log.write_recovery_point(0).is_err(),
+            "the point's own sync now succeeds, but must not count"
         );
+        assert!(log.poisoned().is_some());
+        assert!(!memory.paths().contains(&Path::new(POINT).to_owned()));
+
+        // A failed index sync is sticky too.
+        let memory = MemStorage::default();
+        let failing = FailingStorage::new(Arc::new(memory.clone()), u64::MAX);
+        let (log, _) = PartitionLog::open(
+            Arc::new(failing.clone()),
+            Path::new("/p"),
+            LogConfig::default(),
+        )
+        .unwrap();
+        log.append(&[batch("one")], 0).unwrap();
+        failing.set_budget(1);
+        assert!(
+            log.active().sync_files().is_err(),
+            "the offset index's sync fails"
+        );
+        failing.set_budget(u64::MAX);
+        assert!(log.active().sync().is_err());
+        assert!(log.close_clean().is_err());
+        assert!(log.poisoned().is_some());
     }
 
     #[test]
     fn a_recovery_point_is_due_after_enough_bytes_or_time() {
         let storage = MemStorage::default();
         let log = open(&storage).unwrap();
-        assert!(!log.recovery_point_due(recovery_point::LATEST_MS * 2));
-        log.append(&[batch("small")], 0).unwrap();
         let now = crate::clock::now_ms();
-        assert!(!log.recovery_point_due(now));
-        assert!(log.recovery_point_due(now + recovery_point::LATEST_MS));
+        assert!(!log.recovery_point_due(now + recovery_point::LATEST_MS * 2));
+        log.append(&[batch("small")], 0).unwrap();
+        assert!(!log.recovery_point_due(now + recovery_point::SOON_MS));
+        assert!(!log.recovery_point_due(now + recovery_point::LATEST_MS - 1_000));
+        assert!(log.recovery_point_due(now + recovery_point::LATEST_MS + 1_000));
         log.write_recovery_point(now).unwrap();
         assert!(!log.recovery_point_due(now + recovery_point::LATEST_MS));
+
+        let soon = "x".repeat(recovery_point::SOON_BYTES as usize);
+        log.append(&[batch(&soon)], 0).unwrap();
+        assert!(!log.recovery_point_due(now + recovery_point::SOON_MS - 1));
+        assert!(log.recovery_point_due(now + recovery_point::SOON_MS));
 
         let big = "x".repeat(recovery_point::INTERVAL_BYTES as usize);
         log.append(&[batch(&big)], 0).unwrap();

@@ -72,7 +72,7 @@ pub struct Segment {
     /// Held while the log file is synced: syncs of a segment run one at a
     /// time, so `sync_failed` is set before any other sync can report.
     syncing: Mutex<()>,
-    /// A sync of the log file failed.
+    /// A sync of the log file or of an index failed.
     sync_failed: AtomicBool,
 }
 
@@ -529,16 +529,25 @@ impl Segment {
     }
 
     /// Syncs the log and both indexes (a clean shutdown's last step).
+    /// A failed index sync is as sticky as a failed log sync: recovery
+    /// points and clean-shutdown marks trust the indexes.
     pub fn sync_files(&self) -> Result<(), LogError> {
         self.sync()?;
-        self.index
+        let indexes = self
+            .index
             .read()
             .sync()
-            .map_err(|e| LogError::io("fsync", &self.paths.index, e))?;
-        self.time_index
-            .read()
-            .sync()
-            .map_err(|e| LogError::io("fsync", &self.paths.time_index, e))
+            .map_err(|e| LogError::io("fsync", &self.paths.index, e))
+            .and_then(|()| {
+                self.time_index
+                    .read()
+                    .sync()
+                    .map_err(|e| LogError::io("fsync", &self.paths.time_index, e))
+            });
+        if indexes.is_err() {
+            self.sync_failed.store(true, Ordering::Release);
+        }
+        indexes
     }
 
     /// Syncs the log and both indexes: the segment becomes read-only. The
