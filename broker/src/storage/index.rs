@@ -48,14 +48,9 @@ impl OffsetIndex {
         }
         let entries: Vec<OffsetEntry> = bytes
             .chunks_exact(OFFSET_ENTRY_LEN)
-            .map(|c| OffsetEntry {
-                relative_offset: u32::from_le_bytes([c[0], c[1], c[2], c[3]]),
-                position: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
-            })
+            .map(offset_entry)
             .collect();
-        let ordered = entries
-            .windows(2)
-            .all(|w| w[0].relative_offset < w[1].relative_offset && w[0].position < w[1].position);
+        let ordered = entries.windows(2).all(|w| w[1].follows(w[0]));
         Ok(ordered.then_some(Self { entries, file }))
     }
 
@@ -66,22 +61,13 @@ impl OffsetIndex {
         file: Arc<dyn LogFile>,
         keep: impl Fn(&OffsetEntry) -> bool,
     ) -> io::Result<Self> {
-        let bytes = read_whole(file.as_ref())?;
-        let mut entries: Vec<OffsetEntry> = Vec::new();
-        for c in bytes.chunks_exact(OFFSET_ENTRY_LEN) {
-            let entry = OffsetEntry {
-                relative_offset: u32::from_le_bytes([c[0], c[1], c[2], c[3]]),
-                position: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
-            };
-            let ordered = entries.last().is_none_or(|last| {
-                last.relative_offset < entry.relative_offset && last.position < entry.position
-            });
-            if !ordered || !keep(&entry) {
-                break;
-            }
-            entries.push(entry);
-        }
-        cut(file.as_ref(), bytes.len(), entries.len() * OFFSET_ENTRY_LEN)?;
+        let entries = load_prefix_of(
+            file.as_ref(),
+            OFFSET_ENTRY_LEN,
+            offset_entry,
+            OffsetEntry::follows,
+            keep,
+        )?;
         Ok(Self { entries, file })
     }
 
@@ -158,9 +144,7 @@ impl TimeIndex {
             return Ok(None);
         }
         let entries: Vec<TimeEntry> = bytes.chunks_exact(TIME_ENTRY_LEN).map(time_entry).collect();
-        let ordered = entries.windows(2).all(|w| {
-            w[0].timestamp < w[1].timestamp && w[0].relative_offset <= w[1].relative_offset
-        });
+        let ordered = entries.windows(2).all(|w| w[1].follows(w[0]));
         Ok(ordered.then_some(Self { entries, file }))
     }
 
@@ -170,19 +154,13 @@ impl TimeIndex {
         file: Arc<dyn LogFile>,
         keep: impl Fn(&TimeEntry) -> bool,
     ) -> io::Result<Self> {
-        let bytes = read_whole(file.as_ref())?;
-        let mut entries: Vec<TimeEntry> = Vec::new();
-        for c in bytes.chunks_exact(TIME_ENTRY_LEN) {
-            let entry = time_entry(c);
-            let ordered = entries.last().is_none_or(|last| {
-                last.timestamp < entry.timestamp && last.relative_offset <= entry.relative_offset
-            });
-            if !ordered || !keep(&entry) {
-                break;
-            }
-            entries.push(entry);
-        }
-        cut(file.as_ref(), bytes.len(), entries.len() * TIME_ENTRY_LEN)?;
+        let entries = load_prefix_of(
+            file.as_ref(),
+            TIME_ENTRY_LEN,
+            time_entry,
+            TimeEntry::follows,
+            keep,
+        )?;
         Ok(Self { entries, file })
     }
 
@@ -250,6 +228,28 @@ impl TimeIndex {
     }
 }
 
+impl OffsetEntry {
+    /// Whether the entry may come after `earlier` in an index.
+    fn follows(self, earlier: Self) -> bool {
+        earlier.relative_offset < self.relative_offset && earlier.position < self.position
+    }
+}
+
+impl TimeEntry {
+    /// Whether the entry may come after `earlier` in an index.
+    fn follows(self, earlier: Self) -> bool {
+        earlier.timestamp < self.timestamp && earlier.relative_offset <= self.relative_offset
+    }
+}
+
+/// Decodes one offset index entry from `OFFSET_ENTRY_LEN` bytes.
+fn offset_entry(c: &[u8]) -> OffsetEntry {
+    OffsetEntry {
+        relative_offset: u32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+        position: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+    }
+}
+
 /// Decodes one time index entry from `TIME_ENTRY_LEN` bytes.
 fn time_entry(c: &[u8]) -> TimeEntry {
     let mut ts = [0u8; 8];
@@ -260,12 +260,31 @@ fn time_entry(c: &[u8]) -> TimeEntry {
     }
 }
 
-/// Cuts an index file of `len` bytes back to its first `keep` bytes.
-fn cut(file: &dyn LogFile, len: usize, keep: usize) -> io::Result<()> {
-    if keep < len {
-        file.truncate(keep as u64)?;
+/// The longest prefix of an index file's entries (`entry_len` bytes each)
+/// in which every entry follows the one before and is one to `keep`; the
+/// file is cut back to it.
+fn load_prefix_of<E: Copy>(
+    file: &dyn LogFile,
+    entry_len: usize,
+    decode: impl Fn(&[u8]) -> E,
+    follows: impl Fn(E, E) -> bool,
+    keep: impl Fn(&E) -> bool,
+) -> io::Result<Vec<E>> {
+    let bytes = read_whole(file)?;
+    let mut entries: Vec<E> = Vec::new();
+    for chunk in bytes.chunks_exact(entry_len) {
+        let entry = decode(chunk);
+        let ordered = entries.last().is_none_or(|&last| follows(entry, last));
+        if !ordered || !keep(&entry) {
+            break;
+        }
+        entries.push(entry);
     }
-    Ok(())
+    let kept = entries.len() * entry_len;
+    if kept < bytes.len() {
+        file.truncate(kept as u64)?;
+    }
+    Ok(entries)
 }
 
 fn read_whole(file: &dyn LogFile) -> io::Result<Vec<u8>> {

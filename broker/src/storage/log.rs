@@ -715,7 +715,7 @@ impl PartitionLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::testing::MemStorage;
+    use crate::storage::testing::{FailingStorage, MemStorage};
     use brook_record::{BatchOptions, NewRecord};
 
     fn batch(value: &str) -> (Bytes, BatchHeader) {
@@ -1118,9 +1118,8 @@ mod tests {
         assert_reads_every_offset(&log);
     }
 
-    #[test]
-    fn no_recovery_point_is_written_after_a_failed_sync() {
-        use crate::storage::testing::FailingStorage;
+    /// A log with one batch on storage whose operations can be made to fail.
+    fn a_batch_on_failing_storage() -> (MemStorage, FailingStorage, PartitionLog) {
         let memory = MemStorage::default();
         let failing = FailingStorage::new(Arc::new(memory.clone()), u64::MAX);
         let (log, _) = PartitionLog::open(
@@ -1130,6 +1129,12 @@ mod tests {
         )
         .unwrap();
         log.append(&[batch("one")], 0).unwrap();
+        (memory, failing, log)
+    }
+
+    #[test]
+    fn no_recovery_point_is_written_after_a_failed_sync() {
+        let (memory, failing, log) = a_batch_on_failing_storage();
         // Another sync of the segment fails (the kernel reports it there
         // and only there); the log is not poisoned by it yet.
         failing.set_budget(0);
@@ -1144,15 +1149,7 @@ mod tests {
         assert!(!memory.paths().contains(&Path::new(POINT).to_owned()));
 
         // A failed index sync is sticky too.
-        let memory = MemStorage::default();
-        let failing = FailingStorage::new(Arc::new(memory.clone()), u64::MAX);
-        let (log, _) = PartitionLog::open(
-            Arc::new(failing.clone()),
-            Path::new("/p"),
-            LogConfig::default(),
-        )
-        .unwrap();
-        log.append(&[batch("one")], 0).unwrap();
+        let (_, failing, log) = a_batch_on_failing_storage();
         failing.set_budget(1);
         assert!(
             log.active().sync_files().is_err(),
