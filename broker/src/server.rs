@@ -20,7 +20,6 @@ use crate::broker::{Broker, BrokerError};
 use crate::config::BrokerConfig;
 use crate::http::{Phase, ServerStatus};
 
-/// The services `grpc.health.v1` reports on, besides the server as a whole ("").
 /// HTTP/2 receive windows: bytes a client may send before the broker
 /// reads them. hyper's 1 MiB default stalls a producer that keeps several
 /// requests of a few MiB in flight; these let it stream at disk speed.
@@ -30,6 +29,7 @@ const HTTP2_STREAM_WINDOW: u32 = 16 * 1024 * 1024;
 /// frames instead of 16 KiB ones.
 const HTTP2_FRAME_BYTES_MAX: u32 = 1024 * 1024;
 
+/// The services `grpc.health.v1` reports on, besides the server as a whole ("").
 const SERVICES: [&str; 4] = [
     "brook.v1.AdminService",
     "brook.v1.ProduceService",
