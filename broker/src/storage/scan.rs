@@ -184,10 +184,6 @@ impl<'a> Scanner<'a> {
             ..ScanOutcome::default()
         };
         let mut expected_offset = start.expected_offset;
-        // The first batch of a segment always gets an index entry, unless
-        // the index already holds the one for the batch the walk starts at.
-        let mut needs_entry = position == 0 && !start.indexed;
-        let mut at_indexed_start = start.indexed;
         while position < self.file_len {
             let header = match self.check_batch(position, expected_offset, verify)? {
                 Ok(header) => header,
@@ -202,11 +198,14 @@ impl<'a> Scanner<'a> {
             let relative_offset =
                 u32::try_from(header.base_offset - base_offset).unwrap_or(u32::MAX);
             out.max_timestamp = out.max_timestamp.max(header.max_timestamp);
-            let interval_passed =
-                !at_indexed_start && out.bytes_since_index >= index_interval_bytes;
-            at_indexed_start = false;
-            if needs_entry || interval_passed {
-                needs_entry = false;
+            // The first batch of a segment always gets an index entry; the
+            // batch a walk starts at gets none when the index names it.
+            let wants_entry = if position == start.position && start.indexed {
+                false
+            } else {
+                position == 0 || out.bytes_since_index >= index_interval_bytes
+            };
+            if wants_entry {
                 out.index.push(OffsetEntry {
                     relative_offset,
                     position: u32::try_from(position).unwrap_or(u32::MAX),
