@@ -289,13 +289,22 @@ impl PartitionLog {
         active
             .sync_files()
             .inspect_err(|e| self.poison(e.to_string()))?;
-        let mark = CleanShutdown {
+        clean::write(
+            self.storage.as_ref(),
+            &self.dir,
+            &self.point_at_end(&active),
+        )
+    }
+
+    /// A recovery point at the end of what `active` holds now. Called
+    /// under `writer`, so the producer state is that of those bytes.
+    fn point_at_end(&self, active: &Segment) -> RecoveryPoint {
+        RecoveryPoint {
             active_base: active.base_offset(),
             active_bytes: active.written_bytes(),
             next_offset: active.next_offset(),
             producers: self.producers.lock().clone(),
-        };
-        clean::write(self.storage.as_ref(), &self.dir, &mark)
+        }
     }
 
     /// Whether the active segment has grown enough since the last recovery
@@ -324,12 +333,7 @@ impl PartitionLog {
             let _writer = self.writer.lock();
             self.check_poison()?;
             let active = self.active();
-            let point = RecoveryPoint {
-                active_base: active.base_offset(),
-                active_bytes: active.written_bytes(),
-                next_offset: active.next_offset(),
-                producers: self.producers.lock().clone(),
-            };
+            let point = self.point_at_end(&active);
             *self.last_recovery_point.lock() = PointTaken {
                 active_base: point.active_base,
                 active_bytes: point.active_bytes,
@@ -718,6 +722,8 @@ mod tests {
     use crate::storage::testing::{FailingStorage, MemStorage};
     use brook_record::{BatchOptions, NewRecord};
 
+    const LOG: &str = "/p/00000000000000000000.log";
+
     fn batch(value: &str) -> (Bytes, BatchHeader) {
         let record = NewRecord {
             timestamp: 1_000,
@@ -750,7 +756,7 @@ mod tests {
     }
 
     fn flip(storage: &MemStorage, position: u64) {
-        let path = Path::new("/p/00000000000000000000.log");
+        let path = Path::new(LOG);
         let mut bytes = storage.contents(path).unwrap();
         bytes[position as usize] ^= 0xff;
         storage.set_contents(path, bytes);
@@ -776,7 +782,7 @@ mod tests {
             "{error}"
         );
         // Nothing was cut.
-        let path = Path::new("/p/00000000000000000000.log");
+        let path = Path::new(LOG);
         assert_eq!(storage.contents(path).unwrap().len() as u64, ends[2]);
     }
 
@@ -819,12 +825,7 @@ mod tests {
     }
 
     fn open_with_report(storage: &MemStorage) -> (PartitionLog, OpenReport) {
-        PartitionLog::open(
-            Arc::new(storage.clone()),
-            Path::new("/p"),
-            LogConfig::default(),
-        )
-        .unwrap()
+        open_indexing_every(storage, LogConfig::default().index_interval_bytes)
     }
 
     #[test]
@@ -882,7 +883,7 @@ mod tests {
         log.append(&[batch("one")], 0).unwrap();
         log.close_clean().unwrap();
         drop(log);
-        let path = Path::new("/p/00000000000000000000.log");
+        let path = Path::new(LOG);
         let mut bytes = storage.contents(path).unwrap();
         bytes.extend_from_slice(&[0xab; 40]);
         storage.set_contents(path, bytes);
@@ -907,7 +908,6 @@ mod tests {
         open_indexing_every(storage, 1)
     }
 
-    const LOG: &str = "/p/00000000000000000000.log";
     const POINT: &str = "/p/recovery-point";
     /// Index intervals: an entry per batch (also with 0), one every few
     /// batches, or one for all.
