@@ -1,5 +1,5 @@
-//! Small state files (producer snapshots, clean-shutdown marks) as JSON
-//! behind a CRC: the first line is the CRC-32 of the JSON that follows, in
+//! Small state files (producer snapshots, clean-shutdown marks, recovery
+//! points) as JSON behind a CRC: the first line is the CRC-32 of the JSON that follows, in
 //! hex, so a torn or damaged file is recognised and skipped, never half
 //! believed.
 
@@ -41,6 +41,44 @@ pub fn read<T: DeserializeOwned>(
         read_full_at(file.as_ref(), &mut bytes, 0).map_err(|e| LogError::io("read", path, e))?;
     bytes.truncate(n);
     Ok(parse(&bytes))
+}
+
+/// The value in `dir/name` if `listing` (the names in `dir`, as the caller
+/// listed them) has that file; `None` when it has not, or when the file is
+/// damaged (logged as a damaged `what`, then ignored).
+pub fn read_listed<T: DeserializeOwned>(
+    storage: &dyn Storage,
+    dir: &Path,
+    listing: &[String],
+    name: &str,
+    what: &str,
+) -> Result<Option<T>, LogError> {
+    if !listing.iter().any(|listed| listed == name) {
+        return Ok(None);
+    }
+    let path = dir.join(name);
+    let value = read(storage, &path)?;
+    if value.is_none() {
+        tracing::warn!(path = %path.display(), "{what} damaged; ignored");
+    }
+    Ok(value)
+}
+
+/// Removes `dir/name` durably (the directory is synced) if `listing` has it.
+pub fn remove_listed(
+    storage: &dyn Storage,
+    dir: &Path,
+    listing: &[String],
+    name: &str,
+) -> Result<(), LogError> {
+    if !listing.iter().any(|listed| listed == name) {
+        return Ok(());
+    }
+    let path = dir.join(name);
+    storage
+        .remove_file(&path)
+        .and_then(|()| storage.sync_dir(dir))
+        .map_err(|e| LogError::io("remove", &path, e))
 }
 
 fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Option<T> {

@@ -46,18 +46,8 @@ pub fn take(
     dir: &Path,
     files: &[String],
 ) -> Result<Option<CleanShutdown>, LogError> {
-    if !files.iter().any(|name| name == FILE_NAME) {
-        return Ok(None);
-    }
-    let path = path(dir);
-    let mark = checked_json::read(storage, &path)?;
-    storage
-        .remove_file(&path)
-        .and_then(|()| storage.sync_dir(dir))
-        .map_err(|e| LogError::io("remove", &path, e))?;
-    if mark.is_none() {
-        tracing::warn!(path = %path.display(), "clean-shutdown mark damaged; recovering the log in full");
-    }
+    let mark = checked_json::read_listed(storage, dir, files, FILE_NAME, "clean-shutdown mark")?;
+    checked_json::remove_listed(storage, dir, files, FILE_NAME)?;
     Ok(mark)
 }
 

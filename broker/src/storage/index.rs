@@ -92,8 +92,7 @@ impl OffsetIndex {
         let mut last = self.entries.last().copied();
         for entry in entries {
             assert!(
-                last.is_none_or(|last| entry.relative_offset > last.relative_offset
-                    && entry.position > last.position),
+                last.is_none_or(|last| entry.follows(last)),
                 "offset index entries must increase"
             );
             bytes.extend_from_slice(&entry.relative_offset.to_le_bytes());

@@ -78,27 +78,13 @@ pub fn read(
     dir: &Path,
     files: &[String],
 ) -> Result<Option<RecoveryPoint>, LogError> {
-    if !files.iter().any(|name| name == FILE_NAME) {
-        return Ok(None);
-    }
-    let point = checked_json::read(storage, &path(dir))?;
-    if point.is_none() {
-        tracing::warn!(dir = %dir.display(), "recovery point damaged; recovering the active segment in full");
-    }
-    Ok(point)
+    checked_json::read_listed(storage, dir, files, FILE_NAME, "recovery point")
 }
 
 /// Removes the partition's recovery point, if `files` has one, durably:
 /// a stale point must not come back after a power loss.
 pub fn remove(storage: &dyn Storage, dir: &Path, files: &[String]) -> Result<(), LogError> {
-    if !files.iter().any(|name| name == FILE_NAME) {
-        return Ok(());
-    }
-    let path = path(dir);
-    storage
-        .remove_file(&path)
-        .and_then(|()| storage.sync_dir(dir))
-        .map_err(|e| LogError::io("remove", &path, e))
+    checked_json::remove_listed(storage, dir, files, FILE_NAME)
 }
 
 #[cfg(test)]

@@ -226,17 +226,8 @@ impl Segment {
             .read()
             .last()
             .map_or(0, |e| u64::from(e.position));
-        segment.bytes_since_index.store(
-            segment.written_bytes().saturating_sub(last_indexed),
-            Ordering::Relaxed,
-        );
-        if !segment.is_empty() {
-            // As in `recover_active`: roll by age counts from the restart.
-            segment
-                .first_append_ms
-                .store(crate::clock::now_ms(), Ordering::Relaxed);
-        }
-        Ok(Some(segment))
+        let since_index = segment.written_bytes().saturating_sub(last_indexed);
+        Ok(Some(segment.reopened_active(since_index)))
     }
 
     /// Opens the active (last) segment: every batch is checked (length, CRC,
@@ -385,21 +376,23 @@ impl Segment {
             scan.next_offset,
             max_timestamp,
         );
-        segment
-            .bytes_since_index
-            .store(scan.bytes_since_index, Ordering::Relaxed);
-        if scan.end_position > 0 {
-            // Roll by age counts from the restart: the batches' own
-            // timestamps are the producers' clocks.
-            segment
-                .first_append_ms
-                .store(crate::clock::now_ms(), Ordering::Relaxed);
-        }
         Ok(Recovery {
-            segment,
+            segment: segment.reopened_active(scan.bytes_since_index),
             damage: scan.damage,
             truncated_bytes,
         })
+    }
+
+    /// Readies a reopened active segment for appends: `since_index` bytes
+    /// follow its last index entry, and roll by age counts from the
+    /// restart (the batches' own timestamps are the producers' clocks).
+    fn reopened_active(self, since_index: u64) -> Self {
+        self.bytes_since_index.store(since_index, Ordering::Relaxed);
+        if !self.is_empty() {
+            self.first_append_ms
+                .store(crate::clock::now_ms(), Ordering::Relaxed);
+        }
+        self
     }
 
     pub fn base_offset(&self) -> i64 {
@@ -528,8 +521,8 @@ impl Segment {
         })
     }
 
-    /// Syncs the log and both indexes (a clean shutdown's last step).
-    /// A failed index sync is as sticky as a failed log sync: recovery
+    /// Syncs the log and both indexes (for a seal, a recovery point or a
+    /// clean shutdown). A failed index sync is as sticky as a failed log sync: recovery
     /// points and clean-shutdown marks trust the indexes.
     pub fn sync_files(&self) -> Result<(), LogError> {
         self.sync()?;
