@@ -224,23 +224,18 @@ impl ProduceStream {
         let Ok(request_slot) = self.requests.reserve().await else {
             return Err(closed);
         };
-        let correlation_id = self.next_correlation_id;
-        self.next_correlation_id += 1;
         let (reply, answer) = oneshot::channel();
-        awaiting_slot.send(Awaiting {
-            correlation_id,
-            reply: Reply::One {
-                topic: topic.to_owned(),
-                partition,
-                reply,
-            },
-            sent_at: Instant::now(),
-            _permit: permit,
-        });
-        request_slot.send(request(
-            correlation_id,
+        let reply = Reply::One {
+            topic: topic.to_owned(),
+            partition,
+            reply,
+        };
+        let correlation_id = dispatch(
+            &mut self.next_correlation_id,
+            (permit, awaiting_slot, request_slot),
+            reply,
             vec![(topic.to_owned(), partition, batch)],
-        ));
+        );
         Ok(PendingAck {
             correlation_id,
             reply: answer,
@@ -258,19 +253,17 @@ impl ProduceStream {
         let permit = self.permits.clone().try_acquire_owned().ok()?;
         let awaiting_slot = self.awaiting.try_reserve().ok()?;
         let request_slot = self.requests.try_reserve().ok()?;
-        let correlation_id = self.next_correlation_id;
-        self.next_correlation_id += 1;
         let (reply, answer) = oneshot::channel();
-        awaiting_slot.send(Awaiting {
-            correlation_id,
-            reply: Reply::Many {
-                batch_count: batches.len(),
-                reply,
-            },
-            sent_at: Instant::now(),
-            _permit: permit,
-        });
-        request_slot.send(request(correlation_id, batches));
+        let reply = Reply::Many {
+            batch_count: batches.len(),
+            reply,
+        };
+        dispatch(
+            &mut self.next_correlation_id,
+            (permit, awaiting_slot, request_slot),
+            reply,
+            batches,
+        );
         Some(answer)
     }
 
@@ -407,6 +400,36 @@ async fn sleep_until(due: Option<Instant>) {
         Some(due) => tokio::time::sleep_until(due).await,
         None => std::future::pending().await,
     }
+}
+
+/// Room for one request: an in-flight permit, and the slots of its awaited
+/// answer and of the request itself.
+type Reserved<'a> = (
+    OwnedSemaphorePermit,
+    mpsc::Permit<'a, Awaiting>,
+    mpsc::Permit<'a, ProduceRequest>,
+);
+
+/// Fills the reserved slots with a request of `batches` and its awaited
+/// answer (both reserved before either is filled, so a cancelled sender
+/// cannot leave an answer awaited without its request); returns the
+/// request's correlation id.
+fn dispatch(
+    next_correlation_id: &mut u64,
+    (permit, awaiting_slot, request_slot): Reserved<'_>,
+    reply: Reply,
+    batches: Vec<(String, u32, Bytes)>,
+) -> u64 {
+    let correlation_id = *next_correlation_id;
+    *next_correlation_id += 1;
+    awaiting_slot.send(Awaiting {
+        correlation_id,
+        reply,
+        sent_at: Instant::now(),
+        _permit: permit,
+    });
+    request_slot.send(request(correlation_id, batches));
+    correlation_id
 }
 
 /// The answers to a request of `batch_count` batches; a request the

@@ -32,8 +32,6 @@ pub(crate) fn keyed_partition(key: &[u8], partition_count: u32) -> u32 {
     fnv1a32(key) % partition_count
 }
 
-/// Topics whose sticky partition is remembered; a topic forgotten starts
-/// again at a random partition, which is harmless.
 /// Where a record should go, as decided when it was accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Target {
