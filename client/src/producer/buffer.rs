@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 #[derive(Debug)]
 pub(crate) struct BufferMemory {
@@ -40,12 +40,7 @@ impl BufferMemory {
     /// Reserves `bytes` if there is room now.
     pub(crate) fn try_reserve(&self, bytes: u32) -> Option<Reservation<'_>> {
         let permit = self.free.try_acquire_many(bytes).ok()?;
-        permit.forget();
-        self.note_peak();
-        Some(Reservation {
-            buffer: self,
-            bytes: bytes as usize,
-        })
+        Some(self.reserved(permit))
     }
 
     /// Reserves `bytes`, waiting for room; `on_wait` runs once the caller
@@ -61,11 +56,17 @@ impl BufferMemory {
             .acquire_many(bytes)
             .await
             .expect("the buffer's semaphore is never closed");
+        self.reserved(permit)
+    }
+
+    /// Turns acquired permits into a reservation of as many bytes.
+    fn reserved(&self, permit: SemaphorePermit<'_>) -> Reservation<'_> {
+        let bytes = permit.num_permits();
         permit.forget();
         self.note_peak();
         Reservation {
             buffer: self,
-            bytes: bytes as usize,
+            bytes,
         }
     }
 
