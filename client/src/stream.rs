@@ -32,6 +32,14 @@ use crate::produce::{ProduceAck, acks, request};
 
 const OPERATION: &str = "produce_stream";
 
+/// The error of a request the stream can no longer answer: it ended before
+/// the answer came, so the request may or may not have been applied.
+pub(crate) fn stream_closed() -> ClientError {
+    ClientError::StreamClosed {
+        operation: OPERATION,
+    }
+}
+
 /// A pipelined produce stream, from [`Client::produce_stream`].
 ///
 /// [`send`](Self::send) returns once the request is on its way; await the
@@ -132,9 +140,7 @@ impl Reply {
                 let error = if error.is_retryable() {
                     error
                 } else {
-                    ClientError::StreamClosed {
-                        operation: OPERATION,
-                    }
+                    stream_closed()
                 };
                 let _ = reply.send(Err(error));
             }
@@ -164,9 +170,7 @@ impl Future for PendingAck {
         Pin::new(&mut self.reply).poll(cx).map(|answer| {
             // The reader answers every request it dequeues; a dropped sender
             // means it is gone (runtime shut down).
-            answer.unwrap_or(Err(ClientError::StreamClosed {
-                operation: OPERATION,
-            }))
+            answer.unwrap_or(Err(stream_closed()))
         })
     }
 }
@@ -207,9 +211,7 @@ impl ProduceStream {
         partition: u32,
         batch: Bytes,
     ) -> Result<PendingAck, ClientError> {
-        let closed = ClientError::StreamClosed {
-            operation: OPERATION,
-        };
+        let closed = stream_closed();
         let permit = self
             .permits
             .clone()
@@ -315,9 +317,7 @@ enum Ended {
 impl Ended {
     fn error(&self) -> ClientError {
         match self {
-            Ended::Closed => ClientError::StreamClosed {
-                operation: OPERATION,
-            },
+            Ended::Closed => stream_closed(),
             Ended::Failed(status) => ClientError::status(OPERATION, status.clone()),
             Ended::Broken(why) => ClientError::Protocol(why.clone()),
             Ended::TimedOut(after) => ClientError::Timeout {

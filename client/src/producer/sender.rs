@@ -31,7 +31,7 @@ use super::{Shared, TopicPartition};
 use crate::error::ClientError;
 use crate::produce::ProduceAck;
 use crate::resilience::Backoff;
-use crate::stream::{ManyAcks, ProduceStream};
+use crate::stream::{ManyAcks, ProduceStream, stream_closed};
 
 /// How much one produce request carries.
 #[derive(Debug, Clone, Copy)]
@@ -89,14 +89,6 @@ enum Event {
     },
     /// A request given up on was answered after all: the stream has room.
     StreamRoom,
-}
-
-/// The error of a request the stream can no longer answer; it may have
-/// been appended.
-fn stream_ended() -> ClientError {
-    ClientError::StreamClosed {
-        operation: "produce_stream",
-    }
 }
 
 /// The produce stream requests travel on. The broker appends the requests
@@ -390,13 +382,13 @@ impl Sender {
                 // Ended between the check and the send: nothing went out.
                 return Event::Answer {
                     batches: keys,
-                    answer: Err(stream_ended()),
+                    answer: Err(stream_closed()),
                 };
             };
             match tokio::time::timeout(timeout, &mut answer).await {
                 Ok(answer) => Event::Answer {
                     batches: keys,
-                    answer: answer.unwrap_or_else(|_gone| Err(stream_ended())),
+                    answer: answer.unwrap_or_else(|_gone| Err(stream_closed())),
                 },
                 Err(_elapsed) => Event::GaveUp {
                     batches: keys,
