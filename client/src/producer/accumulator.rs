@@ -28,7 +28,6 @@ use super::buffer::{BufferMemory, Lease, Reservation};
 use super::completion::{AnswerOnDrop, Completion, DeliveryFuture};
 use super::metadata::TOPICS_MAX;
 use super::partitioner::{Sticky, Target};
-use super::record::record_size;
 use crate::error::ClientError;
 use brook_record::{BatchBuilder, BatchOptions, Compression, MAX_RECORDS_PER_BATCH, NewRecord};
 
@@ -50,6 +49,8 @@ pub(crate) struct Incoming<'a> {
     pub(crate) topic: &'a str,
     pub(crate) target: Target,
     pub(crate) record: &'a NewRecord,
+    /// Its size bound (`record_size`), computed once by the caller.
+    pub(crate) record_bytes: usize,
     /// Its share of the buffer memory.
     pub(crate) reservation: Reservation<'a>,
     pub(crate) deadline: Instant,
@@ -189,6 +190,7 @@ impl Accumulator {
             topic,
             target,
             record,
+            record_bytes,
             reservation,
             deadline,
             batch_bytes_max,
@@ -215,8 +217,7 @@ impl Accumulator {
             Target::Sticky { partition_count } => batches.sticky.partition(partition_count),
         };
         let mut wake = false;
-        let fits =
-            |open: &OpenBatch| open.builder.encoded_len() + record_size(record) <= open.bytes_max;
+        let fits = |open: &OpenBatch| open.builder.encoded_len() + record_bytes <= open.bytes_max;
         if batches.open.get(&partition).is_some_and(|open| !fits(open)) {
             self.full.extend(batches.close(partition));
             wake = true;
@@ -341,6 +342,7 @@ mod tests {
 
     use bytes::Bytes;
 
+    use super::super::record::record_size;
     use super::*;
 
     const LIMIT: usize = 10 * 1024;
@@ -367,11 +369,13 @@ mod tests {
         record: &NewRecord,
         now: Instant,
     ) -> (DeliveryFuture, bool) {
-        let size = u32::try_from(record_size(record)).unwrap();
+        let record_bytes = record_size(record);
+        let size = u32::try_from(record_bytes).unwrap();
         let incoming = Incoming {
             topic: "t",
             target,
             record,
+            record_bytes,
             reservation: buffer.try_reserve(size).unwrap(),
             deadline: now + Duration::from_secs(60),
             batch_bytes_max: LIMIT,

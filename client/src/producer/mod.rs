@@ -247,7 +247,7 @@ impl Producer {
                 let Some(metadata) = state.metadata.get(&topic) else {
                     break 'attempt Wanted::Metadata;
                 };
-                let target = match check_fits(partition, &record, metadata) {
+                let target = match check_fits(partition, &record, size, metadata) {
                     Ok(target) => target,
                     Err(Misfit::NoPartition(_)) if !described_again => {
                         // The topic may have grown since it was cached.
@@ -267,6 +267,7 @@ impl Producer {
                     topic: &topic,
                     target,
                     record: &record,
+                    record_bytes: size,
                     reservation,
                     deadline,
                     batch_bytes_max: shared
@@ -428,16 +429,18 @@ impl Misfit {
 
 /// Where `record` goes, after checking that it fits the topic: the
 /// partition it names exists, and a batch of the record alone (its size
-/// bound plus the batch header) is within `max_message_bytes`.
+/// bound `record_bytes` plus the batch header) is within
+/// `max_message_bytes`.
 fn check_fits(
     partition: Option<u32>,
     record: &NewRecord,
+    record_bytes: usize,
     metadata: TopicMetadata,
 ) -> Result<Target, Misfit> {
     if let Some(partition) = partition.filter(|&p| p >= metadata.partition_count) {
         return Err(Misfit::NoPartition(partition));
     }
-    let batch_bytes = record_size(record) + brook_record::HEADER_LEN;
+    let batch_bytes = record_bytes + brook_record::HEADER_LEN;
     if batch_bytes > metadata.max_message_bytes as usize {
         return Err(Misfit::TooLarge { batch_bytes });
     }
