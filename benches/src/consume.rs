@@ -56,8 +56,6 @@ pub async fn run(endpoint: &str, workload: &Workload) -> anyhow::Result<Figures>
     })
 }
 
-/// A consumer of `partitions`, sought to their start, and how many records
-/// they hold.
 /// The topic's partitions dealt round robin to the workload's consumers.
 pub(crate) async fn partitions_per_consumer(
     client: &Client,
@@ -79,6 +77,8 @@ pub(crate) async fn partitions_per_consumer(
         .collect())
 }
 
+/// A consumer of `partitions`, sought to their start, and how many records
+/// they hold.
 async fn prepare(
     endpoint: &str,
     workload: &Workload,
