@@ -10,9 +10,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, BrokerError};
-use crate::config::BrokerConfig;
 use crate::server::{ServeError, serve};
+use brook_engine::broker::{Broker, BrokerError};
+use brook_engine::config::BrokerConfig;
 
 /// A running in-process broker. Dropping it stops the server; the temporary
 /// data directory (if it made one) is removed.

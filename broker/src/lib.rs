@@ -1,23 +1,20 @@
-//! Brook's broker: a partitioned, append-only log with a gRPC API.
+//! Brook's broker server: the gRPC services and the HTTP endpoints in front
+//! of the engine ([`brook_engine`]), how they start and drain, and
+//! [`EmbeddedBroker`] for tests and applications that embed Brook.
 //!
 //! Run it with [`server::serve`] on listeners you bind, or start an
-//! [`EmbeddedBroker`] inside your process (tests, applications that embed
-//! Brook). [`Broker`] is the broker as a library, usable directly.
+//! [`EmbeddedBroker`] inside your process. [`Broker`] is the broker as a
+//! library, usable directly.
+//!
+//! Invariant: on the broker side, only this crate knows protobuf, gRPC
+//! and HTTP.
 
-pub mod broker;
-mod clock;
-pub mod config;
 pub mod embedded;
-pub mod group;
-pub mod grpc;
-pub mod http;
-pub mod meta;
-pub mod metrics;
-pub mod partition;
-mod process;
+mod grpc;
+mod http;
 pub mod server;
-pub mod storage;
 
-pub use broker::{Broker, BrokerError};
-pub use config::{BrokerConfig, FsyncPolicy};
+pub use brook_engine::{Broker, BrokerConfig, BrokerError, FsyncPolicy, config, group};
+/// The file system under the log, for embedders that swap in their own.
+pub use brook_storage as storage;
 pub use embedded::{EmbeddedBroker, EmbeddedBrokerBuilder};

@@ -16,9 +16,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
-use crate::broker::{Broker, BrokerError};
-use crate::config::BrokerConfig;
 use crate::http::{Phase, ServerStatus};
+use brook_engine::broker::{Broker, BrokerError};
+use brook_engine::config::BrokerConfig;
 
 /// HTTP/2 receive windows: bytes a client may send before the broker
 /// reads them. hyper's 1 MiB default stalls a producer that keeps several

@@ -275,11 +275,7 @@ impl Effective {
         }
         // The topic defaults obey the rules of a topic's own settings.
         let config = self.broker_config()?;
-        if let Err(e) = brook_broker::broker::resolve_topic_settings(
-            &config.topic_defaults,
-            &brook_broker::meta::TopicOverrides::default(),
-            &config.limits,
-        ) {
+        if let Err(e) = config.check_topic_defaults() {
             match e {
                 BrokerError::InvalidArgument { field, reason } => {
                     bail!("default_{field}: {reason}")

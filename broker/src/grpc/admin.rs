@@ -11,8 +11,10 @@ use brook_proto::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::broker::{Broker, BrokerError, TopicInfo};
-use crate::meta::TopicOverrides;
+use brook_engine::broker::{Broker, BrokerError, TopicInfo};
+use brook_engine::meta::TopicOverrides;
+
+use super::status::status;
 
 #[derive(Debug)]
 pub struct AdminHandler {
@@ -73,7 +75,8 @@ impl AdminService for AdminHandler {
         let info = self
             .broker
             .create_topic(&request.name, request.partitions, overrides(request.config))
-            .await?;
+            .await
+            .map_err(status)?;
         Ok(Response::new(CreateTopicResponse {
             topic: Some(description(info)),
         }))
@@ -85,7 +88,10 @@ impl AdminService for AdminHandler {
         request: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
         let _timer = self.broker.metrics().time_request("DeleteTopic");
-        self.broker.delete_topic(&request.into_inner().name).await?;
+        self.broker
+            .delete_topic(&request.into_inner().name)
+            .await
+            .map_err(status)?;
         Ok(Response::new(DeleteTopicResponse {}))
     }
 
@@ -108,7 +114,10 @@ impl AdminService for AdminHandler {
         request: Request<DescribeTopicRequest>,
     ) -> Result<Response<DescribeTopicResponse>, Status> {
         let _timer = self.broker.metrics().time_request("DescribeTopic");
-        let info = self.broker.describe_topic(&request.into_inner().name)?;
+        let info = self
+            .broker
+            .describe_topic(&request.into_inner().name)
+            .map_err(status)?;
         Ok(Response::new(DescribeTopicResponse {
             topic: Some(description(info)),
         }))
@@ -124,7 +133,8 @@ impl AdminService for AdminHandler {
         let info = self
             .broker
             .add_partitions(&request.name, request.partitions)
-            .await?;
+            .await
+            .map_err(status)?;
         Ok(Response::new(AddPartitionsResponse {
             topic: Some(description(info)),
         }))
@@ -138,12 +148,13 @@ impl AdminService for AdminHandler {
         let _timer = self.broker.metrics().time_request("AlterTopicConfig");
         let request = request.into_inner();
         if request.config.is_none() {
-            return Err(BrokerError::invalid("config", "must be set").into());
+            return Err(status(BrokerError::invalid("config", "must be set")));
         }
         let info = self
             .broker
             .alter_topic_config(&request.name, overrides(request.config))
-            .await?;
+            .await
+            .map_err(status)?;
         Ok(Response::new(AlterTopicConfigResponse {
             topic: Some(description(info)),
         }))

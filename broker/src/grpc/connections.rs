@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 
-use crate::metrics::{GaugeGuard, Metrics};
+use brook_engine::metrics::{GaugeGuard, Metrics};
 
 /// A connection that counts itself open until dropped.
 #[derive(Debug)]

@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::status::to_status;
-use crate::broker::{Broker, BrokerError, FetchSpec, OffsetSpec};
+use super::status::{status, to_status};
+use brook_engine::broker::{Broker, BrokerError, FetchSpec, OffsetSpec};
 
 /// Chunks a subscription reads ahead of a slow client (each up to the
 /// subscription's chunk size).
@@ -57,7 +57,8 @@ impl FetchService for FetchHandler {
                 Duration::from_millis(u64::from(request.max_wait_ms)),
                 request.max_bytes,
             )
-            .await?;
+            .await
+            .map_err(status)?;
         Ok(Response::new(FetchResponse {
             partitions: fetched
                 .into_iter()
@@ -80,12 +81,15 @@ impl FetchService for FetchHandler {
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let request = request.into_inner();
-        let mut subscription = self.broker.subscribe(
-            &request.topic,
-            request.partition,
-            request.offset,
-            request.max_bytes,
-        )?;
+        let mut subscription = self
+            .broker
+            .subscribe(
+                &request.topic,
+                request.partition,
+                request.offset,
+                request.max_bytes,
+            )
+            .map_err(status)?;
         // Bounded: a client that stops reading stops the subscription's reads.
         let (sender, receiver) = mpsc::channel(SUBSCRIBE_BUFFER);
         let open = self.broker.metrics().open_stream("subscribe");
@@ -124,17 +128,17 @@ impl FetchService for FetchHandler {
             Some(Spec::Latest(_)) => OffsetSpec::Latest,
             Some(Spec::TimestampMs(ts)) => OffsetSpec::Timestamp(ts),
             None => {
-                return Err(BrokerError::invalid(
+                return Err(status(BrokerError::invalid(
                     "spec",
                     "one of earliest, latest or timestamp_ms must be set",
-                )
-                .into());
+                )));
             }
         };
         let (offset, timestamp_ms) = self
             .broker
             .list_offsets(&request.topic, request.partition, spec)
-            .await?;
+            .await
+            .map_err(status)?;
         Ok(Response::new(ListOffsetsResponse {
             offset,
             timestamp_ms,

@@ -24,9 +24,11 @@ use tokio::sync::oneshot;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::status::to_status;
-use crate::broker::{Broker, BrokerError};
-use crate::group::{JoinSpec, MemberEvent, MemberSession, RemovalReason, ResetTo, TopicPartition};
+use super::status::{status, to_status};
+use brook_engine::broker::{Broker, BrokerError};
+use brook_engine::group::{
+    JoinSpec, MemberEvent, MemberSession, RemovalReason, ResetTo, TopicPartition,
+};
 
 #[derive(Debug)]
 pub struct GroupHandler {
@@ -280,7 +282,8 @@ impl GroupService for GroupHandler {
                 request.generation,
                 offsets,
             )
-            .await?;
+            .await
+            .map_err(status)?;
         Ok(Response::new(CommitOffsetsResponse {}))
     }
 
@@ -292,7 +295,10 @@ impl GroupService for GroupHandler {
         let request = request.into_inner();
         let partitions: Vec<TopicPartition> =
             request.partitions.into_iter().map(tp_from_proto).collect();
-        let offsets = self.broker.fetch_offsets(&request.group, &partitions)?;
+        let offsets = self
+            .broker
+            .fetch_offsets(&request.group, &partitions)
+            .map_err(status)?;
         Ok(Response::new(FetchOffsetsResponse {
             offsets: offsets.into_iter().map(offset_to_proto).collect(),
         }))
@@ -323,11 +329,12 @@ impl GroupService for GroupHandler {
     ) -> Result<Response<DescribeGroupResponse>, Status> {
         let _timer = self.broker.metrics().time_request("DescribeGroup");
         let name = request.into_inner().group;
-        crate::group::validate_group_name(&name)?;
+        brook_engine::group::validate_group_name(&name).map_err(status)?;
         let info = self
             .broker
             .describe_group(&name)
-            .ok_or(BrokerError::GroupNotFound(name))?;
+            .ok_or(BrokerError::GroupNotFound(name))
+            .map_err(status)?;
         Ok(Response::new(DescribeGroupResponse {
             group: info.name,
             state: info.state.as_str().to_owned(),
@@ -365,7 +372,8 @@ impl GroupService for GroupHandler {
         let _timer = self.broker.metrics().time_request("DeleteGroup");
         self.broker
             .delete_group(&request.into_inner().group)
-            .await?;
+            .await
+            .map_err(status)?;
         Ok(Response::new(DeleteGroupResponse {}))
     }
 
@@ -381,17 +389,17 @@ impl GroupService for GroupHandler {
             Some(To::TimestampMs(ts)) => ResetTo::Timestamp(ts),
             Some(To::Offset(offset)) => ResetTo::Offset(offset),
             None => {
-                return Err(BrokerError::invalid(
+                return Err(status(BrokerError::invalid(
                     "to",
                     "one of earliest, latest, timestamp_ms or offset must be set",
-                )
-                .into());
+                )));
             }
         };
         let offsets = self
             .broker
             .reset_group_offsets(&request.group, &request.topic, &request.partitions, to)
-            .await?;
+            .await
+            .map_err(status)?;
         Ok(Response::new(ResetOffsetsResponse {
             offsets: offsets.into_iter().map(offset_to_proto).collect(),
         }))

@@ -11,8 +11,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::status::to_proto_error;
-use crate::broker::{BatchAppended, Broker, BrokerError, PendingProduce, ProduceBatch};
+use super::status::{status, to_proto_error};
+use brook_engine::broker::{BatchAppended, Broker, BrokerError, PendingProduce, ProduceBatch};
 
 #[derive(Debug)]
 pub struct ProduceHandler {
@@ -87,7 +87,11 @@ impl ProduceService for ProduceHandler {
         let request = request.into_inner();
         let correlation_id = request.correlation_id;
         let targets = targets(&request);
-        let outcomes = self.broker.produce(batches(request)).await?;
+        let outcomes = self
+            .broker
+            .produce(batches(request))
+            .await
+            .map_err(status)?;
         Ok(Response::new(ProduceResponse {
             correlation_id,
             results: results(&targets, outcomes),
@@ -103,7 +107,8 @@ impl ProduceService for ProduceHandler {
         let (producer_id, epoch) = self
             .broker
             .init_producer_id(request.into_inner().producer_id)
-            .await?;
+            .await
+            .map_err(status)?;
         Ok(Response::new(InitProducerIdResponse {
             producer_id,
             producer_epoch: i32::from(epoch),

@@ -2,8 +2,8 @@
 
 use tonic::{Code, Status};
 
-use crate::broker::BrokerError;
-use crate::storage::LogError;
+use brook_engine::broker::BrokerError;
+use brook_storage::LogError;
 
 pub fn code(error: &BrokerError) -> Code {
     match error {
@@ -53,10 +53,10 @@ pub fn to_status(error: &BrokerError) -> Status {
     Status::new(code, message)
 }
 
-impl From<BrokerError> for Status {
-    fn from(error: BrokerError) -> Self {
-        to_status(&error)
-    }
+/// For `map_err`: the status of an owned error.
+#[allow(clippy::needless_pass_by_value)]
+pub fn status(error: BrokerError) -> Status {
+    to_status(&error)
 }
 
 /// The `Error` message of a streamed response or a per-batch result.

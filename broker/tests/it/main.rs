@@ -1,0 +1,16 @@
+//! The broker's integration tests, one binary: each module starts embedded
+//! brokers on `127.0.0.1:0` and talks gRPC (or HTTP) to them.
+
+mod common;
+
+mod backpressure;
+mod bad_input;
+mod embedded;
+mod faults;
+mod groups;
+mod http;
+mod idempotence;
+mod recovery;
+mod reflection;
+mod retention;
+mod shutdown;

@@ -1,0 +1,321 @@
+//! Reads: long-poll fetch over several partitions, subscriptions that push
+//! batches as they become visible, and offset lookups. Reads return stored
+//! batches as they are; nothing is decoded on this path.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use brook_record::BatchHeader;
+use bytes::Bytes;
+use futures::future::select_all;
+use tokio::sync::watch;
+
+use super::{Broker, BrokerError};
+use crate::metrics::Metrics;
+use brook_storage::PartitionLog;
+
+/// Chunk size of a subscription that asks for no particular size.
+pub const SUBSCRIPTION_CHUNK_BYTES: u32 = 1024 * 1024;
+
+/// One partition of a fetch request.
+#[derive(Debug, Clone)]
+pub struct FetchSpec {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: i64,
+    pub max_bytes: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub topic: String,
+    pub partition: u32,
+    /// Whole batches; empty when there was nothing new.
+    pub records: Bytes,
+    pub high_watermark: i64,
+    pub start_offset: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetSpec {
+    Earliest,
+    Latest,
+    /// The first record at or after this many ms since the epoch.
+    Timestamp(i64),
+}
+
+impl Broker {
+    /// Returns as soon as any partition has data at its offset, or after
+    /// `max_wait` with empty results.
+    pub async fn fetch(
+        &self,
+        specs: Vec<FetchSpec>,
+        max_wait: Duration,
+        max_bytes: u32,
+    ) -> Result<Vec<Fetched>, BrokerError> {
+        self.metrics.fetch_requests.inc();
+        let limits = &self.config.limits;
+        if specs.is_empty() || specs.len() > limits.fetch_partitions_max {
+            return Err(BrokerError::invalid(
+                "partitions",
+                format!(
+                    "a fetch names 1 to {} partitions, got {}",
+                    limits.fetch_partitions_max,
+                    specs.len()
+                ),
+            ));
+        }
+        let max_wait = max_wait.min(Duration::from_millis(u64::from(limits.fetch_wait_ms_max)));
+        let max_bytes = if max_bytes == 0 {
+            limits.fetch_bytes_max
+        } else {
+            max_bytes.min(limits.fetch_bytes_max)
+        };
+        let mut targets = Vec::with_capacity(specs.len());
+        for spec in specs {
+            check_offset(spec.offset)?;
+            let partition = self.partition(&spec.topic, spec.partition)?;
+            targets.push((spec, partition));
+        }
+        let deadline = tokio::time::Instant::now() + max_wait;
+        // A read right after a wait that an append ended runs on this task
+        // instead of a blocking thread: it reads what was just written,
+        // which is in the page cache, so it does not block on the disk, and
+        // it saves two thread hand-offs on a tailing consumer's latency.
+        // Other reads (a consumer catching up may touch cold segments) go
+        // to a blocking thread.
+        let mut woken_at_tail = false;
+        loop {
+            // Subscribe before reading so an append between the read and the
+            // wait still wakes us.
+            let mut watches: Vec<watch::Receiver<i64>> =
+                targets.iter().map(|(_, p)| p.watch()).collect();
+            let reading: Vec<(FetchSpec, Arc<PartitionLog>)> = targets
+                .iter()
+                .map(|(s, p)| (s.clone(), p.log().clone()))
+                .collect();
+            let fetched = if woken_at_tail {
+                read_all(&reading, max_bytes)?
+            } else {
+                tokio::task::spawn_blocking(move || read_all(&reading, max_bytes)).await??
+            };
+            let has_data = fetched.iter().any(|f| !f.records.is_empty());
+            if has_data || tokio::time::Instant::now() >= deadline {
+                for f in &fetched {
+                    if !f.records.is_empty() {
+                        let (_, records) = batch_stats(&f.records);
+                        self.metrics
+                            .record_fetched(&f.topic, records, f.records.len() as u64);
+                    }
+                }
+                return Ok(fetched);
+            }
+            let changes = watches.iter_mut().map(|w| Box::pin(w.changed()));
+            tokio::select! {
+                woken = tokio::time::timeout_at(deadline, select_all(changes)) => {
+                    if woken.is_err() {
+                        return Ok(fetched);
+                    }
+                    woken_at_tail = true;
+                }
+                () = self.background.cancelled() => return Ok(fetched),
+            }
+        }
+    }
+
+    /// A subscription to one partition from `offset`.
+    pub fn subscribe(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+        max_bytes: u32,
+    ) -> Result<Subscription, BrokerError> {
+        check_offset(offset)?;
+        let partition = self.partition(topic, partition)?;
+        let limit = self.config.limits.fetch_bytes_max;
+        // A subscription reads ahead of its client, so its chunks default
+        // to a modest size rather than the largest fetch.
+        let max_bytes = if max_bytes == 0 {
+            SUBSCRIPTION_CHUNK_BYTES.min(limit)
+        } else {
+            max_bytes.min(limit)
+        };
+        Ok(Subscription {
+            watch: partition.watch(),
+            log: partition.log().clone(),
+            topic: topic.to_owned(),
+            partition: partition.index(),
+            offset,
+            max_bytes,
+            stop: self.background.clone(),
+            metrics: self.metrics.clone(),
+            woken_at_tail: false,
+        })
+    }
+
+    pub async fn list_offsets(
+        &self,
+        topic: &str,
+        partition: u32,
+        spec: OffsetSpec,
+    ) -> Result<(i64, i64), BrokerError> {
+        let partition = self.partition(topic, partition)?;
+        let log = partition.log().clone();
+        match spec {
+            OffsetSpec::Earliest => Ok((log.start_offset(), -1)),
+            OffsetSpec::Latest => Ok((log.high_watermark(), -1)),
+            OffsetSpec::Timestamp(ts) => {
+                let found = tokio::task::spawn_blocking(move || log.find_timestamp(ts)).await?;
+                let found = found
+                    .map_err(|e| BrokerError::from_log(partition.topic(), partition.index(), e))?;
+                Ok(found.unwrap_or((-1, -1)))
+            }
+        }
+    }
+}
+
+fn check_offset(offset: i64) -> Result<(), BrokerError> {
+    if offset < 0 {
+        return Err(BrokerError::invalid(
+            "offset",
+            format!("must be >= 0, got {offset}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads each partition in turn until the response budget is spent.
+fn read_all(
+    targets: &[(FetchSpec, Arc<PartitionLog>)],
+    max_bytes: u32,
+) -> Result<Vec<Fetched>, BrokerError> {
+    let mut budget = max_bytes as usize;
+    let mut fetched = Vec::with_capacity(targets.len());
+    for (spec, log) in targets {
+        // 0 means no limit for the partition beyond the response's.
+        let want = match spec.max_bytes {
+            0 => budget,
+            max => (max as usize).min(budget),
+        };
+        let read = if budget == 0 {
+            Ok(brook_storage::ReadResult {
+                records: Bytes::new(),
+                high_watermark: log.high_watermark(),
+                start_offset: log.start_offset(),
+            })
+        } else {
+            log.read(spec.offset, want)
+        };
+        let read = read.map_err(|e| BrokerError::from_log(&spec.topic, spec.partition, e))?;
+        budget = budget.saturating_sub(read.records.len());
+        fetched.push(Fetched {
+            topic: spec.topic.clone(),
+            partition: spec.partition,
+            records: read.records,
+            high_watermark: read.high_watermark,
+            start_offset: read.start_offset,
+        });
+    }
+    Ok(fetched)
+}
+
+/// What a subscription pushes.
+#[derive(Debug, Clone)]
+pub struct SubscriptionChunk {
+    pub records: Bytes,
+    pub high_watermark: i64,
+    /// The offset after the last record in `records`.
+    pub next_offset: i64,
+}
+
+/// Follows one partition, yielding batches as they become visible.
+#[derive(Debug)]
+pub struct Subscription {
+    watch: watch::Receiver<i64>,
+    log: Arc<PartitionLog>,
+    topic: String,
+    partition: u32,
+    offset: i64,
+    max_bytes: u32,
+    stop: tokio_util::sync::CancellationToken,
+    metrics: Arc<Metrics>,
+    /// The last wait ended with an append at the tail: the next read is
+    /// of the page cache and runs inline (see `Broker::fetch`).
+    woken_at_tail: bool,
+}
+
+impl Subscription {
+    /// The next batches; `None` once the partition is gone or the broker
+    /// stops.
+    pub async fn next(&mut self) -> Option<Result<SubscriptionChunk, BrokerError>> {
+        loop {
+            // Checked on every turn, not only while idle: a subscriber with
+            // a backlog must not hold up a shutdown.
+            if self.stop.is_cancelled() {
+                return None;
+            }
+            self.watch.mark_unchanged();
+            let log = self.log.clone();
+            let (offset, max_bytes) = (self.offset, self.max_bytes as usize);
+            let read = if std::mem::take(&mut self.woken_at_tail) {
+                log.read(offset, max_bytes)
+            } else {
+                match tokio::task::spawn_blocking(move || log.read(offset, max_bytes)).await {
+                    Ok(read) => read,
+                    Err(e) => return Some(Err(e.into())),
+                }
+            };
+            let read = match read {
+                Ok(read) => read,
+                Err(e) => return Some(Err(BrokerError::from_log(&self.topic, self.partition, e))),
+            };
+            if let (Some(last), records) = batch_stats(&read.records) {
+                self.metrics
+                    .record_fetched(&self.topic, records, read.records.len() as u64);
+                self.offset = last + 1;
+                return Some(Ok(SubscriptionChunk {
+                    records: read.records,
+                    high_watermark: read.high_watermark,
+                    next_offset: self.offset,
+                }));
+            }
+            tokio::select! {
+                () = self.stop.cancelled() => return None,
+                changed = self.watch.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                    self.woken_at_tail = true;
+                }
+            }
+        }
+    }
+
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+}
+
+/// The last offset held by concatenated whole batches and how many records
+/// they hold, from their headers (nothing is decoded).
+pub(crate) fn batch_stats(records: &[u8]) -> (Option<i64>, u64) {
+    let mut position = 0;
+    let mut last = None;
+    let mut count = 0u64;
+    while let Some(len) = records
+        .get(position..)
+        .and_then(brook_record::batch_total_len)
+    {
+        let Some(header) = records
+            .get(position..)
+            .and_then(|rest| BatchHeader::parse(rest).ok())
+        else {
+            break;
+        };
+        last = Some(header.last_offset());
+        count += u64::from(header.record_count);
+        position += len.max(brook_record::HEADER_LEN);
+    }
+    (last, count)
+}

@@ -1,0 +1,400 @@
+//! The group operations on `Broker`, as gRPC and embedders call them:
+//! joining, committing and fetching offsets, and group administration. The
+//! groups themselves (`crate::group`) know nothing of `Broker`; this is
+//! where they meet the topics.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use super::{Broker, BrokerError, OffsetSpec};
+use crate::group::registry::{Group, Groups, Timer};
+use crate::group::{
+    CLIENT_ID_LEN_MAX, GroupInfo, GroupMetrics, GroupState, GroupSummary, JoinSpec, MemberInfo,
+    MemberSession, PartitionLagInfo, ResetTo, TopicPartition, validate_group_name,
+};
+
+impl Broker {
+    /// Adds a member to a group (created on first join). The session's
+    /// events start with `Joined` and its first assignment.
+    pub fn join_group(self: &Arc<Self>, spec: JoinSpec) -> Result<MemberSession, BrokerError> {
+        if self.is_stopping() {
+            return Err(BrokerError::ShuttingDown);
+        }
+        let settings = &self.groups().settings;
+        validate_group_name(&spec.group)?;
+        let topics_max = settings.topics_per_member_max;
+        if spec.topics.is_empty() || spec.topics.len() > topics_max {
+            return Err(BrokerError::invalid(
+                "topics",
+                format!(
+                    "a member subscribes to 1 to {topics_max} topics, got {}",
+                    spec.topics.len()
+                ),
+            ));
+        }
+        let partitions = self.topic_partitions();
+        let mut topics = BTreeSet::new();
+        for topic in spec.topics {
+            if !partitions.contains_key(&topic) {
+                return Err(BrokerError::TopicNotFound(topic));
+            }
+            topics.insert(topic);
+        }
+        if spec.client_id.chars().count() > CLIENT_ID_LEN_MAX {
+            return Err(BrokerError::invalid(
+                "client_id",
+                format!("is longer than {CLIENT_ID_LEN_MAX} characters"),
+            ));
+        }
+        let session_timeout = match spec.session_timeout {
+            None => settings.session_timeout,
+            Some(t)
+                if (settings.session_timeout_min..=settings.session_timeout_max).contains(&t) =>
+            {
+                t
+            }
+            Some(t) => {
+                return Err(BrokerError::invalid(
+                    "session_timeout_ms",
+                    format!(
+                        "must be 0 (the broker's default, {} ms) or between {} and {} ms, got {}",
+                        settings.session_timeout.as_millis(),
+                        settings.session_timeout_min.as_millis(),
+                        settings.session_timeout_max.as_millis(),
+                        t.as_millis()
+                    ),
+                ));
+            }
+        };
+        let (session, created) = self.groups().join(
+            &spec.group,
+            &spec.client_id,
+            &topics,
+            session_timeout,
+            &partitions,
+        )?;
+        if let Some(group) = created {
+            spawn_session_timer(Arc::downgrade(self), self.groups().clone(), group);
+        }
+        Ok(session)
+    }
+
+    /// Commits offsets (the next offset to consume) for partitions the
+    /// member holds in its current generation; all or nothing.
+    pub async fn commit_offsets(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: u64,
+        offsets: Vec<(TopicPartition, i64)>,
+    ) -> Result<(), BrokerError> {
+        validate_group_name(group)?;
+        for (tp, offset) in &offsets {
+            if *offset < 0 {
+                return Err(BrokerError::invalid(
+                    "offsets",
+                    format!("the offset for {tp} must be >= 0, got {offset}"),
+                ));
+            }
+            let (end, _) = self
+                .list_offsets(&tp.topic, tp.partition, OffsetSpec::Latest)
+                .await?;
+            if *offset > end {
+                let (start, _) = self
+                    .list_offsets(&tp.topic, tp.partition, OffsetSpec::Earliest)
+                    .await?;
+                return Err(BrokerError::OffsetOutOfRange {
+                    topic: tp.topic.clone(),
+                    partition: tp.partition,
+                    offset: *offset,
+                    start_offset: start,
+                    end_offset: end,
+                });
+            }
+        }
+        let groups = self.groups();
+        let _writes = groups.offsets.writes.lock().await;
+        groups.check_commit(
+            group,
+            member_id,
+            generation,
+            offsets.iter().map(|(tp, _)| tp),
+        )?;
+        groups.offsets.put(group, offsets).await
+    }
+
+    /// Committed offsets of `partitions` (all of them when empty); partitions
+    /// without one are absent.
+    pub fn fetch_offsets(
+        &self,
+        group: &str,
+        partitions: &[TopicPartition],
+    ) -> Result<Vec<(TopicPartition, i64)>, BrokerError> {
+        validate_group_name(group)?;
+        let committed = self.groups().offsets.get(group);
+        Ok(if partitions.is_empty() {
+            committed.into_iter().collect()
+        } else {
+            partitions
+                .iter()
+                .filter_map(|tp| committed.get(tp).map(|&o| (tp.clone(), o)))
+                .collect()
+        })
+    }
+
+    /// Groups with members or committed offsets, by name.
+    pub fn list_groups(&self) -> Vec<GroupSummary> {
+        let mut groups: BTreeMap<String, GroupSummary> = self
+            .groups()
+            .offsets
+            .groups()
+            .into_iter()
+            .map(|name| {
+                let summary = GroupSummary {
+                    name: name.clone(),
+                    state: GroupState::Empty,
+                    members: 0,
+                };
+                (name, summary)
+            })
+            .collect();
+        for (name, members, rebalancing) in self.groups().live_summaries() {
+            let state = state_of(members, rebalancing);
+            groups.insert(
+                name.clone(),
+                GroupSummary {
+                    name,
+                    state,
+                    members,
+                },
+            );
+        }
+        groups.into_values().collect()
+    }
+
+    /// Members, assignments, and per partition the committed offset, end
+    /// offset, lag and owner. `None` if the group has neither members nor
+    /// committed offsets.
+    pub fn describe_group(&self, name: &str) -> Option<GroupInfo> {
+        let snapshot = self.groups().snapshot(name);
+        let committed = self.groups().offsets.get(name);
+        if snapshot.is_none() && committed.is_empty() {
+            return None;
+        }
+        let (generation, rebalancing, members) = snapshot
+            .map(|s| (s.generation, s.rebalancing, s.members))
+            .unwrap_or_default();
+        let mut owners: BTreeMap<TopicPartition, String> = BTreeMap::new();
+        let mut subscribed: BTreeSet<&String> = BTreeSet::new();
+        for (id, m) in &members {
+            for tp in m.assigned.iter().chain(m.revoking.keys()) {
+                owners.insert(tp.clone(), id.clone());
+            }
+            subscribed.extend(&m.topics);
+        }
+        let partitions = self
+            .partition_states()
+            .into_iter()
+            .filter(|(topic, partition, _)| {
+                subscribed.contains(topic)
+                    || committed.contains_key(&TopicPartition::new(topic.clone(), *partition))
+            })
+            .map(|(topic, partition, info)| {
+                let tp = TopicPartition::new(topic, partition);
+                let committed_offset = committed.get(&tp).copied();
+                PartitionLagInfo {
+                    owner: owners.get(&tp).cloned(),
+                    lag: lag(committed_offset, info.start_offset, info.end_offset),
+                    committed_offset,
+                    end_offset: info.end_offset,
+                    partition: tp,
+                }
+            });
+        let mut partitions: Vec<PartitionLagInfo> = partitions.collect();
+        partitions.sort_by(|a, b| a.partition.cmp(&b.partition));
+        Some(GroupInfo {
+            name: name.to_owned(),
+            state: state_of(members.len(), rebalancing),
+            generation,
+            members: members
+                .into_iter()
+                .map(|(member_id, m)| MemberInfo {
+                    member_id,
+                    client_id: m.client_id,
+                    topics: m.topics.into_iter().collect(),
+                    assigned: m.assigned.into_iter().collect(),
+                    revoking: m.revoking.into_keys().collect(),
+                })
+                .collect(),
+            partitions,
+        })
+    }
+
+    /// The group's generation and every held partition with its holder and
+    /// whether it is being revoked (for tests of the one-owner invariant).
+    pub fn group_ownership(&self, name: &str) -> (u64, Vec<(TopicPartition, String, bool)>) {
+        self.groups().ownership(name)
+    }
+
+    /// Deletes a group without members, with its committed offsets.
+    pub async fn delete_group(&self, name: &str) -> Result<(), BrokerError> {
+        validate_group_name(name)?;
+        let groups = self.groups();
+        let _writes = groups.offsets.writes.lock().await;
+        self.check_group_empty(name, "deleting it")?;
+        if !groups.offsets.has_group(name) {
+            return Err(BrokerError::GroupNotFound(name.to_owned()));
+        }
+        groups.offsets.delete(name).await?;
+        tracing::info!(group = name, "group deleted");
+        Ok(())
+    }
+
+    /// Sets a group's committed offsets for a topic's `partitions` (all
+    /// when empty) while it has no members.
+    pub async fn reset_group_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        partitions: &[u32],
+        to: ResetTo,
+    ) -> Result<Vec<(TopicPartition, i64)>, BrokerError> {
+        validate_group_name(group)?;
+        let count = self.describe_topic(topic)?.partitions.len() as u32;
+        let partitions: Vec<u32> = if partitions.is_empty() {
+            (0..count).collect()
+        } else {
+            partitions
+                .iter()
+                .copied()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect()
+        };
+        let mut offsets = Vec::with_capacity(partitions.len());
+        for partition in partitions {
+            let (start, _) = self
+                .list_offsets(topic, partition, OffsetSpec::Earliest)
+                .await?;
+            let (end, _) = self
+                .list_offsets(topic, partition, OffsetSpec::Latest)
+                .await?;
+            let offset = match to {
+                ResetTo::Earliest => start,
+                ResetTo::Latest => end,
+                ResetTo::Timestamp(ts) => {
+                    match self
+                        .list_offsets(topic, partition, OffsetSpec::Timestamp(ts))
+                        .await?
+                    {
+                        (-1, _) => end,
+                        (found, _) => found,
+                    }
+                }
+                ResetTo::Offset(offset) if (start..=end).contains(&offset) => offset,
+                ResetTo::Offset(offset) => {
+                    return Err(BrokerError::OffsetOutOfRange {
+                        topic: topic.to_owned(),
+                        partition,
+                        offset,
+                        start_offset: start,
+                        end_offset: end,
+                    });
+                }
+            };
+            offsets.push((TopicPartition::new(topic, partition), offset));
+        }
+        let groups = self.groups();
+        let _writes = groups.offsets.writes.lock().await;
+        self.check_group_empty(group, "resetting its offsets")?;
+        groups.offsets.put(group, offsets.clone()).await?;
+        tracing::info!(group, topic, ?to, "group offsets reset");
+        Ok(offsets)
+    }
+
+    /// Members per live group, and lag per partition of every group, for
+    /// the metrics read at scrape time.
+    pub(crate) fn group_metrics(&self) -> GroupMetrics {
+        let members = self
+            .groups()
+            .live_summaries()
+            .into_iter()
+            .map(|(name, members, _)| (name, members))
+            .collect();
+        let lag = self
+            .list_groups()
+            .into_iter()
+            .filter_map(|g| self.describe_group(&g.name))
+            .flat_map(|info| {
+                let name = info.name;
+                info.partitions
+                    .into_iter()
+                    .map(move |p| (name.clone(), p.partition, p.lag))
+            })
+            .collect();
+        GroupMetrics { members, lag }
+    }
+
+    /// Every topic's partition count.
+    pub(crate) fn topic_partitions(&self) -> BTreeMap<String, u32> {
+        self.list_topics().into_iter().collect()
+    }
+
+    fn check_group_empty(&self, group: &str, action: &'static str) -> Result<(), BrokerError> {
+        match self.groups().member_count(group) {
+            0 => Ok(()),
+            members => Err(BrokerError::GroupNotEmpty {
+                group: group.to_owned(),
+                members,
+                action,
+            }),
+        }
+    }
+}
+
+fn state_of(members: usize, rebalancing: bool) -> GroupState {
+    match (members, rebalancing) {
+        (0, _) => GroupState::Empty,
+        (_, true) => GroupState::Rebalancing,
+        (_, false) => GroupState::Stable,
+    }
+}
+
+fn lag(committed: Option<i64>, start: i64, end: i64) -> i64 {
+    (end - committed.unwrap_or(start)).max(0)
+}
+
+/// Removes the group's members whose session expired, at their deadline,
+/// and every `topology_check_interval` follows partitions added to (or
+/// topics deleted from) its subscriptions. Ends when the group closes or
+/// the broker stops.
+fn spawn_session_timer(broker: Weak<Broker>, groups: Arc<Groups>, group: Arc<Group>) {
+    let every = groups.settings.topology_check_interval;
+    tokio::spawn(async move {
+        let mut next_refresh = Instant::now() + every;
+        loop {
+            let wake = match group.timer() {
+                Timer::Closed => return,
+                Timer::Idle => next_refresh,
+                Timer::At(deadline) => deadline.min(next_refresh),
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
+                () = group.wake.notified() => {}
+                () = groups.stop.cancelled() => return,
+            }
+            let now = Instant::now();
+            let partitions = if now >= next_refresh {
+                next_refresh = now + every;
+                let Some(broker) = broker.upgrade() else {
+                    return;
+                };
+                Some(broker.topic_partitions())
+            } else {
+                None
+            };
+            groups.tick(&group, now, partitions.as_ref());
+        }
+    });
+}

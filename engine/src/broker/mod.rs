@@ -1,0 +1,418 @@
+//! The broker as a library: topics and their partitions, opened from the
+//! metadata store and the data directory, with the operations the gRPC
+//! services (and embedders, directly) call.
+//!
+//! Invariant: this module speaks in domain types; it knows neither protobuf
+//! nor the store behind `MetaStore`.
+
+mod admin;
+mod error;
+mod fetch;
+mod groups;
+mod produce;
+mod producers;
+mod topic;
+
+pub use admin::{PartitionInfo, TopicInfo};
+pub use error::BrokerError;
+pub use fetch::{FetchSpec, Fetched, OffsetSpec, Subscription, SubscriptionChunk};
+pub use produce::{BatchAppended, PendingProduce, ProduceBatch};
+pub use topic::{
+    TOPIC_NAME_LEN_MAX, resolve_settings as resolve_topic_settings, validate_topic_name,
+};
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{BrokerConfig, FsyncPolicy, MetaBackend};
+use crate::group::Groups;
+use crate::meta::{MemoryMetaStore, MetaStore, SledMetaStore, TopicRecord};
+use crate::metrics::Metrics;
+use crate::partition::Partition;
+use brook_storage::scan::TailDamage;
+use brook_storage::{PartitionLog, SyncGroup};
+use topic::Topic;
+
+#[derive(Debug)]
+pub struct Broker {
+    config: BrokerConfig,
+    meta: Arc<dyn MetaStore>,
+    /// Topics by name. Held only briefly; never across an await.
+    topics: RwLock<HashMap<String, Arc<Topic>>>,
+    /// Serializes admin changes so the store and the directories agree.
+    admin: tokio::sync::Mutex<()>,
+    /// Stops the background tasks (retention, interval fsync).
+    background: CancellationToken,
+    metrics: Arc<Metrics>,
+    /// Bounds the batch bytes queued to partitions and not yet acknowledged;
+    /// one permit per KiB (see `produce::permits_for`).
+    produce_memory: Arc<tokio::sync::Semaphore>,
+    /// Current epoch of every idempotent producer.
+    producer_epochs: producers::ProducerEpochs,
+    /// Consumer groups: live members and committed offsets.
+    groups: Arc<Groups>,
+    /// Lets partitions that fsync at the same time share one sync.
+    sync_group: Arc<SyncGroup>,
+}
+
+impl Broker {
+    /// Opens the data directory: loads the topics, recovers every partition,
+    /// removes directories of topics that no longer exist, and starts the
+    /// background tasks.
+    pub async fn open(config: BrokerConfig) -> Result<Arc<Self>, BrokerError> {
+        let started = std::time::Instant::now();
+        let meta: Arc<dyn MetaStore> = match config.meta {
+            MetaBackend::Memory => Arc::new(MemoryMetaStore::default()),
+            MetaBackend::Sled => {
+                let dir = config.data_dir.join("meta");
+                config
+                    .storage
+                    .create_dir_all(&config.data_dir)
+                    .map_err(|source| BrokerError::Io {
+                        what: format!("create {}", config.data_dir.display()),
+                        source,
+                    })?;
+                Arc::new(tokio::task::spawn_blocking(move || SledMetaStore::open(&dir)).await??)
+            }
+        };
+        let records = meta.topics()?;
+        let producer_epochs = producers::ProducerEpochs::new(meta.producer_epochs()?);
+        config.groups.check()?;
+        let offsets = crate::group::OffsetStore::load(meta.clone())?;
+        let config_produce_bytes = config.limits.produce_bytes_in_flight_max;
+        let metrics = Arc::new(Metrics::new());
+        let opening_config = config.clone();
+        let opened =
+            tokio::task::spawn_blocking(move || open_logs(&opening_config, &records)).await??;
+        let sync_group = Arc::new(
+            config
+                .storage
+                .sync_group(&config.data_dir)
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "no shared fsync for the data directory; each partition syncs its own files");
+                    SyncGroup::per_file()
+                }),
+        );
+        let mut topics = HashMap::new();
+        for (record, logs) in opened {
+            let partitions = logs
+                .into_iter()
+                .enumerate()
+                .map(|(i, log)| {
+                    Partition::start(
+                        &record.name,
+                        i as u32,
+                        log,
+                        config.fsync,
+                        sync_group_for(&sync_group, &config.data_dir, &record.name, i as u32),
+                        metrics.clone(),
+                    )
+                })
+                .collect();
+            topics.insert(
+                record.name.clone(),
+                Arc::new(Topic::new(record, partitions)),
+            );
+        }
+        remove_orphans(&config, &topics);
+        let background = CancellationToken::new();
+        let groups = Arc::new(Groups::new(
+            config.groups,
+            offsets,
+            metrics.clone(),
+            background.clone(),
+        ));
+        let broker = Arc::new(Self {
+            config,
+            meta,
+            topics: RwLock::new(topics),
+            admin: tokio::sync::Mutex::new(()),
+            background,
+            produce_memory: Arc::new(tokio::sync::Semaphore::new(produce::permits_for(
+                config_produce_bytes,
+                config_produce_bytes,
+            ) as usize)),
+            metrics,
+            producer_epochs,
+            groups,
+            sync_group,
+        });
+        broker.spawn_background();
+        tracing::info!(
+            data_dir = %broker.config.data_dir.display(),
+            topics = broker.topics.read().len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            fsync = %broker.config.fsync,
+            "broker opened"
+        );
+        Ok(broker)
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub(crate) fn groups(&self) -> &Arc<Groups> {
+        &self.groups
+    }
+
+    /// Whether `begin_shutdown` was called.
+    pub fn is_stopping(&self) -> bool {
+        self.background.is_cancelled()
+    }
+
+    /// Every partition's offsets and size, for metrics.
+    pub fn partition_states(&self) -> Vec<(String, u32, PartitionInfo)> {
+        self.all_partitions()
+            .iter()
+            .map(|p| (p.topic().to_owned(), p.index(), admin::partition_info(p)))
+            .collect()
+    }
+
+    fn topic(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
+        self.topics
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| BrokerError::TopicNotFound(name.to_owned()))
+    }
+
+    fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, BrokerError> {
+        self.topic(topic)?.partition(topic, partition)
+    }
+
+    fn all_partitions(&self) -> Vec<Arc<Partition>> {
+        self.topics
+            .read()
+            .values()
+            .flat_map(|t| t.partitions())
+            .collect()
+    }
+
+    fn spawn_background(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let stop = self.background.clone();
+        let interval = self.config.retention_check_interval;
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    _ = ticks.tick() => {}
+                }
+                let Some(broker) = weak.upgrade() else { break };
+                broker.enforce_retention().await;
+            }
+        });
+        if let FsyncPolicy::Interval(every) = self.config.fsync {
+            let weak = Arc::downgrade(self);
+            let stop = self.background.clone();
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(every);
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        _ = ticks.tick() => {}
+                    }
+                    let Some(broker) = weak.upgrade() else { break };
+                    broker.sync_all().await;
+                }
+            });
+        }
+    }
+
+    /// Applies retention to every partition now.
+    pub async fn enforce_retention(&self) {
+        let now_ms = brook_storage::now_ms();
+        self.on_every_partition("retention", move |partition| {
+            if let Err(e) = partition.log().enforce_retention(now_ms) {
+                tracing::warn!(topic = partition.topic(), partition = partition.index(), error = %e, "retention failed");
+            }
+        })
+        .await;
+    }
+
+    /// Fsyncs every partition (a failure poisons that partition).
+    pub async fn sync_all(&self) {
+        self.on_every_partition("fsync", |partition| {
+            if partition.log().poisoned().is_none() {
+                // The error is logged by the poisoning itself.
+                let _ = partition.log().sync();
+            }
+        })
+        .await;
+    }
+
+    /// Runs `work` on every partition, one after the other, on the
+    /// blocking pool (it does file I/O); `task` names it in the log if the
+    /// pool's task fails.
+    async fn on_every_partition(
+        &self,
+        task: &'static str,
+        work: impl Fn(&Partition) + Send + 'static,
+    ) {
+        let partitions = self.all_partitions();
+        let result =
+            tokio::task::spawn_blocking(move || partitions.iter().for_each(|p| work(p))).await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, task, "partition task failed");
+        }
+    }
+
+    /// Starts stopping: background work ends, long polls return, and
+    /// subscriptions and produce streams finish, so that servers can drain.
+    pub fn begin_shutdown(&self) {
+        self.background.cancel();
+    }
+
+    /// Resolves once `begin_shutdown` was called.
+    pub async fn stopping(&self) {
+        self.background.cancelled().await;
+    }
+
+    /// Stops background work, fsyncs every partition and marks it cleanly
+    /// shut down (so the next start need not check its active segment
+    /// batch by batch). Call after the servers stopped taking requests.
+    pub async fn shutdown(&self) {
+        self.background.cancel();
+        self.on_every_partition("clean shutdown", |partition| {
+            if partition.log().poisoned().is_some() {
+                return;
+            }
+            if let Err(e) = partition.log().close_clean() {
+                tracing::warn!(
+                    topic = partition.topic(),
+                    partition = partition.index(),
+                    error = %e,
+                    "clean shutdown failed; the partition is recovered in full at the next start"
+                );
+            }
+        })
+        .await;
+        tracing::info!("broker stopped");
+    }
+
+    /// Partitions that refuse writes after a failed write or fsync, with the reason.
+    pub fn poisoned_partitions(&self) -> Vec<(String, u32, String)> {
+        self.all_partitions()
+            .iter()
+            .filter_map(|p| {
+                p.log()
+                    .poisoned()
+                    .map(|reason| (p.topic().to_owned(), p.index(), reason))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.background.cancel();
+    }
+}
+
+fn topics_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("topics")
+}
+
+fn partition_dir(data_dir: &Path, topic: &str, partition: u32) -> PathBuf {
+    topics_dir(data_dir).join(topic).join(partition.to_string())
+}
+
+/// The broker's shared `SyncGroup` for a partition on the data directory's
+/// file system; a group of its own (each sync its own files) for one whose
+/// directory is on another (a mount or a symlink), which `syncfs` of the
+/// data directory would not cover.
+fn sync_group_for(
+    shared: &Arc<SyncGroup>,
+    data_dir: &Path,
+    topic: &str,
+    partition: u32,
+) -> Arc<SyncGroup> {
+    let dir = partition_dir(data_dir, topic, partition);
+    if shared.covers(&dir) {
+        shared.clone()
+    } else {
+        tracing::info!(dir = %dir.display(), "partition on another file system; it syncs its own files");
+        Arc::new(SyncGroup::per_file())
+    }
+}
+
+/// Opens the logs of every stored topic (recovery runs here).
+fn open_logs(
+    config: &BrokerConfig,
+    records: &[TopicRecord],
+) -> Result<Vec<(TopicRecord, Vec<PartitionLog>)>, BrokerError> {
+    let mut opened = Vec::with_capacity(records.len());
+    for record in records {
+        let settings =
+            topic::resolve_settings(&config.topic_defaults, &record.overrides, &config.limits)?;
+        let log_config = topic::log_config(&settings, config.index_interval_bytes);
+        let mut logs = Vec::with_capacity(record.partitions as usize);
+        for p in 0..record.partitions {
+            logs.push(open_partition_log(config, &record.name, p, log_config)?);
+        }
+        opened.push((record.clone(), logs));
+    }
+    Ok(opened)
+}
+
+fn open_partition_log(
+    config: &BrokerConfig,
+    topic: &str,
+    partition: u32,
+    log_config: brook_storage::LogConfig,
+) -> Result<PartitionLog, BrokerError> {
+    let dir = partition_dir(&config.data_dir, topic, partition);
+    let (log, report) = PartitionLog::open(config.storage.clone(), &dir, log_config)
+        .map_err(|e| BrokerError::from_log(topic, partition, e))?;
+    match &report.damage {
+        // An unfinished write: expected after a crash, nothing acknowledged is lost.
+        Some(damage @ TailDamage::Torn { .. }) => tracing::warn!(
+            topic,
+            partition,
+            %damage,
+            truncated_bytes = report.truncated_bytes,
+            "cut a torn tail during recovery"
+        ),
+        // A complete batch that fails its checks: the disk changed data, and
+        // everything from there on (possibly acknowledged records) is cut.
+        Some(damage @ TailDamage::Corrupt { .. }) => tracing::error!(
+            topic,
+            partition,
+            %damage,
+            truncated_bytes = report.truncated_bytes,
+            "cut a corrupt batch and everything after it during recovery"
+        ),
+        None => {}
+    }
+    Ok(log)
+}
+
+/// Removes topic directories the metadata no longer names (a deletion that
+/// was interrupted before its files were gone).
+fn remove_orphans(config: &BrokerConfig, topics: &HashMap<String, Arc<Topic>>) {
+    let dir = topics_dir(&config.data_dir);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !topics.contains_key(name) {
+            tracing::warn!(topic = name, "removing files of a deleted topic");
+            if let Err(e) = config.storage.remove_dir_all(&entry.path()) {
+                tracing::warn!(topic = name, error = %e, "could not remove a deleted topic's files");
+            }
+        }
+    }
+}

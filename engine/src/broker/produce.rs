@@ -1,0 +1,219 @@
+//! Produce: every batch of a request is validated before any is queued
+//! (nothing is partially appended because of bad input); then the batches
+//! are queued to their partitions in request order and acknowledged once
+//! the partitions' appenders report them written (and fsynced).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use brook_record::BatchHeader;
+use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+
+use super::{Broker, BrokerError};
+use crate::metrics::Metrics;
+use crate::partition::Partition;
+use brook_storage::{BatchOutcome, LogError};
+
+/// One encoded record batch for one partition.
+#[derive(Debug, Clone)]
+pub struct ProduceBatch {
+    pub topic: String,
+    pub partition: u32,
+    pub batch: Bytes,
+}
+
+/// Where an acknowledged batch went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchAppended {
+    pub base_offset: i64,
+    pub log_start_offset: i64,
+    /// A retry of a batch already appended: `base_offset` is the original's.
+    pub duplicate: bool,
+}
+
+type PartitionGroup = (Arc<Partition>, Vec<(Bytes, BatchHeader)>, Vec<usize>);
+
+/// Batches queued to one partition and where their results go in the response.
+#[derive(Debug)]
+struct QueuedGroup {
+    partition: Arc<Partition>,
+    /// Records and bytes of each batch, counted once appended.
+    sizes: Vec<(u64, u64)>,
+    reply: oneshot::Receiver<Result<Vec<BatchOutcome>, LogError>>,
+    positions: Vec<usize>,
+}
+
+/// A produce request whose batches are queued; `wait` gives the results.
+#[derive(Debug)]
+pub struct PendingProduce {
+    /// Held until the acknowledgements arrive.
+    _memory: OwnedSemaphorePermit,
+    groups: Vec<QueuedGroup>,
+    batches: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Broker {
+    /// Validates and appends, returning one result per batch in request order.
+    pub async fn produce(
+        &self,
+        batches: Vec<ProduceBatch>,
+    ) -> Result<Vec<Result<BatchAppended, BrokerError>>, BrokerError> {
+        Ok(self.enqueue_produce(batches).await?.wait().await)
+    }
+
+    /// Validates every batch, then queues them. Batches queued by one call
+    /// are appended before those of any later call on the same partition,
+    /// which is what keeps a pipelined stream in order.
+    pub async fn enqueue_produce(
+        &self,
+        batches: Vec<ProduceBatch>,
+    ) -> Result<PendingProduce, BrokerError> {
+        if self.is_stopping() {
+            return Err(BrokerError::ShuttingDown);
+        }
+        self.metrics.produce_requests.inc();
+        let max = self.config.limits.produce_batches_max;
+        if batches.is_empty() || batches.len() > max {
+            return Err(BrokerError::invalid(
+                "batches",
+                format!(
+                    "a produce request holds 1 to {max} batches, got {}",
+                    batches.len()
+                ),
+            ));
+        }
+        let count = batches.len();
+        // Per partition: its batches and their positions in the request.
+        let mut groups: Vec<PartitionGroup> = Vec::new();
+        let mut group_of: HashMap<(String, u32), usize> = HashMap::new();
+        for (position, produced) in batches.into_iter().enumerate() {
+            let topic = self.topic(&produced.topic)?;
+            let partition = topic.partition(&produced.topic, produced.partition)?;
+            let max_bytes = topic
+                .max_message_bytes_override()
+                .unwrap_or(self.config.topic_defaults.max_message_bytes);
+            let header = brook_record::validate_batch(&produced.batch, max_bytes as usize)
+                .map_err(|source| BrokerError::InvalidBatch {
+                    topic: produced.topic.clone(),
+                    partition: produced.partition,
+                    source,
+                })?;
+            self.producer_epochs
+                .check(&header, &produced.topic, produced.partition)?;
+            let key = (produced.topic, produced.partition);
+            let index = *group_of.entry(key).or_insert_with(|| {
+                groups.push((partition, Vec::new(), Vec::new()));
+                groups.len() - 1
+            });
+            groups[index].1.push((produced.batch, header));
+            groups[index].2.push(position);
+        }
+        // Wait for room before queuing: this is where producers feel
+        // backpressure when the partitions fall behind.
+        let max = self.config.limits.produce_bytes_in_flight_max;
+        let bytes: usize = groups.iter().flat_map(|g| &g.1).map(|(b, _)| b.len()).sum();
+        let memory = self
+            .produce_memory
+            .clone()
+            .acquire_many_owned(permits_for(bytes, max))
+            .await
+            .map_err(|_| BrokerError::ShuttingDown)?;
+        let mut queued = Vec::with_capacity(groups.len());
+        for (partition, batches, positions) in groups {
+            let sizes = batches
+                .iter()
+                .map(|(b, h)| (u64::from(h.record_count), b.len() as u64))
+                .collect();
+            let reply = partition.enqueue(batches).await;
+            queued.push(QueuedGroup {
+                partition,
+                sizes,
+                reply,
+                positions,
+            });
+        }
+        Ok(PendingProduce {
+            _memory: memory,
+            groups: queued,
+            batches: count,
+            metrics: self.metrics.clone(),
+        })
+    }
+}
+
+/// Semaphore permits for `bytes` of batches, one per KiB (rounded up), at
+/// most the permits `max` bytes make, so one huge request can still go
+/// through alone.
+pub(super) fn permits_for(bytes: usize, max: usize) -> u32 {
+    let kib = |b: usize| u32::try_from(b.div_ceil(1024)).unwrap_or(u32::MAX).max(1);
+    kib(bytes).min(kib(max))
+}
+
+impl PendingProduce {
+    /// Waits for every partition's acknowledgement.
+    pub async fn wait(self) -> Vec<Result<BatchAppended, BrokerError>> {
+        let mut results: Vec<Option<Result<BatchAppended, BrokerError>>> =
+            (0..self.batches).map(|_| None).collect();
+        for group in self.groups {
+            let topic = group.partition.topic();
+            let index = group.partition.index();
+            let outcome = group.reply.await.unwrap_or_else(|_| {
+                Err(LogError::Poisoned {
+                    reason: "the partition's appender stopped".to_owned(),
+                })
+            });
+            match outcome {
+                Ok(outcomes) => {
+                    let log_start_offset = group.partition.log().start_offset();
+                    let (mut records, mut bytes) = (0, 0);
+                    for ((position, outcome), size) in
+                        group.positions.into_iter().zip(outcomes).zip(group.sizes)
+                    {
+                        results[position] = Some(match outcome {
+                            BatchOutcome::Appended(base_offset) => {
+                                records += size.0;
+                                bytes += size.1;
+                                Ok(BatchAppended {
+                                    base_offset,
+                                    log_start_offset,
+                                    duplicate: false,
+                                })
+                            }
+                            BatchOutcome::Duplicate(base_offset) => Ok(BatchAppended {
+                                base_offset,
+                                log_start_offset,
+                                duplicate: true,
+                            }),
+                            BatchOutcome::Refused(source) => Err(BrokerError::Sequence {
+                                topic: topic.to_owned(),
+                                partition: index,
+                                source,
+                            }),
+                        });
+                    }
+                    self.metrics.record_produced(topic, records, bytes);
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    for position in group.positions {
+                        results[position] = Some(Err(BrokerError::from_log(
+                            topic,
+                            index,
+                            LogError::Poisoned {
+                                reason: message.clone(),
+                            },
+                        )));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| Err(BrokerError::Internal("batch without a result".to_owned())))
+            })
+            .collect()
+    }
+}

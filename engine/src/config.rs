@@ -1,0 +1,293 @@
+//! Every setting and limit of the broker, in one place, with the defaults
+//! `brook serve` runs on.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use brook_storage::{LogConfig, OsStorage, Storage};
+
+/// The default gRPC address of `brook serve`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9420";
+/// The default HTTP address (health and readiness) of `brook serve`.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9421";
+/// The default data directory, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "brook-data";
+
+/// When a produce is acknowledged relative to the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FsyncPolicy {
+    /// Acknowledge only after the batch is fsynced (group commit shares
+    /// fsyncs between concurrent producers). Nothing acknowledged is lost.
+    #[default]
+    Always,
+    /// Acknowledge once written to the OS; fsync every interval. A crash can
+    /// lose up to an interval of acknowledged records.
+    Interval(Duration),
+    /// Acknowledge once written to the OS; never fsync (the OS flushes when
+    /// it likes). A crash can lose any amount of acknowledged records.
+    Never,
+}
+
+impl FromStr for FsyncPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "always" => Ok(Self::Always),
+            "never" => Ok(Self::Never),
+            _ => {
+                let ms = s
+                    .strip_prefix("interval:")
+                    .and_then(|ms| ms.parse::<u64>().ok())
+                    .filter(|ms| *ms > 0)
+                    .ok_or_else(|| {
+                        format!(
+                            "must be `always`, `never` or `interval:<ms>` with ms > 0, not `{s}`"
+                        )
+                    })?;
+                Ok(Self::Interval(Duration::from_millis(ms)))
+            }
+        }
+    }
+}
+
+impl fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Always => f.write_str("always"),
+            Self::Never => f.write_str("never"),
+            Self::Interval(d) => write!(f, "interval:{}", d.as_millis()),
+        }
+    }
+}
+
+/// A topic's effective settings; the broker's `topic_defaults` are what a topic gets unless it overrides them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicSettings {
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub segment_bytes: u64,
+    pub segment_ms: i64,
+    pub max_message_bytes: u32,
+}
+
+impl Default for TopicSettings {
+    fn default() -> Self {
+        let log = LogConfig::default();
+        Self {
+            retention_ms: log.retention_ms,
+            retention_bytes: log.retention_bytes,
+            segment_bytes: log.segment_bytes,
+            segment_ms: log.segment_ms,
+            max_message_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// Bounds on what a client may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub partitions_per_topic_max: u32,
+    /// Largest batch any topic may accept; caps `max_message_bytes`.
+    pub message_bytes_max: u32,
+    /// Largest fetch response.
+    pub fetch_bytes_max: u32,
+    /// Longest long-poll wait.
+    pub fetch_wait_ms_max: u32,
+    /// Partitions in one fetch request.
+    pub fetch_partitions_max: usize,
+    /// Batches in one produce request.
+    pub produce_batches_max: usize,
+    /// Produce requests in flight on one produce stream.
+    pub produce_stream_in_flight_max: usize,
+    /// Bytes of record batches queued to partitions and not yet
+    /// acknowledged, across all producers: beyond it, produces wait.
+    pub produce_bytes_in_flight_max: usize,
+    /// Concurrent streams per client connection (HTTP/2 streams).
+    pub streams_per_connection_max: u32,
+    /// Largest gRPC message the broker decodes.
+    pub grpc_message_bytes_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            partitions_per_topic_max: 10_000,
+            message_bytes_max: 64 * 1024 * 1024,
+            fetch_bytes_max: 64 * 1024 * 1024,
+            fetch_wait_ms_max: 60_000,
+            fetch_partitions_max: 10_000,
+            produce_batches_max: 10_000,
+            produce_stream_in_flight_max: 256,
+            produce_bytes_in_flight_max: 512 * 1024 * 1024,
+            streams_per_connection_max: 1024,
+            grpc_message_bytes_max: 128 * 1024 * 1024,
+        }
+    }
+}
+
+/// Consumer group sessions and their bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupSettings {
+    /// Session timeout of a member that asks for none; members are told to
+    /// heartbeat every third of their session timeout.
+    pub session_timeout: Duration,
+    /// Shortest session timeout a member may ask for.
+    pub session_timeout_min: Duration,
+    /// Longest session timeout a member may ask for.
+    pub session_timeout_max: Duration,
+    /// Members in one group.
+    pub members_max: usize,
+    /// Topics one member subscribes to.
+    pub topics_per_member_max: usize,
+    /// Events (assignments) queued to one member; a member that lets them
+    /// pile up to this is removed.
+    pub member_queue_max: usize,
+    /// How often a group notices partitions added to, or topics deleted
+    /// from, its subscriptions.
+    pub topology_check_interval: Duration,
+}
+
+impl Default for GroupSettings {
+    fn default() -> Self {
+        Self {
+            session_timeout: Duration::from_secs(10),
+            session_timeout_min: Duration::from_millis(100),
+            session_timeout_max: Duration::from_secs(300),
+            members_max: 1000,
+            topics_per_member_max: 1000,
+            member_queue_max: 64,
+            topology_check_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl GroupSettings {
+    /// Checks the relations between the settings.
+    pub fn check(&self) -> Result<(), crate::broker::BrokerError> {
+        use crate::broker::BrokerError;
+        if self.session_timeout_min.is_zero()
+            || self.session_timeout_min > self.session_timeout
+            || self.session_timeout > self.session_timeout_max
+        {
+            return Err(BrokerError::invalid(
+                "groups.session_timeout",
+                format!(
+                    "must satisfy 0 < session_timeout_min ({} ms) <= session_timeout ({} ms) <= session_timeout_max ({} ms)",
+                    self.session_timeout_min.as_millis(),
+                    self.session_timeout.as_millis(),
+                    self.session_timeout_max.as_millis()
+                ),
+            ));
+        }
+        if self.members_max == 0 || self.topics_per_member_max == 0 {
+            return Err(BrokerError::invalid(
+                "groups.members_max",
+                "members_max and topics_per_member_max must be at least 1",
+            ));
+        }
+        // `Joined` and the first assignment, plus the slot kept for `Removed`.
+        if self.member_queue_max < 3 {
+            return Err(BrokerError::invalid(
+                "groups.member_queue_max",
+                format!("must be at least 3, got {}", self.member_queue_max),
+            ));
+        }
+        if self.topology_check_interval.is_zero() {
+            return Err(BrokerError::invalid(
+                "groups.topology_check_interval",
+                "must be longer than 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where topics' metadata lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MetaBackend {
+    /// sled, in `<data_dir>/meta`.
+    #[default]
+    Sled,
+    /// In memory, gone with the process (tests).
+    Memory,
+}
+
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    pub fsync: FsyncPolicy,
+    pub topic_defaults: TopicSettings,
+    pub limits: Limits,
+    /// How often retention is checked (it is also applied on every roll).
+    pub retention_check_interval: Duration,
+    /// How long a graceful shutdown waits for in-flight requests and open
+    /// streams before it closes them (every partition is fsynced either way).
+    pub shutdown_grace: Duration,
+    /// Bytes of log between two offset index entries.
+    pub index_interval_bytes: u64,
+    /// File system of the log (swap in a fault-injecting one in tests).
+    pub storage: Arc<dyn Storage>,
+    pub meta: MetaBackend,
+    /// Consumer group sessions.
+    pub groups: GroupSettings,
+}
+
+impl BrokerConfig {
+    /// Checks the topic defaults by the rules of a topic's own settings
+    /// (the error names the setting without its `default_` prefix).
+    pub fn check_topic_defaults(&self) -> Result<(), crate::broker::BrokerError> {
+        crate::broker::resolve_topic_settings(
+            &self.topic_defaults,
+            &crate::meta::TopicOverrides::default(),
+            &self.limits,
+        )
+        .map(|_| ())
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            listen: DEFAULT_LISTEN.parse().expect("constant address"),
+            http_listen: DEFAULT_HTTP_LISTEN.parse().expect("constant address"),
+            fsync: FsyncPolicy::Always,
+            topic_defaults: TopicSettings::default(),
+            limits: Limits::default(),
+            retention_check_interval: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(30),
+            index_interval_bytes: brook_storage::DEFAULT_INDEX_INTERVAL_BYTES,
+            storage: Arc::new(OsStorage),
+            meta: MetaBackend::Sled,
+            groups: GroupSettings::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fsync_policy_parses() {
+        assert_eq!("always".parse(), Ok(FsyncPolicy::Always));
+        assert_eq!("never".parse(), Ok(FsyncPolicy::Never));
+        assert_eq!(
+            "interval:50".parse(),
+            Ok(FsyncPolicy::Interval(Duration::from_millis(50)))
+        );
+        assert!("interval:0".parse::<FsyncPolicy>().is_err());
+        assert!("sometimes".parse::<FsyncPolicy>().is_err());
+        assert_eq!(
+            FsyncPolicy::Interval(Duration::from_millis(7)).to_string(),
+            "interval:7"
+        );
+    }
+}

@@ -1,0 +1,227 @@
+//! A partition at run time: its log, the task that appends to it with group
+//! commit, and the watch that wakes long polls and subscriptions when the
+//! high watermark moves.
+//!
+//! Group commit: producers queue append requests; the appender takes every
+//! request waiting at the start of a round, writes them all, pays one fsync
+//! for the lot (shared with other partitions' rounds through the broker's
+//! `SyncGroup` when many sync at once), and only then acknowledges them and
+//! makes them visible. Every so often, after a round, it also takes the
+//! log's recovery point, which bounds the work of a crash recovery.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use brook_record::BatchHeader;
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::FsyncPolicy;
+use crate::metrics::Metrics;
+use brook_storage::{BatchOutcome, LogError, PartitionLog, SyncGroup, WrittenMark};
+
+/// Append requests a partition queues before producers wait (backpressure).
+const APPEND_QUEUE_LEN: usize = 1024;
+/// Requests written in one round at most, so one round's latency stays bounded.
+const ROUND_REQUESTS_MAX: usize = 512;
+
+/// One producer's batches for this partition, appended together.
+struct AppendRequest {
+    batches: Vec<(Bytes, BatchHeader)>,
+    reply: oneshot::Sender<Result<Vec<BatchOutcome>, LogError>>,
+}
+
+#[derive(Debug)]
+pub struct Partition {
+    topic: String,
+    index: u32,
+    log: Arc<PartitionLog>,
+    /// Queue to the appender task; bounded by `APPEND_QUEUE_LEN`.
+    appends: mpsc::Sender<AppendRequest>,
+    /// Carries the high watermark; every change wakes waiting readers.
+    watermark: watch::Sender<i64>,
+}
+
+impl std::fmt::Debug for AppendRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppendRequest")
+            .field("batches", &self.batches.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Partition {
+    /// Wraps an opened log and starts its appender on the current runtime.
+    pub fn start(
+        topic: &str,
+        index: u32,
+        log: PartitionLog,
+        fsync: FsyncPolicy,
+        sync_group: Arc<SyncGroup>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let log = Arc::new(log);
+        let (appends, queue) = mpsc::channel(APPEND_QUEUE_LEN);
+        let (watermark, _) = watch::channel(log.high_watermark());
+        let partition = Arc::new(Self {
+            topic: topic.to_owned(),
+            index,
+            log: log.clone(),
+            appends,
+            watermark: watermark.clone(),
+        });
+        tokio::spawn(run_appender(
+            log, queue, fsync, sync_group, watermark, metrics,
+        ));
+        partition
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    pub fn log(&self) -> &Arc<PartitionLog> {
+        &self.log
+    }
+
+    /// Queues validated batches; the returned receiver resolves once they
+    /// are acknowledged (durable under the `always` fsync policy).
+    /// Queuing order is append order.
+    pub async fn enqueue(
+        &self,
+        batches: Vec<(Bytes, BatchHeader)>,
+    ) -> oneshot::Receiver<Result<Vec<BatchOutcome>, LogError>> {
+        let (reply, receiver) = oneshot::channel();
+        let request = AppendRequest { batches, reply };
+        if let Err(mpsc::error::SendError(request)) = self.appends.send(request).await {
+            // The appender is gone (broker shutting down); answer here.
+            let _ = request.reply.send(Err(LogError::Poisoned {
+                reason: "partition is closed".to_owned(),
+            }));
+        }
+        receiver
+    }
+
+    /// A receiver that sees every high watermark change.
+    pub fn watch(&self) -> watch::Receiver<i64> {
+        self.watermark.subscribe()
+    }
+}
+
+async fn run_appender(
+    log: Arc<PartitionLog>,
+    mut queue: mpsc::Receiver<AppendRequest>,
+    fsync: FsyncPolicy,
+    sync_group: Arc<SyncGroup>,
+    watermark: watch::Sender<i64>,
+    metrics: Arc<Metrics>,
+) {
+    let mut round = Vec::with_capacity(ROUND_REQUESTS_MAX);
+    while queue.recv_many(&mut round, ROUND_REQUESTS_MAX).await > 0 {
+        let requests = std::mem::take(&mut round);
+        let log_for_round = log.clone();
+        let metrics_for_round = metrics.clone();
+        let watermark_for_round = watermark.clone();
+        let sync_group = sync_group.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            write_round(
+                &log_for_round,
+                requests,
+                fsync,
+                &sync_group,
+                &metrics_for_round,
+            );
+            // Readers wake as the producers do, not a task switch later.
+            watermark_for_round.send_replace(log_for_round.high_watermark());
+            // After the answers, so the producers do not wait for it.
+            take_recovery_point_if_due(&log_for_round);
+        })
+        .await;
+        match outcome {
+            Ok(()) => {}
+            Err(join_error) => {
+                log.poison(format!("append task failed: {join_error}"));
+                watermark.send_replace(log.high_watermark());
+            }
+        }
+    }
+}
+
+/// Bounds how much of the active segment a crash recovery has to check.
+fn take_recovery_point_if_due(log: &PartitionLog) {
+    let now_ms = brook_storage::now_ms();
+    // A poisoned log takes no more points (and said why when poisoned).
+    if log.poisoned().is_some() || !log.recovery_point_due(now_ms) {
+        return;
+    }
+    match log.write_recovery_point(now_ms) {
+        // Poisoned meanwhile: deleted, or a sync failed and was logged.
+        Ok(()) | Err(LogError::Poisoned { .. }) => {}
+        Err(e) => {
+            tracing::warn!(dir = %log.dir().display(), error = %e, "recovery point not written");
+        }
+    }
+}
+
+/// Writes every request of a round, makes them durable with one fsync
+/// (under the `always` policy), publishes them and answers each producer.
+fn write_round(
+    log: &PartitionLog,
+    requests: Vec<AppendRequest>,
+    fsync: FsyncPolicy,
+    sync_group: &SyncGroup,
+    metrics: &Metrics,
+) {
+    let now_ms = brook_storage::now_ms();
+    let started = Instant::now();
+    let batches: usize = requests.iter().map(|r| r.batches.len()).sum();
+    let mut results = Vec::with_capacity(requests.len());
+    let mut last_mark: Option<WrittenMark> = None;
+    for request in &requests {
+        match log.append(&request.batches, now_ms) {
+            Ok((offsets, mark)) => {
+                results.push(Ok(offsets));
+                last_mark = Some(mark);
+            }
+            Err(e) => results.push(Err(e)),
+        }
+    }
+    metrics
+        .append_duration
+        .observe(started.elapsed().as_secs_f64());
+    if let Some(mark) = last_mark {
+        let published = match fsync {
+            FsyncPolicy::Always => {
+                let syncing = Instant::now();
+                let synced = log.sync_in(sync_group);
+                metrics
+                    .fsync_duration
+                    .observe(syncing.elapsed().as_secs_f64());
+                metrics.group_commit_batches.observe(batches as f64);
+                synced.map(|synced| log.publish(&synced))
+            }
+            FsyncPolicy::Interval(_) | FsyncPolicy::Never => {
+                log.publish(&mark);
+                Ok(())
+            }
+        };
+        if let Err(e) = published {
+            let reason = e.to_string();
+            for result in &mut results {
+                if result.is_ok() {
+                    *result = Err(LogError::Poisoned {
+                        reason: reason.clone(),
+                    });
+                }
+            }
+        }
+    }
+    for (request, result) in requests.into_iter().zip(results) {
+        // A producer that went away no longer needs its answer.
+        let _ = request.reply.send(result);
+    }
+}

@@ -1,0 +1,32 @@
+//! Brook's durable log: the segments of one partition with their sparse
+//! indexes, recovery of a partition directory after a crash or a clean
+//! shutdown, retention, group commit's shared syncs, and the file-system
+//! traits all of it goes through.
+//!
+//! Invariant: this crate knows nothing of the network, gRPC, protobuf, the
+//! metadata store or consumer groups (its dependencies say so); it stores
+//! opaque, already validated batches of one partition.
+
+pub mod checked_json;
+pub mod clean;
+mod clock;
+pub mod error;
+pub mod index;
+pub mod io;
+pub mod log;
+pub mod producers;
+pub mod recovery_point;
+pub mod scan;
+pub mod segment;
+pub mod sync_group;
+pub mod testing;
+
+pub use clock::now_ms;
+pub use error::LogError;
+pub use io::{LogFile, OsStorage, Storage};
+pub use log::{BatchOutcome, LogConfig, PartitionLog, ReadResult, WrittenMark};
+pub use producers::SequenceError;
+pub use sync_group::SyncGroup;
+
+/// Bytes of log between two offset index entries, by default.
+pub const DEFAULT_INDEX_INTERVAL_BYTES: u64 = 4096;

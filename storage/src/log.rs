@@ -1,0 +1,1186 @@
+//! A partition's log: an ordered set of segments, the last one active.
+//!
+//! One writer at a time appends (under `writer`), rolls and applies
+//! retention; any number of readers read concurrently. Appending and making
+//! data visible are separate steps so that the caller decides when readers
+//! may see a batch (after its fsync, or at once when the fsync policy does
+//! not wait).
+//!
+//! Invariants: offsets are dense across segments; the high watermark only
+//! grows and never passes what was written; after a failed write or fsync
+//! the log is poisoned and refuses appends.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use brook_record::BatchHeader;
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+
+use super::clean::{self, CleanShutdown};
+use super::error::LogError;
+use super::io::Storage;
+use super::producers::{self, ProducerState, SequenceCheck, SequenceError};
+use super::recovery_point::{self, RecoveryPoint};
+use super::segment::{Segment, parse_log_name};
+use super::sync_group::SyncGroup;
+
+/// Per-partition log settings (a topic's config, resolved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Roll once the active segment holds this many bytes.
+    pub segment_bytes: u64,
+    /// Roll once the active segment's first append is this old.
+    pub segment_ms: i64,
+    /// Delete sealed segments whose newest record is older; -1 keeps all.
+    pub retention_ms: i64,
+    /// Delete the oldest sealed segments while the rest still hold this
+    /// many bytes; -1 keeps all.
+    pub retention_bytes: i64,
+    pub index_interval_bytes: u64,
+}
+
+/// Largest segment: index positions are 32-bit.
+pub const SEGMENT_BYTES_MAX: u64 = u32::MAX as u64;
+/// Offsets a segment may span: index offsets are 32-bit relative to the base.
+const SEGMENT_OFFSETS_MAX: i64 = u32::MAX as i64 / 2;
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            segment_bytes: 256 * 1024 * 1024,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: -1,
+            index_interval_bytes: super::DEFAULT_INDEX_INTERVAL_BYTES,
+        }
+    }
+}
+
+/// The end of what a writer has written: what a later `publish` makes
+/// visible.
+#[derive(Debug, Clone)]
+pub struct WrittenMark {
+    segment: Arc<Segment>,
+    bytes: u64,
+    next_offset: i64,
+}
+
+impl WrittenMark {
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ReadResult {
+    /// Whole batches, possibly empty.
+    pub records: Bytes,
+    pub high_watermark: i64,
+    pub start_offset: i64,
+}
+
+#[derive(Debug)]
+pub struct PartitionLog {
+    dir: PathBuf,
+    storage: Arc<dyn Storage>,
+    config: RwLock<LogConfig>,
+    /// Segments by base offset; the last is the active one. Never empty.
+    segments: RwLock<BTreeMap<i64, Arc<Segment>>>,
+    /// The single writer: appends, rolls and retention hold it.
+    writer: Mutex<()>,
+    /// The offset after the last visible record.
+    high_watermark: AtomicI64,
+    /// The first offset still retained.
+    start_offset: AtomicI64,
+    /// Set by the first failed write or fsync.
+    poisoned: Mutex<Option<String>>,
+    /// Idempotent producers' sequences; changed only under `writer`.
+    producers: Mutex<ProducerState>,
+    /// Where the last recovery point was taken.
+    last_recovery_point: Mutex<PointTaken>,
+}
+
+/// The active segment's base and size when the last recovery point was
+/// taken, and the time.
+#[derive(Debug, Clone, Copy)]
+struct PointTaken {
+    active_base: i64,
+    active_bytes: u64,
+    at_ms: i64,
+}
+
+/// What became of one batch handed to `append`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// Written at this base offset.
+    Appended(i64),
+    /// A retry of a batch already written at this base offset; not written again.
+    Duplicate(i64),
+    /// Refused by its producer's sequence.
+    Refused(SequenceError),
+}
+
+/// What `open` found and repaired, for the caller to log.
+#[derive(Debug)]
+pub struct OpenReport {
+    /// The active segment was opened through a clean-shutdown mark, without
+    /// reading it batch by batch.
+    pub clean_shutdown: bool,
+    /// The active segment was checked only after its recovery point.
+    pub from_recovery_point: bool,
+    pub segments: usize,
+    pub truncated_bytes: u64,
+    pub damage: Option<super::scan::TailDamage>,
+}
+
+impl PartitionLog {
+    /// Opens (or creates) the partition in `dir`: sealed segments are
+    /// opened through their indexes, the active one is checked batch by
+    /// batch and a damaged tail is cut off.
+    pub fn open(
+        storage: Arc<dyn Storage>,
+        dir: &Path,
+        config: LogConfig,
+    ) -> Result<(Self, OpenReport), LogError> {
+        assert!(config.segment_bytes <= SEGMENT_BYTES_MAX);
+        storage
+            .create_dir_all(dir)
+            .map_err(|e| LogError::io("create", dir, e))?;
+        let files = storage
+            .list_files(dir)
+            .map_err(|e| LogError::io("list", dir, e))?;
+        let mut bases: Vec<i64> = files
+            .iter()
+            .filter_map(|name| parse_log_name(name))
+            .collect();
+        bases.sort_unstable();
+        let mut segments = BTreeMap::new();
+        // Taken (and removed) before anything else: whatever happens from
+        // here on is not covered by the last clean shutdown.
+        let clean_mark = clean::take(storage.as_ref(), dir, &files)?;
+        let point = recovery_point::read(storage.as_ref(), dir, &files)?;
+        let mut report = OpenReport {
+            clean_shutdown: false,
+            from_recovery_point: false,
+            segments: bases.len().max(1),
+            truncated_bytes: 0,
+            damage: None,
+        };
+        let Some((&active_base, sealed)) = bases.split_last() else {
+            let segment = Segment::create(storage.as_ref(), dir, 0)?;
+            storage
+                .sync_dir(dir)
+                .map_err(|e| LogError::io("fsync", dir, e))?;
+            segments.insert(0, Arc::new(segment));
+            recovery_point::remove(storage.as_ref(), dir, &files)?;
+            let log = Self::assemble(dir, storage, config, segments, ProducerState::default());
+            return Ok((log, report));
+        };
+        for (i, &base) in sealed.iter().enumerate() {
+            let segment = Segment::open_sealed(storage.as_ref(), dir, base)?;
+            let next_base = bases[i + 1];
+            if segment.next_offset() != next_base {
+                return Err(LogError::corrupt(
+                    &dir.join(format!("{base:020}.log")),
+                    segment.written_bytes(),
+                    format!(
+                        "segment ends at offset {} but the next one starts at {next_base}",
+                        segment.next_offset()
+                    ),
+                ));
+            }
+            segments.insert(base, Arc::new(segment));
+        }
+        if let Some(mark) = clean_mark {
+            if let Some(active) =
+                Self::open_clean_active(storage.as_ref(), dir, active_base, &mark)?
+            {
+                if point.as_ref().is_some_and(|p| p.active_base != active_base) {
+                    recovery_point::remove(storage.as_ref(), dir, &files)?;
+                }
+                report.clean_shutdown = true;
+                segments.insert(active_base, Arc::new(active));
+                let log = Self::assemble(dir, storage, config, segments, mark.producers);
+                return Ok((log, report));
+            }
+        }
+        if let Some(point) = point.filter(|p| p.active_base == active_base) {
+            let mut producers = point.producers.clone();
+            if let Some(recovery) = Segment::recover_active_from(
+                storage.as_ref(),
+                dir,
+                &point,
+                config.index_interval_bytes,
+                &mut |h| producers.record(h, h.base_offset),
+            )? {
+                report.from_recovery_point = true;
+                report.truncated_bytes = recovery.truncated_bytes;
+                report.damage = recovery.damage;
+                segments.insert(active_base, Arc::new(recovery.segment));
+                let log = Self::assemble(dir, storage, config, segments, producers);
+                *log.last_recovery_point.lock() = PointTaken {
+                    active_base,
+                    active_bytes: point.active_bytes,
+                    at_ms: crate::clock::now_ms(),
+                };
+                return Ok((log, report));
+            }
+            tracing::warn!(dir = %dir.display(), "recovery point does not match the log; recovering the active segment in full");
+        }
+        // A point not used now is stale: gone before the log can change.
+        recovery_point::remove(storage.as_ref(), dir, &files)?;
+        // Producer state: the newest snapshot, then the headers of every
+        // batch after it (normally just the active segment's, which
+        // recovery reads anyway).
+        let (snapshot_offset, mut producers) =
+            producers::snapshot::load_latest(storage.as_ref(), dir, active_base)?
+                .unwrap_or_default();
+        for segment in segments.range(snapshot_offset..).map(|(_, s)| s) {
+            segment.visit_headers(&mut |h| producers.record(h, h.base_offset))?;
+        }
+        let recovery = Segment::recover_active(
+            storage.as_ref(),
+            dir,
+            active_base,
+            config.index_interval_bytes,
+            &mut |h| producers.record(h, h.base_offset),
+        )?;
+        report.truncated_bytes = recovery.truncated_bytes;
+        report.damage = recovery.damage;
+        segments.insert(active_base, Arc::new(recovery.segment));
+        let log = Self::assemble(dir, storage, config, segments, producers);
+        Ok((log, report))
+    }
+
+    /// The active segment, opened through `mark` if it matches it (same
+    /// base, size and end); `None` sends `open` down the full recovery.
+    fn open_clean_active(
+        storage: &dyn Storage,
+        dir: &Path,
+        active_base: i64,
+        mark: &CleanShutdown,
+    ) -> Result<Option<Segment>, LogError> {
+        let segment = if mark.active_base == active_base {
+            Segment::open_clean_active(storage, dir, active_base, mark.active_bytes)?
+        } else {
+            None
+        };
+        match segment {
+            Some(segment) if segment.next_offset() == mark.next_offset => Ok(Some(segment)),
+            _ => {
+                tracing::warn!(dir = %dir.display(), "clean-shutdown mark does not match the log; recovering it in full");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Syncs the log and its indexes and leaves a clean-shutdown mark, so
+    /// that the next `open` need not read the active segment batch by
+    /// batch. Call once nothing more will be appended (the broker's
+    /// shutdown); an append after it makes the mark stale, which `open`
+    /// notices.
+    pub fn close_clean(&self) -> Result<(), LogError> {
+        let _writer = self.writer.lock();
+        self.check_poison()?;
+        let active = self.active();
+        active
+            .sync_files()
+            .inspect_err(|e| self.poison(e.to_string()))?;
+        clean::write(
+            self.storage.as_ref(),
+            &self.dir,
+            &self.point_at_end(&active),
+        )
+    }
+
+    /// A recovery point at the end of what `active` holds now. Called
+    /// under `writer`, so the producer state is that of those bytes.
+    fn point_at_end(&self, active: &Segment) -> RecoveryPoint {
+        RecoveryPoint {
+            active_base: active.base_offset(),
+            active_bytes: active.written_bytes(),
+            next_offset: active.next_offset(),
+            producers: self.producers.lock().clone(),
+        }
+    }
+
+    /// Whether the active segment has grown enough since the last recovery
+    /// point, for the time since, to take another (`recovery_point::due`).
+    pub fn recovery_point_due(&self, now_ms: i64) -> bool {
+        let active = self.active();
+        let last = *self.last_recovery_point.lock();
+        let taken = if last.active_base == active.base_offset() {
+            last.active_bytes
+        } else {
+            0
+        };
+        let grown = active.written_bytes().saturating_sub(taken);
+        recovery_point::due(grown, now_ms.saturating_sub(last.at_ms))
+    }
+
+    /// Syncs the active segment and its indexes, then records everything
+    /// written so far as the partition's recovery point. Appends may go on
+    /// during the sync (the point is what was written when it started). A
+    /// failed sync poisons the log, as an append's would. The point is
+    /// written only if, after the sync, the log is still unpoisoned (no
+    /// other sync failed meanwhile, the partition was not deleted) and the
+    /// segment still active.
+    pub fn write_recovery_point(&self, now_ms: i64) -> Result<(), LogError> {
+        let (active, point) = {
+            let _writer = self.writer.lock();
+            self.check_poison()?;
+            let active = self.active();
+            let point = self.point_at_end(&active);
+            *self.last_recovery_point.lock() = PointTaken {
+                active_base: point.active_base,
+                active_bytes: point.active_bytes,
+                at_ms: now_ms,
+            };
+            (active, point)
+        };
+        if point.active_bytes == 0 {
+            return Ok(());
+        }
+        active
+            .sync_files()
+            .inspect_err(|e| self.poison(e.to_string()))?;
+        let _writer = self.writer.lock();
+        self.check_poison()?;
+        if !Arc::ptr_eq(&self.active(), &active) {
+            return Ok(());
+        }
+        recovery_point::write(self.storage.as_ref(), &self.dir, &point)
+    }
+
+    fn assemble(
+        dir: &Path,
+        storage: Arc<dyn Storage>,
+        config: LogConfig,
+        segments: BTreeMap<i64, Arc<Segment>>,
+        producers: ProducerState,
+    ) -> Self {
+        let start = segments.keys().next().copied().unwrap_or(0);
+        let end = segments.values().next_back().map_or(0, |s| s.next_offset());
+        let active_base = segments.keys().next_back().copied().unwrap_or(0);
+        Self {
+            dir: dir.to_owned(),
+            storage,
+            config: RwLock::new(config),
+            segments: RwLock::new(segments),
+            writer: Mutex::new(()),
+            high_watermark: AtomicI64::new(end),
+            start_offset: AtomicI64::new(start),
+            poisoned: Mutex::new(None),
+            producers: Mutex::new(producers),
+            last_recovery_point: Mutex::new(PointTaken {
+                active_base,
+                active_bytes: 0,
+                at_ms: crate::clock::now_ms(),
+            }),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> LogConfig {
+        *self.config.read()
+    }
+
+    pub fn set_config(&self, config: LogConfig) {
+        assert!(config.segment_bytes <= SEGMENT_BYTES_MAX);
+        *self.config.write() = config;
+    }
+
+    pub fn high_watermark(&self) -> i64 {
+        self.high_watermark.load(Ordering::Acquire)
+    }
+
+    pub fn start_offset(&self) -> i64 {
+        self.start_offset.load(Ordering::Acquire)
+    }
+
+    /// Bytes of all segments.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments
+            .read()
+            .values()
+            .map(|s| s.written_bytes())
+            .sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.read().len()
+    }
+
+    pub fn poisoned(&self) -> Option<String> {
+        self.poisoned.lock().clone()
+    }
+
+    /// Refuses all further writes, keeping the first reason.
+    pub fn poison(&self, reason: String) {
+        let mut poisoned = self.poisoned.lock();
+        if poisoned.is_none() {
+            tracing::error!(dir = %self.dir.display(), %reason, "partition poisoned");
+            *poisoned = Some(reason);
+        }
+    }
+
+    fn check_poison(&self) -> Result<(), LogError> {
+        match self.poisoned.lock().as_ref() {
+            Some(reason) => Err(LogError::Poisoned {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn active(&self) -> Arc<Segment> {
+        self.segments
+            .read()
+            .values()
+            .next_back()
+            .cloned()
+            .expect("a log always has an active segment")
+    }
+
+    /// Writes validated batches (not yet durable, not yet visible) and
+    /// returns what became of each and the mark to publish afterwards. A
+    /// retried batch of an idempotent producer is answered with its original
+    /// offset; one out of sequence is refused. A failed write poisons the log.
+    pub fn append(
+        &self,
+        batches: &[(Bytes, BatchHeader)],
+        now_ms: i64,
+    ) -> Result<(Vec<BatchOutcome>, WrittenMark), LogError> {
+        let _writer = self.writer.lock();
+        self.check_poison()?;
+        let config = self.config();
+        let mut outcomes = Vec::with_capacity(batches.len());
+        let mut active = self.active();
+        let mut producers = self.producers.lock();
+        for (batch, header) in batches {
+            match producers.check(header) {
+                Ok(SequenceCheck::Append) => {}
+                Ok(SequenceCheck::Duplicate { base_offset }) => {
+                    outcomes.push(BatchOutcome::Duplicate(base_offset));
+                    continue;
+                }
+                Err(refused) => {
+                    outcomes.push(BatchOutcome::Refused(refused));
+                    continue;
+                }
+            }
+            if Self::should_roll(&active, batch.len() as u64, header, &config, now_ms) {
+                active = self
+                    .roll(&active, now_ms, &config, &producers)
+                    .inspect_err(|e| self.poison(e.to_string()))?;
+            }
+            let base_offset = active.next_offset();
+            active
+                .append(
+                    base_offset,
+                    batch,
+                    header,
+                    config.index_interval_bytes,
+                    now_ms,
+                )
+                .inspect_err(|e| self.poison(e.to_string()))?;
+            producers.record(header, base_offset);
+            outcomes.push(BatchOutcome::Appended(base_offset));
+        }
+        let mark = WrittenMark {
+            bytes: active.written_bytes(),
+            next_offset: active.next_offset(),
+            segment: active,
+        };
+        Ok((outcomes, mark))
+    }
+
+    fn should_roll(
+        active: &Segment,
+        batch_bytes: u64,
+        header: &BatchHeader,
+        config: &LogConfig,
+        now_ms: i64,
+    ) -> bool {
+        if active.is_empty() {
+            return false;
+        }
+        let too_big = active.written_bytes() + batch_bytes > config.segment_bytes;
+        let too_old = active
+            .first_append_ms()
+            .is_some_and(|first| now_ms.saturating_sub(first) >= config.segment_ms);
+        let too_many_offsets = active.next_offset() + i64::from(header.last_offset_delta)
+            - active.base_offset()
+            >= SEGMENT_OFFSETS_MAX;
+        too_big || too_old || too_many_offsets
+    }
+
+    /// Seals the active segment, starts the next one and applies retention.
+    fn roll(
+        &self,
+        active: &Arc<Segment>,
+        now_ms: i64,
+        config: &LogConfig,
+        producers: &ProducerState,
+    ) -> Result<Arc<Segment>, LogError> {
+        // Sealed, not published: its last batches become visible with the
+        // next `publish`, once the round they belong to is acknowledged.
+        active.seal()?;
+        let base = active.next_offset();
+        // Recovery then rebuilds producer state from the new segment only.
+        producers::snapshot::write(self.storage.as_ref(), &self.dir, base, producers)?;
+        let next = Arc::new(Segment::create(self.storage.as_ref(), &self.dir, base)?);
+        self.storage
+            .sync_dir(&self.dir)
+            .map_err(|e| LogError::io("fsync", &self.dir, e))?;
+        self.segments.write().insert(base, next.clone());
+        tracing::info!(dir = %self.dir.display(), base_offset = base, "segment rolled");
+        self.apply_retention(now_ms, config)?;
+        Ok(next)
+    }
+
+    /// Makes everything written so far durable and returns the mark to
+    /// publish. Appends may continue while the fsync runs (group commit: one
+    /// fsync covers every batch written before it started).
+    pub fn sync(&self) -> Result<WrittenMark, LogError> {
+        self.sync_in(&SyncGroup::per_file())
+    }
+
+    /// Like `sync`, but through `group`: when many partitions sync at once
+    /// they share one file-system sync.
+    pub fn sync_in(&self, group: &SyncGroup) -> Result<WrittenMark, LogError> {
+        let mark = {
+            let _writer = self.writer.lock();
+            self.check_poison()?;
+            let active = self.active();
+            WrittenMark {
+                bytes: active.written_bytes(),
+                next_offset: active.next_offset(),
+                segment: active,
+            }
+        };
+        group
+            .sync(|| mark.segment.sync())
+            .inspect_err(|e| self.poison(e.to_string()))?;
+        Ok(mark)
+    }
+
+    /// Lets readers see everything up to `mark`.
+    pub fn publish(&self, mark: &WrittenMark) {
+        // Segments sealed since the last publish are on disk (a roll syncs
+        // them) and end before the mark: they become visible whole.
+        for sealed in self
+            .segments
+            .read()
+            .range(..mark.segment.base_offset())
+            .rev()
+            .map(|(_, s)| s)
+            .take_while(|s| s.visible_bytes() < s.written_bytes())
+        {
+            sealed.publish(sealed.written_bytes());
+        }
+        mark.segment.publish(mark.bytes);
+        self.high_watermark
+            .fetch_max(mark.next_offset, Ordering::AcqRel);
+    }
+
+    /// Whole batches from the one holding `offset`, about `max_bytes` of
+    /// them (at least one whole batch when any is visible).
+    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult, LogError> {
+        let high_watermark = self.high_watermark();
+        let start_offset = self.start_offset();
+        if offset < start_offset || offset > high_watermark {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                start_offset,
+                end_offset: high_watermark,
+            });
+        }
+        let mut records = Bytes::new();
+        if offset < high_watermark {
+            // Offsets are dense and a segment is published whole before the
+            // next one's batches become visible, so the segment whose base is
+            // the floor of `offset` holds it.
+            let segment = self
+                .segments
+                .read()
+                .range(..=offset)
+                .next_back()
+                .map(|(_, s)| s.clone());
+            match segment
+                .map(|s| s.read(offset, max_bytes))
+                .transpose()?
+                .flatten()
+            {
+                Some(bytes) => records = bytes,
+                // Retention removed the segment after the range check.
+                None if offset < self.start_offset() => {
+                    return Err(LogError::OffsetOutOfRange {
+                        offset,
+                        start_offset: self.start_offset(),
+                        end_offset: high_watermark,
+                    });
+                }
+                None => {}
+            }
+        }
+        Ok(ReadResult {
+            records,
+            high_watermark,
+            start_offset,
+        })
+    }
+
+    /// The first visible record at or after `timestamp`: `(offset, timestamp)`.
+    pub fn find_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>, LogError> {
+        let segments: Vec<Arc<Segment>> = self.segments.read().values().cloned().collect();
+        let high_watermark = self.high_watermark();
+        for segment in segments {
+            if let Some((offset, ts)) = segment.find_timestamp(timestamp)? {
+                return Ok((offset < high_watermark).then_some((offset, ts)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes whole sealed segments past the retention limits; returns how
+    /// many went.
+    pub fn enforce_retention(&self, now_ms: i64) -> Result<usize, LogError> {
+        let _writer = self.writer.lock();
+        // A deleted log's paths may already belong to a new topic of the
+        // same name; a poisoned one is left as it is until restart.
+        if self.poisoned.lock().is_some() {
+            return Ok(0);
+        }
+        let config = self.config();
+        self.apply_retention(now_ms, &config)
+    }
+
+    fn apply_retention(&self, now_ms: i64, config: &LogConfig) -> Result<usize, LogError> {
+        let mut deleted = Vec::new();
+        {
+            let mut segments = self.segments.write();
+            let mut total: u64 = segments.values().map(|s| s.written_bytes()).sum();
+            while segments.len() > 1 {
+                let Some(oldest) = segments.values().next().cloned() else {
+                    break;
+                };
+                // Never retire what readers cannot see yet: the start offset
+                // must not pass the high watermark.
+                if oldest.next_offset() > self.high_watermark() {
+                    break;
+                }
+                let size = oldest.written_bytes();
+                let over_bytes = config.retention_bytes >= 0
+                    && total.saturating_sub(size) >= config.retention_bytes as u64;
+                let over_age = config.retention_ms >= 0
+                    && oldest.max_timestamp() < now_ms.saturating_sub(config.retention_ms);
+                if !(over_bytes || over_age) {
+                    break;
+                }
+                segments.remove(&oldest.base_offset());
+                total -= size;
+                deleted.push(oldest);
+            }
+            if let Some(first) = segments.keys().next() {
+                self.start_offset.store(*first, Ordering::Release);
+            }
+        }
+        for segment in &deleted {
+            tracing::info!(
+                dir = %self.dir.display(),
+                base_offset = segment.base_offset(),
+                start_offset = self.start_offset(),
+                "segment deleted by retention"
+            );
+            segment.delete_files(self.storage.as_ref())?;
+        }
+        Ok(deleted.len())
+    }
+
+    /// Removes the partition's directory; the log refuses writes afterwards.
+    pub fn delete(&self) -> Result<(), LogError> {
+        let _writer = self.writer.lock();
+        self.poisoned
+            .lock()
+            .get_or_insert_with(|| "partition deleted".to_owned());
+        self.storage
+            .remove_dir_all(&self.dir)
+            .map_err(|e| LogError::io("remove", &self.dir, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{FailingStorage, MemStorage};
+    use brook_record::{BatchOptions, NewRecord};
+
+    const LOG: &str = "/p/00000000000000000000.log";
+
+    fn batch(value: &str) -> (Bytes, BatchHeader) {
+        let record = NewRecord {
+            timestamp: 1_000,
+            value: Some(Bytes::copy_from_slice(value.as_bytes())),
+            ..NewRecord::default()
+        };
+        let bytes = brook_record::encode_batch(&[record], BatchOptions::default()).unwrap();
+        let header = BatchHeader::parse(&bytes).unwrap();
+        (bytes, header)
+    }
+
+    fn open(storage: &MemStorage) -> Result<PartitionLog, LogError> {
+        PartitionLog::open(
+            Arc::new(storage.clone()),
+            Path::new("/p"),
+            LogConfig::default(),
+        )
+        .map(|(log, _)| log)
+    }
+
+    fn write_three(storage: &MemStorage) -> Vec<u64> {
+        let log = open(storage).unwrap();
+        let mut ends = Vec::new();
+        for value in ["one", "two", "three"] {
+            let (_, mark) = log.append(&[batch(value)], 0).unwrap();
+            ends.push(mark.bytes);
+        }
+        log.sync().unwrap();
+        ends
+    }
+
+    fn flip(storage: &MemStorage, position: u64) {
+        let path = Path::new(LOG);
+        let mut bytes = storage.contents(path).unwrap();
+        bytes[position as usize] ^= 0xff;
+        storage.set_contents(path, bytes);
+    }
+
+    #[test]
+    fn a_corrupt_last_batch_is_cut() {
+        let storage = MemStorage::default();
+        let ends = write_three(&storage);
+        flip(&storage, ends[1] + 30);
+        let log = open(&storage).unwrap();
+        assert_eq!(log.high_watermark(), 2);
+    }
+
+    #[test]
+    fn corruption_followed_by_intact_batches_refuses_to_open() {
+        let storage = MemStorage::default();
+        let ends = write_three(&storage);
+        flip(&storage, ends[0] + 30);
+        let error = open(&storage).unwrap_err();
+        assert!(
+            error.to_string().contains("followed by intact batches"),
+            "{error}"
+        );
+        // Nothing was cut.
+        let path = Path::new(LOG);
+        assert_eq!(storage.contents(path).unwrap().len() as u64, ends[2]);
+    }
+
+    #[test]
+    fn retention_leaves_a_deleted_log_alone() {
+        let storage = MemStorage::default();
+        let log = open(&storage).unwrap();
+        log.set_config(LogConfig {
+            segment_bytes: 1024,
+            retention_bytes: 0,
+            ..LogConfig::default()
+        });
+        for _ in 0..40 {
+            let (_, mark) = log.append(&[batch(&"x".repeat(100))], 0).unwrap();
+            log.publish(&mark);
+        }
+        log.delete().unwrap();
+        // A new log in the same place, as when a topic is recreated.
+        let _new = open(&storage).unwrap();
+        let files = storage.paths();
+        assert_eq!(log.enforce_retention(i64::MAX).unwrap(), 0);
+        assert_eq!(storage.paths(), files);
+    }
+
+    fn idempotent_batch(value: &str, base_sequence: i32) -> (Bytes, BatchHeader) {
+        let record = NewRecord {
+            timestamp: 1_000,
+            value: Some(Bytes::copy_from_slice(value.as_bytes())),
+            ..NewRecord::default()
+        };
+        let options = BatchOptions {
+            producer_id: 7,
+            producer_epoch: 0,
+            base_sequence,
+            ..BatchOptions::default()
+        };
+        let bytes = brook_record::encode_batch(&[record], options).unwrap();
+        let header = BatchHeader::parse(&bytes).unwrap();
+        (bytes, header)
+    }
+
+    fn open_with_report(storage: &MemStorage) -> (PartitionLog, OpenReport) {
+        open_indexing_every(storage, LogConfig::default().index_interval_bytes)
+    }
+
+    #[test]
+    fn a_clean_shutdown_reopens_without_recovery_and_keeps_producer_state() {
+        let storage = MemStorage::default();
+        let log = open(&storage).unwrap();
+        for sequence in 0..3 {
+            let value = format!("v{sequence}");
+            log.append(&[idempotent_batch(&value, sequence)], 0)
+                .unwrap();
+        }
+        log.close_clean().unwrap();
+        drop(log);
+
+        let (log, report) = open_with_report(&storage);
+        assert!(report.clean_shutdown);
+        assert_eq!(log.high_watermark(), 3);
+        let (outcomes, _) = log.append(&[idempotent_batch("v2", 2)], 0).unwrap();
+        assert_eq!(
+            outcomes,
+            [BatchOutcome::Duplicate(2)],
+            "the retry is recognised"
+        );
+        let (outcomes, _) = log.append(&[idempotent_batch("v3", 3)], 0).unwrap();
+        assert_eq!(outcomes, [BatchOutcome::Appended(3)]);
+        log.sync().unwrap();
+        drop(log);
+
+        let (log, report) = open_with_report(&storage);
+        assert!(
+            !report.clean_shutdown,
+            "the mark was used up by the last open"
+        );
+        assert_eq!(log.high_watermark(), 4);
+        assert_eq!(log.read(0, usize::MAX).unwrap().high_watermark, 4);
+    }
+
+    #[test]
+    fn a_log_that_changed_after_its_mark_is_recovered_in_full() {
+        // An append after the mark.
+        let storage = MemStorage::default();
+        let log = open(&storage).unwrap();
+        log.append(&[batch("one")], 0).unwrap();
+        log.close_clean().unwrap();
+        log.append(&[batch("two")], 0).unwrap();
+        log.sync().unwrap();
+        drop(log);
+        let (log, report) = open_with_report(&storage);
+        assert!(!report.clean_shutdown);
+        assert_eq!(log.high_watermark(), 2);
+
+        // Bytes after the marked end (a torn write of another life).
+        let storage = MemStorage::default();
+        let log = open(&storage).unwrap();
+        log.append(&[batch("one")], 0).unwrap();
+        log.close_clean().unwrap();
+        drop(log);
+        let path = Path::new(LOG);
+        let mut bytes = storage.contents(path).unwrap();
+        bytes.extend_from_slice(&[0xab; 40]);
+        storage.set_contents(path, bytes);
+        let (log, report) = open_with_report(&storage);
+        assert!(!report.clean_shutdown);
+        assert_eq!(report.truncated_bytes, 40, "recovery cut the stray bytes");
+        assert_eq!(log.high_watermark(), 1);
+    }
+
+    fn open_indexing_every(
+        storage: &MemStorage,
+        index_interval_bytes: u64,
+    ) -> (PartitionLog, OpenReport) {
+        let config = LogConfig {
+            index_interval_bytes,
+            ..LogConfig::default()
+        };
+        PartitionLog::open(Arc::new(storage.clone()), Path::new("/p"), config).unwrap()
+    }
+
+    fn open_indexing_every_batch(storage: &MemStorage) -> (PartitionLog, OpenReport) {
+        open_indexing_every(storage, 1)
+    }
+
+    const POINT: &str = "/p/recovery-point";
+    /// Index intervals: an entry per batch (also with 0), one every few
+    /// batches, or one for all.
+    const INTERVALS: [u64; 4] = [0, 1, 100, 4096];
+
+    /// Five idempotent batches with a recovery point after the first
+    /// three; the last two are synced if `sync_tail`. Returns the end of
+    /// each batch.
+    fn five_with_a_point_after_three(
+        storage: &MemStorage,
+        index_interval_bytes: u64,
+        sync_tail: bool,
+    ) -> Vec<u64> {
+        let (log, _) = open_indexing_every(storage, index_interval_bytes);
+        let mut ends = Vec::new();
+        for sequence in 0..5 {
+            if sequence == 3 {
+                log.write_recovery_point(0).unwrap();
+            }
+            let value = format!("v{sequence}");
+            let (_, mark) = log
+                .append(&[idempotent_batch(&value, sequence)], 0)
+                .unwrap();
+            ends.push(mark.bytes);
+        }
+        if sync_tail {
+            log.sync().unwrap();
+        }
+        ends
+    }
+
+    fn assert_reads_every_offset(log: &PartitionLog) {
+        for offset in 0..log.high_watermark() {
+            let read = log.read(offset, 1).unwrap();
+            assert_eq!(
+                brook_record::read_base_offset(&read.records),
+                Some(offset),
+                "read at {offset}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_crash_after_a_recovery_point_checks_only_what_follows_and_keeps_producer_state() {
+        for interval in INTERVALS {
+            let storage = MemStorage::default();
+            five_with_a_point_after_three(&storage, interval, true);
+            let storage = storage.crash_image();
+
+            let (log, report) = open_indexing_every(&storage, interval);
+            assert!(report.from_recovery_point, "interval {interval}");
+            assert!(!report.clean_shutdown);
+            assert_eq!(log.high_watermark(), 5);
+            assert_reads_every_offset(&log);
+            // Each batch counted once: the oldest of the five is still known.
+            let retries: Vec<_> = [0, 2, 4]
+                .map(|sequence| idempotent_batch(&format!("v{sequence}"), sequence))
+                .into_iter()
+                .chain([idempotent_batch("v5", 5)])
+                .collect();
+            let (outcomes, _) = log.append(&retries, 0).unwrap();
+            assert_eq!(
+                outcomes,
+                [
+                    BatchOutcome::Duplicate(0),
+                    BatchOutcome::Duplicate(2),
+                    BatchOutcome::Duplicate(4),
+                    BatchOutcome::Appended(5)
+                ],
+                "retries from before and after the point are recognised (interval {interval})"
+            );
+            log.sync().unwrap();
+            drop(log);
+
+            // The point stays valid for the next crash.
+            let (log, report) = open_indexing_every(&storage.crash_image(), interval);
+            assert!(report.from_recovery_point);
+            assert_eq!(log.high_watermark(), 6);
+            assert_reads_every_offset(&log);
+        }
+    }
+
+    #[test]
+    fn a_recovery_point_survives_a_crash_that_loses_everything_after_it() {
+        for interval in INTERVALS {
+            let storage = MemStorage::default();
+            five_with_a_point_after_three(&storage, interval, false);
+            let (log, report) = open_indexing_every(&storage.crash_image(), interval);
+            // The point synced the log and both indexes: without either
+            // index, the point would not be used.
+            assert!(report.from_recovery_point, "interval {interval}");
+            assert_eq!(log.high_watermark(), 3);
+            assert_reads_every_offset(&log);
+            assert_eq!(log.find_timestamp(0).unwrap(), Some((0, 1_000)));
+        }
+    }
+
+    #[test]
+    fn a_lost_time_index_sends_open_down_the_full_recovery() {
+        let storage = MemStorage::default();
+        five_with_a_point_after_three(&storage, 1, true);
+        storage.set_contents(Path::new("/p/00000000000000000000.timeindex"), Vec::new());
+        let (log, report) = open_indexing_every_batch(&storage);
+        assert!(!report.from_recovery_point);
+        assert_eq!(log.high_watermark(), 5);
+        assert_eq!(log.find_timestamp(0).unwrap(), Some((0, 1_000)));
+    }
+
+    #[test]
+    fn damage_after_the_recovery_point_is_cut_as_in_a_full_recovery() {
+        let storage = MemStorage::default();
+        let ends = five_with_a_point_after_three(&storage, 1, true);
+        flip(&storage, ends[3] + 30);
+        let (log, report) = open_indexing_every_batch(&storage);
+        assert!(report.from_recovery_point);
+        assert!(matches!(
+            report.damage,
+            Some(super::super::scan::TailDamage::Corrupt { .. })
+        ));
+        assert_eq!(report.truncated_bytes, ends[4] - ends[3]);
+        assert_eq!(log.high_watermark(), 4);
+        assert_reads_every_offset(&log);
+
+        // A torn last batch.
+        let storage = MemStorage::default();
+        let ends = five_with_a_point_after_three(&storage, 1, true);
+        let mut bytes = storage.contents(Path::new(LOG)).unwrap();
+        bytes.truncate(ends[4] as usize - 5);
+        storage.set_contents(Path::new(LOG), bytes);
+        let (log, report) = open_indexing_every_batch(&storage);
+        assert!(report.from_recovery_point);
+        assert_eq!(log.high_watermark(), 4);
+    }
+
+    #[test]
+    fn damage_before_the_recovery_point_sends_open_down_the_full_recovery() {
+        let storage = MemStorage::default();
+        let log = open(&storage).unwrap();
+        let mut ends = Vec::new();
+        for value in ["one", "two", "three"] {
+            let (_, mark) = log.append(&[batch(value)], 0).unwrap();
+            ends.push(mark.bytes);
+        }
+        log.write_recovery_point(0).unwrap();
+        drop(log);
+        // The last batch before the point: checked, since no index entry
+        // lies between it and the point. The full recovery cuts it.
+        flip(&storage, ends[1] + 30);
+        let (log, report) = open_with_report(&storage);
+        assert!(!report.from_recovery_point);
+        assert!(matches!(
+            report.damage,
+            Some(super::super::scan::TailDamage::Corrupt { .. })
+        ));
+        assert_eq!(log.high_watermark(), 2);
+        assert!(!storage.paths().contains(&Path::new(POINT).to_owned()));
+    }
+
+    #[test]
+    fn a_recovery_point_the_log_no_longer_matches_is_removed() {
+        let storage = MemStorage::default();
+        let ends = five_with_a_point_after_three(&storage, 1, true);
+        // Cut back below the point (as an operator accepting a loss would).
+        let mut bytes = storage.contents(Path::new(LOG)).unwrap();
+        bytes.truncate(ends[1] as usize);
+        storage.set_contents(Path::new(LOG), bytes);
+        let (log, report) = open_indexing_every_batch(&storage);
+        assert!(!report.from_recovery_point);
+        assert_eq!(log.high_watermark(), 2);
+        assert!(!storage.paths().contains(&Path::new(POINT).to_owned()));
+        // Grown past the old point again: still recovered in full.
+        for value in ["x", "y", "z"] {
+            log.append(&[batch(value)], 0).unwrap();
+        }
+        log.sync().unwrap();
+        drop(log);
+        let (log, report) = open_indexing_every_batch(&storage);
+        assert!(!report.from_recovery_point);
+        assert_eq!(log.high_watermark(), 5);
+    }
+
+    #[test]
+    fn index_entries_past_the_recovery_point_are_cut_and_rebuilt() {
+        let storage = MemStorage::default();
+        five_with_a_point_after_three(&storage, 1, true);
+        // Stale entries after the point: garbage, then a torn entry.
+        let path = Path::new("/p/00000000000000000000.index");
+        let mut index = storage.contents(path).unwrap();
+        index.truncate(3 * super::super::index::OFFSET_ENTRY_LEN);
+        index.extend_from_slice(&[0xff; 8]);
+        index.extend_from_slice(&[1, 2, 3]);
+        storage.set_contents(path, index);
+        let (log, report) = open_indexing_every_batch(&storage);
+        assert!(report.from_recovery_point);
+        assert_eq!(log.high_watermark(), 5);
+        assert_reads_every_offset(&log);
+        assert_eq!(
+            storage.contents(path).unwrap().len(),
+            5 * super::super::index::OFFSET_ENTRY_LEN,
+            "one entry per batch, none stale"
+        );
+        log.append(&[idempotent_batch("v5", 5)], 0).unwrap();
+        log.close_clean().unwrap();
+        drop(log);
+        let (log, report) = open_indexing_every_batch(&storage);
+        assert!(report.clean_shutdown);
+        assert_eq!(log.high_watermark(), 6);
+        assert_reads_every_offset(&log);
+    }
+
+    /// A log with one batch on storage whose operations can be made to fail.
+    fn a_batch_on_failing_storage() -> (MemStorage, FailingStorage, PartitionLog) {
+        let memory = MemStorage::default();
+        let failing = FailingStorage::new(Arc::new(memory.clone()), u64::MAX);
+        let (log, _) = PartitionLog::open(
+            Arc::new(failing.clone()),
+            Path::new("/p"),
+            LogConfig::default(),
+        )
+        .unwrap();
+        log.append(&[batch("one")], 0).unwrap();
+        (memory, failing, log)
+    }
+
+    #[test]
+    fn no_recovery_point_is_written_after_a_failed_sync() {
+        let (memory, failing, log) = a_batch_on_failing_storage();
+        // Another sync of the segment fails (the kernel reports it there
+        // and only there); the log is not poisoned by it yet.
+        failing.set_budget(0);
+        assert!(log.active().sync().is_err());
+        assert!(log.poisoned().is_none());
+        failing.set_budget(u64::MAX);
+        assert!(
+            log.write_recovery_point(0).is_err(),
+            "the point's own sync now succeeds, but must not count"
+        );
+        assert!(log.poisoned().is_some());
+        assert!(!memory.paths().contains(&Path::new(POINT).to_owned()));
+
+        // A failed index sync is sticky too.
+        let (_, failing, log) = a_batch_on_failing_storage();
+        failing.set_budget(1);
+        assert!(
+            log.active().sync_files().is_err(),
+            "the offset index's sync fails"
+        );
+        failing.set_budget(u64::MAX);
+        assert!(log.active().sync().is_err());
+        assert!(log.close_clean().is_err());
+        assert!(log.poisoned().is_some());
+    }
+
+    #[test]
+    fn a_recovery_point_is_due_after_enough_bytes_or_time() {
+        let storage = MemStorage::default();
+        let log = open(&storage).unwrap();
+        let now = crate::clock::now_ms();
+        assert!(!log.recovery_point_due(now + recovery_point::LATEST_MS * 2));
+        log.append(&[batch("small")], 0).unwrap();
+        assert!(!log.recovery_point_due(now + recovery_point::SOON_MS));
+        assert!(!log.recovery_point_due(now + recovery_point::LATEST_MS - 1_000));
+        assert!(log.recovery_point_due(now + recovery_point::LATEST_MS + 1_000));
+        log.write_recovery_point(now).unwrap();
+        assert!(!log.recovery_point_due(now + recovery_point::LATEST_MS));
+
+        let soon = "x".repeat(recovery_point::SOON_BYTES as usize);
+        log.append(&[batch(&soon)], 0).unwrap();
+        assert!(!log.recovery_point_due(now + recovery_point::SOON_MS - 1));
+        assert!(log.recovery_point_due(now + recovery_point::SOON_MS));
+
+        let big = "x".repeat(recovery_point::INTERVAL_BYTES as usize);
+        log.append(&[batch(&big)], 0).unwrap();
+        assert!(log.recovery_point_due(now));
+    }
+}
