@@ -11,8 +11,23 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::server::{ServeError, serve};
-use brook_engine::broker::{Broker, BrokerError};
+use brook_engine::OpenError;
+use brook_engine::broker::Broker;
 use brook_engine::config::BrokerConfig;
+
+/// Why an embedded broker did not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the broker: {0}")]
+    Open(#[from] OpenError),
+}
 
 /// A running in-process broker. Dropping it stops the server; the temporary
 /// data directory (if it made one) is removed.
@@ -58,7 +73,7 @@ impl EmbeddedBrokerBuilder {
         self
     }
 
-    pub async fn start(self) -> Result<EmbeddedBroker, BrokerError> {
+    pub async fn start(self) -> Result<EmbeddedBroker, StartError> {
         let mut config = self.config;
         let temp_dir = if let Some(dir) = self.data_dir {
             config.data_dir = dir;
@@ -68,7 +83,7 @@ impl EmbeddedBrokerBuilder {
                 let dir = tempfile::Builder::new()
                     .prefix("brook-")
                     .tempdir()
-                    .map_err(|source| BrokerError::Io {
+                    .map_err(|source| StartError::Io {
                         what: "create a temporary data directory".to_owned(),
                         source,
                     })?;
@@ -81,11 +96,11 @@ impl EmbeddedBrokerBuilder {
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
         let listener = TcpListener::bind(wanted)
             .await
-            .map_err(|source| BrokerError::Io {
+            .map_err(|source| StartError::Io {
                 what: format!("bind {wanted}"),
                 source,
             })?;
-        let addr = listener.local_addr().map_err(|source| BrokerError::Io {
+        let addr = listener.local_addr().map_err(|source| StartError::Io {
             what: "read the bound address".to_owned(),
             source,
         })?;
@@ -108,7 +123,7 @@ impl EmbeddedBrokerBuilder {
 
 impl EmbeddedBroker {
     /// Starts a broker with the default configuration in a temporary directory.
-    pub async fn start() -> Result<Self, BrokerError> {
+    pub async fn start() -> Result<Self, StartError> {
         Self::builder().start().await
     }
 

@@ -14,7 +14,10 @@ mod grpc;
 mod http;
 pub mod server;
 
-pub use brook_engine::{Broker, BrokerConfig, BrokerError, FsyncPolicy, config, group};
+pub use brook_engine::{
+    AdminError, Broker, BrokerConfig, FetchError, FsyncPolicy, GroupError, Invalid, NotFound,
+    OpenError, OutOfRange, PartitionError, ProduceError, config, group,
+};
 /// The file system under the log, for embedders that swap in their own.
 pub use brook_storage as storage;
-pub use embedded::{EmbeddedBroker, EmbeddedBrokerBuilder};
+pub use embedded::{EmbeddedBroker, EmbeddedBrokerBuilder, StartError};

@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
 use crate::http::{Phase, ServerStatus};
-use brook_engine::broker::{Broker, BrokerError};
+use brook_engine::OpenError;
+use brook_engine::broker::Broker;
 use brook_engine::config::BrokerConfig;
 
 /// HTTP/2 receive windows: bytes a client may send before the broker
@@ -40,7 +41,7 @@ const SERVICES: [&str; 4] = [
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot open the broker: {0}")]
-    Open(#[from] BrokerError),
+    Open(#[from] OpenError),
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
     #[error("gRPC reflection: {0}")]

@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 use brook_broker::config::{
     DEFAULT_DATA_DIR, DEFAULT_HTTP_LISTEN, DEFAULT_LISTEN, GroupSettings, Limits, TopicSettings,
 };
-use brook_broker::{BrokerConfig, BrokerError, FsyncPolicy};
+use brook_broker::{BrokerConfig, FsyncPolicy};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
@@ -276,12 +276,7 @@ impl Effective {
         // The topic defaults obey the rules of a topic's own settings.
         let config = self.broker_config()?;
         if let Err(e) = config.check_topic_defaults() {
-            match e {
-                BrokerError::InvalidArgument { field, reason } => {
-                    bail!("default_{field}: {reason}")
-                }
-                other => return Err(other.into()),
-            }
+            bail!("default_{}: {}", e.field, e.reason);
         }
         if self.max_grpc_message_bytes < self.max_message_bytes as usize {
             bail!(

@@ -80,6 +80,9 @@ impl Storage for StallingStorage {
     fn list_files(&self, path: &Path) -> io::Result<Vec<String>> {
         OsStorage.list_files(path)
     }
+    fn list_dirs(&self, path: &Path) -> io::Result<Vec<String>> {
+        OsStorage.list_dirs(path)
+    }
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         OsStorage.sync_dir(path)
     }

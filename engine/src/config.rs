@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use brook_storage::{LogConfig, OsStorage, Storage};
 
+use crate::error::Invalid;
+
 /// The default gRPC address of `brook serve`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9420";
 /// The default HTTP address (health and readiness) of `brook serve`.
@@ -168,13 +170,12 @@ impl Default for GroupSettings {
 
 impl GroupSettings {
     /// Checks the relations between the settings.
-    pub fn check(&self) -> Result<(), crate::broker::BrokerError> {
-        use crate::broker::BrokerError;
+    pub fn check(&self) -> Result<(), Invalid> {
         if self.session_timeout_min.is_zero()
             || self.session_timeout_min > self.session_timeout
             || self.session_timeout > self.session_timeout_max
         {
-            return Err(BrokerError::invalid(
+            return Err(Invalid::new(
                 "groups.session_timeout",
                 format!(
                     "must satisfy 0 < session_timeout_min ({} ms) <= session_timeout ({} ms) <= session_timeout_max ({} ms)",
@@ -185,20 +186,20 @@ impl GroupSettings {
             ));
         }
         if self.members_max == 0 || self.topics_per_member_max == 0 {
-            return Err(BrokerError::invalid(
+            return Err(Invalid::new(
                 "groups.members_max",
                 "members_max and topics_per_member_max must be at least 1",
             ));
         }
         // `Joined` and the first assignment, plus the slot kept for `Removed`.
         if self.member_queue_max < 3 {
-            return Err(BrokerError::invalid(
+            return Err(Invalid::new(
                 "groups.member_queue_max",
                 format!("must be at least 3, got {}", self.member_queue_max),
             ));
         }
         if self.topology_check_interval.is_zero() {
-            return Err(BrokerError::invalid(
+            return Err(Invalid::new(
                 "groups.topology_check_interval",
                 "must be longer than 0",
             ));
@@ -242,7 +243,7 @@ pub struct BrokerConfig {
 impl BrokerConfig {
     /// Checks the topic defaults by the rules of a topic's own settings
     /// (the error names the setting without its `default_` prefix).
-    pub fn check_topic_defaults(&self) -> Result<(), crate::broker::BrokerError> {
+    pub fn check_topic_defaults(&self) -> Result<(), Invalid> {
         crate::broker::resolve_topic_settings(
             &self.topic_defaults,
             &crate::meta::TopicOverrides::default(),

@@ -8,11 +8,17 @@
 
 pub mod broker;
 pub mod config;
+mod error;
 pub mod group;
-pub mod meta;
+mod meta;
 pub mod metrics;
 mod partition;
 mod process;
 
-pub use broker::{Broker, BrokerError};
+pub use broker::Broker;
 pub use config::{BrokerConfig, FsyncPolicy};
+pub use error::{
+    AdminError, FetchError, GroupError, Invalid, NotFound, OpenError, OutOfRange, PartitionError,
+    ProduceError,
+};
+pub use meta::TopicOverrides;

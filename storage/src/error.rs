@@ -33,6 +33,9 @@ pub enum LogError {
         "partition is poisoned after an earlier failure and refuses writes until restart: {reason}"
     )]
     Poisoned { reason: String },
+    /// The partition was deleted; its files are gone.
+    #[error("partition was deleted")]
+    Deleted,
 }
 
 impl LogError {

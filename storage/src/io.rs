@@ -42,6 +42,8 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
     /// The names of the entries of `path` (files only, no directories).
     fn list_files(&self, path: &Path) -> io::Result<Vec<String>>;
+    /// The names of the directories in `path`.
+    fn list_dirs(&self, path: &Path) -> io::Result<Vec<String>>;
     /// Makes the directory's entries (created and removed files) durable.
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
     /// How the partitions under `dir` share fsyncs (see `SyncGroup`); by
@@ -154,6 +156,19 @@ impl Storage for OsStorage {
         for entry in fs::read_dir(path)? {
             let entry = entry?;
             if entry.file_type()?.is_file() {
+                if let Some(name) = entry.file_name().to_str() {
+                    names.push(name.to_owned());
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    fn list_dirs(&self, path: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(path)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
                 if let Some(name) = entry.file_name().to_str() {
                     names.push(name.to_owned());
                 }

@@ -7,25 +7,28 @@
 //! metadata store or consumer groups (its dependencies say so); it stores
 //! opaque, already validated batches of one partition.
 
-pub mod checked_json;
-pub mod clean;
+mod checked_json;
+mod clean;
 mod clock;
-pub mod error;
-pub mod index;
-pub mod io;
-pub mod log;
-pub mod producers;
-pub mod recovery_point;
-pub mod scan;
-pub mod segment;
-pub mod sync_group;
+mod error;
+mod index;
+mod io;
+mod log;
+mod producers;
+mod recovery_point;
+mod scan;
+mod segment;
+mod sync_group;
 pub mod testing;
 
 pub use clock::now_ms;
 pub use error::LogError;
 pub use io::{LogFile, OsStorage, Storage};
-pub use log::{BatchOutcome, LogConfig, PartitionLog, ReadResult, WrittenMark};
+pub use log::{
+    BatchOutcome, LogConfig, OpenReport, PartitionLog, ReadResult, SEGMENT_BYTES_MAX, WrittenMark,
+};
 pub use producers::SequenceError;
+pub use scan::TailDamage;
 pub use sync_group::SyncGroup;
 
 /// Bytes of log between two offset index entries, by default.

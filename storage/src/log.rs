@@ -68,12 +68,6 @@ pub struct WrittenMark {
     next_offset: i64,
 }
 
-impl WrittenMark {
-    pub fn next_offset(&self) -> i64 {
-        self.next_offset
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct ReadResult {
     /// Whole batches, possibly empty.
@@ -95,12 +89,23 @@ pub struct PartitionLog {
     high_watermark: AtomicI64,
     /// The first offset still retained.
     start_offset: AtomicI64,
-    /// Set by the first failed write or fsync.
-    poisoned: Mutex<Option<String>>,
+    /// Set by the first failed write or fsync, or by deletion: either way
+    /// the log refuses writes from then on.
+    refusal: Mutex<Option<Refusal>>,
     /// Idempotent producers' sequences; changed only under `writer`.
     producers: Mutex<ProducerState>,
     /// Where the last recovery point was taken.
     last_recovery_point: Mutex<PointTaken>,
+}
+
+/// Why a log refuses writes.
+#[derive(Debug, Clone)]
+enum Refusal {
+    /// A write or fsync failed: until a restart, when recovery checks the
+    /// tail.
+    Poisoned(String),
+    /// The partition's files are gone (its topic was deleted).
+    Deleted,
 }
 
 /// The active segment's base and size when the last recovery point was
@@ -373,7 +378,7 @@ impl PartitionLog {
             writer: Mutex::new(()),
             high_watermark: AtomicI64::new(end),
             start_offset: AtomicI64::new(start),
-            poisoned: Mutex::new(None),
+            refusal: Mutex::new(None),
             producers: Mutex::new(producers),
             last_recovery_point: Mutex::new(PointTaken {
                 active_base,
@@ -417,24 +422,30 @@ impl PartitionLog {
         self.segments.read().len()
     }
 
+    /// Why the log refuses writes after a failure; `None` while it takes
+    /// them (or after it was deleted, which is not a failure).
     pub fn poisoned(&self) -> Option<String> {
-        self.poisoned.lock().clone()
+        match self.refusal.lock().as_ref() {
+            Some(Refusal::Poisoned(reason)) => Some(reason.clone()),
+            Some(Refusal::Deleted) | None => None,
+        }
     }
 
     /// Refuses all further writes, keeping the first reason.
     pub fn poison(&self, reason: String) {
-        let mut poisoned = self.poisoned.lock();
-        if poisoned.is_none() {
+        let mut refusal = self.refusal.lock();
+        if refusal.is_none() {
             tracing::error!(dir = %self.dir.display(), %reason, "partition poisoned");
-            *poisoned = Some(reason);
+            *refusal = Some(Refusal::Poisoned(reason));
         }
     }
 
     fn check_poison(&self) -> Result<(), LogError> {
-        match self.poisoned.lock().as_ref() {
-            Some(reason) => Err(LogError::Poisoned {
+        match self.refusal.lock().as_ref() {
+            Some(Refusal::Poisoned(reason)) => Err(LogError::Poisoned {
                 reason: reason.clone(),
             }),
+            Some(Refusal::Deleted) => Err(LogError::Deleted),
             None => Ok(()),
         }
     }
@@ -655,7 +666,7 @@ impl PartitionLog {
         let _writer = self.writer.lock();
         // A deleted log's paths may already belong to a new topic of the
         // same name; a poisoned one is left as it is until restart.
-        if self.poisoned.lock().is_some() {
+        if self.refusal.lock().is_some() {
             return Ok(0);
         }
         let config = self.config();
@@ -707,9 +718,7 @@ impl PartitionLog {
     /// Removes the partition's directory; the log refuses writes afterwards.
     pub fn delete(&self) -> Result<(), LogError> {
         let _writer = self.writer.lock();
-        self.poisoned
-            .lock()
-            .get_or_insert_with(|| "partition deleted".to_owned());
+        self.refusal.lock().get_or_insert(Refusal::Deleted);
         self.storage
             .remove_dir_all(&self.dir)
             .map_err(|e| LogError::io("remove", &self.dir, e))

@@ -165,14 +165,6 @@ impl ProducerState {
             self.producers.remove(&oldest);
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.producers.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.producers.is_empty()
-    }
 }
 
 /// A producer's first batch (of a new epoch) must start at sequence 0.

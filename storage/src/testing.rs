@@ -150,6 +150,25 @@ impl Storage for MemStorage {
             .collect())
     }
 
+    /// Directories exist here only as the parents of files.
+    fn list_dirs(&self, path: &Path) -> io::Result<Vec<String>> {
+        let mut names: Vec<String> = self
+            .files
+            .lock()
+            .keys()
+            .filter_map(|p| {
+                let rest = p.strip_prefix(path).ok()?;
+                let mut components = rest.components();
+                let first = components.next()?;
+                components.next()?;
+                first.as_os_str().to_str().map(str::to_owned)
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
     fn sync_dir(&self, _path: &Path) -> io::Result<()> {
         Ok(())
     }
@@ -240,6 +259,10 @@ impl Storage for FailingStorage {
 
     fn list_files(&self, path: &Path) -> io::Result<Vec<String>> {
         self.inner.list_files(path)
+    }
+
+    fn list_dirs(&self, path: &Path) -> io::Result<Vec<String>> {
+        self.inner.list_dirs(path)
     }
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {

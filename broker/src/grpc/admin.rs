@@ -11,8 +11,9 @@ use brook_proto::{
 };
 use tonic::{Request, Response, Status};
 
-use brook_engine::broker::{Broker, BrokerError, TopicInfo};
-use brook_engine::meta::TopicOverrides;
+use brook_engine::Invalid;
+use brook_engine::TopicOverrides;
+use brook_engine::broker::{Broker, TopicInfo};
 
 use super::status::status;
 
@@ -148,7 +149,7 @@ impl AdminService for AdminHandler {
         let _timer = self.broker.metrics().time_request("AlterTopicConfig");
         let request = request.into_inner();
         if request.config.is_none() {
-            return Err(status(BrokerError::invalid("config", "must be set")));
+            return Err(status(Invalid::new("config", "must be set")));
         }
         let info = self
             .broker

@@ -14,7 +14,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::status::{status, to_status};
-use brook_engine::broker::{Broker, BrokerError, FetchSpec, OffsetSpec};
+use brook_engine::Invalid;
+use brook_engine::broker::{Broker, FetchSpec, OffsetSpec};
 
 /// Chunks a subscription reads ahead of a slow client (each up to the
 /// subscription's chunk size).
@@ -128,7 +129,7 @@ impl FetchService for FetchHandler {
             Some(Spec::Latest(_)) => OffsetSpec::Latest,
             Some(Spec::TimestampMs(ts)) => OffsetSpec::Timestamp(ts),
             None => {
-                return Err(status(BrokerError::invalid(
+                return Err(status(Invalid::new(
                     "spec",
                     "one of earliest, latest or timestamp_ms must be set",
                 )));

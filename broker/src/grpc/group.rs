@@ -25,10 +25,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::status::{status, to_status};
-use brook_engine::broker::{Broker, BrokerError};
+use brook_engine::broker::Broker;
 use brook_engine::group::{
     JoinSpec, MemberEvent, MemberSession, RemovalReason, ResetTo, TopicPartition,
 };
+use brook_engine::{GroupError, Invalid, NotFound};
 
 #[derive(Debug)]
 pub struct GroupHandler {
@@ -120,35 +121,38 @@ fn join_spec(join: JoinGroup) -> JoinSpec {
 async fn first_join(
     broker: &Broker,
     inbound: &mut Streaming<GroupRequest>,
-) -> Result<Option<JoinGroup>, BrokerError> {
+) -> Result<Option<JoinGroup>, GroupError> {
     let wait = broker.config().groups.session_timeout;
     let first = tokio::select! {
         first = tokio::time::timeout(wait, inbound.message()) => first,
-        () = broker.stopping() => return Err(BrokerError::ShuttingDown),
+        () = broker.stopping() => return Err(GroupError::ShuttingDown),
     };
     match first {
-        Err(_) => Err(BrokerError::JoinTimeout {
+        Err(_elapsed) => Err(GroupError::JoinTimeout {
             waited_ms: wait.as_millis() as u64,
         }),
         Ok(Ok(None)) => Ok(None),
-        Ok(Err(status)) => Err(BrokerError::invalid(
+        Ok(Err(status)) => Err(Invalid::new(
             "session",
             format!("cannot read the first request: {}", status.message()),
-        )),
+        )
+        .into()),
         Ok(Ok(Some(GroupRequest {
             kind: Some(Kind::Join(join)),
         }))) => Ok(Some(join)),
-        Ok(Ok(Some(GroupRequest { kind: Some(other) }))) => Err(BrokerError::invalid(
+        Ok(Ok(Some(GroupRequest { kind: Some(other) }))) => Err(Invalid::new(
             "session",
             format!(
                 "the first message of a group session must be `join`, got `{}`",
                 kind_name(&other)
             ),
-        )),
-        Ok(Ok(Some(GroupRequest { kind: None }))) => Err(BrokerError::invalid(
+        )
+        .into()),
+        Ok(Ok(Some(GroupRequest { kind: None }))) => Err(Invalid::new(
             "session",
             "the first message of a group session must be `join`, got an empty request",
-        )),
+        )
+        .into()),
     }
 }
 
@@ -333,7 +337,7 @@ impl GroupService for GroupHandler {
         let info = self
             .broker
             .describe_group(&name)
-            .ok_or(BrokerError::GroupNotFound(name))
+            .ok_or(NotFound::Group(name))
             .map_err(status)?;
         Ok(Response::new(DescribeGroupResponse {
             group: info.name,
@@ -389,7 +393,7 @@ impl GroupService for GroupHandler {
             Some(To::TimestampMs(ts)) => ResetTo::Timestamp(ts),
             Some(To::Offset(offset)) => ResetTo::Offset(offset),
             None => {
-                return Err(status(BrokerError::invalid(
+                return Err(status(Invalid::new(
                     "to",
                     "one of earliest, latest, timestamp_ms or offset must be set",
                 )));

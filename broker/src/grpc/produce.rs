@@ -12,7 +12,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::status::{status, to_proto_error};
-use brook_engine::broker::{BatchAppended, Broker, BrokerError, PendingProduce, ProduceBatch};
+use brook_engine::ProduceError;
+use brook_engine::broker::{BatchAppended, Broker, PendingProduce, ProduceBatch};
 
 #[derive(Debug)]
 pub struct ProduceHandler {
@@ -39,7 +40,7 @@ fn batches(request: ProduceRequest) -> Vec<ProduceBatch> {
 
 fn results(
     topics: &[(String, u32)],
-    outcomes: Vec<Result<BatchAppended, BrokerError>>,
+    outcomes: Vec<Result<BatchAppended, ProduceError>>,
 ) -> Vec<BatchResult> {
     topics
         .iter()
@@ -74,7 +75,11 @@ fn targets(request: &ProduceRequest) -> Vec<(String, u32)> {
 }
 
 /// A queued request of a stream, waiting for its acknowledgement.
-type InFlight = (u64, Vec<(String, u32)>, Result<PendingProduce, BrokerError>);
+type InFlight = (
+    u64,
+    Vec<(String, u32)>,
+    Result<PendingProduce, ProduceError>,
+);
 
 #[tonic::async_trait]
 impl ProduceService for ProduceHandler {

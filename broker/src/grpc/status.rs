@@ -1,42 +1,116 @@
-//! The one mapping from broker errors to gRPC statuses.
+//! The one mapping from the engine's errors to gRPC statuses
+//! (`docs/errors.md` is its table for clients). Each error family maps its
+//! own variants; the parts the families share map the same way everywhere.
 
+use brook_engine::{
+    AdminError, FetchError, GroupError, Invalid, NotFound, OpenError, PartitionError, ProduceError,
+};
+use brook_storage::LogError;
 use tonic::{Code, Status};
 
-use brook_engine::broker::BrokerError;
-use brook_storage::LogError;
+/// An engine error as a gRPC status.
+pub trait ToStatus: std::error::Error {
+    fn code(&self) -> Code;
+}
 
-pub fn code(error: &BrokerError) -> Code {
-    match error {
-        BrokerError::TopicNotFound(_)
-        | BrokerError::PartitionNotFound { .. }
-        | BrokerError::GroupNotFound(_) => Code::NotFound,
-        BrokerError::TopicExists(_) => Code::AlreadyExists,
-        BrokerError::InvalidArgument { .. } | BrokerError::InvalidBatch { .. } => {
-            Code::InvalidArgument
+impl ToStatus for NotFound {
+    fn code(&self) -> Code {
+        Code::NotFound
+    }
+}
+
+impl ToStatus for Invalid {
+    fn code(&self) -> Code {
+        Code::InvalidArgument
+    }
+}
+
+impl ToStatus for PartitionError {
+    fn code(&self) -> Code {
+        match self {
+            // Until the broker restarts; another replica or a restart helps.
+            Self::Poisoned { .. } | Self::Closed { .. } => Code::Unavailable,
+            Self::Deleted { .. } => Code::NotFound,
+            Self::OutOfRange(_) => Code::OutOfRange,
+            Self::Storage { source, .. } => match **source {
+                LogError::Corrupt { .. } => Code::DataLoss,
+                _ => Code::Internal,
+            },
+            _ => Code::Internal,
         }
-        BrokerError::OffsetOutOfRange { .. } => Code::OutOfRange,
-        BrokerError::ProducerFenced { .. }
-        | BrokerError::Sequence { .. }
-        | BrokerError::CommitFenced { .. }
-        | BrokerError::GroupNotEmpty { .. } => Code::FailedPrecondition,
-        BrokerError::GroupFull { .. } => Code::ResourceExhausted,
-        BrokerError::MemberRemoved { .. } => Code::Aborted,
-        BrokerError::JoinTimeout { .. } => Code::DeadlineExceeded,
-        BrokerError::Log { source, .. } => match source {
-            LogError::Poisoned { .. } => Code::Unavailable,
-            LogError::OffsetOutOfRange { .. } => Code::OutOfRange,
-            LogError::Io { .. } | LogError::Corrupt { .. } => Code::Internal,
-        },
-        BrokerError::ShuttingDown => Code::Unavailable,
-        BrokerError::Meta(_) | BrokerError::Io { .. } | BrokerError::Internal(_) => Code::Internal,
+    }
+}
+
+impl ToStatus for ProduceError {
+    fn code(&self) -> Code {
+        match self {
+            Self::NotFound(e) => e.code(),
+            Self::Invalid(e) => e.code(),
+            Self::InvalidBatch { .. } => Code::InvalidArgument,
+            Self::ProducerFenced { .. } | Self::Sequence { .. } => Code::FailedPrecondition,
+            Self::Partition(e) => e.code(),
+            Self::ShuttingDown => Code::Unavailable,
+            _ => Code::Internal,
+        }
+    }
+}
+
+impl ToStatus for FetchError {
+    fn code(&self) -> Code {
+        match self {
+            Self::NotFound(e) => e.code(),
+            Self::Invalid(e) => e.code(),
+            Self::Partition(e) => e.code(),
+            Self::ShuttingDown => Code::Unavailable,
+            _ => Code::Internal,
+        }
+    }
+}
+
+impl ToStatus for AdminError {
+    fn code(&self) -> Code {
+        match self {
+            Self::NotFound(e) => e.code(),
+            Self::Invalid(e) => e.code(),
+            Self::TopicExists(_) => Code::AlreadyExists,
+            Self::Partition(e) => e.code(),
+            Self::ShuttingDown => Code::Unavailable,
+            _ => Code::Internal,
+        }
+    }
+}
+
+impl ToStatus for GroupError {
+    fn code(&self) -> Code {
+        match self {
+            Self::NotFound(e) => e.code(),
+            Self::Invalid(e) => e.code(),
+            Self::Partition(e) => e.code(),
+            Self::NotEmpty { .. } | Self::CommitFenced { .. } => Code::FailedPrecondition,
+            Self::Full { .. } => Code::ResourceExhausted,
+            Self::MemberRemoved { .. } => Code::Aborted,
+            Self::JoinTimeout { .. } => Code::DeadlineExceeded,
+            Self::ShuttingDown | Self::Contended(_) => Code::Unavailable,
+            _ => Code::Internal,
+        }
+    }
+}
+
+impl ToStatus for OpenError {
+    fn code(&self) -> Code {
+        match self {
+            Self::Config(e) => e.code(),
+            Self::ShuttingDown => Code::Unavailable,
+            _ => Code::Internal,
+        }
     }
 }
 
 /// A status whose message is the error and its causes.
-pub fn to_status(error: &BrokerError) -> Status {
-    let code = code(error);
+pub fn to_status(error: &(impl ToStatus + ?Sized)) -> Status {
+    let code = error.code();
     let mut message = error.to_string();
-    let mut source = std::error::Error::source(error);
+    let mut source = error.source();
     while let Some(cause) = source {
         let text = cause.to_string();
         if !message.contains(&text) {
@@ -45,7 +119,7 @@ pub fn to_status(error: &BrokerError) -> Status {
         }
         source = cause.source();
     }
-    if code == Code::Internal {
+    if matches!(code, Code::Internal | Code::DataLoss) {
         tracing::error!(error = %message, "request failed");
     } else {
         tracing::debug!(error = %message, "request rejected");
@@ -55,15 +129,83 @@ pub fn to_status(error: &BrokerError) -> Status {
 
 /// For `map_err`: the status of an owned error.
 #[allow(clippy::needless_pass_by_value)]
-pub fn status(error: BrokerError) -> Status {
+pub fn status(error: impl ToStatus) -> Status {
     to_status(&error)
 }
 
 /// The `Error` message of a streamed response or a per-batch result.
-pub fn to_proto_error(error: &BrokerError) -> brook_proto::Error {
+pub fn to_proto_error(error: &impl ToStatus) -> brook_proto::Error {
     let status = to_status(error);
     brook_proto::Error {
         code: status.code() as i32,
         message: status.message().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn partition_error(source: LogError) -> PartitionError {
+        PartitionError::from_log("t", 0, source)
+    }
+
+    #[test]
+    fn poisoned_deleted_and_closed_are_told_apart() {
+        let poisoned = partition_error(LogError::Poisoned {
+            reason: "fsync failed".to_owned(),
+        });
+        assert_eq!(poisoned.code(), Code::Unavailable);
+        assert_eq!(partition_error(LogError::Deleted).code(), Code::NotFound);
+        let closed = PartitionError::Closed {
+            topic: "t".to_owned(),
+            partition: 0,
+        };
+        assert_eq!(closed.code(), Code::Unavailable);
+        assert_ne!(poisoned.to_string(), closed.to_string());
+    }
+
+    #[test]
+    fn storage_failures_are_internal_and_corruption_is_data_loss() {
+        let io = partition_error(LogError::io(
+            "fsync",
+            std::path::Path::new("/d/0.log"),
+            std::io::Error::other("disk gone"),
+        ));
+        assert_eq!(io.code(), Code::Internal);
+        let status = to_status(&ProduceError::from(io));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(
+            status.message().contains("disk gone"),
+            "{}",
+            status.message()
+        );
+        assert!(
+            !status.message().contains("poisoned"),
+            "{}",
+            status.message()
+        );
+        let corrupt = PartitionError::Storage {
+            topic: "t".to_owned(),
+            partition: 0,
+            source: Arc::new(LogError::corrupt(
+                std::path::Path::new("/d/0.log"),
+                12,
+                "bad crc".to_owned(),
+            )),
+        };
+        assert_eq!(FetchError::from(corrupt).code(), Code::DataLoss);
+    }
+
+    #[test]
+    fn a_poisoned_partition_is_named_once() {
+        let error = ProduceError::from(partition_error(LogError::Poisoned {
+            reason: "fsync of /d/0.log failed".to_owned(),
+        }));
+        let message = to_status(&error).message().to_owned();
+        assert_eq!(message.matches("poisoned").count(), 1, "{message}");
+        assert!(message.contains("fsync of /d/0.log failed"), "{message}");
     }
 }

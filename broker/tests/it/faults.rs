@@ -58,10 +58,30 @@ async fn produce_result(
         .ok_or_else(|| anyhow::anyhow!("no result"))
 }
 
+/// The batch whose write or fsync failed: the broker's own failure,
+/// naming the I/O error, not yet "poisoned".
+fn assert_failed_write(result: &BatchResult) {
+    let error = result.error.as_ref().expect("the batch was refused");
+    assert_eq!(error.code, Code::Internal as i32, "{error:?}");
+    assert!(!error.message.contains("poisoned"), "{}", error.message);
+    assert!(
+        error.message.contains("injected failure"),
+        "{}",
+        error.message
+    );
+    assert_eq!(result.base_offset, -1);
+}
+
+/// A batch sent to the partition after that: refused, with the reason.
 fn assert_unavailable(result: &BatchResult) {
     let error = result.error.as_ref().expect("the batch was refused");
     assert_eq!(error.code, Code::Unavailable as i32, "{error:?}");
-    assert!(error.message.contains("poisoned"), "{}", error.message);
+    assert_eq!(
+        error.message.matches("poisoned").count(),
+        1,
+        "{}",
+        error.message
+    );
     assert!(
         error.message.contains("injected failure"),
         "{}",
@@ -80,7 +100,7 @@ async fn failed_write_or_fsync_poisons_only_its_partition() {
 
         storage.set_budget(budget);
         let failed = produce_result(&mut clients, "a", 0).await.unwrap();
-        assert_unavailable(&failed);
+        assert_failed_write(&failed);
         storage.set_budget(PLENTY);
 
         // The partition stays poisoned although the disk "recovered".
@@ -124,7 +144,7 @@ async fn failure_on_a_later_operation_never_acknowledges_unsynced_data() {
         storage.set_budget(PLENTY);
         let end = clients.end_offset("a", 0).await.unwrap();
         if result.error.is_some() {
-            assert_unavailable(&result);
+            assert_failed_write(&result);
             assert_eq!(end, 4, "budget {budget}: a refused batch became visible");
         } else {
             assert_eq!((result.base_offset, end), (4, 6), "budget {budget}");

@@ -51,6 +51,9 @@ impl Storage for GatedStorage {
         }
         OsStorage.list_files(path)
     }
+    fn list_dirs(&self, path: &Path) -> io::Result<Vec<String>> {
+        OsStorage.list_dirs(path)
+    }
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         OsStorage.sync_dir(path)
     }

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use super::topic::{self, Topic, validate_topic_name};
-use super::{Broker, BrokerError, open_partition_log, partition_dir};
+use super::{Broker, open_partition_log, partition_dir};
 use crate::config::TopicSettings;
+use crate::error::{AdminError, Invalid, NotFound, PartitionError, blocking};
 use crate::meta::{TopicOverrides, TopicRecord};
 use crate::partition::Partition;
 
@@ -44,14 +45,14 @@ impl Broker {
         name: &str,
         partitions: u32,
         overrides: TopicOverrides,
-    ) -> Result<TopicInfo, BrokerError> {
+    ) -> Result<TopicInfo, AdminError> {
         validate_topic_name(name)?;
         self.check_partition_count(partitions)?;
         let settings =
             topic::resolve_settings(&self.config.topic_defaults, &overrides, &self.config.limits)?;
         let _admin = self.admin.lock().await;
         if self.topics.read().contains_key(name) {
-            return Err(BrokerError::TopicExists(name.to_owned()));
+            return Err(AdminError::TopicExists(name.to_owned()));
         }
         let record = TopicRecord {
             name: name.to_owned(),
@@ -64,35 +65,34 @@ impl Broker {
             .await?;
         let meta = self.meta.clone();
         let stored = record.clone();
-        tokio::task::spawn_blocking(move || meta.put_topic(&stored)).await??;
+        blocking(move || meta.put_topic(&stored)).await??;
         let topic = Arc::new(Topic::new(record, logs));
         self.topics.write().insert(name.to_owned(), topic.clone());
         tracing::info!(topic = name, partitions, "topic created");
         Ok(self.describe(name, &topic))
     }
 
-    pub async fn delete_topic(&self, name: &str) -> Result<(), BrokerError> {
+    pub async fn delete_topic(&self, name: &str) -> Result<(), AdminError> {
         let _admin = self.admin.lock().await;
         let topic = self.topic(name)?;
         let meta = self.meta.clone();
         let owned = name.to_owned();
         // The store first: if the process dies before the files are gone,
         // the next start removes them as orphans.
-        tokio::task::spawn_blocking(move || meta.delete_topic(&owned)).await??;
+        blocking(move || meta.delete_topic(&owned)).await??;
         self.topics.write().remove(name);
         let partitions = topic.partitions();
         let dir = super::topics_dir(&self.config.data_dir).join(name);
         let storage = self.config.storage.clone();
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             for partition in &partitions {
-                partition
-                    .log()
-                    .delete()
-                    .map_err(|e| BrokerError::from_log(partition.topic(), partition.index(), e))?;
+                partition.log().delete().map_err(|e| {
+                    PartitionError::from_log(partition.topic(), partition.index(), e)
+                })?;
             }
             storage
                 .remove_dir_all(&dir)
-                .map_err(|source| BrokerError::Io {
+                .map_err(|source| AdminError::Io {
                     what: format!("remove {}", dir.display()),
                     source,
                 })
@@ -113,7 +113,7 @@ impl Broker {
         topics
     }
 
-    pub fn describe_topic(&self, name: &str) -> Result<TopicInfo, BrokerError> {
+    pub fn describe_topic(&self, name: &str) -> Result<TopicInfo, NotFound> {
         let topic = self.topic(name)?;
         Ok(self.describe(name, &topic))
     }
@@ -139,18 +139,19 @@ impl Broker {
     }
 
     /// Grows a topic to `total` partitions.
-    pub async fn add_partitions(&self, name: &str, total: u32) -> Result<TopicInfo, BrokerError> {
+    pub async fn add_partitions(&self, name: &str, total: u32) -> Result<TopicInfo, AdminError> {
         self.check_partition_count(total)?;
         let _admin = self.admin.lock().await;
         let topic = self.topic(name)?;
         let current = topic.partition_count();
         if total <= current {
-            return Err(BrokerError::invalid(
+            return Err(Invalid::new(
                 "partitions",
                 format!(
                     "topic `{name}` has {current} partitions; the new count must be larger, got {total}"
                 ),
-            ));
+            )
+            .into());
         }
         let mut record = topic.record();
         let settings = topic::resolve_settings(
@@ -164,7 +165,7 @@ impl Broker {
         record.partitions = total;
         let meta = self.meta.clone();
         let stored = record.clone();
-        tokio::task::spawn_blocking(move || meta.put_topic(&stored)).await??;
+        blocking(move || meta.put_topic(&stored)).await??;
         topic.add_partitions(added);
         topic.set_record(record);
         tracing::info!(topic = name, partitions = total, "partitions added");
@@ -176,7 +177,7 @@ impl Broker {
         &self,
         name: &str,
         overrides: TopicOverrides,
-    ) -> Result<TopicInfo, BrokerError> {
+    ) -> Result<TopicInfo, AdminError> {
         let _admin = self.admin.lock().await;
         let topic = self.topic(name)?;
         let mut record = topic.record();
@@ -188,7 +189,7 @@ impl Broker {
         )?;
         let meta = self.meta.clone();
         let stored = record.clone();
-        tokio::task::spawn_blocking(move || meta.put_topic(&stored)).await??;
+        blocking(move || meta.put_topic(&stored)).await??;
         let log_config = topic::log_config(&settings, self.config.index_interval_bytes);
         for partition in topic.partitions() {
             partition.log().set_config(log_config);
@@ -198,10 +199,10 @@ impl Broker {
         Ok(self.describe(name, &topic))
     }
 
-    fn check_partition_count(&self, partitions: u32) -> Result<(), BrokerError> {
+    fn check_partition_count(&self, partitions: u32) -> Result<(), Invalid> {
         let max = self.config.limits.partitions_per_topic_max;
         if partitions == 0 || partitions > max {
-            return Err(BrokerError::invalid(
+            return Err(Invalid::new(
                 "partitions",
                 format!("must be between 1 and {max}, got {partitions}"),
             ));
@@ -214,12 +215,12 @@ impl Broker {
         record: &TopicRecord,
         settings: &TopicSettings,
         range: std::ops::Range<u32>,
-    ) -> Result<Vec<Arc<Partition>>, BrokerError> {
+    ) -> Result<Vec<Arc<Partition>>, AdminError> {
         let config = self.config.clone();
         let name = record.name.clone();
         let log_config = topic::log_config(settings, config.index_interval_bytes);
         let opening = range.clone();
-        let logs = tokio::task::spawn_blocking(move || {
+        let logs = blocking(move || {
             opening
                 .map(|p| {
                     // A leftover directory of an earlier topic of this name must not leak in.
@@ -227,11 +228,11 @@ impl Broker {
                     config
                         .storage
                         .remove_dir_all(&dir)
-                        .map_err(|source| BrokerError::Io {
+                        .map_err(|source| AdminError::Io {
                             what: format!("remove {}", dir.display()),
                             source,
                         })?;
-                    open_partition_log(&config, &name, p, log_config)
+                    open_partition_log(&config, &name, p, log_config).map_err(AdminError::from)
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .and_then(|logs| {
@@ -242,7 +243,7 @@ impl Broker {
                         config
                             .storage
                             .sync_dir(&dir)
-                            .map_err(|source| BrokerError::Io {
+                            .map_err(|source| AdminError::Io {
                                 what: format!("fsync {}", dir.display()),
                                 source,
                             })?;

@@ -10,7 +10,8 @@ use bytes::Bytes;
 use futures::future::select_all;
 use tokio::sync::watch;
 
-use super::{Broker, BrokerError};
+use super::Broker;
+use crate::error::{FetchError, Invalid, PartitionError, blocking};
 use crate::metrics::Metrics;
 use brook_storage::PartitionLog;
 
@@ -52,18 +53,19 @@ impl Broker {
         specs: Vec<FetchSpec>,
         max_wait: Duration,
         max_bytes: u32,
-    ) -> Result<Vec<Fetched>, BrokerError> {
+    ) -> Result<Vec<Fetched>, FetchError> {
         self.metrics.fetch_requests.inc();
         let limits = &self.config.limits;
         if specs.is_empty() || specs.len() > limits.fetch_partitions_max {
-            return Err(BrokerError::invalid(
+            return Err(Invalid::new(
                 "partitions",
                 format!(
                     "a fetch names 1 to {} partitions, got {}",
                     limits.fetch_partitions_max,
                     specs.len()
                 ),
-            ));
+            )
+            .into());
         }
         let max_wait = max_wait.min(Duration::from_millis(u64::from(limits.fetch_wait_ms_max)));
         let max_bytes = if max_bytes == 0 {
@@ -97,7 +99,7 @@ impl Broker {
             let fetched = if woken_at_tail {
                 read_all(&reading, max_bytes)?
             } else {
-                tokio::task::spawn_blocking(move || read_all(&reading, max_bytes)).await??
+                blocking(move || read_all(&reading, max_bytes)).await??
             };
             let has_data = fetched.iter().any(|f| !f.records.is_empty());
             if has_data || tokio::time::Instant::now() >= deadline {
@@ -130,7 +132,7 @@ impl Broker {
         partition: u32,
         offset: i64,
         max_bytes: u32,
-    ) -> Result<Subscription, BrokerError> {
+    ) -> Result<Subscription, FetchError> {
         check_offset(offset)?;
         let partition = self.partition(topic, partition)?;
         let limit = self.config.limits.fetch_bytes_max;
@@ -159,25 +161,26 @@ impl Broker {
         topic: &str,
         partition: u32,
         spec: OffsetSpec,
-    ) -> Result<(i64, i64), BrokerError> {
+    ) -> Result<(i64, i64), FetchError> {
         let partition = self.partition(topic, partition)?;
         let log = partition.log().clone();
         match spec {
             OffsetSpec::Earliest => Ok((log.start_offset(), -1)),
             OffsetSpec::Latest => Ok((log.high_watermark(), -1)),
             OffsetSpec::Timestamp(ts) => {
-                let found = tokio::task::spawn_blocking(move || log.find_timestamp(ts)).await?;
-                let found = found
-                    .map_err(|e| BrokerError::from_log(partition.topic(), partition.index(), e))?;
+                let found = blocking(move || log.find_timestamp(ts)).await?;
+                let found = found.map_err(|e| {
+                    PartitionError::from_log(partition.topic(), partition.index(), e)
+                })?;
                 Ok(found.unwrap_or((-1, -1)))
             }
         }
     }
 }
 
-fn check_offset(offset: i64) -> Result<(), BrokerError> {
+fn check_offset(offset: i64) -> Result<(), Invalid> {
     if offset < 0 {
-        return Err(BrokerError::invalid(
+        return Err(Invalid::new(
             "offset",
             format!("must be >= 0, got {offset}"),
         ));
@@ -189,7 +192,7 @@ fn check_offset(offset: i64) -> Result<(), BrokerError> {
 fn read_all(
     targets: &[(FetchSpec, Arc<PartitionLog>)],
     max_bytes: u32,
-) -> Result<Vec<Fetched>, BrokerError> {
+) -> Result<Vec<Fetched>, FetchError> {
     let mut budget = max_bytes as usize;
     let mut fetched = Vec::with_capacity(targets.len());
     for (spec, log) in targets {
@@ -207,7 +210,7 @@ fn read_all(
         } else {
             log.read(spec.offset, want)
         };
-        let read = read.map_err(|e| BrokerError::from_log(&spec.topic, spec.partition, e))?;
+        let read = read.map_err(|e| PartitionError::from_log(&spec.topic, spec.partition, e))?;
         budget = budget.saturating_sub(read.records.len());
         fetched.push(Fetched {
             topic: spec.topic.clone(),
@@ -248,7 +251,7 @@ pub struct Subscription {
 impl Subscription {
     /// The next batches; `None` once the partition is gone or the broker
     /// stops.
-    pub async fn next(&mut self) -> Option<Result<SubscriptionChunk, BrokerError>> {
+    pub async fn next(&mut self) -> Option<Result<SubscriptionChunk, FetchError>> {
         loop {
             // Checked on every turn, not only while idle: a subscriber with
             // a backlog must not hold up a shutdown.
@@ -261,14 +264,21 @@ impl Subscription {
             let read = if std::mem::take(&mut self.woken_at_tail) {
                 log.read(offset, max_bytes)
             } else {
-                match tokio::task::spawn_blocking(move || log.read(offset, max_bytes)).await {
+                match blocking(move || log.read(offset, max_bytes)).await {
                     Ok(read) => read,
-                    Err(e) => return Some(Err(e.into())),
+                    Err(stopped) => return Some(Err(stopped.into())),
                 }
             };
             let read = match read {
                 Ok(read) => read,
-                Err(e) => return Some(Err(BrokerError::from_log(&self.topic, self.partition, e))),
+                Err(e) => {
+                    return Some(Err(PartitionError::from_log(
+                        &self.topic,
+                        self.partition,
+                        e,
+                    )
+                    .into()));
+                }
             };
             if let (Some(last), records) = batch_stats(&read.records) {
                 self.metrics
@@ -290,10 +300,6 @@ impl Subscription {
                 }
             }
         }
-    }
-
-    pub fn partition(&self) -> u32 {
-        self.partition
     }
 }
 

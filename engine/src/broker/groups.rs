@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
-use super::{Broker, BrokerError, OffsetSpec};
+use super::{Broker, OffsetSpec};
+use crate::error::{GroupError, Invalid, NotFound, OutOfRange};
 use crate::group::registry::{Group, Groups, Timer};
 use crate::group::{
     CLIENT_ID_LEN_MAX, GroupInfo, GroupMetrics, GroupState, GroupSummary, JoinSpec, MemberInfo,
@@ -17,35 +18,37 @@ use crate::group::{
 impl Broker {
     /// Adds a member to a group (created on first join). The session's
     /// events start with `Joined` and its first assignment.
-    pub fn join_group(self: &Arc<Self>, spec: JoinSpec) -> Result<MemberSession, BrokerError> {
+    pub fn join_group(self: &Arc<Self>, spec: JoinSpec) -> Result<MemberSession, GroupError> {
         if self.is_stopping() {
-            return Err(BrokerError::ShuttingDown);
+            return Err(GroupError::ShuttingDown);
         }
         let settings = &self.groups().settings;
         validate_group_name(&spec.group)?;
         let topics_max = settings.topics_per_member_max;
         if spec.topics.is_empty() || spec.topics.len() > topics_max {
-            return Err(BrokerError::invalid(
+            return Err(Invalid::new(
                 "topics",
                 format!(
                     "a member subscribes to 1 to {topics_max} topics, got {}",
                     spec.topics.len()
                 ),
-            ));
+            )
+            .into());
         }
         let partitions = self.topic_partitions();
         let mut topics = BTreeSet::new();
         for topic in spec.topics {
             if !partitions.contains_key(&topic) {
-                return Err(BrokerError::TopicNotFound(topic));
+                return Err(NotFound::Topic(topic).into());
             }
             topics.insert(topic);
         }
         if spec.client_id.chars().count() > CLIENT_ID_LEN_MAX {
-            return Err(BrokerError::invalid(
+            return Err(Invalid::new(
                 "client_id",
                 format!("is longer than {CLIENT_ID_LEN_MAX} characters"),
-            ));
+            )
+            .into());
         }
         let session_timeout = match spec.session_timeout {
             None => settings.session_timeout,
@@ -55,7 +58,7 @@ impl Broker {
                 t
             }
             Some(t) => {
-                return Err(BrokerError::invalid(
+                return Err(Invalid::new(
                     "session_timeout_ms",
                     format!(
                         "must be 0 (the broker's default, {} ms) or between {} and {} ms, got {}",
@@ -64,7 +67,8 @@ impl Broker {
                         settings.session_timeout_max.as_millis(),
                         t.as_millis()
                     ),
-                ));
+                )
+                .into());
             }
         };
         let (session, created) = self.groups().join(
@@ -88,14 +92,15 @@ impl Broker {
         member_id: &str,
         generation: u64,
         offsets: Vec<(TopicPartition, i64)>,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<(), GroupError> {
         validate_group_name(group)?;
         for (tp, offset) in &offsets {
             if *offset < 0 {
-                return Err(BrokerError::invalid(
+                return Err(Invalid::new(
                     "offsets",
                     format!("the offset for {tp} must be >= 0, got {offset}"),
-                ));
+                )
+                .into());
             }
             let (end, _) = self
                 .list_offsets(&tp.topic, tp.partition, OffsetSpec::Latest)
@@ -104,13 +109,14 @@ impl Broker {
                 let (start, _) = self
                     .list_offsets(&tp.topic, tp.partition, OffsetSpec::Earliest)
                     .await?;
-                return Err(BrokerError::OffsetOutOfRange {
+                return Err(OutOfRange {
                     topic: tp.topic.clone(),
                     partition: tp.partition,
                     offset: *offset,
                     start_offset: start,
                     end_offset: end,
-                });
+                }
+                .into());
             }
         }
         let groups = self.groups();
@@ -130,7 +136,7 @@ impl Broker {
         &self,
         group: &str,
         partitions: &[TopicPartition],
-    ) -> Result<Vec<(TopicPartition, i64)>, BrokerError> {
+    ) -> Result<Vec<(TopicPartition, i64)>, GroupError> {
         validate_group_name(group)?;
         let committed = self.groups().offsets.get(group);
         Ok(if partitions.is_empty() {
@@ -238,13 +244,13 @@ impl Broker {
     }
 
     /// Deletes a group without members, with its committed offsets.
-    pub async fn delete_group(&self, name: &str) -> Result<(), BrokerError> {
+    pub async fn delete_group(&self, name: &str) -> Result<(), GroupError> {
         validate_group_name(name)?;
         let groups = self.groups();
         let _writes = groups.offsets.writes.lock().await;
         self.check_group_empty(name, "deleting it")?;
         if !groups.offsets.has_group(name) {
-            return Err(BrokerError::GroupNotFound(name.to_owned()));
+            return Err(NotFound::Group(name.to_owned()).into());
         }
         groups.offsets.delete(name).await?;
         tracing::info!(group = name, "group deleted");
@@ -259,7 +265,7 @@ impl Broker {
         topic: &str,
         partitions: &[u32],
         to: ResetTo,
-    ) -> Result<Vec<(TopicPartition, i64)>, BrokerError> {
+    ) -> Result<Vec<(TopicPartition, i64)>, GroupError> {
         validate_group_name(group)?;
         let count = self.describe_topic(topic)?.partitions.len() as u32;
         let partitions: Vec<u32> = if partitions.is_empty() {
@@ -294,13 +300,14 @@ impl Broker {
                 }
                 ResetTo::Offset(offset) if (start..=end).contains(&offset) => offset,
                 ResetTo::Offset(offset) => {
-                    return Err(BrokerError::OffsetOutOfRange {
+                    return Err(OutOfRange {
                         topic: topic.to_owned(),
                         partition,
                         offset,
                         start_offset: start,
                         end_offset: end,
-                    });
+                    }
+                    .into());
                 }
             };
             offsets.push((TopicPartition::new(topic, partition), offset));
@@ -341,10 +348,10 @@ impl Broker {
         self.list_topics().into_iter().collect()
     }
 
-    fn check_group_empty(&self, group: &str, action: &'static str) -> Result<(), BrokerError> {
+    fn check_group_empty(&self, group: &str, action: &'static str) -> Result<(), GroupError> {
         match self.groups().member_count(group) {
             0 => Ok(()),
-            members => Err(BrokerError::GroupNotEmpty {
+            members => Err(GroupError::NotEmpty {
                 group: group.to_owned(),
                 members,
                 action,

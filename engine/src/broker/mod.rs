@@ -6,15 +6,14 @@
 //! nor the store behind `MetaStore`.
 
 mod admin;
-mod error;
 mod fetch;
 mod groups;
+mod open;
 mod produce;
 mod producers;
 mod topic;
 
 pub use admin::{PartitionInfo, TopicInfo};
-pub use error::BrokerError;
 pub use fetch::{FetchSpec, Fetched, OffsetSpec, Subscription, SubscriptionChunk};
 pub use produce::{BatchAppended, PendingProduce, ProduceBatch};
 pub use topic::{
@@ -28,13 +27,15 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{BrokerConfig, FsyncPolicy, MetaBackend};
+use crate::config::{BrokerConfig, FsyncPolicy};
+use crate::error::{NotFound, OpenError, blocking};
 use crate::group::Groups;
-use crate::meta::{MemoryMetaStore, MetaStore, SledMetaStore, TopicRecord};
+use crate::meta::MetaStore;
 use crate::metrics::Metrics;
 use crate::partition::Partition;
-use brook_storage::scan::TailDamage;
-use brook_storage::{PartitionLog, SyncGroup};
+use brook_storage::SyncGroup;
+use open::Opened;
+pub(crate) use open::open_partition_log;
 use topic::Topic;
 
 #[derive(Debug)]
@@ -63,42 +64,22 @@ impl Broker {
     /// Opens the data directory: loads the topics, recovers every partition,
     /// removes directories of topics that no longer exist, and starts the
     /// background tasks.
-    pub async fn open(config: BrokerConfig) -> Result<Arc<Self>, BrokerError> {
+    pub async fn open(config: BrokerConfig) -> Result<Arc<Self>, OpenError> {
         let started = std::time::Instant::now();
-        let meta: Arc<dyn MetaStore> = match config.meta {
-            MetaBackend::Memory => Arc::new(MemoryMetaStore::default()),
-            MetaBackend::Sled => {
-                let dir = config.data_dir.join("meta");
-                config
-                    .storage
-                    .create_dir_all(&config.data_dir)
-                    .map_err(|source| BrokerError::Io {
-                        what: format!("create {}", config.data_dir.display()),
-                        source,
-                    })?;
-                Arc::new(tokio::task::spawn_blocking(move || SledMetaStore::open(&dir)).await??)
-            }
-        };
-        let records = meta.topics()?;
-        let producer_epochs = producers::ProducerEpochs::new(meta.producer_epochs()?);
         config.groups.check()?;
-        let offsets = crate::group::OffsetStore::load(meta.clone())?;
         let config_produce_bytes = config.limits.produce_bytes_in_flight_max;
         let metrics = Arc::new(Metrics::new());
-        let opening_config = config.clone();
-        let opened =
-            tokio::task::spawn_blocking(move || open_logs(&opening_config, &records)).await??;
-        let sync_group = Arc::new(
-            config
-                .storage
-                .sync_group(&config.data_dir)
-                .unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "no shared fsync for the data directory; each partition syncs its own files");
-                    SyncGroup::per_file()
-                }),
-        );
+        let opening = config.clone();
+        let Opened {
+            meta,
+            logs,
+            producer_epochs,
+            offsets,
+            sync_group,
+        } = blocking(move || open::open_data_dir(&opening)).await??;
+        let producer_epochs = producers::ProducerEpochs::new(producer_epochs);
         let mut topics = HashMap::new();
-        for (record, logs) in opened {
+        for (record, logs) in logs {
             let partitions = logs
                 .into_iter()
                 .enumerate()
@@ -118,7 +99,6 @@ impl Broker {
                 Arc::new(Topic::new(record, partitions)),
             );
         }
-        remove_orphans(&config, &topics);
         let background = CancellationToken::new();
         let groups = Arc::new(Groups::new(
             config.groups,
@@ -177,15 +157,15 @@ impl Broker {
             .collect()
     }
 
-    fn topic(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
+    fn topic(&self, name: &str) -> Result<Arc<Topic>, NotFound> {
         self.topics
             .read()
             .get(name)
             .cloned()
-            .ok_or_else(|| BrokerError::TopicNotFound(name.to_owned()))
+            .ok_or_else(|| NotFound::Topic(name.to_owned()))
     }
 
-    fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, BrokerError> {
+    fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, NotFound> {
         self.topic(topic)?.partition(topic, partition)
     }
 
@@ -344,75 +324,5 @@ fn sync_group_for(
     } else {
         tracing::info!(dir = %dir.display(), "partition on another file system; it syncs its own files");
         Arc::new(SyncGroup::per_file())
-    }
-}
-
-/// Opens the logs of every stored topic (recovery runs here).
-fn open_logs(
-    config: &BrokerConfig,
-    records: &[TopicRecord],
-) -> Result<Vec<(TopicRecord, Vec<PartitionLog>)>, BrokerError> {
-    let mut opened = Vec::with_capacity(records.len());
-    for record in records {
-        let settings =
-            topic::resolve_settings(&config.topic_defaults, &record.overrides, &config.limits)?;
-        let log_config = topic::log_config(&settings, config.index_interval_bytes);
-        let mut logs = Vec::with_capacity(record.partitions as usize);
-        for p in 0..record.partitions {
-            logs.push(open_partition_log(config, &record.name, p, log_config)?);
-        }
-        opened.push((record.clone(), logs));
-    }
-    Ok(opened)
-}
-
-fn open_partition_log(
-    config: &BrokerConfig,
-    topic: &str,
-    partition: u32,
-    log_config: brook_storage::LogConfig,
-) -> Result<PartitionLog, BrokerError> {
-    let dir = partition_dir(&config.data_dir, topic, partition);
-    let (log, report) = PartitionLog::open(config.storage.clone(), &dir, log_config)
-        .map_err(|e| BrokerError::from_log(topic, partition, e))?;
-    match &report.damage {
-        // An unfinished write: expected after a crash, nothing acknowledged is lost.
-        Some(damage @ TailDamage::Torn { .. }) => tracing::warn!(
-            topic,
-            partition,
-            %damage,
-            truncated_bytes = report.truncated_bytes,
-            "cut a torn tail during recovery"
-        ),
-        // A complete batch that fails its checks: the disk changed data, and
-        // everything from there on (possibly acknowledged records) is cut.
-        Some(damage @ TailDamage::Corrupt { .. }) => tracing::error!(
-            topic,
-            partition,
-            %damage,
-            truncated_bytes = report.truncated_bytes,
-            "cut a corrupt batch and everything after it during recovery"
-        ),
-        None => {}
-    }
-    Ok(log)
-}
-
-/// Removes topic directories the metadata no longer names (a deletion that
-/// was interrupted before its files were gone).
-fn remove_orphans(config: &BrokerConfig, topics: &HashMap<String, Arc<Topic>>) {
-    let dir = topics_dir(&config.data_dir);
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if !topics.contains_key(name) {
-            tracing::warn!(topic = name, "removing files of a deleted topic");
-            if let Err(e) = config.storage.remove_dir_all(&entry.path()) {
-                tracing::warn!(topic = name, error = %e, "could not remove a deleted topic's files");
-            }
-        }
     }
 }

@@ -10,10 +10,11 @@ use brook_record::BatchHeader;
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
-use super::{Broker, BrokerError};
+use super::Broker;
+use crate::error::{Invalid, PartitionError, ProduceError};
 use crate::metrics::Metrics;
-use crate::partition::Partition;
-use brook_storage::{BatchOutcome, LogError};
+use crate::partition::{AppendFailure, Partition};
+use brook_storage::BatchOutcome;
 
 /// One encoded record batch for one partition.
 #[derive(Debug, Clone)]
@@ -40,7 +41,7 @@ struct QueuedGroup {
     partition: Arc<Partition>,
     /// Records and bytes of each batch, counted once appended.
     sizes: Vec<(u64, u64)>,
-    reply: oneshot::Receiver<Result<Vec<BatchOutcome>, LogError>>,
+    reply: oneshot::Receiver<Result<Vec<BatchOutcome>, AppendFailure>>,
     positions: Vec<usize>,
 }
 
@@ -59,7 +60,7 @@ impl Broker {
     pub async fn produce(
         &self,
         batches: Vec<ProduceBatch>,
-    ) -> Result<Vec<Result<BatchAppended, BrokerError>>, BrokerError> {
+    ) -> Result<Vec<Result<BatchAppended, ProduceError>>, ProduceError> {
         Ok(self.enqueue_produce(batches).await?.wait().await)
     }
 
@@ -69,20 +70,21 @@ impl Broker {
     pub async fn enqueue_produce(
         &self,
         batches: Vec<ProduceBatch>,
-    ) -> Result<PendingProduce, BrokerError> {
+    ) -> Result<PendingProduce, ProduceError> {
         if self.is_stopping() {
-            return Err(BrokerError::ShuttingDown);
+            return Err(ProduceError::ShuttingDown);
         }
         self.metrics.produce_requests.inc();
         let max = self.config.limits.produce_batches_max;
         if batches.is_empty() || batches.len() > max {
-            return Err(BrokerError::invalid(
+            return Err(Invalid::new(
                 "batches",
                 format!(
                     "a produce request holds 1 to {max} batches, got {}",
                     batches.len()
                 ),
-            ));
+            )
+            .into());
         }
         let count = batches.len();
         // Per partition: its batches and their positions in the request.
@@ -95,7 +97,7 @@ impl Broker {
                 .max_message_bytes_override()
                 .unwrap_or(self.config.topic_defaults.max_message_bytes);
             let header = brook_record::validate_batch(&produced.batch, max_bytes as usize)
-                .map_err(|source| BrokerError::InvalidBatch {
+                .map_err(|source| ProduceError::InvalidBatch {
                     topic: produced.topic.clone(),
                     partition: produced.partition,
                     source,
@@ -119,7 +121,8 @@ impl Broker {
             .clone()
             .acquire_many_owned(permits_for(bytes, max))
             .await
-            .map_err(|_| BrokerError::ShuttingDown)?;
+            // Closed only when the broker drops.
+            .map_err(|_closed| ProduceError::ShuttingDown)?;
         let mut queued = Vec::with_capacity(groups.len());
         for (partition, batches, positions) in groups {
             let sizes = batches
@@ -153,17 +156,15 @@ pub(super) fn permits_for(bytes: usize, max: usize) -> u32 {
 
 impl PendingProduce {
     /// Waits for every partition's acknowledgement.
-    pub async fn wait(self) -> Vec<Result<BatchAppended, BrokerError>> {
-        let mut results: Vec<Option<Result<BatchAppended, BrokerError>>> =
+    pub async fn wait(self) -> Vec<Result<BatchAppended, ProduceError>> {
+        let mut results: Vec<Option<Result<BatchAppended, ProduceError>>> =
             (0..self.batches).map(|_| None).collect();
         for group in self.groups {
             let topic = group.partition.topic();
             let index = group.partition.index();
-            let outcome = group.reply.await.unwrap_or_else(|_| {
-                Err(LogError::Poisoned {
-                    reason: "the partition's appender stopped".to_owned(),
-                })
-            });
+            // The appender answers every request it takes; a dropped
+            // answer means it stopped.
+            let outcome = group.reply.await.unwrap_or(Err(AppendFailure::Closed));
             match outcome {
                 Ok(outcomes) => {
                     let log_start_offset = group.partition.log().start_offset();
@@ -186,7 +187,7 @@ impl PendingProduce {
                                 log_start_offset,
                                 duplicate: true,
                             }),
-                            BatchOutcome::Refused(source) => Err(BrokerError::Sequence {
+                            BatchOutcome::Refused(source) => Err(ProduceError::Sequence {
                                 topic: topic.to_owned(),
                                 partition: index,
                                 source,
@@ -195,16 +196,18 @@ impl PendingProduce {
                     }
                     self.metrics.record_produced(topic, records, bytes);
                 }
-                Err(e) => {
-                    let message = e.to_string();
+                Err(failure) => {
                     for position in group.positions {
-                        results[position] = Some(Err(BrokerError::from_log(
-                            topic,
-                            index,
-                            LogError::Poisoned {
-                                reason: message.clone(),
+                        let error = match &failure {
+                            AppendFailure::Log(e) => {
+                                PartitionError::from_shared_log(topic, index, e.clone())
+                            }
+                            AppendFailure::Closed => PartitionError::Closed {
+                                topic: topic.to_owned(),
+                                partition: index,
                             },
-                        )));
+                        };
+                        results[position] = Some(Err(error.into()));
                     }
                 }
             }
@@ -212,7 +215,7 @@ impl PendingProduce {
         results
             .into_iter()
             .map(|r| {
-                r.unwrap_or_else(|| Err(BrokerError::Internal("batch without a result".to_owned())))
+                r.expect("every position gets a result: the appender answers each batch it takes")
             })
             .collect()
     }

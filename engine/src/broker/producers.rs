@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use brook_record::BatchHeader;
 use parking_lot::Mutex;
 
-use super::{Broker, BrokerError};
+use super::Broker;
+use crate::error::{Invalid, ProduceError, blocking};
 
 /// Current epoch per producer id; mirrors the metadata store.
 #[derive(Debug, Default)]
@@ -33,12 +34,12 @@ impl ProducerEpochs {
         header: &BatchHeader,
         topic: &str,
         partition: u32,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<(), ProduceError> {
         if header.producer_id < 0 {
             return Ok(());
         }
         let current = self.epochs.lock().get(&header.producer_id).copied();
-        let refused = |reason: String| BrokerError::ProducerFenced {
+        let refused = |reason: String| ProduceError::ProducerFenced {
             topic: topic.to_owned(),
             partition,
             reason,
@@ -64,11 +65,11 @@ impl ProducerEpochs {
 impl Broker {
     /// A new producer id (when `producer_id` is not positive) or the next
     /// epoch of an existing one, durably recorded before it is returned.
-    pub async fn init_producer_id(&self, producer_id: i64) -> Result<(i64, i16), BrokerError> {
+    pub async fn init_producer_id(&self, producer_id: i64) -> Result<(i64, i16), ProduceError> {
         let _admin = self.admin.lock().await;
         let meta = self.meta.clone();
         if producer_id <= 0 {
-            let id = tokio::task::spawn_blocking(move || meta.allocate_producer_id()).await??;
+            let id = blocking(move || meta.allocate_producer_id()).await??;
             self.producer_epochs.epochs.lock().insert(id, 0);
             tracing::debug!(producer_id = id, "producer id handed out");
             return Ok((id, 0));
@@ -80,18 +81,20 @@ impl Broker {
             .get(&producer_id)
             .copied();
         let Some(epoch) = current else {
-            return Err(BrokerError::invalid(
+            return Err(Invalid::new(
                 "producer_id",
                 format!("{producer_id} was not handed out by this broker"),
-            ));
+            )
+            .into());
         };
         let Some(next) = epoch.checked_add(1) else {
-            return Err(BrokerError::invalid(
+            return Err(Invalid::new(
                 "producer_id",
                 format!("{producer_id} has used every epoch; ask for a new id"),
-            ));
+            )
+            .into());
         };
-        tokio::task::spawn_blocking(move || meta.put_producer_epoch(producer_id, next)).await??;
+        blocking(move || meta.put_producer_epoch(producer_id, next)).await??;
         self.producer_epochs.epochs.lock().insert(producer_id, next);
         tracing::debug!(producer_id, epoch = next, "producer epoch bumped");
         Ok((producer_id, next))

@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use super::error::BrokerError;
 use crate::config::{Limits, TopicSettings};
+use crate::error::{Invalid, NotFound};
 use crate::meta::{TopicOverrides, TopicRecord};
 use crate::partition::Partition;
 use brook_storage::LogConfig;
-use brook_storage::log::SEGMENT_BYTES_MAX;
+use brook_storage::SEGMENT_BYTES_MAX;
 
 /// Longest topic name.
 pub const TOPIC_NAME_LEN_MAX: usize = 249;
@@ -59,12 +59,12 @@ impl Topic {
         self.partitions.write().extend(added);
     }
 
-    pub fn partition(&self, name: &str, index: u32) -> Result<Arc<Partition>, BrokerError> {
+    pub fn partition(&self, name: &str, index: u32) -> Result<Arc<Partition>, NotFound> {
         let partitions = self.partitions.read();
         partitions
             .get(index as usize)
             .cloned()
-            .ok_or_else(|| BrokerError::PartitionNotFound {
+            .ok_or_else(|| NotFound::Partition {
                 topic: name.to_owned(),
                 partition: index,
                 partitions: partitions.len() as u32,
@@ -74,7 +74,7 @@ impl Topic {
 
 /// Checks a topic name: `[A-Za-z0-9._-]{1,249}`, and not `.` or `..`
 /// (they would name directories that are not the topic's).
-pub fn validate_topic_name(name: &str) -> Result<(), BrokerError> {
+pub fn validate_topic_name(name: &str) -> Result<(), Invalid> {
     let reason = if name.is_empty() {
         Some("must not be empty".to_owned())
     } else if name.len() > TOPIC_NAME_LEN_MAX {
@@ -95,7 +95,7 @@ pub fn validate_topic_name(name: &str) -> Result<(), BrokerError> {
         None
     };
     match reason {
-        Some(reason) => Err(BrokerError::invalid("topic name", reason)),
+        Some(reason) => Err(Invalid::new("topic name", reason)),
         None => Ok(()),
     }
 }
@@ -106,7 +106,7 @@ pub fn resolve_settings(
     defaults: &TopicSettings,
     overrides: &TopicOverrides,
     limits: &Limits,
-) -> Result<TopicSettings, BrokerError> {
+) -> Result<TopicSettings, Invalid> {
     let settings = TopicSettings {
         retention_ms: overrides.retention_ms.unwrap_or(defaults.retention_ms),
         retention_bytes: overrides
@@ -119,7 +119,7 @@ pub fn resolve_settings(
             .unwrap_or(defaults.max_message_bytes),
     };
     if settings.retention_ms < -1 {
-        return Err(BrokerError::invalid(
+        return Err(Invalid::new(
             "retention_ms",
             format!(
                 "must be -1 (keep forever) or >= 0, got {}",
@@ -128,7 +128,7 @@ pub fn resolve_settings(
         ));
     }
     if settings.retention_bytes < -1 {
-        return Err(BrokerError::invalid(
+        return Err(Invalid::new(
             "retention_bytes",
             format!(
                 "must be -1 (keep everything) or >= 0, got {}",
@@ -137,7 +137,7 @@ pub fn resolve_settings(
         ));
     }
     if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&settings.segment_bytes) {
-        return Err(BrokerError::invalid(
+        return Err(Invalid::new(
             "segment_bytes",
             format!(
                 "must be between {SEGMENT_BYTES_MIN} and {SEGMENT_BYTES_MAX}, got {}",
@@ -146,14 +146,14 @@ pub fn resolve_settings(
         ));
     }
     if settings.segment_ms < 1 {
-        return Err(BrokerError::invalid(
+        return Err(Invalid::new(
             "segment_ms",
             format!("must be at least 1, got {}", settings.segment_ms),
         ));
     }
     let min_message = brook_record::HEADER_LEN as u32;
     if !(min_message..=limits.message_bytes_max).contains(&settings.max_message_bytes) {
-        return Err(BrokerError::invalid(
+        return Err(Invalid::new(
             "max_message_bytes",
             format!(
                 "must be between {min_message} and the broker's max_message_bytes ({}), got {}",

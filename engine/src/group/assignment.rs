@@ -22,10 +22,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::TopicPartition;
 
-/// One member as the assignor sees it.
+/// One member as the assignor sees it; members are told apart by their
+/// position in the slice.
 #[derive(Debug, Clone, Copy)]
 pub struct MemberInput<'a> {
-    pub id: &'a str,
     pub topics: &'a BTreeSet<String>,
     /// What it owns now (partitions it may no longer own are ignored).
     pub owned: &'a BTreeSet<TopicPartition>,
@@ -171,7 +171,7 @@ mod tests {
     fn run(members: &[Row], partitions: &BTreeMap<String, u32>) -> Vec<BTreeSet<TopicPartition>> {
         let inputs: Vec<MemberInput<'_>> = members
             .iter()
-            .map(|(id, topics, owned)| MemberInput { id, topics, owned })
+            .map(|(_, topics, owned)| MemberInput { topics, owned })
             .collect();
         assign(&inputs, partitions)
     }

@@ -289,9 +289,8 @@ impl Coordinator {
         let ids: Vec<&String> = self.members.keys().collect();
         let inputs: Vec<MemberInput<'_>> = self
             .members
-            .iter()
-            .map(|(id, m)| MemberInput {
-                id,
+            .values()
+            .map(|m| MemberInput {
                 topics: &m.topics,
                 owned: &m.target,
             })

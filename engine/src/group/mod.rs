@@ -17,8 +17,8 @@
 //! owner acknowledged the revocation or was removed. This module knows
 //! neither protobuf nor the store behind `MetaStore`.
 
-pub mod assignment;
-pub mod coordinator;
+mod assignment;
+mod coordinator;
 mod info;
 mod offsets;
 pub(crate) mod registry;
@@ -27,12 +27,13 @@ pub use coordinator::Assignment;
 pub(crate) use info::GroupMetrics;
 pub use info::{GroupInfo, GroupState, GroupSummary, MemberInfo, PartitionLagInfo, ResetTo};
 pub(crate) use offsets::OffsetStore;
-pub use registry::{Groups, MemberSession};
+pub(crate) use registry::Groups;
+pub use registry::MemberSession;
 
 use std::fmt;
 use std::time::Duration;
 
-use crate::broker::BrokerError;
+use crate::error::{GroupError, Invalid};
 
 /// Longest group name.
 pub const GROUP_NAME_LEN_MAX: usize = 249;
@@ -106,8 +107,8 @@ pub enum RemovalReason {
 
 impl RemovalReason {
     /// The error the member's session ends with; `None` ends it normally.
-    pub fn error(&self, group: &str, member_id: &str) -> Option<BrokerError> {
-        let removed = |reason: String| BrokerError::MemberRemoved {
+    pub fn error(&self, group: &str, member_id: &str) -> Option<GroupError> {
+        let removed = |reason: String| GroupError::MemberRemoved {
             group: group.to_owned(),
             member_id: member_id.to_owned(),
             reason,
@@ -121,27 +122,27 @@ impl RemovalReason {
             Self::OutboundFull { queued } => Some(removed(format!(
                 "it did not read its assignments ({queued} queued, the limit)"
             ))),
-            Self::ShuttingDown => Some(BrokerError::ShuttingDown),
-            Self::Protocol(reason) => Some(BrokerError::invalid("session", reason.clone())),
+            Self::ShuttingDown => Some(GroupError::ShuttingDown),
+            Self::Protocol(reason) => Some(Invalid::new("session", reason.clone()).into()),
         }
     }
 }
 
 /// Checks a group name: 1 to 249 characters, none of them a control character
 /// (the store separates names with NUL).
-pub fn validate_group_name(name: &str) -> Result<(), BrokerError> {
+pub fn validate_group_name(name: &str) -> Result<(), Invalid> {
     if name.is_empty() {
-        return Err(BrokerError::invalid("group", "must not be empty"));
+        return Err(Invalid::new("group", "must not be empty"));
     }
     let chars = name.chars().count();
     if chars > GROUP_NAME_LEN_MAX {
-        return Err(BrokerError::invalid(
+        return Err(Invalid::new(
             "group",
             format!("is {chars} characters long, over the limit of {GROUP_NAME_LEN_MAX}"),
         ));
     }
     if name.chars().any(char::is_control) {
-        return Err(BrokerError::invalid(
+        return Err(Invalid::new(
             "group",
             format!("must not contain control characters, got {name:?}"),
         ));

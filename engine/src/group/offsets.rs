@@ -11,7 +11,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::TopicPartition;
-use crate::broker::BrokerError;
+use crate::error::{GroupError, blocking};
 use crate::meta::{MetaError, MetaStore};
 
 #[derive(Debug)]
@@ -51,7 +51,7 @@ impl OffsetStore {
         &self,
         group: &str,
         offsets: Vec<(TopicPartition, i64)>,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<(), GroupError> {
         if offsets.is_empty() {
             return Ok(());
         }
@@ -61,7 +61,7 @@ impl OffsetStore {
             .iter()
             .map(|(tp, offset)| (tp.topic.clone(), tp.partition, *offset))
             .collect();
-        tokio::task::spawn_blocking(move || meta.put_offsets(&owned, &rows)).await??;
+        blocking(move || meta.put_offsets(&owned, &rows)).await??;
         self.cache
             .lock()
             .entry(group.to_owned())
@@ -72,10 +72,10 @@ impl OffsetStore {
 
     /// Removes a group's offsets durably, then from the mirror. Call with
     /// `writes` held.
-    pub(crate) async fn delete(&self, group: &str) -> Result<(), BrokerError> {
+    pub(crate) async fn delete(&self, group: &str) -> Result<(), GroupError> {
         let meta = self.meta.clone();
         let owned = group.to_owned();
-        tokio::task::spawn_blocking(move || meta.delete_group(&owned)).await??;
+        blocking(move || meta.delete_group(&owned)).await??;
         self.cache.lock().remove(group);
         Ok(())
     }

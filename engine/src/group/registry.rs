@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 use super::coordinator::{Coordinator, Fenced, Member, Outgoing};
 use super::offsets::OffsetStore;
 use super::{MemberEvent, RemovalReason, TopicPartition};
-use crate::broker::BrokerError;
 use crate::config::GroupSettings;
+use crate::error::GroupError;
 use crate::metrics::Metrics;
 
 #[derive(Debug)]
@@ -116,7 +116,7 @@ impl Groups {
         topics: &BTreeSet<String>,
         session_timeout: Duration,
         partitions: &BTreeMap<String, u32>,
-    ) -> Result<(MemberSession, Option<Arc<Group>>), BrokerError> {
+    ) -> Result<(MemberSession, Option<Arc<Group>>), GroupError> {
         let member_id = uuid::Uuid::new_v4().to_string();
         let queue = self.settings.member_queue_max;
         let (events, receiver) = mpsc::channel(queue);
@@ -145,7 +145,7 @@ impl Groups {
             if members >= self.settings.members_max {
                 drop(state);
                 self.release_if_empty(&entry);
-                return Err(BrokerError::GroupFull {
+                return Err(GroupError::Full {
                     group: group.to_owned(),
                     members_max: self.settings.members_max,
                 });
@@ -192,9 +192,7 @@ impl Groups {
                 created,
             ));
         }
-        Err(BrokerError::Internal(format!(
-            "group `{group}` kept closing while a member joined"
-        )))
+        Err(GroupError::Contended(group.to_owned()))
     }
 
     /// Runs `change` on a group's state machine and delivers what it
@@ -367,8 +365,8 @@ impl Groups {
         member_id: &str,
         generation: u64,
         partitions: impl IntoIterator<Item = &'a TopicPartition>,
-    ) -> Result<(), BrokerError> {
-        let fenced = |reason: String| BrokerError::CommitFenced {
+    ) -> Result<(), GroupError> {
+        let fenced = |reason: String| GroupError::CommitFenced {
             group: group.to_owned(),
             member_id: member_id.to_owned(),
             reason,

@@ -8,8 +8,8 @@
 mod memory;
 mod sled;
 
-pub use memory::MemoryMetaStore;
-pub use sled::SledMetaStore;
+pub(crate) use memory::MemoryMetaStore;
+pub(crate) use sled::SledMetaStore;
 
 use serde::{Deserialize, Serialize};
 

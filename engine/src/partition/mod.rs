@@ -28,7 +28,17 @@ const ROUND_REQUESTS_MAX: usize = 512;
 /// One producer's batches for this partition, appended together.
 struct AppendRequest {
     batches: Vec<(Bytes, BatchHeader)>,
-    reply: oneshot::Sender<Result<Vec<BatchOutcome>, LogError>>,
+    reply: oneshot::Sender<Result<Vec<BatchOutcome>, AppendFailure>>,
+}
+
+/// Why a request's batches were not appended (or not made durable).
+#[derive(Debug, Clone)]
+pub enum AppendFailure {
+    /// The log refused or failed the write, or the fsync after it. Shared:
+    /// one failed fsync fails every request of its round.
+    Log(Arc<LogError>),
+    /// The appender is gone: the broker is stopping.
+    Closed,
 }
 
 #[derive(Debug)]
@@ -94,14 +104,12 @@ impl Partition {
     pub async fn enqueue(
         &self,
         batches: Vec<(Bytes, BatchHeader)>,
-    ) -> oneshot::Receiver<Result<Vec<BatchOutcome>, LogError>> {
+    ) -> oneshot::Receiver<Result<Vec<BatchOutcome>, AppendFailure>> {
         let (reply, receiver) = oneshot::channel();
         let request = AppendRequest { batches, reply };
         if let Err(mpsc::error::SendError(request)) = self.appends.send(request).await {
             // The appender is gone (broker shutting down); answer here.
-            let _ = request.reply.send(Err(LogError::Poisoned {
-                reason: "partition is closed".to_owned(),
-            }));
+            let _ = request.reply.send(Err(AppendFailure::Closed));
         }
         receiver
     }
@@ -160,7 +168,7 @@ fn take_recovery_point_if_due(log: &PartitionLog) {
     }
     match log.write_recovery_point(now_ms) {
         // Poisoned meanwhile: deleted, or a sync failed and was logged.
-        Ok(()) | Err(LogError::Poisoned { .. }) => {}
+        Ok(()) | Err(LogError::Poisoned { .. } | LogError::Deleted) => {}
         Err(e) => {
             tracing::warn!(dir = %log.dir().display(), error = %e, "recovery point not written");
         }
@@ -187,7 +195,7 @@ fn write_round(
                 results.push(Ok(offsets));
                 last_mark = Some(mark);
             }
-            Err(e) => results.push(Err(e)),
+            Err(e) => results.push(Err(AppendFailure::Log(Arc::new(e)))),
         }
     }
     metrics
@@ -210,12 +218,11 @@ fn write_round(
             }
         };
         if let Err(e) = published {
-            let reason = e.to_string();
+            // The batches were written but are not known to be durable.
+            let failure = AppendFailure::Log(Arc::new(e));
             for result in &mut results {
                 if result.is_ok() {
-                    *result = Err(LogError::Poisoned {
-                        reason: reason.clone(),
-                    });
+                    *result = Err(failure.clone());
                 }
             }
         }
