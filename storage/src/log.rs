@@ -9,6 +9,14 @@
 //! Invariants: offsets are dense across segments; the high watermark only
 //! grows and never passes what was written; after a failed write or fsync
 //! the log is poisoned and refuses appends.
+//!
+//! Lock order: `writer`, then `producers`, then any one of the leaf locks
+//! (`segments`, `refusal`, `last_recovery_point`, `config`, and a
+//! segment's own locks); a leaf lock is never held while another lock is
+//! taken. `writer` is held across the syncs of a roll and of a clean
+//! shutdown, when nothing else may append; the group commit's sync
+//! (`sync_in`) and a recovery point's take what they need under `writer`
+//! and sync after releasing it, so appends go on meanwhile.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
