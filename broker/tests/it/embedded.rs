@@ -283,3 +283,25 @@ async fn fetch_without_a_partition_byte_limit_returns_every_batch() {
     let fetched = brook_record::decode_batches(&bytes).unwrap();
     assert_eq!(fetched.len(), 10, "fetched {:?}", values(&fetched));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_bytes_are_the_produced_bytes_with_the_base_offset_in_front() {
+    let embedded = EmbeddedBroker::start().await.unwrap();
+    let mut clients = Clients::connect(embedded.endpoint()).await.unwrap();
+    clients
+        .create_topic("raw", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    let first = batch("a", 3).unwrap();
+    let second = batch("b", 2).unwrap();
+    assert_eq!(clients.produce("raw", 0, first.clone()).await.unwrap(), 0);
+    assert_eq!(clients.produce("raw", 0, second.clone()).await.unwrap(), 3);
+    let stored = clients.fetch_once("raw", 0, 0).await.unwrap();
+    assert_eq!(stored.len(), first.len() + second.len());
+    let (stored_first, stored_second) = stored.split_at(first.len());
+    // Only the first 8 bytes, the base offset (little-endian), are the broker's.
+    assert_eq!(stored_first[..8], 0_i64.to_le_bytes());
+    assert_eq!(stored_first[8..], first[8..]);
+    assert_eq!(stored_second[..8], 3_i64.to_le_bytes());
+    assert_eq!(stored_second[8..], second[8..]);
+}
