@@ -211,9 +211,9 @@ impl GroupSettings {
 /// Where topics' metadata lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MetaBackend {
-    /// sled, in `<data_dir>/meta`.
+    /// On disk, in `<data_dir>/meta`.
     #[default]
-    Sled,
+    Disk,
     /// In memory, gone with the process (tests).
     Memory,
 }
@@ -266,7 +266,7 @@ impl Default for BrokerConfig {
             shutdown_grace: Duration::from_secs(30),
             index_interval_bytes: brook_storage::DEFAULT_INDEX_INTERVAL_BYTES,
             storage: Arc::new(OsStorage),
-            meta: MetaBackend::Sled,
+            meta: MetaBackend::Disk,
             groups: GroupSettings::default(),
         }
     }

@@ -31,7 +31,7 @@ pub(super) struct Opened {
 pub(super) fn open_data_dir(config: &BrokerConfig) -> Result<Opened, OpenError> {
     let meta: Arc<dyn MetaStore> = match config.meta {
         MetaBackend::Memory => Arc::new(MemoryMetaStore::default()),
-        MetaBackend::Sled => {
+        MetaBackend::Disk => {
             config
                 .storage
                 .create_dir_all(&config.data_dir)

@@ -20,8 +20,9 @@ pub(crate) struct OffsetStore {
     /// Committed offsets by group, as in the store. Held briefly, never
     /// across an await.
     cache: Mutex<BTreeMap<String, BTreeMap<TopicPartition, i64>>>,
-    /// Serializes writes to the store (sled flushes the whole store on each
-    /// write, so this costs little) and makes check-then-write atomic.
+    /// Serializes writes to the store (each write is durable before it
+    /// returns, so they wait on the disk anyway) and makes check-then-write
+    /// atomic.
     pub(crate) writes: tokio::sync::Mutex<()>,
 }
 
