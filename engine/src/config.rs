@@ -127,7 +127,7 @@ impl Default for Limits {
             produce_stream_in_flight_max: 256,
             produce_bytes_in_flight_max: 512 * 1024 * 1024,
             streams_per_connection_max: 1024,
-            grpc_message_bytes_max: 128 * 1024 * 1024,
+            grpc_message_bytes_max: brook_record::protocol::GRPC_MESSAGE_BYTES_MAX_DEFAULT,
         }
     }
 }

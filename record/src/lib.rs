@@ -18,6 +18,7 @@ mod compression;
 mod decode;
 mod error;
 mod header;
+pub mod protocol;
 mod record;
 mod record_decode;
 mod validate;

@@ -17,9 +17,9 @@ use std::collections::{HashMap, VecDeque};
 use brook_record::BatchHeader;
 use serde::{Deserialize, Serialize};
 
-/// Batches per producer remembered for answering retries; a client keeps
-/// at most this many batches in flight per partition.
-pub const RECENT_BATCHES: usize = 5;
+/// Batches per producer remembered for answering retries: the protocol's
+/// sequence window, which clients keep their in-flight batches within.
+const RECENT_BATCHES: usize = brook_record::protocol::SEQUENCE_WINDOW;
 /// Producers remembered per partition; beyond it the least recently active
 /// is forgotten (its next batch must start a new epoch or sequence 0).
 pub const PRODUCERS_MAX: usize = 10_000;
