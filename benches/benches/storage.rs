@@ -30,10 +30,8 @@ fn batch(records: usize) -> (Bytes, BatchHeader) {
 }
 
 fn open(dir: &std::path::Path, segment_bytes: u64) -> PartitionLog {
-    let config = LogConfig {
-        segment_bytes,
-        ..LogConfig::default()
-    };
+    let mut config = LogConfig::default();
+    config.segment_bytes = segment_bytes;
     PartitionLog::open(Arc::new(OsStorage), dir, config)
         .expect("open a log in a temporary directory")
         .0

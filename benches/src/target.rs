@@ -32,10 +32,8 @@ impl BrokerTarget {
     pub async fn start(&self) -> anyhow::Result<RunningBroker> {
         match self {
             Self::Embedded { fsync, data_dir } => {
-                let config = BrokerConfig {
-                    fsync: *fsync,
-                    ..BrokerConfig::default()
-                };
+                let mut config = BrokerConfig::default();
+                config.fsync = *fsync;
                 let mut builder = EmbeddedBroker::builder().config(config);
                 if let Some(dir) = data_dir {
                     builder = builder.data_dir(dir);

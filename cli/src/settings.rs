@@ -304,38 +304,32 @@ impl Effective {
 
     /// The broker's configuration (listen addresses are set once bound).
     pub fn broker_config(&self) -> anyhow::Result<BrokerConfig> {
-        Ok(BrokerConfig {
-            data_dir: self.data_dir.clone(),
-            fsync: self.fsync_policy()?,
-            topic_defaults: TopicSettings {
-                retention_ms: self.default_retention_ms,
-                retention_bytes: self.default_retention_bytes,
-                segment_bytes: self.default_segment_bytes,
-                segment_ms: self.default_segment_ms,
-                max_message_bytes: self.default_max_message_bytes,
-            },
-            limits: Limits {
-                partitions_per_topic_max: self.max_partitions_per_topic,
-                message_bytes_max: self.max_message_bytes,
-                fetch_bytes_max: self.max_fetch_bytes,
-                fetch_wait_ms_max: self.max_fetch_wait_ms,
-                produce_stream_in_flight_max: self.max_produce_stream_in_flight,
-                produce_bytes_in_flight_max: self.max_produce_bytes_in_flight,
-                streams_per_connection_max: self.max_streams_per_connection,
-                grpc_message_bytes_max: self.max_grpc_message_bytes,
-                ..Limits::default()
-            },
-            retention_check_interval: Duration::from_millis(self.retention_check_interval_ms),
-            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
-            groups: GroupSettings {
-                session_timeout: Duration::from_millis(self.group_session_timeout_ms),
-                session_timeout_max: Duration::from_millis(self.max_group_session_timeout_ms),
-                members_max: self.max_group_members,
-                ..GroupSettings::default()
-            },
-            index_interval_bytes: self.index_interval_bytes,
-            ..BrokerConfig::default()
-        })
+        let mut config = BrokerConfig::default();
+        config.data_dir.clone_from(&self.data_dir);
+        config.fsync = self.fsync_policy()?;
+        let topics = &mut config.topic_defaults;
+        topics.retention_ms = self.default_retention_ms;
+        topics.retention_bytes = self.default_retention_bytes;
+        topics.segment_bytes = self.default_segment_bytes;
+        topics.segment_ms = self.default_segment_ms;
+        topics.max_message_bytes = self.default_max_message_bytes;
+        let limits = &mut config.limits;
+        limits.partitions_per_topic_max = self.max_partitions_per_topic;
+        limits.message_bytes_max = self.max_message_bytes;
+        limits.fetch_bytes_max = self.max_fetch_bytes;
+        limits.fetch_wait_ms_max = self.max_fetch_wait_ms;
+        limits.produce_stream_in_flight_max = self.max_produce_stream_in_flight;
+        limits.produce_bytes_in_flight_max = self.max_produce_bytes_in_flight;
+        limits.streams_per_connection_max = self.max_streams_per_connection;
+        limits.grpc_message_bytes_max = self.max_grpc_message_bytes;
+        config.retention_check_interval = Duration::from_millis(self.retention_check_interval_ms);
+        config.shutdown_grace = Duration::from_millis(self.shutdown_grace_ms);
+        let groups = &mut config.groups;
+        groups.session_timeout = Duration::from_millis(self.group_session_timeout_ms);
+        groups.session_timeout_max = Duration::from_millis(self.max_group_session_timeout_ms);
+        groups.members_max = self.max_group_members;
+        config.index_interval_bytes = self.index_interval_bytes;
+        Ok(config)
     }
 
     pub fn to_toml(&self) -> anyhow::Result<String> {

@@ -21,6 +21,7 @@ pub const DEFAULT_DATA_DIR: &str = "brook-data";
 
 /// When a produce is acknowledged relative to the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum FsyncPolicy {
     /// Acknowledge only after the batch is fsynced (group commit shares
     /// fsyncs between concurrent producers). Nothing acknowledged is lost.
@@ -69,6 +70,7 @@ impl fmt::Display for FsyncPolicy {
 
 /// A topic's effective settings; the broker's `topic_defaults` are what a topic gets unless it overrides them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TopicSettings {
     pub retention_ms: i64,
     pub retention_bytes: i64,
@@ -92,6 +94,7 @@ impl Default for TopicSettings {
 
 /// Bounds on what a client may ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
     pub partitions_per_topic_max: u32,
     /// Largest batch any topic may accept; caps `max_message_bytes`.
@@ -134,6 +137,7 @@ impl Default for Limits {
 
 /// Consumer group sessions and their bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct GroupSettings {
     /// Session timeout of a member that asks for none; members are told to
     /// heartbeat every third of their session timeout.
@@ -210,6 +214,7 @@ impl GroupSettings {
 
 /// Where topics' metadata lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum MetaBackend {
     /// On disk, in `<data_dir>/meta`.
     #[default]
@@ -219,6 +224,7 @@ pub enum MetaBackend {
 }
 
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct BrokerConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,

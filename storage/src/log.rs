@@ -37,6 +37,7 @@ use super::sync_group::SyncGroup;
 
 /// Per-partition log settings (a topic's config, resolved).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LogConfig {
     /// Roll once the active segment holds this many bytes.
     pub segment_bytes: u64,

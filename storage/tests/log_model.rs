@@ -19,13 +19,12 @@ const RETENTION_BYTES: i64 = 2048;
 const BATCH_BYTES_MAX: u64 = 1024;
 
 fn config() -> LogConfig {
-    LogConfig {
-        segment_bytes: SEGMENT_BYTES,
-        retention_ms: -1,
-        retention_bytes: RETENTION_BYTES,
-        index_interval_bytes: 256,
-        ..LogConfig::default()
-    }
+    let mut config = LogConfig::default();
+    config.segment_bytes = SEGMENT_BYTES;
+    config.retention_ms = -1;
+    config.retention_bytes = RETENTION_BYTES;
+    config.index_interval_bytes = 256;
+    config
 }
 
 #[derive(Debug, Clone)]

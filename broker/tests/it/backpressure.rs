@@ -4,22 +4,14 @@
 
 use crate::common;
 
-use brook_broker::config::Limits;
 use brook_broker::{BrokerConfig, EmbeddedBroker};
 use common::{Clients, batch, within};
 
 #[tokio::test]
 async fn producers_share_a_small_in_flight_budget_and_all_complete() -> anyhow::Result<()> {
-    let embedded = EmbeddedBroker::builder()
-        .config(BrokerConfig {
-            limits: Limits {
-                produce_bytes_in_flight_max: 4 * 1024,
-                ..Limits::default()
-            },
-            ..BrokerConfig::default()
-        })
-        .start()
-        .await?;
+    let mut config = BrokerConfig::default();
+    config.limits.produce_bytes_in_flight_max = 4 * 1024;
+    let embedded = EmbeddedBroker::builder().config(config).start().await?;
     let mut clients = Clients::connect(embedded.endpoint()).await?;
     clients
         .create_topic("tight", 4, brook_proto::TopicConfig::default())

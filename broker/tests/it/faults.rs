@@ -21,11 +21,9 @@ use tonic::Code;
 const PLENTY: u64 = 1_000_000;
 
 async fn start(storage: &FailingStorage) -> anyhow::Result<(EmbeddedBroker, Clients)> {
-    let config = BrokerConfig {
-        storage: Arc::new(storage.clone()),
-        meta: MetaBackend::Memory,
-        ..BrokerConfig::default()
-    };
+    let mut config = BrokerConfig::default();
+    config.storage = Arc::new(storage.clone());
+    config.meta = MetaBackend::Memory;
     let embedded = EmbeddedBroker::builder().config(config).start().await?;
     let mut clients = Clients::connect(embedded.endpoint()).await?;
     clients.create_topic("a", 2, TopicConfig::default()).await?;

@@ -109,12 +109,10 @@ async fn ready_waits_for_recovery_and_turns_off_for_shutdown() -> anyhow::Result
     }
 
     let storage = Arc::new(GatedStorage::default());
-    let config = BrokerConfig {
-        data_dir: dir.path().to_owned(),
-        storage: storage.clone(),
-        shutdown_grace: Duration::from_secs(5),
-        ..BrokerConfig::default()
-    };
+    let mut config = BrokerConfig::default();
+    config.data_dir = dir.path().to_owned();
+    config.storage = storage.clone();
+    config.shutdown_grace = Duration::from_secs(5);
     let grpc = TcpListener::bind("127.0.0.1:0").await?;
     let http = TcpListener::bind("127.0.0.1:0").await?;
     let grpc_addr = grpc.local_addr()?;

@@ -15,10 +15,8 @@ const SEGMENT_BYTES: u64 = 2048;
 const RETENTION_BYTES: i64 = 8 * 1024;
 
 async fn start() -> anyhow::Result<(EmbeddedBroker, Clients)> {
-    let config = BrokerConfig {
-        retention_check_interval: Duration::from_millis(50),
-        ..BrokerConfig::default()
-    };
+    let mut config = BrokerConfig::default();
+    config.retention_check_interval = Duration::from_millis(50);
     let embedded = EmbeddedBroker::builder().config(config).start().await?;
     let clients = Clients::connect(embedded.endpoint()).await?;
     Ok((embedded, clients))

@@ -12,13 +12,9 @@ use tonic_health::pb::health_client::HealthClient;
 #[tokio::test]
 async fn shutdown_closes_streams_left_open_after_the_grace_period() -> anyhow::Result<()> {
     let grace = Duration::from_millis(300);
-    let embedded = EmbeddedBroker::builder()
-        .config(BrokerConfig {
-            shutdown_grace: grace,
-            ..BrokerConfig::default()
-        })
-        .start()
-        .await?;
+    let mut config = BrokerConfig::default();
+    config.shutdown_grace = grace;
+    let embedded = EmbeddedBroker::builder().config(config).start().await?;
     let channel = tonic::transport::Channel::from_shared(embedded.endpoint())?
         .connect()
         .await?;

@@ -166,13 +166,13 @@ pub fn resolve_settings(
 
 /// The log settings of a topic's partitions.
 pub fn log_config(settings: &TopicSettings, index_interval_bytes: u64) -> LogConfig {
-    LogConfig {
-        segment_bytes: settings.segment_bytes,
-        segment_ms: settings.segment_ms,
-        retention_ms: settings.retention_ms,
-        retention_bytes: settings.retention_bytes,
-        index_interval_bytes,
-    }
+    let mut config = LogConfig::default();
+    config.segment_bytes = settings.segment_bytes;
+    config.segment_ms = settings.segment_ms;
+    config.retention_ms = settings.retention_ms;
+    config.retention_bytes = settings.retention_bytes;
+    config.index_interval_bytes = index_interval_bytes;
+    config
 }
 
 #[cfg(test)]
