@@ -6,7 +6,7 @@
 //! gRPC nor HTTP (the server crate, `brook-broker`, does); only
 //! `meta/sled.rs` knows sled; the durable log is `brook-storage`.
 
-pub mod broker;
+mod broker;
 pub mod config;
 mod error;
 pub mod group;
@@ -15,7 +15,10 @@ pub mod metrics;
 mod partition;
 mod process;
 
-pub use broker::Broker;
+pub use broker::{
+    BatchAppended, Broker, FetchSpec, Fetched, OffsetSpec, PartitionInfo, PendingProduce,
+    ProduceBatch, Subscription, SubscriptionChunk, TopicInfo,
+};
 pub use config::{BrokerConfig, FsyncPolicy};
 pub use error::{
     AdminError, FetchError, GroupError, Invalid, NotFound, OpenError, OutOfRange, PartitionError,

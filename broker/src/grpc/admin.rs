@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use brook_engine::Invalid;
 use brook_engine::TopicOverrides;
-use brook_engine::broker::{Broker, TopicInfo};
+use brook_engine::{Broker, TopicInfo};
 
 use super::status::status;
 

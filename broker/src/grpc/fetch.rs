@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 
 use super::status::{status, to_status};
 use brook_engine::Invalid;
-use brook_engine::broker::{Broker, FetchSpec, OffsetSpec};
+use brook_engine::{Broker, FetchSpec, OffsetSpec};
 
 /// Chunks a subscription reads ahead of a slow client (each up to the
 /// subscription's chunk size).

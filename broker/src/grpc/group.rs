@@ -25,7 +25,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::status::{status, to_status};
-use brook_engine::broker::Broker;
+use brook_engine::Broker;
 use brook_engine::group::{
     JoinSpec, MemberEvent, MemberSession, RemovalReason, ResetTo, TopicPartition,
 };

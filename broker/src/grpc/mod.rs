@@ -18,7 +18,7 @@ use brook_proto::group_service_server::GroupServiceServer;
 use brook_proto::produce_service_server::ProduceServiceServer;
 use tonic::service::Routes;
 
-use brook_engine::broker::Broker;
+use brook_engine::Broker;
 
 /// The broker's gRPC services, ready to serve.
 pub fn routes(broker: &Arc<Broker>) -> Routes {

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::status::{status, to_proto_error};
 use brook_engine::ProduceError;
-use brook_engine::broker::{BatchAppended, Broker, PendingProduce, ProduceBatch};
+use brook_engine::{BatchAppended, Broker, PendingProduce, ProduceBatch};
 
 #[derive(Debug)]
 pub struct ProduceHandler {

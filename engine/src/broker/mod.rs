@@ -16,9 +16,7 @@ mod topic;
 pub use admin::{PartitionInfo, TopicInfo};
 pub use fetch::{FetchSpec, Fetched, OffsetSpec, Subscription, SubscriptionChunk};
 pub use produce::{BatchAppended, PendingProduce, ProduceBatch};
-pub use topic::{
-    TOPIC_NAME_LEN_MAX, resolve_settings as resolve_topic_settings, validate_topic_name,
-};
+pub(crate) use topic::resolve_settings as resolve_topic_settings;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
