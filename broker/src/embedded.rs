@@ -11,8 +11,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::server::{ServeError, serve};
-use brook_engine::OpenError;
 use brook_engine::Broker;
+use brook_engine::OpenError;
 use brook_engine::config::BrokerConfig;
 
 /// Why an embedded broker did not start.

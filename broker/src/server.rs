@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
 use crate::http::{Phase, ServerStatus};
-use brook_engine::OpenError;
 use brook_engine::Broker;
+use brook_engine::OpenError;
 use brook_engine::config::BrokerConfig;
 
 /// HTTP/2 receive windows: bytes a client may send before the broker

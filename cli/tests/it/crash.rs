@@ -1,7 +1,7 @@
 //! Durability: every acknowledged record survives a SIGKILL of the broker
 //! (`brook serve` fsyncs before acknowledging by default).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The `brook` binary end to end: serve, topic, produce, consume, and a
 //! graceful stop on SIGTERM.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 

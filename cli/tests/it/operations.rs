@@ -3,7 +3,7 @@
 //! shows which source won, `brook health` answers for a container, and
 //! `/metrics` shows a topic's traffic.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! group print everything once in total, describe shows no lag, a reset
 //! replays, and a group without members is deleted.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;

@@ -2,7 +2,7 @@
 //! and one-shot client commands. Every child is killed if a test fails
 //! (`kill_on_drop`), and every wait is bounded.
 
-#![allow(dead_code)] // Each test file uses a different part.
+#![allow(dead_code)] // Each test module uses a different part.
 
 use std::path::Path;
 use std::process::{ExitStatus, Output, Stdio};

@@ -1,0 +1,9 @@
+//! The `brook` binary's integration tests, one binary: each module runs the
+//! built `brook` against brokers it starts and stops.
+
+mod common;
+
+mod cli;
+mod crash;
+mod groups;
+mod operations;

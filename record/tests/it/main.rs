@@ -1,0 +1,4 @@
+//! The record batch format's integration tests, one binary.
+
+mod golden;
+mod proptest;
