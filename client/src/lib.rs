@@ -29,6 +29,24 @@
 
 #![warn(missing_docs)]
 
+/// Chainable `with_*` setters for a settings type's public fields: outside
+/// this crate `#[non_exhaustive]` forbids struct literals, so settings are
+/// made from their `Default` (or constructor) and these.
+macro_rules! setters {
+    ($ty:ty { $($setter:ident => $field:ident: $fty:ty),* $(,)? }) => {
+        impl $ty {
+            $(
+                #[doc = concat!("Sets [`Self::", stringify!($field), "`].")]
+                #[must_use]
+                pub fn $setter(mut self, $field: $fty) -> Self {
+                    self.$field = $field;
+                    self
+                }
+            )*
+        }
+    };
+}
+
 mod admin;
 mod client;
 mod consumer;
@@ -50,7 +68,7 @@ pub use client::{
     DEFAULT_PRODUCE_IN_FLIGHT_MAX, DEFAULT_REQUEST_TIMEOUT,
 };
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, ConsumerError, OffsetReset, SeekTo};
-pub use error::ClientError;
+pub use error::{Cause, ClientError, ErrorKind, StatusCode};
 pub use fetch::{
     FetchOptions, FetchResult, FetchTarget, OffsetSpec, PartitionFetch, SUBSCRIBE_MAX_BYTES,
     Subscription,

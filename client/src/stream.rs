@@ -436,8 +436,7 @@ fn dispatch(
 /// broker refused as a whole is an error with its status.
 fn outcome_many(batch_count: usize, response: ProduceResponse) -> ManyAcks {
     if let Some(error) = response.error {
-        let status = tonic::Status::new(tonic::Code::from_i32(error.code), error.message);
-        return Err(ClientError::status(OPERATION, status));
+        return Err(ClientError::refused(OPERATION, error));
     }
     acks(batch_count, response.results)
 }

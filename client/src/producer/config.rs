@@ -38,14 +38,13 @@ pub const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
 /// use std::time::Duration;
 /// use brook_client::{Compression, ProducerConfig};
 ///
-/// let config = ProducerConfig {
-///     compression: Compression::Zstd,
-///     linger: Duration::from_millis(20),
-///     ..ProducerConfig::default()
-/// };
+/// let config = ProducerConfig::default()
+///     .with_compression(Compression::Zstd)
+///     .with_linger(Duration::from_millis(20));
 /// # let _ = config;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ProducerConfig {
     /// How long a partition's first record waits for more before the batch
     /// is sent anyway. Larger means fuller batches and higher latency.
@@ -136,6 +135,19 @@ impl ProducerConfig {
         );
     }
 }
+
+setters!(ProducerConfig {
+    with_linger => linger: Duration,
+    with_batch_size => batch_size: usize,
+    with_buffer_memory => buffer_memory: usize,
+    with_compression => compression: Compression,
+    with_max_in_flight => max_in_flight: usize,
+    with_retry_backoff => retry_backoff: Duration,
+    with_retry_backoff_max => retry_backoff_max: Duration,
+    with_delivery_timeout => delivery_timeout: Duration,
+    with_request_timeout => request_timeout: Duration,
+    with_idempotence => idempotence: bool,
+});
 
 #[cfg(test)]
 mod tests {

@@ -151,7 +151,7 @@ pub(crate) struct State {
 impl State {
     fn check_accepting(&self) -> Result<(), ClientError> {
         if let Some(error) = &self.fenced {
-            return Err(error::replicate(error));
+            return Err(error.clone());
         }
         if self.closed {
             return Err(error::closed());
@@ -500,6 +500,6 @@ mod tests {
             .enqueue(ProducerRecord::new("t", "v"))
             .await
             .expect_err("the producer is closed");
-        assert_eq!(refused.code(), Some(tonic::Code::Cancelled));
+        assert_eq!(refused.code(), Some(crate::StatusCode::Cancelled));
     }
 }

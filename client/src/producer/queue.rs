@@ -424,11 +424,11 @@ impl PartitionQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::StatusCode as Code;
     use crate::producer::DeliveryFuture;
     use crate::producer::batch::test_batch;
     use brook_record::BatchHeader;
     use futures::FutureExt as _;
-    use tonic::{Code, Status};
 
     type Answer = DeliveryFuture;
 
@@ -498,7 +498,8 @@ mod tests {
         Err(ClientError::Rejected {
             topic: "t".into(),
             partition: 0,
-            status: Status::new(code, message),
+            code,
+            message: message.to_owned(),
         })
     }
 

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::accumulator::{Due, OpenBatch};
 use super::batch::Identity;
-use super::error::{acknowledgement_dropped, closed, replicate};
+use super::error::{acknowledgement_dropped, closed};
 use super::queue::{Outcome, PartitionQueue, Timing};
 use super::{Shared, TopicPartition};
 use crate::error::ClientError;
@@ -511,7 +511,7 @@ impl Sender {
                 }
                 return;
             }
-            Err(error) => batches.iter().map(|_| Err(replicate(&error))).collect(),
+            Err(error) => batches.iter().map(|_| Err(error.clone())).collect(),
         };
         assert_eq!(answers.len(), batches.len(), "one answer per batch sent");
         let timing = Timing {
@@ -546,7 +546,7 @@ impl Sender {
         self.fenced = true;
         {
             let mut state = self.shared.state.lock();
-            state.fenced = Some(replicate(error));
+            state.fenced = Some(error.clone());
             state.accumulator.fail_all(error);
         }
         for queue in self.queues.values_mut() {
