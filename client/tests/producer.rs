@@ -147,7 +147,6 @@ async fn durations_meaning_never_are_accepted() {
     let config = ProducerConfig::default()
         .with_linger(Duration::from_secs(24 * 3600))
         .with_delivery_timeout(Duration::MAX)
-        .with_request_timeout(Duration::MAX)
         .with_retry_backoff_max(Duration::MAX);
     let producer = Producer::new(client.clone(), config);
     let delivery = timeout(LIMIT, producer.enqueue(ProducerRecord::new("t", "v")))

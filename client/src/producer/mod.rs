@@ -20,6 +20,7 @@ mod batch;
 mod buffer;
 mod completion;
 mod config;
+mod connection;
 mod error;
 mod metadata;
 mod partitioner;

@@ -65,6 +65,8 @@ pub(crate) struct Timing {
 
 #[derive(Debug)]
 pub(crate) struct PartitionQueue {
+    /// The topic's name, shared by the requests of every batch.
+    topic: Bytes,
     batches: VecDeque<Batch>,
     idempotent: bool,
     window: usize,
@@ -83,8 +85,9 @@ pub(crate) struct PartitionQueue {
 }
 
 impl PartitionQueue {
-    pub(crate) fn new(idempotent: bool, now: Instant) -> Self {
+    pub(crate) fn new(topic: &str, idempotent: bool, now: Instant) -> Self {
         Self {
+            topic: Bytes::copy_from_slice(topic.as_bytes()),
             batches: VecDeque::new(),
             idempotent,
             window: if idempotent { IDEMPOTENT_WINDOW } else { 1 },
@@ -94,6 +97,11 @@ impl PartitionQueue {
             next_sequence: 0,
             last_active: now,
         }
+    }
+
+    /// The topic's name, for the requests (a cheap clone: shared bytes).
+    pub(crate) fn topic(&self) -> &Bytes {
+        &self.topic
     }
 
     pub(crate) fn push(&mut self, batch: Batch, now: Instant) {
@@ -444,7 +452,7 @@ mod tests {
 
     fn queue(idempotent: bool, batches: u64) -> (PartitionQueue, Vec<Vec<Answer>>, Instant) {
         let now = Instant::now();
-        let mut queue = PartitionQueue::new(idempotent, now);
+        let mut queue = PartitionQueue::new("t", idempotent, now);
         let mut answers = Vec::new();
         for id in 1..=batches {
             let (batch, answer) = batch(id, now);
