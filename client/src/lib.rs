@@ -50,8 +50,10 @@ macro_rules! setters {
 mod admin;
 mod client;
 mod consumer;
+mod dead_letter;
 mod deadline;
 mod error;
+#[cfg(feature = "events")]
 pub mod event;
 mod fetch;
 mod group;
@@ -59,6 +61,7 @@ mod produce;
 mod producer;
 pub mod resilience;
 mod stream;
+#[cfg(feature = "otel")]
 pub mod trace;
 
 pub use admin::{PartitionDescription, TopicConfig, TopicDescription, TopicSettings, TopicSummary};
@@ -78,6 +81,13 @@ pub use group::{
     GroupHandle, GroupSummary, MemberDescription, PartitionLag, PartitionOffset, ResetTo,
     TopicPartition,
 };
+/// The OpenTelemetry API this client is built against. Install your tracer
+/// provider through this re-export (or the same version of the crate):
+/// spans of another `opentelemetry` version are a different type to this
+/// client, so it would find no trace context and send no `traceparent`,
+/// silently.
+#[cfg(feature = "otel")]
+pub use opentelemetry;
 pub use produce::ProduceAck;
 pub use producer::{
     DEFAULT_BATCH_SIZE, DEFAULT_BUFFER_MEMORY, DEFAULT_DELIVERY_TIMEOUT, DEFAULT_LINGER,
@@ -86,4 +96,5 @@ pub use producer::{
 };
 pub use resilience::{Backoff, CircuitBreakerConfig, CircuitState};
 pub use stream::{PendingAck, ProduceStream};
+#[cfg(feature = "otel")]
 pub use trace::{record_span, traceparent_header};

@@ -230,6 +230,7 @@ impl Producer {
         // One clock read serves the deadline and the linger's start.
         let accepted = Instant::now();
         let deadline = crate::deadline::after(accepted, shared.config.delivery_timeout);
+        #[cfg(feature = "otel")]
         record.add_traceparent();
         let size = record_size(&record);
         let bytes = u32::try_from(size)

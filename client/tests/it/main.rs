@@ -4,6 +4,7 @@
 mod client;
 mod consumer;
 mod consumer_backoff;
+#[cfg(feature = "events")]
 mod events;
 mod groups;
 mod half_open;

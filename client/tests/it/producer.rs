@@ -558,6 +558,7 @@ async fn a_fenced_producer_fails_its_records() {
     assert_eq!(fetch_all(&client, "t", 0).await.len(), 1);
 }
 
+#[cfg(feature = "otel")]
 #[tokio::test]
 async fn records_carry_the_trace_of_their_sender() {
     use opentelemetry::trace::TracerProvider as _;
