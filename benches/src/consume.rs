@@ -89,12 +89,10 @@ async fn prepare(
         .with_context(|| format!("connect to {endpoint}"))?;
     let consumer = Consumer::new(
         client.clone(),
-        ConsumerConfig {
-            max_bytes: workload.fetch_bytes,
-            auto_offset_reset: OffsetReset::Earliest,
-            max_wait: Duration::from_millis(100),
-            ..ConsumerConfig::default()
-        },
+        ConsumerConfig::default()
+            .with_max_bytes(workload.fetch_bytes)
+            .with_auto_offset_reset(OffsetReset::Earliest)
+            .with_max_wait(Duration::from_millis(100)),
     );
     let assignment: Vec<(&str, u32)> = partitions
         .iter()

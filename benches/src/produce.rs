@@ -62,7 +62,7 @@ pub async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> anyh
         .await
     {
         Ok(_) => Ok(()),
-        Err(error) if error.code() == Some(tonic::Code::AlreadyExists) => Ok(()),
+        Err(error) if error.kind() == brook_client::ErrorKind::AlreadyExists => Ok(()),
         Err(error) => Err(error).context("create the bench topic"),
     }
 }
@@ -75,13 +75,11 @@ pub async fn send_all(
     start: Instant,
     stamp: bool,
 ) -> anyhow::Result<Sent> {
-    let config = ProducerConfig {
-        linger: workload.linger,
-        batch_size: workload.batch_size,
-        compression: workload.compression,
-        max_in_flight: workload.max_in_flight,
-        ..ProducerConfig::default()
-    };
+    let config = ProducerConfig::default()
+        .with_linger(workload.linger)
+        .with_batch_size(workload.batch_size)
+        .with_compression(workload.compression)
+        .with_max_in_flight(workload.max_in_flight);
     let mut producers = Vec::with_capacity(workload.producers);
     for _ in 0..workload.producers {
         let client = Client::connect(endpoint)

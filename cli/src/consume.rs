@@ -77,10 +77,9 @@ async fn run_partitions(client: &Client, args: &ConsumeArgs) -> anyhow::Result<(
             }
             None => POLL_WAIT_MAX,
         };
-        let options = FetchOptions {
-            max_bytes: FETCH_BYTES_MAX,
-            max_wait: wait,
-        };
+        let options = FetchOptions::default()
+            .with_max_bytes(FETCH_BYTES_MAX)
+            .with_max_wait(wait);
         let fetched = tokio::select! {
             fetched = client.fetch_many(&targets, options) => fetched?,
             signal = &mut interrupted => {
@@ -120,15 +119,13 @@ async fn run_partitions(client: &Client, args: &ConsumeArgs) -> anyhow::Result<(
 /// commits the printed records whenever no record is ready and at the end,
 /// each time after flushing stdout. Leaves the group on the way out.
 async fn run_group(client: &GroupClient, group: String, args: &ConsumeArgs) -> anyhow::Result<()> {
-    let config = GroupConfig {
-        client_id: "brook-cli".to_owned(),
-        auto_offset_reset: if args.from_beginning {
+    let config = GroupConfig::new(group.clone(), [args.topic.clone()])
+        .with_client_id("brook-cli".to_owned())
+        .with_auto_offset_reset(if args.from_beginning {
             OffsetReset::Earliest
         } else {
             OffsetReset::Latest
-        },
-        ..GroupConfig::new(group.clone(), [args.topic.clone()])
-    };
+        });
     let mut member = GroupConsumer::join(client.clone(), config)
         .await
         .with_context(|| format!("join group {group}"))?;

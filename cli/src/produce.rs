@@ -48,11 +48,9 @@ pub async fn run(client: &Client, args: ProduceArgs) -> anyhow::Result<()> {
     }
     let producer = Producer::new(
         client.clone(),
-        ProducerConfig {
-            linger: Duration::from_millis(20),
-            batch_size: (1024 * 1024).min(topic.config.max_message_bytes as usize / 2),
-            ..ProducerConfig::default()
-        },
+        ProducerConfig::default()
+            .with_linger(Duration::from_millis(20))
+            .with_batch_size((1024 * 1024).min(topic.config.max_message_bytes as usize / 2)),
     );
     let fed = feed(&producer, &args).await;
     producer.close().await;

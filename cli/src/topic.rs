@@ -45,13 +45,12 @@ pub async fn run(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
             segment_bytes,
             max_message_bytes,
         } => {
-            let config = TopicConfig {
-                retention_ms,
-                retention_bytes,
-                segment_bytes,
-                segment_ms: None,
-                max_message_bytes,
-            };
+            let config = TopicConfig::default()
+                .with_retention_ms(retention_ms)
+                .with_retention_bytes(retention_bytes)
+                .with_segment_bytes(segment_bytes)
+                .with_segment_ms(None)
+                .with_max_message_bytes(max_message_bytes);
             let topic = client.create_topic(&name, partitions, config).await?;
             println!(
                 "created topic {} with {} partitions",

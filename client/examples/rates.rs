@@ -58,10 +58,7 @@ async fn produce(
 ) -> anyhow::Result<Duration> {
     let producer = Producer::new(
         client.clone(),
-        ProducerConfig {
-            compression,
-            ..ProducerConfig::default()
-        },
+        ProducerConfig::default().with_compression(compression),
     );
     let value: Vec<u8> = b"the quick brown fox jumps over the lazy dog "
         .iter()

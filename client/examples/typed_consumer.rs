@@ -57,10 +57,7 @@ async fn main() -> anyhow::Result<()> {
         })
         .dead_letter_sender(Producer::new(client.clone(), ProducerConfig::default()));
 
-    let config = ConsumerConfig {
-        auto_offset_reset: OffsetReset::Earliest,
-        ..ConsumerConfig::default()
-    };
+    let config = ConsumerConfig::default().with_auto_offset_reset(OffsetReset::Earliest);
     let mut consumer = Consumer::new(client, config);
     let assignment: Vec<(&str, u32)> = (0..partitions).map(|p| (TOPIC, p)).collect();
     consumer.assign(&assignment);

@@ -9,6 +9,7 @@ use crate::error::ClientError;
 /// Settings to give a topic; `None` takes the broker's default (on create)
 /// or leaves the setting as it is (on alter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct TopicConfig {
     /// Delete whole segments whose newest record is older than this; -1 keeps forever.
     pub retention_ms: Option<i64>,
@@ -230,3 +231,11 @@ fn description(topic: Option<proto::TopicDescription>) -> Result<TopicDescriptio
 fn missing(field: &str) -> ClientError {
     ClientError::Protocol(format!("the topic description has no {field}"))
 }
+
+setters!(TopicConfig {
+    with_retention_ms => retention_ms: Option<i64>,
+    with_retention_bytes => retention_bytes: Option<i64>,
+    with_segment_bytes => segment_bytes: Option<u64>,
+    with_segment_ms => segment_ms: Option<i64>,
+    with_max_message_bytes => max_message_bytes: Option<u32>,
+});

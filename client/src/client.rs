@@ -37,6 +37,7 @@ const KEEPALIVE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(20);
 /// values, and pings the connection every 30 s, closing it when a ping is
 /// not answered within 20 s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ClientOptions {
     /// Time limit for the TCP connect and the HTTP/2 handshake.
     pub connect_timeout: Duration,
@@ -152,7 +153,12 @@ impl Client {
             !options.keepalive_interval.is_zero() && !options.keepalive_timeout.is_zero(),
             "keepalive pings need a positive interval and timeout"
         );
-        let endpoint = Endpoint::from_shared(with_scheme(endpoint.into()))?
+        let endpoint = with_scheme(endpoint.into());
+        let endpoint = Endpoint::from_shared(endpoint.clone())
+            .map_err(|error| ClientError::InvalidEndpoint {
+                endpoint,
+                source: std::sync::Arc::new(error),
+            })?
             .connect_timeout(options.connect_timeout)
             .tcp_nodelay(true)
             // A half-open connection shows no error by itself: pings find it.
@@ -165,20 +171,19 @@ impl Client {
             .map_err(|_elapsed| ClientError::Timeout {
                 operation: "connect",
                 after: options.connect_timeout,
-            })??;
+            })?
+            .map_err(ClientError::transport)?;
         Ok(Self::from_channel(channel, options))
     }
 
-    /// Wraps an existing channel (e.g. one with TLS or a custom connector).
+    /// Wraps an existing channel (tests use one that connects lazily).
     /// The channel's own settings apply: `connect_timeout` and the keepalive
-    /// options are for [`Client::connect_with`]; set the same on your
-    /// `Endpoint` (`http2_keep_alive_interval`, `keep_alive_timeout`,
-    /// `keep_alive_while_idle`) so half-open connections are noticed.
+    /// options are for [`Client::connect_with`].
     ///
     /// # Panics
     ///
     /// If `options.circuit_breaker.failure_threshold` is 0.
-    pub fn from_channel(channel: Channel, options: ClientOptions) -> Self {
+    pub(crate) fn from_channel(channel: Channel, options: ClientOptions) -> Self {
         let limit = options.message_bytes_max;
         Self {
             admin: AdminServiceClient::new(channel.clone())
@@ -204,13 +209,6 @@ impl Client {
     /// The state of the circuit breaker in front of the connection.
     pub fn circuit_state(&self) -> CircuitState {
         self.breaker.state()
-    }
-
-    /// The circuit breaker, for streams to acquire a permit before opening
-    /// and to report how the stream's calls went.
-    #[allow(dead_code, reason = "for the producer's and consumer's streams")]
-    pub(crate) fn breaker(&self) -> &CircuitBreaker {
-        &self.breaker
     }
 
     /// Runs one call through the circuit breaker and under `timeout`, turning
@@ -256,6 +254,17 @@ fn with_scheme(endpoint: String) -> String {
     }
 }
 
+setters!(ClientOptions {
+    with_connect_timeout => connect_timeout: Duration,
+    with_request_timeout => request_timeout: Duration,
+    with_message_bytes_max => message_bytes_max: usize,
+    with_produce_in_flight_max => produce_in_flight_max: usize,
+    with_keepalive_interval => keepalive_interval: Duration,
+    with_keepalive_timeout => keepalive_timeout: Duration,
+    with_batch => batch: BatchOptions,
+    with_circuit_breaker => circuit_breaker: CircuitBreakerConfig,
+});
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,8 +280,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_invalid_endpoint_is_a_transport_error() {
+    async fn an_invalid_endpoint_is_not_retryable() {
         let error = Client::connect("http://bad host:1").await.unwrap_err();
-        assert!(matches!(error, ClientError::Transport(_)), "{error:?}");
+        assert!(
+            matches!(error, ClientError::InvalidEndpoint { .. }),
+            "{error:?}"
+        );
+        assert_eq!(error.kind(), crate::ErrorKind::InvalidArgument);
+        // Retrying cannot make the address valid.
+        assert!(!error.is_retryable());
     }
 }

@@ -1,52 +1,95 @@
-//! The one error type of the client, and whether retrying can help.
+//! The one error type of the client, what kind of failure it is, and
+//! whether retrying can help.
 //!
-//! Invariant: a status the broker answered with is kept whole (code, message,
-//! metadata) as the error's source; nothing is flattened to a string.
+//! Invariants: no type of the gRPC stack appears here; a status the broker
+//! answered with is kept as its code (the client's own [`StatusCode`]) and
+//! its message, and a failure underneath (a broken connection, an invalid
+//! address) is kept as the error's source, never flattened to a string.
+//! Every variant is cheap to clone, so one error can answer every record
+//! of a batch.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use brook_record::BatchError;
-use tonic::Code;
 
-/// Why a client call failed.
-#[derive(Debug, thiserror::Error)]
+/// A failure below the client (the transport, the HTTP/2 stack), kept as
+/// the source of a [`ClientError`].
+pub type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a client call failed. Match on [`ClientError::kind`] to tell
+/// failures apart; [`ClientError::is_retryable`] says whether the same
+/// call may succeed later.
+///
+/// ```no_run
+/// # async fn example(client: brook_client::Client) -> Result<(), brook_client::ClientError> {
+/// use brook_client::{ErrorKind, TopicConfig};
+///
+/// match client.create_topic("events", 3, TopicConfig::default()).await {
+///     Ok(_created) => {}
+///     Err(error) if error.kind() == ErrorKind::AlreadyExists => {}
+///     Err(error) => return Err(error),
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum ClientError {
-    /// The broker (or the gRPC stack under it) answered the call with a status.
-    #[error("{operation} failed with {code:?}: {message}", code = status.code(), message = status.message())]
+    /// The broker answered the call with an error status.
     Status {
         /// The call, e.g. `create_topic`.
         operation: &'static str,
-        /// The status, as received.
-        #[source]
-        status: tonic::Status,
+        /// The status code.
+        code: StatusCode,
+        /// The broker's message: what it refused, naming the field or limit.
+        message: String,
+        /// What the client found underneath, if anything (e.g. why fetched
+        /// bytes do not decode).
+        source: Option<Cause>,
     },
 
     /// The broker refused one batch of a produce (the request itself went through).
-    #[error("batch for {topic}/{partition} rejected with {code:?}: {message}", code = status.code(), message = status.message())]
     Rejected {
         /// The batch's topic.
         topic: String,
         /// The batch's partition.
         partition: u32,
-        /// The broker's error as a status: its code and its message.
-        #[source]
-        status: tonic::Status,
+        /// The status code of the refusal.
+        code: StatusCode,
+        /// The broker's message.
+        message: String,
     },
 
     /// The broker served bytes that are not valid record batches.
-    #[error("fetched records do not decode")]
-    Decode(#[source] BatchError),
+    Decode(BatchError),
 
     /// The records given to a produce call could not be encoded (e.g. none).
-    #[error("records do not encode into a batch")]
-    Encode(#[source] BatchError),
+    Encode(BatchError),
 
-    /// Connecting failed, or the endpoint is not a valid URI.
-    #[error("cannot reach the broker")]
-    Transport(#[from] tonic::transport::Error),
+    /// The endpoint given to [`crate::Client::connect`] is not a valid URI.
+    InvalidEndpoint {
+        /// The endpoint, as given (with `http://` added when it had no scheme).
+        endpoint: String,
+        /// Why it does not parse.
+        source: Cause,
+    },
+
+    /// Connecting to the broker failed.
+    Transport(Cause),
+
+    /// The connection broke under a call (the broker went away: an I/O,
+    /// transport or HTTP/2 failure). The answer was lost; the request may
+    /// or may not have been applied.
+    ConnectionLost {
+        /// The call, e.g. `produce`.
+        operation: &'static str,
+        /// The failure underneath.
+        source: Cause,
+    },
 
     /// No answer within the call's time limit.
-    #[error("{operation} timed out after {after:?}")]
     Timeout {
         /// The call, e.g. `fetch`.
         operation: &'static str,
@@ -57,7 +100,6 @@ pub enum ClientError {
     /// A stream ended (the connection dropped, or the broker is shutting
     /// down) before this request was answered. The request may or may not
     /// have been applied.
-    #[error("{operation} stream closed before the answer arrived")]
     StreamClosed {
         /// The stream's call, e.g. `produce_stream`.
         operation: &'static str,
@@ -66,7 +108,6 @@ pub enum ClientError {
     /// The client's circuit breaker is open: recent calls failed to reach the
     /// broker, so this one failed at once instead of waiting for a connect
     /// timeout. See [`crate::resilience::CircuitBreaker`].
-    #[error("circuit breaker open: the broker was unreachable; retry after {retry_after:?}")]
     CircuitOpen {
         /// How long until the breaker lets a probe call through.
         retry_after: Duration,
@@ -74,45 +115,261 @@ pub enum ClientError {
 
     /// The broker's answer broke the protocol (e.g. a produce response with
     /// the wrong number of results). A bug on one side; do not retry.
-    #[error("protocol violation: {0}")]
     Protocol(String),
 }
 
-impl ClientError {
-    /// The gRPC status code, when the broker answered with one.
-    pub fn code(&self) -> Option<Code> {
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Status { status, .. } | Self::Rejected { status, .. } => Some(status.code()),
-            Self::Decode(_)
-            | Self::Encode(_)
-            | Self::Transport(_)
+            Self::Status {
+                operation,
+                code,
+                message,
+                ..
+            } => write!(f, "{operation} failed with {code}: {message}"),
+            Self::Rejected {
+                topic,
+                partition,
+                code,
+                message,
+            } => write!(
+                f,
+                "batch for {topic}/{partition} rejected with {code}: {message}"
+            ),
+            Self::Decode(_) => f.write_str("fetched records do not decode"),
+            Self::Encode(_) => f.write_str("records do not encode into a batch"),
+            Self::InvalidEndpoint { endpoint, .. } => {
+                write!(f, "{endpoint} is not a valid broker address")
+            }
+            Self::Transport(_) => f.write_str("cannot reach the broker"),
+            Self::ConnectionLost { operation, .. } => {
+                write!(f, "{operation} lost its connection to the broker")
+            }
+            Self::Timeout { operation, after } => {
+                write!(f, "{operation} timed out after {after:?}")
+            }
+            Self::StreamClosed { operation } => {
+                write!(f, "{operation} stream closed before the answer arrived")
+            }
+            Self::CircuitOpen { retry_after } => write!(
+                f,
+                "circuit breaker open: the broker was unreachable; retry after {retry_after:?}"
+            ),
+            Self::Protocol(why) => write!(f, "protocol violation: {why}"),
+        }
+    }
+}
+
+/// Written by hand rather than derived: a [`Cause`] is an `Arc`, and the
+/// source must be the error inside it, not the `Arc`, so that callers can
+/// downcast it (e.g. to `std::io::Error`).
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Status { source, .. } => source.as_deref().map(|cause| cause as _),
+            Self::Decode(error) | Self::Encode(error) => Some(error),
+            Self::InvalidEndpoint { source, .. }
+            | Self::Transport(source)
+            | Self::ConnectionLost { source, .. } => Some(&**source),
+            Self::Rejected { .. }
             | Self::Timeout { .. }
             | Self::StreamClosed { .. }
             | Self::CircuitOpen { .. }
             | Self::Protocol(_) => None,
         }
     }
+}
 
-    /// Whether the same call may succeed if tried again later: the broker was
-    /// unreachable, overloaded, shutting down or slow. A produce retried after
-    /// a timeout or a closed stream may append its records twice. An open
-    /// circuit breaker is retryable (after its `retry_after`): nothing was sent.
-    pub fn is_retryable(&self) -> bool {
+/// What kind of failure a [`ClientError`] is, for callers to match on.
+/// More kinds may be added; match with a wildcard arm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The topic already exists.
+    AlreadyExists,
+    /// The topic, partition or group does not exist.
+    NotFound,
+    /// The request is malformed or breaks a limit (a field, a batch's size,
+    /// a record larger than the producer's buffer, an invalid address).
+    InvalidArgument,
+    /// The offset is outside the partition's log.
+    OutOfRange,
+    /// The identity is superseded: an idempotent producer's epoch is older
+    /// than the broker's (another instance took over), or a group member's
+    /// generation or ownership is no longer current. Retrying cannot help.
+    Fenced,
+    /// An idempotent batch's sequence number does not follow the
+    /// partition's last one: an earlier batch was lost.
+    OutOfOrderSequence,
+    /// The request does not fit the current state (e.g. deleting a group
+    /// that still has members).
+    FailedPrecondition,
+    /// The broker aborted the call (e.g. the member was removed from its group).
+    Aborted,
+    /// No answer within the time limit (the client's or the broker's).
+    TimedOut,
+    /// The broker is unreachable, shutting down, or cannot serve the
+    /// partition now; or the connection or stream broke under the call, or
+    /// the circuit breaker is open.
+    Unavailable,
+    /// A limit of the broker was reached (e.g. a group's member limit), or
+    /// it is overloaded.
+    ResourceExhausted,
+    /// Stored or fetched data is corrupt: a batch does not decode.
+    DataLoss,
+    /// The call was cancelled, or the producer is closed.
+    Cancelled,
+    /// The broker failed internally (e.g. a write or fsync failed).
+    Internal,
+    /// The broker's answer broke the protocol.
+    Protocol,
+    /// The broker does not know the call (it is older than the client).
+    Unimplemented,
+    /// The call was refused for lack of credentials or rights.
+    PermissionDenied,
+    /// Any other failure.
+    Unknown,
+}
+
+/// A status code the broker answered with: the gRPC codes
+/// (`google.rpc.Code`), as the client's own type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+#[allow(missing_docs, reason = "the gRPC codes, documented by google.rpc.Code")]
+pub enum StatusCode {
+    Ok,
+    Cancelled,
+    Unknown,
+    InvalidArgument,
+    DeadlineExceeded,
+    NotFound,
+    AlreadyExists,
+    PermissionDenied,
+    ResourceExhausted,
+    FailedPrecondition,
+    Aborted,
+    OutOfRange,
+    Unimplemented,
+    Internal,
+    Unavailable,
+    DataLoss,
+    Unauthenticated,
+}
+
+impl StatusCode {
+    /// The code with this number on the wire; an unknown number is `Unknown`.
+    pub(crate) fn from_i32(code: i32) -> Self {
+        Self::from(tonic::Code::from_i32(code))
+    }
+}
+
+impl From<tonic::Code> for StatusCode {
+    fn from(code: tonic::Code) -> Self {
+        use tonic::Code as C;
+        match code {
+            C::Ok => Self::Ok,
+            C::Cancelled => Self::Cancelled,
+            C::Unknown => Self::Unknown,
+            C::InvalidArgument => Self::InvalidArgument,
+            C::DeadlineExceeded => Self::DeadlineExceeded,
+            C::NotFound => Self::NotFound,
+            C::AlreadyExists => Self::AlreadyExists,
+            C::PermissionDenied => Self::PermissionDenied,
+            C::ResourceExhausted => Self::ResourceExhausted,
+            C::FailedPrecondition => Self::FailedPrecondition,
+            C::Aborted => Self::Aborted,
+            C::OutOfRange => Self::OutOfRange,
+            C::Unimplemented => Self::Unimplemented,
+            C::Internal => Self::Internal,
+            C::Unavailable => Self::Unavailable,
+            C::DataLoss => Self::DataLoss,
+            C::Unauthenticated => Self::Unauthenticated,
+        }
+    }
+}
+
+impl fmt::Display for StatusCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+impl ClientError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::Status { status, .. } | Self::Rejected { status, .. } => {
-                code_is_retryable(status.code()) || is_connection_failure(status)
+            Self::Status { code, message, .. } | Self::Rejected { code, message, .. } => {
+                kind_of(*code, message)
             }
+            Self::Decode(_) => ErrorKind::DataLoss,
+            Self::Encode(_) | Self::InvalidEndpoint { .. } => ErrorKind::InvalidArgument,
             Self::Transport(_)
-            | Self::Timeout { .. }
+            | Self::ConnectionLost { .. }
             | Self::StreamClosed { .. }
-            | Self::CircuitOpen { .. } => true,
-            Self::Decode(_) | Self::Encode(_) | Self::Protocol(_) => false,
+            | Self::CircuitOpen { .. } => ErrorKind::Unavailable,
+            Self::Timeout { .. } => ErrorKind::TimedOut,
+            Self::Protocol(_) => ErrorKind::Protocol,
         }
     }
 
-    /// A `Status` error for `operation`.
+    /// The status code, when the broker answered with one (or the client
+    /// answered for it, e.g. a closed producer is `Cancelled`).
+    pub fn code(&self) -> Option<StatusCode> {
+        match self {
+            Self::Status { code, .. } | Self::Rejected { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// Whether the same call may succeed if tried again later: the broker was
+    /// unreachable, overloaded, shutting down or slow. A produce retried after
+    /// a timeout or a lost connection may append its records twice. An open
+    /// circuit breaker is retryable (after its `retry_after`): nothing was sent.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Status { code, .. } | Self::Rejected { code, .. } => code_is_retryable(*code),
+            Self::Transport(_)
+            | Self::ConnectionLost { .. }
+            | Self::Timeout { .. }
+            | Self::StreamClosed { .. }
+            | Self::CircuitOpen { .. } => true,
+            Self::Decode(_)
+            | Self::Encode(_)
+            | Self::InvalidEndpoint { .. }
+            | Self::Protocol(_) => false,
+        }
+    }
+
+    /// A `Status` error for `operation`, made by the client itself.
+    pub(crate) fn new(
+        operation: &'static str,
+        code: StatusCode,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::Status {
+            operation,
+            code,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// The error of `operation` from the gRPC status it ended with: a
+    /// broken connection is told apart from the broker's answers.
     pub(crate) fn status(operation: &'static str, status: tonic::Status) -> Self {
-        Self::Status { operation, status }
+        if is_connection_failure(&status) {
+            return Self::ConnectionLost {
+                operation,
+                source: Arc::new(status),
+            };
+        }
+        Self::new(operation, status.code().into(), status.message())
+    }
+
+    /// A `Status` error from the broker's in-band `Error` message (a
+    /// produce stream's response refused as a whole).
+    pub(crate) fn refused(operation: &'static str, error: brook_proto::Error) -> Self {
+        Self::new(operation, StatusCode::from_i32(error.code), error.message)
     }
 
     /// A `Rejected` error from the broker's in-band `Error` message.
@@ -120,8 +377,44 @@ impl ClientError {
         Self::Rejected {
             topic,
             partition,
-            status: tonic::Status::new(Code::from_i32(error.code), error.message),
+            code: StatusCode::from_i32(error.code),
+            message: error.message,
         }
+    }
+
+    /// The error of a connection that could not be made.
+    pub(crate) fn transport(error: tonic::transport::Error) -> Self {
+        Self::Transport(Arc::new(error))
+    }
+}
+
+/// The kind of a status. The broker answers both a fenced identity and a
+/// sequence gap (and a group that is not empty) with `FAILED_PRECONDITION`;
+/// its message tells them apart ("out of order sequence ...", "... needs an
+/// empty group ...", see the broker's `BrokerError`).
+fn kind_of(code: StatusCode, message: &str) -> ErrorKind {
+    match code {
+        StatusCode::Cancelled => ErrorKind::Cancelled,
+        StatusCode::InvalidArgument => ErrorKind::InvalidArgument,
+        StatusCode::DeadlineExceeded => ErrorKind::TimedOut,
+        StatusCode::NotFound => ErrorKind::NotFound,
+        StatusCode::AlreadyExists => ErrorKind::AlreadyExists,
+        StatusCode::PermissionDenied | StatusCode::Unauthenticated => ErrorKind::PermissionDenied,
+        StatusCode::ResourceExhausted => ErrorKind::ResourceExhausted,
+        StatusCode::FailedPrecondition if message.contains("out of order sequence") => {
+            ErrorKind::OutOfOrderSequence
+        }
+        StatusCode::FailedPrecondition if message.contains("needs an empty group") => {
+            ErrorKind::FailedPrecondition
+        }
+        StatusCode::FailedPrecondition => ErrorKind::Fenced,
+        StatusCode::Aborted => ErrorKind::Aborted,
+        StatusCode::OutOfRange => ErrorKind::OutOfRange,
+        StatusCode::Unimplemented => ErrorKind::Unimplemented,
+        StatusCode::Internal => ErrorKind::Internal,
+        StatusCode::Unavailable => ErrorKind::Unavailable,
+        StatusCode::DataLoss => ErrorKind::DataLoss,
+        StatusCode::Ok | StatusCode::Unknown => ErrorKind::Unknown,
     }
 }
 
@@ -131,6 +424,7 @@ impl ClientError {
 /// `CANCELLED`) rather than for an answer of the broker. The answer was
 /// lost; the request may or may not have been applied.
 fn is_connection_failure(status: &tonic::Status) -> bool {
+    use tonic::Code;
     if !matches!(status.code(), Code::Unknown | Code::Cancelled) {
         return false;
     }
@@ -147,10 +441,13 @@ fn is_connection_failure(status: &tonic::Status) -> bool {
 }
 
 /// Codes that describe a passing condition rather than a wrong request.
-fn code_is_retryable(code: Code) -> bool {
+fn code_is_retryable(code: StatusCode) -> bool {
     matches!(
         code,
-        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted
+        StatusCode::Unavailable
+            | StatusCode::DeadlineExceeded
+            | StatusCode::ResourceExhausted
+            | StatusCode::Aborted
     )
 }
 
@@ -163,8 +460,18 @@ mod tests {
         let broken = tonic::Status::from_error(Box::new(std::io::Error::from(
             std::io::ErrorKind::BrokenPipe,
         )));
-        assert_eq!(broken.code(), Code::Unknown);
-        assert!(ClientError::status("produce", broken).is_retryable());
+        assert_eq!(broken.code(), tonic::Code::Unknown);
+        let lost = ClientError::status("produce", broken);
+        assert!(lost.is_retryable());
+        assert_eq!(lost.kind(), ErrorKind::Unavailable);
+        // The I/O error is kept in the chain of causes.
+        let mut source = std::error::Error::source(&lost);
+        let mut found = false;
+        while let Some(cause) = source {
+            found |= cause.is::<std::io::Error>();
+            source = cause.source();
+        }
+        assert!(found, "{lost:?}");
         let h2 = tonic::Status::unknown("h2 protocol error: error reading a body from connection");
         assert!(ClientError::status("produce", h2).is_retryable());
         let answer = tonic::Status::unknown("the handler failed");
@@ -173,25 +480,62 @@ mod tests {
 
     #[test]
     fn codes_classify_as_documented() {
-        for code in [
-            Code::Unavailable,
-            Code::DeadlineExceeded,
-            Code::ResourceExhausted,
+        for (code, kind) in [
+            (tonic::Code::Unavailable, ErrorKind::Unavailable),
+            (tonic::Code::DeadlineExceeded, ErrorKind::TimedOut),
+            (tonic::Code::ResourceExhausted, ErrorKind::ResourceExhausted),
+            (tonic::Code::Aborted, ErrorKind::Aborted),
         ] {
             let e = ClientError::status("produce", tonic::Status::new(code, "x"));
             assert!(e.is_retryable(), "{code:?}");
-            assert_eq!(e.code(), Some(code));
+            assert_eq!(e.code(), Some(StatusCode::from(code)));
+            assert_eq!(e.kind(), kind);
         }
-        for code in [
-            Code::InvalidArgument,
-            Code::NotFound,
-            Code::AlreadyExists,
-            Code::OutOfRange,
-            Code::FailedPrecondition,
+        for (code, kind) in [
+            (tonic::Code::InvalidArgument, ErrorKind::InvalidArgument),
+            (tonic::Code::NotFound, ErrorKind::NotFound),
+            (tonic::Code::AlreadyExists, ErrorKind::AlreadyExists),
+            (tonic::Code::OutOfRange, ErrorKind::OutOfRange),
+            (tonic::Code::DataLoss, ErrorKind::DataLoss),
+            (tonic::Code::Internal, ErrorKind::Internal),
         ] {
             let e = ClientError::status("produce", tonic::Status::new(code, "x"));
             assert!(!e.is_retryable(), "{code:?}");
+            assert_eq!(e.kind(), kind);
         }
+    }
+
+    #[test]
+    fn failed_preconditions_are_told_apart_by_the_message() {
+        let refusal = |message: &str| {
+            ClientError::status(
+                "produce",
+                tonic::Status::failed_precondition(message.to_owned()),
+            )
+            .kind()
+        };
+        assert_eq!(
+            refusal(
+                "batch for topic `t` partition 0 refused: out of order sequence for producer_id 1: expected base_sequence 0, got 5"
+            ),
+            ErrorKind::OutOfOrderSequence
+        );
+        assert_eq!(
+            refusal(
+                "batch for topic `t` partition 0 refused: producer_id 1 epoch 0 is fenced: a newer instance holds epoch 1"
+            ),
+            ErrorKind::Fenced
+        );
+        assert_eq!(
+            refusal("commit to group `g` refused for member `m`: stale generation 3, current 4"),
+            ErrorKind::Fenced
+        );
+        assert_eq!(
+            refusal(
+                "group `g` has 2 members; delete needs an empty group (stop its consumers first)"
+            ),
+            ErrorKind::FailedPrecondition
+        );
     }
 
     #[test]
@@ -200,16 +544,19 @@ mod tests {
             "t".into(),
             2,
             brook_proto::Error {
-                code: Code::InvalidArgument as i32,
+                code: tonic::Code::InvalidArgument as i32,
                 message: "crc mismatch".into(),
             },
         );
-        assert_eq!(e.code(), Some(Code::InvalidArgument));
+        assert_eq!(e.code(), Some(StatusCode::InvalidArgument));
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
         assert!(!e.is_retryable());
         assert_eq!(
             e.to_string(),
             "batch for t/2 rejected with InvalidArgument: crc mismatch"
         );
+        let clone = e.clone();
+        assert_eq!(clone.to_string(), e.to_string());
     }
 
     #[test]
@@ -220,7 +567,12 @@ mod tests {
         };
         assert!(timeout.is_retryable());
         assert_eq!(timeout.code(), None);
+        assert_eq!(timeout.kind(), ErrorKind::TimedOut);
         assert!(!ClientError::Decode(BatchError::EmptyBatch).is_retryable());
+        assert_eq!(
+            ClientError::Decode(BatchError::EmptyBatch).kind(),
+            ErrorKind::DataLoss
+        );
         assert!(
             ClientError::StreamClosed {
                 operation: "produce"
@@ -232,6 +584,7 @@ mod tests {
         };
         assert!(open.is_retryable());
         assert_eq!(open.code(), None);
+        assert_eq!(open.kind(), ErrorKind::Unavailable);
         assert_eq!(
             open.to_string(),
             "circuit breaker open: the broker was unreachable; retry after 300ms"

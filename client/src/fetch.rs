@@ -22,13 +22,14 @@ use futures::Stream;
 use tonic::Streaming;
 
 use crate::client::Client;
-use crate::error::ClientError;
+use crate::error::{ClientError, StatusCode};
 
 /// Bytes of records the broker pushes per subscription message.
 pub const SUBSCRIBE_MAX_BYTES: u32 = 1024 * 1024;
 
 /// Bounds of one fetch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FetchOptions {
     /// Upper bound for the response's records (per partition and in total);
     /// at least one batch is returned when data exists, whatever its size.
@@ -309,11 +310,14 @@ fn record_bytes(record: &Record) -> usize {
 /// data as far as this client can tell, so `DATA_LOSS`, not retryable; the
 /// decoding error is the status's source.
 fn undecodable(topic: &str, partition: u32, offset: i64, error: BatchError) -> ClientError {
-    let mut status = tonic::Status::data_loss(format!(
-        "the batch of {topic}/{partition} at offset {offset} does not decode: {error}"
-    ));
-    status.set_source(Arc::new(error));
-    ClientError::status("fetch", status)
+    ClientError::Status {
+        operation: "fetch",
+        code: StatusCode::DataLoss,
+        message: format!(
+            "the batch of {topic}/{partition} at offset {offset} does not decode: {error}"
+        ),
+        source: Some(Arc::new(error)),
+    }
 }
 
 /// A partition's records as they are appended, from [`Client::subscribe`]:
@@ -397,6 +401,11 @@ impl Stream for Subscription {
     }
 }
 
+setters!(FetchOptions {
+    with_max_bytes => max_bytes: u32,
+    with_max_wait => max_wait: Duration,
+});
+
 #[cfg(test)]
 mod tests {
     use brook_record::{BatchOptions, Compression, HEADER_LEN, NewRecord, encode_batch};
@@ -463,10 +472,10 @@ mod tests {
     fn a_bad_first_batch_is_an_error_naming_partition_and_offset() {
         let fetched = concat(&[garbage(2), batch(5, 1, 10, Compression::None)]);
         let error = decode_from("t", 3, fetched, 2, &mut { usize::MAX }).unwrap_err();
-        assert_eq!(error.code(), Some(tonic::Code::DataLoss));
+        assert_eq!(error.code(), Some(StatusCode::DataLoss));
         assert!(!error.is_retryable());
         assert!(error.to_string().contains("t/3 at offset 2"), "{error}");
-        let source = std::error::Error::source(&error).and_then(std::error::Error::source);
+        let source = std::error::Error::source(&error);
         assert!(
             source.is_some_and(<dyn std::error::Error>::is::<BatchError>),
             "the decoding error is kept: {error:?}"

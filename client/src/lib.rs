@@ -29,11 +29,31 @@
 
 #![warn(missing_docs)]
 
+/// Chainable `with_*` setters for a settings type's public fields: outside
+/// this crate `#[non_exhaustive]` forbids struct literals, so settings are
+/// made from their `Default` (or constructor) and these.
+macro_rules! setters {
+    ($ty:ty { $($setter:ident => $field:ident: $fty:ty),* $(,)? }) => {
+        impl $ty {
+            $(
+                #[doc = concat!("Sets [`Self::", stringify!($field), "`].")]
+                #[must_use]
+                pub fn $setter(mut self, $field: $fty) -> Self {
+                    self.$field = $field;
+                    self
+                }
+            )*
+        }
+    };
+}
+
 mod admin;
 mod client;
 mod consumer;
+mod dead_letter;
 mod deadline;
 mod error;
+#[cfg(feature = "events")]
 pub mod event;
 mod fetch;
 mod group;
@@ -41,6 +61,7 @@ mod produce;
 mod producer;
 pub mod resilience;
 mod stream;
+#[cfg(feature = "otel")]
 pub mod trace;
 
 pub use admin::{PartitionDescription, TopicConfig, TopicDescription, TopicSettings, TopicSummary};
@@ -50,7 +71,7 @@ pub use client::{
     DEFAULT_PRODUCE_IN_FLIGHT_MAX, DEFAULT_REQUEST_TIMEOUT,
 };
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, ConsumerError, OffsetReset, SeekTo};
-pub use error::ClientError;
+pub use error::{Cause, ClientError, ErrorKind, StatusCode};
 pub use fetch::{
     FetchOptions, FetchResult, FetchTarget, OffsetSpec, PartitionFetch, SUBSCRIBE_MAX_BYTES,
     Subscription,
@@ -60,6 +81,13 @@ pub use group::{
     GroupHandle, GroupSummary, MemberDescription, PartitionLag, PartitionOffset, ResetTo,
     TopicPartition,
 };
+/// The OpenTelemetry API this client is built against. Install your tracer
+/// provider through this re-export (or the same version of the crate):
+/// spans of another `opentelemetry` version are a different type to this
+/// client, so it would find no trace context and send no `traceparent`,
+/// silently.
+#[cfg(feature = "otel")]
+pub use opentelemetry;
 pub use produce::ProduceAck;
 pub use producer::{
     DEFAULT_BATCH_SIZE, DEFAULT_BUFFER_MEMORY, DEFAULT_DELIVERY_TIMEOUT, DEFAULT_LINGER,
@@ -68,4 +96,5 @@ pub use producer::{
 };
 pub use resilience::{Backoff, CircuitBreakerConfig, CircuitState};
 pub use stream::{PendingAck, ProduceStream};
+#[cfg(feature = "otel")]
 pub use trace::{record_span, traceparent_header};

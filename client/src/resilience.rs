@@ -36,6 +36,7 @@ use crate::error::ClientError;
 /// (e.g. when the broker restarted) over the whole window instead of
 /// bunching them at its end.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct Backoff {
     /// The ceiling of the first delay (`attempt` 0).
     pub initial: Duration,
@@ -105,6 +106,7 @@ impl Backoff {
 
 /// When a [`CircuitBreaker`] opens and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CircuitBreakerConfig {
     /// Consecutive retryable failures that open the breaker; at least 1.
     pub failure_threshold: u32,
@@ -446,6 +448,17 @@ impl fmt::Debug for Permit {
             .finish_non_exhaustive()
     }
 }
+
+setters!(CircuitBreakerConfig {
+    with_failure_threshold => failure_threshold: u32,
+    with_open_duration => open_duration: Duration,
+});
+
+setters!(Backoff {
+    with_initial => initial: Duration,
+    with_max => max: Duration,
+    with_multiplier => multiplier: f64,
+});
 
 #[cfg(test)]
 mod tests {

@@ -30,7 +30,8 @@ use crate::client::Client;
 use crate::error::ClientError;
 use crate::produce::{ProduceAck, acks, request};
 
-const OPERATION: &str = "produce_stream";
+/// The call, in the errors of produce streams (the producer's too).
+pub(crate) const OPERATION: &str = "produce_stream";
 
 /// The error of a request the stream can no longer answer: it ended before
 /// the answer came, so the request may or may not have been applied.
@@ -91,60 +92,24 @@ struct Awaiting {
     _permit: OwnedSemaphorePermit,
 }
 
-/// The answers to one request of several batches, in request order, or
-/// the error that refused (or lost) the request as a whole.
-pub(crate) type ManyAcks = Result<Vec<Result<ProduceAck, ClientError>>, ClientError>;
-
 /// Where the answer to a request goes.
 #[derive(Debug)]
-enum Reply {
-    /// One batch, from [`ProduceStream::send`].
-    One {
-        topic: String,
-        partition: u32,
-        reply: oneshot::Sender<Result<ProduceAck, ClientError>>,
-    },
-    /// Several partitions' batches, from [`ProduceStream::try_send_many`].
-    Many {
-        batch_count: usize,
-        reply: oneshot::Sender<ManyAcks>,
-    },
+struct Reply {
+    topic: String,
+    partition: u32,
+    sender: oneshot::Sender<Result<ProduceAck, ClientError>>,
 }
 
 impl Reply {
     // The caller may have stopped waiting; nothing to tell then.
     fn answer(self, response: ProduceResponse) {
-        match self {
-            Reply::One {
-                topic,
-                partition,
-                reply,
-            } => {
-                let _ = reply.send(outcome(topic, partition, response));
-            }
-            Reply::Many { batch_count, reply } => {
-                let _ = reply.send(outcome_many(batch_count, response));
-            }
-        }
+        let _ = self
+            .sender
+            .send(outcome(self.topic, self.partition, response));
     }
 
     fn fail(self, error: ClientError) {
-        match self {
-            Reply::One { reply, .. } => {
-                let _ = reply.send(Err(error));
-            }
-            Reply::Many { reply, .. } => {
-                // The stream ended under the request, which may or may not
-                // have been appended whatever status ended it: never a
-                // refusal of the request itself, always worth a retry.
-                let error = if error.is_retryable() {
-                    error
-                } else {
-                    stream_closed()
-                };
-                let _ = reply.send(Err(error));
-            }
-        }
+        let _ = self.sender.send(Err(error));
     }
 }
 
@@ -227,10 +192,10 @@ impl ProduceStream {
             return Err(closed);
         };
         let (reply, answer) = oneshot::channel();
-        let reply = Reply::One {
+        let reply = Reply {
             topic: topic.to_owned(),
             partition,
-            reply,
+            sender: reply,
         };
         let correlation_id = dispatch(
             &mut self.next_correlation_id,
@@ -242,42 +207,6 @@ impl ProduceStream {
             correlation_id,
             reply: answer,
         })
-    }
-
-    /// Sends one request of several partitions' batches if that can be
-    /// done without waiting; `None` when the in-flight bound is reached or
-    /// the stream has ended (see [`Self::has_ended`]). The receiver yields
-    /// the answers in request order.
-    pub(crate) fn try_send_many(
-        &mut self,
-        batches: Vec<(String, u32, Bytes)>,
-    ) -> Option<oneshot::Receiver<ManyAcks>> {
-        let permit = self.permits.clone().try_acquire_owned().ok()?;
-        let awaiting_slot = self.awaiting.try_reserve().ok()?;
-        let request_slot = self.requests.try_reserve().ok()?;
-        let (reply, answer) = oneshot::channel();
-        let reply = Reply::Many {
-            batch_count: batches.len(),
-            reply,
-        };
-        dispatch(
-            &mut self.next_correlation_id,
-            (permit, awaiting_slot, request_slot),
-            reply,
-            batches,
-        );
-        Some(answer)
-    }
-
-    /// Whether the stream ended (the broker closed it, it broke, or an
-    /// answer was late): it takes no more requests.
-    pub(crate) fn has_ended(&self) -> bool {
-        self.requests.is_closed() || self.awaiting.is_closed()
-    }
-
-    /// Requests that may be sent before one is answered.
-    pub(crate) fn room(&self) -> usize {
-        self.permits.available_permits()
     }
 
     /// Requests sent and not yet acknowledged.
@@ -430,16 +359,6 @@ fn dispatch(
     });
     request_slot.send(request(correlation_id, batches));
     correlation_id
-}
-
-/// The answers to a request of `batch_count` batches; a request the
-/// broker refused as a whole is an error with its status.
-fn outcome_many(batch_count: usize, response: ProduceResponse) -> ManyAcks {
-    if let Some(error) = response.error {
-        let status = tonic::Status::new(tonic::Code::from_i32(error.code), error.message);
-        return Err(ClientError::status(OPERATION, status));
-    }
-    acks(batch_count, response.results)
 }
 
 fn outcome(

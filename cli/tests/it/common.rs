@@ -162,10 +162,7 @@ pub async fn read_sequence_numbers(
         .list_offsets(topic, partition, brook_client::OffsetSpec::Latest)
         .await
         .expect("the end offset");
-    let options = brook_client::FetchOptions {
-        max_wait: Duration::ZERO,
-        ..brook_client::FetchOptions::default()
-    };
+    let options = brook_client::FetchOptions::default().with_max_wait(Duration::ZERO);
     let mut numbers = Vec::new();
     let mut offset = 0;
     while offset < end {

@@ -529,10 +529,7 @@ async fn metrics_endpoint_shows_topic_traffic() {
             .collect();
         client.produce("m", 0, &records).await.unwrap();
     }
-    let options = FetchOptions {
-        max_wait: Duration::ZERO,
-        ..FetchOptions::default()
-    };
+    let options = FetchOptions::default().with_max_wait(Duration::ZERO);
     let mut offset = 0;
     while offset < 1_000 {
         let fetched = client.fetch("m", 0, offset, options).await.unwrap();

@@ -63,7 +63,7 @@ pub async fn ensure_topic(
         .await
     {
         Ok(created) => Ok(created.partitions.len() as u32),
-        Err(e) if e.code() == Some(tonic::Code::AlreadyExists) => {
+        Err(e) if e.kind() == brook_client::ErrorKind::AlreadyExists => {
             Ok(client.describe_topic(topic).await?.partitions.len() as u32)
         }
         Err(e) => Err(e),

@@ -15,12 +15,11 @@ use std::time::Duration;
 
 use brook_record::Record;
 use tokio::sync::mpsc;
-use tonic::Code;
 
 use super::cursor::{ChunkSlot, FetchFrom, PartitionCell, Shared};
 use super::{ConsumerConfig, OffsetReset};
 use crate::client::Client;
-use crate::error::ClientError;
+use crate::error::{ClientError, ErrorKind};
 use crate::fetch::{FetchOptions, FetchTarget, OffsetSpec, PartitionFetch};
 
 /// What one fetch round queues for the stream.
@@ -268,9 +267,9 @@ impl Fetcher {
     /// A partition's fetch failed for good: reset it if it was out of range
     /// and the policy allows, else park it and report the error.
     async fn fail(&self, target: &Target, error: ClientError) -> Settled {
-        let spec = match (error.code(), self.config.auto_offset_reset) {
-            (Some(Code::OutOfRange), OffsetReset::Earliest) => Some(OffsetSpec::Earliest),
-            (Some(Code::OutOfRange), OffsetReset::Latest) => Some(OffsetSpec::Latest),
+        let spec = match (error.kind(), self.config.auto_offset_reset) {
+            (ErrorKind::OutOfRange, OffsetReset::Earliest) => Some(OffsetSpec::Earliest),
+            (ErrorKind::OutOfRange, OffsetReset::Latest) => Some(OffsetSpec::Latest),
             _ => None,
         };
         let cell = &target.cell;

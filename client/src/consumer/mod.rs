@@ -49,6 +49,7 @@ pub enum OffsetReset {
 
 /// Settings of a [`Consumer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ConsumerConfig {
     /// Upper bound for the records of one fetch (in total and per
     /// partition); at least one batch comes back when data exists.
@@ -111,6 +112,7 @@ pub struct ConsumedRecord {
 
 /// Why a [`Consumer`] call failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConsumerError {
     /// The partition is not in the consumer's assignment.
     #[error("{topic}/{partition} is not assigned to this consumer")]
@@ -379,6 +381,15 @@ impl Drop for Consumer {
     }
 }
 
+setters!(ConsumerConfig {
+    with_max_bytes => max_bytes: u32,
+    with_max_wait => max_wait: Duration,
+    with_prefetch => prefetch: usize,
+    with_auto_offset_reset => auto_offset_reset: OffsetReset,
+    with_retry_backoff => retry_backoff: Duration,
+    with_retry_backoff_max => retry_backoff_max: Duration,
+});
+
 #[cfg(test)]
 mod tests {
     use tonic::transport::Endpoint;
@@ -406,7 +417,7 @@ mod tests {
         let error = |cell: Arc<PartitionCell>, epoch, why: &str| Item::Error {
             cell,
             epoch,
-            error: ClientError::status("fetch", tonic::Status::internal(why.to_owned())),
+            error: ClientError::new("fetch", crate::StatusCode::Internal, why),
         };
         let items = [
             error(cell(0), 0, "before the seek"),

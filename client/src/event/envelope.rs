@@ -29,13 +29,13 @@ pub mod headers {
     /// The payload's MIME type: `application/json` or `application/x-protobuf`.
     pub const CONTENT_TYPE: &str = "contentType";
     /// Why a record was dead-lettered.
-    pub const DEAD_LETTER_REASON: &str = "deadLetterReason";
+    pub const DEAD_LETTER_REASON: &str = crate::dead_letter::DEAD_LETTER_REASON;
     /// The topic a dead-lettered record was read from.
-    pub const ORIGINAL_TOPIC: &str = "originalTopic";
+    pub const ORIGINAL_TOPIC: &str = crate::dead_letter::ORIGINAL_TOPIC;
     /// The partition a dead-lettered record was read from, decimal.
-    pub const ORIGINAL_PARTITION: &str = "originalPartition";
+    pub const ORIGINAL_PARTITION: &str = crate::dead_letter::ORIGINAL_PARTITION;
     /// The offset a dead-lettered record was read at, decimal.
-    pub const ORIGINAL_OFFSET: &str = "originalOffset";
+    pub const ORIGINAL_OFFSET: &str = crate::dead_letter::ORIGINAL_OFFSET;
 }
 
 /// A decoded event with its envelope and where it was read.

@@ -9,6 +9,7 @@ pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why encoding, sending, decoding or handling an event failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EventError {
     /// The payload did not encode.
     #[error("event {event_type} v{version} does not encode")]

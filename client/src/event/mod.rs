@@ -40,7 +40,7 @@
 //!     .upcast::<OrderPlacedV1, OrderPlaced, _>(|v1| OrderPlaced { id: v1.id, currency: "USD".into() })
 //!     .unhandled(UnknownPolicy::DeadLetter { topic: "orders.dlq".into() })
 //!     .dead_letter_sender(producer);
-//! let config = ConsumerConfig { auto_offset_reset: OffsetReset::Earliest, ..ConsumerConfig::default() };
+//! let config = ConsumerConfig::default().with_auto_offset_reset(OffsetReset::Earliest);
 //! let mut consumer = Consumer::new(client, config);
 //! consumer.assign(&[("orders", 0)]);
 //! router.run_consumer(&mut consumer).await?;

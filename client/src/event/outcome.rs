@@ -2,12 +2,7 @@
 //! without a handler, the outcomes and their counts, and the dead-letter
 //! record.
 
-use brook_record::{Header, NewRecord};
-use bytes::Bytes;
-
-use super::envelope::headers;
 use super::error::EventError;
-use crate::consumer::ConsumedRecord;
 
 /// What to do with a record the router cannot hand to a handler.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -19,7 +14,7 @@ pub enum UnknownPolicy {
     #[default]
     Fail,
     /// Send the original record (key, value, headers) to `topic`, with
-    /// [`headers::DEAD_LETTER_REASON`] and the original topic, partition and
+    /// [`super::headers::DEAD_LETTER_REASON`] and the original topic, partition and
     /// offset added, and go on. Needs [`super::EventRouter::dead_letter_sender`].
     DeadLetter {
         /// The dead-letter topic.
@@ -73,41 +68,6 @@ pub(super) fn reason(error: &EventError) -> String {
         source = cause.source();
     }
     reason
-}
-
-/// The original record, with the dead-letter headers (replacing any it had
-/// from an earlier dead-lettering).
-pub(crate) fn dead_letter_record(consumed: &ConsumedRecord, reason: &str) -> NewRecord {
-    const ADDED: [&str; 4] = [
-        headers::DEAD_LETTER_REASON,
-        headers::ORIGINAL_TOPIC,
-        headers::ORIGINAL_PARTITION,
-        headers::ORIGINAL_OFFSET,
-    ];
-    let record = &consumed.record;
-    let mut headers: Vec<Header> = record
-        .headers
-        .iter()
-        .filter(|h| !ADDED.contains(&h.key.as_str()))
-        .cloned()
-        .collect();
-    for (key, value) in ADDED.into_iter().zip([
-        reason.to_owned(),
-        consumed.topic.to_string(),
-        consumed.partition.to_string(),
-        record.offset.to_string(),
-    ]) {
-        headers.push(Header {
-            key: key.to_owned(),
-            value: Bytes::from(value),
-        });
-    }
-    NewRecord {
-        timestamp: record.timestamp,
-        key: record.key.clone(),
-        value: record.value.clone(),
-        headers,
-    }
 }
 
 #[cfg(test)]

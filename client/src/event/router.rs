@@ -23,9 +23,10 @@ use crate::consumer::{Consumer, SeekTo};
 use super::Event;
 use super::envelope::{self, Envelope, EventMeta, decode_payload};
 use super::error::{EventError, HandlerError};
-use super::outcome::{Outcome, RouterStats, Unhandled, UnknownPolicy, dead_letter_record, reason};
+use super::outcome::{Outcome, RouterStats, Unhandled, UnknownPolicy, reason};
 use super::send::{DynSender, EventSender};
 use crate::consumer::ConsumedRecord;
+use crate::dead_letter::dead_letter_record;
 use crate::error::ClientError;
 
 /// What a handler may return: nothing, or a `Result` whose error converts

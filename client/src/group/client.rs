@@ -175,15 +175,6 @@ impl GroupClient {
         ))
     }
 
-    /// Wraps an existing channel; see [`Client::from_channel`].
-    ///
-    /// # Panics
-    ///
-    /// If `options.circuit_breaker.failure_threshold` is 0.
-    pub fn from_channel(channel: Channel, options: ClientOptions) -> Self {
-        Self::from_client(Client::from_channel(channel, options))
-    }
-
     /// The group service on `client`'s connection (its clones share it).
     pub fn from_client(client: Client) -> Self {
         let limit = client.options.message_bytes_max;

@@ -34,15 +34,14 @@ pub enum FailurePolicy {
 /// use std::time::Duration;
 /// use brook_client::{FailurePolicy, GroupConfig, OffsetReset};
 ///
-/// let config = GroupConfig {
-///     auto_offset_reset: OffsetReset::Earliest,
-///     handler_retries: 3,
-///     failure_policy: FailurePolicy::DeadLetter { topic: "orders.dlq".into() },
-///     ..GroupConfig::new("billing", ["orders"])
-/// };
+/// let config = GroupConfig::new("billing", ["orders"])
+///     .with_auto_offset_reset(OffsetReset::Earliest)
+///     .with_handler_retries(3)
+///     .with_failure_policy(FailurePolicy::DeadLetter { topic: "orders.dlq".into() });
 /// assert_eq!(config.commit_interval, Duration::from_secs(1));
 /// ```
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct GroupConfig {
     /// The group to join.
     pub group: String,
@@ -151,6 +150,23 @@ impl GroupConfig {
         );
     }
 }
+
+setters!(GroupConfig {
+    with_group => group: String,
+    with_topics => topics: Vec<String>,
+    with_client_id => client_id: String,
+    with_session_timeout => session_timeout: Duration,
+    with_auto_offset_reset => auto_offset_reset: OffsetReset,
+    with_commit_interval => commit_interval: Duration,
+    with_max_bytes => max_bytes: u32,
+    with_max_wait => max_wait: Duration,
+    with_prefetch => prefetch: usize,
+    with_max_poll_records => max_poll_records: usize,
+    with_max_concurrency => max_concurrency: usize,
+    with_handler_retries => handler_retries: u32,
+    with_retry_backoff => retry_backoff: Backoff,
+    with_failure_policy => failure_policy: FailurePolicy,
+});
 
 #[cfg(test)]
 mod tests {

@@ -1,14 +1,13 @@
 //! Why a group member failed.
 
-use tonic::Code;
-
-use crate::error::ClientError;
+use crate::error::{ClientError, ErrorKind};
 
 /// A handler's error, type-erased.
 pub(crate) type HandlerError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Why a [`super::GroupConsumer`] call failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum GroupError {
     /// A call to the broker failed (joining, fetching, committing).
     #[error(transparent)]
@@ -58,7 +57,7 @@ impl GroupError {
     /// member (`FAILED_PRECONDITION`): a rebalance moved on; the records
     /// will be consumed again by their new owner.
     pub fn is_fenced(&self) -> bool {
-        matches!(self, Self::Client(e) if e.code() == Some(Code::FailedPrecondition))
+        matches!(self, Self::Client(e) if e.kind() == ErrorKind::Fenced)
     }
 }
 
@@ -68,10 +67,11 @@ mod tests {
 
     #[test]
     fn fencing_is_recognised_by_its_code() {
-        let fenced = GroupError::Client(ClientError::Status {
-            operation: "commit_offsets",
-            status: tonic::Status::failed_precondition("stale generation 3, current 4"),
-        });
+        let fenced = GroupError::Client(ClientError::new(
+            "commit_offsets",
+            crate::StatusCode::FailedPrecondition,
+            "commit to group `g` refused for member `m`: stale generation 3, current 4",
+        ));
         assert!(fenced.is_fenced());
         assert!(!GroupError::Closed.is_fenced());
     }

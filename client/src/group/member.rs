@@ -18,7 +18,6 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
-use tonic::Code;
 
 use super::client::{GroupClient, PartitionOffset, TopicPartition};
 use super::error::GroupError;
@@ -101,7 +100,7 @@ impl Committer {
             match result {
                 Ok(()) => break,
                 Err(error)
-                    if error.code() == Some(Code::FailedPrecondition)
+                    if error.kind() == crate::ErrorKind::Fenced
                         && attempt < COMMIT_ATTEMPTS
                         && self.newer_generation(session, generation).await =>
                 {
@@ -121,12 +120,11 @@ impl Committer {
     fn current(&self) -> Result<(u64, String, u64), GroupError> {
         let identity = self.identity.lock();
         let Some(member_id) = identity.member_id.clone() else {
-            return Err(ClientError::Status {
-                operation: "commit_offsets",
-                status: tonic::Status::failed_precondition(
-                    "not a member of the group right now (the session is being re-joined)",
-                ),
-            }
+            return Err(ClientError::new(
+                "commit_offsets",
+                crate::StatusCode::FailedPrecondition,
+                "not a member of the group right now (the session is being re-joined)",
+            )
             .into());
         };
         let latest = self.latest.borrow();

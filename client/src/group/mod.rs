@@ -286,11 +286,9 @@ impl GroupConsumer {
     /// use brook_client::{ConsumedRecord, GroupClient, GroupConfig, GroupConsumer, OffsetReset};
     ///
     /// let client = GroupClient::connect("http://127.0.0.1:9420").await?;
-    /// let config = GroupConfig {
-    ///     auto_offset_reset: OffsetReset::Earliest,
-    ///     handler_retries: 3,
-    ///     ..GroupConfig::new("billing", ["orders"])
-    /// };
+    /// let config = GroupConfig::new("billing", ["orders"])
+    ///     .with_auto_offset_reset(OffsetReset::Earliest)
+    ///     .with_handler_retries(3);
     /// let member = GroupConsumer::join(client, config)
     ///     .await?
     ///     .on_assigned(|partitions| println!("assigned {partitions:?}"));

@@ -517,13 +517,13 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 /// The original record for `topic`, with the dead-letter headers (replacing
 /// any it had from an earlier dead-lettering): the same record the
-/// [`crate::event::EventRouter`] dead-letters.
+/// event router dead-letters.
 pub(crate) fn dead_letter_record(
     consumed: &ConsumedRecord,
     topic: &str,
     reason: &str,
 ) -> ProducerRecord {
-    let letter = crate::event::outcome::dead_letter_record(consumed, reason);
+    let letter = crate::dead_letter::dead_letter_record(consumed, reason);
     ProducerRecord {
         topic: topic.to_owned(),
         partition: None,
@@ -539,7 +539,7 @@ mod tests {
     use brook_record::{Header, Record};
     use bytes::Bytes;
 
-    use crate::event::headers;
+    use crate::dead_letter as headers;
 
     use super::*;
 

@@ -8,7 +8,8 @@
 
 use std::time::Instant;
 
-use bytes::Bytes;
+use brook_record::{BatchHeader, HEADER_LEN};
+use bytes::{Bytes, BytesMut};
 
 use super::buffer::Lease;
 use super::completion::AnswerOnDrop;
@@ -137,18 +138,35 @@ impl Batch {
     }
 }
 
-/// `batch` with the producer fields of its header replaced and the CRC
-/// recomputed.
+/// Where the CRC's range starts: after the base offset, the batch length
+/// and the CRC itself (see `docs/record-batch.md`).
+const CRC_START: usize = 16;
+
+/// `batch` with the producer fields of its header replaced, and its CRC
+/// updated without reading the records again: CRC-32 is linear, so the CRC
+/// of the new header followed by the records is the old CRC plus (xor) the
+/// CRC of the change in the header shifted past the records, which
+/// `crc32fast`'s `combine` computes in time logarithmic in their length.
+/// The records' CRC is thus computed once, when the batch is built.
 fn stamp_producer(batch: Bytes, identity: Identity, base_sequence: i32) -> Bytes {
-    let mut bytes = Vec::from(batch);
-    brook_record::stamp_producer(
-        &mut bytes,
-        identity.producer_id,
-        identity.producer_epoch,
-        base_sequence,
-    )
-    .expect("batches are built by BatchBuilder, whole headers included");
-    Bytes::from(bytes)
+    let mut header = BatchHeader::parse(&batch)
+        .expect("batches are built by BatchBuilder, whole headers included");
+    let old = header.to_bytes();
+    header.producer_id = identity.producer_id;
+    header.producer_epoch = identity.producer_epoch;
+    header.base_sequence = base_sequence;
+    let new = header.to_bytes();
+    let change = crc32fast::hash(&old[CRC_START..]) ^ crc32fast::hash(&new[CRC_START..]);
+    let records_len = (batch.len() - HEADER_LEN) as u64;
+    let mut shifted = crc32fast::Hasher::new_with_initial(change);
+    shifted.combine(&crc32fast::Hasher::new_with_initial_len(0, records_len));
+    header.crc ^= shifted.finalize();
+    // Copies only when a request still holds the bytes (a restamp).
+    let mut bytes = batch
+        .try_into_mut()
+        .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+    bytes[..HEADER_LEN].copy_from_slice(&header.to_bytes());
+    bytes.freeze()
 }
 
 /// A closed batch of `records` empty records opened at `opened` (with a
@@ -192,6 +210,43 @@ mod tests {
     };
 
     #[test]
+    fn an_updated_crc_equals_one_computed_over_the_whole_batch() {
+        for records in [1_usize, 2, 7, 64, 300] {
+            let batch: Vec<NewRecord> = (0..records)
+                .map(|i| NewRecord {
+                    value: Some(Bytes::from(vec![u8::try_from(i % 251).unwrap(); i * 3])),
+                    ..NewRecord::default()
+                })
+                .collect();
+            let plain = encode_batch(&batch, BatchOptions::default()).unwrap();
+            let first = Identity {
+                producer_id: 1,
+                producer_epoch: 0,
+            };
+            let second = Identity {
+                producer_id: i64::MAX,
+                producer_epoch: i16::MAX,
+            };
+            // Stamped, then stamped again (a sequence reset), while a
+            // request still holds the first stamp's bytes.
+            let once = stamp_producer(plain.clone(), first, 0);
+            let twice = stamp_producer(once.clone(), second, i32::MAX);
+            for (stamped, identity, sequence) in [(once, first, 0), (twice, second, i32::MAX)] {
+                let mut expected = plain.to_vec();
+                brook_record::stamp_producer(
+                    &mut expected,
+                    identity.producer_id,
+                    identity.producer_epoch,
+                    sequence,
+                )
+                .unwrap();
+                assert_eq!(stamped, expected, "{records} records");
+                validate_batch(&stamped, usize::MAX).unwrap();
+            }
+        }
+    }
+
+    #[test]
     fn stamping_matches_a_batch_built_with_the_identity() {
         let records = vec![
             NewRecord {
@@ -214,7 +269,10 @@ mod tests {
                 producer_id: 42,
                 producer_epoch: 3,
             };
+            let mut by_record = plain.to_vec();
+            brook_record::stamp_producer(&mut by_record, 42, 3, 17).unwrap();
             let stamped = stamp_producer(plain, identity, 17);
+            assert_eq!(stamped, by_record, "{compression}");
             let built = encode_batch(
                 &records,
                 BatchOptions {

@@ -81,6 +81,7 @@ impl BufferMemory {
     }
 
     /// The most bytes ever held at once.
+    #[cfg(any(test, feature = "test-hooks"))]
     pub(crate) fn peak(&self) -> usize {
         self.peak.load(Ordering::Relaxed)
     }

@@ -16,7 +16,7 @@ use std::task::{Context, Poll, Waker};
 use parking_lot::Mutex;
 
 use super::RecordMetadata;
-use super::error::{closed, replicate};
+use super::error::closed;
 use crate::error::ClientError;
 
 /// The outcome of one batch: its base offset, or why it failed.
@@ -56,7 +56,7 @@ impl Completion {
 
     /// The batch failed with `error`.
     pub(crate) fn fail(&self, error: &ClientError) {
-        self.complete(Err(replicate(error)));
+        self.complete(Err(error.clone()));
     }
 
     pub(crate) fn is_complete(&self) -> bool {
@@ -119,7 +119,7 @@ impl DeliveryFuture {
                 offset: base_offset + i64::from(self.index),
                 timestamp: self.timestamp,
             }),
-            Err(error) => Err(replicate(error)),
+            Err(error) => Err(error.clone()),
         }
     }
 }
@@ -155,8 +155,8 @@ impl Future for DeliveryFuture {
 
 #[cfg(test)]
 mod tests {
+    use crate::StatusCode as Code;
     use futures::FutureExt as _;
-    use tonic::Code;
 
     use super::*;
 

@@ -7,8 +7,6 @@ use brook_record::Compression;
 
 use crate::resilience::Backoff;
 
-use crate::client::DEFAULT_REQUEST_TIMEOUT;
-
 /// How long a record may wait for companions before its batch is sent.
 pub const DEFAULT_LINGER: Duration = Duration::from_millis(5);
 /// A partition's batch is sent once it holds this many (uncompressed) bytes.
@@ -38,14 +36,13 @@ pub const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
 /// use std::time::Duration;
 /// use brook_client::{Compression, ProducerConfig};
 ///
-/// let config = ProducerConfig {
-///     compression: Compression::Zstd,
-///     linger: Duration::from_millis(20),
-///     ..ProducerConfig::default()
-/// };
+/// let config = ProducerConfig::default()
+///     .with_compression(Compression::Zstd)
+///     .with_linger(Duration::from_millis(20));
 /// # let _ = config;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ProducerConfig {
     /// How long a partition's first record waits for more before the batch
     /// is sent anyway. Larger means fuller batches and higher latency.
@@ -73,9 +70,6 @@ pub struct ProducerConfig {
     /// a (retryable) [`crate::ClientError::Timeout`]. It may still have been
     /// appended, if its last attempt's answer was lost.
     pub delivery_timeout: Duration,
-    /// Time limit of one produce request (shortened to the remaining
-    /// delivery time of its batches).
-    pub request_timeout: Duration,
     /// Whether batches carry a producer id and sequence numbers, so that the
     /// broker appends a retried batch only once and refuses gaps. Without
     /// it, a retry after a lost answer appends the records again, and each
@@ -94,7 +88,6 @@ impl Default for ProducerConfig {
             retry_backoff: DEFAULT_RETRY_BACKOFF,
             retry_backoff_max: DEFAULT_RETRY_BACKOFF_MAX,
             delivery_timeout: DEFAULT_DELIVERY_TIMEOUT,
-            request_timeout: DEFAULT_REQUEST_TIMEOUT,
             idempotence: true,
         }
     }
@@ -130,12 +123,20 @@ impl ProducerConfig {
             self.linger < self.delivery_timeout,
             "delivery_timeout must be longer than linger"
         );
-        assert!(
-            !self.request_timeout.is_zero(),
-            "request_timeout must be positive"
-        );
     }
 }
+
+setters!(ProducerConfig {
+    with_linger => linger: Duration,
+    with_batch_size => batch_size: usize,
+    with_buffer_memory => buffer_memory: usize,
+    with_compression => compression: Compression,
+    with_max_in_flight => max_in_flight: usize,
+    with_retry_backoff => retry_backoff: Duration,
+    with_retry_backoff_max => retry_backoff_max: Duration,
+    with_delivery_timeout => delivery_timeout: Duration,
+    with_idempotence => idempotence: bool,
+});
 
 #[cfg(test)]
 mod tests {

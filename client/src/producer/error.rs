@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use tonic::{Code, Status};
-
-use crate::error::ClientError;
+use crate::error::{ClientError, ErrorKind, StatusCode};
 
 /// What to do with a batch after a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,24 +21,14 @@ pub(crate) enum Failure {
     Fatal,
 }
 
-/// Classifies a failed attempt of a batch. The broker answers both
-/// sequence gaps and fenced epochs with `FAILED_PRECONDITION`; the message
-/// tells them apart ("out of order sequence ...", see the broker's
-/// `storage::producers::SequenceError`).
+/// Classifies a failed attempt of a batch by the kind of its error.
 pub(crate) fn classify(error: &ClientError, idempotent: bool) -> Failure {
     if error.is_retryable() {
         return Failure::Retry;
     }
-    match error {
-        ClientError::Rejected { status, .. } | ClientError::Status { status, .. }
-            if idempotent && status.code() == Code::FailedPrecondition =>
-        {
-            if status.message().contains("out of order sequence") {
-                Failure::OutOfOrder
-            } else {
-                Failure::Fenced
-            }
-        }
+    match error.kind() {
+        ErrorKind::OutOfOrderSequence if idempotent => Failure::OutOfOrder,
+        ErrorKind::Fenced if idempotent => Failure::Fenced,
         _ => Failure::Fatal,
     }
 }
@@ -48,7 +36,7 @@ pub(crate) fn classify(error: &ClientError, idempotent: bool) -> Failure {
 /// Whether `error` says the topic or partition does not exist (as far as
 /// the broker knows): the cached partition count may be stale.
 pub(crate) fn is_unknown_partition(error: &ClientError) -> bool {
-    error.code() == Some(Code::NotFound)
+    error.code() == Some(StatusCode::NotFound)
 }
 
 /// Whether `error` says the broker looked at the batch and refused it, so
@@ -57,52 +45,11 @@ pub(crate) fn is_unknown_partition(error: &ClientError) -> bool {
 /// `DATA_LOSS` (a failed write may still have reached the log), nor for
 /// anything retryable (a timeout may hide an append).
 pub(crate) fn is_definite_refusal(error: &ClientError) -> bool {
-    !error.is_retryable() && matches!(error.code(), Some(Code::InvalidArgument | Code::NotFound))
-}
-
-/// A copy of `error` for another record of the same batch. [`ClientError`]
-/// is not `Clone` (a transport error is not); such errors become a status
-/// with the same message and the same retryability (so do variants added
-/// later, hence the wildcard).
-#[allow(
-    clippy::match_wildcard_for_single_variants,
-    reason = "variants added to ClientError later must replicate too"
-)]
-pub(crate) fn replicate(error: &ClientError) -> ClientError {
-    match error {
-        ClientError::Status { operation, status } => ClientError::Status {
-            operation,
-            status: status.clone(),
-        },
-        ClientError::Rejected {
-            topic,
-            partition,
-            status,
-        } => ClientError::Rejected {
-            topic: topic.clone(),
-            partition: *partition,
-            status: status.clone(),
-        },
-        ClientError::Timeout { operation, after } => ClientError::Timeout {
-            operation,
-            after: *after,
-        },
-        ClientError::StreamClosed { operation } => ClientError::StreamClosed { operation },
-        ClientError::Encode(e) => ClientError::Encode(e.clone()),
-        ClientError::Decode(e) => ClientError::Decode(e.clone()),
-        ClientError::Protocol(why) => ClientError::Protocol(why.clone()),
-        ClientError::CircuitOpen { retry_after } => ClientError::CircuitOpen {
-            retry_after: *retry_after,
-        },
-        other => {
-            let code = if other.is_retryable() {
-                Code::Unavailable
-            } else {
-                other.code().unwrap_or(Code::Unknown)
-            };
-            ClientError::status(OPERATION, Status::new(code, other.to_string()))
-        }
-    }
+    !error.is_retryable()
+        && matches!(
+            error.code(),
+            Some(StatusCode::InvalidArgument | StatusCode::NotFound)
+        )
 }
 
 /// The operation named in the producer's own errors.
@@ -110,26 +57,28 @@ pub(crate) const OPERATION: &str = "producer_send";
 
 /// `send` on a producer that was closed (or whose task is gone).
 pub(crate) fn closed() -> ClientError {
-    ClientError::status(OPERATION, Status::cancelled("the producer is closed"))
+    ClientError::new(OPERATION, StatusCode::Cancelled, "the producer is closed")
 }
 
 /// A record that cannot fit the buffer even when it is empty.
 pub(crate) fn larger_than_buffer(record_bytes: usize, buffer_memory: usize) -> ClientError {
-    ClientError::status(
+    ClientError::new(
         OPERATION,
-        Status::invalid_argument(format!(
+        StatusCode::InvalidArgument,
+        format!(
             "record of about {record_bytes} bytes is larger than buffer_memory ({buffer_memory} bytes)"
-        )),
+        ),
     )
 }
 
 /// A record for a partition the topic does not have.
 pub(crate) fn no_such_partition(topic: &str, partition: u32, partition_count: u32) -> ClientError {
-    ClientError::status(
+    ClientError::new(
         OPERATION,
-        Status::not_found(format!(
+        StatusCode::NotFound,
+        format!(
             "topic {topic} has {partition_count} partitions; there is no partition {partition}"
-        )),
+        ),
     )
 }
 
@@ -139,12 +88,13 @@ pub(crate) fn larger_than_topic_limit(
     batch_bytes: usize,
     max_message_bytes: u32,
 ) -> ClientError {
-    ClientError::status(
+    ClientError::new(
         OPERATION,
-        Status::invalid_argument(format!(
+        StatusCode::InvalidArgument,
+        format!(
             "record makes a batch of up to {batch_bytes} bytes, more than the \
              max_message_bytes of topic {topic} ({max_message_bytes} bytes)"
-        )),
+        ),
     )
 }
 
@@ -167,69 +117,55 @@ pub(crate) fn acknowledgement_dropped() -> ClientError {
 mod tests {
     use super::*;
 
-    fn rejected(code: Code, message: &str) -> ClientError {
+    fn rejected(code: StatusCode, message: &str) -> ClientError {
         ClientError::Rejected {
             topic: "t".into(),
             partition: 0,
-            status: Status::new(code, message),
+            code,
+            message: message.to_owned(),
         }
     }
 
     #[test]
     fn answers_classify() {
         let gap = rejected(
-            Code::FailedPrecondition,
+            StatusCode::FailedPrecondition,
             "batch for topic `t` partition 0 refused: out of order sequence for producer_id 1: expected base_sequence 0, got 5",
         );
         assert_eq!(classify(&gap, true), Failure::OutOfOrder);
         assert_eq!(classify(&gap, false), Failure::Fatal);
         let fenced = rejected(
-            Code::FailedPrecondition,
+            StatusCode::FailedPrecondition,
             "batch for topic `t` partition 0 refused: producer_id 1 epoch 0 is fenced",
         );
         assert_eq!(classify(&fenced, true), Failure::Fenced);
         assert_eq!(
-            classify(&rejected(Code::Unavailable, "x"), true),
+            classify(&rejected(StatusCode::Unavailable, "x"), true),
             Failure::Retry
         );
         assert_eq!(classify(&acknowledgement_dropped(), true), Failure::Retry);
         assert_eq!(
-            classify(&rejected(Code::InvalidArgument, "x"), true),
+            classify(&rejected(StatusCode::InvalidArgument, "x"), true),
             Failure::Fatal
         );
     }
 
     #[test]
     fn only_refusals_after_validation_are_definite() {
-        for code in [Code::InvalidArgument, Code::NotFound] {
+        for code in [StatusCode::InvalidArgument, StatusCode::NotFound] {
             assert!(is_definite_refusal(&rejected(code, "x")), "{code:?}");
         }
         for code in [
-            Code::Internal,
-            Code::Unknown,
-            Code::DataLoss,
-            Code::Unavailable,
-            Code::FailedPrecondition,
+            StatusCode::Internal,
+            StatusCode::Unknown,
+            StatusCode::DataLoss,
+            StatusCode::Unavailable,
+            StatusCode::FailedPrecondition,
         ] {
             assert!(!is_definite_refusal(&rejected(code, "x")), "{code:?}");
         }
         assert!(!is_definite_refusal(&delivery_timed_out(
             Duration::from_secs(1)
         )));
-    }
-
-    #[test]
-    fn replicas_keep_code_and_retryability() {
-        for error in [
-            rejected(Code::NotFound, "no such topic"),
-            delivery_timed_out(Duration::from_secs(1)),
-            closed(),
-            acknowledgement_dropped(),
-        ] {
-            let copy = replicate(&error);
-            assert_eq!(copy.code(), error.code());
-            assert_eq!(copy.is_retryable(), error.is_retryable());
-            assert_eq!(copy.to_string(), error.to_string());
-        }
     }
 }

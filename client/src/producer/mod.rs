@@ -20,6 +20,7 @@ mod batch;
 mod buffer;
 mod completion;
 mod config;
+mod connection;
 mod error;
 mod metadata;
 mod partitioner;
@@ -28,7 +29,7 @@ mod record;
 mod sender;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::time::Instant;
 
 use brook_record::NewRecord;
@@ -151,7 +152,7 @@ pub(crate) struct State {
 impl State {
     fn check_accepting(&self) -> Result<(), ClientError> {
         if let Some(error) = &self.fenced {
-            return Err(error::replicate(error));
+            return Err(error.clone());
         }
         if self.closed {
             return Err(error::closed());
@@ -229,6 +230,7 @@ impl Producer {
         // One clock read serves the deadline and the linger's start.
         let accepted = Instant::now();
         let deadline = crate::deadline::after(accepted, shared.config.delivery_timeout);
+        #[cfg(feature = "otel")]
         record.add_traceparent();
         let size = record_size(&record);
         let bytes = u32::try_from(size)
@@ -327,28 +329,35 @@ impl Producer {
 
     /// Test hook: the next `n` acknowledgements (one per batch) the broker
     /// sends are discarded and treated as lost answers, so the batches are
-    /// sent again. `0` stops dropping. Not part of the API.
+    /// sent again. `0` stops dropping. Not part of the API (feature `test-hooks`).
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn drop_acknowledgements(&self, n: usize) {
         self.handle
             .shared
             .drop_acknowledgements
-            .store(n, Ordering::SeqCst);
+            .store(n, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// Test hook: batches sent again after a failed attempt. Not part of the API.
+    /// Test hook: batches sent again after a failed attempt. Not part of the API (feature `test-hooks`).
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn resent_batches(&self) -> u64 {
-        self.handle.shared.resent_batches.load(Ordering::Relaxed)
+        self.handle
+            .shared
+            .resent_batches
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Test hook: bytes of buffer memory held now. Not part of the API.
+    /// Test hook: bytes of buffer memory held now. Not part of the API (feature `test-hooks`).
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn buffered_bytes(&self) -> usize {
         self.handle.shared.buffer.held()
     }
 
-    /// Test hook: the most buffer memory ever held at once. Not part of the API.
+    /// Test hook: the most buffer memory ever held at once. Not part of the API (feature `test-hooks`).
+    #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
     pub fn buffered_bytes_peak(&self) -> usize {
         self.handle.shared.buffer.peak()
@@ -500,6 +509,6 @@ mod tests {
             .enqueue(ProducerRecord::new("t", "v"))
             .await
             .expect_err("the producer is closed");
-        assert_eq!(refused.code(), Some(tonic::Code::Cancelled));
+        assert_eq!(refused.code(), Some(crate::StatusCode::Cancelled));
     }
 }

@@ -5,8 +5,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use brook_record::{Header, NewRecord};
 use bytes::Bytes;
 
-use crate::trace::{TRACEPARENT, traceparent_header};
-
 /// A record to send: [`ProducerRecord::new`] and the builder methods, or a
 /// struct literal.
 ///
@@ -77,7 +75,9 @@ impl ProducerRecord {
     }
 
     /// Adds the current trace's `traceparent` unless the record has one.
+    #[cfg(feature = "otel")]
     pub(crate) fn add_traceparent(&mut self) {
+        use crate::trace::{TRACEPARENT, traceparent_header};
         if self.headers.iter().any(|h| h.key == TRACEPARENT) {
             return;
         }

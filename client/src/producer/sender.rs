@@ -1,10 +1,10 @@
-//! The background task that owns the partition queues: it takes batches
-//! from the accumulator when they fill up or are due, sends them in
-//! multi-partition requests over one ordered produce stream, and applies
-//! the answers.
+//! The background task that owns the partition queues and the producer's
+//! produce stream: it takes batches from the accumulator when they fill up
+//! or are due, sends them in multi-partition requests over that one
+//! ordered stream (`connection.rs`), reads the answers and applies them.
 //!
 //! Invariants: at most `max_in_flight` produce requests are awaiting an
-//! answer; a request holds at most one batch per partition, and at most
+//! answer on the stream; a request holds at most one batch per partition, and at most
 //! `REQUEST_BATCHES_MAX` batches; only this task touches closed batches,
 //! so no lock is held around them. A partition's queue exists while it
 //! holds batches, or sequence numbers the broker remembers (then until it
@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use brook_proto::ProduceResponse;
 use futures::StreamExt as _;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -25,13 +25,18 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::accumulator::{Due, OpenBatch};
 use super::batch::Identity;
-use super::error::{acknowledgement_dropped, closed, replicate};
+use super::connection::{self, OPERATION, ProducerStream, WireBatch};
+use super::error::{acknowledgement_dropped, closed};
 use super::queue::{Outcome, PartitionQueue, Timing};
 use super::{Shared, TopicPartition};
 use crate::error::ClientError;
-use crate::produce::ProduceAck;
+use crate::produce::{ProduceAck, acks};
 use crate::resilience::Backoff;
-use crate::stream::{ManyAcks, ProduceStream, stream_closed};
+use crate::stream::stream_closed;
+
+/// The answers to one request of several batches, in request order, or
+/// the error that refused (or lost) the request as a whole.
+type ManyAcks = Result<Vec<Result<ProduceAck, ClientError>>, ClientError>;
 
 /// How much one produce request carries.
 #[derive(Debug, Clone, Copy)]
@@ -73,22 +78,10 @@ pub(crate) enum Control {
     Panic,
 }
 
-/// Something the task waited for.
+/// A call the task waits for besides the stream's answers.
 enum Event {
-    Answer {
-        batches: Vec<(TopicPartition, u64)>,
-        answer: ManyAcks,
-    },
     Identity(Result<(i64, i16), ClientError>),
-    Connected(Result<ProduceStream, ClientError>),
-    /// A request's answer took longer than its time limit.
-    GaveUp {
-        batches: Vec<(TopicPartition, u64)>,
-        after: Duration,
-        late_answer: oneshot::Receiver<ManyAcks>,
-    },
-    /// A request given up on was answered after all: the stream has room.
-    StreamRoom,
+    Connected(Result<Box<ProducerStream>, ClientError>),
 }
 
 /// The produce stream requests travel on. The broker appends the requests
@@ -103,7 +96,17 @@ enum Connection {
         retry_at: Option<Instant>,
     },
     Opening,
-    Open(ProduceStream),
+    Open(Box<ProducerStream>),
+}
+
+impl Connection {
+    /// Requests awaiting an answer.
+    fn in_flight(&self) -> usize {
+        match self {
+            Connection::Open(stream) => stream.in_flight(),
+            Connection::Closed { .. } | Connection::Opening => 0,
+        }
+    }
 }
 
 /// Where idempotent identities come from: one `InitProducerId` call at a
@@ -137,9 +140,8 @@ pub(crate) struct Sender {
     control_open: bool,
     accumulator: AccumulatorView,
     queues: HashMap<TopicPartition, PartitionQueue>,
-    /// Produce requests and identity calls awaiting their answer.
+    /// Identity calls and the opening of the stream, awaiting their answer.
     events: FuturesUnordered<BoxFuture<'static, Event>>,
-    requests_in_flight: usize,
     connection: Connection,
     /// Failed attempts to open a stream since one last opened.
     connection_failures: u32,
@@ -172,7 +174,7 @@ impl Drop for FinishedOnDrop {
 
 /// One request's worth of batches.
 struct Request {
-    batches: Vec<(String, u32, Bytes)>,
+    batches: Vec<WireBatch>,
     /// How many of them were sent before.
     resent: usize,
     /// The partition and id of each batch, in request order.
@@ -190,7 +192,6 @@ impl Sender {
             accumulator: AccumulatorView::default(),
             queues: HashMap::new(),
             events: FuturesUnordered::new(),
-            requests_in_flight: 0,
             connection: Connection::Closed { retry_at: None },
             connection_failures: 0,
             identities: Identities::default(),
@@ -223,6 +224,8 @@ impl Sender {
                 request = self.control.recv(), if self.control_open => self.on_control(request),
                 () = shared.wake.notified() => {}
                 Some(event) = self.events.next(), if !self.events.is_empty() => self.on_event(event),
+                message = next_message(&mut self.connection),
+                    if matches!(self.connection, Connection::Open(_)) => self.on_message(message),
                 () = sleep_until(wake), if wake.is_some() => {}
             }
         }
@@ -234,7 +237,10 @@ impl Sender {
     fn finished(&self) -> bool {
         self.accumulator.closed
             && self.accumulator.empty
-            && self.requests_in_flight == 0
+            && match &self.connection {
+                Connection::Open(stream) => !stream.has_live_requests(),
+                Connection::Closed { .. } | Connection::Opening => true,
+            }
             && self.queues.values().all(PartitionQueue::is_empty)
     }
 
@@ -255,7 +261,7 @@ impl Sender {
     /// accumulator to their partition queues.
     fn take_batches(&mut self, now: Instant) {
         let max_in_flight = self.shared.config.max_in_flight;
-        let room = self.requests_in_flight < max_in_flight;
+        let room = self.connection.in_flight() < max_in_flight;
         let taken = {
             let mut state = self.shared.state.lock();
             let due = Due {
@@ -287,11 +293,12 @@ impl Sender {
         let idempotent = self.shared.config.idempotence;
         self.queues
             .entry(key)
-            .or_insert_with(|| PartitionQueue::new(idempotent, now))
+            .or_insert_with_key(|key| PartitionQueue::new(&key.0, idempotent, now))
             .push(batch, now);
     }
 
     fn maintain(&mut self, now: Instant) {
+        self.check_answers_due(now);
         self.take_batches(now);
         let delivery_timeout = self.shared.config.delivery_timeout;
         for queue in self.queues.values_mut() {
@@ -310,7 +317,8 @@ impl Sender {
         }
         self.provide_identities(now);
         self.connect(now);
-        if self.send_requests(now) && self.requests_in_flight < self.shared.config.max_in_flight {
+        if self.send_requests(now) && self.connection.in_flight() < self.shared.config.max_in_flight
+        {
             // Room is left: batches that waited for it may go now.
             self.take_batches(now);
             self.send_requests(now);
@@ -322,7 +330,9 @@ impl Sender {
     /// whether any went.
     fn send_requests(&mut self, now: Instant) -> bool {
         let mut sent = false;
-        while self.requests_in_flight < self.shared.config.max_in_flight && self.send_request(now) {
+        while self.connection.in_flight() < self.shared.config.max_in_flight
+            && self.send_request(now)
+        {
             sent = true;
         }
         sent
@@ -338,9 +348,12 @@ impl Sender {
         queues
             .chain(self.accumulator.next_wake)
             .chain(self.identities.retry_at)
-            .chain(match self.connection {
-                Connection::Closed { retry_at } => retry_at,
-                Connection::Opening | Connection::Open(_) => None,
+            .chain(match &self.connection {
+                Connection::Closed { retry_at } => *retry_at,
+                Connection::Open(stream) => {
+                    stream.next_deadline(self.shared.client.options.request_timeout)
+                }
+                Connection::Opening => None,
             })
             .filter(|&wake| wake > now)
             .min()
@@ -352,10 +365,6 @@ impl Sender {
         let Connection::Open(stream) = &mut self.connection else {
             return false;
         };
-        if stream.has_ended() || stream.room() == 0 {
-            // An ended stream is replaced by `connect`, which runs first.
-            return false;
-        }
         let Request {
             batches,
             resent,
@@ -369,47 +378,88 @@ impl Sender {
             .resent_batches
             .fetch_add(resent as u64, Ordering::Relaxed);
         // An attempt is not awaited past its batches' delivery timeouts.
-        let timeout = self
-            .shared
-            .config
-            .request_timeout
-            .min(latest_deadline - now)
-            .max(Duration::from_millis(1));
-        let answer = stream.try_send_many(batches);
-        self.requests_in_flight += 1;
-        self.events.push(Box::pin(async move {
-            let Some(mut answer) = answer else {
-                // Ended between the check and the send: nothing went out.
-                return Event::Answer {
-                    batches: keys,
-                    answer: Err(stream_closed()),
-                };
-            };
-            match tokio::time::timeout(timeout, &mut answer).await {
-                Ok(answer) => Event::Answer {
-                    batches: keys,
-                    answer: answer.unwrap_or_else(|_gone| Err(stream_closed())),
-                },
-                Err(_elapsed) => Event::GaveUp {
-                    batches: keys,
-                    after: timeout,
-                    late_answer: answer,
-                },
-            }
-        }));
+        if let Err(keys) = stream.send(batches, keys, latest_deadline, now) {
+            // The stream ended: nothing went out. Its end is read next.
+            self.on_answer(keys, Err(stream_closed()));
+            self.end_stream(&stream_closed());
+        }
         true
+    }
+
+    /// Applies what came on the stream: an answer to its oldest request,
+    /// or the end of the stream.
+    fn on_message(&mut self, message: Result<Option<ProduceResponse>, tonic::Status>) {
+        let Connection::Open(stream) = &mut self.connection else {
+            return;
+        };
+        let response = match message {
+            Ok(Some(response)) => response,
+            Ok(None) => return self.end_stream(&stream_closed()),
+            Err(status) => return self.end_stream(&ClientError::status(OPERATION, status)),
+        };
+        let request = match stream.answered(&response) {
+            Ok(request) => request,
+            Err(why) => return self.end_stream(&ClientError::Protocol(why)),
+        };
+        if request.batches.is_empty() {
+            // Given up at its delivery timeouts: its batches were answered.
+            return;
+        }
+        let answer = match response.error {
+            Some(error) => Err(ClientError::refused(OPERATION, error)),
+            None => acks(request.batches.len(), response.results),
+        };
+        self.on_answer(request.batches, answer);
+    }
+
+    /// Closes the stream, failing every request still awaiting its answer
+    /// with `error` (if retryable: a stream that ended under a request
+    /// never refused it; it may or may not have been appended). Another
+    /// stream is opened at once.
+    fn end_stream(&mut self, error: &ClientError) {
+        let Connection::Open(stream) =
+            std::mem::replace(&mut self.connection, Connection::Closed { retry_at: None })
+        else {
+            return;
+        };
+        tracing::debug!(%error, "produce stream ended; opening another");
+        let error = if error.is_retryable() {
+            error.clone()
+        } else {
+            stream_closed()
+        };
+        for batches in stream.close() {
+            self.on_answer(batches, Err(error.clone()));
+        }
+    }
+
+    /// Answers the batches of requests sent longer ago than their delivery
+    /// timeouts (as timed out: they expire), and ends a stream whose oldest
+    /// answer is later than the request timeout: answers come in order, so
+    /// every later one waits behind it.
+    fn check_answers_due(&mut self, now: Instant) {
+        let request_timeout = self.shared.client.options.request_timeout;
+        let Connection::Open(stream) = &mut self.connection else {
+            return;
+        };
+        let timed_out = |after| ClientError::Timeout {
+            operation: OPERATION,
+            after,
+        };
+        let given_up = stream.give_up(now);
+        let late = stream.is_late(now, request_timeout);
+        if !given_up.is_empty() {
+            let delivery_timeout = self.shared.config.delivery_timeout;
+            self.on_answer(given_up, Err(timed_out(delivery_timeout)));
+        }
+        if late {
+            self.end_stream(&timed_out(request_timeout));
+        }
     }
 
     /// Opens the produce stream when batches wait for one and none is
     /// open (or the open one ended).
     fn connect(&mut self, now: Instant) {
-        if let Connection::Open(stream) = &self.connection {
-            if !stream.has_ended() {
-                return;
-            }
-            tracing::debug!("produce stream ended; opening another");
-            self.connection = Connection::Closed { retry_at: None };
-        }
         let Connection::Closed { retry_at } = self.connection else {
             return;
         };
@@ -419,34 +469,13 @@ impl Sender {
         }
         self.connection = Connection::Opening;
         let client = self.shared.client.clone();
+        let capacity = self.shared.config.max_in_flight;
         self.events.push(Box::pin(async move {
-            Event::Connected(client.produce_stream().await)
+            Event::Connected(connection::open(&client, capacity).await)
         }));
     }
 
-    /// A request's answer was not awaited any longer: its batches are
-    /// handled as timed out (retried or expired), and its late answer is
-    /// still awaited, only to wake the task when the stream has room again.
-    fn on_gave_up(
-        &mut self,
-        batches: Vec<(TopicPartition, u64)>,
-        after: Duration,
-        late_answer: oneshot::Receiver<ManyAcks>,
-    ) {
-        self.on_answer(
-            batches,
-            Err(ClientError::Timeout {
-                operation: "produce_stream",
-                after,
-            }),
-        );
-        self.events.push(Box::pin(async move {
-            let _ = late_answer.await;
-            Event::StreamRoom
-        }));
-    }
-
-    fn on_connected(&mut self, opened: Result<ProduceStream, ClientError>) {
+    fn on_connected(&mut self, opened: Result<Box<ProducerStream>, ClientError>) {
         match opened {
             Ok(stream) => {
                 self.connection_failures = 0;
@@ -474,21 +503,12 @@ impl Sender {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Answer { batches, answer } => self.on_answer(batches, answer),
             Event::Identity(answer) => self.on_identity(answer),
             Event::Connected(opened) => self.on_connected(opened),
-            Event::GaveUp {
-                batches,
-                after,
-                late_answer,
-            } => self.on_gave_up(batches, after, late_answer),
-            // The loop looks again after every event.
-            Event::StreamRoom => {}
         }
     }
 
     fn on_answer(&mut self, batches: Vec<(TopicPartition, u64)>, answer: ManyAcks) {
-        self.requests_in_flight -= 1;
         let answers: Vec<Result<ProduceAck, ClientError>> = match answer {
             Ok(answers) => answers,
             // The broker checks every batch before appending any: one bad
@@ -511,7 +531,7 @@ impl Sender {
                 }
                 return;
             }
-            Err(error) => batches.iter().map(|_| Err(replicate(&error))).collect(),
+            Err(error) => batches.iter().map(|_| Err(error.clone())).collect(),
         };
         assert_eq!(answers.len(), batches.len(), "one answer per batch sent");
         let timing = Timing {
@@ -546,7 +566,7 @@ impl Sender {
         self.fenced = true;
         {
             let mut state = self.shared.state.lock();
-            state.fenced = Some(replicate(error));
+            state.fenced = Some(error.clone());
             state.accumulator.fail_all(error);
         }
         for queue in self.queues.values_mut() {
@@ -658,7 +678,11 @@ fn gather(
         let (id, batch, deadline) = queue.start_attempt(index);
         bytes += batch.len();
         request.latest_deadline = request.latest_deadline.max(deadline);
-        request.batches.push((key.0.to_string(), key.1, batch));
+        request.batches.push(WireBatch {
+            topic: queue.topic().clone(),
+            partition: key.1,
+            batch,
+        });
         request.sent.push((key.clone(), id));
         if alone {
             break;
@@ -690,6 +714,16 @@ fn forget_queues(
     forgot_sequences
 }
 
+/// The stream's next message; never, without an open stream.
+async fn next_message(
+    connection: &mut Connection,
+) -> Result<Option<ProduceResponse>, tonic::Status> {
+    match connection {
+        Connection::Open(stream) => stream.message().await,
+        Connection::Closed { .. } | Connection::Opening => std::future::pending().await,
+    }
+}
+
 async fn sleep_until(wake: Option<Instant>) {
     if let Some(wake) = wake {
         tokio::time::sleep_until(wake.into()).await;
@@ -706,127 +740,4 @@ impl Shared {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::producer::batch::test_batch;
-
-    type Answer = crate::producer::DeliveryFuture;
-
-    const LIMITS: RequestLimits = RequestLimits {
-        bytes_max: usize::MAX,
-        batches_max: 10,
-    };
-
-    /// `partitions` non-idempotent queues of topic `t` with one batch each
-    /// (ids 1..), and the receivers of their answers.
-    fn queues(
-        partitions: u32,
-        now: Instant,
-    ) -> (HashMap<TopicPartition, PartitionQueue>, Vec<Vec<Answer>>) {
-        let mut queues = HashMap::new();
-        let mut answers = Vec::new();
-        for partition in 0..partitions {
-            let (batch, answer) = test_batch(u64::from(partition) + 1, 1, now);
-            let mut queue = PartitionQueue::new(false, now);
-            queue.push(batch, now);
-            queues.insert((Arc::from("t"), partition), queue);
-            answers.push(answer);
-        }
-        (queues, answers)
-    }
-
-    #[test]
-    fn a_request_holds_at_most_batches_max_batches() {
-        let now = Instant::now();
-        let (mut queues, _answers) = queues(25, now);
-        let sizes: Vec<usize> = std::iter::from_fn(|| {
-            let request = gather(&mut queues, now, LIMITS);
-            (!request.batches.is_empty()).then_some(request.batches.len())
-        })
-        .collect();
-        assert_eq!(sizes, [10, 10, 5]);
-        assert_eq!(REQUEST_LIMITS.batches_max, 10_000, "the broker's limit");
-    }
-
-    #[test]
-    fn a_batch_that_goes_alone_has_a_request_of_its_own() {
-        let now = Instant::now();
-        let (mut queues, _answers) = queues(4, now);
-        let first = gather(&mut queues, now, LIMITS);
-        assert_eq!(first.sent.len(), 4);
-        // The request was refused as a whole.
-        for (key, id) in &first.sent {
-            queues.get_mut(key).unwrap().send_alone(*id, now);
-        }
-        let mut requests = Vec::new();
-        loop {
-            let request = gather(&mut queues, now, LIMITS);
-            if request.batches.is_empty() {
-                break;
-            }
-            requests.push(request.sent);
-        }
-        assert_eq!(requests.len(), 4, "{requests:?}");
-        assert!(requests.iter().all(|sent| sent.len() == 1));
-    }
-
-    #[test]
-    fn empty_queues_are_forgotten_unless_their_sequence_matters() {
-        let now = Instant::now();
-        let mut queues = HashMap::new();
-        let key = |partition: u32| (Arc::<str>::from("t"), partition);
-        // Answered and without idempotence: nothing to remember.
-        let (mut plain, _plain_answers) = self::queues(1, now);
-        let mut queue = plain.remove(&key(0)).unwrap();
-        let (id, _, _) = queue.start_attempt(0);
-        queue.complete("t", 0, id, Ok(ack()), timing(now));
-        queues.insert(key(0), queue);
-        // Idempotent, appended under an identity: the broker expects the next sequence.
-        let (batch, _stamped_answers) = test_batch(10, 1, now);
-        let mut queue = PartitionQueue::new(true, now);
-        queue.push(batch, now);
-        queue.assign_identity(Identity {
-            producer_id: 1,
-            producer_epoch: 0,
-        });
-        let (id, _, _) = queue.start_attempt(0);
-        queue.complete("t", 1, id, Ok(ack()), timing(now));
-        queues.insert(key(1), queue);
-        // Still holding a batch.
-        let (batch, _held_answers) = test_batch(20, 1, now);
-        let mut queue = PartitionQueue::new(true, now);
-        queue.push(batch, now);
-        queues.insert(key(2), queue);
-
-        assert!(!forget_queues(&mut queues, now, true));
-        let mut kept: Vec<u32> = queues.keys().map(|k| k.1).collect();
-        kept.sort_unstable();
-        assert_eq!(kept, [1, 2]);
-
-        let idle = now + QUEUE_IDLE_MAX;
-        assert!(
-            !forget_queues(&mut queues, idle, false),
-            "only sweeps forget sequences"
-        );
-        assert!(forget_queues(&mut queues, idle, true));
-        assert_eq!(queues.keys().map(|k| k.1).collect::<Vec<_>>(), [2]);
-    }
-
-    fn ack() -> ProduceAck {
-        ProduceAck {
-            topic: "t".into(),
-            partition: 0,
-            base_offset: 0,
-            log_start_offset: 0,
-            duplicate: false,
-        }
-    }
-
-    fn timing(now: Instant) -> Timing {
-        Timing {
-            now,
-            backoff: crate::ProducerConfig::default().backoff(),
-            delivery_timeout: Duration::from_secs(60),
-        }
-    }
-}
+mod tests;

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use brook_broker::EmbeddedBroker;
+use brook_client::StatusCode as Code;
 use brook_client::{
     ClientError, ConsumedRecord, FailurePolicy, FetchOptions, GroupClient, GroupConfig,
     GroupConsumer, GroupError, GroupHandle, NewRecord, OffsetReset, PartitionOffset, TopicConfig,
@@ -20,7 +21,6 @@ use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
-use tonic::Code;
 
 /// Every wait in these tests is bounded by this.
 const LIMIT: Duration = Duration::from_secs(60);
@@ -40,14 +40,12 @@ async fn start(topic: &str, partitions: u32) -> (EmbeddedBroker, GroupClient) {
 }
 
 fn config(group: &str, topic: &str, name: &str) -> GroupConfig {
-    GroupConfig {
-        client_id: name.to_owned(),
-        session_timeout: SESSION,
-        auto_offset_reset: OffsetReset::Earliest,
-        commit_interval: Duration::from_millis(100),
-        max_wait: Duration::from_millis(100),
-        ..GroupConfig::new(group, [topic])
-    }
+    GroupConfig::new(group, [topic])
+        .with_client_id(name.to_owned())
+        .with_session_timeout(SESSION)
+        .with_auto_offset_reset(OffsetReset::Earliest)
+        .with_commit_interval(Duration::from_millis(100))
+        .with_max_wait(Duration::from_millis(100))
 }
 
 async fn produce(client: &GroupClient, topic: &str, partition: u32, from: usize, to: usize) {
@@ -586,11 +584,9 @@ async fn run_failing(
         .await
         .expect("create the dead-letter topic");
     produce(&client, "work", 0, 0, 10).await;
-    let config = GroupConfig {
-        handler_retries: 2,
-        failure_policy: policy,
-        ..config("workers", "work", "w")
-    };
+    let config = config("workers", "work", "w")
+        .with_handler_retries(2)
+        .with_failure_policy(policy);
     let member = GroupConsumer::join(client.clone(), config)
         .await
         .expect("join");

@@ -109,12 +109,10 @@ async fn a_stalled_broker_stops_the_producer_at_its_buffer() {
     let buffer_memory = 16 * 1024;
     let producer = Producer::new(
         client,
-        ProducerConfig {
-            buffer_memory,
-            batch_size: 4 * 1024,
-            linger: Duration::from_millis(1),
-            ..ProducerConfig::default()
-        },
+        ProducerConfig::default()
+            .with_buffer_memory(buffer_memory)
+            .with_batch_size(4 * 1024)
+            .with_linger(Duration::from_millis(1)),
     );
     let mut accepted = Vec::new();
     let refused_at = loop {

@@ -67,11 +67,9 @@ async fn connect() -> (EmbeddedBroker, Client) {
 fn consumer(client: &Client, topic: &str) -> Consumer {
     let consumer = Consumer::new(
         client.clone(),
-        ConsumerConfig {
-            auto_offset_reset: OffsetReset::Earliest,
-            max_wait: Duration::from_millis(100),
-            ..ConsumerConfig::default()
-        },
+        ConsumerConfig::default()
+            .with_auto_offset_reset(OffsetReset::Earliest)
+            .with_max_wait(Duration::from_millis(100)),
     );
     consumer.assign(&[(topic, 0)]);
     consumer

@@ -57,11 +57,9 @@ async fn next(consumer: &mut Consumer) -> ConsumedRecord {
 }
 
 fn config(reset: OffsetReset) -> ConsumerConfig {
-    ConsumerConfig {
-        max_wait: Duration::from_millis(100),
-        auto_offset_reset: reset,
-        ..ConsumerConfig::default()
-    }
+    ConsumerConfig::default()
+        .with_max_wait(Duration::from_millis(100))
+        .with_auto_offset_reset(reset)
 }
 
 fn value(consumed: &ConsumedRecord) -> String {
@@ -223,12 +221,10 @@ async fn a_slow_reader_never_has_more_than_prefetch_chunks_buffered() {
 
     let mut consumer = Consumer::new(
         client,
-        ConsumerConfig {
+        config(OffsetReset::Earliest)
             // One batch per fetch: each chunk is one record.
-            max_bytes: 1,
-            prefetch: PREFETCH,
-            ..config(OffsetReset::Earliest)
-        },
+            .with_max_bytes(1)
+            .with_prefetch(PREFETCH),
     );
     consumer.assign(&[("orders", 0)]);
     for offset in 0..BATCHES {
@@ -255,13 +251,10 @@ async fn lz4_and_zstd_batches_decode() {
         .await
         .unwrap();
     for (partition, compression) in [(0, Compression::Lz4), (1, Compression::Zstd)] {
-        let options = ClientOptions {
-            batch: BatchOptions {
-                compression,
-                ..BatchOptions::default()
-            },
-            ..ClientOptions::default()
-        };
+        let options = ClientOptions::default().with_batch(BatchOptions {
+            compression,
+            ..BatchOptions::default()
+        });
         let client = Client::connect_with(broker.endpoint(), options)
             .await
             .unwrap();
@@ -282,10 +275,7 @@ async fn lz4_and_zstd_batches_decode() {
 
 /// A topic whose first segments retention has deleted; returns the new start.
 async fn retained_topic(broker: &EmbeddedBroker, client: &Client) -> i64 {
-    let config = TopicConfig {
-        segment_bytes: Some(1024),
-        ..TopicConfig::default()
-    };
+    let config = TopicConfig::default().with_segment_bytes(Some(1024));
     client
         .create_topic("orders", 1, config)
         .await
@@ -303,10 +293,7 @@ async fn retained_topic(broker: &EmbeddedBroker, client: &Client) -> i64 {
             .await
             .expect("produce");
     }
-    let keep_little = TopicConfig {
-        retention_bytes: Some(1),
-        ..TopicConfig::default()
-    };
+    let keep_little = TopicConfig::default().with_retention_bytes(Some(1));
     client
         .alter_topic_config("orders", keep_little)
         .await
@@ -351,7 +338,11 @@ async fn out_of_range_under_error_policy_is_reported_and_a_seek_resumes() {
         .expect("an answer in time")
         .expect("the stream goes on")
         .expect_err("out of range");
-    assert_eq!(error.code(), Some(tonic::Code::OutOfRange), "{error:?}");
+    assert_eq!(
+        error.code(),
+        Some(brook_client::StatusCode::OutOfRange),
+        "{error:?}"
+    );
     assert_eq!(
         consumer.position("orders", 0),
         Some(0),
@@ -420,7 +411,11 @@ async fn an_undecodable_batch_stops_only_its_partition_after_the_records_before_
     }
     assert_eq!(seen, [vec![0, 1, 2], vec![0, 1, 2, 3, 4]]);
     let error = &errors[0];
-    assert_eq!(error.code(), Some(tonic::Code::DataLoss), "{error:?}");
+    assert_eq!(
+        error.code(),
+        Some(brook_client::StatusCode::DataLoss),
+        "{error:?}"
+    );
     assert!(
         error.to_string().contains("orders/0 at offset 3"),
         "names the batch: {error}"
@@ -450,7 +445,11 @@ async fn fetches_and_subscriptions_return_the_records_before_an_undecodable_batc
         "the next fetch starts at the bad batch"
     );
     let error = client.fetch("orders", 0, 3, options).await.unwrap_err();
-    assert_eq!(error.code(), Some(tonic::Code::DataLoss), "{error:?}");
+    assert_eq!(
+        error.code(),
+        Some(brook_client::StatusCode::DataLoss),
+        "{error:?}"
+    );
 
     let mut records = client.subscribe("orders", 0, 0).await.unwrap();
     for offset in 0..3 {

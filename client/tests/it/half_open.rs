@@ -96,10 +96,7 @@ async fn broker_and_proxy() -> (EmbeddedBroker, Proxy) {
 #[tokio::test]
 async fn a_produce_stream_fails_its_requests_when_answers_stop() {
     let (_broker, proxy) = broker_and_proxy().await;
-    let options = ClientOptions {
-        request_timeout: Duration::from_millis(500),
-        ..ClientOptions::default()
-    };
+    let options = ClientOptions::default().with_request_timeout(Duration::from_millis(500));
     let client = Client::connect_with(proxy.endpoint(), options)
         .await
         .unwrap();
@@ -132,11 +129,9 @@ async fn a_produce_stream_fails_its_requests_when_answers_stop() {
 #[tokio::test]
 async fn a_subscription_ends_when_pings_go_unanswered() {
     let (broker, proxy) = broker_and_proxy().await;
-    let options = ClientOptions {
-        keepalive_interval: Duration::from_millis(200),
-        keepalive_timeout: Duration::from_millis(500),
-        ..ClientOptions::default()
-    };
+    let options = ClientOptions::default()
+        .with_keepalive_interval(Duration::from_millis(200))
+        .with_keepalive_timeout(Duration::from_millis(500));
     let client = Client::connect_with(proxy.endpoint(), options)
         .await
         .unwrap();

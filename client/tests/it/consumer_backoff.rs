@@ -121,12 +121,10 @@ async fn serve(faults: Faults) -> (Arc<Faulty>, Client) {
 }
 
 fn config(reset: OffsetReset) -> ConsumerConfig {
-    ConsumerConfig {
-        auto_offset_reset: reset,
-        retry_backoff: BACKOFF,
-        retry_backoff_max: 4 * BACKOFF,
-        ..ConsumerConfig::default()
-    }
+    ConsumerConfig::default()
+        .with_auto_offset_reset(reset)
+        .with_retry_backoff(BACKOFF)
+        .with_retry_backoff_max(4 * BACKOFF)
 }
 
 /// Waits until `count` watched calls came, and returns their instants.

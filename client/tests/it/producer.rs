@@ -27,11 +27,9 @@ async fn connect() -> (EmbeddedBroker, Client) {
 
 /// Quick retries, so lost acknowledgements are recovered fast.
 fn fast_retries() -> ProducerConfig {
-    ProducerConfig {
-        retry_backoff: Duration::from_millis(10),
-        retry_backoff_max: Duration::from_millis(100),
-        ..ProducerConfig::default()
-    }
+    ProducerConfig::default()
+        .with_retry_backoff(Duration::from_millis(10))
+        .with_retry_backoff_max(Duration::from_millis(100))
 }
 
 /// Every record of a partition, read until the high watermark.
@@ -39,10 +37,7 @@ async fn fetch_all(client: &Client, topic: &str, partition: u32) -> Vec<Record> 
     let mut records = Vec::new();
     let mut offset = 0;
     loop {
-        let options = FetchOptions {
-            max_wait: Duration::ZERO,
-            ..FetchOptions::default()
-        };
+        let options = FetchOptions::default().with_max_wait(Duration::ZERO);
         let fetched = timeout(LIMIT, client.fetch(topic, partition, offset, options))
             .await
             .expect("fetch in time")
@@ -125,7 +120,11 @@ async fn records_are_acknowledged_with_their_offsets() {
         .await
         .unwrap()
         .unwrap_err();
-    assert_eq!(missing.code(), Some(tonic::Code::NotFound), "{missing}");
+    assert_eq!(
+        missing.code(),
+        Some(brook_client::StatusCode::NotFound),
+        "{missing}"
+    );
     producer.close().await;
     let closed = producer
         .send(ProducerRecord::new("t", "late"))
@@ -137,10 +136,7 @@ async fn records_are_acknowledged_with_their_offsets() {
 #[tokio::test]
 async fn durations_meaning_never_are_accepted() {
     let broker = EmbeddedBroker::start().await.expect("broker starts");
-    let options = ClientOptions {
-        request_timeout: Duration::MAX,
-        ..ClientOptions::default()
-    };
+    let options = ClientOptions::default().with_request_timeout(Duration::MAX);
     let client = Client::connect_with(broker.endpoint(), options)
         .await
         .unwrap();
@@ -148,13 +144,10 @@ async fn durations_meaning_never_are_accepted() {
         .create_topic("t", 1, TopicConfig::default())
         .await
         .unwrap();
-    let config = ProducerConfig {
-        linger: Duration::from_secs(24 * 3600),
-        delivery_timeout: Duration::MAX,
-        request_timeout: Duration::MAX,
-        retry_backoff_max: Duration::MAX,
-        ..ProducerConfig::default()
-    };
+    let config = ProducerConfig::default()
+        .with_linger(Duration::from_secs(24 * 3600))
+        .with_delivery_timeout(Duration::MAX)
+        .with_retry_backoff_max(Duration::MAX);
     let producer = Producer::new(client.clone(), config);
     let delivery = timeout(LIMIT, producer.enqueue(ProducerRecord::new("t", "v")))
         .await
@@ -173,13 +166,7 @@ async fn retried_batches_are_appended_once() {
         .create_topic("t", 4, TopicConfig::default())
         .await
         .unwrap();
-    let producer = Producer::new(
-        client.clone(),
-        ProducerConfig {
-            batch_size: 2 * 1024,
-            ..fast_retries()
-        },
-    );
+    let producer = Producer::new(client.clone(), fast_retries().with_batch_size(2 * 1024));
     producer.drop_acknowledgements(8);
     let acks = send_all(&producer, 2_000, |i| {
         ProducerRecord::new("t", format!("value-{i}")).key(format!("key-{}", i % 50))
@@ -210,13 +197,7 @@ async fn keyed_records_keep_their_order_across_retries() {
         .create_topic("orders", PARTITIONS, TopicConfig::default())
         .await
         .unwrap();
-    let producer = Producer::new(
-        client.clone(),
-        ProducerConfig {
-            batch_size: 4 * 1024,
-            ..fast_retries()
-        },
-    );
+    let producer = Producer::new(client.clone(), fast_retries().with_batch_size(4 * 1024));
     let record = |i: usize| {
         let key = format!("key-{}", i % KEYS);
         ProducerRecord::new("orders", format!("{key}/{i}")).key(key)
@@ -257,11 +238,9 @@ async fn send_waits_for_buffer_space() {
         .unwrap();
     let producer = Producer::new(
         client.clone(),
-        ProducerConfig {
-            buffer_memory: BUDGET,
-            batch_size: 1024,
-            ..ProducerConfig::default()
-        },
+        ProducerConfig::default()
+            .with_buffer_memory(BUDGET)
+            .with_batch_size(1024),
     );
     let tasks: Vec<_> = (0..32)
         .map(|task| {
@@ -297,7 +276,7 @@ async fn send_waits_for_buffer_space() {
     let refused = producer.send(huge).await.unwrap_err();
     assert_eq!(
         refused.code(),
-        Some(tonic::Code::InvalidArgument),
+        Some(brook_client::StatusCode::InvalidArgument),
         "{refused}"
     );
 }
@@ -313,10 +292,7 @@ async fn compressed_batches_are_fetched_decoded() {
             .unwrap();
         let producer = Producer::new(
             client.clone(),
-            ProducerConfig {
-                compression,
-                ..ProducerConfig::default()
-            },
+            ProducerConfig::default().with_compression(compression),
         );
         let value = |i: usize| format!("{i:05}{}", "compressible ".repeat(80));
         send_all(&producer, 500, |i| {
@@ -346,10 +322,7 @@ async fn send_fails_after_the_delivery_timeout_when_the_broker_is_gone() {
         .unwrap();
     let producer = Producer::new(
         client,
-        ProducerConfig {
-            delivery_timeout: DELIVERY_TIMEOUT,
-            ..fast_retries()
-        },
+        fast_retries().with_delivery_timeout(DELIVERY_TIMEOUT),
     );
     producer
         .send(ProducerRecord::new("t", "first"))
@@ -433,13 +406,7 @@ async fn a_broker_restart_between_send_and_retry_appends_once() {
     let addr = broker.addr();
     // About 20 bytes a record: 3 or 4 batches per partition, within the 5
     // a partition may have unacknowledged.
-    let producer = Producer::new(
-        client.clone(),
-        ProducerConfig {
-            batch_size: 700,
-            ..fast_retries()
-        },
-    );
+    let producer = Producer::new(client.clone(), fast_retries().with_batch_size(700));
 
     // Every acknowledgement is lost until the broker has restarted: the
     // batches are appended by the first broker and retried against both.
@@ -461,10 +428,7 @@ async fn a_broker_restart_between_send_and_retry_appends_once() {
                     "t",
                     0,
                     i64::MAX,
-                    FetchOptions {
-                        max_wait: Duration::from_millis(20),
-                        ..FetchOptions::default()
-                    },
+                    FetchOptions::default().with_max_wait(Duration::from_millis(20)),
                 )
                 .await;
         }
@@ -502,11 +466,9 @@ async fn flush_sends_without_waiting_for_linger() {
         .unwrap();
     let producer = Producer::new(
         client.clone(),
-        ProducerConfig {
-            linger: Duration::from_secs(60),
-            delivery_timeout: Duration::from_secs(120),
-            ..ProducerConfig::default()
-        },
+        ProducerConfig::default()
+            .with_linger(Duration::from_secs(60))
+            .with_delivery_timeout(Duration::from_secs(120)),
     );
     let mut pending = Vec::new();
     for i in 0..10 {
@@ -580,7 +542,7 @@ async fn a_fenced_producer_fails_its_records() {
         .unwrap_err();
     assert_eq!(
         fenced.code(),
-        Some(tonic::Code::FailedPrecondition),
+        Some(brook_client::StatusCode::FailedPrecondition),
         "{fenced}"
     );
     assert!(!fenced.is_retryable());
@@ -590,12 +552,13 @@ async fn a_fenced_producer_fails_its_records() {
         .unwrap_err();
     assert_eq!(
         later.code(),
-        Some(tonic::Code::FailedPrecondition),
+        Some(brook_client::StatusCode::FailedPrecondition),
         "{later}"
     );
     assert_eq!(fetch_all(&client, "t", 0).await.len(), 1);
 }
 
+#[cfg(feature = "otel")]
 #[tokio::test]
 async fn records_carry_the_trace_of_their_sender() {
     use opentelemetry::trace::TracerProvider as _;
@@ -684,11 +647,9 @@ async fn one_bad_batch_fails_alone_in_a_multi_partition_request() {
     // A linger longer than the test: batches go out on flush, all at once.
     let producer = Producer::new(
         client.clone(),
-        ProducerConfig {
-            linger: Duration::from_secs(600),
-            delivery_timeout: Duration::from_secs(900),
-            ..ProducerConfig::default()
-        },
+        ProducerConfig::default()
+            .with_linger(Duration::from_secs(600))
+            .with_delivery_timeout(Duration::from_secs(900)),
     );
     // The producer learns both topics; then one is deleted behind its back.
     let mut warm = Vec::new();
@@ -720,7 +681,11 @@ async fn one_bad_batch_fails_alone_in_a_multi_partition_request() {
     timeout(LIMIT, producer.flush()).await.unwrap();
 
     let refused = gone.await.unwrap_err();
-    assert_eq!(refused.code(), Some(tonic::Code::NotFound), "{refused}");
+    assert_eq!(
+        refused.code(),
+        Some(brook_client::StatusCode::NotFound),
+        "{refused}"
+    );
     for delivery in good {
         delivery
             .await
@@ -744,10 +709,7 @@ async fn records_that_cannot_fit_their_topic_are_refused_at_enqueue() {
         .create_topic(
             "small",
             2,
-            TopicConfig {
-                max_message_bytes: Some(1024),
-                ..TopicConfig::default()
-            },
+            TopicConfig::default().with_max_message_bytes(Some(1024)),
         )
         .await
         .unwrap();
@@ -760,7 +722,11 @@ async fn records_that_cannot_fit_their_topic_are_refused_at_enqueue() {
     .await
     .unwrap()
     .unwrap_err();
-    assert_eq!(missing.code(), Some(tonic::Code::NotFound), "{missing}");
+    assert_eq!(
+        missing.code(),
+        Some(brook_client::StatusCode::NotFound),
+        "{missing}"
+    );
 
     let large = timeout(
         LIMIT,
@@ -769,7 +735,11 @@ async fn records_that_cannot_fit_their_topic_are_refused_at_enqueue() {
     .await
     .unwrap()
     .unwrap_err();
-    assert_eq!(large.code(), Some(tonic::Code::InvalidArgument), "{large}");
+    assert_eq!(
+        large.code(),
+        Some(brook_client::StatusCode::InvalidArgument),
+        "{large}"
+    );
     assert_eq!(producer.buffered_bytes(), 0, "nothing was accepted");
 
     // The topic grows: its new partition is found, not refused from the cache.
@@ -797,10 +767,7 @@ async fn batches_in_flight_together_arrive_in_order() {
     // arrivals as out of order and they would be sent again.
     let producer = Producer::new(
         client.clone(),
-        ProducerConfig {
-            linger: Duration::ZERO,
-            ..ProducerConfig::default()
-        },
+        ProducerConfig::default().with_linger(Duration::ZERO),
     );
     let mut pending = Vec::new();
     for i in 0..10_000 {
@@ -833,10 +800,7 @@ async fn a_send_after_the_broker_restarted_while_idle_goes_through() {
     // also when the ended stream is noticed.
     let producer = Producer::new(
         client.clone(),
-        ProducerConfig {
-            linger: Duration::ZERO,
-            ..ProducerConfig::default()
-        },
+        ProducerConfig::default().with_linger(Duration::ZERO),
     );
     let first = producer.send(ProducerRecord::new("idle", "before")).await;
     assert_eq!(first.unwrap().offset, 0);

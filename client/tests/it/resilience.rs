@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use brook_broker::server::{ServeError, serve};
 use brook_broker::{Broker, BrokerConfig, EmbeddedBroker};
+use brook_client::StatusCode as Code;
 use brook_client::resilience::Backoff;
 use brook_client::{
     CircuitBreakerConfig, CircuitState, Client, ClientError, ClientOptions, Producer,
@@ -18,7 +19,6 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
-use tonic::Code;
 
 /// Every wait in these tests is bounded by this.
 const LIMIT: Duration = Duration::from_secs(30);
@@ -77,26 +77,24 @@ impl BrokerAt {
 }
 
 fn options() -> ClientOptions {
-    ClientOptions {
-        connect_timeout: Duration::from_secs(5),
-        request_timeout: Duration::from_secs(5),
-        circuit_breaker: CircuitBreakerConfig {
-            failure_threshold: FAILURE_THRESHOLD,
-            open_duration: OPEN_DURATION,
-        },
-        ..ClientOptions::default()
-    }
+    ClientOptions::default()
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_request_timeout(Duration::from_secs(5))
+        .with_circuit_breaker(
+            CircuitBreakerConfig::default()
+                .with_failure_threshold(FAILURE_THRESHOLD)
+                .with_open_duration(OPEN_DURATION),
+        )
 }
 
 /// Calls `list_topics` until it succeeds, waiting as the errors say; panics
 /// on a non-retryable error or after `LIMIT`.
 async fn until_it_answers(client: &Client) -> Vec<String> {
     let deadline = Instant::now() + LIMIT;
-    let backoff = Backoff {
-        initial: Duration::from_millis(10),
-        max: Duration::from_millis(100),
-        multiplier: 2.0,
-    };
+    let backoff = Backoff::default()
+        .with_initial(Duration::from_millis(10))
+        .with_max(Duration::from_millis(100))
+        .with_multiplier(2.0);
     for attempt in 0.. {
         assert!(Instant::now() < deadline, "no answer within {LIMIT:?}");
         match client.list_topics().await {

@@ -1,0 +1,123 @@
+//! Tests of `sender.rs`.
+use super::*;
+use crate::producer::batch::test_batch;
+
+type Answer = crate::producer::DeliveryFuture;
+
+const LIMITS: RequestLimits = RequestLimits {
+    bytes_max: usize::MAX,
+    batches_max: 10,
+};
+
+/// `partitions` non-idempotent queues of topic `t` with one batch each
+/// (ids 1..), and the receivers of their answers.
+fn queues(
+    partitions: u32,
+    now: Instant,
+) -> (HashMap<TopicPartition, PartitionQueue>, Vec<Vec<Answer>>) {
+    let mut queues = HashMap::new();
+    let mut answers = Vec::new();
+    for partition in 0..partitions {
+        let (batch, answer) = test_batch(u64::from(partition) + 1, 1, now);
+        let mut queue = PartitionQueue::new("t", false, now);
+        queue.push(batch, now);
+        queues.insert((Arc::from("t"), partition), queue);
+        answers.push(answer);
+    }
+    (queues, answers)
+}
+
+#[test]
+fn a_request_holds_at_most_batches_max_batches() {
+    let now = Instant::now();
+    let (mut queues, _answers) = queues(25, now);
+    let sizes: Vec<usize> = std::iter::from_fn(|| {
+        let request = gather(&mut queues, now, LIMITS);
+        (!request.batches.is_empty()).then_some(request.batches.len())
+    })
+    .collect();
+    assert_eq!(sizes, [10, 10, 5]);
+    assert_eq!(REQUEST_LIMITS.batches_max, 10_000, "the broker's limit");
+}
+
+#[test]
+fn a_batch_that_goes_alone_has_a_request_of_its_own() {
+    let now = Instant::now();
+    let (mut queues, _answers) = queues(4, now);
+    let first = gather(&mut queues, now, LIMITS);
+    assert_eq!(first.sent.len(), 4);
+    // The request was refused as a whole.
+    for (key, id) in &first.sent {
+        queues.get_mut(key).unwrap().send_alone(*id, now);
+    }
+    let mut requests = Vec::new();
+    loop {
+        let request = gather(&mut queues, now, LIMITS);
+        if request.batches.is_empty() {
+            break;
+        }
+        requests.push(request.sent);
+    }
+    assert_eq!(requests.len(), 4, "{requests:?}");
+    assert!(requests.iter().all(|sent| sent.len() == 1));
+}
+
+#[test]
+fn empty_queues_are_forgotten_unless_their_sequence_matters() {
+    let now = Instant::now();
+    let mut queues = HashMap::new();
+    let key = |partition: u32| (Arc::<str>::from("t"), partition);
+    // Answered and without idempotence: nothing to remember.
+    let (mut plain, _plain_answers) = self::queues(1, now);
+    let mut queue = plain.remove(&key(0)).unwrap();
+    let (id, _, _) = queue.start_attempt(0);
+    queue.complete("t", 0, id, Ok(ack()), timing(now));
+    queues.insert(key(0), queue);
+    // Idempotent, appended under an identity: the broker expects the next sequence.
+    let (batch, _stamped_answers) = test_batch(10, 1, now);
+    let mut queue = PartitionQueue::new("t", true, now);
+    queue.push(batch, now);
+    queue.assign_identity(Identity {
+        producer_id: 1,
+        producer_epoch: 0,
+    });
+    let (id, _, _) = queue.start_attempt(0);
+    queue.complete("t", 1, id, Ok(ack()), timing(now));
+    queues.insert(key(1), queue);
+    // Still holding a batch.
+    let (batch, _held_answers) = test_batch(20, 1, now);
+    let mut queue = PartitionQueue::new("t", true, now);
+    queue.push(batch, now);
+    queues.insert(key(2), queue);
+
+    assert!(!forget_queues(&mut queues, now, true));
+    let mut kept: Vec<u32> = queues.keys().map(|k| k.1).collect();
+    kept.sort_unstable();
+    assert_eq!(kept, [1, 2]);
+
+    let idle = now + QUEUE_IDLE_MAX;
+    assert!(
+        !forget_queues(&mut queues, idle, false),
+        "only sweeps forget sequences"
+    );
+    assert!(forget_queues(&mut queues, idle, true));
+    assert_eq!(queues.keys().map(|k| k.1).collect::<Vec<_>>(), [2]);
+}
+
+fn ack() -> ProduceAck {
+    ProduceAck {
+        topic: "t".into(),
+        partition: 0,
+        base_offset: 0,
+        log_start_offset: 0,
+        duplicate: false,
+    }
+}
+
+fn timing(now: Instant) -> Timing {
+    Timing {
+        now,
+        backoff: crate::ProducerConfig::default().backoff(),
+        delivery_timeout: Duration::from_secs(60),
+    }
+}
