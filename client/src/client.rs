@@ -24,7 +24,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest gRPC message sent or received; matches the broker's default
 /// limit, which is above its largest batch and largest fetch response.
-pub const DEFAULT_MESSAGE_BYTES_MAX: usize = 128 * 1024 * 1024;
+pub const DEFAULT_MESSAGE_BYTES_MAX: usize = brook_record::protocol::GRPC_MESSAGE_BYTES_MAX_DEFAULT;
 /// Produce requests a [`crate::ProduceStream`] keeps unacknowledged.
 pub const DEFAULT_PRODUCE_IN_FLIGHT_MAX: usize = 128;
 

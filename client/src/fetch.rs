@@ -42,8 +42,8 @@ impl Default for FetchOptions {
     /// 1 MiB, and a 500 ms long-poll.
     fn default() -> Self {
         Self {
-            max_bytes: 1024 * 1024,
-            max_wait: Duration::from_millis(500),
+            max_bytes: brook_record::protocol::FETCH_BYTES_DEFAULT,
+            max_wait: brook_record::protocol::FETCH_WAIT_DEFAULT,
         }
     }
 }

@@ -126,7 +126,7 @@ impl Default for Limits {
             fetch_bytes_max: 64 * 1024 * 1024,
             fetch_wait_ms_max: 60_000,
             fetch_partitions_max: 10_000,
-            produce_batches_max: 10_000,
+            produce_batches_max: brook_record::protocol::PRODUCE_BATCHES_MAX_DEFAULT,
             produce_stream_in_flight_max: 256,
             produce_bytes_in_flight_max: 512 * 1024 * 1024,
             streams_per_connection_max: 1024,

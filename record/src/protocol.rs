@@ -9,6 +9,10 @@ use std::time::Duration;
 /// one partition in flight, or a retry could fall out of the window.
 pub const SEQUENCE_WINDOW: usize = 5;
 
+/// Batches in one produce request, at most, unless the broker is
+/// configured otherwise (`Limits::produce_batches_max`).
+pub const PRODUCE_BATCHES_MAX_DEFAULT: usize = 10_000;
+
 /// The largest gRPC message either side decodes by default (a produce
 /// request or a fetch response); a broker's `max_message_bytes` must fit
 /// in it.

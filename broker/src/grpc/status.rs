@@ -208,4 +208,49 @@ mod tests {
         assert_eq!(message.matches("poisoned").count(), 1, "{message}");
         assert!(message.contains("fsync of /d/0.log failed"), "{message}");
     }
+
+    /// docs/errors.md promises these phrases to clients, which tell the
+    /// three FAILED_PRECONDITION situations apart by them.
+    #[test]
+    fn failed_preconditions_keep_their_documented_phrases() {
+        let gap = ProduceError::Sequence {
+            topic: "t".to_owned(),
+            partition: 0,
+            source: brook_storage::SequenceError::OutOfOrder {
+                producer_id: 1,
+                expected: 3,
+                got: 5,
+            },
+        };
+        let not_empty = GroupError::NotEmpty {
+            group: "g".to_owned(),
+            members: 2,
+            action: "DeleteGroup",
+        };
+        let fenced = ProduceError::Sequence {
+            topic: "t".to_owned(),
+            partition: 0,
+            source: brook_storage::SequenceError::StaleEpoch {
+                producer_id: 1,
+                epoch: 0,
+                current: 1,
+            },
+        };
+        for (error, phrase) in [
+            (to_status(&gap), Some("out of order sequence")),
+            (to_status(&not_empty), Some("needs an empty group")),
+            (to_status(&fenced), None),
+        ] {
+            assert_eq!(error.code(), Code::FailedPrecondition);
+            let message = error.message();
+            match phrase {
+                Some(phrase) => assert!(message.contains(phrase), "{message}"),
+                None => assert!(
+                    !message.contains("out of order sequence")
+                        && !message.contains("needs an empty group"),
+                    "{message}"
+                ),
+            }
+        }
+    }
 }

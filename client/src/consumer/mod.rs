@@ -75,8 +75,8 @@ impl Default for ConsumerConfig {
     /// latest, retries after 100 ms up to 5 s.
     fn default() -> Self {
         Self {
-            max_bytes: 1024 * 1024,
-            max_wait: Duration::from_millis(500),
+            max_bytes: brook_record::protocol::FETCH_BYTES_DEFAULT,
+            max_wait: brook_record::protocol::FETCH_WAIT_DEFAULT,
             prefetch: 4,
             auto_offset_reset: OffsetReset::Latest,
             retry_backoff: Duration::from_millis(100),

@@ -41,9 +41,9 @@ use crate::produce::ProduceAck;
 use crate::resilience::Backoff;
 
 /// Batches per partition sent and not all acknowledged, with idempotence:
-/// the broker's `RECENT_BATCHES` (how many of a producer's batches it
-/// remembers per partition to answer retries).
-pub(crate) const IDEMPOTENT_WINDOW: usize = 5;
+/// the protocol's sequence window (how many of a producer's batches the
+/// broker remembers per partition to answer retries).
+pub(crate) const IDEMPOTENT_WINDOW: usize = brook_record::protocol::SEQUENCE_WINDOW;
 
 /// What the sender must do after an answer.
 #[derive(Debug)]

@@ -55,8 +55,8 @@ const REQUEST_LIMITS: RequestLimits = RequestLimits {
     batches_max: REQUEST_BATCHES_MAX,
 };
 
-/// Batches in one produce request.
-const REQUEST_BATCHES_MAX: usize = 10_000;
+/// Batches in one produce request: what a broker takes by default.
+const REQUEST_BATCHES_MAX: usize = brook_record::protocol::PRODUCE_BATCHES_MAX_DEFAULT;
 
 /// How long an empty partition queue that remembers sequence numbers is
 /// kept after its last batch was queued or answered. Forgetting it costs

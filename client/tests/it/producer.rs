@@ -378,13 +378,10 @@ async fn serve_at(
     let listener = TcpListener::bind(addr)
         .await
         .expect("the port is free again");
-    let broker: Arc<Broker> = Broker::open(BrokerConfig {
-        data_dir: data_dir.to_owned(),
-        listen: addr,
-        ..BrokerConfig::default()
-    })
-    .await
-    .expect("broker reopens");
+    let mut config = BrokerConfig::default();
+    config.data_dir = data_dir.to_owned();
+    config.listen = addr;
+    let broker: Arc<Broker> = Broker::open(config).await.expect("broker reopens");
     let stop = CancellationToken::new();
     let task = tokio::spawn({
         let stop = stop.clone();

@@ -54,11 +54,9 @@ struct BrokerAt {
 
 impl BrokerAt {
     async fn start(data_dir: &Path, addr: SocketAddr) -> anyhow::Result<Self> {
-        let config = BrokerConfig {
-            data_dir: data_dir.to_owned(),
-            listen: addr,
-            ..BrokerConfig::default()
-        };
+        let mut config = BrokerConfig::default();
+        config.data_dir = data_dir.to_owned();
+        config.listen = addr;
         let broker = Broker::open(config).await?;
         let listener = TcpListener::bind(addr).await?;
         let stop = Arc::new(Notify::new());

@@ -91,11 +91,10 @@ impl Storage for StallingStorage {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_broker_stops_the_producer_at_its_buffer() {
     let gate = Arc::new(Gate::default());
+    let mut config = BrokerConfig::default();
+    config.storage = Arc::new(StallingStorage(gate.clone()));
     let broker = EmbeddedBroker::builder()
-        .config(BrokerConfig {
-            storage: Arc::new(StallingStorage(gate.clone())),
-            ..BrokerConfig::default()
-        })
+        .config(config)
         .start()
         .await
         .unwrap();
