@@ -259,12 +259,11 @@ pub enum StatusCode {
 impl StatusCode {
     /// The code with this number on the wire; an unknown number is `Unknown`.
     pub(crate) fn from_i32(code: i32) -> Self {
-        Self::from(tonic::Code::from_i32(code))
+        Self::from_tonic(tonic::Code::from_i32(code))
     }
-}
 
-impl From<tonic::Code> for StatusCode {
-    fn from(code: tonic::Code) -> Self {
+    /// tonic's code as the client's own (tonic stays out of the public API).
+    pub(crate) fn from_tonic(code: tonic::Code) -> Self {
         use tonic::Code as C;
         match code {
             C::Ok => Self::Ok,
@@ -356,14 +355,22 @@ impl ClientError {
 
     /// The error of `operation` from the gRPC status it ended with: a
     /// broken connection is told apart from the broker's answers.
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "takes the status the way `map_err` hands it over"
+    )]
     pub(crate) fn status(operation: &'static str, status: tonic::Status) -> Self {
         if is_connection_failure(&status) {
             return Self::ConnectionLost {
                 operation,
-                source: Arc::new(status),
+                source: connection_cause(&status),
             };
         }
-        Self::new(operation, status.code().into(), status.message())
+        Self::new(
+            operation,
+            StatusCode::from_tonic(status.code()),
+            status.message(),
+        )
     }
 
     /// A `Status` error from the broker's in-band `Error` message (a
@@ -391,7 +398,7 @@ impl ClientError {
 /// The kind of a status. The broker answers both a fenced identity and a
 /// sequence gap (and a group that is not empty) with `FAILED_PRECONDITION`;
 /// its message tells them apart ("out of order sequence ...", "... needs an
-/// empty group ...", see the broker's `BrokerError`).
+/// empty group ..."; docs/errors.md promises these phrases).
 fn kind_of(code: StatusCode, message: &str) -> ErrorKind {
     match code {
         StatusCode::Cancelled => ErrorKind::Cancelled,
@@ -416,6 +423,26 @@ fn kind_of(code: StatusCode, message: &str) -> ErrorKind {
         StatusCode::DataLoss => ErrorKind::DataLoss,
         StatusCode::Ok | StatusCode::Unknown => ErrorKind::Unknown,
     }
+}
+
+/// What broke a connection, as an `io::Error` (of the kind the OS reported,
+/// when there was one) carrying the status's message, so that users can
+/// look at it without knowing tonic.
+fn connection_cause(status: &tonic::Status) -> Cause {
+    let mut source = std::error::Error::source(status);
+    let mut kind = std::io::ErrorKind::Other;
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            kind = io.kind();
+            break;
+        }
+        source = cause.source();
+    }
+    let mut message = status.message().to_owned();
+    if let Some(cause) = std::error::Error::source(status) {
+        message = format!("{message}: {cause}");
+    }
+    Arc::new(std::io::Error::new(kind, message))
 }
 
 /// Whether an `Unknown` or `Cancelled` status stands for a broken
@@ -488,7 +515,7 @@ mod tests {
         ] {
             let e = ClientError::status("produce", tonic::Status::new(code, "x"));
             assert!(e.is_retryable(), "{code:?}");
-            assert_eq!(e.code(), Some(StatusCode::from(code)));
+            assert_eq!(e.code(), Some(StatusCode::from_tonic(code)));
             assert_eq!(e.kind(), kind);
         }
         for (code, kind) in [
@@ -589,5 +616,23 @@ mod tests {
             open.to_string(),
             "circuit breaker open: the broker was unreachable; retry after 300ms"
         );
+    }
+
+    #[test]
+    fn a_lost_connection_is_retryable_and_its_cause_is_an_io_error() {
+        let mut status = tonic::Status::unknown("transport error");
+        status.set_source(Arc::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        let error = ClientError::status("produce", status);
+        assert!(
+            matches!(error, ClientError::ConnectionLost { .. }),
+            "{error:?}"
+        );
+        assert!(error.is_retryable());
+        let cause = std::error::Error::source(&error)
+            .and_then(|c| c.downcast_ref::<std::io::Error>())
+            .map(std::io::Error::kind);
+        assert_eq!(cause, Some(std::io::ErrorKind::ConnectionReset));
     }
 }

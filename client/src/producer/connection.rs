@@ -81,6 +81,24 @@ pub(crate) struct ProducerStream {
     awaiting: VecDeque<InFlight>,
     capacity: usize,
     next_correlation_id: u64,
+    /// The request side ended (the body was dropped): nothing more can be
+    /// sent, but answers to what was sent may still arrive, so the stream
+    /// is read to its end before it is closed.
+    draining: bool,
+    /// Answers received, to tell a stream that worked from one that ended
+    /// before answering anything (which is retried with backoff).
+    answers: u64,
+}
+
+/// Why a request was not sent; its batches are given back.
+#[derive(Debug)]
+pub(crate) enum Unsent {
+    /// The request side of the stream ended.
+    Closed(Vec<(TopicPartition, u64)>),
+    /// The request body was full although no more requests await answers
+    /// than it holds: the broker answered requests it had not read, so it
+    /// broke the protocol.
+    Broken(Vec<(TopicPartition, u64)>),
 }
 
 /// Opens a produce stream for at most `capacity` requests awaiting answers.
@@ -113,6 +131,8 @@ pub(crate) async fn open(
         awaiting: VecDeque::with_capacity(capacity),
         capacity,
         next_correlation_id: 1,
+        draining: false,
+        answers: 0,
     }))
 }
 
@@ -127,17 +147,34 @@ impl ProducerStream {
         self.awaiting.iter().any(|request| !request.given_up())
     }
 
-    /// Sends a request of `batches`; gives the keys back if the stream
-    /// ended (the request body was dropped), so nothing was sent.
+    /// Whether requests may be sent: the request side is open and fewer
+    /// than `capacity` requests await answers.
+    pub(crate) fn has_room(&self) -> bool {
+        !self.draining && self.awaiting.len() < self.capacity
+    }
+
+    /// Whether the request side ended while answers may still come.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// Whether any request was answered on this stream.
+    pub(crate) fn answered_any(&self) -> bool {
+        self.answers > 0
+    }
+
+    /// Sends a request of `batches`; gives the keys back if it could not
+    /// go out, so nothing was sent. After `Unsent::Closed` the stream only
+    /// drains: it takes no more requests.
     pub(crate) fn send(
         &mut self,
         batches: Vec<WireBatch>,
         keys: Vec<(TopicPartition, u64)>,
         give_up_at: Instant,
         now: Instant,
-    ) -> Result<(), Vec<(TopicPartition, u64)>> {
+    ) -> Result<(), Unsent> {
         assert!(
-            self.awaiting.len() < self.capacity,
+            self.has_room(),
             "the sender sends only while the stream has room"
         );
         let correlation_id = self.next_correlation_id;
@@ -147,10 +184,11 @@ impl ProducerStream {
         };
         match self.requests.try_send(request) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Closed(_)) => return Err(keys),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                unreachable!("the channel holds at most the requests awaiting answers")
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.draining = true;
+                return Err(Unsent::Closed(keys));
             }
+            Err(mpsc::error::TrySendError::Full(_)) => return Err(Unsent::Broken(keys)),
         }
         self.next_correlation_id += 1;
         self.awaiting.push_back(InFlight {
@@ -186,6 +224,7 @@ impl ProducerStream {
             self.awaiting.push_front(oldest);
             return Err(why);
         }
+        self.answers += 1;
         Ok(oldest)
     }
 

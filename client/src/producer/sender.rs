@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::accumulator::{Due, OpenBatch};
 use super::batch::Identity;
-use super::connection::{self, OPERATION, ProducerStream, WireBatch};
+use super::connection::{self, OPERATION, ProducerStream, Unsent, WireBatch};
 use super::error::{acknowledgement_dropped, closed};
 use super::queue::{Outcome, PartitionQueue, Timing};
 use super::{Shared, TopicPartition};
@@ -100,11 +100,13 @@ enum Connection {
 }
 
 impl Connection {
-    /// Requests awaiting an answer.
-    fn in_flight(&self) -> usize {
+    /// Whether more requests may be in flight: batches may then leave the
+    /// accumulator for their queues, and queued ones be sent once a stream
+    /// is open.
+    fn has_room(&self) -> bool {
         match self {
-            Connection::Open(stream) => stream.in_flight(),
-            Connection::Closed { .. } | Connection::Opening => 0,
+            Connection::Open(stream) => stream.has_room(),
+            Connection::Closed { .. } | Connection::Opening => true,
         }
     }
 }
@@ -260,8 +262,7 @@ impl Sender {
     /// Moves the batches that are full, or due and sendable now, from the
     /// accumulator to their partition queues.
     fn take_batches(&mut self, now: Instant) {
-        let max_in_flight = self.shared.config.max_in_flight;
-        let room = self.connection.in_flight() < max_in_flight;
+        let room = self.connection.has_room();
         let taken = {
             let mut state = self.shared.state.lock();
             let due = Due {
@@ -317,8 +318,7 @@ impl Sender {
         }
         self.provide_identities(now);
         self.connect(now);
-        if self.send_requests(now) && self.connection.in_flight() < self.shared.config.max_in_flight
-        {
+        if self.send_requests(now) && self.connection.has_room() {
             // Room is left: batches that waited for it may go now.
             self.take_batches(now);
             self.send_requests(now);
@@ -330,9 +330,7 @@ impl Sender {
     /// whether any went.
     fn send_requests(&mut self, now: Instant) -> bool {
         let mut sent = false;
-        while self.connection.in_flight() < self.shared.config.max_in_flight
-            && self.send_request(now)
-        {
+        while self.connection.has_room() && self.send_request(now) {
             sent = true;
         }
         sent
@@ -378,10 +376,18 @@ impl Sender {
             .resent_batches
             .fetch_add(resent as u64, Ordering::Relaxed);
         // An attempt is not awaited past its batches' delivery timeouts.
-        if let Err(keys) = stream.send(batches, keys, latest_deadline, now) {
-            // The stream ended: nothing went out. Its end is read next.
-            self.on_answer(keys, Err(stream_closed()));
-            self.end_stream(&stream_closed());
+        match stream.send(batches, keys, latest_deadline, now) {
+            Ok(()) => {}
+            // This request did not go out; the answers to earlier ones may
+            // still be on their way, so the stream is read to its end
+            // (`on_message`) instead of being closed under them.
+            Err(Unsent::Closed(keys)) => self.on_answer(keys, Err(stream_closed())),
+            Err(Unsent::Broken(keys)) => {
+                self.on_answer(keys, Err(stream_closed()));
+                self.end_stream(&ClientError::Protocol(
+                    "the broker answered requests it had not read".to_owned(),
+                ));
+            }
         }
         true
     }
@@ -401,6 +407,7 @@ impl Sender {
             Ok(request) => request,
             Err(why) => return self.end_stream(&ClientError::Protocol(why)),
         };
+        self.connection_failures = 0;
         if request.batches.is_empty() {
             // Given up at its delivery timeouts: its batches were answered.
             return;
@@ -415,13 +422,22 @@ impl Sender {
     /// Closes the stream, failing every request still awaiting its answer
     /// with `error` (if retryable: a stream that ended under a request
     /// never refused it; it may or may not have been appended). Another
-    /// stream is opened at once.
+    /// stream is opened at once if this one answered anything, else after
+    /// a backoff, so a broker that ends every stream at once is not asked
+    /// again at the round-trip rate.
     fn end_stream(&mut self, error: &ClientError) {
         let Connection::Open(stream) =
             std::mem::replace(&mut self.connection, Connection::Closed { retry_at: None })
         else {
             return;
         };
+        if !stream.answered_any() {
+            let delay = self.backoff.delay(self.connection_failures);
+            self.connection_failures += 1;
+            self.connection = Connection::Closed {
+                retry_at: Some(crate::deadline::after(Instant::now(), delay)),
+            };
+        }
         tracing::debug!(%error, "produce stream ended; opening another");
         let error = if error.is_retryable() {
             error.clone()
@@ -448,12 +464,16 @@ impl Sender {
         };
         let given_up = stream.give_up(now);
         let late = stream.is_late(now, request_timeout);
+        // A draining stream with nothing left to answer is done.
+        let drained = stream.is_draining() && stream.in_flight() == 0;
         if !given_up.is_empty() {
             let delivery_timeout = self.shared.config.delivery_timeout;
             self.on_answer(given_up, Err(timed_out(delivery_timeout)));
         }
         if late {
             self.end_stream(&timed_out(request_timeout));
+        } else if drained {
+            self.end_stream(&stream_closed());
         }
     }
 
@@ -477,10 +497,8 @@ impl Sender {
 
     fn on_connected(&mut self, opened: Result<Box<ProducerStream>, ClientError>) {
         match opened {
-            Ok(stream) => {
-                self.connection_failures = 0;
-                self.connection = Connection::Open(stream);
-            }
+            // Failures are forgotten at the stream's first answer.
+            Ok(stream) => self.connection = Connection::Open(stream),
             Err(error) => {
                 let delay = self.backoff.delay(self.connection_failures);
                 self.connection_failures += 1;

@@ -11,3 +11,4 @@ mod half_open;
 mod producer;
 mod resilience;
 mod stalled_broker;
+mod stream_end;
