@@ -33,11 +33,13 @@ ENV CARGO_PROFILE_RELEASE_DEBUG=0 \
 COPY Cargo.toml Cargo.lock ./
 COPY proto/ proto/
 COPY record/Cargo.toml record/
+COPY storage/Cargo.toml storage/
+COPY engine/Cargo.toml engine/
 COPY broker/Cargo.toml broker/
 COPY client/Cargo.toml client/
 COPY cli/Cargo.toml cli/
 COPY benches/Cargo.toml benches/
-RUN for crate in record broker client benches; do \
+RUN for crate in record storage engine broker client benches; do \
         mkdir -p "$crate/src" && : > "$crate/src/lib.rs"; \
     done \
     && mkdir -p cli/src && echo 'fn main() {}' > cli/src/main.rs \
@@ -47,12 +49,14 @@ RUN for crate in record broker client benches; do \
 #    COPY keeps the build context's (older) times, so the crate roots are
 #    touched: otherwise the stub builds of step 1 would count as up to date.
 COPY record/ record/
+COPY storage/ storage/
+COPY engine/ engine/
 COPY broker/ broker/
 COPY client/ client/
 COPY cli/ cli/
 COPY benches/ benches/
-RUN touch record/src/lib.rs broker/src/lib.rs client/src/lib.rs benches/src/lib.rs \
-        cli/src/main.rs \
+RUN touch record/src/lib.rs storage/src/lib.rs engine/src/lib.rs broker/src/lib.rs \
+        client/src/lib.rs benches/src/lib.rs cli/src/main.rs \
     && cargo build --release --locked --bin brook \
     && install -D -m 0755 target/release/brook /out/brook \
     && /out/brook --version
