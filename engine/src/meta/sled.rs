@@ -50,14 +50,20 @@ fn open_when_unlocked(dir: &Path) -> Result<sled::Db, MetaError> {
     let started = Instant::now();
     loop {
         match sled::open(dir) {
-            Err(sled::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock && started.elapsed() < LOCK_WAIT =>
-            {
+            Err(sled::Error::Io(e)) if is_locked(&e) && started.elapsed() < LOCK_WAIT => {
                 std::thread::sleep(Duration::from_millis(10));
             }
             other => return other.map_err(store),
         }
     }
+}
+
+/// Whether sled could not open the store because another instance holds
+/// its lock: sled 0.34 reports that as an `Other` error whose message says
+/// so (the `WouldBlock` of the lock call is only in the text).
+fn is_locked(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::WouldBlock
+        || error.to_string().starts_with("could not acquire lock")
 }
 
 fn store(e: sled::Error) -> MetaError {
@@ -271,5 +277,18 @@ mod tests {
         assert!(store.offsets("g").unwrap().is_empty());
         assert_eq!(store.offsets("g2").unwrap(), vec![("a".to_owned(), 0, 7)]);
         assert_eq!(store.groups().unwrap(), vec!["g2".to_owned()]);
+    }
+
+    #[test]
+    fn open_waits_for_an_instance_that_is_letting_go_of_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = SledMetaStore::open(dir.path()).unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(held);
+        });
+        let reopened = SledMetaStore::open(dir.path());
+        release.join().unwrap();
+        assert!(reopened.is_ok(), "{reopened:?}");
     }
 }
