@@ -120,14 +120,18 @@ impl Broker {
             }
         }
         let groups = self.groups();
-        let _writes = groups.offsets.writes.lock().await;
-        groups.check_commit(
-            group,
-            member_id,
-            generation,
-            offsets.iter().map(|(tp, _)| tp),
-        )?;
-        groups.offsets.put(group, offsets).await
+        {
+            let _writes = groups.offsets.writes.lock().await;
+            groups.check_commit(
+                group,
+                member_id,
+                generation,
+                offsets.iter().map(|(tp, _)| tp),
+            )?;
+            groups.offsets.stage(group, offsets).await?;
+        }
+        // Outside the lock: concurrent commits share the sync.
+        groups.offsets.sync().await
     }
 
     /// Committed offsets of `partitions` (all of them when empty); partitions

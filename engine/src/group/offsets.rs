@@ -53,6 +53,20 @@ impl OffsetStore {
         group: &str,
         offsets: Vec<(TopicPartition, i64)>,
     ) -> Result<(), GroupError> {
+        self.stage(group, offsets).await?;
+        self.sync().await
+    }
+
+    /// Writes offsets and mirrors them, not yet durably: they are once a
+    /// later `sync` returns. Call with `writes` held, and `sync` after
+    /// releasing it, so that commits of many members share syncs. Until
+    /// then `FetchOffsets` may show them; a power loss before the sync can
+    /// take them back, and then their committers were not answered.
+    pub(crate) async fn stage(
+        &self,
+        group: &str,
+        offsets: Vec<(TopicPartition, i64)>,
+    ) -> Result<(), GroupError> {
         if offsets.is_empty() {
             return Ok(());
         }
@@ -62,12 +76,20 @@ impl OffsetStore {
             .iter()
             .map(|(tp, offset)| (tp.topic.clone(), tp.partition, *offset))
             .collect();
-        blocking(move || meta.put_offsets(&owned, &rows)).await??;
+        blocking(move || meta.stage_offsets(&owned, &rows)).await??;
         self.cache
             .lock()
             .entry(group.to_owned())
             .or_default()
             .extend(offsets);
+        Ok(())
+    }
+
+    /// Makes every staged write durable (in rounds shared with other
+    /// callers).
+    pub(crate) async fn sync(&self) -> Result<(), GroupError> {
+        let meta = self.meta.clone();
+        blocking(move || meta.sync()).await??;
         Ok(())
     }
 

@@ -52,7 +52,11 @@ impl MetaStore for MemoryMetaStore {
             .collect())
     }
 
-    fn put_offsets(&self, group: &str, offsets: &[(String, u32, i64)]) -> Result<(), MetaError> {
+    fn sync(&self) -> Result<(), MetaError> {
+        Ok(())
+    }
+
+    fn stage_offsets(&self, group: &str, offsets: &[(String, u32, i64)]) -> Result<(), MetaError> {
         let mut stored = self.offsets.lock();
         for (topic, partition, offset) in offsets {
             stored.insert((group.to_owned(), topic.clone(), *partition), *offset);

@@ -7,6 +7,7 @@
 
 mod memory;
 mod sled;
+mod sync_rounds;
 
 pub(crate) use memory::MemoryMetaStore;
 pub(crate) use sled::SledMetaStore;
@@ -72,8 +73,12 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     /// Every producer id handed out, with its current epoch.
     fn producer_epochs(&self) -> Result<Vec<(i64, i16)>, MetaError>;
     /// Stores a group's committed offsets `(topic, partition, offset)`,
-    /// durably and all or nothing; other partitions keep theirs.
-    fn put_offsets(&self, group: &str, offsets: &[(String, u32, i64)]) -> Result<(), MetaError>;
+    /// all or nothing (other partitions keep theirs), but not yet durably:
+    /// they are once a later `sync` returns, which lets many commits share
+    /// one sync.
+    fn stage_offsets(&self, group: &str, offsets: &[(String, u32, i64)]) -> Result<(), MetaError>;
+    /// Makes every write made so far durable.
+    fn sync(&self) -> Result<(), MetaError>;
     /// A group's committed offsets, by topic and partition.
     fn offsets(&self, group: &str) -> Result<Vec<(String, u32, i64)>, MetaError>;
     /// Removes a group's committed offsets, durably; a missing group is not an error.

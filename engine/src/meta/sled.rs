@@ -1,9 +1,21 @@
 //! `MetaStore` on sled: one tree per kind of record, JSON values (readable
-//! with any sled tool, and tolerant of added fields), flushed on every write.
+//! with any sled tool, and tolerant of added fields), durable before every
+//! write returns.
+//!
+//! sled 0.34's `flush` does not make a write durable: it writes with
+//! `pwrite` and `sync_file_range`, which persists neither the file's new
+//! size nor the disk's cache, and leaves `fsync` to a background thread
+//! every 500 ms. So every write here is followed by `flush` and then an
+//! `fdatasync` of sled's log file (`db`), shared by concurrent writers
+//! (`SyncRounds`: many offset commits at once pay for a few syncs). The
+//! `conf` file and the directory are synced once, at open. sled writes its
+//! snapshots with an fsync of their own.
 
+use std::fs::File;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::sync_rounds::SyncRounds;
 use super::{MetaError, MetaStore, TopicRecord};
 
 const TOPICS_TREE: &str = "topics";
@@ -20,6 +32,11 @@ pub struct SledMetaStore {
     topics: sled::Tree,
     producers: sled::Tree,
     offsets: sled::Tree,
+    /// sled's log file, opened once to fsync it (an fsync covers the file,
+    /// whichever descriptor wrote it).
+    log_file: File,
+    /// Shares fsyncs between concurrent writers.
+    syncs: SyncRounds,
 }
 
 impl SledMetaStore {
@@ -29,17 +46,48 @@ impl SledMetaStore {
         let topics = db.open_tree(TOPICS_TREE).map_err(store)?;
         let producers = db.open_tree(PRODUCERS_TREE).map_err(store)?;
         let offsets = db.open_tree(OFFSETS_TREE).map_err(store)?;
+        db.flush().map_err(store)?;
+        // What sled created at its first open must survive a power loss:
+        // its files' contents and their names in the directories.
+        File::open(dir.join("conf"))
+            .and_then(|conf| conf.sync_all())
+            .map_err(|e| io(&e, "fsync", &dir.join("conf")))?;
+        let log_file = File::open(dir.join("db")).map_err(|e| io(&e, "open", &dir.join("db")))?;
+        log_file
+            .sync_all()
+            .map_err(|e| io(&e, "fsync", &dir.join("db")))?;
+        for synced in [Some(dir), dir.parent()].into_iter().flatten() {
+            File::open(synced)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io(&e, "fsync", synced))?;
+        }
         Ok(Self {
             db,
             topics,
             producers,
             offsets,
+            log_file,
+            syncs: SyncRounds::default(),
         })
     }
 
-    fn flush(&self) -> Result<(), MetaError> {
-        self.db.flush().map(drop).map_err(store)
+    /// Makes every write made so far durable: sled's flush, then an fsync
+    /// of its log, in rounds shared with concurrent writers. A failure is
+    /// final (see `SyncRounds`).
+    fn durable(&self) -> Result<(), MetaError> {
+        self.syncs
+            .sync(|| {
+                self.db.flush().map_err(|e| format!("flush: {e}"))?;
+                self.log_file
+                    .sync_data()
+                    .map_err(|e| format!("fsync of the metadata log: {e}"))
+            })
+            .map_err(|reason| MetaError::Store(reason.into()))
     }
+}
+
+fn io(error: &std::io::Error, op: &str, path: &Path) -> MetaError {
+    MetaError::Store(format!("{op} {}: {error}", path.display()).into())
 }
 
 /// How long to wait for a previous instance in this process to release the
@@ -124,12 +172,12 @@ impl MetaStore for SledMetaStore {
         self.topics
             .insert(topic.name.as_bytes(), value)
             .map_err(store)?;
-        self.flush()
+        self.durable()
     }
 
     fn delete_topic(&self, name: &str) -> Result<(), MetaError> {
         self.topics.remove(name.as_bytes()).map_err(store)?;
-        self.flush()
+        self.durable()
     }
 
     fn allocate_producer_id(&self) -> Result<i64, MetaError> {
@@ -145,7 +193,7 @@ impl MetaStore for SledMetaStore {
         self.producers
             .insert(producer_id.to_be_bytes(), &epoch.to_be_bytes())
             .map_err(store)?;
-        self.flush()
+        self.durable()
     }
 
     fn producer_epochs(&self) -> Result<Vec<(i64, i16)>, MetaError> {
@@ -165,13 +213,16 @@ impl MetaStore for SledMetaStore {
             .collect()
     }
 
-    fn put_offsets(&self, group: &str, offsets: &[(String, u32, i64)]) -> Result<(), MetaError> {
+    fn stage_offsets(&self, group: &str, offsets: &[(String, u32, i64)]) -> Result<(), MetaError> {
         let mut batch = sled::Batch::default();
         for (topic, partition, offset) in offsets {
             batch.insert(offset_key(group, topic, *partition), &offset.to_be_bytes());
         }
-        self.offsets.apply_batch(batch).map_err(store)?;
-        self.flush()
+        self.offsets.apply_batch(batch).map_err(store)
+    }
+
+    fn sync(&self) -> Result<(), MetaError> {
+        self.durable()
     }
 
     fn offsets(&self, group: &str) -> Result<Vec<(String, u32, i64)>, MetaError> {
@@ -191,7 +242,7 @@ impl MetaStore for SledMetaStore {
             batch.remove(entry.map_err(store)?);
         }
         self.offsets.apply_batch(batch).map_err(store)?;
-        self.flush()
+        self.durable()
     }
 
     fn groups(&self) -> Result<Vec<String>, MetaError> {
@@ -259,10 +310,11 @@ mod tests {
         {
             let store = SledMetaStore::open(dir.path()).unwrap();
             store
-                .put_offsets("g", &[("a".into(), 1, 10), ("a".into(), 0, 5)])
+                .stage_offsets("g", &[("a".into(), 1, 10), ("a".into(), 0, 5)])
                 .unwrap();
-            store.put_offsets("g2", &[("a".into(), 0, 7)]).unwrap();
-            store.put_offsets("g", &[("a".into(), 1, 11)]).unwrap();
+            store.stage_offsets("g2", &[("a".into(), 0, 7)]).unwrap();
+            store.stage_offsets("g", &[("a".into(), 1, 11)]).unwrap();
+            store.sync().unwrap();
         }
         let store = SledMetaStore::open(dir.path()).unwrap();
         assert_eq!(
