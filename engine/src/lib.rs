@@ -17,7 +17,7 @@ mod process;
 
 pub use broker::{
     BatchAppended, Broker, FetchSpec, Fetched, OffsetSpec, PartitionInfo, PendingProduce,
-    ProduceBatch, Subscription, SubscriptionChunk, TopicInfo,
+    ProduceBatch, QuarantinedTopic, Subscription, SubscriptionChunk, TopicInfo,
 };
 pub use config::{BrokerConfig, FsyncPolicy};
 pub use error::{

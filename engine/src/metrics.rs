@@ -255,6 +255,13 @@ fn scrape_time_registry(broker: &Broker) -> Registry {
         size,
     );
     registry.register("brook_partition_segments", "Segment files", segments);
+    let quarantined: Gauge = Gauge::default();
+    quarantined.set(i64::try_from(broker.quarantined_topics().len()).unwrap_or(i64::MAX));
+    registry.register(
+        "brook_quarantined_topics",
+        "Topic directories found without metadata at start and moved aside (see /health)",
+        quarantined,
+    );
     let groups = broker.group_metrics();
     let members: Family<GroupLabels, Gauge> = Family::default();
     for (group, count) in groups.members {

@@ -44,6 +44,8 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn list_files(&self, path: &Path) -> io::Result<Vec<String>>;
     /// The names of the directories in `path`.
     fn list_dirs(&self, path: &Path) -> io::Result<Vec<String>>;
+    /// Moves a file or directory (within one file system).
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Makes the directory's entries (created and removed files) durable.
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
     /// How the partitions under `dir` share fsyncs (see `SyncGroup`); by
@@ -175,6 +177,10 @@ impl Storage for OsStorage {
             }
         }
         Ok(names)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
     }
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {

@@ -150,6 +150,24 @@ impl Storage for MemStorage {
             .collect())
     }
 
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut files = self.files.lock();
+        let moved: Vec<PathBuf> = files
+            .keys()
+            .filter(|p| p.starts_with(from))
+            .cloned()
+            .collect();
+        if moved.is_empty() {
+            return Err(io::Error::from(io::ErrorKind::NotFound));
+        }
+        for path in moved {
+            if let (Some(file), Ok(rest)) = (files.remove(&path), path.strip_prefix(from)) {
+                files.insert(to.join(rest), file);
+            }
+        }
+        Ok(())
+    }
+
     /// Directories exist here only as the parents of files.
     fn list_dirs(&self, path: &Path) -> io::Result<Vec<String>> {
         let mut names: Vec<String> = self
@@ -263,6 +281,10 @@ impl Storage for FailingStorage {
 
     fn list_dirs(&self, path: &Path) -> io::Result<Vec<String>> {
         self.inner.list_dirs(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.inner.rename(from, to)
     }
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {

@@ -1,4 +1,5 @@
-//! The HTTP side: `/health` (alive and no partition poisoned), `/ready`
+//! The HTTP side: `/health` (alive and no partition poisoned; names topic
+//! directories quarantined at start), `/ready`
 //! (recovery done and gRPC serving; not while stopping) and `/metrics`
 //! (Prometheus/OpenMetrics text).
 //!
@@ -69,9 +70,20 @@ async fn health(State(status): State<Arc<ServerStatus>>) -> impl IntoResponse {
     let Some(broker) = status.broker.get() else {
         return (StatusCode::OK, Json(json!({ "status": "starting" })));
     };
+    // Quarantined topic directories need an operator but do not stop the
+    // broker from serving: they are named, and health stays 200.
+    let quarantined: Vec<_> = broker
+        .quarantined_topics()
+        .iter()
+        .map(|q| json!({ "topic": q.topic, "path": q.path.display().to_string() }))
+        .collect();
     let poisoned = broker.poisoned_partitions();
     if poisoned.is_empty() {
-        return (StatusCode::OK, Json(json!({ "status": "ok" })));
+        let mut body = json!({ "status": "ok" });
+        if !quarantined.is_empty() {
+            body["quarantined"] = json!(quarantined);
+        }
+        return (StatusCode::OK, Json(body));
     }
     let partitions: Vec<_> = poisoned
         .into_iter()
@@ -79,10 +91,11 @@ async fn health(State(status): State<Arc<ServerStatus>>) -> impl IntoResponse {
             json!({ "topic": topic, "partition": partition, "reason": reason })
         })
         .collect();
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        Json(json!({ "status": "poisoned", "partitions": partitions })),
-    )
+    let mut body = json!({ "status": "poisoned", "partitions": partitions });
+    if !quarantined.is_empty() {
+        body["quarantined"] = json!(quarantined);
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body))
 }
 
 async fn readiness(State(status): State<Arc<ServerStatus>>) -> impl IntoResponse {

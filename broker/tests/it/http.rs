@@ -54,6 +54,9 @@ impl Storage for GatedStorage {
     fn list_dirs(&self, path: &Path) -> io::Result<Vec<String>> {
         OsStorage.list_dirs(path)
     }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        OsStorage.rename(from, to)
+    }
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         OsStorage.sync_dir(path)
     }
@@ -212,6 +215,64 @@ async fn metrics_show_a_topics_traffic() -> anyhow::Result<()> {
     ] {
         ensure!(text.contains(expected), "missing `{expected}` in:\n{text}");
     }
+    stop.cancel();
+    common::within("server exit", server).await???;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_topic_directory_without_metadata_is_kept_aside_and_named_by_health() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    {
+        let embedded = EmbeddedBroker::builder()
+            .data_dir(dir.path())
+            .start()
+            .await?;
+        let mut clients = common::Clients::connect(embedded.endpoint()).await?;
+        clients
+            .create_topic("kept", 1, brook_proto::TopicConfig::default())
+            .await?;
+        clients.produce("kept", 0, common::batch("r", 3)?).await?;
+        embedded.shutdown().await?;
+    }
+    // The topic's metadata is lost (a store restored from an older backup,
+    // or a write that never reached the disk); its records are not.
+    std::fs::remove_dir_all(dir.path().join("meta"))?;
+
+    let embedded = EmbeddedBroker::builder()
+        .data_dir(dir.path())
+        .start()
+        .await?;
+    let quarantined = embedded.broker().quarantined_topics().to_vec();
+    ensure!(quarantined.len() == 1, "{quarantined:?}");
+    ensure!(quarantined[0].topic == "kept", "{quarantined:?}");
+    let segment = quarantined[0].path.join("0/00000000000000000000.log");
+    ensure!(
+        std::fs::metadata(&segment)?.len() > 0,
+        "{segment:?} kept its data"
+    );
+    ensure!(!dir.path().join("topics/kept").exists());
+
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let http_addr = listener.local_addr()?;
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(brook_broker::server::serve(
+        embedded.broker().clone(),
+        TcpListener::bind("127.0.0.1:0").await?,
+        Some(listener),
+        {
+            let stop = stop.clone();
+            async move { stop.cancelled().await }
+        },
+    ));
+    let (status, body) = get(http_addr, "/health").await?;
+    ensure!(
+        status == 200 && body.contains("quarantined") && body.contains("kept"),
+        "{status} {body}"
+    );
+    let (_, metrics) = get(http_addr, "/metrics").await?;
+    ensure!(metrics.contains("brook_quarantined_topics 1"), "{metrics}");
     stop.cancel();
     common::within("server exit", server).await???;
     Ok(())

@@ -83,6 +83,9 @@ impl Storage for StallingStorage {
     fn list_dirs(&self, path: &Path) -> io::Result<Vec<String>> {
         OsStorage.list_dirs(path)
     }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        OsStorage.rename(from, to)
+    }
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         OsStorage.sync_dir(path)
     }

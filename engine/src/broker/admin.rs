@@ -77,8 +77,9 @@ impl Broker {
         let topic = self.topic(name)?;
         let meta = self.meta.clone();
         let owned = name.to_owned();
-        // The store first: if the process dies before the files are gone,
-        // the next start removes them as orphans.
+        // The store first, with a durable record of the deletion: if the
+        // process dies before the files are gone, the next start removes
+        // them (files without metadata and without that record are kept).
         blocking(move || meta.delete_topic(&owned)).await??;
         self.topics.write().remove(name);
         let partitions = topic.partitions();
@@ -98,6 +99,9 @@ impl Broker {
                 })
         })
         .await??;
+        let meta = self.meta.clone();
+        let owned = name.to_owned();
+        blocking(move || meta.forget_deleted_topic(&owned)).await??;
         tracing::info!(topic = name, "topic deleted");
         Ok(())
     }

@@ -33,6 +33,7 @@ use crate::metrics::Metrics;
 use crate::partition::Partition;
 use brook_storage::SyncGroup;
 use open::Opened;
+pub use open::QuarantinedTopic;
 pub(crate) use open::open_partition_log;
 use topic::Topic;
 
@@ -56,6 +57,8 @@ pub struct Broker {
     groups: Arc<Groups>,
     /// Lets partitions that fsync at the same time share one sync.
     sync_group: Arc<SyncGroup>,
+    /// Topic directories found without metadata at open, moved aside.
+    quarantined: Vec<QuarantinedTopic>,
 }
 
 impl Broker {
@@ -74,6 +77,7 @@ impl Broker {
             producer_epochs,
             offsets,
             sync_group,
+            quarantined,
         } = blocking(move || open::open_data_dir(&opening)).await??;
         let producer_epochs = producers::ProducerEpochs::new(producer_epochs);
         let mut topics = HashMap::new();
@@ -118,6 +122,7 @@ impl Broker {
             producer_epochs,
             groups,
             sync_group,
+            quarantined,
         });
         broker.spawn_background();
         tracing::info!(
@@ -277,6 +282,12 @@ impl Broker {
         })
         .await;
         tracing::info!("broker stopped");
+    }
+
+    /// Topic directories found without metadata when the broker opened,
+    /// and where their files were moved.
+    pub fn quarantined_topics(&self) -> &[QuarantinedTopic] {
+        &self.quarantined
     }
 
     /// Partitions that refuse writes after a failed write or fsync, with the reason.

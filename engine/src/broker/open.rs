@@ -1,12 +1,19 @@
 //! Opening a data directory: the metadata store, every partition's log
 //! (crash recovery runs here), the shared fsync of the data directory's
-//! file system, and the removal of topic directories the metadata no
-//! longer names. All of it is file and metadata I/O: `Broker::open` runs it
-//! on the blocking pool as one task, and every file operation goes through
-//! the configured `Storage`.
+//! file system, and what to do with topic directories the metadata does
+//! not name. All of it is file and metadata I/O: `Broker::open` runs it on
+//! the blocking pool as one task, and every file operation goes through the
+//! configured `Storage`.
+//!
+//! Invariant: data is never deleted because metadata is missing. A topic
+//! directory the metadata does not name is removed only if the metadata
+//! durably recorded the topic's deletion (a deletion interrupted before its
+//! files were gone); otherwise it is moved to `<data dir>/quarantine/` and
+//! reported, for an operator to look at.
 
 use std::collections::HashSet;
 use std::io;
+use std::path::Path;
 use std::sync::Arc;
 
 use brook_storage::{LogConfig, PartitionLog, SyncGroup, TailDamage};
@@ -17,6 +24,18 @@ use crate::error::{OpenError, PartitionError};
 use crate::group::OffsetStore;
 use crate::meta::{MemoryMetaStore, MetaStore, SledMetaStore, TopicRecord};
 
+/// Where topic directories without metadata are moved.
+pub(crate) const QUARANTINE_DIR: &str = "quarantine";
+
+/// A topic directory found without metadata, moved aside at open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantinedTopic {
+    /// The topic's name (its directory's name under `topics/`).
+    pub topic: String,
+    /// Where its files are now.
+    pub path: std::path::PathBuf,
+}
+
 /// What a data directory holds, opened.
 pub(super) struct Opened {
     pub(super) meta: Arc<dyn MetaStore>,
@@ -25,6 +44,7 @@ pub(super) struct Opened {
     pub(super) producer_epochs: Vec<(i64, i16)>,
     pub(super) offsets: OffsetStore,
     pub(super) sync_group: Arc<SyncGroup>,
+    pub(super) quarantined: Vec<QuarantinedTopic>,
 }
 
 /// Opens everything under `config.data_dir`. Blocking.
@@ -46,7 +66,7 @@ pub(super) fn open_data_dir(config: &BrokerConfig) -> Result<Opened, OpenError> 
     let producer_epochs = meta.producer_epochs()?;
     let offsets = OffsetStore::load(meta.clone())?;
     let logs = open_logs(config, &records)?;
-    remove_orphans(config, &records);
+    let quarantined = settle_orphans(config, meta.as_ref(), &records)?;
     let sync_group = Arc::new(config.storage.sync_group(&config.data_dir).unwrap_or_else(|e| {
         tracing::warn!(error = %e, "no shared fsync for the data directory; each partition syncs its own files");
         SyncGroup::per_file()
@@ -57,6 +77,7 @@ pub(super) fn open_data_dir(config: &BrokerConfig) -> Result<Opened, OpenError> 
         producer_epochs,
         offsets,
         sync_group,
+        quarantined,
     })
 }
 
@@ -112,26 +133,90 @@ pub(crate) fn open_partition_log(
     Ok(log)
 }
 
-/// Removes topic directories the metadata no longer names (a deletion that
-/// was interrupted before its files were gone).
-fn remove_orphans(config: &BrokerConfig, records: &[TopicRecord]) {
+/// Deals with the topic directories the metadata does not name: those of
+/// recorded deletions are removed (the deletion was interrupted), the rest
+/// are quarantined. Recorded deletions whose files are gone are forgotten.
+fn settle_orphans(
+    config: &BrokerConfig,
+    meta: &dyn MetaStore,
+    records: &[TopicRecord],
+) -> Result<Vec<QuarantinedTopic>, OpenError> {
     let dir = topics_dir(&config.data_dir);
     let names = match config.storage.list_dirs(&dir) {
         Ok(names) => names,
         // No topic was ever created here.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return,
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "could not list topic directories");
-            return;
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(source) => {
+            return Err(OpenError::Io {
+                what: format!("list {}", dir.display()),
+                source,
+            });
         }
     };
     let stored: HashSet<&str> = records.iter().map(|r| r.name.as_str()).collect();
+    let deleted: HashSet<String> = meta.deleted_topics()?.into_iter().collect();
+    let mut quarantined = Vec::new();
     for name in names.iter().filter(|n| !stored.contains(n.as_str())) {
-        tracing::warn!(topic = %name, "removing files of a deleted topic");
-        if let Err(e) = config.storage.remove_dir_all(&dir.join(name)) {
-            tracing::warn!(topic = %name, error = %e, "could not remove a deleted topic's files");
+        let path = dir.join(name);
+        if deleted.contains(name) {
+            tracing::info!(topic = %name, "removing the files of a deleted topic");
+            config
+                .storage
+                .remove_dir_all(&path)
+                .map_err(|source| OpenError::Io {
+                    what: format!("remove {}", path.display()),
+                    source,
+                })?;
+            meta.forget_deleted_topic(name)?;
+        } else {
+            quarantined.push(quarantine(config, name, &path)?);
         }
     }
+    for name in &deleted {
+        if !names.contains(name) {
+            meta.forget_deleted_topic(name)?;
+        }
+    }
+    Ok(quarantined)
+}
+
+/// Moves a topic directory without metadata to the quarantine directory,
+/// durably, under a name that says when.
+fn quarantine(
+    config: &BrokerConfig,
+    name: &str,
+    path: &Path,
+) -> Result<QuarantinedTopic, OpenError> {
+    let io_error = |what: String| move |source| OpenError::Io { what, source };
+    let quarantine = config.data_dir.join(QUARANTINE_DIR);
+    config
+        .storage
+        .create_dir_all(&quarantine)
+        .map_err(io_error(format!("create {}", quarantine.display())))?;
+    let moved = quarantine.join(format!("{name}.{}", brook_storage::now_ms()));
+    config
+        .storage
+        .rename(path, &moved)
+        .map_err(io_error(format!(
+            "move {} to {}",
+            path.display(),
+            moved.display()
+        )))?;
+    for synced in [&quarantine, &topics_dir(&config.data_dir), &config.data_dir] {
+        config
+            .storage
+            .sync_dir(synced)
+            .map_err(io_error(format!("fsync {}", synced.display())))?;
+    }
+    tracing::error!(
+        topic = name,
+        path = %moved.display(),
+        "a topic directory has no metadata: its files were moved aside, not deleted; recover the topic or remove them"
+    );
+    Ok(QuarantinedTopic {
+        topic: name.to_owned(),
+        path: moved,
+    })
 }
 
 #[cfg(test)]
@@ -144,8 +229,23 @@ mod tests {
     use super::*;
     use crate::meta::TopicOverrides;
 
+    const SEGMENT: &str = "0/00000000000000000000.log";
+
+    fn record(name: &str) -> TopicRecord {
+        TopicRecord {
+            name: name.to_owned(),
+            partitions: 1,
+            overrides: TopicOverrides::default(),
+            created_ms: 0,
+        }
+    }
+
+    fn topic_file(topic: &str) -> std::path::PathBuf {
+        Path::new("/data/topics").join(topic).join(SEGMENT)
+    }
+
     #[test]
-    fn directories_of_topics_the_metadata_does_not_name_are_removed_through_storage() {
+    fn a_directory_without_metadata_is_quarantined_and_a_deleted_topics_is_removed() {
         let storage = MemStorage::default();
         let config = BrokerConfig {
             data_dir: "/data".into(),
@@ -153,22 +253,38 @@ mod tests {
             meta: MetaBackend::Memory,
             ..BrokerConfig::default()
         };
-        let kept = Path::new("/data/topics/kept/0/00000000000000000000.log");
-        let orphan = Path::new("/data/topics/ghost/0/00000000000000000000.log");
-        storage.set_contents(kept, Vec::new());
-        storage.set_contents(orphan, Vec::new());
-        let record = TopicRecord {
-            name: "kept".to_owned(),
-            partitions: 1,
-            overrides: TopicOverrides::default(),
-            created_ms: 0,
-        };
-        remove_orphans(&config, std::slice::from_ref(&record));
-        assert!(storage.contents(kept).is_some());
-        assert!(storage.contents(orphan).is_none());
+        let meta = MemoryMetaStore::default();
+        meta.put_topic(&record("kept")).unwrap();
+        meta.put_topic(&record("deleted")).unwrap();
+        meta.delete_topic("deleted").unwrap();
+        meta.put_topic(&record("gone")).unwrap();
+        meta.delete_topic("gone").unwrap();
+        for topic in ["kept", "deleted", "lost"] {
+            storage.set_contents(&topic_file(topic), b"data".to_vec());
+        }
+
+        let quarantined = settle_orphans(&config, &meta, &meta.topics().unwrap()).unwrap();
+
+        // The deletion that was interrupted is finished.
+        assert!(storage.contents(&topic_file("deleted")).is_none());
+        // The directory whose metadata is missing is moved, with its data.
+        assert_eq!(quarantined.len(), 1, "{quarantined:?}");
+        assert_eq!(quarantined[0].topic, "lost");
+        assert!(quarantined[0].path.starts_with("/data/quarantine"));
+        assert_eq!(
+            storage.contents(&quarantined[0].path.join(SEGMENT)),
+            Some(b"data".to_vec())
+        );
+        assert!(storage.contents(&topic_file("lost")).is_none());
+        assert_eq!(
+            storage.contents(&topic_file("kept")),
+            Some(b"data".to_vec())
+        );
         assert_eq!(
             storage.list_dirs(Path::new("/data/topics")).ok(),
             Some(vec!["kept".to_owned()])
         );
+        // Both recorded deletions are done with.
+        assert!(meta.deleted_topics().unwrap().is_empty());
     }
 }

@@ -1,6 +1,6 @@
 //! `MetaStore` in memory, for tests and embedders that need no persistence.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use parking_lot::Mutex;
 
@@ -14,16 +14,29 @@ pub struct MemoryMetaStore {
     producers: Mutex<BTreeMap<i64, i16>>,
     /// Committed offsets by (group, topic, partition).
     offsets: Mutex<BTreeMap<(String, String, u32), i64>>,
+    /// Deleted topics whose files may remain.
+    deleted: Mutex<BTreeSet<String>>,
 }
 
 impl MetaStore for MemoryMetaStore {
     fn put_topic(&self, topic: &TopicRecord) -> Result<(), MetaError> {
         self.topics.lock().insert(topic.name.clone(), topic.clone());
+        self.deleted.lock().remove(&topic.name);
         Ok(())
     }
 
     fn delete_topic(&self, name: &str) -> Result<(), MetaError> {
         self.topics.lock().remove(name);
+        self.deleted.lock().insert(name.to_owned());
+        Ok(())
+    }
+
+    fn deleted_topics(&self) -> Result<Vec<String>, MetaError> {
+        Ok(self.deleted.lock().iter().cloned().collect())
+    }
+
+    fn forget_deleted_topic(&self, name: &str) -> Result<(), MetaError> {
+        self.deleted.lock().remove(name);
         Ok(())
     }
 

@@ -60,10 +60,18 @@ pub enum MetaError {
 }
 
 pub trait MetaStore: Send + Sync + std::fmt::Debug {
-    /// Inserts or replaces a topic, durably.
+    /// Inserts or replaces a topic, durably (a recorded deletion of its
+    /// name is forgotten at once).
     fn put_topic(&self, topic: &TopicRecord) -> Result<(), MetaError>;
-    /// Removes a topic, durably; removing a missing topic is not an error.
+    /// Removes a topic and records that it was deleted, both at once and
+    /// durably, before its files go: only a recorded deletion lets a
+    /// restart remove files the metadata does not name. Removing a missing
+    /// topic is not an error.
     fn delete_topic(&self, name: &str) -> Result<(), MetaError>;
+    /// Topics deleted whose files may not all be gone yet.
+    fn deleted_topics(&self) -> Result<Vec<String>, MetaError>;
+    /// Forgets a deletion once the topic's files are gone.
+    fn forget_deleted_topic(&self, name: &str) -> Result<(), MetaError>;
     /// Every stored topic.
     fn topics(&self) -> Result<Vec<TopicRecord>, MetaError>;
     /// A producer id never handed out before (ids start at 1), durably.

@@ -15,6 +15,8 @@ use std::fs::File;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use sled::Transactional;
+
 use super::sync_rounds::SyncRounds;
 use super::{MetaError, MetaStore, TopicRecord};
 
@@ -25,6 +27,9 @@ const PRODUCERS_TREE: &str = "producers";
 /// (8 bytes, big-endian). Neither names contain NUL, so a group's keys are
 /// contiguous and sorted by topic and partition.
 const OFFSETS_TREE: &str = "offsets";
+/// Topic name → deletion time (ms, 8 bytes, big-endian): deleted topics
+/// whose files may remain.
+const DELETED_TOPICS_TREE: &str = "deleted_topics";
 
 #[derive(Debug)]
 pub struct SledMetaStore {
@@ -32,6 +37,7 @@ pub struct SledMetaStore {
     topics: sled::Tree,
     producers: sled::Tree,
     offsets: sled::Tree,
+    deleted_topics: sled::Tree,
     /// sled's log file, opened once to fsync it (an fsync covers the file,
     /// whichever descriptor wrote it).
     log_file: File,
@@ -46,6 +52,7 @@ impl SledMetaStore {
         let topics = db.open_tree(TOPICS_TREE).map_err(store)?;
         let producers = db.open_tree(PRODUCERS_TREE).map_err(store)?;
         let offsets = db.open_tree(OFFSETS_TREE).map_err(store)?;
+        let deleted_topics = db.open_tree(DELETED_TOPICS_TREE).map_err(store)?;
         db.flush().map_err(store)?;
         // What sled created at its first open must survive a power loss:
         // its files' contents and their names in the directories.
@@ -66,6 +73,7 @@ impl SledMetaStore {
             topics,
             producers,
             offsets,
+            deleted_topics,
             log_file,
             syncs: SyncRounds::default(),
         })
@@ -116,6 +124,10 @@ fn is_locked(error: &std::io::Error) -> bool {
 
 fn store(e: sled::Error) -> MetaError {
     MetaError::Store(Box::new(e))
+}
+
+fn transaction(e: &sled::transaction::TransactionError) -> MetaError {
+    MetaError::Store(e.to_string().into())
 }
 
 /// The key prefix of a group's offsets: `group \0`.
@@ -169,14 +181,41 @@ impl MetaStore for SledMetaStore {
             key: topic.name.clone(),
             source,
         })?;
-        self.topics
-            .insert(topic.name.as_bytes(), value)
-            .map_err(store)?;
+        (&self.topics, &self.deleted_topics)
+            .transaction(|(topics, deleted)| {
+                topics.insert(topic.name.as_bytes(), value.as_slice())?;
+                deleted.remove(topic.name.as_bytes())?;
+                Ok(())
+            })
+            .map_err(|e| transaction(&e))?;
         self.durable()
     }
 
     fn delete_topic(&self, name: &str) -> Result<(), MetaError> {
-        self.topics.remove(name.as_bytes()).map_err(store)?;
+        let at = brook_storage::now_ms().to_be_bytes();
+        (&self.topics, &self.deleted_topics)
+            .transaction(|(topics, deleted)| {
+                topics.remove(name.as_bytes())?;
+                deleted.insert(name.as_bytes(), &at)?;
+                Ok(())
+            })
+            .map_err(|e| transaction(&e))?;
+        self.durable()
+    }
+
+    fn deleted_topics(&self) -> Result<Vec<String>, MetaError> {
+        self.deleted_topics
+            .iter()
+            .keys()
+            .map(|key| {
+                let key = key.map_err(store)?;
+                String::from_utf8(key.to_vec()).map_err(|e| MetaError::Store(Box::new(e)))
+            })
+            .collect()
+    }
+
+    fn forget_deleted_topic(&self, name: &str) -> Result<(), MetaError> {
+        self.deleted_topics.remove(name.as_bytes()).map_err(store)?;
         self.durable()
     }
 
