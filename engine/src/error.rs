@@ -227,6 +227,41 @@ pub enum AdminError {
     ShuttingDown,
 }
 
+/// Why a quarantined topic directory could not be brought back
+/// (`recover_quarantined_topic`). Each refusal leaves the directory where
+/// it was and the metadata unchanged.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecoverError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("the metadata already names a topic `{0}`; recover under another name")]
+    TopicExists(String),
+    #[error("{} already exists; recover under another name", .0.display())]
+    DirectoryExists(std::path::PathBuf),
+    #[error("{} is not a broker data directory: it has no meta/", .0.display())]
+    NotADataDir(std::path::PathBuf),
+    /// The directory does not look like a topic's: its partitions must be
+    /// directories `0` to `n - 1`, nothing else.
+    #[error("{} is not a topic directory: {reason}", path.display())]
+    Layout {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    /// A partition's log cannot be opened: the broker would refuse to
+    /// start with it too.
+    #[error(transparent)]
+    Partition(#[from] PartitionError),
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Why a group operation (join, commit, offsets, administration) failed,
 /// or why a member's session ended.
 #[derive(Debug, thiserror::Error)]

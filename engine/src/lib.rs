@@ -17,11 +17,12 @@ mod process;
 
 pub use broker::{
     BatchAppended, Broker, FetchSpec, Fetched, OffsetSpec, PartitionInfo, PendingProduce,
-    ProduceBatch, QuarantinedTopic, Subscription, SubscriptionChunk, TopicInfo,
+    ProduceBatch, QuarantinedTopic, RecoveredPartition, RecoveredTopic, Subscription,
+    SubscriptionChunk, TopicInfo, quarantined_topic_name, recover_quarantined_topic,
 };
 pub use config::{BrokerConfig, FsyncPolicy};
 pub use error::{
     AdminError, FetchError, GroupError, Invalid, NotFound, OpenError, OutOfRange, PartitionError,
-    ProduceError,
+    ProduceError, RecoverError,
 };
 pub use meta::TopicOverrides;

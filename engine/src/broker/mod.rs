@@ -11,11 +11,15 @@ mod groups;
 mod open;
 mod produce;
 mod producers;
+mod recover;
 mod topic;
 
 pub use admin::{PartitionInfo, TopicInfo};
 pub use fetch::{FetchSpec, Fetched, OffsetSpec, Subscription, SubscriptionChunk};
 pub use produce::{BatchAppended, PendingProduce, ProduceBatch};
+pub use recover::{
+    RecoveredPartition, RecoveredTopic, quarantined_topic_name, recover_quarantined_topic,
+};
 pub(crate) use topic::resolve_settings as resolve_topic_settings;
 
 use std::collections::HashMap;

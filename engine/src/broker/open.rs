@@ -16,7 +16,7 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-use brook_storage::{LogConfig, PartitionLog, SyncGroup, TailDamage};
+use brook_storage::{LogConfig, PartitionLog, Storage, SyncGroup, TailDamage};
 
 use super::{partition_dir, topic, topics_dir};
 use crate::config::{BrokerConfig, MetaBackend};
@@ -108,7 +108,19 @@ pub(crate) fn open_partition_log(
     log_config: LogConfig,
 ) -> Result<PartitionLog, PartitionError> {
     let dir = partition_dir(&config.data_dir, topic, partition);
-    let (log, report) = PartitionLog::open(config.storage.clone(), &dir, log_config)
+    open_log_at(config.storage.clone(), &dir, topic, partition, log_config)
+}
+
+/// Opens (or creates) a partition's log in `dir`, wherever that is,
+/// logging what recovery cut.
+pub(super) fn open_log_at(
+    storage: Arc<dyn Storage>,
+    dir: &Path,
+    topic: &str,
+    partition: u32,
+    log_config: LogConfig,
+) -> Result<PartitionLog, PartitionError> {
+    let (log, report) = PartitionLog::open(storage, dir, log_config)
         .map_err(|e| PartitionError::from_log(topic, partition, e))?;
     match &report.damage {
         // An unfinished write: expected after a crash, nothing acknowledged is lost.
@@ -223,7 +235,6 @@ fn quarantine(
 mod tests {
     use std::path::Path;
 
-    use brook_storage::Storage;
     use brook_storage::testing::MemStorage;
 
     use super::*;

@@ -51,6 +51,13 @@ impl TopicOverrides {
 pub enum MetaError {
     #[error("metadata store: {0}")]
     Store(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Another process holds the store's lock: a broker (or a command)
+    /// using the same data directory.
+    #[error(
+        "the metadata store {} is locked by another process (a broker running on this data directory?)",
+        dir.display()
+    )]
+    Locked { dir: std::path::PathBuf },
     #[error("metadata record {key} cannot be decoded: {source}")]
     Decode {
         key: String,

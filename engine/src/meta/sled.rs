@@ -109,6 +109,11 @@ fn open_when_unlocked(dir: &Path) -> Result<sled::Db, MetaError> {
             Err(sled::Error::Io(e)) if is_locked(&e) && started.elapsed() < LOCK_WAIT => {
                 std::thread::sleep(Duration::from_millis(10));
             }
+            Err(sled::Error::Io(e)) if is_locked(&e) => {
+                return Err(MetaError::Locked {
+                    dir: dir.to_owned(),
+                });
+            }
             other => return other.map_err(store),
         }
     }
