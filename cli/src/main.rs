@@ -7,6 +7,7 @@ mod consume;
 mod group;
 mod health;
 mod produce;
+mod recover;
 mod serve;
 mod settings;
 mod table;
@@ -39,7 +40,7 @@ struct Cli {
 enum Command {
     /// Run a broker until SIGINT or SIGTERM.
     Serve(Box<serve::ServeArgs>),
-    /// Create, list, describe and delete topics.
+    /// Create, list, describe and delete topics; recover a quarantined one.
     #[command(subcommand)]
     Topic(topic::TopicCommand),
     /// Produce each line of standard input as one record.
@@ -79,6 +80,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(*args).await,
         Command::Health(args) => health::run(args).await,
+        // Offline: it opens the data directory, not a connection.
+        Command::Topic(topic::TopicCommand::Recover(args)) => {
+            init_tracing(LogFormat::Text, &default_filter("warn"));
+            recover::run(args).await
+        }
         Command::Topic(command) => topic::run(&connect(&cli.broker).await?, command).await,
         Command::Produce(args) => produce::run(&connect(&cli.broker).await?, args).await,
         Command::Consume(args) => consume::run(&connect_groups(&cli.broker).await?, args).await,

@@ -1,5 +1,6 @@
-//! `brook topic`: create, list, describe and delete topics; results as
-//! aligned tables on stdout.
+//! `brook topic`: create, list, describe and delete topics through a
+//! running broker (and recover a quarantined one offline, `recover.rs`);
+//! results as aligned tables on stdout.
 
 use brook_client::{Client, TopicConfig, TopicDescription};
 use clap::Subcommand;
@@ -33,6 +34,15 @@ pub enum TopicCommand {
     Describe { name: String },
     /// Delete a topic and all its records.
     Delete { name: String },
+    /// Bring back a topic the broker quarantined; offline, broker stopped.
+    ///
+    /// A topic directory the broker found without metadata at start was
+    /// moved to `<data dir>/quarantine/`. This re-creates the topic's
+    /// metadata (partitions counted from its directories, default
+    /// settings) and moves the directory back. Unlike the other `topic`
+    /// commands it works on the data directory, not through a broker: stop
+    /// the broker first (a running one keeps the metadata locked).
+    Recover(crate::recover::RecoverArgs),
 }
 
 pub async fn run(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
@@ -73,6 +83,9 @@ pub async fn run(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
         TopicCommand::Delete { name } => {
             client.delete_topic(&name).await?;
             println!("deleted topic {name}");
+        }
+        TopicCommand::Recover(_) => {
+            unreachable!("`main` runs `topic recover` without a broker connection")
         }
     }
     Ok(())

@@ -223,7 +223,7 @@ fn quarantine(
     tracing::error!(
         topic = name,
         path = %moved.display(),
-        "a topic directory has no metadata: its files were moved aside, not deleted; recover the topic or remove them"
+        "a topic directory has no metadata: its files were moved aside, not deleted; with the broker stopped, `brook topic recover <path>` brings the topic back; or remove them"
     );
     Ok(QuarantinedTopic {
         topic: name.to_owned(),
