@@ -172,6 +172,11 @@ impl PartitionQueue {
         self.batches[index].attempts > 0
     }
 
+    /// The encoded size of the batch at `index`.
+    pub(crate) fn batch_len(&self, index: usize) -> usize {
+        self.batches[index].bytes.len()
+    }
+
     /// Whether the batch at `index` must be the only one of its request.
     pub(crate) fn goes_alone(&self, index: usize) -> bool {
         self.batches[index].alone

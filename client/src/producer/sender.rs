@@ -41,19 +41,43 @@ type ManyAcks = Result<Vec<Result<ProduceAck, ClientError>>, ClientError>;
 /// How much one produce request carries.
 #[derive(Debug, Clone, Copy)]
 struct RequestLimits {
-    /// Bytes of batches (at least one batch goes, whatever its size).
+    /// Bytes of a request: its batches and what frames each (at least one
+    /// batch goes, whatever its size).
     bytes_max: usize,
     /// Batches.
     batches_max: usize,
 }
 
+/// Bytes a request aims at: big enough to carry many batches per round
+/// trip, well under the default message limit.
+const REQUEST_BYTES_TARGET: usize = 16 * 1024 * 1024;
+/// What a request spends on each batch besides the batch and its topic's
+/// name: field tags, lengths and the partition.
+const BATCH_FRAMING_BYTES: usize = 32;
+/// What a request spends besides its batches (tags, the correlation id),
+/// with room to spare.
+const REQUEST_FRAMING_BYTES: usize = 64;
+
 const REQUEST_LIMITS: RequestLimits = RequestLimits {
-    // Well under the client's message limit.
-    bytes_max: 16 * 1024 * 1024,
+    bytes_max: REQUEST_BYTES_TARGET,
     // The broker's default `produce_batches_max`: it refuses a request
     // with more as a whole.
     batches_max: REQUEST_BATCHES_MAX,
 };
+
+impl RequestLimits {
+    /// The limits of a request under a gRPC message bound of
+    /// `message_bytes_max`: a request that outgrew it could never be sent,
+    /// only retried until its batches' delivery timeouts.
+    fn within_message(message_bytes_max: usize) -> Self {
+        Self {
+            bytes_max: REQUEST_LIMITS
+                .bytes_max
+                .min(message_bytes_max.saturating_sub(REQUEST_FRAMING_BYTES)),
+            ..REQUEST_LIMITS
+        }
+    }
+}
 
 /// Batches in one produce request: what a broker takes by default.
 const REQUEST_BATCHES_MAX: usize = brook_record::protocol::PRODUCE_BATCHES_MAX_DEFAULT;
@@ -368,7 +392,11 @@ impl Sender {
             resent,
             sent: keys,
             latest_deadline,
-        } = gather(&mut self.queues, now, REQUEST_LIMITS);
+        } = gather(
+            &mut self.queues,
+            now,
+            RequestLimits::within_message(self.shared.client.options.message_bytes_max),
+        );
         if batches.is_empty() {
             return false;
         }
@@ -692,9 +720,14 @@ fn gather(
         if alone && !request.batches.is_empty() {
             continue;
         }
+        let cost = queue.batch_len(index) + queue.topic().len() + BATCH_FRAMING_BYTES;
+        if !request.batches.is_empty() && bytes + cost > limits.bytes_max {
+            // It goes in a later request; one that fits may still come.
+            continue;
+        }
         request.resent += usize::from(queue.was_sent(index));
         let (id, batch, deadline) = queue.start_attempt(index);
-        bytes += batch.len();
+        bytes += cost;
         request.latest_deadline = request.latest_deadline.max(deadline);
         request.batches.push(WireBatch {
             topic: queue.topic().clone(),

@@ -817,3 +817,40 @@ async fn a_send_after_the_broker_restarted_while_idle_goes_through() {
     stop.cancel();
     timeout(LIMIT, server).await.unwrap().unwrap();
 }
+
+/// Under a lowered gRPC message bound, records of many partitions are
+/// still all delivered, in requests that fit the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_fit_a_lowered_message_bound() {
+    const PARTITIONS: u32 = 16;
+    const RECORDS: usize = 1600;
+    const MESSAGE_BYTES_MAX: usize = 256 * 1024;
+    let broker = EmbeddedBroker::start().await.expect("broker starts");
+    let options = brook_client::ClientOptions::default().with_message_bytes_max(MESSAGE_BYTES_MAX);
+    let client = Client::connect_with(broker.endpoint(), options)
+        .await
+        .expect("connect");
+    client
+        .create_topic("bounded", PARTITIONS, TopicConfig::default())
+        .await
+        .expect("topic created");
+    // 16 partitions × ~60 KiB batches, one request in flight: the batches
+    // that fill meanwhile make about 1 MiB for the next request unless it
+    // is bounded.
+    let config = ProducerConfig::default()
+        .with_max_in_flight(1)
+        .with_batch_size(60 * 1024)
+        .with_linger(Duration::from_millis(50))
+        .with_delivery_timeout(Duration::from_secs(10));
+    let producer = Producer::new(client.clone(), config);
+    let value = "v".repeat(1000);
+    let acks = send_all(&producer, RECORDS, |i| {
+        ProducerRecord::new("bounded", value.clone()).partition(i as u32 % PARTITIONS)
+    })
+    .await;
+    assert_eq!(acks.len(), RECORDS);
+    assert_eq!(
+        fetch_topic(&client, "bounded", PARTITIONS).await.len(),
+        RECORDS
+    );
+}

@@ -41,6 +41,51 @@ fn a_request_holds_at_most_batches_max_batches() {
 }
 
 #[test]
+fn a_request_stays_within_its_byte_limit_but_always_takes_one_batch() {
+    let now = Instant::now();
+    let (mut queues, _answers) = queues(5, now);
+    let cost = {
+        let queue = queues.values().next().unwrap();
+        queue.batch_len(0) + queue.topic().len() + BATCH_FRAMING_BYTES
+    };
+    let sizes = |queues: &mut HashMap<_, _>, bytes_max| -> Vec<usize> {
+        let limits = RequestLimits {
+            bytes_max,
+            batches_max: 10,
+        };
+        std::iter::from_fn(|| {
+            let request = gather(queues, now, limits);
+            (!request.batches.is_empty()).then_some(request.batches.len())
+        })
+        .collect()
+    };
+    assert_eq!(sizes(&mut queues, 2 * cost), [2, 2, 1]);
+    // A batch that would take the request past its limit waits for the
+    // next one.
+    let (mut queues, _answers) = self::queues(5, now);
+    assert_eq!(sizes(&mut queues, 2 * cost - 1), [1, 1, 1, 1, 1]);
+    // Below one batch, a request still takes one: it goes alone.
+    let (mut queues, _answers) = self::queues(3, now);
+    let tiny = RequestLimits {
+        bytes_max: 1,
+        batches_max: 10,
+    };
+    assert_eq!(gather(&mut queues, now, tiny).batches.len(), 1);
+}
+
+#[test]
+fn a_lowered_message_bound_lowers_the_request_limit() {
+    assert_eq!(
+        RequestLimits::within_message(usize::MAX).bytes_max,
+        REQUEST_BYTES_TARGET
+    );
+    assert_eq!(
+        RequestLimits::within_message(1024 * 1024).bytes_max,
+        1024 * 1024 - REQUEST_FRAMING_BYTES
+    );
+}
+
+#[test]
 fn a_batch_that_goes_alone_has_a_request_of_its_own() {
     let now = Instant::now();
     let (mut queues, _answers) = queues(4, now);
