@@ -154,17 +154,7 @@ fn settle_orphans(
     records: &[TopicRecord],
 ) -> Result<Vec<QuarantinedTopic>, OpenError> {
     let dir = topics_dir(&config.data_dir);
-    let names = match config.storage.list_dirs(&dir) {
-        Ok(names) => names,
-        // No topic was ever created here.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-        Err(source) => {
-            return Err(OpenError::Io {
-                what: format!("list {}", dir.display()),
-                source,
-            });
-        }
-    };
+    let names = dirs_in(config.storage.as_ref(), &dir)?;
     let stored: HashSet<&str> = records.iter().map(|r| r.name.as_str()).collect();
     let deleted: HashSet<String> = meta.deleted_topics()?.into_iter().collect();
     let mut quarantined = Vec::new();
@@ -199,27 +189,11 @@ fn quarantine(
     name: &str,
     path: &Path,
 ) -> Result<QuarantinedTopic, OpenError> {
-    let io_error = |what: String| move |source| OpenError::Io { what, source };
-    let quarantine = config.data_dir.join(QUARANTINE_DIR);
-    config
-        .storage
-        .create_dir_all(&quarantine)
-        .map_err(io_error(format!("create {}", quarantine.display())))?;
-    let moved = quarantine.join(format!("{name}.{}", brook_storage::now_ms()));
-    config
-        .storage
-        .rename(path, &moved)
-        .map_err(io_error(format!(
-            "move {} to {}",
-            path.display(),
-            moved.display()
-        )))?;
-    for synced in [&quarantine, &topics_dir(&config.data_dir), &config.data_dir] {
-        config
-            .storage
-            .sync_dir(synced)
-            .map_err(io_error(format!("fsync {}", synced.display())))?;
-    }
+    let moved = config
+        .data_dir
+        .join(QUARANTINE_DIR)
+        .join(format!("{name}.{}", brook_storage::now_ms()));
+    move_dir_durably(config, path, &moved)?;
     tracing::error!(
         topic = name,
         path = %moved.display(),
@@ -229,6 +203,62 @@ fn quarantine(
         topic: name.to_owned(),
         path: moved,
     })
+}
+
+/// A file operation on the data directory that failed, named.
+#[derive(Debug)]
+pub(super) struct FailedFileOp {
+    pub(super) what: String,
+    pub(super) source: io::Error,
+}
+
+impl From<FailedFileOp> for OpenError {
+    fn from(FailedFileOp { what, source }: FailedFileOp) -> Self {
+        Self::Io { what, source }
+    }
+}
+
+/// The directories in `dir`; none when it does not exist (no topic was
+/// ever created there).
+pub(super) fn dirs_in(storage: &dyn Storage, dir: &Path) -> Result<Vec<String>, FailedFileOp> {
+    match storage.list_dirs(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        listed => listed.map_err(|source| FailedFileOp {
+            what: format!("list {}", dir.display()),
+            source,
+        }),
+    }
+}
+
+/// Moves a directory of the data directory to `to` (creating its parent),
+/// durably: the entries of both parents and of the data directory (which
+/// may have gained that parent) are synced.
+pub(super) fn move_dir_durably(
+    config: &BrokerConfig,
+    from: &Path,
+    to: &Path,
+) -> Result<(), FailedFileOp> {
+    let failed = |what: String| move |source| FailedFileOp { what, source };
+    let storage = config.storage.as_ref();
+    let parent = |path: &'_ Path| match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let (from_parent, to_parent) = (parent(from), parent(to));
+    storage
+        .create_dir_all(&to_parent)
+        .map_err(failed(format!("create {}", to_parent.display())))?;
+    storage.rename(from, to).map_err(failed(format!(
+        "move {} to {}",
+        from.display(),
+        to.display()
+    )))?;
+    for synced in [&from_parent, &to_parent, &config.data_dir] {
+        storage
+            .sync_dir(synced)
+            .map_err(failed(format!("fsync {}", synced.display())))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,12 +9,11 @@
 //! interrupts. The directory is moved back before the record is written
 //! (see `recover_with`), and nothing here deletes a file.
 
-use std::io;
 use std::path::{Path, PathBuf};
 
 use brook_storage::Storage;
 
-use super::open::open_log_at;
+use super::open::{FailedFileOp, dirs_in, move_dir_durably, open_log_at};
 use super::topic::{self, validate_topic_name};
 use super::topics_dir;
 use crate::config::BrokerConfig;
@@ -95,7 +94,7 @@ pub(crate) fn recover_with(
     }
     let topics = topics_dir(&config.data_dir);
     let target = topics.join(name);
-    if list_dirs_or_none(config.storage.as_ref(), &topics)?.contains(&name.to_owned()) {
+    if dirs_in(config.storage.as_ref(), &topics)?.contains(&name.to_owned()) {
         return Err(RecoverError::DirectoryExists(target));
     }
     let count = count_partitions(config.storage.as_ref(), quarantined)?;
@@ -106,7 +105,7 @@ pub(crate) fn recover_with(
     if meta.deleted_topics()?.iter().any(|d| d == name) {
         meta.forget_deleted_topic(name)?;
     }
-    move_back(config, quarantined, &target)?;
+    move_dir_durably(config, quarantined, &target)?;
     meta.put_topic(&TopicRecord {
         name: name.to_owned(),
         partitions: count,
@@ -208,41 +207,9 @@ fn open_and_close(
     Ok(partitions)
 }
 
-/// Moves the directory to `target`, durably: both directories' entries
-/// and the data directory's (which may have gained `topics/`).
-fn move_back(config: &BrokerConfig, from: &Path, target: &Path) -> Result<(), RecoverError> {
-    let io_error = |what: String| move |source| RecoverError::Io { what, source };
-    let storage = config.storage.as_ref();
-    let topics = topics_dir(&config.data_dir);
-    storage
-        .create_dir_all(&topics)
-        .map_err(io_error(format!("create {}", topics.display())))?;
-    storage.rename(from, target).map_err(io_error(format!(
-        "move {} to {}",
-        from.display(),
-        target.display()
-    )))?;
-    let from_parent = match from.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    for synced in [from_parent, &topics, &config.data_dir] {
-        storage
-            .sync_dir(synced)
-            .map_err(io_error(format!("fsync {}", synced.display())))?;
-    }
-    Ok(())
-}
-
-/// The directories in `dir`; none if it does not exist.
-fn list_dirs_or_none(storage: &dyn Storage, dir: &Path) -> Result<Vec<String>, RecoverError> {
-    match storage.list_dirs(dir) {
-        Ok(names) => Ok(names),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(source) => Err(RecoverError::Io {
-            what: format!("list {}", dir.display()),
-            source,
-        }),
+impl From<FailedFileOp> for RecoverError {
+    fn from(FailedFileOp { what, source }: FailedFileOp) -> Self {
+        Self::Io { what, source }
     }
 }
 
