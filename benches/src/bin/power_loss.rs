@@ -199,7 +199,8 @@ async fn produce_until(
     let mut i: u64 = 0;
     while !stop.load(Ordering::Relaxed) && i < 200_000 {
         let value = format!("c{cycle}-{i}");
-        let record = ProducerRecord::new(TOPIC, value.clone()).partition((i % 6) as u32);
+        let record =
+            ProducerRecord::new(TOPIC, value.clone()).partition((i % u64::from(PARTITIONS)) as u32);
         match producer.enqueue(record).await {
             Ok(delivery) => pending.push((value, delivery)),
             Err(_) => break,
