@@ -295,20 +295,17 @@ async fn read_acks(
             Some(oldest) => Some(oldest),
             None => queue.recv().await,
         };
-        let Some(awaited) = oldest else {
-            break Ended::Broken(format!(
-                "answer {} arrived for no request",
-                response.correlation_id
-            ));
+        let awaited = match oldest {
+            Some(awaited) if awaited.correlation_id == response.correlation_id => awaited,
+            oldest => {
+                let expected = oldest.as_ref().map(|awaited| awaited.correlation_id);
+                let ended = Ended::Broken(out_of_order(expected, response.correlation_id));
+                if let Some(awaited) = oldest {
+                    awaited.reply.fail(ended.error());
+                }
+                break ended;
+            }
         };
-        if response.correlation_id != awaited.correlation_id {
-            let ended = Ended::Broken(format!(
-                "expected the answer to request {}, got one to {}",
-                awaited.correlation_id, response.correlation_id
-            ));
-            awaited.reply.fail(ended.error());
-            break ended;
-        }
         awaited.reply.answer(response);
     };
     if !matches!(ended, Ended::Closed) {
@@ -320,6 +317,16 @@ async fn read_acks(
     }
     while let Some(awaited) = queue.recv().await {
         awaited.reply.fail(ended.error());
+    }
+}
+
+/// How the broker broke the protocol when an answer to request `got` came
+/// while the oldest request awaiting one was `expected` (answers come in
+/// request order).
+pub(crate) fn out_of_order(expected: Option<u64>, got: u64) -> String {
+    match expected {
+        None => format!("answer {got} arrived for no request"),
+        Some(expected) => format!("expected the answer to request {expected}, got one to {got}"),
     }
 }
 

@@ -30,6 +30,7 @@ use crate::client::Client;
 use crate::error::ClientError;
 
 pub(crate) use crate::stream::OPERATION;
+use crate::stream::out_of_order;
 
 /// `brook.v1.ProduceRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -85,9 +86,9 @@ pub(crate) struct ProducerStream {
     /// sent, but answers to what was sent may still arrive, so the stream
     /// is read to its end before it is closed.
     draining: bool,
-    /// Answers received, to tell a stream that worked from one that ended
-    /// before answering anything (which is retried with backoff).
-    answers: u64,
+    /// Whether any request was answered, to tell a stream that worked from
+    /// one that ended before answering anything (reopened after a backoff).
+    answered: bool,
 }
 
 /// Why a request was not sent; its batches are given back.
@@ -132,7 +133,7 @@ pub(crate) async fn open(
         capacity,
         next_correlation_id: 1,
         draining: false,
-        answers: 0,
+        answered: false,
     }))
 }
 
@@ -160,7 +161,7 @@ impl ProducerStream {
 
     /// Whether any request was answered on this stream.
     pub(crate) fn answered_any(&self) -> bool {
-        self.answers > 0
+        self.answered
     }
 
     /// Sends a request of `batches`; gives the keys back if it could not
@@ -210,22 +211,19 @@ impl ProducerStream {
     /// carry the response's correlation id. An error says how the broker
     /// broke the protocol; the stream cannot be trusted after it.
     pub(crate) fn answered(&mut self, response: &ProduceResponse) -> Result<InFlight, String> {
-        let Some(oldest) = self.awaiting.pop_front() else {
-            return Err(format!(
-                "answer {} arrived for no request",
-                response.correlation_id
-            ));
-        };
-        if oldest.correlation_id != response.correlation_id {
-            let why = format!(
-                "expected the answer to request {}, got one to {}",
-                oldest.correlation_id, response.correlation_id
-            );
-            self.awaiting.push_front(oldest);
-            return Err(why);
+        match self.awaiting.pop_front() {
+            Some(oldest) if oldest.correlation_id == response.correlation_id => {
+                self.answered = true;
+                Ok(oldest)
+            }
+            oldest => {
+                let expected = oldest.as_ref().map(|oldest| oldest.correlation_id);
+                if let Some(oldest) = oldest {
+                    self.awaiting.push_front(oldest);
+                }
+                Err(out_of_order(expected, response.correlation_id))
+            }
         }
-        self.answers += 1;
-        Ok(oldest)
     }
 
     /// The batches of every request whose delivery timeouts ran out by
