@@ -92,6 +92,12 @@ settings! {
     max_group_session_timeout_ms: u64 = "BROOK_MAX_GROUP_SESSION_TIMEOUT_MS",
     /// Members in one consumer group [default: 1000].
     max_group_members: usize = "BROOK_MAX_GROUP_MEMBERS",
+    /// How long a group without members keeps its committed offsets after its
+    /// last commit or its last member leaving; -1 keeps them [default: 604800000].
+    group_offsets_retention_ms: i64 = "BROOK_GROUP_OFFSETS_RETENTION_MS",
+    /// Idempotent producer ids remembered; one more forgets the least
+    /// recently used [default: 100000].
+    max_producer_ids: usize = "BROOK_MAX_PRODUCER_IDS",
     /// Concurrent gRPC streams per connection [default: 1024].
     max_streams_per_connection: u32 = "BROOK_MAX_STREAMS_PER_CONNECTION",
     /// Largest gRPC message [default: 134217728].
@@ -124,6 +130,8 @@ pub struct Effective {
     pub group_session_timeout_ms: u64,
     pub max_group_session_timeout_ms: u64,
     pub max_group_members: usize,
+    pub group_offsets_retention_ms: i64,
+    pub max_producer_ids: usize,
     pub max_streams_per_connection: u32,
     pub max_grpc_message_bytes: usize,
 }
@@ -210,6 +218,12 @@ impl Settings {
                 .max_group_session_timeout_ms
                 .unwrap_or(millis(groups.session_timeout_max)),
             max_group_members: self.max_group_members.unwrap_or(groups.members_max),
+            group_offsets_retention_ms: self.group_offsets_retention_ms.unwrap_or_else(|| {
+                groups.offsets_retention.map_or(-1, |retention| {
+                    i64::try_from(retention.as_millis()).unwrap_or(i64::MAX)
+                })
+            }),
+            max_producer_ids: self.max_producer_ids.unwrap_or(limits.producer_ids_max),
             max_streams_per_connection: self
                 .max_streams_per_connection
                 .unwrap_or(limits.streams_per_connection_max),
@@ -244,6 +258,13 @@ impl Effective {
         )?;
         positive("max_fetch_bytes", u64::from(self.max_fetch_bytes))?;
         positive("max_group_members", self.max_group_members as u64)?;
+        positive("max_producer_ids", self.max_producer_ids as u64)?;
+        if self.group_offsets_retention_ms < -1 || self.group_offsets_retention_ms == 0 {
+            bail!(
+                "group_offsets_retention_ms: must be -1 (keep) or at least 1, got {}",
+                self.group_offsets_retention_ms
+            );
+        }
         let session_min = millis(GroupSettings::default().session_timeout_min);
         if !(session_min..=self.max_group_session_timeout_ms)
             .contains(&self.group_session_timeout_ms)
@@ -328,6 +349,10 @@ impl Effective {
         groups.session_timeout = Duration::from_millis(self.group_session_timeout_ms);
         groups.session_timeout_max = Duration::from_millis(self.max_group_session_timeout_ms);
         groups.members_max = self.max_group_members;
+        groups.offsets_retention = u64::try_from(self.group_offsets_retention_ms)
+            .ok()
+            .map(Duration::from_millis);
+        config.limits.producer_ids_max = self.max_producer_ids;
         config.index_interval_bytes = self.index_interval_bytes;
         Ok(config)
     }

@@ -107,6 +107,9 @@ pub struct Limits {
     pub fetch_partitions_max: usize,
     /// Batches in one produce request.
     pub produce_batches_max: usize,
+    /// Producer ids the broker remembers: handing out one more forgets
+    /// the id used least recently.
+    pub producer_ids_max: usize,
     /// Produce requests in flight on one produce stream.
     pub produce_stream_in_flight_max: usize,
     /// Bytes of record batches queued to partitions and not yet
@@ -127,6 +130,7 @@ impl Default for Limits {
             fetch_wait_ms_max: 60_000,
             fetch_partitions_max: 10_000,
             produce_batches_max: brook_record::protocol::PRODUCE_BATCHES_MAX_DEFAULT,
+            producer_ids_max: 100_000,
             produce_stream_in_flight_max: 256,
             produce_bytes_in_flight_max: 512 * 1024 * 1024,
             streams_per_connection_max: 1024,
@@ -156,6 +160,13 @@ pub struct GroupSettings {
     /// How often a group notices partitions added to, or topics deleted
     /// from, its subscriptions.
     pub topology_check_interval: Duration,
+    /// How long a group without members keeps its committed offsets after
+    /// it was last active (its last commit, or its last member leaving);
+    /// `None` keeps them until the group is deleted.
+    pub offsets_retention: Option<Duration>,
+    /// After the broker starts, how long groups are not expired, so members
+    /// that were connected before the restart can come back first.
+    pub expiry_grace: Duration,
 }
 
 impl Default for GroupSettings {
@@ -168,6 +179,8 @@ impl Default for GroupSettings {
             topics_per_member_max: 1000,
             member_queue_max: 64,
             topology_check_interval: Duration::from_secs(1),
+            offsets_retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            expiry_grace: Duration::from_secs(300),
         }
     }
 }

@@ -288,6 +288,13 @@ fn scrape_time_registry(broker: &Broker) -> Registry {
         "Records between a group's committed offset (or the start offset) and the end offset",
         lag,
     );
+    let omitted: Gauge = Gauge::default();
+    omitted.set(i64::try_from(groups.lag_groups_omitted).unwrap_or(i64::MAX));
+    registry.register(
+        "brook_group_lag_omitted_groups",
+        "Groups whose brook_group_lag series are left out to keep the scrape bounded",
+        omitted,
+    );
     let process = crate::process::sample();
     if let Some(rss) = process.resident_memory_bytes {
         let gauge: Gauge = Gauge::default();

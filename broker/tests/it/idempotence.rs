@@ -179,3 +179,62 @@ async fn a_new_epoch_fences_the_old_one() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn the_broker_forgets_the_least_recently_used_producer_ids_beyond_its_bound()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut config = brook_broker::BrokerConfig::default();
+    config.limits.producer_ids_max = 2;
+    let embedded = EmbeddedBroker::builder()
+        .config(config.clone())
+        .data_dir(dir.path())
+        .start()
+        .await?;
+    let mut clients = Clients::connect(embedded.endpoint()).await?;
+    clients
+        .create_topic("idem", 1, TopicConfig::default())
+        .await?;
+    let (first, _) = init(&mut clients, -1).await?;
+    let (second, _) = init(&mut clients, -1).await?;
+    // The first id produces, so the second is the least recently used
+    // when a third is handed out.
+    send(&mut clients, idempotent(first, 0, 0, 1)?)
+        .await?
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let (third, _) = init(&mut clients, -1).await?;
+    anyhow::ensure!(third > second && second > first);
+    let forgotten = send(&mut clients, idempotent(second, 0, 0, 1)?).await?;
+    anyhow::ensure!(
+        matches!(&forgotten, Err((tonic::Code::FailedPrecondition, m)) if m.contains("not known")),
+        "{forgotten:?}"
+    );
+    // The first id's next sequence is 1, the third's 0.
+    for (id, sequence) in [(first, 1), (third, 0)] {
+        send(&mut clients, idempotent(id, 0, sequence, 1)?)
+            .await?
+            .map_err(|e| anyhow::anyhow!("producer {id}: {e:?}"))?;
+    }
+    // The store forgot it too: a restart does not bring it back.
+    embedded.shutdown().await?;
+    let embedded = EmbeddedBroker::builder()
+        .config(config)
+        .data_dir(dir.path())
+        .start()
+        .await?;
+    let mut clients = Clients::connect(embedded.endpoint()).await?;
+    let still_forgotten = clients
+        .produce
+        .init_producer_id(InitProducerIdRequest {
+            producer_id: second,
+        })
+        .await;
+    anyhow::ensure!(
+        matches!(&still_forgotten, Err(s) if s.code() == tonic::Code::InvalidArgument),
+        "{still_forgotten:?}"
+    );
+    let (bumped, epoch) = init(&mut clients, first).await?;
+    anyhow::ensure!(bumped == first && epoch == 1);
+    embedded.shutdown().await?;
+    Ok(())
+}

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use super::{Broker, OffsetSpec};
 use crate::error::{GroupError, Invalid, NotFound, OutOfRange};
+use crate::group::GROUP_LAG_SERIES_MAX;
 use crate::group::registry::{Group, Groups, Timer};
 use crate::group::{
     CLIENT_ID_LEN_MAX, GroupInfo, GroupMetrics, GroupState, GroupSummary, JoinSpec, MemberInfo,
@@ -257,8 +258,49 @@ impl Broker {
             return Err(NotFound::Group(name.to_owned()).into());
         }
         groups.offsets.delete(name).await?;
+        groups.forget_metrics(name);
         tracing::info!(group = name, "group deleted");
         Ok(())
+    }
+
+    /// Deletes every group without members whose last activity is older
+    /// than `offsets_retention`, with its committed offsets. Returns the
+    /// groups expired.
+    pub async fn expire_groups(&self, now_ms: i64) -> Vec<String> {
+        let groups = self.groups();
+        let Some(retention) = groups.settings.offsets_retention else {
+            return Vec::new();
+        };
+        if !groups.past_expiry_grace() {
+            return Vec::new();
+        }
+        let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let before = now_ms.saturating_sub(retention_ms);
+        let mut expired = Vec::new();
+        for name in groups.offsets.inactive_since(before) {
+            let _writes = groups.offsets.writes.lock().await;
+            // Checked again under the lock: a member may have joined, or
+            // committed, since the list was made.
+            let still_inactive = groups
+                .offsets
+                .last_active_ms(&name)
+                .is_some_and(|at| at <= before);
+            if !still_inactive || groups.member_count(&name) > 0 {
+                continue;
+            }
+            match groups.offsets.delete(&name).await {
+                Ok(()) => {
+                    groups.forget_metrics(&name);
+                    tracing::info!(group = %name, retention_ms, "group expired: no members and no commit within the offsets retention");
+                    expired.push(name);
+                }
+                Err(e) => {
+                    tracing::warn!(group = %name, error = %e, "cannot expire the group");
+                    break;
+                }
+            }
+        }
+        expired
     }
 
     /// Sets a group's committed offsets for a topic's `partitions` (all
@@ -327,24 +369,38 @@ impl Broker {
     /// Members per live group, and lag per partition of every group, for
     /// the metrics read at scrape time.
     pub(crate) fn group_metrics(&self) -> GroupMetrics {
-        let members = self
+        let members: Vec<(String, usize)> = self
             .groups()
             .live_summaries()
             .into_iter()
             .map(|(name, members, _)| (name, members))
             .collect();
-        let lag = self
-            .list_groups()
-            .into_iter()
-            .filter_map(|g| self.describe_group(&g.name))
-            .flat_map(|info| {
-                let name = info.name;
+        let live: BTreeSet<&str> = members.iter().map(|(name, _)| name.as_str()).collect();
+        let mut names: Vec<String> = self.list_groups().into_iter().map(|g| g.name).collect();
+        names.sort_unstable();
+        // Live groups first, then by name (the sort is stable).
+        names.sort_by_key(|name| !live.contains(name.as_str()));
+        let mut lag = Vec::new();
+        let mut lag_groups_omitted = 0;
+        for name in names {
+            let Some(info) = self.describe_group(&name) else {
+                continue;
+            };
+            if lag.len() + info.partitions.len() > GROUP_LAG_SERIES_MAX {
+                lag_groups_omitted += 1;
+                continue;
+            }
+            lag.extend(
                 info.partitions
                     .into_iter()
-                    .map(move |p| (name.clone(), p.partition, p.lag))
-            })
-            .collect();
-        GroupMetrics { members, lag }
+                    .map(|p| (name.clone(), p.partition, p.lag)),
+            );
+        }
+        GroupMetrics {
+            members,
+            lag,
+            lag_groups_omitted,
+        }
     }
 
     /// Every topic's partition count.
@@ -386,7 +442,14 @@ fn spawn_session_timer(broker: Weak<Broker>, groups: Arc<Groups>, group: Arc<Gro
         let mut next_refresh = Instant::now() + every;
         loop {
             let wake = match group.timer() {
-                Timer::Closed => return,
+                Timer::Closed => {
+                    // The last member left: the group's offsets expire a
+                    // retention period from now, not from its last commit.
+                    if let Err(e) = groups.offsets.mark_active(group.name()).await {
+                        tracing::warn!(group = group.name(), error = %e, "cannot record when the group's last member left");
+                    }
+                    return;
+                }
                 Timer::Idle => next_refresh,
                 Timer::At(deadline) => deadline.min(next_refresh),
             };

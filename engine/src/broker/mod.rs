@@ -83,7 +83,8 @@ impl Broker {
             sync_group,
             quarantined,
         } = blocking(move || open::open_data_dir(&opening)).await??;
-        let producer_epochs = producers::ProducerEpochs::new(producer_epochs);
+        let producer_epochs =
+            producers::ProducerEpochs::new(producer_epochs, config.limits.producer_ids_max);
         let mut topics = HashMap::new();
         for (record, logs) in logs {
             let partitions = logs
@@ -198,6 +199,7 @@ impl Broker {
                 }
                 let Some(broker) = weak.upgrade() else { break };
                 broker.enforce_retention().await;
+                broker.expire_groups(brook_storage::now_ms()).await;
             }
         });
         if let FsyncPolicy::Interval(every) = self.config.fsync {

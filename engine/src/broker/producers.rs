@@ -15,17 +15,79 @@ use super::Broker;
 use crate::error::{Invalid, ProduceError, blocking};
 
 /// Current epoch per producer id; mirrors the metadata store.
-#[derive(Debug, Default)]
+///
+/// Bounded: once `max` ids are remembered, handing out another forgets the
+/// one whose last batch (or hand-out) is oldest, so a client calling
+/// `InitProducerId` in a loop cannot grow the broker's memory or store.
+#[derive(Debug)]
 pub struct ProducerEpochs {
     /// Written by `init_producer_id` (under the admin lock), read per batch.
-    epochs: Mutex<HashMap<i64, i16>>,
+    state: Mutex<EpochTable>,
+    max: usize,
+}
+
+#[derive(Debug, Default)]
+struct EpochTable {
+    producers: HashMap<i64, ProducerEpoch>,
+    /// A logical clock: each use of an id takes the next tick, so the
+    /// smallest `last_used` is the least recently used id.
+    tick: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ProducerEpoch {
+    epoch: i16,
+    last_used: u64,
+}
+
+impl EpochTable {
+    fn touch(&mut self, producer_id: i64, epoch: i16) {
+        self.tick += 1;
+        self.producers.insert(
+            producer_id,
+            ProducerEpoch {
+                epoch,
+                last_used: self.tick,
+            },
+        );
+    }
 }
 
 impl ProducerEpochs {
-    pub fn new(epochs: impl IntoIterator<Item = (i64, i16)>) -> Self {
-        Self {
-            epochs: Mutex::new(epochs.into_iter().collect()),
+    /// `epochs` in the order they were handed out (oldest first), which
+    /// becomes their order of use until batches say otherwise.
+    pub fn new(epochs: impl IntoIterator<Item = (i64, i16)>, max: usize) -> Self {
+        let mut table = EpochTable::default();
+        for (id, epoch) in epochs {
+            table.touch(id, epoch);
         }
+        Self {
+            state: Mutex::new(table),
+            max: max.max(1),
+        }
+    }
+
+    /// Ids beyond the bound, least recently used first: what the store
+    /// should forget (after a restart with a lower bound, say).
+    fn surplus(&self, keep: i64) -> Vec<i64> {
+        let state = self.state.lock();
+        let excess = state.producers.len().saturating_sub(self.max);
+        if excess == 0 {
+            return Vec::new();
+        }
+        let mut ids: Vec<(u64, i64)> = state
+            .producers
+            .iter()
+            .filter(|(id, _)| **id != keep)
+            .map(|(id, p)| (p.last_used, *id))
+            .collect();
+        let excess = excess.min(ids.len());
+        if excess < ids.len() {
+            // Linear: the common case forgets one id out of many.
+            ids.select_nth_unstable(excess);
+        }
+        ids.truncate(excess);
+        ids.into_iter().map(|(_, id)| id).collect()
     }
 
     /// Refuses an idempotent batch whose producer or epoch is not current.
@@ -38,7 +100,15 @@ impl ProducerEpochs {
         if header.producer_id < 0 {
             return Ok(());
         }
-        let current = self.epochs.lock().get(&header.producer_id).copied();
+        let current = {
+            let mut state = self.state.lock();
+            state.tick += 1;
+            let tick = state.tick;
+            state.producers.get_mut(&header.producer_id).map(|p| {
+                p.last_used = tick;
+                p.epoch
+            })
+        };
         let refused = |reason: String| ProduceError::ProducerFenced {
             topic: topic.to_owned(),
             partition,
@@ -46,7 +116,7 @@ impl ProducerEpochs {
         };
         match current {
             None => Err(refused(format!(
-                "producer_id {} was not handed out by this broker (call InitProducerId)",
+                "producer_id {} is not known to this broker: it was never handed out, or it was forgotten as the least recently used of more than the broker keeps (call InitProducerId)",
                 header.producer_id
             ))),
             Some(epoch) if header.producer_epoch < epoch => Err(refused(format!(
@@ -60,6 +130,27 @@ impl ProducerEpochs {
             Some(_) => Ok(()),
         }
     }
+
+    fn current(&self, producer_id: i64) -> Option<i16> {
+        self.state
+            .lock()
+            .producers
+            .get(&producer_id)
+            .map(|p| p.epoch)
+    }
+
+    fn remember(&self, producer_id: i64, epoch: i16) {
+        self.state.lock().touch(producer_id, epoch);
+    }
+
+    fn forget(&self, producer_id: i64) {
+        self.state.lock().producers.remove(&producer_id);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.state.lock().producers.len()
+    }
 }
 
 impl Broker {
@@ -70,20 +161,17 @@ impl Broker {
         let meta = self.meta.clone();
         if producer_id <= 0 {
             let id = blocking(move || meta.allocate_producer_id()).await??;
-            self.producer_epochs.epochs.lock().insert(id, 0);
+            self.producer_epochs.remember(id, 0);
             tracing::debug!(producer_id = id, "producer id handed out");
+            self.forget_surplus_producers(id).await?;
             return Ok((id, 0));
         }
-        let current = self
-            .producer_epochs
-            .epochs
-            .lock()
-            .get(&producer_id)
-            .copied();
-        let Some(epoch) = current else {
+        let Some(epoch) = self.producer_epochs.current(producer_id) else {
             return Err(Invalid::new(
                 "producer_id",
-                format!("{producer_id} was not handed out by this broker"),
+                format!(
+                    "{producer_id} is not known to this broker: it was never handed out, or it was forgotten as the least recently used (ask for a new id)"
+                ),
             )
             .into());
         };
@@ -95,8 +183,73 @@ impl Broker {
             .into());
         };
         blocking(move || meta.put_producer_epoch(producer_id, next)).await??;
-        self.producer_epochs.epochs.lock().insert(producer_id, next);
+        self.producer_epochs.remember(producer_id, next);
         tracing::debug!(producer_id, epoch = next, "producer epoch bumped");
         Ok((producer_id, next))
+    }
+
+    /// Forgets, in the store and then in memory, the least recently used
+    /// ids beyond `producer_ids_max`. Call under the admin lock.
+    async fn forget_surplus_producers(&self, keep: i64) -> Result<(), ProduceError> {
+        for producer_id in self.producer_epochs.surplus(keep) {
+            let meta = self.meta.clone();
+            blocking(move || meta.forget_producer(producer_id)).await??;
+            self.producer_epochs.forget(producer_id);
+            tracing::debug!(producer_id, "least recently used producer id forgotten");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch_of(producer_id: i64, producer_epoch: i16) -> BatchHeader {
+        BatchHeader {
+            base_offset: 0,
+            batch_length: 0,
+            crc: 0,
+            magic: brook_record::MAGIC,
+            attributes: 0,
+            last_offset_delta: 0,
+            first_timestamp: 0,
+            max_timestamp: 0,
+            producer_id,
+            producer_epoch,
+            base_sequence: 0,
+            record_count: 1,
+        }
+    }
+
+    #[test]
+    fn the_table_forgets_the_least_recently_used_ids_beyond_its_bound() {
+        let epochs = ProducerEpochs::new([(1, 0), (2, 0), (3, 0)], 3);
+        // Id 1 produces, so 2 is now the least recently used.
+        assert!(epochs.check(&batch_of(1, 0), "t", 0).is_ok());
+        epochs.remember(4, 0);
+        assert_eq!(epochs.surplus(4), vec![2]);
+        epochs.forget(2);
+        assert_eq!(epochs.len(), 3);
+        assert!(epochs.check(&batch_of(2, 0), "t", 0).is_err());
+        for id in [1, 3, 4] {
+            assert!(epochs.check(&batch_of(id, 0), "t", 0).is_ok(), "id {id}");
+        }
+    }
+
+    #[test]
+    fn the_newest_id_is_never_its_own_surplus() {
+        let epochs = ProducerEpochs::new([(1, 0)], 1);
+        epochs.remember(2, 0);
+        assert_eq!(epochs.surplus(2), vec![1]);
+        assert_eq!(epochs.surplus(1), vec![2]);
+    }
+
+    #[test]
+    fn a_table_loaded_over_its_bound_gives_up_its_oldest_ids() {
+        let epochs = ProducerEpochs::new((1..=10).map(|id| (id, 0)), 4);
+        let mut surplus = epochs.surplus(10);
+        surplus.sort_unstable();
+        assert_eq!(surplus, vec![1, 2, 3, 4, 5, 6]);
     }
 }

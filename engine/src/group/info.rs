@@ -66,9 +66,17 @@ pub struct PartitionLagInfo {
 pub(crate) struct GroupMetrics {
     /// Members of each live group.
     pub(crate) members: Vec<(String, usize)>,
-    /// Lag of each group on each partition it consumes or committed.
+    /// Lag of each group on each partition it consumes or committed, for
+    /// as many groups as fit in `GROUP_LAG_SERIES_MAX` series.
     pub(crate) lag: Vec<(String, TopicPartition, i64)>,
+    /// Groups whose lag is left out to stay within the bound.
+    pub(crate) lag_groups_omitted: usize,
 }
+
+/// Most `brook_group_lag` series one scrape exports: a broker with many
+/// groups (or groups over many partitions) must not make `/metrics`
+/// unbounded. Groups with members come first, then the others by name.
+pub(crate) const GROUP_LAG_SERIES_MAX: usize = 10_000;
 
 /// Where `reset_group_offsets` moves a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,7 +24,7 @@ mod offsets;
 pub(crate) mod registry;
 
 pub use coordinator::Assignment;
-pub(crate) use info::GroupMetrics;
+pub(crate) use info::{GROUP_LAG_SERIES_MAX, GroupMetrics};
 pub use info::{GroupInfo, GroupState, GroupSummary, MemberInfo, PartitionLagInfo, ResetTo};
 pub(crate) use offsets::OffsetStore;
 pub(crate) use registry::Groups;

@@ -4,8 +4,14 @@
 //! Writes are serialized (`writes`): a commit checks its fencing and writes
 //! while holding it, so no other write to the offsets overtakes it. The
 //! mirror changes only after the store's write returned.
+//!
+//! Each group also has a time it was last active (its last commit, or its
+//! last member leaving), kept beside its offsets: a group without members
+//! whose activity is older than the offsets' retention is expired with its
+//! offsets, as Kafka's `offsets.retention.minutes` does. A group stored
+//! without an activity time counts as active when the broker starts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -20,6 +26,8 @@ pub(crate) struct OffsetStore {
     /// Committed offsets by group, as in the store. Held briefly, never
     /// across an await.
     cache: Mutex<BTreeMap<String, BTreeMap<TopicPartition, i64>>>,
+    /// When each group in `cache` was last active (ms since the epoch).
+    active_ms: Mutex<HashMap<String, i64>>,
     /// Serializes writes to the store (each write is durable before it
     /// returns, so they wait on the disk anyway) and makes check-then-write
     /// atomic.
@@ -30,6 +38,9 @@ impl OffsetStore {
     /// Loads every group's offsets. Blocks on the store.
     pub(crate) fn load(meta: Arc<dyn MetaStore>) -> Result<Self, MetaError> {
         let mut cache = BTreeMap::new();
+        let stored_activity: HashMap<String, i64> = meta.group_activity()?.into_iter().collect();
+        let now = brook_storage::now_ms();
+        let mut active_ms = HashMap::new();
         for group in meta.groups()? {
             let offsets: BTreeMap<TopicPartition, i64> = meta
                 .offsets(&group)?
@@ -37,12 +48,15 @@ impl OffsetStore {
                 .map(|(topic, partition, offset)| (TopicPartition::new(topic, partition), offset))
                 .collect();
             if !offsets.is_empty() {
+                let at = stored_activity.get(&group).copied().unwrap_or(now);
+                active_ms.insert(group.clone(), at);
                 cache.insert(group, offsets);
             }
         }
         Ok(Self {
             meta,
             cache: Mutex::new(cache),
+            active_ms: Mutex::new(active_ms),
             writes: tokio::sync::Mutex::new(()),
         })
     }
@@ -76,7 +90,13 @@ impl OffsetStore {
             .iter()
             .map(|(tp, offset)| (tp.topic.clone(), tp.partition, *offset))
             .collect();
-        blocking(move || meta.stage_offsets(&owned, &rows)).await??;
+        let now = brook_storage::now_ms();
+        blocking(move || {
+            meta.stage_offsets(&owned, &rows)?;
+            meta.stage_group_activity(&owned, now)
+        })
+        .await??;
+        self.active_ms.lock().insert(group.to_owned(), now);
         self.cache
             .lock()
             .entry(group.to_owned())
@@ -100,7 +120,44 @@ impl OffsetStore {
         let owned = group.to_owned();
         blocking(move || meta.delete_group(&owned)).await??;
         self.cache.lock().remove(group);
+        self.active_ms.lock().remove(group);
         Ok(())
+    }
+
+    /// Records that `group` was active now (its last member left), durably.
+    /// Only groups with committed offsets are kept, and only they expire.
+    pub(crate) async fn mark_active(&self, group: &str) -> Result<(), GroupError> {
+        if !self.has_group(group) {
+            return Ok(());
+        }
+        let now = brook_storage::now_ms();
+        let meta = self.meta.clone();
+        let owned = group.to_owned();
+        blocking(move || {
+            meta.stage_group_activity(&owned, now)?;
+            meta.sync()
+        })
+        .await??;
+        self.active_ms.lock().insert(group.to_owned(), now);
+        Ok(())
+    }
+
+    /// Groups last active at or before `before_ms`.
+    pub(crate) fn inactive_since(&self, before_ms: i64) -> Vec<String> {
+        let mut groups: Vec<String> = self
+            .active_ms
+            .lock()
+            .iter()
+            .filter(|(_, at)| **at <= before_ms)
+            .map(|(group, _)| group.clone())
+            .collect();
+        groups.sort_unstable();
+        groups
+    }
+
+    /// When `group` was last active, if it has committed offsets.
+    pub(crate) fn last_active_ms(&self, group: &str) -> Option<i64> {
+        self.active_ms.lock().get(group).copied()
     }
 
     pub(crate) fn get(&self, group: &str) -> BTreeMap<TopicPartition, i64> {

@@ -32,6 +32,9 @@ pub struct Groups {
     metrics: Arc<Metrics>,
     /// The broker's background token: ends the session timers.
     pub(crate) stop: CancellationToken,
+    /// When the broker opened: groups are not expired during
+    /// `settings.expiry_grace` after it.
+    started: Instant,
 }
 
 #[derive(Debug)]
@@ -45,6 +48,10 @@ pub(crate) struct Group {
 }
 
 impl Group {
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
     /// When the session timer should look again.
     pub(crate) fn timer(&self) -> Timer {
         let state = self.state.lock();
@@ -104,7 +111,22 @@ impl Groups {
             offsets,
             metrics,
             stop,
+            started: Instant::now(),
         }
+    }
+
+    /// Whether groups may be expired yet (see `GroupSettings::expiry_grace`).
+    pub(crate) fn past_expiry_grace(&self) -> bool {
+        self.started.elapsed() >= self.settings.expiry_grace
+    }
+
+    /// Drops the metric series of a group that is gone.
+    pub(crate) fn forget_metrics(&self, group: &str) {
+        self.metrics
+            .group_rebalances
+            .remove(&crate::metrics::GroupLabels {
+                group: group.to_owned(),
+            });
     }
 
     /// Adds a member; returns its session, and the group if this join

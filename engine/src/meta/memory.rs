@@ -10,10 +10,15 @@ use super::{MetaError, MetaStore, TopicRecord};
 pub struct MemoryMetaStore {
     /// Topics by name.
     topics: Mutex<BTreeMap<String, TopicRecord>>,
-    /// Producer ids handed out, with their epochs.
+    /// Producer ids handed out and not forgotten, with their epochs.
     producers: Mutex<BTreeMap<i64, i16>>,
+    /// The last producer id handed out: ids are never reused, even
+    /// forgotten ones.
+    last_producer_id: Mutex<i64>,
     /// Committed offsets by (group, topic, partition).
     offsets: Mutex<BTreeMap<(String, String, u32), i64>>,
+    /// When each group was last active.
+    activity: Mutex<BTreeMap<String, i64>>,
     /// Deleted topics whose files may remain.
     deleted: Mutex<BTreeSet<String>>,
 }
@@ -45,10 +50,10 @@ impl MetaStore for MemoryMetaStore {
     }
 
     fn allocate_producer_id(&self) -> Result<i64, MetaError> {
-        let mut producers = self.producers.lock();
-        let id = producers.keys().next_back().map_or(1, |last| last + 1);
-        producers.insert(id, 0);
-        Ok(id)
+        let mut last = self.last_producer_id.lock();
+        *last += 1;
+        self.producers.lock().insert(*last, 0);
+        Ok(*last)
     }
 
     fn put_producer_epoch(&self, producer_id: i64, epoch: i16) -> Result<(), MetaError> {
@@ -63,6 +68,11 @@ impl MetaStore for MemoryMetaStore {
             .iter()
             .map(|(id, e)| (*id, *e))
             .collect())
+    }
+
+    fn forget_producer(&self, producer_id: i64) -> Result<(), MetaError> {
+        self.producers.lock().remove(&producer_id);
+        Ok(())
     }
 
     fn sync(&self) -> Result<(), MetaError> {
@@ -89,7 +99,22 @@ impl MetaStore for MemoryMetaStore {
 
     fn delete_group(&self, group: &str) -> Result<(), MetaError> {
         self.offsets.lock().retain(|(g, _, _), _| g != group);
+        self.activity.lock().remove(group);
         Ok(())
+    }
+
+    fn stage_group_activity(&self, group: &str, at_ms: i64) -> Result<(), MetaError> {
+        self.activity.lock().insert(group.to_owned(), at_ms);
+        Ok(())
+    }
+
+    fn group_activity(&self) -> Result<Vec<(String, i64)>, MetaError> {
+        Ok(self
+            .activity
+            .lock()
+            .iter()
+            .map(|(g, at)| (g.clone(), *at))
+            .collect())
     }
 
     fn groups(&self) -> Result<Vec<String>, MetaError> {

@@ -85,8 +85,11 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     fn allocate_producer_id(&self) -> Result<i64, MetaError>;
     /// Records a producer's current epoch, durably.
     fn put_producer_epoch(&self, producer_id: i64, epoch: i16) -> Result<(), MetaError>;
-    /// Every producer id handed out, with its current epoch.
+    /// Every producer id handed out and not forgotten, with its current
+    /// epoch, by id.
     fn producer_epochs(&self) -> Result<Vec<(i64, i16)>, MetaError>;
+    /// Forgets a producer id, durably; it is never handed out again.
+    fn forget_producer(&self, producer_id: i64) -> Result<(), MetaError>;
     /// Stores a group's committed offsets `(topic, partition, offset)`,
     /// all or nothing (other partitions keep theirs), but not yet durably:
     /// they are once a later `sync` returns, which lets many commits share
@@ -96,7 +99,13 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     fn sync(&self) -> Result<(), MetaError>;
     /// A group's committed offsets, by topic and partition.
     fn offsets(&self, group: &str) -> Result<Vec<(String, u32, i64)>, MetaError>;
-    /// Removes a group's committed offsets, durably; a missing group is not an error.
+    /// Records when a group was last active (a commit, or its last member
+    /// leaving), not yet durably: it is once a later `sync` returns.
+    fn stage_group_activity(&self, group: &str, at_ms: i64) -> Result<(), MetaError>;
+    /// When each group was last active, for the groups with a record of it.
+    fn group_activity(&self) -> Result<Vec<(String, i64)>, MetaError>;
+    /// Removes a group's committed offsets and its activity, durably; a
+    /// missing group is not an error.
     fn delete_group(&self, group: &str) -> Result<(), MetaError>;
     /// Every group with committed offsets, sorted.
     fn groups(&self) -> Result<Vec<String>, MetaError>;

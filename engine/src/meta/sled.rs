@@ -30,6 +30,9 @@ const OFFSETS_TREE: &str = "offsets";
 /// Topic name → deletion time (ms, 8 bytes, big-endian): deleted topics
 /// whose files may remain.
 const DELETED_TOPICS_TREE: &str = "deleted_topics";
+/// Group name → when it was last active (ms, 8 bytes, big-endian): a
+/// commit, or its last member leaving. Groups expire from it.
+const GROUP_ACTIVITY_TREE: &str = "group_activity";
 
 #[derive(Debug)]
 pub struct SledMetaStore {
@@ -38,6 +41,7 @@ pub struct SledMetaStore {
     producers: sled::Tree,
     offsets: sled::Tree,
     deleted_topics: sled::Tree,
+    group_activity: sled::Tree,
     /// sled's log file, opened once to fsync it (an fsync covers the file,
     /// whichever descriptor wrote it).
     log_file: File,
@@ -53,6 +57,7 @@ impl SledMetaStore {
         let producers = db.open_tree(PRODUCERS_TREE).map_err(store)?;
         let offsets = db.open_tree(OFFSETS_TREE).map_err(store)?;
         let deleted_topics = db.open_tree(DELETED_TOPICS_TREE).map_err(store)?;
+        let group_activity = db.open_tree(GROUP_ACTIVITY_TREE).map_err(store)?;
         db.flush().map_err(store)?;
         // What sled created at its first open must survive a power loss:
         // its files' contents and their names in the directories.
@@ -74,6 +79,7 @@ impl SledMetaStore {
             producers,
             offsets,
             deleted_topics,
+            group_activity,
             log_file,
             syncs: SyncRounds::default(),
         })
@@ -257,6 +263,13 @@ impl MetaStore for SledMetaStore {
             .collect()
     }
 
+    fn forget_producer(&self, producer_id: i64) -> Result<(), MetaError> {
+        self.producers
+            .remove(producer_id.to_be_bytes())
+            .map_err(store)?;
+        self.durable()
+    }
+
     fn stage_offsets(&self, group: &str, offsets: &[(String, u32, i64)]) -> Result<(), MetaError> {
         let mut batch = sled::Batch::default();
         for (topic, partition, offset) in offsets {
@@ -286,7 +299,31 @@ impl MetaStore for SledMetaStore {
             batch.remove(entry.map_err(store)?);
         }
         self.offsets.apply_batch(batch).map_err(store)?;
+        self.group_activity
+            .remove(group.as_bytes())
+            .map_err(store)?;
         self.durable()
+    }
+
+    fn stage_group_activity(&self, group: &str, at_ms: i64) -> Result<(), MetaError> {
+        self.group_activity
+            .insert(group.as_bytes(), &at_ms.to_be_bytes())
+            .map_err(store)?;
+        Ok(())
+    }
+
+    fn group_activity(&self) -> Result<Vec<(String, i64)>, MetaError> {
+        self.group_activity
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry.map_err(store)?;
+                let group = std::str::from_utf8(&key).map_err(|_| malformed(&key, &value))?;
+                let at = <[u8; 8]>::try_from(value.as_ref())
+                    .map(i64::from_be_bytes)
+                    .map_err(|_| malformed(&key, &value))?;
+                Ok((group.to_owned(), at))
+            })
+            .collect()
     }
 
     fn groups(&self) -> Result<Vec<String>, MetaError> {
@@ -358,6 +395,8 @@ mod tests {
                 .unwrap();
             store.stage_offsets("g2", &[("a".into(), 0, 7)]).unwrap();
             store.stage_offsets("g", &[("a".into(), 1, 11)]).unwrap();
+            store.stage_group_activity("g", 100).unwrap();
+            store.stage_group_activity("g2", 200).unwrap();
             store.sync().unwrap();
         }
         let store = SledMetaStore::open(dir.path()).unwrap();
@@ -369,8 +408,16 @@ mod tests {
             store.offsets("g").unwrap(),
             vec![("a".to_owned(), 0, 5), ("a".to_owned(), 1, 11)]
         );
+        assert_eq!(
+            store.group_activity().unwrap(),
+            vec![("g".to_owned(), 100), ("g2".to_owned(), 200)]
+        );
         store.delete_group("g").unwrap();
         assert!(store.offsets("g").unwrap().is_empty());
+        assert_eq!(
+            store.group_activity().unwrap(),
+            vec![("g2".to_owned(), 200)]
+        );
         assert_eq!(store.offsets("g2").unwrap(), vec![("a".to_owned(), 0, 7)]);
         assert_eq!(store.groups().unwrap(), vec!["g2".to_owned()]);
     }

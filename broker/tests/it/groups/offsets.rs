@@ -360,3 +360,96 @@ async fn committed_offsets_survive_a_restart() -> anyhow::Result<()> {
     assert_eq!(described.partitions[0].lag, 1);
     Ok(())
 }
+
+/// Groups made by `ResetOffsets` alone, with no member ever, must not be
+/// kept forever: they expire once inactive for the offsets' retention, as
+/// does a group whose last member left; a group with a member is kept.
+#[tokio::test]
+async fn groups_without_members_expire_after_the_offsets_retention() -> anyhow::Result<()> {
+    let mut config = BrokerConfig::default();
+    config.groups.offsets_retention = Some(Duration::from_millis(400));
+    config.groups.expiry_grace = Duration::ZERO;
+    config.retention_check_interval = Duration::from_millis(50);
+    let embedded = EmbeddedBroker::builder().config(config).start().await?;
+    let (mut clients, mut groups) = connect(&embedded, "orders", 2).await?;
+    clients.produce("orders", 0, batch("r", 3)?).await?;
+    let reset = |group: &str| ResetOffsetsRequest {
+        group: group.into(),
+        topic: "orders".into(),
+        partitions: vec![],
+        to: Some(To::Latest(true)),
+    };
+    for i in 0..50 {
+        within("reset", groups.reset_offsets(reset(&format!("spam-{i}")))).await??;
+    }
+    // A member that commits and stays.
+    let (session, joined, _) = member(&mut groups, "kept", &["orders"], 0).await?;
+    within(
+        "commit",
+        groups.commit_offsets(CommitOffsetsRequest {
+            group: "kept".into(),
+            member_id: joined.member_id.clone(),
+            generation: joined.generation,
+            offsets: vec![PartitionOffset {
+                topic: "orders".into(),
+                partition: 0,
+                offset: 3,
+            }],
+        }),
+    )
+    .await??;
+    let listed = |groups: &mut GroupServiceClient<Channel>| {
+        let mut groups = groups.clone();
+        async move {
+            let response = within("list", groups.list_groups(ListGroupsRequest {})).await??;
+            anyhow::Ok(
+                response
+                    .into_inner()
+                    .groups
+                    .into_iter()
+                    .map(|g| g.group)
+                    .collect::<BTreeSet<String>>(),
+            )
+        }
+    };
+    ensure!(listed(&mut groups).await?.len() == 51);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let names = listed(&mut groups).await?;
+        if names.len() == 1 {
+            ensure!(names.contains("kept"), "{names:?}");
+            break;
+        }
+        ensure!(Instant::now() < deadline, "groups never expired: {names:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = embedded.broker().metrics().render(embedded.broker())?;
+    ensure!(
+        !metrics.contains("spam-"),
+        "expired groups remain in /metrics"
+    );
+    // Well past the retention, the group with a member keeps its offsets.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let fetched = within(
+        "fetch offsets",
+        groups.fetch_offsets(FetchOffsetsRequest {
+            group: "kept".into(),
+            partitions: vec![tp("orders", 0)],
+        }),
+    )
+    .await??
+    .into_inner();
+    ensure!(
+        fetched.offsets.len() == 1 && fetched.offsets[0].offset == 3,
+        "{fetched:?}"
+    );
+    // The member leaves: its group expires a retention period later.
+    session.send(Kind::Leave(LeaveGroup {})).await?;
+    drop(session);
+    let deadline = Instant::now() + WAIT;
+    while !listed(&mut groups).await?.is_empty() {
+        ensure!(Instant::now() < deadline, "the left group never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
