@@ -697,8 +697,10 @@ impl PartitionLog {
                     break;
                 }
                 let size = oldest.written_bytes();
-                let over_bytes = config.retention_bytes >= 0
-                    && total.saturating_sub(size) >= config.retention_bytes as u64;
+                // While the partition holds more than the limit (the active
+                // segment is never deleted, so it alone may exceed it).
+                let over_bytes =
+                    config.retention_bytes >= 0 && total > config.retention_bytes as u64;
                 let over_age = config.retention_ms >= 0
                     && oldest.max_timestamp() < now_ms.saturating_sub(config.retention_ms);
                 if !(over_bytes || over_age) {
