@@ -144,6 +144,8 @@ impl Client {
                 .collect(),
             max_wait_ms: u32::try_from(options.max_wait.as_millis()).unwrap_or(u32::MAX),
             max_bytes: options.max_bytes,
+            // The broker keeps the response within what this client decodes.
+            max_message_bytes: u32::try_from(self.options.message_bytes_max).unwrap_or(u32::MAX),
         };
         let timeout = self.options.request_timeout + options.max_wait;
         let response = self

@@ -57,6 +57,7 @@ impl FetchService for FetchHandler {
                 specs,
                 Duration::from_millis(u64::from(request.max_wait_ms)),
                 request.max_bytes,
+                request.max_message_bytes,
             )
             .await
             .map_err(status)?;

@@ -269,6 +269,7 @@ async fn fetch_offsets_outside_the_log_are_refused() {
         }],
         max_wait_ms: 5_000,
         max_bytes: 0,
+        max_message_bytes: 0,
     };
     let status = within("long poll past the end", clients.fetch.fetch(request))
         .await
@@ -276,4 +277,71 @@ async fn fetch_offsets_outside_the_log_are_refused() {
         .unwrap_err();
     assert_status(&status, Code::OutOfRange, &["offset 1000 is out of range"]);
     assert!(clients.fetch_once(TOPIC, 0, 10).await.unwrap().is_empty());
+}
+
+/// A fetch with `max_message_bytes` never answers with more than the client
+/// can receive: batches that do not fit wait, and one that can never fit is
+/// refused with a status naming the limit instead of a response the client
+/// would fail to decode.
+#[tokio::test]
+async fn fetch_stays_within_the_clients_message_limit() -> anyhow::Result<()> {
+    let embedded = EmbeddedBroker::start().await?;
+    let mut clients = Clients::connect(embedded.endpoint()).await?;
+    clients
+        .create_topic("big", 1, TopicConfig::default())
+        .await?;
+    let small = common::sized_batch(10_000, common::now_ms())?;
+    let large = common::sized_batch(100_000, common::now_ms())?;
+    clients.produce("big", 0, small.clone()).await?;
+    clients.produce("big", 0, small.clone()).await?;
+    clients.produce("big", 0, large.clone()).await?;
+    let fetch = |offset: i64, max_bytes: u32, max_message_bytes: u32| FetchRequest {
+        partitions: vec![FetchPartition {
+            topic: "big".to_owned(),
+            partition: 0,
+            offset,
+            max_bytes: 0,
+        }],
+        max_wait_ms: 0,
+        max_bytes,
+        max_message_bytes,
+    };
+    let records = |response: tonic::Response<brook_proto::FetchResponse>| {
+        response
+            .into_inner()
+            .partitions
+            .into_iter()
+            .next()
+            .map(|p| p.records)
+            .unwrap_or_default()
+    };
+    // Room for one small batch but not two: exactly one, whole.
+    let limit = u32::try_from(small.len() + small.len() / 2)?;
+    let one = records(within("fetch", clients.fetch.fetch(fetch(0, 0, limit))).await??);
+    anyhow::ensure!(one.len() == small.len(), "{} bytes", one.len());
+    // max_bytes of 1 still returns one whole batch when it fits.
+    let one = records(within("fetch", clients.fetch.fetch(fetch(0, 1, limit))).await??);
+    anyhow::ensure!(one.len() == small.len(), "{} bytes", one.len());
+    // Without a stated limit, everything up to max_bytes.
+    let all = records(within("fetch", clients.fetch.fetch(fetch(0, 0, 0))).await??);
+    anyhow::ensure!(all.len() == 2 * small.len() + large.len());
+    // The large batch can never fit in 50 KB.
+    let status = within("fetch", clients.fetch.fetch(fetch(2, 0, 50_000)))
+        .await?
+        .expect_err("a batch larger than the client's limit is refused");
+    assert_status(
+        &status,
+        Code::InvalidArgument,
+        &[
+            "max_message_bytes",
+            "offset 2",
+            &format!("{} bytes", large.len()),
+        ],
+    );
+    // A limit too small for the framing of the response is refused.
+    let status = within("fetch", clients.fetch.fetch(fetch(0, 0, 10)))
+        .await?
+        .expect_err("a limit below the framing is refused");
+    assert_status(&status, Code::InvalidArgument, &["max_message_bytes"]);
+    Ok(())
 }

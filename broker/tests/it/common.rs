@@ -127,6 +127,7 @@ impl Clients {
             }],
             max_wait_ms: 0,
             max_bytes: 0,
+            max_message_bytes: 0,
         };
         let response = tokio::time::timeout(WAIT, self.fetch.fetch(request))
             .await

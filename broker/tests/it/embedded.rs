@@ -214,6 +214,7 @@ async fn long_poll_returns_as_soon_as_records_arrive() {
             }],
             max_wait_ms: 2_000,
             max_bytes: 0,
+            max_message_bytes: 0,
         };
         let response = poller.fetch(request).await;
         (response, started.elapsed())

@@ -8,10 +8,11 @@ use brook_broker::EmbeddedBroker;
 use tonic::transport::Channel;
 use tonic_reflection::pb::{v1, v1alpha};
 
-const EXPECTED: [&str; 4] = [
+const EXPECTED: [&str; 5] = [
     "brook.v1.AdminService",
     "brook.v1.ProduceService",
     "brook.v1.FetchService",
+    "brook.v1.GroupService",
     "grpc.health.v1.Health",
 ];
 

@@ -515,6 +515,7 @@ async fn a_fenced_producer_fails_its_records() {
             }],
             max_wait_ms: 0,
             max_bytes: 0,
+            max_message_bytes: 0,
         })
         .await
         .unwrap()

@@ -47,12 +47,16 @@ pub enum OffsetSpec {
 
 impl Broker {
     /// Returns as soon as any partition has data at its offset, or after
-    /// `max_wait` with empty results.
+    /// `max_wait` with empty results. With `max_message_bytes` (the client's
+    /// limit on a response message; 0 for none) the response fits it: a
+    /// batch that does not fit beside what is already in the response waits
+    /// for the next fetch, and one that could never fit is refused.
     pub async fn fetch(
         &self,
         specs: Vec<FetchSpec>,
         max_wait: Duration,
         max_bytes: u32,
+        max_message_bytes: u32,
     ) -> Result<Vec<Fetched>, FetchError> {
         self.metrics.fetch_requests.inc();
         let limits = &self.config.limits;
@@ -73,6 +77,7 @@ impl Broker {
         } else {
             max_bytes.min(limits.fetch_bytes_max)
         };
+        let message_room = records_room(&specs, max_message_bytes)?;
         let mut targets = Vec::with_capacity(specs.len());
         for spec in specs {
             check_offset(spec.offset)?;
@@ -97,9 +102,9 @@ impl Broker {
                 .map(|(s, p)| (s.clone(), p.log().clone()))
                 .collect();
             let fetched = if woken_at_tail {
-                read_all(&reading, max_bytes)?
+                read_all(&reading, max_bytes, message_room)?
             } else {
-                blocking(move || read_all(&reading, max_bytes)).await??
+                blocking(move || read_all(&reading, max_bytes, message_room)).await??
             };
             let has_data = fetched.iter().any(|f| !f.records.is_empty());
             if has_data || tokio::time::Instant::now() >= deadline {
@@ -188,20 +193,69 @@ fn check_offset(offset: i64) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Bytes of a fetch response's message that are not records, per
+/// partition: the `FetchedPartition` fields and their tags and lengths
+/// (besides the topic name), with room to spare.
+const FETCHED_PARTITION_FRAMING: usize = 48;
+
+/// How many bytes of records a response may hold to stay within the
+/// client's `max_message_bytes` (`None` when it states no limit).
+fn records_room(specs: &[FetchSpec], max_message_bytes: u32) -> Result<Option<usize>, Invalid> {
+    if max_message_bytes == 0 {
+        return Ok(None);
+    }
+    let framing: usize = specs
+        .iter()
+        .map(|s| s.topic.len() + FETCHED_PARTITION_FRAMING)
+        .sum();
+    match (max_message_bytes as usize).checked_sub(framing) {
+        Some(room) if room > 0 => Ok(Some(room)),
+        _ => Err(Invalid::new(
+            "max_message_bytes",
+            format!(
+                "{max_message_bytes} bytes cannot hold even an empty response for {} partitions ({framing} bytes)",
+                specs.len()
+            ),
+        )),
+    }
+}
+
+/// The length of the longest run of whole batches at the start of
+/// `records` that fits in `room` bytes, and the first batch's length.
+fn whole_batches_within(records: &[u8], room: usize) -> (usize, usize) {
+    let mut end = 0;
+    let mut first = 0;
+    while let Some(len) = records.get(end..).and_then(brook_record::batch_total_len) {
+        if first == 0 {
+            first = len;
+        }
+        if len == 0 || end + len > room {
+            break;
+        }
+        end += len;
+    }
+    (end, first)
+}
+
 /// Reads each partition in turn until the response budget is spent.
 fn read_all(
     targets: &[(FetchSpec, Arc<PartitionLog>)],
     max_bytes: u32,
+    message_room: Option<usize>,
 ) -> Result<Vec<Fetched>, FetchError> {
     let mut budget = max_bytes as usize;
+    let mut room_left = message_room;
     let mut fetched = Vec::with_capacity(targets.len());
     for (spec, log) in targets {
         // 0 means no limit for the partition beyond the response's.
-        let want = match spec.max_bytes {
+        let mut want = match spec.max_bytes {
             0 => budget,
             max => (max as usize).min(budget),
         };
-        let read = if budget == 0 {
+        if let Some(room) = room_left {
+            want = want.min(room);
+        }
+        let read = if want == 0 {
             Ok(brook_storage::ReadResult {
                 records: Bytes::new(),
                 high_watermark: log.high_watermark(),
@@ -210,7 +264,26 @@ fn read_all(
         } else {
             log.read(spec.offset, want)
         };
-        let read = read.map_err(|e| PartitionError::from_log(&spec.topic, spec.partition, e))?;
+        let mut read =
+            read.map_err(|e| PartitionError::from_log(&spec.topic, spec.partition, e))?;
+        if let (Some(room), Some(whole_room)) = (room_left.as_mut(), message_room) {
+            // A read returns at least one batch, however large: keep what
+            // fits the client's message limit. A batch that does not fit
+            // even in an otherwise empty response can never be delivered.
+            let (fits, first) = whole_batches_within(&read.records, *room);
+            if fits == 0 && first > whole_room {
+                return Err(Invalid::new(
+                    "max_message_bytes",
+                    format!(
+                        "the batch at offset {} of topic `{}` partition {} is {first} bytes, more than a response within max_message_bytes can hold: raise the client's message limit",
+                        spec.offset, spec.topic, spec.partition
+                    ),
+                )
+                .into());
+            }
+            read.records = read.records.slice(..fits);
+            *room -= fits;
+        }
         budget = budget.saturating_sub(read.records.len());
         fetched.push(Fetched {
             topic: spec.topic.clone(),
