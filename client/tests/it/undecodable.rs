@@ -274,3 +274,28 @@ async fn under_skip_a_group_member_reports_in_order_and_commits_past_the_last_ba
         .expect("run does not panic")
         .expect("run ends cleanly");
 }
+
+#[tokio::test]
+async fn under_skip_a_group_member_read_as_a_stream_reports_in_order() {
+    let (_dir, broker) = broker_with_undecodable_batches().await;
+    let seen: Seen = Arc::default();
+    let mut member = join(&broker, "streams", UndecodablePolicy::Skip)
+        .await
+        .on_skipped(skipped(&seen));
+    for _ in 0..6 {
+        let consumed = timeout(LIMIT, member.recv())
+            .await
+            .expect("in time")
+            .expect("the stream goes on")
+            .expect("a record, not an error");
+        seen.lock().push(format!("r{}", consumed.record.offset));
+    }
+    let deadline = Instant::now() + LIMIT;
+    while member.skipped_batches() < 2 {
+        assert!(Instant::now() < deadline, "the last batch was not skipped");
+        let _ = timeout(Duration::from_millis(50), member.recv()).await;
+    }
+    assert_eq!(*seen.lock(), everything_in_order());
+    assert_eq!(member.skipped_records(), 6);
+    member.close().await.expect("close");
+}
