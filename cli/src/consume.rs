@@ -2,17 +2,19 @@
 //! topic's partitions (or one) with long-poll fetches that cover every
 //! partition at once; or, with `--group`, the partitions the group gives
 //! this member, committing what was printed (at least once: a record is
-//! committed only after its line was written out).
+//! committed only after its line was written out). With
+//! `--skip-undecodable`, a batch whose records do not decode is skipped,
+//! named on stderr, and (with a group) committed past like a printed one.
 
 use std::collections::BTreeMap;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use brook_client::{
     Client, FetchOptions, FetchTarget, GroupClient, GroupConfig, GroupConsumer, OffsetReset,
-    OffsetSpec, PartitionOffset,
+    OffsetSpec, PartitionOffset, SkippedBatch, UndecodablePolicy,
 };
 use clap::Args;
 use tokio::time::Instant;
@@ -49,6 +51,23 @@ pub struct ConsumeArgs {
     /// Stop after this long without a new record (default: run until Ctrl-C).
     #[arg(long, value_name = "MS")]
     idle_timeout_ms: Option<u64>,
+
+    /// Skip a batch whose records do not decode instead of failing on it:
+    /// its offset range is printed to stderr and consuming goes on (with
+    /// `--group`, the commit moves past it). A batch whose header is
+    /// damaged too still fails.
+    #[arg(long)]
+    skip_undecodable: bool,
+}
+
+impl ConsumeArgs {
+    fn undecodable(&self) -> UndecodablePolicy {
+        if self.skip_undecodable {
+            UndecodablePolicy::Skip
+        } else {
+            UndecodablePolicy::Stop
+        }
+    }
 }
 
 pub async fn run(client: &GroupClient, args: ConsumeArgs) -> anyhow::Result<()> {
@@ -79,7 +98,8 @@ async fn run_partitions(client: &Client, args: &ConsumeArgs) -> anyhow::Result<(
         };
         let options = FetchOptions::default()
             .with_max_bytes(FETCH_BYTES_MAX)
-            .with_max_wait(wait);
+            .with_max_wait(wait)
+            .with_undecodable(args.undecodable());
         let fetched = tokio::select! {
             fetched = client.fetch_many(&targets, options) => fetched?,
             signal = &mut interrupted => {
@@ -90,6 +110,9 @@ async fn run_partitions(client: &Client, args: &ConsumeArgs) -> anyhow::Result<(
         let mut printed_any = false;
         'partitions: for (target, fetched) in targets.iter_mut().zip(fetched) {
             target.offset = fetched.result.next_offset;
+            if let Some(skipped) = &fetched.result.skipped {
+                report_skipped(skipped);
+            }
             for record in fetched.result.records {
                 if remaining == Some(0) {
                     break 'partitions;
@@ -125,14 +148,26 @@ async fn run_group(client: &GroupClient, group: String, args: &ConsumeArgs) -> a
             OffsetReset::Earliest
         } else {
             OffsetReset::Latest
-        });
+        })
+        .with_undecodable(args.undecodable());
+    let mut printed = Printed::default();
+    let skipped = printed.skipped.clone();
     let mut member = GroupConsumer::join(client.clone(), config)
         .await
-        .with_context(|| format!("join group {group}"))?;
+        .with_context(|| format!("join group {group}"))?
+        // Called as the stream passes the batch: the records before it were
+        // handed out, so printed, already.
+        .on_skipped(move |batch| {
+            report_skipped(batch);
+            let mut skipped = skipped.lock().unwrap_or_else(PoisonError::into_inner);
+            let next = skipped
+                .entry((batch.topic.clone(), batch.partition))
+                .or_default();
+            *next = (*next).max(batch.last_offset + 1);
+        });
     let idle_timeout = args.idle_timeout_ms.map(Duration::from_millis);
     let mut remaining = args.count;
     let mut out = io::BufWriter::new(io::stdout());
-    let mut printed = Printed::default();
     let mut last_record = Instant::now();
     let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
     let result = loop {
@@ -185,20 +220,35 @@ async fn run_group(client: &GroupClient, group: String, args: &ConsumeArgs) -> a
     result
 }
 
-/// Offsets printed and not yet committed, per partition.
+/// The next offset to commit, per topic and partition.
+type NextOffsets = BTreeMap<(Arc<str>, u32), i64>;
+
+/// Offsets printed (or skipped) and not yet committed, per partition.
 #[derive(Default)]
 struct Printed {
-    next: BTreeMap<(Arc<str>, u32), i64>,
+    next: NextOffsets,
+    /// The offsets after batches skipped, from the member's callback.
+    skipped: Arc<Mutex<NextOffsets>>,
 }
 
 impl Printed {
     fn add(&mut self, topic: Arc<str>, partition: u32, offset: i64) {
-        self.next.insert((topic, partition), offset + 1);
+        self.advance(topic, partition, offset + 1);
+    }
+
+    fn advance(&mut self, topic: Arc<str>, partition: u32, next: i64) {
+        let at = self.next.entry((topic, partition)).or_default();
+        *at = (*at).max(next);
     }
 
     /// Commits them. A partition the group moved meanwhile is not an
     /// error: its new owner prints its records again from the last commit.
     async fn commit(&mut self, member: &GroupConsumer) -> anyhow::Result<()> {
+        let skipped =
+            std::mem::take(&mut *self.skipped.lock().unwrap_or_else(PoisonError::into_inner));
+        for ((topic, partition), next) in skipped {
+            self.advance(topic, partition, next);
+        }
         if self.next.is_empty() {
             return Ok(());
         }
@@ -219,6 +269,19 @@ impl Printed {
             Err(error) => Err(anyhow::Error::new(error).context("commit offsets")),
         }
     }
+}
+
+/// Names a skipped batch on stderr; stdout keeps only record values.
+fn report_skipped(batch: &SkippedBatch) {
+    eprintln!(
+        "skipped {}/{} offsets {}..={} ({} records): {}",
+        batch.topic,
+        batch.partition,
+        batch.base_offset,
+        batch.last_offset,
+        batch.records(),
+        batch.reason
+    );
 }
 
 /// Each partition to read, at its starting offset.

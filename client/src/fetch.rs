@@ -7,7 +7,8 @@
 //! batch at a time, however well the batches compressed. A batch that does
 //! not decode never costs the records before it: decoding stops at it, and
 //! it is an error (naming its partition and offset) only once it is the
-//! first batch to decode.
+//! first batch to decode, or, under [`UndecodablePolicy::Skip`] with a
+//! sound header, a [`SkippedBatch`] ahead of the records after it.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use tonic::Streaming;
 
 use crate::client::Client;
 use crate::error::{ClientError, StatusCode};
+use crate::undecodable::{SkippedBatch, UndecodablePolicy};
 
 /// Bytes of records the broker pushes per subscription message.
 pub const SUBSCRIBE_MAX_BYTES: u32 = 1024 * 1024;
@@ -36,14 +38,18 @@ pub struct FetchOptions {
     pub max_bytes: u32,
     /// How long the broker waits for data when there is none; zero returns at once.
     pub max_wait: Duration,
+    /// What to do when a partition's first batch does not decode: fail the
+    /// fetch, or skip the batch ([`FetchResult::skipped`]).
+    pub undecodable: UndecodablePolicy,
 }
 
 impl Default for FetchOptions {
-    /// 1 MiB, and a 500 ms long-poll.
+    /// 1 MiB, a 500 ms long-poll, and a batch that does not decode fails the fetch.
     fn default() -> Self {
         Self {
             max_bytes: brook_record::protocol::FETCH_BYTES_DEFAULT,
             max_wait: brook_record::protocol::FETCH_WAIT_DEFAULT,
+            undecodable: UndecodablePolicy::Stop,
         }
     }
 }
@@ -58,11 +64,15 @@ pub struct FetchResult {
     pub high_watermark: i64,
     /// The partition's first retained offset.
     pub log_start_offset: i64,
-    /// Where to fetch next: one past the last batch decoded, or the offset
-    /// asked for when nothing was. Decoding stops early at a batch that does
-    /// not decode (the next fetch starts with it, and fails on it) and once
-    /// about `max_bytes` of records are decoded.
+    /// Where to fetch next: one past the last batch decoded (or skipped),
+    /// or the offset asked for when nothing was. Decoding stops early at a
+    /// batch that does not decode (the next fetch starts with it, and fails
+    /// on it or skips it) and once about `max_bytes` of records are decoded.
     pub next_offset: i64,
+    /// Under [`UndecodablePolicy::Skip`]: the first batch fetched, which
+    /// did not decode and was skipped. Its offsets come before every record
+    /// of `records`.
+    pub skipped: Option<SkippedBatch>,
 }
 
 /// One partition of a [`Client::fetch_many`].
@@ -126,7 +136,9 @@ impl Client {
     /// busy partitions should rotate them between calls.
     ///
     /// Fails with `DATA_LOSS` if a partition's first batch does not decode;
-    /// the message names the partition and the offset.
+    /// the message names the partition and the offset. Under
+    /// [`UndecodablePolicy::Skip`] such a batch is skipped instead when its
+    /// header is sound ([`FetchResult::skipped`]).
     pub async fn fetch_many(
         &self,
         targets: &[FetchTarget],
@@ -174,21 +186,23 @@ impl Client {
                         target.topic, target.partition, fetched.topic, fetched.partition
                     )));
                 }
-                let (records, next_offset) = decode_from(
+                let decoded = decode_from(
                     &fetched.topic,
                     fetched.partition,
                     fetched.records,
                     target.offset,
+                    options.undecodable,
                     &mut budget,
                 )?;
                 Ok(PartitionFetch {
                     topic: fetched.topic,
                     partition: fetched.partition,
                     result: FetchResult {
-                        records,
+                        records: decoded.records,
                         high_watermark: fetched.high_watermark,
                         log_start_offset: fetched.log_start_offset,
-                        next_offset,
+                        next_offset: decoded.next_offset,
+                        skipped: decoded.skipped,
                     },
                 })
             })
@@ -255,33 +269,59 @@ impl Client {
     }
 }
 
+/// What [`decode_from`] made of one partition's bytes.
+#[derive(Debug)]
+struct Decoded {
+    records: Vec<Record>,
+    next_offset: i64,
+    skipped: Option<SkippedBatch>,
+}
+
 /// Decodes the concatenated batches fetched from `topic`/`partition` at
 /// `offset`, keeping records at or after `offset`; also returns the offset
 /// after the last batch decoded (or `offset` if none).
 ///
 /// Stops at a batch that does not decode, returning what came before it
-/// (the next fetch starts with it); fails only if it is the first batch.
-/// Takes the bytes of the records it decodes from `budget`, and stops,
-/// after the first batch (so every partition makes progress), once the
-/// budget is spent: compressed batches may decode to many times the bytes
-/// fetched.
+/// (the next fetch starts with it). If it is the first batch, it fails,
+/// unless `policy` is to skip and the batch's header is sound: then the
+/// batch is skipped and decoding goes on after it. Takes the bytes of the
+/// records it decodes from `budget`, and stops, after the first batch (so
+/// every partition makes progress), once the budget is spent: compressed
+/// batches may decode to many times the bytes fetched.
 fn decode_from(
     topic: &str,
     partition: u32,
     records: Bytes,
     offset: i64,
+    policy: UndecodablePolicy,
     budget: &mut usize,
-) -> Result<(Vec<Record>, i64), ClientError> {
+) -> Result<Decoded, ClientError> {
     let mut kept = Vec::new();
     let mut next_offset = offset;
+    let mut skipped = None;
     for (index, batch) in split_batches(records).enumerate() {
         if index > 0 && *budget == 0 {
             break;
         }
-        let (header, decoded) = match batch.and_then(|batch| decode_batch(&batch)) {
+        let decoded = match &batch {
+            Ok(batch) => decode_batch(batch),
+            Err(error) => Err(error.clone()),
+        };
+        let (header, decoded) = match decoded {
             Ok(decoded) => decoded,
             Err(error) if index == 0 => {
-                return Err(undecodable(topic, partition, next_offset, error));
+                let skip = match (&batch, policy) {
+                    (Ok(batch), UndecodablePolicy::Skip) => {
+                        SkippedBatch::of(topic, partition, next_offset, batch, &error)
+                    }
+                    _ => None,
+                };
+                let Some(skip) = skip else {
+                    return Err(undecodable(topic, partition, next_offset, error));
+                };
+                next_offset = skip.last_offset.saturating_add(1);
+                skipped = Some(skip);
+                continue;
             }
             // Where the bad batch starts (its own header may be the bad
             // part): the next fetch starts there and reports it.
@@ -294,7 +334,11 @@ fn decode_from(
         *budget = budget.saturating_sub(decoded_bytes);
         kept.extend(decoded.into_iter().filter(|r| r.offset >= offset));
     }
-    Ok((kept, next_offset))
+    Ok(Decoded {
+        records: kept,
+        next_offset,
+        skipped,
+    })
 }
 
 /// The bytes a decoded record holds: key, value and headers.
@@ -406,6 +450,7 @@ impl Stream for Subscription {
 setters!(FetchOptions {
     with_max_bytes => max_bytes: u32,
     with_max_wait => max_wait: Duration,
+    with_undecodable => undecodable: UndecodablePolicy,
 });
 
 #[cfg(test)]
@@ -465,15 +510,25 @@ mod tests {
             garbage(2),
             batch(5, 1, 10, Compression::None),
         ]);
-        let (records, next_offset) = decode_from("t", 3, fetched, 1, &mut { usize::MAX }).unwrap();
-        assert_eq!(offsets(&records), [1]);
-        assert_eq!(next_offset, 2, "the next fetch starts at the bad batch");
+        for policy in [UndecodablePolicy::Stop, UndecodablePolicy::Skip] {
+            let decoded =
+                decode_from("t", 3, fetched.clone(), 1, policy, &mut { usize::MAX }).unwrap();
+            assert_eq!(offsets(&decoded.records), [1]);
+            assert_eq!(
+                decoded.next_offset, 2,
+                "the next fetch starts at the bad batch"
+            );
+            assert_eq!(decoded.skipped, None);
+        }
     }
 
     #[test]
     fn a_bad_first_batch_is_an_error_naming_partition_and_offset() {
         let fetched = concat(&[garbage(2), batch(5, 1, 10, Compression::None)]);
-        let error = decode_from("t", 3, fetched, 2, &mut { usize::MAX }).unwrap_err();
+        let error = decode_from("t", 3, fetched, 2, UndecodablePolicy::Stop, &mut {
+            usize::MAX
+        })
+        .unwrap_err();
         assert_eq!(error.code(), Some(StatusCode::DataLoss));
         assert!(!error.is_retryable());
         assert!(error.to_string().contains("t/3 at offset 2"), "{error}");
@@ -494,13 +549,45 @@ mod tests {
         ]);
         assert!(fetched.len() < 10 * 1024);
         let mut budget = 150 * 1024;
-        let (records, next_offset) = decode_from("t", 0, fetched.clone(), 0, &mut budget).unwrap();
-        assert_eq!(records.len(), 20);
-        assert_eq!(next_offset, 20);
+        let stop = UndecodablePolicy::Stop;
+        let decoded = decode_from("t", 0, fetched.clone(), 0, stop, &mut budget).unwrap();
+        assert_eq!(decoded.records.len(), 20);
+        assert_eq!(decoded.next_offset, 20);
         assert_eq!(budget, 0);
         // A spent budget still decodes one batch: every partition moves.
-        let (records, next_offset) = decode_from("t", 1, fetched, 0, &mut budget).unwrap();
-        assert_eq!(records.len(), 10);
-        assert_eq!(next_offset, 10);
+        let decoded = decode_from("t", 1, fetched, 0, stop, &mut budget).unwrap();
+        assert_eq!(decoded.records.len(), 10);
+        assert_eq!(decoded.next_offset, 10);
+    }
+
+    #[test]
+    fn a_bad_first_batch_is_skipped_under_skip_and_decoding_goes_on_after_it() {
+        let fetched = concat(&[
+            garbage(2),
+            batch(5, 2, 10, Compression::None),
+            garbage(7),
+            batch(10, 1, 10, Compression::None),
+        ]);
+        let skip = UndecodablePolicy::Skip;
+        let decoded = decode_from("t", 3, fetched, 3, skip, &mut { usize::MAX }).unwrap();
+        let skipped = decoded.skipped.expect("the first batch is skipped");
+        assert_eq!((&*skipped.topic, skipped.partition), ("t", 3));
+        assert_eq!((skipped.base_offset, skipped.last_offset), (2, 4));
+        assert_eq!(skipped.records(), 3);
+        assert_eq!(offsets(&decoded.records), [5, 6]);
+        assert_eq!(
+            decoded.next_offset, 7,
+            "the next fetch starts at the next bad batch"
+        );
+    }
+
+    #[test]
+    fn a_bad_first_batch_with_a_broken_header_fails_even_under_skip() {
+        let mut bad = garbage(2);
+        bad[20] ^= 1; // last_offset_delta, covered by the CRC
+        let fetched = concat(&[bad, batch(5, 1, 10, Compression::None)]);
+        let skip = UndecodablePolicy::Skip;
+        let error = decode_from("t", 3, fetched, 2, skip, &mut { usize::MAX }).unwrap_err();
+        assert_eq!(error.code(), Some(StatusCode::DataLoss));
     }
 }

@@ -63,6 +63,7 @@ pub mod resilience;
 mod stream;
 #[cfg(feature = "otel")]
 pub mod trace;
+mod undecodable;
 
 pub use admin::{PartitionDescription, TopicConfig, TopicDescription, TopicSettings, TopicSummary};
 pub use brook_record::{BatchOptions, Compression, Header, NewRecord, Record};
@@ -98,3 +99,4 @@ pub use resilience::{Backoff, CircuitBreakerConfig, CircuitState};
 pub use stream::{PendingAck, ProduceStream};
 #[cfg(feature = "otel")]
 pub use trace::{record_span, traceparent_header};
+pub use undecodable::{SkippedBatch, UndecodablePolicy};

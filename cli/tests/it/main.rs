@@ -8,3 +8,4 @@ mod crash;
 mod groups;
 mod operations;
 mod recover;
+mod undecodable;

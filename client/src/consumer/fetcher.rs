@@ -21,6 +21,7 @@ use super::{ConsumerConfig, OffsetReset};
 use crate::client::Client;
 use crate::error::{ClientError, ErrorKind};
 use crate::fetch::{FetchOptions, FetchTarget, OffsetSpec, PartitionFetch};
+use crate::undecodable::SkippedBatch;
 
 /// What one fetch round queues for the stream.
 #[derive(Debug)]
@@ -37,6 +38,13 @@ pub(crate) enum Item {
         cell: Arc<PartitionCell>,
         epoch: u64,
         records: std::vec::IntoIter<Record>,
+    },
+    /// A batch that did not decode was skipped (its records come before
+    /// the partition's next `Records`): the position moves past it.
+    Skipped {
+        cell: Arc<PartitionCell>,
+        epoch: u64,
+        batch: SkippedBatch,
     },
     /// The fetch offset was reset (out of range): the position moves there,
     /// after the records queued before the reset were handed out.
@@ -172,6 +180,7 @@ impl Fetcher {
         let options = FetchOptions {
             max_bytes: self.config.max_bytes,
             max_wait: self.config.max_wait,
+            undecodable: self.config.undecodable,
         };
         let fetched = tokio::select! {
             fetched = self.client.fetch_many(&request, options) => fetched,
@@ -211,6 +220,13 @@ impl Fetcher {
             }
             cursor.fetch = FetchFrom::At(fetched.result.next_offset);
             drop(cursor);
+            if let Some(batch) = fetched.result.skipped {
+                items.push(Item::Skipped {
+                    cell: target.cell.clone(),
+                    epoch: target.epoch,
+                    batch,
+                });
+            }
             if !fetched.result.records.is_empty() {
                 items.push(Item::Records {
                     cell: target.cell.clone(),
@@ -231,6 +247,7 @@ impl Fetcher {
         let options = FetchOptions {
             max_bytes: 1,
             max_wait: Duration::ZERO,
+            undecodable: self.config.undecodable,
         };
         for target in targets {
             let probed = self

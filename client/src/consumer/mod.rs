@@ -9,7 +9,8 @@
 //! Invariants: at most `prefetch` fetched chunks are held (queued, being
 //! handed out, or being fetched); a record is handed out at most once per
 //! seek, in offset order per partition, and never below the partition's
-//! position.
+//! position. A skipped batch (see `crate::undecodable`) is handed out in
+//! the same order, as a [`Delivery`], and moves the position past it.
 
 mod cursor;
 mod fetcher;
@@ -17,8 +18,9 @@ mod fetcher;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
+use std::{fmt, future};
 
 use brook_record::Record;
 use futures::Stream;
@@ -30,6 +32,7 @@ use self::fetcher::{Chunk, Fetcher, Item};
 use crate::client::Client;
 use crate::error::ClientError;
 use crate::fetch::OffsetSpec;
+use crate::undecodable::{SkipCounters, SkippedBatch, SkippedCallback, UndecodablePolicy};
 
 /// Where a partition's consumption starts when it has no valid offset: when
 /// it is newly assigned and not sought, or when its offset is out of range
@@ -68,11 +71,16 @@ pub struct ConsumerConfig {
     pub retry_backoff: Duration,
     /// The longest wait between retries.
     pub retry_backoff_max: Duration,
+    /// What to do with a batch whose records do not decode: stop the
+    /// partition there (an error on the stream), or skip it (see
+    /// [`Consumer::on_skipped`]).
+    pub undecodable: UndecodablePolicy,
 }
 
 impl Default for ConsumerConfig {
     /// 1 MiB fetches, a 500 ms long poll, 4 chunks prefetched, reset to
-    /// latest, retries after 100 ms up to 5 s.
+    /// latest, retries after 100 ms up to 5 s, a batch that does not
+    /// decode stops its partition.
     fn default() -> Self {
         Self {
             max_bytes: brook_record::protocol::FETCH_BYTES_DEFAULT,
@@ -81,6 +89,7 @@ impl Default for ConsumerConfig {
             auto_offset_reset: OffsetReset::Latest,
             retry_backoff: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(5),
+            undecodable: UndecodablePolicy::Stop,
         }
     }
 }
@@ -108,6 +117,14 @@ pub struct ConsumedRecord {
     pub partition: u32,
     /// The record, decoded (and decompressed).
     pub record: Record,
+}
+
+/// What the consumer hands out next on a partition: a record, or a batch
+/// it skipped.
+#[derive(Debug)]
+pub(crate) enum Delivery {
+    Record(ConsumedRecord),
+    Skipped(SkippedBatch),
 }
 
 /// Why a [`Consumer`] call failed.
@@ -139,8 +156,12 @@ pub enum ConsumerError {
 /// yielded, if its partition was sought or unassigned after it happened: it
 /// is about offsets no longer asked for. The stream never ends by itself.
 ///
-/// [`Consumer::position`] is the offset after the last record handed out,
-/// which is what to commit or to resume from.
+/// [`Consumer::position`] is the offset after the last record handed out
+/// (or batch skipped), which is what to commit or to resume from.
+///
+/// A batch whose records do not decode stops its partition with a
+/// `DATA_LOSS` error, or, under [`UndecodablePolicy::Skip`], is skipped:
+/// see [`Consumer::on_skipped`].
 ///
 /// ```no_run
 /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -158,7 +179,6 @@ pub enum ConsumerError {
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug)]
 #[must_use = "a consumer does nothing unless its stream is polled"]
 pub struct Consumer {
     client: Client,
@@ -170,6 +190,18 @@ pub struct Consumer {
     /// The chunk being handed out.
     current: Option<Chunk>,
     fetcher: JoinHandle<()>,
+    skipped: Arc<SkipCounters>,
+    on_skipped: Option<SkippedCallback>,
+}
+
+impl fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("config", &self.config)
+            .field("assignment", &self.assignment())
+            .field("skipped", &self.skipped)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Consumer {
@@ -207,7 +239,36 @@ impl Consumer {
             chunks,
             current: None,
             fetcher,
+            skipped: Arc::new(SkipCounters::default()),
+            on_skipped: None,
         }
+    }
+
+    /// Calls `callback` with each batch skipped under
+    /// [`UndecodablePolicy::Skip`], as the stream passes it: after the
+    /// partition's records before it, before those after it. By then the
+    /// position is past the batch, it was counted
+    /// ([`Self::skipped_batches`]) and logged as a warning.
+    pub fn on_skipped(mut self, callback: impl Fn(&SkippedBatch) + Send + Sync + 'static) -> Self {
+        self.on_skipped = Some(Arc::new(callback));
+        self
+    }
+
+    /// Batches skipped because their records did not decode, since the
+    /// consumer was made.
+    pub fn skipped_batches(&self) -> u64 {
+        self.skipped.batches()
+    }
+
+    /// Records (offsets) in those batches.
+    pub fn skipped_records(&self) -> u64 {
+        self.skipped.records()
+    }
+
+    /// The counters behind [`Self::skipped_batches`], for a group member
+    /// that reads them while its consumer is busy.
+    pub(crate) fn skip_counters(&self) -> Arc<SkipCounters> {
+        self.skipped.clone()
     }
 
     /// The settings this consumer was made with.
@@ -305,8 +366,8 @@ impl Consumer {
         self.client.list_offsets(topic, partition, spec).await
     }
 
-    /// The next record or error of the current chunk, if it has one.
-    fn next_from_current(&mut self) -> Option<Result<ConsumedRecord, ClientError>> {
+    /// The next record, skipped batch or error of the current chunk, if it has one.
+    fn next_from_current(&mut self) -> Option<Result<Delivery, ClientError>> {
         let chunk = self.current.as_mut()?;
         loop {
             if let Item::Records {
@@ -320,11 +381,11 @@ impl Consumer {
                     for record in records.by_ref() {
                         if cursor.position.is_none_or(|at| record.offset >= at) {
                             cursor.position = Some(record.offset + 1);
-                            return Some(Ok(ConsumedRecord {
+                            return Some(Ok(Delivery::Record(ConsumedRecord {
                                 topic: cell.topic.clone(),
                                 partition: cell.partition,
                                 record,
-                            }));
+                            })));
                         }
                     }
                 }
@@ -332,6 +393,18 @@ impl Consumer {
             // The first item is exhausted, stale, or not records: take it.
             match chunk.items.pop_front()? {
                 Item::Records { .. } => {}
+                Item::Skipped { cell, epoch, batch } => {
+                    let mut cursor = cell.cursor.lock();
+                    if cursor.assigned
+                        && cursor.epoch == epoch
+                        && cursor.position.is_none_or(|at| at <= batch.last_offset)
+                    {
+                        cursor.position = Some(batch.last_offset + 1);
+                        drop(cursor);
+                        self.skipped.count(&batch);
+                        return Some(Ok(Delivery::Skipped(batch)));
+                    }
+                }
                 Item::Reset {
                     cell,
                     epoch,
@@ -355,21 +428,49 @@ impl Consumer {
     }
 }
 
+impl Consumer {
+    /// The next record or skipped batch, without calling
+    /// [`Self::on_skipped`]'s callback: a group member reports skips itself,
+    /// in order with its handlers.
+    pub(crate) fn poll_delivery(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Delivery, ClientError>>> {
+        loop {
+            if let Some(item) = self.next_from_current() {
+                return Poll::Ready(Some(item));
+            }
+            // Dropping the exhausted chunk frees its prefetch slot.
+            self.current = None;
+            match self.chunks.poll_recv(cx) {
+                Poll::Ready(Some(chunk)) => self.current = Some(chunk),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// [`Self::poll_delivery`] as a future; cancel-safe.
+    pub(crate) async fn next_delivery(&mut self) -> Option<Result<Delivery, ClientError>> {
+        future::poll_fn(|cx| self.poll_delivery(cx)).await
+    }
+}
+
 impl Stream for Consumer {
     type Item = Result<ConsumedRecord, ClientError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
-            if let Some(item) = this.next_from_current() {
-                return Poll::Ready(Some(item));
-            }
-            // Dropping the exhausted chunk frees its prefetch slot.
-            this.current = None;
-            match this.chunks.poll_recv(cx) {
-                Poll::Ready(Some(chunk)) => this.current = Some(chunk),
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
+            match ready!(this.poll_delivery(cx)) {
+                Some(Ok(Delivery::Record(record))) => return Poll::Ready(Some(Ok(record))),
+                Some(Ok(Delivery::Skipped(batch))) => {
+                    if let Some(callback) = &this.on_skipped {
+                        callback(&batch);
+                    }
+                }
+                Some(Err(error)) => return Poll::Ready(Some(Err(error))),
+                None => return Poll::Ready(None),
             }
         }
     }
@@ -388,6 +489,7 @@ setters!(ConsumerConfig {
     with_auto_offset_reset => auto_offset_reset: OffsetReset,
     with_retry_backoff => retry_backoff: Duration,
     with_retry_backoff_max => retry_backoff_max: Duration,
+    with_undecodable => undecodable: UndecodablePolicy,
 });
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::consumer::{ConsumerConfig, OffsetReset};
 use crate::resilience::Backoff;
+use crate::undecodable::UndecodablePolicy;
 
 /// What becomes of a record whose handler failed `handler_retries + 1` times.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -77,13 +78,20 @@ pub struct GroupConfig {
     pub retry_backoff: Backoff,
     /// What to do with a record whose handler kept failing.
     pub failure_policy: FailurePolicy,
+    /// What to do with a batch whose records do not decode, in both ways
+    /// of consuming: stop (the stream yields the `DATA_LOSS` error, `run`
+    /// returns it) or skip it (reported to
+    /// [`super::GroupConsumer::on_skipped`]; `run` counts its offsets as
+    /// done, so the next commit moves past it).
+    pub undecodable: UndecodablePolicy,
 }
 
 impl GroupConfig {
     /// The defaults: 10 s session timeout, reset to latest, commits every
     /// second, 1 MiB fetches with a 500 ms long poll and 4 prefetched, 256
     /// records queued per partition, 16 handlers at once, no handler retries,
-    /// [`FailurePolicy::Fail`].
+    /// [`FailurePolicy::Fail`], and a batch that does not decode stops the
+    /// member ([`UndecodablePolicy::Stop`]).
     pub fn new<T: Into<String>>(
         group: impl Into<String>,
         topics: impl IntoIterator<Item = T>,
@@ -108,6 +116,7 @@ impl GroupConfig {
                 multiplier: 2.0,
             },
             failure_policy: FailurePolicy::Fail,
+            undecodable: UndecodablePolicy::Stop,
         }
     }
 
@@ -120,6 +129,7 @@ impl GroupConfig {
             auto_offset_reset: self.auto_offset_reset,
             retry_backoff: self.retry_backoff.initial,
             retry_backoff_max: self.retry_backoff.max,
+            undecodable: self.undecodable,
         }
     }
 
@@ -166,6 +176,7 @@ setters!(GroupConfig {
     with_handler_retries => handler_retries: u32,
     with_retry_backoff => retry_backoff: Backoff,
     with_failure_policy => failure_policy: FailurePolicy,
+    with_undecodable => undecodable: UndecodablePolicy,
 });
 
 #[cfg(test)]
@@ -181,6 +192,11 @@ mod tests {
         assert_eq!(
             config.consumer_config().auto_offset_reset,
             config.auto_offset_reset
+        );
+        let skipping = config.with_undecodable(UndecodablePolicy::Skip);
+        assert_eq!(
+            skipping.consumer_config().undecodable,
+            UndecodablePolicy::Skip
         );
     }
 

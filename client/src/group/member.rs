@@ -14,7 +14,6 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tokio::time::timeout;
@@ -22,9 +21,10 @@ use tokio::time::timeout;
 use super::client::{GroupClient, PartitionOffset, TopicPartition};
 use super::error::GroupError;
 use super::session::{Latest, SessionCommand, SessionEvent};
-use crate::consumer::{ConsumedRecord, Consumer, SeekTo};
+use crate::consumer::{ConsumedRecord, Consumer, Delivery, SeekTo};
 use crate::error::ClientError;
 use crate::resilience::Backoff;
+use crate::undecodable::SkippedCallback;
 
 /// Attempts of a `FetchOffsets` call during a rebalance before giving up.
 const FETCH_OFFSETS_ATTEMPTS: u32 = 5;
@@ -44,6 +44,7 @@ pub(crate) struct Callbacks {
     pub assigned: Option<PartitionsCallback>,
     pub revoked: Option<PartitionsCallback>,
     pub committed: Option<OffsetsCallback>,
+    pub skipped: Option<SkippedCallback>,
 }
 
 /// How a consumer is asked to stop.
@@ -189,7 +190,8 @@ pub(crate) struct Member {
 
 impl Member {
     /// The stream's next item: a record, or the error that stopped a
-    /// partition or the member; session events are dealt with on the way.
+    /// partition or the member; session events and skipped batches (their
+    /// callback) are dealt with on the way.
     /// `None` once the member was asked to stop or its session ended.
     pub async fn next_record(&mut self) -> Option<Result<ConsumedRecord, GroupError>> {
         loop {
@@ -205,9 +207,17 @@ impl Member {
                         return Some(Err(error));
                     }
                 }
-                record = self.consumer.next() => {
-                    return record.map(|r| r.map_err(GroupError::from));
-                }
+                delivery = self.consumer.next_delivery() => match delivery {
+                    Some(Ok(Delivery::Record(record))) => return Some(Ok(record)),
+                    Some(Ok(Delivery::Skipped(batch))) => {
+                        let callback = self.committer.callbacks.lock().skipped.clone();
+                        if let Some(callback) = callback {
+                            callback(&batch);
+                        }
+                    }
+                    Some(Err(error)) => return Some(Err(error.into())),
+                    None => return None,
+                },
             }
         }
     }

@@ -40,6 +40,7 @@ use self::member::{Callbacks, Committer, Identity, Member, Stop};
 use self::run::{DynHandler, Runner};
 use self::session::{EVENTS_MAX, Latest, SessionEvent, SessionHandle};
 use crate::consumer::{ConsumedRecord, Consumer};
+use crate::undecodable::{SkipCounters, SkippedBatch};
 
 /// The stream's item.
 type Item = Result<ConsumedRecord, GroupError>;
@@ -71,11 +72,14 @@ enum State {
 /// the member loses its partitions and joins again under a new member id.
 ///
 /// Partitions without a committed offset start where
-/// [`GroupConfig::auto_offset_reset`] says.
+/// [`GroupConfig::auto_offset_reset`] says. A batch whose records do not
+/// decode stops the member, or is skipped: see [`GroupConfig::undecodable`].
 pub struct GroupConsumer {
     state: State,
     session: SessionHandle,
     committer: Committer,
+    /// The internal consumer's, readable while it is busy in `state`.
+    skipped: Arc<SkipCounters>,
     /// Shared with every [`GroupHandle`]; kept here so that it never closes.
     stop: Arc<watch::Sender<Stop>>,
     config: GroupConfig,
@@ -98,6 +102,7 @@ impl fmt::Debug for GroupConsumer {
 #[derive(Debug, Clone)]
 pub struct GroupHandle {
     stop: Arc<watch::Sender<Stop>>,
+    skipped: Arc<SkipCounters>,
 }
 
 impl GroupHandle {
@@ -111,6 +116,18 @@ impl GroupHandle {
             }
             run
         });
+    }
+
+    /// [`GroupConsumer::skipped_batches`], readable while the member is in
+    /// [`GroupConsumer::run`].
+    pub fn skipped_batches(&self) -> u64 {
+        self.skipped.batches()
+    }
+
+    /// [`GroupConsumer::skipped_records`], readable while the member is in
+    /// [`GroupConsumer::run`].
+    pub fn skipped_records(&self) -> u64 {
+        self.skipped.records()
     }
 
     /// Test hook: `run` returns at once, abandoning its handlers, without
@@ -171,8 +188,10 @@ impl GroupConsumer {
             callbacks: Arc::new(Mutex::new(Callbacks::default())),
             latest,
         };
+        let consumer = Consumer::new(client.client().clone(), config.consumer_config());
+        let skipped = consumer.skip_counters();
         let member = Member {
-            consumer: Consumer::new(client.client().clone(), config.consumer_config()),
+            consumer,
             events,
             commands: session.commands.clone(),
             committer: committer.clone(),
@@ -183,6 +202,7 @@ impl GroupConsumer {
             state: State::Idle(Box::new(member)),
             session,
             committer,
+            skipped,
             stop: Arc::new(stop),
             config,
         })
@@ -215,6 +235,28 @@ impl GroupConsumer {
         self
     }
 
+    /// Calls `callback` with each batch skipped under
+    /// [`crate::UndecodablePolicy::Skip`], in order with the partition's
+    /// records: as a stream, when the stream passes it; in
+    /// [`Self::run`], after the handlers of the records before it finished
+    /// (its offsets then count as done, so the next commit moves past it).
+    #[must_use]
+    pub fn on_skipped(self, callback: impl Fn(&SkippedBatch) + Send + Sync + 'static) -> Self {
+        self.committer.callbacks.lock().skipped = Some(Arc::new(callback));
+        self
+    }
+
+    /// Batches skipped because their records did not decode, since the
+    /// member joined.
+    pub fn skipped_batches(&self) -> u64 {
+        self.skipped.batches()
+    }
+
+    /// Records (offsets) in those batches.
+    pub fn skipped_records(&self) -> u64 {
+        self.skipped.records()
+    }
+
     /// The settings this member was made with.
     pub fn config(&self) -> &GroupConfig {
         &self.config
@@ -245,6 +287,7 @@ impl GroupConsumer {
     pub fn handle(&self) -> GroupHandle {
         GroupHandle {
             stop: self.stop.clone(),
+            skipped: self.skipped.clone(),
         }
     }
 
@@ -278,8 +321,9 @@ impl GroupConsumer {
     ///
     /// Returns `Ok` after a shutdown; the handler's error (as
     /// [`GroupError::Handler`]) under [`FailurePolicy::Fail`]; or the error
-    /// that stopped the member (a partition that cannot be read, a join
-    /// refused).
+    /// that stopped the member (a partition that cannot be read, a batch
+    /// that does not decode under [`crate::UndecodablePolicy::Stop`], a
+    /// join refused).
     ///
     /// ```no_run
     /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -317,6 +361,7 @@ impl GroupConsumer {
             state,
             session,
             committer: _,
+            skipped: _,
             stop,
             config,
         } = self;

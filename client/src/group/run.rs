@@ -6,9 +6,10 @@
 //!
 //! Invariants: a partition's committable offset (`done`) is one past the
 //! last record whose handler succeeded (or that the failure policy disposed
-//! of), and every record before it was disposed of too, because a worker
-//! takes its partition's records in offset order and one at a time; only
-//! such offsets are committed. On revocation, shutdown or failure a worker
+//! of), or past the last batch skipped as undecodable, and every record
+//! before it was disposed of too, because a worker takes its partition's
+//! deliveries (records and skipped batches) in offset order and one at a
+//! time; only such offsets are committed. On revocation, shutdown or failure a worker
 //! finishes the handler in flight and starts no other. Each worker queue
 //! holds at most `max_poll_records`; the dispatcher holds one record more.
 
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use futures::{FutureExt as _, StreamExt as _};
+use futures::FutureExt as _;
 use parking_lot::Mutex;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -31,9 +32,10 @@ use super::config::{FailurePolicy, GroupConfig};
 use super::error::{GroupError, HandlerError};
 use super::member::{Committer, Member, Stop, Work};
 use super::session::SessionHandle;
-use crate::consumer::ConsumedRecord;
+use crate::consumer::{ConsumedRecord, Delivery};
 use crate::producer::{Producer, ProducerConfig, ProducerRecord};
 use crate::resilience::Backoff;
+use crate::undecodable::SkippedCallback;
 
 /// A handler, type-erased.
 pub(crate) type DynHandler = Arc<
@@ -52,6 +54,8 @@ struct Context {
     backoff: Backoff,
     policy: FailurePolicy,
     dead_letters: Option<Producer>,
+    /// Told of each skipped batch, in order with the partition's handlers.
+    on_skipped: Option<SkippedCallback>,
     /// Handlers running at once, across partitions: `max_concurrency`.
     running: Semaphore,
     /// The first `Fail` of any worker; the dispatcher stops on it.
@@ -62,8 +66,8 @@ struct Context {
 
 /// One partition's worker.
 struct Worker {
-    /// Its records; bounded by `max_poll_records`.
-    records: mpsc::Sender<ConsumedRecord>,
+    /// Its records and skipped batches; bounded by `max_poll_records`.
+    records: mpsc::Sender<Delivery>,
     stop: watch::Sender<bool>,
     /// One past the last record disposed of; `NOTHING` before the first.
     done: Arc<AtomicI64>,
@@ -77,8 +81,8 @@ struct Workers {
     active: HashMap<TopicPartition, Worker>,
     /// The last offset committed per owned partition, where known.
     committed: HashMap<TopicPartition, i64>,
-    /// A record taken from the consumer whose worker queue was full.
-    pending: Option<ConsumedRecord>,
+    /// A delivery taken from the consumer whose worker queue was full.
+    pending: Option<Delivery>,
 }
 
 pub(crate) struct Runner {
@@ -113,12 +117,14 @@ impl Runner {
             )),
             FailurePolicy::Skip | FailurePolicy::Fail => None,
         };
+        let on_skipped = member.committer.callbacks.lock().skipped.clone();
         let context = Arc::new(Context {
             handler,
             retries: config.handler_retries,
             backoff: config.retry_backoff,
             policy: config.failure_policy.clone(),
             dead_letters,
+            on_skipped,
             running: Semaphore::new(config.max_concurrency),
             failure: Mutex::new(None),
             failed: Notify::new(),
@@ -140,7 +146,7 @@ impl Runner {
             .map(|p| (p.clone(), None))
             .collect();
         workers.assign(&owned);
-        workers.pending = first;
+        workers.pending = first.map(Delivery::Record);
         Self {
             member,
             session,
@@ -208,9 +214,9 @@ impl Runner {
                         permit.send(record);
                     }
                 }
-                record = self.member.consumer.next(), if self.workers.pending.is_none() => {
-                    match record {
-                        Some(Ok(record)) => self.workers.pending = Some(record),
+                delivery = self.member.consumer.next_delivery(), if self.workers.pending.is_none() => {
+                    match delivery {
+                        Some(Ok(delivery)) => self.workers.pending = Some(delivery),
                         Some(Err(error)) => return Exit::Done(Err(error.into())),
                         None => return Exit::Done(Err(GroupError::Closed)),
                     }
@@ -233,8 +239,8 @@ async fn failure(context: &Context) -> GroupError {
 
 /// Room in a worker's queue; never ready without a target.
 async fn reserve(
-    target: Option<mpsc::Sender<ConsumedRecord>>,
-) -> Result<mpsc::OwnedPermit<ConsumedRecord>, mpsc::error::SendError<()>> {
+    target: Option<mpsc::Sender<Delivery>>,
+) -> Result<mpsc::OwnedPermit<Delivery>, mpsc::error::SendError<()>> {
     match target {
         Some(sender) => sender.reserve_owned().await,
         None => std::future::pending().await,
@@ -245,9 +251,9 @@ impl Workers {
     /// The queue of the pending record's partition. A record of a partition
     /// without a worker cannot be (records come only from owned
     /// partitions); it would be dropped, as one of a revoked partition is.
-    fn pending_target(&mut self) -> Option<mpsc::Sender<ConsumedRecord>> {
-        let record = self.pending.as_ref()?;
-        let key = TopicPartition::new(&*record.topic, record.partition);
+    fn pending_target(&mut self) -> Option<mpsc::Sender<Delivery>> {
+        let (topic, partition) = delivered_from(self.pending.as_ref()?);
+        let key = TopicPartition::new(topic, partition);
         let target = self.active.get(&key).map(|w| w.records.clone());
         if target.is_none() {
             self.pending = None;
@@ -304,11 +310,10 @@ impl Workers {
 
 impl Work for Workers {
     async fn revoke(&mut self, committer: &Committer, partitions: &[TopicPartition], lost: bool) {
-        if self
-            .pending
-            .as_ref()
-            .is_some_and(|r| partitions.contains(&TopicPartition::new(&*r.topic, r.partition)))
-        {
+        if self.pending.as_ref().is_some_and(|delivery| {
+            let (topic, partition) = delivered_from(delivery);
+            partitions.contains(&TopicPartition::new(topic, partition))
+        }) {
             self.pending = None;
         }
         for partition in partitions {
@@ -366,6 +371,14 @@ impl Work for Workers {
     }
 }
 
+/// The partition a delivery comes from.
+fn delivered_from(delivery: &Delivery) -> (&str, u32) {
+    match delivery {
+        Delivery::Record(record) => (&record.topic, record.partition),
+        Delivery::Skipped(batch) => (&batch.topic, batch.partition),
+    }
+}
+
 /// What became of one record.
 enum Disposed {
     /// Handled, skipped or dead-lettered: its offset may be committed.
@@ -376,10 +389,11 @@ enum Disposed {
     Failed(GroupError),
 }
 
-/// One partition's worker: its records in order, one at a time.
+/// One partition's worker: its records in order, one at a time; a skipped
+/// batch is reported and counts as done.
 async fn work(
     context: Arc<Context>,
-    mut records: mpsc::Receiver<ConsumedRecord>,
+    mut records: mpsc::Receiver<Delivery>,
     mut stop: watch::Receiver<bool>,
     done: Arc<AtomicI64>,
 ) {
@@ -387,8 +401,15 @@ async fn work(
         let record = tokio::select! {
             biased;
             _ = stop.wait_for(|stop| *stop) => return,
-            record = records.recv() => match record {
-                Some(record) => record,
+            delivery = records.recv() => match delivery {
+                Some(Delivery::Record(record)) => record,
+                Some(Delivery::Skipped(batch)) => {
+                    if let Some(callback) = &context.on_skipped {
+                        callback(&batch);
+                    }
+                    done.store(batch.last_offset + 1, Ordering::Release);
+                    continue;
+                }
                 None => return,
             },
         };

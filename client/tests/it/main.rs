@@ -12,3 +12,4 @@ mod producer;
 mod resilience;
 mod stalled_broker;
 mod stream_end;
+mod undecodable;
