@@ -62,6 +62,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "produces are acknowledged before they are fsynced: acknowledged records can be lost in a crash"
         );
     }
+    if !config.accept_data_loss.is_empty() {
+        let partitions: Vec<String> = config
+            .accept_data_loss
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        tracing::warn!(
+            partitions = %partitions.join(","),
+            "the operator accepts data loss in these partitions: any acknowledged records found missing are cut and the partition serves from its shortened end"
+        );
+    }
     // Installed before the ready line, so a signal sent right after it
     // shuts down gracefully instead of killing the process.
     let shutdown = shutdown_signal().context("install the signal handlers")?;

@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 use brook_broker::config::{
     DEFAULT_DATA_DIR, DEFAULT_HTTP_LISTEN, DEFAULT_LISTEN, GroupSettings, Limits, TopicSettings,
 };
-use brook_broker::{BrokerConfig, FsyncPolicy};
+use brook_broker::{BrokerConfig, FsyncPolicy, PartitionName};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
@@ -21,12 +21,12 @@ use crate::LogFormat;
 /// environment variable and an optional key of the file; `merge` lets the
 /// first source that sets a key win.
 macro_rules! settings {
-    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $env:literal, )*) => {
+    ($( $(#[$meta:meta])* $name:ident : $ty:ty = $env:literal, )*) => {
         #[derive(Debug, Default, Clone, Args, Deserialize)]
         #[serde(deny_unknown_fields)]
         pub struct Settings {
             $(
-                $(#[doc = $doc])*
+                $(#[$meta])*
                 #[arg(long, env = $env)]
                 pub $name: Option<$ty>,
             )*
@@ -102,6 +102,13 @@ settings! {
     max_streams_per_connection: u32 = "BROOK_MAX_STREAMS_PER_CONNECTION",
     /// Largest gRPC message [default: 134217728].
     max_grpc_message_bytes: usize = "BROOK_MAX_GRPC_MESSAGE_BYTES",
+    /// A partition, as `TOPIC/PARTITION`, whose missing acknowledged records
+    /// the operator accepts: it is cut back to what is on disk and serves
+    /// from there instead of refusing reads and writes. Repeatable; in the
+    /// environment, comma-separated. Remove it once the broker started
+    /// [default: none].
+    #[arg(value_name = "TOPIC/PARTITION", value_delimiter = ',')]
+    accept_data_loss: Vec<String> = "BROOK_ACCEPT_DATA_LOSS",
 }
 
 /// The settings with every default filled in and every value checked.
@@ -134,6 +141,7 @@ pub struct Effective {
     pub max_producer_ids: usize,
     pub max_streams_per_connection: u32,
     pub max_grpc_message_bytes: usize,
+    pub accept_data_loss: Vec<String>,
 }
 
 /// Reads a settings file; unknown keys and values of the wrong type are
@@ -230,6 +238,7 @@ impl Settings {
             max_grpc_message_bytes: self
                 .max_grpc_message_bytes
                 .unwrap_or(limits.grpc_message_bytes_max),
+            accept_data_loss: self.accept_data_loss.unwrap_or_default(),
         };
         effective.check()?;
         Ok(effective)
@@ -354,7 +363,18 @@ impl Effective {
             .map(Duration::from_millis);
         config.limits.producer_ids_max = self.max_producer_ids;
         config.index_interval_bytes = self.index_interval_bytes;
+        config.accept_data_loss = self.accepted_data_loss()?;
         Ok(config)
+    }
+
+    fn accepted_data_loss(&self) -> anyhow::Result<Vec<PartitionName>> {
+        self.accept_data_loss
+            .iter()
+            .map(|p| {
+                p.parse()
+                    .map_err(|e| anyhow::anyhow!("accept_data_loss: {e}"))
+            })
+            .collect()
     }
 
     pub fn to_toml(&self) -> anyhow::Result<String> {
@@ -411,6 +431,25 @@ mod tests {
         let error = bad_limit.resolve().unwrap_err();
         assert!(
             error.to_string().starts_with("default_max_message_bytes:"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn accepted_data_loss_comes_from_a_list_of_partitions() {
+        let file: Settings = toml::from_str("accept_data_loss = [\"a/0\", \"b.c/12\"]\n").unwrap();
+        let config = file.resolve().unwrap().broker_config().unwrap();
+        assert_eq!(
+            config.accept_data_loss,
+            [PartitionName::new("a", 0), PartitionName::new("b.c", 12)]
+        );
+        let bad = Settings {
+            accept_data_loss: Some(vec!["a".into()]),
+            ..Settings::default()
+        };
+        let error = bad.resolve().unwrap_err();
+        assert!(
+            error.to_string().starts_with("accept_data_loss:"),
             "{error}"
         );
     }

@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use brook_storage::{LogConfig, OsStorage, Storage};
+use brook_storage::{LogConfig, LostData, OsStorage, Storage};
 
 use crate::error::Invalid;
 
@@ -65,6 +65,44 @@ impl fmt::Display for FsyncPolicy {
             Self::Never => f.write_str("never"),
             Self::Interval(d) => write!(f, "interval:{}", d.as_millis()),
         }
+    }
+}
+
+/// A partition named as `TOPIC/PARTITION`, as `accept_data_loss` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct PartitionName {
+    pub topic: String,
+    pub partition: u32,
+}
+
+impl PartitionName {
+    pub fn new(topic: impl Into<String>, partition: u32) -> Self {
+        Self {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
+
+impl FromStr for PartitionName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (topic, partition) = s
+            .rsplit_once('/')
+            .filter(|(topic, _)| !topic.is_empty())
+            .ok_or_else(|| format!("must be `TOPIC/PARTITION`, not `{s}`"))?;
+        let partition = partition
+            .parse()
+            .map_err(|e| format!("`{s}`: the partition must be a number: {e}"))?;
+        Ok(Self::new(topic, partition))
+    }
+}
+
+impl fmt::Display for PartitionName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
     }
 }
 
@@ -257,6 +295,11 @@ pub struct BrokerConfig {
     pub meta: MetaBackend,
     /// Consumer group sessions.
     pub groups: GroupSettings,
+    /// Partitions whose missing acknowledged data an operator accepted:
+    /// at open, a log that ends before its clean-shutdown mark or recovery
+    /// point is cut and served from its end (and a missing partition
+    /// directory starts empty) instead of refusing reads and writes.
+    pub accept_data_loss: Vec<PartitionName>,
 }
 
 impl BrokerConfig {
@@ -269,6 +312,19 @@ impl BrokerConfig {
             &self.limits,
         )
         .map(|_| ())
+    }
+
+    /// What opening does with missing acknowledged data in this partition.
+    pub fn lost_data(&self, topic: &str, partition: u32) -> LostData {
+        let accepted = self
+            .accept_data_loss
+            .iter()
+            .any(|p| p.topic == topic && p.partition == partition);
+        if accepted {
+            LostData::Accept
+        } else {
+            LostData::Refuse
+        }
     }
 }
 
@@ -287,6 +343,7 @@ impl Default for BrokerConfig {
             storage: Arc::new(OsStorage),
             meta: MetaBackend::Disk,
             groups: GroupSettings::default(),
+            accept_data_loss: Vec::new(),
         }
     }
 }
@@ -294,6 +351,15 @@ impl Default for BrokerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partition_names_parse() {
+        assert_eq!("a.b/3".parse(), Ok(PartitionName::new("a.b", 3)));
+        assert!("t".parse::<PartitionName>().is_err());
+        assert!("/1".parse::<PartitionName>().is_err());
+        assert!("t/x".parse::<PartitionName>().is_err());
+        assert_eq!(PartitionName::new("t", 0).to_string(), "t/0");
+    }
 
     #[test]
     fn fsync_policy_parses() {

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use brook_record::BatchError;
-use brook_storage::{LogError, SequenceError};
+use brook_storage::{Damage, LogError, SequenceError};
 
 use crate::meta::MetaError;
 
@@ -81,6 +81,16 @@ pub enum PartitionError {
     },
     #[error("topic `{topic}` partition {partition} was deleted")]
     Deleted { topic: String, partition: u32 },
+    /// Acknowledged data is missing: the partition refuses reads and
+    /// writes until an operator accepts the loss (`accept_data_loss`).
+    #[error(
+        "topic `{topic}` partition {partition} is damaged: {damage}; it refuses reads and writes until an operator accepts the loss (setting `accept_data_loss`, `brook serve --accept-data-loss {topic}/{partition}`)"
+    )]
+    Damaged {
+        topic: String,
+        partition: u32,
+        damage: Damage,
+    },
     #[error("topic `{topic}` partition {partition} is closed: the broker is stopping")]
     Closed { topic: String, partition: u32 },
     #[error(transparent)]
@@ -113,6 +123,11 @@ impl PartitionError {
                 reason: reason.clone(),
             },
             LogError::Deleted => Self::Deleted { topic, partition },
+            LogError::Damaged { damage } => Self::Damaged {
+                topic,
+                partition,
+                damage: damage.clone(),
+            },
             &LogError::OffsetOutOfRange {
                 offset,
                 start_offset,

@@ -20,7 +20,7 @@ pub use broker::{
     ProduceBatch, QuarantinedTopic, RecoveredPartition, RecoveredTopic, Subscription,
     SubscriptionChunk, TopicInfo, quarantined_topic_name, recover_quarantined_topic,
 };
-pub use config::{BrokerConfig, FsyncPolicy};
+pub use config::{BrokerConfig, FsyncPolicy, PartitionName};
 pub use error::{
     AdminError, FetchError, GroupError, Invalid, NotFound, OpenError, OutOfRange, PartitionError,
     ProduceError, RecoverError,

@@ -262,6 +262,23 @@ fn scrape_time_registry(broker: &Broker) -> Registry {
         "Topic directories found without metadata at start and moved aside (see /health)",
         quarantined,
     );
+    let lost: Family<PartitionLabels, Counter> = Family::default();
+    for (topic, partition, records) in broker.lost_records() {
+        lost.get_or_create(&PartitionLabels { topic, partition })
+            .inc_by(records);
+    }
+    registry.register(
+        "brook_partition_lost_records",
+        "Acknowledged records found missing since the broker started: short of the clean-shutdown mark or recovery point at open (refused or accepted), or in an active segment removed under the broker",
+        lost,
+    );
+    let damaged: Gauge = Gauge::default();
+    damaged.set(i64::try_from(broker.damaged_partitions().len()).unwrap_or(i64::MAX));
+    registry.register(
+        "brook_damaged_partitions",
+        "Partitions refusing reads and writes because acknowledged data is missing (see /health)",
+        damaged,
+    );
     let groups = broker.group_metrics();
     let members: Family<GroupLabels, Gauge> = Family::default();
     for (group, count) in groups.members {

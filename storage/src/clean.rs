@@ -8,7 +8,7 @@
 //! kilobytes instead of up to a whole segment.
 //!
 //! Invariants: the mark is removed (durably) before the log takes another
-//! append, so a crash after a clean restart is never taken for a clean
+//! append (a damaged log takes none and keeps it), so a crash after a clean restart is never taken for a clean
 //! shutdown; a mark is used only if the active segment has exactly the
 //! base offset, size and end offset it records, so an append after the
 //! mark, or a mark from another life of the directory, sends opening down
@@ -41,14 +41,31 @@ pub fn write(storage: &dyn Storage, dir: &Path, mark: &CleanShutdown) -> Result<
 /// Reads and removes the mark; `None` when there was none, or it was
 /// damaged (then the log is recovered in full, as after a crash). `files`
 /// are the names in `dir`, as the caller listed them.
+#[cfg(test)]
 pub fn take(
     storage: &dyn Storage,
     dir: &Path,
     files: &[String],
 ) -> Result<Option<CleanShutdown>, LogError> {
-    let mark = checked_json::read_listed(storage, dir, files, FILE_NAME, "clean-shutdown mark")?;
-    checked_json::remove_listed(storage, dir, files, FILE_NAME)?;
+    let mark = read(storage, dir, files)?;
+    remove(storage, dir, files)?;
     Ok(mark)
+}
+
+/// Reads the mark without removing it; `None` when there was none, or it
+/// was damaged. Opening removes it (`remove`) before the log takes an
+/// append, but not while the log is damaged: the next start must find it.
+pub fn read(
+    storage: &dyn Storage,
+    dir: &Path,
+    files: &[String],
+) -> Result<Option<CleanShutdown>, LogError> {
+    checked_json::read_listed(storage, dir, files, FILE_NAME, "clean-shutdown mark")
+}
+
+/// Removes the mark, if `files` has one, durably.
+pub fn remove(storage: &dyn Storage, dir: &Path, files: &[String]) -> Result<(), LogError> {
+    checked_json::remove_listed(storage, dir, files, FILE_NAME)
 }
 
 #[cfg(test)]

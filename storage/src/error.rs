@@ -4,6 +4,8 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use super::damage::Damage;
+
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("{op} {path}: {source}")]
@@ -36,6 +38,12 @@ pub enum LogError {
     /// The partition was deleted; its files are gone.
     #[error("partition was deleted")]
     Deleted,
+    /// Acknowledged data is missing: the partition refuses reads and
+    /// writes until an operator accepts the loss.
+    #[error(
+        "partition is damaged: {damage}; it refuses reads and writes until an operator accepts the loss"
+    )]
+    Damaged { damage: Damage },
 }
 
 impl LogError {

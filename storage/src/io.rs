@@ -9,7 +9,8 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, IoSlice, Write};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::sync_group::SyncGroup;
@@ -30,6 +31,12 @@ pub trait LogFile: Send + Sync + fmt::Debug {
     fn len(&self) -> io::Result<u64>;
     fn is_empty(&self) -> io::Result<bool> {
         Ok(self.len()? == 0)
+    }
+    /// Whether the path the file was opened at still names this file (it
+    /// was not removed, or replaced by another). Appends to an unlinked
+    /// file are lost with its last handle.
+    fn is_linked(&self) -> io::Result<bool> {
+        Ok(true)
     }
 }
 
@@ -91,11 +98,15 @@ pub fn read_full_at(file: &dyn LogFile, buf: &mut [u8], position: u64) -> io::Re
 pub struct OsStorage;
 
 #[derive(Debug)]
-struct OsFile(File);
+struct OsFile {
+    file: File,
+    /// Where it was opened, to tell whether that path still names it.
+    path: PathBuf,
+}
 
 impl LogFile for OsFile {
     fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<usize> {
-        self.0.read_at(buf, position)
+        self.file.read_at(buf, position)
     }
 
     fn append(&self, bufs: &[IoSlice<'_>]) -> io::Result<()> {
@@ -105,7 +116,7 @@ impl LogFile for OsFile {
         let mut owned: Vec<IoSlice<'_>> = bufs.iter().filter(|b| !b.is_empty()).copied().collect();
         let mut slices: &mut [IoSlice<'_>] = &mut owned;
         while !slices.is_empty() {
-            match (&self.0).write_vectored(slices) {
+            match (&self.file).write_vectored(slices) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => IoSlice::advance_slices(&mut slices, n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -116,15 +127,27 @@ impl LogFile for OsFile {
     }
 
     fn sync(&self) -> io::Result<()> {
-        self.0.sync_data()
+        self.file.sync_data()
     }
 
     fn truncate(&self, len: u64) -> io::Result<()> {
-        self.0.set_len(len)
+        self.file.set_len(len)
     }
 
     fn len(&self) -> io::Result<u64> {
-        Ok(self.0.metadata()?.len())
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn is_linked(&self) -> io::Result<bool> {
+        let open = self.file.metadata()?;
+        if open.nlink() == 0 {
+            return Ok(false);
+        }
+        match fs::metadata(&self.path) {
+            Ok(named) => Ok(named.dev() == open.dev() && named.ino() == open.ino()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -135,7 +158,10 @@ impl Storage for OsStorage {
             .append(true)
             .create(true)
             .open(path)?;
-        Ok(Arc::new(OsFile(file)))
+        Ok(Arc::new(OsFile {
+            file,
+            path: path.to_owned(),
+        }))
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
@@ -210,5 +236,17 @@ mod tests {
         file.truncate(1).unwrap();
         assert_eq!(file.len().unwrap(), 1);
         assert!(read_exact_at(file.as_ref(), &mut buf, 0).is_err());
+    }
+
+    #[test]
+    fn os_file_knows_when_its_path_no_longer_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = OsStorage.open(&path).unwrap();
+        assert!(file.is_linked().unwrap());
+        fs::remove_file(&path).unwrap();
+        assert!(!file.is_linked().unwrap(), "removed");
+        let _other = OsStorage.open(&path).unwrap();
+        assert!(!file.is_linked().unwrap(), "another file at its path");
     }
 }

@@ -10,6 +10,7 @@
 mod checked_json;
 mod clean;
 mod clock;
+mod damage;
 mod error;
 mod index;
 mod io;
@@ -22,6 +23,7 @@ mod sync_group;
 pub mod testing;
 
 pub use clock::now_ms;
+pub use damage::{Damage, LostData, SyncRecord};
 pub use error::LogError;
 pub use io::{LogFile, OsStorage, Storage};
 pub use log::{

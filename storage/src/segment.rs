@@ -14,6 +14,7 @@ use brook_record::{BatchHeader, HEADER_LEN, LENGTH_PREFIX_LEN};
 use bytes::{Bytes, BytesMut};
 use parking_lot::{Mutex, RwLock};
 
+use super::damage::{Damage, Floor};
 use super::error::LogError;
 use super::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 use super::io::{LogFile, Storage, read_exact_at, read_full_at};
@@ -83,6 +84,9 @@ pub struct Recovery {
     /// Damage found and cut off, if any.
     pub damage: Option<TailDamage>,
     pub truncated_bytes: u64,
+    /// The segment ends before the synced end of the `Floor` it was held
+    /// to. Unless the loss was accepted, nothing was cut.
+    pub shortfall: Option<Damage>,
 }
 
 impl Segment {
@@ -232,12 +236,14 @@ impl Segment {
 
     /// Opens the active (last) segment: every batch is checked (length, CRC,
     /// dense offsets); the log is cut at the first damaged one and both
-    /// indexes are rebuilt from what remains.
+    /// indexes are rebuilt from what remains. A log that ends before
+    /// `floor`'s synced end is cut only if the loss is accepted.
     pub fn recover_active(
         storage: &dyn Storage,
         dir: &Path,
         base_offset: i64,
         index_interval_bytes: u64,
+        floor: Floor,
         visit: &mut dyn FnMut(&BatchHeader),
     ) -> Result<Recovery, LogError> {
         let paths = SegmentPaths::new(dir, base_offset);
@@ -251,7 +257,16 @@ impl Segment {
             .map_err(|e| LogError::io("write", &paths.index, e))?;
         let time_index = TimeIndex::rewrite(open(storage, &paths.time_index)?, &[])
             .map_err(|e| LogError::io("write", &paths.time_index, e))?;
-        Self::finish_recovery(base_offset, paths, log, size, scan, index, time_index)
+        Self::finish_recovery(
+            base_offset,
+            paths,
+            log,
+            size,
+            scan,
+            index,
+            time_index,
+            floor,
+        )
     }
 
     /// Opens the active (last) segment from a recovery point: the log and
@@ -267,6 +282,7 @@ impl Segment {
         dir: &Path,
         point: &RecoveryPoint,
         index_interval_bytes: u64,
+        floor: Floor,
         visit: &mut dyn FnMut(&BatchHeader),
     ) -> Result<Option<Recovery>, LogError> {
         let base_offset = point.active_base;
@@ -324,12 +340,24 @@ impl Segment {
         if !reached_point {
             return Ok(None);
         }
-        Self::finish_recovery(base_offset, paths, log, size, scan, index, time_index).map(Some)
+        Self::finish_recovery(
+            base_offset,
+            paths,
+            log,
+            size,
+            scan,
+            index,
+            time_index,
+            floor,
+        )
+        .map(Some)
     }
 
     /// The common end of both recoveries: refuses damage followed by intact
-    /// batches, cuts a damaged tail, adds the scan's index entries and
-    /// assembles the segment.
+    /// batches, cuts a damaged tail (unless that would cut below the synced
+    /// end of `floor` without the loss accepted), adds the scan's index
+    /// entries and assembles the segment.
+    #[allow(clippy::too_many_arguments)]
     fn finish_recovery(
         base_offset: i64,
         paths: SegmentPaths,
@@ -338,6 +366,7 @@ impl Segment {
         scan: ScanOutcome,
         mut index: OffsetIndex,
         mut time_index: TimeIndex,
+        floor: Floor,
     ) -> Result<Recovery, LogError> {
         if let (Some(damage), true) = (&scan.damage, scan.intact_after_damage) {
             // Cutting here would drop intact, acknowledged batches after the
@@ -350,7 +379,12 @@ impl Segment {
                 ),
             ));
         }
-        let truncated_bytes = size - scan.end_position;
+        let shortfall = floor.shortfall(scan.next_offset);
+        let truncated_bytes = if floor.keeps_files(shortfall.as_ref()) {
+            0
+        } else {
+            size - scan.end_position
+        };
         if truncated_bytes > 0 {
             log.truncate(scan.end_position)
                 .and_then(|()| log.sync())
@@ -380,6 +414,7 @@ impl Segment {
             segment: segment.reopened_active(scan.bytes_since_index),
             damage: scan.damage,
             truncated_bytes,
+            shortfall,
         })
     }
 
@@ -573,6 +608,18 @@ impl Segment {
             }
         }
         Ok(())
+    }
+
+    /// Whether the log file's path still names the file this segment
+    /// writes to (see `LogFile::is_linked`).
+    pub fn is_linked(&self) -> Result<bool, LogError> {
+        self.log
+            .is_linked()
+            .map_err(|e| LogError::io("stat", &self.paths.log, e))
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.paths.log
     }
 
     /// Position of the visible batch that holds `offset`, found through the

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::io::{self, IoSlice};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
@@ -29,6 +29,14 @@ struct MemFile {
     data: Mutex<Vec<u8>>,
     /// What the file held at its last sync: what survives a crash.
     synced: Mutex<Vec<u8>>,
+    /// Removed from its path (or replaced there), as `unlink` would.
+    unlinked: AtomicBool,
+}
+
+impl MemFile {
+    fn unlink(&self) {
+        self.unlinked.store(true, Ordering::Release);
+    }
 }
 
 impl MemStorage {
@@ -45,6 +53,7 @@ impl MemStorage {
                 let copy = MemFile {
                     data: Mutex::new(synced.clone()),
                     synced: Mutex::new(synced),
+                    unlinked: AtomicBool::new(false),
                 };
                 (path.clone(), Arc::new(copy))
             })
@@ -64,8 +73,11 @@ impl MemStorage {
         let file = MemFile {
             data: Mutex::new(bytes.clone()),
             synced: Mutex::new(bytes),
+            unlinked: AtomicBool::new(false),
         };
-        self.files.lock().insert(path.to_owned(), Arc::new(file));
+        if let Some(replaced) = self.files.lock().insert(path.to_owned(), Arc::new(file)) {
+            replaced.unlink();
+        }
     }
 
     /// Paths of every file, sorted.
@@ -111,6 +123,10 @@ impl LogFile for MemFile {
     fn len(&self) -> io::Result<u64> {
         Ok(self.data.lock().len() as u64)
     }
+
+    fn is_linked(&self) -> io::Result<bool> {
+        Ok(!self.unlinked.load(Ordering::Acquire))
+    }
 }
 
 impl Storage for MemStorage {
@@ -126,7 +142,10 @@ impl Storage for MemStorage {
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         match self.files.lock().remove(path) {
-            Some(_) => Ok(()),
+            Some(file) => {
+                file.unlink();
+                Ok(())
+            }
             None => Err(io::ErrorKind::NotFound.into()),
         }
     }
@@ -136,7 +155,13 @@ impl Storage for MemStorage {
     }
 
     fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
-        self.files.lock().retain(|p, _| !p.starts_with(path));
+        self.files.lock().retain(|p, file| {
+            let kept = !p.starts_with(path);
+            if !kept {
+                file.unlink();
+            }
+            kept
+        });
         Ok(())
     }
 
@@ -252,6 +277,10 @@ impl LogFile for FailingFile {
 
     fn len(&self) -> io::Result<u64> {
         self.inner.len()
+    }
+
+    fn is_linked(&self) -> io::Result<bool> {
+        self.inner.is_linked()
     }
 }
 

@@ -31,6 +31,9 @@ impl ToStatus for PartitionError {
             // Until the broker restarts; another replica or a restart helps.
             Self::Poisoned { .. } | Self::Closed { .. } => Code::Unavailable,
             Self::Deleted { .. } => Code::NotFound,
+            // Acknowledged records are missing: as with a corrupt batch,
+            // retrying does not help; an operator must decide.
+            Self::Damaged { .. } => Code::DataLoss,
             Self::OutOfRange(_) => Code::OutOfRange,
             Self::Storage { source, .. } => match **source {
                 LogError::Corrupt { .. } => Code::DataLoss,
@@ -197,6 +200,10 @@ mod tests {
             )),
         };
         assert_eq!(FetchError::from(corrupt).code(), Code::DataLoss);
+        let damaged = partition_error(LogError::Damaged {
+            damage: brook_storage::Damage::MissingDirectory,
+        });
+        assert_eq!(ProduceError::from(damaged).code(), Code::DataLoss);
     }
 
     #[test]

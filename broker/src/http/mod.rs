@@ -1,5 +1,5 @@
-//! The HTTP side: `/health` (alive and no partition poisoned; names topic
-//! directories quarantined at start), `/ready`
+//! The HTTP side: `/health` (alive and no partition poisoned or damaged;
+//! names topic directories quarantined at start), `/ready`
 //! (recovery done and gRPC serving; not while stopping) and `/metrics`
 //! (Prometheus/OpenMetrics text).
 //!
@@ -77,25 +77,45 @@ async fn health(State(status): State<Arc<ServerStatus>>) -> impl IntoResponse {
         .iter()
         .map(|q| json!({ "topic": q.topic, "path": q.path.display().to_string() }))
         .collect();
-    let poisoned = broker.poisoned_partitions();
-    if poisoned.is_empty() {
-        let mut body = json!({ "status": "ok" });
-        if !quarantined.is_empty() {
-            body["quarantined"] = json!(quarantined);
-        }
-        return (StatusCode::OK, Json(body));
-    }
-    let partitions: Vec<_> = poisoned
+    let poisoned: Vec<_> = broker
+        .poisoned_partitions()
         .into_iter()
         .map(|(topic, partition, reason)| {
             json!({ "topic": topic, "partition": partition, "reason": reason })
         })
         .collect();
-    let mut body = json!({ "status": "poisoned", "partitions": partitions });
+    // Damaged partitions lost acknowledged records: they refuse reads and
+    // writes until an operator accepts the loss.
+    let damaged: Vec<_> = broker
+        .damaged_partitions()
+        .into_iter()
+        .map(|(topic, partition, damage)| {
+            let lost = damage.lost_offsets();
+            json!({
+                "topic": topic,
+                "partition": partition,
+                "reason": damage.to_string(),
+                "lost_from": lost.as_ref().map(|r| r.start),
+                "lost_to": lost.as_ref().map(|r| r.end - 1),
+            })
+        })
+        .collect();
+    let (code, state) = match (poisoned.is_empty(), damaged.is_empty()) {
+        (true, true) => (StatusCode::OK, "ok"),
+        (_, false) => (StatusCode::SERVICE_UNAVAILABLE, "damaged"),
+        (false, true) => (StatusCode::SERVICE_UNAVAILABLE, "poisoned"),
+    };
+    let mut body = json!({ "status": state });
+    if !poisoned.is_empty() {
+        body["partitions"] = json!(poisoned);
+    }
+    if !damaged.is_empty() {
+        body["damaged"] = json!(damaged);
+    }
     if !quarantined.is_empty() {
         body["quarantined"] = json!(quarantined);
     }
-    (StatusCode::SERVICE_UNAVAILABLE, Json(body))
+    (code, Json(body))
 }
 
 async fn readiness(State(status): State<Arc<ServerStatus>>) -> impl IntoResponse {

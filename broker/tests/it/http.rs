@@ -63,7 +63,7 @@ impl Storage for GatedStorage {
 }
 
 /// GETs `path` and returns the status code and body.
-async fn get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+pub(crate) async fn get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     let mut stream = TcpStream::connect(addr).await?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;

@@ -5,6 +5,7 @@ mod common;
 
 mod backpressure;
 mod bad_input;
+mod damage;
 mod embedded;
 mod faults;
 mod groups;

@@ -274,7 +274,9 @@ impl Broker {
     pub async fn shutdown(&self) {
         self.background.cancel();
         self.on_every_partition("clean shutdown", |partition| {
-            if partition.log().poisoned().is_some() {
+            // A damaged partition keeps its files as they are: its old
+            // mark stays, so the next start reports it again.
+            if partition.log().poisoned().is_some() || partition.log().damage().is_some() {
                 return;
             }
             if let Err(e) = partition.log().close_clean() {
@@ -294,6 +296,29 @@ impl Broker {
     /// and where their files were moved.
     pub fn quarantined_topics(&self) -> &[QuarantinedTopic] {
         &self.quarantined
+    }
+
+    /// Partitions that refuse reads and writes because acknowledged data
+    /// is missing (found at open, or files removed under the broker).
+    pub fn damaged_partitions(&self) -> Vec<(String, u32, brook_storage::Damage)> {
+        self.all_partitions()
+            .iter()
+            .filter_map(|p| {
+                p.log()
+                    .damage()
+                    .map(|damage| (p.topic().to_owned(), p.index(), damage))
+            })
+            .collect()
+    }
+
+    /// Acknowledged records each partition found missing since the broker
+    /// opened (accepted or not), for metrics.
+    pub fn lost_records(&self) -> Vec<(String, u32, u64)> {
+        self.all_partitions()
+            .iter()
+            .map(|p| (p.topic().to_owned(), p.index(), p.log().lost_records()))
+            .filter(|(_, _, lost)| *lost > 0)
+            .collect()
     }
 
     /// Partitions that refuse writes after a failed write or fsync, with the reason.

@@ -16,7 +16,7 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-use brook_storage::{LogConfig, PartitionLog, Storage, SyncGroup, TailDamage};
+use brook_storage::{Damage, LogConfig, LostData, PartitionLog, Storage, SyncGroup, TailDamage};
 
 use super::{partition_dir, topic, topics_dir};
 use crate::config::{BrokerConfig, MetaBackend};
@@ -91,9 +91,18 @@ fn open_logs(
         let settings =
             topic::resolve_settings(&config.topic_defaults, &record.overrides, &config.limits)?;
         let log_config = topic::log_config(&settings, config.index_interval_bytes);
+        let present = dirs_in(
+            config.storage.as_ref(),
+            &topics_dir(&config.data_dir).join(&record.name),
+        )?;
         let mut logs = Vec::with_capacity(record.partitions as usize);
         for p in 0..record.partitions {
-            logs.push(open_partition_log(config, &record.name, p, log_config)?);
+            let log = if present.contains(&p.to_string()) {
+                open_partition_log(config, &record.name, p, log_config)?
+            } else {
+                open_missing_partition(config, &record.name, p, log_config)?
+            };
+            logs.push(log);
         }
         opened.push((record.clone(), logs));
     }
@@ -108,20 +117,79 @@ pub(crate) fn open_partition_log(
     log_config: LogConfig,
 ) -> Result<PartitionLog, PartitionError> {
     let dir = partition_dir(&config.data_dir, topic, partition);
-    open_log_at(config.storage.clone(), &dir, topic, partition, log_config)
+    let lost_data = config.lost_data(topic, partition);
+    open_log_at(
+        config.storage.clone(),
+        &dir,
+        topic,
+        partition,
+        log_config,
+        lost_data,
+    )
+}
+
+/// A partition the metadata names whose directory is missing: its
+/// records are gone, so it is damaged (refusing reads and writes, and
+/// nothing is created) unless an operator accepted the loss; then it
+/// starts empty.
+fn open_missing_partition(
+    config: &BrokerConfig,
+    topic: &str,
+    partition: u32,
+    log_config: LogConfig,
+) -> Result<PartitionLog, PartitionError> {
+    let dir = partition_dir(&config.data_dir, topic, partition);
+    let damage = Damage::MissingDirectory;
+    if config.lost_data(topic, partition) == LostData::Accept {
+        tracing::warn!(topic, partition, dir = %dir.display(), %damage, "data loss accepted by the operator: the partition starts empty");
+        return open_partition_log(config, topic, partition, log_config);
+    }
+    report_damaged(topic, partition, &damage);
+    PartitionLog::missing(&dir, log_config)
+        .map_err(|e| PartitionError::from_log(topic, partition, e))
+}
+
+/// The one report of a partition found damaged at open.
+fn report_damaged(topic: &str, partition: u32, damage: &Damage) {
+    let lost = damage.lost_offsets();
+    tracing::error!(
+        topic,
+        partition,
+        lost_from = lost.as_ref().map(|r| r.start),
+        lost_to = lost.as_ref().map(|r| r.end - 1),
+        lost_records = damage.lost_records(),
+        %damage,
+        "acknowledged records are missing: the partition refuses reads and writes, and its files are kept as they are, until an operator accepts the loss (`brook serve --accept-data-loss {topic}/{partition}`)"
+    );
 }
 
 /// Opens (or creates) a partition's log in `dir`, wherever that is,
-/// logging what recovery cut.
+/// logging what recovery cut and what acknowledged data it found missing.
 pub(super) fn open_log_at(
     storage: Arc<dyn Storage>,
     dir: &Path,
     topic: &str,
     partition: u32,
     log_config: LogConfig,
+    lost_data: LostData,
 ) -> Result<PartitionLog, PartitionError> {
-    let (log, report) = PartitionLog::open(storage, dir, log_config)
+    let (log, report) = PartitionLog::open_with(storage, dir, log_config, lost_data)
         .map_err(|e| PartitionError::from_log(topic, partition, e))?;
+    if let Some(damage) = &report.shortfall {
+        if log.damage().is_some() {
+            report_damaged(topic, partition, damage);
+        } else {
+            tracing::warn!(
+                topic,
+                partition,
+                lost_records = damage.lost_records(),
+                truncated_bytes = report.truncated_bytes,
+                %damage,
+                "data loss accepted by the operator: the partition serves from its shortened end"
+            );
+        }
+        return Ok(log);
+    }
     match &report.damage {
         // An unfinished write: expected after a crash, nothing acknowledged is lost.
         Some(damage @ TailDamage::Torn { .. }) => tracing::warn!(

@@ -195,6 +195,7 @@ fn open_and_close(
             name,
             partition,
             log_config,
+            config.lost_data(name, partition),
         )?;
         log.close_clean()
             .map_err(|e| PartitionError::from_log(name, partition, e))?;

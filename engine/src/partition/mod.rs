@@ -163,12 +163,12 @@ async fn run_appender(
 fn take_recovery_point_if_due(log: &PartitionLog) {
     let now_ms = brook_storage::now_ms();
     // A poisoned log takes no more points (and said why when poisoned).
-    if log.poisoned().is_some() || !log.recovery_point_due(now_ms) {
+    if log.poisoned().is_some() || log.damage().is_some() || !log.recovery_point_due(now_ms) {
         return;
     }
     match log.write_recovery_point(now_ms) {
         // Poisoned meanwhile: deleted, or a sync failed and was logged.
-        Ok(()) | Err(LogError::Poisoned { .. } | LogError::Deleted) => {}
+        Ok(()) | Err(LogError::Poisoned { .. } | LogError::Deleted | LogError::Damaged { .. }) => {}
         Err(e) => {
             tracing::warn!(dir = %log.dir().display(), error = %e, "recovery point not written");
         }
