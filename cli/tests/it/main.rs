@@ -6,5 +6,6 @@ mod common;
 mod cli;
 mod crash;
 mod groups;
+mod logging;
 mod operations;
 mod recover;
