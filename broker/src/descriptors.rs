@@ -30,7 +30,12 @@ pub fn raise_nofile_limit() -> u64 {
         }
         match rlimit::increase_nofile_limit(hard) {
             Ok(raised) => {
-                tracing::info!(soft = raised, hard, was = soft, "file descriptor limit raised");
+                tracing::info!(
+                    soft = raised,
+                    hard,
+                    was = soft,
+                    "file descriptor limit raised"
+                );
                 raised
             }
             Err(e) => {

@@ -70,9 +70,8 @@ pub async fn run(
     let status = Arc::new(ServerStatus::default());
     let stop = stop_token(shutdown);
     let http_stop = CancellationToken::new();
-    let http_task = http.map(|listener| {
-        spawn_http(listener, &config, status.clone(), http_stop.clone())
-    });
+    let http_task =
+        http.map(|listener| spawn_http(listener, &config, status.clone(), http_stop.clone()));
     let opened = tokio::select! {
         opened = Broker::open(config) => Some(opened),
         () = stop.cancelled() => None,
@@ -91,7 +90,16 @@ pub async fn run(
     };
     status.set_broker(broker.clone());
     on_ready(&broker);
-    serve_grpc(broker, grpc, connections, status, stop, http_stop, http_task).await
+    serve_grpc(
+        broker,
+        grpc,
+        connections,
+        status,
+        stop,
+        http_stop,
+        http_task,
+    )
+    .await
 }
 
 /// Serves an already opened broker until `shutdown` resolves.
@@ -106,10 +114,18 @@ pub async fn serve(
     status.set_broker(broker.clone());
     let stop = stop_token(shutdown);
     let http_stop = CancellationToken::new();
-    let http_task = http.map(|listener| {
-        spawn_http(listener, broker.config(), status.clone(), http_stop.clone())
-    });
-    serve_grpc(broker, grpc, connections, status, stop, http_stop, http_task).await
+    let http_task = http
+        .map(|listener| spawn_http(listener, broker.config(), status.clone(), http_stop.clone()));
+    serve_grpc(
+        broker,
+        grpc,
+        connections,
+        status,
+        stop,
+        http_stop,
+        http_task,
+    )
+    .await
 }
 
 /// Raises the descriptor limit and chooses how many gRPC connections it
@@ -117,8 +133,8 @@ pub async fn serve(
 /// descriptors for the broker's files.
 fn connection_limits(config: &BrokerConfig) -> Result<ConnectionLimits, ServeError> {
     let nofile = crate::descriptors::raise_nofile_limit();
-    let max = crate::descriptors::connections_max(&config.limits, nofile)
-        .map_err(ServeError::Config)?;
+    let max =
+        crate::descriptors::connections_max(&config.limits, nofile).map_err(ServeError::Config)?;
     tracing::info!(
         max_connections = max,
         max_http_connections = config.limits.http_connections_max,
@@ -188,8 +204,7 @@ async fn serve_grpc(
     let grpc_addr = grpc
         .local_addr()
         .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string());
-    let incoming =
-        crate::grpc::connections::accept(grpc, connections, broker.metrics().clone());
+    let incoming = crate::grpc::connections::accept(grpc, connections, broker.metrics().clone());
     let receive_budget = ReceiveBudget::new(
         limits.receive_buffer_bytes_max,
         limits.grpc_message_bytes_max,

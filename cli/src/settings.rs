@@ -316,11 +316,20 @@ impl Effective {
         if let Some(max) = self.max_connections {
             positive("max_connections", max as u64)?;
         }
-        positive("connection_idle_timeout_ms", self.connection_idle_timeout_ms)?;
-        positive("message_receive_timeout_ms", self.message_receive_timeout_ms)?;
+        positive(
+            "connection_idle_timeout_ms",
+            self.connection_idle_timeout_ms,
+        )?;
+        positive(
+            "message_receive_timeout_ms",
+            self.message_receive_timeout_ms,
+        )?;
         positive("max_http_connections", self.max_http_connections as u64)?;
         positive("http_idle_timeout_ms", self.http_idle_timeout_ms)?;
-        positive("http_header_read_timeout_ms", self.http_header_read_timeout_ms)?;
+        positive(
+            "http_header_read_timeout_ms",
+            self.http_header_read_timeout_ms,
+        )?;
         if self.max_receive_buffer_bytes < self.max_message_bytes as usize {
             bail!(
                 "max_receive_buffer_bytes: must be at least max_message_bytes ({}), got {}",

@@ -300,7 +300,12 @@ where
         let this = self.project();
         let response = std::task::ready!(this.inner.poll(cx));
         let busy = this.busy.take();
-        Poll::Ready(response.map(|r| r.map(|body| BusyBody { inner: body, _busy: busy })))
+        Poll::Ready(response.map(|r| {
+            r.map(|body| BusyBody {
+                inner: body,
+                _busy: busy,
+            })
+        }))
     }
 }
 

@@ -14,8 +14,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::status::{status, to_status};
-use brook_engine::{FetchError, Invalid, PartitionError};
 use brook_engine::{Broker, FetchSpec, OffsetSpec};
+use brook_engine::{FetchError, Invalid, PartitionError};
 
 /// Chunks a subscription reads ahead of a slow client (each up to the
 /// subscription's chunk size).
@@ -38,7 +38,10 @@ fn ended(broker: &Broker, topic: String, partition: u32) -> Status {
     if broker.is_stopping() {
         return status(FetchError::ShuttingDown);
     }
-    status(FetchError::Partition(PartitionError::Deleted { topic, partition }))
+    status(FetchError::Partition(PartitionError::Deleted {
+        topic,
+        partition,
+    }))
 }
 
 #[tonic::async_trait]

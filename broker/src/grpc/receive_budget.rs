@@ -90,7 +90,10 @@ impl ReceiveBudget {
 
     fn too_slow(&self, len: usize) -> Status {
         self.metrics.refused_messages.inc();
-        tracing::debug!(message_bytes = len, "refusing a message: it arrived too slowly");
+        tracing::debug!(
+            message_bytes = len,
+            "refusing a message: it arrived too slowly"
+        );
         Status::resource_exhausted(format!(
             "message_receive_timeout_ms: a message of {len} bytes did not arrive within {} ms",
             self.timeout.as_millis()
@@ -198,8 +201,8 @@ impl BudgetedBody {
             data = &data[n..];
             if self.prefix_len == PREFIX_LEN {
                 self.prefix_len = 0;
-                let [_, a, b, c, d] = self.prefix;
-                let len = u32::from_be_bytes([a, b, c, d]);
+                let [_compressed, length @ ..] = self.prefix;
+                let len = u32::from_be_bytes(length);
                 if len > 0 {
                     self.held = self.budget.reserve(len)?;
                     self.remaining = len as usize;

@@ -261,8 +261,14 @@ mod tests {
 
         let long = format!("{} `a` {}", "ü".repeat(700), "x".repeat(700));
         let cut = bounded(&long);
-        assert!(cut.len() <= MESSAGE_BYTES_MAX && cut.ends_with('…'), "{cut}");
-        assert_eq!(bounded("topic `t` does not exist"), "topic `t` does not exist");
+        assert!(
+            cut.len() <= MESSAGE_BYTES_MAX && cut.ends_with('…'),
+            "{cut}"
+        );
+        assert_eq!(
+            bounded("topic `t` does not exist"),
+            "topic `t` does not exist"
+        );
     }
 
     /// docs/errors.md promises these phrases to clients, which tell the

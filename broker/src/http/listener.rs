@@ -90,8 +90,7 @@ async fn serve_connection(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    let connection =
-        builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(router));
+    let connection = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(router));
     tokio::pin!(connection);
     let served = tokio::select! {
         served = connection.as_mut() => served,

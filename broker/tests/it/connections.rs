@@ -63,15 +63,23 @@ async fn connections_beyond_the_maximum_are_closed_and_a_client_gets_in_once_som
     }
     let refused = embedded.broker().metrics().refused_connections.get();
     assert_eq!(refused, EXTRA as u64);
-    assert_eq!(embedded.broker().metrics().open_connections.get(), MAX as i64);
+    assert_eq!(
+        embedded.broker().metrics().open_connections.get(),
+        MAX as i64
+    );
 
     // Two idle clients leave: a real client gets in and works.
     held.truncate(MAX - 2);
     open_connections(&embedded, (MAX - 2) as i64).await?;
     let mut clients = Clients::connect(embedded.endpoint()).await?;
-    clients.create_topic("in", 1, TopicConfig::default()).await?;
+    clients
+        .create_topic("in", 1, TopicConfig::default())
+        .await?;
     assert_eq!(clients.produce("in", 0, batch("r", 2)?).await?, 0);
-    assert_eq!(common::values(&clients.fetch_all("in", 0, 0).await?), ["r-0", "r-1"]);
+    assert_eq!(
+        common::values(&clients.fetch_all("in", 0, 0).await?),
+        ["r-0", "r-1"]
+    );
     Ok(())
 }
 
@@ -82,7 +90,9 @@ async fn idle_connections_are_closed_and_ones_with_an_open_stream_are_kept() -> 
     config.connection_idle_timeout = idle_timeout;
     let embedded = EmbeddedBroker::builder().config(config).start().await?;
     let mut clients = Clients::connect(embedded.endpoint()).await?;
-    clients.create_topic("quiet", 1, TopicConfig::default()).await?;
+    clients
+        .create_topic("quiet", 1, TopicConfig::default())
+        .await?;
     let mut subscription = within(
         "subscribe",
         clients.fetch.subscribe(SubscribeRequest {

@@ -361,7 +361,10 @@ async fn idle_and_slow_http_clients_are_closed() -> anyhow::Result<()> {
     };
     common::within("the slow client being cut off", dripping).await?;
     let took = started.elapsed();
-    ensure!(took < Duration::from_secs(5), "the slow client lasted {took:?}");
+    ensure!(
+        took < Duration::from_secs(5),
+        "the slow client lasted {took:?}"
+    );
     let (status, _) = get(addr, "/health").await?;
     ensure!(status == 200, "{status}");
 
@@ -378,7 +381,10 @@ async fn http_connections_are_bounded() -> anyhow::Result<()> {
     config.http_idle_timeout = Duration::from_secs(60);
     let (addr, stop, server) = serve_http(config, dir.path()).await?;
 
-    let held = [TcpStream::connect(addr).await?, TcpStream::connect(addr).await?];
+    let held = [
+        TcpStream::connect(addr).await?,
+        TcpStream::connect(addr).await?,
+    ];
     // A third client waits to be accepted while both are held...
     let waiting = tokio::time::timeout(Duration::from_millis(500), get(addr, "/health")).await;
     ensure!(waiting.is_err(), "answered beyond the bound: {waiting:?}");

@@ -69,11 +69,18 @@ async fn send_part(body: &mut SendStream<Bytes>, bytes: usize) -> anyhow::Result
     while sent < bytes {
         let n = MIB.min(bytes - sent);
         body.reserve_capacity(n);
-        let granted = within("send capacity", std::future::poll_fn(|cx| body.poll_capacity(cx))).await?;
+        let granted = within(
+            "send capacity",
+            std::future::poll_fn(|cx| body.poll_capacity(cx)),
+        )
+        .await?;
         let Some(Ok(granted)) = granted else {
             return Ok(());
         };
-        if body.send_data(chunk.slice(..granted.min(n)), false).is_err() {
+        if body
+            .send_data(chunk.slice(..granted.min(n)), false)
+            .is_err()
+        {
             return Ok(());
         }
         sent += granted.min(n);
@@ -87,7 +94,11 @@ async fn grpc_status(response: h2::client::ResponseFuture) -> anyhow::Result<(Co
         let response = response.await?;
         let grpc_status = |headers: &http::HeaderMap| {
             headers.get("grpc-status").map(|code| {
-                let code = code.to_str().ok().and_then(|c| c.parse::<i32>().ok()).unwrap_or(-1);
+                let code = code
+                    .to_str()
+                    .ok()
+                    .and_then(|c| c.parse::<i32>().ok())
+                    .unwrap_or(-1);
                 let message = headers
                     .get("grpc-message")
                     .and_then(|m| m.to_str().ok())
@@ -134,7 +145,11 @@ async fn slow_large_messages_are_bounded_by_the_receive_buffer() -> anyhow::Resu
     }
     let rss_during = rss_bytes()?;
     let grown = rss_during.saturating_sub(rss_before);
-    println!("rss before {} MiB, during {} MiB", rss_before / MIB, rss_during / MIB);
+    println!(
+        "rss before {} MiB, during {} MiB",
+        rss_before / MIB,
+        rss_during / MIB
+    );
     assert!(
         grown < BUDGET + 32 * MIB,
         "resident memory grew by {} MiB with a receive buffer of {} MiB",

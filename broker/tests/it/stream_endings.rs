@@ -10,7 +10,10 @@ use common::{Clients, batch, within};
 use tonic::Code;
 use tonic::codec::Streaming;
 
-async fn subscribe(clients: &mut Clients, topic: &str) -> anyhow::Result<Streaming<SubscribeResponse>> {
+async fn subscribe(
+    clients: &mut Clients,
+    topic: &str,
+) -> anyhow::Result<Streaming<SubscribeResponse>> {
     let request = SubscribeRequest {
         topic: topic.to_owned(),
         partition: 0,
@@ -29,7 +32,9 @@ async fn subscribe(clients: &mut Clients, topic: &str) -> anyhow::Result<Streami
 
 /// Reads until the stream ends; returns the status it ended with, or
 /// `None` if it ended with OK.
-async fn ending(stream: &mut Streaming<SubscribeResponse>) -> anyhow::Result<Option<tonic::Status>> {
+async fn ending(
+    stream: &mut Streaming<SubscribeResponse>,
+) -> anyhow::Result<Option<tonic::Status>> {
     within("the stream's end", async {
         loop {
             match stream.message().await {
@@ -46,7 +51,9 @@ async fn ending(stream: &mut Streaming<SubscribeResponse>) -> anyhow::Result<Opt
 async fn a_subscription_ends_with_unavailable_when_the_broker_shuts_down() -> anyhow::Result<()> {
     let embedded = EmbeddedBroker::start().await?;
     let mut clients = Clients::connect(embedded.endpoint()).await?;
-    clients.create_topic("tail", 1, TopicConfig::default()).await?;
+    clients
+        .create_topic("tail", 1, TopicConfig::default())
+        .await?;
     clients.produce("tail", 0, batch("r", 3)?).await?;
     let mut stream = subscribe(&mut clients, "tail").await?;
 
@@ -62,7 +69,9 @@ async fn a_subscription_ends_with_unavailable_when_the_broker_shuts_down() -> an
 async fn a_subscription_ends_with_not_found_when_its_topic_is_deleted() -> anyhow::Result<()> {
     let embedded = EmbeddedBroker::start().await?;
     let mut clients = Clients::connect(embedded.endpoint()).await?;
-    clients.create_topic("doomed", 1, TopicConfig::default()).await?;
+    clients
+        .create_topic("doomed", 1, TopicConfig::default())
+        .await?;
     clients.produce("doomed", 0, batch("r", 3)?).await?;
     let mut stream = subscribe(&mut clients, "doomed").await?;
 

@@ -14,8 +14,17 @@ use tokio::io::AsyncReadExt as _;
 /// Topic creation, a produce and a consume through `server`, and `/health`.
 async fn serves_normally(server: &Server, topic: &str) {
     let broker = server.endpoint();
-    brook(&broker, &["topic", "create", topic, "--partitions", "2"], b"").await;
-    let input: String = (0..200).map(|i| format!("line-{i}\n")).collect();
+    brook(
+        &broker,
+        &["topic", "create", topic, "--partitions", "2"],
+        b"",
+    )
+    .await;
+    let input = (0..200)
+        .map(|i| format!("line-{i}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n";
     let produced = brook(&broker, &["produce", topic], input.as_bytes()).await;
     assert_eq!(produced.trim(), "produced 200 records");
     let consumed = brook(
