@@ -292,8 +292,8 @@ mod tests {
         bytes
     }
 
-    #[test]
-    fn a_message_holds_its_length_until_its_last_byte_and_prefixes_may_be_split() {
+    #[tokio::test]
+    async fn a_message_holds_its_length_until_its_last_byte_and_prefixes_may_be_split() {
         let budget = budget(100);
         let mut body = BudgetedBody::new(Body::empty(), budget.clone());
         let first = message(60);
@@ -310,8 +310,8 @@ mod tests {
         assert_eq!(budget.available(), 100);
     }
 
-    #[test]
-    fn a_message_that_does_not_fit_is_refused_naming_the_limit() {
+    #[tokio::test]
+    async fn a_message_that_does_not_fit_is_refused_naming_the_limit() {
         let budget = budget(100);
         let mut holder = BudgetedBody::new(Body::empty(), budget.clone());
         holder.follow(&message(80)[..PREFIX_LEN]).unwrap();
