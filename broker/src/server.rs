@@ -42,7 +42,7 @@ const SERVICES: [&str; 4] = [
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServeError {
-    #[error("invalid setting {0}")]
+    #[error("invalid setting")]
     Config(#[source] Invalid),
     #[error("cannot open the broker: {0}")]
     Open(#[from] OpenError),

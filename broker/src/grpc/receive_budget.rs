@@ -22,7 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tonic::Status;
 use tonic::body::Body;
 
@@ -163,7 +163,11 @@ struct BudgetedBody {
     /// The current message's share of the budget.
     held: Option<OwnedSemaphorePermit>,
     /// When the current message must have arrived.
-    deadline: Option<Pin<Box<Sleep>>>,
+    deadline: Option<Instant>,
+    /// Wakes the body at the deadline; made the first time a message is
+    /// still incomplete when no more data is ready (most messages arrive
+    /// within one poll and never need it), then reused.
+    timer: Option<Pin<Box<Sleep>>>,
     failed: bool,
 }
 
@@ -178,6 +182,7 @@ impl BudgetedBody {
             message_len: 0,
             held: None,
             deadline: None,
+            timer: None,
             failed: false,
         }
     }
@@ -207,7 +212,7 @@ impl BudgetedBody {
                     self.held = self.budget.reserve(len)?;
                     self.remaining = len as usize;
                     self.message_len = len as usize;
-                    self.deadline = Some(Box::pin(tokio::time::sleep(self.budget.timeout)));
+                    self.deadline = Some(Instant::now() + self.budget.timeout);
                 }
             }
         }
@@ -252,8 +257,14 @@ impl HttpBody for BudgetedBody {
                 Poll::Ready(end)
             }
             Poll::Pending => {
-                if let Some(deadline) = &mut this.deadline {
-                    if deadline.as_mut().poll(cx).is_ready() {
+                if let Some(deadline) = this.deadline {
+                    let timer = this
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    if timer.deadline() != deadline {
+                        timer.as_mut().reset(deadline);
+                    }
+                    if timer.as_mut().poll(cx).is_ready() {
                         let status = this.budget.too_slow(this.message_len);
                         return this.fail(status);
                     }
