@@ -9,9 +9,11 @@
 //! Invariant: on the broker side, only this crate knows protobuf, gRPC
 //! and HTTP.
 
+mod descriptors;
 pub mod embedded;
 mod grpc;
 mod http;
+mod idle;
 pub mod server;
 
 pub use brook_engine::{

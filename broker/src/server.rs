@@ -16,10 +16,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
-use crate::http::{Phase, ServerStatus};
-use brook_engine::Broker;
-use brook_engine::OpenError;
+use crate::grpc::connections::{ConnectionLimits, TrackRequestsLayer};
+use crate::grpc::receive_budget::{ReceiveBudget, ReceiveBudgetLayer};
+use crate::http::{HttpLimits, Phase, ServerStatus};
 use brook_engine::config::BrokerConfig;
+use brook_engine::{Broker, Invalid, OpenError};
 
 /// HTTP/2 receive windows: bytes a client may send before the broker
 /// reads them. hyper's 1 MiB default stalls a producer that keeps several
@@ -39,7 +40,10 @@ const SERVICES: [&str; 4] = [
 ];
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServeError {
+    #[error("invalid setting")]
+    Config(#[source] Invalid),
     #[error("cannot open the broker: {0}")]
     Open(#[from] OpenError),
     #[error("gRPC server: {0}")]
@@ -62,10 +66,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(&Arc<Broker>) + Send,
 ) -> Result<(), ServeError> {
+    let connections = connection_limits(&config)?;
     let status = Arc::new(ServerStatus::default());
     let stop = stop_token(shutdown);
     let http_stop = CancellationToken::new();
-    let http_task = http.map(|listener| spawn_http(listener, status.clone(), http_stop.clone()));
+    let http_task =
+        http.map(|listener| spawn_http(listener, &config, status.clone(), http_stop.clone()));
     let opened = tokio::select! {
         opened = Broker::open(config) => Some(opened),
         () = stop.cancelled() => None,
@@ -84,7 +90,16 @@ pub async fn run(
     };
     status.set_broker(broker.clone());
     on_ready(&broker);
-    serve_grpc(broker, grpc, status, stop, http_stop, http_task).await
+    serve_grpc(
+        broker,
+        grpc,
+        connections,
+        status,
+        stop,
+        http_stop,
+        http_task,
+    )
+    .await
 }
 
 /// Serves an already opened broker until `shutdown` resolves.
@@ -94,12 +109,42 @@ pub async fn serve(
     http: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let connections = connection_limits(broker.config())?;
     let status = Arc::new(ServerStatus::default());
     status.set_broker(broker.clone());
     let stop = stop_token(shutdown);
     let http_stop = CancellationToken::new();
-    let http_task = http.map(|listener| spawn_http(listener, status.clone(), http_stop.clone()));
-    serve_grpc(broker, grpc, status, stop, http_stop, http_task).await
+    let http_task = http
+        .map(|listener| spawn_http(listener, broker.config(), status.clone(), http_stop.clone()));
+    serve_grpc(
+        broker,
+        grpc,
+        connections,
+        status,
+        stop,
+        http_stop,
+        http_task,
+    )
+    .await
+}
+
+/// Raises the descriptor limit and chooses how many gRPC connections it
+/// leaves room for; refuses a configured maximum that leaves too few
+/// descriptors for the broker's files.
+fn connection_limits(config: &BrokerConfig) -> Result<ConnectionLimits, ServeError> {
+    let nofile = crate::descriptors::raise_nofile_limit();
+    let max =
+        crate::descriptors::connections_max(&config.limits, nofile).map_err(ServeError::Config)?;
+    tracing::info!(
+        max_connections = max,
+        max_http_connections = config.limits.http_connections_max,
+        file_descriptors = nofile,
+        "connection limits"
+    );
+    Ok(ConnectionLimits {
+        max,
+        idle_timeout: config.connection_idle_timeout,
+    })
 }
 
 /// A token cancelled when `shutdown` resolves.
@@ -119,20 +164,23 @@ type HttpTask = JoinHandle<Result<(), std::io::Error>>;
 
 fn spawn_http(
     listener: TcpListener,
+    config: &BrokerConfig,
     status: Arc<ServerStatus>,
     stop: CancellationToken,
 ) -> HttpTask {
     let router = crate::http::router(status);
-    tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-    })
+    let limits = HttpLimits {
+        connections_max: config.limits.http_connections_max,
+        idle_timeout: config.http_idle_timeout,
+        header_read_timeout: config.http_header_read_timeout,
+    };
+    tokio::spawn(crate::http::serve(listener, router, limits, stop))
 }
 
 async fn serve_grpc(
     broker: Arc<Broker>,
     grpc: TcpListener,
+    connections: ConnectionLimits,
     status: Arc<ServerStatus>,
     stop: CancellationToken,
     http_stop: CancellationToken,
@@ -156,7 +204,13 @@ async fn serve_grpc(
     let grpc_addr = grpc
         .local_addr()
         .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string());
-    let incoming = crate::grpc::connections::counted(grpc, broker.metrics().clone());
+    let incoming = crate::grpc::connections::accept(grpc, connections, broker.metrics().clone());
+    let receive_budget = ReceiveBudget::new(
+        limits.receive_buffer_bytes_max,
+        limits.grpc_message_bytes_max,
+        limits.message_receive_timeout,
+        broker.metrics().clone(),
+    );
     let drain = {
         let stop = stop.clone();
         let status = status.clone();
@@ -181,6 +235,8 @@ async fn serve_grpc(
         .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
         .initial_stream_window_size(HTTP2_STREAM_WINDOW)
         .max_frame_size(HTTP2_FRAME_BYTES_MAX)
+        .layer(TrackRequestsLayer)
+        .layer(ReceiveBudgetLayer::new(receive_budget))
         .add_routes(crate::grpc::routes(&broker))
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -13,6 +13,7 @@ mod settings;
 mod table;
 mod topic;
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -70,7 +71,9 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             // `{:#}` prints the causes on one line, without a backtrace.
-            eprintln!("error: {error:#}");
+            // Written, not `eprintln!`ed: a full or closed stderr must not
+            // turn a failure into a panic.
+            let _unreported = writeln!(std::io::stderr(), "error: {error:#}");
             ExitCode::FAILURE
         }
     }
@@ -119,11 +122,17 @@ fn default_filter(level: &str) -> String {
 }
 
 /// Logs to stderr with a RUST_LOG-style filter.
+///
+/// Logging never affects the work: a line that cannot be written (stderr
+/// on a full disk, or a pipe nobody reads any more) is dropped. The
+/// subscriber's own report of such a failure is off, since it would go to
+/// the same stderr with `eprintln!`, which panics when that fails too.
 fn init_tracing(format: LogFormat, filter: &str) {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_invalid| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

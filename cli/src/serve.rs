@@ -41,7 +41,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let effective = args.settings.merge(file).resolve()?;
     if args.print_config {
-        print!("{}", effective.to_toml()?);
+        let mut stdout = std::io::stdout().lock();
+        write!(stdout, "{}", effective.to_toml()?)
+            .and_then(|()| stdout.flush())
+            .context("write the configuration")?;
         return Ok(());
     }
     crate::init_tracing(effective.log_format()?, &effective.log);

@@ -109,6 +109,25 @@ settings! {
     /// [default: none].
     #[arg(value_name = "TOPIC/PARTITION", value_delimiter = ',')]
     accept_data_loss: Vec<String> = "BROOK_ACCEPT_DATA_LOSS",
+    /// Open gRPC connections; more are closed as soon as accepted. Must
+    /// leave 256 file descriptors for the broker's files [default: half of
+    /// the descriptor limit left after HTTP's and 256, at most 10000].
+    max_connections: usize = "BROOK_MAX_CONNECTIONS",
+    /// A gRPC connection with no open stream and no request for this long
+    /// is closed [default: 600000].
+    connection_idle_timeout_ms: u64 = "BROOK_CONNECTION_IDLE_TIMEOUT_MS",
+    /// Bytes of gRPC messages partly received, across all connections; a
+    /// message that does not fit is refused with RESOURCE_EXHAUSTED [default: 268435456].
+    max_receive_buffer_bytes: usize = "BROOK_MAX_RECEIVE_BUFFER_BYTES",
+    /// Longest time one gRPC message may take to arrive; a slower one is
+    /// refused with RESOURCE_EXHAUSTED [default: 60000].
+    message_receive_timeout_ms: u64 = "BROOK_MESSAGE_RECEIVE_TIMEOUT_MS",
+    /// Open HTTP connections; more wait to be accepted [default: 64].
+    max_http_connections: usize = "BROOK_MAX_HTTP_CONNECTIONS",
+    /// An HTTP connection that sends nothing for this long is closed [default: 60000].
+    http_idle_timeout_ms: u64 = "BROOK_HTTP_IDLE_TIMEOUT_MS",
+    /// Longest time to send an HTTP request's headers [default: 10000].
+    http_header_read_timeout_ms: u64 = "BROOK_HTTP_HEADER_READ_TIMEOUT_MS",
 }
 
 /// The settings with every default filled in and every value checked.
@@ -142,6 +161,15 @@ pub struct Effective {
     pub max_streams_per_connection: u32,
     pub max_grpc_message_bytes: usize,
     pub accept_data_loss: Vec<String>,
+    /// Unset: chosen from the descriptor limit at start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    pub connection_idle_timeout_ms: u64,
+    pub max_receive_buffer_bytes: usize,
+    pub message_receive_timeout_ms: u64,
+    pub max_http_connections: usize,
+    pub http_idle_timeout_ms: u64,
+    pub http_header_read_timeout_ms: u64,
 }
 
 /// Reads a settings file; unknown keys and values of the wrong type are
@@ -239,6 +267,25 @@ impl Settings {
                 .max_grpc_message_bytes
                 .unwrap_or(limits.grpc_message_bytes_max),
             accept_data_loss: self.accept_data_loss.unwrap_or_default(),
+            max_connections: self.max_connections.or(limits.connections_max),
+            connection_idle_timeout_ms: self
+                .connection_idle_timeout_ms
+                .unwrap_or(millis(broker.connection_idle_timeout)),
+            max_receive_buffer_bytes: self
+                .max_receive_buffer_bytes
+                .unwrap_or(limits.receive_buffer_bytes_max),
+            message_receive_timeout_ms: self
+                .message_receive_timeout_ms
+                .unwrap_or(millis(limits.message_receive_timeout)),
+            max_http_connections: self
+                .max_http_connections
+                .unwrap_or(limits.http_connections_max),
+            http_idle_timeout_ms: self
+                .http_idle_timeout_ms
+                .unwrap_or(millis(broker.http_idle_timeout)),
+            http_header_read_timeout_ms: self
+                .http_header_read_timeout_ms
+                .unwrap_or(millis(broker.http_header_read_timeout)),
         };
         effective.check()?;
         Ok(effective)
@@ -296,6 +343,30 @@ impl Effective {
             "max_streams_per_connection",
             u64::from(self.max_streams_per_connection),
         )?;
+        if let Some(max) = self.max_connections {
+            positive("max_connections", max as u64)?;
+        }
+        positive(
+            "connection_idle_timeout_ms",
+            self.connection_idle_timeout_ms,
+        )?;
+        positive(
+            "message_receive_timeout_ms",
+            self.message_receive_timeout_ms,
+        )?;
+        positive("max_http_connections", self.max_http_connections as u64)?;
+        positive("http_idle_timeout_ms", self.http_idle_timeout_ms)?;
+        positive(
+            "http_header_read_timeout_ms",
+            self.http_header_read_timeout_ms,
+        )?;
+        if self.max_receive_buffer_bytes < self.max_message_bytes as usize {
+            bail!(
+                "max_receive_buffer_bytes: must be at least max_message_bytes ({}), got {}",
+                self.max_message_bytes,
+                self.max_receive_buffer_bytes
+            );
+        }
         let header = brook_record::HEADER_LEN as u32;
         if self.max_message_bytes < header {
             bail!(
@@ -352,6 +423,13 @@ impl Effective {
         limits.produce_bytes_in_flight_max = self.max_produce_bytes_in_flight;
         limits.streams_per_connection_max = self.max_streams_per_connection;
         limits.grpc_message_bytes_max = self.max_grpc_message_bytes;
+        limits.connections_max = self.max_connections;
+        limits.receive_buffer_bytes_max = self.max_receive_buffer_bytes;
+        limits.message_receive_timeout = Duration::from_millis(self.message_receive_timeout_ms);
+        limits.http_connections_max = self.max_http_connections;
+        config.connection_idle_timeout = Duration::from_millis(self.connection_idle_timeout_ms);
+        config.http_idle_timeout = Duration::from_millis(self.http_idle_timeout_ms);
+        config.http_header_read_timeout = Duration::from_millis(self.http_header_read_timeout_ms);
         config.retention_check_interval = Duration::from_millis(self.retention_check_interval_ms);
         config.shutdown_grace = Duration::from_millis(self.shutdown_grace_ms);
         let groups = &mut config.groups;

@@ -368,9 +368,12 @@ fn undecodable(topic: &str, partition: u32, offset: i64, error: BatchError) -> C
 
 /// A partition's records as they are appended, from [`Client::subscribe`]:
 /// a `Stream` of decoded records in offset order, none below the offset
-/// subscribed at. It ends when the broker ends it (shutdown) and after the
-/// first error; a batch that does not decode is such an error (`DATA_LOSS`,
-/// naming the partition and offset), after the records before it.
+/// subscribed at. It ends after the first error, and the broker always
+/// ends it with one: `Unavailable` (retryable) when the broker shuts down,
+/// `NotFound` when the partition is deleted. After a retryable one,
+/// subscribe again from [`Subscription::next_offset`]. A batch that does
+/// not decode is also such an error (`DATA_LOSS`, naming the partition and
+/// offset), after the records before it.
 ///
 /// A subscription waits for records as long as there are none; a broker
 /// that vanished without closing the connection is noticed by the

@@ -157,7 +157,27 @@ pub struct Limits {
     pub streams_per_connection_max: u32,
     /// Largest gRPC message the broker decodes.
     pub grpc_message_bytes_max: usize,
+    /// Open gRPC connections; beyond it new ones are closed as soon as
+    /// they are accepted. `None`: half the process's descriptor limit, at
+    /// most [`CONNECTIONS_MAX_DEFAULT_CAP`], so the rest is left for the
+    /// broker's own files (segments, indexes, metadata).
+    pub connections_max: Option<usize>,
+    /// Open HTTP (health, readiness, metrics) connections; beyond it new
+    /// ones wait to be accepted.
+    pub http_connections_max: usize,
+    /// Bytes of gRPC messages partly received, across all connections: a
+    /// message whose declared length does not fit in what is left is
+    /// refused with RESOURCE_EXHAUSTED.
+    pub receive_buffer_bytes_max: usize,
+    /// Longest time one gRPC message may take to arrive once its length
+    /// prefix did; a slower one is refused, so a slow sender cannot hold
+    /// its share of `receive_buffer_bytes_max` for long.
+    pub message_receive_timeout: Duration,
 }
+
+/// The most gRPC connections the broker allows by default, however high
+/// the descriptor limit.
+pub const CONNECTIONS_MAX_DEFAULT_CAP: usize = 10_000;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -173,6 +193,10 @@ impl Default for Limits {
             produce_bytes_in_flight_max: 512 * 1024 * 1024,
             streams_per_connection_max: 1024,
             grpc_message_bytes_max: brook_record::protocol::GRPC_MESSAGE_BYTES_MAX_DEFAULT,
+            connections_max: None,
+            http_connections_max: 64,
+            receive_buffer_bytes_max: 256 * 1024 * 1024,
+            message_receive_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -300,6 +324,14 @@ pub struct BrokerConfig {
     /// point is cut and served from its end (and a missing partition
     /// directory starts empty) instead of refusing reads and writes.
     pub accept_data_loss: Vec<PartitionName>,
+    /// A gRPC connection with no open stream and no request for this long
+    /// is closed.
+    pub connection_idle_timeout: Duration,
+    /// An HTTP connection with no bytes from its client for this long is
+    /// closed.
+    pub http_idle_timeout: Duration,
+    /// Longest time a client may take to send an HTTP request's headers.
+    pub http_header_read_timeout: Duration,
 }
 
 impl BrokerConfig {
@@ -344,6 +376,9 @@ impl Default for BrokerConfig {
             meta: MetaBackend::Disk,
             groups: GroupSettings::default(),
             accept_data_loss: Vec::new(),
+            connection_idle_timeout: Duration::from_secs(600),
+            http_idle_timeout: Duration::from_secs(60),
+            http_header_read_timeout: Duration::from_secs(10),
         }
     }
 }

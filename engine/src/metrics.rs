@@ -70,6 +70,11 @@ pub struct Metrics {
     pub fsync_duration: Histogram,
     pub group_commit_batches: Histogram,
     pub open_connections: Gauge,
+    /// gRPC connections closed at once because `connections_max` were open.
+    pub refused_connections: Counter,
+    /// gRPC messages refused because the receive buffer budget was spent
+    /// or the message did not arrive in time.
+    pub refused_messages: Counter,
     pub open_streams: Family<StreamLabels, Gauge>,
     pub group_rebalances: Family<GroupLabels, Counter>,
 }
@@ -95,6 +100,8 @@ impl Metrics {
             fsync_duration: latency_histogram(),
             group_commit_batches: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             open_connections: Gauge::default(),
+            refused_connections: Counter::default(),
+            refused_messages: Counter::default(),
             open_streams: Family::default(),
             group_rebalances: Family::default(),
             registry: Registry::default(),
@@ -159,6 +166,16 @@ impl Metrics {
             "brook_open_connections",
             "Open gRPC connections",
             m.open_connections.clone(),
+        );
+        registry.register(
+            "brook_refused_connections",
+            "gRPC connections closed as soon as accepted because max_connections were open",
+            m.refused_connections.clone(),
+        );
+        registry.register(
+            "brook_refused_messages",
+            "gRPC messages refused because max_receive_buffer_bytes was spent or they arrived too slowly",
+            m.refused_messages.clone(),
         );
         registry.register(
             "brook_open_streams",

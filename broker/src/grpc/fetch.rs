@@ -14,8 +14,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::status::{status, to_status};
-use brook_engine::Invalid;
 use brook_engine::{Broker, FetchSpec, OffsetSpec};
+use brook_engine::{FetchError, Invalid, PartitionError};
 
 /// Chunks a subscription reads ahead of a slow client (each up to the
 /// subscription's chunk size).
@@ -30,6 +30,18 @@ impl FetchHandler {
     pub fn new(broker: Arc<Broker>) -> Self {
         Self { broker }
     }
+}
+
+/// Why a subscription ended without an error of its own: the broker is
+/// stopping, or else its partition was deleted.
+fn ended(broker: &Broker, topic: String, partition: u32) -> Status {
+    if broker.is_stopping() {
+        return status(FetchError::ShuttingDown);
+    }
+    status(FetchError::Partition(PartitionError::Deleted {
+        topic,
+        partition,
+    }))
 }
 
 #[tonic::async_trait]
@@ -95,6 +107,7 @@ impl FetchService for FetchHandler {
         // Bounded: a client that stops reading stops the subscription's reads.
         let (sender, receiver) = mpsc::channel(SUBSCRIBE_BUFFER);
         let open = self.broker.metrics().open_stream("subscribe");
+        let broker = self.broker.clone();
         tokio::spawn(async move {
             let _open = open;
             loop {
@@ -102,7 +115,14 @@ impl FetchService for FetchHandler {
                     next = subscription.next() => next,
                     () = sender.closed() => break,
                 };
-                let Some(chunk) = next else { break };
+                let Some(chunk) = next else {
+                    // A subscription has no normal end: say why it ended,
+                    // so that the client reconnects (UNAVAILABLE) or stops
+                    // (NOT_FOUND) instead of taking it as done.
+                    let why = ended(&broker, request.topic, request.partition);
+                    let _ = sender.send(Err(why)).await;
+                    break;
+                };
                 let message = chunk
                     .map(|c| SubscribeResponse {
                         records: c.records,

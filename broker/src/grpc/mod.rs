@@ -8,6 +8,7 @@ pub mod connections;
 mod fetch;
 mod group;
 mod produce;
+pub mod receive_budget;
 pub mod status;
 
 use std::sync::Arc;

@@ -7,7 +7,7 @@ use brook_proto::produce_service_server::ProduceService;
 use brook_proto::{
     BatchResult, InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -134,6 +134,10 @@ impl ProduceService for ProduceHandler {
         // Requests queued to partitions, in arrival order; the bound is the
         // stream's in-flight limit.
         let (queued, mut awaiting) = mpsc::channel::<InFlight>(in_flight_max);
+        // How reading the requests ended, when not by the client closing
+        // its side: the responses end with it once everything read is
+        // acknowledged.
+        let (ended, mut end) = oneshot::channel::<Status>();
         let stopping = self.broker.clone();
         tokio::spawn(async move {
             while let Some((correlation_id, targets, pending)) = awaiting.recv().await {
@@ -154,8 +158,11 @@ impl ProduceService for ProduceHandler {
                 }
             }
             // Everything queued is acknowledged; a stream cut short by a
-            // shutdown ends with a status the client knows to retry on.
-            if stopping.is_stopping() {
+            // refused message or a shutdown ends with a status the client
+            // knows to retry on.
+            if let Ok(status) = end.try_recv() {
+                let _ = responses.send(Err(status)).await;
+            } else if stopping.is_stopping() {
                 let _ = responses
                     .send(Err(Status::unavailable(
                         "the broker is shutting down; requests after the last acknowledgement were not read",
@@ -176,7 +183,8 @@ impl ProduceService for ProduceHandler {
                     Ok(Some(request)) => request,
                     Ok(None) => break,
                     Err(status) => {
-                        tracing::debug!(%status, "produce stream ended by the client");
+                        tracing::debug!(%status, "produce stream ended while reading a request");
+                        let _ = ended.send(status);
                         break;
                     }
                 };

@@ -1,12 +1,23 @@
 //! The one mapping from the engine's errors to gRPC statuses
 //! (`docs/errors.md` is its table for clients). Each error family maps its
 //! own variants; the parts the families share map the same way everywhere.
+//!
+//! A status message repeats names from the request, so it is cut: a quoted
+//! name to [`NAME_CHARS_MAX`] characters, the whole message to
+//! [`MESSAGE_BYTES_MAX`] bytes. Without that a long name could push the
+//! status past the client's header limit, and the client would see
+//! RESOURCE_EXHAUSTED or INTERNAL instead of the real code.
 
 use brook_engine::{
     AdminError, FetchError, GroupError, Invalid, NotFound, OpenError, PartitionError, ProduceError,
 };
 use brook_storage::LogError;
 use tonic::{Code, Status};
+
+/// Longest name (text between backticks) a status message repeats whole.
+pub const NAME_CHARS_MAX: usize = 128;
+/// Longest status message, in bytes.
+pub const MESSAGE_BYTES_MAX: usize = 1024;
 
 /// An engine error as a gRPC status.
 pub trait ToStatus: std::error::Error {
@@ -122,12 +133,41 @@ pub fn to_status(error: &(impl ToStatus + ?Sized)) -> Status {
         }
         source = cause.source();
     }
+    let message = bounded(&message);
     if matches!(code, Code::Internal | Code::DataLoss) {
         tracing::error!(error = %message, "request failed");
     } else {
         tracing::debug!(error = %message, "request rejected");
     }
     Status::new(code, message)
+}
+
+/// `message` with each name between backticks cut to `NAME_CHARS_MAX`
+/// characters and the whole cut to `MESSAGE_BYTES_MAX` bytes, on character
+/// boundaries; a cut is marked with `…`.
+pub fn bounded(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(MESSAGE_BYTES_MAX));
+    for (i, part) in message.split('`').enumerate() {
+        if i > 0 {
+            out.push('`');
+        }
+        // Odd parts are between backticks.
+        if i % 2 == 1 && part.chars().count() > NAME_CHARS_MAX {
+            out.extend(part.chars().take(NAME_CHARS_MAX));
+            out.push('…');
+        } else {
+            out.push_str(part);
+        }
+    }
+    if out.len() > MESSAGE_BYTES_MAX {
+        let mut end = MESSAGE_BYTES_MAX - '…'.len_utf8();
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+        out.push('…');
+    }
+    out
 }
 
 /// For `map_err`: the status of an owned error.
@@ -214,6 +254,28 @@ mod tests {
         let message = to_status(&error).message().to_owned();
         assert_eq!(message.matches("poisoned").count(), 1, "{message}");
         assert!(message.contains("fsync of /d/0.log failed"), "{message}");
+    }
+
+    #[test]
+    fn long_names_are_cut_and_the_message_is_bounded() {
+        let name = "é".repeat(10_000);
+        let status = to_status(&NotFound::Topic(name.clone()));
+        assert_eq!(status.code(), Code::NotFound);
+        let message = status.message();
+        assert!(message.len() <= MESSAGE_BYTES_MAX, "{}", message.len());
+        assert!(message.ends_with("does not exist"), "{message}");
+        assert!(message.contains(&"é".repeat(NAME_CHARS_MAX)), "{message}");
+
+        let long = format!("{} `a` {}", "ü".repeat(700), "x".repeat(700));
+        let cut = bounded(&long);
+        assert!(
+            cut.len() <= MESSAGE_BYTES_MAX && cut.ends_with('…'),
+            "{cut}"
+        );
+        assert_eq!(
+            bounded("topic `t` does not exist"),
+            "topic `t` does not exist"
+        );
     }
 
     /// docs/errors.md promises these phrases to clients, which tell the

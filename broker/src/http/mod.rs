@@ -3,8 +3,14 @@
 //! (recovery done and gRPC serving; not while stopping) and `/metrics`
 //! (Prometheus/OpenMetrics text).
 //!
+//! `listener` serves them with bounds on connections and timeouts.
+//!
 //! It answers from before the broker is open, so that an orchestrator sees
 //! "alive, not ready" during a long recovery instead of a refused connection.
+
+mod listener;
+
+pub use listener::{HttpLimits, serve};
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};

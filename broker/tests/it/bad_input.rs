@@ -228,6 +228,31 @@ async fn bad_topic_names_and_partition_counts_are_invalid() {
     assert_eq!(names, [TOPIC]);
 }
 
+/// A status message repeating a 10 KB name would pass the client's header
+/// limit and reach it as RESOURCE_EXHAUSTED; the name is cut instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_topic_name_gets_its_own_code_and_a_short_message() {
+    let (_embedded, mut clients) = setup().await.unwrap();
+    let huge = "n".repeat(10 * 1024);
+    let request = produce_request(1, vec![partition_batch(&huge, 0, batch("x", 1).unwrap())]);
+    let status = clients.produce.produce(request).await.unwrap_err();
+    assert_status(&status, Code::NotFound, &["does not exist", "nnnn…`"]);
+    assert!(status.message().len() <= 1024, "{}", status.message().len());
+
+    let status = clients.fetch_once(&huge, 0, 0).await.unwrap_err();
+    assert_status(&status, Code::NotFound, &["does not exist"]);
+    assert!(status.message().len() <= 1024, "{}", status.message().len());
+
+    let request = CreateTopicRequest {
+        name: format!("{huge}/"),
+        partitions: 1,
+        config: None,
+    };
+    let status = clients.admin.create_topic(request).await.unwrap_err();
+    assert_status(&status, Code::InvalidArgument, &["over the limit of 249"]);
+    assert!(status.message().len() <= 1024, "{}", status.message().len());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_topic_already_exists() {
     let (_embedded, mut clients) = setup().await.unwrap();

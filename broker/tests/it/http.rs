@@ -1,12 +1,13 @@
 //! The HTTP endpoints: `/ready` is 503 while recovery runs and while the
 //! broker drains, `/health` reports a live process, `/metrics` shows traffic.
+//! Idle and slow HTTP clients are closed, and their number is bounded.
 
 use crate::common;
 
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use brook_broker::storage::{LogFile, OsStorage, Storage};
@@ -273,6 +274,125 @@ async fn a_topic_directory_without_metadata_is_kept_aside_and_named_by_health() 
     );
     let (_, metrics) = get(http_addr, "/metrics").await?;
     ensure!(metrics.contains("brook_quarantined_topics 1"), "{metrics}");
+    stop.cancel();
+    common::within("server exit", server).await???;
+    Ok(())
+}
+
+/// A broker serving HTTP with `config` (its data directory a temporary
+/// one); returns the HTTP address, the stop token and the server task.
+async fn serve_http(
+    mut config: BrokerConfig,
+    dir: &Path,
+) -> anyhow::Result<(
+    std::net::SocketAddr,
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), brook_broker::server::ServeError>>,
+)> {
+    config.data_dir = dir.to_owned();
+    config.meta = brook_broker::config::MetaBackend::Memory;
+    let grpc = TcpListener::bind("127.0.0.1:0").await?;
+    let http = TcpListener::bind("127.0.0.1:0").await?;
+    let http_addr = http.local_addr()?;
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(brook_broker::server::run(
+        config,
+        grpc,
+        Some(http),
+        {
+            let stop = stop.clone();
+            async move { stop.cancelled().await }
+        },
+        |_| {},
+    ));
+    wait_for(http_addr, "/ready", 200).await?;
+    Ok((http_addr, stop, server))
+}
+
+/// Reads until the server closes `stream`; returns how long that took.
+async fn closed_by_server(stream: &mut TcpStream) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    common::within("the server closing the connection", async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await?;
+    Ok(started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_http_clients_are_closed() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut config = BrokerConfig::default();
+    config.http_idle_timeout = Duration::from_millis(300);
+    config.http_header_read_timeout = Duration::from_millis(500);
+    let (addr, stop, server) = serve_http(config, dir.path()).await?;
+
+    // Silent sockets, and one that made a request and kept the connection.
+    let mut idle = Vec::new();
+    for _ in 0..5 {
+        idle.push(TcpStream::connect(addr).await?);
+    }
+    let mut kept = TcpStream::connect(addr).await?;
+    kept.write_all(format!("GET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    for stream in idle.iter_mut().chain([&mut kept]) {
+        let took = closed_by_server(stream).await?;
+        ensure!(took < common::WAIT, "closed after {took:?}");
+    }
+
+    // Headers sent a byte at a time, each within the idle timeout, are cut
+    // off by the header timeout.
+    let mut slow = TcpStream::connect(addr).await?;
+    slow.write_all(b"GET /health HTTP/1.1\r\n").await?;
+    let started = Instant::now();
+    let dripping = async {
+        for _ in 0..100 {
+            if slow.write_all(b"X").await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    common::within("the slow client being cut off", dripping).await?;
+    let took = started.elapsed();
+    ensure!(
+        took < Duration::from_secs(5),
+        "the slow client lasted {took:?}"
+    );
+    let (status, _) = get(addr, "/health").await?;
+    ensure!(status == 200, "{status}");
+
+    stop.cancel();
+    common::within("server exit", server).await???;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_connections_are_bounded() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut config = BrokerConfig::default();
+    config.limits.http_connections_max = 2;
+    config.http_idle_timeout = Duration::from_secs(60);
+    let (addr, stop, server) = serve_http(config, dir.path()).await?;
+
+    let held = [
+        TcpStream::connect(addr).await?,
+        TcpStream::connect(addr).await?,
+    ];
+    // A third client waits to be accepted while both are held...
+    let waiting = tokio::time::timeout(Duration::from_millis(500), get(addr, "/health")).await;
+    ensure!(waiting.is_err(), "answered beyond the bound: {waiting:?}");
+    // ... and is answered once one leaves.
+    drop(held);
+    let (status, _) = get(addr, "/health").await?;
+    ensure!(status == 200, "{status}");
+
     stop.cancel();
     common::within("server exit", server).await???;
     Ok(())

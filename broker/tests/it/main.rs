@@ -5,13 +5,16 @@ mod common;
 
 mod backpressure;
 mod bad_input;
+mod connections;
 mod damage;
 mod embedded;
 mod faults;
 mod groups;
 mod http;
 mod idempotence;
+mod receive_buffer;
 mod recovery;
 mod reflection;
 mod retention;
 mod shutdown;
+mod stream_endings;

@@ -39,6 +39,11 @@ impl Server {
 
     /// Like [`Server::start`], with more `brook serve` flags.
     pub async fn start_with(data_dir: &Path, flags: &[&str]) -> Server {
+        Server::start_logging_to(data_dir, flags, Stdio::inherit()).await
+    }
+
+    /// Like [`Server::start_with`], with stderr (where logs go) on `stderr`.
+    pub async fn start_logging_to(data_dir: &Path, flags: &[&str], stderr: Stdio) -> Server {
         let mut child = Command::new(BROOK)
             .arg("serve")
             .arg("--data-dir")
@@ -48,6 +53,7 @@ impl Server {
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .expect("spawn brook serve");
@@ -64,6 +70,11 @@ impl Server {
             grpc,
             http,
         }
+    }
+
+    /// The server's stderr, if it was started with it piped.
+    pub fn take_stderr(&mut self) -> Option<tokio::process::ChildStderr> {
+        self.child.stderr.take()
     }
 
     /// The gRPC endpoint as a URI.

@@ -6,6 +6,7 @@ mod common;
 mod cli;
 mod crash;
 mod groups;
+mod logging;
 mod operations;
 mod recover;
 mod undecodable;

@@ -324,6 +324,16 @@ async fn a_bad_config_file_fails_naming_the_key() {
             "default_max_message_bytes = 10\n",
             "default_max_message_bytes",
         ),
+        (
+            "a receive buffer smaller than a batch",
+            "max_receive_buffer_bytes = 1024\n",
+            "max_receive_buffer_bytes",
+        ),
+        (
+            "more connections than file descriptors",
+            "max_connections = 1000000000000\n",
+            "max_connections",
+        ),
     ];
     for (case, config, key) in cases {
         let output = serve_with_config(dir.path(), config, &[], &[]).await;

@@ -1,0 +1,338 @@
+//! The broker-wide budget of bytes of gRPC messages partly received.
+//!
+//! tonic buffers a message until all of it has arrived, so a client that
+//! opens many streams and sends each a large message slowly could make the
+//! broker hold gigabytes. [`ReceiveBudgetLayer`] reads each request body's
+//! gRPC framing as it passes: when a message's 5-byte prefix arrives, the
+//! length it declares is taken from the budget (or, if that much is not
+//! left, the message is refused with RESOURCE_EXHAUSTED) and given back
+//! once the message's last byte has passed, or the stream ends. A message
+//! must then arrive within `message_receive_timeout`, so a slow sender
+//! holds its share only that long.
+//!
+//! A declared length above the largest gRPC message is left to tonic,
+//! which refuses it before buffering anything.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+use tonic::Status;
+use tonic::body::Body;
+
+use brook_engine::metrics::Metrics;
+
+/// gRPC's message prefix: a compression flag and a big-endian u32 length.
+const PREFIX_LEN: usize = 5;
+
+/// The budget shared by every request of the server.
+#[derive(Debug, Clone)]
+pub struct ReceiveBudget {
+    /// One permit per byte of messages partly received.
+    bytes: Arc<Semaphore>,
+    bytes_max: usize,
+    /// Declared lengths above this are tonic's to refuse.
+    message_bytes_max: usize,
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl ReceiveBudget {
+    pub fn new(
+        bytes_max: usize,
+        message_bytes_max: usize,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let bytes_max = bytes_max.min(Semaphore::MAX_PERMITS);
+        Self {
+            bytes: Arc::new(Semaphore::new(bytes_max)),
+            bytes_max,
+            message_bytes_max,
+            timeout,
+            metrics,
+        }
+    }
+
+    /// Bytes of the budget not held by a message now.
+    #[cfg(test)]
+    fn available(&self) -> usize {
+        self.bytes.available_permits()
+    }
+
+    fn reserve(&self, len: u32) -> Result<Option<OwnedSemaphorePermit>, Status> {
+        if len as usize > self.message_bytes_max {
+            return Ok(None);
+        }
+        match self.bytes.clone().try_acquire_many_owned(len) {
+            Ok(permit) => Ok(Some(permit)),
+            Err(_no_room) => {
+                self.metrics.refused_messages.inc();
+                tracing::debug!(
+                    message_bytes = len,
+                    receive_buffer_bytes_max = self.bytes_max,
+                    "refusing a message: the receive buffer is full"
+                );
+                Err(Status::resource_exhausted(format!(
+                    "max_receive_buffer_bytes: the broker is receiving {} bytes of messages already \
+                     and cannot take a message of {len} more; retry later",
+                    self.bytes_max - self.bytes.available_permits()
+                )))
+            }
+        }
+    }
+
+    fn too_slow(&self, len: usize) -> Status {
+        self.metrics.refused_messages.inc();
+        tracing::debug!(
+            message_bytes = len,
+            "refusing a message: it arrived too slowly"
+        );
+        Status::resource_exhausted(format!(
+            "message_receive_timeout_ms: a message of {len} bytes did not arrive within {} ms",
+            self.timeout.as_millis()
+        ))
+    }
+}
+
+/// Puts every request body of the services under it on the budget.
+#[derive(Debug, Clone)]
+pub struct ReceiveBudgetLayer {
+    budget: ReceiveBudget,
+}
+
+impl ReceiveBudgetLayer {
+    pub fn new(budget: ReceiveBudget) -> Self {
+        Self { budget }
+    }
+}
+
+impl<S> tower::Layer<S> for ReceiveBudgetLayer {
+    type Service = Budgeted<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Budgeted {
+            inner,
+            budget: self.budget.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Budgeted<S> {
+    inner: S,
+    budget: ReceiveBudget,
+}
+
+impl<S> tower::Service<http::Request<Body>> for Budgeted<S>
+where
+    S: tower::Service<http::Request<Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let budget = self.budget.clone();
+        self.inner
+            .call(request.map(|body| Body::new(BudgetedBody::new(body, budget))))
+    }
+}
+
+/// A request body whose messages are reserved from the budget as their
+/// prefixes arrive.
+struct BudgetedBody {
+    inner: Body,
+    budget: ReceiveBudget,
+    /// The prefix of the next message, as far as it has arrived.
+    prefix: [u8; PREFIX_LEN],
+    prefix_len: usize,
+    /// Bytes of the current message still to come, and its length.
+    remaining: usize,
+    message_len: usize,
+    /// The current message's share of the budget.
+    held: Option<OwnedSemaphorePermit>,
+    /// When the current message must have arrived.
+    deadline: Option<Instant>,
+    /// Wakes the body at the deadline; made the first time a message is
+    /// still incomplete when no more data is ready (most messages arrive
+    /// within one poll and never need it), then reused.
+    timer: Option<Pin<Box<Sleep>>>,
+    failed: bool,
+}
+
+impl BudgetedBody {
+    fn new(inner: Body, budget: ReceiveBudget) -> Self {
+        Self {
+            inner,
+            budget,
+            prefix: [0; PREFIX_LEN],
+            prefix_len: 0,
+            remaining: 0,
+            message_len: 0,
+            held: None,
+            deadline: None,
+            timer: None,
+            failed: false,
+        }
+    }
+
+    /// Follows the framing through `data`, reserving each message that
+    /// starts in it and releasing each that ends in it.
+    fn follow(&mut self, mut data: &[u8]) -> Result<(), Status> {
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let n = self.remaining.min(data.len());
+                self.remaining -= n;
+                data = &data[n..];
+                if self.remaining == 0 {
+                    self.end_message();
+                }
+                continue;
+            }
+            let n = (PREFIX_LEN - self.prefix_len).min(data.len());
+            self.prefix[self.prefix_len..self.prefix_len + n].copy_from_slice(&data[..n]);
+            self.prefix_len += n;
+            data = &data[n..];
+            if self.prefix_len == PREFIX_LEN {
+                self.prefix_len = 0;
+                let [_compressed, length @ ..] = self.prefix;
+                let len = u32::from_be_bytes(length);
+                if len > 0 {
+                    self.held = self.budget.reserve(len)?;
+                    self.remaining = len as usize;
+                    self.message_len = len as usize;
+                    self.deadline = Some(Instant::now() + self.budget.timeout);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn end_message(&mut self) {
+        self.held = None;
+        self.deadline = None;
+    }
+
+    fn fail(&mut self, status: Status) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        self.failed = true;
+        self.end_message();
+        Poll::Ready(Some(Err(status)))
+    }
+}
+
+impl HttpBody for BudgetedBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        if this.failed {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if let Err(status) = this.follow(data) {
+                        return this.fail(status);
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(end) => {
+                this.end_message();
+                Poll::Ready(end)
+            }
+            Poll::Pending => {
+                if let Some(deadline) = this.deadline {
+                    let timer = this
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    if timer.deadline() != deadline {
+                        timer.as_mut().reset(deadline);
+                    }
+                    if timer.as_mut().poll(cx).is_ready() {
+                        let status = this.budget.too_slow(this.message_len);
+                        return this.fail(status);
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(bytes_max: usize) -> ReceiveBudget {
+        ReceiveBudget::new(
+            bytes_max,
+            1 << 20,
+            Duration::from_secs(60),
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    fn message(len: u32) -> Vec<u8> {
+        let mut bytes = vec![0];
+        bytes.extend_from_slice(&len.to_be_bytes());
+        bytes.resize(PREFIX_LEN + len as usize, 7);
+        bytes
+    }
+
+    #[tokio::test]
+    async fn a_message_holds_its_length_until_its_last_byte_and_prefixes_may_be_split() {
+        let budget = budget(100);
+        let mut body = BudgetedBody::new(Body::empty(), budget.clone());
+        let first = message(60);
+        body.follow(&first[..3]).unwrap();
+        assert_eq!(budget.available(), 100);
+        body.follow(&first[3..10]).unwrap();
+        assert_eq!(budget.available(), 40);
+        // The rest of the first message and the start of the second.
+        let mut rest = first[10..].to_vec();
+        rest.extend_from_slice(&message(30)[..8]);
+        body.follow(&rest).unwrap();
+        assert_eq!(budget.available(), 70);
+        drop(body);
+        assert_eq!(budget.available(), 100);
+    }
+
+    #[tokio::test]
+    async fn a_message_that_does_not_fit_is_refused_naming_the_limit() {
+        let budget = budget(100);
+        let mut holder = BudgetedBody::new(Body::empty(), budget.clone());
+        holder.follow(&message(80)[..PREFIX_LEN]).unwrap();
+        let mut other = BudgetedBody::new(Body::empty(), budget.clone());
+        let refused = other.follow(&message(30)).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("max_receive_buffer_bytes"));
+        // Above the largest gRPC message: tonic refuses it, not the budget.
+        let mut huge = vec![0];
+        huge.extend_from_slice(&(1u32 << 21).to_be_bytes());
+        other.follow(&huge).unwrap();
+    }
+}
