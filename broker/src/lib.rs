@@ -16,8 +16,9 @@ pub mod server;
 
 pub use brook_engine::{
     AdminError, Broker, BrokerConfig, FetchError, FsyncPolicy, GroupError, Invalid, NotFound,
-    OpenError, OutOfRange, PartitionError, ProduceError, RecoverError, RecoveredPartition,
-    RecoveredTopic, config, group, quarantined_topic_name, recover_quarantined_topic,
+    OpenError, OutOfRange, PartitionError, ProduceError, RecordValidation, RecoverError,
+    RecoveredPartition, RecoveredTopic, config, group, quarantined_topic_name,
+    recover_quarantined_topic,
 };
 /// The file system under the log, for embedders that swap in their own.
 pub use brook_storage as storage;

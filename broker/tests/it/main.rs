@@ -10,6 +10,7 @@ mod faults;
 mod groups;
 mod http;
 mod idempotence;
+mod malformed_records;
 mod recovery;
 mod reflection;
 mod retention;

@@ -93,15 +93,17 @@ impl Broker {
         for (position, produced) in batches.into_iter().enumerate() {
             let topic = self.topic(&produced.topic)?;
             let partition = topic.partition(&produced.topic, produced.partition)?;
-            let max_bytes = topic
-                .max_message_bytes_override()
-                .unwrap_or(self.config.topic_defaults.max_message_bytes);
-            let header = brook_record::validate_batch(&produced.batch, max_bytes as usize)
-                .map_err(|source| ProduceError::InvalidBatch {
-                    topic: produced.topic.clone(),
-                    partition: produced.partition,
-                    source,
-                })?;
+            let (max_bytes, validation) = topic.produce_checks(&self.config.topic_defaults);
+            let header = brook_record::validate_produced_batch(
+                &produced.batch,
+                max_bytes as usize,
+                validation,
+            )
+            .map_err(|source| ProduceError::InvalidBatch {
+                topic: produced.topic.clone(),
+                partition: produced.partition,
+                source,
+            })?;
             self.producer_epochs
                 .check(&header, &produced.topic, produced.partition)?;
             let key = (produced.topic, produced.partition);
