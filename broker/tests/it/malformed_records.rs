@@ -21,7 +21,7 @@ fn compress(codec: Compression, plain: &[u8]) -> anyhow::Result<Vec<u8>> {
     Ok(match codec {
         Compression::Lz4 => lz4_flex::block::compress_prepend_size(plain),
         Compression::Zstd => zstd::bulk::compress(plain, 3)?,
-        _ => plain.to_vec(),
+        Compression::None => plain.to_vec(),
     })
 }
 

@@ -2,6 +2,11 @@
 //! (nothing is partially appended because of bad input); then the batches
 //! are queued to their partitions in request order and acknowledged once
 //! the partitions' appenders report them written (and fsynced).
+//!
+//! Validation reads every record, as consumers will decode it, so a batch
+//! that would stop every consumer at its offset is refused instead of
+//! stored; the topic's `validate_records` says whether compressed batches
+//! are decompressed for that (`brook_record::validate_produced_batch`).
 
 use std::collections::HashMap;
 use std::sync::Arc;

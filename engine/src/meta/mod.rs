@@ -44,7 +44,7 @@ mod validation_name {
     use brook_record::RecordValidation;
     use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
 
-    #[allow(clippy::ref_option)] // the signature serde's `with` requires
+    #[allow(clippy::ref_option, clippy::trivially_copy_pass_by_ref)] // the signature serde's `with` requires
     pub fn serialize<S: Serializer>(
         value: &Option<RecordValidation>,
         serializer: S,
