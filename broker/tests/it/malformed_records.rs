@@ -156,6 +156,46 @@ async fn batches_with_malformed_records_are_refused_and_nothing_is_appended() {
         );
     }
 
+    // Large compressed batches are validated off the async worker; the
+    // same checks hold there. A 512 KiB record that barely compresses,
+    // followed by a record that claims position 0 again:
+    let big = brook_record::NewRecord {
+        timestamp: common::now_ms(),
+        key: None,
+        value: Some(Bytes::from(common::garbage(7, 512 * 1024))),
+        headers: Vec::new(),
+    };
+    let plain = brook_record::encode_batch(std::slice::from_ref(&big), BatchOptions::default())
+        .unwrap()
+        .slice(HEADER_LEN..);
+    let mut two = plain.to_vec();
+    two.extend_from_slice(&minimal(0));
+    let zstd = Compression::Zstd;
+    let big_bad = sealed(zstd, 2, &compress(zstd, &two).unwrap()).unwrap();
+    assert!(big_bad.len() > 256 * 1024);
+    let request = produce_request(1, vec![partition_batch(TOPIC, 0, big_bad)]);
+    let status = within("big", clients.produce.produce(request))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("record 1 is malformed: offset_delta is 0, expected 1"),
+        "{status:?}"
+    );
+    assert_eq!(clients.end_offset(TOPIC, 0).await.unwrap(), GOOD);
+    let big_good = brook_record::encode_batch(
+        &[big],
+        BatchOptions {
+            compression: zstd,
+            ..BatchOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(clients.produce(TOPIC, 0, big_good).await.unwrap(), GOOD);
+
     // The partition takes a valid batch after them, and reads back whole.
     let after = brook_record::encode_batch(
         &common::records("after", 3, common::now_ms()),
@@ -165,11 +205,11 @@ async fn batches_with_malformed_records_are_refused_and_nothing_is_appended() {
         },
     )
     .unwrap();
-    assert_eq!(clients.produce(TOPIC, 0, after).await.unwrap(), GOOD);
+    assert_eq!(clients.produce(TOPIC, 0, after).await.unwrap(), GOOD + 1);
     let records = clients.fetch_all(TOPIC, 0, 0).await.unwrap();
     let values = common::values(&records);
-    assert_eq!(values.len(), good + 3);
-    assert_eq!(values[good..], ["after-0", "after-1", "after-2"]);
+    assert_eq!(values.len(), good + 4);
+    assert_eq!(values[good + 1..], ["after-0", "after-1", "after-2"]);
     embedded.shutdown().await.unwrap();
 }
 
