@@ -1,12 +1,14 @@
 //! Compression codecs for the records section.
 //!
 //! The codec id lives in bits 0-2 of the batch `attributes`. The whole records
-//! section is compressed as one unit (better ratio than per-record, and the broker
-//! never needs to look inside a compressed batch).
+//! section is compressed as one unit (better ratio than per-record). Consumers and
+//! the broker's produce check inflate it with the same functions, so they agree on
+//! which sections decompress.
 //!
 //! Invariant: decompression never allocates more than [`MAX_DECOMPRESSED_BYTES`]
-//! (plus a fixed-size codec workspace), whatever the input claims, so a small hostile
-//! batch cannot make a reader allocate gigabytes.
+//! (plus a codec workspace, one zstd context per thread), whatever the input
+//! claims, and a declared size is checked before the output grows, so a small
+//! hostile batch cannot make a reader allocate gigabytes.
 
 use std::cell::RefCell;
 use std::fmt;

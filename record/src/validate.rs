@@ -429,17 +429,20 @@ mod tests {
             e.to_string(),
             "record_count is 5 but the records section holds 4 records"
         );
-        // Compressed sections are opaque to validation: the same lie passes.
-        let b = valid(4, Compression::Zstd);
-        assert!(
-            validate_batch(
-                &with_header(b, |h| {
-                    h.record_count = 5;
-                    h.last_offset_delta = 4;
-                }),
-                MAX
-            )
-            .is_ok()
+        // The structural check leaves compressed sections unread: the same
+        // lie passes it, and the produce check under `Framing`, but not `Full`.
+        let lie = with_header(valid(4, Compression::Zstd), |h| {
+            h.record_count = 5;
+            h.last_offset_delta = 4;
+        });
+        assert!(validate_batch(&lie, MAX).is_ok());
+        assert!(validate_produced_batch(&lie, MAX, RecordValidation::Framing).is_ok());
+        assert_eq!(
+            validate_produced_batch(&lie, MAX, RecordValidation::Full),
+            Err(BatchError::RecordCountMismatch {
+                declared: 5,
+                actual: 4
+            })
         );
     }
 
