@@ -18,8 +18,8 @@ pub mod server;
 
 pub use brook_engine::{
     AdminError, Broker, BrokerConfig, FetchError, FsyncPolicy, GroupError, Invalid, NotFound,
-    OpenError, OutOfRange, PartitionError, PartitionName, ProduceError, RecoverError,
-    RecoveredPartition, RecoveredTopic, config, group, quarantined_topic_name,
+    OpenError, OutOfRange, PartitionError, PartitionName, ProduceError, RecordValidation,
+    RecoverError, RecoveredPartition, RecoveredTopic, config, group, quarantined_topic_name,
     recover_quarantined_topic,
 };
 /// The file system under the log, for embedders that swap in their own.

@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 use brook_broker::config::{
     DEFAULT_DATA_DIR, DEFAULT_HTTP_LISTEN, DEFAULT_LISTEN, GroupSettings, Limits, TopicSettings,
 };
-use brook_broker::{BrokerConfig, FsyncPolicy, PartitionName};
+use brook_broker::{BrokerConfig, FsyncPolicy, PartitionName, RecordValidation};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
@@ -73,6 +73,10 @@ settings! {
     default_segment_ms: i64 = "BROOK_DEFAULT_SEGMENT_MS",
     /// Topics' largest record batch [default: 8388608].
     default_max_message_bytes: u32 = "BROOK_DEFAULT_MAX_MESSAGE_BYTES",
+    /// How much of produced batches' records topics check: `full`, or
+    /// `framing`, which does not decompress compressed batches and can let
+    /// one with malformed records in [default: full].
+    default_validate_records: String = "BROOK_DEFAULT_VALIDATE_RECORDS",
     /// Most partitions a topic may have [default: 10000].
     max_partitions_per_topic: u32 = "BROOK_MAX_PARTITIONS_PER_TOPIC",
     /// Largest record batch any topic may allow [default: 67108864].
@@ -147,6 +151,7 @@ pub struct Effective {
     pub default_segment_bytes: u64,
     pub default_segment_ms: i64,
     pub default_max_message_bytes: u32,
+    pub default_validate_records: String,
     pub max_partitions_per_topic: u32,
     pub max_message_bytes: u32,
     pub max_fetch_bytes: u32,
@@ -235,6 +240,9 @@ impl Settings {
             default_max_message_bytes: self
                 .default_max_message_bytes
                 .unwrap_or(topic.max_message_bytes),
+            default_validate_records: self
+                .default_validate_records
+                .unwrap_or_else(|| topic.validate_records.to_string()),
             max_partitions_per_topic: self
                 .max_partitions_per_topic
                 .unwrap_or(limits.partitions_per_topic_max),
@@ -299,6 +307,7 @@ fn millis(duration: Duration) -> u64 {
 impl Effective {
     fn check(&self) -> anyhow::Result<()> {
         self.fsync_policy()?;
+        self.validate_records()?;
         self.log_format()?;
         tracing_subscriber::EnvFilter::try_new(&self.log)
             .map_err(|e| anyhow::anyhow!("log: `{}` is not a log filter: {e}", self.log))?;
@@ -395,6 +404,12 @@ impl Effective {
             .map_err(|e| anyhow::anyhow!("fsync: {e}"))
     }
 
+    pub fn validate_records(&self) -> anyhow::Result<RecordValidation> {
+        self.default_validate_records
+            .parse()
+            .map_err(|e| anyhow::anyhow!("default_validate_records: {e}"))
+    }
+
     pub fn log_format(&self) -> anyhow::Result<LogFormat> {
         match self.log_format.as_str() {
             "text" => Ok(LogFormat::Text),
@@ -414,6 +429,7 @@ impl Effective {
         topics.segment_bytes = self.default_segment_bytes;
         topics.segment_ms = self.default_segment_ms;
         topics.max_message_bytes = self.default_max_message_bytes;
+        topics.validate_records = self.validate_records()?;
         let limits = &mut config.limits;
         limits.partitions_per_topic_max = self.max_partitions_per_topic;
         limits.message_bytes_max = self.max_message_bytes;

@@ -2,7 +2,7 @@
 //! running broker (and recover a quarantined one offline, `recover.rs`);
 //! results as aligned tables on stdout.
 
-use brook_client::{Client, TopicConfig, TopicDescription};
+use brook_client::{Client, RecordValidation, TopicConfig, TopicDescription};
 use clap::Subcommand;
 
 use crate::table::table;
@@ -27,6 +27,10 @@ pub enum TopicCommand {
         /// The largest record batch the topic accepts.
         #[arg(long)]
         max_message_bytes: Option<u32>,
+        /// How much of a produced batch's records the broker checks: full
+        /// (decompresses compressed batches) or framing (does not).
+        #[arg(long)]
+        validate_records: Option<RecordValidation>,
     },
     /// List the topics and their partition counts.
     List,
@@ -54,13 +58,15 @@ pub async fn run(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
             retention_bytes,
             segment_bytes,
             max_message_bytes,
+            validate_records,
         } => {
             let config = TopicConfig::default()
                 .with_retention_ms(retention_ms)
                 .with_retention_bytes(retention_bytes)
                 .with_segment_bytes(segment_bytes)
                 .with_segment_ms(None)
-                .with_max_message_bytes(max_message_bytes);
+                .with_max_message_bytes(max_message_bytes)
+                .with_validate_records(validate_records);
             let topic = client.create_topic(&name, partitions, config).await?;
             println!(
                 "created topic {} with {} partitions",
@@ -94,13 +100,14 @@ pub async fn run(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
 fn describe(topic: &TopicDescription) -> String {
     let c = &topic.config;
     let mut out = format!(
-        "topic {}\nretention_ms={} retention_bytes={} segment_bytes={} segment_ms={} max_message_bytes={}\n\n",
+        "topic {}\nretention_ms={} retention_bytes={} segment_bytes={} segment_ms={} max_message_bytes={} validate_records={}\n\n",
         topic.name,
         c.retention_ms,
         c.retention_bytes,
         c.segment_bytes,
         c.segment_ms,
-        c.max_message_bytes
+        c.max_message_bytes,
+        c.validate_records.map_or("unknown", RecordValidation::name)
     );
     let rows: Vec<Vec<String>> = topic
         .partitions

@@ -2,6 +2,7 @@
 //! types stay inside this crate.
 
 use brook_proto as proto;
+use brook_record::{ParseRecordValidationError, RecordValidation};
 
 use crate::client::Client;
 use crate::error::ClientError;
@@ -21,6 +22,9 @@ pub struct TopicConfig {
     pub segment_ms: Option<i64>,
     /// The largest record batch the topic accepts.
     pub max_message_bytes: Option<u32>,
+    /// How much of a produced batch's records the broker checks: `Framing`
+    /// does not decompress compressed batches (see `docs/record-batch.md`).
+    pub validate_records: Option<RecordValidation>,
 }
 
 /// A topic's effective settings, defaults filled in.
@@ -36,6 +40,9 @@ pub struct TopicSettings {
     pub segment_ms: i64,
     /// The largest record batch the topic accepts, in bytes.
     pub max_message_bytes: u32,
+    /// How much of a produced batch's records the broker checks; `None`
+    /// from a broker too old to report it.
+    pub validate_records: Option<RecordValidation>,
 }
 
 /// A topic and the state of each of its partitions.
@@ -192,6 +199,9 @@ fn to_proto(config: TopicConfig) -> proto::TopicConfig {
         segment_bytes: config.segment_bytes,
         segment_ms: config.segment_ms,
         max_message_bytes: config.max_message_bytes,
+        validate_records: config
+            .validate_records
+            .map(|validation| validation.name().to_owned()),
     }
 }
 
@@ -213,6 +223,11 @@ fn description(topic: Option<proto::TopicDescription>) -> Result<TopicDescriptio
             max_message_bytes: config
                 .max_message_bytes
                 .ok_or_else(|| missing("max_message_bytes"))?,
+            validate_records: config
+                .validate_records
+                .map(|name| name.parse())
+                .transpose()
+                .map_err(|e: ParseRecordValidationError| ClientError::Protocol(e.to_string()))?,
         },
         partitions: topic
             .partitions
@@ -238,4 +253,5 @@ setters!(TopicConfig {
     with_segment_bytes => segment_bytes: Option<u64>,
     with_segment_ms => segment_ms: Option<i64>,
     with_max_message_bytes => max_message_bytes: Option<u32>,
+    with_validate_records => validate_records: Option<RecordValidation>,
 });

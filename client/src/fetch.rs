@@ -486,7 +486,8 @@ mod tests {
     }
 
     /// An LZ4 batch whose compressed payload is garbage under a valid CRC:
-    /// the broker accepts it (it does not decompress), no reader can decode it.
+    /// a topic with `validate_records = framing` accepts it (the broker
+    /// then does not decompress it), no reader can decode it.
     fn garbage(base_offset: i64) -> Vec<u8> {
         let mut batch = batch(base_offset, 3, 100, Compression::Lz4);
         for byte in &mut batch[HEADER_LEN..] {
@@ -494,7 +495,9 @@ mod tests {
         }
         let crc = crc32fast::hash(&batch[16..]);
         batch[12..16].copy_from_slice(&crc.to_le_bytes());
-        brook_record::validate_batch(&batch, usize::MAX).expect("the broker accepts it");
+        let framing = brook_record::RecordValidation::Framing;
+        brook_record::validate_produced_batch(&batch, usize::MAX, framing)
+            .expect("a framing topic accepts it");
         batch
     }
 

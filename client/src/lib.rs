@@ -66,7 +66,7 @@ pub mod trace;
 mod undecodable;
 
 pub use admin::{PartitionDescription, TopicConfig, TopicDescription, TopicSettings, TopicSummary};
-pub use brook_record::{BatchOptions, Compression, Header, NewRecord, Record};
+pub use brook_record::{BatchOptions, Compression, Header, NewRecord, Record, RecordValidation};
 pub use client::{
     Client, ClientOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MESSAGE_BYTES_MAX,
     DEFAULT_PRODUCE_IN_FLIGHT_MAX, DEFAULT_REQUEST_TIMEOUT,

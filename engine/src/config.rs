@@ -8,6 +8,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use brook_record::RecordValidation;
 use brook_storage::{LogConfig, LostData, OsStorage, Storage};
 
 use crate::error::Invalid;
@@ -115,6 +116,11 @@ pub struct TopicSettings {
     pub segment_bytes: u64,
     pub segment_ms: i64,
     pub max_message_bytes: u32,
+    /// How much of a produced batch's records is checked before it is
+    /// appended: `Full` decompresses compressed batches to check every
+    /// record; `Framing` leaves compressed sections unread (cheaper, but a
+    /// compressed batch with malformed records can then be appended).
+    pub validate_records: RecordValidation,
 }
 
 impl Default for TopicSettings {
@@ -126,6 +132,7 @@ impl Default for TopicSettings {
             segment_bytes: log.segment_bytes,
             segment_ms: log.segment_ms,
             max_message_bytes: 8 * 1024 * 1024,
+            validate_records: RecordValidation::Full,
         }
     }
 }

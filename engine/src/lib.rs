@@ -20,6 +20,7 @@ pub use broker::{
     ProduceBatch, QuarantinedTopic, RecoveredPartition, RecoveredTopic, Subscription,
     SubscriptionChunk, TopicInfo, quarantined_topic_name, recover_quarantined_topic,
 };
+pub use brook_record::RecordValidation;
 pub use config::{BrokerConfig, FsyncPolicy, PartitionName};
 pub use error::{
     AdminError, FetchError, GroupError, Invalid, NotFound, OpenError, OutOfRange, PartitionError,

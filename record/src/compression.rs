@@ -1,13 +1,16 @@
 //! Compression codecs for the records section.
 //!
 //! The codec id lives in bits 0-2 of the batch `attributes`. The whole records
-//! section is compressed as one unit (better ratio than per-record, and the broker
-//! never needs to look inside a compressed batch).
+//! section is compressed as one unit (better ratio than per-record). Consumers and
+//! the broker's produce check inflate it with the same functions, so they agree on
+//! which sections decompress.
 //!
 //! Invariant: decompression never allocates more than [`MAX_DECOMPRESSED_BYTES`]
-//! (plus a fixed-size codec workspace), whatever the input claims, so a small hostile
-//! batch cannot make a reader allocate gigabytes.
+//! (plus a codec workspace, one zstd context per thread), whatever the input
+//! claims, and a declared size is checked before the output grows, so a small
+//! hostile batch cannot make a reader allocate gigabytes.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::io::Read;
 use std::str::FromStr;
@@ -119,14 +122,34 @@ pub(crate) fn compress(codec: Compression, section: &[u8]) -> Result<Vec<u8>, Ba
 /// Returns the plain records section. Uncompressed input is returned as is (a cheap
 /// `Bytes` clone), so records decoded from it are zero-copy slices of the batch.
 pub(crate) fn decompress(codec: Compression, section: &Bytes) -> Result<Bytes, BatchError> {
+    if codec == Compression::None {
+        return Ok(section.clone());
+    }
+    let mut out = Vec::new();
+    decompress_into(codec, section, &mut out)?;
+    Ok(Bytes::from(out))
+}
+
+/// Inflates a records section into `out`, replacing what it held, so a caller can
+/// reuse one buffer across batches. A declared size is checked against
+/// [`MAX_DECOMPRESSED_BYTES`] before `out` grows.
+pub(crate) fn decompress_into(
+    codec: Compression,
+    section: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), BatchError> {
+    out.clear();
     match codec {
-        Compression::None => Ok(section.clone()),
-        Compression::Lz4 => decompress_lz4(section).map(Bytes::from),
-        Compression::Zstd => decompress_zstd(section).map(Bytes::from),
+        Compression::None => {
+            out.extend_from_slice(section);
+            Ok(())
+        }
+        Compression::Lz4 => decompress_lz4(section, out),
+        Compression::Zstd => decompress_zstd(section, out),
     }
 }
 
-fn decompress_lz4(section: &[u8]) -> Result<Vec<u8>, BatchError> {
+fn decompress_lz4(section: &[u8], out: &mut Vec<u8>) -> Result<(), BatchError> {
     let codec = Compression::Lz4;
     let failed = |reason: String| BatchError::Decompression { codec, reason };
     let Some((size_prefix, body)) = section.split_first_chunk::<4>() else {
@@ -136,7 +159,8 @@ fn decompress_lz4(section: &[u8]) -> Result<Vec<u8>, BatchError> {
         )));
     };
     let declared = u32::from_le_bytes(*size_prefix) as usize;
-    // Both checks happen before allocating the output buffer.
+    // Both checks happen before the output buffer grows. The ratio applies to the
+    // compressed block after the 4-byte size prefix.
     if declared > MAX_DECOMPRESSED_BYTES {
         return Err(BatchError::DecompressedTooLarge {
             codec,
@@ -150,17 +174,97 @@ fn decompress_lz4(section: &[u8]) -> Result<Vec<u8>, BatchError> {
             body.len()
         )));
     }
-    let out = lz4_flex::block::decompress(body, declared).map_err(|e| failed(e.to_string()))?;
-    if out.len() != declared {
+    out.resize(declared, 0);
+    let written = lz4_flex::block::decompress_into(body, out).map_err(|e| failed(e.to_string()))?;
+    if written != declared {
         return Err(failed(format!(
-            "size prefix declares {declared} bytes but the data decompresses to {}",
-            out.len()
+            "size prefix declares {declared} bytes but the data decompresses to {written}"
         )));
     }
-    Ok(out)
+    Ok(())
 }
 
-fn decompress_zstd(section: &[u8]) -> Result<Vec<u8>, BatchError> {
+thread_local! {
+    /// One zstd decompression context per thread: creating one allocates its
+    /// workspace, which would otherwise be paid for every batch.
+    static ZSTD_CONTEXT: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+fn decompress_zstd(section: &[u8], out: &mut Vec<u8>) -> Result<(), BatchError> {
+    let codec = Compression::Zstd;
+    let failed = |e: std::io::Error| BatchError::Decompression {
+        codec,
+        reason: e.to_string(),
+    };
+    let Some(declared) = zstd_declared_size(section)? else {
+        return decompress_zstd_streaming(section, out);
+    };
+    // Every frame declares its size and the sum is within the limit: decompress
+    // in one call into exactly that much room. zstd checks each frame's output
+    // against its declared size, so a lying header fails rather than overflows.
+    out.reserve_exact(declared);
+    ZSTD_CONTEXT.with(|context| {
+        let mut context = context.borrow_mut();
+        let decompressor = match context.as_mut() {
+            Some(decompressor) => decompressor,
+            None => context.insert(zstd::bulk::Decompressor::new().map_err(failed)?),
+        };
+        decompressor
+            .decompress_to_buffer(section, out)
+            .map_err(failed)
+    })?;
+    if out.len() != declared {
+        return Err(BatchError::Decompression {
+            codec,
+            reason: format!(
+                "frames declare {declared} bytes but decompress to {}",
+                out.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The decompressed size the section's frames declare in their headers, summed;
+/// `None` if a frame leaves it out (zstd's streaming compressor may). Refuses a
+/// sum over [`MAX_DECOMPRESSED_BYTES`] before anything is allocated for it.
+fn zstd_declared_size(section: &[u8]) -> Result<Option<usize>, BatchError> {
+    let codec = Compression::Zstd;
+    let corrupt = |reason: String| BatchError::Decompression { codec, reason };
+    let mut total: usize = 0;
+    let mut rest = section;
+    // Each frame takes at least one byte, so this ends within section.len() rounds.
+    while !rest.is_empty() {
+        let size = zstd::zstd_safe::get_frame_content_size(rest)
+            .map_err(|_| corrupt("a frame header is malformed".to_owned()))?;
+        let Some(size) = size else {
+            return Ok(None);
+        };
+        total = total.saturating_add(usize::try_from(size).unwrap_or(usize::MAX));
+        if total > MAX_DECOMPRESSED_BYTES {
+            return Err(BatchError::DecompressedTooLarge {
+                codec,
+                size: total,
+                max: MAX_DECOMPRESSED_BYTES,
+            });
+        }
+        let frame_len = zstd::zstd_safe::find_frame_compressed_size(rest)
+            .map_err(|code| corrupt(zstd::zstd_safe::get_error_name(code).to_owned()))?;
+        if frame_len == 0 || frame_len > rest.len() {
+            return Err(corrupt(format!(
+                "a frame claims {frame_len} bytes where {} remain",
+                rest.len()
+            )));
+        }
+        rest = rest.get(frame_len..).unwrap_or_default();
+    }
+    Ok(Some(total))
+}
+
+/// Frames without a declared size: read with a hard cap on the output and on the
+/// window a frame may ask for.
+fn decompress_zstd_streaming(section: &[u8], out: &mut Vec<u8>) -> Result<(), BatchError> {
     let codec = Compression::Zstd;
     let failed = |e: std::io::Error| BatchError::Decompression {
         codec,
@@ -171,10 +275,9 @@ fn decompress_zstd(section: &[u8]) -> Result<Vec<u8>, BatchError> {
         .window_log_max(ZSTD_WINDOW_LOG_MAX)
         .map_err(failed)?;
     // Read one byte past the limit so "exactly at the limit" and "over it" differ.
-    let mut out = Vec::new();
     decoder
         .take(MAX_DECOMPRESSED_BYTES as u64 + 1)
-        .read_to_end(&mut out)
+        .read_to_end(out)
         .map_err(failed)?;
     if out.len() > MAX_DECOMPRESSED_BYTES {
         return Err(BatchError::DecompressedTooLarge {
@@ -183,7 +286,7 @@ fn decompress_zstd(section: &[u8]) -> Result<Vec<u8>, BatchError> {
             max: MAX_DECOMPRESSED_BYTES,
         });
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -96,6 +96,17 @@ pub enum BatchError {
         reason: &'static str,
     },
 
+    /// A record's `offset_delta` is not its position in the batch: offsets are
+    /// dense from 0, so record `index` must carry `offset_delta` `index`.
+    #[error(
+        "record {index} is malformed: offset_delta is {offset_delta}, expected {index} (offsets are dense from 0)"
+    )]
+    OffsetDeltaNotPosition {
+        /// Zero-based position of the record in the batch.
+        index: usize,
+        offset_delta: u64,
+    },
+
     /// The compressed records section could not be decompressed.
     #[error("{codec} records section could not be decompressed: {reason}")]
     Decompression { codec: Compression, reason: String },

@@ -2,7 +2,7 @@
 //!
 //! A batch is a 57-byte little-endian header followed by a records section that may be
 //! compressed as a whole. Producers build batches with [`BatchBuilder`] /
-//! [`encode_batch`]; the broker checks them with [`validate_batch`], stamps the base
+//! [`encode_batch`]; the broker checks them with [`validate_produced_batch`], stamps the base
 //! offset with [`stamp_base_offset`] (or writes [`encode_base_offset`] bytes with
 //! writev) and serves concatenated batches; consumers read them with
 //! [`split_batches`] / [`decode_batch`] / [`decode_batches`].
@@ -21,6 +21,7 @@ mod header;
 pub mod protocol;
 mod record;
 mod record_decode;
+mod record_walk;
 mod validate;
 mod varint;
 
@@ -33,4 +34,7 @@ pub use header::{
     read_base_offset, stamp_base_offset, stamp_producer,
 };
 pub use record::{Header, MIN_RECORD_BODY_LEN, NewRecord, Record};
-pub use validate::{MAX_RECORDS_PER_BATCH, validate_batch};
+pub use validate::{
+    MAX_RECORDS_PER_BATCH, ParseRecordValidationError, RecordValidation, validate_batch,
+    validate_produced_batch,
+};

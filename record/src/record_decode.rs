@@ -1,10 +1,8 @@
-//! Field-level decoding of one record whose body span the walker in `record.rs`
-//! already delimited.
-//!
-//! Invariants enforced: every length stays inside its record, each record is consumed
-//! exactly, `offset_delta` equals the record's position (offsets are dense), `key_length`
-//! and `value_length` are -1 or non-negative, header keys are UTF-8, reserved attributes
-//! are zero. Keys and values are zero-copy slices of the section. Never panics.
+//! Decoding one record whose body span the walker in `record.rs` already
+//! delimited: the checks are the shared field walk's (`record_walk.rs`), so a
+//! record decodes exactly when the broker's check of it passes; this module
+//! turns the positions the walk yields into a [`Record`]. Keys and values are
+//! zero-copy slices of the section. Never panics.
 
 use std::ops::Range;
 
@@ -12,7 +10,7 @@ use bytes::Bytes;
 
 use crate::error::BatchError;
 use crate::record::{Header, Record, malformed};
-use crate::varint::{VarintError, read_uvarint, read_varint};
+use crate::record_walk::{HeaderVisitor, walk_record};
 
 /// Batch-level values a record needs to become absolute.
 #[derive(Clone, Copy)]
@@ -21,80 +19,24 @@ pub(crate) struct RecordContext {
     pub first_timestamp: i64,
 }
 
-/// Field reader over one record body. Positions are absolute in the section so
-/// keys and values can be sliced out of the section `Bytes` without copying.
-struct BodyReader<'a> {
+/// Collects a record's headers as owned values.
+struct HeaderCollector<'a> {
     section: &'a Bytes,
-    pos: usize,
-    end: usize,
-    index: usize,
+    headers: Vec<Header>,
 }
 
-impl BodyReader<'_> {
-    fn body(&self) -> &[u8] {
-        self.section.get(..self.end).unwrap_or_default()
+impl HeaderVisitor for HeaderCollector<'_> {
+    fn header_count(&mut self, declared: u64, fit_max: usize) {
+        // Never trust the count for preallocation beyond what can fit.
+        self.headers
+            .reserve(usize::try_from(declared).unwrap_or(usize::MAX).min(fit_max));
     }
 
-    fn u8(&mut self, field: &'static str) -> Result<u8, BatchError> {
-        let byte = *self
-            .body()
-            .get(self.pos)
-            .ok_or_else(|| malformed(self.index, field, "runs past the end of the record"))?;
-        self.pos += 1;
-        Ok(byte)
-    }
-
-    fn uvarint(&mut self, field: &'static str) -> Result<u64, BatchError> {
-        let mut pos = self.pos;
-        let v = read_uvarint(self.body(), &mut pos).map_err(|e| self.varint_err(field, e))?;
-        self.pos = pos;
-        Ok(v)
-    }
-
-    fn varint(&mut self, field: &'static str) -> Result<i64, BatchError> {
-        let mut pos = self.pos;
-        let v = read_varint(self.body(), &mut pos).map_err(|e| self.varint_err(field, e))?;
-        self.pos = pos;
-        Ok(v)
-    }
-
-    fn varint_err(&self, field: &'static str, e: VarintError) -> BatchError {
-        let reason = match e {
-            // Inside a body, running out means the varint crosses the record's end.
-            VarintError::Truncated => "runs past the end of the record",
-            other => other.reason(),
-        };
-        malformed(self.index, field, reason)
-    }
-
-    fn take(&mut self, len: u64, field: &'static str) -> Result<Range<usize>, BatchError> {
-        let remaining = self.end.saturating_sub(self.pos);
-        if len > remaining as u64 {
-            return Err(malformed(
-                self.index,
-                field,
-                "runs past the end of the record",
-            ));
-        }
-        let start = self.pos;
-        self.pos += len as usize;
-        Ok(start..self.pos)
-    }
-
-    /// A signed length where -1 means null; the data follows.
-    fn nullable(
-        &mut self,
-        len_field: &'static str,
-        data_field: &'static str,
-    ) -> Result<Option<Bytes>, BatchError> {
-        match self.varint(len_field)? {
-            -1 => Ok(None),
-            len if len < -1 => Err(malformed(self.index, len_field, "is negative but not -1")),
-            len => {
-                let range = self.take(len as u64, data_field)?;
-                Ok(Some(self.section.slice(range)))
-            }
-        }
+    fn header(&mut self, key: &str, value: Range<usize>) {
+        self.headers.push(Header {
+            key: key.to_owned(),
+            value: self.section.slice(value),
+        });
     }
 }
 
@@ -105,28 +47,14 @@ pub(crate) fn decode_record(
     index: usize,
     ctx: RecordContext,
 ) -> Result<Record, BatchError> {
-    let mut r = BodyReader {
+    let mut headers = HeaderCollector {
         section,
-        pos: body.start,
-        end: body.end.min(section.len()),
-        index,
+        headers: Vec::new(),
     };
-    if r.u8("attributes")? != 0 {
-        return Err(malformed(index, "attributes", "has reserved bits set"));
-    }
+    let fields = walk_record(section, body, index, &mut headers)?;
     // Wrapping on both sides (encode and decode) round-trips every i64 timestamp.
-    let timestamp = ctx
-        .first_timestamp
-        .wrapping_add(r.varint("timestamp_delta")?);
-    let offset_delta = r.uvarint("offset_delta")?;
-    if offset_delta != index as u64 {
-        return Err(malformed(
-            index,
-            "offset_delta",
-            "is not the record's position in the batch (offsets must be dense from 0)",
-        ));
-    }
-    let offset = i64::try_from(offset_delta)
+    let timestamp = ctx.first_timestamp.wrapping_add(fields.timestamp_delta);
+    let offset = i64::try_from(fields.offset_delta)
         .ok()
         .and_then(|d| ctx.base_offset.checked_add(d))
         .ok_or_else(|| {
@@ -136,35 +64,12 @@ pub(crate) fn decode_record(
                 "overflows i64 when added to base_offset",
             )
         })?;
-    let key = r.nullable("key_length", "key")?;
-    let value = r.nullable("value_length", "value")?;
-    let header_count = r.uvarint("header_count")?;
-    // Each header takes at least 2 bytes; never trust the count for preallocation.
-    let cap = (r.end.saturating_sub(r.pos) / 2).min(usize::try_from(header_count).unwrap_or(0));
-    let mut headers = Vec::with_capacity(cap);
-    for _ in 0..header_count {
-        let key_len = r.uvarint("header key_length")?;
-        let key_range = r.take(key_len, "header key")?;
-        let key = std::str::from_utf8(section.get(key_range).unwrap_or_default())
-            .map_err(|_| malformed(index, "header key", "is not valid UTF-8"))?
-            .to_owned();
-        let value_len = r.uvarint("header value_length")?;
-        let value = section.slice(r.take(value_len, "header value")?);
-        headers.push(Header { key, value });
-    }
-    if r.pos != r.end {
-        return Err(malformed(
-            index,
-            "length",
-            "covers bytes after the last header",
-        ));
-    }
     Ok(Record {
         offset,
         timestamp,
-        key,
-        value,
-        headers,
+        key: fields.key.map(|range| section.slice(range)),
+        value: fields.value.map(|range| section.slice(range)),
+        headers: headers.headers,
     })
 }
 
@@ -213,10 +118,7 @@ mod tests {
     fn decode_rejects_each_malformation() {
         let cases: [(&[u8], &str); 8] = [
             (&[6, 1, 0, 0, 1, 1, 0], "attributes has reserved bits set"),
-            (
-                &[6, 0, 0, 1, 1, 1, 0],
-                "offset_delta is not the record's position",
-            ),
+            (&[6, 0, 0, 1, 1, 1, 0], "offset_delta is 1, expected 0"),
             (&[6, 0, 0, 0, 3, 1, 0], "key_length is negative but not -1"),
             (
                 &[6, 0, 0, 0, 8, 1, 0],

@@ -1,19 +1,92 @@
-//! The broker's acceptance check for a produced batch.
+//! The checks a batch passes before the broker stores it.
 //!
-//! Checks run in a fixed order and each failure has its own [`BatchError`] variant,
-//! so a producer sees the first thing wrong with its batch, named precisely. The check
-//! is cheap: it never decompresses and never decodes record fields. For an uncompressed
-//! batch it walks the record length prefixes, which is enough to guarantee that
-//! consumers can split the section into exactly `record_count` records; a compressed
-//! section is opaque to the broker and protected end to end by the CRC.
+//! Checks run in a fixed order and each failure has its own [`BatchError`]
+//! variant, so a producer sees the first thing wrong with its batch, named
+//! precisely. Two depths:
+//!
+//! - [`validate_batch`] checks the header, the CRC and, for an uncompressed
+//!   batch, that the record length prefixes tile the section into exactly
+//!   `record_count` records. It is what recovery runs over a log that is
+//!   already stored.
+//! - [`validate_produced_batch`] is the broker's acceptance check: on top of
+//!   that, every record is walked field by field by the same walk consumers
+//!   decode with (`record_walk.rs`), so a batch it accepts decodes. With
+//!   [`RecordValidation::Full`] a compressed section is decompressed (under
+//!   [`crate::MAX_DECOMPRESSED_BYTES`], into one buffer per thread reused across
+//!   batches) and walked the same way; with [`RecordValidation::Framing`] it
+//!   stays opaque.
+//!
+//! Neither allocates per record.
 
-use crate::compression::Compression;
+use std::cell::RefCell;
+use std::fmt;
+use std::str::FromStr;
+
+use crate::compression::{Compression, decompress_into};
 use crate::error::BatchError;
 use crate::header::{BatchHeader, HEADER_LEN, LENGTH_PREFIX_LEN, MAGIC, compute_crc};
-use crate::record::count_records;
+use crate::record::{RecordSpans, count_records};
+use crate::record_walk::walk_record;
 
 /// Most records one batch may declare.
 pub const MAX_RECORDS_PER_BATCH: u32 = 1_000_000;
+
+/// Largest decompression buffer a thread keeps between batches; a larger
+/// batch gets a buffer of its own, freed afterwards, so a few huge batches do
+/// not pin their size in every thread that validated one.
+const SCRATCH_KEEP_BYTES: usize = 4 * 1024 * 1024;
+
+thread_local! {
+    /// Where compressed sections are inflated for validation.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// How much of a produced batch's records the broker checks before storing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum RecordValidation {
+    /// Every record is checked exactly as a consumer decodes it; a compressed
+    /// section is decompressed for that.
+    #[default]
+    Full,
+    /// Every record of an uncompressed batch is checked as with `Full`; a
+    /// compressed section is not decompressed, so its records are not checked
+    /// (the CRC still covers its bytes).
+    Framing,
+}
+
+impl RecordValidation {
+    /// Lower-case name, as accepted by [`FromStr`].
+    pub fn name(self) -> &'static str {
+        match self {
+            RecordValidation::Full => "full",
+            RecordValidation::Framing => "framing",
+        }
+    }
+}
+
+impl fmt::Display for RecordValidation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A record validation name that is not `full` or `framing`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown record validation {0:?} (expected \"full\" or \"framing\")")]
+pub struct ParseRecordValidationError(pub String);
+
+impl FromStr for RecordValidation {
+    type Err = ParseRecordValidationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "full" => Ok(RecordValidation::Full),
+            "framing" => Ok(RecordValidation::Framing),
+            other => Err(ParseRecordValidationError(other.to_owned())),
+        }
+    }
+}
 
 /// Parses the header and checks that `batch_length` matches the buffer exactly.
 pub(crate) fn parse_exact(batch: &[u8]) -> Result<BatchHeader, BatchError> {
@@ -78,14 +151,28 @@ pub(crate) fn check_record_count(header: &BatchHeader, section: &[u8]) -> Result
     Ok(())
 }
 
-/// The broker's check of a produced batch. Checks, in order, with a distinct
-/// [`BatchError`] variant each: at least HEADER_LEN bytes; `12 + batch_length ==
-/// batch.len()`; `batch.len() <= max_batch_bytes`; magic; reserved attribute bits and
-/// codec; CRC; `1 <= record_count <= MAX_RECORDS_PER_BATCH`; `last_offset_delta ==
-/// record_count - 1`; `max_timestamp >= first_timestamp`; and, for an uncompressed
-/// batch, that the record length prefixes tile the records section exactly into
-/// `record_count` records. Compressed batches are not decompressed here.
-pub fn validate_batch(batch: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, BatchError> {
+/// Checks every record of a plain records section field by field, as decoding
+/// would, and that there are exactly `record_count` of them.
+fn check_records(header: &BatchHeader, section: &[u8]) -> Result<(), BatchError> {
+    let mut actual = 0;
+    for (index, span) in RecordSpans::new(section).enumerate() {
+        walk_record(section, span?, index, &mut ())?;
+        actual += 1;
+    }
+    if actual != header.record_count as usize {
+        return Err(BatchError::RecordCountMismatch {
+            declared: header.record_count,
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// Checks the header and the size limit; returns the header and its codec.
+fn check_framing(
+    batch: &[u8],
+    max_batch_bytes: usize,
+) -> Result<(BatchHeader, Compression), BatchError> {
     let header = parse_exact(batch)?;
     if batch.len() > max_batch_bytes {
         return Err(BatchError::TooLarge {
@@ -94,10 +181,70 @@ pub fn validate_batch(batch: &[u8], max_batch_bytes: usize) -> Result<BatchHeade
         });
     }
     let codec = check_header(&header, batch)?;
+    Ok((header, codec))
+}
+
+/// The structural check of a batch. Checks, in order, with a distinct
+/// [`BatchError`] variant each: at least HEADER_LEN bytes; `12 + batch_length ==
+/// batch.len()`; `batch.len() <= max_batch_bytes`; magic; reserved attribute bits and
+/// codec; CRC; `1 <= record_count <= MAX_RECORDS_PER_BATCH`; `last_offset_delta ==
+/// record_count - 1`; `max_timestamp >= first_timestamp`; and, for an uncompressed
+/// batch, that the record length prefixes tile the records section exactly into
+/// `record_count` records. Record fields are not read and compressed batches are
+/// not decompressed: a batch that passes may still not decode. The broker checks
+/// produced batches with [`validate_produced_batch`].
+pub fn validate_batch(batch: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, BatchError> {
+    let (header, codec) = check_framing(batch, max_batch_bytes)?;
     if codec == Compression::None {
         check_record_count(&header, batch.get(HEADER_LEN..).unwrap_or_default())?;
     }
     Ok(header)
+}
+
+/// The broker's acceptance check of a produced batch: the checks of
+/// [`validate_batch`], then every record field by field exactly as
+/// [`crate::decode_batch`] reads it (reserved attributes, `offset_delta` equal to
+/// the record's position, key, value and header lengths within the record, header
+/// keys UTF-8, nothing left over in a record), and that there are `record_count`
+/// records. A compressed section is decompressed for this under `Full` (a
+/// declared size over [`crate::MAX_DECOMPRESSED_BYTES`] is refused before any
+/// allocation) and left unread under `Framing`.
+pub fn validate_produced_batch(
+    batch: &[u8],
+    max_batch_bytes: usize,
+    validation: RecordValidation,
+) -> Result<BatchHeader, BatchError> {
+    let (header, codec) = check_framing(batch, max_batch_bytes)?;
+    let section = batch.get(HEADER_LEN..).unwrap_or_default();
+    match (codec, validation) {
+        (Compression::None, _) => check_records(&header, section)?,
+        (_, RecordValidation::Framing) => {}
+        (_, RecordValidation::Full) => check_compressed_records(&header, codec, section)?,
+    }
+    Ok(header)
+}
+
+fn check_compressed_records(
+    header: &BatchHeader,
+    codec: Compression,
+    section: &[u8],
+) -> Result<(), BatchError> {
+    SCRATCH.with(|scratch| {
+        // Re-entered only if validation ran inside validation, which it never
+        // does; a fresh buffer keeps that case correct all the same.
+        let mut own = Vec::new();
+        let mut borrowed = scratch.try_borrow_mut();
+        let buffer = match borrowed.as_deref_mut() {
+            Ok(buffer) => buffer,
+            Err(_) => &mut own,
+        };
+        let result =
+            decompress_into(codec, section, buffer).and_then(|()| check_records(header, buffer));
+        if buffer.capacity() > SCRATCH_KEEP_BYTES {
+            *buffer = Vec::new();
+        }
+        result
+    })
 }
 
 #[cfg(test)]
@@ -282,17 +429,20 @@ mod tests {
             e.to_string(),
             "record_count is 5 but the records section holds 4 records"
         );
-        // Compressed sections are opaque to validation: the same lie passes.
-        let b = valid(4, Compression::Zstd);
-        assert!(
-            validate_batch(
-                &with_header(b, |h| {
-                    h.record_count = 5;
-                    h.last_offset_delta = 4;
-                }),
-                MAX
-            )
-            .is_ok()
+        // The structural check leaves compressed sections unread: the same
+        // lie passes it, and the produce check under `Framing`, but not `Full`.
+        let lie = with_header(valid(4, Compression::Zstd), |h| {
+            h.record_count = 5;
+            h.last_offset_delta = 4;
+        });
+        assert!(validate_batch(&lie, MAX).is_ok());
+        assert!(validate_produced_batch(&lie, MAX, RecordValidation::Framing).is_ok());
+        assert_eq!(
+            validate_produced_batch(&lie, MAX, RecordValidation::Full),
+            Err(BatchError::RecordCountMismatch {
+                declared: 5,
+                actual: 4
+            })
         );
     }
 

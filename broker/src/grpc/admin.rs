@@ -12,8 +12,8 @@ use brook_proto::{
 use tonic::{Request, Response, Status};
 
 use brook_engine::Invalid;
-use brook_engine::TopicOverrides;
 use brook_engine::{Broker, TopicInfo};
+use brook_engine::{RecordValidation, TopicOverrides};
 
 use super::status::status;
 
@@ -28,15 +28,21 @@ impl AdminHandler {
     }
 }
 
-fn overrides(config: Option<TopicConfig>) -> TopicOverrides {
+fn overrides(config: Option<TopicConfig>) -> Result<TopicOverrides, Status> {
     let config = config.unwrap_or_default();
-    TopicOverrides {
+    let validate_records = config
+        .validate_records
+        .map(|name| name.parse::<RecordValidation>())
+        .transpose()
+        .map_err(|e| status(Invalid::new("validate_records", e.to_string())))?;
+    Ok(TopicOverrides {
         retention_ms: config.retention_ms,
         retention_bytes: config.retention_bytes,
         segment_bytes: config.segment_bytes,
         segment_ms: config.segment_ms,
         max_message_bytes: config.max_message_bytes,
-    }
+        validate_records,
+    })
 }
 
 fn description(info: TopicInfo) -> TopicDescription {
@@ -49,6 +55,7 @@ fn description(info: TopicInfo) -> TopicDescription {
             segment_bytes: Some(s.segment_bytes),
             segment_ms: Some(s.segment_ms),
             max_message_bytes: Some(s.max_message_bytes),
+            validate_records: Some(s.validate_records.name().to_owned()),
         }),
         partitions: info
             .partitions
@@ -75,7 +82,11 @@ impl AdminService for AdminHandler {
         let request = request.into_inner();
         let info = self
             .broker
-            .create_topic(&request.name, request.partitions, overrides(request.config))
+            .create_topic(
+                &request.name,
+                request.partitions,
+                overrides(request.config)?,
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(CreateTopicResponse {
@@ -153,7 +164,7 @@ impl AdminService for AdminHandler {
         }
         let info = self
             .broker
-            .alter_topic_config(&request.name, overrides(request.config))
+            .alter_topic_config(&request.name, overrides(request.config)?)
             .await
             .map_err(status)?;
         Ok(Response::new(AlterTopicConfigResponse {

@@ -12,6 +12,7 @@ mod faults;
 mod groups;
 mod http;
 mod idempotence;
+mod malformed_records;
 mod receive_buffer;
 mod recovery;
 mod reflection;

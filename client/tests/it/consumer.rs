@@ -5,7 +5,7 @@ use std::time::Duration;
 use brook_broker::EmbeddedBroker;
 use brook_client::{
     BatchOptions, Client, ClientOptions, Compression, ConsumedRecord, Consumer, ConsumerConfig,
-    ConsumerError, NewRecord, OffsetReset, SeekTo, TopicConfig,
+    ConsumerError, NewRecord, OffsetReset, RecordValidation, SeekTo, TopicConfig,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -354,7 +354,8 @@ async fn out_of_range_under_error_policy_is_reported_and_a_seek_resumes() {
 }
 
 /// A batch of three records whose LZ4 payload is garbage under a valid
-/// CRC: the broker stores it (it never decompresses), no reader decodes it.
+/// CRC: a topic with `validate_records = framing` stores it (the broker
+/// does not decompress it), no reader decodes it.
 fn undecodable_batch() -> Bytes {
     let options = BatchOptions {
         compression: Compression::Lz4,
@@ -377,7 +378,11 @@ fn undecodable_batch() -> Bytes {
 /// `orders`/1: records 0..5.
 async fn topic_with_a_bad_batch(client: &Client) {
     client
-        .create_topic("orders", 2, TopicConfig::default())
+        .create_topic(
+            "orders",
+            2,
+            TopicConfig::default().with_validate_records(Some(RecordValidation::Framing)),
+        )
         .await
         .expect("create orders");
     produce(client, "orders", 0, 0, 3, 3).await;

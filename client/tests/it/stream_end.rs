@@ -171,6 +171,8 @@ impl AdminService for ScriptedBroker {
                     segment_bytes: Some(1 << 30),
                     segment_ms: Some(i64::MAX),
                     max_message_bytes: Some(1 << 20),
+                    // As a broker from before the setting: the client takes it as unknown.
+                    validate_records: None,
                 }),
                 partitions,
             }),

@@ -2,12 +2,18 @@
 //! (nothing is partially appended because of bad input); then the batches
 //! are queued to their partitions in request order and acknowledged once
 //! the partitions' appenders report them written (and fsynced).
+//!
+//! Validation reads every record, as consumers will decode it, so a batch
+//! that would stop every consumer at its offset is refused instead of
+//! stored; the topic's `validate_records` says whether compressed batches
+//! are decompressed for that (`brook_record::validate_produced_batch`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use brook_record::BatchHeader;
+use brook_record::{BatchHeader, Compression};
 use bytes::Bytes;
+use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::Broker;
@@ -32,6 +38,12 @@ pub struct BatchAppended {
     /// A retry of a batch already appended: `base_offset` is the original's.
     pub duplicate: bool,
 }
+
+/// Compressed batch bytes a request may hold and still be validated on the
+/// async worker without handing its other tasks off: decompressing takes
+/// about a millisecond per MiB of records, far more than a task should hold
+/// a worker.
+const INLINE_COMPRESSED_BYTES_MAX: usize = 256 * 1024;
 
 type PartitionGroup = (Arc<Partition>, Vec<(Bytes, BatchHeader)>, Vec<usize>);
 
@@ -87,31 +99,15 @@ impl Broker {
             .into());
         }
         let count = batches.len();
-        // Per partition: its batches and their positions in the request.
-        let mut groups: Vec<PartitionGroup> = Vec::new();
-        let mut group_of: HashMap<(String, u32), usize> = HashMap::new();
-        for (position, produced) in batches.into_iter().enumerate() {
-            let topic = self.topic(&produced.topic)?;
-            let partition = topic.partition(&produced.topic, produced.partition)?;
-            let max_bytes = topic
-                .max_message_bytes_override()
-                .unwrap_or(self.config.topic_defaults.max_message_bytes);
-            let header = brook_record::validate_batch(&produced.batch, max_bytes as usize)
-                .map_err(|source| ProduceError::InvalidBatch {
-                    topic: produced.topic.clone(),
-                    partition: produced.partition,
-                    source,
-                })?;
-            self.producer_epochs
-                .check(&header, &produced.topic, produced.partition)?;
-            let key = (produced.topic, produced.partition);
-            let index = *group_of.entry(key).or_insert_with(|| {
-                groups.push((partition, Vec::new(), Vec::new()));
-                groups.len() - 1
-            });
-            groups[index].1.push((produced.batch, header));
-            groups[index].2.push(position);
-        }
+        let groups = if compressed_bytes(&batches) > INLINE_COMPRESSED_BYTES_MAX
+            && Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread
+        {
+            // Decompressing megabytes takes milliseconds: let the runtime
+            // move this worker's other tasks elsewhere meanwhile.
+            tokio::task::block_in_place(|| self.validate_and_group(batches))?
+        } else {
+            self.validate_and_group(batches)?
+        };
         // Wait for room before queuing: this is where producers feel
         // backpressure when the partitions fall behind.
         let max = self.config.limits.produce_bytes_in_flight_max;
@@ -144,6 +140,58 @@ impl Broker {
             metrics: self.metrics.clone(),
         })
     }
+
+    /// Validates every batch (records included, as the topic's
+    /// `validate_records` says) and groups them by partition, keeping each
+    /// batch's position in the request.
+    fn validate_and_group(
+        &self,
+        batches: Vec<ProduceBatch>,
+    ) -> Result<Vec<PartitionGroup>, ProduceError> {
+        // Per partition: its batches and their positions in the request.
+        let mut groups: Vec<PartitionGroup> = Vec::new();
+        let mut group_of: HashMap<(String, u32), usize> = HashMap::new();
+        for (position, produced) in batches.into_iter().enumerate() {
+            let topic = self.topic(&produced.topic)?;
+            let partition = topic.partition(&produced.topic, produced.partition)?;
+            let (max_bytes, validation) = topic.produce_checks(&self.config.topic_defaults);
+            let header = brook_record::validate_produced_batch(
+                &produced.batch,
+                max_bytes as usize,
+                validation,
+            )
+            .map_err(|source| ProduceError::InvalidBatch {
+                topic: produced.topic.clone(),
+                partition: produced.partition,
+                source,
+            })?;
+            self.producer_epochs
+                .check(&header, &produced.topic, produced.partition)?;
+            let key = (produced.topic, produced.partition);
+            let index = *group_of.entry(key).or_insert_with(|| {
+                groups.push((partition, Vec::new(), Vec::new()));
+                groups.len() - 1
+            });
+            groups[index].1.push((produced.batch, header));
+            groups[index].2.push(position);
+        }
+        Ok(groups)
+    }
+}
+
+/// Bytes of the batches whose header names a compression codec: what
+/// validation may have to decompress.
+fn compressed_bytes(batches: &[ProduceBatch]) -> usize {
+    batches
+        .iter()
+        .filter(|b| {
+            BatchHeader::parse(&b.batch)
+                .ok()
+                .and_then(|h| h.compression().ok())
+                .is_some_and(|codec| codec != Compression::None)
+        })
+        .map(|b| b.batch.len())
+        .sum()
 }
 
 /// Semaphore permits for `bytes` of batches, one per KiB (rounded up), at

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use brook_record::RecordValidation;
 use parking_lot::RwLock;
 
 use crate::config::{Limits, TopicSettings};
@@ -37,10 +38,21 @@ impl Topic {
         self.record.read().clone()
     }
 
-    /// The topic's own batch size limit, if it sets one: read per produced
-    /// batch, so without copying the record.
-    pub fn max_message_bytes_override(&self) -> Option<u32> {
-        self.record.read().overrides.max_message_bytes
+    /// What a produced batch is checked against: the batch size limit and
+    /// how much of its records to check, the topic's own or `defaults`.
+    /// Read per produced batch, so without copying the record.
+    pub fn produce_checks(&self, defaults: &TopicSettings) -> (u32, RecordValidation) {
+        let record = self.record.read();
+        (
+            record
+                .overrides
+                .max_message_bytes
+                .unwrap_or(defaults.max_message_bytes),
+            record
+                .overrides
+                .validate_records
+                .unwrap_or(defaults.validate_records),
+        )
     }
 
     pub fn set_record(&self, record: TopicRecord) {
@@ -117,6 +129,9 @@ pub fn resolve_settings(
         max_message_bytes: overrides
             .max_message_bytes
             .unwrap_or(defaults.max_message_bytes),
+        validate_records: overrides
+            .validate_records
+            .unwrap_or(defaults.validate_records),
     };
     if settings.retention_ms < -1 {
         return Err(Invalid::new(

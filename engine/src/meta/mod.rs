@@ -12,6 +12,7 @@ mod sync_rounds;
 pub(crate) use memory::MemoryMetaStore;
 pub(crate) use sled::SledMetaStore;
 
+use brook_record::RecordValidation;
 use serde::{Deserialize, Serialize};
 
 /// A topic as stored: its partition count and the settings it overrides.
@@ -31,6 +32,36 @@ pub struct TopicOverrides {
     pub segment_bytes: Option<u64>,
     pub segment_ms: Option<i64>,
     pub max_message_bytes: Option<u32>,
+    /// Stored by name (`full`, `framing`); absent in records written before
+    /// the setting existed, which then take the default.
+    #[serde(default, with = "validation_name")]
+    pub validate_records: Option<RecordValidation>,
+}
+
+/// A topic's record validation as its name in the stored JSON, so the
+/// record format's types need no serde.
+mod validation_name {
+    use brook_record::RecordValidation;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    #[allow(clippy::ref_option, clippy::trivially_copy_pass_by_ref)] // the signature serde's `with` requires
+    pub fn serialize<S: Serializer>(
+        value: &Option<RecordValidation>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(validation) => serializer.serialize_some(validation.name()),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<RecordValidation>, D::Error> {
+        Option::<String>::deserialize(deserializer)?
+            .map(|name| name.parse().map_err(D::Error::custom))
+            .transpose()
+    }
 }
 
 impl TopicOverrides {
@@ -43,6 +74,7 @@ impl TopicOverrides {
             segment_bytes: other.segment_bytes.or(self.segment_bytes),
             segment_ms: other.segment_ms.or(self.segment_ms),
             max_message_bytes: other.max_message_bytes.or(self.max_message_bytes),
+            validate_records: other.validate_records.or(self.validate_records),
         }
     }
 }
@@ -109,4 +141,31 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     fn delete_group(&self, group: &str) -> Result<(), MetaError>;
     /// Every group with committed offsets, sorted.
     fn groups(&self) -> Result<Vec<String>, MetaError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_validation_is_stored_by_name_and_absent_in_older_records() {
+        let overrides = TopicOverrides {
+            validate_records: Some(RecordValidation::Framing),
+            ..TopicOverrides::default()
+        };
+        let json = serde_json::to_string(&overrides).unwrap();
+        assert!(json.contains(r#""validate_records":"framing""#), "{json}");
+        assert_eq!(
+            serde_json::from_str::<TopicOverrides>(&json).unwrap(),
+            overrides
+        );
+
+        let older = r#"{"retention_ms":5,"retention_bytes":null,"segment_bytes":null,"segment_ms":null,"max_message_bytes":null}"#;
+        let read: TopicOverrides = serde_json::from_str(older).unwrap();
+        assert_eq!(read.retention_ms, Some(5));
+        assert_eq!(read.validate_records, None);
+
+        let unknown = r#"{"validate_records":"some"}"#;
+        assert!(serde_json::from_str::<TopicOverrides>(unknown).is_err());
+    }
 }
