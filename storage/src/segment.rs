@@ -694,9 +694,10 @@ impl Segment {
                             return Ok(Some((r.offset, r.timestamp)));
                         }
                     }
-                    // The broker does not decompress on produce, so a batch
-                    // may pass validation yet not decode: answer with the
-                    // batch rather than fail every later lookup.
+                    // A batch written before records were validated on
+                    // produce, or under `validate_records = framing`, may
+                    // not decode: answer with the batch rather than fail
+                    // every later lookup.
                     Err(e) => {
                         tracing::warn!(path = %self.paths.log.display(), position, error = %e, "batch does not decode; answering a timestamp lookup with its base offset");
                         return Ok(Some((parsed.base_offset, parsed.max_timestamp)));
