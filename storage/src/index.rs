@@ -123,6 +123,14 @@ impl OffsetIndex {
         &self.entries
     }
 
+    /// Keeps the first `len` entries, in memory and in the file: undoes
+    /// entries (or torn bytes) of an append that failed.
+    pub fn cut_back(&mut self, len: usize) -> io::Result<()> {
+        self.file.truncate((len * OFFSET_ENTRY_LEN) as u64)?;
+        self.entries.truncate(len);
+        Ok(())
+    }
+
     pub fn sync(&self) -> io::Result<()> {
         self.file.sync()
     }
@@ -212,6 +220,18 @@ impl TimeIndex {
         let idx = self.entries.partition_point(|e| e.timestamp < timestamp);
         idx.checked_sub(1)
             .map_or(0, |i| self.entries[i].relative_offset)
+    }
+
+    /// Keeps the first `len` entries, in memory and in the file: undoes
+    /// entries (or torn bytes) of an append that failed.
+    pub fn cut_back(&mut self, len: usize) -> io::Result<()> {
+        self.file.truncate((len * TIME_ENTRY_LEN) as u64)?;
+        self.entries.truncate(len);
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
     }
 
     pub fn first_relative_offset(&self) -> Option<u32> {

@@ -22,10 +22,11 @@ mod sync_group;
 pub mod testing;
 
 pub use clock::now_ms;
-pub use error::LogError;
+pub use error::{LogError, Resource};
 pub use io::{LogFile, OsStorage, Storage};
 pub use log::{
-    BatchOutcome, LogConfig, OpenReport, PartitionLog, ReadResult, SEGMENT_BYTES_MAX, WrittenMark,
+    BatchOutcome, LogConfig, OpenReport, PartitionLog, ReadResult, SEGMENT_BYTES_MAX, Shortage,
+    WrittenMark,
 };
 pub use producers::SequenceError;
 pub use scan::TailDamage;

@@ -7,11 +7,14 @@
 //! not wait).
 //!
 //! Invariants: offsets are dense across segments; the high watermark only
-//! grows and never passes what was written; after a failed write or fsync
-//! the log is poisoned and refuses appends.
+//! grows and never passes what was written; after a failed fsync, or a
+//! failed write whose outcome cannot be made known, the log is poisoned and
+//! refuses appends. A write that fails for want of a resource (disk space,
+//! file descriptors) leaves nothing behind and does not poison: the log
+//! records the shortage (`write_shortage`) until the next append succeeds.
 //!
 //! Lock order: `writer`, then `producers`, then any one of the leaf locks
-//! (`segments`, `refusal`, `last_recovery_point`, `config`, and a
+//! (`segments`, `refusal`, `shortage`, `last_recovery_point`, `config`, and a
 //! segment's own locks); a leaf lock is never held while another lock is
 //! taken. `writer` is held across the syncs of a roll and of a clean
 //! shutdown, when nothing else may append; the group commit's sync
@@ -28,7 +31,7 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 
 use super::clean::{self, CleanShutdown};
-use super::error::LogError;
+use super::error::{LogError, Resource};
 use super::io::Storage;
 use super::producers::{self, ProducerState, SequenceCheck, SequenceError};
 use super::recovery_point::{self, RecoveryPoint};
@@ -101,6 +104,9 @@ pub struct PartitionLog {
     /// Set by the first failed write or fsync, or by deletion: either way
     /// the log refuses writes from then on.
     refusal: Mutex<Option<Refusal>>,
+    /// Set when the last append failed for want of a resource; cleared by
+    /// the next append that succeeds.
+    shortage: Mutex<Option<Shortage>>,
     /// Idempotent producers' sequences; changed only under `writer`.
     producers: Mutex<ProducerState>,
     /// Where the last recovery point was taken.
@@ -115,6 +121,16 @@ enum Refusal {
     Poisoned(String),
     /// The partition's files are gone (its topic was deleted).
     Deleted,
+}
+
+/// Why the last append failed, when a resource was short.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shortage {
+    pub resource: Resource,
+    /// The failure in full (operation, file, errno).
+    pub reason: String,
+    /// Wall-clock milliseconds of the first failure in a row.
+    pub since_ms: i64,
 }
 
 /// The active segment's base and size when the last recovery point was
@@ -388,6 +404,7 @@ impl PartitionLog {
             high_watermark: AtomicI64::new(end),
             start_offset: AtomicI64::new(start),
             refusal: Mutex::new(None),
+            shortage: Mutex::new(None),
             producers: Mutex::new(producers),
             last_recovery_point: Mutex::new(PointTaken {
                 active_base,
@@ -440,12 +457,59 @@ impl PartitionLog {
         }
     }
 
-    /// Refuses all further writes, keeping the first reason.
+    /// Refuses all further writes, keeping the first reason. The refusal
+    /// is set before anything is logged, so that nothing the logging does
+    /// can leave the log taking writes.
     pub fn poison(&self, reason: String) {
-        let mut refusal = self.refusal.lock();
-        if refusal.is_none() {
-            tracing::error!(dir = %self.dir.display(), %reason, "partition poisoned");
-            *refusal = Some(Refusal::Poisoned(reason));
+        let first = {
+            let mut refusal = self.refusal.lock();
+            if refusal.is_some() {
+                return;
+            }
+            *refusal = Some(Refusal::Poisoned(reason.clone()));
+            reason
+        };
+        tracing::error!(dir = %self.dir.display(), reason = %first, "partition poisoned");
+    }
+
+    /// The resource whose shortage failed the last append, while no append
+    /// has succeeded since; `None` while writes go through.
+    pub fn write_shortage(&self) -> Option<Shortage> {
+        self.shortage.lock().clone()
+    }
+
+    /// Decides what a failed write means for the log: a resource shortage
+    /// (the write was undone) is recorded and the log takes writes again
+    /// once the resource is back; anything else poisons it.
+    fn after_failed_write(&self, error: LogError) -> LogError {
+        match error.resource() {
+            Some(resource) => {
+                let reason = error.to_string();
+                let mut shortage = self.shortage.lock();
+                let since_ms = shortage
+                    .as_ref()
+                    .map_or_else(crate::clock::now_ms, |s| s.since_ms);
+                let first = shortage.is_none();
+                *shortage = Some(Shortage {
+                    resource,
+                    reason: reason.clone(),
+                    since_ms,
+                });
+                drop(shortage);
+                if first {
+                    tracing::warn!(dir = %self.dir.display(), %reason, "partition cannot write: {resource}");
+                }
+            }
+            None => self.poison(error.to_string()),
+        }
+        error
+    }
+
+    /// After a successful append: a shortage is over.
+    fn writes_resumed(&self) {
+        let ended = self.shortage.lock().take();
+        if let Some(shortage) = ended {
+            tracing::info!(dir = %self.dir.display(), resource = %shortage.resource, "partition writes again");
         }
     }
 
@@ -471,7 +535,11 @@ impl PartitionLog {
     /// Writes validated batches (not yet durable, not yet visible) and
     /// returns what became of each and the mark to publish afterwards. A
     /// retried batch of an idempotent producer is answered with its original
-    /// offset; one out of sequence is refused. A failed write poisons the log.
+    /// offset; one out of sequence is refused. A write that fails for want of
+    /// a resource fails with `ResourceExhausted` and leaves nothing of its
+    /// batch (the batches before it in `batches` stay written, and become
+    /// visible with the next publish); any other failed write poisons the
+    /// log.
     pub fn append(
         &self,
         batches: &[(Bytes, BatchHeader)],
@@ -498,7 +566,7 @@ impl PartitionLog {
             if Self::should_roll(&active, batch.len() as u64, header, &config, now_ms) {
                 active = self
                     .roll(&active, now_ms, &config, &producers)
-                    .inspect_err(|e| self.poison(e.to_string()))?;
+                    .map_err(|e| self.after_failed_write(e))?;
             }
             let base_offset = active.next_offset();
             active
@@ -509,10 +577,12 @@ impl PartitionLog {
                     config.index_interval_bytes,
                     now_ms,
                 )
-                .inspect_err(|e| self.poison(e.to_string()))?;
+                .map_err(|e| self.after_failed_write(e))?;
             producers.record(header, base_offset);
             outcomes.push(BatchOutcome::Appended(base_offset));
         }
+        drop(producers);
+        self.writes_resumed();
         let mark = WrittenMark {
             bytes: active.written_bytes(),
             next_offset: active.next_offset(),
@@ -552,13 +622,16 @@ impl PartitionLog {
         // Sealed, not published: its last batches become visible with the
         // next `publish`, once the round they belong to is acknowledged.
         active.seal()?;
+        // A roll that fails for want of a resource is retried by the next
+        // append: sealing again adds nothing, and the snapshot and the next
+        // segment's files are written anew.
         let base = active.next_offset();
         // Recovery then rebuilds producer state from the new segment only.
         producers::snapshot::write(self.storage.as_ref(), &self.dir, base, producers)?;
         let next = Arc::new(Segment::create(self.storage.as_ref(), &self.dir, base)?);
         self.storage
             .sync_dir(&self.dir)
-            .map_err(|e| LogError::io("fsync", &self.dir, e))?;
+            .map_err(|e| dir_sync_error(&self.dir, e))?;
         self.segments.write().insert(base, next.clone());
         tracing::info!(dir = %self.dir.display(), base_offset = base, "segment rolled");
         self.apply_retention(now_ms, config)?;
@@ -731,6 +804,15 @@ impl PartitionLog {
         self.storage
             .remove_dir_all(&self.dir)
             .map_err(|e| LogError::io("remove", &self.dir, e))
+    }
+}
+
+/// A failed sync of a directory: opening it may fail for want of file
+/// descriptors (nothing was written yet); anything else is a failed fsync.
+fn dir_sync_error(dir: &Path, error: std::io::Error) -> LogError {
+    match Resource::of(&error) {
+        Some(Resource::OpenFiles) => LogError::io_or_resource("open", dir, error),
+        _ => LogError::io("fsync", dir, error),
     }
 }
 
@@ -1200,5 +1282,218 @@ mod tests {
         let big = "x".repeat(recovery_point::INTERVAL_BYTES as usize);
         log.append(&[batch(&big)], 0).unwrap();
         assert!(log.recovery_point_due(now));
+    }
+}
+
+/// A failed write for want of a resource is undone and does not poison; a
+/// failed fsync (or a failed undo) still does.
+#[cfg(test)]
+mod shortage_tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use brook_record::{BatchHeader, BatchOptions, NewRecord};
+    use bytes::Bytes;
+    use nix::errno::Errno;
+
+    use super::{BatchOutcome, LogConfig, LogError, PartitionLog};
+    use crate::Resource;
+    use crate::testing::{FailingStorage, MemStorage};
+
+    const LOG: &str = "/p/00000000000000000000.log";
+
+    fn batch(value: &str) -> (Bytes, BatchHeader) {
+        let record = NewRecord {
+            timestamp: 1_000,
+            value: Some(Bytes::copy_from_slice(value.as_bytes())),
+            ..NewRecord::default()
+        };
+        let bytes = brook_record::encode_batch(&[record], BatchOptions::default()).unwrap();
+        let header = BatchHeader::parse(&bytes).unwrap();
+        (bytes, header)
+    }
+
+    fn open_on(failing: &FailingStorage, config: LogConfig) -> PartitionLog {
+        PartitionLog::open(Arc::new(failing.clone()), Path::new("/p"), config)
+            .unwrap()
+            .0
+    }
+
+    fn append_and_publish(log: &PartitionLog, value: &str) -> Result<i64, LogError> {
+        let (outcomes, _) = log.append(&[batch(value)], 0)?;
+        let mark = log.sync()?;
+        log.publish(&mark);
+        match outcomes[..] {
+            [BatchOutcome::Appended(offset)] => Ok(offset),
+            _ => panic!("unexpected outcome {outcomes:?}"),
+        }
+    }
+
+    fn values(log: &PartitionLog) -> Vec<String> {
+        (log.start_offset()..log.high_watermark())
+            .map(|offset| {
+                let read = log.read(offset, 1).unwrap();
+                let (_, records) = brook_record::decode_batch(&read.records).unwrap();
+                let value = records[0].value.clone().unwrap();
+                String::from_utf8(value.to_vec()).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_roll_without_file_descriptors_fails_the_append_and_succeeds_once_they_are_back() {
+        let memory = MemStorage::default();
+        let failing = FailingStorage::new(Arc::new(memory.clone()), u64::MAX);
+        let config = LogConfig {
+            segment_bytes: 1024,
+            ..LogConfig::default()
+        };
+        let log = open_on(&failing, config);
+        // Two batches of 400 bytes: the next one rolls.
+        let written: Vec<String> = (0..2).map(|i| format!("{}{i}", "x".repeat(400))).collect();
+        for value in &written {
+            append_and_publish(&log, value).unwrap();
+        }
+        assert_eq!(log.segment_count(), 1);
+        let mut written = written;
+        failing.fail_opens_with(Some(Errno::EMFILE as i32));
+        for _ in 0..3 {
+            let error = append_and_publish(&log, &"r".repeat(400)).unwrap_err();
+            assert_eq!(error.resource(), Some(Resource::OpenFiles), "{error}");
+            assert!(error.to_string().contains("too many open files"), "{error}");
+        }
+        assert!(log.poisoned().is_none());
+        let shortage = log.write_shortage().expect("the shortage is reported");
+        assert_eq!(shortage.resource, Resource::OpenFiles);
+        assert_eq!(log.segment_count(), 1, "no segment was added");
+        assert_eq!(values(&log), written);
+
+        failing.fail_opens_with(None);
+        written.push("a".repeat(400));
+        append_and_publish(&log, &written[2]).unwrap();
+        assert_eq!(log.segment_count(), 2, "the roll went through");
+        assert!(log.write_shortage().is_none(), "a successful write clears it");
+        assert_eq!(values(&log), written);
+        drop(log);
+
+        let (log, report) =
+            PartitionLog::open(Arc::new(memory.crash_image()), Path::new("/p"), config).unwrap();
+        assert_eq!(report.truncated_bytes, 0);
+        assert_eq!(values(&log), written);
+    }
+
+    #[test]
+    fn a_write_cut_short_by_a_full_disk_leaves_nothing_and_writes_resume_once_there_is_space() {
+        for errno in [Errno::ENOSPC, Errno::EDQUOT] {
+            let memory = MemStorage::default();
+            let failing = FailingStorage::new(Arc::new(memory.clone()), u64::MAX);
+            let log = open_on(&failing, LogConfig::default());
+            append_and_publish(&log, "one").unwrap();
+            let end = memory.contents(Path::new(LOG)).unwrap().len();
+
+            failing.fail_appends_with(errno as i32, 10);
+            let error = append_and_publish(&log, "two").unwrap_err();
+            assert_eq!(error.resource(), Some(Resource::DiskSpace), "{error}");
+            assert!(
+                error.to_string().contains("no space left on the data volume"),
+                "{error}"
+            );
+            assert_eq!(
+                memory.contents(Path::new(LOG)).unwrap().len(),
+                end,
+                "the partial write was cut back"
+            );
+            assert!(log.poisoned().is_none());
+            assert_eq!(
+                log.write_shortage().map(|s| s.resource),
+                Some(Resource::DiskSpace)
+            );
+
+            failing.stop_failing_appends();
+            assert_eq!(append_and_publish(&log, "three").unwrap(), 1);
+            assert!(log.write_shortage().is_none());
+            assert_eq!(values(&log), ["one", "three"]);
+            drop(log);
+            let (log, report) = PartitionLog::open(
+                Arc::new(memory.crash_image()),
+                Path::new("/p"),
+                LogConfig::default(),
+            )
+            .unwrap();
+            assert_eq!(report.truncated_bytes, 0, "no torn bytes were left");
+            assert!(report.damage.is_none());
+            assert_eq!(values(&log), ["one", "three"]);
+        }
+    }
+
+    #[test]
+    fn a_failed_cut_back_poisons() {
+        let memory = MemStorage::default();
+        let failing = FailingStorage::new(Arc::new(memory.clone()), u64::MAX);
+        let log = open_on(&failing, LogConfig::default());
+        append_and_publish(&log, "one").unwrap();
+        failing.fail_appends_with(Errno::ENOSPC as i32, 10);
+        failing.set_budget(0);
+        let error = append_and_publish(&log, "two").unwrap_err();
+        assert!(error.resource().is_none(), "{error}");
+        assert!(log.poisoned().is_some());
+        failing.stop_failing_appends();
+        failing.set_budget(u64::MAX);
+        assert!(matches!(
+            append_and_publish(&log, "three"),
+            Err(LogError::Poisoned { .. })
+        ));
+    }
+
+    #[test]
+    fn a_failed_fsync_poisons_even_when_it_blames_a_full_disk() {
+        let memory = MemStorage::default();
+        let failing = FailingStorage::new(Arc::new(memory.clone()), u64::MAX);
+        let log = open_on(&failing, LogConfig::default());
+        append_and_publish(&log, "one").unwrap();
+        log.append(&[batch("two")], 0).unwrap();
+        failing.set_errno(Errno::ENOSPC as i32);
+        failing.set_budget(0);
+        assert!(log.sync().is_err());
+        assert!(log.poisoned().is_some());
+        assert!(log.write_shortage().is_none());
+        failing.set_budget(u64::MAX);
+        assert!(matches!(
+            log.append(&[batch("three")], 0),
+            Err(LogError::Poisoned { .. })
+        ));
+    }
+
+    /// A subscriber whose every event panics: logging that fails.
+    struct PanickingSubscriber;
+
+    impl tracing::Subscriber for PanickingSubscriber {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, _: &tracing::Event<'_>) {
+            panic!("logging failed");
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    #[test]
+    fn poisoning_holds_even_when_logging_it_fails() {
+        let memory = MemStorage::default();
+        let failing = FailingStorage::new(Arc::new(memory), u64::MAX);
+        let log = open_on(&failing, LogConfig::default());
+        let poisoned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tracing::subscriber::with_default(PanickingSubscriber, || {
+                log.poison("fsync failed".to_owned());
+            });
+        }));
+        assert!(poisoned.is_err(), "the subscriber panicked");
+        assert_eq!(log.poisoned().as_deref(), Some("fsync failed"));
     }
 }

@@ -88,14 +88,16 @@ pub struct Recovery {
 impl Segment {
     /// Creates an empty segment (any leftover files of that name are emptied).
     pub fn create(storage: &dyn Storage, dir: &Path, base_offset: i64) -> Result<Self, LogError> {
+        // A failure leaves at most empty files that the next try empties
+        // again: a resource shortage here is `ResourceExhausted`.
         let paths = SegmentPaths::new(dir, base_offset);
         let log = open(storage, &paths.log)?;
         log.truncate(0)
-            .map_err(|e| LogError::io("truncate", &paths.log, e))?;
+            .map_err(|e| LogError::io_or_resource("truncate", &paths.log, e))?;
         let index = OffsetIndex::rewrite(open(storage, &paths.index)?, &[])
-            .map_err(|e| LogError::io("write", &paths.index, e))?;
+            .map_err(|e| LogError::io_or_resource("write", &paths.index, e))?;
         let time_index = TimeIndex::rewrite(open(storage, &paths.time_index)?, &[])
-            .map_err(|e| LogError::io("write", &paths.time_index, e))?;
+            .map_err(|e| LogError::io_or_resource("write", &paths.time_index, e))?;
         Ok(Self::assemble(
             base_offset,
             paths,
@@ -429,6 +431,12 @@ impl Segment {
     /// Appends one validated batch with `base_offset` stamped in front of
     /// its bytes (written with one vectored write, the batch is not copied).
     /// Only the partition's writer calls this.
+    ///
+    /// When a write fails for want of a resource (a full disk), the log and
+    /// both indexes are cut back to where they were before the batch, so
+    /// nothing of it stays and the next append starts on a clean end; the
+    /// error is then `ResourceExhausted`. If the cut itself fails, the error
+    /// is that failure (an `Io` error): the end of the files is unknown.
     pub fn append(
         &self,
         base_offset: i64,
@@ -440,34 +448,20 @@ impl Segment {
         assert_eq!(base_offset, self.next_offset(), "appends must be dense");
         assert!(batch.len() >= HEADER_LEN, "batch was validated");
         let position = self.written_bytes();
-        let stamp = brook_record::encode_base_offset(base_offset);
-        self.log
-            .append(&[IoSlice::new(&stamp), IoSlice::new(&batch[8..])])
-            .map_err(|e| LogError::io("append", &self.paths.log, e))?;
-        let relative_offset = u32::try_from(base_offset - self.base_offset)
-            .expect("segments roll long before 2^32 offsets");
-        let max_timestamp = self
-            .max_timestamp
-            .fetch_max(header.max_timestamp, Ordering::AcqRel)
-            .max(header.max_timestamp);
-        let since_index = self.bytes_since_index.load(Ordering::Relaxed);
-        if position == 0 || since_index >= index_interval_bytes {
-            // Both indexes get an entry every `index_interval_bytes`; the
-            // time index's holds the largest timestamp up to this batch.
-            self.time_index
-                .write()
-                .push(TimeEntry {
-                    timestamp: max_timestamp,
-                    relative_offset,
-                })
-                .map_err(|e| LogError::io("append", &self.paths.time_index, e))?;
-            self.index
-                .write()
-                .push(OffsetEntry {
-                    relative_offset,
-                    position: u32::try_from(position).expect("segments roll before 4 GiB"),
-                })
-                .map_err(|e| LogError::io("append", &self.paths.index, e))?;
+        let index_len = self.index.read().entries().len();
+        let time_index_len = self.time_index.read().len();
+        let max_timestamp = self.max_timestamp().max(header.max_timestamp);
+        let indexed = position == 0
+            || self.bytes_since_index.load(Ordering::Relaxed) >= index_interval_bytes;
+        if let Err(e) = self.write_batch(position, base_offset, batch, max_timestamp, indexed) {
+            if e.resource().is_some() {
+                self.cut_back(position, index_len, time_index_len)?;
+            }
+            return Err(e);
+        }
+        // The segment's state moves only once every write succeeded.
+        self.max_timestamp.store(max_timestamp, Ordering::Release);
+        if indexed {
             self.bytes_since_index.store(0, Ordering::Relaxed);
         }
         self.bytes_since_index
@@ -484,6 +478,67 @@ impl Segment {
         Ok(())
     }
 
+    /// The writes of `append`: the batch at `position`, and, if `indexed`,
+    /// an entry in each index (the time index's holds the largest
+    /// timestamp up to this batch).
+    fn write_batch(
+        &self,
+        position: u64,
+        base_offset: i64,
+        batch: &[u8],
+        max_timestamp: i64,
+        indexed: bool,
+    ) -> Result<(), LogError> {
+        let stamp = brook_record::encode_base_offset(base_offset);
+        self.log
+            .append(&[IoSlice::new(&stamp), IoSlice::new(&batch[8..])])
+            .map_err(|e| LogError::io_or_resource("append", &self.paths.log, e))?;
+        if !indexed {
+            return Ok(());
+        }
+        let relative_offset = u32::try_from(base_offset - self.base_offset)
+            .expect("segments roll long before 2^32 offsets");
+        self.time_index
+            .write()
+            .push(TimeEntry {
+                timestamp: max_timestamp,
+                relative_offset,
+            })
+            .map_err(|e| LogError::io_or_resource("append", &self.paths.time_index, e))?;
+        self.index
+            .write()
+            .push(OffsetEntry {
+                relative_offset,
+                position: u32::try_from(position).expect("segments roll before 4 GiB"),
+            })
+            .map_err(|e| LogError::io_or_resource("append", &self.paths.index, e))
+    }
+
+    /// Cuts the log and both indexes back to what they held before a
+    /// failed append. A failure here leaves the files' ends unknown, which
+    /// only a restart's recovery can settle: it is an `Io` error, never a
+    /// resource shortage, so that the caller poisons the log.
+    fn cut_back(
+        &self,
+        position: u64,
+        index_len: usize,
+        time_index_len: usize,
+    ) -> Result<(), LogError> {
+        let cut = |path: &Path, e: io::Error| {
+            LogError::io("cut back after a failed append", path, e)
+        };
+        self.log
+            .truncate(position)
+            .map_err(|e| cut(&self.paths.log, e))?;
+        self.index
+            .write()
+            .cut_back(index_len)
+            .map_err(|e| cut(&self.paths.index, e))?;
+        self.time_index
+            .write()
+            .cut_back(time_index_len)
+            .map_err(|e| cut(&self.paths.time_index, e))
+    }
     /// Calls `visit` with the header of every batch, in order (no CRC checks).
     pub fn visit_headers(&self, visit: &mut dyn FnMut(&BatchHeader)) -> Result<(), LogError> {
         let mut scanner = Scanner::new(self.log.as_ref(), self.written_bytes());
@@ -550,13 +605,23 @@ impl Segment {
         if !self.is_empty() {
             let last_relative = u32::try_from(self.next_offset() - 1 - self.base_offset)
                 .expect("segments roll long before 2^32 offsets");
-            self.time_index
-                .write()
-                .push(TimeEntry {
-                    timestamp: self.max_timestamp(),
-                    relative_offset: last_relative,
-                })
-                .map_err(|e| LogError::io("append", &self.paths.time_index, e))?;
+            let mut time_index = self.time_index.write();
+            let len = time_index.len();
+            let pushed = time_index.push(TimeEntry {
+                timestamp: self.max_timestamp(),
+                relative_offset: last_relative,
+            });
+            if let Err(e) = pushed {
+                let error = LogError::io_or_resource("append", &self.paths.time_index, e);
+                if error.resource().is_some() {
+                    // The roll is retried with the next append: no torn
+                    // entry may lie before the one it writes.
+                    time_index.cut_back(len).map_err(|e| {
+                        LogError::io("cut back after a failed append", &self.paths.time_index, e)
+                    })?;
+                }
+                return Err(error);
+            }
         }
         self.sync_files()
     }
@@ -702,5 +767,5 @@ fn index_matches_log(index: &OffsetIndex, log: &dyn LogFile, base_offset: i64, s
 fn open(storage: &dyn Storage, path: &Path) -> Result<Arc<dyn LogFile>, LogError> {
     storage
         .open(path)
-        .map_err(|e| LogError::io("open", path, e))
+        .map_err(|e| LogError::io_or_resource("open", path, e))
 }
