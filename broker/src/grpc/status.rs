@@ -32,6 +32,9 @@ impl ToStatus for PartitionError {
             Self::Poisoned { .. } | Self::Closed { .. } => Code::Unavailable,
             Self::Deleted { .. } => Code::NotFound,
             Self::OutOfRange(_) => Code::OutOfRange,
+            // Retryable once space or descriptors are back; the message
+            // names which.
+            Self::ResourceExhausted { .. } => Code::ResourceExhausted,
             Self::Storage { source, .. } => match **source {
                 LogError::Corrupt { .. } => Code::DataLoss,
                 _ => Code::Internal,
@@ -197,6 +200,29 @@ mod tests {
             )),
         };
         assert_eq!(FetchError::from(corrupt).code(), Code::DataLoss);
+    }
+
+    #[test]
+    fn a_resource_shortage_is_resource_exhausted_and_names_the_resource() {
+        // Linux's ENOSPC and EMFILE.
+        for (errno, phrase) in [
+            (28, "no space left on the data volume"),
+            (24, "too many open files"),
+        ] {
+            let error = ProduceError::from(partition_error(LogError::io_or_resource(
+                "append",
+                std::path::Path::new("/d/0.log"),
+                std::io::Error::from_raw_os_error(errno),
+            )));
+            let status = to_status(&error);
+            assert_eq!(status.code(), Code::ResourceExhausted);
+            assert!(status.message().contains(phrase), "{}", status.message());
+            assert!(
+                !status.message().contains("poisoned"),
+                "{}",
+                status.message()
+            );
+        }
     }
 
     #[test]

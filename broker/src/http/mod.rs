@@ -1,5 +1,6 @@
 //! The HTTP side: `/health` (alive and no partition poisoned; names topic
-//! directories quarantined at start), `/ready`
+//! directories quarantined at start and partitions that cannot write for
+//! want of disk space or file descriptors), `/ready`
 //! (recovery done and gRPC serving; not while stopping) and `/metrics`
 //! (Prometheus/OpenMetrics text).
 //!
@@ -77,25 +78,52 @@ async fn health(State(status): State<Arc<ServerStatus>>) -> impl IntoResponse {
         .iter()
         .map(|q| json!({ "topic": q.topic, "path": q.path.display().to_string() }))
         .collect();
-    let poisoned = broker.poisoned_partitions();
-    if poisoned.is_empty() {
-        let mut body = json!({ "status": "ok" });
-        if !quarantined.is_empty() {
-            body["quarantined"] = json!(quarantined);
-        }
-        return (StatusCode::OK, Json(body));
-    }
-    let partitions: Vec<_> = poisoned
+    // Partitions that cannot write for want of disk space or descriptors:
+    // an outage for their producers, but not one a restart mends (the
+    // disk stays full, and a restart drops every consumer's session), and
+    // each clears by itself with its next successful write. So they are
+    // named, the status says `degraded`, and health stays 200: the code of
+    // this liveness probe means "restart me", the body is for alerts.
+    let cannot_write: Vec<_> = broker
+        .partitions_short_of_resources()
         .into_iter()
-        .map(|(topic, partition, reason)| {
-            json!({ "topic": topic, "partition": partition, "reason": reason })
+        .map(|(topic, partition, shortage)| {
+            json!({
+                "topic": topic,
+                "partition": partition,
+                "resource": shortage.resource.to_string(),
+                "reason": shortage.reason,
+                "since_ms": shortage.since_ms,
+            })
         })
         .collect();
-    let mut body = json!({ "status": "poisoned", "partitions": partitions });
+    let poisoned = broker.poisoned_partitions();
+    let (code, mut body) = if poisoned.is_empty() {
+        let state = if cannot_write.is_empty() {
+            "ok"
+        } else {
+            "degraded"
+        };
+        (StatusCode::OK, json!({ "status": state }))
+    } else {
+        let partitions: Vec<_> = poisoned
+            .into_iter()
+            .map(|(topic, partition, reason)| {
+                json!({ "topic": topic, "partition": partition, "reason": reason })
+            })
+            .collect();
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "status": "poisoned", "partitions": partitions }),
+        )
+    };
+    if !cannot_write.is_empty() {
+        body["cannot_write"] = json!(cannot_write);
+    }
     if !quarantined.is_empty() {
         body["quarantined"] = json!(quarantined);
     }
-    (StatusCode::SERVICE_UNAVAILABLE, Json(body))
+    (code, Json(body))
 }
 
 async fn readiness(State(status): State<Arc<ServerStatus>>) -> impl IntoResponse {

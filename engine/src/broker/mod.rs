@@ -294,6 +294,20 @@ impl Broker {
         &self.quarantined
     }
 
+    /// Partitions whose last append failed for want of a resource (disk
+    /// space, file descriptors), with the failure; each leaves the list by
+    /// itself with its next successful append.
+    pub fn partitions_short_of_resources(&self) -> Vec<(String, u32, brook_storage::Shortage)> {
+        self.all_partitions()
+            .iter()
+            .filter_map(|p| {
+                p.log()
+                    .write_shortage()
+                    .map(|shortage| (p.topic().to_owned(), p.index(), shortage))
+            })
+            .collect()
+    }
+
     /// Partitions that refuse writes after a failed write or fsync, with the reason.
     pub fn poisoned_partitions(&self) -> Vec<(String, u32, String)> {
         self.all_partitions()
