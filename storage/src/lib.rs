@@ -14,6 +14,7 @@ mod error;
 mod index;
 mod io;
 mod log;
+mod open_segments;
 mod producers;
 mod recovery_point;
 mod scan;
@@ -28,6 +29,7 @@ pub use log::{
     BatchOutcome, LogConfig, OpenReport, PartitionLog, ReadResult, SEGMENT_BYTES_MAX, Shortage,
     WrittenMark,
 };
+pub use open_segments::{DEFAULT_OPEN_SEGMENTS_MAX, OpenSegments};
 pub use producers::SequenceError;
 pub use scan::TailDamage;
 pub use sync_group::SyncGroup;

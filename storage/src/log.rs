@@ -32,7 +32,8 @@ use parking_lot::{Mutex, RwLock};
 
 use super::clean::{self, CleanShutdown};
 use super::error::{LogError, Resource};
-use super::io::Storage;
+use super::io::{LogFile, Storage};
+use super::open_segments::OpenSegments;
 use super::producers::{self, ProducerState, SequenceCheck, SequenceError};
 use super::recovery_point::{self, RecoveryPoint};
 use super::segment::{Segment, parse_log_name};
@@ -111,6 +112,9 @@ pub struct PartitionLog {
     producers: Mutex<ProducerState>,
     /// Where the last recovery point was taken.
     last_recovery_point: Mutex<PointTaken>,
+    /// The bound on sealed segments with an open log file: the log's own
+    /// until `share_open_segments` gives it the broker's.
+    open_segments: RwLock<Arc<OpenSegments>>,
 }
 
 /// Why a log refuses writes.
@@ -269,7 +273,7 @@ impl PartitionLog {
             producers::snapshot::load_latest(storage.as_ref(), dir, active_base)?
                 .unwrap_or_default();
         for segment in segments.range(snapshot_offset..).map(|(_, s)| s) {
-            segment.visit_headers(&mut |h| producers.record(h, h.base_offset))?;
+            segment.visit_headers(storage.as_ref(), &mut |h| producers.record(h, h.base_offset))?;
         }
         let recovery = Segment::recover_active(
             storage.as_ref(),
@@ -411,7 +415,21 @@ impl PartitionLog {
                 active_bytes: 0,
                 at_ms: crate::clock::now_ms(),
             }),
+            open_segments: RwLock::new(Arc::default()),
         }
+    }
+
+    /// Makes the log keep its sealed segments' open files in `open`, a
+    /// bound shared with other partitions. Call before the log is read.
+    pub fn share_open_segments(&self, open: Arc<OpenSegments>) {
+        *self.open_segments.write() = open;
+    }
+
+    /// The log file of `segment`, for a read (sealed ones are reopened on
+    /// demand).
+    fn log_for_read(&self, segment: &Arc<Segment>) -> Result<Arc<dyn LogFile>, LogError> {
+        let open = self.open_segments.read().clone();
+        segment.log_for_read(self.storage.as_ref(), &open)
     }
 
     pub fn dir(&self) -> &Path {
@@ -633,6 +651,7 @@ impl PartitionLog {
             .sync_dir(&self.dir)
             .map_err(|e| dir_sync_error(&self.dir, e))?;
         self.segments.write().insert(base, next.clone());
+        active.retire(&self.open_segments.read().clone());
         tracing::info!(dir = %self.dir.display(), base_offset = base, "segment rolled");
         self.apply_retention(now_ms, config)?;
         Ok(next)
@@ -706,10 +725,11 @@ impl PartitionLog {
                 .range(..=offset)
                 .next_back()
                 .map(|(_, s)| s.clone());
-            match segment
-                .map(|s| s.read(offset, max_bytes))
-                .transpose()?
-                .flatten()
+            let read = |s: Arc<Segment>| -> Result<Option<Bytes>, LogError> {
+                let log = self.log_for_read(&s)?;
+                s.read(log.as_ref(), offset, max_bytes)
+            };
+            match segment.map(read).transpose()?.flatten()
             {
                 Some(bytes) => records = bytes,
                 // Retention removed the segment after the range check.
@@ -735,7 +755,9 @@ impl PartitionLog {
         let segments: Vec<Arc<Segment>> = self.segments.read().values().cloned().collect();
         let high_watermark = self.high_watermark();
         for segment in segments {
-            if let Some((offset, ts)) = segment.find_timestamp(timestamp)? {
+            if let Some((offset, ts)) =
+                segment.find_timestamp(|| self.log_for_read(&segment), timestamp)?
+            {
                 return Ok((offset < high_watermark).then_some((offset, ts)));
             }
         }
@@ -792,6 +814,7 @@ impl PartitionLog {
                 start_offset = self.start_offset(),
                 "segment deleted by retention"
             );
+            segment.forget(&self.open_segments.read().clone());
             segment.delete_files(self.storage.as_ref())?;
         }
         Ok(deleted.len())
