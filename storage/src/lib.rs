@@ -24,7 +24,7 @@ pub mod testing;
 
 pub use clock::now_ms;
 pub use error::{LogError, Resource};
-pub use io::{LogFile, OsStorage, Storage};
+pub use io::{LogFile, OsStorage, Storage, available_bytes};
 pub use log::{
     BatchOutcome, LogConfig, OpenReport, PartitionLog, ReadResult, SEGMENT_BYTES_MAX, Shortage,
     WrittenMark,

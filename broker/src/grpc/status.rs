@@ -52,6 +52,8 @@ impl ToStatus for ProduceError {
             Self::InvalidBatch { .. } => Code::InvalidArgument,
             Self::ProducerFenced { .. } | Self::Sequence { .. } => Code::FailedPrecondition,
             Self::Partition(e) => e.code(),
+            // Retryable once space is freed; nothing was staged.
+            Self::Meta(e) if e.is_out_of_space() => Code::ResourceExhausted,
             Self::ShuttingDown => Code::Unavailable,
             _ => Code::Internal,
         }
@@ -77,6 +79,8 @@ impl ToStatus for AdminError {
             Self::Invalid(e) => e.code(),
             Self::TopicExists(_) => Code::AlreadyExists,
             Self::Partition(e) => e.code(),
+            // Retryable once space is freed; nothing was staged.
+            Self::Meta(e) if e.is_out_of_space() => Code::ResourceExhausted,
             Self::ShuttingDown => Code::Unavailable,
             _ => Code::Internal,
         }
@@ -89,6 +93,8 @@ impl ToStatus for GroupError {
             Self::NotFound(e) => e.code(),
             Self::Invalid(e) => e.code(),
             Self::Partition(e) => e.code(),
+            // Retryable once space is freed; nothing was staged.
+            Self::Meta(e) if e.is_out_of_space() => Code::ResourceExhausted,
             Self::NotEmpty { .. } | Self::CommitFenced { .. } => Code::FailedPrecondition,
             Self::Full { .. } => Code::ResourceExhausted,
             Self::MemberRemoved { .. } => Code::Aborted,

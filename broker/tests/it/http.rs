@@ -63,7 +63,7 @@ impl Storage for GatedStorage {
 }
 
 /// GETs `path` and returns the status code and body.
-async fn get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+pub(crate) async fn get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     let mut stream = TcpStream::connect(addr).await?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
@@ -82,7 +82,7 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<(u16, Str
 }
 
 /// Polls `path` until it answers `status`, for at most `common::WAIT`.
-async fn wait_for(addr: std::net::SocketAddr, path: &str, status: u16) -> anyhow::Result<String> {
+pub(crate) async fn wait_for(addr: std::net::SocketAddr, path: &str, status: u16) -> anyhow::Result<String> {
     common::within(&format!("{path} answering {status}"), async {
         loop {
             if let Ok((code, body)) = get(addr, path).await {

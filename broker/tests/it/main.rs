@@ -5,6 +5,7 @@ mod common;
 
 mod backpressure;
 mod bad_input;
+mod disk_full;
 mod embedded;
 mod faults;
 mod groups;
