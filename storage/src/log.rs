@@ -273,7 +273,9 @@ impl PartitionLog {
             producers::snapshot::load_latest(storage.as_ref(), dir, active_base)?
                 .unwrap_or_default();
         for segment in segments.range(snapshot_offset..).map(|(_, s)| s) {
-            segment.visit_headers(storage.as_ref(), &mut |h| producers.record(h, h.base_offset))?;
+            segment.visit_headers(storage.as_ref(), &mut |h| {
+                producers.record(h, h.base_offset);
+            })?;
         }
         let recovery = Segment::recover_active(
             storage.as_ref(),
@@ -729,8 +731,7 @@ impl PartitionLog {
                 let log = self.log_for_read(&s)?;
                 s.read(log.as_ref(), offset, max_bytes)
             };
-            match segment.map(read).transpose()?.flatten()
-            {
+            match segment.map(read).transpose()?.flatten() {
                 Some(bytes) => records = bytes,
                 // Retention removed the segment after the range check.
                 None if offset < self.start_offset() => {
@@ -1395,7 +1396,10 @@ mod shortage_tests {
         written.push("a".repeat(400));
         append_and_publish(&log, &written[2]).unwrap();
         assert_eq!(log.segment_count(), 2, "the roll went through");
-        assert!(log.write_shortage().is_none(), "a successful write clears it");
+        assert!(
+            log.write_shortage().is_none(),
+            "a successful write clears it"
+        );
         assert_eq!(values(&log), written);
         drop(log);
 
@@ -1418,7 +1422,9 @@ mod shortage_tests {
             let error = append_and_publish(&log, "two").unwrap_err();
             assert_eq!(error.resource(), Some(Resource::DiskSpace), "{error}");
             assert!(
-                error.to_string().contains("no space left on the data volume"),
+                error
+                    .to_string()
+                    .contains("no space left on the data volume"),
                 "{error}"
             );
             assert_eq!(

@@ -85,10 +85,7 @@ impl OpenSegments {
         let mut state = self.state.lock();
         state.tick += 1;
         let tick = state.tick;
-        if let Some((previous, _)) = state
-            .by_id
-            .insert(id, (tick, Arc::downgrade(segment)))
-        {
+        if let Some((previous, _)) = state.by_id.insert(id, (tick, Arc::downgrade(segment))) {
             state.by_tick.remove(&previous);
         }
         state.by_tick.insert(tick, id);
@@ -238,10 +235,7 @@ mod tests {
     fn read_every_offset(log: &PartitionLog, storage: &CountingStorage) {
         for offset in 0..BATCHES {
             let read = log.read(offset, 1).unwrap();
-            assert_eq!(
-                brook_record::read_base_offset(&read.records),
-                Some(offset)
-            );
+            assert_eq!(brook_record::read_base_offset(&read.records), Some(offset));
             assert!(storage.open_now.load(Ordering::SeqCst) <= ACTIVE_FILES + BOUND);
         }
         assert_eq!(log.find_timestamp(1_000 + 5).unwrap(), Some((5, 1_005)));

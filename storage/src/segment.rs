@@ -476,8 +476,8 @@ impl Segment {
         let index_len = self.index.read().entries().len();
         let time_index_len = self.time_index.read().len();
         let max_timestamp = self.max_timestamp().max(header.max_timestamp);
-        let indexed = position == 0
-            || self.bytes_since_index.load(Ordering::Relaxed) >= index_interval_bytes;
+        let indexed =
+            position == 0 || self.bytes_since_index.load(Ordering::Relaxed) >= index_interval_bytes;
         if let Err(e) = self.write_batch(position, base_offset, batch, max_timestamp, indexed) {
             if e.resource().is_some() {
                 self.cut_back(position, index_len, time_index_len)?;
@@ -549,9 +549,8 @@ impl Segment {
         index_len: usize,
         time_index_len: usize,
     ) -> Result<(), LogError> {
-        let cut = |path: &Path, e: io::Error| {
-            LogError::io("cut back after a failed append", path, e)
-        };
+        let cut =
+            |path: &Path, e: io::Error| LogError::io("cut back after a failed append", path, e);
         self.active_log()
             .truncate(position)
             .map_err(|e| cut(&self.paths.log, e))?;

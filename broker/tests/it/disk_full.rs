@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use brook_broker::BrokerConfig;
+use brook_proto::group_service_client::GroupServiceClient;
 use brook_proto::{InitProducerIdRequest, ResetOffsetsRequest, TopicConfig, reset_offsets_request};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use brook_proto::group_service_client::GroupServiceClient;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -100,7 +100,7 @@ fn fill(path: &Path) -> anyhow::Result<()> {
 }
 
 fn value(i: usize) -> String {
-    format!("{i:0>width$}", width = VALUE_BYTES)
+    format!("{i:0>VALUE_BYTES$}")
 }
 
 fn batch_of(i: usize) -> anyhow::Result<bytes::Bytes> {
@@ -174,7 +174,9 @@ async fn metadata_writes(
 ) -> anyhow::Result<String> {
     let init = common::within(
         "InitProducerId",
-        clients.produce.init_producer_id(InitProducerIdRequest { producer_id: -1 }),
+        clients
+            .produce
+            .init_producer_id(InitProducerIdRequest { producer_id: -1 }),
     )
     .await?;
     let reset = common::within(
@@ -289,7 +291,8 @@ async fn fill_and_free() -> anyhow::Result<()> {
         fill(&filler)?;
         for _ in 0..METADATA_WRITES {
             let answer = metadata_writes(&mut clients, &mut groups).await?;
-            let refused = "ResourceExhausted: no space left on the data volume for the metadata store";
+            let refused =
+                "ResourceExhausted: no space left on the data volume for the metadata store";
             ensure!(
                 answer.matches(refused).count() == 2,
                 "metadata writes on the full volume: {answer}"

@@ -113,8 +113,8 @@ impl SledMetaStore {
     /// Refuses a write while the volume has less than `RESERVE_BYTES` free,
     /// before sled stages anything (see the module header).
     fn check_room(&self) -> Result<(), MetaError> {
-        let available_bytes = brook_storage::available_bytes(&self.dir)
-            .map_err(|e| io(&e, "statvfs", &self.dir))?;
+        let available_bytes =
+            brook_storage::available_bytes(&self.dir).map_err(|e| io(&e, "statvfs", &self.dir))?;
         if available_bytes < RESERVE_BYTES {
             return Err(MetaError::NoSpace {
                 available_bytes,
