@@ -16,8 +16,9 @@ pub struct HealthArgs {
     #[arg(long = "http", env = "BROOK_HEALTH_HTTP", default_value = brook_broker::config::DEFAULT_HTTP_LISTEN)]
     address: String,
 
-    /// Which endpoint to ask: `health` or `ready`.
-    #[arg(long, default_value = "health", value_parser = ["health", "ready"])]
+    /// Which endpoint to ask: `health` (the full report), `live` (only what
+    /// a restart mends) or `ready`.
+    #[arg(long, default_value = "health", value_parser = ["health", "live", "ready"])]
     endpoint: String,
 
     /// Give up after this many milliseconds.

@@ -63,6 +63,9 @@ settings! {
     retention_check_interval_ms: u64 = "BROOK_RETENTION_CHECK_INTERVAL_MS",
     /// Bytes of log between two offset index entries [default: 4096].
     index_interval_bytes: u64 = "BROOK_INDEX_INTERVAL_BYTES",
+    /// Sealed segments, across all partitions, whose log file stays open
+    /// for reads (one descriptor each); others are reopened when read [default: 256].
+    open_segments_max: usize = "BROOK_OPEN_SEGMENTS_MAX",
     /// Topics' retention by time unless they set their own; -1 keeps forever [default: 604800000].
     default_retention_ms: i64 = "BROOK_DEFAULT_RETENTION_MS",
     /// Topics' retention by size per partition; -1 keeps everything [default: -1].
@@ -146,6 +149,7 @@ pub struct Effective {
     pub shutdown_grace_ms: u64,
     pub retention_check_interval_ms: u64,
     pub index_interval_bytes: u64,
+    pub open_segments_max: usize,
     pub default_retention_ms: i64,
     pub default_retention_bytes: i64,
     pub default_segment_bytes: u64,
@@ -231,6 +235,7 @@ impl Settings {
             index_interval_bytes: self
                 .index_interval_bytes
                 .unwrap_or(broker.index_interval_bytes),
+            open_segments_max: self.open_segments_max.unwrap_or(broker.open_segments_max),
             default_retention_ms: self.default_retention_ms.unwrap_or(topic.retention_ms),
             default_retention_bytes: self
                 .default_retention_bytes
@@ -317,6 +322,7 @@ impl Effective {
             self.retention_check_interval_ms,
         )?;
         positive("index_interval_bytes", self.index_interval_bytes)?;
+        positive("open_segments_max", self.open_segments_max as u64)?;
         positive(
             "max_partitions_per_topic",
             u64::from(self.max_partitions_per_topic),
@@ -458,6 +464,7 @@ impl Effective {
         config.limits.producer_ids_max = self.max_producer_ids;
         config.index_interval_bytes = self.index_interval_bytes;
         config.accept_data_loss = self.accepted_data_loss()?;
+        config.open_segments_max = self.open_segments_max;
         Ok(config)
     }
 

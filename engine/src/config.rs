@@ -321,6 +321,10 @@ pub struct BrokerConfig {
     pub shutdown_grace: Duration,
     /// Bytes of log between two offset index entries.
     pub index_interval_bytes: u64,
+    /// Sealed segments, across all partitions, whose log file stays open
+    /// for reads; a read of another one reopens it and closes the least
+    /// recently read. Active segments (three files each) are not counted.
+    pub open_segments_max: usize,
     /// File system of the log (swap in a fault-injecting one in tests).
     pub storage: Arc<dyn Storage>,
     pub meta: MetaBackend,
@@ -379,6 +383,7 @@ impl Default for BrokerConfig {
             retention_check_interval: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
             index_interval_bytes: brook_storage::DEFAULT_INDEX_INTERVAL_BYTES,
+            open_segments_max: brook_storage::DEFAULT_OPEN_SEGMENTS_MAX,
             storage: Arc::new(OsStorage),
             meta: MetaBackend::Disk,
             groups: GroupSettings::default(),

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use brook_record::BatchError;
-use brook_storage::{Damage, LogError, SequenceError};
+use brook_storage::{Damage, LogError, Resource, SequenceError};
 
 use crate::meta::MetaError;
 
@@ -66,8 +66,9 @@ pub struct OutOfRange {
 /// A partition that refused an operation, or whose log failed it. The
 /// variants are different situations for a client: a poisoned partition
 /// stays unavailable until the broker restarts, a deleted one is gone, a
-/// closed one is on a broker that is stopping, and a storage failure is the
-/// broker's own fault.
+/// closed one is on a broker that is stopping, one short of a resource
+/// (disk space, file descriptors) takes writes again once it is back, and a
+/// storage failure is the broker's own fault.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PartitionError {
@@ -95,6 +96,17 @@ pub enum PartitionError {
     Closed { topic: String, partition: u32 },
     #[error(transparent)]
     OutOfRange(#[from] OutOfRange),
+    /// The operation failed for want of `resource` and left nothing behind;
+    /// the partition is not poisoned, and a retry succeeds once the
+    /// resource is back (`LogError::ResourceExhausted`).
+    #[error("topic `{topic}` partition {partition} cannot write now: {source}")]
+    ResourceExhausted {
+        topic: String,
+        partition: u32,
+        resource: Resource,
+        #[source]
+        source: Arc<LogError>,
+    },
     /// A read or write of the log failed (`LogError::Io`) or found damaged
     /// data (`LogError::Corrupt`). Shared, because one failed fsync fails
     /// every batch that waited for it.
@@ -139,6 +151,12 @@ impl PartitionError {
                 start_offset,
                 end_offset,
             }),
+            &LogError::ResourceExhausted { resource, .. } => Self::ResourceExhausted {
+                topic,
+                partition,
+                resource,
+                source,
+            },
             LogError::Io { .. } | LogError::Corrupt { .. } => Self::Storage {
                 topic,
                 partition,

@@ -19,11 +19,13 @@ pub fn write<T: Serialize>(storage: &dyn Storage, path: &Path, value: &T) -> Res
     let crc = format!("{:08x}\n", crc32fast::hash(&json));
     let file = storage
         .open(path)
-        .map_err(|e| LogError::io("open", path, e))?;
+        .map_err(|e| LogError::io_or_resource("open", path, e))?;
+    // A file torn by a failed write fails its CRC and is skipped when read,
+    // so a full disk here leaves nothing that needs cutting back.
     file.truncate(0)
         .and_then(|()| file.append(&[IoSlice::new(crc.as_bytes()), IoSlice::new(&json)]))
-        .and_then(|()| file.sync())
-        .map_err(|e| LogError::io("write", path, e))
+        .map_err(|e| LogError::io_or_resource("write", path, e))?;
+    file.sync().map_err(|e| LogError::io("fsync", path, e))
 }
 
 /// The value in `path`; `None` when the file is damaged (its CRC or JSON

@@ -44,6 +44,50 @@ pub enum LogError {
         "partition is damaged: {damage}; it refuses reads and writes until an operator accepts the loss"
     )]
     Damaged { damage: Damage },
+    /// A file operation failed for want of a resource that comes back by
+    /// itself or by an operator's hand (disk space, file descriptors).
+    /// Nothing of the operation is left behind, so the partition is not
+    /// poisoned and takes writes again once the resource is back.
+    #[error("{resource}: {op} {path}: {source}")]
+    ResourceExhausted {
+        resource: Resource,
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A resource whose shortage fails an operation without damaging the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Resource {
+    /// ENOSPC or EDQUOT: the data volume (or the user's quota on it) is full.
+    DiskSpace,
+    /// EMFILE or ENFILE: the process's or the system's open file limit.
+    OpenFiles,
+}
+
+impl Resource {
+    /// The resource an I/O error says is short, if it says so.
+    pub fn of(error: &io::Error) -> Option<Self> {
+        use nix::errno::Errno;
+        let errno = Errno::from_raw(error.raw_os_error()?);
+        match errno {
+            Errno::ENOSPC | Errno::EDQUOT => Some(Self::DiskSpace),
+            Errno::EMFILE | Errno::ENFILE => Some(Self::OpenFiles),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::DiskSpace => "no space left on the data volume",
+            Self::OpenFiles => "too many open files",
+        })
+    }
 }
 
 impl LogError {
@@ -52,6 +96,30 @@ impl LogError {
             op,
             path: path.to_owned(),
             source,
+        }
+    }
+
+    /// An I/O error of a write or an open that leaves nothing behind on
+    /// failure (or whose caller cuts back what it left): a resource
+    /// shortage becomes `ResourceExhausted`, anything else `Io`. Not for
+    /// fsyncs: a failed fsync loses written pages whatever its errno says.
+    pub fn io_or_resource(op: &'static str, path: &Path, source: io::Error) -> Self {
+        match Resource::of(&source) {
+            Some(resource) => Self::ResourceExhausted {
+                resource,
+                op,
+                path: path.to_owned(),
+                source,
+            },
+            None => Self::io(op, path, source),
+        }
+    }
+
+    /// The resource this error says is short, if it is a shortage.
+    pub fn resource(&self) -> Option<Resource> {
+        match self {
+            Self::ResourceExhausted { resource, .. } => Some(*resource),
+            _ => None,
         }
     }
 

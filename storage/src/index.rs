@@ -34,7 +34,9 @@ pub struct TimeEntry {
 #[derive(Debug)]
 pub struct OffsetIndex {
     entries: Vec<OffsetEntry>,
-    file: Arc<dyn LogFile>,
+    /// The file the entries are mirrored to; `None` once the segment is
+    /// sealed and the file closed (lookups need only the entries).
+    file: Option<Arc<dyn LogFile>>,
 }
 
 impl OffsetIndex {
@@ -51,7 +53,10 @@ impl OffsetIndex {
             .map(offset_entry)
             .collect();
         let ordered = entries.windows(2).all(|w| w[1].follows(w[0]));
-        Ok(ordered.then_some(Self { entries, file }))
+        Ok(ordered.then_some(Self {
+            entries,
+            file: Some(file),
+        }))
     }
 
     /// Reads the longest well-formed prefix of the index file whose entries
@@ -68,7 +73,10 @@ impl OffsetIndex {
             OffsetEntry::follows,
             keep,
         )?;
-        Ok(Self { entries, file })
+        Ok(Self {
+            entries,
+            file: Some(file),
+        })
     }
 
     /// Replaces the file's contents with `entries`.
@@ -76,7 +84,7 @@ impl OffsetIndex {
         file.truncate(0)?;
         let mut index = Self {
             entries: Vec::new(),
-            file,
+            file: Some(file),
         };
         index.extend(entries)?;
         Ok(index)
@@ -102,7 +110,7 @@ impl OffsetIndex {
         if bytes.is_empty() {
             return Ok(());
         }
-        self.file.append(&[IoSlice::new(&bytes)])?;
+        self.file()?.append(&[IoSlice::new(&bytes)])?;
         self.entries.extend_from_slice(entries);
         Ok(())
     }
@@ -123,8 +131,28 @@ impl OffsetIndex {
         &self.entries
     }
 
+    /// Keeps the first `len` entries, in memory and in the file: undoes
+    /// entries (or torn bytes) of an append that failed.
+    pub fn cut_back(&mut self, len: usize) -> io::Result<()> {
+        self.file()?.truncate((len * OFFSET_ENTRY_LEN) as u64)?;
+        self.entries.truncate(len);
+        Ok(())
+    }
+
+    /// Syncs the file; nothing to do once it is closed (a segment is
+    /// synced whole before it is closed).
     pub fn sync(&self) -> io::Result<()> {
-        self.file.sync()
+        self.file.as_ref().map_or(Ok(()), |file| file.sync())
+    }
+
+    /// Closes the file, keeping the entries: for a sealed segment, which
+    /// is never written again.
+    pub fn close_file(&mut self) {
+        self.file = None;
+    }
+
+    fn file(&self) -> io::Result<&Arc<dyn LogFile>> {
+        self.file.as_ref().ok_or_else(closed_index)
     }
 }
 
@@ -132,7 +160,8 @@ impl OffsetIndex {
 #[derive(Debug)]
 pub struct TimeIndex {
     entries: Vec<TimeEntry>,
-    file: Arc<dyn LogFile>,
+    /// As the offset index's: `None` once sealed and closed.
+    file: Option<Arc<dyn LogFile>>,
 }
 
 impl TimeIndex {
@@ -144,7 +173,10 @@ impl TimeIndex {
         }
         let entries: Vec<TimeEntry> = bytes.chunks_exact(TIME_ENTRY_LEN).map(time_entry).collect();
         let ordered = entries.windows(2).all(|w| w[1].follows(w[0]));
-        Ok(ordered.then_some(Self { entries, file }))
+        Ok(ordered.then_some(Self {
+            entries,
+            file: Some(file),
+        }))
     }
 
     /// Reads the longest well-formed prefix of the index file whose entries
@@ -160,14 +192,17 @@ impl TimeIndex {
             TimeEntry::follows,
             keep,
         )?;
-        Ok(Self { entries, file })
+        Ok(Self {
+            entries,
+            file: Some(file),
+        })
     }
 
     pub fn rewrite(file: Arc<dyn LogFile>, entries: &[TimeEntry]) -> io::Result<Self> {
         file.truncate(0)?;
         let mut index = Self {
             entries: Vec::new(),
-            file,
+            file: Some(file),
         };
         index.extend(entries)?;
         Ok(index)
@@ -181,6 +216,7 @@ impl TimeIndex {
 
     /// Appends `entries` (as `push` each) with one write.
     pub fn extend(&mut self, entries: &[TimeEntry]) -> io::Result<()> {
+        let file = self.file()?.clone();
         let mut bytes = Vec::with_capacity(entries.len() * TIME_ENTRY_LEN);
         let kept_from = self.entries.len();
         for &entry in entries {
@@ -198,7 +234,7 @@ impl TimeIndex {
         if bytes.is_empty() {
             return Ok(());
         }
-        if let Err(e) = self.file.append(&[IoSlice::new(&bytes)]) {
+        if let Err(e) = file.append(&[IoSlice::new(&bytes)]) {
             self.entries.truncate(kept_from);
             return Err(e);
         }
@@ -214,6 +250,18 @@ impl TimeIndex {
             .map_or(0, |i| self.entries[i].relative_offset)
     }
 
+    /// Keeps the first `len` entries, in memory and in the file: undoes
+    /// entries (or torn bytes) of an append that failed.
+    pub fn cut_back(&mut self, len: usize) -> io::Result<()> {
+        self.file()?.truncate((len * TIME_ENTRY_LEN) as u64)?;
+        self.entries.truncate(len);
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
     pub fn first_relative_offset(&self) -> Option<u32> {
         self.entries.first().map(|e| e.relative_offset)
     }
@@ -222,8 +270,20 @@ impl TimeIndex {
         self.entries.last().map(|e| e.timestamp)
     }
 
+    /// Syncs the file; nothing to do once it is closed (a segment is
+    /// synced whole before it is closed).
     pub fn sync(&self) -> io::Result<()> {
-        self.file.sync()
+        self.file.as_ref().map_or(Ok(()), |file| file.sync())
+    }
+
+    /// Closes the file, keeping the entries: for a sealed segment, which
+    /// is never written again.
+    pub fn close_file(&mut self) {
+        self.file = None;
+    }
+
+    fn file(&self) -> io::Result<&Arc<dyn LogFile>> {
+        self.file.as_ref().ok_or_else(closed_index)
     }
 }
 
@@ -257,6 +317,12 @@ fn time_entry(c: &[u8]) -> TimeEntry {
         timestamp: i64::from_le_bytes(ts),
         relative_offset: u32::from_le_bytes([c[8], c[9], c[10], c[11]]),
     }
+}
+
+/// A write to the index of a sealed segment: a bug in the caller, reported
+/// as an error rather than a crash of the partition's writer.
+fn closed_index() -> io::Error {
+    io::Error::other("the index of a sealed segment is not written")
 }
 
 /// The longest prefix of an index file's entries (`entry_len` bytes each)

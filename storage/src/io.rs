@@ -93,6 +93,15 @@ pub fn read_full_at(file: &dyn LogFile, buf: &mut [u8], position: u64) -> io::Re
     Ok(filled)
 }
 
+/// Bytes an unprivileged writer may still use on the file system that
+/// holds `path` (statvfs: available blocks times the fragment size).
+// The block count and size are narrower than u64 on some targets.
+#[allow(clippy::useless_conversion)]
+pub fn available_bytes(path: &Path) -> io::Result<u64> {
+    let stats = nix::sys::statvfs::statvfs(path).map_err(io::Error::from)?;
+    Ok(u64::from(stats.blocks_available()).saturating_mul(u64::from(stats.fragment_size())))
+}
+
 /// The real file system.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct OsStorage;

@@ -15,6 +15,7 @@ mod error;
 mod index;
 mod io;
 mod log;
+mod open_segments;
 mod producers;
 mod recovery_point;
 mod scan;
@@ -24,11 +25,13 @@ pub mod testing;
 
 pub use clock::now_ms;
 pub use damage::{Damage, LostData, SyncRecord};
-pub use error::LogError;
-pub use io::{LogFile, OsStorage, Storage};
+pub use error::{LogError, Resource};
+pub use io::{LogFile, OsStorage, Storage, available_bytes};
 pub use log::{
-    BatchOutcome, LogConfig, OpenReport, PartitionLog, ReadResult, SEGMENT_BYTES_MAX, WrittenMark,
+    BatchOutcome, LogConfig, OpenReport, PartitionLog, ReadResult, SEGMENT_BYTES_MAX, Shortage,
+    WrittenMark,
 };
+pub use open_segments::{DEFAULT_OPEN_SEGMENTS_MAX, OpenSegments};
 pub use producers::SequenceError;
 pub use scan::TailDamage;
 pub use sync_group::SyncGroup;

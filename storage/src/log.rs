@@ -7,11 +7,14 @@
 //! not wait).
 //!
 //! Invariants: offsets are dense across segments; the high watermark only
-//! grows and never passes what was written; after a failed write or fsync
-//! the log is poisoned and refuses appends.
+//! grows and never passes what was written; after a failed fsync, or a
+//! failed write whose outcome cannot be made known, the log is poisoned and
+//! refuses appends. A write that fails for want of a resource (disk space,
+//! file descriptors) leaves nothing behind and does not poison: the log
+//! records the shortage (`write_shortage`) until the next append succeeds.
 //!
 //! Lock order: `writer`, then `producers`, then any one of the leaf locks
-//! (`segments`, `refusal`, `last_recovery_point`, `config`, and a
+//! (`segments`, `refusal`, `shortage`, `last_recovery_point`, `config`, and a
 //! segment's own locks); a leaf lock is never held while another lock is
 //! taken. `writer` is held across the syncs of a roll and of a clean
 //! shutdown, when nothing else may append; the group commit's sync
@@ -29,8 +32,9 @@ use parking_lot::{Mutex, RwLock};
 
 use super::clean::{self, CleanShutdown};
 use super::damage::{self, Damage, Floor, LostData};
-use super::error::LogError;
-use super::io::Storage;
+use super::error::{LogError, Resource};
+use super::io::{LogFile, Storage};
+use super::open_segments::OpenSegments;
 use super::producers::{self, ProducerState, SequenceCheck, SequenceError};
 use super::recovery_point::{self, RecoveryPoint};
 use super::segment::{Recovery, Segment, parse_log_name};
@@ -102,6 +106,9 @@ pub struct PartitionLog {
     /// Set by the first failed write or fsync, or by deletion: either way
     /// the log refuses writes from then on.
     refusal: Mutex<Option<Refusal>>,
+    /// Set when the last append failed for want of a resource; cleared by
+    /// the next append that succeeds.
+    shortage: Mutex<Option<Shortage>>,
     /// Idempotent producers' sequences; changed only under `writer`.
     producers: Mutex<ProducerState>,
     /// Where the last recovery point was taken.
@@ -109,6 +116,9 @@ pub struct PartitionLog {
     /// Acknowledged records found missing since the log was opened
     /// (accepted or not), for metrics.
     lost_records: AtomicU64,
+    /// The bound on sealed segments with an open log file: the log's own
+    /// until `share_open_segments` gives it the broker's.
+    open_segments: RwLock<Arc<OpenSegments>>,
 }
 
 /// Why a log refuses writes.
@@ -122,6 +132,16 @@ enum Refusal {
     /// Acknowledged data is missing: reads are refused too, until an
     /// operator accepts the loss.
     Damaged(Damage),
+}
+
+/// Why the last append failed, when a resource was short.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shortage {
+    pub resource: Resource,
+    /// The failure in full (operation, file, errno).
+    pub reason: String,
+    /// Wall-clock milliseconds of the first failure in a row.
+    pub since_ms: i64,
 }
 
 /// The active segment's base and size when the last recovery point was
@@ -298,7 +318,9 @@ impl PartitionLog {
             producers::snapshot::load_latest(storage.as_ref(), dir, active_base)?
                 .unwrap_or_default();
         for segment in segments.range(snapshot_offset..).map(|(_, s)| s) {
-            segment.visit_headers(&mut |h| producers.record(h, h.base_offset))?;
+            segment.visit_headers(storage.as_ref(), &mut |h| {
+                producers.record(h, h.base_offset);
+            })?;
         }
         let recovery = Segment::recover_active(
             storage.as_ref(),
@@ -520,6 +542,7 @@ impl PartitionLog {
             high_watermark: AtomicI64::new(end),
             start_offset: AtomicI64::new(start),
             refusal: Mutex::new(None),
+            shortage: Mutex::new(None),
             producers: Mutex::new(producers),
             last_recovery_point: Mutex::new(PointTaken {
                 active_base,
@@ -527,7 +550,21 @@ impl PartitionLog {
                 at_ms: crate::clock::now_ms(),
             }),
             lost_records: AtomicU64::new(0),
+            open_segments: RwLock::new(Arc::default()),
         }
+    }
+
+    /// Makes the log keep its sealed segments' open files in `open`, a
+    /// bound shared with other partitions. Call before the log is read.
+    pub fn share_open_segments(&self, open: Arc<OpenSegments>) {
+        *self.open_segments.write() = open;
+    }
+
+    /// The log file of `segment`, for a read (sealed ones are reopened on
+    /// demand).
+    fn log_for_read(&self, segment: &Arc<Segment>) -> Result<Arc<dyn LogFile>, LogError> {
+        let open = self.open_segments.read().clone();
+        segment.log_for_read(self.storage.as_ref(), &open)
     }
 
     pub fn dir(&self) -> &Path {
@@ -573,12 +610,59 @@ impl PartitionLog {
         }
     }
 
-    /// Refuses all further writes, keeping the first reason.
+    /// Refuses all further writes, keeping the first reason. The refusal
+    /// is set before anything is logged, so that nothing the logging does
+    /// can leave the log taking writes.
     pub fn poison(&self, reason: String) {
-        let mut refusal = self.refusal.lock();
-        if refusal.is_none() {
-            tracing::error!(dir = %self.dir.display(), %reason, "partition poisoned");
-            *refusal = Some(Refusal::Poisoned(reason));
+        let first = {
+            let mut refusal = self.refusal.lock();
+            if refusal.is_some() {
+                return;
+            }
+            *refusal = Some(Refusal::Poisoned(reason.clone()));
+            reason
+        };
+        tracing::error!(dir = %self.dir.display(), reason = %first, "partition poisoned");
+    }
+
+    /// The resource whose shortage failed the last append, while no append
+    /// has succeeded since; `None` while writes go through.
+    pub fn write_shortage(&self) -> Option<Shortage> {
+        self.shortage.lock().clone()
+    }
+
+    /// Decides what a failed write means for the log: a resource shortage
+    /// (the write was undone) is recorded and the log takes writes again
+    /// once the resource is back; anything else poisons it.
+    fn after_failed_write(&self, error: LogError) -> LogError {
+        match error.resource() {
+            Some(resource) => {
+                let reason = error.to_string();
+                let mut shortage = self.shortage.lock();
+                let since_ms = shortage
+                    .as_ref()
+                    .map_or_else(crate::clock::now_ms, |s| s.since_ms);
+                let first = shortage.is_none();
+                *shortage = Some(Shortage {
+                    resource,
+                    reason: reason.clone(),
+                    since_ms,
+                });
+                drop(shortage);
+                if first {
+                    tracing::warn!(dir = %self.dir.display(), %reason, "partition cannot write: {resource}");
+                }
+            }
+            None => self.poison(error.to_string()),
+        }
+        error
+    }
+
+    /// After a successful append: a shortage is over.
+    fn writes_resumed(&self) {
+        let ended = self.shortage.lock().take();
+        if let Some(shortage) = ended {
+            tracing::info!(dir = %self.dir.display(), resource = %shortage.resource, "partition writes again");
         }
     }
 
@@ -607,7 +691,11 @@ impl PartitionLog {
     /// Writes validated batches (not yet durable, not yet visible) and
     /// returns what became of each and the mark to publish afterwards. A
     /// retried batch of an idempotent producer is answered with its original
-    /// offset; one out of sequence is refused. A failed write poisons the log.
+    /// offset; one out of sequence is refused. A write that fails for want of
+    /// a resource fails with `ResourceExhausted` and leaves nothing of its
+    /// batch (the batches before it in `batches` stay written, and become
+    /// visible with the next publish); any other failed write poisons the
+    /// log.
     pub fn append(
         &self,
         batches: &[(Bytes, BatchHeader)],
@@ -634,7 +722,7 @@ impl PartitionLog {
             if Self::should_roll(&active, batch.len() as u64, header, &config, now_ms) {
                 active = self
                     .roll(&active, now_ms, &config, &producers)
-                    .inspect_err(|e| self.poison(e.to_string()))?;
+                    .map_err(|e| self.after_failed_write(e))?;
             }
             let base_offset = active.next_offset();
             active
@@ -645,10 +733,12 @@ impl PartitionLog {
                     config.index_interval_bytes,
                     now_ms,
                 )
-                .inspect_err(|e| self.poison(e.to_string()))?;
+                .map_err(|e| self.after_failed_write(e))?;
             producers.record(header, base_offset);
             outcomes.push(BatchOutcome::Appended(base_offset));
         }
+        drop(producers);
+        self.writes_resumed();
         let mark = WrittenMark {
             bytes: active.written_bytes(),
             next_offset: active.next_offset(),
@@ -689,14 +779,18 @@ impl PartitionLog {
         // Sealed, not published: its last batches become visible with the
         // next `publish`, once the round they belong to is acknowledged.
         active.seal()?;
+        // A roll that fails for want of a resource is retried by the next
+        // append: sealing again adds nothing, and the snapshot and the next
+        // segment's files are written anew.
         let base = active.next_offset();
         // Recovery then rebuilds producer state from the new segment only.
         producers::snapshot::write(self.storage.as_ref(), &self.dir, base, producers)?;
         let next = Arc::new(Segment::create(self.storage.as_ref(), &self.dir, base)?);
         self.storage
             .sync_dir(&self.dir)
-            .map_err(|e| LogError::io("fsync", &self.dir, e))?;
+            .map_err(|e| dir_sync_error(&self.dir, e))?;
         self.segments.write().insert(base, next.clone());
+        active.retire(&self.open_segments.read().clone());
         tracing::info!(dir = %self.dir.display(), base_offset = base, "segment rolled");
         self.apply_retention(now_ms, config)?;
         Ok(next)
@@ -772,11 +866,11 @@ impl PartitionLog {
                 .range(..=offset)
                 .next_back()
                 .map(|(_, s)| s.clone());
-            match segment
-                .map(|s| s.read(offset, max_bytes))
-                .transpose()?
-                .flatten()
-            {
+            let read = |s: Arc<Segment>| -> Result<Option<Bytes>, LogError> {
+                let log = self.log_for_read(&s)?;
+                s.read(log.as_ref(), offset, max_bytes)
+            };
+            match segment.map(read).transpose()?.flatten() {
                 Some(bytes) => records = bytes,
                 // Retention removed the segment after the range check.
                 None if offset < self.start_offset() => {
@@ -802,7 +896,9 @@ impl PartitionLog {
         let segments: Vec<Arc<Segment>> = self.segments.read().values().cloned().collect();
         let high_watermark = self.high_watermark();
         for segment in segments {
-            if let Some((offset, ts)) = segment.find_timestamp(timestamp)? {
+            if let Some((offset, ts)) =
+                segment.find_timestamp(|| self.log_for_read(&segment), timestamp)?
+            {
                 return Ok((offset < high_watermark).then_some((offset, ts)));
             }
         }
@@ -861,6 +957,7 @@ impl PartitionLog {
                 start_offset = self.start_offset(),
                 "segment deleted by retention"
             );
+            segment.forget(&self.open_segments.read().clone());
             segment.delete_files(self.storage.as_ref())?;
         }
         Ok(deleted.len())
@@ -924,17 +1021,31 @@ impl PartitionLog {
             lost: segment.base_offset()..self.high_watermark().max(segment.base_offset()),
         };
         let mut refusal = self.refusal.lock();
-        if refusal.is_none() {
+        let newly_damaged = refusal.is_none();
+        if newly_damaged {
+            self.count_lost(Some(&damage));
+            *refusal = Some(Refusal::Damaged(damage.clone()));
+        }
+        drop(refusal);
+        // Logged once the state is set: a failure to log must not leave
+        // the partition taking writes.
+        if newly_damaged {
             tracing::error!(
                 dir = %self.dir.display(),
                 %damage,
                 "partition damaged: acknowledged records are gone from its directory; it refuses reads and writes"
             );
-            self.count_lost(Some(&damage));
-            *refusal = Some(Refusal::Damaged(damage));
         }
-        drop(refusal);
         self.check_poison()
+    }
+}
+
+/// A failed sync of a directory: opening it may fail for want of file
+/// descriptors (nothing was written yet); anything else is a failed fsync.
+fn dir_sync_error(dir: &Path, error: std::io::Error) -> LogError {
+    match Resource::of(&error) {
+        Some(Resource::OpenFiles) => LogError::io_or_resource("open", dir, error),
+        _ => LogError::io("fsync", dir, error),
     }
 }
 
@@ -1429,5 +1540,223 @@ mod tests {
         let big = "x".repeat(recovery_point::INTERVAL_BYTES as usize);
         log.append(&[batch(&big)], 0).unwrap();
         assert!(log.recovery_point_due(now));
+    }
+}
+
+/// A failed write for want of a resource is undone and does not poison; a
+/// failed fsync (or a failed undo) still does.
+#[cfg(test)]
+mod shortage_tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use brook_record::{BatchHeader, BatchOptions, NewRecord};
+    use bytes::Bytes;
+    use nix::errno::Errno;
+
+    use super::{BatchOutcome, LogConfig, LogError, PartitionLog};
+    use crate::Resource;
+    use crate::testing::{FailingStorage, MemStorage};
+
+    const LOG: &str = "/p/00000000000000000000.log";
+
+    fn batch(value: &str) -> (Bytes, BatchHeader) {
+        let record = NewRecord {
+            timestamp: 1_000,
+            value: Some(Bytes::copy_from_slice(value.as_bytes())),
+            ..NewRecord::default()
+        };
+        let bytes = brook_record::encode_batch(&[record], BatchOptions::default()).unwrap();
+        let header = BatchHeader::parse(&bytes).unwrap();
+        (bytes, header)
+    }
+
+    fn open_on(failing: &FailingStorage, config: LogConfig) -> PartitionLog {
+        PartitionLog::open(Arc::new(failing.clone()), Path::new("/p"), config)
+            .unwrap()
+            .0
+    }
+
+    fn append_and_publish(log: &PartitionLog, value: &str) -> Result<i64, LogError> {
+        let (outcomes, _) = log.append(&[batch(value)], 0)?;
+        let mark = log.sync()?;
+        log.publish(&mark);
+        match outcomes[..] {
+            [BatchOutcome::Appended(offset)] => Ok(offset),
+            _ => panic!("unexpected outcome {outcomes:?}"),
+        }
+    }
+
+    fn values(log: &PartitionLog) -> Vec<String> {
+        (log.start_offset()..log.high_watermark())
+            .map(|offset| {
+                let read = log.read(offset, 1).unwrap();
+                let (_, records) = brook_record::decode_batch(&read.records).unwrap();
+                let value = records[0].value.clone().unwrap();
+                String::from_utf8(value.to_vec()).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_roll_without_file_descriptors_fails_the_append_and_succeeds_once_they_are_back() {
+        let memory = MemStorage::default();
+        let failing = FailingStorage::new(Arc::new(memory.clone()), u64::MAX);
+        let config = LogConfig {
+            segment_bytes: 1024,
+            ..LogConfig::default()
+        };
+        let log = open_on(&failing, config);
+        // Two batches of 400 bytes: the next one rolls.
+        let written: Vec<String> = (0..2).map(|i| format!("{}{i}", "x".repeat(400))).collect();
+        for value in &written {
+            append_and_publish(&log, value).unwrap();
+        }
+        assert_eq!(log.segment_count(), 1);
+        let mut written = written;
+        failing.fail_opens_with(Some(Errno::EMFILE as i32));
+        for _ in 0..3 {
+            let error = append_and_publish(&log, &"r".repeat(400)).unwrap_err();
+            assert_eq!(error.resource(), Some(Resource::OpenFiles), "{error}");
+            assert!(error.to_string().contains("too many open files"), "{error}");
+        }
+        assert!(log.poisoned().is_none());
+        let shortage = log.write_shortage().expect("the shortage is reported");
+        assert_eq!(shortage.resource, Resource::OpenFiles);
+        assert_eq!(log.segment_count(), 1, "no segment was added");
+        assert_eq!(values(&log), written);
+
+        failing.fail_opens_with(None);
+        written.push("a".repeat(400));
+        append_and_publish(&log, &written[2]).unwrap();
+        assert_eq!(log.segment_count(), 2, "the roll went through");
+        assert!(
+            log.write_shortage().is_none(),
+            "a successful write clears it"
+        );
+        assert_eq!(values(&log), written);
+        drop(log);
+
+        let (log, report) =
+            PartitionLog::open(Arc::new(memory.crash_image()), Path::new("/p"), config).unwrap();
+        assert_eq!(report.truncated_bytes, 0);
+        assert_eq!(values(&log), written);
+    }
+
+    #[test]
+    fn a_write_cut_short_by_a_full_disk_leaves_nothing_and_writes_resume_once_there_is_space() {
+        for errno in [Errno::ENOSPC, Errno::EDQUOT] {
+            let memory = MemStorage::default();
+            let failing = FailingStorage::new(Arc::new(memory.clone()), u64::MAX);
+            let log = open_on(&failing, LogConfig::default());
+            append_and_publish(&log, "one").unwrap();
+            let end = memory.contents(Path::new(LOG)).unwrap().len();
+
+            failing.fail_appends_with(errno as i32, 10);
+            let error = append_and_publish(&log, "two").unwrap_err();
+            assert_eq!(error.resource(), Some(Resource::DiskSpace), "{error}");
+            assert!(
+                error
+                    .to_string()
+                    .contains("no space left on the data volume"),
+                "{error}"
+            );
+            assert_eq!(
+                memory.contents(Path::new(LOG)).unwrap().len(),
+                end,
+                "the partial write was cut back"
+            );
+            assert!(log.poisoned().is_none());
+            assert_eq!(
+                log.write_shortage().map(|s| s.resource),
+                Some(Resource::DiskSpace)
+            );
+
+            failing.stop_failing_appends();
+            assert_eq!(append_and_publish(&log, "three").unwrap(), 1);
+            assert!(log.write_shortage().is_none());
+            assert_eq!(values(&log), ["one", "three"]);
+            drop(log);
+            let (log, report) = PartitionLog::open(
+                Arc::new(memory.crash_image()),
+                Path::new("/p"),
+                LogConfig::default(),
+            )
+            .unwrap();
+            assert_eq!(report.truncated_bytes, 0, "no torn bytes were left");
+            assert!(report.damage.is_none());
+            assert_eq!(values(&log), ["one", "three"]);
+        }
+    }
+
+    #[test]
+    fn a_failed_cut_back_poisons() {
+        let memory = MemStorage::default();
+        let failing = FailingStorage::new(Arc::new(memory.clone()), u64::MAX);
+        let log = open_on(&failing, LogConfig::default());
+        append_and_publish(&log, "one").unwrap();
+        failing.fail_appends_with(Errno::ENOSPC as i32, 10);
+        failing.set_budget(0);
+        let error = append_and_publish(&log, "two").unwrap_err();
+        assert!(error.resource().is_none(), "{error}");
+        assert!(log.poisoned().is_some());
+        failing.stop_failing_appends();
+        failing.set_budget(u64::MAX);
+        assert!(matches!(
+            append_and_publish(&log, "three"),
+            Err(LogError::Poisoned { .. })
+        ));
+    }
+
+    #[test]
+    fn a_failed_fsync_poisons_even_when_it_blames_a_full_disk() {
+        let memory = MemStorage::default();
+        let failing = FailingStorage::new(Arc::new(memory.clone()), u64::MAX);
+        let log = open_on(&failing, LogConfig::default());
+        append_and_publish(&log, "one").unwrap();
+        log.append(&[batch("two")], 0).unwrap();
+        failing.set_errno(Errno::ENOSPC as i32);
+        failing.set_budget(0);
+        assert!(log.sync().is_err());
+        assert!(log.poisoned().is_some());
+        assert!(log.write_shortage().is_none());
+        failing.set_budget(u64::MAX);
+        assert!(matches!(
+            log.append(&[batch("three")], 0),
+            Err(LogError::Poisoned { .. })
+        ));
+    }
+
+    /// A subscriber whose every event panics: logging that fails.
+    struct PanickingSubscriber;
+
+    impl tracing::Subscriber for PanickingSubscriber {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, _: &tracing::Event<'_>) {
+            panic!("logging failed");
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    #[test]
+    fn poisoning_holds_even_when_logging_it_fails() {
+        let memory = MemStorage::default();
+        let failing = FailingStorage::new(Arc::new(memory), u64::MAX);
+        let log = open_on(&failing, LogConfig::default());
+        let poisoned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tracing::subscriber::with_default(PanickingSubscriber, || {
+                log.poison("fsync failed".to_owned());
+            });
+        }));
+        assert!(poisoned.is_err(), "the subscriber panicked");
+        assert_eq!(log.poisoned().as_deref(), Some("fsync failed"));
     }
 }

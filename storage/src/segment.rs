@@ -3,12 +3,17 @@
 //!
 //! Invariants: batches in a segment have dense offsets starting at the
 //! segment's base offset; readers never see past `visible_bytes`, which only
-//! grows, and only to batch boundaries.
+//! grows, and only to batch boundaries. The active segment keeps its three
+//! files open; a sealed one keeps its indexes in memory only, and its log
+//! file open only while `OpenSegments` holds it (reopened for a read).
 
 use std::io::{self, IoSlice};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+
+/// Gives each segment an identity for `OpenSegments`.
+static NEXT_SEGMENT_ID: AtomicU64 = AtomicU64::new(0);
 
 use brook_record::{BatchHeader, HEADER_LEN, LENGTH_PREFIX_LEN};
 use bytes::{Bytes, BytesMut};
@@ -18,6 +23,7 @@ use super::damage::{Damage, Floor};
 use super::error::LogError;
 use super::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
 use super::io::{LogFile, Storage, read_exact_at, read_full_at};
+use super::open_segments::OpenSegments;
 use super::recovery_point::RecoveryPoint;
 use super::scan::{ScanOutcome, ScanStart, Scanner, TailDamage};
 
@@ -51,8 +57,13 @@ pub fn parse_log_name(name: &str) -> Option<i64> {
 #[derive(Debug)]
 pub struct Segment {
     base_offset: i64,
+    /// Its key in `OpenSegments`.
+    id: u64,
     paths: SegmentPaths,
-    log: Arc<dyn LogFile>,
+    /// The log file while it is open: always while the segment is active;
+    /// once sealed, while `OpenSegments` keeps it (readers take a clone, so
+    /// closing it never cuts a read short).
+    log: RwLock<Option<Arc<dyn LogFile>>>,
     /// Written by the partition's single writer, read by fetches.
     index: RwLock<OffsetIndex>,
     /// Written by the partition's single writer, read by timestamp lookups.
@@ -92,14 +103,16 @@ pub struct Recovery {
 impl Segment {
     /// Creates an empty segment (any leftover files of that name are emptied).
     pub fn create(storage: &dyn Storage, dir: &Path, base_offset: i64) -> Result<Self, LogError> {
+        // A failure leaves at most empty files that the next try empties
+        // again: a resource shortage here is `ResourceExhausted`.
         let paths = SegmentPaths::new(dir, base_offset);
         let log = open(storage, &paths.log)?;
         log.truncate(0)
-            .map_err(|e| LogError::io("truncate", &paths.log, e))?;
+            .map_err(|e| LogError::io_or_resource("truncate", &paths.log, e))?;
         let index = OffsetIndex::rewrite(open(storage, &paths.index)?, &[])
-            .map_err(|e| LogError::io("write", &paths.index, e))?;
+            .map_err(|e| LogError::io_or_resource("write", &paths.index, e))?;
         let time_index = TimeIndex::rewrite(open(storage, &paths.time_index)?, &[])
-            .map_err(|e| LogError::io("write", &paths.time_index, e))?;
+            .map_err(|e| LogError::io_or_resource("write", &paths.time_index, e))?;
         Ok(Self::assemble(
             base_offset,
             paths,
@@ -125,8 +138,9 @@ impl Segment {
     ) -> Self {
         Self {
             base_offset,
+            id: NEXT_SEGMENT_ID.fetch_add(1, Ordering::Relaxed),
             paths,
-            log,
+            log: RwLock::new(Some(log)),
             index: RwLock::new(index),
             time_index: RwLock::new(time_index),
             written_bytes: AtomicU64::new(size),
@@ -142,8 +156,21 @@ impl Segment {
 
     /// Opens a sealed (not last) segment. Its indexes are trusted when they
     /// are well formed and their last entry points at the batch it names;
-    /// otherwise they are rebuilt from the log's batch headers.
+    /// otherwise they are rebuilt from the log's batch headers. Its files
+    /// are closed again before it returns (the indexes stay in memory), so
+    /// opening a partition holds no more than one segment's files at a time.
     pub fn open_sealed(
+        storage: &dyn Storage,
+        dir: &Path,
+        base_offset: i64,
+    ) -> Result<Self, LogError> {
+        let segment = Self::open_through_indexes(storage, dir, base_offset)?;
+        segment.close_files();
+        Ok(segment)
+    }
+
+    /// `open_sealed`, keeping the files open.
+    fn open_through_indexes(
         storage: &dyn Storage,
         dir: &Path,
         base_offset: i64,
@@ -221,7 +248,7 @@ impl Segment {
         if size != bytes {
             return Ok(None);
         }
-        let segment = Self::open_sealed(storage, dir, base_offset)?;
+        let segment = Self::open_through_indexes(storage, dir, base_offset)?;
         if segment.written_bytes() != bytes {
             return Ok(None);
         }
@@ -464,6 +491,12 @@ impl Segment {
     /// Appends one validated batch with `base_offset` stamped in front of
     /// its bytes (written with one vectored write, the batch is not copied).
     /// Only the partition's writer calls this.
+    ///
+    /// When a write fails for want of a resource (a full disk), the log and
+    /// both indexes are cut back to where they were before the batch, so
+    /// nothing of it stays and the next append starts on a clean end; the
+    /// error is then `ResourceExhausted`. If the cut itself fails, the error
+    /// is that failure (an `Io` error): the end of the files is unknown.
     pub fn append(
         &self,
         base_offset: i64,
@@ -475,34 +508,20 @@ impl Segment {
         assert_eq!(base_offset, self.next_offset(), "appends must be dense");
         assert!(batch.len() >= HEADER_LEN, "batch was validated");
         let position = self.written_bytes();
-        let stamp = brook_record::encode_base_offset(base_offset);
-        self.log
-            .append(&[IoSlice::new(&stamp), IoSlice::new(&batch[8..])])
-            .map_err(|e| LogError::io("append", &self.paths.log, e))?;
-        let relative_offset = u32::try_from(base_offset - self.base_offset)
-            .expect("segments roll long before 2^32 offsets");
-        let max_timestamp = self
-            .max_timestamp
-            .fetch_max(header.max_timestamp, Ordering::AcqRel)
-            .max(header.max_timestamp);
-        let since_index = self.bytes_since_index.load(Ordering::Relaxed);
-        if position == 0 || since_index >= index_interval_bytes {
-            // Both indexes get an entry every `index_interval_bytes`; the
-            // time index's holds the largest timestamp up to this batch.
-            self.time_index
-                .write()
-                .push(TimeEntry {
-                    timestamp: max_timestamp,
-                    relative_offset,
-                })
-                .map_err(|e| LogError::io("append", &self.paths.time_index, e))?;
-            self.index
-                .write()
-                .push(OffsetEntry {
-                    relative_offset,
-                    position: u32::try_from(position).expect("segments roll before 4 GiB"),
-                })
-                .map_err(|e| LogError::io("append", &self.paths.index, e))?;
+        let index_len = self.index.read().entries().len();
+        let time_index_len = self.time_index.read().len();
+        let max_timestamp = self.max_timestamp().max(header.max_timestamp);
+        let indexed =
+            position == 0 || self.bytes_since_index.load(Ordering::Relaxed) >= index_interval_bytes;
+        if let Err(e) = self.write_batch(position, base_offset, batch, max_timestamp, indexed) {
+            if e.resource().is_some() {
+                self.cut_back(position, index_len, time_index_len)?;
+            }
+            return Err(e);
+        }
+        // The segment's state moves only once every write succeeded.
+        self.max_timestamp.store(max_timestamp, Ordering::Release);
+        if indexed {
             self.bytes_since_index.store(0, Ordering::Relaxed);
         }
         self.bytes_since_index
@@ -519,9 +538,145 @@ impl Segment {
         Ok(())
     }
 
+    /// The writes of `append`: the batch at `position`, and, if `indexed`,
+    /// an entry in each index (the time index's holds the largest
+    /// timestamp up to this batch).
+    fn write_batch(
+        &self,
+        position: u64,
+        base_offset: i64,
+        batch: &[u8],
+        max_timestamp: i64,
+        indexed: bool,
+    ) -> Result<(), LogError> {
+        let stamp = brook_record::encode_base_offset(base_offset);
+        self.active_log()
+            .append(&[IoSlice::new(&stamp), IoSlice::new(&batch[8..])])
+            .map_err(|e| LogError::io_or_resource("append", &self.paths.log, e))?;
+        if !indexed {
+            return Ok(());
+        }
+        let relative_offset = u32::try_from(base_offset - self.base_offset)
+            .expect("segments roll long before 2^32 offsets");
+        self.time_index
+            .write()
+            .push(TimeEntry {
+                timestamp: max_timestamp,
+                relative_offset,
+            })
+            .map_err(|e| LogError::io_or_resource("append", &self.paths.time_index, e))?;
+        self.index
+            .write()
+            .push(OffsetEntry {
+                relative_offset,
+                position: u32::try_from(position).expect("segments roll before 4 GiB"),
+            })
+            .map_err(|e| LogError::io_or_resource("append", &self.paths.index, e))
+    }
+
+    /// Cuts the log and both indexes back to what they held before a
+    /// failed append. A failure here leaves the files' ends unknown, which
+    /// only a restart's recovery can settle: it is an `Io` error, never a
+    /// resource shortage, so that the caller poisons the log.
+    fn cut_back(
+        &self,
+        position: u64,
+        index_len: usize,
+        time_index_len: usize,
+    ) -> Result<(), LogError> {
+        let cut =
+            |path: &Path, e: io::Error| LogError::io("cut back after a failed append", path, e);
+        self.active_log()
+            .truncate(position)
+            .map_err(|e| cut(&self.paths.log, e))?;
+        self.index
+            .write()
+            .cut_back(index_len)
+            .map_err(|e| cut(&self.paths.index, e))?;
+        self.time_index
+            .write()
+            .cut_back(time_index_len)
+            .map_err(|e| cut(&self.paths.time_index, e))
+    }
+    /// The log file of the active segment.
+    fn active_log(&self) -> Arc<dyn LogFile> {
+        self.log
+            .read()
+            .clone()
+            .expect("only sealed segments close their log file")
+    }
+
+    /// The log file for a read: the open one, or, for a sealed segment
+    /// whose file was closed, the file opened again and kept in
+    /// `open_segments`
+    /// (which closes the least recently read ones past its bound). Failing
+    /// to reopen for want of descriptors is `ResourceExhausted`.
+    pub fn log_for_read(
+        self: &Arc<Self>,
+        storage: &dyn Storage,
+        open_segments: &OpenSegments,
+    ) -> Result<Arc<dyn LogFile>, LogError> {
+        if let Some(log) = self.log.read().clone() {
+            open_segments.touch(self.id);
+            return Ok(log);
+        }
+        let log = {
+            let mut slot = self.log.write();
+            if let Some(log) = slot.clone() {
+                log
+            } else {
+                let log = open(storage, &self.paths.log)?;
+                *slot = Some(log.clone());
+                log
+            }
+        };
+        for victim in open_segments.insert(self.id, self) {
+            victim.close_log();
+        }
+        Ok(log)
+    }
+
+    /// Seals the segment's files for good once it is no longer active: the
+    /// index files close (their entries stay in memory) and the log file
+    /// joins `open_segments`, as the most recently read, for the readers that tail
+    /// the partition and still read its last batches.
+    pub fn retire(self: &Arc<Self>, open_segments: &OpenSegments) {
+        self.index.write().close_file();
+        self.time_index.write().close_file();
+        for victim in open_segments.insert(self.id, self) {
+            victim.close_log();
+        }
+    }
+
+    /// Leaves `open_segments` (the segment was deleted): its file closes now.
+    pub fn forget(&self, open_segments: &OpenSegments) {
+        open_segments.remove(self.id);
+        self.close_log();
+    }
+
+    fn close_log(&self) {
+        *self.log.write() = None;
+    }
+
+    fn close_files(&self) {
+        self.close_log();
+        self.index.write().close_file();
+        self.time_index.write().close_file();
+    }
+
     /// Calls `visit` with the header of every batch, in order (no CRC checks).
-    pub fn visit_headers(&self, visit: &mut dyn FnMut(&BatchHeader)) -> Result<(), LogError> {
-        let mut scanner = Scanner::new(self.log.as_ref(), self.written_bytes());
+    pub fn visit_headers(
+        &self,
+        storage: &dyn Storage,
+        visit: &mut dyn FnMut(&BatchHeader),
+    ) -> Result<(), LogError> {
+        // Only while a partition opens: a sealed segment's file is opened
+        // for the walk and closed after it.
+        let log = match self.log.read().clone() {
+            Some(log) => log,
+            None => open(storage, &self.paths.log)?,
+        };
+        let mut scanner = Scanner::new(log.as_ref(), self.written_bytes());
         scanner
             .walk_headers(0, self.base_offset, visit)
             .map(drop)
@@ -550,7 +705,12 @@ impl Segment {
                 io::Error::other("an earlier fsync of this file failed"),
             ));
         }
-        self.log.sync().map_err(|e| {
+        // A closed file belongs to a sealed segment, synced whole (or
+        // marked failed) when it was sealed.
+        let Some(log) = self.log.read().clone() else {
+            return Ok(());
+        };
+        log.sync().map_err(|e| {
             self.sync_failed.store(true, Ordering::Release);
             LogError::io("fsync", &self.paths.log, e)
         })
@@ -585,13 +745,23 @@ impl Segment {
         if !self.is_empty() {
             let last_relative = u32::try_from(self.next_offset() - 1 - self.base_offset)
                 .expect("segments roll long before 2^32 offsets");
-            self.time_index
-                .write()
-                .push(TimeEntry {
-                    timestamp: self.max_timestamp(),
-                    relative_offset: last_relative,
-                })
-                .map_err(|e| LogError::io("append", &self.paths.time_index, e))?;
+            let mut time_index = self.time_index.write();
+            let len = time_index.len();
+            let pushed = time_index.push(TimeEntry {
+                timestamp: self.max_timestamp(),
+                relative_offset: last_relative,
+            });
+            if let Err(e) = pushed {
+                let error = LogError::io_or_resource("append", &self.paths.time_index, e);
+                if error.resource().is_some() {
+                    // The roll is retried with the next append: no torn
+                    // entry may lie before the one it writes.
+                    time_index.cut_back(len).map_err(|e| {
+                        LogError::io("cut back after a failed append", &self.paths.time_index, e)
+                    })?;
+                }
+                return Err(error);
+            }
         }
         self.sync_files()
     }
@@ -612,9 +782,13 @@ impl Segment {
 
     /// Whether the log file's path still names the file this segment
     /// writes to (see `LogFile::is_linked`).
+    /// A segment whose file is closed (a sealed one, out of the open-file
+    /// cache) takes no writes, so it counts as linked.
     pub fn is_linked(&self) -> Result<bool, LogError> {
-        self.log
-            .is_linked()
+        let Some(log) = self.log.read().clone() else {
+            return Ok(true);
+        };
+        log.is_linked()
             .map_err(|e| LogError::io("stat", &self.paths.log, e))
     }
 
@@ -624,7 +798,7 @@ impl Segment {
 
     /// Position of the visible batch that holds `offset`, found through the
     /// index and a short walk of batch headers; `None` past the visible end.
-    pub fn position_of(&self, offset: i64) -> Result<Option<u64>, LogError> {
+    pub fn position_of(&self, log: &dyn LogFile, offset: i64) -> Result<Option<u64>, LogError> {
         let visible = self.visible_bytes();
         let relative = u32::try_from(offset - self.base_offset).unwrap_or(u32::MAX);
         let mut position = self
@@ -634,7 +808,7 @@ impl Segment {
             .map_or(0, |e| u64::from(e.position));
         let mut header = [0u8; HEADER_LEN];
         while position + HEADER_LEN as u64 <= visible {
-            read_exact_at(self.log.as_ref(), &mut header, position)
+            read_exact_at(log, &mut header, position)
                 .map_err(|e| LogError::io("read", &self.paths.log, e))?;
             let parsed = BatchHeader::parse(&header)
                 .map_err(|e| LogError::corrupt(&self.paths.log, position, e.to_string()))?;
@@ -649,19 +823,24 @@ impl Segment {
     /// Whole batches starting with the one holding `offset`, up to
     /// `max_bytes` (but always the first batch whole). `None` when `offset`
     /// is past the visible end of this segment.
-    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<Option<Bytes>, LogError> {
-        let Some(start) = self.position_of(offset)? else {
+    pub fn read(
+        &self,
+        log: &dyn LogFile,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<Option<Bytes>, LogError> {
+        let Some(start) = self.position_of(log, offset)? else {
             return Ok(None);
         };
         let visible = self.visible_bytes();
         let mut prefix = [0u8; LENGTH_PREFIX_LEN];
-        read_exact_at(self.log.as_ref(), &mut prefix, start)
+        read_exact_at(log, &mut prefix, start)
             .map_err(|e| LogError::io("read", &self.paths.log, e))?;
         let first_len = brook_record::batch_total_len(&prefix).unwrap_or(0) as u64;
         let available = visible - start;
         let want = (max_bytes as u64).max(first_len).min(available);
         let mut buf = BytesMut::zeroed(usize::try_from(want).unwrap_or(usize::MAX));
-        let n = read_full_at(self.log.as_ref(), &mut buf, start)
+        let n = read_full_at(log, &mut buf, start)
             .map_err(|e| LogError::io("read", &self.paths.log, e))?;
         buf.truncate(whole_batches_len(&buf[..n]));
         Ok(Some(buf.freeze()))
@@ -669,24 +848,34 @@ impl Segment {
 
     /// The first record at or after `timestamp` in this segment, as
     /// `(offset, timestamp)`.
-    pub fn find_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>, LogError> {
+    /// `log` is the segment's log file; it is asked for only when the
+    /// segment may hold such a record, so that looking past older
+    /// segments opens none of their files.
+    pub fn find_timestamp(
+        &self,
+        log: impl FnOnce() -> Result<Arc<dyn LogFile>, LogError>,
+        timestamp: i64,
+    ) -> Result<Option<(i64, i64)>, LogError> {
         if self.max_timestamp() < timestamp {
             return Ok(None);
         }
+        let log = log()?;
+        let log = log.as_ref();
         let relative = self.time_index.read().scan_start(timestamp);
-        let Some(mut position) = self.position_of(self.base_offset + i64::from(relative))? else {
+        let Some(mut position) = self.position_of(log, self.base_offset + i64::from(relative))?
+        else {
             return Ok(None);
         };
         let visible = self.visible_bytes();
         let mut header = [0u8; HEADER_LEN];
         while position + HEADER_LEN as u64 <= visible {
-            read_exact_at(self.log.as_ref(), &mut header, position)
+            read_exact_at(log, &mut header, position)
                 .map_err(|e| LogError::io("read", &self.paths.log, e))?;
             let parsed = BatchHeader::parse(&header)
                 .map_err(|e| LogError::corrupt(&self.paths.log, position, e.to_string()))?;
             if parsed.max_timestamp >= timestamp {
                 let mut batch = BytesMut::zeroed(parsed.total_len());
-                read_exact_at(self.log.as_ref(), &mut batch, position)
+                read_exact_at(log, &mut batch, position)
                     .map_err(|e| LogError::io("read", &self.paths.log, e))?;
                 match brook_record::decode_batch(&batch.freeze()) {
                     Ok((_, records)) => {
@@ -750,5 +939,5 @@ fn index_matches_log(index: &OffsetIndex, log: &dyn LogFile, base_offset: i64, s
 fn open(storage: &dyn Storage, path: &Path) -> Result<Arc<dyn LogFile>, LogError> {
     storage
         .open(path)
-        .map_err(|e| LogError::io("open", path, e))
+        .map_err(|e| LogError::io_or_resource("open", path, e))
 }

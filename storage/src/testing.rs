@@ -218,12 +218,33 @@ impl Storage for MemStorage {
 }
 
 /// Wraps a storage and fails every mutating file operation (append, sync,
-/// truncate) once `budget` of them have succeeded.
+/// truncate) once `budget` of them have succeeded. It can also fail every
+/// append (after writing part of it: a short write) or every open with a
+/// chosen errno, as a full disk or an exhausted descriptor table does.
 #[derive(Debug, Clone)]
 pub struct FailingStorage {
     inner: Arc<dyn Storage>,
     /// Mutating operations still allowed to succeed, shared by all files.
     budget: Arc<AtomicU64>,
+    /// The other faults, shared by all files.
+    faults: Arc<Mutex<Faults>>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Faults {
+    /// The errno of a failure after the budget; a generic error if `None`.
+    errno: Option<i32>,
+    /// Every append fails with this errno, whatever the budget.
+    append: Option<AppendFault>,
+    /// Every open fails with this errno.
+    open_errno: Option<i32>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct AppendFault {
+    errno: i32,
+    /// Bytes written before the failure.
+    written_bytes: usize,
 }
 
 impl FailingStorage {
@@ -231,6 +252,7 @@ impl FailingStorage {
         Self {
             inner,
             budget: Arc::new(AtomicU64::new(budget)),
+            faults: Arc::default(),
         }
     }
 
@@ -238,20 +260,52 @@ impl FailingStorage {
     pub fn set_budget(&self, budget: u64) {
         self.budget.store(budget, Ordering::SeqCst);
     }
+
+    /// Operations past the budget fail with `errno` (e.g. `libc`'s
+    /// `ENOSPC`) instead of a generic error.
+    pub fn set_errno(&self, errno: i32) {
+        self.faults.lock().errno = Some(errno);
+    }
+
+    /// Every append from now on writes its first `written_bytes` bytes and
+    /// then fails with `errno`, as a write meeting a full disk does;
+    /// truncates and syncs still go by the budget.
+    pub fn fail_appends_with(&self, errno: i32, written_bytes: usize) {
+        self.faults.lock().append = Some(AppendFault {
+            errno,
+            written_bytes,
+        });
+    }
+
+    /// Appends succeed again (the resource is back).
+    pub fn stop_failing_appends(&self) {
+        self.faults.lock().append = None;
+    }
+
+    /// Every open fails with `errno` (e.g. `EMFILE`) while set; `None`
+    /// lets opens through again.
+    pub fn fail_opens_with(&self, errno: Option<i32>) {
+        self.faults.lock().open_errno = errno;
+    }
 }
 
 #[derive(Debug)]
 struct FailingFile {
     inner: Arc<dyn LogFile>,
     budget: Arc<AtomicU64>,
+    faults: Arc<Mutex<Faults>>,
 }
 
 impl FailingFile {
     fn spend(&self) -> io::Result<()> {
+        let errno = self.faults.lock().errno;
         self.budget
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1))
             .map(|_| ())
-            .map_err(|_| io::Error::other("injected failure"))
+            .map_err(|_| match errno {
+                Some(errno) => io::Error::from_raw_os_error(errno),
+                None => io::Error::other("injected failure"),
+            })
     }
 }
 
@@ -261,6 +315,13 @@ impl LogFile for FailingFile {
     }
 
     fn append(&self, bufs: &[IoSlice<'_>]) -> io::Result<()> {
+        let fault = self.faults.lock().append;
+        if let Some(fault) = fault {
+            let bytes: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            let written = fault.written_bytes.min(bytes.len());
+            self.inner.append(&[IoSlice::new(&bytes[..written])])?;
+            return Err(io::Error::from_raw_os_error(fault.errno));
+        }
         self.spend()?;
         self.inner.append(bufs)
     }
@@ -286,9 +347,13 @@ impl LogFile for FailingFile {
 
 impl Storage for FailingStorage {
     fn open(&self, path: &Path) -> io::Result<Arc<dyn LogFile>> {
+        if let Some(errno) = self.faults.lock().open_errno {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
         Ok(Arc::new(FailingFile {
             inner: self.inner.open(path)?,
             budget: self.budget.clone(),
+            faults: self.faults.clone(),
         }))
     }
 
@@ -317,6 +382,10 @@ impl Storage for FailingStorage {
     }
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        if let Some(errno) = self.faults.lock().open_errno {
+            // Syncing a directory opens it first.
+            return Err(io::Error::from_raw_os_error(errno));
+        }
         self.inner.sync_dir(path)
     }
 }

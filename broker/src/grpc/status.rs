@@ -46,6 +46,9 @@ impl ToStatus for PartitionError {
             // retrying does not help; an operator must decide.
             Self::Damaged { .. } => Code::DataLoss,
             Self::OutOfRange(_) => Code::OutOfRange,
+            // Retryable once space or descriptors are back; the message
+            // names which.
+            Self::ResourceExhausted { .. } => Code::ResourceExhausted,
             Self::Storage { source, .. } => match **source {
                 LogError::Corrupt { .. } => Code::DataLoss,
                 _ => Code::Internal,
@@ -63,6 +66,8 @@ impl ToStatus for ProduceError {
             Self::InvalidBatch { .. } => Code::InvalidArgument,
             Self::ProducerFenced { .. } | Self::Sequence { .. } => Code::FailedPrecondition,
             Self::Partition(e) => e.code(),
+            // Retryable once space is freed; nothing was staged.
+            Self::Meta(e) if e.is_out_of_space() => Code::ResourceExhausted,
             Self::ShuttingDown => Code::Unavailable,
             _ => Code::Internal,
         }
@@ -88,6 +93,8 @@ impl ToStatus for AdminError {
             Self::Invalid(e) => e.code(),
             Self::TopicExists(_) => Code::AlreadyExists,
             Self::Partition(e) => e.code(),
+            // Retryable once space is freed; nothing was staged.
+            Self::Meta(e) if e.is_out_of_space() => Code::ResourceExhausted,
             Self::ShuttingDown => Code::Unavailable,
             _ => Code::Internal,
         }
@@ -100,6 +107,8 @@ impl ToStatus for GroupError {
             Self::NotFound(e) => e.code(),
             Self::Invalid(e) => e.code(),
             Self::Partition(e) => e.code(),
+            // Retryable once space is freed; nothing was staged.
+            Self::Meta(e) if e.is_out_of_space() => Code::ResourceExhausted,
             Self::NotEmpty { .. } | Self::CommitFenced { .. } => Code::FailedPrecondition,
             Self::Full { .. } => Code::ResourceExhausted,
             Self::MemberRemoved { .. } => Code::Aborted,
@@ -244,6 +253,29 @@ mod tests {
             damage: brook_storage::Damage::MissingDirectory,
         });
         assert_eq!(ProduceError::from(damaged).code(), Code::DataLoss);
+    }
+
+    #[test]
+    fn a_resource_shortage_is_resource_exhausted_and_names_the_resource() {
+        // Linux's ENOSPC and EMFILE.
+        for (errno, phrase) in [
+            (28, "no space left on the data volume"),
+            (24, "too many open files"),
+        ] {
+            let error = ProduceError::from(partition_error(LogError::io_or_resource(
+                "append",
+                std::path::Path::new("/d/0.log"),
+                std::io::Error::from_raw_os_error(errno),
+            )));
+            let status = to_status(&error);
+            assert_eq!(status.code(), Code::ResourceExhausted);
+            assert!(status.message().contains(phrase), "{}", status.message());
+            assert!(
+                !status.message().contains("poisoned"),
+                "{}",
+                status.message()
+            );
+        }
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! The HTTP side: `/health` (alive and no partition poisoned or damaged;
-//! names topic directories quarantined at start), `/ready`
+//! The HTTP side: `/health` (alive, no partition poisoned or damaged;
+//! names topic directories quarantined at start and partitions that cannot
+//! write for want of disk space or file descriptors), `/live` (what a
+//! liveness probe asks: is there anything a restart would mend), `/ready`
 //! (recovery done and gRPC serving; not while stopping) and `/metrics`
 //! (Prometheus/OpenMetrics text).
 //!
@@ -67,6 +69,7 @@ impl ServerStatus {
 pub fn router(status: Arc<ServerStatus>) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/live", get(liveness))
         .route("/ready", get(readiness))
         .route("/metrics", get(metrics))
         .with_state(status)
@@ -83,13 +86,7 @@ async fn health(State(status): State<Arc<ServerStatus>>) -> impl IntoResponse {
         .iter()
         .map(|q| json!({ "topic": q.topic, "path": q.path.display().to_string() }))
         .collect();
-    let poisoned: Vec<_> = broker
-        .poisoned_partitions()
-        .into_iter()
-        .map(|(topic, partition, reason)| {
-            json!({ "topic": topic, "partition": partition, "reason": reason })
-        })
-        .collect();
+    let poisoned = poisoned_partitions(broker);
     // Damaged partitions lost acknowledged records: they refuse reads and
     // writes until an operator accepts the loss.
     let damaged: Vec<_> = broker
@@ -106,10 +103,30 @@ async fn health(State(status): State<Arc<ServerStatus>>) -> impl IntoResponse {
             })
         })
         .collect();
-    let (code, state) = match (poisoned.is_empty(), damaged.is_empty()) {
-        (true, true) => (StatusCode::OK, "ok"),
-        (_, false) => (StatusCode::SERVICE_UNAVAILABLE, "damaged"),
-        (false, true) => (StatusCode::SERVICE_UNAVAILABLE, "poisoned"),
+    // Partitions that cannot write for want of disk space or descriptors:
+    // an outage for their producers, but each clears by itself with its
+    // next successful write, so they make the status `degraded`, not 503.
+    let cannot_write: Vec<_> = broker
+        .partitions_short_of_resources()
+        .into_iter()
+        .map(|(topic, partition, shortage)| {
+            json!({
+                "topic": topic,
+                "partition": partition,
+                "resource": shortage.resource.to_string(),
+                "reason": shortage.reason,
+                "since_ms": shortage.since_ms,
+            })
+        })
+        .collect();
+    let (code, state) = if !damaged.is_empty() {
+        (StatusCode::SERVICE_UNAVAILABLE, "damaged")
+    } else if !poisoned.is_empty() {
+        (StatusCode::SERVICE_UNAVAILABLE, "poisoned")
+    } else if !cannot_write.is_empty() {
+        (StatusCode::OK, "degraded")
+    } else {
+        (StatusCode::OK, "ok")
     };
     let mut body = json!({ "status": state });
     if !poisoned.is_empty() {
@@ -118,10 +135,43 @@ async fn health(State(status): State<Arc<ServerStatus>>) -> impl IntoResponse {
     if !damaged.is_empty() {
         body["damaged"] = json!(damaged);
     }
+    if !cannot_write.is_empty() {
+        body["cannot_write"] = json!(cannot_write);
+    }
     if !quarantined.is_empty() {
         body["quarantined"] = json!(quarantined);
     }
     (code, Json(body))
+}
+
+fn poisoned_partitions(broker: &Broker) -> Vec<serde_json::Value> {
+    broker
+        .poisoned_partitions()
+        .into_iter()
+        .map(|(topic, partition, reason)| {
+            json!({ "topic": topic, "partition": partition, "reason": reason })
+        })
+        .collect()
+}
+
+/// For a liveness probe: 503 only when a restart would mend something, a
+/// partition poisoned by a write or fsync whose outcome is unknown.
+/// Damaged partitions, full disks and quarantined topics make `/health`
+/// report them, but restarting would not help them, and would take every
+/// other partition down with it.
+async fn liveness(State(status): State<Arc<ServerStatus>>) -> impl IntoResponse {
+    let Some(broker) = status.broker.get() else {
+        return (StatusCode::OK, Json(json!({ "status": "starting" })));
+    };
+    let poisoned = poisoned_partitions(broker);
+    if poisoned.is_empty() {
+        (StatusCode::OK, Json(json!({ "status": "ok" })))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "poisoned", "partitions": poisoned })),
+        )
+    }
 }
 
 async fn readiness(State(status): State<Arc<ServerStatus>>) -> impl IntoResponse {

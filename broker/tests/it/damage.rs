@@ -76,7 +76,7 @@ fn records_within(segment: &[u8], len: usize) -> anyhow::Result<usize> {
 
 /// Serves HTTP for `embedded`'s broker until the token is cancelled; returns
 /// its address and the server task.
-async fn serve_http(
+pub(crate) async fn serve_http(
     embedded: &EmbeddedBroker,
     stop: &CancellationToken,
 ) -> anyhow::Result<(
@@ -151,6 +151,9 @@ async fn a_partition_cut_short_after_a_clean_stop_is_damaged_until_the_loss_is_a
             "{body}"
         );
         ensure!(body.contains(&format!("\"lost_from\":{kept}")), "{body}");
+        // A restart would not mend it: the liveness endpoint stays 200.
+        let (status, body) = get(http, "/live").await?;
+        ensure!(status == 200, "/live: {status} {body}");
         let (_, metrics) = get(http, "/metrics").await?;
         let counted = format!(
             "brook_partition_lost_records_total{{topic=\"{TOPIC}\",partition=\"0\"}} {lost}"

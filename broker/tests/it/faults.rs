@@ -127,6 +127,17 @@ async fn failed_write_or_fsync_poisons_only_its_partition() {
         );
         let status = clients.fetch_once("a", 0, 5).await.unwrap_err();
         assert_eq!(status.code(), Code::OutOfRange);
+        // Last, as stopping the server stops the broker. A restart mends a poisoned partition: both the report and the
+        // liveness endpoint say so.
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (http, server) = crate::damage::serve_http(&embedded, &stop).await.unwrap();
+        for path in ["/health", "/live"] {
+            let (status, body) = crate::http::get(http, path).await.unwrap();
+            assert_eq!(status, 503, "{path}: {body}");
+            assert!(body.contains("\"poisoned\""), "{path}: {body}");
+        }
+        stop.cancel();
+        let _ = server.await;
     }
 }
 

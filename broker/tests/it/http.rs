@@ -83,7 +83,11 @@ pub(crate) async fn get(addr: std::net::SocketAddr, path: &str) -> anyhow::Resul
 }
 
 /// Polls `path` until it answers `status`, for at most `common::WAIT`.
-async fn wait_for(addr: std::net::SocketAddr, path: &str, status: u16) -> anyhow::Result<String> {
+pub(crate) async fn wait_for(
+    addr: std::net::SocketAddr,
+    path: &str,
+    status: u16,
+) -> anyhow::Result<String> {
     common::within(&format!("{path} answering {status}"), async {
         loop {
             if let Ok((code, body)) = get(addr, path).await {

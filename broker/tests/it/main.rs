@@ -7,6 +7,7 @@ mod backpressure;
 mod bad_input;
 mod connections;
 mod damage;
+mod disk_full;
 mod embedded;
 mod faults;
 mod groups;

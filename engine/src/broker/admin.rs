@@ -266,6 +266,7 @@ impl Broker {
                     log,
                     self.config.fsync,
                     super::sync_group_for(&self.sync_group, &self.config.data_dir, &record.name, p),
+                    &self.open_segments,
                     self.metrics.clone(),
                 )
             })

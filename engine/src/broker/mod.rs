@@ -30,12 +30,12 @@ use parking_lot::RwLock;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BrokerConfig, FsyncPolicy};
-use crate::error::{NotFound, OpenError, blocking};
+use crate::error::{Invalid, NotFound, OpenError, blocking};
 use crate::group::Groups;
 use crate::meta::MetaStore;
 use crate::metrics::Metrics;
 use crate::partition::Partition;
-use brook_storage::SyncGroup;
+use brook_storage::{OpenSegments, SyncGroup};
 use open::Opened;
 pub use open::QuarantinedTopic;
 pub(crate) use open::open_partition_log;
@@ -61,6 +61,9 @@ pub struct Broker {
     groups: Arc<Groups>,
     /// Lets partitions that fsync at the same time share one sync.
     sync_group: Arc<SyncGroup>,
+    /// The bound on sealed segments' open log files, shared by every
+    /// partition: descriptors are a process's, not a partition's.
+    open_segments: Arc<OpenSegments>,
     /// Topic directories found without metadata at open, moved aside.
     quarantined: Vec<QuarantinedTopic>,
 }
@@ -72,6 +75,10 @@ impl Broker {
     pub async fn open(config: BrokerConfig) -> Result<Arc<Self>, OpenError> {
         let started = std::time::Instant::now();
         config.groups.check()?;
+        if config.open_segments_max == 0 {
+            return Err(Invalid::new("open_segments_max", "must be at least 1").into());
+        }
+        let open_segments = Arc::new(OpenSegments::new(config.open_segments_max));
         let config_produce_bytes = config.limits.produce_bytes_in_flight_max;
         let metrics = Arc::new(Metrics::new());
         let opening = config.clone();
@@ -97,6 +104,7 @@ impl Broker {
                         log,
                         config.fsync,
                         sync_group_for(&sync_group, &config.data_dir, &record.name, i as u32),
+                        &open_segments,
                         metrics.clone(),
                     )
                 })
@@ -127,6 +135,7 @@ impl Broker {
             producer_epochs,
             groups,
             sync_group,
+            open_segments,
             quarantined,
         });
         broker.spawn_background();
@@ -307,6 +316,20 @@ impl Broker {
                 p.log()
                     .damage()
                     .map(|damage| (p.topic().to_owned(), p.index(), damage))
+            })
+            .collect()
+    }
+
+    /// Partitions whose last append failed for want of a resource (disk
+    /// space, file descriptors), with the failure; each leaves the list by
+    /// itself with its next successful append.
+    pub fn partitions_short_of_resources(&self) -> Vec<(String, u32, brook_storage::Shortage)> {
+        self.all_partitions()
+            .iter()
+            .filter_map(|p| {
+                p.log()
+                    .write_shortage()
+                    .map(|shortage| (p.topic().to_owned(), p.index(), shortage))
             })
             .collect()
     }

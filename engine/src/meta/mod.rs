@@ -90,12 +90,30 @@ pub enum MetaError {
         dir.display()
     )]
     Locked { dir: std::path::PathBuf },
+    /// The volume of the store has less free space than the store keeps
+    /// in reserve: the write was refused before anything was staged, and
+    /// is taken again once space is freed.
+    #[error(
+        "no space left on the data volume for the metadata store: {available_bytes} bytes free, {reserve_bytes} needed"
+    )]
+    NoSpace {
+        available_bytes: u64,
+        reserve_bytes: u64,
+    },
     #[error("metadata record {key} cannot be decoded: {source}")]
     Decode {
         key: String,
         #[source]
         source: serde_json::Error,
     },
+}
+
+impl MetaError {
+    /// Whether the store refused for want of disk space (and takes writes
+    /// again once there is some).
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(self, Self::NoSpace { .. })
+    }
 }
 
 pub trait MetaStore: Send + Sync + std::fmt::Debug {

@@ -10,15 +10,26 @@
 //! (`SyncRounds`: many offset commits at once pay for a few syncs). The
 //! `conf` file and the directory are synced once, at open. sled writes its
 //! snapshots with an fsync of their own.
+//!
+//! sled 0.34 does not survive a full disk: a flush whose write meets ENOSPC
+//! blocks for good (in `iobuf::make_stable`), and an I/O error it does
+//! report is sticky until the store is reopened. So every write first
+//! checks that the volume keeps `RESERVE_BYTES` free and is refused
+//! (`MetaError::NoSpace`, nothing staged) otherwise; the partitions' logs
+//! on the same volume fill it only up to what that leaves.
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sled::Transactional;
 
 use super::sync_rounds::SyncRounds;
 use super::{MetaError, MetaStore, TopicRecord};
+
+/// Free space a metadata write needs on the store's volume: a few of sled's
+/// 512 KiB log segments, which a write may have to start.
+pub const RESERVE_BYTES: u64 = 2 * 1024 * 1024;
 
 const TOPICS_TREE: &str = "topics";
 /// Producer id (8 bytes, big-endian) → current epoch (2 bytes, big-endian).
@@ -45,6 +56,9 @@ pub struct SledMetaStore {
     /// sled's log file, opened once to fsync it (an fsync covers the file,
     /// whichever descriptor wrote it).
     log_file: File,
+    /// The store's directory, whose volume's free space is checked before
+    /// every write.
+    dir: PathBuf,
     /// Shares fsyncs between concurrent writers.
     syncs: SyncRounds,
 }
@@ -81,6 +95,7 @@ impl SledMetaStore {
             deleted_topics,
             group_activity,
             log_file,
+            dir: dir.to_owned(),
             syncs: SyncRounds::default(),
         })
     }
@@ -97,6 +112,22 @@ impl SledMetaStore {
                     .map_err(|e| format!("fsync of the metadata log: {e}"))
             })
             .map_err(|reason| MetaError::Store(reason.into()))
+    }
+}
+
+impl SledMetaStore {
+    /// Refuses a write while the volume has less than `RESERVE_BYTES` free,
+    /// before sled stages anything (see the module header).
+    fn check_room(&self) -> Result<(), MetaError> {
+        let available_bytes =
+            brook_storage::available_bytes(&self.dir).map_err(|e| io(&e, "statvfs", &self.dir))?;
+        if available_bytes < RESERVE_BYTES {
+            return Err(MetaError::NoSpace {
+                available_bytes,
+                reserve_bytes: RESERVE_BYTES,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -188,6 +219,7 @@ fn decode_offset(
 
 impl MetaStore for SledMetaStore {
     fn put_topic(&self, topic: &TopicRecord) -> Result<(), MetaError> {
+        self.check_room()?;
         let value = serde_json::to_vec(topic).map_err(|source| MetaError::Decode {
             key: topic.name.clone(),
             source,
@@ -203,6 +235,7 @@ impl MetaStore for SledMetaStore {
     }
 
     fn delete_topic(&self, name: &str) -> Result<(), MetaError> {
+        self.check_room()?;
         let at = brook_storage::now_ms().to_be_bytes();
         (&self.topics, &self.deleted_topics)
             .transaction(|(topics, deleted)| {
@@ -226,11 +259,13 @@ impl MetaStore for SledMetaStore {
     }
 
     fn forget_deleted_topic(&self, name: &str) -> Result<(), MetaError> {
+        self.check_room()?;
         self.deleted_topics.remove(name.as_bytes()).map_err(store)?;
         self.durable()
     }
 
     fn allocate_producer_id(&self) -> Result<i64, MetaError> {
+        self.check_room()?;
         // generate_id is durable and never repeats (it skips ahead after a
         // crash); 0 is kept free so that ids start at 1.
         let id = i64::try_from(self.db.generate_id().map_err(store)? + 1)
@@ -240,6 +275,7 @@ impl MetaStore for SledMetaStore {
     }
 
     fn put_producer_epoch(&self, producer_id: i64, epoch: i16) -> Result<(), MetaError> {
+        self.check_room()?;
         self.producers
             .insert(producer_id.to_be_bytes(), &epoch.to_be_bytes())
             .map_err(store)?;
@@ -271,6 +307,7 @@ impl MetaStore for SledMetaStore {
     }
 
     fn stage_offsets(&self, group: &str, offsets: &[(String, u32, i64)]) -> Result<(), MetaError> {
+        self.check_room()?;
         let mut batch = sled::Batch::default();
         for (topic, partition, offset) in offsets {
             batch.insert(offset_key(group, topic, *partition), &offset.to_be_bytes());
@@ -294,6 +331,7 @@ impl MetaStore for SledMetaStore {
     }
 
     fn delete_group(&self, group: &str) -> Result<(), MetaError> {
+        self.check_room()?;
         let mut batch = sled::Batch::default();
         for entry in self.offsets.scan_prefix(group_prefix(group)).keys() {
             batch.remove(entry.map_err(store)?);

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::FsyncPolicy;
 use crate::metrics::Metrics;
-use brook_storage::{BatchOutcome, LogError, PartitionLog, SyncGroup, WrittenMark};
+use brook_storage::{BatchOutcome, LogError, OpenSegments, PartitionLog, SyncGroup, WrittenMark};
 
 /// Append requests a partition queues before producers wait (backpressure).
 const APPEND_QUEUE_LEN: usize = 1024;
@@ -68,8 +68,10 @@ impl Partition {
         log: PartitionLog,
         fsync: FsyncPolicy,
         sync_group: Arc<SyncGroup>,
+        open_segments: &Arc<OpenSegments>,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
+        log.share_open_segments(open_segments.clone());
         let log = Arc::new(log);
         let (appends, queue) = mpsc::channel(APPEND_QUEUE_LEN);
         let (watermark, _) = watch::channel(log.high_watermark());
