@@ -97,7 +97,8 @@ setting is one); strings are quoted (JSON string escapes are valid TOML).
 {{- if kindIs "string" . }}{{ toJson . }}
 {{- else if kindIs "bool" . }}{{ . }}
 {{- else if or (kindIs "float64" .) (kindIs "int64" .) (kindIs "int" .) }}{{ int64 . }}
-{{- else }}{{ fail (printf "brook.toml: unsupported value %v (%s): the file is flat, use strings, numbers and booleans" . (kindOf .)) }}
+{{- else if kindIs "slice" . }}[{{ range $i, $item := . }}{{ if $i }}, {{ end }}{{ toJson (toString $item) }}{{ end }}]
+{{- else }}{{ fail (printf "brook.toml: unsupported value %v (%s): the file is flat, use strings, numbers, booleans and lists of strings" . (kindOf .)) }}
 {{- end }}
 {{- end }}
 
