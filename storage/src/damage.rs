@@ -250,9 +250,6 @@ mod tests {
     use std::path::Path;
     use std::sync::Arc;
 
-    use brook_record::{BatchHeader, BatchOptions, NewRecord};
-    use bytes::Bytes;
-
     use super::*;
     use crate::error::LogError;
     use crate::log::{LogConfig, OpenReport, PartitionLog};
@@ -263,16 +260,7 @@ mod tests {
     const MARK: &str = "/p/clean-shutdown";
     const POINT: &str = "/p/recovery-point";
 
-    fn batch(value: &str) -> (Bytes, BatchHeader) {
-        let record = NewRecord {
-            timestamp: 1_000,
-            value: Some(Bytes::copy_from_slice(value.as_bytes())),
-            ..NewRecord::default()
-        };
-        let bytes = brook_record::encode_batch(&[record], BatchOptions::default()).unwrap();
-        let header = BatchHeader::parse(&bytes).unwrap();
-        (bytes, header)
-    }
+    use crate::testing::single_record_batch as batch;
 
     fn open(storage: &MemStorage, lost_data: LostData) -> (PartitionLog, OpenReport) {
         PartitionLog::open_with(

@@ -1057,16 +1057,7 @@ mod tests {
 
     const LOG: &str = "/p/00000000000000000000.log";
 
-    fn batch(value: &str) -> (Bytes, BatchHeader) {
-        let record = NewRecord {
-            timestamp: 1_000,
-            value: Some(Bytes::copy_from_slice(value.as_bytes())),
-            ..NewRecord::default()
-        };
-        let bytes = brook_record::encode_batch(&[record], BatchOptions::default()).unwrap();
-        let header = BatchHeader::parse(&bytes).unwrap();
-        (bytes, header)
-    }
+    use crate::testing::single_record_batch as batch;
 
     fn open(storage: &MemStorage) -> Result<PartitionLog, LogError> {
         PartitionLog::open(
@@ -1550,8 +1541,6 @@ mod shortage_tests {
     use std::path::Path;
     use std::sync::Arc;
 
-    use brook_record::{BatchHeader, BatchOptions, NewRecord};
-    use bytes::Bytes;
     use nix::errno::Errno;
 
     use super::{BatchOutcome, LogConfig, LogError, PartitionLog};
@@ -1560,16 +1549,7 @@ mod shortage_tests {
 
     const LOG: &str = "/p/00000000000000000000.log";
 
-    fn batch(value: &str) -> (Bytes, BatchHeader) {
-        let record = NewRecord {
-            timestamp: 1_000,
-            value: Some(Bytes::copy_from_slice(value.as_bytes())),
-            ..NewRecord::default()
-        };
-        let bytes = brook_record::encode_batch(&[record], BatchOptions::default()).unwrap();
-        let header = BatchHeader::parse(&bytes).unwrap();
-        (bytes, header)
-    }
+    use crate::testing::single_record_batch as batch;
 
     fn open_on(failing: &FailingStorage, config: LogConfig) -> PartitionLog {
         PartitionLog::open(Arc::new(failing.clone()), Path::new("/p"), config)

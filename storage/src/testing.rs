@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use brook_record::{BatchHeader, BatchOptions, NewRecord};
+use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::io::{LogFile, Storage};
@@ -388,4 +390,22 @@ impl Storage for FailingStorage {
         }
         self.inner.sync_dir(path)
     }
+}
+
+/// A batch of one record valued `value`, stamped 1,000 ms, and its header:
+/// what the storage tests append.
+///
+/// # Panics
+///
+/// Never for a value that fits a batch (encoding one record cannot fail).
+pub fn single_record_batch(value: &str) -> (Bytes, BatchHeader) {
+    let record = NewRecord {
+        timestamp: 1_000,
+        value: Some(Bytes::copy_from_slice(value.as_bytes())),
+        ..NewRecord::default()
+    };
+    let bytes = brook_record::encode_batch(&[record], BatchOptions::default())
+        .expect("one small record always encodes");
+    let header = BatchHeader::parse(&bytes).expect("an encoded batch always parses");
+    (bytes, header)
 }
