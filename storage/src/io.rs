@@ -44,6 +44,12 @@ pub trait LogFile: Send + Sync + fmt::Debug {
 pub trait Storage: Send + Sync + fmt::Debug {
     /// Opens `path` for reading and appending, creating it when missing.
     fn open(&self, path: &Path) -> io::Result<Arc<dyn LogFile>>;
+    /// Opens a file that must exist (`NotFound` otherwise): reopening a
+    /// sealed segment must never create an empty one in its place. The
+    /// default opens as `open` does, for storages that cannot tell.
+    fn open_existing(&self, path: &Path) -> io::Result<Arc<dyn LogFile>> {
+        self.open(path)
+    }
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     fn create_dir_all(&self, path: &Path) -> io::Result<()>;
     fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
@@ -94,12 +100,20 @@ pub fn read_full_at(file: &dyn LogFile, buf: &mut [u8], position: u64) -> io::Re
 }
 
 /// Bytes an unprivileged writer may still use on the file system that
-/// holds `path` (statvfs: available blocks times the fragment size).
+/// holds `path` (statvfs: available blocks times the fragment size), or
+/// `None` when the file system does not say: one that reports no blocks
+/// at all (FUSE file systems without `statfs`, some network file systems)
+/// would otherwise read as full.
 // The block count and size are narrower than u64 on some targets.
 #[allow(clippy::useless_conversion)]
-pub fn available_bytes(path: &Path) -> io::Result<u64> {
+pub fn available_bytes(path: &Path) -> io::Result<Option<u64>> {
     let stats = nix::sys::statvfs::statvfs(path).map_err(io::Error::from)?;
-    Ok(u64::from(stats.blocks_available()).saturating_mul(u64::from(stats.fragment_size())))
+    if stats.blocks() == 0 {
+        return Ok(None);
+    }
+    Ok(Some(
+        u64::from(stats.blocks_available()).saturating_mul(u64::from(stats.fragment_size())),
+    ))
 }
 
 /// The real file system.
@@ -167,6 +181,14 @@ impl Storage for OsStorage {
             .append(true)
             .create(true)
             .open(path)?;
+        Ok(Arc::new(OsFile {
+            file,
+            path: path.to_owned(),
+        }))
+    }
+
+    fn open_existing(&self, path: &Path) -> io::Result<Arc<dyn LogFile>> {
+        let file = OpenOptions::new().read(true).append(true).open(path)?;
         Ok(Arc::new(OsFile {
             file,
             path: path.to_owned(),

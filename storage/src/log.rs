@@ -561,8 +561,8 @@ impl PartitionLog {
     }
 
     /// The log file of `segment`, for a read (sealed ones are reopened on
-    /// demand).
-    fn log_for_read(&self, segment: &Arc<Segment>) -> Result<Arc<dyn LogFile>, LogError> {
+    /// demand); `None` once retention or a deletion removed it.
+    fn log_for_read(&self, segment: &Arc<Segment>) -> Result<Option<Arc<dyn LogFile>>, LogError> {
         let open = self.open_segments.read().clone();
         segment.log_for_read(self.storage.as_ref(), &open)
     }
@@ -867,7 +867,9 @@ impl PartitionLog {
                 .next_back()
                 .map(|(_, s)| s.clone());
             let read = |s: Arc<Segment>| -> Result<Option<Bytes>, LogError> {
-                let log = self.log_for_read(&s)?;
+                let Some(log) = self.log_for_read(&s)? else {
+                    return Ok(None);
+                };
                 s.read(log.as_ref(), offset, max_bytes)
             };
             match segment.map(read).transpose()?.flatten() {
@@ -967,6 +969,15 @@ impl PartitionLog {
     pub fn delete(&self) -> Result<(), LogError> {
         let _writer = self.writer.lock();
         self.refusal.lock().get_or_insert(Refusal::Deleted);
+        // A late reader must not open a sealed segment's file by a name a
+        // new topic of the same name may own by then. (The active segment
+        // keeps its file open, so nothing reopens it.)
+        let open = self.open_segments.read().clone();
+        let segments = self.segments.read();
+        for segment in segments.values().rev().skip(1) {
+            segment.forget(&open);
+        }
+        drop(segments);
         self.storage
             .remove_dir_all(&self.dir)
             .map_err(|e| LogError::io("remove", &self.dir, e))
@@ -1576,6 +1587,46 @@ mod shortage_tests {
                 String::from_utf8(value.to_vec()).unwrap()
             })
             .collect()
+    }
+
+    /// A reader that took a sealed segment before retention deleted it
+    /// must not open its file again by name: that made an empty file the
+    /// next start took for a segment (and failed on).
+    #[test]
+    fn a_read_of_a_segment_retention_deleted_does_not_recreate_its_file() {
+        use crate::Storage;
+        let memory = MemStorage::default();
+        let failing = FailingStorage::new(Arc::new(memory.clone()), u64::MAX);
+        let config = LogConfig {
+            segment_bytes: 1024,
+            retention_ms: -1,
+            ..LogConfig::default()
+        };
+        let log = open_on(&failing, config);
+        // Sealed segments' files close beyond one.
+        log.share_open_segments(Arc::new(crate::open_segments::OpenSegments::new(1)));
+        for i in 0..8 {
+            append_and_publish(&log, &format!("{}{i}", "x".repeat(400))).unwrap();
+        }
+        assert!(log.segment_count() >= 3, "{}", log.segment_count());
+        let oldest = log.segments.read().values().next().cloned().unwrap();
+        let path = oldest.log_path().to_owned();
+        // Reading the next segment closes the oldest one's file.
+        let second = log.segments.read().values().nth(1).cloned().unwrap();
+        assert!(log.log_for_read(&second).unwrap().is_some());
+        // Retention deletes the oldest segment, as a reader holds it.
+        log.set_config(LogConfig {
+            retention_bytes: 0,
+            ..config
+        });
+        log.enforce_retention(0).unwrap();
+        assert!(memory.open_existing(&path).is_err(), "the file was deleted");
+        assert!(log.log_for_read(&oldest).unwrap().is_none());
+        assert!(
+            memory.open_existing(&path).is_err(),
+            "a late read created {} again",
+            path.display()
+        );
     }
 
     #[test]

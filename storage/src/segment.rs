@@ -64,6 +64,9 @@ pub struct Segment {
     /// once sealed, while `OpenSegments` keeps it (readers take a clone, so
     /// closing it never cuts a read short).
     log: RwLock<Option<Arc<dyn LogFile>>>,
+    /// Set (under `log`'s lock) once retention or a deletion forgot the
+    /// segment: a late reader must not open its file again.
+    deleted: AtomicBool,
     /// Written by the partition's single writer, read by fetches.
     index: RwLock<OffsetIndex>,
     /// Written by the partition's single writer, read by timestamp lookups.
@@ -141,6 +144,7 @@ impl Segment {
             id: NEXT_SEGMENT_ID.fetch_add(1, Ordering::Relaxed),
             paths,
             log: RwLock::new(Some(log)),
+            deleted: AtomicBool::new(false),
             index: RwLock::new(index),
             time_index: RwLock::new(time_index),
             written_bytes: AtomicU64::new(size),
@@ -608,24 +612,31 @@ impl Segment {
 
     /// The log file for a read: the open one, or, for a sealed segment
     /// whose file was closed, the file opened again and kept in
-    /// `open_segments`
-    /// (which closes the least recently read ones past its bound). Failing
-    /// to reopen for want of descriptors is `ResourceExhausted`.
+    /// `open_segments` (which closes the least recently read ones past its
+    /// bound). `None` once the segment was deleted: its file is gone, and
+    /// opening it by name could only find another file or make an empty
+    /// one. Failing to reopen for want of descriptors is
+    /// `ResourceExhausted`.
     pub fn log_for_read(
         self: &Arc<Self>,
         storage: &dyn Storage,
         open_segments: &OpenSegments,
-    ) -> Result<Arc<dyn LogFile>, LogError> {
+    ) -> Result<Option<Arc<dyn LogFile>>, LogError> {
         if let Some(log) = self.log.read().clone() {
             open_segments.touch(self.id);
-            return Ok(log);
+            return Ok(Some(log));
         }
         let log = {
             let mut slot = self.log.write();
+            if self.deleted.load(Ordering::Acquire) {
+                return Ok(None);
+            }
             if let Some(log) = slot.clone() {
                 log
             } else {
-                let log = open(storage, &self.paths.log)?;
+                let log = storage
+                    .open_existing(&self.paths.log)
+                    .map_err(|e| LogError::io_or_resource("open", &self.paths.log, e))?;
                 *slot = Some(log.clone());
                 log
             }
@@ -633,7 +644,7 @@ impl Segment {
         for victim in open_segments.insert(self.id, self) {
             victim.close_log();
         }
-        Ok(log)
+        Ok(Some(log))
     }
 
     /// Seals the segment's files for good once it is no longer active: the
@@ -648,10 +659,13 @@ impl Segment {
         }
     }
 
-    /// Leaves `open_segments` (the segment was deleted): its file closes now.
+    /// Leaves `open_segments` (the segment was deleted): its file closes
+    /// now, and no read opens it again.
     pub fn forget(&self, open_segments: &OpenSegments) {
         open_segments.remove(self.id);
-        self.close_log();
+        let mut slot = self.log.write();
+        self.deleted.store(true, Ordering::Release);
+        *slot = None;
     }
 
     fn close_log(&self) {
@@ -850,16 +864,19 @@ impl Segment {
     /// `(offset, timestamp)`.
     /// `log` is the segment's log file; it is asked for only when the
     /// segment may hold such a record, so that looking past older
-    /// segments opens none of their files.
+    /// segments opens none of their files. A segment deleted meanwhile
+    /// (`log` gives `None`) holds nothing.
     pub fn find_timestamp(
         &self,
-        log: impl FnOnce() -> Result<Arc<dyn LogFile>, LogError>,
+        log: impl FnOnce() -> Result<Option<Arc<dyn LogFile>>, LogError>,
         timestamp: i64,
     ) -> Result<Option<(i64, i64)>, LogError> {
         if self.max_timestamp() < timestamp {
             return Ok(None);
         }
-        let log = log()?;
+        let Some(log) = log()? else {
+            return Ok(None);
+        };
         let log = log.as_ref();
         let relative = self.time_index.read().scan_start(timestamp);
         let Some(mut position) = self.position_of(log, self.base_offset + i64::from(relative))?

@@ -142,6 +142,13 @@ impl Storage for MemStorage {
         Ok(file)
     }
 
+    fn open_existing(&self, path: &Path) -> io::Result<Arc<dyn LogFile>> {
+        match self.files.lock().get(path) {
+            Some(file) => Ok(file.clone()),
+            None => Err(io::Error::from(io::ErrorKind::NotFound)),
+        }
+    }
+
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         match self.files.lock().remove(path) {
             Some(file) => {
@@ -354,6 +361,17 @@ impl Storage for FailingStorage {
         }
         Ok(Arc::new(FailingFile {
             inner: self.inner.open(path)?,
+            budget: self.budget.clone(),
+            faults: self.faults.clone(),
+        }))
+    }
+
+    fn open_existing(&self, path: &Path) -> io::Result<Arc<dyn LogFile>> {
+        if let Some(errno) = self.faults.lock().open_errno {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        Ok(Arc::new(FailingFile {
+            inner: self.inner.open_existing(path)?,
             budget: self.budget.clone(),
             faults: self.faults.clone(),
         }))

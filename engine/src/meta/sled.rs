@@ -15,8 +15,11 @@
 //! blocks for good (in `iobuf::make_stable`), and an I/O error it does
 //! report is sticky until the store is reopened. So every write first
 //! checks that the volume keeps `RESERVE_BYTES` free and is refused
-//! (`MetaError::NoSpace`, nothing staged) otherwise; the partitions' logs
-//! on the same volume fill it only up to what that leaves.
+//! (`MetaError::NoSpace`, nothing staged) otherwise. A file system that
+//! does not report its space (FUSE ones without `statfs`, some network
+//! file systems) is not checked. The partitions' logs on the same volume
+//! do not keep this reserve, so an append can still take the last of it
+//! between the check and sled's write.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -119,8 +122,12 @@ impl SledMetaStore {
     /// Refuses a write while the volume has less than `RESERVE_BYTES` free,
     /// before sled stages anything (see the module header).
     fn check_room(&self) -> Result<(), MetaError> {
-        let available_bytes =
+        let available =
             brook_storage::available_bytes(&self.dir).map_err(|e| io(&e, "statvfs", &self.dir))?;
+        // A file system that does not report its space is not checked.
+        let Some(available_bytes) = available else {
+            return Ok(());
+        };
         if available_bytes < RESERVE_BYTES {
             return Err(MetaError::NoSpace {
                 available_bytes,
