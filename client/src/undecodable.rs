@@ -97,6 +97,7 @@ fn failed_after_header(error: &BatchError) -> bool {
         error,
         BatchError::RecordCountMismatch { .. }
             | BatchError::MalformedRecord { .. }
+            | BatchError::OffsetDeltaNotPosition { .. }
             | BatchError::Decompression { .. }
             | BatchError::DecompressedTooLarge { .. }
     )
@@ -188,5 +189,23 @@ mod tests {
     #[test]
     fn a_batch_entirely_before_the_offset_asked_for_is_not_skipped() {
         assert_eq!(skip_of(&batch(10, 1, true), 13), None);
+    }
+
+    #[test]
+    fn a_batch_whose_offsets_are_not_dense_is_skipped() {
+        let mut bytes = batch(10, 0, true).to_vec();
+        // The first record: length, attributes, timestamp delta, then its
+        // offset delta, made 2 instead of 0.
+        bytes[HEADER_LEN + 3] = 4;
+        let crc = crc32fast::hash(&bytes[16..]);
+        bytes[12..16].copy_from_slice(&crc.to_le_bytes());
+        let bytes = Bytes::from(bytes);
+        let error = brook_record::decode_batch(&bytes).expect_err("does not decode");
+        assert!(
+            matches!(error, BatchError::OffsetDeltaNotPosition { .. }),
+            "{error:?}"
+        );
+        let skipped = skip_of(&bytes, 10).expect("skippable");
+        assert_eq!((skipped.base_offset, skipped.last_offset), (10, 12));
     }
 }

@@ -149,6 +149,34 @@ pub(crate) fn decompress_into(
     }
 }
 
+/// At most how many bytes the records section of `batch` inflates to, read
+/// from headers alone (lz4's size prefix, zstd's frame headers): 0 for an
+/// uncompressed batch, [`MAX_DECOMPRESSED_BYTES`] when a compressed one does
+/// not say (or says more), and 0 for a batch too malformed to tell, which
+/// validation refuses before inflating anything. Lets the broker budget the
+/// work and memory of checking a request before it starts.
+pub fn decompressed_size_bound(batch: &[u8]) -> usize {
+    let Ok(header) = crate::BatchHeader::parse(batch) else {
+        return 0;
+    };
+    let Ok(codec) = header.compression() else {
+        return 0;
+    };
+    let section = batch.get(crate::HEADER_LEN..).unwrap_or_default();
+    let declared = match codec {
+        Compression::None => return 0,
+        Compression::Lz4 => section
+            .first_chunk::<4>()
+            .map_or(0, |prefix| u32::from_le_bytes(*prefix) as usize),
+        Compression::Zstd => match zstd_declared_size(section) {
+            Ok(Some(size)) => size,
+            Ok(None) | Err(BatchError::DecompressedTooLarge { .. }) => MAX_DECOMPRESSED_BYTES,
+            Err(_) => 0,
+        },
+    };
+    declared.min(MAX_DECOMPRESSED_BYTES)
+}
+
 fn decompress_lz4(section: &[u8], out: &mut Vec<u8>) -> Result<(), BatchError> {
     let codec = Compression::Lz4;
     let failed = |reason: String| BatchError::Decompression { codec, reason };
@@ -312,6 +340,39 @@ mod tests {
             err.to_string(),
             "unknown compression codec \"gzip\" (expected \"none\", \"lz4\" or \"zstd\")"
         );
+    }
+
+    #[test]
+    fn the_size_bound_comes_from_headers_and_never_passes_the_limit() {
+        use crate::{BatchOptions, NewRecord, encode_batch};
+        let records: Vec<NewRecord> = (0..100)
+            .map(|i| NewRecord {
+                timestamp: 1,
+                value: Some(Bytes::from(format!("value-{i}").repeat(20))),
+                ..NewRecord::default()
+            })
+            .collect();
+        let plain = encode_batch(&records, BatchOptions::default()).unwrap();
+        assert_eq!(decompressed_size_bound(&plain), 0);
+        let section = plain.len() - crate::HEADER_LEN;
+        for codec in [Compression::Lz4, Compression::Zstd] {
+            let options = BatchOptions {
+                compression: codec,
+                ..BatchOptions::default()
+            };
+            let packed = encode_batch(&records, options).unwrap();
+            assert!(packed.len() < plain.len(), "{codec}");
+            assert_eq!(decompressed_size_bound(&packed), section, "{codec}");
+        }
+        // A small zstd frame that declares more than the limit counts as
+        // the limit; garbage counts as nothing (validation refuses it).
+        let bomb = zstd::bulk::compress(&vec![0u8; MAX_DECOMPRESSED_BYTES + 1], 3).unwrap();
+        let mut batch = plain.to_vec();
+        batch.truncate(crate::HEADER_LEN);
+        batch[17] = Compression::Zstd.id();
+        batch.extend_from_slice(&bomb);
+        assert_eq!(decompressed_size_bound(&batch), MAX_DECOMPRESSED_BYTES);
+        assert_eq!(decompressed_size_bound(&[1, 2, 3]), 0);
     }
 
     #[test]

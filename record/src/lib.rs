@@ -26,7 +26,7 @@ mod validate;
 mod varint;
 
 pub use builder::{BatchBuilder, BatchOptions, encode_batch};
-pub use compression::{Compression, MAX_DECOMPRESSED_BYTES};
+pub use compression::{Compression, MAX_DECOMPRESSED_BYTES, decompressed_size_bound};
 pub use decode::{BatchIter, decode_batch, decode_batches, split_batches};
 pub use error::{BatchError, ParseCompressionError};
 pub use header::{

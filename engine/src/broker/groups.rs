@@ -280,12 +280,16 @@ impl Broker {
         for name in groups.offsets.inactive_since(before) {
             let _writes = groups.offsets.writes.lock().await;
             // Checked again under the lock: a member may have joined, or
-            // committed, since the list was made.
+            // committed, since the list was made. Members first: a join
+            // notes the group active before its member is in.
+            if groups.member_count(&name) > 0 {
+                continue;
+            }
             let still_inactive = groups
                 .offsets
                 .last_active_ms(&name)
                 .is_some_and(|at| at <= before);
-            if !still_inactive || groups.member_count(&name) > 0 {
+            if !still_inactive {
                 continue;
             }
             match groups.offsets.delete(&name).await {

@@ -55,6 +55,9 @@ pub struct Broker {
     /// Bounds the batch bytes queued to partitions and not yet acknowledged;
     /// one permit per KiB (see `produce::permits_for`).
     produce_memory: Arc<tokio::sync::Semaphore>,
+    /// Bounds the bytes compressed batches being validated may inflate to
+    /// (see `produce::DECOMPRESSION_BYTES_IN_FLIGHT_MAX`); one permit per KiB.
+    decompression: Arc<tokio::sync::Semaphore>,
     /// Current epoch of every idempotent producer.
     producer_epochs: producers::ProducerEpochs,
     /// Consumer groups: live members and committed offsets.
@@ -130,6 +133,10 @@ impl Broker {
             produce_memory: Arc::new(tokio::sync::Semaphore::new(produce::permits_for(
                 config_produce_bytes,
                 config_produce_bytes,
+            ) as usize)),
+            decompression: Arc::new(tokio::sync::Semaphore::new(produce::permits_for(
+                produce::DECOMPRESSION_BYTES_IN_FLIGHT_MAX,
+                produce::DECOMPRESSION_BYTES_IN_FLIGHT_MAX,
             ) as usize)),
             metrics,
             producer_epochs,

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use brook_record::{BatchHeader, Compression};
+use brook_record::BatchHeader;
 use bytes::Bytes;
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
@@ -39,11 +39,17 @@ pub struct BatchAppended {
     pub duplicate: bool,
 }
 
-/// Compressed batch bytes a request may hold and still be validated on the
-/// async worker without handing its other tasks off: decompressing takes
-/// about a millisecond per MiB of records, far more than a task should hold
-/// a worker.
-const INLINE_COMPRESSED_BYTES_MAX: usize = 256 * 1024;
+/// Bytes of records a request's compressed batches may inflate to and
+/// still be validated on the async worker without handing its other tasks
+/// off: decompressing takes about a millisecond per MiB of records, far
+/// more than a task should hold a worker.
+const INLINE_DECOMPRESSED_BYTES_MAX: usize = 256 * 1024;
+
+/// Bytes of records that requests being validated may inflate to at once,
+/// across the broker: the bound on the memory and the threads that checking
+/// compressed batches takes, whatever their headers declare (a few KiB of
+/// zstd may declare 64 MiB). Requests beyond it wait their turn.
+pub(super) const DECOMPRESSION_BYTES_IN_FLIGHT_MAX: usize = 256 * 1024 * 1024;
 
 type PartitionGroup = (Arc<Partition>, Vec<(Bytes, BatchHeader)>, Vec<usize>);
 
@@ -99,14 +105,31 @@ impl Broker {
             .into());
         }
         let count = batches.len();
-        let groups = if compressed_bytes(&batches) > INLINE_COMPRESSED_BYTES_MAX
-            && Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread
-        {
-            // Decompressing megabytes takes milliseconds: let the runtime
-            // move this worker's other tasks elsewhere meanwhile.
-            tokio::task::block_in_place(|| self.validate_and_group(batches))?
-        } else {
+        // What the compressed batches declare they inflate to, from their
+        // headers: validation may decompress that much.
+        let inflating: usize = batches
+            .iter()
+            .map(|b| brook_record::decompressed_size_bound(&b.batch))
+            .sum();
+        let groups = if inflating == 0 {
             self.validate_and_group(batches)?
+        } else {
+            let _inflating = self
+                .decompression
+                .clone()
+                .acquire_many_owned(permits_for(inflating, DECOMPRESSION_BYTES_IN_FLIGHT_MAX))
+                .await
+                // Closed only when the broker drops.
+                .map_err(|_closed| ProduceError::ShuttingDown)?;
+            if inflating > INLINE_DECOMPRESSED_BYTES_MAX
+                && Handle::current().runtime_flavor() == RuntimeFlavor::MultiThread
+            {
+                // Decompressing megabytes takes milliseconds: let the
+                // runtime move this worker's other tasks elsewhere meanwhile.
+                tokio::task::block_in_place(|| self.validate_and_group(batches))?
+            } else {
+                self.validate_and_group(batches)?
+            }
         };
         // Wait for room before queuing: this is where producers feel
         // backpressure when the partitions fall behind.
@@ -177,21 +200,6 @@ impl Broker {
         }
         Ok(groups)
     }
-}
-
-/// Bytes of the batches whose header names a compression codec: what
-/// validation may have to decompress.
-fn compressed_bytes(batches: &[ProduceBatch]) -> usize {
-    batches
-        .iter()
-        .filter(|b| {
-            BatchHeader::parse(&b.batch)
-                .ok()
-                .and_then(|h| h.compression().ok())
-                .is_some_and(|codec| codec != Compression::None)
-        })
-        .map(|b| b.batch.len())
-        .sum()
 }
 
 /// Semaphore permits for `bytes` of batches, one per KiB (rounded up), at

@@ -142,6 +142,14 @@ impl OffsetStore {
         Ok(())
     }
 
+    /// Records, in memory only, that `group` is active now (a member joins,
+    /// or its last one left), if it has committed offsets.
+    pub(crate) fn note_active(&self, group: &str) {
+        if let Some(at) = self.active_ms.lock().get_mut(group) {
+            *at = (*at).max(brook_storage::now_ms());
+        }
+    }
+
     /// Groups last active at or before `before_ms`.
     pub(crate) fn inactive_since(&self, before_ms: i64) -> Vec<String> {
         let mut groups: Vec<String> = self

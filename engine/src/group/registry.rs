@@ -139,6 +139,9 @@ impl Groups {
         session_timeout: Duration,
         partitions: &BTreeMap<String, u32>,
     ) -> Result<(MemberSession, Option<Arc<Group>>), GroupError> {
+        // Before the member is in: an expiry that finds no member then sees
+        // the group active (see `Broker::expire_groups`).
+        self.offsets.note_active(group);
         let member_id = uuid::Uuid::new_v4().to_string();
         let queue = self.settings.member_queue_max;
         let (events, receiver) = mpsc::channel(queue);
@@ -285,6 +288,9 @@ impl Groups {
         let mut live = self.live.lock();
         let mut state = group.state.lock();
         if state.coordinator.is_empty() && !state.closed {
+            // Its offsets' retention counts from now; the session timer
+            // records this durably.
+            self.offsets.note_active(&group.name);
             state.closed = true;
             if live.get(&group.name).is_some_and(|g| Arc::ptr_eq(g, group)) {
                 live.remove(&group.name);

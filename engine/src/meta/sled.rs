@@ -307,6 +307,7 @@ impl MetaStore for SledMetaStore {
     }
 
     fn forget_producer(&self, producer_id: i64) -> Result<(), MetaError> {
+        self.check_room()?;
         self.producers
             .remove(producer_id.to_be_bytes())
             .map_err(store)?;
@@ -351,6 +352,7 @@ impl MetaStore for SledMetaStore {
     }
 
     fn stage_group_activity(&self, group: &str, at_ms: i64) -> Result<(), MetaError> {
+        self.check_room()?;
         self.group_activity
             .insert(group.as_bytes(), &at_ms.to_be_bytes())
             .map_err(store)?;
