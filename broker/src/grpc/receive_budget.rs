@@ -6,9 +6,12 @@
 //! gRPC framing as it passes: when a message's 5-byte prefix arrives, the
 //! length it declares is taken from the budget (or, if that much is not
 //! left, the message is refused with RESOURCE_EXHAUSTED) and given back
-//! once the message's last byte has passed, or the stream ends. A message
-//! must then arrive within `message_receive_timeout`, so a slow sender
-//! holds its share only that long.
+//! once the message's last byte has passed, or the stream ends. The broker
+//! may then wait at most `message_receive_timeout` for the rest of the
+//! message, so a slow sender holds its share only that long. Only time
+//! spent waiting for the client counts: while the handler is not reading
+//! (a produce stream held back by a full partition queue), flow control
+//! stops the client, and that is not the client's delay.
 //!
 //! A declared length above the largest gRPC message is left to tonic,
 //! which refuses it before buffering anything.
@@ -162,9 +165,11 @@ struct BudgetedBody {
     message_len: usize,
     /// The current message's share of the budget.
     held: Option<OwnedSemaphorePermit>,
-    /// When the current message must have arrived.
-    deadline: Option<Instant>,
-    /// Wakes the body at the deadline; made the first time a message is
+    /// Time spent waiting for the current message's bytes so far, and
+    /// since when the body has been waiting (it answered `Pending`).
+    waited: Duration,
+    waiting_since: Option<Instant>,
+    /// Wakes the body when the wait would pass the timeout; made the first time a message is
     /// still incomplete when no more data is ready (most messages arrive
     /// within one poll and never need it), then reused.
     timer: Option<Pin<Box<Sleep>>>,
@@ -181,7 +186,8 @@ impl BudgetedBody {
             remaining: 0,
             message_len: 0,
             held: None,
-            deadline: None,
+            waited: Duration::ZERO,
+            waiting_since: None,
             timer: None,
             failed: false,
         }
@@ -212,7 +218,7 @@ impl BudgetedBody {
                     self.held = self.budget.reserve(len)?;
                     self.remaining = len as usize;
                     self.message_len = len as usize;
-                    self.deadline = Some(Instant::now() + self.budget.timeout);
+                    self.waited = Duration::ZERO;
                 }
             }
         }
@@ -221,7 +227,7 @@ impl BudgetedBody {
 
     fn end_message(&mut self) {
         self.held = None;
-        self.deadline = None;
+        self.waited = Duration::ZERO;
     }
 
     fn fail(&mut self, status: Status) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
@@ -243,6 +249,11 @@ impl HttpBody for BudgetedBody {
         if this.failed {
             return Poll::Ready(None);
         }
+        // The time since this body last answered `Pending` was spent
+        // waiting for the client (the handler was waiting on this body).
+        if let Some(since) = this.waiting_since.take() {
+            this.waited += since.elapsed();
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -257,7 +268,13 @@ impl HttpBody for BudgetedBody {
                 Poll::Ready(end)
             }
             Poll::Pending => {
-                if let Some(deadline) = this.deadline {
+                if this.held.is_some() {
+                    let Some(left) = this.budget.timeout.checked_sub(this.waited) else {
+                        let status = this.budget.too_slow(this.message_len);
+                        return this.fail(status);
+                    };
+                    let now = Instant::now();
+                    let deadline = now + left;
                     let timer = this
                         .timer
                         .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
@@ -268,6 +285,7 @@ impl HttpBody for BudgetedBody {
                         let status = this.budget.too_slow(this.message_len);
                         return this.fail(status);
                     }
+                    this.waiting_since = Some(now);
                 }
                 Poll::Pending
             }
@@ -334,5 +352,78 @@ mod tests {
         let mut huge = vec![0];
         huge.extend_from_slice(&(1u32 << 21).to_be_bytes());
         other.follow(&huge).unwrap();
+    }
+
+    /// A request body fed by the test.
+    struct Feed(tokio::sync::mpsc::UnboundedReceiver<Bytes>);
+
+    impl HttpBody for Feed {
+        type Data = Bytes;
+        type Error = Status;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+            self.get_mut()
+                .0
+                .poll_recv(cx)
+                .map(|data| data.map(|d| Ok(Frame::data(d))))
+        }
+    }
+
+    async fn next(body: &mut BudgetedBody) -> Option<Result<Frame<Bytes>, Status>> {
+        let frame = futures::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx));
+        tokio::time::timeout(Duration::from_secs(5), frame)
+            .await
+            .expect("the body answers within 5 s")
+    }
+
+    /// Only time spent waiting for the client counts: a handler that stops
+    /// reading (held back by a full partition) does not make the client
+    /// too slow, but a client that stops sending is.
+    #[tokio::test]
+    async fn only_time_waiting_for_the_client_counts_against_the_timeout() {
+        let budget = ReceiveBudget::new(
+            1 << 20,
+            1 << 20,
+            Duration::from_millis(300),
+            Arc::new(Metrics::new()),
+        );
+        let (feed, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut body = BudgetedBody::new(Body::new(Feed(rx)), budget);
+        // A whole message and the start of the next arrive together; then
+        // the handler does not read for longer than the timeout (the
+        // client, held by flow control, sends nothing meanwhile).
+        let first = message(100);
+        let second = message(100);
+        let mut chunk = first.clone();
+        chunk.extend_from_slice(&second[..50]);
+        feed.send(Bytes::from(chunk)).unwrap();
+        assert!(matches!(next(&mut body).await, Some(Ok(_))));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        // Reading again, the body waits for the rest: it comes in time.
+        let rest = Bytes::copy_from_slice(&second[50..]);
+        let sender = feed.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = sender.send(rest);
+        });
+        assert!(matches!(next(&mut body).await, Some(Ok(_))));
+        // The next message stops half way: the wait for it fails.
+        let third = message(100);
+        feed.send(Bytes::copy_from_slice(&third[..50])).unwrap();
+        assert!(matches!(next(&mut body).await, Some(Ok(_))));
+        let refused = next(&mut body).await;
+        match refused {
+            Some(Err(status)) => {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+                assert!(
+                    status.message().contains("message_receive_timeout_ms"),
+                    "{status:?}"
+                );
+            }
+            other => panic!("expected the slow message refused, got {other:?}"),
+        }
     }
 }
