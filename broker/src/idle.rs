@@ -7,6 +7,11 @@
 //! What counts as use is the caller's choice: the gRPC side counts requests
 //! and open streams only (a client's keep-alive pings do not keep an unused
 //! connection), the HTTP side any bytes from the client.
+//!
+//! A write the peer does not take (it stopped reading, and the socket's
+//! buffers are full) fails with `TimedOut` once it has waited for the
+//! timeout, so a client that never reads its answers cannot hold a
+//! connection either.
 
 use std::io;
 use std::pin::Pin;
@@ -90,6 +95,8 @@ pub struct IdleTimeout<IO> {
     /// Wakes the pending read when the connection may have turned idle.
     check: Pin<Box<Sleep>>,
     idle: bool,
+    /// Set while a write waits for the peer to take bytes: when it gives up.
+    write_stalled: Option<Pin<Box<Sleep>>>,
 }
 
 impl<IO> IdleTimeout<IO> {
@@ -107,7 +114,36 @@ impl<IO> IdleTimeout<IO> {
             reads_count,
             check: Box::pin(tokio::time::sleep(timeout)),
             idle: false,
+            write_stalled: None,
         }
+    }
+
+    /// Passes a write's outcome through; one that stays pending for the
+    /// timeout fails with `TimedOut`.
+    fn bound_write<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.write_stalled = None;
+            return polled;
+        }
+        let timeout = self.timeout;
+        let stalled = self
+            .write_stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if stalled.as_mut().poll(cx).is_ready() {
+            tracing::debug!(
+                timeout_ms = timeout.as_millis() as u64,
+                "closing a connection whose peer does not read"
+            );
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer took nothing written to it for the idle timeout",
+            )));
+        }
+        Poll::Pending
     }
 
     pub fn get_ref(&self) -> &IO {
@@ -167,7 +203,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.bound_write(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -175,7 +213,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.bound_write(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -183,10 +223,58 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for IdleTimeout<IO> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_flush(cx);
+        this.bound_write(cx, polled)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A peer that stops reading cannot hold the connection: the write that
+    /// waits for it fails after the timeout; one the peer takes in time
+    /// goes through.
+    #[tokio::test]
+    async fn a_write_the_peer_does_not_take_fails_after_the_timeout() {
+        let (ours, mut peer) = tokio::io::duplex(1024);
+        let mut socket = IdleTimeout::new(
+            ours,
+            Activity::new(),
+            Duration::from_millis(200),
+            ReadsCount::Yes,
+        );
+        let chunk = vec![7u8; 4096];
+        // The peer drains slowly but in time: every write completes.
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut total = 0;
+            while total < 8192 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                total += peer.read(&mut buf).await.unwrap_or(0);
+            }
+            peer
+        });
+        let written = tokio::time::timeout(Duration::from_secs(5), async {
+            socket.write_all(&chunk).await?;
+            socket.write_all(&chunk).await
+        })
+        .await
+        .expect("the writes end");
+        assert!(written.is_ok(), "{written:?}");
+        let _peer = reader.await.unwrap();
+        // Now the peer reads nothing more.
+        let stalled = tokio::time::timeout(Duration::from_secs(5), socket.write_all(&chunk))
+            .await
+            .expect("the write gives up by itself");
+        let error = stalled.expect_err("a write nobody takes fails");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
     }
 }
