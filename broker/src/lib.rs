@@ -17,10 +17,10 @@ mod idle;
 pub mod server;
 
 pub use brook_engine::{
-    AdminError, Broker, BrokerConfig, FetchError, FsyncPolicy, GroupError, Invalid, NotFound,
-    OpenError, OutOfRange, PartitionError, PartitionName, ProduceError, RecordValidation,
-    RecoverError, RecoveredPartition, RecoveredTopic, config, group, quarantined_topic_name,
-    recover_quarantined_topic,
+    AdminError, Broker, BrokerConfig, ClientAuth, FetchError, FsyncPolicy, GroupError, Invalid,
+    NotFound, OpenError, OutOfRange, PartitionError, PartitionName, ProduceError, RecordValidation,
+    RecoverError, RecoveredPartition, RecoveredTopic, TlsConfig, config, group,
+    quarantined_topic_name, recover_quarantined_topic,
 };
 /// The file system under the log, for embedders that swap in their own.
 pub use brook_storage as storage;

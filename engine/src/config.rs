@@ -343,6 +343,78 @@ pub struct BrokerConfig {
     pub http_idle_timeout: Duration,
     /// Longest time a client may take to send an HTTP request's headers.
     pub http_header_read_timeout: Duration,
+    /// TLS on the gRPC port; `None` serves plaintext.
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS for the gRPC port: the broker's certificate and key, and whether
+/// clients must present certificates of their own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsConfig {
+    /// PEM certificate chain, the broker's own certificate first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM bundle of the CAs client certificates must chain to; required
+    /// unless `client_auth` is `None`.
+    pub client_ca: Option<PathBuf>,
+    pub client_auth: ClientAuth,
+    /// How often the files are checked for changes; changed files are
+    /// loaded for new connections, and open ones are kept.
+    pub reload_interval: Duration,
+}
+
+impl TlsConfig {
+    /// Server TLS from a certificate chain and key, without client
+    /// certificates.
+    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        Self {
+            cert: cert.into(),
+            key: key.into(),
+            client_ca: None,
+            client_auth: ClientAuth::None,
+            reload_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Whether clients present certificates (mutual TLS).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Clients are not asked for certificates.
+    #[default]
+    None,
+    /// A client may present a certificate, which must then chain to
+    /// `client_ca`; one without is still served.
+    Optional,
+    /// Every client must present a certificate chaining to `client_ca`.
+    Required,
+}
+
+impl std::str::FromStr for ClientAuth {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(Self::None),
+            "optional" => Ok(Self::Optional),
+            "required" => Ok(Self::Required),
+            other => Err(format!(
+                "`{other}` is not a client authentication mode: use none, optional or required"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for ClientAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::None => "none",
+            Self::Optional => "optional",
+            Self::Required => "required",
+        })
+    }
 }
 
 impl BrokerConfig {
@@ -391,6 +463,7 @@ impl Default for BrokerConfig {
             connection_idle_timeout: Duration::from_secs(600),
             http_idle_timeout: Duration::from_secs(60),
             http_header_read_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }

@@ -21,7 +21,7 @@ pub use broker::{
     SubscriptionChunk, TopicInfo, quarantined_topic_name, recover_quarantined_topic,
 };
 pub use brook_record::RecordValidation;
-pub use config::{BrokerConfig, FsyncPolicy, PartitionName};
+pub use config::{BrokerConfig, ClientAuth, FsyncPolicy, PartitionName, TlsConfig};
 pub use error::{
     AdminError, FetchError, GroupError, Invalid, NotFound, OpenError, OutOfRange, PartitionError,
     ProduceError, RecoverError,
