@@ -75,8 +75,15 @@ pub async fn run(
     let status = Arc::new(ServerStatus::default());
     let stop = stop_token(shutdown);
     let http_stop = CancellationToken::new();
-    let http_task =
-        http.map(|listener| spawn_http(listener, &config, status.clone(), http_stop.clone()));
+    let http_task = http.map(|listener| {
+        spawn_http(
+            listener,
+            &config,
+            tls.clone(),
+            status.clone(),
+            http_stop.clone(),
+        )
+    });
     let opened = tokio::select! {
         opened = Broker::open(config) => Some(opened),
         () = stop.cancelled() => None,
@@ -121,8 +128,15 @@ pub async fn serve(
     status.set_broker(broker.clone());
     let stop = stop_token(shutdown);
     let http_stop = CancellationToken::new();
-    let http_task = http
-        .map(|listener| spawn_http(listener, broker.config(), status.clone(), http_stop.clone()));
+    let http_task = http.map(|listener| {
+        spawn_http(
+            listener,
+            broker.config(),
+            tls.clone(),
+            status.clone(),
+            http_stop.clone(),
+        )
+    });
     serve_grpc(
         broker,
         grpc,
@@ -187,16 +201,18 @@ type HttpTask = JoinHandle<Result<(), std::io::Error>>;
 fn spawn_http(
     listener: TcpListener,
     config: &BrokerConfig,
+    tls: Option<Arc<ServerTls>>,
     status: Arc<ServerStatus>,
     stop: CancellationToken,
 ) -> HttpTask {
+    let tls = tls.filter(|_| config.tls.as_ref().is_some_and(|t| t.http));
     let router = crate::http::router(status);
     let limits = HttpLimits {
         connections_max: config.limits.http_connections_max,
         idle_timeout: config.http_idle_timeout,
         header_read_timeout: config.http_header_read_timeout,
     };
-    tokio::spawn(crate::http::serve(listener, router, limits, stop))
+    tokio::spawn(crate::http::serve(listener, router, limits, tls, stop))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -10,7 +10,8 @@
 //! configuration and is logged; the next check tries again.
 //!
 //! Only TLS 1.2 and 1.3 are offered (rustls has nothing older), with the
-//! `ring` provider; ALPN offers `h2` alone, as gRPC needs.
+//! `ring` provider. ALPN offers `h2` alone on the gRPC port, as gRPC
+//! needs, and `http/1.1` on the HTTP port (when it serves TLS too).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -56,9 +57,31 @@ pub enum TlsError {
 #[derive(Debug)]
 pub struct ServerTls {
     settings: TlsConfig,
-    current: RwLock<Arc<ServerConfig>>,
+    current: RwLock<Configs>,
     /// The files' stamps when `current` was built.
     loaded: Mutex<Vec<Stamp>>,
+}
+
+/// The configurations of both ports, built from the same files.
+#[derive(Debug, Clone)]
+struct Configs {
+    grpc: Arc<ServerConfig>,
+    http: Arc<ServerConfig>,
+}
+
+impl Configs {
+    fn build(settings: &TlsConfig) -> Result<Self, TlsError> {
+        let mut grpc = server_config(settings, settings.client_auth)?;
+        // The HTTP port does not ask for client certificates: probes and
+        // scrapers rarely have one.
+        let mut http = server_config(settings, ClientAuth::None)?;
+        grpc.alpn_protocols = vec![b"h2".to_vec()];
+        http.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self {
+            grpc: Arc::new(grpc),
+            http: Arc::new(http),
+        })
+    }
 }
 
 /// What tells a file changed: its size and modification time.
@@ -69,17 +92,22 @@ impl ServerTls {
     /// or does not hold what it should.
     pub fn load(settings: &TlsConfig) -> Result<Arc<Self>, TlsError> {
         let stamps = stamps(settings);
-        let config = server_config(settings)?;
+        let configs = Configs::build(settings)?;
         Ok(Arc::new(Self {
             settings: settings.clone(),
-            current: RwLock::new(Arc::new(config)),
+            current: RwLock::new(configs),
             loaded: Mutex::new(stamps),
         }))
     }
 
-    /// An acceptor with the current configuration.
+    /// An acceptor for the gRPC port with the current configuration.
     pub fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::from(self.current.read().clone())
+        TlsAcceptor::from(self.current.read().grpc.clone())
+    }
+
+    /// An acceptor for the HTTP port with the current configuration.
+    pub fn http_acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.current.read().http.clone())
     }
 
     /// Rebuilds the configuration if a file changed since it was built.
@@ -89,8 +117,8 @@ impl ServerTls {
         if *self.loaded.lock() == now {
             return Ok(false);
         }
-        let config = server_config(&self.settings)?;
-        *self.current.write() = Arc::new(config);
+        let configs = Configs::build(&self.settings)?;
+        *self.current.write() = configs;
         *self.loaded.lock() = now;
         Ok(true)
     }
@@ -157,7 +185,7 @@ fn certificates(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'s
     Ok(certs)
 }
 
-fn server_config(settings: &TlsConfig) -> Result<ServerConfig, TlsError> {
+fn server_config(settings: &TlsConfig, client_auth: ClientAuth) -> Result<ServerConfig, TlsError> {
     let chain = certificates("certificate", &settings.cert)?;
     let key = PrivateKeyDer::from_pem_file(&settings.key).map_err(|source| TlsError::Pem {
         what: "key",
@@ -167,7 +195,7 @@ fn server_config(settings: &TlsConfig) -> Result<ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
-    let builder = match settings.client_auth {
+    let builder = match client_auth {
         ClientAuth::None => builder.with_no_client_auth(),
         mode @ (ClientAuth::Optional | ClientAuth::Required) => {
             let Some(ca) = &settings.client_ca else {
@@ -189,7 +217,5 @@ fn server_config(settings: &TlsConfig) -> Result<ServerConfig, TlsError> {
             builder.with_client_cert_verifier(verifier.build()?)
         }
     };
-    let mut config = builder.with_single_cert(chain, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(config)
+    Ok(builder.with_single_cert(chain, key)?)
 }

@@ -131,6 +131,9 @@ settings! {
     /// How often the TLS files are checked for changes; new connections
     /// get changed ones [default: 10000].
     tls_reload_interval_ms: u64 = "BROOK_TLS_RELOAD_INTERVAL_MS",
+    /// Serve the HTTP port over TLS too, with the same certificate (probes
+    /// and scrapers then need HTTPS) [default: false].
+    tls_http: bool = "BROOK_TLS_HTTP",
     /// Open gRPC connections; more are closed as soon as accepted. Must
     /// leave 256 file descriptors for the broker's files [default: half of
     /// the descriptor limit left after HTTP's and 256, at most 10000].
@@ -193,6 +196,7 @@ pub struct Effective {
     pub tls_client_ca: Option<PathBuf>,
     pub tls_client_auth: String,
     pub tls_reload_interval_ms: u64,
+    pub tls_http: bool,
     /// Unset: chosen from the descriptor limit at start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
@@ -310,6 +314,7 @@ impl Settings {
                 .tls_client_auth
                 .unwrap_or_else(|| ClientAuth::None.to_string()),
             tls_reload_interval_ms: self.tls_reload_interval_ms.unwrap_or(10_000),
+            tls_http: self.tls_http.unwrap_or(false),
             max_connections: self.max_connections.or(limits.connections_max),
             connection_idle_timeout_ms: self
                 .connection_idle_timeout_ms
@@ -519,8 +524,9 @@ impl Effective {
         positive("tls_reload_interval_ms", self.tls_reload_interval_ms)?;
         let (cert, key) = match (&self.tls_cert, &self.tls_key) {
             (None, None) => {
-                if self.tls_client_ca.is_some() || client_auth != ClientAuth::None {
-                    bail!("tls_client_ca and tls_client_auth need tls_cert and tls_key");
+                if self.tls_client_ca.is_some() || client_auth != ClientAuth::None || self.tls_http
+                {
+                    bail!("tls_client_ca, tls_client_auth and tls_http need tls_cert and tls_key");
                 }
                 return Ok(None);
             }
@@ -535,6 +541,7 @@ impl Effective {
         tls.client_ca.clone_from(&self.tls_client_ca);
         tls.client_auth = client_auth;
         tls.reload_interval = Duration::from_millis(self.tls_reload_interval_ms);
+        tls.http = self.tls_http;
         Ok(Some(tls))
     }
 

@@ -363,6 +363,10 @@ pub struct TlsConfig {
     /// How often the files are checked for changes; changed files are
     /// loaded for new connections, and open ones are kept.
     pub reload_interval: Duration,
+    /// Serve the HTTP port (`/health`, `/live`, `/ready`, `/metrics`) over
+    /// TLS too, with the same certificate; probes and scrapers then need
+    /// HTTPS. Client certificates are not asked for there.
+    pub http: bool,
 }
 
 impl TlsConfig {
@@ -375,6 +379,7 @@ impl TlsConfig {
             client_ca: None,
             client_auth: ClientAuth::None,
             reload_interval: Duration::from_secs(10),
+            http: false,
         }
     }
 }

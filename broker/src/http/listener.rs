@@ -2,8 +2,9 @@
 //! client cannot get around: at most `connections_max` connections (the
 //! next waits to be accepted until one closes), request headers within
 //! `header_read_timeout`, and a connection that sends nothing for
-//! `idle_timeout` is closed. On `stop` each connection finishes the request
-//! it is answering and closes.
+//! `idle_timeout` is closed. With TLS, the handshake must also be done
+//! within `header_read_timeout`. On `stop` each connection finishes the
+//! request it is answering and closes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,12 +13,14 @@ use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::idle::{Activity, IdleTimeout, ReadsCount};
+use crate::tls::ServerTls;
 
 /// Pause after an accept failed for lack of a resource (descriptors,
 /// memory): trying again at once would only fail again.
@@ -37,6 +40,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
+    tls: Option<Arc<ServerTls>>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     // One permit per open connection; taken before accepting, so that a
@@ -54,8 +58,9 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, _peer)) => {
-                connections.spawn(serve_connection(
+                connections.spawn(accept_connection(
                     stream,
+                    tls.clone(),
                     router.clone(),
                     limits,
                     stop.clone(),
@@ -73,13 +78,35 @@ pub async fn serve(
     Ok(())
 }
 
-async fn serve_connection(
+/// Serves one connection, after its TLS handshake when the port has TLS.
+async fn accept_connection(
     stream: TcpStream,
+    tls: Option<Arc<ServerTls>>,
+    router: Router,
+    limits: HttpLimits,
+    stop: CancellationToken,
+    permit: OwnedSemaphorePermit,
+) {
+    let Some(tls) = tls else {
+        return serve_connection(stream, router, limits, stop, permit).await;
+    };
+    let handshake = tls.http_acceptor().accept(stream);
+    match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+        Ok(Ok(stream)) => serve_connection(stream, router, limits, stop, permit).await,
+        Ok(Err(e)) => tracing::debug!(error = %e, "HTTP TLS handshake failed"),
+        Err(_elapsed) => tracing::debug!("HTTP TLS handshake timed out"),
+    }
+}
+
+async fn serve_connection<IO>(
+    stream: IO,
     router: Router,
     limits: HttpLimits,
     stop: CancellationToken,
     _permit: OwnedSemaphorePermit,
-) {
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let io = IdleTimeout::new(
         stream,
         Activity::new(),

@@ -15,6 +15,7 @@ use common::{Clients, WAIT, batch, within};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
 };
+use rustls_pki_types::pem::PemObject;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 /// A certificate authority that signs the test's certificates.
@@ -47,9 +48,18 @@ impl Authority {
     }
 
     fn sign(&self, names: &[&str]) -> anyhow::Result<Signed> {
+        self.sign_with(names, |_| {})
+    }
+
+    fn sign_with(
+        &self,
+        names: &[&str],
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> anyhow::Result<Signed> {
         let key = KeyPair::generate()?;
         let mut params =
             CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())?;
+        adjust(&mut params);
         params.distinguished_name.push(
             DnType::CommonName,
             names.first().copied().unwrap_or("client"),
@@ -245,5 +255,67 @@ async fn a_broker_with_unreadable_tls_files_does_not_start() -> anyhow::Result<(
         error.to_string().contains("holds no certificate"),
         "{error}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_expired_broker_certificate_is_refused_by_clients() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ca = Authority::new("Brook test CA")?;
+    let expired = ca.sign_with(&["localhost"], |params| {
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    })?;
+    let broker = start(write_files(dir.path(), &expired, None)?).await?;
+    let error = connect(&broker, &ca, None)
+        .await
+        .err()
+        .context("a client accepted an expired certificate")?;
+    let chain = format!("{error:#}");
+    ensure!(chain.to_lowercase().contains("expired"), "{chain}");
+    broker.shutdown().await?;
+    Ok(())
+}
+
+/// With `http`, the HTTP port serves HTTPS with the same certificate.
+#[tokio::test]
+async fn the_http_port_can_serve_tls_too() -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir()?;
+    let ca = Authority::new("Brook test CA")?;
+    let mut tls = write_files(dir.path(), &ca.sign(&["localhost"])?, None)?;
+    tls.http = true;
+    let broker = start(tls).await?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (http, server) = crate::damage::serve_http(&broker, &stop).await?;
+
+    let mut roots = rustls::RootCertStore::empty();
+    let ca_der = rustls_pki_types::CertificateDer::from_pem_slice(ca.pem().as_bytes())?;
+    roots.add(ca_der)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(http).await?;
+    let name = rustls_pki_types::ServerName::try_from("localhost")?;
+    let mut stream = within("HTTPS handshake", connector.connect(name, tcp)).await??;
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .await?;
+    let mut answer = String::new();
+    within("HTTPS answer", stream.read_to_string(&mut answer)).await??;
+    ensure!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // Plain HTTP to the same port gets no answer.
+    let (status, _) = crate::http::get(http, "/health")
+        .await
+        .unwrap_or((0, String::new()));
+    ensure!(status != 200, "plain HTTP was served on a TLS port");
+    stop.cancel();
+    let _ = server.await;
     Ok(())
 }
