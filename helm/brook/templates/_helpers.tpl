@@ -120,7 +120,30 @@ broker's own default applies to them. Keys the chart owns are refused.
 {{- fail (printf "brook.toml: %q is set by the chart and cannot be configured" $key) }}
 {{- end }}
 {{- end }}
+{{- if .Values.tls.enabled }}
+{{- range $key := list "tls_cert" "tls_key" "tls_client_ca" }}
+{{- if hasKey $merged $key }}
+{{- fail (printf "brook.toml: %q is set by the chart from tls.secretName when tls.enabled" $key) }}
+{{- end }}
+{{- end }}
+{{- $_ := set $merged "tls_cert" (printf "%s/tls.crt" (include "brook.tlsDir" .)) }}
+{{- $_ := set $merged "tls_key" (printf "%s/tls.key" (include "brook.tlsDir" .)) }}
+{{- if ne .Values.tls.clientAuth "none" }}
+{{- $_ := set $merged "tls_client_ca" (printf "%s/ca.crt" (include "brook.tlsDir" .)) }}
+{{- end }}
+{{- $_ := set $merged "tls_client_auth" .Values.tls.clientAuth }}
+{{- end }}
 {{- toJson $merged }}
+{{- end }}
+
+{{/* Where the TLS Secret is mounted. */}}
+{{- define "brook.tlsDir" -}}
+/etc/brook-tls
+{{- end }}
+
+{{/* The TLS Secret: tls.secretName, else the one the Certificate writes. */}}
+{{- define "brook.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "brook.fullname" .)) .Values.tls.secretName }}
 {{- end }}
 
 {{/* brook.toml: the chart-owned keys, then the settings, sorted. */}}
