@@ -76,6 +76,16 @@ pub enum ClientError {
         source: Cause,
     },
 
+    /// The TLS settings cannot be used: a PEM that cannot be read or holds
+    /// no certificate or key, a key that does not fit, or TLS settings with
+    /// an `http://` endpoint. Retrying cannot help.
+    Tls {
+        /// What is wrong, naming the file or endpoint.
+        message: String,
+        /// Why, when something underneath said so.
+        source: Option<Cause>,
+    },
+
     /// Connecting to the broker failed.
     Transport(Cause),
 
@@ -141,6 +151,7 @@ impl fmt::Display for ClientError {
             Self::InvalidEndpoint { endpoint, .. } => {
                 write!(f, "{endpoint} is not a valid broker address")
             }
+            Self::Tls { message, .. } => write!(f, "invalid TLS settings: {message}"),
             Self::Transport(_) => f.write_str("cannot reach the broker"),
             Self::ConnectionLost { operation, .. } => {
                 write!(f, "{operation} lost its connection to the broker")
@@ -166,7 +177,9 @@ impl fmt::Display for ClientError {
 impl std::error::Error for ClientError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Status { source, .. } => source.as_deref().map(|cause| cause as _),
+            Self::Status { source, .. } | Self::Tls { source, .. } => {
+                source.as_deref().map(|cause| cause as _)
+            }
             Self::Decode(error) | Self::Encode(error) => Some(error),
             Self::InvalidEndpoint { source, .. }
             | Self::Transport(source)
@@ -301,7 +314,9 @@ impl ClientError {
                 kind_of(*code, message)
             }
             Self::Decode(_) => ErrorKind::DataLoss,
-            Self::Encode(_) | Self::InvalidEndpoint { .. } => ErrorKind::InvalidArgument,
+            Self::Encode(_) | Self::InvalidEndpoint { .. } | Self::Tls { .. } => {
+                ErrorKind::InvalidArgument
+            }
             Self::Transport(_)
             | Self::ConnectionLost { .. }
             | Self::StreamClosed { .. }
@@ -335,6 +350,7 @@ impl ClientError {
             Self::Decode(_)
             | Self::Encode(_)
             | Self::InvalidEndpoint { .. }
+            | Self::Tls { .. }
             | Self::Protocol(_) => false,
         }
     }
@@ -390,6 +406,14 @@ impl ClientError {
     }
 
     /// The error of a connection that could not be made.
+    /// A [`ClientError::Tls`].
+    pub(crate) fn tls(message: impl Into<String>, source: Option<Cause>) -> Self {
+        Self::Tls {
+            message: message.into(),
+            source,
+        }
+    }
+
     pub(crate) fn transport(error: tonic::transport::Error) -> Self {
         Self::Transport(Arc::new(error))
     }
