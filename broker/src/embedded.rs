@@ -27,6 +27,8 @@ pub enum StartError {
     },
     #[error("cannot open the broker: {0}")]
     Open(#[from] OpenError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A running in-process broker. Dropping it stops the server; the temporary
@@ -75,6 +77,10 @@ impl EmbeddedBrokerBuilder {
 
     pub async fn start(self) -> Result<EmbeddedBroker, StartError> {
         let mut config = self.config;
+        // Bad TLS files fail here rather than in the serving task.
+        if let Some(tls) = &config.tls {
+            crate::tls::ServerTls::load(tls)?;
+        }
         let temp_dir = if let Some(dir) = self.data_dir {
             config.data_dir = dir;
             None

@@ -15,6 +15,7 @@ mod grpc;
 mod http;
 mod idle;
 pub mod server;
+pub mod tls;
 
 pub use brook_engine::{
     AdminError, Broker, BrokerConfig, ClientAuth, FetchError, FsyncPolicy, GroupError, Invalid,

@@ -19,6 +19,7 @@ use tonic_health::ServingStatus;
 use crate::grpc::connections::{ConnectionLimits, TrackRequestsLayer};
 use crate::grpc::receive_budget::{ReceiveBudget, ReceiveBudgetLayer};
 use crate::http::{HttpLimits, Phase, ServerStatus};
+use crate::tls::ServerTls;
 use brook_engine::config::BrokerConfig;
 use brook_engine::{Broker, Invalid, OpenError};
 
@@ -52,6 +53,8 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("HTTP server: {0}")]
     Http(#[source] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("server task: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -67,6 +70,8 @@ pub async fn run(
     on_ready: impl FnOnce(&Arc<Broker>) + Send,
 ) -> Result<(), ServeError> {
     let connections = connection_limits(&config)?;
+    // Bad TLS files fail the start before recovery, not after it.
+    let tls = load_tls(&config)?;
     let status = Arc::new(ServerStatus::default());
     let stop = stop_token(shutdown);
     let http_stop = CancellationToken::new();
@@ -94,6 +99,7 @@ pub async fn run(
         broker,
         grpc,
         connections,
+        tls,
         status,
         stop,
         http_stop,
@@ -110,6 +116,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let connections = connection_limits(broker.config())?;
+    let tls = load_tls(broker.config())?;
     let status = Arc::new(ServerStatus::default());
     status.set_broker(broker.clone());
     let stop = stop_token(shutdown);
@@ -120,12 +127,27 @@ pub async fn serve(
         broker,
         grpc,
         connections,
+        tls,
         status,
         stop,
         http_stop,
         http_task,
     )
     .await
+}
+
+/// The gRPC port's TLS, when configured.
+fn load_tls(config: &BrokerConfig) -> Result<Option<Arc<ServerTls>>, ServeError> {
+    let Some(settings) = &config.tls else {
+        return Ok(None);
+    };
+    let tls = ServerTls::load(settings)?;
+    tracing::info!(
+        cert = %settings.cert.display(),
+        client_auth = %settings.client_auth,
+        "gRPC serves TLS only"
+    );
+    Ok(Some(tls))
 }
 
 /// Raises the descriptor limit and chooses how many gRPC connections it
@@ -177,10 +199,12 @@ fn spawn_http(
     tokio::spawn(crate::http::serve(listener, router, limits, stop))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_grpc(
     broker: Arc<Broker>,
     grpc: TcpListener,
     connections: ConnectionLimits,
+    tls: Option<Arc<ServerTls>>,
     status: Arc<ServerStatus>,
     stop: CancellationToken,
     http_stop: CancellationToken,
@@ -204,7 +228,11 @@ async fn serve_grpc(
     let grpc_addr = grpc
         .local_addr()
         .map_or_else(|e| format!("unknown ({e})"), |a| a.to_string());
-    let incoming = crate::grpc::connections::accept(grpc, connections, broker.metrics().clone());
+    if let Some(tls) = &tls {
+        tls.spawn_reloader(stop.clone());
+    }
+    let incoming =
+        crate::grpc::connections::accept(grpc, connections, broker.metrics().clone(), tls);
     let receive_budget = ReceiveBudget::new(
         limits.receive_buffer_bytes_max,
         limits.grpc_message_bytes_max,

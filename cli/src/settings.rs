@@ -11,7 +11,9 @@ use anyhow::{Context as _, bail};
 use brook_broker::config::{
     DEFAULT_DATA_DIR, DEFAULT_HTTP_LISTEN, DEFAULT_LISTEN, GroupSettings, Limits, TopicSettings,
 };
-use brook_broker::{BrokerConfig, FsyncPolicy, PartitionName, RecordValidation};
+use brook_broker::{
+    BrokerConfig, ClientAuth, FsyncPolicy, PartitionName, RecordValidation, TlsConfig,
+};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
@@ -116,6 +118,19 @@ settings! {
     /// [default: none].
     #[arg(value_name = "TOPIC/PARTITION", value_delimiter = ',')]
     accept_data_loss: Vec<String> = "BROOK_ACCEPT_DATA_LOSS",
+    /// PEM certificate chain of the broker: with `tls_key`, the gRPC port
+    /// speaks TLS only [default: none, plaintext].
+    tls_cert: PathBuf = "BROOK_TLS_CERT",
+    /// PEM private key of `tls_cert` [default: none].
+    tls_key: PathBuf = "BROOK_TLS_KEY",
+    /// PEM bundle of the CAs client certificates must chain to [default: none].
+    tls_client_ca: PathBuf = "BROOK_TLS_CLIENT_CA",
+    /// Client certificates: none, optional or required (these two need
+    /// `tls_client_ca`) [default: none].
+    tls_client_auth: String = "BROOK_TLS_CLIENT_AUTH",
+    /// How often the TLS files are checked for changes; new connections
+    /// get changed ones [default: 10000].
+    tls_reload_interval_ms: u64 = "BROOK_TLS_RELOAD_INTERVAL_MS",
     /// Open gRPC connections; more are closed as soon as accepted. Must
     /// leave 256 file descriptors for the broker's files [default: half of
     /// the descriptor limit left after HTTP's and 256, at most 10000].
@@ -170,6 +185,14 @@ pub struct Effective {
     pub max_streams_per_connection: u32,
     pub max_grpc_message_bytes: usize,
     pub accept_data_loss: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<PathBuf>,
+    pub tls_client_auth: String,
+    pub tls_reload_interval_ms: u64,
     /// Unset: chosen from the descriptor limit at start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
@@ -280,6 +303,13 @@ impl Settings {
                 .max_grpc_message_bytes
                 .unwrap_or(limits.grpc_message_bytes_max),
             accept_data_loss: self.accept_data_loss.unwrap_or_default(),
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            tls_client_ca: self.tls_client_ca,
+            tls_client_auth: self
+                .tls_client_auth
+                .unwrap_or_else(|| ClientAuth::None.to_string()),
+            tls_reload_interval_ms: self.tls_reload_interval_ms.unwrap_or(10_000),
             max_connections: self.max_connections.or(limits.connections_max),
             connection_idle_timeout_ms: self
                 .connection_idle_timeout_ms
@@ -464,6 +494,7 @@ impl Effective {
         config.limits.producer_ids_max = self.max_producer_ids;
         config.index_interval_bytes = self.index_interval_bytes;
         config.accept_data_loss = self.accepted_data_loss()?;
+        config.tls = self.tls()?;
         config.open_segments_max = self.open_segments_max;
         Ok(config)
     }
@@ -476,6 +507,35 @@ impl Effective {
                     .map_err(|e| anyhow::anyhow!("accept_data_loss: {e}"))
             })
             .collect()
+    }
+
+    /// The gRPC port's TLS: none without a certificate; a certificate
+    /// needs its key, and client authentication needs a client CA.
+    fn tls(&self) -> anyhow::Result<Option<TlsConfig>> {
+        let client_auth: ClientAuth = self
+            .tls_client_auth
+            .parse()
+            .map_err(|e| anyhow::anyhow!("tls_client_auth: {e}"))?;
+        positive("tls_reload_interval_ms", self.tls_reload_interval_ms)?;
+        let (cert, key) = match (&self.tls_cert, &self.tls_key) {
+            (None, None) => {
+                if self.tls_client_ca.is_some() || client_auth != ClientAuth::None {
+                    bail!("tls_client_ca and tls_client_auth need tls_cert and tls_key");
+                }
+                return Ok(None);
+            }
+            (Some(cert), Some(key)) => (cert, key),
+            (Some(_), None) => bail!("tls_key: needed with tls_cert"),
+            (None, Some(_)) => bail!("tls_cert: needed with tls_key"),
+        };
+        if client_auth != ClientAuth::None && self.tls_client_ca.is_none() {
+            bail!("tls_client_ca: needed with tls_client_auth = {client_auth}");
+        }
+        let mut tls = TlsConfig::new(cert, key);
+        tls.client_ca.clone_from(&self.tls_client_ca);
+        tls.client_auth = client_auth;
+        tls.reload_interval = Duration::from_millis(self.tls_reload_interval_ms);
+        Ok(Some(tls))
     }
 
     pub fn to_toml(&self) -> anyhow::Result<String> {
@@ -561,5 +621,41 @@ mod tests {
         let text = effective.to_toml().unwrap();
         let again: Settings = toml::from_str(&text).unwrap();
         assert_eq!(again.resolve().unwrap().to_toml().unwrap(), text);
+    }
+
+    #[test]
+    fn tls_settings_come_in_complete_sets() {
+        let config = |settings: Settings| settings.resolve().and_then(|e| e.broker_config());
+        assert!(config(Settings::default()).unwrap().tls.is_none());
+        let cert_only = Settings {
+            tls_cert: Some("tls.crt".into()),
+            ..Settings::default()
+        };
+        let error = config(cert_only).unwrap_err();
+        assert!(error.to_string().starts_with("tls_key:"), "{error}");
+        let required_without_ca = Settings {
+            tls_cert: Some("tls.crt".into()),
+            tls_key: Some("tls.key".into()),
+            tls_client_auth: Some("required".into()),
+            ..Settings::default()
+        };
+        let error = config(required_without_ca).unwrap_err();
+        assert!(error.to_string().starts_with("tls_client_ca:"), "{error}");
+        let bad_mode = Settings {
+            tls_client_auth: Some("sometimes".into()),
+            ..Settings::default()
+        };
+        let error = config(bad_mode).unwrap_err();
+        assert!(error.to_string().starts_with("tls_client_auth:"), "{error}");
+        let mutual = Settings {
+            tls_cert: Some("tls.crt".into()),
+            tls_key: Some("tls.key".into()),
+            tls_client_ca: Some("ca.crt".into()),
+            tls_client_auth: Some("required".into()),
+            ..Settings::default()
+        };
+        let tls = config(mutual).unwrap().tls.unwrap();
+        assert_eq!(tls.client_auth, ClientAuth::Required);
+        assert_eq!(tls.client_ca, Some(PathBuf::from("ca.crt")));
     }
 }

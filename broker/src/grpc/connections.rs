@@ -12,6 +12,10 @@
 //!   request or stream is open on it.
 //! - TCP_NODELAY is set (without it small responses wait for the peer's
 //!   delayed ACK) and each connection counts in `brook_open_connections`.
+//! - With TLS, each accepted connection's handshake runs in a task of its
+//!   own, bounded by [`HANDSHAKE_TIMEOUT`], so a slow or silent client
+//!   holds up no other; a failed handshake (a plaintext client, say) is
+//!   logged at debug level and closes the connection.
 
 use std::future::Future;
 use std::io;
@@ -25,10 +29,14 @@ use futures::Stream;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::idle::{Activity, Busy, IdleTimeout, ReadsCount};
+use crate::tls::ServerTls;
 use brook_engine::metrics::{GaugeGuard, Metrics};
 
 /// Least time between two warnings about refused connections or failed
@@ -37,6 +45,10 @@ const WARN_INTERVAL: Duration = Duration::from_secs(10);
 /// Pause after an accept failed for lack of a resource (descriptors,
 /// memory): trying again at once would only fail again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections through their handshake and not yet taken by the server.
+const HANDSHAKEN_QUEUE: usize = 64;
 
 /// How many connections may be open and how long one may idle.
 #[derive(Debug, Clone, Copy)]
@@ -48,9 +60,16 @@ pub struct ConnectionLimits {
 /// An open connection to a client.
 #[derive(Debug)]
 pub struct Connection {
-    stream: IdleTimeout<TcpStream>,
+    stream: IdleTimeout<Transport>,
     info: ConnectionInfo,
     _open: OpenGuard,
+}
+
+/// What a connection runs over.
+#[derive(Debug)]
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
 }
 
 /// What a request knows of its connection (tonic puts it in the request's
@@ -75,11 +94,13 @@ impl Drop for OpenGuard {
 }
 
 /// The accept loop tonic serves from. It never ends and never yields an
-/// error: accept failures are logged and retried.
+/// error: accept failures are logged and retried. With `tls`, what it
+/// yields has been through a TLS handshake.
 pub fn accept(
     listener: TcpListener,
     limits: ConnectionLimits,
     metrics: Arc<Metrics>,
+    tls: Option<Arc<ServerTls>>,
 ) -> impl Stream<Item = io::Result<Connection>> {
     let acceptor = Acceptor {
         listener,
@@ -89,10 +110,79 @@ pub fn accept(
         refusals: Warnings::default(),
         failures: Warnings::default(),
     };
-    futures::stream::unfold(acceptor, |mut acceptor| async move {
-        let connection = acceptor.next().await;
-        Some((Ok(connection), acceptor))
-    })
+    match tls {
+        None => futures::future::Either::Left(futures::stream::unfold(
+            acceptor,
+            |mut acceptor| async move {
+                let (stream, accepted) = acceptor.next().await;
+                let connection = accepted.into_connection(Transport::Plain(stream));
+                Some((Ok(connection), acceptor))
+            },
+        )),
+        Some(tls) => futures::future::Either::Right(handshaken(acceptor, tls)),
+    }
+}
+
+/// Accepts in a task of its own and hands on each connection once its TLS
+/// handshake is done; ends when the server stops taking connections.
+fn handshaken(
+    mut acceptor: Acceptor,
+    tls: Arc<ServerTls>,
+) -> impl Stream<Item = io::Result<Connection>> {
+    let (ready, taken) = mpsc::channel(HANDSHAKEN_QUEUE);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                () = ready.closed() => return,
+                accepted = acceptor.next() => accepted,
+            };
+            let ready = ready.clone();
+            let handshake = tls.acceptor();
+            tokio::spawn(async move {
+                let (stream, accepted) = accepted;
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let connection = accepted.into_connection(Transport::Tls(Box::new(stream)));
+                        // If the server stopped taking connections, this one closes.
+                        let _ = ready.send(Ok(connection)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_elapsed) => tracing::debug!(
+                        timeout_ms = HANDSHAKE_TIMEOUT.as_millis() as u64,
+                        "TLS handshake timed out"
+                    ),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(taken)
+}
+
+/// A connection accepted within the limit, before any handshake: all of
+/// it but its socket.
+struct Accepted {
+    tcp: TcpConnectInfo,
+    open: OpenGuard,
+    idle_timeout: Duration,
+}
+
+impl Accepted {
+    fn into_connection(self, transport: Transport) -> Connection {
+        let activity = Activity::new();
+        Connection {
+            stream: IdleTimeout::new(
+                transport,
+                activity.clone(),
+                self.idle_timeout,
+                ReadsCount::No,
+            ),
+            info: ConnectionInfo {
+                tcp: self.tcp,
+                activity,
+            },
+            _open: self.open,
+        }
+    }
 }
 
 struct Acceptor {
@@ -106,7 +196,7 @@ struct Acceptor {
 }
 
 impl Acceptor {
-    async fn next(&mut self) -> Connection {
+    async fn next(&mut self) -> (TcpStream, Accepted) {
         loop {
             let stream = match self.listener.accept().await {
                 Ok((stream, _peer)) => stream,
@@ -140,17 +230,14 @@ impl Acceptor {
                 _gauge: GaugeGuard::new(self.metrics.open_connections.clone()),
             };
             let tcp = stream.connect_info();
-            let activity = Activity::new();
-            return Connection {
-                stream: IdleTimeout::new(
-                    stream,
-                    activity.clone(),
-                    self.limits.idle_timeout,
-                    ReadsCount::No,
-                ),
-                info: ConnectionInfo { tcp, activity },
-                _open: open,
-            };
+            return (
+                stream,
+                Accepted {
+                    tcp,
+                    open,
+                    idle_timeout: self.limits.idle_timeout,
+                },
+            );
         }
     }
 }
@@ -233,6 +320,64 @@ impl AsyncWrite for Connection {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(s) => s.is_write_vectored(),
+            Self::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 

@@ -48,11 +48,16 @@ impl Clients {
                 .connect(),
         )
         .await??;
-        Ok(Self {
+        Ok(Self::over(channel))
+    }
+
+    /// Clients over an existing channel (a TLS one, say).
+    pub fn over(channel: Channel) -> Self {
+        Self {
             admin: AdminServiceClient::new(channel.clone()),
             produce: ProduceServiceClient::new(channel.clone()),
             fetch: FetchServiceClient::new(channel),
-        })
+        }
     }
 
     pub async fn create_topic(

@@ -20,3 +20,4 @@ mod reflection;
 mod retention;
 mod shutdown;
 mod stream_endings;
+mod tls;
