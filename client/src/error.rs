@@ -462,11 +462,24 @@ fn connection_cause(status: &tonic::Status) -> Cause {
         }
         source = cause.source();
     }
+    Arc::new(std::io::Error::new(kind, cause_chain(status)))
+}
+
+/// The status's message and every cause under it, each once: the cause
+/// that says what happened (e.g. the TLS alert a broker sent when it
+/// refused a client certificate) is often several layers down, under
+/// layers that only say "transport error".
+fn cause_chain(status: &tonic::Status) -> String {
     let mut message = status.message().to_owned();
-    if let Some(cause) = std::error::Error::source(status) {
-        message = format!("{message}: {cause}");
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.ends_with(&text) {
+            message = format!("{message}: {text}");
+        }
+        source = cause.source();
     }
-    Arc::new(std::io::Error::new(kind, message))
+    message
 }
 
 /// Whether an `Unknown` or `Cancelled` status stands for a broken
