@@ -5,6 +5,13 @@
 //! Invariant: any TLS flag makes a `host:port` broker address mean
 //! `https://`; with an `http://` address the client refuses the TLS flags
 //! rather than connect unencrypted.
+//!
+//! The client's certificate and key are `BROOK_TLS_CLIENT_CERT` and
+//! `BROOK_TLS_CLIENT_KEY` in the environment: `BROOK_TLS_CERT` and
+//! `BROOK_TLS_KEY` are the broker's own (`brook serve`), and a shell or
+//! container that runs both must not hand one's certificate to the other.
+//! `brook serve` keeps its own `--tls-cert` and `--tls-key`: clap gives a
+//! subcommand's argument precedence over a global one of the same name.
 
 use std::path::PathBuf;
 
@@ -29,10 +36,15 @@ pub struct ConnectArgs {
     pub tls_ca: Option<PathBuf>,
     /// The client certificate chain (PEM) for a broker that requires one
     /// (mutual TLS); needs --tls-key. Implies TLS.
-    #[arg(long, global = true, env = "BROOK_TLS_CERT", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "BROOK_TLS_CLIENT_CERT",
+        value_name = "FILE"
+    )]
     pub tls_cert: Option<PathBuf>,
     /// The private key (PEM) of --tls-cert.
-    #[arg(long, global = true, env = "BROOK_TLS_KEY", value_name = "FILE")]
+    #[arg(long, global = true, env = "BROOK_TLS_CLIENT_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
     /// The name the broker's certificate must be issued for, when it is not
     /// the host of --broker (e.g. connecting by IP address). Implies TLS.
@@ -54,8 +66,8 @@ impl ConnectArgs {
                 Pem::from_file(key.clone()),
             )),
             (None, None) => None,
-            (Some(_), None) => bail!("--tls-cert needs --tls-key (BROOK_TLS_KEY)"),
-            (None, Some(_)) => bail!("--tls-key needs --tls-cert (BROOK_TLS_CERT)"),
+            (Some(_), None) => bail!("--tls-cert needs --tls-key (BROOK_TLS_CLIENT_KEY)"),
+            (None, Some(_)) => bail!("--tls-key needs --tls-cert (BROOK_TLS_CLIENT_CERT)"),
         };
         if self.tls_ca.is_none() && identity.is_none() && self.tls_server_name.is_none() {
             return Ok(None);
