@@ -61,7 +61,8 @@ enum LogFormat {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run(Cli::parse()).await {
+    // Boxed: the commands' futures together are too large for the stack.
+    match Box::pin(run(Cli::parse())).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             // `{:#}` prints the causes on one line, without a backtrace.
