@@ -1,6 +1,7 @@
 //! The client commands against a `brook serve` with TLS on its gRPC port:
-//! with `--tls-ca` and a plain `host:port` they create a topic, produce and
-//! consume; without the CA they fail naming the certificate problem.
+//! with `--tls-ca` and a plain `host:port` they create a topic, produce,
+//! consume and run a bench; without the CA they fail naming the
+//! certificate problem.
 
 use std::path::Path;
 
@@ -71,6 +72,28 @@ async fn client_commands_speak_tls_with_the_brokers_ca() {
     )
     .await;
     assert_eq!(consumed, "one\ntwo\n");
+
+    // The bench's connections too: consume fills the topic over the raw
+    // stream, then reads it through the client.
+    let report = brook(
+        &broker,
+        &[
+            &tls[..],
+            &[
+                "bench",
+                "consume",
+                "--records",
+                "2000",
+                "--partitions",
+                "2",
+                "--json",
+            ],
+        ]
+        .concat(),
+        b"",
+    )
+    .await;
+    assert!(report.contains("\"records\":2000"), "{report}");
 
     // Without the CA the broker's certificate is not trusted, and the
     // error says so.
