@@ -10,16 +10,17 @@ use anyhow::{Context as _, bail};
 use brook_client::{Client, Consumer, ConsumerConfig, OffsetReset, OffsetSpec, SeekTo};
 use futures::StreamExt;
 
+use crate::connection::Connection;
 use crate::report::{Figures, Latency, histogram};
 use crate::workload::{Amount, Workload};
 
-pub async fn run(endpoint: &str, workload: &Workload) -> anyhow::Result<Figures> {
+pub async fn run(connection: &Connection, workload: &Workload) -> anyhow::Result<Figures> {
     if !workload.existing {
         let Amount::Records(records) = workload.amount else {
             bail!("consume fills the topic with --records (or reads it with --existing)");
         };
         crate::raw::fill(
-            endpoint,
+            connection,
             &workload.topic,
             workload.partitions,
             records,
@@ -28,12 +29,10 @@ pub async fn run(endpoint: &str, workload: &Workload) -> anyhow::Result<Figures>
         .await
         .context("fill the topic")?;
     }
-    let client = Client::connect(endpoint)
-        .await
-        .with_context(|| format!("connect to {endpoint}"))?;
+    let client = connection.client().await?;
     let mut consumers = Vec::with_capacity(workload.consumers);
     for mine in partitions_per_consumer(&client, workload).await? {
-        consumers.push(prepare(endpoint, workload, &mine).await?);
+        consumers.push(prepare(connection, workload, &mine).await?);
     }
     let started = Instant::now();
     let deadline = workload.duration().map(|d| started + d);
@@ -80,13 +79,11 @@ pub(crate) async fn partitions_per_consumer(
 /// A consumer of `partitions`, sought to their start, and how many records
 /// they hold.
 async fn prepare(
-    endpoint: &str,
+    connection: &Connection,
     workload: &Workload,
     partitions: &[u32],
 ) -> anyhow::Result<(Consumer, u64)> {
-    let client = Client::connect(endpoint)
-        .await
-        .with_context(|| format!("connect to {endpoint}"))?;
+    let client = connection.client().await?;
     let consumer = Consumer::new(
         client.clone(),
         ConsumerConfig::default()

@@ -8,11 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use brook_client::{Client, Consumer, ConsumerConfig, SeekTo};
+use brook_client::{Consumer, ConsumerConfig, SeekTo};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use tokio::sync::watch;
 
+use crate::connection::Connection;
 use crate::consume::partitions_per_consumer;
 use crate::produce::{STAMP_LEN, ensure_topic, read_stamp, send_all};
 use crate::report::{Figures, Latency, histogram};
@@ -21,15 +22,13 @@ use crate::workload::Workload;
 /// How long consumers may trail the last acknowledgement before the run fails.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub async fn run(endpoint: &str, workload: &Workload) -> anyhow::Result<Figures> {
+pub async fn run(connection: &Connection, workload: &Workload) -> anyhow::Result<Figures> {
     if workload.record_size < STAMP_LEN {
         bail!(
             "e2e records carry an {STAMP_LEN}-byte timestamp: --record-size must be at least {STAMP_LEN}"
         );
     }
-    let client = Client::connect(endpoint)
-        .await
-        .with_context(|| format!("connect to {endpoint}"))?;
+    let client = connection.client().await?;
     ensure_topic(&client, &workload.topic, workload.partitions).await?;
     let shares = partitions_per_consumer(&client, workload).await?;
     let received = Arc::new(AtomicU64::new(0));
@@ -37,7 +36,7 @@ pub async fn run(endpoint: &str, workload: &Workload) -> anyhow::Result<Figures>
     let start = Instant::now() + Duration::from_millis(50);
     let mut consumers = Vec::with_capacity(workload.consumers);
     for mine in shares {
-        let consumer = at_end(endpoint, &workload.topic, &mine).await?;
+        let consumer = at_end(connection, &workload.topic, &mine).await?;
         consumers.push(tokio::spawn(receive(
             consumer,
             start,
@@ -48,7 +47,7 @@ pub async fn run(endpoint: &str, workload: &Workload) -> anyhow::Result<Figures>
     // Producing starts a little later, so the consumers' first long polls
     // are waiting already.
     tokio::time::sleep_until(start.into()).await;
-    let sent = send_all(endpoint, workload, start, true).await?;
+    let sent = send_all(connection, workload, start, true).await?;
     let drained = Instant::now() + DRAIN_TIMEOUT;
     while received.load(Ordering::Acquire) < sent.records {
         if Instant::now() >= drained {
@@ -76,10 +75,12 @@ pub async fn run(endpoint: &str, workload: &Workload) -> anyhow::Result<Figures>
 }
 
 /// A consumer of `partitions` positioned at their ends.
-async fn at_end(endpoint: &str, topic: &str, partitions: &[u32]) -> anyhow::Result<Consumer> {
-    let client = Client::connect(endpoint)
-        .await
-        .with_context(|| format!("connect to {endpoint}"))?;
+async fn at_end(
+    connection: &Connection,
+    topic: &str,
+    partitions: &[u32],
+) -> anyhow::Result<Consumer> {
+    let client = connection.client().await?;
     let consumer = Consumer::new(client, ConsumerConfig::default());
     let assignment: Vec<(&str, u32)> = partitions.iter().map(|p| (topic, *p)).collect();
     consumer.assign(&assignment);

@@ -14,6 +14,7 @@
 //! *intended* send time (start + i / rate), so a stall delays the records
 //! behind it on the clock instead of hiding them (no coordinated omission).
 
+pub mod connection;
 pub mod consume;
 pub mod e2e;
 #[cfg(feature = "nats")]
@@ -24,26 +25,27 @@ pub mod report;
 pub mod target;
 pub mod workload;
 
+pub use connection::Connection;
 pub use report::{Latency, Mode, Report};
 pub use target::{BrokerTarget, RunningBroker};
 pub use workload::{Amount, Workload};
 
-/// Runs `mode` of `workload` against the broker at `endpoint`.
+/// Runs `mode` of `workload` against the broker `connection` reaches.
 pub async fn run(
     mode: Mode,
-    endpoint: &str,
+    connection: &Connection,
     fsync: &str,
     workload: &Workload,
 ) -> anyhow::Result<Report> {
     workload.check()?;
     if workload.retained_bytes > 0 {
-        retain(endpoint, workload.retained_bytes).await?;
+        retain(connection, workload.retained_bytes).await?;
     }
     let figures = match mode {
-        Mode::Produce if workload.raw => raw::run(endpoint, workload).await?,
-        Mode::Produce => produce::run(endpoint, workload).await?,
-        Mode::Consume => consume::run(endpoint, workload).await?,
-        Mode::E2e => e2e::run(endpoint, workload).await?,
+        Mode::Produce if workload.raw => raw::run(connection, workload).await?,
+        Mode::Produce => produce::run(connection, workload).await?,
+        Mode::Consume => consume::run(connection, workload).await?,
+        Mode::E2e => e2e::run(connection, workload).await?,
     };
     Ok(Report::new(mode, fsync, workload, figures))
 }
@@ -53,10 +55,10 @@ pub const RETAINED_TOPIC: &str = "bench-retained";
 
 /// Writes `bytes` of 1 KiB records to [`RETAINED_TOPIC`] (8 partitions),
 /// so that a run starts with that much data retained.
-pub async fn retain(endpoint: &str, bytes: u64) -> anyhow::Result<()> {
+pub async fn retain(connection: &Connection, bytes: u64) -> anyhow::Result<()> {
     const RECORD_SIZE: usize = 1024;
     raw::fill(
-        endpoint,
+        connection,
         RETAINED_TOPIC,
         8,
         bytes.div_ceil(RECORD_SIZE as u64),

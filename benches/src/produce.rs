@@ -19,6 +19,7 @@ use hdrhistogram::Histogram;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
+use crate::connection::Connection;
 use crate::report::{Figures, Latency, histogram};
 use crate::workload::{KEYS, Workload};
 
@@ -40,12 +41,10 @@ pub struct Sent {
     pub latencies: Histogram<u64>,
 }
 
-pub async fn run(endpoint: &str, workload: &Workload) -> anyhow::Result<Figures> {
-    let client = Client::connect(endpoint)
-        .await
-        .with_context(|| format!("connect to {endpoint}"))?;
+pub async fn run(connection: &Connection, workload: &Workload) -> anyhow::Result<Figures> {
+    let client = connection.client().await?;
     ensure_topic(&client, &workload.topic, workload.partitions).await?;
-    let sent = send_all(endpoint, workload, Instant::now(), false).await?;
+    let sent = send_all(connection, workload, Instant::now(), false).await?;
     Ok(Figures {
         records: sent.records,
         bytes: sent.records * workload.record_size as u64,
@@ -70,7 +69,7 @@ pub async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> anyh
 /// Runs `workload.producers` producers from `start`; with `stamp`, each
 /// value begins with its intended send time (see [`STAMP_LEN`]).
 pub async fn send_all(
-    endpoint: &str,
+    connection: &Connection,
     workload: &Workload,
     start: Instant,
     stamp: bool,
@@ -82,9 +81,7 @@ pub async fn send_all(
         .with_max_in_flight(workload.max_in_flight);
     let mut producers = Vec::with_capacity(workload.producers);
     for _ in 0..workload.producers {
-        let client = Client::connect(endpoint)
-            .await
-            .with_context(|| format!("connect to {endpoint}"))?;
+        let client = connection.client().await?;
         producers.push(Producer::new(client, config));
     }
     let mut collectors = Vec::with_capacity(producers.len());

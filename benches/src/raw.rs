@@ -16,6 +16,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::connection::Connection;
 use crate::report::{Figures, Latency, histogram};
 use crate::workload::Workload;
 
@@ -36,7 +37,7 @@ pub struct RawOptions {
 
 /// `--raw`: `workload.producers` streams, each on its own connection, with
 /// batches of about `batch_size` bytes and `max_in_flight` requests each.
-pub async fn run(endpoint: &str, workload: &Workload) -> anyhow::Result<Figures> {
+pub async fn run(connection: &Connection, workload: &Workload) -> anyhow::Result<Figures> {
     if workload.rate.is_some() || workload.keyed || workload.duration().is_some() {
         bail!("--raw produces a count of keyless records as fast as acknowledged");
     }
@@ -53,9 +54,9 @@ pub async fn run(endpoint: &str, workload: &Workload) -> anyhow::Result<Figures>
             in_flight: workload.max_in_flight,
             compression: workload.compression,
         };
-        let endpoint = endpoint.to_owned();
+        let connection = connection.clone();
         streams.push(tokio::spawn(
-            async move { produce(&endpoint, &options).await },
+            async move { produce(&connection, &options).await },
         ));
     }
     let mut latencies = histogram();
@@ -80,7 +81,7 @@ pub async fn run(endpoint: &str, workload: &Workload) -> anyhow::Result<Figures>
 /// with `partitions` if missing) over one raw stream, for consume runs and
 /// retained data; not measured.
 pub async fn fill(
-    endpoint: &str,
+    connection: &Connection,
     topic: &str,
     partitions: u32,
     records: u64,
@@ -96,13 +97,16 @@ pub async fn fill(
         in_flight: 32,
         compression: Compression::None,
     };
-    produce(endpoint, &options).await.map(drop)
+    produce(connection, &options).await.map(drop)
 }
 
 /// Produces `options.records` records over one produce stream, spreading
 /// batches round-robin over the partitions; returns request → ack
 /// latencies (microseconds, one per batch).
-pub async fn produce(endpoint: &str, options: &RawOptions) -> anyhow::Result<Histogram<u64>> {
+pub async fn produce(
+    connection: &Connection,
+    options: &RawOptions,
+) -> anyhow::Result<Histogram<u64>> {
     let mut latencies = histogram();
     if options.records == 0 {
         return Ok(latencies);
@@ -110,11 +114,7 @@ pub async fn produce(endpoint: &str, options: &RawOptions) -> anyhow::Result<His
     if options.batch_records == 0 || options.partitions == 0 || options.in_flight == 0 {
         bail!("batch size, partitions and in-flight requests must be positive");
     }
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .with_context(|| format!("connect to {endpoint}"))?;
+    let channel = connection.channel().await?;
     let mut admin = AdminServiceClient::new(channel.clone());
     let created = admin
         .create_topic(CreateTopicRequest {

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use brook_broker::{BrokerConfig, EmbeddedBroker, FsyncPolicy};
+use brook_client::ClientOptions;
+
+use crate::connection::Connection;
 
 /// Where the bench sends its load.
 #[derive(Debug, Clone)]
@@ -15,7 +18,8 @@ pub enum BrokerTarget {
         fsync: FsyncPolicy,
         data_dir: Option<PathBuf>,
     },
-    /// A running broker's gRPC endpoint (`host:port` or a URL).
+    /// A running broker's gRPC endpoint (`host:port` or a URL; `host:port`
+    /// means `https://` when the client has TLS settings).
     Remote(String),
 }
 
@@ -46,7 +50,7 @@ impl BrokerTarget {
                 })
             }
             Self::Remote(address) => Ok(RunningBroker {
-                endpoint: endpoint_of(address),
+                endpoint: address.clone(),
                 fsync: "unknown".to_owned(),
                 embedded: None,
             }),
@@ -55,6 +59,11 @@ impl BrokerTarget {
 }
 
 impl RunningBroker {
+    /// How to reach this broker with the client's `options`.
+    pub fn connection(&self, options: ClientOptions) -> Connection {
+        Connection::new(self.endpoint.clone(), options)
+    }
+
     /// Stops an embedded broker gracefully (a remote one is left alone).
     pub async fn stop(self) -> anyhow::Result<()> {
         if let Some(broker) = self.embedded {
@@ -64,14 +73,5 @@ impl RunningBroker {
                 .context("stop the embedded broker")?;
         }
         Ok(())
-    }
-}
-
-/// `host:port` as an `http://` URL; a URL as it is.
-pub fn endpoint_of(address: &str) -> String {
-    if address.contains("://") {
-        address.to_owned()
-    } else {
-        format!("http://{address}")
     }
 }

@@ -23,7 +23,13 @@ async fn run(mode: Mode, workload: &Workload) -> anyhow::Result<Report> {
         data_dir: None,
     };
     let running = target.start().await?;
-    let report = brook_bench::run(mode, &running.endpoint, &running.fsync, workload).await;
+    let report = brook_bench::run(
+        mode,
+        &running.connection(brook_client::ClientOptions::default()),
+        &running.fsync,
+        workload,
+    )
+    .await;
     running.stop().await?;
     report
 }

@@ -12,6 +12,8 @@ use brook_broker::FsyncPolicy;
 use brook_client::Compression;
 use clap::{Args, Subcommand};
 
+use crate::connection::ConnectArgs;
+
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Produce records and measure acknowledgements (send → ack latency).
@@ -94,7 +96,7 @@ pub struct BenchArgs {
     json: bool,
 }
 
-pub async fn run(broker: &str, command: BenchCommand) -> anyhow::Result<()> {
+pub async fn run(connect: &ConnectArgs, command: BenchCommand) -> anyhow::Result<()> {
     let (mode, args) = match command {
         BenchCommand::Produce(args) => (Mode::Produce, args),
         BenchCommand::Consume(args) => (Mode::Consume, args),
@@ -107,10 +109,15 @@ pub async fn run(broker: &str, command: BenchCommand) -> anyhow::Result<()> {
             data_dir: args.data_dir.clone(),
         }
     } else {
-        BrokerTarget::Remote(broker.to_owned())
+        BrokerTarget::Remote(connect.broker.clone())
     };
+    let options = connect.options()?;
+    if args.embedded && options.tls.is_some() {
+        bail!("--embedded starts a plaintext broker: leave out the TLS flags");
+    }
     let running = target.start().await?;
-    let report = brook_bench::run(mode, &running.endpoint, &running.fsync, &workload).await;
+    let connection = running.connection(options);
+    let report = brook_bench::run(mode, &connection, &running.fsync, &workload).await;
     running.stop().await?;
     let report = report?;
     if args.json {

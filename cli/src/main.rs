@@ -3,6 +3,7 @@
 //! parses the command line and installs the tracing subscriber.
 
 mod bench;
+mod connection;
 mod consume;
 mod group;
 mod health;
@@ -16,22 +17,15 @@ mod topic;
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
-use brook_client::{Client, GroupClient};
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
-
-/// The broker address when neither `--broker` nor `BROOK_BROKER` is given;
-/// `brook serve` listens there by default.
-const DEFAULT_BROKER: &str = "http://127.0.0.1:9420";
 
 /// Brook: a partitioned, durable message log.
 #[derive(Debug, Parser)]
 #[command(name = "brook", version, about)]
 struct Cli {
-    /// The broker's gRPC address: `host:port` or `http://host:port`.
-    #[arg(long, global = true, env = "BROOK_BROKER", default_value = DEFAULT_BROKER)]
-    broker: String,
+    #[command(flatten)]
+    connect: connection::ConnectArgs,
 
     #[command(subcommand)]
     command: Command,
@@ -67,7 +61,8 @@ enum LogFormat {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run(Cli::parse()).await {
+    // Boxed: the commands' futures together are too large for the stack.
+    match Box::pin(run(Cli::parse())).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             // `{:#}` prints the causes on one line, without a backtrace.
@@ -88,32 +83,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_tracing(LogFormat::Text, &default_filter("warn"));
             recover::run(args).await
         }
-        Command::Topic(command) => topic::run(&connect(&cli.broker).await?, command).await,
-        Command::Produce(args) => produce::run(&connect(&cli.broker).await?, args).await,
-        Command::Consume(args) => consume::run(&connect_groups(&cli.broker).await?, args).await,
-        Command::Group(command) => group::run(&connect_groups(&cli.broker).await?, command).await,
+        // The client commands log quietly: they print results on stdout,
+        // and only trouble goes to stderr.
+        Command::Topic(command) => {
+            init_tracing(LogFormat::Text, &default_filter("warn"));
+            topic::run(&cli.connect.connect().await?, command).await
+        }
+        Command::Produce(args) => {
+            init_tracing(LogFormat::Text, &default_filter("warn"));
+            produce::run(&cli.connect.connect().await?, args).await
+        }
+        Command::Consume(args) => {
+            init_tracing(LogFormat::Text, &default_filter("warn"));
+            consume::run(&cli.connect.connect_groups().await?, args).await
+        }
+        Command::Group(command) => {
+            init_tracing(LogFormat::Text, &default_filter("warn"));
+            group::run(&cli.connect.connect_groups().await?, command).await
+        }
         Command::Bench(command) => {
             init_tracing(LogFormat::Text, &default_filter("warn"));
-            bench::run(&cli.broker, command).await
+            bench::run(&cli.connect, command).await
         }
     }
-}
-
-/// The client commands' start: quiet logs (they print results on stdout;
-/// only trouble goes to stderr) and a connection.
-async fn connect(broker: &str) -> anyhow::Result<Client> {
-    init_tracing(LogFormat::Text, &default_filter("warn"));
-    Client::connect(broker)
-        .await
-        .with_context(|| format!("cannot connect to the broker at {broker}"))
-}
-
-/// [`connect`], with the group service on the same connection.
-async fn connect_groups(broker: &str) -> anyhow::Result<GroupClient> {
-    init_tracing(LogFormat::Text, &default_filter("warn"));
-    GroupClient::connect(broker)
-        .await
-        .with_context(|| format!("cannot connect to the broker at {broker}"))
 }
 
 /// `RUST_LOG` if set, else `level`.
@@ -147,13 +139,5 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn the_default_broker_is_where_serve_listens() {
-        assert_eq!(
-            DEFAULT_BROKER,
-            format!("http://{}", brook_broker::config::DEFAULT_LISTEN)
-        );
     }
 }

@@ -17,6 +17,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::error::ClientError;
 use crate::resilience::{CircuitBreaker, CircuitBreakerConfig, CircuitState};
+use crate::tls::{TlsOptions, resolve_scheme};
 
 /// How long establishing the connection may take.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,9 +35,9 @@ const KEEPALIVE_INTERVAL_DEFAULT: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(20);
 
 /// Settings of a [`Client`]; [`ClientOptions::default`] holds the `DEFAULT_*`
-/// values, and pings the connection every 30 s, closing it when a ping is
-/// not answered within 20 s.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// values, pings the connection every 30 s, closing it when a ping is
+/// not answered within 20 s, and sets no TLS (the endpoint's scheme decides).
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ClientOptions {
     /// Time limit for the TCP connect and the HTTP/2 handshake.
@@ -60,6 +61,10 @@ pub struct ClientOptions {
     pub batch: BatchOptions,
     /// When calls start failing fast because the broker looks unreachable.
     pub circuit_breaker: CircuitBreakerConfig,
+    /// TLS settings. With them, a `host:port` endpoint connects with TLS
+    /// (`https://`), and an `http://` endpoint is an error. Without them,
+    /// an `https://` endpoint connects with TLS trusting the system's roots.
+    pub tls: Option<TlsOptions>,
 }
 
 impl Default for ClientOptions {
@@ -73,6 +78,7 @@ impl Default for ClientOptions {
             keepalive_timeout: KEEPALIVE_TIMEOUT_DEFAULT,
             batch: BatchOptions::default(),
             circuit_breaker: CircuitBreakerConfig::default(),
+            tls: None,
         }
     }
 }
@@ -127,7 +133,9 @@ pub struct Client {
 
 impl Client {
     /// Connects with [`ClientOptions::default`]. `endpoint` is a URI such as
-    /// `http://127.0.0.1:9420`, or `host:port` (then `http://` is assumed).
+    /// `http://127.0.0.1:9420` or `https://broker.internal:9420` (TLS,
+    /// trusting the system's roots), or `host:port` (then `http://` is
+    /// assumed).
     pub async fn connect(endpoint: impl Into<String>) -> Result<Self, ClientError> {
         Self::connect_with(endpoint, ClientOptions::default()).await
     }
@@ -135,6 +143,11 @@ impl Client {
     /// Connects with the given options. The first connection is made here,
     /// within `options.connect_timeout`, so a wrong address fails now; later
     /// reconnects happen on demand (see [`Client`]).
+    ///
+    /// With `options.tls`, `host:port` means `https://host:port`, PEM files
+    /// are read (and checked) here, and an `http://` endpoint fails with
+    /// [`ClientError::Tls`], as does a PEM that is unreadable or holds no
+    /// certificate or key.
     ///
     /// # Panics
     ///
@@ -153,8 +166,8 @@ impl Client {
             !options.keepalive_interval.is_zero() && !options.keepalive_timeout.is_zero(),
             "keepalive pings need a positive interval and timeout"
         );
-        let endpoint = with_scheme(endpoint.into());
-        let endpoint = Endpoint::from_shared(endpoint.clone())
+        let (endpoint, uses_tls) = resolve_scheme(endpoint.into(), options.tls.as_ref())?;
+        let mut endpoint = Endpoint::from_shared(endpoint.clone())
             .map_err(|error| ClientError::InvalidEndpoint {
                 endpoint,
                 source: std::sync::Arc::new(error),
@@ -165,6 +178,16 @@ impl Client {
             .http2_keep_alive_interval(options.keepalive_interval)
             .keep_alive_timeout(options.keepalive_timeout)
             .keep_alive_while_idle(true);
+        if uses_tls {
+            let tls = options.tls.clone().unwrap_or_default();
+            let config = tls.client_config(options.connect_timeout).await?;
+            endpoint = endpoint.tls_config(config).map_err(|error| {
+                ClientError::tls(
+                    "the certificates or key are not usable",
+                    Some(std::sync::Arc::new(error)),
+                )
+            })?;
+        }
         // connect_timeout bounds the TCP connect only; this bounds the handshake too.
         let channel = tokio::time::timeout(options.connect_timeout, endpoint.connect())
             .await
@@ -195,8 +218,8 @@ impl Client {
             fetch: FetchServiceClient::new(channel.clone())
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
-            options,
             breaker: CircuitBreaker::new(options.circuit_breaker),
+            options,
             channel,
         }
     }
@@ -245,15 +268,6 @@ impl Client {
     }
 }
 
-/// `host:port` becomes `http://host:port`; anything with a scheme is kept.
-fn with_scheme(endpoint: String) -> String {
-    if endpoint.contains("://") {
-        endpoint
-    } else {
-        format!("http://{endpoint}")
-    }
-}
-
 setters!(ClientOptions {
     with_connect_timeout => connect_timeout: Duration,
     with_request_timeout => request_timeout: Duration,
@@ -265,18 +279,26 @@ setters!(ClientOptions {
     with_circuit_breaker => circuit_breaker: CircuitBreakerConfig,
 });
 
+impl ClientOptions {
+    /// Sets [`Self::tls`].
+    #[must_use]
+    pub fn with_tls(mut self, tls: TlsOptions) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn scheme_is_added_only_when_missing() {
-        assert_eq!(
-            with_scheme("127.0.0.1:9420".into()),
-            "http://127.0.0.1:9420"
-        );
-        assert_eq!(with_scheme("localhost:1".into()), "http://localhost:1");
-        assert_eq!(with_scheme("https://b:1".into()), "https://b:1");
+    #[tokio::test]
+    async fn tls_settings_with_a_plaintext_endpoint_fail_to_connect() {
+        let options = ClientOptions::default().with_tls(TlsOptions::default());
+        let error = Client::connect_with("http://127.0.0.1:1", options)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, ClientError::Tls { .. }), "{error:?}");
     }
 
     #[tokio::test]

@@ -76,6 +76,16 @@ pub enum ClientError {
         source: Cause,
     },
 
+    /// The TLS settings cannot be used: a PEM that cannot be read or holds
+    /// no certificate or key, a key that does not fit, or TLS settings with
+    /// an `http://` endpoint. Retrying cannot help.
+    Tls {
+        /// What is wrong, naming the file or endpoint.
+        message: String,
+        /// Why, when something underneath said so.
+        source: Option<Cause>,
+    },
+
     /// Connecting to the broker failed.
     Transport(Cause),
 
@@ -141,6 +151,7 @@ impl fmt::Display for ClientError {
             Self::InvalidEndpoint { endpoint, .. } => {
                 write!(f, "{endpoint} is not a valid broker address")
             }
+            Self::Tls { message, .. } => write!(f, "invalid TLS settings: {message}"),
             Self::Transport(_) => f.write_str("cannot reach the broker"),
             Self::ConnectionLost { operation, .. } => {
                 write!(f, "{operation} lost its connection to the broker")
@@ -166,7 +177,9 @@ impl fmt::Display for ClientError {
 impl std::error::Error for ClientError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Status { source, .. } => source.as_deref().map(|cause| cause as _),
+            Self::Status { source, .. } | Self::Tls { source, .. } => {
+                source.as_deref().map(|cause| cause as _)
+            }
             Self::Decode(error) | Self::Encode(error) => Some(error),
             Self::InvalidEndpoint { source, .. }
             | Self::Transport(source)
@@ -301,7 +314,9 @@ impl ClientError {
                 kind_of(*code, message)
             }
             Self::Decode(_) => ErrorKind::DataLoss,
-            Self::Encode(_) | Self::InvalidEndpoint { .. } => ErrorKind::InvalidArgument,
+            Self::Encode(_) | Self::InvalidEndpoint { .. } | Self::Tls { .. } => {
+                ErrorKind::InvalidArgument
+            }
             Self::Transport(_)
             | Self::ConnectionLost { .. }
             | Self::StreamClosed { .. }
@@ -335,6 +350,7 @@ impl ClientError {
             Self::Decode(_)
             | Self::Encode(_)
             | Self::InvalidEndpoint { .. }
+            | Self::Tls { .. }
             | Self::Protocol(_) => false,
         }
     }
@@ -390,6 +406,14 @@ impl ClientError {
     }
 
     /// The error of a connection that could not be made.
+    /// A [`ClientError::Tls`].
+    pub(crate) fn tls(message: impl Into<String>, source: Option<Cause>) -> Self {
+        Self::Tls {
+            message: message.into(),
+            source,
+        }
+    }
+
     pub(crate) fn transport(error: tonic::transport::Error) -> Self {
         Self::Transport(Arc::new(error))
     }
@@ -438,11 +462,24 @@ fn connection_cause(status: &tonic::Status) -> Cause {
         }
         source = cause.source();
     }
+    Arc::new(std::io::Error::new(kind, cause_chain(status)))
+}
+
+/// The status's message and every cause under it, each once: the cause
+/// that says what happened (e.g. the TLS alert a broker sent when it
+/// refused a client certificate) is often several layers down, under
+/// layers that only say "transport error".
+fn cause_chain(status: &tonic::Status) -> String {
     let mut message = status.message().to_owned();
-    if let Some(cause) = std::error::Error::source(status) {
-        message = format!("{message}: {cause}");
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.ends_with(&text) {
+            message = format!("{message}: {text}");
+        }
+        source = cause.source();
     }
-    Arc::new(std::io::Error::new(kind, message))
+    message
 }
 
 /// Whether an `Unknown` or `Cancelled` status stands for a broken

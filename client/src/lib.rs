@@ -61,6 +61,7 @@ mod produce;
 mod producer;
 pub mod resilience;
 mod stream;
+mod tls;
 #[cfg(feature = "otel")]
 pub mod trace;
 mod undecodable;
@@ -97,6 +98,7 @@ pub use producer::{
 };
 pub use resilience::{Backoff, CircuitBreakerConfig, CircuitState};
 pub use stream::{PendingAck, ProduceStream};
+pub use tls::{Pem, TlsIdentity, TlsOptions};
 #[cfg(feature = "otel")]
 pub use trace::{record_span, traceparent_header};
 pub use undecodable::{SkippedBatch, UndecodablePolicy};

@@ -142,7 +142,13 @@ async fn brook(
         },
         ..Workload::default()
     };
-    let report = brook_bench::run(mode, &running.endpoint, &running.fsync, &workload).await;
+    let report = brook_bench::run(
+        mode,
+        &running.connection(brook_client::ClientOptions::default()),
+        &running.fsync,
+        &workload,
+    )
+    .await;
     running.stop().await?;
     report
 }

@@ -9,4 +9,5 @@ mod groups;
 mod logging;
 mod operations;
 mod recover;
+mod tls;
 mod undecodable;

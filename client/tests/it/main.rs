@@ -12,4 +12,5 @@ mod producer;
 mod resilience;
 mod stalled_broker;
 mod stream_end;
+mod tls;
 mod undecodable;

@@ -1,0 +1,165 @@
+//! How the client commands reach the broker: `--broker` and the TLS flags
+//! (each also an environment variable), shared by every command that
+//! connects, and turned into the client's options here once.
+//!
+//! Invariant: any TLS flag makes a `host:port` broker address mean
+//! `https://`; with an `http://` address the client refuses the TLS flags
+//! rather than connect unencrypted.
+//!
+//! The client's certificate and key are `BROOK_TLS_CERT` and
+//! `BROOK_TLS_KEY` in the environment, the same names `brook serve` reads
+//! for the broker's own: in an environment that sets them for the broker,
+//! client commands present the broker's certificate (the docs say so).
+//! `brook serve` keeps its own `--tls-cert` and `--tls-key`: clap gives a
+//! subcommand's argument precedence over a global one of the same name.
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use brook_client::{Client, ClientOptions, GroupClient, Pem, TlsIdentity, TlsOptions};
+use clap::Args;
+
+/// The broker address when neither `--broker` nor `BROOK_BROKER` is given;
+/// `brook serve` listens there by default. Without a scheme, so that the
+/// TLS flags alone switch it to TLS.
+pub const DEFAULT_BROKER: &str = "127.0.0.1:9420";
+
+#[derive(Debug, Clone, Args)]
+pub struct ConnectArgs {
+    /// The broker's gRPC address: `host:port` (TLS when a TLS flag is
+    /// given), `http://host:port` or `https://host:port`.
+    #[arg(long, global = true, env = "BROOK_BROKER", default_value = DEFAULT_BROKER)]
+    pub broker: String,
+    /// CA certificates (PEM) to trust instead of the system's roots, for a
+    /// broker whose certificate a private CA issued. Implies TLS.
+    #[arg(long, global = true, env = "BROOK_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// The client certificate chain (PEM) for a broker that requires one
+    /// (mutual TLS); needs --tls-key. Implies TLS.
+    #[arg(long, global = true, env = "BROOK_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, global = true, env = "BROOK_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// The name the broker's certificate must be issued for, when it is not
+    /// the host of --broker (e.g. connecting by IP address). Implies TLS.
+    #[arg(
+        long,
+        global = true,
+        env = "BROOK_TLS_SERVER_NAME",
+        value_name = "NAME"
+    )]
+    pub tls_server_name: Option<String>,
+}
+
+impl ConnectArgs {
+    /// The TLS settings the flags ask for; `None` when no TLS flag is given.
+    pub fn tls(&self) -> anyhow::Result<Option<TlsOptions>> {
+        let identity = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsIdentity::new(
+                Pem::from_file(cert.clone()),
+                Pem::from_file(key.clone()),
+            )),
+            (None, None) => None,
+            (Some(_), None) => bail!("--tls-cert needs --tls-key (BROOK_TLS_KEY)"),
+            (None, Some(_)) => bail!("--tls-key needs --tls-cert (BROOK_TLS_CERT)"),
+        };
+        if self.tls_ca.is_none() && identity.is_none() && self.tls_server_name.is_none() {
+            return Ok(None);
+        }
+        let mut tls = TlsOptions::default();
+        if let Some(ca) = &self.tls_ca {
+            tls = tls.with_ca(Pem::from_file(ca.clone()));
+        }
+        if let Some(identity) = identity {
+            tls = tls.with_identity(identity);
+        }
+        if let Some(name) = &self.tls_server_name {
+            tls = tls.with_server_name(name.clone());
+        }
+        Ok(Some(tls))
+    }
+
+    /// The client's options: the defaults, with the TLS flags.
+    pub fn options(&self) -> anyhow::Result<ClientOptions> {
+        let options = ClientOptions::default();
+        Ok(match self.tls()? {
+            Some(tls) => options.with_tls(tls),
+            None => options,
+        })
+    }
+
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        Client::connect_with(self.broker.clone(), self.options()?)
+            .await
+            .with_context(|| format!("cannot connect to the broker at {}", self.broker))
+    }
+
+    /// [`Self::connect`], with the group service on the same connection.
+    pub async fn connect_groups(&self) -> anyhow::Result<GroupClient> {
+        GroupClient::connect_with(self.broker.clone(), self.options()?)
+            .await
+            .with_context(|| format!("cannot connect to the broker at {}", self.broker))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Command {
+        #[command(flatten)]
+        connect: ConnectArgs,
+    }
+
+    fn parse(args: &[&str]) -> ConnectArgs {
+        let mut argv = vec!["brook"];
+        argv.extend_from_slice(args);
+        Command::try_parse_from(argv).expect("valid flags").connect
+    }
+
+    #[test]
+    fn no_tls_flag_means_no_tls() {
+        assert_eq!(parse(&["--broker", "b:1"]).tls().expect("valid"), None);
+    }
+
+    #[test]
+    fn the_tls_flags_become_the_clients_settings() {
+        let tls = parse(&[
+            "--tls-ca",
+            "ca.pem",
+            "--tls-cert",
+            "client.pem",
+            "--tls-key",
+            "client.key",
+            "--tls-server-name",
+            "broker.internal",
+        ])
+        .tls()
+        .expect("valid")
+        .expect("TLS");
+        let expected = TlsOptions::default()
+            .with_ca(Pem::from_file("ca.pem"))
+            .with_identity(TlsIdentity::new(
+                Pem::from_file("client.pem"),
+                Pem::from_file("client.key"),
+            ))
+            .with_server_name("broker.internal");
+        assert_eq!(tls, expected);
+    }
+
+    #[test]
+    fn a_certificate_without_its_key_is_refused() {
+        let error = parse(&["--tls-cert", "client.pem"]).tls().unwrap_err();
+        assert!(error.to_string().contains("--tls-key"), "{error}");
+        let error = parse(&["--tls-key", "client.key"]).tls().unwrap_err();
+        assert!(error.to_string().contains("--tls-cert"), "{error}");
+    }
+
+    #[test]
+    fn the_default_broker_is_where_serve_listens() {
+        assert_eq!(DEFAULT_BROKER, brook_broker::config::DEFAULT_LISTEN);
+    }
+}
