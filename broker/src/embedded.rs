@@ -137,9 +137,16 @@ impl EmbeddedBroker {
         EmbeddedBrokerBuilder::default()
     }
 
-    /// The gRPC endpoint, `http://127.0.0.1:<port>`.
+    /// The gRPC endpoint: `http://127.0.0.1:<port>`, or `https://` when
+    /// the broker serves TLS (its certificate must name 127.0.0.1, or the
+    /// client must be told which name it is issued for).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.broker.config().tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub fn addr(&self) -> SocketAddr {
