@@ -206,9 +206,14 @@ pub(crate) fn resolve_scheme(
     endpoint: String,
     tls: Option<&TlsOptions>,
 ) -> Result<(String, bool), ClientError> {
-    if endpoint.starts_with("https://") {
+    // Schemes are case-insensitive (RFC 3986), and so is the URI parser
+    // tonic uses: `HTTP://` must not slip past the check below.
+    let scheme = endpoint
+        .split_once("://")
+        .map(|(scheme, _)| scheme.to_ascii_lowercase());
+    if scheme.as_deref() == Some("https") {
         Ok((endpoint, true))
-    } else if endpoint.starts_with("http://") {
+    } else if scheme.as_deref() == Some("http") {
         if tls.is_some() {
             return Err(ClientError::tls(
                 format!(
@@ -269,6 +274,11 @@ mod tests {
         assert!(message.contains("http://b:1"), "{message}");
         assert!(message.contains("https://"), "{message}");
         assert!(!error.is_retryable());
+        // Schemes are case-insensitive: an upper-case one is no way around.
+        let error = resolve_scheme("HTTP://b:1".to_owned(), Some(&tls())).unwrap_err();
+        assert!(matches!(error, ClientError::Tls { .. }), "{error:?}");
+        let (_, tls) = resolve_scheme("HTTPS://b:1".to_owned(), None).unwrap();
+        assert!(tls);
     }
 
     async fn config_error(options: TlsOptions) -> String {

@@ -128,12 +128,17 @@ broker's own default applies to them. Keys the chart owns are refused.
 {{- end }}
 {{- $_ := set $merged "tls_cert" (printf "%s/tls.crt" (include "brook.tlsDir" .)) }}
 {{- $_ := set $merged "tls_key" (printf "%s/tls.key" (include "brook.tlsDir" .)) }}
-{{- if ne .Values.tls.clientAuth "none" }}
+{{- if ne (toString (default "none" (index $merged "tls_client_auth"))) "none" }}
 {{- $_ := set $merged "tls_client_ca" (printf "%s/ca.crt" (include "brook.tlsDir" .)) }}
 {{- end }}
-{{- $_ := set $merged "tls_client_auth" .Values.tls.clientAuth }}
 {{- end }}
 {{- toJson $merged }}
+{{- end }}
+
+{{/* The scheme of the HTTP port: HTTPS with config.tls_http. */}}
+{{- define "brook.httpScheme" -}}
+{{- $settings := include "brook.settings" . | fromJson }}
+{{- if and .Values.tls.enabled (index $settings "tls_http") }}HTTPS{{ else }}HTTP{{ end }}
 {{- end }}
 
 {{/* Where the TLS Secret is mounted. */}}
