@@ -48,6 +48,7 @@ macro_rules! setters {
 }
 
 mod admin;
+mod auth;
 mod client;
 mod consumer;
 mod dead_letter;
@@ -66,6 +67,7 @@ mod tls;
 pub mod trace;
 mod undecodable;
 
+pub use auth::{BearerToken, InvalidBearerToken};
 pub use admin::{PartitionDescription, TopicConfig, TopicDescription, TopicSettings, TopicSummary};
 pub use brook_record::{BatchOptions, Compression, Header, NewRecord, Record, RecordValidation};
 pub use client::{
