@@ -16,9 +16,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use brook_client::{
-    BearerToken, Client, ClientOptions, GroupClient, Pem, TlsIdentity, TlsOptions,
-};
+use brook_client::{BearerToken, Client, ClientOptions, GroupClient, Pem, TlsIdentity, TlsOptions};
 use clap::Args;
 
 /// The broker address when neither `--broker` nor `BROOK_BROKER` is given;

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use brook_broker::config::{
-    Authentication, DEFAULT_DATA_DIR, TokenAuth, DEFAULT_HTTP_LISTEN, DEFAULT_LISTEN, GroupSettings, Limits, TopicSettings,
+    Authentication, DEFAULT_DATA_DIR, DEFAULT_HTTP_LISTEN, DEFAULT_LISTEN, GroupSettings, Limits,
+    TokenAuth, TopicSettings,
 };
 use brook_broker::{
     BrokerConfig, ClientAuth, FsyncPolicy, PartitionName, RecordValidation, TlsConfig,
@@ -325,9 +326,7 @@ impl Settings {
                 .unwrap_or_else(|| ClientAuth::None.to_string()),
             tls_reload_interval_ms: self.tls_reload_interval_ms.unwrap_or(10_000),
             tls_http: self.tls_http.unwrap_or(false),
-            auth: self
-                .auth
-                .unwrap_or_else(|| broker.auth.mode().to_owned()),
+            auth: self.auth.unwrap_or_else(|| broker.auth.mode().to_owned()),
             token_file: self.token_file,
             max_connections: self.max_connections.or(limits.connections_max),
             connection_idle_timeout_ms: self

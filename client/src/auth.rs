@@ -72,7 +72,10 @@ impl Authorize {
 }
 
 impl Interceptor for Authorize {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(token) = &self.token {
             request
                 .metadata_mut()

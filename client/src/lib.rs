@@ -67,8 +67,8 @@ mod tls;
 pub mod trace;
 mod undecodable;
 
-pub use auth::{BearerToken, InvalidBearerToken};
 pub use admin::{PartitionDescription, TopicConfig, TopicDescription, TopicSettings, TopicSummary};
+pub use auth::{BearerToken, InvalidBearerToken};
 pub use brook_record::{BatchOptions, Compression, Header, NewRecord, Record, RecordValidation};
 pub use client::{
     Client, ClientOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MESSAGE_BYTES_MAX,

@@ -31,10 +31,14 @@ pub(crate) fn certificate_principal(der: &[u8]) -> Option<Principal> {
 
 fn first_dns_name<'a>(cert: &'a X509Certificate<'_>) -> Option<&'a str> {
     let names = cert.subject_alternative_name().ok().flatten()?;
-    names.value.general_names.iter().find_map(|name| match name {
-        GeneralName::DNSName(dns) if !dns.is_empty() => Some(*dns),
-        _ => None,
-    })
+    names
+        .value
+        .general_names
+        .iter()
+        .find_map(|name| match name {
+            GeneralName::DNSName(dns) if !dns.is_empty() => Some(*dns),
+            _ => None,
+        })
 }
 
 #[cfg(test)]
@@ -43,16 +47,19 @@ mod tests {
     use rcgen::{CertificateParams, DnType, KeyPair};
 
     fn der(names: &[&str], common_name: Option<&str>) -> Vec<u8> {
-        let mut params = CertificateParams::new(
-            names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
-        )
-        .expect("valid names");
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+                .expect("valid names");
         params.distinguished_name = rcgen::DistinguishedName::new();
         if let Some(cn) = common_name {
             params.distinguished_name.push(DnType::CommonName, cn);
         }
         let key = KeyPair::generate().expect("a key");
-        params.self_signed(&key).expect("a certificate").der().to_vec()
+        params
+            .self_signed(&key)
+            .expect("a certificate")
+            .der()
+            .to_vec()
     }
 
     #[test]

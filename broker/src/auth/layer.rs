@@ -97,7 +97,7 @@ where
             }
             Ok(None) => Either::Right(self.inner.call(request)),
             Err(refusal) => {
-                self.warn(&request, connection_peer(&request), refusal);
+                self.warn(&request, refusal);
                 let status = tonic::Status::unauthenticated(refusal.to_string());
                 Either::Left(futures::future::ready(Ok(status.into_http())))
             }
@@ -106,9 +106,10 @@ where
 }
 
 impl<S> Authenticate<S> {
-    fn warn<B>(&self, request: &http::Request<B>, peer: Option<String>, refusal: Refusal) {
+    fn warn<B>(&self, request: &http::Request<B>, refusal: Refusal) {
         let due = self.shared.warnings.lock()[refusal.index()].due();
         if let Some(refused) = due {
+            let peer = connection_peer(request);
             tracing::warn!(
                 peer = peer.as_deref().unwrap_or("unknown"),
                 method = request.uri().path(),

@@ -27,8 +27,8 @@ use http::HeaderMap;
 use tokio_util::sync::CancellationToken;
 
 use crate::grpc::connections::ConnectionInfo;
-use brook_engine::config::{Authentication, BrokerConfig};
 use brook_engine::ClientAuth;
+use brook_engine::config::{Authentication, BrokerConfig};
 
 pub(crate) use certificate::certificate_principal;
 use tokens::TokenStore;
@@ -193,13 +193,15 @@ impl Authenticator {
     }
 }
 
+/// The authentication scheme of bearer tokens, as compared (ignoring case).
+const SCHEME: &[u8] = b"bearer ";
+
 /// The token of an `authorization: Bearer <token>` header.
 fn bearer_token(headers: &HeaderMap) -> Result<&[u8], Refusal> {
     let value = headers
         .get(http::header::AUTHORIZATION)
         .ok_or(Refusal::NoToken)?
         .as_bytes();
-    const SCHEME: &[u8] = b"bearer ";
     if value.len() <= SCHEME.len() || !value[..SCHEME.len()].eq_ignore_ascii_case(SCHEME) {
         return Err(Refusal::MalformedAuthorization);
     }
@@ -227,10 +229,7 @@ mod tests {
     fn bearer_tokens_are_read_from_the_authorization_header() {
         assert_eq!(bearer_token(&headers("Bearer abc")), Ok(&b"abc"[..]));
         assert_eq!(bearer_token(&headers("bearer  abc ")), Ok(&b"abc"[..]));
-        assert_eq!(
-            bearer_token(&HeaderMap::new()),
-            Err(Refusal::NoToken)
-        );
+        assert_eq!(bearer_token(&HeaderMap::new()), Err(Refusal::NoToken));
         for malformed in ["Basic abc", "Bearer", "Bearer   ", "abc"] {
             assert_eq!(
                 bearer_token(&headers(malformed)),

@@ -46,7 +46,9 @@ struct Entry {
 
 impl std::fmt::Debug for Entry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Entry").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Entry")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -165,12 +167,13 @@ fn parse(text: &str) -> Result<Vec<Entry>, (usize, &'static str)> {
         let hash = hash
             .strip_prefix(HASH_PREFIX)
             .ok_or((line_number, "the hash must start with `sha256:`"))?;
-        let hash = decode_hash(hash).ok_or((
-            line_number,
-            "the hash must be 64 hex digits (a SHA-256)",
-        ))?;
+        let hash =
+            decode_hash(hash).ok_or((line_number, "the hash must be 64 hex digits (a SHA-256)"))?;
         if entries.iter().any(|e| e.hash == hash) {
-            return Err((line_number, "this token's hash is already given to another name"));
+            return Err((
+                line_number,
+                "this token's hash is already given to another name",
+            ));
         }
         entries.push(Entry {
             name: name.to_owned(),

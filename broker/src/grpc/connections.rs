@@ -167,8 +167,8 @@ fn handshaken(
                             .peer_certificates()
                             .and_then(<[_]>::first)
                             .and_then(|cert| certificate_principal(cert));
-                        let connection = accepted
-                            .into_connection(Transport::Tls(Box::new(stream)), principal);
+                        let connection =
+                            accepted.into_connection(Transport::Tls(Box::new(stream)), principal);
                         // If the server stopped taking connections, this one closes.
                         let _ = ready.send(Ok(connection)).await;
                     }

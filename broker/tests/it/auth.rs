@@ -7,6 +7,7 @@
 use crate::common;
 use crate::tls::{Authority, connect, write_files};
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -18,7 +19,9 @@ use brook_broker::{BrokerConfig, ClientAuth, EmbeddedBroker};
 use brook_proto::admin_service_client::AdminServiceClient;
 use brook_proto::fetch_service_client::FetchServiceClient;
 use brook_proto::produce_service_client::ProduceServiceClient;
-use brook_proto::{CreateTopicRequest, FetchPartition, FetchRequest, ListTopicsRequest, TopicConfig};
+use brook_proto::{
+    CreateTopicRequest, FetchPartition, FetchRequest, ListTopicsRequest, TopicConfig,
+};
 use common::{Clients, WAIT, batch, partition_batch, produce_request, within};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -78,13 +81,16 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLogs {
 /// `printf %s "$token" | sha256sum`, as the token file wants it.
 fn sha256_hex(token: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    digest.as_ref().iter().fold(String::new(), |mut hex, b| {
+        let _ = write!(hex, "{b:02x}");
+        hex
+    })
 }
 
 fn write_token_file(path: &Path, entries: &[(&str, &str)]) -> anyhow::Result<()> {
     let mut text = String::from("# name sha256:hex\n");
     for (name, token) in entries {
-        text.push_str(&format!("{name} sha256:{}\n", sha256_hex(token)));
+        let _ = writeln!(text, "{name} sha256:{}", sha256_hex(token));
     }
     std::fs::write(path, text)?;
     Ok(())

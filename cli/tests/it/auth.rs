@@ -13,7 +13,8 @@ use crate::common::{BROOK, COMMAND_LIMIT, Server, brook, run};
 
 const TOKEN: &str = "cli-test-token-6d0f";
 /// `printf %s cli-test-token-6d0f | sha256sum`
-const TOKEN_SHA256: &str = "sha256:5cdfcf405e6b528bde1ccb02668309cba88612020f9745332c290025c32e0965";
+const TOKEN_SHA256: &str =
+    "sha256:5cdfcf405e6b528bde1ccb02668309cba88612020f9745332c290025c32e0965";
 
 #[tokio::test]
 async fn client_commands_send_their_token() {
@@ -44,7 +45,12 @@ async fn client_commands_send_their_token() {
     )
     .await;
     assert_eq!(created.trim(), "created topic ops with 1 partitions");
-    brook(&broker, &[&token[..], &["produce", "ops"]].concat(), b"one\ntwo\n").await;
+    brook(
+        &broker,
+        &[&token[..], &["produce", "ops"]].concat(),
+        b"one\ntwo\n",
+    )
+    .await;
     let consumed = brook(
         &broker,
         &[

@@ -3,6 +3,7 @@
 //! fetches and reads groups; one without a token, or with another, is
 //! refused with an error that is not retryable.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
@@ -19,7 +20,10 @@ const TOKEN: &str = "orders-service-token-3b8d";
 
 async fn start(dir: &std::path::Path) -> anyhow::Result<EmbeddedBroker> {
     let digest = ring::digest::digest(&ring::digest::SHA256, TOKEN.as_bytes());
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let hex = digest.as_ref().iter().fold(String::new(), |mut hex, b| {
+        let _ = write!(hex, "{b:02x}");
+        hex
+    });
     let file = dir.join("tokens");
     std::fs::write(&file, format!("orders sha256:{hex}\n"))?;
     let mut config = BrokerConfig::default();
@@ -48,11 +52,16 @@ async fn a_client_with_its_token_is_served_on_every_call() -> anyhow::Result<()>
     let broker = start(dir.path()).await?;
     let client = connect(&broker, Some(TOKEN)).await?;
 
-    client.create_topic("orders", 1, TopicConfig::default()).await?;
+    client
+        .create_topic("orders", 1, TopicConfig::default())
+        .await?;
     client.produce("orders", 0, &[record("unary")]).await?;
     let producer = Producer::new(client.clone(), ProducerConfig::default());
-    timeout(LIMIT, producer.send(ProducerRecord::new("orders", "producer").partition(0)))
-        .await??;
+    timeout(
+        LIMIT,
+        producer.send(ProducerRecord::new("orders", "producer").partition(0)),
+    )
+    .await??;
     let fetched = client
         .fetch("orders", 0, 0, FetchOptions::default())
         .await?;
@@ -73,7 +82,10 @@ async fn a_client_without_a_known_token_is_refused() -> anyhow::Result<()> {
             .await
             .err()
             .with_context(|| format!("served with token {token:?}"))?;
-        ensure!(error.code() == Some(StatusCode::Unauthenticated), "{error:?}");
+        ensure!(
+            error.code() == Some(StatusCode::Unauthenticated),
+            "{error:?}"
+        );
         ensure!(error.kind() == ErrorKind::PermissionDenied, "{error:?}");
         ensure!(!error.is_retryable(), "{error:?}");
         ensure!(!format!("{error:?}").contains("not-the-token"), "{error:?}");
