@@ -82,9 +82,11 @@ impl fmt::Display for Principal {
 pub enum AuthError {
     #[error(
         "auth = mtls needs TLS with client certificates required: set tls_cert, tls_key, \
-         tls_client_ca and tls_client_auth = required (it is {client_auth})"
+         tls_client_ca and tls_client_auth = required (now: {client_auth})"
     )]
     MtlsNeedsRequiredClientCertificates { client_auth: String },
+    #[error("auth = {mode} is not supported by this server")]
+    Unsupported { mode: &'static str },
     #[error("token file {}: {source}", path.display())]
     TokenFileRead {
         path: PathBuf,
@@ -152,7 +154,9 @@ impl Authenticator {
                 Ok(Self::Mtls)
             }
             Authentication::Token(settings) => Ok(Self::Token(TokenStore::load(settings)?)),
-            _ => Ok(Self::None),
+            Authentication::None => Ok(Self::None),
+            // A mode this server does not know must not serve everyone.
+            other => Err(AuthError::Unsupported { mode: other.mode() }),
         }
     }
 
