@@ -16,7 +16,7 @@
 //! `Debug` output; only its hash is kept.
 
 mod certificate;
-pub mod layer;
+pub(crate) mod layer;
 mod tokens;
 
 use std::fmt;
