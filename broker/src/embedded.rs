@@ -29,6 +29,8 @@ pub enum StartError {
     Open(#[from] OpenError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 /// A running in-process broker. Dropping it stops the server; the temporary
@@ -77,10 +79,12 @@ impl EmbeddedBrokerBuilder {
 
     pub async fn start(self) -> Result<EmbeddedBroker, StartError> {
         let mut config = self.config;
-        // Bad TLS files fail here rather than in the serving task.
+        // Bad TLS files and authentication settings fail here rather
+        // than in the serving task.
         if let Some(tls) = &config.tls {
             crate::tls::ServerTls::load(tls)?;
         }
+        crate::auth::Authenticator::load(&config)?;
         let temp_dir = if let Some(dir) = self.data_dir {
             config.data_dir = dir;
             None

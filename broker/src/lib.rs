@@ -9,6 +9,7 @@
 //! Invariant: on the broker side, only this crate knows protobuf, gRPC
 //! and HTTP.
 
+pub mod auth;
 mod descriptors;
 pub mod embedded;
 mod grpc;

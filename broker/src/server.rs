@@ -16,6 +16,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
+use crate::auth::Authenticator;
+use crate::auth::layer::AuthLayer;
 use crate::grpc::connections::{ConnectionLimits, TrackRequestsLayer};
 use crate::grpc::receive_budget::{ReceiveBudget, ReceiveBudgetLayer};
 use crate::http::{HttpLimits, Phase, ServerStatus};
@@ -55,6 +57,8 @@ pub enum ServeError {
     Http(#[source] std::io::Error),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
     #[error("server task: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -70,8 +74,9 @@ pub async fn run(
     on_ready: impl FnOnce(&Arc<Broker>) + Send,
 ) -> Result<(), ServeError> {
     let connections = connection_limits(&config)?;
-    // Bad TLS files fail the start before recovery, not after it.
+    // Bad TLS or token files fail the start before recovery, not after it.
     let tls = load_tls(&config)?;
+    let auth = load_auth(&config)?;
     let status = Arc::new(ServerStatus::default());
     let stop = stop_token(shutdown);
     let http_stop = CancellationToken::new();
@@ -107,6 +112,7 @@ pub async fn run(
         grpc,
         connections,
         tls,
+        auth,
         status,
         stop,
         http_stop,
@@ -124,6 +130,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let connections = connection_limits(broker.config())?;
     let tls = load_tls(broker.config())?;
+    let auth = load_auth(broker.config())?;
     let status = Arc::new(ServerStatus::default());
     status.set_broker(broker.clone());
     let stop = stop_token(shutdown);
@@ -142,6 +149,7 @@ pub async fn serve(
         grpc,
         connections,
         tls,
+        auth,
         status,
         stop,
         http_stop,
@@ -162,6 +170,13 @@ fn load_tls(config: &BrokerConfig) -> Result<Option<Arc<ServerTls>>, ServeError>
         "gRPC serves TLS only"
     );
     Ok(Some(tls))
+}
+
+/// How requests are authenticated; refuses settings it cannot honour.
+fn load_auth(config: &BrokerConfig) -> Result<Authenticator, ServeError> {
+    let auth = Authenticator::load(config)?;
+    tracing::info!(auth = auth.mode(), "gRPC client authentication");
+    Ok(auth)
 }
 
 /// Raises the descriptor limit and chooses how many gRPC connections it
@@ -221,6 +236,7 @@ async fn serve_grpc(
     grpc: TcpListener,
     connections: ConnectionLimits,
     tls: Option<Arc<ServerTls>>,
+    auth: Authenticator,
     status: Arc<ServerStatus>,
     stop: CancellationToken,
     http_stop: CancellationToken,
@@ -247,6 +263,7 @@ async fn serve_grpc(
     if let Some(tls) = &tls {
         tls.spawn_reloader(stop.clone());
     }
+    auth.spawn_reloader(stop.clone());
     let incoming =
         crate::grpc::connections::accept(grpc, connections, broker.metrics().clone(), tls);
     let receive_budget = ReceiveBudget::new(
@@ -280,6 +297,8 @@ async fn serve_grpc(
         .initial_stream_window_size(HTTP2_STREAM_WINDOW)
         .max_frame_size(HTTP2_FRAME_BYTES_MAX)
         .layer(TrackRequestsLayer)
+        // Before the receive budget: a refused request reserves nothing.
+        .layer(AuthLayer::new(auth))
         .layer(ReceiveBudgetLayer::new(receive_budget))
         .add_routes(crate::grpc::routes(&broker))
         .add_service(health_service)

@@ -1,6 +1,6 @@
-//! How the client commands reach the broker: `--broker` and the TLS flags
-//! (each also an environment variable), shared by every command that
-//! connects, and turned into the client's options here once.
+//! How the client commands reach the broker: `--broker`, the TLS flags and
+//! `--token` (each also an environment variable), shared by every command
+//! that connects, and turned into the client's options here once.
 //!
 //! Invariant: any TLS flag makes a `host:port` broker address mean
 //! `https://`; with an `http://` address the client refuses the TLS flags
@@ -16,7 +16,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
-use brook_client::{Client, ClientOptions, GroupClient, Pem, TlsIdentity, TlsOptions};
+use brook_client::{BearerToken, Client, ClientOptions, GroupClient, Pem, TlsIdentity, TlsOptions};
 use clap::Args;
 
 /// The broker address when neither `--broker` nor `BROOK_BROKER` is given;
@@ -50,6 +50,16 @@ pub struct ConnectArgs {
         value_name = "NAME"
     )]
     pub tls_server_name: Option<String>,
+    /// Bearer token for a broker with `auth = token`, sent with every call.
+    /// Prefer BROOK_TOKEN: a flag shows in the process list.
+    #[arg(
+        long,
+        global = true,
+        env = "BROOK_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<BearerToken>,
 }
 
 impl ConnectArgs {
@@ -80,13 +90,16 @@ impl ConnectArgs {
         Ok(Some(tls))
     }
 
-    /// The client's options: the defaults, with the TLS flags.
+    /// The client's options: the defaults, with the TLS flags and the token.
     pub fn options(&self) -> anyhow::Result<ClientOptions> {
-        let options = ClientOptions::default();
-        Ok(match self.tls()? {
-            Some(tls) => options.with_tls(tls),
-            None => options,
-        })
+        let mut options = ClientOptions::default();
+        if let Some(tls) = self.tls()? {
+            options = options.with_tls(tls);
+        }
+        if let Some(token) = &self.token {
+            options = options.with_bearer_token(token.clone());
+        }
+        Ok(options)
     }
 
     pub async fn connect(&self) -> anyhow::Result<Client> {
@@ -156,6 +169,17 @@ mod tests {
         assert!(error.to_string().contains("--tls-key"), "{error}");
         let error = parse(&["--tls-key", "client.key"]).tls().unwrap_err();
         assert!(error.to_string().contains("--tls-cert"), "{error}");
+    }
+
+    #[test]
+    fn the_token_becomes_the_clients_bearer_token_and_is_never_shown() {
+        let args = parse(&["--token", "s3cret"]);
+        assert!(!format!("{args:?}").contains("s3cret"), "{args:?}");
+        let options = args.options().expect("valid");
+        assert_eq!(options.bearer_token, BearerToken::new("s3cret").ok());
+        assert_eq!(parse(&[]).options().expect("valid").bearer_token, None);
+        let mut argv = vec!["brook", "--token", "two words"];
+        assert!(Command::try_parse_from(argv.drain(..)).is_err());
     }
 
     #[test]

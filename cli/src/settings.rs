@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use brook_broker::config::{
-    DEFAULT_DATA_DIR, DEFAULT_HTTP_LISTEN, DEFAULT_LISTEN, GroupSettings, Limits, TopicSettings,
+    Authentication, DEFAULT_DATA_DIR, DEFAULT_HTTP_LISTEN, DEFAULT_LISTEN, GroupSettings, Limits,
+    TokenAuth, TopicSettings,
 };
 use brook_broker::{
     BrokerConfig, ClientAuth, FsyncPolicy, PartitionName, RecordValidation, TlsConfig,
@@ -134,6 +135,13 @@ settings! {
     /// Serve the HTTP port over TLS too, with the same certificate (probes
     /// and scrapers then need HTTPS) [default: false].
     tls_http: bool = "BROOK_TLS_HTTP",
+    /// How gRPC clients authenticate: none, mtls (the client certificate's
+    /// common name; needs `tls_client_auth = required`) or token (a bearer
+    /// token from `token_file`) [default: none].
+    auth: String = "BROOK_AUTH",
+    /// With `auth = token`: lines `NAME sha256:HEX`, HEX the SHA-256 of
+    /// NAME's token; checked for changes every 10 s [default: none].
+    token_file: PathBuf = "BROOK_TOKEN_FILE",
     /// Open gRPC connections; more are closed as soon as accepted. Must
     /// leave 256 file descriptors for the broker's files [default: half of
     /// the descriptor limit left after HTTP's and 256, at most 10000].
@@ -197,6 +205,9 @@ pub struct Effective {
     pub tls_client_auth: String,
     pub tls_reload_interval_ms: u64,
     pub tls_http: bool,
+    pub auth: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
     /// Unset: chosen from the descriptor limit at start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
@@ -315,6 +326,8 @@ impl Settings {
                 .unwrap_or_else(|| ClientAuth::None.to_string()),
             tls_reload_interval_ms: self.tls_reload_interval_ms.unwrap_or(10_000),
             tls_http: self.tls_http.unwrap_or(false),
+            auth: self.auth.unwrap_or_else(|| broker.auth.mode().to_owned()),
+            token_file: self.token_file,
             max_connections: self.max_connections.or(limits.connections_max),
             connection_idle_timeout_ms: self
                 .connection_idle_timeout_ms
@@ -500,6 +513,7 @@ impl Effective {
         config.index_interval_bytes = self.index_interval_bytes;
         config.accept_data_loss = self.accepted_data_loss()?;
         config.tls = self.tls()?;
+        config.auth = self.authentication(config.tls.as_ref())?;
         config.open_segments_max = self.open_segments_max;
         Ok(config)
     }
@@ -543,6 +557,33 @@ impl Effective {
         tls.reload_interval = Duration::from_millis(self.tls_reload_interval_ms);
         tls.http = self.tls_http;
         Ok(Some(tls))
+    }
+
+    /// How clients authenticate: `token` needs a token file (and only it
+    /// takes one), `mtls` needs required client certificates.
+    fn authentication(&self, tls: Option<&TlsConfig>) -> anyhow::Result<Authentication> {
+        let auth = match self.auth.as_str() {
+            "none" => Authentication::None,
+            "mtls" => {
+                if tls.map(|tls| tls.client_auth) != Some(ClientAuth::Required) {
+                    bail!(
+                        "auth: mtls needs tls_cert, tls_key, tls_client_ca and tls_client_auth = required"
+                    );
+                }
+                Authentication::Mtls
+            }
+            "token" => {
+                let Some(file) = &self.token_file else {
+                    bail!("token_file: needed with auth = token");
+                };
+                Authentication::Token(TokenAuth::new(file))
+            }
+            other => bail!("auth: must be none, mtls or token, not `{other}`"),
+        };
+        if self.token_file.is_some() && !matches!(auth, Authentication::Token(_)) {
+            bail!("token_file: only used with auth = token");
+        }
+        Ok(auth)
     }
 
     pub fn to_toml(&self) -> anyhow::Result<String> {
@@ -664,5 +705,65 @@ mod tests {
         let tls = config(mutual).unwrap().tls.unwrap();
         assert_eq!(tls.client_auth, ClientAuth::Required);
         assert_eq!(tls.client_ca, Some(PathBuf::from("ca.crt")));
+    }
+
+    #[test]
+    fn auth_settings_are_checked_together() {
+        let config = |settings: Settings| settings.resolve().and_then(|e| e.broker_config());
+        assert_eq!(
+            config(Settings::default()).unwrap().auth,
+            Authentication::None
+        );
+        let tokens = Settings {
+            auth: Some("token".into()),
+            token_file: Some("tokens".into()),
+            ..Settings::default()
+        };
+        assert_eq!(
+            config(tokens).unwrap().auth,
+            Authentication::Token(TokenAuth::new("tokens"))
+        );
+        for (settings, key) in [
+            (
+                Settings {
+                    auth: Some("token".into()),
+                    ..Settings::default()
+                },
+                "token_file:",
+            ),
+            (
+                Settings {
+                    token_file: Some("tokens".into()),
+                    ..Settings::default()
+                },
+                "token_file:",
+            ),
+            (
+                Settings {
+                    auth: Some("mtls".into()),
+                    ..Settings::default()
+                },
+                "auth: mtls needs",
+            ),
+            (
+                Settings {
+                    auth: Some("password".into()),
+                    ..Settings::default()
+                },
+                "auth: must be",
+            ),
+        ] {
+            let error = config(settings).unwrap_err();
+            assert!(error.to_string().starts_with(key), "{error}");
+        }
+        let mutual = Settings {
+            auth: Some("mtls".into()),
+            tls_cert: Some("tls.crt".into()),
+            tls_key: Some("tls.key".into()),
+            tls_client_ca: Some("ca.crt".into()),
+            tls_client_auth: Some("required".into()),
+            ..Settings::default()
+        };
+        assert_eq!(config(mutual).unwrap().auth, Authentication::Mtls);
     }
 }

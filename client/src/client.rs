@@ -15,6 +15,7 @@ use brook_proto::produce_service_client::ProduceServiceClient;
 use brook_record::BatchOptions;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::auth::{Authorize, BearerToken, Transport};
 use crate::error::ClientError;
 use crate::resilience::{CircuitBreaker, CircuitBreakerConfig, CircuitState};
 use crate::tls::{TlsOptions, resolve_scheme};
@@ -65,6 +66,9 @@ pub struct ClientOptions {
     /// (`https://`), and an `http://` endpoint is an error. Without them,
     /// an `https://` endpoint connects with TLS trusting the system's roots.
     pub tls: Option<TlsOptions>,
+    /// Sent as `authorization: Bearer <token>` metadata on every call, for
+    /// a broker with `auth = token`. Hidden in `Debug`.
+    pub bearer_token: Option<BearerToken>,
 }
 
 impl Default for ClientOptions {
@@ -79,6 +83,7 @@ impl Default for ClientOptions {
             batch: BatchOptions::default(),
             circuit_breaker: CircuitBreakerConfig::default(),
             tls: None,
+            bearer_token: None,
         }
     }
 }
@@ -121,14 +126,15 @@ impl Default for ClientOptions {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Client {
-    pub(crate) admin: AdminServiceClient<Channel>,
-    pub(crate) produce: ProduceServiceClient<Channel>,
-    pub(crate) fetch: FetchServiceClient<Channel>,
+    pub(crate) admin: AdminServiceClient<Transport>,
+    pub(crate) produce: ProduceServiceClient<Transport>,
+    pub(crate) fetch: FetchServiceClient<Transport>,
     pub(crate) options: ClientOptions,
     /// Shared by the clones, as the connection is.
     breaker: CircuitBreaker,
-    /// The connection, for stubs of other services (consumer groups).
-    pub(crate) channel: Channel,
+    /// The connection (with the bearer token), for stubs of other
+    /// services (consumer groups) and raw calls.
+    pub(crate) channel: Transport,
 }
 
 impl Client {
@@ -208,6 +214,7 @@ impl Client {
     /// If `options.circuit_breaker.failure_threshold` is 0.
     pub(crate) fn from_channel(channel: Channel, options: ClientOptions) -> Self {
         let limit = options.message_bytes_max;
+        let channel = Transport::new(channel, Authorize::new(options.bearer_token.clone()));
         Self {
             admin: AdminServiceClient::new(channel.clone())
                 .max_decoding_message_size(limit)
@@ -284,6 +291,13 @@ impl ClientOptions {
     #[must_use]
     pub fn with_tls(mut self, tls: TlsOptions) -> Self {
         self.tls = Some(tls);
+        self
+    }
+
+    /// Sets [`Self::bearer_token`].
+    #[must_use]
+    pub fn with_bearer_token(mut self, token: BearerToken) -> Self {
+        self.bearer_token = Some(token);
         self
     }
 }

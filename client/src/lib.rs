@@ -48,6 +48,7 @@ macro_rules! setters {
 }
 
 mod admin;
+mod auth;
 mod client;
 mod consumer;
 mod dead_letter;
@@ -67,6 +68,7 @@ pub mod trace;
 mod undecodable;
 
 pub use admin::{PartitionDescription, TopicConfig, TopicDescription, TopicSettings, TopicSummary};
+pub use auth::{BearerToken, InvalidBearerToken};
 pub use brook_record::{BatchOptions, Compression, Header, NewRecord, Record, RecordValidation};
 pub use client::{
     Client, ClientOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MESSAGE_BYTES_MAX,

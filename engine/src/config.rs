@@ -345,6 +345,8 @@ pub struct BrokerConfig {
     pub http_header_read_timeout: Duration,
     /// TLS on the gRPC port; `None` serves plaintext.
     pub tls: Option<TlsConfig>,
+    /// How gRPC clients prove who they are.
+    pub auth: Authentication,
 }
 
 /// TLS for the gRPC port: the broker's certificate and key, and whether
@@ -422,6 +424,53 @@ impl std::fmt::Display for ClientAuth {
     }
 }
 
+/// How gRPC clients of the Brook services authenticate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Authentication {
+    /// Every client is served, unnamed.
+    #[default]
+    None,
+    /// The client certificate names the client: its subject's common name,
+    /// else its first DNS subject alternative name. Needs TLS with
+    /// `client_auth` `Required`.
+    Mtls,
+    /// A bearer token in the `authorization` metadata names the client.
+    Token(TokenAuth),
+}
+
+impl Authentication {
+    /// The mode's name, as the `auth` setting spells it.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Mtls => "mtls",
+            Self::Token(_) => "token",
+        }
+    }
+}
+
+/// Static bearer tokens, stored hashed in a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TokenAuth {
+    /// Lines `NAME sha256:HEX`: a client's name and the SHA-256 of its token.
+    pub file: PathBuf,
+    /// How often the file is checked for changes; a changed file replaces
+    /// the tokens for the requests that follow.
+    pub reload_interval: Duration,
+}
+
+impl TokenAuth {
+    /// Tokens from `file`, checked for changes every 10 s.
+    pub fn new(file: impl Into<PathBuf>) -> Self {
+        Self {
+            file: file.into(),
+            reload_interval: Duration::from_secs(10),
+        }
+    }
+}
+
 impl BrokerConfig {
     /// Checks the topic defaults by the rules of a topic's own settings
     /// (the error names the setting without its `default_` prefix).
@@ -469,6 +518,7 @@ impl Default for BrokerConfig {
             http_idle_timeout: Duration::from_secs(60),
             http_header_read_timeout: Duration::from_secs(10),
             tls: None,
+            auth: Authentication::None,
         }
     }
 }

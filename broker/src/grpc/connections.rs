@@ -15,7 +15,9 @@
 //! - With TLS, each accepted connection's handshake runs in a task of its
 //!   own, bounded by [`HANDSHAKE_TIMEOUT`], so a slow or silent client
 //!   holds up no other; a failed handshake (a plaintext client, say) is
-//!   logged at debug level and closes the connection.
+//!   logged at debug level and closes the connection. The principal the
+//!   client certificate names, if any, is read once there and kept in
+//!   [`ConnectionInfo`] for [`crate::auth`].
 
 use std::future::Future;
 use std::io;
@@ -35,13 +37,15 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::auth::{Principal, certificate_principal};
 use crate::idle::{Activity, Busy, IdleTimeout, ReadsCount};
 use crate::tls::ServerTls;
 use brook_engine::metrics::{GaugeGuard, Metrics};
 
-/// Least time between two warnings about refused connections or failed
-/// accepts; the ones in between are counted into the next.
-const WARN_INTERVAL: Duration = Duration::from_secs(10);
+/// Least time between two warnings about refused connections, failed
+/// accepts or refused requests; the ones in between are counted into the
+/// next.
+pub(crate) const WARN_INTERVAL: Duration = Duration::from_secs(10);
 /// Pause after an accept failed for lack of a resource (descriptors,
 /// memory): trying again at once would only fail again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -78,6 +82,19 @@ enum Transport {
 pub struct ConnectionInfo {
     tcp: TcpConnectInfo,
     activity: Arc<Activity>,
+    /// Whom the client certificate names (TLS with a client certificate
+    /// only).
+    certificate_principal: Option<Principal>,
+}
+
+impl ConnectionInfo {
+    pub(crate) fn certificate_principal(&self) -> Option<&Principal> {
+        self.certificate_principal.as_ref()
+    }
+
+    pub(crate) fn remote_addr(&self) -> Option<std::net::SocketAddr> {
+        self.tcp.remote_addr()
+    }
 }
 
 /// Counts a connection open (for the limit and the gauge) until dropped.
@@ -115,7 +132,7 @@ pub fn accept(
             acceptor,
             |mut acceptor| async move {
                 let (stream, accepted) = acceptor.next().await;
-                let connection = accepted.into_connection(Transport::Plain(stream));
+                let connection = accepted.into_connection(Transport::Plain(stream), None);
                 Some((Ok(connection), acceptor))
             },
         )),
@@ -142,7 +159,16 @@ fn handshaken(
                 let (stream, accepted) = accepted;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake.accept(stream)).await {
                     Ok(Ok(stream)) => {
-                        let connection = accepted.into_connection(Transport::Tls(Box::new(stream)));
+                        // The handshake verified the chain; its first
+                        // certificate is the client's own.
+                        let principal = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(<[_]>::first)
+                            .and_then(|cert| certificate_principal(cert));
+                        let connection =
+                            accepted.into_connection(Transport::Tls(Box::new(stream)), principal);
                         // If the server stopped taking connections, this one closes.
                         let _ = ready.send(Ok(connection)).await;
                     }
@@ -167,7 +193,11 @@ struct Accepted {
 }
 
 impl Accepted {
-    fn into_connection(self, transport: Transport) -> Connection {
+    fn into_connection(
+        self,
+        transport: Transport,
+        certificate_principal: Option<Principal>,
+    ) -> Connection {
         let activity = Activity::new();
         Connection {
             stream: IdleTimeout::new(
@@ -179,6 +209,7 @@ impl Accepted {
             info: ConnectionInfo {
                 tcp: self.tcp,
                 activity,
+                certificate_principal,
             },
             _open: self.open,
         }
@@ -255,7 +286,7 @@ fn is_peer_gone(e: &io::Error) -> bool {
 
 /// Rate limit of one kind of warning.
 #[derive(Debug, Default)]
-struct Warnings {
+pub(crate) struct Warnings {
     last: Option<Instant>,
     /// Occurrences since the last warning, this one included.
     pending: u64,
@@ -264,7 +295,7 @@ struct Warnings {
 impl Warnings {
     /// Counts an occurrence; `Some(count since the last warning)` when a
     /// warning is due now.
-    fn due(&mut self) -> Option<u64> {
+    pub(crate) fn due(&mut self) -> Option<u64> {
         self.pending += 1;
         let now = Instant::now();
         if self.last.is_some_and(|last| now < last + WARN_INTERVAL) {

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod auth;
 mod backpressure;
 mod bad_input;
 mod connections;

@@ -19,18 +19,18 @@ use rustls_pki_types::pem::PemObject;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 /// A certificate authority that signs the test's certificates.
-struct Authority {
+pub(crate) struct Authority {
     issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
 /// A certificate and its key, in PEM.
-struct Signed {
-    cert: String,
-    key: String,
+pub(crate) struct Signed {
+    pub(crate) cert: String,
+    pub(crate) key: String,
 }
 
 impl Authority {
-    fn new(name: &str) -> anyhow::Result<Self> {
+    pub(crate) fn new(name: &str) -> anyhow::Result<Self> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
@@ -47,7 +47,7 @@ impl Authority {
         self.issuer.pem()
     }
 
-    fn sign(&self, names: &[&str]) -> anyhow::Result<Signed> {
+    pub(crate) fn sign(&self, names: &[&str]) -> anyhow::Result<Signed> {
         self.sign_with(names, |_| {})
     }
 
@@ -73,7 +73,7 @@ impl Authority {
 }
 
 /// Writes the broker's certificate and key (and the client CA) into `dir`.
-fn write_files(
+pub(crate) fn write_files(
     dir: &Path,
     server: &Signed,
     client_ca: Option<&Authority>,
@@ -100,7 +100,7 @@ async fn start(tls: TlsConfig) -> anyhow::Result<EmbeddedBroker> {
 }
 
 /// A channel over TLS trusting `ca`, with a client certificate if given.
-async fn connect(
+pub(crate) async fn connect(
     embedded: &EmbeddedBroker,
     ca: &Authority,
     identity: Option<&Signed>,

@@ -11,7 +11,6 @@ use std::fmt;
 use brook_proto as proto;
 use brook_proto::group_service_client::GroupServiceClient;
 use futures::Stream;
-use tonic::transport::Channel;
 
 use crate::client::{Client, ClientOptions};
 use crate::error::ClientError;
@@ -151,7 +150,7 @@ pub enum ResetTo {
 #[derive(Debug, Clone)]
 pub struct GroupClient {
     client: Client,
-    stub: GroupServiceClient<Channel>,
+    stub: GroupServiceClient<crate::auth::Transport>,
 }
 
 impl GroupClient {

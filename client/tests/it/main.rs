@@ -1,6 +1,7 @@
 //! The client's integration tests, one module per behaviour, in one test
 //! binary: one link instead of one per file keeps builds and `target/` small.
 
+mod auth;
 mod client;
 mod consumer;
 mod consumer_backoff;

@@ -1,0 +1,363 @@
+//! Authentication: with `auth = token` only requests carrying a known
+//! bearer token reach the Brook services (the others get UNAUTHENTICATED,
+//! and the token never reaches the log); with `auth = mtls` the client
+//! certificate names the principal; a broker configured for mTLS without
+//! required client certificates does not start.
+
+use crate::common;
+use crate::tls::{Authority, connect, write_files};
+
+use std::fmt::Write as _;
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use brook_broker::config::{Authentication, TokenAuth};
+use brook_broker::{BrokerConfig, ClientAuth, EmbeddedBroker};
+use brook_proto::admin_service_client::AdminServiceClient;
+use brook_proto::fetch_service_client::FetchServiceClient;
+use brook_proto::produce_service_client::ProduceServiceClient;
+use brook_proto::{
+    CreateTopicRequest, FetchPartition, FetchRequest, ListTopicsRequest, TopicConfig,
+};
+use common::{Clients, WAIT, batch, partition_batch, produce_request, within};
+use tonic::Code;
+use tonic::transport::Channel;
+
+const ALICE_TOKEN: &str = "alice-secret-token-4f1b";
+const WRONG_TOKEN: &str = "wrong-secret-token-9c2e";
+
+/// Everything the broker logs (at debug level) while the guard lives, on
+/// this thread: the embedded broker's tasks run on the test's
+/// single-threaded runtime.
+///
+/// Every test here that sends requests installs one before its broker
+/// starts: tracing caches, per log statement, whether any subscriber wants
+/// it, decided when the statement first runs; run first on a thread with
+/// no subscriber while no other test's is alive, it would stay silent for
+/// the tests that capture.
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    fn install(&self) -> tracing::subscriber::DefaultGuard {
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("brook_broker=debug")
+            .with_ansi(false)
+            .with_writer(self.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    fn text(&self) -> String {
+        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut logs) = self.0.lock() {
+            logs.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLogs {
+    type Writer = Self;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// `printf %s "$token" | sha256sum`, as the token file wants it.
+fn sha256_hex(token: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    digest.as_ref().iter().fold(String::new(), |mut hex, b| {
+        let _ = write!(hex, "{b:02x}");
+        hex
+    })
+}
+
+fn write_token_file(path: &Path, entries: &[(&str, &str)]) -> anyhow::Result<()> {
+    let mut text = String::from("# name sha256:hex\n");
+    for (name, token) in entries {
+        let _ = writeln!(text, "{name} sha256:{}", sha256_hex(token));
+    }
+    std::fs::write(path, text)?;
+    Ok(())
+}
+
+async fn start_with_tokens(file: &Path) -> anyhow::Result<EmbeddedBroker> {
+    let mut tokens = TokenAuth::new(file);
+    tokens.reload_interval = Duration::from_millis(50);
+    let mut config = BrokerConfig::default();
+    config.auth = Authentication::Token(tokens);
+    Ok(EmbeddedBroker::builder().config(config).start().await?)
+}
+
+/// A request carrying `authorization: Bearer <token>`, when given.
+fn with_token<T>(message: T, token: Option<&str>) -> anyhow::Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(WAIT);
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+    }
+    Ok(request)
+}
+
+async fn channel(broker: &EmbeddedBroker) -> anyhow::Result<Channel> {
+    Ok(within(
+        "connecting",
+        Channel::from_shared(broker.endpoint())?
+            .connect_timeout(WAIT)
+            .connect(),
+    )
+    .await??)
+}
+
+async fn list_topics(channel: &Channel, token: Option<&str>) -> Result<(), tonic::Status> {
+    let request = with_token(ListTopicsRequest::default(), token)
+        .map_err(|e| tonic::Status::internal(e.to_string()))?;
+    AdminServiceClient::new(channel.clone())
+        .list_topics(request)
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test]
+async fn requests_without_a_known_bearer_token_are_unauthenticated() -> anyhow::Result<()> {
+    let logs = CapturedLogs::default();
+    let _guard = logs.install();
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("tokens");
+    write_token_file(&file, &[("alice", ALICE_TOKEN)])?;
+    let broker = start_with_tokens(&file).await?;
+    let channel = channel(&broker).await?;
+
+    for (token, says) in [
+        (None, "missing `authorization: Bearer <token>`"),
+        (Some(WRONG_TOKEN), "not known"),
+    ] {
+        let status = within("list topics", list_topics(&channel, token))
+            .await?
+            .err()
+            .with_context(|| format!("served with token {token:?}"))?;
+        ensure!(status.code() == Code::Unauthenticated, "{status:?}");
+        ensure!(status.message().contains(says), "{status:?}");
+        ensure!(!status.message().contains(WRONG_TOKEN), "{status:?}");
+    }
+    // A refused produce reaches no handler: nothing is appended.
+    let refused = ProduceServiceClient::new(channel.clone())
+        .produce(with_token(
+            produce_request(0, vec![partition_batch("t", 0, batch("x", 1)?)]),
+            Some(WRONG_TOKEN),
+        )?)
+        .await
+        .err()
+        .context("a produce with a wrong token was served")?;
+    ensure!(refused.code() == Code::Unauthenticated, "{refused:?}");
+
+    // gRPC health stays open for probes.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    within(
+        "health check",
+        health.check(tonic_health::pb::HealthCheckRequest::default()),
+    )
+    .await??;
+
+    let logged = logs.text();
+    ensure!(
+        logged.contains("refused an unauthenticated request") && logged.contains("not known"),
+        "the refusals were not logged:\n{logged}"
+    );
+    ensure!(
+        logged.contains("127.0.0.1:"),
+        "the peer is not named:\n{logged}"
+    );
+    ensure!(
+        !logged.contains(WRONG_TOKEN) && !logged.contains(ALICE_TOKEN),
+        "a token reached the log:\n{logged}"
+    );
+    broker.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_known_bearer_token_produces_and_fetches_as_its_name() -> anyhow::Result<()> {
+    let logs = CapturedLogs::default();
+    let _guard = logs.install();
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("tokens");
+    write_token_file(&file, &[("bob", "bobs-token"), ("alice", ALICE_TOKEN)])?;
+    let broker = start_with_tokens(&file).await?;
+    let channel = channel(&broker).await?;
+    let token = Some(ALICE_TOKEN);
+
+    let create = CreateTopicRequest {
+        name: "orders".to_owned(),
+        partitions: 1,
+        config: Some(TopicConfig::default()),
+    };
+    AdminServiceClient::new(channel.clone())
+        .create_topic(with_token(create, token)?)
+        .await?;
+    let produced = ProduceServiceClient::new(channel.clone())
+        .produce(with_token(
+            produce_request(0, vec![partition_batch("orders", 0, batch("o", 3)?)]),
+            token,
+        )?)
+        .await?
+        .into_inner();
+    ensure!(
+        produced.results.iter().all(|r| r.error.is_none()),
+        "{produced:?}"
+    );
+    let fetch = FetchRequest {
+        partitions: vec![FetchPartition {
+            topic: "orders".to_owned(),
+            partition: 0,
+            offset: 0,
+            ..FetchPartition::default()
+        }],
+        ..FetchRequest::default()
+    };
+    let fetched = FetchServiceClient::new(channel.clone())
+        .fetch(with_token(fetch, token)?)
+        .await?
+        .into_inner();
+    let bytes: usize = fetched.partitions.iter().map(|p| p.records.len()).sum();
+    ensure!(bytes > 0, "nothing fetched: {fetched:?}");
+
+    let logged = logs.text();
+    ensure!(
+        logged
+            .lines()
+            .any(|l| l.contains("authenticated request") && l.contains("alice")),
+        "requests were not logged as alice's:\n{logged}"
+    );
+    ensure!(!logged.contains(ALICE_TOKEN), "the token reached the log");
+    broker.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_rewritten_token_file_takes_effect_without_a_restart() -> anyhow::Result<()> {
+    let _guard = CapturedLogs::default().install();
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("tokens");
+    write_token_file(&file, &[("alice", ALICE_TOKEN)])?;
+    let broker = start_with_tokens(&file).await?;
+    let channel = channel(&broker).await?;
+    within("list topics", list_topics(&channel, Some(ALICE_TOKEN))).await??;
+
+    // Rotate alice's token: the new one gets in, the old one no longer.
+    let rotated = "alice-rotated-token-77aa-longer";
+    write_token_file(&file, &[("alice", rotated)])?;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while list_topics(&channel, Some(rotated)).await.is_err() {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the rewritten token file was never loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let old = list_topics(&channel, Some(ALICE_TOKEN)).await;
+    ensure!(
+        old.as_ref().err().map(tonic::Status::code) == Some(Code::Unauthenticated),
+        "{old:?}"
+    );
+    broker.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_broker_with_an_unreadable_token_file_does_not_start() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let error = start_with_tokens(&dir.path().join("missing"))
+        .await
+        .err()
+        .context("started without its token file")?;
+    ensure!(error.to_string().contains("missing"), "{error}");
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, "alice not-a-hash\n")?;
+    let error = start_with_tokens(&bad)
+        .await
+        .err()
+        .context("started with a malformed token file")?;
+    ensure!(error.to_string().contains("line 1"), "{error}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_certificate_names_its_principal_under_mtls() -> anyhow::Result<()> {
+    let logs = CapturedLogs::default();
+    let _guard = logs.install();
+    let dir = tempfile::tempdir()?;
+    let ca = Authority::new("Brook test CA")?;
+    let clients_ca = Authority::new("Brook clients CA")?;
+    let tls = write_files(
+        dir.path(),
+        &ca.sign(&["localhost", "127.0.0.1"])?,
+        Some(&clients_ca),
+    )?;
+    let mut config = BrokerConfig::default();
+    config.tls = Some(tls);
+    config.auth = Authentication::Mtls;
+    let broker = EmbeddedBroker::builder().config(config).start().await?;
+
+    // `sign` puts the first name in the subject's common name.
+    let alice = clients_ca.sign(&["alice", "alice.clients.example"])?;
+    let mut clients = Clients::over(connect(&broker, &ca, Some(&alice)).await?);
+    clients
+        .create_topic("audit", 1, TopicConfig::default())
+        .await?;
+    clients.produce("audit", 0, batch("a", 2)?).await?;
+
+    let logged = logs.text();
+    let principals: Vec<&str> = logged
+        .lines()
+        .filter(|l| l.contains("authenticated request"))
+        .collect();
+    ensure!(
+        principals.len() >= 2 && principals.iter().all(|l| l.contains("principal=\"alice\"")),
+        "requests were not logged as alice's:\n{logged}"
+    );
+    broker.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn mtls_without_required_client_certificates_does_not_start() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let ca = Authority::new("Brook test CA")?;
+    let clients_ca = Authority::new("Brook clients CA")?;
+    let mut optional = write_files(dir.path(), &ca.sign(&["localhost"])?, Some(&clients_ca))?;
+    optional.client_auth = ClientAuth::Optional;
+    for tls in [None, Some(optional)] {
+        let mut config = BrokerConfig::default();
+        config.tls = tls.clone();
+        config.auth = Authentication::Mtls;
+        let error = EmbeddedBroker::builder()
+            .config(config)
+            .start()
+            .await
+            .err()
+            .with_context(|| format!("started with mtls and TLS {tls:?}"))?;
+        ensure!(
+            error.to_string().contains("tls_client_auth = required"),
+            "{error}"
+        );
+    }
+    Ok(())
+}
