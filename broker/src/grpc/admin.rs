@@ -15,6 +15,7 @@ use brook_engine::Invalid;
 use brook_engine::{Broker, TopicInfo};
 use brook_engine::{RecordValidation, TopicOverrides};
 
+use super::audit::Audit;
 use super::status::status;
 
 #[derive(Debug)]
@@ -79,19 +80,34 @@ impl AdminService for AdminHandler {
         request: Request<CreateTopicRequest>,
     ) -> Result<Response<CreateTopicResponse>, Status> {
         let _timer = self.broker.metrics().time_request("CreateTopic");
+        let audit = Audit::of(&request);
         let request = request.into_inner();
-        let info = self
-            .broker
-            .create_topic(
-                &request.name,
-                request.partitions,
-                overrides(request.config)?,
-            )
-            .await
-            .map_err(status)?;
-        Ok(Response::new(CreateTopicResponse {
-            topic: Some(description(info)),
-        }))
+        let details = format!(
+            "partitions={} config={:?}",
+            request.partitions, request.config
+        );
+        let result = async {
+            let info = self
+                .broker
+                .create_topic(
+                    &request.name,
+                    request.partitions,
+                    overrides(request.config)?,
+                )
+                .await
+                .map_err(status)?;
+            Ok(Response::new(CreateTopicResponse {
+                topic: Some(description(info)),
+            }))
+        }
+        .await;
+        audit.record(
+            "create_topic",
+            &format!("topic:{}", request.name),
+            &details,
+            &result,
+        );
+        result
     }
 
     #[tracing::instrument(skip_all, fields(topic = %request.get_ref().name))]
@@ -100,11 +116,16 @@ impl AdminService for AdminHandler {
         request: Request<DeleteTopicRequest>,
     ) -> Result<Response<DeleteTopicResponse>, Status> {
         let _timer = self.broker.metrics().time_request("DeleteTopic");
-        self.broker
-            .delete_topic(&request.into_inner().name)
+        let audit = Audit::of(&request);
+        let name = request.into_inner().name;
+        let result = self
+            .broker
+            .delete_topic(&name)
             .await
-            .map_err(status)?;
-        Ok(Response::new(DeleteTopicResponse {}))
+            .map(|()| Response::new(DeleteTopicResponse {}))
+            .map_err(status);
+        audit.record("delete_topic", &format!("topic:{name}"), "", &result);
+        result
     }
 
     async fn list_topics(
@@ -141,15 +162,25 @@ impl AdminService for AdminHandler {
         request: Request<AddPartitionsRequest>,
     ) -> Result<Response<AddPartitionsResponse>, Status> {
         let _timer = self.broker.metrics().time_request("AddPartitions");
+        let audit = Audit::of(&request);
         let request = request.into_inner();
-        let info = self
+        let result = self
             .broker
             .add_partitions(&request.name, request.partitions)
             .await
-            .map_err(status)?;
-        Ok(Response::new(AddPartitionsResponse {
-            topic: Some(description(info)),
-        }))
+            .map(|info| {
+                Response::new(AddPartitionsResponse {
+                    topic: Some(description(info)),
+                })
+            })
+            .map_err(status);
+        audit.record(
+            "add_partitions",
+            &format!("topic:{}", request.name),
+            &format!("partitions={}", request.partitions),
+            &result,
+        );
+        result
     }
 
     #[tracing::instrument(skip_all, fields(topic = %request.get_ref().name))]
@@ -158,17 +189,29 @@ impl AdminService for AdminHandler {
         request: Request<AlterTopicConfigRequest>,
     ) -> Result<Response<AlterTopicConfigResponse>, Status> {
         let _timer = self.broker.metrics().time_request("AlterTopicConfig");
+        let audit = Audit::of(&request);
         let request = request.into_inner();
-        if request.config.is_none() {
-            return Err(status(Invalid::new("config", "must be set")));
+        let details = format!("config={:?}", request.config);
+        let result = async {
+            if request.config.is_none() {
+                return Err(status(Invalid::new("config", "must be set")));
+            }
+            let info = self
+                .broker
+                .alter_topic_config(&request.name, overrides(request.config.clone())?)
+                .await
+                .map_err(status)?;
+            Ok(Response::new(AlterTopicConfigResponse {
+                topic: Some(description(info)),
+            }))
         }
-        let info = self
-            .broker
-            .alter_topic_config(&request.name, overrides(request.config)?)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(AlterTopicConfigResponse {
-            topic: Some(description(info)),
-        }))
+        .await;
+        audit.record(
+            "alter_topic_config",
+            &format!("topic:{}", request.name),
+            &details,
+            &result,
+        );
+        result
     }
 }

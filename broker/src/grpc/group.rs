@@ -24,6 +24,7 @@ use tokio::sync::oneshot;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::audit::Audit;
 use super::status::{status, to_status};
 use brook_engine::Broker;
 use brook_engine::group::{
@@ -374,11 +375,16 @@ impl GroupService for GroupHandler {
         request: Request<DeleteGroupRequest>,
     ) -> Result<Response<DeleteGroupResponse>, Status> {
         let _timer = self.broker.metrics().time_request("DeleteGroup");
-        self.broker
-            .delete_group(&request.into_inner().group)
+        let audit = Audit::of(&request);
+        let group = request.into_inner().group;
+        let result = self
+            .broker
+            .delete_group(&group)
             .await
-            .map_err(status)?;
-        Ok(Response::new(DeleteGroupResponse {}))
+            .map(|()| Response::new(DeleteGroupResponse {}))
+            .map_err(status);
+        audit.record("delete_group", &format!("group:{group}"), "", &result);
+        result
     }
 
     async fn reset_offsets(
@@ -386,26 +392,41 @@ impl GroupService for GroupHandler {
         request: Request<ResetOffsetsRequest>,
     ) -> Result<Response<ResetOffsetsResponse>, Status> {
         let _timer = self.broker.metrics().time_request("ResetOffsets");
+        let audit = Audit::of(&request);
         let request = request.into_inner();
-        let to = match request.to {
-            Some(To::Earliest(_)) => ResetTo::Earliest,
-            Some(To::Latest(_)) => ResetTo::Latest,
-            Some(To::TimestampMs(ts)) => ResetTo::Timestamp(ts),
-            Some(To::Offset(offset)) => ResetTo::Offset(offset),
-            None => {
-                return Err(status(Invalid::new(
-                    "to",
-                    "one of earliest, latest, timestamp_ms or offset must be set",
-                )));
-            }
-        };
-        let offsets = self
-            .broker
-            .reset_group_offsets(&request.group, &request.topic, &request.partitions, to)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(ResetOffsetsResponse {
-            offsets: offsets.into_iter().map(offset_to_proto).collect(),
-        }))
+        let details = format!(
+            "topic={} partitions={:?} to={:?}",
+            request.topic, request.partitions, request.to
+        );
+        let result = async {
+            let to = match request.to {
+                Some(To::Earliest(_)) => ResetTo::Earliest,
+                Some(To::Latest(_)) => ResetTo::Latest,
+                Some(To::TimestampMs(ts)) => ResetTo::Timestamp(ts),
+                Some(To::Offset(offset)) => ResetTo::Offset(offset),
+                None => {
+                    return Err(status(Invalid::new(
+                        "to",
+                        "one of earliest, latest, timestamp_ms or offset must be set",
+                    )));
+                }
+            };
+            let offsets = self
+                .broker
+                .reset_group_offsets(&request.group, &request.topic, &request.partitions, to)
+                .await
+                .map_err(status)?;
+            Ok(Response::new(ResetOffsetsResponse {
+                offsets: offsets.into_iter().map(offset_to_proto).collect(),
+            }))
+        }
+        .await;
+        audit.record(
+            "reset_offsets",
+            &format!("group:{}", request.group),
+            &details,
+            &result,
+        );
+        result
     }
 }

@@ -4,6 +4,7 @@
 //! Invariant: only this module (among the broker's) knows the protobuf types.
 
 mod admin;
+mod audit;
 pub mod connections;
 mod fetch;
 mod group;

@@ -361,3 +361,75 @@ async fn mtls_without_required_client_certificates_does_not_start() -> anyhow::R
     }
     Ok(())
 }
+
+/// Every admin change is one audit line naming who asked, what, and how it
+/// ended; tokens never appear in it.
+#[tokio::test]
+async fn admin_changes_are_audited_with_their_principal_and_result() -> anyhow::Result<()> {
+    let logs = CapturedLogs::default();
+    let _guard = logs.install();
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("tokens");
+    write_token_file(&file, &[("alice", ALICE_TOKEN)])?;
+    let broker = start_with_tokens(&file).await?;
+    let channel = channel(&broker).await?;
+    let mut admin = AdminServiceClient::new(channel.clone());
+    let create = brook_proto::CreateTopicRequest {
+        name: "audited".into(),
+        partitions: 2,
+        config: Some(brook_proto::TopicConfig {
+            retention_ms: Some(60_000),
+            ..brook_proto::TopicConfig::default()
+        }),
+    };
+    within(
+        "create",
+        admin.create_topic(with_token(create, Some(ALICE_TOKEN))?),
+    )
+    .await??;
+    let delete = |name: &str| brook_proto::DeleteTopicRequest { name: name.into() };
+    within(
+        "delete",
+        admin.delete_topic(with_token(delete("audited"), Some(ALICE_TOKEN))?),
+    )
+    .await??;
+    let missing = within(
+        "delete a missing topic",
+        admin.delete_topic(with_token(delete("missing"), Some(ALICE_TOKEN))?),
+    )
+    .await?;
+    ensure!(missing.is_err(), "deleting a missing topic succeeded");
+    // Reads are not audited.
+    within("list", list_topics(&channel, Some(ALICE_TOKEN))).await??;
+
+    let logged = logs.text();
+    let audit: Vec<&str> = logged
+        .lines()
+        .filter(|line| line.contains("brook_broker::audit"))
+        .collect();
+    ensure!(audit.len() == 3, "audit lines:\n{}", audit.join("\n"));
+    let expect = [
+        ("create_topic", "topic:audited", "result=\"ok\""),
+        ("delete_topic", "topic:audited", "result=\"ok\""),
+        ("delete_topic", "topic:missing", "result=NotFound"),
+    ];
+    for (line, (operation, resource, result)) in audit.iter().zip(expect) {
+        for needle in [
+            "principal=alice",
+            &format!("operation=\"{operation}\""),
+            &format!("resource=\"{resource}\""),
+            result,
+            "peer=127.0.0.1:",
+        ] {
+            ensure!(line.contains(needle), "{needle} not in {line}");
+        }
+    }
+    ensure!(
+        audit[0].contains("retention_ms: Some(60000)"),
+        "{}",
+        audit[0]
+    );
+    ensure!(!logged.contains(ALICE_TOKEN), "a token reached the log");
+    broker.shutdown().await?;
+    Ok(())
+}
