@@ -12,6 +12,7 @@
 pub mod auth;
 mod descriptors;
 pub mod embedded;
+mod file_watch;
 mod grpc;
 mod http;
 mod idle;

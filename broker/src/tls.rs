@@ -15,7 +15,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use parking_lot::{Mutex, RwLock};
 use rustls::RootCertStore;
@@ -25,6 +24,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::file_watch::{Stamp, spawn_periodic_check, stamp};
 use brook_engine::{ClientAuth, TlsConfig};
 
 /// Why the TLS configuration cannot be built.
@@ -84,9 +84,6 @@ impl Configs {
     }
 }
 
-/// What tells a file changed: its size and modification time.
-type Stamp = Option<(u64, SystemTime)>;
-
 impl ServerTls {
     /// Builds the configuration from the files; fails if any is missing
     /// or does not hold what it should.
@@ -125,40 +122,23 @@ impl ServerTls {
 
     /// Checks the files every `reload_interval` until `stop`.
     pub fn spawn_reloader(self: &Arc<Self>, stop: CancellationToken) {
-        let tls = Arc::downgrade(self);
-        let every = self.settings.reload_interval.max(Duration::from_millis(10));
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(every);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticks.tick().await;
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    _ = ticks.tick() => {}
-                }
-                let Some(tls) = tls.upgrade() else { return };
-                match tls.reload_if_changed() {
-                    Ok(true) => tracing::info!(
-                        cert = %tls.settings.cert.display(),
-                        "TLS certificate reloaded: new connections use it"
-                    ),
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!(
-                        error = %e,
-                        "TLS files changed but cannot be loaded; the previous certificate stays in use"
-                    ),
-                }
+        spawn_periodic_check(self, self.settings.reload_interval, stop, |tls| {
+            match tls.reload_if_changed() {
+                Ok(true) => tracing::info!(
+                    cert = %tls.settings.cert.display(),
+                    "TLS certificate reloaded: new connections use it"
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "TLS files changed but cannot be loaded; the previous certificate stays in use"
+                ),
             }
         });
     }
 }
 
 fn stamps(settings: &TlsConfig) -> Vec<Stamp> {
-    let stamp = |path: &Path| {
-        std::fs::metadata(path)
-            .ok()
-            .and_then(|m| Some((m.len(), m.modified().ok()?)))
-    };
     let mut stamps = vec![stamp(&settings.cert), stamp(&settings.key)];
     if let Some(ca) = &settings.client_ca {
         stamps.push(stamp(ca));

@@ -15,13 +15,13 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use parking_lot::{Mutex, RwLock};
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
 use super::{AuthError, Credential, Principal, Refusal};
+use crate::file_watch::{Stamp, spawn_periodic_check, stamp};
 use brook_engine::config::TokenAuth;
 
 const HASH_PREFIX: &str = "sha256:";
@@ -35,8 +35,6 @@ pub(crate) struct TokenStore {
     /// The file's size and modification time when `entries` were read.
     loaded: Mutex<Stamp>,
 }
-
-type Stamp = Option<(u64, SystemTime)>;
 
 /// One client: its name and its token's hash.
 struct Entry {
@@ -100,43 +98,24 @@ impl TokenStore {
 
     /// Checks the file every `reload_interval` until `stop`.
     pub(crate) fn spawn_reloader(self: &Arc<Self>, stop: CancellationToken) {
-        let store = Arc::downgrade(self);
-        let every = self.settings.reload_interval.max(Duration::from_millis(10));
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(every);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            ticks.tick().await;
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    _ = ticks.tick() => {}
-                }
-                let Some(store) = store.upgrade() else { return };
-                let reloading = store.clone();
-                let reloaded =
-                    tokio::task::spawn_blocking(move || reloading.reload_if_changed()).await;
-                match reloaded {
-                    Err(e) => tracing::warn!(error = %e, "token file reload failed"),
-                    Ok(Ok(true)) => tracing::info!(
-                        file = %store.settings.file.display(),
-                        clients = store.entries.read().len(),
-                        "bearer tokens reloaded"
-                    ),
-                    Ok(Ok(false)) => {}
-                    Ok(Err(e)) => tracing::warn!(
-                        error = %e,
-                        "token file changed but cannot be loaded; the previous tokens stay in use"
-                    ),
-                }
-            }
-        });
+        spawn_periodic_check(
+            self,
+            self.settings.reload_interval,
+            stop,
+            |store| match store.reload_if_changed() {
+                Ok(true) => tracing::info!(
+                    file = %store.settings.file.display(),
+                    clients = store.entries.read().len(),
+                    "bearer tokens reloaded"
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "token file changed but cannot be loaded; the previous tokens stay in use"
+                ),
+            },
+        );
     }
-}
-
-fn stamp(path: &Path) -> Stamp {
-    std::fs::metadata(path)
-        .ok()
-        .and_then(|m| Some((m.len(), m.modified().ok()?)))
 }
 
 fn read(path: &Path) -> Result<Vec<Entry>, AuthError> {
