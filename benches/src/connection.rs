@@ -5,9 +5,9 @@
 //! Invariant: both speak TLS under the same rule as the client: an
 //! `https://` address or TLS settings with a `host:port` one.
 
-use anyhow::{Context as _, bail};
-use brook_client::{Client, ClientOptions, Pem, TlsOptions};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use anyhow::Context as _;
+use brook_client::{Client, ClientOptions};
+use tonic::transport::Channel;
 
 /// A broker address and the settings to connect with.
 #[derive(Debug, Clone)]
@@ -33,58 +33,11 @@ impl Connection {
             .with_context(|| format!("connect to {}", self.endpoint))
     }
 
-    /// A bare gRPC channel for the raw stream.
+    /// A bare gRPC channel for the raw stream, connected under the
+    /// client's rules.
     pub async fn channel(&self) -> anyhow::Result<Channel> {
-        let tls = self.options.tls.as_ref();
-        let uri = if self.endpoint.contains("://") {
-            self.endpoint.clone()
-        } else if tls.is_some() {
-            format!("https://{}", self.endpoint)
-        } else {
-            format!("http://{}", self.endpoint)
-        };
-        let mut endpoint = Endpoint::from_shared(uri.clone())?.tcp_nodelay(true);
-        if uri.starts_with("https://") {
-            let default = TlsOptions::default();
-            endpoint = endpoint.tls_config(tls_config(tls.unwrap_or(&default)).await?)?;
-        } else if tls.is_some() {
-            bail!("TLS settings given for the plaintext endpoint {uri}");
-        }
-        endpoint
-            .connect()
+        Client::connect_channel(self.endpoint.clone(), &self.options)
             .await
-            .with_context(|| format!("connect to {uri}"))
-    }
-}
-
-/// tonic's TLS settings from the client's (which checked the PEM already
-/// when the run's first client connected).
-async fn tls_config(tls: &TlsOptions) -> anyhow::Result<ClientTlsConfig> {
-    let mut config = ClientTlsConfig::new();
-    if let Some(ca) = &tls.ca {
-        config = config.ca_certificate(Certificate::from_pem(read(ca).await?));
-    }
-    if tls.ca.is_none() || tls.system_roots {
-        config = config.with_native_roots();
-    }
-    if let Some(identity) = &tls.identity {
-        config = config.identity(Identity::from_pem(
-            read(&identity.cert_chain).await?,
-            read(&identity.key).await?,
-        ));
-    }
-    if let Some(name) = &tls.server_name {
-        config = config.domain_name(name.clone());
-    }
-    Ok(config)
-}
-
-async fn read(pem: &Pem) -> anyhow::Result<Vec<u8>> {
-    match pem {
-        Pem::Bytes(bytes) => Ok(bytes.clone()),
-        Pem::File(path) => tokio::fs::read(path)
-            .await
-            .with_context(|| format!("read {}", path.display())),
-        other => bail!("the raw stream cannot read {other:?}"),
+            .with_context(|| format!("connect to {}", self.endpoint))
     }
 }

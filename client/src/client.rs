@@ -168,6 +168,23 @@ impl Client {
             options.produce_in_flight_max > 0,
             "a produce stream needs room for one request"
         );
+        let channel = Self::connect_channel(endpoint, &options).await?;
+        Ok(Self::from_channel(channel, options))
+    }
+
+    /// A connected gRPC channel to `endpoint` under the same rules as
+    /// [`Client::connect_with`] (TLS from the endpoint and `options.tls`,
+    /// keepalive, connect timeout), for callers that speak gRPC without the
+    /// client, such as a raw produce stream. The bearer token is not added:
+    /// that is the client's stubs' work.
+    ///
+    /// # Panics
+    ///
+    /// If `options.keepalive_interval` or `options.keepalive_timeout` is 0.
+    pub async fn connect_channel(
+        endpoint: impl Into<String>,
+        options: &ClientOptions,
+    ) -> Result<Channel, ClientError> {
         assert!(
             !options.keepalive_interval.is_zero() && !options.keepalive_timeout.is_zero(),
             "keepalive pings need a positive interval and timeout"
@@ -202,7 +219,7 @@ impl Client {
                 after: options.connect_timeout,
             })?
             .map_err(ClientError::transport)?;
-        Ok(Self::from_channel(channel, options))
+        Ok(channel)
     }
 
     /// Wraps an existing channel (tests use one that connects lazily).
