@@ -2,6 +2,7 @@
 //! records from a shell. Each subcommand lives in its own module; this file
 //! parses the command line and installs the tracing subscriber.
 
+mod acl;
 mod bench;
 mod connection;
 mod consume;
@@ -45,6 +46,9 @@ enum Command {
     /// List, describe, reset and delete consumer groups.
     #[command(subcommand)]
     Group(group::GroupCommand),
+    /// Add, remove and list the ACLs of a broker with `authorizer = acl`.
+    #[command(subcommand)]
+    Acl(acl::AclCommand),
     /// Ask a broker's HTTP endpoint whether it is healthy (exit 0) or not.
     Health(health::HealthArgs),
     /// Measure a broker's throughput and latency.
@@ -100,6 +104,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Group(command) => {
             init_tracing(LogFormat::Text, &default_filter("warn"));
             group::run(&cli.connect.connect_groups().await?, command).await
+        }
+        Command::Acl(command) => {
+            init_tracing(LogFormat::Text, &default_filter("warn"));
+            acl::run(&cli.connect.connect().await?, command).await
         }
         Command::Bench(command) => {
             init_tracing(LogFormat::Text, &default_filter("warn"));

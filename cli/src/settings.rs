@@ -161,6 +161,14 @@ settings! {
     http_idle_timeout_ms: u64 = "BROOK_HTTP_IDLE_TIMEOUT_MS",
     /// Longest time to send an HTTP request's headers [default: 10000].
     http_header_read_timeout_ms: u64 = "BROOK_HTTP_HEADER_READ_TIMEOUT_MS",
+    /// Whether requests are checked against ACLs: none (everything is
+    /// allowed) or acl (deny by default; `brook acl add` grants)
+    /// [default: none].
+    authorizer: String = "BROOK_AUTHORIZER",
+    /// With `authorizer = acl`: principals that may do everything.
+    /// Repeatable; in the environment, comma-separated [default: none].
+    #[arg(value_name = "PRINCIPAL", value_delimiter = ',')]
+    super_users: Vec<String> = "BROOK_SUPER_USERS",
 }
 
 /// The settings with every default filled in and every value checked.
@@ -217,6 +225,8 @@ pub struct Effective {
     pub max_http_connections: usize,
     pub http_idle_timeout_ms: u64,
     pub http_header_read_timeout_ms: u64,
+    pub authorizer: String,
+    pub super_users: Vec<String>,
 }
 
 /// Reads a settings file; unknown keys and values of the wrong type are
@@ -347,6 +357,10 @@ impl Settings {
             http_header_read_timeout_ms: self
                 .http_header_read_timeout_ms
                 .unwrap_or(millis(broker.http_header_read_timeout)),
+            authorizer: self
+                .authorizer
+                .unwrap_or_else(|| broker.authorizer.to_string()),
+            super_users: self.super_users.unwrap_or_default(),
         };
         effective.check()?;
         Ok(effective)
@@ -515,6 +529,14 @@ impl Effective {
         config.tls = self.tls()?;
         config.auth = self.authentication(config.tls.as_ref())?;
         config.open_segments_max = self.open_segments_max;
+        config.authorizer = self
+            .authorizer
+            .parse()
+            .map_err(|e| anyhow::anyhow!("authorizer: {e}"))?;
+        if self.super_users.iter().any(|user| user.trim().is_empty()) {
+            bail!("super_users: a principal's name must not be empty");
+        }
+        config.super_users.clone_from(&self.super_users);
         Ok(config)
     }
 

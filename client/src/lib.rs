@@ -47,6 +47,7 @@ macro_rules! setters {
     };
 }
 
+mod acl;
 mod admin;
 mod auth;
 mod client;
@@ -67,6 +68,7 @@ mod tls;
 pub mod trace;
 mod undecodable;
 
+pub use acl::{Acl, AclOperation, AclPermission, AclResource, UnknownAclOperation};
 pub use admin::{PartitionDescription, TopicConfig, TopicDescription, TopicSettings, TopicSummary};
 pub use auth::{BearerToken, InvalidBearerToken};
 pub use brook_record::{BatchOptions, Compression, Header, NewRecord, Record, RecordValidation};

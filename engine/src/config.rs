@@ -347,6 +347,44 @@ pub struct BrokerConfig {
     pub tls: Option<TlsConfig>,
     /// How gRPC clients prove who they are.
     pub auth: Authentication,
+    /// Whether requests are checked against ACLs.
+    pub authorizer: AuthorizerMode,
+    /// Principals that may do everything when ACLs are checked (and take
+    /// over any producer id).
+    pub super_users: Vec<String>,
+}
+
+/// Whether the broker checks requests against its ACLs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuthorizerMode {
+    /// Every request is allowed (the default).
+    #[default]
+    None,
+    /// Deny by default: a request needs an ACL that allows it (or a
+    /// superuser), and no ACL that denies it.
+    Acl,
+}
+
+impl FromStr for AuthorizerMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(Self::None),
+            "acl" => Ok(Self::Acl),
+            other => Err(format!("`{other}` is not an authorizer: use none or acl")),
+        }
+    }
+}
+
+impl fmt::Display for AuthorizerMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::None => "none",
+            Self::Acl => "acl",
+        })
+    }
 }
 
 /// TLS for the gRPC port: the broker's certificate and key, and whether
@@ -519,6 +557,8 @@ impl Default for BrokerConfig {
             http_header_read_timeout: Duration::from_secs(10),
             tls: None,
             auth: Authentication::None,
+            authorizer: AuthorizerMode::None,
+            super_users: Vec::new(),
         }
     }
 }

@@ -218,6 +218,15 @@ pub enum ProduceError {
     Partition(#[from] PartitionError),
     #[error(transparent)]
     Meta(#[from] MetaError),
+    /// Taking over a producer id (bumping its epoch) is for the
+    /// principal it was handed out to.
+    #[error(
+        "principal `{principal}` may not take over producer_id {producer_id}: it was handed out to another principal (ask for a new id)"
+    )]
+    ProducerIdHeld { producer_id: i64, principal: String },
+    /// The ACLs do not let the principal produce to a topic of the request.
+    #[error(transparent)]
+    Denied(#[from] crate::acl::Denied),
     #[error("the broker is shutting down")]
     ShuttingDown,
 }

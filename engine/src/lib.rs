@@ -6,6 +6,7 @@
 //! gRPC nor HTTP (the server crate, `brook-broker`, does); only
 //! `meta/sled.rs` knows sled; the durable log is `brook-storage`.
 
+pub mod acl;
 mod broker;
 pub mod config;
 mod error;
@@ -21,7 +22,7 @@ pub use broker::{
     SubscriptionChunk, TopicInfo, quarantined_topic_name, recover_quarantined_topic,
 };
 pub use brook_record::RecordValidation;
-pub use config::{BrokerConfig, ClientAuth, FsyncPolicy, PartitionName, TlsConfig};
+pub use config::{AuthorizerMode, BrokerConfig, ClientAuth, FsyncPolicy, PartitionName, TlsConfig};
 pub use error::{
     AdminError, FetchError, GroupError, Invalid, NotFound, OpenError, OutOfRange, PartitionError,
     ProduceError, RecoverError,

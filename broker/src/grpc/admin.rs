@@ -16,7 +16,9 @@ use brook_engine::{Broker, TopicInfo};
 use brook_engine::{RecordValidation, TopicOverrides};
 
 use super::audit::Audit;
+use super::authorize::Caller;
 use super::status::status;
+use brook_engine::acl::{Operation, Resource};
 
 #[derive(Debug)]
 pub struct AdminHandler {
@@ -81,12 +83,18 @@ impl AdminService for AdminHandler {
     ) -> Result<Response<CreateTopicResponse>, Status> {
         let _timer = self.broker.metrics().time_request("CreateTopic");
         let audit = Audit::of(&request);
+        let caller = Caller::of(&request);
         let request = request.into_inner();
         let details = format!(
             "partitions={} config={:?}",
             request.partitions, request.config
         );
         let result = async {
+            caller.check(
+                &self.broker,
+                Operation::Create,
+                Resource::Topic(&request.name),
+            )?;
             let info = self
                 .broker
                 .create_topic(
@@ -117,26 +125,34 @@ impl AdminService for AdminHandler {
     ) -> Result<Response<DeleteTopicResponse>, Status> {
         let _timer = self.broker.metrics().time_request("DeleteTopic");
         let audit = Audit::of(&request);
+        let caller = Caller::of(&request);
         let name = request.into_inner().name;
-        let result = self
-            .broker
-            .delete_topic(&name)
-            .await
-            .map(|()| Response::new(DeleteTopicResponse {}))
-            .map_err(status);
+        let result = async {
+            caller.check(&self.broker, Operation::Delete, Resource::Topic(&name))?;
+            self.broker
+                .delete_topic(&name)
+                .await
+                .map(|()| Response::new(DeleteTopicResponse {}))
+                .map_err(status)
+        }
+        .await;
         audit.record("delete_topic", &format!("topic:{name}"), "", &result);
         result
     }
 
     async fn list_topics(
         &self,
-        _request: Request<ListTopicsRequest>,
+        request: Request<ListTopicsRequest>,
     ) -> Result<Response<ListTopicsResponse>, Status> {
         let _timer = self.broker.metrics().time_request("ListTopics");
+        let caller = Caller::of(&request);
         let topics = self
             .broker
             .list_topics()
             .into_iter()
+            .filter(|(name, _)| {
+                caller.may(&self.broker, Operation::Describe, Resource::Topic(name))
+            })
             .map(|(name, partitions)| TopicSummary { name, partitions })
             .collect();
         Ok(Response::new(ListTopicsResponse { topics }))
@@ -147,10 +163,10 @@ impl AdminService for AdminHandler {
         request: Request<DescribeTopicRequest>,
     ) -> Result<Response<DescribeTopicResponse>, Status> {
         let _timer = self.broker.metrics().time_request("DescribeTopic");
-        let info = self
-            .broker
-            .describe_topic(&request.into_inner().name)
-            .map_err(status)?;
+        let caller = Caller::of(&request);
+        let name = request.into_inner().name;
+        caller.check(&self.broker, Operation::Describe, Resource::Topic(&name))?;
+        let info = self.broker.describe_topic(&name).map_err(status)?;
         Ok(Response::new(DescribeTopicResponse {
             topic: Some(description(info)),
         }))
@@ -163,17 +179,25 @@ impl AdminService for AdminHandler {
     ) -> Result<Response<AddPartitionsResponse>, Status> {
         let _timer = self.broker.metrics().time_request("AddPartitions");
         let audit = Audit::of(&request);
+        let caller = Caller::of(&request);
         let request = request.into_inner();
-        let result = self
-            .broker
-            .add_partitions(&request.name, request.partitions)
-            .await
-            .map(|info| {
-                Response::new(AddPartitionsResponse {
-                    topic: Some(description(info)),
+        let result = async {
+            caller.check(
+                &self.broker,
+                Operation::Alter,
+                Resource::Topic(&request.name),
+            )?;
+            self.broker
+                .add_partitions(&request.name, request.partitions)
+                .await
+                .map(|info| {
+                    Response::new(AddPartitionsResponse {
+                        topic: Some(description(info)),
+                    })
                 })
-            })
-            .map_err(status);
+                .map_err(status)
+        }
+        .await;
         audit.record(
             "add_partitions",
             &format!("topic:{}", request.name),
@@ -190,9 +214,15 @@ impl AdminService for AdminHandler {
     ) -> Result<Response<AlterTopicConfigResponse>, Status> {
         let _timer = self.broker.metrics().time_request("AlterTopicConfig");
         let audit = Audit::of(&request);
+        let caller = Caller::of(&request);
         let request = request.into_inner();
         let details = format!("config={:?}", request.config);
         let result = async {
+            caller.check(
+                &self.broker,
+                Operation::Alter,
+                Resource::Topic(&request.name),
+            )?;
             if request.config.is_none() {
                 return Err(status(Invalid::new("config", "must be set")));
             }

@@ -13,7 +13,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::authorize::{Caller, check_topics};
 use super::status::{status, to_status};
+use brook_engine::acl::{Operation, Resource};
 use brook_engine::{Broker, FetchSpec, OffsetSpec};
 use brook_engine::{FetchError, Invalid, PartitionError};
 
@@ -52,7 +54,14 @@ impl FetchService for FetchHandler {
         request: Request<FetchRequest>,
     ) -> Result<Response<FetchResponse>, Status> {
         let _timer = self.broker.metrics().time_request("Fetch");
+        let caller = Caller::of(&request);
         let request = request.into_inner();
+        check_topics(
+            &caller,
+            &self.broker,
+            Operation::Consume,
+            request.partitions.iter().map(|p| p.topic.as_str()),
+        )?;
         let specs = request
             .partitions
             .into_iter()
@@ -94,7 +103,13 @@ impl FetchService for FetchHandler {
         &self,
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let caller = Caller::of(&request);
         let request = request.into_inner();
+        caller.check(
+            &self.broker,
+            Operation::Consume,
+            Resource::Topic(&request.topic),
+        )?;
         let mut subscription = self
             .broker
             .subscribe(
@@ -144,7 +159,13 @@ impl FetchService for FetchHandler {
         request: Request<ListOffsetsRequest>,
     ) -> Result<Response<ListOffsetsResponse>, Status> {
         let _timer = self.broker.metrics().time_request("ListOffsets");
+        let caller = Caller::of(&request);
         let request = request.into_inner();
+        caller.check(
+            &self.broker,
+            Operation::Describe,
+            Resource::Topic(&request.topic),
+        )?;
         let spec = match request.spec {
             Some(Spec::Earliest(_)) => OffsetSpec::Earliest,
             Some(Spec::Latest(_)) => OffsetSpec::Latest,

@@ -25,8 +25,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::audit::Audit;
+use super::authorize::{Caller, check_topics};
 use super::status::{status, to_status};
 use brook_engine::Broker;
+use brook_engine::acl::{Operation, Resource};
 use brook_engine::group::{
     JoinSpec, MemberEvent, MemberSession, RemovalReason, ResetTo, TopicPartition,
 };
@@ -116,6 +118,21 @@ fn join_spec(join: JoinGroup) -> JoinSpec {
             .then(|| Duration::from_millis(u64::from(join.session_timeout_ms))),
         client_id: join.client_id,
     }
+}
+
+/// Whether the caller may join a group: consume on the group and on each
+/// topic it subscribes to.
+fn join_permission(caller: &Caller, broker: &Broker, join: &JoinGroup) -> Result<(), Status> {
+    if !broker.authorizer().is_enabled() {
+        return Ok(());
+    }
+    caller.check(broker, Operation::Consume, Resource::Group(&join.group))?;
+    check_topics(
+        caller,
+        broker,
+        Operation::Consume,
+        join.topics.iter().map(String::as_str),
+    )
 }
 
 /// Waits for the session's first message, which must be `join`.
@@ -226,6 +243,7 @@ impl GroupService for GroupHandler {
         &self,
         request: Request<Streaming<GroupRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let caller = Caller::of(&request);
         let mut inbound = request.into_inner();
         let broker = self.broker.clone();
         // The member's event queue once it joined, or why it could not.
@@ -235,14 +253,18 @@ impl GroupService for GroupHandler {
         tokio::spawn(async move {
             let _open = open;
             let joined = match first_join(&broker, &mut inbound).await {
-                Ok(Some(join)) => broker.join_group(join_spec(join)),
+                Ok(Some(join)) => join_permission(&caller, &broker, &join).and_then(|()| {
+                    broker
+                        .join_group(join_spec(join))
+                        .map_err(|e| to_status(&e))
+                }),
                 Ok(None) => return,
-                Err(e) => Err(e),
+                Err(e) => Err(to_status(&e)),
             };
             let mut session = match joined {
                 Ok(session) => session,
-                Err(e) => {
-                    let _ = started.send(Err(to_status(&e)));
+                Err(status) => {
+                    let _ = started.send(Err(status));
                     return;
                 }
             };
@@ -274,7 +296,13 @@ impl GroupService for GroupHandler {
         request: Request<CommitOffsetsRequest>,
     ) -> Result<Response<CommitOffsetsResponse>, Status> {
         let _timer = self.broker.metrics().time_request("CommitOffsets");
+        let caller = Caller::of(&request);
         let request = request.into_inner();
+        caller.check(
+            &self.broker,
+            Operation::Commit,
+            Resource::Group(&request.group),
+        )?;
         let offsets = request
             .offsets
             .into_iter()
@@ -297,7 +325,13 @@ impl GroupService for GroupHandler {
         request: Request<FetchOffsetsRequest>,
     ) -> Result<Response<FetchOffsetsResponse>, Status> {
         let _timer = self.broker.metrics().time_request("FetchOffsets");
+        let caller = Caller::of(&request);
         let request = request.into_inner();
+        caller.check(
+            &self.broker,
+            Operation::Describe,
+            Resource::Group(&request.group),
+        )?;
         let partitions: Vec<TopicPartition> =
             request.partitions.into_iter().map(tp_from_proto).collect();
         let offsets = self
@@ -311,14 +345,16 @@ impl GroupService for GroupHandler {
 
     async fn list_groups(
         &self,
-        _request: Request<ListGroupsRequest>,
+        request: Request<ListGroupsRequest>,
     ) -> Result<Response<ListGroupsResponse>, Status> {
         let _timer = self.broker.metrics().time_request("ListGroups");
+        let caller = Caller::of(&request);
         Ok(Response::new(ListGroupsResponse {
             groups: self
                 .broker
                 .list_groups()
                 .into_iter()
+                .filter(|g| caller.may(&self.broker, Operation::Describe, Resource::Group(&g.name)))
                 .map(|g| GroupSummary {
                     group: g.name,
                     state: g.state.as_str().to_owned(),
@@ -333,7 +369,9 @@ impl GroupService for GroupHandler {
         request: Request<DescribeGroupRequest>,
     ) -> Result<Response<DescribeGroupResponse>, Status> {
         let _timer = self.broker.metrics().time_request("DescribeGroup");
+        let caller = Caller::of(&request);
         let name = request.into_inner().group;
+        caller.check(&self.broker, Operation::Describe, Resource::Group(&name))?;
         brook_engine::group::validate_group_name(&name).map_err(status)?;
         let info = self
             .broker
@@ -376,13 +414,17 @@ impl GroupService for GroupHandler {
     ) -> Result<Response<DeleteGroupResponse>, Status> {
         let _timer = self.broker.metrics().time_request("DeleteGroup");
         let audit = Audit::of(&request);
+        let caller = Caller::of(&request);
         let group = request.into_inner().group;
-        let result = self
-            .broker
-            .delete_group(&group)
-            .await
-            .map(|()| Response::new(DeleteGroupResponse {}))
-            .map_err(status);
+        let result = async {
+            caller.check(&self.broker, Operation::Delete, Resource::Group(&group))?;
+            self.broker
+                .delete_group(&group)
+                .await
+                .map(|()| Response::new(DeleteGroupResponse {}))
+                .map_err(status)
+        }
+        .await;
         audit.record("delete_group", &format!("group:{group}"), "", &result);
         result
     }
@@ -393,12 +435,18 @@ impl GroupService for GroupHandler {
     ) -> Result<Response<ResetOffsetsResponse>, Status> {
         let _timer = self.broker.metrics().time_request("ResetOffsets");
         let audit = Audit::of(&request);
+        let caller = Caller::of(&request);
         let request = request.into_inner();
         let details = format!(
             "topic={} partitions={:?} to={:?}",
             request.topic, request.partitions, request.to
         );
         let result = async {
+            caller.check(
+                &self.broker,
+                Operation::Alter,
+                Resource::Group(&request.group),
+            )?;
             let to = match request.to {
                 Some(To::Earliest(_)) => ResetTo::Earliest,
                 Some(To::Latest(_)) => ResetTo::Latest,

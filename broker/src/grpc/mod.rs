@@ -3,8 +3,10 @@
 //!
 //! Invariant: only this module (among the broker's) knows the protobuf types.
 
+mod acl;
 mod admin;
 mod audit;
+mod authorize;
 pub mod connections;
 mod fetch;
 mod group;
@@ -14,6 +16,7 @@ pub mod status;
 
 use std::sync::Arc;
 
+use brook_proto::acl_service_server::AclServiceServer;
 use brook_proto::admin_service_server::AdminServiceServer;
 use brook_proto::fetch_service_server::FetchServiceServer;
 use brook_proto::group_service_server::GroupServiceServer;
@@ -42,6 +45,11 @@ pub fn routes(broker: &Arc<Broker>) -> Routes {
     )
     .add_service(
         GroupServiceServer::new(group::GroupHandler::new(broker.clone()))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit),
+    )
+    .add_service(
+        AclServiceServer::new(acl::AclHandler::new(broker.clone()))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit),
     )

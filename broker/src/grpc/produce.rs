@@ -11,8 +11,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::authorize::{Caller, check_topics};
 use super::status::{status, to_proto_error};
 use brook_engine::ProduceError;
+use brook_engine::acl::{Denied, Operation, Resource};
 use brook_engine::{BatchAppended, Broker, PendingProduce, ProduceBatch};
 
 #[derive(Debug)]
@@ -74,6 +76,27 @@ fn targets(request: &ProduceRequest) -> Vec<(String, u32)> {
         .collect()
 }
 
+/// Whether the stream's caller may produce to every topic of a request:
+/// a refused request gets a response with PERMISSION_DENIED, and the
+/// stream goes on.
+fn stream_permission(
+    caller: &Caller,
+    broker: &Broker,
+    targets: &[(String, u32)],
+) -> Result<(), Denied> {
+    if !broker.authorizer().is_enabled() {
+        return Ok(());
+    }
+    for (topic, _) in targets {
+        broker.authorizer().authorize(
+            caller.principal(),
+            Operation::Produce,
+            &Resource::Topic(topic),
+        )?;
+    }
+    Ok(())
+}
+
 /// A queued request of a stream, waiting for its acknowledgement.
 type InFlight = (
     u64,
@@ -89,9 +112,16 @@ impl ProduceService for ProduceHandler {
         request: Request<ProduceRequest>,
     ) -> Result<Response<ProduceResponse>, Status> {
         let _timer = self.broker.metrics().time_request("Produce");
+        let caller = Caller::of(&request);
         let request = request.into_inner();
         let correlation_id = request.correlation_id;
         let targets = targets(&request);
+        check_topics(
+            &caller,
+            &self.broker,
+            Operation::Produce,
+            targets.iter().map(|(topic, _)| topic.as_str()),
+        )?;
         let outcomes = self
             .broker
             .produce(batches(request))
@@ -109,9 +139,20 @@ impl ProduceService for ProduceHandler {
         request: Request<InitProducerIdRequest>,
     ) -> Result<Response<InitProducerIdResponse>, Status> {
         let _timer = self.broker.metrics().time_request("InitProducerId");
+        let caller = Caller::of(&request);
+        if !self
+            .broker
+            .authorizer()
+            .may_produce_somewhere(caller.principal())
+        {
+            return Err(Status::permission_denied(format!(
+                "principal `{}` may not take a producer id: no ACL allows it to produce to any topic",
+                caller.principal()
+            )));
+        }
         let (producer_id, epoch) = self
             .broker
-            .init_producer_id(request.into_inner().producer_id)
+            .init_producer_id(request.into_inner().producer_id, caller.principal())
             .await
             .map_err(status)?;
         Ok(Response::new(InitProducerIdResponse {
@@ -126,6 +167,7 @@ impl ProduceService for ProduceHandler {
         &self,
         request: Request<Streaming<ProduceRequest>>,
     ) -> Result<Response<Self::ProduceStreamStream>, Status> {
+        let caller = Caller::of(&request);
         let mut inbound = request.into_inner();
         let in_flight_max = self.broker.config().limits.produce_stream_in_flight_max;
         // Acknowledgements waiting to be sent; bounded so a slow reader
@@ -190,7 +232,10 @@ impl ProduceService for ProduceHandler {
                 };
                 let correlation_id = request.correlation_id;
                 let targets = targets(&request);
-                let pending = broker.enqueue_produce(batches(request)).await;
+                let pending = match stream_permission(&caller, &broker, &targets) {
+                    Ok(()) => broker.enqueue_produce(batches(request)).await,
+                    Err(denied) => Err(denied.into()),
+                };
                 if queued
                     .send((correlation_id, targets, pending))
                     .await

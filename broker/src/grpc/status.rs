@@ -65,6 +65,7 @@ impl ToStatus for ProduceError {
             Self::Invalid(e) => e.code(),
             Self::InvalidBatch { .. } => Code::InvalidArgument,
             Self::ProducerFenced { .. } | Self::Sequence { .. } => Code::FailedPrecondition,
+            Self::ProducerIdHeld { .. } | Self::Denied(_) => Code::PermissionDenied,
             Self::Partition(e) => e.code(),
             // Retryable once space is freed; nothing was staged.
             Self::Meta(e) if e.is_out_of_space() => Code::ResourceExhausted,

@@ -5,6 +5,7 @@
 //! Invariant: this module speaks in domain types; it knows neither protobuf
 //! nor the store behind `MetaStore`.
 
+mod acls;
 mod admin;
 mod fetch;
 mod groups;
@@ -29,7 +30,8 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{BrokerConfig, FsyncPolicy};
+use crate::acl::Authorizer;
+use crate::config::{AuthorizerMode, BrokerConfig, FsyncPolicy};
 use crate::error::{Invalid, NotFound, OpenError, blocking};
 use crate::group::Groups;
 use crate::meta::MetaStore;
@@ -60,6 +62,8 @@ pub struct Broker {
     decompression: Arc<tokio::sync::Semaphore>,
     /// Current epoch of every idempotent producer.
     producer_epochs: producers::ProducerEpochs,
+    /// The ACLs, and the decision made from them.
+    authorizer: Authorizer,
     /// Consumer groups: live members and committed offsets.
     groups: Arc<Groups>,
     /// Lets partitions that fsync at the same time share one sync.
@@ -89,12 +93,19 @@ impl Broker {
             meta,
             logs,
             producer_epochs,
+            producer_owners,
+            acls,
             offsets,
             sync_group,
             quarantined,
         } = blocking(move || open::open_data_dir(&opening)).await??;
         let producer_epochs =
             producers::ProducerEpochs::new(producer_epochs, config.limits.producer_ids_max);
+        producer_epochs.set_owners(producer_owners);
+        let authorizer = match config.authorizer {
+            AuthorizerMode::Acl => Authorizer::with_acls(config.super_users.iter().cloned(), acls),
+            _ => Authorizer::disabled(),
+        };
         let mut topics = HashMap::new();
         for (record, logs) in logs {
             let partitions = logs
@@ -140,6 +151,7 @@ impl Broker {
             ) as usize)),
             metrics,
             producer_epochs,
+            authorizer,
             groups,
             sync_group,
             open_segments,
@@ -158,6 +170,11 @@ impl Broker {
 
     pub fn config(&self) -> &BrokerConfig {
         &self.config
+    }
+
+    /// Decides whether a principal may do an operation on a resource.
+    pub fn authorizer(&self) -> &Authorizer {
+        &self.authorizer
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {

@@ -16,6 +16,7 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::acl::AclBinding;
 use brook_storage::{Damage, LogConfig, LostData, PartitionLog, Storage, SyncGroup, TailDamage};
 
 use super::{partition_dir, topic, topics_dir};
@@ -42,6 +43,8 @@ pub(super) struct Opened {
     /// Every stored topic with its partitions' logs, in partition order.
     pub(super) logs: Vec<(TopicRecord, Vec<PartitionLog>)>,
     pub(super) producer_epochs: Vec<(i64, i16)>,
+    pub(super) producer_owners: Vec<(i64, String)>,
+    pub(super) acls: Vec<AclBinding>,
     pub(super) offsets: OffsetStore,
     pub(super) sync_group: Arc<SyncGroup>,
     pub(super) quarantined: Vec<QuarantinedTopic>,
@@ -64,6 +67,8 @@ pub(super) fn open_data_dir(config: &BrokerConfig) -> Result<Opened, OpenError> 
     };
     let records = meta.topics()?;
     let producer_epochs = meta.producer_epochs()?;
+    let producer_owners = meta.producer_owners()?;
+    let acls = meta.acls()?;
     let offsets = OffsetStore::load(meta.clone())?;
     let logs = open_logs(config, &records)?;
     let quarantined = settle_orphans(config, meta.as_ref(), &records)?;
@@ -75,6 +80,8 @@ pub(super) fn open_data_dir(config: &BrokerConfig) -> Result<Opened, OpenError> 
         meta,
         logs,
         producer_epochs,
+        producer_owners,
+        acls,
         offsets,
         sync_group,
         quarantined,

@@ -7,6 +7,7 @@
 //! is refused (the older instance is fenced).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use brook_record::BatchHeader;
 use parking_lot::Mutex;
@@ -34,22 +35,30 @@ struct EpochTable {
     tick: u64,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct ProducerEpoch {
     epoch: i16,
     last_used: u64,
+    /// The principal the id was handed out to, when one was recorded
+    /// (ids handed out before owners were kept have none).
+    owner: Option<Arc<str>>,
 }
 
 impl EpochTable {
     fn touch(&mut self, producer_id: i64, epoch: i16) {
         self.tick += 1;
-        self.producers.insert(
-            producer_id,
-            ProducerEpoch {
+        let last_used = self.tick;
+        self.producers
+            .entry(producer_id)
+            .and_modify(|p| {
+                p.epoch = epoch;
+                p.last_used = last_used;
+            })
+            .or_insert(ProducerEpoch {
                 epoch,
-                last_used: self.tick,
-            },
-        );
+                last_used,
+                owner: None,
+            });
     }
 }
 
@@ -131,16 +140,35 @@ impl ProducerEpochs {
         }
     }
 
-    fn current(&self, producer_id: i64) -> Option<i16> {
+    /// Records who holds each id, as loaded from the store.
+    pub fn set_owners(&self, owners: impl IntoIterator<Item = (i64, String)>) {
+        let mut state = self.state.lock();
+        for (id, owner) in owners {
+            if let Some(producer) = state.producers.get_mut(&id) {
+                producer.owner = Some(owner.into());
+            }
+        }
+    }
+
+    /// The current epoch of an id, and who holds it.
+    fn current(&self, producer_id: i64) -> Option<(i16, Option<Arc<str>>)> {
         self.state
             .lock()
             .producers
             .get(&producer_id)
-            .map(|p| p.epoch)
+            .map(|p| (p.epoch, p.owner.clone()))
     }
 
     fn remember(&self, producer_id: i64, epoch: i16) {
         self.state.lock().touch(producer_id, epoch);
+    }
+
+    fn remember_new(&self, producer_id: i64, owner: &str) {
+        let mut state = self.state.lock();
+        state.touch(producer_id, 0);
+        if let Some(producer) = state.producers.get_mut(&producer_id) {
+            producer.owner = Some(owner.into());
+        }
     }
 
     fn forget(&self, producer_id: i64) {
@@ -154,19 +182,33 @@ impl ProducerEpochs {
 }
 
 impl Broker {
-    /// A new producer id (when `producer_id` is not positive) or the next
-    /// epoch of an existing one, durably recorded before it is returned.
-    pub async fn init_producer_id(&self, producer_id: i64) -> Result<(i64, i16), ProduceError> {
+    /// A new producer id for `principal` (when `producer_id` is not
+    /// positive) or the next epoch of an existing one, durably recorded
+    /// before it is returned.
+    ///
+    /// Only the principal an id was handed out to (or a superuser) may
+    /// take it over: bumping its epoch fences the instance holding it.
+    pub async fn init_producer_id(
+        &self,
+        producer_id: i64,
+        principal: &str,
+    ) -> Result<(i64, i16), ProduceError> {
         let _admin = self.admin.lock().await;
         let meta = self.meta.clone();
         if producer_id <= 0 {
-            let id = blocking(move || meta.allocate_producer_id()).await??;
-            self.producer_epochs.remember(id, 0);
+            let owner = principal.to_owned();
+            let id = blocking(move || {
+                let id = meta.allocate_producer_id()?;
+                meta.put_producer_owner(id, &owner)?;
+                Ok::<_, crate::meta::MetaError>(id)
+            })
+            .await??;
+            self.producer_epochs.remember_new(id, principal);
             tracing::debug!(producer_id = id, "producer id handed out");
             self.forget_surplus_producers(id).await?;
             return Ok((id, 0));
         }
-        let Some(epoch) = self.producer_epochs.current(producer_id) else {
+        let Some((epoch, owner)) = self.producer_epochs.current(producer_id) else {
             return Err(Invalid::new(
                 "producer_id",
                 format!(
@@ -175,6 +217,15 @@ impl Broker {
             )
             .into());
         };
+        if let Some(owner) = owner
+            && *owner != *principal
+            && !self.authorizer.is_super_user(principal)
+        {
+            return Err(ProduceError::ProducerIdHeld {
+                producer_id,
+                principal: principal.to_owned(),
+            });
+        }
         let Some(next) = epoch.checked_add(1) else {
             return Err(Invalid::new(
                 "producer_id",

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use parking_lot::Mutex;
 
 use super::{MetaError, MetaStore, TopicRecord};
+use crate::acl::AclBinding;
 
 #[derive(Debug, Default)]
 pub struct MemoryMetaStore {
@@ -21,6 +22,9 @@ pub struct MemoryMetaStore {
     activity: Mutex<BTreeMap<String, i64>>,
     /// Deleted topics whose files may remain.
     deleted: Mutex<BTreeSet<String>>,
+    /// The principal each producer id was handed out to.
+    producer_owners: Mutex<BTreeMap<i64, String>>,
+    acls: Mutex<BTreeSet<AclBinding>>,
 }
 
 impl MetaStore for MemoryMetaStore {
@@ -72,6 +76,7 @@ impl MetaStore for MemoryMetaStore {
 
     fn forget_producer(&self, producer_id: i64) -> Result<(), MetaError> {
         self.producers.lock().remove(&producer_id);
+        self.producer_owners.lock().remove(&producer_id);
         Ok(())
     }
 
@@ -126,5 +131,34 @@ impl MetaStore for MemoryMetaStore {
             .collect();
         groups.dedup();
         Ok(groups)
+    }
+
+    fn put_producer_owner(&self, producer_id: i64, owner: &str) -> Result<(), MetaError> {
+        self.producer_owners
+            .lock()
+            .insert(producer_id, owner.to_owned());
+        Ok(())
+    }
+
+    fn producer_owners(&self) -> Result<Vec<(i64, String)>, MetaError> {
+        Ok(self
+            .producer_owners
+            .lock()
+            .iter()
+            .map(|(id, owner)| (*id, owner.clone()))
+            .collect())
+    }
+
+    fn put_acl(&self, acl: &AclBinding) -> Result<(), MetaError> {
+        self.acls.lock().insert(acl.clone());
+        Ok(())
+    }
+
+    fn delete_acl(&self, acl: &AclBinding) -> Result<bool, MetaError> {
+        Ok(self.acls.lock().remove(acl))
+    }
+
+    fn acls(&self) -> Result<Vec<AclBinding>, MetaError> {
+        Ok(self.acls.lock().iter().cloned().collect())
     }
 }

@@ -13,6 +13,8 @@ pub(crate) use memory::MemoryMetaStore;
 pub(crate) use sled::SledMetaStore;
 
 use brook_record::RecordValidation;
+
+use crate::acl::AclBinding;
 use serde::{Deserialize, Serialize};
 
 /// A topic as stored: its partition count and the settings it overrides.
@@ -159,6 +161,17 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     fn delete_group(&self, group: &str) -> Result<(), MetaError>;
     /// Every group with committed offsets, sorted.
     fn groups(&self) -> Result<Vec<String>, MetaError>;
+    /// Records the principal a producer id was handed out to, durably:
+    /// only it may take the id over. Forgetting the id forgets it.
+    fn put_producer_owner(&self, producer_id: i64, owner: &str) -> Result<(), MetaError>;
+    /// The principal of every producer id that has one recorded.
+    fn producer_owners(&self) -> Result<Vec<(i64, String)>, MetaError>;
+    /// Adds an ACL, durably; adding one already there changes nothing.
+    fn put_acl(&self, acl: &AclBinding) -> Result<(), MetaError>;
+    /// Removes an ACL, durably; whether it was there.
+    fn delete_acl(&self, acl: &AclBinding) -> Result<bool, MetaError>;
+    /// Every ACL.
+    fn acls(&self) -> Result<Vec<AclBinding>, MetaError>;
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ use sled::Transactional;
 
 use super::sync_rounds::SyncRounds;
 use super::{MetaError, MetaStore, TopicRecord};
+use crate::acl::AclBinding;
 
 /// Free space a metadata write needs on the store's volume: a few of sled's
 /// 512 KiB log segments, which a write may have to start.
@@ -47,6 +48,11 @@ const DELETED_TOPICS_TREE: &str = "deleted_topics";
 /// Group name → when it was last active (ms, 8 bytes, big-endian): a
 /// commit, or its last member leaving. Groups expire from it.
 const GROUP_ACTIVITY_TREE: &str = "group_activity";
+/// Producer id (8 bytes, big-endian) → the principal it was handed out to
+/// (UTF-8).
+const PRODUCER_OWNERS_TREE: &str = "producer_owners";
+/// An ACL's JSON → the same JSON: the key makes adding one twice a no-op.
+const ACLS_TREE: &str = "acls";
 
 #[derive(Debug)]
 pub struct SledMetaStore {
@@ -56,6 +62,8 @@ pub struct SledMetaStore {
     offsets: sled::Tree,
     deleted_topics: sled::Tree,
     group_activity: sled::Tree,
+    producer_owners: sled::Tree,
+    acls: sled::Tree,
     /// sled's log file, opened once to fsync it (an fsync covers the file,
     /// whichever descriptor wrote it).
     log_file: File,
@@ -75,6 +83,8 @@ impl SledMetaStore {
         let offsets = db.open_tree(OFFSETS_TREE).map_err(store)?;
         let deleted_topics = db.open_tree(DELETED_TOPICS_TREE).map_err(store)?;
         let group_activity = db.open_tree(GROUP_ACTIVITY_TREE).map_err(store)?;
+        let producer_owners = db.open_tree(PRODUCER_OWNERS_TREE).map_err(store)?;
+        let acls = db.open_tree(ACLS_TREE).map_err(store)?;
         db.flush().map_err(store)?;
         // What sled created at its first open must survive a power loss:
         // its files' contents and their names in the directories.
@@ -97,6 +107,8 @@ impl SledMetaStore {
             offsets,
             deleted_topics,
             group_activity,
+            producer_owners,
+            acls,
             log_file,
             dir: dir.to_owned(),
             syncs: SyncRounds::default(),
@@ -311,6 +323,11 @@ impl MetaStore for SledMetaStore {
         self.producers
             .remove(producer_id.to_be_bytes())
             .map_err(store)?;
+        // A crash between the two leaves an owner of an id that is never
+        // handed out again: harmless.
+        self.producer_owners
+            .remove(producer_id.to_be_bytes())
+            .map_err(store)?;
         self.durable()
     }
 
@@ -403,6 +420,64 @@ impl MetaStore for SledMetaStore {
             })
             .collect()
     }
+
+    fn put_producer_owner(&self, producer_id: i64, owner: &str) -> Result<(), MetaError> {
+        self.check_room()?;
+        self.producer_owners
+            .insert(producer_id.to_be_bytes(), owner.as_bytes())
+            .map_err(store)?;
+        self.durable()
+    }
+
+    fn producer_owners(&self) -> Result<Vec<(i64, String)>, MetaError> {
+        self.producer_owners
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry.map_err(store)?;
+                let id = <[u8; 8]>::try_from(key.as_ref()).map(i64::from_be_bytes);
+                match (id, std::str::from_utf8(&value)) {
+                    (Ok(id), Ok(owner)) => Ok((id, owner.to_owned())),
+                    _ => Err(malformed(&key, &value)),
+                }
+            })
+            .collect()
+    }
+
+    fn put_acl(&self, acl: &AclBinding) -> Result<(), MetaError> {
+        self.check_room()?;
+        let json = acl_json(acl)?;
+        self.acls
+            .insert(json.as_slice(), json.as_slice())
+            .map_err(store)?;
+        self.durable()
+    }
+
+    fn delete_acl(&self, acl: &AclBinding) -> Result<bool, MetaError> {
+        self.check_room()?;
+        let removed = self.acls.remove(acl_json(acl)?).map_err(store)?.is_some();
+        self.durable()?;
+        Ok(removed)
+    }
+
+    fn acls(&self) -> Result<Vec<AclBinding>, MetaError> {
+        self.acls
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry.map_err(store)?;
+                serde_json::from_slice(&value).map_err(|source| MetaError::Decode {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    source,
+                })
+            })
+            .collect()
+    }
+}
+
+fn acl_json(acl: &AclBinding) -> Result<Vec<u8>, MetaError> {
+    serde_json::to_vec(acl).map_err(|source| MetaError::Decode {
+        key: acl.to_string(),
+        source,
+    })
 }
 
 #[cfg(test)]
