@@ -22,6 +22,7 @@ use crate::grpc::connections::{ConnectionLimits, TrackRequestsLayer};
 use crate::grpc::receive_budget::{ReceiveBudget, ReceiveBudgetLayer};
 use crate::http::{HttpLimits, Phase, ServerStatus};
 use crate::tls::ServerTls;
+use brook_engine::AuthorizerMode;
 use brook_engine::config::BrokerConfig;
 use brook_engine::{Broker, Invalid, OpenError};
 
@@ -175,7 +176,17 @@ fn load_tls(config: &BrokerConfig) -> Result<Option<Arc<ServerTls>>, ServeError>
 /// How requests are authenticated; refuses settings it cannot honour.
 fn load_auth(config: &BrokerConfig) -> Result<Authenticator, ServeError> {
     let auth = Authenticator::load(config)?;
-    tracing::info!(auth = auth.mode(), "gRPC client authentication");
+    tracing::info!(
+        auth = auth.mode(),
+        authorizer = %config.authorizer,
+        super_users = ?config.super_users,
+        "gRPC client authentication and authorization"
+    );
+    if config.authorizer == AuthorizerMode::Acl && auth.mode() == "none" {
+        tracing::warn!(
+            "authorizer = acl without authentication: every client is the principal `anonymous`"
+        );
+    }
     Ok(auth)
 }
 

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod acl;
 mod auth;
 mod cli;
 mod crash;
