@@ -11,6 +11,7 @@ mod groups;
 mod open;
 mod produce;
 mod producers;
+mod quotas;
 mod recover;
 mod topic;
 
@@ -35,6 +36,7 @@ use crate::group::Groups;
 use crate::meta::MetaStore;
 use crate::metrics::Metrics;
 use crate::partition::Partition;
+use crate::quota::Quotas;
 use brook_storage::{OpenSegments, SyncGroup};
 use open::Opened;
 pub use open::QuarantinedTopic;
@@ -69,6 +71,8 @@ pub struct Broker {
     open_segments: Arc<OpenSegments>,
     /// Topic directories found without metadata at open, moved aside.
     quarantined: Vec<QuarantinedTopic>,
+    /// Client quotas and the accounts that enforce them.
+    quotas: Quotas,
 }
 
 impl Broker {
@@ -92,6 +96,7 @@ impl Broker {
             offsets,
             sync_group,
             quarantined,
+            quotas,
         } = blocking(move || open::open_data_dir(&opening)).await??;
         let producer_epochs =
             producers::ProducerEpochs::new(producer_epochs, config.limits.producer_ids_max);
@@ -144,6 +149,7 @@ impl Broker {
             sync_group,
             open_segments,
             quarantined,
+            quotas: Quotas::new(quotas),
         });
         broker.spawn_background();
         tracing::info!(
@@ -216,6 +222,7 @@ impl Broker {
                 let Some(broker) = weak.upgrade() else { break };
                 broker.enforce_retention().await;
                 broker.expire_groups(brook_storage::now_ms()).await;
+                broker.quotas.sweep();
             }
         });
         if let FsyncPolicy::Interval(every) = self.config.fsync {

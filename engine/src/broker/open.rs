@@ -23,6 +23,7 @@ use crate::config::{BrokerConfig, MetaBackend};
 use crate::error::{OpenError, PartitionError};
 use crate::group::OffsetStore;
 use crate::meta::{MemoryMetaStore, MetaStore, SledMetaStore, TopicRecord};
+use crate::quota::{QuotaLimits, QuotaTarget};
 
 /// Where topic directories without metadata are moved.
 pub(crate) const QUARANTINE_DIR: &str = "quarantine";
@@ -45,6 +46,7 @@ pub(super) struct Opened {
     pub(super) offsets: OffsetStore,
     pub(super) sync_group: Arc<SyncGroup>,
     pub(super) quarantined: Vec<QuarantinedTopic>,
+    pub(super) quotas: Vec<(QuotaTarget, QuotaLimits)>,
 }
 
 /// Opens everything under `config.data_dir`. Blocking.
@@ -65,6 +67,7 @@ pub(super) fn open_data_dir(config: &BrokerConfig) -> Result<Opened, OpenError> 
     let records = meta.topics()?;
     let producer_epochs = meta.producer_epochs()?;
     let offsets = OffsetStore::load(meta.clone())?;
+    let quotas = meta.quotas()?;
     let logs = open_logs(config, &records)?;
     let quarantined = settle_orphans(config, meta.as_ref(), &records)?;
     let sync_group = Arc::new(config.storage.sync_group(&config.data_dir).unwrap_or_else(|e| {
@@ -78,6 +81,7 @@ pub(super) fn open_data_dir(config: &BrokerConfig) -> Result<Opened, OpenError> 
         offsets,
         sync_group,
         quarantined,
+        quotas,
     })
 }
 

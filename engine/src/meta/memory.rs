@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use parking_lot::Mutex;
 
 use super::{MetaError, MetaStore, TopicRecord};
+use crate::quota::{QuotaLimits, QuotaTarget};
 
 #[derive(Debug, Default)]
 pub struct MemoryMetaStore {
@@ -21,6 +22,8 @@ pub struct MemoryMetaStore {
     activity: Mutex<BTreeMap<String, i64>>,
     /// Deleted topics whose files may remain.
     deleted: Mutex<BTreeSet<String>>,
+    /// Client quotas by target.
+    quotas: Mutex<BTreeMap<QuotaTarget, QuotaLimits>>,
 }
 
 impl MetaStore for MemoryMetaStore {
@@ -126,5 +129,24 @@ impl MetaStore for MemoryMetaStore {
             .collect();
         groups.dedup();
         Ok(groups)
+    }
+
+    fn put_quota(&self, target: &QuotaTarget, limits: &QuotaLimits) -> Result<(), MetaError> {
+        self.quotas.lock().insert(target.clone(), *limits);
+        Ok(())
+    }
+
+    fn delete_quota(&self, target: &QuotaTarget) -> Result<(), MetaError> {
+        self.quotas.lock().remove(target);
+        Ok(())
+    }
+
+    fn quotas(&self) -> Result<Vec<(QuotaTarget, QuotaLimits)>, MetaError> {
+        Ok(self
+            .quotas
+            .lock()
+            .iter()
+            .map(|(target, limits)| (target.clone(), *limits))
+            .collect())
     }
 }
