@@ -1,6 +1,7 @@
 //! The audit log: one structured line per change an admin call makes or
 //! tries (creating, deleting or altering a topic, adding partitions,
-//! deleting a group or resetting its offsets): who asked (the principal, or
+//! deleting a group or resetting its offsets, setting or removing a
+//! quota): who asked (the principal, or
 //! `anonymous` without authentication, and the peer address), what
 //! (operation, resource, the settings asked for), and the result (`ok`, or
 //! the status code and message).

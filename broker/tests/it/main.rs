@@ -15,6 +15,7 @@ mod groups;
 mod http;
 mod idempotence;
 mod malformed_records;
+mod quotas;
 mod receive_buffer;
 mod recovery;
 mod reflection;
