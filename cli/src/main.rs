@@ -8,6 +8,7 @@ mod consume;
 mod group;
 mod health;
 mod produce;
+mod quota;
 mod recover;
 mod serve;
 mod settings;
@@ -45,6 +46,9 @@ enum Command {
     /// List, describe, reset and delete consumer groups.
     #[command(subcommand)]
     Group(group::GroupCommand),
+    /// Set, remove and list client quotas: bytes per second a principal may produce and fetch.
+    #[command(subcommand)]
+    Quota(quota::QuotaCommand),
     /// Ask a broker's HTTP endpoint whether it is healthy (exit 0) or not.
     Health(health::HealthArgs),
     /// Measure a broker's throughput and latency.
@@ -100,6 +104,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Group(command) => {
             init_tracing(LogFormat::Text, &default_filter("warn"));
             group::run(&cli.connect.connect_groups().await?, command).await
+        }
+        Command::Quota(command) => {
+            init_tracing(LogFormat::Text, &default_filter("warn"));
+            quota::run(&cli.connect.connect().await?, command).await
         }
         Command::Bench(command) => {
             init_tracing(LogFormat::Text, &default_filter("warn"));
