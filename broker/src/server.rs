@@ -36,11 +36,12 @@ const HTTP2_STREAM_WINDOW: u32 = 16 * 1024 * 1024;
 const HTTP2_FRAME_BYTES_MAX: u32 = 1024 * 1024;
 
 /// The services `grpc.health.v1` reports on, besides the server as a whole ("").
-const SERVICES: [&str; 4] = [
+const SERVICES: [&str; 5] = [
     "brook.v1.AdminService",
     "brook.v1.ProduceService",
     "brook.v1.FetchService",
     "brook.v1.GroupService",
+    "brook.v1.QuotaService",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -9,6 +9,7 @@ mod consume;
 mod group;
 mod health;
 mod produce;
+mod quota;
 mod recover;
 mod serve;
 mod settings;
@@ -49,6 +50,9 @@ enum Command {
     /// Add, remove and list the ACLs of a broker with `authorizer = acl`.
     #[command(subcommand)]
     Acl(acl::AclCommand),
+    /// Set, remove and list client quotas: bytes per second a principal may produce and fetch.
+    #[command(subcommand)]
+    Quota(quota::QuotaCommand),
     /// Ask a broker's HTTP endpoint whether it is healthy (exit 0) or not.
     Health(health::HealthArgs),
     /// Measure a broker's throughput and latency.
@@ -108,6 +112,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Acl(command) => {
             init_tracing(LogFormat::Text, &default_filter("warn"));
             acl::run(&cli.connect.connect().await?, command).await
+        }
+        Command::Quota(command) => {
+            init_tracing(LogFormat::Text, &default_filter("warn"));
+            quota::run(&cli.connect.connect().await?, command).await
         }
         Command::Bench(command) => {
             init_tracing(LogFormat::Text, &default_filter("warn"));

@@ -1,7 +1,7 @@
 //! A Rust client for the Brook message broker.
 //!
-//! [`Client`] holds one HTTP/2 connection and offers topic administration,
-//! unary produce ([`Client::produce`]), a pipelined producer
+//! [`Client`] holds one HTTP/2 connection and offers topic and quota
+//! administration, unary produce ([`Client::produce`]), a pipelined producer
 //! ([`Client::produce_stream`]), long-poll fetches ([`Client::fetch`]),
 //! subscriptions ([`Client::subscribe`]) and offset lookups. Every call is
 //! bounded in time, and every failure is a [`ClientError`] that knows
@@ -61,6 +61,7 @@ mod fetch;
 mod group;
 mod produce;
 mod producer;
+mod quota;
 pub mod resilience;
 mod stream;
 mod tls;
@@ -100,6 +101,7 @@ pub use producer::{
     DEFAULT_MAX_IN_FLIGHT, DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_MAX, DeliveryFuture,
     Producer, ProducerConfig, ProducerRecord, RecordMetadata, fnv1a32,
 };
+pub use quota::{Quota, QuotaTarget};
 pub use resilience::{Backoff, CircuitBreakerConfig, CircuitState};
 pub use stream::{PendingAck, ProduceStream};
 pub use tls::{Pem, TlsIdentity, TlsOptions};

@@ -1,6 +1,6 @@
 //! Errors of the broker's operations, one type per family (opening,
-//! produce, fetch, topic administration, groups), each saying which request
-//! field, topic, partition or group it is about. The parts every family
+//! produce, fetch, topic administration, groups, quotas), each saying
+//! which request field, topic, partition or group it is about. The parts every family
 //! shares (something not found, a field out of its limits, a partition that
 //! refuses) are types of their own, so that a variant means one thing in
 //! every family. The server maps each to a gRPC status in one place.
@@ -11,6 +11,7 @@ use brook_record::BatchError;
 use brook_storage::{Damage, LogError, Resource, SequenceError};
 
 use crate::meta::MetaError;
+use crate::quota::QuotaTarget;
 
 /// A request names something that does not exist.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -304,6 +305,23 @@ pub enum RecoverError {
     },
 }
 
+/// Why a client quota could not be set or removed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QuotaError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("no quota is set for {0}")]
+    NotFound(QuotaTarget),
+    /// Every quota the broker keeps is taken.
+    #[error("{max} quotas are set, the most the broker keeps; remove one first")]
+    TooMany { max: usize },
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+}
+
 /// Why a group operation (join, commit, offsets, administration) failed,
 /// or why a member's session ended.
 #[derive(Debug, thiserror::Error)]
@@ -379,6 +397,8 @@ macro_rules! stopped_is_shutting_down {
 }
 
 stopped_is_shutting_down!(OpenError, ProduceError, FetchError, AdminError, GroupError);
+
+stopped_is_shutting_down!(QuotaError);
 
 /// Runs blocking work (file or metadata I/O, fsync) on tokio's blocking
 /// pool, never on an async worker. A panic there is re-raised here, as if

@@ -1,6 +1,6 @@
 //! Brook's broker as a library: topics and their partitions, produce and
 //! fetch, idempotent producers, consumer groups and their committed offsets,
-//! and the metadata store behind a trait.
+//! client quotas, and the metadata store behind a trait.
 //!
 //! Invariant: this crate speaks in domain types. It knows neither protobuf,
 //! gRPC nor HTTP (the server crate, `brook-broker`, does); only
@@ -15,6 +15,7 @@ mod meta;
 pub mod metrics;
 mod partition;
 mod process;
+pub mod quota;
 
 pub use broker::{
     BatchAppended, Broker, FetchSpec, Fetched, OffsetSpec, PartitionInfo, PendingProduce,
@@ -25,6 +26,6 @@ pub use brook_record::RecordValidation;
 pub use config::{AuthorizerMode, BrokerConfig, ClientAuth, FsyncPolicy, PartitionName, TlsConfig};
 pub use error::{
     AdminError, FetchError, GroupError, Invalid, NotFound, OpenError, OutOfRange, PartitionError,
-    ProduceError, RecoverError,
+    ProduceError, QuotaError, RecoverError,
 };
 pub use meta::TopicOverrides;

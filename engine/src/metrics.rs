@@ -18,6 +18,10 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::broker::Broker;
 
+mod principal;
+
+pub use principal::{OTHER_PRINCIPALS, PRINCIPAL_LABELS_MAX, PrincipalMetrics};
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TopicLabels {
     pub topic: String,
@@ -77,6 +81,8 @@ pub struct Metrics {
     pub refused_messages: Counter,
     pub open_streams: Family<StreamLabels, Gauge>,
     pub group_rebalances: Family<GroupLabels, Counter>,
+    /// Bytes and quota throttling per principal.
+    pub principals: PrincipalMetrics,
 }
 
 impl Default for Metrics {
@@ -104,6 +110,7 @@ impl Metrics {
             refused_messages: Counter::default(),
             open_streams: Family::default(),
             group_rebalances: Family::default(),
+            principals: PrincipalMetrics::register(&mut registry),
             registry: Registry::default(),
         };
         let m = &metrics;

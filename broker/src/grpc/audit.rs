@@ -1,6 +1,7 @@
 //! The audit log: one structured line per change an admin call makes or
 //! tries (creating, deleting or altering a topic, adding partitions,
-//! deleting a group or resetting its offsets): who asked (the principal, or
+//! deleting a group or resetting its offsets, setting or removing a
+//! quota): who asked (the principal, or
 //! `anonymous` without authentication, and the peer address), what
 //! (operation, resource, the settings asked for), and the result (`ok`, or
 //! the status code and message).
@@ -14,6 +15,7 @@ use std::net::SocketAddr;
 use tonic::{Request, Status};
 
 use crate::auth::Principal;
+use brook_engine::acl::ANONYMOUS;
 
 /// Who made an admin request, taken before the request is consumed.
 #[derive(Debug)]
@@ -27,7 +29,7 @@ impl Audit {
         let principal = request
             .extensions()
             .get::<Principal>()
-            .map_or_else(|| "anonymous".to_owned(), |p| p.name().to_owned());
+            .map_or_else(|| ANONYMOUS.to_owned(), |p| p.name().to_owned());
         Self {
             principal,
             peer: request.remote_addr(),

@@ -1,4 +1,9 @@
 //! `brook.v1.FetchService`: long-poll fetch, subscriptions, offset lookups.
+//!
+//! The record bytes a fetch returns, and each chunk a subscription pushes,
+//! are charged to the principal's fetch quota; the answer (the push) is
+//! held back as long as the quota says (`throttle.rs`), and a subscription
+//! reads nothing more meanwhile.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +20,9 @@ use tonic::{Request, Response, Status};
 
 use super::authorize::{Caller, check_topics};
 use super::status::{status, to_status};
+use super::throttle;
 use brook_engine::acl::{Operation, Resource};
+use brook_engine::quota::Direction;
 use brook_engine::{Broker, FetchSpec, OffsetSpec};
 use brook_engine::{FetchError, Invalid, PartitionError};
 
@@ -53,7 +60,7 @@ impl FetchService for FetchHandler {
         &self,
         request: Request<FetchRequest>,
     ) -> Result<Response<FetchResponse>, Status> {
-        let _timer = self.broker.metrics().time_request("Fetch");
+        let timer = self.broker.metrics().time_request("Fetch");
         let caller = Caller::of(&request);
         let request = request.into_inner();
         check_topics(
@@ -82,6 +89,12 @@ impl FetchService for FetchHandler {
             )
             .await
             .map_err(status)?;
+        let bytes = fetched.iter().map(|f| f.records.len()).sum();
+        let release = throttle::charge(&self.broker, caller.principal(), Direction::Fetch, bytes);
+        // The handling time is the broker's work; the hold is counted apart.
+        drop(timer);
+        let throttle_time_ms =
+            throttle::hold(&self.broker, caller.principal(), Direction::Fetch, release).await;
         Ok(Response::new(FetchResponse {
             partitions: fetched
                 .into_iter()
@@ -93,6 +106,7 @@ impl FetchService for FetchHandler {
                     log_start_offset: f.start_offset,
                 })
                 .collect(),
+            throttle_time_ms,
         }))
     }
 
@@ -119,6 +133,7 @@ impl FetchService for FetchHandler {
                 request.max_bytes,
             )
             .map_err(status)?;
+        let principal = caller.principal().to_owned();
         // Bounded: a client that stops reading stops the subscription's reads.
         let (sender, receiver) = mpsc::channel(SUBSCRIBE_BUFFER);
         let open = self.broker.metrics().open_stream("subscribe");
@@ -138,13 +153,28 @@ impl FetchService for FetchHandler {
                     let _ = sender.send(Err(why)).await;
                     break;
                 };
-                let message = chunk
-                    .map(|c| SubscribeResponse {
-                        records: c.records,
-                        high_watermark: c.high_watermark,
-                        next_offset: c.next_offset,
-                    })
-                    .map_err(|e| to_status(&e));
+                let message = match chunk {
+                    Ok(c) => {
+                        let release = throttle::charge(
+                            &broker,
+                            &principal,
+                            Direction::Fetch,
+                            c.records.len(),
+                        );
+                        let held = throttle::hold(&broker, &principal, Direction::Fetch, release);
+                        let throttle_time_ms = tokio::select! {
+                            held = held => held,
+                            () = sender.closed() => break,
+                        };
+                        Ok(SubscribeResponse {
+                            records: c.records,
+                            high_watermark: c.high_watermark,
+                            next_offset: c.next_offset,
+                            throttle_time_ms,
+                        })
+                    }
+                    Err(e) => Err(to_status(&e)),
+                };
                 let failed = message.is_err();
                 if sender.send(message).await.is_err() || failed {
                     break;

@@ -11,8 +11,10 @@ pub mod connections;
 mod fetch;
 mod group;
 mod produce;
+mod quota;
 pub mod receive_budget;
 pub mod status;
+mod throttle;
 
 use std::sync::Arc;
 
@@ -21,6 +23,7 @@ use brook_proto::admin_service_server::AdminServiceServer;
 use brook_proto::fetch_service_server::FetchServiceServer;
 use brook_proto::group_service_server::GroupServiceServer;
 use brook_proto::produce_service_server::ProduceServiceServer;
+use brook_proto::quota_service_server::QuotaServiceServer;
 use tonic::service::Routes;
 
 use brook_engine::Broker;
@@ -50,6 +53,11 @@ pub fn routes(broker: &Arc<Broker>) -> Routes {
     )
     .add_service(
         AclServiceServer::new(acl::AclHandler::new(broker.clone()))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit),
+    )
+    .add_service(
+        QuotaServiceServer::new(quota::QuotaHandler::new(broker.clone()))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit),
     )

@@ -1,5 +1,9 @@
 //! `brook.v1.ProduceService`: unary produce, and the pipelined stream that
 //! appends requests in arrival order and acknowledges them in that order.
+//!
+//! A request's batch bytes are charged to its principal's produce quota
+//! when it is read; its answer (each acknowledgement of a stream, in
+//! order) is held back as long as the quota says (`throttle.rs`).
 
 use std::sync::Arc;
 
@@ -8,13 +12,16 @@ use brook_proto::{
     BatchResult, InitProducerIdRequest, InitProducerIdResponse, ProduceRequest, ProduceResponse,
 };
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::authorize::{Caller, check_topics};
 use super::status::{status, to_proto_error};
+use super::throttle;
 use brook_engine::ProduceError;
 use brook_engine::acl::{Denied, Operation, Resource};
+use brook_engine::quota::Direction;
 use brook_engine::{BatchAppended, Broker, PendingProduce, ProduceBatch};
 
 #[derive(Debug)]
@@ -97,12 +104,19 @@ fn stream_permission(
     Ok(())
 }
 
+/// What a produce request counts against its principal's quota.
+fn batch_bytes(request: &ProduceRequest) -> usize {
+    request.batches.iter().map(|b| b.batch.len()).sum()
+}
+
 /// A queued request of a stream, waiting for its acknowledgement.
-type InFlight = (
-    u64,
-    Vec<(String, u32)>,
-    Result<PendingProduce, ProduceError>,
-);
+struct InFlight {
+    correlation_id: u64,
+    targets: Vec<(String, u32)>,
+    pending: Result<PendingProduce, ProduceError>,
+    /// When the principal's quota lets the acknowledgement go.
+    release: Instant,
+}
 
 #[tonic::async_trait]
 impl ProduceService for ProduceHandler {
@@ -111,7 +125,7 @@ impl ProduceService for ProduceHandler {
         &self,
         request: Request<ProduceRequest>,
     ) -> Result<Response<ProduceResponse>, Status> {
-        let _timer = self.broker.metrics().time_request("Produce");
+        let timer = self.broker.metrics().time_request("Produce");
         let caller = Caller::of(&request);
         let request = request.into_inner();
         let correlation_id = request.correlation_id;
@@ -122,15 +136,31 @@ impl ProduceService for ProduceHandler {
             Operation::Produce,
             targets.iter().map(|(topic, _)| topic.as_str()),
         )?;
+        let release = throttle::charge(
+            &self.broker,
+            caller.principal(),
+            Direction::Produce,
+            batch_bytes(&request),
+        );
         let outcomes = self
             .broker
             .produce(batches(request))
             .await
             .map_err(status)?;
+        // The handling time is the broker's work; the hold is counted apart.
+        drop(timer);
+        let throttle_time_ms = throttle::hold(
+            &self.broker,
+            caller.principal(),
+            Direction::Produce,
+            release,
+        )
+        .await;
         Ok(Response::new(ProduceResponse {
             correlation_id,
             results: results(&targets, outcomes),
             error: None,
+            throttle_time_ms,
         }))
     }
 
@@ -181,19 +211,33 @@ impl ProduceService for ProduceHandler {
         // acknowledged.
         let (ended, mut end) = oneshot::channel::<Status>();
         let stopping = self.broker.clone();
+        let acknowledging = caller.principal().to_owned();
         tokio::spawn(async move {
-            while let Some((correlation_id, targets, pending)) = awaiting.recv().await {
-                let response = match pending {
+            while let Some(queued) = awaiting.recv().await {
+                let mut response = match queued.pending {
                     Ok(pending) => ProduceResponse {
-                        correlation_id,
-                        results: results(&targets, pending.wait().await),
+                        correlation_id: queued.correlation_id,
+                        results: results(&queued.targets, pending.wait().await),
                         error: None,
+                        throttle_time_ms: 0,
                     },
                     Err(e) => ProduceResponse {
-                        correlation_id,
+                        correlation_id: queued.correlation_id,
                         results: Vec::new(),
                         error: Some(to_proto_error(&e)),
+                        throttle_time_ms: 0,
                     },
+                };
+                // In order: later acknowledgements wait behind this one.
+                let held = throttle::hold(
+                    &stopping,
+                    &acknowledging,
+                    Direction::Produce,
+                    queued.release,
+                );
+                response.throttle_time_ms = tokio::select! {
+                    held = held => held,
+                    () = responses.closed() => return,
                 };
                 if responses.send(Ok(response)).await.is_err() {
                     return;
@@ -232,15 +276,25 @@ impl ProduceService for ProduceHandler {
                 };
                 let correlation_id = request.correlation_id;
                 let targets = targets(&request);
-                let pending = match stream_permission(&caller, &broker, &targets) {
-                    Ok(()) => broker.enqueue_produce(batches(request)).await,
-                    Err(denied) => Err(denied.into()),
+                let (pending, release) = match stream_permission(&caller, &broker, &targets) {
+                    Ok(()) => {
+                        let release = throttle::charge(
+                            &broker,
+                            caller.principal(),
+                            Direction::Produce,
+                            batch_bytes(&request),
+                        );
+                        (broker.enqueue_produce(batches(request)).await, release)
+                    }
+                    Err(denied) => (Err(denied.into()), Instant::now()),
                 };
-                if queued
-                    .send((correlation_id, targets, pending))
-                    .await
-                    .is_err()
-                {
+                let in_flight = InFlight {
+                    correlation_id,
+                    targets,
+                    pending,
+                    release,
+                };
+                if queued.send(in_flight).await.is_err() {
                     break;
                 }
             }

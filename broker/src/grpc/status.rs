@@ -8,6 +8,7 @@
 //! status past the client's header limit, and the client would see
 //! RESOURCE_EXHAUSTED or INTERNAL instead of the real code.
 
+use brook_engine::QuotaError;
 use brook_engine::{
     AdminError, FetchError, GroupError, Invalid, NotFound, OpenError, PartitionError, ProduceError,
 };
@@ -124,6 +125,20 @@ impl ToStatus for OpenError {
     fn code(&self) -> Code {
         match self {
             Self::Config(e) => e.code(),
+            Self::ShuttingDown => Code::Unavailable,
+            _ => Code::Internal,
+        }
+    }
+}
+
+impl ToStatus for QuotaError {
+    fn code(&self) -> Code {
+        match self {
+            Self::Invalid(e) => e.code(),
+            Self::NotFound(_) => Code::NotFound,
+            // Retryable once a quota is removed, or space is freed.
+            Self::TooMany { .. } => Code::ResourceExhausted,
+            Self::Meta(e) if e.is_out_of_space() => Code::ResourceExhausted,
             Self::ShuttingDown => Code::Unavailable,
             _ => Code::Internal,
         }

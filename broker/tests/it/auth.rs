@@ -39,10 +39,10 @@ const WRONG_TOKEN: &str = "wrong-secret-token-9c2e";
 /// no subscriber while no other test's is alive, it would stay silent for
 /// the tests that capture.
 #[derive(Clone, Default)]
-struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+pub struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
 
 impl CapturedLogs {
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
+    pub fn install(&self) -> tracing::subscriber::DefaultGuard {
         let subscriber = tracing_subscriber::fmt()
             .with_env_filter("brook_broker=debug")
             .with_ansi(false)
@@ -51,7 +51,7 @@ impl CapturedLogs {
         tracing::subscriber::set_default(subscriber)
     }
 
-    fn text(&self) -> String {
+    pub fn text(&self) -> String {
         let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
         String::from_utf8_lossy(&bytes).into_owned()
     }
@@ -87,7 +87,7 @@ fn sha256_hex(token: &str) -> String {
     })
 }
 
-fn write_token_file(path: &Path, entries: &[(&str, &str)]) -> anyhow::Result<()> {
+pub fn write_token_file(path: &Path, entries: &[(&str, &str)]) -> anyhow::Result<()> {
     let mut text = String::from("# name sha256:hex\n");
     for (name, token) in entries {
         let _ = writeln!(text, "{name} sha256:{}", sha256_hex(token));
@@ -96,7 +96,7 @@ fn write_token_file(path: &Path, entries: &[(&str, &str)]) -> anyhow::Result<()>
     Ok(())
 }
 
-async fn start_with_tokens(file: &Path) -> anyhow::Result<EmbeddedBroker> {
+pub async fn start_with_tokens(file: &Path) -> anyhow::Result<EmbeddedBroker> {
     let mut tokens = TokenAuth::new(file);
     tokens.reload_interval = Duration::from_millis(50);
     let mut config = BrokerConfig::default();
@@ -105,7 +105,7 @@ async fn start_with_tokens(file: &Path) -> anyhow::Result<EmbeddedBroker> {
 }
 
 /// A request carrying `authorization: Bearer <token>`, when given.
-fn with_token<T>(message: T, token: Option<&str>) -> anyhow::Result<tonic::Request<T>> {
+pub fn with_token<T>(message: T, token: Option<&str>) -> anyhow::Result<tonic::Request<T>> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(WAIT);
     if let Some(token) = token {
@@ -116,7 +116,7 @@ fn with_token<T>(message: T, token: Option<&str>) -> anyhow::Result<tonic::Reque
     Ok(request)
 }
 
-async fn channel(broker: &EmbeddedBroker) -> anyhow::Result<Channel> {
+pub async fn channel(broker: &EmbeddedBroker) -> anyhow::Result<Channel> {
     Ok(within(
         "connecting",
         Channel::from_shared(broker.endpoint())?

@@ -16,6 +16,7 @@ mod groups;
 mod http;
 mod idempotence;
 mod malformed_records;
+mod quotas;
 mod receive_buffer;
 mod recovery;
 mod reflection;

@@ -8,11 +8,12 @@ use brook_broker::EmbeddedBroker;
 use tonic::transport::Channel;
 use tonic_reflection::pb::{v1, v1alpha};
 
-const EXPECTED: [&str; 5] = [
+const EXPECTED: [&str; 6] = [
     "brook.v1.AdminService",
     "brook.v1.ProduceService",
     "brook.v1.FetchService",
     "brook.v1.GroupService",
+    "brook.v1.QuotaService",
     "grpc.health.v1.Health",
 ];
 

@@ -10,6 +10,7 @@ mod crash;
 mod groups;
 mod logging;
 mod operations;
+mod quotas;
 mod recover;
 mod tls;
 mod undecodable;

@@ -77,6 +77,7 @@ impl FetchService for Service {
                         log_start_offset: 0,
                     })
                     .collect(),
+                throttle_time_ms: 0,
             })),
         }
     }

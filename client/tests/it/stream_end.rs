@@ -67,6 +67,7 @@ impl ScriptedBroker {
             correlation_id: request.correlation_id,
             results,
             error: None,
+            throttle_time_ms: 0,
         }
     }
 }

@@ -12,6 +12,7 @@ mod groups;
 mod open;
 mod produce;
 mod producers;
+mod quotas;
 mod recover;
 mod topic;
 
@@ -37,6 +38,7 @@ use crate::group::Groups;
 use crate::meta::MetaStore;
 use crate::metrics::Metrics;
 use crate::partition::Partition;
+use crate::quota::Quotas;
 use brook_storage::{OpenSegments, SyncGroup};
 use open::Opened;
 pub use open::QuarantinedTopic;
@@ -73,6 +75,8 @@ pub struct Broker {
     open_segments: Arc<OpenSegments>,
     /// Topic directories found without metadata at open, moved aside.
     quarantined: Vec<QuarantinedTopic>,
+    /// Client quotas and the accounts that enforce them.
+    quotas: Quotas,
 }
 
 impl Broker {
@@ -98,6 +102,7 @@ impl Broker {
             offsets,
             sync_group,
             quarantined,
+            quotas,
         } = blocking(move || open::open_data_dir(&opening)).await??;
         let producer_epochs =
             producers::ProducerEpochs::new(producer_epochs, config.limits.producer_ids_max);
@@ -156,6 +161,7 @@ impl Broker {
             sync_group,
             open_segments,
             quarantined,
+            quotas: Quotas::new(quotas),
         });
         broker.spawn_background();
         tracing::info!(
@@ -233,6 +239,7 @@ impl Broker {
                 let Some(broker) = weak.upgrade() else { break };
                 broker.enforce_retention().await;
                 broker.expire_groups(brook_storage::now_ms()).await;
+                broker.quotas.sweep();
             }
         });
         if let FsyncPolicy::Interval(every) = self.config.fsync {

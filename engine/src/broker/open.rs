@@ -24,6 +24,7 @@ use crate::config::{BrokerConfig, MetaBackend};
 use crate::error::{OpenError, PartitionError};
 use crate::group::OffsetStore;
 use crate::meta::{MemoryMetaStore, MetaStore, SledMetaStore, TopicRecord};
+use crate::quota::{QuotaLimits, QuotaTarget};
 
 /// Where topic directories without metadata are moved.
 pub(crate) const QUARANTINE_DIR: &str = "quarantine";
@@ -48,6 +49,7 @@ pub(super) struct Opened {
     pub(super) offsets: OffsetStore,
     pub(super) sync_group: Arc<SyncGroup>,
     pub(super) quarantined: Vec<QuarantinedTopic>,
+    pub(super) quotas: Vec<(QuotaTarget, QuotaLimits)>,
 }
 
 /// Opens everything under `config.data_dir`. Blocking.
@@ -70,6 +72,7 @@ pub(super) fn open_data_dir(config: &BrokerConfig) -> Result<Opened, OpenError> 
     let producer_owners = meta.producer_owners()?;
     let acls = meta.acls()?;
     let offsets = OffsetStore::load(meta.clone())?;
+    let quotas = meta.quotas()?;
     let logs = open_logs(config, &records)?;
     let quarantined = settle_orphans(config, meta.as_ref(), &records)?;
     let sync_group = Arc::new(config.storage.sync_group(&config.data_dir).unwrap_or_else(|e| {
@@ -85,6 +88,7 @@ pub(super) fn open_data_dir(config: &BrokerConfig) -> Result<Opened, OpenError> 
         offsets,
         sync_group,
         quarantined,
+        quotas,
     })
 }
 

@@ -6,6 +6,7 @@ use parking_lot::Mutex;
 
 use super::{MetaError, MetaStore, TopicRecord};
 use crate::acl::AclBinding;
+use crate::quota::{QuotaLimits, QuotaTarget};
 
 #[derive(Debug, Default)]
 pub struct MemoryMetaStore {
@@ -25,6 +26,8 @@ pub struct MemoryMetaStore {
     /// The principal each producer id was handed out to.
     producer_owners: Mutex<BTreeMap<i64, String>>,
     acls: Mutex<BTreeSet<AclBinding>>,
+    /// Client quotas by target.
+    quotas: Mutex<BTreeMap<QuotaTarget, QuotaLimits>>,
 }
 
 impl MetaStore for MemoryMetaStore {
@@ -160,5 +163,23 @@ impl MetaStore for MemoryMetaStore {
 
     fn acls(&self) -> Result<Vec<AclBinding>, MetaError> {
         Ok(self.acls.lock().iter().cloned().collect())
+    }
+    fn put_quota(&self, target: &QuotaTarget, limits: &QuotaLimits) -> Result<(), MetaError> {
+        self.quotas.lock().insert(target.clone(), *limits);
+        Ok(())
+    }
+
+    fn delete_quota(&self, target: &QuotaTarget) -> Result<(), MetaError> {
+        self.quotas.lock().remove(target);
+        Ok(())
+    }
+
+    fn quotas(&self) -> Result<Vec<(QuotaTarget, QuotaLimits)>, MetaError> {
+        Ok(self
+            .quotas
+            .lock()
+            .iter()
+            .map(|(target, limits)| (target.clone(), *limits))
+            .collect())
     }
 }

@@ -1,5 +1,5 @@
 //! The broker's metadata (topics and their configuration, producer epochs,
-//! committed group offsets) behind a small trait, so that nothing else knows
+//! committed group offsets, client quotas) behind a small trait, so that nothing else knows
 //! which store holds it.
 //!
 //! Invariant: only `meta/sled.rs` knows sled. A write returns only once it
@@ -16,6 +16,8 @@ use brook_record::RecordValidation;
 
 use crate::acl::AclBinding;
 use serde::{Deserialize, Serialize};
+
+use crate::quota::{QuotaLimits, QuotaTarget};
 
 /// A topic as stored: its partition count and the settings it overrides.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,6 +174,15 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     fn delete_acl(&self, acl: &AclBinding) -> Result<bool, MetaError>;
     /// Every ACL.
     fn acls(&self) -> Result<Vec<AclBinding>, MetaError>;
+
+    // Client quotas.
+
+    /// Sets (or replaces) a quota, durably.
+    fn put_quota(&self, target: &QuotaTarget, limits: &QuotaLimits) -> Result<(), MetaError>;
+    /// Removes a quota, durably; a missing one is not an error.
+    fn delete_quota(&self, target: &QuotaTarget) -> Result<(), MetaError>;
+    /// Every quota stored.
+    fn quotas(&self) -> Result<Vec<(QuotaTarget, QuotaLimits)>, MetaError>;
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ use sled::Transactional;
 use super::sync_rounds::SyncRounds;
 use super::{MetaError, MetaStore, TopicRecord};
 use crate::acl::AclBinding;
+use crate::quota::{QuotaLimits, QuotaTarget};
 
 /// Free space a metadata write needs on the store's volume: a few of sled's
 /// 512 KiB log segments, which a write may have to start.
@@ -53,6 +54,11 @@ const GROUP_ACTIVITY_TREE: &str = "group_activity";
 const PRODUCER_OWNERS_TREE: &str = "producer_owners";
 /// An ACL's JSON → the same JSON: the key makes adding one twice a no-op.
 const ACLS_TREE: &str = "acls";
+/// Principal name → its quota (`QuotaLimits` as JSON); the default quota's
+/// key is a single NUL byte, which no principal name holds.
+const QUOTAS_TREE: &str = "quotas";
+/// The key of the default quota in `QUOTAS_TREE`.
+const DEFAULT_QUOTA_KEY: &[u8] = &[0];
 
 #[derive(Debug)]
 pub struct SledMetaStore {
@@ -131,6 +137,13 @@ impl SledMetaStore {
 }
 
 impl SledMetaStore {
+    /// The quotas' tree, opened (or created: its creation is durable with
+    /// the write that follows) when used: quotas are read once at open and
+    /// written by rare admin calls, so they need no handle of their own.
+    fn quotas_tree(&self) -> Result<sled::Tree, MetaError> {
+        self.db.open_tree(QUOTAS_TREE).map_err(store)
+    }
+
     /// Refuses a write while the volume has less than `RESERVE_BYTES` free,
     /// before sled stages anything (see the module header).
     fn check_room(&self) -> Result<(), MetaError> {
@@ -189,6 +202,27 @@ fn store(e: sled::Error) -> MetaError {
 
 fn transaction(e: &sled::transaction::TransactionError) -> MetaError {
     MetaError::Store(e.to_string().into())
+}
+
+fn quota_key(target: &QuotaTarget) -> &[u8] {
+    match target {
+        QuotaTarget::Default => DEFAULT_QUOTA_KEY,
+        QuotaTarget::Principal(name) => name.as_bytes(),
+    }
+}
+
+fn decode_quota(key: &[u8], value: &[u8]) -> Result<(QuotaTarget, QuotaLimits), MetaError> {
+    let target = if key == DEFAULT_QUOTA_KEY {
+        QuotaTarget::Default
+    } else {
+        let name = std::str::from_utf8(key).map_err(|e| MetaError::Store(Box::new(e)))?;
+        QuotaTarget::Principal(name.to_owned())
+    };
+    let limits = serde_json::from_slice(value).map_err(|source| MetaError::Decode {
+        key: format!("quota {target}"),
+        source,
+    })?;
+    Ok((target, limits))
 }
 
 /// The key prefix of a group's offsets: `group \0`.
@@ -471,6 +505,36 @@ impl MetaStore for SledMetaStore {
             })
             .collect()
     }
+
+    fn put_quota(&self, target: &QuotaTarget, limits: &QuotaLimits) -> Result<(), MetaError> {
+        self.check_room()?;
+        let value = serde_json::to_vec(limits).map_err(|source| MetaError::Decode {
+            key: format!("quota {target}"),
+            source,
+        })?;
+        self.quotas_tree()?
+            .insert(quota_key(target), value)
+            .map_err(store)?;
+        self.durable()
+    }
+
+    fn delete_quota(&self, target: &QuotaTarget) -> Result<(), MetaError> {
+        self.check_room()?;
+        self.quotas_tree()?
+            .remove(quota_key(target))
+            .map_err(store)?;
+        self.durable()
+    }
+
+    fn quotas(&self) -> Result<Vec<(QuotaTarget, QuotaLimits)>, MetaError> {
+        self.quotas_tree()?
+            .iter()
+            .map(|entry| {
+                let (key, value) = entry.map_err(store)?;
+                decode_quota(&key, &value)
+            })
+            .collect()
+    }
 }
 
 fn acl_json(acl: &AclBinding) -> Result<Vec<u8>, MetaError> {
@@ -542,6 +606,48 @@ mod tests {
         );
         assert_eq!(store.offsets("g2").unwrap(), vec![("a".to_owned(), 0, 7)]);
         assert_eq!(store.groups().unwrap(), vec!["g2".to_owned()]);
+    }
+
+    #[test]
+    fn quotas_survive_reopen_and_the_default_stays_apart_from_principals() {
+        let dir = tempfile::tempdir().unwrap();
+        let alice = QuotaTarget::Principal("alice".into());
+        let bob = QuotaTarget::Principal("bob".into());
+        let limits = |produce, fetch| QuotaLimits {
+            produce_bytes_per_second: produce,
+            fetch_bytes_per_second: fetch,
+        };
+        {
+            let store = SledMetaStore::open(dir.path()).unwrap();
+            store.put_quota(&alice, &limits(Some(10), None)).unwrap();
+            store
+                .put_quota(&QuotaTarget::Default, &limits(None, Some(20)))
+                .unwrap();
+            store.put_quota(&bob, &limits(Some(1), Some(2))).unwrap();
+            store
+                .put_quota(&alice, &limits(Some(30), Some(40)))
+                .unwrap();
+        }
+        let store = SledMetaStore::open(dir.path()).unwrap();
+        let mut quotas = store.quotas().unwrap();
+        quotas.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            quotas,
+            vec![
+                (QuotaTarget::Default, limits(None, Some(20))),
+                (alice.clone(), limits(Some(30), Some(40))),
+                (bob.clone(), limits(Some(1), Some(2))),
+            ]
+        );
+        store.delete_quota(&QuotaTarget::Default).unwrap();
+        store.delete_quota(&bob).unwrap();
+        store.delete_quota(&bob).unwrap();
+        drop(store);
+        let store = SledMetaStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.quotas().unwrap(),
+            vec![(alice, limits(Some(30), Some(40)))]
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ use brook_proto::admin_service_client::AdminServiceClient;
 use brook_proto::fetch_service_client::FetchServiceClient;
 use brook_proto::group_service_client::GroupServiceClient;
 use brook_proto::produce_service_client::ProduceServiceClient;
+use brook_proto::quota_service_client::QuotaServiceClient;
 use brook_proto::{
     AclBinding, AclOperation, AclPatternType, AclPermission, AclResourceType, CreateAclRequest,
     CreateTopicRequest, DescribeTopicRequest, FetchPartition, FetchRequest, TopicConfig,
@@ -64,6 +65,7 @@ struct As {
     fetch: FetchServiceClient<Authed>,
     groups: GroupServiceClient<Authed>,
     acls: AclServiceClient<Authed>,
+    quotas: QuotaServiceClient<Authed>,
 }
 
 impl As {
@@ -81,7 +83,8 @@ impl As {
             produce: ProduceServiceClient::with_interceptor(channel.clone(), bearer.clone()),
             fetch: FetchServiceClient::with_interceptor(channel.clone(), bearer.clone()),
             groups: GroupServiceClient::with_interceptor(channel.clone(), bearer.clone()),
-            acls: AclServiceClient::with_interceptor(channel, bearer),
+            acls: AclServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+            quotas: QuotaServiceClient::with_interceptor(channel, bearer),
         })
     }
 

@@ -9,8 +9,8 @@ use brook_proto::reset_offsets_request::To;
 use brook_proto::{
     AlterTopicConfigRequest, CommitOffsetsRequest, DeleteGroupRequest, DeleteTopicRequest,
     FetchOffsetsRequest, GroupRequest, InitProducerIdRequest, JoinGroup, LeaveGroup,
-    ListAclsRequest, ListGroupsRequest, ListTopicsRequest, PartitionOffset, ResetOffsetsRequest,
-    SubscribeRequest,
+    ListAclsRequest, ListGroupsRequest, ListQuotasRequest, ListTopicsRequest, PartitionOffset,
+    Quota, ResetOffsetsRequest, SetQuotaRequest, SubscribeRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -401,6 +401,28 @@ async fn acls_are_changed_only_by_who_may_alter_the_cluster_and_survive_a_restar
         "describe",
         "cluster",
     )?;
+    let quota = SetQuotaRequest {
+        quota: Some(Quota {
+            principal: "alice".to_owned(),
+            default: false,
+            produce_bytes_per_second: None,
+            fetch_bytes_per_second: Some(1_000_000_000),
+        }),
+    };
+    ensure_denied(
+        alice.quotas.set_quota(quota.clone()).await.map(|_| ()),
+        "alter",
+        "cluster",
+    )?;
+    ensure_denied(
+        alice
+            .quotas
+            .list_quotas(ListQuotasRequest {})
+            .await
+            .map(|_| ()),
+        "describe",
+        "cluster",
+    )?;
     let mut admin = As::connect(&broker, ADMIN).await?;
     let listed = admin
         .acls
@@ -411,6 +433,16 @@ async fn acls_are_changed_only_by_who_may_alter_the_cluster_and_survive_a_restar
         listed.acls.is_empty(),
         "a refused grant was stored: {listed:?}"
     );
+    let quotas = admin
+        .quotas
+        .list_quotas(ListQuotasRequest {})
+        .await?
+        .into_inner();
+    ensure!(
+        quotas.quotas.is_empty(),
+        "a refused quota was stored: {quotas:?}"
+    );
+    admin.quotas.set_quota(quota).await?;
     admin
         .grant(acl(
             "alice",
