@@ -1,8 +1,9 @@
 //! Authentication: with `auth = token` only requests carrying a known
 //! bearer token reach the Brook services (the others get UNAUTHENTICATED,
 //! and the token never reaches the log); with `auth = mtls` the client
-//! certificate names the principal; a broker configured for mTLS without
-//! required client certificates does not start.
+//! certificate names the principal (its common name, or the field
+//! `mtls_principal` picks); a broker configured for mTLS without required
+//! client certificates does not start. JWTs: `auth_jwt`.
 
 use crate::common;
 use crate::tls::{Authority, connect, write_files};
@@ -14,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use brook_broker::config::{Authentication, TokenAuth};
+use brook_broker::config::{Authentication, CertificatePrincipal, TokenAuth};
 use brook_broker::{BrokerConfig, ClientAuth, EmbeddedBroker};
 use brook_proto::admin_service_client::AdminServiceClient;
 use brook_proto::fetch_service_client::FetchServiceClient;
@@ -23,6 +24,7 @@ use brook_proto::{
     CreateTopicRequest, FetchPartition, FetchRequest, ListTopicsRequest, TopicConfig,
 };
 use common::{Clients, WAIT, batch, partition_batch, produce_request, within};
+use rcgen::SanType;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -39,10 +41,10 @@ const WRONG_TOKEN: &str = "wrong-secret-token-9c2e";
 /// no subscriber while no other test's is alive, it would stay silent for
 /// the tests that capture.
 #[derive(Clone, Default)]
-struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
 
 impl CapturedLogs {
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
+    pub(crate) fn install(&self) -> tracing::subscriber::DefaultGuard {
         let subscriber = tracing_subscriber::fmt()
             .with_env_filter("brook_broker=debug")
             .with_ansi(false)
@@ -51,7 +53,7 @@ impl CapturedLogs {
         tracing::subscriber::set_default(subscriber)
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
         String::from_utf8_lossy(&bytes).into_owned()
     }
@@ -87,7 +89,7 @@ fn sha256_hex(token: &str) -> String {
     })
 }
 
-fn write_token_file(path: &Path, entries: &[(&str, &str)]) -> anyhow::Result<()> {
+pub(crate) fn write_token_file(path: &Path, entries: &[(&str, &str)]) -> anyhow::Result<()> {
     let mut text = String::from("# name sha256:hex\n");
     for (name, token) in entries {
         let _ = writeln!(text, "{name} sha256:{}", sha256_hex(token));
@@ -105,7 +107,7 @@ async fn start_with_tokens(file: &Path) -> anyhow::Result<EmbeddedBroker> {
 }
 
 /// A request carrying `authorization: Bearer <token>`, when given.
-fn with_token<T>(message: T, token: Option<&str>) -> anyhow::Result<tonic::Request<T>> {
+pub(crate) fn with_token<T>(message: T, token: Option<&str>) -> anyhow::Result<tonic::Request<T>> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(WAIT);
     if let Some(token) = token {
@@ -116,7 +118,7 @@ fn with_token<T>(message: T, token: Option<&str>) -> anyhow::Result<tonic::Reque
     Ok(request)
 }
 
-async fn channel(broker: &EmbeddedBroker) -> anyhow::Result<Channel> {
+pub(crate) async fn channel(broker: &EmbeddedBroker) -> anyhow::Result<Channel> {
     Ok(within(
         "connecting",
         Channel::from_shared(broker.endpoint())?
@@ -126,7 +128,10 @@ async fn channel(broker: &EmbeddedBroker) -> anyhow::Result<Channel> {
     .await??)
 }
 
-async fn list_topics(channel: &Channel, token: Option<&str>) -> Result<(), tonic::Status> {
+pub(crate) async fn list_topics(
+    channel: &Channel,
+    token: Option<&str>,
+) -> Result<(), tonic::Status> {
     let request = with_token(ListTopicsRequest::default(), token)
         .map_err(|e| tonic::Status::internal(e.to_string()))?;
     AdminServiceClient::new(channel.clone())
@@ -332,6 +337,67 @@ async fn a_client_certificate_names_its_principal_under_mtls() -> anyhow::Result
     ensure!(
         principals.len() >= 2 && principals.iter().all(|l| l.contains("principal=\"alice\"")),
         "requests were not logged as alice's:\n{logged}"
+    );
+    broker.shutdown().await?;
+    Ok(())
+}
+
+/// With `mtls_principal = uri` the first URI name (a SPIFFE id) names the
+/// client, not its common name; a certificate without one is refused.
+#[tokio::test]
+async fn a_uri_name_names_the_principal_when_mtls_principal_is_uri() -> anyhow::Result<()> {
+    const SPIFFE: &str = "spiffe://cluster.local/ns/shop/sa/orders";
+    let logs = CapturedLogs::default();
+    let _guard = logs.install();
+    let dir = tempfile::tempdir()?;
+    let ca = Authority::new("Brook test CA")?;
+    let clients_ca = Authority::new("Brook clients CA")?;
+    let mut tls = write_files(
+        dir.path(),
+        &ca.sign(&["localhost", "127.0.0.1"])?,
+        Some(&clients_ca),
+    )?;
+    tls.client_principal = CertificatePrincipal::Uri;
+    let mut config = BrokerConfig::default();
+    config.tls = Some(tls);
+    config.auth = Authentication::Mtls;
+    let broker = EmbeddedBroker::builder().config(config).start().await?;
+
+    let orders = clients_ca.sign_with(&["orders"], |params| {
+        params
+            .subject_alt_names
+            .push(SanType::URI(SPIFFE.try_into().expect("an IA5 string")));
+    })?;
+    let mut clients = Clients::over(connect(&broker, &ca, Some(&orders)).await?);
+    clients
+        .create_topic("spiffe", 1, TopicConfig::default())
+        .await?;
+    let logged = logs.text();
+    let principals: Vec<&str> = logged
+        .lines()
+        .filter(|l| l.contains("authenticated request"))
+        .collect();
+    ensure!(
+        !principals.is_empty()
+            && principals
+                .iter()
+                .all(|l| l.contains(&format!("principal=\"{SPIFFE}\""))),
+        "requests were not logged as the SPIFFE id's:\n{logged}"
+    );
+
+    // Common name and DNS name, but no URI name: no principal.
+    let without_uri = clients_ca.sign(&["billing", "billing.shop.svc"])?;
+    let channel = connect(&broker, &ca, Some(&without_uri)).await?;
+    let status = within("list topics", list_topics(&channel, None))
+        .await?
+        .err()
+        .context("a certificate without a URI name was served")?;
+    ensure!(status.code() == Code::Unauthenticated, "{status:?}");
+    ensure!(
+        status
+            .message()
+            .contains("no client certificate naming the client"),
+        "{status:?}"
     );
     broker.shutdown().await?;
     Ok(())

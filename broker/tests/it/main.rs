@@ -4,6 +4,7 @@
 mod common;
 
 mod auth;
+mod auth_jwt;
 mod backpressure;
 mod bad_input;
 mod connections;
