@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use brook_broker::config::{
-    Authentication, DEFAULT_DATA_DIR, DEFAULT_HTTP_LISTEN, DEFAULT_LISTEN, GroupSettings, Limits,
-    TokenAuth, TopicSettings,
+    Authentication, CertificatePrincipal, DEFAULT_DATA_DIR, DEFAULT_HTTP_LISTEN,
+    DEFAULT_JWT_LEEWAY, DEFAULT_LISTEN, GroupSettings, JwtAuth, Limits, TokenAuth, TopicSettings,
 };
 use brook_broker::{
     BrokerConfig, ClientAuth, FsyncPolicy, PartitionName, RecordValidation, TlsConfig,
@@ -19,6 +19,10 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use crate::LogFormat;
+
+/// Longest clock skew `jwt_leeway_s` may allow: beyond a few minutes an
+/// expired token would stay usable long after it ran out.
+const JWT_LEEWAY_S_MAX: u64 = 300;
 
 /// Declares the settings once: each becomes an optional flag with its
 /// environment variable and an optional key of the file; `merge` lets the
@@ -135,13 +139,31 @@ settings! {
     /// Serve the HTTP port over TLS too, with the same certificate (probes
     /// and scrapers then need HTTPS) [default: false].
     tls_http: bool = "BROOK_TLS_HTTP",
-    /// How gRPC clients authenticate: none, mtls (the client certificate's
-    /// common name; needs `tls_client_auth = required`) or token (a bearer
-    /// token from `token_file`) [default: none].
+    /// How gRPC clients authenticate: none, mtls (the client certificate
+    /// names the client, see `mtls_principal`; needs `tls_client_auth =
+    /// required`) or token (a bearer token from `token_file`, or a JWT
+    /// checked against `jwks_file`) [default: none].
     auth: String = "BROOK_AUTH",
+    /// With `auth = mtls`: what of the client certificate is the principal:
+    /// common-name (else the first DNS name), dns-name (the first DNS
+    /// name), uri (the first URI name, e.g. a SPIFFE id) or subject (the
+    /// whole subject, RFC 4514) [default: common-name].
+    mtls_principal: String = "BROOK_MTLS_PRINCIPAL",
     /// With `auth = token`: lines `NAME sha256:HEX`, HEX the SHA-256 of
     /// NAME's token; checked for changes every 10 s [default: none].
     token_file: PathBuf = "BROOK_TOKEN_FILE",
+    /// With `auth = token`: a JWKS (JSON Web Key Set, e.g. a Kubernetes
+    /// cluster's /openid/v1/jwks); bearer tokens shaped like JWTs are checked
+    /// against its keys, and their `sub` is the principal. Needs `jwt_issuer`
+    /// and `jwt_audience`; checked for changes every 10 s [default: none].
+    jwks_file: PathBuf = "BROOK_JWKS_FILE",
+    /// With `jwks_file`: the `iss` claim a JWT must carry [default: none].
+    jwt_issuer: String = "BROOK_JWT_ISSUER",
+    /// With `jwks_file`: a value the JWT's `aud` claim must hold [default: none].
+    jwt_audience: String = "BROOK_JWT_AUDIENCE",
+    /// With `jwks_file`: clock skew allowed on a JWT's `exp` and `nbf`, in
+    /// seconds, at most 300 [default: 30].
+    jwt_leeway_s: u64 = "BROOK_JWT_LEEWAY_S",
     /// Open gRPC connections; more are closed as soon as accepted. Must
     /// leave 256 file descriptors for the broker's files [default: half of
     /// the descriptor limit left after HTTP's and 256, at most 10000].
@@ -206,8 +228,16 @@ pub struct Effective {
     pub tls_reload_interval_ms: u64,
     pub tls_http: bool,
     pub auth: String,
+    pub mtls_principal: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_issuer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_audience: Option<String>,
+    pub jwt_leeway_s: u64,
     /// Unset: chosen from the descriptor limit at start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
@@ -327,7 +357,14 @@ impl Settings {
             tls_reload_interval_ms: self.tls_reload_interval_ms.unwrap_or(10_000),
             tls_http: self.tls_http.unwrap_or(false),
             auth: self.auth.unwrap_or_else(|| broker.auth.mode().to_owned()),
+            mtls_principal: self
+                .mtls_principal
+                .unwrap_or_else(|| CertificatePrincipal::default().to_string()),
             token_file: self.token_file,
+            jwks_file: self.jwks_file,
+            jwt_issuer: self.jwt_issuer,
+            jwt_audience: self.jwt_audience,
+            jwt_leeway_s: self.jwt_leeway_s.unwrap_or(DEFAULT_JWT_LEEWAY.as_secs()),
             max_connections: self.max_connections.or(limits.connections_max),
             connection_idle_timeout_ms: self
                 .connection_idle_timeout_ms
@@ -556,11 +593,20 @@ impl Effective {
         tls.client_auth = client_auth;
         tls.reload_interval = Duration::from_millis(self.tls_reload_interval_ms);
         tls.http = self.tls_http;
+        tls.client_principal = self.certificate_principal()?;
         Ok(Some(tls))
     }
 
-    /// How clients authenticate: `token` needs a token file (and only it
-    /// takes one), `mtls` needs required client certificates.
+    fn certificate_principal(&self) -> anyhow::Result<CertificatePrincipal> {
+        self.mtls_principal
+            .parse()
+            .map_err(|e| anyhow::anyhow!("mtls_principal: {e}"))
+    }
+
+    /// How clients authenticate: `token` needs a token file, a JWKS file or
+    /// both (and only it takes them), a JWKS file its issuer and audience;
+    /// `mtls` needs required client certificates (and only it takes a
+    /// certificate mapping).
     fn authentication(&self, tls: Option<&TlsConfig>) -> anyhow::Result<Authentication> {
         let auth = match self.auth.as_str() {
             "none" => Authentication::None,
@@ -572,18 +618,69 @@ impl Effective {
                 }
                 Authentication::Mtls
             }
-            "token" => {
-                let Some(file) = &self.token_file else {
-                    bail!("token_file: needed with auth = token");
-                };
-                Authentication::Token(TokenAuth::new(file))
-            }
+            "token" => Authentication::Token(self.token_auth()?),
             other => bail!("auth: must be none, mtls or token, not `{other}`"),
         };
-        if self.token_file.is_some() && !matches!(auth, Authentication::Token(_)) {
-            bail!("token_file: only used with auth = token");
+        let token = matches!(auth, Authentication::Token(_));
+        for (key, set) in [
+            ("token_file", self.token_file.is_some()),
+            ("jwks_file", self.jwks_file.is_some()),
+        ] {
+            if set && !token {
+                bail!("{key}: only used with auth = token");
+            }
+        }
+        for (key, set) in [
+            ("jwt_issuer", self.jwt_issuer.is_some()),
+            ("jwt_audience", self.jwt_audience.is_some()),
+        ] {
+            if set && self.jwks_file.is_none() {
+                bail!("{key}: only used with jwks_file");
+            }
+        }
+        if self.jwt_leeway_s > JWT_LEEWAY_S_MAX {
+            bail!(
+                "jwt_leeway_s: at most {JWT_LEEWAY_S_MAX} (a longer one lets expired tokens in), got {}",
+                self.jwt_leeway_s
+            );
+        }
+        if self.certificate_principal()? != CertificatePrincipal::default()
+            && auth != Authentication::Mtls
+        {
+            bail!("mtls_principal: only used with auth = mtls");
         }
         Ok(auth)
+    }
+
+    /// The bearer tokens of `auth = token`.
+    fn token_auth(&self) -> anyhow::Result<TokenAuth> {
+        let jwt = match &self.jwks_file {
+            Some(jwks) => {
+                let needed = |key: &str, value: &Option<String>| match value {
+                    Some(value) if !value.is_empty() => Ok(value.clone()),
+                    _ => Err(anyhow::anyhow!("{key}: needed with jwks_file")),
+                };
+                let issuer = needed("jwt_issuer", &self.jwt_issuer)?;
+                let audience = needed("jwt_audience", &self.jwt_audience)?;
+                let mut jwt = JwtAuth::new(jwks, issuer, audience);
+                jwt.leeway = Duration::from_secs(self.jwt_leeway_s);
+                Some(jwt)
+            }
+            None => None,
+        };
+        match (&self.token_file, jwt) {
+            (Some(file), jwt) => {
+                let tokens = TokenAuth::new(file);
+                Ok(match jwt {
+                    Some(jwt) => tokens.with_jwt(jwt),
+                    None => tokens,
+                })
+            }
+            (None, Some(jwt)) => Ok(TokenAuth::jwt(jwt)),
+            (None, None) => {
+                bail!("token_file or jwks_file: auth = token needs one of them or both")
+            }
+        }
     }
 
     pub fn to_toml(&self) -> anyhow::Result<String> {
@@ -729,7 +826,7 @@ mod tests {
                     auth: Some("token".into()),
                     ..Settings::default()
                 },
-                "token_file:",
+                "token_file or jwks_file:",
             ),
             (
                 Settings {
@@ -765,5 +862,130 @@ mod tests {
             ..Settings::default()
         };
         assert_eq!(config(mutual).unwrap().auth, Authentication::Mtls);
+    }
+
+    fn jwt_settings() -> Settings {
+        Settings {
+            auth: Some("token".into()),
+            jwks_file: Some("jwks.json".into()),
+            jwt_issuer: Some("https://kubernetes.default.svc".into()),
+            jwt_audience: Some("brook".into()),
+            ..Settings::default()
+        }
+    }
+
+    #[test]
+    fn jwt_settings_come_with_their_issuer_and_audience() {
+        let config = |settings: Settings| settings.resolve().and_then(|e| e.broker_config());
+        let jwt = JwtAuth::new("jwks.json", "https://kubernetes.default.svc", "brook");
+        assert_eq!(
+            config(jwt_settings()).unwrap().auth,
+            Authentication::Token(TokenAuth::jwt(jwt.clone()))
+        );
+        let both = Settings {
+            token_file: Some("tokens".into()),
+            jwt_leeway_s: Some(5),
+            ..jwt_settings()
+        };
+        let mut short = jwt;
+        short.leeway = Duration::from_secs(5);
+        assert_eq!(
+            config(both).unwrap().auth,
+            Authentication::Token(TokenAuth::new("tokens").with_jwt(short))
+        );
+        for (settings, key) in [
+            (
+                Settings {
+                    jwt_issuer: None,
+                    ..jwt_settings()
+                },
+                "jwt_issuer: needed",
+            ),
+            (
+                Settings {
+                    jwt_audience: Some(String::new()),
+                    ..jwt_settings()
+                },
+                "jwt_audience: needed",
+            ),
+            (
+                Settings {
+                    jwks_file: None,
+                    token_file: Some("tokens".into()),
+                    ..jwt_settings()
+                },
+                "jwt_issuer: only used with jwks_file",
+            ),
+            (
+                Settings {
+                    auth: None,
+                    jwt_issuer: None,
+                    jwt_audience: None,
+                    ..jwt_settings()
+                },
+                "jwks_file: only used with auth = token",
+            ),
+            (
+                Settings {
+                    jwt_leeway_s: Some(3600),
+                    ..jwt_settings()
+                },
+                "jwt_leeway_s: at most 300",
+            ),
+        ] {
+            let error = config(settings).unwrap_err();
+            assert!(error.to_string().starts_with(key), "{key}: {error}");
+        }
+        // Printed, and read back.
+        let text = jwt_settings().resolve().unwrap().to_toml().unwrap();
+        for line in [
+            "jwks_file = \"jwks.json\"",
+            "jwt_issuer = \"https://kubernetes.default.svc\"",
+            "jwt_audience = \"brook\"",
+            "jwt_leeway_s = 30",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_certificate_mapping_is_for_mtls_only() {
+        let config = |settings: Settings| settings.resolve().and_then(|e| e.broker_config());
+        let mutual = |mapping: &str| Settings {
+            auth: Some("mtls".into()),
+            mtls_principal: Some(mapping.into()),
+            tls_cert: Some("tls.crt".into()),
+            tls_key: Some("tls.key".into()),
+            tls_client_ca: Some("ca.crt".into()),
+            tls_client_auth: Some("required".into()),
+            ..Settings::default()
+        };
+        for (name, mapping) in [
+            ("common-name", CertificatePrincipal::CommonName),
+            ("dns-name", CertificatePrincipal::DnsName),
+            ("uri", CertificatePrincipal::Uri),
+            ("subject", CertificatePrincipal::Subject),
+        ] {
+            let tls = config(mutual(name)).unwrap().tls.unwrap();
+            assert_eq!(tls.client_principal, mapping, "{name}");
+        }
+        let error = config(mutual("email")).unwrap_err();
+        assert!(error.to_string().starts_with("mtls_principal:"), "{error}");
+        let without_mtls = Settings {
+            mtls_principal: Some("uri".into()),
+            ..Settings::default()
+        };
+        let error = config(without_mtls).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("mtls_principal: only used with auth = mtls"),
+            "{error}"
+        );
+        let printed = Settings::default().resolve().unwrap().to_toml().unwrap();
+        assert!(
+            printed.contains("mtls_principal = \"common-name\""),
+            "{printed}"
+        );
     }
 }
