@@ -275,7 +275,7 @@ async fn serve_grpc(
     if let Some(tls) = &tls {
         tls.spawn_reloader(stop.clone());
     }
-    auth.spawn_reloader(stop.clone());
+    auth.spawn_reloader(&stop);
     let incoming =
         crate::grpc::connections::accept(grpc, connections, broker.metrics().clone(), tls);
     let receive_budget = ReceiveBudget::new(

@@ -25,6 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::file_watch::{Stamp, spawn_periodic_check, stamp};
+use brook_engine::config::CertificatePrincipal;
 use brook_engine::{ClientAuth, TlsConfig};
 
 /// Why the TLS configuration cannot be built.
@@ -100,6 +101,11 @@ impl ServerTls {
     /// An acceptor for the gRPC port with the current configuration.
     pub fn acceptor(&self) -> TlsAcceptor {
         TlsAcceptor::from(self.current.read().grpc.clone())
+    }
+
+    /// What of a client certificate names its principal.
+    pub(crate) fn client_principal(&self) -> CertificatePrincipal {
+        self.settings.client_principal
     }
 
     /// An acceptor for the HTTP port with the current configuration.

@@ -1,6 +1,7 @@
 //! How the client commands reach the broker: `--broker`, the TLS flags and
-//! `--token` (each also an environment variable), shared by every command
-//! that connects, and turned into the client's options here once.
+//! `--token` or `--token-file` (each also an environment variable), shared
+//! by every command that connects, and turned into the client's options
+//! here once.
 //!
 //! Invariant: any TLS flag makes a `host:port` broker address mean
 //! `https://`; with an `http://` address the client refuses the TLS flags
@@ -12,6 +13,8 @@
 //! client commands present the broker's certificate (the docs say so).
 //! `brook serve` keeps its own `--tls-cert` and `--tls-key`: clap gives a
 //! subcommand's argument precedence over a global one of the same name.
+//! The same holds for `BROOK_TOKEN_FILE`, the broker's file of hashed
+//! tokens to `brook serve` and the client's token to the other commands.
 
 use std::path::PathBuf;
 
@@ -60,6 +63,11 @@ pub struct ConnectArgs {
         hide_env_values = true
     )]
     pub token: Option<BearerToken>,
+    /// A file holding the bearer token, reread when it changes (checked at
+    /// most every 5 s), such as a Kubernetes projected ServiceAccount token.
+    /// Instead of --token.
+    #[arg(long, global = true, env = "BROOK_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 impl ConnectArgs {
@@ -96,10 +104,26 @@ impl ConnectArgs {
         if let Some(tls) = self.tls()? {
             options = options.with_tls(tls);
         }
-        if let Some(token) = &self.token {
-            options = options.with_bearer_token(token.clone());
+        if let Some(token) = self.bearer_token()? {
+            options = options.with_bearer_token(token);
         }
         Ok(options)
+    }
+
+    /// The token of --token or --token-file. Not a clap conflict: that would
+    /// also count the variables, and `brook serve` reads BROOK_TOKEN_FILE
+    /// as its own.
+    fn bearer_token(&self) -> anyhow::Result<Option<BearerToken>> {
+        match (&self.token, &self.token_file) {
+            (Some(_), Some(_)) => bail!(
+                "--token (BROOK_TOKEN) and --token-file (BROOK_TOKEN_FILE) are both given: use one"
+            ),
+            (Some(token), None) => Ok(Some(token.clone())),
+            (None, Some(file)) => Ok(Some(
+                BearerToken::from_file(file).context("--token-file (BROOK_TOKEN_FILE)")?,
+            )),
+            (None, None) => Ok(None),
+        }
     }
 
     pub async fn connect(&self) -> anyhow::Result<Client> {
@@ -180,6 +204,28 @@ mod tests {
         assert_eq!(parse(&[]).options().expect("valid").bearer_token, None);
         let mut argv = vec!["brook", "--token", "two words"];
         assert!(Command::try_parse_from(argv.drain(..)).is_err());
+    }
+
+    #[test]
+    fn the_token_file_becomes_the_clients_bearer_token() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let file = dir.path().join("token");
+        std::fs::write(&file, "s3cret-from-a-file\n").expect("write the token");
+        let path = file.display().to_string();
+        let options = parse(&["--token-file", &path]).options().expect("valid");
+        assert_eq!(
+            options.bearer_token,
+            BearerToken::from_file(&file).ok(),
+            "{options:?}"
+        );
+        assert!(!format!("{options:?}").contains("s3cret"), "{options:?}");
+        let error = parse(&["--token-file", &path, "--token", "t"])
+            .options()
+            .unwrap_err();
+        assert!(error.to_string().contains("both given"), "{error}");
+        let missing = dir.path().join("missing").display().to_string();
+        let error = parse(&["--token-file", &missing]).options().unwrap_err();
+        assert!(format!("{error:#}").contains("missing"), "{error:#}");
     }
 
     #[test]

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use brook_broker::config::{
-    Authentication, DEFAULT_DATA_DIR, DEFAULT_HTTP_LISTEN, DEFAULT_LISTEN, GroupSettings, Limits,
-    TokenAuth, TopicSettings,
+    Authentication, CertificatePrincipal, DEFAULT_DATA_DIR, DEFAULT_HTTP_LISTEN,
+    DEFAULT_JWT_LEEWAY, DEFAULT_LISTEN, GroupSettings, JwtAuth, Limits, TokenAuth, TopicSettings,
 };
 use brook_broker::{
     BrokerConfig, ClientAuth, FsyncPolicy, PartitionName, RecordValidation, TlsConfig,
@@ -19,6 +19,10 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use crate::LogFormat;
+
+/// Longest clock skew `jwt_leeway_s` may allow: beyond a few minutes an
+/// expired token would stay usable long after it ran out.
+const JWT_LEEWAY_S_MAX: u64 = 300;
 
 /// Declares the settings once: each becomes an optional flag with its
 /// environment variable and an optional key of the file; `merge` lets the
@@ -135,13 +139,31 @@ settings! {
     /// Serve the HTTP port over TLS too, with the same certificate (probes
     /// and scrapers then need HTTPS) [default: false].
     tls_http: bool = "BROOK_TLS_HTTP",
-    /// How gRPC clients authenticate: none, mtls (the client certificate's
-    /// common name; needs `tls_client_auth = required`) or token (a bearer
-    /// token from `token_file`) [default: none].
+    /// How gRPC clients authenticate: none, mtls (the client certificate
+    /// names the client, see `mtls_principal`; needs `tls_client_auth =
+    /// required`) or token (a bearer token from `token_file`, or a JWT
+    /// checked against `jwks_file`) [default: none].
     auth: String = "BROOK_AUTH",
+    /// With `auth = mtls`: what of the client certificate is the principal:
+    /// common-name (else the first DNS name), dns-name (the first DNS
+    /// name), uri (the first URI name, e.g. a SPIFFE id) or subject (the
+    /// whole subject, RFC 4514) [default: common-name].
+    mtls_principal: String = "BROOK_MTLS_PRINCIPAL",
     /// With `auth = token`: lines `NAME sha256:HEX`, HEX the SHA-256 of
     /// NAME's token; checked for changes every 10 s [default: none].
     token_file: PathBuf = "BROOK_TOKEN_FILE",
+    /// With `auth = token`: a JWKS (JSON Web Key Set, e.g. a Kubernetes
+    /// cluster's /openid/v1/jwks); bearer tokens shaped like JWTs are checked
+    /// against its keys, and their `sub` is the principal. Needs `jwt_issuer`
+    /// and `jwt_audience`; checked for changes every 10 s [default: none].
+    jwks_file: PathBuf = "BROOK_JWKS_FILE",
+    /// With `jwks_file`: the `iss` claim a JWT must carry [default: none].
+    jwt_issuer: String = "BROOK_JWT_ISSUER",
+    /// With `jwks_file`: a value the JWT's `aud` claim must hold [default: none].
+    jwt_audience: String = "BROOK_JWT_AUDIENCE",
+    /// With `jwks_file`: clock skew allowed on a JWT's `exp` and `nbf`, in
+    /// seconds, at most 300 [default: 30].
+    jwt_leeway_s: u64 = "BROOK_JWT_LEEWAY_S",
     /// Open gRPC connections; more are closed as soon as accepted. Must
     /// leave 256 file descriptors for the broker's files [default: half of
     /// the descriptor limit left after HTTP's and 256, at most 10000].
@@ -214,8 +236,16 @@ pub struct Effective {
     pub tls_reload_interval_ms: u64,
     pub tls_http: bool,
     pub auth: String,
+    pub mtls_principal: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_issuer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_audience: Option<String>,
+    pub jwt_leeway_s: u64,
     /// Unset: chosen from the descriptor limit at start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
@@ -337,7 +367,14 @@ impl Settings {
             tls_reload_interval_ms: self.tls_reload_interval_ms.unwrap_or(10_000),
             tls_http: self.tls_http.unwrap_or(false),
             auth: self.auth.unwrap_or_else(|| broker.auth.mode().to_owned()),
+            mtls_principal: self
+                .mtls_principal
+                .unwrap_or_else(|| CertificatePrincipal::default().to_string()),
             token_file: self.token_file,
+            jwks_file: self.jwks_file,
+            jwt_issuer: self.jwt_issuer,
+            jwt_audience: self.jwt_audience,
+            jwt_leeway_s: self.jwt_leeway_s.unwrap_or(DEFAULT_JWT_LEEWAY.as_secs()),
             max_connections: self.max_connections.or(limits.connections_max),
             connection_idle_timeout_ms: self
                 .connection_idle_timeout_ms
@@ -578,11 +615,20 @@ impl Effective {
         tls.client_auth = client_auth;
         tls.reload_interval = Duration::from_millis(self.tls_reload_interval_ms);
         tls.http = self.tls_http;
+        tls.client_principal = self.certificate_principal()?;
         Ok(Some(tls))
     }
 
-    /// How clients authenticate: `token` needs a token file (and only it
-    /// takes one), `mtls` needs required client certificates.
+    fn certificate_principal(&self) -> anyhow::Result<CertificatePrincipal> {
+        self.mtls_principal
+            .parse()
+            .map_err(|e| anyhow::anyhow!("mtls_principal: {e}"))
+    }
+
+    /// How clients authenticate: `token` needs a token file, a JWKS file or
+    /// both (and only it takes them), a JWKS file its issuer and audience;
+    /// `mtls` needs required client certificates (and only it takes a
+    /// certificate mapping).
     fn authentication(&self, tls: Option<&TlsConfig>) -> anyhow::Result<Authentication> {
         let auth = match self.auth.as_str() {
             "none" => Authentication::None,
@@ -594,18 +640,69 @@ impl Effective {
                 }
                 Authentication::Mtls
             }
-            "token" => {
-                let Some(file) = &self.token_file else {
-                    bail!("token_file: needed with auth = token");
-                };
-                Authentication::Token(TokenAuth::new(file))
-            }
+            "token" => Authentication::Token(self.token_auth()?),
             other => bail!("auth: must be none, mtls or token, not `{other}`"),
         };
-        if self.token_file.is_some() && !matches!(auth, Authentication::Token(_)) {
-            bail!("token_file: only used with auth = token");
+        let token = matches!(auth, Authentication::Token(_));
+        for (key, set) in [
+            ("token_file", self.token_file.is_some()),
+            ("jwks_file", self.jwks_file.is_some()),
+        ] {
+            if set && !token {
+                bail!("{key}: only used with auth = token");
+            }
+        }
+        for (key, set) in [
+            ("jwt_issuer", self.jwt_issuer.is_some()),
+            ("jwt_audience", self.jwt_audience.is_some()),
+        ] {
+            if set && self.jwks_file.is_none() {
+                bail!("{key}: only used with jwks_file");
+            }
+        }
+        if self.jwt_leeway_s > JWT_LEEWAY_S_MAX {
+            bail!(
+                "jwt_leeway_s: at most {JWT_LEEWAY_S_MAX} (a longer one lets expired tokens in), got {}",
+                self.jwt_leeway_s
+            );
+        }
+        if self.certificate_principal()? != CertificatePrincipal::default()
+            && auth != Authentication::Mtls
+        {
+            bail!("mtls_principal: only used with auth = mtls");
         }
         Ok(auth)
+    }
+
+    /// The bearer tokens of `auth = token`.
+    fn token_auth(&self) -> anyhow::Result<TokenAuth> {
+        let jwt = match &self.jwks_file {
+            Some(jwks) => {
+                let needed = |key: &str, value: &Option<String>| match value {
+                    Some(value) if !value.is_empty() => Ok(value.clone()),
+                    _ => Err(anyhow::anyhow!("{key}: needed with jwks_file")),
+                };
+                let issuer = needed("jwt_issuer", &self.jwt_issuer)?;
+                let audience = needed("jwt_audience", &self.jwt_audience)?;
+                let mut jwt = JwtAuth::new(jwks, issuer, audience);
+                jwt.leeway = Duration::from_secs(self.jwt_leeway_s);
+                Some(jwt)
+            }
+            None => None,
+        };
+        match (&self.token_file, jwt) {
+            (Some(file), jwt) => {
+                let tokens = TokenAuth::new(file);
+                Ok(match jwt {
+                    Some(jwt) => tokens.with_jwt(jwt),
+                    None => tokens,
+                })
+            }
+            (None, Some(jwt)) => Ok(TokenAuth::jwt(jwt)),
+            (None, None) => {
+                bail!("token_file or jwks_file: auth = token needs one of them or both")
+            }
+        }
     }
 
     pub fn to_toml(&self) -> anyhow::Result<String> {
@@ -621,171 +718,4 @@ fn positive(key: &str, value: u64) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flags_win_over_the_file_and_the_file_over_defaults() {
-        let file: Settings =
-            toml::from_str("listen = \"127.0.0.1:1\"\nshutdown_grace_ms = 5\n").unwrap();
-        let flags = Settings {
-            listen: Some("127.0.0.1:2".into()),
-            ..Settings::default()
-        };
-        let effective = flags.merge(file).resolve().unwrap();
-        assert_eq!(effective.listen, "127.0.0.1:2");
-        assert_eq!(effective.shutdown_grace_ms, 5);
-        assert_eq!(effective.http_listen, DEFAULT_HTTP_LISTEN);
-    }
-
-    #[test]
-    fn unknown_keys_and_bad_values_name_the_key() {
-        let unknown = toml::from_str::<Settings>("listen_addr = \"x\"\n").unwrap_err();
-        assert!(unknown.to_string().contains("listen_addr"), "{unknown}");
-        let wrong_type = parse_file("shutdown_grace_ms = \"soon\"\n").unwrap_err();
-        assert!(
-            wrong_type
-                .to_string()
-                .starts_with("shutdown_grace_ms: invalid type"),
-            "{wrong_type}"
-        );
-        let bad_fsync = Settings {
-            fsync: Some("sometimes".into()),
-            ..Settings::default()
-        };
-        let error = bad_fsync.resolve().unwrap_err();
-        assert!(error.to_string().starts_with("fsync:"), "{error}");
-        let bad_limit = Settings {
-            default_max_message_bytes: Some(10),
-            ..Settings::default()
-        };
-        let error = bad_limit.resolve().unwrap_err();
-        assert!(
-            error.to_string().starts_with("default_max_message_bytes:"),
-            "{error}"
-        );
-    }
-
-    #[test]
-    fn accepted_data_loss_comes_from_a_list_of_partitions() {
-        let file: Settings = toml::from_str("accept_data_loss = [\"a/0\", \"b.c/12\"]\n").unwrap();
-        let config = file.resolve().unwrap().broker_config().unwrap();
-        assert_eq!(
-            config.accept_data_loss,
-            [PartitionName::new("a", 0), PartitionName::new("b.c", 12)]
-        );
-        let bad = Settings {
-            accept_data_loss: Some(vec!["a".into()]),
-            ..Settings::default()
-        };
-        let error = bad.resolve().unwrap_err();
-        assert!(
-            error.to_string().starts_with("accept_data_loss:"),
-            "{error}"
-        );
-    }
-
-    #[test]
-    fn the_printed_configuration_reads_back_as_a_file() {
-        let effective = Settings::default().resolve().unwrap();
-        let text = effective.to_toml().unwrap();
-        let again: Settings = toml::from_str(&text).unwrap();
-        assert_eq!(again.resolve().unwrap().to_toml().unwrap(), text);
-    }
-
-    #[test]
-    fn tls_settings_come_in_complete_sets() {
-        let config = |settings: Settings| settings.resolve().and_then(|e| e.broker_config());
-        assert!(config(Settings::default()).unwrap().tls.is_none());
-        let cert_only = Settings {
-            tls_cert: Some("tls.crt".into()),
-            ..Settings::default()
-        };
-        let error = config(cert_only).unwrap_err();
-        assert!(error.to_string().starts_with("tls_key:"), "{error}");
-        let required_without_ca = Settings {
-            tls_cert: Some("tls.crt".into()),
-            tls_key: Some("tls.key".into()),
-            tls_client_auth: Some("required".into()),
-            ..Settings::default()
-        };
-        let error = config(required_without_ca).unwrap_err();
-        assert!(error.to_string().starts_with("tls_client_ca:"), "{error}");
-        let bad_mode = Settings {
-            tls_client_auth: Some("sometimes".into()),
-            ..Settings::default()
-        };
-        let error = config(bad_mode).unwrap_err();
-        assert!(error.to_string().starts_with("tls_client_auth:"), "{error}");
-        let mutual = Settings {
-            tls_cert: Some("tls.crt".into()),
-            tls_key: Some("tls.key".into()),
-            tls_client_ca: Some("ca.crt".into()),
-            tls_client_auth: Some("required".into()),
-            ..Settings::default()
-        };
-        let tls = config(mutual).unwrap().tls.unwrap();
-        assert_eq!(tls.client_auth, ClientAuth::Required);
-        assert_eq!(tls.client_ca, Some(PathBuf::from("ca.crt")));
-    }
-
-    #[test]
-    fn auth_settings_are_checked_together() {
-        let config = |settings: Settings| settings.resolve().and_then(|e| e.broker_config());
-        assert_eq!(
-            config(Settings::default()).unwrap().auth,
-            Authentication::None
-        );
-        let tokens = Settings {
-            auth: Some("token".into()),
-            token_file: Some("tokens".into()),
-            ..Settings::default()
-        };
-        assert_eq!(
-            config(tokens).unwrap().auth,
-            Authentication::Token(TokenAuth::new("tokens"))
-        );
-        for (settings, key) in [
-            (
-                Settings {
-                    auth: Some("token".into()),
-                    ..Settings::default()
-                },
-                "token_file:",
-            ),
-            (
-                Settings {
-                    token_file: Some("tokens".into()),
-                    ..Settings::default()
-                },
-                "token_file:",
-            ),
-            (
-                Settings {
-                    auth: Some("mtls".into()),
-                    ..Settings::default()
-                },
-                "auth: mtls needs",
-            ),
-            (
-                Settings {
-                    auth: Some("password".into()),
-                    ..Settings::default()
-                },
-                "auth: must be",
-            ),
-        ] {
-            let error = config(settings).unwrap_err();
-            assert!(error.to_string().starts_with(key), "{error}");
-        }
-        let mutual = Settings {
-            auth: Some("mtls".into()),
-            tls_cert: Some("tls.crt".into()),
-            tls_key: Some("tls.key".into()),
-            tls_client_ca: Some("ca.crt".into()),
-            tls_client_auth: Some("required".into()),
-            ..Settings::default()
-        };
-        assert_eq!(config(mutual).unwrap().auth, Authentication::Mtls);
-    }
-}
+mod tests;

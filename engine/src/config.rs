@@ -407,6 +407,9 @@ pub struct TlsConfig {
     /// TLS too, with the same certificate; probes and scrapers then need
     /// HTTPS. Client certificates are not asked for there.
     pub http: bool,
+    /// What of a client certificate names its principal (with
+    /// `Authentication::Mtls`).
+    pub client_principal: CertificatePrincipal,
 }
 
 impl TlsConfig {
@@ -420,7 +423,53 @@ impl TlsConfig {
             client_auth: ClientAuth::None,
             reload_interval: Duration::from_secs(10),
             http: false,
+            client_principal: CertificatePrincipal::default(),
         }
+    }
+}
+
+/// What of a verified client certificate is its principal's name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CertificatePrincipal {
+    /// The subject's common name, else the first DNS subject alternative
+    /// name (service certificates often carry only that).
+    #[default]
+    CommonName,
+    /// The first DNS subject alternative name.
+    DnsName,
+    /// The first URI subject alternative name, such as a SPIFFE id
+    /// (`spiffe://cluster.local/ns/shop/sa/orders`).
+    Uri,
+    /// The whole subject as an RFC 4514 string (`CN=alice,O=Shop`), as
+    /// Kafka and most LDAP tools print it.
+    Subject,
+}
+
+impl std::str::FromStr for CertificatePrincipal {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "common-name" => Ok(Self::CommonName),
+            "dns-name" => Ok(Self::DnsName),
+            "uri" => Ok(Self::Uri),
+            "subject" => Ok(Self::Subject),
+            other => Err(format!(
+                "`{other}` is not a certificate principal: use common-name, dns-name, uri or subject"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for CertificatePrincipal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::CommonName => "common-name",
+            Self::DnsName => "dns-name",
+            Self::Uri => "uri",
+            Self::Subject => "subject",
+        })
     }
 }
 
@@ -469,11 +518,12 @@ pub enum Authentication {
     /// Every client is served, unnamed.
     #[default]
     None,
-    /// The client certificate names the client: its subject's common name,
-    /// else its first DNS subject alternative name. Needs TLS with
-    /// `client_auth` `Required`.
+    /// The client certificate names the client, as `TlsConfig::client_principal`
+    /// says (by default its subject's common name, else its first DNS
+    /// subject alternative name). Needs TLS with `client_auth` `Required`.
     Mtls,
-    /// A bearer token in the `authorization` metadata names the client.
+    /// A bearer token in the `authorization` metadata names the client: a
+    /// static token from a file, or a JWT checked against a JWKS.
     Token(TokenAuth),
 }
 
@@ -488,26 +538,82 @@ impl Authentication {
     }
 }
 
-/// Static bearer tokens, stored hashed in a file.
+/// Bearer tokens: static ones stored hashed in a file, JWTs checked
+/// against a JWKS, or both (a token shaped like a JWT is checked as one
+/// when `jwt` is set). At least one of `file` and `jwt` must be set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TokenAuth {
     /// Lines `NAME sha256:HEX`: a client's name and the SHA-256 of its token.
-    pub file: PathBuf,
-    /// How often the file is checked for changes; a changed file replaces
-    /// the tokens for the requests that follow.
+    pub file: Option<PathBuf>,
+    /// JWTs, such as Kubernetes ServiceAccount tokens.
+    pub jwt: Option<JwtAuth>,
+    /// How often the token file and the JWKS file are checked for changes;
+    /// a changed file applies to the requests that follow.
     pub reload_interval: Duration,
 }
 
 impl TokenAuth {
-    /// Tokens from `file`, checked for changes every 10 s.
+    /// Static tokens from `file`, checked for changes every 10 s.
     pub fn new(file: impl Into<PathBuf>) -> Self {
         Self {
-            file: file.into(),
+            file: Some(file.into()),
+            jwt: None,
             reload_interval: Duration::from_secs(10),
         }
     }
+
+    /// JWTs only, their keys checked for changes every 10 s.
+    pub fn jwt(jwt: JwtAuth) -> Self {
+        Self {
+            file: None,
+            jwt: Some(jwt),
+            reload_interval: Duration::from_secs(10),
+        }
+    }
+
+    /// Also takes JWTs.
+    #[must_use]
+    pub fn with_jwt(mut self, jwt: JwtAuth) -> Self {
+        self.jwt = Some(jwt);
+        self
+    }
 }
+
+/// JWTs as bearer tokens: signed by a key of a JWKS file, issued by
+/// `issuer` for `audience`; the `sub` claim names the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JwtAuth {
+    /// A JSON Web Key Set (RFC 7517), such as a Kubernetes cluster's
+    /// `/openid/v1/jwks`.
+    pub jwks_file: PathBuf,
+    /// The `iss` claim a token must carry.
+    pub issuer: String,
+    /// A value the token's `aud` claim (a string or a list) must hold.
+    pub audience: String,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+}
+
+impl JwtAuth {
+    /// Tokens of `issuer` for `audience`, with 30 s of leeway.
+    pub fn new(
+        jwks_file: impl Into<PathBuf>,
+        issuer: impl Into<String>,
+        audience: impl Into<String>,
+    ) -> Self {
+        Self {
+            jwks_file: jwks_file.into(),
+            issuer: issuer.into(),
+            audience: audience.into(),
+            leeway: DEFAULT_JWT_LEEWAY,
+        }
+    }
+}
+
+/// Clock skew allowed on a JWT's `exp` and `nbf` unless configured.
+pub const DEFAULT_JWT_LEEWAY: Duration = Duration::from_secs(30);
 
 impl BrokerConfig {
     /// Checks the topic defaults by the rules of a topic's own settings

@@ -3,9 +3,12 @@
 //!
 //! - `none`: every request is served and names no one.
 //! - `mtls`: the client certificate, verified in the TLS handshake, names
-//!   the client ([`certificate`]); read once per connection.
-//! - `token`: the request's `authorization: Bearer <token>` metadata,
-//!   whose SHA-256 is looked up in a file of hashed tokens ([`tokens`]).
+//!   the client ([`certificate`], as `mtls_principal` says); read once per
+//!   connection.
+//! - `token`: the request's `authorization: Bearer <token>` metadata. A
+//!   token shaped like a JWT is checked against the JWKS file when one is
+//!   configured ([`jwt`], [`jwks`]); any other token's SHA-256 is looked up
+//!   in the file of hashed tokens ([`tokens`]).
 //!
 //! [`layer::AuthLayer`] applies this to every request under `/brook.v1.`;
 //! `grpc.health.v1` and server reflection stay open, so probes and tools
@@ -13,9 +16,12 @@
 //! message saying what is missing or wrong, never the token itself.
 //!
 //! Invariant: a token never reaches a log line, a status message or a
-//! `Debug` output; only its hash is kept.
+//! `Debug` output; of a static token only its hash is kept, and of a JWT
+//! nothing.
 
 mod certificate;
+mod jwks;
+mod jwt;
 pub(crate) mod layer;
 mod tokens;
 
@@ -28,9 +34,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::grpc::connections::ConnectionInfo;
 use brook_engine::ClientAuth;
-use brook_engine::config::{Authentication, BrokerConfig};
+use brook_engine::config::{Authentication, BrokerConfig, TokenAuth};
 
 pub(crate) use certificate::certificate_principal;
+use jwks::JwksStore;
+use jwt::JwtVerifier;
 use tokens::TokenStore;
 
 /// Who a request comes from. Handlers find it in the request's
@@ -49,6 +57,8 @@ pub enum Credential {
     Certificate,
     /// A bearer token found in the token file.
     Token,
+    /// A JWT signed by a key of the JWKS file.
+    Jwt,
 }
 
 impl Principal {
@@ -59,8 +69,8 @@ impl Principal {
         }
     }
 
-    /// The client's name: a certificate's common name (or DNS name), or
-    /// the name a token has in the token file.
+    /// The client's name: what of its certificate `mtls_principal` picks,
+    /// the name a token has in the token file, or a JWT's `sub` claim.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -87,6 +97,10 @@ pub enum AuthError {
     MtlsNeedsRequiredClientCertificates { client_auth: String },
     #[error("auth = {mode} is not supported by this server")]
     Unsupported { mode: &'static str },
+    #[error("auth = token needs token_file, jwks_file or both")]
+    NoTokenSource,
+    #[error("jwks_file needs jwt_issuer and jwt_audience: {0} is empty")]
+    JwtSetting(&'static str),
     #[error("token file {}: {source}", path.display())]
     TokenFileRead {
         path: PathBuf,
@@ -99,13 +113,21 @@ pub enum AuthError {
         line: usize,
         reason: &'static str,
     },
+    #[error("JWKS file {}: {source}", path.display())]
+    JwksFileRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("JWKS file {}: {reason}", path.display())]
+    JwksFile { path: PathBuf, reason: String },
 }
 
 /// Why a request was refused. Its text goes to the client and to the log,
-/// so it never holds the token.
+/// so it never holds the token or anything read from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum Refusal {
-    #[error("no client certificate naming the client (a subject common name or DNS name)")]
+    #[error("no client certificate naming the client (as mtls_principal asks)")]
     NoCertificatePrincipal,
     #[error("missing `authorization: Bearer <token>` metadata")]
     NoToken,
@@ -113,12 +135,39 @@ pub(crate) enum Refusal {
     MalformedAuthorization,
     #[error("the bearer token is not known")]
     UnknownToken,
+    #[error("the bearer token is not a JWT, and only JWTs are accepted")]
+    NotAJwt,
+    #[error("the JWT is malformed")]
+    JwtMalformed,
+    #[error(
+        "the JWT's algorithm is not allowed (RS256/384/512, PS256/384/512, ES256/384 or EdDSA; \
+         never none or HMAC)"
+    )]
+    JwtAlgorithm,
+    #[error("the JWT names no key id (kid) and the JWKS has more than one key")]
+    JwtNoKeyId,
+    #[error("the JWT's key id (kid) is not in the JWKS")]
+    JwtUnknownKey,
+    #[error("the JWT's algorithm does not fit its key in the JWKS")]
+    JwtKeyMismatch,
+    #[error("the JWT's signature does not verify")]
+    JwtBadSignature,
+    #[error("the JWT has expired")]
+    JwtExpired,
+    #[error("the JWT is not valid yet (nbf)")]
+    JwtNotYetValid,
+    #[error("the JWT's issuer (iss) is not the one configured")]
+    JwtWrongIssuer,
+    #[error("the JWT's audience (aud) does not include the one configured")]
+    JwtWrongAudience,
+    #[error("the JWT has no `{0}` claim")]
+    JwtMissingClaim(&'static str),
 }
 
 impl Refusal {
     /// One warning rate limit per reason, so a flood of one kind hides
     /// no other.
-    pub(crate) const COUNT: usize = 4;
+    pub(crate) const COUNT: usize = 16;
 
     pub(crate) fn index(self) -> usize {
         match self {
@@ -126,6 +175,18 @@ impl Refusal {
             Self::NoToken => 1,
             Self::MalformedAuthorization => 2,
             Self::UnknownToken => 3,
+            Self::NotAJwt => 4,
+            Self::JwtMalformed => 5,
+            Self::JwtAlgorithm => 6,
+            Self::JwtNoKeyId => 7,
+            Self::JwtUnknownKey => 8,
+            Self::JwtKeyMismatch => 9,
+            Self::JwtBadSignature => 10,
+            Self::JwtExpired => 11,
+            Self::JwtNotYetValid => 12,
+            Self::JwtWrongIssuer => 13,
+            Self::JwtWrongAudience => 14,
+            Self::JwtMissingClaim(_) => 15,
         }
     }
 }
@@ -135,12 +196,65 @@ impl Refusal {
 pub(crate) enum Authenticator {
     None,
     Mtls,
-    Token(Arc<TokenStore>),
+    Token(Box<BearerTokens>),
+}
+
+/// The bearer tokens a broker with `auth = token` takes: static ones, JWTs,
+/// or both.
+#[derive(Debug)]
+pub(crate) struct BearerTokens {
+    file: Option<Arc<TokenStore>>,
+    jwt: Option<JwtVerifier>,
+}
+
+impl BearerTokens {
+    fn load(settings: &TokenAuth) -> Result<Self, AuthError> {
+        if settings.file.is_none() && settings.jwt.is_none() {
+            return Err(AuthError::NoTokenSource);
+        }
+        let jwt = match &settings.jwt {
+            Some(jwt) => {
+                if jwt.issuer.is_empty() {
+                    return Err(AuthError::JwtSetting("jwt_issuer"));
+                }
+                if jwt.audience.is_empty() {
+                    return Err(AuthError::JwtSetting("jwt_audience"));
+                }
+                let keys = JwksStore::load(&jwt.jwks_file, settings.reload_interval)?;
+                Some(JwtVerifier::new(jwt, keys))
+            }
+            None => None,
+        };
+        let file = match &settings.file {
+            Some(file) => Some(TokenStore::load(file, settings.reload_interval)?),
+            None => None,
+        };
+        Ok(Self { file, jwt })
+    }
+
+    /// The principal a token names: a JWT's when JWTs are taken and the
+    /// token has a JWT's shape, else the token file's.
+    fn principal(&self, token: &[u8]) -> Result<Principal, Refusal> {
+        match (&self.jwt, &self.file) {
+            (Some(jwt), _) if jwt::looks_like_jwt(token) => jwt.principal(token),
+            (_, Some(file)) => file.principal(token),
+            (_, None) => Err(Refusal::NotAJwt),
+        }
+    }
+
+    fn spawn_reloaders(&self, stop: &CancellationToken) {
+        if let Some(file) = &self.file {
+            file.spawn_reloader(stop.clone());
+        }
+        if let Some(jwt) = &self.jwt {
+            jwt.keys().spawn_reloader(stop.clone());
+        }
+    }
 }
 
 impl Authenticator {
-    /// Checks the settings and reads the token file; a broker that cannot
-    /// authenticate as configured must not start.
+    /// Checks the settings and reads the token and JWKS files; a broker
+    /// that cannot authenticate as configured must not start.
     pub(crate) fn load(config: &BrokerConfig) -> Result<Self, AuthError> {
         match &config.auth {
             Authentication::Mtls => {
@@ -153,17 +267,19 @@ impl Authenticator {
                 }
                 Ok(Self::Mtls)
             }
-            Authentication::Token(settings) => Ok(Self::Token(TokenStore::load(settings)?)),
+            Authentication::Token(settings) => {
+                Ok(Self::Token(Box::new(BearerTokens::load(settings)?)))
+            }
             Authentication::None => Ok(Self::None),
             // A mode this server does not know must not serve everyone.
             other => Err(AuthError::Unsupported { mode: other.mode() }),
         }
     }
 
-    /// Keeps the token file current until `stop`.
-    pub(crate) fn spawn_reloader(&self, stop: CancellationToken) {
-        if let Self::Token(store) = self {
-            store.spawn_reloader(stop);
+    /// Keeps the token and JWKS files current until `stop`.
+    pub(crate) fn spawn_reloader(&self, stop: &CancellationToken) {
+        if let Self::Token(tokens) = self {
+            tokens.spawn_reloaders(stop);
         }
     }
 
@@ -189,9 +305,9 @@ impl Authenticator {
                 .cloned()
                 .map(Some)
                 .ok_or(Refusal::NoCertificatePrincipal),
-            Self::Token(store) => {
+            Self::Token(tokens) => {
                 let token = bearer_token(headers)?;
-                store.principal(token).map(Some)
+                tokens.principal(token).map(Some)
             }
         }
     }

@@ -13,8 +13,9 @@
 //! one that cannot be read or parsed keeps the previous tokens and is
 //! logged.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use subtle::ConstantTimeEq;
@@ -22,7 +23,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::{AuthError, Credential, Principal, Refusal};
 use crate::file_watch::{Stamp, spawn_periodic_check, stamp};
-use brook_engine::config::TokenAuth;
 
 const HASH_PREFIX: &str = "sha256:";
 const HASH_BYTES: usize = 32;
@@ -30,7 +30,8 @@ const HASH_BYTES: usize = 32;
 /// The tokens of the token file, kept current.
 #[derive(Debug)]
 pub(crate) struct TokenStore {
-    settings: TokenAuth,
+    file: PathBuf,
+    reload_interval: Duration,
     entries: RwLock<Arc<[Entry]>>,
     /// The file's size and modification time when `entries` were read.
     loaded: Mutex<Stamp>,
@@ -51,16 +52,17 @@ impl std::fmt::Debug for Entry {
 }
 
 impl TokenStore {
-    pub(crate) fn load(settings: &TokenAuth) -> Result<Arc<Self>, AuthError> {
-        let stamp = stamp(&settings.file);
-        let entries = read(&settings.file)?;
+    pub(crate) fn load(file: &Path, reload_interval: Duration) -> Result<Arc<Self>, AuthError> {
+        let stamp = stamp(file);
+        let entries = read(file)?;
         tracing::info!(
-            file = %settings.file.display(),
+            file = %file.display(),
             clients = entries.len(),
             "bearer tokens loaded"
         );
         Ok(Arc::new(Self {
-            settings: settings.clone(),
+            file: file.to_owned(),
+            reload_interval,
             entries: RwLock::new(entries.into()),
             loaded: Mutex::new(stamp),
         }))
@@ -86,11 +88,11 @@ impl TokenStore {
     /// Rereads the file if it changed since it was read. Returns whether
     /// it did; on an error the previous tokens stay.
     pub(crate) fn reload_if_changed(&self) -> Result<bool, AuthError> {
-        let now = stamp(&self.settings.file);
+        let now = stamp(&self.file);
         if *self.loaded.lock() == now {
             return Ok(false);
         }
-        let entries = read(&self.settings.file)?;
+        let entries = read(&self.file)?;
         *self.entries.write() = entries.into();
         *self.loaded.lock() = now;
         Ok(true)
@@ -98,13 +100,10 @@ impl TokenStore {
 
     /// Checks the file every `reload_interval` until `stop`.
     pub(crate) fn spawn_reloader(self: &Arc<Self>, stop: CancellationToken) {
-        spawn_periodic_check(
-            self,
-            self.settings.reload_interval,
-            stop,
-            |store| match store.reload_if_changed() {
+        spawn_periodic_check(self, self.reload_interval, stop, |store| {
+            match store.reload_if_changed() {
                 Ok(true) => tracing::info!(
-                    file = %store.settings.file.display(),
+                    file = %store.file.display(),
                     clients = store.entries.read().len(),
                     "bearer tokens reloaded"
                 ),
@@ -113,8 +112,8 @@ impl TokenStore {
                     error = %e,
                     "token file changed but cannot be loaded; the previous tokens stay in use"
                 ),
-            },
-        );
+            }
+        });
     }
 }
 

@@ -155,6 +155,7 @@ fn handshaken(
             };
             let ready = ready.clone();
             let handshake = tls.acceptor();
+            let names = tls.client_principal();
             tokio::spawn(async move {
                 let (stream, accepted) = accepted;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake.accept(stream)).await {
@@ -166,7 +167,7 @@ fn handshaken(
                             .1
                             .peer_certificates()
                             .and_then(<[_]>::first)
-                            .and_then(|cert| certificate_principal(cert));
+                            .and_then(|cert| certificate_principal(cert, names));
                         let connection =
                             accepted.into_connection(Transport::Tls(Box::new(stream)), principal);
                         // If the server stopped taking connections, this one closes.

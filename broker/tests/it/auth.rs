@@ -1,8 +1,9 @@
 //! Authentication: with `auth = token` only requests carrying a known
 //! bearer token reach the Brook services (the others get UNAUTHENTICATED,
 //! and the token never reaches the log); with `auth = mtls` the client
-//! certificate names the principal; a broker configured for mTLS without
-//! required client certificates does not start.
+//! certificate names the principal (its common name, or the field
+//! `mtls_principal` picks); a broker configured for mTLS without required
+//! client certificates does not start. JWTs: `auth_jwt`.
 
 use crate::common;
 use crate::tls::{Authority, connect, write_files};
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use brook_broker::acl::{AclBinding, Operation, Permission, ResourcePattern, ResourceType};
-use brook_broker::config::{Authentication, TokenAuth};
+use brook_broker::config::{Authentication, CertificatePrincipal, TokenAuth};
 use brook_broker::{AuthorizerMode, BrokerConfig, ClientAuth, EmbeddedBroker};
 use brook_proto::admin_service_client::AdminServiceClient;
 use brook_proto::fetch_service_client::FetchServiceClient;
@@ -24,6 +25,7 @@ use brook_proto::{
     CreateTopicRequest, FetchPartition, FetchRequest, ListTopicsRequest, TopicConfig,
 };
 use common::{Clients, WAIT, batch, partition_batch, produce_request, within};
+use rcgen::SanType;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -170,7 +172,10 @@ pub async fn channel(broker: &EmbeddedBroker) -> anyhow::Result<Channel> {
     .await??)
 }
 
-async fn list_topics(channel: &Channel, token: Option<&str>) -> Result<(), tonic::Status> {
+pub(crate) async fn list_topics(
+    channel: &Channel,
+    token: Option<&str>,
+) -> Result<(), tonic::Status> {
     let request = with_token(ListTopicsRequest::default(), token)
         .map_err(|e| tonic::Status::internal(e.to_string()))?;
     AdminServiceClient::new(channel.clone())
@@ -388,6 +393,67 @@ async fn a_client_certificate_names_its_principal_under_mtls() -> anyhow::Result
         .create_topic("audit", 1, TopicConfig::default())
         .await?;
     clients.produce("audit", 0, batch("a", 2)?).await?;
+    broker.shutdown().await?;
+    Ok(())
+}
+
+/// With `mtls_principal = uri` the first URI name (a SPIFFE id) names the
+/// client, not its common name; a certificate without one is refused.
+#[tokio::test]
+async fn a_uri_name_names_the_principal_when_mtls_principal_is_uri() -> anyhow::Result<()> {
+    const SPIFFE: &str = "spiffe://cluster.local/ns/shop/sa/orders";
+    let logs = CapturedLogs::default();
+    let _guard = logs.install();
+    let dir = tempfile::tempdir()?;
+    let ca = Authority::new("Brook test CA")?;
+    let clients_ca = Authority::new("Brook clients CA")?;
+    let mut tls = write_files(
+        dir.path(),
+        &ca.sign(&["localhost", "127.0.0.1"])?,
+        Some(&clients_ca),
+    )?;
+    tls.client_principal = CertificatePrincipal::Uri;
+    let mut config = BrokerConfig::default();
+    config.tls = Some(tls);
+    config.auth = Authentication::Mtls;
+    let broker = EmbeddedBroker::builder().config(config).start().await?;
+
+    let orders = clients_ca.sign_with(&["orders"], |params| {
+        params
+            .subject_alt_names
+            .push(SanType::URI(SPIFFE.try_into().expect("an IA5 string")));
+    })?;
+    let mut clients = Clients::over(connect(&broker, &ca, Some(&orders)).await?);
+    clients
+        .create_topic("spiffe", 1, TopicConfig::default())
+        .await?;
+    let logged = logs.text();
+    let principals: Vec<&str> = logged
+        .lines()
+        .filter(|l| l.contains("authenticated request"))
+        .collect();
+    ensure!(
+        !principals.is_empty()
+            && principals
+                .iter()
+                .all(|l| l.contains(&format!("principal=\"{SPIFFE}\""))),
+        "requests were not logged as the SPIFFE id's:\n{logged}"
+    );
+
+    // Common name and DNS name, but no URI name: no principal.
+    let without_uri = clients_ca.sign(&["billing", "billing.shop.svc"])?;
+    let channel = connect(&broker, &ca, Some(&without_uri)).await?;
+    let status = within("list topics", list_topics(&channel, None))
+        .await?
+        .err()
+        .context("a certificate without a URI name was served")?;
+    ensure!(status.code() == Code::Unauthenticated, "{status:?}");
+    ensure!(
+        status
+            .message()
+            .contains("no client certificate naming the client"),
+        "{status:?}"
+    );
     broker.shutdown().await?;
     Ok(())
 }

@@ -5,6 +5,7 @@ mod common;
 
 mod acl;
 mod auth;
+mod auth_jwt;
 mod backpressure;
 mod bad_input;
 mod connections;

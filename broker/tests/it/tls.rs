@@ -51,7 +51,7 @@ impl Authority {
         self.sign_with(names, |_| {})
     }
 
-    fn sign_with(
+    pub(crate) fn sign_with(
         &self,
         names: &[&str],
         adjust: impl FnOnce(&mut CertificateParams),

@@ -1,5 +1,5 @@
 //! The client commands against a `brook serve --auth token`: with
-//! `--token` they create, produce and consume; without it, or with another
+//! `--token` (or `--token-file`) they create, produce and consume; without it, or with another
 //! token, they fail with UNAUTHENTICATED's message. `brook serve --auth
 //! mtls` without required client certificates refuses to start.
 
@@ -62,6 +62,22 @@ async fn client_commands_send_their_token() {
     )
     .await;
     assert_eq!(consumed, "one\ntwo\n");
+
+    // The token from a file, as a projected ServiceAccount token is mounted.
+    let token_file = data.path().join("client-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("write the client's token");
+    let listed = brook(
+        &broker,
+        &[
+            "--token-file",
+            &token_file.display().to_string(),
+            "topic",
+            "list",
+        ],
+        b"",
+    )
+    .await;
+    assert!(listed.contains("ops"), "{listed}");
     server.stop(Signal::SIGTERM).await;
 }
 

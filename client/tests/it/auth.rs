@@ -1,7 +1,8 @@
 //! Bearer tokens: against a broker with `auth = token`, a client with a
 //! known token creates topics, produces (unary, and streamed by `Producer`),
 //! fetches and reads groups; one without a token, or with another, is
-//! refused with an error that is not retryable.
+//! refused with an error that is not retryable; a client reading its token
+//! from a file sends the new token once the file is rotated.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -18,16 +19,25 @@ use tokio::time::timeout;
 const LIMIT: Duration = Duration::from_secs(30);
 const TOKEN: &str = "orders-service-token-3b8d";
 
-async fn start(dir: &std::path::Path) -> anyhow::Result<EmbeddedBroker> {
-    let digest = ring::digest::digest(&ring::digest::SHA256, TOKEN.as_bytes());
+/// The broker's token file, naming `token` orders.
+fn write_tokens(file: &std::path::Path, token: &str) -> anyhow::Result<()> {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
     let hex = digest.as_ref().iter().fold(String::new(), |mut hex, b| {
         let _ = write!(hex, "{b:02x}");
         hex
     });
+    std::fs::write(file, format!("orders sha256:{hex}\n"))?;
+    Ok(())
+}
+
+/// A broker taking `TOKEN`, its token file checked every 50 ms.
+async fn start(dir: &std::path::Path) -> anyhow::Result<EmbeddedBroker> {
     let file = dir.join("tokens");
-    std::fs::write(&file, format!("orders sha256:{hex}\n"))?;
+    write_tokens(&file, TOKEN)?;
+    let mut tokens = TokenAuth::new(file);
+    tokens.reload_interval = Duration::from_millis(50);
     let mut config = BrokerConfig::default();
-    config.auth = Authentication::Token(TokenAuth::new(file));
+    config.auth = Authentication::Token(tokens);
     Ok(EmbeddedBroker::builder().config(config).start().await?)
 }
 
@@ -91,4 +101,59 @@ async fn a_client_without_a_known_token_is_refused() -> anyhow::Result<()> {
         ensure!(!format!("{error:?}").contains("not-the-token"), "{error:?}");
     }
     Ok(())
+}
+
+#[tokio::test]
+async fn a_client_rereads_its_token_file_when_the_token_is_rotated() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = start(dir.path()).await?;
+    let token_file = dir.path().join("client-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n"))?;
+    let token = BearerToken::from_file_checked_every(&token_file, Duration::from_millis(50))?;
+    let client = timeout(
+        LIMIT,
+        Client::connect_with(
+            broker.endpoint(),
+            ClientOptions::default().with_bearer_token(token),
+        ),
+    )
+    .await??;
+    client
+        .create_topic("orders", 1, TopicConfig::default())
+        .await?;
+
+    // Both sides rotate: the broker takes only the new token, the file
+    // holds it (written aside and renamed over, as the kubelet does).
+    let rotated = "orders-service-token-rotated-91c4";
+    write_tokens(&dir.path().join("tokens"), rotated)?;
+    let next = dir.path().join("client-token.next");
+    std::fs::write(&next, rotated)?;
+    std::fs::rename(&next, &token_file)?;
+    // Once the broker refuses the old token, the client gets in only with
+    // the new one.
+    let old = connect(&broker, Some(TOKEN)).await?;
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while old.list_topics().await.is_ok() {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the broker never reloaded its token file"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    loop {
+        match client.list_topics().await {
+            Ok(topics) => {
+                ensure!(topics.iter().any(|t| t.name == "orders"), "{topics:?}");
+                return Ok(());
+            }
+            Err(e) if e.code() == Some(StatusCode::Unauthenticated) => {
+                ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "the rotated token was never sent: {e:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }

@@ -132,7 +132,54 @@ broker's own default applies to them. Keys the chart owns are refused.
 {{- $_ := set $merged "tls_client_ca" (printf "%s/ca.crt" (include "brook.tlsDir" .)) }}
 {{- end }}
 {{- end }}
+{{- include "brook.authSettings" (dict "ctx" . "merged" $merged) }}
 {{- toJson $merged }}
+{{- end }}
+
+{{/*
+The authentication keys of brook.toml, from .Values.auth, set into "merged"
+(the settings so far). They are the chart's: given in config or extraConfig
+they are refused. Settings the broker would refuse at start fail here.
+*/}}
+{{- define "brook.authSettings" -}}
+{{- $merged := .merged }}
+{{- $auth := .ctx.Values.auth }}
+{{- range $key := list "auth" "token_file" "jwks_file" "jwt_issuer" "jwt_audience" }}
+{{- if hasKey $merged $key }}
+{{- fail (printf "brook.toml: %q is set by the chart from auth.*" $key) }}
+{{- end }}
+{{- end }}
+{{- $_ := set $merged "auth" $auth.mode }}
+{{- if eq $auth.mode "mtls" }}
+{{- if or (not .ctx.Values.tls.enabled) (ne (toString (index $merged "tls_client_auth")) "required") }}
+{{- fail "auth.mode mtls needs tls.enabled and config.tls_client_auth: required" }}
+{{- end }}
+{{- else if (ne (toString (default "common-name" (index $merged "mtls_principal"))) "common-name") }}
+{{- fail "config.mtls_principal is only used with auth.mode mtls" }}
+{{- end }}
+{{- if eq $auth.mode "token" }}
+{{- if not (or $auth.tokenSecret $auth.jwt.jwksConfigMap) }}
+{{- fail "auth.mode token needs auth.tokenSecret, auth.jwt.jwksConfigMap or both" }}
+{{- end }}
+{{- if $auth.tokenSecret }}
+{{- $_ := set $merged "token_file" (printf "%s/%s" (include "brook.tokensDir" .ctx) $auth.tokenSecretKey) }}
+{{- end }}
+{{- if $auth.jwt.jwksConfigMap }}
+{{- $_ := set $merged "jwks_file" (printf "%s/%s" (include "brook.jwksDir" .ctx) $auth.jwt.jwksKey) }}
+{{- $_ := set $merged "jwt_issuer" (required "auth.jwt.issuer is required with auth.jwt.jwksConfigMap" $auth.jwt.issuer) }}
+{{- $_ := set $merged "jwt_audience" (required "auth.jwt.audience is required with auth.jwt.jwksConfigMap" $auth.jwt.audience) }}
+{{- end }}
+{{- else if or $auth.tokenSecret $auth.jwt.jwksConfigMap }}
+{{- fail "auth.tokenSecret and auth.jwt.jwksConfigMap need auth.mode token" }}
+{{- end }}
+{{- end }}
+
+{{/* Where the token file's Secret and the JWKS ConfigMap are mounted. */}}
+{{- define "brook.tokensDir" -}}
+/etc/brook-auth/tokens
+{{- end }}
+{{- define "brook.jwksDir" -}}
+/etc/brook-auth/jwks
 {{- end }}
 
 {{/* The scheme of the HTTP port: HTTPS with config.tls_http. */}}
