@@ -6,8 +6,7 @@
 //! `https://` address or TLS settings with a `host:port` one.
 
 use anyhow::Context as _;
-use brook_client::{Client, ClientOptions};
-use tonic::transport::Channel;
+use brook_client::{AuthorizedChannel, Client, ClientOptions};
 
 /// A broker address and the settings to connect with.
 #[derive(Debug, Clone)]
@@ -33,10 +32,10 @@ impl Connection {
             .with_context(|| format!("connect to {}", self.endpoint))
     }
 
-    /// A bare gRPC channel for the raw stream, connected under the
-    /// client's rules.
-    pub async fn channel(&self) -> anyhow::Result<Channel> {
-        Client::connect_channel(self.endpoint.clone(), &self.options)
+    /// A gRPC channel for the raw stream, connected under the client's
+    /// rules and sending its bearer token.
+    pub async fn channel(&self) -> anyhow::Result<AuthorizedChannel> {
+        Client::connect_authorized_channel(self.endpoint.clone(), &self.options)
             .await
             .with_context(|| format!("connect to {}", self.endpoint))
     }

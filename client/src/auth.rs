@@ -28,9 +28,13 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-/// The connection every service stub of a client sends through: the
-/// channel with the bearer token (if any) added to each call.
-pub(crate) type Transport = InterceptedService<Channel, Authorize>;
+/// A channel that adds the client's bearer token (if any) to each call:
+/// what every service stub of a client sends through, and what
+/// [`crate::Client::connect_authorized_channel`] gives callers that speak
+/// gRPC themselves.
+pub type AuthorizedChannel = InterceptedService<Channel, Authorize>;
+
+pub(crate) type Transport = AuthorizedChannel;
 
 /// How often [`BearerToken::from_file`] checks its file for a new token.
 /// Kubernetes replaces a projected token when 80% of its lifetime (at
@@ -261,9 +265,10 @@ fn read(path: &Path) -> Result<AsciiMetadataValue, TokenFileError> {
     })
 }
 
-/// Adds the bearer token to each call.
+/// Adds the bearer token to each call (the interceptor of an
+/// [`AuthorizedChannel`]).
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Authorize {
+pub struct Authorize {
     token: Option<BearerToken>,
 }
 

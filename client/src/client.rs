@@ -15,7 +15,7 @@ use brook_proto::produce_service_client::ProduceServiceClient;
 use brook_record::BatchOptions;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::auth::{Authorize, BearerToken, Transport};
+use crate::auth::{Authorize, AuthorizedChannel, BearerToken, Transport};
 use crate::error::ClientError;
 use crate::resilience::{CircuitBreaker, CircuitBreakerConfig, CircuitState};
 use crate::tls::{TlsOptions, resolve_scheme};
@@ -172,11 +172,29 @@ impl Client {
         Ok(Self::from_channel(channel, options))
     }
 
+    /// [`Client::connect_channel`] with `options.bearer_token` added to every
+    /// call, for callers that speak gRPC without the client, such as a raw
+    /// produce stream.
+    ///
+    /// # Panics
+    ///
+    /// If `options.keepalive_interval` or `options.keepalive_timeout` is 0.
+    pub async fn connect_authorized_channel(
+        endpoint: impl Into<String>,
+        options: &ClientOptions,
+    ) -> Result<AuthorizedChannel, ClientError> {
+        let channel = Self::connect_channel(endpoint, options).await?;
+        Ok(AuthorizedChannel::new(
+            channel,
+            Authorize::new(options.bearer_token.clone()),
+        ))
+    }
+
     /// A connected gRPC channel to `endpoint` under the same rules as
     /// [`Client::connect_with`] (TLS from the endpoint and `options.tls`,
     /// keepalive, connect timeout), for callers that speak gRPC without the
-    /// client, such as a raw produce stream. The bearer token is not added:
-    /// that is the client's stubs' work.
+    /// client. The bearer token is not added:
+    /// [`Client::connect_authorized_channel`] adds it.
     ///
     /// # Panics
     ///

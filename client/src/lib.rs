@@ -71,7 +71,10 @@ mod undecodable;
 
 pub use acl::{Acl, AclOperation, AclPermission, AclResource, UnknownAclOperation};
 pub use admin::{PartitionDescription, TopicConfig, TopicDescription, TopicSettings, TopicSummary};
-pub use auth::{BearerToken, InvalidBearerToken, TOKEN_FILE_CHECK_INTERVAL, TokenFileError};
+pub use auth::{
+    Authorize, AuthorizedChannel, BearerToken, InvalidBearerToken, TOKEN_FILE_CHECK_INTERVAL,
+    TokenFileError,
+};
 pub use brook_record::{BatchOptions, Compression, Header, NewRecord, Record, RecordValidation};
 pub use client::{
     Client, ClientOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MESSAGE_BYTES_MAX,

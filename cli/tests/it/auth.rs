@@ -78,6 +78,28 @@ async fn client_commands_send_their_token() {
     )
     .await;
     assert!(listed.contains("ops"), "{listed}");
+
+    // The bench's connections send it too: consume fills its topic over the
+    // raw produce stream, then reads it through the client.
+    let report = brook(
+        &broker,
+        &[
+            &token[..],
+            &[
+                "bench",
+                "consume",
+                "--records",
+                "2000",
+                "--partitions",
+                "2",
+                "--json",
+            ],
+        ]
+        .concat(),
+        b"",
+    )
+    .await;
+    assert!(report.contains("\"records\":2000"), "{report}");
     server.stop(Signal::SIGTERM).await;
 }
 
