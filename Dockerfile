@@ -35,11 +35,12 @@ COPY proto/ proto/
 COPY record/Cargo.toml record/
 COPY storage/Cargo.toml storage/
 COPY engine/Cargo.toml engine/
+COPY cluster/Cargo.toml cluster/
 COPY broker/Cargo.toml broker/
 COPY client/Cargo.toml client/
 COPY cli/Cargo.toml cli/
 COPY benches/Cargo.toml benches/
-RUN for crate in record storage engine broker client benches; do \
+RUN for crate in record storage engine cluster broker client benches; do \
         mkdir -p "$crate/src" && : > "$crate/src/lib.rs"; \
     done \
     && mkdir -p cli/src && echo 'fn main() {}' > cli/src/main.rs \
@@ -51,12 +52,13 @@ RUN for crate in record storage engine broker client benches; do \
 COPY record/ record/
 COPY storage/ storage/
 COPY engine/ engine/
+COPY cluster/ cluster/
 COPY broker/ broker/
 COPY client/ client/
 COPY cli/ cli/
 COPY benches/ benches/
-RUN touch record/src/lib.rs storage/src/lib.rs engine/src/lib.rs broker/src/lib.rs \
-        client/src/lib.rs benches/src/lib.rs cli/src/main.rs \
+RUN touch record/src/lib.rs storage/src/lib.rs engine/src/lib.rs cluster/src/lib.rs \
+        broker/src/lib.rs client/src/lib.rs benches/src/lib.rs cli/src/main.rs \
     && cargo build --release --locked --bin brook \
     && install -D -m 0755 target/release/brook /out/brook \
     && /out/brook --version

@@ -1,0 +1,42 @@
+//! What the metadata group agrees on: the commands its log holds, in the
+//! order every broker applies them.
+
+use brook_engine::TopicOverrides;
+use serde::{Deserialize, Serialize};
+
+use crate::types::NodeId;
+
+/// One change to the cluster's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaCommand {
+    /// A broker says where it is reached; a later registration of the same
+    /// id replaces the address.
+    RegisterBroker { id: NodeId, address: String },
+    /// Creates a topic, placing each partition's replicas on the brokers
+    /// registered when the command is applied.
+    CreateTopic {
+        name: String,
+        partitions: u32,
+        replication_factor: u32,
+        overrides: TopicOverrides,
+    },
+    /// Deletes a topic.
+    DeleteTopic { name: String },
+}
+
+/// What applying a command did. A refusal is decided by the state machine,
+/// the same on every broker, so it is an answer, not an error of the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaResponse {
+    /// The change is made (and for a blank or membership entry: nothing to
+    /// say).
+    Done,
+    /// A topic of that name exists.
+    TopicExists { name: String },
+    /// No topic of that name exists.
+    NoSuchTopic { name: String },
+    /// Fewer brokers are registered than the replication factor asks for.
+    NotEnoughBrokers { needed: u32, registered: u32 },
+    /// A count or name the command carries is out of bounds.
+    Invalid { field: String, reason: String },
+}

@@ -1,0 +1,57 @@
+//! Answering peers' Raft requests: `brook.cluster.v1.RaftService` in front
+//! of the local metadata Raft.
+
+use brook_proto::cluster::RaftPayload;
+use brook_proto::cluster::raft_service_server::RaftService;
+use serde::Serialize;
+use tonic::{Request, Response, Status};
+
+use super::{decode, encode};
+use crate::types::MetaRaft;
+
+/// The service; the Raft handle is cheap to clone.
+#[derive(Clone)]
+pub struct RaftServer {
+    raft: MetaRaft,
+}
+
+impl RaftServer {
+    pub fn new(raft: MetaRaft) -> Self {
+        Self { raft }
+    }
+}
+
+fn answer<T: Serialize>(result: &T) -> Result<Response<RaftPayload>, Status> {
+    let json = encode(result).map_err(|e| Status::internal(format!("encoding the answer: {e}")))?;
+    Ok(Response::new(RaftPayload { json: json.into() }))
+}
+
+fn request<T: serde::de::DeserializeOwned>(request: Request<RaftPayload>) -> Result<T, Status> {
+    decode(&request.into_inner().json).map_err(|e| {
+        Status::invalid_argument(format!("json: not a Raft request of this release: {e}"))
+    })
+}
+
+#[tonic::async_trait]
+impl RaftService for RaftServer {
+    async fn append_entries(
+        &self,
+        call: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let result = self.raft.append_entries(request(call)?).await;
+        answer(&result)
+    }
+
+    async fn vote(&self, call: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let result = self.raft.vote(request(call)?).await;
+        answer(&result)
+    }
+
+    async fn install_snapshot(
+        &self,
+        call: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let result = self.raft.install_snapshot(request(call)?).await;
+        answer(&result)
+    }
+}

@@ -1,0 +1,184 @@
+//! A broker's member of the metadata group: its Raft, storage and network,
+//! started together, and the operations the broker needs of it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use brook_proto::cluster::raft_service_server::RaftServiceServer;
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+
+use crate::command::{MetaCommand, MetaResponse};
+use crate::network::client::{Connector, Network};
+use crate::network::service::RaftServer;
+use crate::state::ClusterState;
+use crate::store::{LogStore, StateMachine};
+use crate::types::{BrokerNode, MetaRaft, NodeId};
+
+/// How a broker takes part in the metadata group.
+#[derive(Debug, Clone)]
+pub struct MetaNodeConfig {
+    pub id: NodeId,
+    /// Where the group's files live (`<data dir>/cluster/meta`).
+    pub dir: PathBuf,
+    /// How often the leader tells followers it is alive.
+    pub heartbeat_interval: Duration,
+    /// A follower that hears nothing for a random time in this range stands
+    /// for election.
+    pub election_timeout: (Duration, Duration),
+    /// Committed entries beyond a snapshot that make a new one.
+    pub snapshot_every: u64,
+}
+
+impl MetaNodeConfig {
+    pub fn new(id: NodeId, dir: impl Into<PathBuf>) -> Self {
+        Self {
+            id,
+            dir: dir.into(),
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout: (Duration::from_millis(400), Duration::from_millis(800)),
+            snapshot_every: 10_000,
+        }
+    }
+}
+
+/// Why the metadata group could not start or do what was asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    #[error("metadata group storage in {dir}: {source}")]
+    Storage {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("metadata group settings: {0}")]
+    Config(String),
+    /// The Raft stopped (a storage failure, or shutdown).
+    #[error("the metadata group stopped: {0}")]
+    Stopped(String),
+    /// Only the leader takes changes.
+    #[error("not the metadata group's leader (the leader is {leader:?})")]
+    NotLeader {
+        leader: Option<(NodeId, BrokerNode)>,
+    },
+    #[error("the metadata group refused the change: {0}")]
+    Refused(String),
+}
+
+/// A broker's member of the metadata group.
+#[derive(Clone)]
+pub struct MetaNode {
+    id: NodeId,
+    raft: MetaRaft,
+    state_machine: StateMachine,
+}
+
+impl MetaNode {
+    /// Opens the group's storage and starts its Raft; it takes part once
+    /// its peers reach it and it reaches them through `connector`.
+    pub async fn start(
+        config: &MetaNodeConfig,
+        connector: Arc<dyn Connector>,
+    ) -> Result<Self, ClusterError> {
+        let storage = |source| ClusterError::Storage {
+            dir: config.dir.clone(),
+            source,
+        };
+        let log = LogStore::open(&config.dir.join("log")).map_err(storage)?;
+        let state_machine = StateMachine::open(&config.dir.join("state")).map_err(storage)?;
+        let raft_config = openraft::Config {
+            cluster_name: "brook-metadata".to_owned(),
+            heartbeat_interval: millis(config.heartbeat_interval),
+            election_timeout_min: millis(config.election_timeout.0),
+            election_timeout_max: millis(config.election_timeout.1),
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+            ..openraft::Config::default()
+        }
+        .validate()
+        .map_err(|e| ClusterError::Config(e.to_string()))?;
+        let raft = MetaRaft::new(
+            config.id,
+            Arc::new(raft_config),
+            Network::new(connector),
+            log,
+            state_machine.clone(),
+        )
+        .await
+        .map_err(|e| ClusterError::Stopped(e.to_string()))?;
+        Ok(Self {
+            id: config.id,
+            raft,
+            state_machine,
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn raft(&self) -> &MetaRaft {
+        &self.raft
+    }
+
+    /// The gRPC service that answers peers.
+    pub fn service(&self) -> RaftServiceServer<RaftServer> {
+        RaftServiceServer::new(RaftServer::new(self.raft.clone()))
+    }
+
+    /// Forms the group from its voters. Every voter may call it with the
+    /// same members; a node that already belongs to a group ignores it.
+    pub async fn initialize(
+        &self,
+        voters: BTreeMap<NodeId, BrokerNode>,
+    ) -> Result<(), ClusterError> {
+        match self.raft.initialize(voters).await {
+            Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(RaftError::APIError(e)) => Err(ClusterError::Config(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(ClusterError::Stopped(e.to_string())),
+        }
+    }
+
+    /// Commits `command` through the leader and answers once it is applied
+    /// here. On a follower: [`ClusterError::NotLeader`], naming the leader
+    /// when known.
+    pub async fn propose(&self, command: MetaCommand) -> Result<MetaResponse, ClusterError> {
+        match self.raft.client_write(command).await {
+            Ok(written) => Ok(written.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(ClusterError::NotLeader {
+                    leader: forward.leader_id.zip(forward.leader_node),
+                })
+            }
+            Err(RaftError::APIError(e)) => Err(ClusterError::Refused(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(ClusterError::Stopped(e.to_string())),
+        }
+    }
+
+    /// The metadata as applied here so far.
+    pub fn state(&self) -> ClusterState {
+        self.state_machine.state()
+    }
+
+    /// The leader this node knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// This node's current term.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
+    /// Stops the Raft; the storage keeps what it has.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "the metadata group's Raft did not stop cleanly");
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}

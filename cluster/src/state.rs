@@ -1,0 +1,226 @@
+//! The cluster's metadata as the metadata group's state machine holds it:
+//! the brokers and where each topic's partitions have their replicas. A
+//! pure function of the commands applied, in order, so every broker that
+//! applied the same log holds the same state.
+
+use std::collections::BTreeMap;
+
+use brook_engine::TopicOverrides;
+use serde::{Deserialize, Serialize};
+
+use crate::command::{MetaCommand, MetaResponse};
+use crate::types::NodeId;
+
+/// The most partitions a topic may have.
+pub const PARTITIONS_MAX: u32 = 100_000;
+/// The longest topic name, in bytes.
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+
+/// A registered broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerInfo {
+    pub address: String,
+}
+
+/// A topic and where its partitions live.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicAssignment {
+    pub replication_factor: u32,
+    pub overrides: TopicOverrides,
+    /// Per partition, its replicas; the first is the preferred leader.
+    pub replicas: Vec<Vec<NodeId>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub brokers: BTreeMap<NodeId, BrokerInfo>,
+    pub topics: BTreeMap<String, TopicAssignment>,
+}
+
+impl ClusterState {
+    /// Applies one command; the answer says what it did.
+    pub fn apply(&mut self, command: &MetaCommand) -> MetaResponse {
+        match command {
+            MetaCommand::RegisterBroker { id, address } => {
+                self.brokers.insert(
+                    *id,
+                    BrokerInfo {
+                        address: address.clone(),
+                    },
+                );
+                MetaResponse::Done
+            }
+            MetaCommand::CreateTopic {
+                name,
+                partitions,
+                replication_factor,
+                overrides,
+            } => self.create_topic(name, *partitions, *replication_factor, *overrides),
+            MetaCommand::DeleteTopic { name } => {
+                if self.topics.remove(name).is_some() {
+                    MetaResponse::Done
+                } else {
+                    MetaResponse::NoSuchTopic { name: name.clone() }
+                }
+            }
+        }
+    }
+
+    fn create_topic(
+        &mut self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+        overrides: TopicOverrides,
+    ) -> MetaResponse {
+        if name.is_empty() || name.len() > TOPIC_NAME_BYTES_MAX {
+            return invalid("name", format!("must be 1 to {TOPIC_NAME_BYTES_MAX} bytes"));
+        }
+        if partitions == 0 || partitions > PARTITIONS_MAX {
+            return invalid("partitions", format!("must be 1 to {PARTITIONS_MAX}"));
+        }
+        if replication_factor == 0 {
+            return invalid("replication_factor", "must be at least 1".to_owned());
+        }
+        if self.topics.contains_key(name) {
+            return MetaResponse::TopicExists {
+                name: name.to_owned(),
+            };
+        }
+        let registered = self.brokers.len() as u32;
+        if replication_factor > registered {
+            return MetaResponse::NotEnoughBrokers {
+                needed: replication_factor,
+                registered,
+            };
+        }
+        let replicas = place(
+            name,
+            partitions,
+            replication_factor,
+            &self.brokers.keys().copied().collect::<Vec<_>>(),
+        );
+        self.topics.insert(
+            name.to_owned(),
+            TopicAssignment {
+                replication_factor,
+                overrides,
+                replicas,
+            },
+        );
+        MetaResponse::Done
+    }
+}
+
+fn invalid(field: &str, reason: String) -> MetaResponse {
+    MetaResponse::Invalid {
+        field: field.to_owned(),
+        reason,
+    }
+}
+
+/// Each partition's replicas: `replication_factor` consecutive brokers
+/// (in id order, wrapping), the first one moving by one broker per
+/// partition so that preferred leaders spread evenly, and each topic
+/// starting at a broker chosen from its name so that topics with few
+/// partitions do not all lead on the first broker.
+fn place(
+    name: &str,
+    partitions: u32,
+    replication_factor: u32,
+    brokers: &[NodeId],
+) -> Vec<Vec<NodeId>> {
+    let count = brokers.len();
+    let start = crc32fast::hash(name.as_bytes()) as usize % count.max(1);
+    (0..partitions as usize)
+        .map(|partition| {
+            (0..replication_factor as usize)
+                .map(|replica| brokers[(start + partition + replica) % count])
+                .collect()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_brokers(ids: &[NodeId]) -> ClusterState {
+        let mut state = ClusterState::default();
+        for id in ids {
+            state.apply(&MetaCommand::RegisterBroker {
+                id: *id,
+                address: format!("b{id}:9420"),
+            });
+        }
+        state
+    }
+
+    fn create(name: &str, partitions: u32, replication_factor: u32) -> MetaCommand {
+        MetaCommand::CreateTopic {
+            name: name.to_owned(),
+            partitions,
+            replication_factor,
+            overrides: TopicOverrides::default(),
+        }
+    }
+
+    #[test]
+    fn replicas_are_distinct_brokers_and_leaders_spread_evenly() {
+        let mut state = with_brokers(&[1, 2, 3]);
+        assert_eq!(state.apply(&create("orders", 6, 3)), MetaResponse::Done);
+        let topic = &state.topics["orders"];
+        let mut leaders = BTreeMap::new();
+        for replicas in &topic.replicas {
+            let mut distinct = replicas.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(distinct, vec![1, 2, 3], "{replicas:?}");
+            *leaders.entry(replicas[0]).or_insert(0) += 1;
+        }
+        assert_eq!(leaders.values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
+    }
+
+    #[test]
+    fn a_replication_factor_beyond_the_brokers_is_refused() {
+        let mut state = with_brokers(&[1, 2]);
+        assert_eq!(
+            state.apply(&create("orders", 1, 3)),
+            MetaResponse::NotEnoughBrokers {
+                needed: 3,
+                registered: 2
+            }
+        );
+        assert!(state.topics.is_empty());
+    }
+
+    #[test]
+    fn names_and_counts_are_checked_and_duplicates_refused() {
+        let mut state = with_brokers(&[1]);
+        assert!(matches!(
+            state.apply(&create("", 1, 1)),
+            MetaResponse::Invalid { .. }
+        ));
+        assert!(matches!(
+            state.apply(&create("t", 0, 1)),
+            MetaResponse::Invalid { .. }
+        ));
+        assert!(matches!(
+            state.apply(&create("t", 1, 0)),
+            MetaResponse::Invalid { .. }
+        ));
+        assert_eq!(state.apply(&create("t", 1, 1)), MetaResponse::Done);
+        assert_eq!(
+            state.apply(&create("t", 1, 1)),
+            MetaResponse::TopicExists { name: "t".into() }
+        );
+        assert_eq!(
+            state.apply(&MetaCommand::DeleteTopic { name: "t".into() }),
+            MetaResponse::Done
+        );
+        assert_eq!(
+            state.apply(&MetaCommand::DeleteTopic { name: "t".into() }),
+            MetaResponse::NoSuchTopic { name: "t".into() }
+        );
+    }
+}

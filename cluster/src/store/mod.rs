@@ -1,0 +1,136 @@
+//! The metadata group's durable storage: the Raft log and vote
+//! ([`LogStore`]) and the state machine with its snapshot
+//! ([`StateMachine`]), both under `<data dir>/cluster/meta/`.
+
+mod files;
+mod log;
+mod state_machine;
+
+pub use log::LogStore;
+pub use state_machine::StateMachine;
+
+#[cfg(test)]
+mod tests {
+    use openraft::storage::{RaftLogStorage, RaftStateMachine};
+    use openraft::testing::{StoreBuilder, Suite};
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader, Vote};
+    use tempfile::TempDir;
+
+    use super::*;
+    use crate::command::MetaCommand;
+    use crate::types::{MetaRaftConfig, StorageError};
+
+    struct OnDisk;
+
+    impl StoreBuilder<MetaRaftConfig, LogStore, StateMachine, TempDir> for OnDisk {
+        async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
+            let dir = tempfile::tempdir().unwrap();
+            let log = LogStore::open(&dir.path().join("log")).unwrap();
+            let state = StateMachine::open(&dir.path().join("state")).unwrap();
+            Ok((dir, log, state))
+        }
+    }
+
+    /// openraft's own conformance tests for storage implementations.
+    #[test]
+    fn the_stores_pass_openraft_s_storage_suite() {
+        Suite::test_all(OnDisk).unwrap();
+    }
+
+    fn entry(term: u64, index: u64, name: &str) -> Entry<MetaRaftConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Normal(MetaCommand::DeleteTopic {
+                name: name.to_owned(),
+            }),
+        }
+    }
+
+    async fn entries(log: &mut LogStore) -> Vec<(u64, u64)> {
+        log.try_get_log_entries(..)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| (e.log_id.leader_id.term, e.log_id.index))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_log_and_vote_survive_a_reopen_with_truncations_and_purges() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = LogStore::open(dir.path()).unwrap();
+            log.append_now((1..=6).map(|i| entry(1, i, "a")).collect())
+                .unwrap();
+            log.save_vote(&Vote::new(2, 3)).await.unwrap();
+            // A new leader overwrites the tail from index 5.
+            log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 5))
+                .await
+                .unwrap();
+            log.append_now(vec![entry(2, 5, "b")]).unwrap();
+            log.purge(LogId::new(CommittedLeaderId::new(1, 1), 2))
+                .await
+                .unwrap();
+        }
+        let mut log = LogStore::open(dir.path()).unwrap();
+        assert_eq!(entries(&mut log).await, vec![(1, 3), (1, 4), (2, 5)]);
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(2, 3)));
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(2));
+        assert_eq!(state.last_log_id.map(|l| l.index), Some(5));
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_entry_is_cut_off_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = LogStore::open(dir.path()).unwrap();
+            log.append_now((1..=3).map(|i| entry(1, i, "a")).collect())
+                .unwrap();
+        }
+        let path = dir.path().join("log");
+        let length = std::fs::metadata(&path).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(length - 3)
+            .unwrap();
+        let mut log = LogStore::open(dir.path()).unwrap();
+        assert_eq!(entries(&mut log).await, vec![(1, 1), (1, 2)]);
+        // Appending goes on where the intact entries end.
+        log.append_now(vec![entry(1, 3, "c")]).unwrap();
+        drop(log);
+        let mut log = LogStore::open(dir.path()).unwrap();
+        assert_eq!(entries(&mut log).await, vec![(1, 1), (1, 2), (1, 3)]);
+    }
+
+    #[tokio::test]
+    async fn the_state_machine_starts_again_from_its_snapshot() {
+        use openraft::RaftSnapshotBuilder;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut state = StateMachine::open(dir.path()).unwrap();
+            state
+                .apply([Entry {
+                    log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+                    payload: EntryPayload::Normal(MetaCommand::RegisterBroker {
+                        id: 7,
+                        address: "b7:9420".to_owned(),
+                    }),
+                }])
+                .await
+                .unwrap();
+            state
+                .get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+        }
+        let mut state = StateMachine::open(dir.path()).unwrap();
+        let (applied, _) = state.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(1));
+        assert_eq!(state.state().brokers[&7].address, "b7:9420");
+    }
+}

@@ -1,0 +1,409 @@
+//! The metadata group under a simulated network (`turmoil`): three brokers
+//! whose links are cut and mended and which crash and restart (keeping
+//! their files), while a client proposes commands through whichever broker
+//! leads. Over many seeds it checks that every acknowledged command is in
+//! every broker's state once the network heals, that all brokers hold the
+//! same state, and that no term ever had two leaders.
+//!
+//! `BROOK_SIMULATION_SEEDS` (default 6) and `BROOK_SIMULATION_FIRST_SEED`
+//! (default 1) choose the seeds: a long run is the same test with more.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
+use brook_cluster::network::client::{ConnectError, Connector};
+use brook_cluster::{
+    BrokerNode, ClusterError, MetaCommand, MetaNode, MetaNodeConfig, MetaResponse, NodeId,
+};
+use brook_engine::TopicOverrides;
+use hyper_util::rt::TokioIo;
+use openraft::ServerState;
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tonic::codegen::http::Uri;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::{Channel, Endpoint, Server};
+
+const PORT: u16 = 9430;
+const BROKERS: [NodeId; 3] = [1, 2, 3];
+/// Commands the client gets acknowledged per seed.
+const COMMANDS: usize = 40;
+/// Faults stop after this much simulated time, so the group can heal.
+const FAULTS_UNTIL: Duration = Duration::from_secs(30);
+
+fn host(id: NodeId) -> String {
+    format!("broker-{id}")
+}
+
+fn voters() -> BTreeMap<NodeId, BrokerNode> {
+    BROKERS
+        .iter()
+        .map(|id| (*id, BrokerNode::new(format!("{}:{PORT}", host(*id)))))
+        .collect()
+}
+
+/// What the hosts share with the client and the checks: the running
+/// instance of each broker, and every leader seen, by term.
+#[derive(Default)]
+struct Shared {
+    nodes: Mutex<HashMap<NodeId, MetaNode>>,
+    leaders: Mutex<BTreeMap<u64, BTreeSet<NodeId>>>,
+}
+
+/// Channels over the simulated network.
+struct SimConnector;
+
+impl Connector for SimConnector {
+    fn channel(&self, address: &str) -> Result<Channel, ConnectError> {
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| ConnectError(e.to_string()))?
+            .connect_timeout(Duration::from_secs(1));
+        Ok(
+            endpoint.connect_with_connector_lazy(tower::service_fn(|uri: Uri| async move {
+                let authority = uri
+                    .authority()
+                    .map(|a| a.as_str().to_owned())
+                    .unwrap_or_default();
+                let stream = turmoil::net::TcpStream::connect(authority).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(stream))
+            })),
+        )
+    }
+}
+
+/// A simulated TCP connection, as tonic's server takes them.
+struct Accepted(turmoil::net::TcpStream);
+
+impl Connected for Accepted {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        TcpConnectInfo {
+            local_addr: self.0.local_addr().ok(),
+            remote_addr: self.0.peer_addr().ok(),
+        }
+    }
+}
+
+impl AsyncRead for Accepted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Accepted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// One broker: its group member, serving peers until the host crashes.
+async fn broker(id: NodeId, dir: PathBuf, shared: Arc<Shared>) -> turmoil::Result {
+    let mut config = MetaNodeConfig::new(id, dir);
+    config.snapshot_every = 16;
+    // Elections close together against slow links: contested elections,
+    // split votes and crashes amid them are what a lost vote would break.
+    config.heartbeat_interval = Duration::from_millis(50);
+    config.election_timeout = (Duration::from_millis(150), Duration::from_millis(250));
+    let node = MetaNode::start(&config, Arc::new(SimConnector)).await?;
+    shared.nodes.lock().insert(id, node.clone());
+    let observed = shared.clone();
+    let mut metrics = node.raft().metrics();
+    tokio::spawn(async move {
+        loop {
+            {
+                let now = metrics.borrow();
+                if now.state == ServerState::Leader {
+                    observed
+                        .leaders
+                        .lock()
+                        .entry(now.current_term)
+                        .or_default()
+                        .insert(now.id);
+                }
+            }
+            if metrics.changed().await.is_err() {
+                break;
+            }
+        }
+    });
+    node.initialize(voters()).await?;
+    let listener =
+        turmoil::net::TcpListener::bind((IpAddr::from(Ipv4Addr::UNSPECIFIED), PORT)).await?;
+    let incoming = futures::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(stream, _)| Accepted(stream));
+        Some((accepted, listener))
+    });
+    Server::builder()
+        .add_service(node.service())
+        .serve_with_incoming(incoming)
+        .await?;
+    Ok(())
+}
+
+/// Proposes through the leader, trying every broker until one takes it.
+/// `Ok(true)` once acknowledged.
+async fn propose(shared: &Shared, command: &MetaCommand) -> bool {
+    let nodes: Vec<MetaNode> = shared.nodes.lock().values().cloned().collect();
+    for node in nodes {
+        let answer =
+            tokio::time::timeout(Duration::from_secs(2), node.propose(command.clone())).await;
+        match answer {
+            Ok(Ok(MetaResponse::Done | MetaResponse::TopicExists { .. })) => return true,
+            Ok(Ok(other)) => panic!("{command:?} refused: {other:?}"),
+            Ok(Err(ClusterError::NotLeader { .. } | ClusterError::Stopped(_))) | Err(_) => {}
+            Ok(Err(other)) => panic!("{command:?}: {other}"),
+        }
+    }
+    false
+}
+
+/// The client: registers the brokers, then creates topics one by one,
+/// each retried until acknowledged; records what was acknowledged.
+async fn client(shared: Arc<Shared>, acknowledged: Arc<Mutex<Vec<String>>>) -> turmoil::Result {
+    for id in BROKERS {
+        let register = MetaCommand::RegisterBroker {
+            id,
+            address: format!("{}:{PORT}", host(id)),
+        };
+        while !propose(&shared, &register).await {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    for i in 0..COMMANDS {
+        let name = format!("topic-{i}");
+        let create = MetaCommand::CreateTopic {
+            name: name.clone(),
+            partitions: 3,
+            replication_factor: 3,
+            overrides: TopicOverrides::default(),
+        };
+        while !propose(&shared, &create).await {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        acknowledged.lock().push(name);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Wait, after the faults, until every broker applied the same entries.
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if turmoil::elapsed() < FAULTS_UNTIL {
+            continue;
+        }
+        let nodes = shared.nodes.lock();
+        let applied: BTreeSet<_> = nodes
+            .values()
+            .map(|n| n.raft().metrics().borrow().last_applied)
+            .collect();
+        if nodes.len() == BROKERS.len() && applied.len() == 1 {
+            return Ok(());
+        }
+    }
+}
+
+/// A small deterministic generator for the fault schedule.
+struct Faults(u64);
+
+impl Faults {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % below
+    }
+}
+
+/// What a seed's run went through, to show that faults happened.
+#[derive(Debug, Default)]
+struct Run {
+    crashes: u32,
+    partitions: u32,
+    terms_with_a_leader: usize,
+    simulated: Duration,
+}
+
+fn run_seed(seed: u64) -> anyhow::Result<Run> {
+    let mut run = Run::default();
+    let dirs: Vec<tempfile::TempDir> = BROKERS
+        .iter()
+        .map(|_| tempfile::tempdir())
+        .collect::<Result<_, _>>()?;
+    let shared = Arc::new(Shared::default());
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let mut sim = turmoil::Builder::new()
+        .simulation_duration(Duration::from_secs(300))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(30))
+        .rng_seed(seed)
+        .build();
+    for (id, dir) in BROKERS.iter().zip(&dirs) {
+        let (id, dir, shared) = (*id, dir.path().to_owned(), shared.clone());
+        sim.host(host(id), move || broker(id, dir.clone(), shared.clone()));
+    }
+    sim.client("client", client(shared.clone(), acknowledged.clone()));
+
+    let mut faults = Faults(seed);
+    let mut next_fault = Duration::from_secs(2);
+    let mut crashed: Vec<(NodeId, Duration)> = Vec::new();
+    let mut cut = false;
+    loop {
+        if sim
+            .step()
+            .map_err(|e| anyhow::anyhow!("seed {seed}: {e}"))?
+        {
+            break;
+        }
+        let now = sim.elapsed();
+        crashed.retain(|(id, until)| {
+            if now >= *until {
+                sim.bounce(host(*id));
+                false
+            } else {
+                true
+            }
+        });
+        if now >= FAULTS_UNTIL {
+            if cut {
+                for a in BROKERS {
+                    for b in BROKERS {
+                        if a < b {
+                            sim.repair(host(a), host(b));
+                        }
+                    }
+                }
+                cut = false;
+            }
+            continue;
+        }
+        if now < next_fault {
+            continue;
+        }
+        next_fault = now + Duration::from_millis(300 + faults.next(1_500));
+        // Half of the faults strike the leader.
+        let leader = shared.nodes.lock().values().find_map(MetaNode::leader);
+        let victim = match leader {
+            Some(leader) if faults.next(2) == 0 => leader,
+            _ => BROKERS[faults.next(3) as usize],
+        };
+        match faults.next(3) {
+            // Cut one broker off from the others.
+            0 => {
+                for other in BROKERS.iter().filter(|o| **o != victim) {
+                    sim.partition(host(victim), host(*other));
+                }
+                cut = true;
+                run.partitions += 1;
+            }
+            // Mend every link.
+            1 if cut => {
+                for a in BROKERS {
+                    for b in BROKERS {
+                        if a < b {
+                            sim.repair(host(a), host(b));
+                        }
+                    }
+                }
+                cut = false;
+            }
+            // Crash one broker (at most one at a time), restarting it later.
+            _ if crashed.is_empty() => {
+                sim.crash(host(victim));
+                run.crashes += 1;
+                crashed.push((
+                    victim,
+                    now + Duration::from_millis(100 + faults.next(1_500)),
+                ));
+            }
+            _ => {}
+        }
+    }
+
+    let acknowledged = acknowledged.lock().clone();
+    ensure!(
+        acknowledged.len() == COMMANDS,
+        "seed {seed}: only {} acknowledged",
+        acknowledged.len()
+    );
+    let nodes = shared.nodes.lock();
+    let states: Vec<_> = BROKERS
+        .iter()
+        .map(|id| {
+            nodes
+                .get(id)
+                .map(MetaNode::state)
+                .context("a broker never started")
+        })
+        .collect::<Result<_, _>>()?;
+    for (id, state) in BROKERS.iter().zip(&states) {
+        for name in &acknowledged {
+            ensure!(
+                state.topics.contains_key(name),
+                "seed {seed}: broker {id} lost the acknowledged {name}"
+            );
+        }
+        ensure!(
+            *state == states[0],
+            "seed {seed}: broker {id} holds another state"
+        );
+    }
+    let leaders = shared.leaders.lock();
+    for (term, leaders) in leaders.iter() {
+        if leaders.len() > 1 {
+            bail!("seed {seed}: term {term} had leaders {leaders:?}");
+        }
+    }
+    run.terms_with_a_leader = leaders.len();
+    run.simulated = sim.elapsed();
+    Ok(run)
+}
+
+fn seeds() -> std::ops::Range<u64> {
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let first = env("BROOK_SIMULATION_FIRST_SEED", 1);
+    first..first + env("BROOK_SIMULATION_SEEDS", 6)
+}
+
+#[test]
+fn acknowledged_metadata_survives_partitions_and_crashes_and_leaders_are_unique_per_term() {
+    // `RUST_LOG=openraft=warn` shows what the brokers saw.
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
+    for seed in seeds() {
+        match run_seed(seed) {
+            Ok(run) => eprintln!("seed {seed}: {run:?}"),
+            Err(e) => panic!("{e:#}"),
+        }
+    }
+}
