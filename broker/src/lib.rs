@@ -20,10 +20,11 @@ pub mod server;
 pub mod tls;
 
 pub use brook_engine::{
-    AdminError, AuthorizerMode, Broker, BrokerConfig, ClientAuth, FetchError, FsyncPolicy,
-    GroupError, Invalid, NotFound, OpenError, OutOfRange, PartitionError, PartitionName,
-    ProduceError, RecordValidation, RecoverError, RecoveredPartition, RecoveredTopic, TlsConfig,
-    acl, config, group, quarantined_topic_name, recover_quarantined_topic,
+    AdminError, AuthorizerMode, Broker, BrokerConfig, ClientAuth, ClusterConfig, FetchError,
+    FsyncPolicy, GroupError, Invalid, NotFound, OpenError, OutOfRange, PartitionError,
+    PartitionName, ProduceError, RecordValidation, RecoverError, RecoveredPartition,
+    RecoveredTopic, TlsConfig, acl, config, group, quarantined_topic_name,
+    recover_quarantined_topic,
 };
 /// The file system under the log, for embedders that swap in their own.
 pub use brook_storage as storage;

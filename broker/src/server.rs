@@ -22,7 +22,11 @@ use crate::grpc::connections::{ConnectionLimits, TrackRequestsLayer};
 use crate::grpc::receive_budget::{ReceiveBudget, ReceiveBudgetLayer};
 use crate::http::{HttpLimits, Phase, ServerStatus};
 use crate::tls::ServerTls;
+use brook_cluster::network::client::TcpConnector;
+use brook_cluster::{BrokerNode, MetaCommand, MetaNode, MetaNodeConfig};
 use brook_engine::AuthorizerMode;
+use brook_engine::ClusterConfig;
+use brook_engine::config::Authentication;
 use brook_engine::config::BrokerConfig;
 use brook_engine::{Broker, Invalid, OpenError};
 
@@ -36,12 +40,14 @@ const HTTP2_STREAM_WINDOW: u32 = 16 * 1024 * 1024;
 const HTTP2_FRAME_BYTES_MAX: u32 = 1024 * 1024;
 
 /// The services `grpc.health.v1` reports on, besides the server as a whole ("").
-const SERVICES: [&str; 5] = [
+const SERVICES: [&str; 7] = [
     "brook.v1.AdminService",
     "brook.v1.ProduceService",
     "brook.v1.FetchService",
     "brook.v1.GroupService",
+    "brook.v1.AclService",
     "brook.v1.QuotaService",
+    "brook.v1.ClusterService",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +69,8 @@ pub enum ServeError {
     Auth(#[from] crate::auth::AuthError),
     #[error("server task: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Cluster(#[from] brook_cluster::ClusterError),
 }
 
 /// Opens the broker from `config` (HTTP already answering, not ready) and
@@ -303,6 +311,10 @@ async fn serve_grpc(
             broker.begin_shutdown();
         }
     };
+    let meta = match &broker.config().cluster {
+        Some(cluster) => Some(join_cluster(&broker, cluster, &stop).await?),
+        None => None,
+    };
     let grpc_server = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(limits.streams_per_connection_max))
         .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
@@ -312,7 +324,7 @@ async fn serve_grpc(
         // Before the receive budget: a refused request reserves nothing.
         .layer(AuthLayer::new(auth))
         .layer(ReceiveBudgetLayer::new(receive_budget))
-        .add_routes(crate::grpc::routes(&broker))
+        .add_routes(crate::grpc::routes(&broker, meta.as_ref()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -325,6 +337,9 @@ async fn serve_grpc(
         served = &mut grpc_task => served,
         () = stop.cancelled() => finish_within(grace, grpc_task, "gRPC").await,
     };
+    if let Some(meta) = &meta {
+        meta.shutdown().await;
+    }
     // Whatever was cut off, every partition is fsynced before returning.
     broker.shutdown().await;
     http_stop.cancel();
@@ -337,6 +352,79 @@ async fn serve_grpc(
     served??;
     http_served
 }
+
+/// Starts this broker's member of the metadata group (its files under
+/// `<data dir>/cluster/meta`), forms the group with the peers, and keeps
+/// trying to register the broker's address until it is committed.
+async fn join_cluster(
+    broker: &Arc<Broker>,
+    cluster: &ClusterConfig,
+    stop: &CancellationToken,
+) -> Result<MetaNode, ServeError> {
+    let config = broker.config();
+    // Brokers call each other in plaintext and without credentials until
+    // the cluster's own TLS and authentication exist: refuse rather than
+    // open a door the broker's settings say is shut.
+    if config.tls.is_some() || !matches!(config.auth, Authentication::None) {
+        return Err(ServeError::Config(Invalid::new(
+            "peers",
+            "a cluster cannot run with TLS or client authentication yet: brokers call each other in plaintext",
+        )));
+    }
+    let meta = MetaNode::start(
+        &MetaNodeConfig::new(
+            cluster.node_id,
+            config.data_dir.join("cluster").join("meta"),
+        ),
+        Arc::new(TcpConnector {
+            connect_timeout: PEER_CONNECT_TIMEOUT,
+        }),
+    )
+    .await?;
+    let voters = cluster
+        .peers
+        .iter()
+        .map(|(id, address)| (*id, BrokerNode::new(address.clone())))
+        .collect();
+    meta.initialize(voters).await?;
+    tracing::info!(
+        node_id = cluster.node_id,
+        peers = ?cluster.peers,
+        "joined the cluster's metadata group"
+    );
+    let registering = meta.clone();
+    let address = cluster
+        .peers
+        .get(&cluster.node_id)
+        .cloned()
+        .unwrap_or_default();
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        let register = MetaCommand::RegisterBroker {
+            id: registering.id(),
+            address,
+        };
+        loop {
+            match registering.propose_anywhere(register.clone()).await {
+                Ok(_) => {
+                    tracing::info!("broker registered with the cluster");
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "registering with the cluster; trying again"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(REGISTER_RETRY) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    });
+    Ok(meta)
+}
+
+/// How long connecting to a peer may take.
+const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long to wait before registering with the cluster again.
+const REGISTER_RETRY: Duration = Duration::from_millis(500);
 
 /// Waits up to `grace` for a server task to drain; then closes what is
 /// left (streams a client keeps open, long polls) by aborting it.

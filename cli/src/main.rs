@@ -4,6 +4,7 @@
 
 mod acl;
 mod bench;
+mod cluster;
 mod connection;
 mod consume;
 mod group;
@@ -53,6 +54,9 @@ enum Command {
     /// Set, remove and list client quotas: bytes per second a principal may produce and fetch.
     #[command(subcommand)]
     Quota(quota::QuotaCommand),
+    /// The cluster's brokers and who leads each partition.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// Ask a broker's HTTP endpoint whether it is healthy (exit 0) or not.
     Health(health::HealthArgs),
     /// Measure a broker's throughput and latency.
@@ -116,6 +120,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Quota(command) => {
             init_tracing(LogFormat::Text, &default_filter("warn"));
             quota::run(&cli.connect.connect().await?, command).await
+        }
+        Command::Cluster(command) => {
+            init_tracing(LogFormat::Text, &default_filter("warn"));
+            cluster::run(&cli.connect.connect().await?, command).await
         }
         Command::Bench(command) => {
             init_tracing(LogFormat::Text, &default_filter("warn"));

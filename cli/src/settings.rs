@@ -13,7 +13,8 @@ use brook_broker::config::{
     DEFAULT_JWT_LEEWAY, DEFAULT_LISTEN, GroupSettings, JwtAuth, Limits, TokenAuth, TopicSettings,
 };
 use brook_broker::{
-    BrokerConfig, ClientAuth, FsyncPolicy, PartitionName, RecordValidation, TlsConfig,
+    BrokerConfig, ClientAuth, ClusterConfig, FsyncPolicy, PartitionName, RecordValidation,
+    TlsConfig,
 };
 use clap::Args;
 use serde::{Deserialize, Serialize};
@@ -191,6 +192,14 @@ settings! {
     /// Repeatable; in the environment, comma-separated [default: none].
     #[arg(value_name = "PRINCIPAL", value_delimiter = ',')]
     super_users: Vec<String> = "BROOK_SUPER_USERS",
+    /// This broker's id in its cluster, with `peers` [default: none, the
+    /// broker runs alone].
+    node_id: u64 = "BROOK_NODE_ID",
+    /// Every broker of the cluster (this one included) as `ID=HOST:PORT`,
+    /// each at its gRPC address: the voters of the metadata group.
+    /// Repeatable or comma-separated [default: none].
+    #[arg(value_name = "ID=HOST:PORT", value_delimiter = ',')]
+    peers: Vec<String> = "BROOK_PEERS",
 }
 
 /// The settings with every default filled in and every value checked.
@@ -257,6 +266,9 @@ pub struct Effective {
     pub http_header_read_timeout_ms: u64,
     pub authorizer: String,
     pub super_users: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<u64>,
+    pub peers: Vec<String>,
 }
 
 /// Reads a settings file; unknown keys and values of the wrong type are
@@ -398,6 +410,8 @@ impl Settings {
                 .authorizer
                 .unwrap_or_else(|| broker.authorizer.to_string()),
             super_users: self.super_users.unwrap_or_default(),
+            node_id: self.node_id,
+            peers: self.peers.unwrap_or_default(),
         };
         effective.check()?;
         Ok(effective)
@@ -574,7 +588,41 @@ impl Effective {
             bail!("super_users: a principal's name must not be empty");
         }
         config.super_users.clone_from(&self.super_users);
+        config.cluster = self.cluster()?;
         Ok(config)
+    }
+
+    /// The cluster from `node_id` and `peers`: both or neither.
+    fn cluster(&self) -> anyhow::Result<Option<ClusterConfig>> {
+        let node_id = match (self.node_id, self.peers.is_empty()) {
+            (None, true) => return Ok(None),
+            (Some(id), false) => id,
+            (None, false) => bail!("node_id: needed with peers"),
+            (Some(_), true) => bail!("peers: needed with node_id"),
+        };
+        let mut peers = std::collections::BTreeMap::new();
+        for peer in &self.peers {
+            let (id, address) = peer
+                .split_once('=')
+                .with_context(|| format!("peers: `{peer}` is not ID=HOST:PORT"))?;
+            let id: u64 = id
+                .trim()
+                .parse()
+                .with_context(|| format!("peers: `{id}` in `{peer}` is not a broker id"))?;
+            let address = address.trim();
+            if address
+                .rsplit_once(':')
+                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+            {
+                bail!("peers: `{address}` in `{peer}` is not HOST:PORT");
+            }
+            if peers.insert(id, address.to_owned()).is_some() {
+                bail!("peers: broker {id} is given twice");
+            }
+        }
+        ClusterConfig::new(node_id, peers)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
     fn accepted_data_loss(&self) -> anyhow::Result<Vec<PartitionName>> {

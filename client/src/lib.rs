@@ -51,6 +51,7 @@ mod acl;
 mod admin;
 mod auth;
 mod client;
+mod cluster;
 mod consumer;
 mod dead_letter;
 mod deadline;
@@ -80,6 +81,7 @@ pub use client::{
     Client, ClientOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MESSAGE_BYTES_MAX,
     DEFAULT_PRODUCE_IN_FLIGHT_MAX, DEFAULT_REQUEST_TIMEOUT,
 };
+pub use cluster::{BrokerDescription, ClusterDescription, PartitionReplicas};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, ConsumerError, OffsetReset, SeekTo};
 pub use error::{Cause, ClientError, ErrorKind, StatusCode};
 pub use fetch::{

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use brook_proto::cluster::raft_service_client::RaftServiceClient;
 use brook_proto::cluster::raft_service_server::RaftServiceServer;
+use brook_proto::cluster::{PingRequest, PingResponse, RaftPayload};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 
 use crate::command::{MetaCommand, MetaResponse};
@@ -15,6 +17,9 @@ use crate::network::service::RaftServer;
 use crate::state::ClusterState;
 use crate::store::{LogStore, StateMachine};
 use crate::types::{BrokerNode, MetaRaft, NodeId};
+
+/// How long a change forwarded to the leader may take.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a broker takes part in the metadata group.
 #[derive(Debug, Clone)]
@@ -58,10 +63,12 @@ pub enum ClusterError {
     /// The Raft stopped (a storage failure, or shutdown).
     #[error("the metadata group stopped: {0}")]
     Stopped(String),
-    /// Only the leader takes changes.
-    #[error("not the metadata group's leader (the leader is {leader:?})")]
+    /// Only the leader takes changes, and the leader could not be reached.
+    #[error("not the metadata group's leader (the leader is {leader:?}){reason}")]
     NotLeader {
         leader: Option<(NodeId, BrokerNode)>,
+        /// Why the leader could not be asked instead, when it was tried.
+        reason: String,
     },
     #[error("the metadata group refused the change: {0}")]
     Refused(String),
@@ -73,6 +80,7 @@ pub struct MetaNode {
     id: NodeId,
     raft: MetaRaft,
     state_machine: StateMachine,
+    connector: Arc<dyn Connector>,
 }
 
 impl MetaNode {
@@ -101,7 +109,7 @@ impl MetaNode {
         let raft = MetaRaft::new(
             config.id,
             Arc::new(raft_config),
-            Network::new(connector),
+            Network::new(connector.clone()),
             log,
             state_machine.clone(),
         )
@@ -111,6 +119,7 @@ impl MetaNode {
             id: config.id,
             raft,
             state_machine,
+            connector,
         })
     }
 
@@ -149,10 +158,66 @@ impl MetaNode {
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                 Err(ClusterError::NotLeader {
                     leader: forward.leader_id.zip(forward.leader_node),
+                    reason: String::new(),
                 })
             }
             Err(RaftError::APIError(e)) => Err(ClusterError::Refused(e.to_string())),
             Err(RaftError::Fatal(e)) => Err(ClusterError::Stopped(e.to_string())),
+        }
+    }
+
+    /// Commits `command` through the leader, wherever it is: here, or
+    /// forwarded once to the broker this one knows as leader.
+    pub async fn propose_anywhere(
+        &self,
+        command: MetaCommand,
+    ) -> Result<MetaResponse, ClusterError> {
+        match self.propose(command.clone()).await {
+            Err(ClusterError::NotLeader {
+                leader: Some((_, leader)),
+                ..
+            }) => self.forward(&leader, &command).await,
+            other => other,
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: &BrokerNode,
+        command: &MetaCommand,
+    ) -> Result<MetaResponse, ClusterError> {
+        let unreachable = |reason: String| ClusterError::NotLeader {
+            leader: None,
+            reason: format!(": the leader at {leader} did not take it: {reason}"),
+        };
+        let channel = self
+            .connector
+            .channel(&leader.address)
+            .map_err(|e| unreachable(e.to_string()))?;
+        let json = serde_json::to_vec(command).map_err(|e| ClusterError::Refused(e.to_string()))?;
+        let mut call = tonic::Request::new(RaftPayload { json: json.into() });
+        call.set_timeout(FORWARD_TIMEOUT);
+        let answer = RaftServiceClient::new(channel)
+            .propose(call)
+            .await
+            .map_err(|status| unreachable(status.to_string()))?
+            .into_inner();
+        let result: Result<MetaResponse, String> = serde_json::from_slice(&answer.json)
+            .map_err(|e| ClusterError::Refused(format!("the leader's answer: {e}")))?;
+        result.map_err(unreachable)
+    }
+
+    /// Asks the broker at `address` how it sees the group; `None` when it
+    /// does not answer within `timeout`.
+    pub async fn ping(&self, address: &str, timeout: Duration) -> Option<PingResponse> {
+        let channel = self.connector.channel(address).ok()?;
+        let mut call = tonic::Request::new(PingRequest {});
+        call.set_timeout(timeout);
+        let answer =
+            tokio::time::timeout(timeout, RaftServiceClient::new(channel).ping(call)).await;
+        match answer {
+            Ok(Ok(answer)) => Some(answer.into_inner()),
+            _ => None,
         }
     }
 

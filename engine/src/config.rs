@@ -352,6 +352,40 @@ pub struct BrokerConfig {
     /// Principals that may do everything when ACLs are checked (and take
     /// over any producer id).
     pub super_users: Vec<String>,
+    /// The cluster this broker belongs to; `None` runs it alone.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// A broker's place in a cluster: its id and every voter of the metadata
+/// group (itself included), each at its gRPC address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClusterConfig {
+    pub node_id: u64,
+    pub peers: std::collections::BTreeMap<u64, String>,
+}
+
+impl ClusterConfig {
+    /// Checks that the broker is one of its peers and that every id is
+    /// positive.
+    pub fn new(
+        node_id: u64,
+        peers: std::collections::BTreeMap<u64, String>,
+    ) -> Result<Self, Invalid> {
+        if node_id == 0 {
+            return Err(Invalid::new("node_id", "must be at least 1"));
+        }
+        if peers.contains_key(&0) {
+            return Err(Invalid::new("peers", "ids must be at least 1"));
+        }
+        if !peers.contains_key(&node_id) {
+            return Err(Invalid::new(
+                "peers",
+                format!("must include this broker, node_id {node_id}"),
+            ));
+        }
+        Ok(Self { node_id, peers })
+    }
 }
 
 /// Whether the broker checks requests against its ACLs.
@@ -665,6 +699,7 @@ impl Default for BrokerConfig {
             auth: Authentication::None,
             authorizer: AuthorizerMode::None,
             super_users: Vec::new(),
+            cluster: None,
         }
     }
 }

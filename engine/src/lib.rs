@@ -23,7 +23,9 @@ pub use broker::{
     SubscriptionChunk, TopicInfo, quarantined_topic_name, recover_quarantined_topic,
 };
 pub use brook_record::RecordValidation;
-pub use config::{AuthorizerMode, BrokerConfig, ClientAuth, FsyncPolicy, PartitionName, TlsConfig};
+pub use config::{
+    AuthorizerMode, BrokerConfig, ClientAuth, ClusterConfig, FsyncPolicy, PartitionName, TlsConfig,
+};
 pub use error::{
     AdminError, FetchError, GroupError, Invalid, NotFound, OpenError, OutOfRange, PartitionError,
     ProduceError, QuotaError, RecoverError,

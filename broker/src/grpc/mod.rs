@@ -7,6 +7,7 @@ mod acl;
 mod admin;
 mod audit;
 mod authorize;
+mod cluster;
 pub mod connections;
 mod fetch;
 mod group;
@@ -20,18 +21,21 @@ use std::sync::Arc;
 
 use brook_proto::acl_service_server::AclServiceServer;
 use brook_proto::admin_service_server::AdminServiceServer;
+use brook_proto::cluster_service_server::ClusterServiceServer;
 use brook_proto::fetch_service_server::FetchServiceServer;
 use brook_proto::group_service_server::GroupServiceServer;
 use brook_proto::produce_service_server::ProduceServiceServer;
 use brook_proto::quota_service_server::QuotaServiceServer;
 use tonic::service::Routes;
 
+use brook_cluster::MetaNode;
 use brook_engine::Broker;
 
-/// The broker's gRPC services, ready to serve.
-pub fn routes(broker: &Arc<Broker>) -> Routes {
+/// The broker's gRPC services, ready to serve; with `meta`, the services
+/// of the cluster's metadata group too.
+pub fn routes(broker: &Arc<Broker>, meta: Option<&MetaNode>) -> Routes {
     let limit = broker.config().limits.grpc_message_bytes_max;
-    Routes::new(
+    let routes = Routes::new(
         AdminServiceServer::new(admin::AdminHandler::new(broker.clone()))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit),
@@ -61,4 +65,12 @@ pub fn routes(broker: &Arc<Broker>) -> Routes {
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit),
     )
+    .add_service(ClusterServiceServer::new(cluster::ClusterHandler::new(
+        broker.clone(),
+        meta.cloned(),
+    )));
+    match meta {
+        Some(meta) => routes.add_service(meta.service()),
+        None => routes,
+    }
 }

@@ -289,3 +289,69 @@ fn the_certificate_mapping_is_for_mtls_only() {
         "{printed}"
     );
 }
+
+#[test]
+fn node_id_and_peers_come_together_and_are_checked() {
+    let config = |settings: Settings| settings.resolve().and_then(|e| e.broker_config());
+    assert_eq!(config(Settings::default()).unwrap().cluster, None);
+    let peers = |list: &[&str]| Some(list.iter().map(|p| (*p).to_owned()).collect());
+    let three = Settings {
+        node_id: Some(2),
+        peers: peers(&["1=b1:9420", "2=b2:9420", "3=10.0.0.3:9420"]),
+        ..Settings::default()
+    };
+    let cluster = config(three).unwrap().cluster.unwrap();
+    assert_eq!(cluster.node_id, 2);
+    assert_eq!(cluster.peers[&3], "10.0.0.3:9420");
+    for (settings, says) in [
+        (
+            Settings {
+                node_id: Some(1),
+                ..Settings::default()
+            },
+            "peers: needed",
+        ),
+        (
+            Settings {
+                peers: peers(&["1=b1:9420"]),
+                ..Settings::default()
+            },
+            "node_id: needed",
+        ),
+        (
+            Settings {
+                node_id: Some(4),
+                peers: peers(&["1=b1:9420", "2=b2:9420"]),
+                ..Settings::default()
+            },
+            "must include this broker",
+        ),
+        (
+            Settings {
+                node_id: Some(1),
+                peers: peers(&["1=b1"]),
+                ..Settings::default()
+            },
+            "is not HOST:PORT",
+        ),
+        (
+            Settings {
+                node_id: Some(1),
+                peers: peers(&["one=b1:9420"]),
+                ..Settings::default()
+            },
+            "is not a broker id",
+        ),
+        (
+            Settings {
+                node_id: Some(1),
+                peers: peers(&["1=b1:9420", "1=b2:9420"]),
+                ..Settings::default()
+            },
+            "given twice",
+        ),
+    ] {
+        let error = config(settings).unwrap_err().to_string();
+        assert!(error.contains(says), "{error} (expected {says})");
+    }
+}

@@ -44,11 +44,22 @@ impl Server {
 
     /// Like [`Server::start_with`], with stderr (where logs go) on `stderr`.
     pub async fn start_logging_to(data_dir: &Path, flags: &[&str], stderr: Stdio) -> Server {
+        Server::start_listening(data_dir, "127.0.0.1:0", flags, stderr).await
+    }
+
+    /// Like [`Server::start_with`], with gRPC on `listen` (a cluster's
+    /// peers must know each other's addresses before they start).
+    pub async fn start_listening(
+        data_dir: &Path,
+        listen: &str,
+        flags: &[&str],
+        stderr: Stdio,
+    ) -> Server {
         let mut child = Command::new(BROOK)
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+            .args(["--listen", listen, "--http-listen", "127.0.0.1:0"])
             .args(flags)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

@@ -6,6 +6,7 @@ mod common;
 mod acl;
 mod auth;
 mod cli;
+mod cluster;
 mod crash;
 mod groups;
 mod logging;

@@ -1,12 +1,13 @@
 //! Answering peers' Raft requests: `brook.cluster.v1.RaftService` in front
 //! of the local metadata Raft.
 
-use brook_proto::cluster::RaftPayload;
 use brook_proto::cluster::raft_service_server::RaftService;
+use brook_proto::cluster::{PingRequest, PingResponse, RaftPayload};
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 use super::{decode, encode};
+use crate::command::MetaCommand;
 use crate::types::MetaRaft;
 
 /// The service; the Raft handle is cheap to clone.
@@ -53,5 +54,27 @@ impl RaftService for RaftServer {
     ) -> Result<Response<RaftPayload>, Status> {
         let result = self.raft.install_snapshot(request(call)?).await;
         answer(&result)
+    }
+
+    async fn propose(&self, call: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let command: MetaCommand = request(call)?;
+        // Only as the leader: a forwarded change is never forwarded again,
+        // so two brokers with stale ideas of the leader cannot bounce it.
+        let result = self
+            .raft
+            .client_write(command)
+            .await
+            .map(|written| written.data)
+            .map_err(|e| e.to_string());
+        answer(&result)
+    }
+
+    async fn ping(&self, _call: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
+        let metrics = self.raft.metrics().borrow().clone();
+        Ok(Response::new(PingResponse {
+            node_id: metrics.id,
+            term: metrics.current_term,
+            leader: metrics.current_leader,
+        }))
     }
 }

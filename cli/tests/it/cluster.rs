@@ -1,0 +1,153 @@
+//! Three `brook serve` processes forming a cluster's metadata group: `brook
+//! cluster status` shows every broker alive and one metadata leader; after
+//! the leader is killed with SIGKILL another broker leads and the killed one
+//! shows as not alive; restarted on its files, it is alive again and the
+//! group keeps a single leader. A broker alone answers as broker 1.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+use crate::common::{Server, brook, run};
+
+/// Free loopback ports for the peers, chosen before any starts.
+fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("a bound address").port())
+        .collect()
+}
+
+async fn status(broker: &str) -> Option<Value> {
+    let output = run(broker, &["cluster", "status", "--json"], b"").await;
+    if !output.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&output.stdout).ok()
+}
+
+/// Waits (bounded) until `broker` reports a status that `done` accepts.
+async fn wait_for(broker: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = status(broker).await
+            && done(&status)
+        {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: never seen from {broker}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn alive(status: &Value) -> Vec<u64> {
+    status["brokers"]
+        .as_array()
+        .map(|brokers| {
+            brokers
+                .iter()
+                .filter(|b| b["alive"] == Value::Bool(true))
+                .filter_map(|b| b["id"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_killed_metadata_leader_is_replaced_and_rejoins_after_a_restart() {
+    let data = tempfile::tempdir().expect("a temporary directory");
+    let ports = free_ports(3);
+    let peers = (1..=3)
+        .zip(&ports)
+        .map(|(id, port)| format!("{id}=127.0.0.1:{port}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let start = |id: usize| {
+        let dir = data.path().join(format!("broker-{id}"));
+        let listen = format!("127.0.0.1:{}", ports[id - 1]);
+        let peers = peers.clone();
+        async move {
+            let node_id = id.to_string();
+            Server::start_listening(
+                &dir,
+                &listen,
+                &["--node-id", &node_id, "--peers", &peers],
+                Stdio::null(),
+            )
+            .await
+        }
+    };
+    let mut servers = Vec::new();
+    for id in 1..=3 {
+        servers.push(Some(start(id).await));
+    }
+    let first = servers[0]
+        .as_ref()
+        .map(|s| s.grpc.clone())
+        .unwrap_or_default();
+    let status = wait_for(&first, "three brokers alive and a leader", |s| {
+        alive(s) == [1, 2, 3] && s["metadata_leader"].is_u64()
+    })
+    .await;
+    assert_eq!(status["clustered"], Value::Bool(true));
+    let leader = status["metadata_leader"].as_u64().expect("a leader") as usize;
+
+    // SIGKILL the leader: the others elect another and see it gone.
+    let killed = servers[leader - 1].take().expect("the leader runs");
+    killed.stop(Signal::SIGKILL).await;
+    let other = servers
+        .iter()
+        .flatten()
+        .next()
+        .map(|s| s.grpc.clone())
+        .expect("a broker left");
+    let status = wait_for(&other, "a new leader", |s| {
+        s["metadata_leader"]
+            .as_u64()
+            .is_some_and(|l| l as usize != leader)
+            && !alive(s).contains(&(leader as u64))
+    })
+    .await;
+    let new_leader = status["metadata_leader"].as_u64();
+
+    // Restarted on its files, it rejoins and follows the new leader.
+    let restarted = start(leader).await;
+    let status = wait_for(&restarted.grpc, "the restarted broker back", |s| {
+        alive(s) == [1, 2, 3] && s["metadata_leader"].is_u64()
+    })
+    .await;
+    assert_eq!(status["metadata_leader"].as_u64(), new_leader, "{status}");
+    servers[leader - 1] = Some(restarted);
+    for server in servers.into_iter().flatten() {
+        server.stop(Signal::SIGTERM).await;
+    }
+}
+
+#[tokio::test]
+async fn a_broker_alone_answers_as_broker_one_with_its_partitions() {
+    let data = tempfile::tempdir().expect("a temporary directory");
+    let server = Server::start(data.path()).await;
+    brook(
+        &server.grpc,
+        &["topic", "create", "solo", "--partitions", "2"],
+        b"",
+    )
+    .await;
+    let status = status(&server.grpc).await.expect("a status");
+    assert_eq!(status["clustered"], Value::Bool(false));
+    assert_eq!(alive(&status), [1]);
+    let partitions = status["partitions"].as_array().expect("partitions");
+    assert_eq!(partitions.len(), 2, "{status}");
+    assert_eq!(partitions[0]["leader"], 1);
+    assert_eq!(partitions[0]["replicas"], serde_json::json!([1]));
+    assert_eq!(partitions[0]["lag"], serde_json::json!({"1": 0}));
+    server.stop(Signal::SIGTERM).await;
+}

@@ -1,0 +1,97 @@
+//! What a broker says of its cluster: the brokers, which answer, and who
+//! leads each partition.
+
+use std::collections::BTreeMap;
+
+use brook_proto as proto;
+use brook_proto::cluster_service_client::ClusterServiceClient;
+
+use crate::client::Client;
+use crate::error::ClientError;
+
+/// The cluster as one broker sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClusterDescription {
+    /// The id of the broker that answered (1 when it is not in a cluster).
+    pub answered_by: u64,
+    /// Whether it runs in a cluster.
+    pub clustered: bool,
+    /// Every broker, by id.
+    pub brokers: Vec<BrokerDescription>,
+    /// The broker leading the metadata group, when known.
+    pub metadata_leader: Option<u64>,
+    /// The metadata group's term.
+    pub metadata_term: u64,
+    /// The partitions the answering broker serves.
+    pub partitions: Vec<PartitionReplicas>,
+}
+
+/// A broker of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BrokerDescription {
+    /// Its id (`--node-id`).
+    pub id: u64,
+    /// Its gRPC address.
+    pub address: String,
+    /// Whether it answered the asked broker within 500 ms.
+    pub alive: bool,
+}
+
+/// A partition's leader and replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PartitionReplicas {
+    /// The topic.
+    pub topic: String,
+    /// The partition's index.
+    pub partition: u32,
+    /// The broker that leads it.
+    pub leader: u64,
+    /// The brokers holding it.
+    pub replicas: Vec<u64>,
+    /// Records each replica is behind the leader, by broker id.
+    pub lag: BTreeMap<u64, i64>,
+}
+
+impl Client {
+    /// The cluster as the connected broker sees it (needs `describe` on the
+    /// cluster when ACLs are on).
+    pub async fn describe_cluster(&self) -> Result<ClusterDescription, ClientError> {
+        let mut stub = ClusterServiceClient::new(self.channel.clone());
+        let response = self
+            .rpc(
+                "describe_cluster",
+                self.options.request_timeout,
+                stub.describe_cluster(proto::DescribeClusterRequest {}),
+            )
+            .await?;
+        Ok(ClusterDescription {
+            answered_by: response.answered_by,
+            clustered: response.clustered,
+            brokers: response
+                .brokers
+                .into_iter()
+                .map(|b| BrokerDescription {
+                    id: b.id,
+                    address: b.address,
+                    alive: b.alive,
+                })
+                .collect(),
+            metadata_leader: response.metadata_leader,
+            metadata_term: response.metadata_term,
+            partitions: response
+                .partitions
+                .into_iter()
+                .map(|p| PartitionReplicas {
+                    topic: p.topic,
+                    partition: p.partition,
+                    leader: p.leader,
+                    replicas: p.replicas,
+                    lag: p.lag.into_iter().collect(),
+                })
+                .collect(),
+        })
+    }
+}
