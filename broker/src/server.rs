@@ -312,7 +312,16 @@ async fn serve_grpc(
         }
     };
     let meta = match &broker.config().cluster {
-        Some(cluster) => Some(join_cluster(&broker, cluster, &stop).await?),
+        Some(cluster) => {
+            let meta = join_cluster(&broker, cluster, &stop).await?;
+            status.set_meta(meta.clone());
+            tokio::spawn(watch_metadata_group(
+                meta.clone(),
+                broker.metrics().clone(),
+                stop.clone(),
+            ));
+            Some(meta)
+        }
         None => None,
     };
     let grpc_server = tonic::transport::Server::builder()
@@ -419,6 +428,41 @@ async fn join_cluster(
         }
     });
     Ok(meta)
+}
+
+/// Mirrors the metadata group's term and leadership into the metrics, and
+/// logs each change of leader.
+async fn watch_metadata_group(
+    meta: MetaNode,
+    metrics: Arc<brook_engine::metrics::Metrics>,
+    stop: CancellationToken,
+) {
+    let mut watched = meta.raft().metrics();
+    let mut leader = None;
+    loop {
+        {
+            let now = watched.borrow();
+            metrics
+                .metadata_term
+                .set(i64::try_from(now.current_term).unwrap_or(i64::MAX));
+            metrics
+                .metadata_leader
+                .set(i64::from(now.current_leader == Some(meta.id())));
+            if now.current_leader != leader {
+                metrics.metadata_leader_changes.inc();
+                tracing::info!(
+                    term = now.current_term,
+                    leader = ?now.current_leader,
+                    "the cluster's metadata group has a new leader"
+                );
+                leader = now.current_leader;
+            }
+        }
+        tokio::select! {
+            changed = watched.changed() => if changed.is_err() { return },
+            () = stop.cancelled() => return,
+        }
+    }
 }
 
 /// How long connecting to a peer may take.

@@ -244,6 +244,15 @@ impl MetaNode {
     }
 }
 
+impl std::fmt::Debug for MetaNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaNode")
+            .field("id", &self.id)
+            .field("leader", &self.leader())
+            .finish_non_exhaustive()
+    }
+}
+
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

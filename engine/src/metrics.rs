@@ -83,6 +83,14 @@ pub struct Metrics {
     pub group_rebalances: Family<GroupLabels, Counter>,
     /// Bytes and quota throttling per principal.
     pub principals: PrincipalMetrics,
+    /// The cluster's metadata group as this broker sees it (zero when the
+    /// broker runs alone).
+    pub metadata_term: Gauge,
+    /// 1 while this broker leads the metadata group.
+    pub metadata_leader: Gauge,
+    /// Times this broker saw the metadata group's leader change (an
+    /// election won by someone, or the leader lost).
+    pub metadata_leader_changes: Counter,
 }
 
 impl Default for Metrics {
@@ -111,6 +119,9 @@ impl Metrics {
             open_streams: Family::default(),
             group_rebalances: Family::default(),
             principals: PrincipalMetrics::register(&mut registry),
+            metadata_term: Gauge::default(),
+            metadata_leader: Gauge::default(),
+            metadata_leader_changes: Counter::default(),
             registry: Registry::default(),
         };
         let m = &metrics;
@@ -193,6 +204,21 @@ impl Metrics {
             "brook_group_rebalances",
             "Target assignment changes (generations) of a consumer group",
             m.group_rebalances.clone(),
+        );
+        registry.register(
+            "brook_cluster_metadata_term",
+            "The cluster metadata group's term as this broker knows it",
+            m.metadata_term.clone(),
+        );
+        registry.register(
+            "brook_cluster_metadata_leader",
+            "1 while this broker leads the cluster's metadata group",
+            m.metadata_leader.clone(),
+        );
+        registry.register(
+            "brook_cluster_metadata_leader_changes",
+            "Changes of the metadata group's leader seen by this broker",
+            m.metadata_leader_changes.clone(),
         );
         Self {
             registry,

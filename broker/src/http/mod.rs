@@ -24,6 +24,7 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde_json::json;
 
+use brook_cluster::MetaNode;
 use brook_engine::Broker;
 
 /// Where the server is in its life.
@@ -44,6 +45,8 @@ pub struct ServerStatus {
     phase: AtomicU8,
     /// Set once recovery finished.
     broker: OnceLock<Arc<Broker>>,
+    /// Set once the broker joined its cluster's metadata group.
+    meta: OnceLock<MetaNode>,
 }
 
 impl ServerStatus {
@@ -57,6 +60,12 @@ impl ServerStatus {
 
     pub fn set_phase(&self, phase: Phase) {
         self.phase.store(phase as u8, Ordering::Release);
+    }
+
+    /// The broker's member of the metadata group: `/ready` waits for it to
+    /// know a leader.
+    pub fn set_meta(&self, meta: MetaNode) {
+        let _already = self.meta.set(meta);
     }
 
     pub fn set_broker(&self, broker: Arc<Broker>) {
@@ -176,6 +185,20 @@ async fn liveness(State(status): State<Arc<ServerStatus>>) -> impl IntoResponse 
 
 async fn readiness(State(status): State<Arc<ServerStatus>>) -> impl IntoResponse {
     match status.phase() {
+        Phase::Ready
+            if status
+                .meta
+                .get()
+                .is_some_and(|meta| meta.leader().is_none()) =>
+        {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({
+                    "status": "joining",
+                    "reason": "the cluster's metadata group has no leader this broker knows of",
+                })),
+            )
+        }
         Phase::Ready => (StatusCode::OK, Json(json!({ "status": "ready" }))),
         Phase::Starting => (
             StatusCode::SERVICE_UNAVAILABLE,

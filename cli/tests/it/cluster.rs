@@ -11,6 +11,7 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use crate::common::{Server, brook, run};
+use crate::operations::http_get;
 
 /// Free loopback ports for the peers, chosen before any starts.
 fn free_ports(count: usize) -> Vec<u16> {
@@ -99,6 +100,20 @@ async fn a_killed_metadata_leader_is_replaced_and_rejoins_after_a_restart() {
     .await;
     assert_eq!(status["clustered"], Value::Bool(true));
     let leader = status["metadata_leader"].as_u64().expect("a leader") as usize;
+    // Ready once it knows a leader; the leader says so in its metrics.
+    for (id, server) in (1..).zip(servers.iter().flatten()) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http_get(&server.http, "/ready").await.0 != 200 {
+            assert!(Instant::now() < deadline, "broker {id} never ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (_, metrics) = http_get(&server.http, "/metrics").await;
+        let leads = if id == leader { 1 } else { 0 };
+        assert!(
+            metrics.contains(&format!("brook_cluster_metadata_leader {leads}")),
+            "broker {id}: {metrics}"
+        );
+    }
 
     // SIGKILL the leader: the others elect another and see it gone.
     let killed = servers[leader - 1].take().expect("the leader runs");

@@ -468,7 +468,7 @@ async fn health_command_reports_the_broker() {
 }
 
 /// `GET <path>` over HTTP/1.1 with `Connection: close`: (status, body).
-async fn http_get(address: &str, path: &str) -> (u16, String) {
+pub(crate) async fn http_get(address: &str, path: &str) -> (u16, String) {
     let exchange = async {
         let mut stream = TcpStream::connect(address).await.expect("connect");
         let request =
