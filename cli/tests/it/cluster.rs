@@ -108,7 +108,7 @@ async fn a_killed_metadata_leader_is_replaced_and_rejoins_after_a_restart() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let (_, metrics) = http_get(&server.http, "/metrics").await;
-        let leads = if id == leader { 1 } else { 0 };
+        let leads = i32::from(id == leader);
         assert!(
             metrics.contains(&format!("brook_cluster_metadata_leader {leads}")),
             "broker {id}: {metrics}"
