@@ -109,7 +109,7 @@ pub async fn run(connect: &ConnectArgs, command: BenchCommand) -> anyhow::Result
             data_dir: args.data_dir.clone(),
         }
     } else {
-        BrokerTarget::Remote(connect.broker.clone())
+        BrokerTarget::Remote(connect.reachable_broker().await?)
     };
     let options = connect.options()?;
     if args.embedded && options.tls.is_some() {

@@ -29,10 +29,18 @@ pub const DEFAULT_BROKER: &str = "127.0.0.1:9420";
 
 #[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {
-    /// The broker's gRPC address: `host:port` (TLS when a TLS flag is
-    /// given), `http://host:port` or `https://host:port`.
-    #[arg(long, global = true, env = "BROOK_BROKER", default_value = DEFAULT_BROKER)]
-    pub broker: String,
+    /// A broker's gRPC address: `host:port` (TLS when a TLS flag is
+    /// given), `http://host:port` or `https://host:port`. Several (repeated
+    /// or comma-separated) are tried in order until one answers.
+    #[arg(
+        long = "broker",
+        global = true,
+        env = "BROOK_BROKER",
+        default_value = DEFAULT_BROKER,
+        value_delimiter = ',',
+        value_name = "ADDRESS"
+    )]
+    pub brokers: Vec<String>,
     /// CA certificates (PEM) to trust instead of the system's roots, for a
     /// broker whose certificate a private CA issued. Implies TLS.
     #[arg(long, global = true, env = "BROOK_TLS_CA", value_name = "FILE")]
@@ -126,17 +134,52 @@ impl ConnectArgs {
         }
     }
 
+    /// A client of the first broker of `--broker` that answers.
     pub async fn connect(&self) -> anyhow::Result<Client> {
-        Client::connect_with(self.broker.clone(), self.options()?)
-            .await
-            .with_context(|| format!("cannot connect to the broker at {}", self.broker))
+        let options = self.options()?;
+        let mut failures = Vec::new();
+        for broker in &self.brokers {
+            match Client::connect_with(broker.clone(), options.clone()).await {
+                Ok(client) => return Ok(client),
+                // `{:#}`: the error with its causes, on one line.
+                Err(e) => failures.push(format!("{broker}: {:#}", anyhow::Error::new(e))),
+            }
+        }
+        match failures.as_slice() {
+            [one] => bail!("cannot connect to the broker at {one}"),
+            _ => bail!(
+                "cannot connect to any of the brokers: {}",
+                failures.join("; ")
+            ),
+        }
     }
 
     /// [`Self::connect`], with the group service on the same connection.
     pub async fn connect_groups(&self) -> anyhow::Result<GroupClient> {
-        GroupClient::connect_with(self.broker.clone(), self.options()?)
-            .await
-            .with_context(|| format!("cannot connect to the broker at {}", self.broker))
+        Ok(GroupClient::from_client(self.connect().await?))
+    }
+
+    /// The address of the first broker of `--broker` that answers, for
+    /// callers that open their own connections to it.
+    pub async fn reachable_broker(&self) -> anyhow::Result<String> {
+        if let [only] = self.brokers.as_slice() {
+            return Ok(only.clone());
+        }
+        let options = self.options()?;
+        for broker in &self.brokers {
+            if Client::connect_with(broker.clone(), options.clone())
+                .await
+                .is_ok()
+            {
+                return Ok(broker.clone());
+            }
+        }
+        // None answers: the caller's own connection reports why.
+        Ok(self
+            .brokers
+            .first()
+            .cloned()
+            .unwrap_or_else(|| DEFAULT_BROKER.to_owned()))
     }
 }
 

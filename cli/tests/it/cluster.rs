@@ -164,5 +164,17 @@ async fn a_broker_alone_answers_as_broker_one_with_its_partitions() {
     assert_eq!(partitions[0]["leader"], 1);
     assert_eq!(partitions[0]["replicas"], serde_json::json!([1]));
     assert_eq!(partitions[0]["lag"], serde_json::json!({"1": 0}));
+
+    // Several brokers: the first that answers serves the command.
+    let several = format!("127.0.0.1:1,{}", server.grpc);
+    let listed = brook(&several, &["topic", "list"], b"").await;
+    assert!(listed.contains("solo"), "{listed}");
+    let none = run("127.0.0.1:1,127.0.0.1:2", &["topic", "list"], b"").await;
+    assert!(!none.status.success());
+    let stderr = String::from_utf8_lossy(&none.stderr);
+    assert!(
+        stderr.contains("127.0.0.1:1") && stderr.contains("127.0.0.1:2"),
+        "{stderr}"
+    );
     server.stop(Signal::SIGTERM).await;
 }
