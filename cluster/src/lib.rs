@@ -9,6 +9,8 @@
 //! - [`network`]: the group's messages over gRPC
 //!   (`brook.cluster.v1.RaftService`).
 //! - [`node`]: a broker's member of the group.
+//! - [`partition`]: one Raft group per partition, whose state machine is
+//!   the partition's log.
 //!
 //! Invariant: every decision that needs agreement is openraft's; this
 //! crate only stores, carries and applies what it decides.
@@ -16,6 +18,7 @@
 pub mod command;
 pub mod network;
 pub mod node;
+pub mod partition;
 pub mod state;
 pub mod store;
 pub mod types;

@@ -14,9 +14,10 @@ use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use crate::command::{MetaCommand, MetaResponse};
 use crate::network::client::{Connector, Network};
 use crate::network::service::RaftServer;
+use crate::partition::PartitionGroups;
 use crate::state::ClusterState;
 use crate::store::{LogStore, StateMachine};
-use crate::types::{BrokerNode, MetaRaft, NodeId};
+use crate::types::{BrokerNode, MetaRaft, MetaRaftConfig, NodeId};
 
 /// How long a change forwarded to the leader may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -52,25 +53,25 @@ impl MetaNodeConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClusterError {
-    #[error("metadata group storage in {dir}: {source}")]
+    #[error("Raft group storage in {dir}: {source}")]
     Storage {
         dir: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("metadata group settings: {0}")]
+    #[error("Raft group settings: {0}")]
     Config(String),
     /// The Raft stopped (a storage failure, or shutdown).
-    #[error("the metadata group stopped: {0}")]
+    #[error("the Raft group stopped: {0}")]
     Stopped(String),
     /// Only the leader takes changes, and the leader could not be reached.
-    #[error("not the metadata group's leader (the leader is {leader:?}){reason}")]
+    #[error("not the group's leader (the leader is {leader:?}){reason}")]
     NotLeader {
         leader: Option<(NodeId, BrokerNode)>,
         /// Why the leader could not be asked instead, when it was tried.
         reason: String,
     },
-    #[error("the metadata group refused the change: {0}")]
+    #[error("the group refused the change: {0}")]
     Refused(String),
 }
 
@@ -81,6 +82,9 @@ pub struct MetaNode {
     raft: MetaRaft,
     state_machine: StateMachine,
     connector: Arc<dyn Connector>,
+    /// The partition replicas this broker runs, reached through the same
+    /// service.
+    partitions: PartitionGroups,
 }
 
 impl MetaNode {
@@ -94,22 +98,22 @@ impl MetaNode {
             dir: config.dir.clone(),
             source,
         };
-        let log = LogStore::open(&config.dir.join("log")).map_err(storage)?;
+        let log = LogStore::<MetaRaftConfig>::open(&config.dir.join("log")).map_err(storage)?;
         let state_machine = StateMachine::open(&config.dir.join("state")).map_err(storage)?;
         let raft_config = openraft::Config {
             cluster_name: "brook-metadata".to_owned(),
-            heartbeat_interval: millis(config.heartbeat_interval),
-            election_timeout_min: millis(config.election_timeout.0),
-            election_timeout_max: millis(config.election_timeout.1),
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every),
-            ..openraft::Config::default()
+            ..raft_config(
+                config.heartbeat_interval,
+                config.election_timeout,
+                config.snapshot_every,
+            )
         }
         .validate()
         .map_err(|e| ClusterError::Config(e.to_string()))?;
         let raft = MetaRaft::new(
             config.id,
             Arc::new(raft_config),
-            Network::new(connector.clone()),
+            Network::new(connector.clone(), ""),
             log,
             state_machine.clone(),
         )
@@ -120,6 +124,7 @@ impl MetaNode {
             raft,
             state_machine,
             connector,
+            partitions: PartitionGroups::default(),
         })
     }
 
@@ -131,9 +136,23 @@ impl MetaNode {
         &self.raft
     }
 
-    /// The gRPC service that answers peers.
+    /// The gRPC service that answers peers, for the metadata group and
+    /// every partition group in [`MetaNode::partitions`].
     pub fn service(&self) -> RaftServiceServer<RaftServer> {
-        RaftServiceServer::new(RaftServer::new(self.raft.clone()))
+        RaftServiceServer::new(RaftServer::new(
+            Some(self.raft.clone()),
+            self.partitions.clone(),
+        ))
+    }
+
+    /// The partition replicas this broker runs.
+    pub fn partitions(&self) -> &PartitionGroups {
+        &self.partitions
+    }
+
+    /// The connector to peers, for partition groups.
+    pub fn connector(&self) -> Arc<dyn Connector> {
+        self.connector.clone()
     }
 
     /// Forms the group from its voters. Every voter may call it with the
@@ -142,11 +161,7 @@ impl MetaNode {
         &self,
         voters: BTreeMap<NodeId, BrokerNode>,
     ) -> Result<(), ClusterError> {
-        match self.raft.initialize(voters).await {
-            Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
-            Err(RaftError::APIError(e)) => Err(ClusterError::Config(e.to_string())),
-            Err(RaftError::Fatal(e)) => Err(ClusterError::Stopped(e.to_string())),
-        }
+        initialize_result(self.raft.initialize(voters).await)
     }
 
     /// Commits `command` through the leader and answers once it is applied
@@ -195,7 +210,10 @@ impl MetaNode {
             .channel(&leader.address)
             .map_err(|e| unreachable(e.to_string()))?;
         let json = serde_json::to_vec(command).map_err(|e| ClusterError::Refused(e.to_string()))?;
-        let mut call = tonic::Request::new(RaftPayload { json: json.into() });
+        let mut call = tonic::Request::new(RaftPayload {
+            json: json.into(),
+            ..RaftPayload::default()
+        });
         call.set_timeout(FORWARD_TIMEOUT);
         let answer = RaftServiceClient::new(channel)
             .propose(call)
@@ -250,6 +268,32 @@ impl std::fmt::Debug for MetaNode {
             .field("id", &self.id)
             .field("leader", &self.leader())
             .finish_non_exhaustive()
+    }
+}
+
+/// A group already formed ignores a second initialization.
+pub(crate) fn initialize_result(
+    result: Result<(), RaftError<NodeId, InitializeError<NodeId, BrokerNode>>>,
+) -> Result<(), ClusterError> {
+    match result {
+        Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(RaftError::APIError(e)) => Err(ClusterError::Config(e.to_string())),
+        Err(RaftError::Fatal(e)) => Err(ClusterError::Stopped(e.to_string())),
+    }
+}
+
+/// The settings every group shares, before its name and retention.
+pub(crate) fn raft_config(
+    heartbeat_interval: Duration,
+    election_timeout: (Duration, Duration),
+    snapshot_every: u64,
+) -> openraft::Config {
+    openraft::Config {
+        heartbeat_interval: millis(heartbeat_interval),
+        election_timeout_min: millis(election_timeout.0),
+        election_timeout_max: millis(election_timeout.1),
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
+        ..openraft::Config::default()
     }
 }
 

@@ -1,7 +1,8 @@
-//! The openraft types of the metadata group.
+//! The openraft types of the metadata group, and what every group's types
+//! share.
 
 use std::fmt;
-use std::io::Cursor;
+use std::io::{self, Cursor};
 
 use serde::{Deserialize, Serialize};
 
@@ -51,3 +52,25 @@ pub type StorageError = openraft::StorageError<NodeId>;
 pub type Membership = openraft::Membership<NodeId, BrokerNode>;
 pub type StoredMembership = openraft::StoredMembership<NodeId, BrokerNode>;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, BrokerNode>;
+
+/// A Raft group's types, and how its log entries are written to its log
+/// file and sent to peers.
+pub trait EntryFormat:
+    openraft::RaftTypeConfig<NodeId = NodeId, Node = BrokerNode, Entry = openraft::Entry<Self>>
+{
+    /// Appends `entry`'s bytes to `out`.
+    fn encode_entry(entry: &openraft::Entry<Self>, out: &mut Vec<u8>) -> io::Result<()>;
+    /// The entry `bytes` hold, as `encode_entry` wrote it.
+    fn decode_entry(bytes: &[u8]) -> io::Result<openraft::Entry<Self>>;
+}
+
+/// The metadata log is small: its entries are JSON, readable with `jq`.
+impl EntryFormat for MetaRaftConfig {
+    fn encode_entry(entry: &MetaEntry, out: &mut Vec<u8>) -> io::Result<()> {
+        serde_json::to_writer(out, entry).map_err(io::Error::other)
+    }
+
+    fn decode_entry(bytes: &[u8]) -> io::Result<MetaEntry> {
+        serde_json::from_slice(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+}

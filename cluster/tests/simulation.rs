@@ -8,29 +8,23 @@
 //! `BROOK_SIMULATION_SEEDS` (default 6) and `BROOK_SIMULATION_FIRST_SEED`
 //! (default 1) choose the seeds: a long run is the same test with more.
 
+mod sim;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
-use brook_cluster::network::client::{ConnectError, Connector};
 use brook_cluster::{
     BrokerNode, ClusterError, MetaCommand, MetaNode, MetaNodeConfig, MetaResponse, NodeId,
 };
 use brook_engine::TopicOverrides;
-use hyper_util::rt::TokioIo;
 use openraft::ServerState;
 use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tonic::codegen::http::Uri;
-use tonic::transport::server::{Connected, TcpConnectInfo};
-use tonic::transport::{Channel, Endpoint, Server};
+use sim::{Faults, PORT, SimConnector, seeds};
+use tonic::transport::Server;
 
-const PORT: u16 = 9430;
 const BROKERS: [NodeId; 3] = [1, 2, 3];
 /// Commands the client gets acknowledged per seed.
 const COMMANDS: usize = 40;
@@ -54,69 +48,6 @@ fn voters() -> BTreeMap<NodeId, BrokerNode> {
 struct Shared {
     nodes: Mutex<HashMap<NodeId, MetaNode>>,
     leaders: Mutex<BTreeMap<u64, BTreeSet<NodeId>>>,
-}
-
-/// Channels over the simulated network.
-struct SimConnector;
-
-impl Connector for SimConnector {
-    fn channel(&self, address: &str) -> Result<Channel, ConnectError> {
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| ConnectError(e.to_string()))?
-            .connect_timeout(Duration::from_secs(1));
-        Ok(
-            endpoint.connect_with_connector_lazy(tower::service_fn(|uri: Uri| async move {
-                let authority = uri
-                    .authority()
-                    .map(|a| a.as_str().to_owned())
-                    .unwrap_or_default();
-                let stream = turmoil::net::TcpStream::connect(authority).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            })),
-        )
-    }
-}
-
-/// A simulated TCP connection, as tonic's server takes them.
-struct Accepted(turmoil::net::TcpStream);
-
-impl Connected for Accepted {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        TcpConnectInfo {
-            local_addr: self.0.local_addr().ok(),
-            remote_addr: self.0.peer_addr().ok(),
-        }
-    }
-}
-
-impl AsyncRead for Accepted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Accepted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
 }
 
 /// One broker: its group member, serving peers until the host crashes.
@@ -150,15 +81,9 @@ async fn broker(id: NodeId, dir: PathBuf, shared: Arc<Shared>) -> turmoil::Resul
         }
     });
     node.initialize(voters()).await?;
-    let listener =
-        turmoil::net::TcpListener::bind((IpAddr::from(Ipv4Addr::UNSPECIFIED), PORT)).await?;
-    let incoming = futures::stream::unfold(listener, |listener| async move {
-        let accepted = listener.accept().await.map(|(stream, _)| Accepted(stream));
-        Some((accepted, listener))
-    });
     Server::builder()
         .add_service(node.service())
-        .serve_with_incoming(incoming)
+        .serve_with_incoming(sim::listen().await?)
         .await?;
     Ok(())
 }
@@ -220,19 +145,6 @@ async fn client(shared: Arc<Shared>, acknowledged: Arc<Mutex<Vec<String>>>) -> t
         if nodes.len() == BROKERS.len() && applied.len() == 1 {
             return Ok(());
         }
-    }
-}
-
-/// A small deterministic generator for the fault schedule.
-struct Faults(u64);
-
-impl Faults {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 33) % below
     }
 }
 
@@ -378,17 +290,6 @@ fn run_seed(seed: u64) -> anyhow::Result<Run> {
     run.terms_with_a_leader = leaders.len();
     run.simulated = sim.elapsed();
     Ok(run)
-}
-
-fn seeds() -> std::ops::Range<u64> {
-    let env = |name: &str, default: u64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let first = env("BROOK_SIMULATION_FIRST_SEED", 1);
-    first..first + env("BROOK_SIMULATION_SEEDS", 6)
 }
 
 #[test]

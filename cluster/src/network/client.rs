@@ -1,15 +1,16 @@
-//! Sending the metadata group's Raft requests to peers.
+//! Sending a Raft group's requests to peers.
 //!
 //! A peer's channel is made by a [`Connector`]: plain TCP to its address in
 //! a broker, a simulated network in tests. Channels connect lazily and
 //! reconnect by themselves, so an unreachable peer costs a failed call
 //! (`Unreachable`, which openraft backs off from), not a stuck task.
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use brook_proto::cluster::RaftPayload;
 use brook_proto::cluster::raft_service_client::RaftServiceClient;
+use brook_proto::cluster::{RaftPayload, ReadLogRequest};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -22,8 +23,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::Channel;
 
-use super::{decode, encode};
-use crate::types::{BrokerNode, MetaRaftConfig, NodeId};
+use super::{append_payload, decode, encode};
+use crate::partition::source::{LogRead, LogSource};
+use crate::types::{BrokerNode, EntryFormat, NodeId};
 
 /// Makes the channel to a peer's address.
 pub trait Connector: Send + Sync + 'static {
@@ -54,40 +56,50 @@ impl Connector for TcpConnector {
     }
 }
 
-/// openraft's network: one [`Peer`] per target.
-#[derive(Clone)]
-pub struct Network {
+/// openraft's network for one group: one [`Peer`] per target.
+pub struct Network<C> {
     connector: Arc<dyn Connector>,
+    /// The group's name in every request (empty: the metadata group).
+    group: String,
+    format: PhantomData<fn() -> C>,
 }
 
-impl Network {
-    pub fn new(connector: Arc<dyn Connector>) -> Self {
-        Self { connector }
-    }
-}
-
-impl RaftNetworkFactory<MetaRaftConfig> for Network {
-    type Network = Peer;
-
-    async fn new_client(&mut self, target: NodeId, node: &BrokerNode) -> Peer {
-        Peer {
-            target,
-            address: node.address.clone(),
-            connector: self.connector.clone(),
-            client: None,
+impl<C> Network<C> {
+    pub fn new(connector: Arc<dyn Connector>, group: &str) -> Self {
+        Self {
+            connector,
+            group: group.to_owned(),
+            format: PhantomData,
         }
     }
 }
 
-/// The channel to one peer.
-pub struct Peer {
+impl<C: EntryFormat> RaftNetworkFactory<C> for Network<C> {
+    type Network = Peer<C>;
+
+    async fn new_client(&mut self, target: NodeId, node: &BrokerNode) -> Peer<C> {
+        Peer {
+            target,
+            address: node.address.clone(),
+            group: self.group.clone(),
+            connector: self.connector.clone(),
+            client: None,
+            format: PhantomData,
+        }
+    }
+}
+
+/// The channel to one peer, for one group.
+pub struct Peer<C> {
     target: NodeId,
     address: String,
+    group: String,
     connector: Arc<dyn Connector>,
     /// Made at the first call, and again after a call that failed in
     /// transport: a connection whose peer restarted can stay open on our
     /// side and swallow every request until it times out.
     client: Option<RaftServiceClient<Channel>>,
+    format: PhantomData<fn() -> C>,
 }
 
 /// Why a peer could not be used, for openraft's `Unreachable`.
@@ -99,15 +111,24 @@ struct PeerError {
     reason: String,
 }
 
-impl Peer {
-    async fn call<Req, Resp, E>(
+impl<C: EntryFormat> Peer<C> {
+    /// `request` as JSON for this peer's group.
+    fn json_payload<Req: Serialize>(&self, request: &Req) -> Result<RaftPayload, NetworkError> {
+        let json = encode(request).map_err(|e| NetworkError::new(&e))?;
+        Ok(RaftPayload {
+            json: json.into(),
+            group: self.group.clone(),
+            entries: Vec::new(),
+        })
+    }
+
+    async fn call<Resp, E>(
         &mut self,
         method: Method,
-        request: &Req,
+        payload: RaftPayload,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, BrokerNode, RaftError<NodeId, E>>>
     where
-        Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
@@ -127,8 +148,7 @@ impl Peer {
         let Some(client) = self.client.as_mut() else {
             return Err(unreachable("no channel".to_owned()));
         };
-        let json = encode(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut call = tonic::Request::new(RaftPayload { json: json.into() });
+        let mut call = tonic::Request::new(payload);
         call.set_timeout(option.hard_ttl());
         let answer = match method {
             Method::AppendEntries => client.append_entries(call).await,
@@ -166,25 +186,28 @@ enum Method {
     InstallSnapshot,
 }
 
-impl RaftNetwork<MetaRaftConfig> for Peer {
+impl<C: EntryFormat> RaftNetwork<C> for Peer<C> {
     async fn append_entries(
         &mut self,
-        request: AppendEntriesRequest<MetaRaftConfig>,
+        request: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BrokerNode, RaftError<NodeId>>>
     {
-        self.call(Method::AppendEntries, &request, &option).await
+        let payload = append_payload(&self.group, &request)
+            .map_err(|e| RPCError::Network(NetworkError::new(&EncodeError(e))))?;
+        self.call(Method::AppendEntries, payload, &option).await
     }
 
     async fn install_snapshot(
         &mut self,
-        request: InstallSnapshotRequest<MetaRaftConfig>,
+        request: InstallSnapshotRequest<C>,
         option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BrokerNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(Method::InstallSnapshot, &request, &option).await
+        let payload = self.json_payload(&request).map_err(RPCError::Network)?;
+        self.call(Method::InstallSnapshot, payload, &option).await
     }
 
     async fn vote(
@@ -192,6 +215,56 @@ impl RaftNetwork<MetaRaftConfig> for Peer {
         request: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BrokerNode, RaftError<NodeId>>> {
-        self.call(Method::Vote, &request, &option).await
+        let payload = self.json_payload(&request).map_err(RPCError::Network)?;
+        self.call(Method::Vote, payload, &option).await
+    }
+}
+
+/// An entry that could not be encoded.
+#[derive(Debug, thiserror::Error)]
+#[error("encoding an entry: {0}")]
+struct EncodeError(String);
+
+/// How long a catch-up read may take.
+const READ_LOG_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads partition logs of peers through `RaftService.ReadLog`.
+pub struct RemoteLog {
+    connector: Arc<dyn Connector>,
+}
+
+impl RemoteLog {
+    pub fn new(connector: Arc<dyn Connector>) -> Self {
+        Self { connector }
+    }
+}
+
+impl LogSource for RemoteLog {
+    fn read<'a>(
+        &'a self,
+        address: &'a str,
+        group: &'a str,
+        offset: i64,
+        max_bytes: u32,
+    ) -> LogRead<'a> {
+        Box::pin(async move {
+            let channel = self
+                .connector
+                .channel(address)
+                .map_err(|e| format!("{address}: {e}"))?;
+            let mut call = tonic::Request::new(ReadLogRequest {
+                group: group.to_owned(),
+                offset,
+                max_bytes,
+            });
+            call.set_timeout(READ_LOG_TIMEOUT);
+            let answer = RaftServiceClient::new(channel)
+                .read_log(call)
+                .await
+                .map_err(|status| {
+                    format!("reading {group} at {offset} from {address}: {status}")
+                })?;
+            Ok(answer.into_inner().records)
+        })
     }
 }

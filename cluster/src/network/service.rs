@@ -1,36 +1,76 @@
 //! Answering peers' Raft requests: `brook.cluster.v1.RaftService` in front
-//! of the local metadata Raft.
+//! of the local metadata Raft and the partition groups this broker runs.
 
 use brook_proto::cluster::raft_service_server::RaftService;
-use brook_proto::cluster::{PingRequest, PingResponse, RaftPayload};
+use brook_proto::cluster::{
+    PingRequest, PingResponse, RaftPayload, ReadLogRequest, ReadLogResponse,
+};
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
-use super::{decode, encode};
+use super::{append_request, decode, encode};
 use crate::command::MetaCommand;
+use crate::partition::{PartitionGroups, PartitionRaft};
 use crate::types::MetaRaft;
 
-/// The service; the Raft handle is cheap to clone.
+/// The service; the Raft handles are cheap to clone.
 #[derive(Clone)]
 pub struct RaftServer {
-    raft: MetaRaft,
+    /// Absent on a server that only carries partition groups (tests).
+    meta: Option<MetaRaft>,
+    partitions: PartitionGroups,
+}
+
+/// The group a request addresses.
+enum Group {
+    Meta(MetaRaft),
+    Partition(PartitionRaft),
 }
 
 impl RaftServer {
-    pub fn new(raft: MetaRaft) -> Self {
-        Self { raft }
+    pub fn new(meta: Option<MetaRaft>, partitions: PartitionGroups) -> Self {
+        Self { meta, partitions }
+    }
+
+    fn group(&self, name: &str) -> Result<Group, Status> {
+        if name.is_empty() {
+            return self
+                .meta
+                .clone()
+                .map(Group::Meta)
+                .ok_or_else(|| Status::not_found("this broker runs no metadata group"));
+        }
+        self.partitions
+            .get(name)
+            .map(|replica| Group::Partition(replica.raft().clone()))
+            .ok_or_else(|| {
+                Status::not_found(format!("group: this broker has no replica of {name}"))
+            })
+    }
+
+    fn meta(&self) -> Result<&MetaRaft, Status> {
+        self.meta
+            .as_ref()
+            .ok_or_else(|| Status::not_found("this broker runs no metadata group"))
     }
 }
 
 fn answer<T: Serialize>(result: &T) -> Result<Response<RaftPayload>, Status> {
     let json = encode(result).map_err(|e| Status::internal(format!("encoding the answer: {e}")))?;
-    Ok(Response::new(RaftPayload { json: json.into() }))
+    Ok(Response::new(RaftPayload {
+        json: json.into(),
+        ..RaftPayload::default()
+    }))
 }
 
-fn request<T: serde::de::DeserializeOwned>(request: Request<RaftPayload>) -> Result<T, Status> {
-    decode(&request.into_inner().json).map_err(|e| {
+fn json<T: serde::de::DeserializeOwned>(payload: &RaftPayload) -> Result<T, Status> {
+    decode(&payload.json).map_err(|e| {
         Status::invalid_argument(format!("json: not a Raft request of this release: {e}"))
     })
+}
+
+fn not_a_request(e: &str) -> Status {
+    Status::invalid_argument(format!("entries: not a Raft request of this release: {e}"))
 }
 
 #[tonic::async_trait]
@@ -39,29 +79,44 @@ impl RaftService for RaftServer {
         &self,
         call: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let result = self.raft.append_entries(request(call)?).await;
-        answer(&result)
+        let payload = call.into_inner();
+        match self.group(&payload.group)? {
+            Group::Meta(raft) => {
+                let request = append_request(&payload).map_err(|e| not_a_request(&e))?;
+                answer(&raft.append_entries(request).await)
+            }
+            Group::Partition(raft) => {
+                let request = append_request(&payload).map_err(|e| not_a_request(&e))?;
+                answer(&raft.append_entries(request).await)
+            }
+        }
     }
 
     async fn vote(&self, call: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let result = self.raft.vote(request(call)?).await;
-        answer(&result)
+        let payload = call.into_inner();
+        match self.group(&payload.group)? {
+            Group::Meta(raft) => answer(&raft.vote(json(&payload)?).await),
+            Group::Partition(raft) => answer(&raft.vote(json(&payload)?).await),
+        }
     }
 
     async fn install_snapshot(
         &self,
         call: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let result = self.raft.install_snapshot(request(call)?).await;
-        answer(&result)
+        let payload = call.into_inner();
+        match self.group(&payload.group)? {
+            Group::Meta(raft) => answer(&raft.install_snapshot(json(&payload)?).await),
+            Group::Partition(raft) => answer(&raft.install_snapshot(json(&payload)?).await),
+        }
     }
 
     async fn propose(&self, call: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let command: MetaCommand = request(call)?;
+        let command: MetaCommand = json(&call.into_inner())?;
         // Only as the leader: a forwarded change is never forwarded again,
         // so two brokers with stale ideas of the leader cannot bounce it.
         let result = self
-            .raft
+            .meta()?
             .client_write(command)
             .await
             .map(|written| written.data)
@@ -70,11 +125,31 @@ impl RaftService for RaftServer {
     }
 
     async fn ping(&self, _call: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
-        let metrics = self.raft.metrics().borrow().clone();
+        let metrics = self.meta()?.metrics().borrow().clone();
         Ok(Response::new(PingResponse {
             node_id: metrics.id,
             term: metrics.current_term,
             leader: metrics.current_leader,
+        }))
+    }
+
+    async fn read_log(
+        &self,
+        call: Request<ReadLogRequest>,
+    ) -> Result<Response<ReadLogResponse>, Status> {
+        let request = call.into_inner();
+        let replica = self.partitions.get(&request.group).ok_or_else(|| {
+            Status::not_found(format!(
+                "group: this broker has no replica of {}",
+                request.group
+            ))
+        })?;
+        let read = replica
+            .log()
+            .read(request.offset, request.max_bytes as usize)
+            .map_err(|e| Status::out_of_range(format!("offset: {e}")))?;
+        Ok(Response::new(ReadLogResponse {
+            records: read.records,
         }))
     }
 }

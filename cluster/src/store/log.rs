@@ -1,18 +1,21 @@
-//! The metadata group's Raft log on disk: one append-only file of framed
-//! entries, and small files for the vote, the committed log id and the
-//! purge point, each replaced atomically.
+//! A Raft group's log on disk: one append-only file of framed entries, and
+//! small files for the vote, the committed log id and the purge point, each
+//! replaced atomically. The metadata group and every partition group use
+//! it; an [`EntryFormat`] says how a group's entries are written.
 //!
 //! An append is acknowledged to openraft (`LogFlushed`) only after an
 //! `fdatasync`, and the vote is fsynced before `save_vote` returns: what a
 //! broker promised survives a power loss. A torn last entry (a crash during
-//! an append, never acknowledged) is cut off at open. Entries stay in
-//! memory too: the metadata log is small and read often by replication.
+//! an append, never acknowledged) is cut off at open. Only where each entry
+//! lies in the file is kept in memory; entries are read back from the file
+//! (the page cache, for the recent ones replication reads).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::fs::File;
 use std::io::{self, Write};
 use std::ops::RangeBounds;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -21,9 +24,9 @@ use openraft::{OptionalSend, RaftLogId, RaftLogReader, StorageIOError};
 use parking_lot::Mutex;
 
 use super::files::{
-    Records, frame, open_append, read_json, read_records, replace_file, replace_json,
+    FRAME_LEN, Records, frame, open_append, read_json, read_records, replace_file, replace_json,
 };
-use crate::types::{LogId, MetaEntry, MetaRaftConfig, StorageError, Vote};
+use crate::types::{EntryFormat, LogId, StorageError, Vote};
 
 const LOG: &str = "log";
 const VOTE: &str = "vote";
@@ -34,19 +37,46 @@ const PURGED: &str = "purged";
 /// them.
 const PURGED_IN_FILE_MAX: usize = 4096;
 
-/// The log store; clones share it (openraft's reader is a clone).
-#[derive(Debug, Clone)]
-pub struct LogStore {
+/// The log store of a group whose entries are `C::Entry`; clones share it
+/// (openraft's reader is a clone).
+pub struct LogStore<C: EntryFormat> {
     inner: Arc<Mutex<LogFile>>,
+    format: std::marker::PhantomData<fn() -> C>,
+}
+
+impl<C: EntryFormat> Clone for LogStore<C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            format: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<C: EntryFormat> Debug for LogStore<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore")
+            .field("dir", &self.inner.lock().dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where one entry lies in the file.
+#[derive(Debug, Clone, Copy)]
+struct Placed {
+    log_id: LogId,
+    /// Where its frame starts.
+    offset: u64,
+    /// Its payload's length.
+    length: usize,
 }
 
 #[derive(Debug)]
 struct LogFile {
     dir: PathBuf,
     file: File,
-    /// Every entry after the purge point, by index, with where it starts
-    /// in the file.
-    entries: BTreeMap<u64, (MetaEntry, u64)>,
+    /// Every entry after the purge point, by index.
+    entries: BTreeMap<u64, Placed>,
     /// Bytes of the file that hold entries.
     end: u64,
     /// Entries in the file at or before the purge point.
@@ -56,7 +86,7 @@ struct LogFile {
     committed: Option<LogId>,
 }
 
-impl LogStore {
+impl<C: EntryFormat> LogStore<C> {
     /// Opens (or creates) the log in `dir`.
     pub fn open(dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
@@ -79,13 +109,14 @@ impl LogStore {
         let mut entries = BTreeMap::new();
         let mut purged_in_file = 0;
         for (offset, payload) in records {
-            let entry: MetaEntry = serde_json::from_slice(&payload).map_err(|e| {
+            let entry = C::decode_entry(&payload).map_err(|e| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!("{} at byte {offset}: {e}", path.display()),
                 )
             })?;
-            let index = entry.get_log_id().index;
+            let log_id = *entry.get_log_id();
+            let index = log_id.index;
             if last_purged.is_some_and(|purged| index <= purged.index) {
                 purged_in_file += 1;
                 continue;
@@ -93,7 +124,14 @@ impl LogStore {
             // A truncation rewrites the tail, so a later entry of the same
             // index replaces an earlier one.
             entries.split_off(&index);
-            entries.insert(index, (entry, offset));
+            entries.insert(
+                index,
+                Placed {
+                    log_id,
+                    offset,
+                    length: payload.len(),
+                },
+            );
         }
         Ok(Self {
             inner: Arc::new(Mutex::new(LogFile {
@@ -106,33 +144,53 @@ impl LogStore {
                 vote,
                 committed,
             })),
+            format: std::marker::PhantomData,
         })
     }
-}
 
-#[cfg(test)]
-impl LogStore {
     /// Appends durably, as `append` does, without openraft's callback.
-    pub(crate) fn append_now(&self, entries: Vec<MetaEntry>) -> io::Result<()> {
-        self.inner.lock().append(entries)
+    pub fn append_now(&self, entries: &[C::Entry]) -> io::Result<()> {
+        let mut payloads = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let mut payload = Vec::new();
+            C::encode_entry(entry, &mut payload)?;
+            payloads.push((*entry.get_log_id(), payload));
+        }
+        self.inner.lock().append(payloads)
+    }
+
+    /// The entries in `range`, read back from the file.
+    fn read(&self, range: impl RangeBounds<u64>) -> io::Result<Vec<C::Entry>> {
+        let inner = self.inner.lock();
+        let mut entries = Vec::new();
+        for placed in inner.entries.range(range).map(|(_, placed)| *placed) {
+            let mut payload = vec![0; placed.length];
+            inner
+                .file
+                .read_exact_at(&mut payload, placed.offset + FRAME_LEN as u64)?;
+            entries.push(C::decode_entry(&payload)?);
+        }
+        Ok(entries)
     }
 }
 
 impl LogFile {
-    fn append(&mut self, entries: Vec<MetaEntry>) -> io::Result<()> {
+    fn append(&mut self, entries: Vec<(LogId, Vec<u8>)>) -> io::Result<()> {
         let mut bytes = Vec::new();
         let mut placed = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let payload = serde_json::to_vec(&entry).map_err(io::Error::other)?;
-            placed.push((entry, self.end + bytes.len() as u64));
+        for (log_id, payload) in entries {
+            placed.push(Placed {
+                log_id,
+                offset: self.end + bytes.len() as u64,
+                length: payload.len(),
+            });
             bytes.extend_from_slice(&frame(&payload)?);
         }
         self.file.write_all(&bytes)?;
         self.file.sync_data()?;
         self.end += bytes.len() as u64;
-        for (entry, offset) in placed {
-            self.entries
-                .insert(entry.get_log_id().index, (entry, offset));
+        for placed in placed {
+            self.entries.insert(placed.log_id.index, placed);
         }
         Ok(())
     }
@@ -140,10 +198,10 @@ impl LogFile {
     /// Removes the entries from `index` on, from memory and the file.
     fn truncate(&mut self, index: u64) -> io::Result<()> {
         let removed = self.entries.split_off(&index);
-        if let Some((_, (_, offset))) = removed.first_key_value() {
-            self.file.set_len(*offset)?;
+        if let Some((_, placed)) = removed.first_key_value() {
+            self.file.set_len(placed.offset)?;
             self.file.sync_data()?;
-            self.end = *offset;
+            self.end = placed.offset;
         }
         Ok(())
     }
@@ -164,11 +222,13 @@ impl LogFile {
     fn rewrite(&mut self) -> io::Result<()> {
         let mut bytes = Vec::new();
         let mut entries = BTreeMap::new();
-        for (index, (entry, _)) in std::mem::take(&mut self.entries) {
-            let payload = serde_json::to_vec(&entry).map_err(io::Error::other)?;
+        for (index, placed) in std::mem::take(&mut self.entries) {
+            let start = placed.offset + FRAME_LEN as u64;
+            let mut payload = vec![0; placed.length];
+            self.file.read_exact_at(&mut payload, start)?;
             let offset = bytes.len() as u64;
             bytes.extend_from_slice(&frame(&payload)?);
-            entries.insert(index, (entry, offset));
+            entries.insert(index, Placed { offset, ..placed });
         }
         replace_file(&self.dir, LOG, &bytes)?;
         self.file = open_append(&self.dir.join(LOG))?;
@@ -179,30 +239,25 @@ impl LogFile {
     }
 }
 
-impl RaftLogReader<MetaRaftConfig> for LogStore {
+impl<C: EntryFormat> RaftLogReader<C> for LogStore<C> {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<MetaEntry>, StorageError> {
-        Ok(self
-            .inner
-            .lock()
-            .entries
-            .range(range)
-            .map(|(_, (entry, _))| entry.clone())
-            .collect())
+    ) -> Result<Vec<C::Entry>, StorageError> {
+        self.read(range)
+            .map_err(|e| StorageIOError::read_logs(&e).into())
     }
 }
 
-impl RaftLogStorage<MetaRaftConfig> for LogStore {
+impl<C: EntryFormat> RaftLogStorage<C> for LogStore<C> {
     type LogReader = Self;
 
-    async fn get_log_state(&mut self) -> Result<LogState<MetaRaftConfig>, StorageError> {
+    async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError> {
         let inner = self.inner.lock();
         let last = inner
             .entries
             .last_key_value()
-            .map(|(_, (entry, _))| *entry.get_log_id())
+            .map(|(_, placed)| placed.log_id)
             .or(inner.last_purged);
         Ok(LogState {
             last_purged_log_id: inner.last_purged,
@@ -239,16 +294,13 @@ impl RaftLogStorage<MetaRaftConfig> for LogStore {
         Ok(self.inner.lock().committed)
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<MetaRaftConfig>,
-    ) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<C>) -> Result<(), StorageError>
     where
-        I: IntoIterator<Item = MetaEntry> + OptionalSend,
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let result = self.inner.lock().append(entries.into_iter().collect());
+        let entries: Vec<C::Entry> = entries.into_iter().collect();
+        let result = self.append_now(&entries);
         match result {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));

@@ -2,7 +2,7 @@
 //! ([`LogStore`]) and the state machine with its snapshot
 //! ([`StateMachine`]), both under `<data dir>/cluster/meta/`.
 
-mod files;
+pub(crate) mod files;
 mod log;
 mod state_machine;
 
@@ -16,9 +16,11 @@ mod tests {
     use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader, Vote};
     use tempfile::TempDir;
 
-    use super::*;
+    use super::StateMachine;
     use crate::command::MetaCommand;
     use crate::types::{MetaRaftConfig, StorageError};
+
+    type LogStore = super::LogStore<MetaRaftConfig>;
 
     struct OnDisk;
 
@@ -60,14 +62,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut log = LogStore::open(dir.path()).unwrap();
-            log.append_now((1..=6).map(|i| entry(1, i, "a")).collect())
+            log.append_now(&(1..=6).map(|i| entry(1, i, "a")).collect::<Vec<_>>())
                 .unwrap();
             log.save_vote(&Vote::new(2, 3)).await.unwrap();
             // A new leader overwrites the tail from index 5.
             log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 5))
                 .await
                 .unwrap();
-            log.append_now(vec![entry(2, 5, "b")]).unwrap();
+            log.append_now(&[entry(2, 5, "b")]).unwrap();
             log.purge(LogId::new(CommittedLeaderId::new(1, 1), 2))
                 .await
                 .unwrap();
@@ -85,7 +87,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let log = LogStore::open(dir.path()).unwrap();
-            log.append_now((1..=3).map(|i| entry(1, i, "a")).collect())
+            log.append_now(&(1..=3).map(|i| entry(1, i, "a")).collect::<Vec<_>>())
                 .unwrap();
         }
         let path = dir.path().join("log");
@@ -99,7 +101,7 @@ mod tests {
         let mut log = LogStore::open(dir.path()).unwrap();
         assert_eq!(entries(&mut log).await, vec![(1, 1), (1, 2)]);
         // Appending goes on where the intact entries end.
-        log.append_now(vec![entry(1, 3, "c")]).unwrap();
+        log.append_now(&[entry(1, 3, "c")]).unwrap();
         drop(log);
         let mut log = LogStore::open(dir.path()).unwrap();
         assert_eq!(entries(&mut log).await, vec![(1, 1), (1, 2), (1, 3)]);

@@ -1,0 +1,29 @@
+//! Partition groups: one Raft group per partition, whose state machine is
+//! the partition's segmented log.
+//!
+//! The leader proposes a produce (validated batches) as one entry; once a
+//! majority has the entry in its Raft log, fsynced, the entry is committed
+//! and every replica applies it by appending its batches to its
+//! `PartitionLog`, which assigns the offsets and recognises idempotent
+//! producers' retries the same way on every replica. The leader answers
+//! the producer with what applying gave: the base offsets.
+//!
+//! - [`types`]: the group's openraft types and how its entries are written.
+//! - [`state_machine`]: applying entries to the log; snapshots.
+//! - [`source`]: reading missing records from another replica.
+//! - [`replica`]: a broker's replica of one partition.
+
+pub mod replica;
+pub mod source;
+pub mod state_machine;
+pub mod types;
+
+pub use replica::{PartitionGroups, PartitionReplica, PartitionReplicaConfig};
+pub use source::LogSource;
+pub use state_machine::PartitionStateMachine;
+pub use types::{AppliedBatch, PartitionRaft, PartitionRaftConfig, ProduceApplied, ProduceCommand};
+
+/// The name of a partition's group, as brokers address it to each other.
+pub fn group_name(topic: &str, partition: u32) -> String {
+    format!("{topic}/{partition}")
+}

@@ -1,0 +1,201 @@
+//! A broker's replica of one partition: the partition group's Raft, its
+//! Raft log and its state machine (the partition's log), started together.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use brook_storage::PartitionLog;
+use openraft::error::{ClientWriteError, RaftError};
+use parking_lot::RwLock;
+
+use super::source::LogSource;
+use super::state_machine::PartitionStateMachine;
+use super::types::{PartitionRaft, PartitionRaftConfig, ProduceApplied, ProduceCommand};
+use crate::network::client::{Connector, Network};
+use crate::node::{ClusterError, initialize_result, raft_config};
+use crate::store::LogStore;
+use crate::types::{BrokerNode, NodeId};
+
+/// How a broker takes part in one partition group.
+#[derive(Debug, Clone)]
+pub struct PartitionReplicaConfig {
+    pub id: NodeId,
+    /// The group's name (`topic/partition`).
+    pub group: String,
+    /// Where the group's Raft files live (its log and the applied mark).
+    pub dir: PathBuf,
+    pub heartbeat_interval: Duration,
+    pub election_timeout: (Duration, Duration),
+    /// Entries applied since the last snapshot that make a new one: a
+    /// snapshot syncs the segments and lets the Raft log be purged.
+    pub snapshot_every: u64,
+    /// Entries kept in the Raft log behind a snapshot, from which a
+    /// replica that fell behind catches up without a snapshot.
+    pub kept_behind_snapshot: u64,
+}
+
+impl PartitionReplicaConfig {
+    pub fn new(id: NodeId, group: impl Into<String>, dir: impl Into<PathBuf>) -> Self {
+        Self {
+            id,
+            group: group.into(),
+            dir: dir.into(),
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout: (Duration::from_millis(400), Duration::from_millis(800)),
+            snapshot_every: 1024,
+            kept_behind_snapshot: 4096,
+        }
+    }
+}
+
+/// A broker's replica of one partition.
+#[derive(Clone)]
+pub struct PartitionReplica {
+    id: NodeId,
+    group: String,
+    raft: PartitionRaft,
+    state_machine: PartitionStateMachine,
+}
+
+impl PartitionReplica {
+    /// Opens the group's Raft log and starts its Raft over `log`, the
+    /// partition's log opened by the caller.
+    pub async fn start(
+        config: &PartitionReplicaConfig,
+        log: Arc<PartitionLog>,
+        connector: Arc<dyn Connector>,
+        source: Arc<dyn LogSource>,
+    ) -> Result<Self, ClusterError> {
+        let storage = |source| ClusterError::Storage {
+            dir: config.dir.clone(),
+            source,
+        };
+        let raft_log =
+            LogStore::<PartitionRaftConfig>::open(&config.dir.join("log")).map_err(storage)?;
+        let state_machine =
+            PartitionStateMachine::open(&config.dir, &config.group, config.id, log, source)
+                .map_err(storage)?;
+        let raft_config = openraft::Config {
+            cluster_name: format!("brook-partition-{}", config.group),
+            max_in_snapshot_log_to_keep: config.kept_behind_snapshot,
+            ..raft_config(
+                config.heartbeat_interval,
+                config.election_timeout,
+                config.snapshot_every,
+            )
+        }
+        .validate()
+        .map_err(|e| ClusterError::Config(e.to_string()))?;
+        let raft = PartitionRaft::new(
+            config.id,
+            Arc::new(raft_config),
+            Network::new(connector, &config.group),
+            raft_log,
+            state_machine.clone(),
+        )
+        .await
+        .map_err(|e| ClusterError::Stopped(e.to_string()))?;
+        Ok(Self {
+            id: config.id,
+            group: config.group.clone(),
+            raft,
+            state_machine,
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    pub fn raft(&self) -> &PartitionRaft {
+        &self.raft
+    }
+
+    /// The partition's log: what is in it up to its high watermark is
+    /// committed.
+    pub fn log(&self) -> &Arc<PartitionLog> {
+        self.state_machine.log()
+    }
+
+    /// Forms the group from its replicas; every replica may call it with
+    /// the same members.
+    pub async fn initialize(
+        &self,
+        replicas: BTreeMap<NodeId, BrokerNode>,
+    ) -> Result<(), ClusterError> {
+        initialize_result(self.raft.initialize(replicas).await)
+    }
+
+    /// Appends `command`'s batches through the group: answers once a
+    /// majority of the replicas has the entry fsynced and this replica (the
+    /// leader) has applied it. On a follower: [`ClusterError::NotLeader`].
+    pub async fn produce(&self, command: ProduceCommand) -> Result<ProduceApplied, ClusterError> {
+        match self.raft.client_write(command).await {
+            Ok(written) => Ok(written.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(ClusterError::NotLeader {
+                    leader: forward.leader_id.zip(forward.leader_node),
+                    reason: String::new(),
+                })
+            }
+            Err(RaftError::APIError(e)) => Err(ClusterError::Refused(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(ClusterError::Stopped(e.to_string())),
+        }
+    }
+
+    /// The leader this replica knows of.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// This replica's current term.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
+    /// Stops the Raft; the logs keep what they have.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(group = %self.group, error = %e, "a partition group's Raft did not stop cleanly");
+        }
+    }
+}
+
+impl std::fmt::Debug for PartitionReplica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionReplica")
+            .field("id", &self.id)
+            .field("group", &self.group)
+            .field("leader", &self.leader())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The partition replicas a broker runs, by group name: where its Raft
+/// service sends peers' messages.
+#[derive(Debug, Clone, Default)]
+pub struct PartitionGroups {
+    replicas: Arc<RwLock<HashMap<String, PartitionReplica>>>,
+}
+
+impl PartitionGroups {
+    pub fn insert(&self, replica: PartitionReplica) {
+        self.replicas
+            .write()
+            .insert(replica.group().to_owned(), replica);
+    }
+
+    pub fn remove(&self, group: &str) -> Option<PartitionReplica> {
+        self.replicas.write().remove(group)
+    }
+
+    pub fn get(&self, group: &str) -> Option<PartitionReplica> {
+        self.replicas.read().get(group).cloned()
+    }
+}

@@ -1,0 +1,422 @@
+//! A partition group's state machine: the partition's segmented log.
+//!
+//! Applying a committed produce entry appends its batches to the
+//! `PartitionLog` (which assigns offsets and recognises idempotent
+//! producers' retries), so every replica that applied the same entries
+//! holds the same batches at the same offsets and the same producer state.
+//! The log's high watermark is therefore what is committed and applied;
+//! consumers read nothing else.
+//!
+//! Durability comes from the Raft log (fsynced before an entry counts
+//! towards a majority); the segments are synced when a snapshot is taken,
+//! and the snapshot records how far they were synced (`applied`). After a
+//! crash, openraft applies the entries after that point again: the log may
+//! already hold some of their batches (written but not synced before the
+//! crash, and kept), so a batch found at the offset applying would give it
+//! is not written twice.
+//!
+//! A snapshot carries no records: it says where the log ends and which
+//! broker holds it. A replica that installs one (it fell behind the
+//! leader's purged Raft log) reads the missing batches from that broker.
+
+use std::io::{self, Cursor};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use brook_record::BatchHeader;
+use brook_storage::{BatchOutcome, LogError, PartitionLog};
+use bytes::Bytes;
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use super::source::LogSource;
+use super::types::{
+    AppliedBatch, PartitionEntry, PartitionRaftConfig, ProduceApplied, ProduceCommand,
+};
+use crate::store::files::{read_json, replace_json};
+use crate::types::{LogId, NodeId, SnapshotMeta, StorageError, StoredMembership};
+
+const APPLIED: &str = "applied";
+
+/// Bytes asked of the holder per read while installing a snapshot.
+const CATCH_UP_READ_BYTES: u32 = 4 * 1024 * 1024;
+
+/// The state machine; clones share it (the snapshot builder is a clone).
+#[derive(Clone)]
+pub struct PartitionStateMachine {
+    inner: Arc<Mutex<Applied>>,
+    log: Arc<PartitionLog>,
+    /// Where `applied` lives.
+    dir: PathBuf,
+    /// The group's name, for the holder of a snapshot.
+    group: String,
+    node: NodeId,
+    source: Arc<dyn LogSource>,
+}
+
+impl std::fmt::Debug for PartitionStateMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionStateMachine")
+            .field("group", &self.group)
+            .field("applied", &*self.inner.lock())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+#[allow(clippy::struct_field_names)] // `last_applied` is openraft's word
+struct Applied {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    /// Where the next batch appended goes, as applying the log in order
+    /// places it. Below the log's end only after a restart, while entries
+    /// whose batches the log kept are applied again.
+    next_offset: i64,
+}
+
+/// What a snapshot stands for, written once the segments are synced up to
+/// `next_offset`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct AppliedMark {
+    meta: SnapshotMeta,
+    next_offset: i64,
+}
+
+/// A snapshot's data: where the log ends and who can serve it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SnapshotData {
+    next_offset: i64,
+    start_offset: i64,
+    holder: NodeId,
+}
+
+impl PartitionStateMachine {
+    /// The state machine of `group` over `log`, as far as its last
+    /// snapshot in `dir` says it was applied.
+    pub fn open(
+        dir: &Path,
+        group: &str,
+        node: NodeId,
+        log: Arc<PartitionLog>,
+        source: Arc<dyn LogSource>,
+    ) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mark: Option<AppliedMark> = read_json(dir, APPLIED)?;
+        let applied = match mark {
+            Some(mark) => Applied {
+                last_applied: mark.meta.last_log_id,
+                membership: mark.meta.last_membership,
+                next_offset: mark.next_offset,
+            },
+            None => Applied {
+                last_applied: None,
+                membership: StoredMembership::default(),
+                next_offset: log.start_offset(),
+            },
+        };
+        Ok(Self {
+            inner: Arc::new(Mutex::new(applied)),
+            log,
+            dir: dir.to_owned(),
+            group: group.to_owned(),
+            node,
+            source,
+        })
+    }
+
+    /// The partition's log.
+    pub fn log(&self) -> &Arc<PartitionLog> {
+        &self.log
+    }
+
+    /// The log id of the last entry applied.
+    pub fn last_applied(&self) -> Option<LogId> {
+        self.inner.lock().last_applied
+    }
+
+    fn mark(&self) -> io::Result<Option<AppliedMark>> {
+        read_json(&self.dir, APPLIED)
+    }
+
+    /// Syncs the segments and records that they hold what was applied up
+    /// to `meta`.
+    fn write_mark(&self, meta: &SnapshotMeta, next_offset: i64) -> io::Result<()> {
+        self.log.sync().map_err(io::Error::other)?;
+        let mark = AppliedMark {
+            meta: meta.clone(),
+            next_offset,
+        };
+        replace_json(&self.dir, APPLIED, &mark)
+    }
+
+    fn snapshot_of(&self, mark: AppliedMark) -> io::Result<Snapshot<PartitionRaftConfig>> {
+        let data = SnapshotData {
+            next_offset: mark.next_offset,
+            start_offset: self.log.start_offset(),
+            holder: self.node,
+        };
+        let bytes = serde_json::to_vec(&data).map_err(io::Error::other)?;
+        Ok(Snapshot {
+            meta: mark.meta,
+            snapshot: Box::new(Cursor::new(bytes)),
+        })
+    }
+
+    /// Reads what this replica misses of the log from the broker that
+    /// holds it, up to `data.next_offset`.
+    async fn catch_up(&self, meta: &SnapshotMeta, data: &SnapshotData) -> Result<(), StorageError> {
+        let failed = |reason: String| -> StorageError {
+            StorageIOError::write_snapshot(Some(meta.signature()), &io::Error::other(reason)).into()
+        };
+        let Some(holder) = meta.last_membership.membership().get_node(&data.holder) else {
+            return Err(failed(format!(
+                "the snapshot's holder {} is not a member",
+                data.holder
+            )));
+        };
+        let address = holder.address.clone();
+        while self.log.high_watermark() < data.next_offset {
+            let from = self.log.high_watermark();
+            if from < data.start_offset {
+                return Err(failed(format!(
+                    "this replica ends at offset {from}, before the holder's log start {}",
+                    data.start_offset
+                )));
+            }
+            let records = self
+                .source
+                .read(&address, &self.group, from, CATCH_UP_READ_BYTES)
+                .await
+                .map_err(failed)?;
+            let batches = split_batches(&records).map_err(failed)?;
+            let wanted: Vec<(Bytes, BatchHeader)> = batches
+                .into_iter()
+                .filter(|(_, header)| {
+                    header.base_offset >= from && header.base_offset < data.next_offset
+                })
+                .collect();
+            if wanted.is_empty() {
+                return Err(failed(format!(
+                    "the holder sent nothing from offset {from}"
+                )));
+            }
+            let now_ms = wanted.last().map_or(0, |(_, h)| h.max_timestamp);
+            let (_, mark) = self
+                .log
+                .append(&wanted, now_ms)
+                .map_err(|e| failed(e.to_string()))?;
+            self.log.publish(&mark);
+        }
+        Ok(())
+    }
+}
+
+impl Applied {
+    fn apply_produce(
+        &mut self,
+        log: &PartitionLog,
+        command: &ProduceCommand,
+    ) -> Result<ProduceApplied, LogError> {
+        let mut results: Vec<Option<AppliedBatch>> = vec![None; command.batches.len()];
+        let mut to_append = Vec::new();
+        let mut positions = Vec::new();
+        for (position, batch) in command.batches.iter().enumerate() {
+            let header = match BatchHeader::parse(batch) {
+                Ok(header) => header,
+                Err(e) => {
+                    // The leader validated it; the same bytes are refused
+                    // the same way everywhere.
+                    results[position] = Some(AppliedBatch::Refused {
+                        reason: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            if to_append.is_empty() && self.next_offset < log.high_watermark() {
+                results[position] = Some(self.applied_again(log, &header)?);
+                continue;
+            }
+            to_append.push((batch.clone(), header));
+            positions.push(position);
+        }
+        if !to_append.is_empty() {
+            let (outcomes, mark) = log.append(&to_append, command.now_ms)?;
+            log.publish(&mark);
+            self.next_offset = log.high_watermark();
+            for (position, outcome) in positions.into_iter().zip(outcomes) {
+                results[position] = Some(match outcome {
+                    BatchOutcome::Appended(base_offset) => AppliedBatch::Appended { base_offset },
+                    BatchOutcome::Duplicate(base_offset) => AppliedBatch::Duplicate { base_offset },
+                    BatchOutcome::Refused(refused) => AppliedBatch::Refused {
+                        reason: refused.to_string(),
+                    },
+                });
+            }
+        }
+        Ok(ProduceApplied {
+            batches: results.into_iter().flatten().collect(),
+        })
+    }
+
+    /// A batch of an entry applied before a restart: found in the log at
+    /// `next_offset` when it was appended then; otherwise it was a retry or
+    /// refused then, and nobody waits for the answer now.
+    fn applied_again(
+        &mut self,
+        log: &PartitionLog,
+        header: &BatchHeader,
+    ) -> Result<AppliedBatch, LogError> {
+        // Retention may have removed what the entries after the last
+        // snapshot appended; those batches are then compared with the
+        // first one kept and skipped.
+        self.next_offset = self.next_offset.max(log.start_offset());
+        let stored = log.read(self.next_offset, 1)?;
+        let found = split_batches(&stored.records)
+            .ok()
+            .and_then(|batches| batches.into_iter().next())
+            .map(|(_, stored)| stored);
+        match found {
+            Some(stored)
+                if stored.base_offset == self.next_offset && same_batch(&stored, header) =>
+            {
+                let base_offset = self.next_offset;
+                self.next_offset += i64::from(header.last_offset_delta) + 1;
+                Ok(AppliedBatch::Appended { base_offset })
+            }
+            _ => Ok(AppliedBatch::Refused {
+                reason: "not appended when first applied".to_owned(),
+            }),
+        }
+    }
+}
+
+/// Whether a stored batch is the one proposed (its base offset aside, which
+/// the log stamps and the CRC does not cover).
+fn same_batch(stored: &BatchHeader, proposed: &BatchHeader) -> bool {
+    stored.crc == proposed.crc
+        && stored.batch_length == proposed.batch_length
+        && stored.producer_id == proposed.producer_id
+        && stored.base_sequence == proposed.base_sequence
+        && stored.last_offset_delta == proposed.last_offset_delta
+}
+
+/// Whole batches of a read, with their headers.
+pub(crate) fn split_batches(records: &Bytes) -> Result<Vec<(Bytes, BatchHeader)>, String> {
+    let mut batches = Vec::new();
+    let mut at = 0usize;
+    while at < records.len() {
+        let header = BatchHeader::parse(&records[at..]).map_err(|e| e.to_string())?;
+        let length = header.total_len();
+        if length == 0 || at + length > records.len() {
+            break;
+        }
+        batches.push((records.slice(at..at + length), header));
+        at += length;
+    }
+    Ok(batches)
+}
+
+impl RaftSnapshotBuilder<PartitionRaftConfig> for PartitionStateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<PartitionRaftConfig>, StorageError> {
+        let (meta, next_offset) = {
+            let applied = self.inner.lock();
+            let snapshot_id = applied.last_applied.map_or_else(
+                || "empty".to_owned(),
+                |last| format!("{}-{}", last.leader_id, last.index),
+            );
+            let meta = SnapshotMeta {
+                last_log_id: applied.last_applied,
+                last_membership: applied.membership.clone(),
+                snapshot_id,
+            };
+            (meta, applied.next_offset)
+        };
+        let failed = |e: io::Error| StorageIOError::write_snapshot(Some(meta.signature()), &e);
+        self.write_mark(&meta, next_offset).map_err(failed)?;
+        let signature = meta.signature();
+        self.snapshot_of(AppliedMark { meta, next_offset })
+            .map_err(|e| StorageIOError::write_snapshot(Some(signature), &e).into())
+    }
+}
+
+impl RaftStateMachine<PartitionRaftConfig> for PartitionStateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let applied = self.inner.lock();
+        Ok((applied.last_applied, applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ProduceApplied>, StorageError>
+    where
+        I: IntoIterator<Item = PartitionEntry> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let mut applied = self.inner.lock();
+        let mut responses = Vec::new();
+        for entry in entries {
+            let response = match &entry.payload {
+                EntryPayload::Blank => ProduceApplied::default(),
+                EntryPayload::Normal(command) => applied
+                    .apply_produce(&self.log, command)
+                    // A replica that cannot apply what the others applied
+                    // must stop rather than diverge.
+                    .map_err(|e| StorageIOError::write_state_machine(&e))?,
+                EntryPayload::Membership(membership) => {
+                    applied.membership =
+                        StoredMembership::new(Some(entry.log_id), membership.clone());
+                    ProduceApplied::default()
+                }
+            };
+            applied.last_applied = Some(entry.log_id);
+            responses.push(response);
+        }
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data: SnapshotData = serde_json::from_slice(&snapshot.into_inner())
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        tracing::info!(
+            group = %self.group,
+            from = self.log.high_watermark(),
+            to = data.next_offset,
+            holder = data.holder,
+            "installing a snapshot: reading the records this replica misses from the holder"
+        );
+        self.catch_up(meta, &data).await?;
+        self.write_mark(meta, data.next_offset)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        *self.inner.lock() = Applied {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            next_offset: data.next_offset,
+        };
+        Ok(())
+    }
+
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<PartitionRaftConfig>>, StorageError> {
+        let mark = self
+            .mark()
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        mark.map(|mark| self.snapshot_of(mark))
+            .transpose()
+            .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+    }
+}

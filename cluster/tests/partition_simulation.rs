@@ -1,0 +1,448 @@
+//! A partition group under a simulated network (`turmoil`): three replicas
+//! whose links are cut and mended and which crash and restart, half of the
+//! restarts after a power loss (the segments lose what was not synced; the
+//! Raft log is fsynced before it counts), while an idempotent producer gets
+//! batches acknowledged through whichever replica leads, retrying each
+//! until it is. A replica that falls behind the leader's purged Raft log
+//! catches up through a snapshot and the leader's log.
+//!
+//! Over many seeds it checks that every acknowledged batch is in every
+//! replica's log exactly once, at the offset it was acknowledged with;
+//! that the replicas hold the same batches at the same offsets, densely;
+//! and that no term had two leaders. `BROOK_SIMULATION_SEEDS` and
+//! `BROOK_SIMULATION_FIRST_SEED` choose the seeds, as for the metadata
+//! group.
+
+mod sim;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
+use brook_cluster::network::client::RemoteLog;
+use brook_cluster::network::service::RaftServer;
+use brook_cluster::partition::{
+    AppliedBatch, PartitionGroups, PartitionReplica, PartitionReplicaConfig, ProduceCommand,
+};
+use brook_cluster::{BrokerNode, ClusterError, NodeId};
+use brook_proto::cluster::raft_service_server::RaftServiceServer;
+use brook_record::{BatchBuilder, BatchHeader, BatchOptions, NewRecord};
+use brook_storage::testing::MemStorage;
+use brook_storage::{LogConfig, PartitionLog};
+use bytes::Bytes;
+use openraft::ServerState;
+use parking_lot::Mutex;
+use sim::{Faults, PORT, SimConnector, seeds};
+use tonic::transport::Server;
+
+const BROKERS: [NodeId; 3] = [1, 2, 3];
+const GROUP: &str = "events/0";
+/// Batches the producer gets acknowledged per seed.
+const BATCHES: i32 = 60;
+const PRODUCER_ID: i64 = 7;
+/// Faults stop after this much simulated time, so the group can heal.
+const FAULTS_UNTIL: Duration = Duration::from_secs(30);
+
+fn host(id: NodeId) -> String {
+    format!("broker-{id}")
+}
+
+fn replicas() -> BTreeMap<NodeId, BrokerNode> {
+    BROKERS
+        .iter()
+        .map(|id| (*id, BrokerNode::new(format!("{}:{PORT}", host(*id)))))
+        .collect()
+}
+
+/// What the hosts share with the producer and the checks.
+#[derive(Default)]
+struct Shared {
+    /// The running instance of each replica.
+    replicas: Mutex<HashMap<NodeId, PartitionReplica>>,
+    /// Each replica's segments, carried from one start to the next.
+    disks: Mutex<HashMap<NodeId, MemStorage>>,
+    /// Starts of each replica so far.
+    starts: Mutex<HashMap<NodeId, u32>>,
+    power_losses: Mutex<u32>,
+    leaders: Mutex<BTreeMap<u64, BTreeSet<NodeId>>>,
+}
+
+/// The segments a replica starts with: new at its first start; after a
+/// crash, every other time as a power loss leaves them (cut back to what
+/// was synced), otherwise as the crashed process left them.
+fn disk_for(shared: &Shared, id: NodeId) -> MemStorage {
+    let starts = {
+        let mut starts = shared.starts.lock();
+        let count = starts.entry(id).or_default();
+        *count += 1;
+        *count
+    };
+    let mut disks = shared.disks.lock();
+    let disk = match disks.get(&id) {
+        None => MemStorage::default(),
+        Some(previous) if starts % 2 == 0 => {
+            *shared.power_losses.lock() += 1;
+            previous.crash_image()
+        }
+        Some(previous) => previous.clone(),
+    };
+    disks.insert(id, disk.clone());
+    disk
+}
+
+fn partition_dir() -> &'static Path {
+    Path::new("/data/topics/events/0")
+}
+
+async fn broker(id: NodeId, dir: PathBuf, shared: Arc<Shared>) -> turmoil::Result {
+    let disk = disk_for(&shared, id);
+    let (log, _) = PartitionLog::open(Arc::new(disk), partition_dir(), LogConfig::default())?;
+    let mut config = PartitionReplicaConfig::new(id, GROUP, dir);
+    // Snapshots and purges often, so that replicas back from a crash need
+    // the snapshot path, not only the Raft log.
+    config.snapshot_every = 8;
+    config.kept_behind_snapshot = 4;
+    config.heartbeat_interval = Duration::from_millis(50);
+    config.election_timeout = (Duration::from_millis(150), Duration::from_millis(250));
+    let replica = PartitionReplica::start(
+        &config,
+        Arc::new(log),
+        Arc::new(SimConnector),
+        Arc::new(RemoteLog::new(Arc::new(SimConnector))),
+    )
+    .await?;
+    shared.replicas.lock().insert(id, replica.clone());
+    let observed = shared.clone();
+    let mut metrics = replica.raft().metrics();
+    tokio::spawn(async move {
+        loop {
+            {
+                let now = metrics.borrow();
+                if now.state == ServerState::Leader {
+                    observed
+                        .leaders
+                        .lock()
+                        .entry(now.current_term)
+                        .or_default()
+                        .insert(now.id);
+                }
+            }
+            if metrics.changed().await.is_err() {
+                break;
+            }
+        }
+    });
+    replica.initialize(replicas()).await?;
+    let groups = PartitionGroups::default();
+    groups.insert(replica);
+    Server::builder()
+        .add_service(RaftServiceServer::new(RaftServer::new(None, groups)))
+        .serve_with_incoming(sim::listen().await?)
+        .await?;
+    Ok(())
+}
+
+/// Every this many batches, one comes from a producer that is not
+/// idempotent: its retries may be appended twice (at least once), but
+/// every replica must hold the same copies.
+const PLAIN_EVERY: i32 = 3;
+
+/// The producer's batch of sequence `sequence`: one record naming it.
+fn batch(sequence: i32) -> anyhow::Result<Bytes> {
+    let options = if sequence % PLAIN_EVERY == 0 {
+        BatchOptions::default()
+    } else {
+        BatchOptions {
+            producer_id: PRODUCER_ID,
+            producer_epoch: 0,
+            base_sequence: idempotent_sequence(sequence),
+            ..BatchOptions::default()
+        }
+    };
+    let mut builder = BatchBuilder::new(options);
+    builder.push(&NewRecord {
+        timestamp: 1_000 + i64::from(sequence),
+        key: None,
+        value: Some(Bytes::from(format!("record-{sequence}"))),
+        headers: Vec::new(),
+    });
+    Ok(builder.build()?)
+}
+
+/// The idempotent producer's sequence for the producer's `sequence`.
+fn idempotent_sequence(sequence: i32) -> i32 {
+    sequence - sequence / PLAIN_EVERY - 1
+}
+
+/// Produces through whichever replica leads; the batch's base offset once
+/// acknowledged, `None` when no replica took it this time.
+async fn produce(shared: &Shared, batch: &Bytes) -> Option<i64> {
+    let replicas: Vec<PartitionReplica> = shared.replicas.lock().values().cloned().collect();
+    for replica in replicas {
+        let command = ProduceCommand {
+            batches: vec![batch.clone()],
+            now_ms: 1_000,
+        };
+        let answer = tokio::time::timeout(Duration::from_secs(2), replica.produce(command)).await;
+        match answer {
+            Ok(Ok(applied)) => match applied.batches.as_slice() {
+                [
+                    AppliedBatch::Appended { base_offset }
+                    | AppliedBatch::Duplicate { base_offset },
+                ] => return Some(*base_offset),
+                other => panic!("a batch was refused: {other:?}"),
+            },
+            Ok(Err(ClusterError::NotLeader { .. } | ClusterError::Stopped(_))) | Err(_) => {}
+            Ok(Err(other)) => panic!("produce: {other}"),
+        }
+    }
+    None
+}
+
+/// The producer: each batch retried until acknowledged, in sequence order.
+async fn producer(
+    shared: Arc<Shared>,
+    acknowledged: Arc<Mutex<BTreeMap<i32, i64>>>,
+) -> turmoil::Result {
+    for sequence in 0..BATCHES {
+        let batch = batch(sequence)?;
+        loop {
+            if let Some(base_offset) = produce(&shared, &batch).await {
+                acknowledged.lock().insert(sequence, base_offset);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Wait, after the faults, until every replica has applied the same.
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if turmoil::elapsed() < FAULTS_UNTIL {
+            continue;
+        }
+        let replicas = shared.replicas.lock();
+        let applied: BTreeSet<_> = replicas
+            .values()
+            .map(|r| {
+                (
+                    r.raft().metrics().borrow().last_applied,
+                    r.log().high_watermark(),
+                )
+            })
+            .collect();
+        if replicas.len() == BROKERS.len() && applied.len() == 1 {
+            return Ok(());
+        }
+    }
+}
+
+/// Every batch of a replica's log: (base offset, producer sequence, CRC,
+/// records).
+fn batches_of(log: &PartitionLog) -> anyhow::Result<Vec<(i64, i32, u32, u32)>> {
+    let mut batches = Vec::new();
+    let mut offset = log.start_offset();
+    while offset < log.high_watermark() {
+        let read = log.read(offset, 64 * 1024)?;
+        let mut records = read.records;
+        ensure!(!records.is_empty(), "nothing read at offset {offset}");
+        while !records.is_empty() {
+            let header = BatchHeader::parse(&records)?;
+            let length = header.total_len();
+            batches.push((
+                header.base_offset,
+                header.base_sequence,
+                header.crc,
+                header.last_offset_delta + 1,
+            ));
+            offset = header.base_offset + i64::from(header.last_offset_delta) + 1;
+            records = records.slice(length.min(records.len())..);
+        }
+    }
+    Ok(batches)
+}
+
+#[derive(Debug, Default)]
+struct Run {
+    crashes: u32,
+    power_losses: u32,
+    partitions: u32,
+    terms_with_a_leader: usize,
+    simulated: Duration,
+}
+
+fn mend(sim: &mut turmoil::Sim<'_>) {
+    for a in BROKERS {
+        for b in BROKERS {
+            if a < b {
+                sim.repair(host(a), host(b));
+            }
+        }
+    }
+}
+
+fn run_seed(seed: u64) -> anyhow::Result<Run> {
+    let mut run = Run::default();
+    let dirs: Vec<tempfile::TempDir> = BROKERS
+        .iter()
+        .map(|_| tempfile::tempdir())
+        .collect::<Result<_, _>>()?;
+    let shared = Arc::new(Shared::default());
+    let acknowledged = Arc::new(Mutex::new(BTreeMap::new()));
+    let mut sim = turmoil::Builder::new()
+        .simulation_duration(Duration::from_secs(300))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(30))
+        .rng_seed(seed)
+        .build();
+    for (id, dir) in BROKERS.iter().zip(&dirs) {
+        let (id, dir, shared) = (*id, dir.path().to_owned(), shared.clone());
+        sim.host(host(id), move || broker(id, dir.clone(), shared.clone()));
+    }
+    sim.client("producer", producer(shared.clone(), acknowledged.clone()));
+
+    let mut faults = Faults(seed);
+    let mut next_fault = Duration::from_secs(2);
+    let mut crashed: Vec<(NodeId, Duration)> = Vec::new();
+    let mut cut = false;
+    loop {
+        if sim
+            .step()
+            .map_err(|e| anyhow::anyhow!("seed {seed}: {e}"))?
+        {
+            break;
+        }
+        let now = sim.elapsed();
+        crashed.retain(|(id, until)| {
+            if now >= *until {
+                sim.bounce(host(*id));
+                false
+            } else {
+                true
+            }
+        });
+        if now >= FAULTS_UNTIL {
+            if cut {
+                mend(&mut sim);
+                cut = false;
+            }
+            continue;
+        }
+        if now < next_fault {
+            continue;
+        }
+        next_fault = now + Duration::from_millis(300 + faults.next(1_500));
+        let leader = shared
+            .replicas
+            .lock()
+            .values()
+            .find_map(PartitionReplica::leader);
+        let victim = match leader {
+            Some(leader) if faults.next(2) == 0 => leader,
+            _ => BROKERS[faults.next(3) as usize],
+        };
+        match faults.next(3) {
+            0 => {
+                for other in BROKERS.iter().filter(|o| **o != victim) {
+                    sim.partition(host(victim), host(*other));
+                }
+                cut = true;
+                run.partitions += 1;
+            }
+            1 if cut => {
+                mend(&mut sim);
+                cut = false;
+            }
+            _ if crashed.is_empty() => {
+                sim.crash(host(victim));
+                run.crashes += 1;
+                crashed.push((
+                    victim,
+                    now + Duration::from_millis(100 + faults.next(1_500)),
+                ));
+            }
+            _ => {}
+        }
+    }
+
+    let acknowledged = acknowledged.lock().clone();
+    ensure!(
+        acknowledged.len() == BATCHES as usize,
+        "seed {seed}: only {} acknowledged",
+        acknowledged.len()
+    );
+    let replicas = shared.replicas.lock();
+    let logs: Vec<_> = BROKERS
+        .iter()
+        .map(|id| {
+            replicas
+                .get(id)
+                .context("a replica never started")
+                .and_then(|r| batches_of(r.log()))
+        })
+        .collect::<Result<_, _>>()?;
+    for (id, batches) in BROKERS.iter().zip(&logs) {
+        ensure!(
+            *batches == logs[0],
+            "seed {seed}: replica {id} holds other batches than replica {}:\n{batches:?}\n{:?}",
+            BROKERS[0],
+            logs[0]
+        );
+        let mut next = 0;
+        for (base_offset, _, _, count) in batches {
+            ensure!(
+                *base_offset == next,
+                "seed {seed}: replica {id}: a batch at {base_offset}, expected {next}"
+            );
+            next += i64::from(*count);
+        }
+        for (sequence, base_offset) in &acknowledged {
+            let held = batches.iter().find(|b| b.0 == *base_offset);
+            let expected = batch(*sequence)?;
+            let expected = BatchHeader::parse(&expected)?;
+            ensure!(
+                held.is_some_and(|b| b.2 == expected.crc),
+                "seed {seed}: replica {id}: batch {sequence}, acknowledged at {base_offset}, is not there: {held:?}"
+            );
+            if sequence % PLAIN_EVERY != 0 {
+                let copies = batches
+                    .iter()
+                    .filter(|b| b.1 == expected.base_sequence)
+                    .count();
+                ensure!(
+                    copies == 1,
+                    "seed {seed}: replica {id}: the idempotent batch {sequence} is held {copies} times"
+                );
+            }
+        }
+    }
+    let leaders = shared.leaders.lock();
+    for (term, leaders) in leaders.iter() {
+        if leaders.len() > 1 {
+            bail!("seed {seed}: term {term} had leaders {leaders:?}");
+        }
+    }
+    run.terms_with_a_leader = leaders.len();
+    run.power_losses = *shared.power_losses.lock();
+    run.simulated = sim.elapsed();
+    Ok(run)
+}
+
+#[test]
+fn acknowledged_batches_survive_partitions_crashes_and_power_loss_on_every_replica() {
+    // `RUST_LOG=openraft=warn` shows what the replicas saw.
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
+    for seed in seeds() {
+        match run_seed(seed) {
+            Ok(run) => eprintln!("seed {seed}: {run:?}"),
+            Err(e) => panic!("{e:#}"),
+        }
+    }
+}
