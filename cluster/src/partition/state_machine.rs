@@ -47,6 +47,11 @@ const CATCH_UP_READ_BYTES: u32 = 4 * 1024 * 1024;
 #[derive(Clone)]
 pub struct PartitionStateMachine {
     inner: Arc<Mutex<Applied>>,
+    /// The last mark written. Held while one is written: a snapshot
+    /// built from an older state must not replace the mark an installed
+    /// snapshot wrote meanwhile (openraft builds snapshots in a task of
+    /// their own), or a restart would apply from before the purged log.
+    marked: Arc<Mutex<Option<AppliedMark>>>,
     log: Arc<PartitionLog>,
     /// Where `applied` lives.
     dir: PathBuf,
@@ -104,7 +109,7 @@ impl PartitionStateMachine {
     ) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let mark: Option<AppliedMark> = read_json(dir, APPLIED)?;
-        let applied = match mark {
+        let applied = match mark.clone() {
             Some(mark) => Applied {
                 last_applied: mark.meta.last_log_id,
                 membership: mark.meta.last_membership,
@@ -118,6 +123,7 @@ impl PartitionStateMachine {
         };
         Ok(Self {
             inner: Arc::new(Mutex::new(applied)),
+            marked: Arc::new(Mutex::new(mark)),
             log,
             dir: dir.to_owned(),
             group: group.to_owned(),
@@ -136,19 +142,29 @@ impl PartitionStateMachine {
         self.inner.lock().last_applied
     }
 
-    fn mark(&self) -> io::Result<Option<AppliedMark>> {
-        read_json(&self.dir, APPLIED)
+    fn mark(&self) -> Option<AppliedMark> {
+        self.marked.lock().clone()
     }
 
     /// Syncs the segments and records that they hold what was applied up
-    /// to `meta`.
-    fn write_mark(&self, meta: &SnapshotMeta, next_offset: i64) -> io::Result<()> {
+    /// to `meta`; returns the mark now written, which is a later one when
+    /// a later one was written meanwhile.
+    fn write_mark(&self, meta: &SnapshotMeta, next_offset: i64) -> io::Result<AppliedMark> {
+        let mut marked = self.marked.lock();
+        if let Some(later) = marked
+            .as_ref()
+            .filter(|m| m.meta.last_log_id > meta.last_log_id)
+        {
+            return Ok(later.clone());
+        }
         self.log.sync().map_err(io::Error::other)?;
         let mark = AppliedMark {
             meta: meta.clone(),
             next_offset,
         };
-        replace_json(&self.dir, APPLIED, &mark)
+        replace_json(&self.dir, APPLIED, &mark)?;
+        *marked = Some(mark.clone());
+        Ok(mark)
     }
 
     fn snapshot_of(&self, mark: AppliedMark) -> io::Result<Snapshot<PartitionRaftConfig>> {
@@ -334,10 +350,8 @@ impl RaftSnapshotBuilder<PartitionRaftConfig> for PartitionStateMachine {
             (meta, applied.next_offset)
         };
         let failed = |e: io::Error| StorageIOError::write_snapshot(Some(meta.signature()), &e);
-        self.write_mark(&meta, next_offset).map_err(failed)?;
-        let signature = meta.signature();
-        self.snapshot_of(AppliedMark { meta, next_offset })
-            .map_err(|e| StorageIOError::write_snapshot(Some(signature), &e).into())
+        let mark = self.write_mark(&meta, next_offset).map_err(failed)?;
+        self.snapshot_of(mark).map_err(|e| failed(e).into())
     }
 }
 
@@ -412,10 +426,8 @@ impl RaftStateMachine<PartitionRaftConfig> for PartitionStateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<PartitionRaftConfig>>, StorageError> {
-        let mark = self
-            .mark()
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        mark.map(|mark| self.snapshot_of(mark))
+        self.mark()
+            .map(|mark| self.snapshot_of(mark))
             .transpose()
             .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
     }
