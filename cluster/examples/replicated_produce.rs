@@ -15,12 +15,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use brook_cluster::BrokerNode;
 use brook_cluster::network::client::{RemoteLog, TcpConnector};
 use brook_cluster::network::service::RaftServer;
 use brook_cluster::partition::{
     PartitionGroups, PartitionReplica, PartitionReplicaConfig, ProduceCommand,
 };
-use brook_cluster::BrokerNode;
 use brook_proto::cluster::raft_service_server::RaftServiceServer;
 use brook_record::{BatchBuilder, BatchOptions, NewRecord};
 use brook_storage::{LogConfig, OsStorage, PartitionLog};
@@ -66,10 +66,7 @@ fn batch(settings: &Settings) -> anyhow::Result<Bytes> {
 }
 
 /// Starts `count` replicas on loopback; returns them once one leads.
-async fn start_group(
-    count: u64,
-    dir: &std::path::Path,
-) -> anyhow::Result<Vec<PartitionReplica>> {
+async fn start_group(count: u64, dir: &std::path::Path) -> anyhow::Result<Vec<PartitionReplica>> {
     let mut listeners = Vec::new();
     let mut members = BTreeMap::new();
     for id in 1..=count {
@@ -139,8 +136,12 @@ async fn run(count: u64, settings: &Settings) -> anyhow::Result<Figures> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..settings.in_flight {
-        let (leader, batch, records, latencies) =
-            (leader.clone(), batch.clone(), records.clone(), latencies.clone());
+        let (leader, batch, records, latencies) = (
+            leader.clone(),
+            batch.clone(),
+            records.clone(),
+            latencies.clone(),
+        );
         let (duration, per_batch) = (settings.duration, settings.records_per_batch as u64);
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
