@@ -98,8 +98,11 @@ impl MetaNode {
             dir: config.dir.clone(),
             source,
         };
-        let log = LogStore::<MetaRaftConfig>::open(&config.dir.join("log")).map_err(storage)?;
         let state_machine = StateMachine::open(&config.dir.join("state")).map_err(storage)?;
+        let durable = state_machine.clone();
+        let log = LogStore::<MetaRaftConfig>::open(&config.dir.join("log"))
+            .map_err(storage)?
+            .with_purge_limit(Arc::new(move || durable.durable_applied()));
         let raft_config = openraft::Config {
             cluster_name: "brook-metadata".to_owned(),
             ..raft_config(

@@ -273,6 +273,32 @@ struct Run {
     simulated: Duration,
 }
 
+/// Each replica's view, for a run that did not finish.
+fn describe(shared: &Shared) -> String {
+    let replicas = shared.replicas.lock();
+    let mut views = Vec::new();
+    for id in BROKERS {
+        let Some(replica) = replicas.get(&id) else {
+            views.push(format!("{id}: never started"));
+            continue;
+        };
+        let metrics = replica.raft().metrics().borrow().clone();
+        views.push(format!(
+            "{id}: {:?} term {} leader {:?} last log {:?} applied {:?} snapshot {:?} purged {:?} high watermark {} running {}",
+            metrics.state,
+            metrics.current_term,
+            metrics.current_leader,
+            metrics.last_log_index,
+            metrics.last_applied.map(|l| l.index),
+            metrics.snapshot.map(|l| l.index),
+            metrics.purged.map(|l| l.index),
+            replica.log().high_watermark(),
+            metrics.running_state.is_ok(),
+        ));
+    }
+    views.join("; ")
+}
+
 fn mend(sim: &mut turmoil::Sim<'_>) {
     for a in BROKERS {
         for b in BROKERS {
@@ -308,11 +334,14 @@ fn run_seed(seed: u64) -> anyhow::Result<Run> {
     let mut crashed: Vec<(NodeId, Duration)> = Vec::new();
     let mut cut = false;
     loop {
-        if sim
-            .step()
-            .map_err(|e| anyhow::anyhow!("seed {seed}: {e}"))?
-        {
-            break;
+        match sim.step() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => bail!(
+                "seed {seed}: {e}; acknowledged {} of {BATCHES}; replicas: {}",
+                acknowledged.lock().len(),
+                describe(&shared)
+            ),
         }
         let now = sim.elapsed();
         crashed.retain(|(id, until)| {

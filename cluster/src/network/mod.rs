@@ -30,10 +30,27 @@ struct AppendHeader {
     leader_commit: Option<LogId>,
 }
 
+/// Whether a request's entries follow its `prev_log_id`, as AppendEntries
+/// requires. A replication task of a leadership that ended can read log
+/// entries that were purged meanwhile and get the ones after them: such a
+/// request must not leave the sender, nor be taken by the receiver, or a
+/// follower would append entries after the wrong one.
+fn entries_follow_prev<C: EntryFormat>(request: &AppendEntriesRequest<C>) -> Result<(), String> {
+    let expected = request.prev_log_id.map_or(0, |prev| prev.index + 1);
+    match request.entries.first() {
+        Some(first) if first.log_id.index != expected => Err(format!(
+            "entries start at index {}, not {expected} after prev_log_id",
+            first.log_id.index
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn append_payload<C: EntryFormat>(
     group: &str,
     request: &AppendEntriesRequest<C>,
 ) -> Result<RaftPayload, String> {
+    entries_follow_prev(request)?;
     let header = AppendHeader {
         vote: request.vote,
         prev_log_id: request.prev_log_id,
@@ -61,10 +78,68 @@ fn append_request<C: EntryFormat>(
         .iter()
         .map(|bytes| C::decode_entry(bytes).map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(AppendEntriesRequest {
+    let request = AppendEntriesRequest {
         vote: header.vote,
         prev_log_id: header.prev_log_id,
         entries,
         leader_commit: header.leader_commit,
-    })
+    };
+    entries_follow_prev(&request)?;
+    Ok(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload};
+
+    use super::*;
+    use crate::partition::{PartitionRaftConfig, ProduceCommand};
+
+    fn request(prev: Option<u64>, first: u64) -> AppendEntriesRequest<PartitionRaftConfig> {
+        let log_id = |index| LogId::new(CommittedLeaderId::new(3, 1), index);
+        AppendEntriesRequest {
+            vote: Vote::new_committed(3, 1),
+            prev_log_id: prev.map(log_id),
+            entries: (first..first + 2)
+                .map(|index| Entry {
+                    log_id: log_id(index),
+                    payload: EntryPayload::Normal(ProduceCommand {
+                        batches: vec![Bytes::from_static(b"batch")],
+                        now_ms: 1,
+                    }),
+                })
+                .collect(),
+            leader_commit: None,
+        }
+    }
+
+    #[test]
+    fn append_entries_round_trip_with_their_entries_apart() {
+        let sent = request(Some(6), 7);
+        let payload = append_payload("events/0", &sent).unwrap();
+        assert_eq!(payload.group, "events/0");
+        assert_eq!(payload.entries.len(), 2);
+        let received = append_request::<PartitionRaftConfig>(&payload).unwrap();
+        assert_eq!(received.prev_log_id, sent.prev_log_id);
+        assert_eq!(received.entries, sent.entries);
+        assert!(append_payload("events/0", &request(None, 0)).is_ok());
+    }
+
+    #[test]
+    fn entries_that_do_not_follow_prev_log_id_are_neither_sent_nor_taken() {
+        let gapped = request(Some(6), 9);
+        let refused = append_payload("events/0", &gapped).unwrap_err();
+        assert!(refused.contains("entries start at index 9, not 7"), "{refused}");
+        // A sender of another release that did send it.
+        let mut payload = append_payload("events/0", &request(Some(8), 9)).unwrap();
+        payload.json = encode(&AppendHeader {
+            vote: gapped.vote,
+            prev_log_id: gapped.prev_log_id,
+            leader_commit: None,
+        })
+        .unwrap()
+        .into();
+        assert!(append_request::<PartitionRaftConfig>(&payload).is_err());
+    }
 }

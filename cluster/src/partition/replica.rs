@@ -72,11 +72,13 @@ impl PartitionReplica {
             dir: config.dir.clone(),
             source,
         };
-        let raft_log =
-            LogStore::<PartitionRaftConfig>::open(&config.dir.join("log")).map_err(storage)?;
         let state_machine =
             PartitionStateMachine::open(&config.dir, &config.group, config.id, log, source)
                 .map_err(storage)?;
+        let durable = state_machine.clone();
+        let raft_log = LogStore::<PartitionRaftConfig>::open(&config.dir.join("log"))
+            .map_err(storage)?
+            .with_purge_limit(Arc::new(move || durable.durable_applied()));
         let raft_config = openraft::Config {
             cluster_name: format!("brook-partition-{}", config.group),
             max_in_snapshot_log_to_keep: config.kept_behind_snapshot,

@@ -142,6 +142,12 @@ impl PartitionStateMachine {
         self.inner.lock().last_applied
     }
 
+    /// The last log id the `applied` mark on disk covers: the Raft log is
+    /// never purged beyond it.
+    pub fn durable_applied(&self) -> Option<LogId> {
+        self.marked.lock().as_ref().and_then(|m| m.meta.last_log_id)
+    }
+
     fn mark(&self) -> Option<AppliedMark> {
         self.marked.lock().clone()
     }

@@ -41,13 +41,20 @@ const PURGED_IN_FILE_MAX: usize = 4096;
 /// (openraft's reader is a clone).
 pub struct LogStore<C: EntryFormat> {
     inner: Arc<Mutex<LogFile>>,
+    /// How far the state machine's durable snapshot reaches: the log is
+    /// never purged beyond it.
+    purge_limit: Option<PurgeLimit>,
     format: std::marker::PhantomData<fn() -> C>,
 }
+
+/// The last log id a state machine's snapshot on disk covers.
+pub type PurgeLimit = Arc<dyn Fn() -> Option<LogId> + Send + Sync>;
 
 impl<C: EntryFormat> Clone for LogStore<C> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
+            purge_limit: self.purge_limit.clone(),
             format: std::marker::PhantomData,
         }
     }
@@ -81,6 +88,11 @@ struct LogFile {
     end: u64,
     /// Entries in the file at or before the purge point.
     purged_in_file: usize,
+    /// A purge openraft asked for that the state machine's snapshot on
+    /// disk does not cover yet (openraft purges as it installs a
+    /// snapshot, not after): done as far as the snapshot reaches, and the
+    /// rest once it reaches further.
+    pending_purge: Option<LogId>,
     last_purged: Option<LogId>,
     vote: Option<Vote>,
     committed: Option<LogId>,
@@ -140,12 +152,46 @@ impl<C: EntryFormat> LogStore<C> {
                 entries,
                 end: intact,
                 purged_in_file,
+                pending_purge: None,
                 last_purged,
                 vote,
                 committed,
             })),
+            purge_limit: None,
             format: std::marker::PhantomData,
         })
+    }
+
+    /// The log, never purged beyond what `limit` says the state machine's
+    /// snapshot on disk covers. Without it, a crash between openraft's
+    /// purge and the snapshot's write would leave committed entries in
+    /// neither.
+    #[must_use]
+    pub fn with_purge_limit(mut self, limit: PurgeLimit) -> Self {
+        self.purge_limit = Some(limit);
+        self
+    }
+
+    /// Purges what openraft asked for, as far as the limit allows.
+    fn purge_allowed(&self, inner: &mut LogFile) -> io::Result<()> {
+        let Some(wanted) = inner.pending_purge else {
+            return Ok(());
+        };
+        let target = match &self.purge_limit {
+            None => wanted,
+            Some(limit) => match limit() {
+                Some(limit) if limit.index < wanted.index => limit,
+                Some(_) => wanted,
+                None => return Ok(()),
+            },
+        };
+        if target == wanted {
+            inner.pending_purge = None;
+        }
+        if inner.last_purged.is_some_and(|p| p.index >= target.index) {
+            return Ok(());
+        }
+        inner.purge(target)
     }
 
     /// Appends durably, as `append` does, without openraft's callback.
@@ -156,7 +202,11 @@ impl<C: EntryFormat> LogStore<C> {
             C::encode_entry(entry, &mut payload)?;
             payloads.push((*entry.get_log_id(), payload));
         }
-        self.inner.lock().append(payloads)
+        let mut inner = self.inner.lock();
+        // Before the new entries, so the file never holds a purge point
+        // after entries that follow it.
+        self.purge_allowed(&mut inner)?;
+        inner.append(payloads)
     }
 
     /// The entries in `range`, read back from the file.
@@ -322,9 +372,11 @@ impl<C: EntryFormat> RaftLogStorage<C> for LogStore<C> {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.inner
-            .lock()
-            .purge(log_id)
+        let mut inner = self.inner.lock();
+        if inner.pending_purge.is_none_or(|pending| pending.index < log_id.index) {
+            inner.pending_purge = Some(log_id);
+        }
+        self.purge_allowed(&mut inner)
             .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 }

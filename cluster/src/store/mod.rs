@@ -83,6 +83,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_log_is_purged_only_as_far_as_the_snapshot_on_disk_reaches() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |index| LogId::new(CommittedLeaderId::new(1, 1), index);
+        let snapshot = std::sync::Arc::new(parking_lot::Mutex::new(Some(at(2))));
+        let reaches = snapshot.clone();
+        let mut log = LogStore::open(dir.path())
+            .unwrap()
+            .with_purge_limit(std::sync::Arc::new(move || *reaches.lock()));
+        log.append_now(&(1..=6).map(|i| entry(1, i, "a")).collect::<Vec<_>>())
+            .unwrap();
+        // openraft purges as it installs a snapshot, before the state
+        // machine has written it.
+        log.purge(at(5)).await.unwrap();
+        assert_eq!(entries(&mut log).await, vec![(1, 3), (1, 4), (1, 5), (1, 6)]);
+        assert_eq!(
+            LogStore::open(dir.path())
+                .unwrap()
+                .get_log_state()
+                .await
+                .unwrap()
+                .last_purged_log_id,
+            Some(at(2))
+        );
+        // Once the snapshot is written, the rest goes before the next append.
+        *snapshot.lock() = Some(at(5));
+        log.append_now(&[entry(1, 7, "b")]).unwrap();
+        assert_eq!(entries(&mut log).await, vec![(1, 6), (1, 7)]);
+    }
+
+    #[tokio::test]
     async fn a_torn_last_entry_is_cut_off_at_open() {
         let dir = tempfile::tempdir().unwrap();
         {

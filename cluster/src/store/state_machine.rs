@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use super::files::{read_json, replace_json};
@@ -29,6 +29,10 @@ const SNAPSHOT: &str = "snapshot";
 #[derive(Debug, Clone)]
 pub struct StateMachine {
     inner: Arc<RwLock<Applied>>,
+    /// The last log id the snapshot on disk covers. Held while a snapshot
+    /// is written: one built from an older state (openraft builds in a
+    /// task of its own) must not replace one installed meanwhile.
+    durable: Arc<Mutex<Option<LogId>>>,
     dir: PathBuf,
 }
 
@@ -51,7 +55,9 @@ impl StateMachine {
     /// Opens the state machine in `dir`, at its last snapshot if any.
     pub fn open(dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let applied = match read_json::<StoredSnapshot>(dir, SNAPSHOT)? {
+        let stored = read_json::<StoredSnapshot>(dir, SNAPSHOT)?;
+        let durable = stored.as_ref().and_then(|s| s.meta.last_log_id);
+        let applied = match stored {
             Some(snapshot) => Applied {
                 last_applied: snapshot.meta.last_log_id,
                 membership: snapshot.meta.last_membership.clone(),
@@ -62,6 +68,7 @@ impl StateMachine {
         };
         Ok(Self {
             inner: Arc::new(RwLock::new(applied)),
+            durable: Arc::new(Mutex::new(durable)),
             dir: dir.to_owned(),
         })
     }
@@ -74,6 +81,12 @@ impl StateMachine {
     /// The log id of the last command applied.
     pub fn last_applied(&self) -> Option<LogId> {
         self.inner.read().last_applied
+    }
+
+    /// The last log id the snapshot on disk covers: the log is never
+    /// purged beyond it.
+    pub fn durable_applied(&self) -> Option<LogId> {
+        *self.durable.lock()
     }
 
     fn current_snapshot(&self) -> io::Result<Option<StoredSnapshot>> {
@@ -98,12 +111,27 @@ impl RaftSnapshotBuilder<MetaRaftConfig> for StateMachine {
             };
             (meta, data)
         };
+        let mut durable = self.durable.lock();
+        if *durable > meta.last_log_id {
+            // A later snapshot was installed meanwhile: it stands.
+            let stored = self
+                .current_snapshot()
+                .map_err(|e| StorageIOError::read_snapshot(None, &e))?
+                .ok_or_else(|| {
+                    StorageIOError::read_snapshot(None, &io::Error::other("the snapshot is gone"))
+                })?;
+            return Ok(Snapshot {
+                meta: stored.meta,
+                snapshot: Box::new(Cursor::new(stored.data)),
+            });
+        }
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data: data.clone(),
         };
         replace_json(&self.dir, SNAPSHOT, &stored)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        *durable = meta.last_log_id;
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
@@ -161,8 +189,10 @@ impl RaftStateMachine<MetaRaftConfig> for StateMachine {
             meta: meta.clone(),
             data,
         };
+        let mut durable = self.durable.lock();
         replace_json(&self.dir, SNAPSHOT, &stored)
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        *durable = meta.last_log_id;
         *self.inner.write() = Applied {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
