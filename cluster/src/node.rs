@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use brook_proto::cluster::raft_service_client::RaftServiceClient;
 use brook_proto::cluster::raft_service_server::RaftServiceServer;
 use brook_proto::cluster::{PingRequest, PingResponse, RaftPayload};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
@@ -142,10 +141,7 @@ impl MetaNode {
     /// The gRPC service that answers peers, for the metadata group and
     /// every partition group in [`MetaNode::partitions`].
     pub fn service(&self) -> RaftServiceServer<RaftServer> {
-        RaftServiceServer::new(RaftServer::new(
-            Some(self.raft.clone()),
-            self.partitions.clone(),
-        ))
+        RaftServer::new(Some(self.raft.clone()), self.partitions.clone()).into_service()
     }
 
     /// The partition replicas this broker runs.
@@ -218,7 +214,7 @@ impl MetaNode {
             ..RaftPayload::default()
         });
         call.set_timeout(FORWARD_TIMEOUT);
-        let answer = RaftServiceClient::new(channel)
+        let answer = crate::network::raft_client(channel)
             .propose(call)
             .await
             .map_err(|status| unreachable(status.to_string()))?
@@ -235,7 +231,7 @@ impl MetaNode {
         let mut call = tonic::Request::new(PingRequest {});
         call.set_timeout(timeout);
         let answer =
-            tokio::time::timeout(timeout, RaftServiceClient::new(channel).ping(call)).await;
+            tokio::time::timeout(timeout, crate::network::raft_client(channel).ping(call)).await;
         match answer {
             Ok(Ok(answer)) => Some(answer.into_inner()),
             _ => None,

@@ -27,7 +27,6 @@ use brook_cluster::partition::{
     AppliedBatch, PartitionGroups, PartitionReplica, PartitionReplicaConfig, ProduceCommand,
 };
 use brook_cluster::{BrokerNode, ClusterError, NodeId};
-use brook_proto::cluster::raft_service_server::RaftServiceServer;
 use brook_record::{BatchBuilder, BatchHeader, BatchOptions, NewRecord};
 use brook_storage::testing::MemStorage;
 use brook_storage::{LogConfig, PartitionLog};
@@ -138,7 +137,7 @@ async fn broker(id: NodeId, dir: PathBuf, shared: Arc<Shared>) -> turmoil::Resul
     let groups = PartitionGroups::default();
     groups.insert(replica);
     Server::builder()
-        .add_service(RaftServiceServer::new(RaftServer::new(None, groups)))
+        .add_service(RaftServer::new(None, groups).into_service())
         .serve_with_incoming(sim::listen().await?)
         .await?;
     Ok(())

@@ -141,7 +141,7 @@ impl<C: EntryFormat> Peer<C> {
         };
         if self.client.is_none() {
             match self.connector.channel(&self.address) {
-                Ok(channel) => self.client = Some(RaftServiceClient::new(channel)),
+                Ok(channel) => self.client = Some(crate::network::raft_client(channel)),
                 Err(e) => return Err(unreachable(format!("the address is not usable: {e}"))),
             }
         }
@@ -258,7 +258,7 @@ impl LogSource for RemoteLog {
                 max_bytes,
             });
             call.set_timeout(READ_LOG_TIMEOUT);
-            let answer = RaftServiceClient::new(channel)
+            let answer = crate::network::raft_client(channel)
                 .read_log(call)
                 .await
                 .map_err(|status| {

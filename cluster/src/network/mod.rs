@@ -8,11 +8,29 @@ pub mod client;
 pub mod service;
 
 use brook_proto::cluster::RaftPayload;
+use brook_proto::cluster::raft_service_client::RaftServiceClient;
 use openraft::raft::AppendEntriesRequest;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tonic::transport::Channel;
 
 use crate::types::{EntryFormat, LogId, Vote};
+
+/// The largest message brokers send each other: AppendEntries carries
+/// whole entries (a partition's up to about 1 MiB each, and up to
+/// `PARTITION_ENTRIES_PER_APPEND` of them).
+pub const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Entries one AppendEntries of a partition group carries at most.
+pub const PARTITION_ENTRIES_PER_APPEND: u64 = 32;
+
+/// A client of a peer's Raft service that takes and sends messages up to
+/// [`MESSAGE_BYTES_MAX`].
+pub fn raft_client(channel: Channel) -> RaftServiceClient<Channel> {
+    RaftServiceClient::new(channel)
+        .max_decoding_message_size(MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(MESSAGE_BYTES_MAX)
+}
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
     serde_json::to_vec(value)
@@ -130,7 +148,10 @@ mod tests {
     fn entries_that_do_not_follow_prev_log_id_are_neither_sent_nor_taken() {
         let gapped = request(Some(6), 9);
         let refused = append_payload("events/0", &gapped).unwrap_err();
-        assert!(refused.contains("entries start at index 9, not 7"), "{refused}");
+        assert!(
+            refused.contains("entries start at index 9, not 7"),
+            "{refused}"
+        );
         // A sender of another release that did send it.
         let mut payload = append_payload("events/0", &request(Some(8), 9)).unwrap();
         payload.json = encode(&AppendHeader {

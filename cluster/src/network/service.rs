@@ -1,7 +1,7 @@
 //! Answering peers' Raft requests: `brook.cluster.v1.RaftService` in front
 //! of the local metadata Raft and the partition groups this broker runs.
 
-use brook_proto::cluster::raft_service_server::RaftService;
+use brook_proto::cluster::raft_service_server::{RaftService, RaftServiceServer};
 use brook_proto::cluster::{
     PingRequest, PingResponse, RaftPayload, ReadLogRequest, ReadLogResponse,
 };
@@ -28,6 +28,13 @@ enum Group {
 }
 
 impl RaftServer {
+    /// The gRPC service, taking messages up to [`super::MESSAGE_BYTES_MAX`].
+    pub fn into_service(self) -> RaftServiceServer<Self> {
+        RaftServiceServer::new(self)
+            .max_decoding_message_size(super::MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(super::MESSAGE_BYTES_MAX)
+    }
+
     pub fn new(meta: Option<MetaRaft>, partitions: PartitionGroups) -> Self {
         Self { meta, partitions }
     }

@@ -12,12 +12,15 @@
 //! - [`state_machine`]: applying entries to the log; snapshots.
 //! - [`source`]: reading missing records from another replica.
 //! - [`replica`]: a broker's replica of one partition.
+//! - [`proposer`]: concurrent produces grouped into few entries.
 
+pub mod proposer;
 pub mod replica;
 pub mod source;
 pub mod state_machine;
 pub mod types;
 
+pub use proposer::Proposer;
 pub use replica::{PartitionGroups, PartitionReplica, PartitionReplicaConfig};
 pub use source::LogSource;
 pub use state_machine::PartitionStateMachine;

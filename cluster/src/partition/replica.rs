@@ -82,6 +82,7 @@ impl PartitionReplica {
         let raft_config = openraft::Config {
             cluster_name: format!("brook-partition-{}", config.group),
             max_in_snapshot_log_to_keep: config.kept_behind_snapshot,
+            max_payload_entries: crate::network::PARTITION_ENTRIES_PER_APPEND,
             ..raft_config(
                 config.heartbeat_interval,
                 config.election_timeout,

@@ -4,8 +4,9 @@
 //! it; an [`EntryFormat`] says how a group's entries are written.
 //!
 //! An append is acknowledged to openraft (`LogFlushed`) only after an
-//! `fdatasync`, and the vote is fsynced before `save_vote` returns: what a
-//! broker promised survives a power loss. A torn last entry (a crash during
+//! `fdatasync` (by a flusher thread, so that appends arriving during one
+//! fsync share the next), and the vote is fsynced before `save_vote`
+//! returns: what a broker promised survives a power loss. A torn last entry (a crash during
 //! an append, never acknowledged) is cut off at open. Only where each entry
 //! lies in the file is kept in memory; entries are read back from the file
 //! (the page cache, for the recent ones replication reads).
@@ -18,6 +19,7 @@ use std::ops::RangeBounds;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::mpsc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogId, RaftLogReader, StorageIOError};
@@ -44,7 +46,49 @@ pub struct LogStore<C: EntryFormat> {
     /// How far the state machine's durable snapshot reaches: the log is
     /// never purged beyond it.
     purge_limit: Option<PurgeLimit>,
+    /// Appends written and waiting for their fsync.
+    flushes: mpsc::Sender<Flush<C>>,
     format: std::marker::PhantomData<fn() -> C>,
+}
+
+/// An append written to `file` whose `callback` tells openraft once it is
+/// synced.
+struct Flush<C: EntryFormat> {
+    file: Arc<File>,
+    callback: LogFlushed<C>,
+}
+
+/// Syncs appends in the order they were written, each fsync covering every
+/// append written before it started: appends that arrive while one fsync
+/// runs share the next (group commit). Runs until every clone of the store
+/// is gone. After a failed fsync it fails every later append: what the
+/// file holds is no longer known.
+fn flush<C: EntryFormat>(flushes: &mpsc::Receiver<Flush<C>>) {
+    let mut failed: Option<(io::ErrorKind, String)> = None;
+    while let Ok(first) = flushes.recv() {
+        let mut round = vec![first];
+        round.extend(flushes.try_iter());
+        let mut synced: Vec<Arc<File>> = Vec::new();
+        for flush in &round {
+            if failed.is_some() || synced.iter().any(|f| Arc::ptr_eq(f, &flush.file)) {
+                continue;
+            }
+            match flush.file.sync_data() {
+                Ok(()) => synced.push(flush.file.clone()),
+                Err(e) => {
+                    tracing::error!(error = %e, "a Raft log's fsync failed; its later appends fail too");
+                    failed = Some((e.kind(), e.to_string()));
+                }
+            }
+        }
+        for flush in round {
+            let result = match &failed {
+                None => Ok(()),
+                Some((kind, reason)) => Err(io::Error::new(*kind, reason.clone())),
+            };
+            flush.callback.log_io_completed(result);
+        }
+    }
 }
 
 /// The last log id a state machine's snapshot on disk covers.
@@ -55,6 +99,7 @@ impl<C: EntryFormat> Clone for LogStore<C> {
         Self {
             inner: self.inner.clone(),
             purge_limit: self.purge_limit.clone(),
+            flushes: self.flushes.clone(),
             format: std::marker::PhantomData,
         }
     }
@@ -81,7 +126,8 @@ struct Placed {
 #[derive(Debug)]
 struct LogFile {
     dir: PathBuf,
-    file: File,
+    /// Shared with the flusher, which syncs it.
+    file: Arc<File>,
     /// Every entry after the purge point, by index.
     entries: BTreeMap<u64, Placed>,
     /// Bytes of the file that hold entries.
@@ -145,10 +191,15 @@ impl<C: EntryFormat> LogStore<C> {
                 },
             );
         }
+        let (flushes, queue) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("raft-log-flush".to_owned())
+            .spawn(move || flush::<C>(&queue))?;
         Ok(Self {
+            flushes,
             inner: Arc::new(Mutex::new(LogFile {
                 dir: dir.to_owned(),
-                file,
+                file: Arc::new(file),
                 entries,
                 end: intact,
                 purged_in_file,
@@ -194,8 +245,15 @@ impl<C: EntryFormat> LogStore<C> {
         inner.purge(target)
     }
 
-    /// Appends durably, as `append` does, without openraft's callback.
+    /// Appends durably, without openraft's callback: written and synced
+    /// before it returns.
     pub fn append_now(&self, entries: &[C::Entry]) -> io::Result<()> {
+        self.write(entries)?.sync_data()
+    }
+
+    /// Writes entries to the file (not yet durable); returns the file to
+    /// sync.
+    fn write(&self, entries: &[C::Entry]) -> io::Result<Arc<File>> {
         let mut payloads = Vec::with_capacity(entries.len());
         for entry in entries {
             let mut payload = Vec::new();
@@ -206,7 +264,8 @@ impl<C: EntryFormat> LogStore<C> {
         // Before the new entries, so the file never holds a purge point
         // after entries that follow it.
         self.purge_allowed(&mut inner)?;
-        inner.append(payloads)
+        inner.append(payloads)?;
+        Ok(inner.file.clone())
     }
 
     /// The entries in `range`, read back from the file.
@@ -236,8 +295,7 @@ impl LogFile {
             });
             bytes.extend_from_slice(&frame(&payload)?);
         }
-        self.file.write_all(&bytes)?;
-        self.file.sync_data()?;
+        (&*self.file).write_all(&bytes)?;
         self.end += bytes.len() as u64;
         for placed in placed {
             self.entries.insert(placed.log_id.index, placed);
@@ -281,7 +339,7 @@ impl LogFile {
             entries.insert(index, Placed { offset, ..placed });
         }
         replace_file(&self.dir, LOG, &bytes)?;
-        self.file = open_append(&self.dir.join(LOG))?;
+        self.file = Arc::new(open_append(&self.dir.join(LOG))?);
         self.entries = entries;
         self.end = bytes.len() as u64;
         self.purged_in_file = 0;
@@ -350,12 +408,17 @@ impl<C: EntryFormat> RaftLogStorage<C> for LogStore<C> {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<C::Entry> = entries.into_iter().collect();
-        let result = self.append_now(&entries);
-        match result {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
+        match self.write(&entries) {
+            // Reported durable by the flusher, after the fsync.
+            Ok(file) => self
+                .flushes
+                .send(Flush { file, callback })
+                .map_err(|unsent| {
+                    let e = io::Error::other("the Raft log's flusher stopped");
+                    let error = StorageIOError::write_logs(&e);
+                    unsent.0.callback.log_io_completed(Err(e));
+                    error.into()
+                }),
             Err(e) => {
                 let error = StorageIOError::write_logs(&e);
                 callback.log_io_completed(Err(e));
@@ -373,7 +436,10 @@ impl<C: EntryFormat> RaftLogStorage<C> for LogStore<C> {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut inner = self.inner.lock();
-        if inner.pending_purge.is_none_or(|pending| pending.index < log_id.index) {
+        if inner
+            .pending_purge
+            .is_none_or(|pending| pending.index < log_id.index)
+        {
             inner.pending_purge = Some(log_id);
         }
         self.purge_allowed(&mut inner)

@@ -96,7 +96,10 @@ mod tests {
         // openraft purges as it installs a snapshot, before the state
         // machine has written it.
         log.purge(at(5)).await.unwrap();
-        assert_eq!(entries(&mut log).await, vec![(1, 3), (1, 4), (1, 5), (1, 6)]);
+        assert_eq!(
+            entries(&mut log).await,
+            vec![(1, 3), (1, 4), (1, 5), (1, 6)]
+        );
         assert_eq!(
             LogStore::open(dir.path())
                 .unwrap()
