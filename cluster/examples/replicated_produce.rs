@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use brook_cluster::BrokerNode;
-use brook_cluster::network::client::{RemoteLog, TcpConnector};
+use brook_cluster::network::client::{
+    HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW, RemoteLog, TcpConnector,
+};
 use brook_cluster::network::service::RaftServer;
 use brook_cluster::partition::{
     PartitionGroups, PartitionReplica, PartitionReplicaConfig, Proposer,
@@ -96,6 +98,8 @@ async fn start_group(count: u64, dir: &std::path::Path) -> anyhow::Result<Vec<Pa
         groups.insert(replica.clone());
         tokio::spawn(
             tonic::transport::Server::builder()
+                .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
+                .initial_stream_window_size(HTTP2_STREAM_WINDOW)
                 .add_service(RaftServer::new(None, groups).into_service())
                 .serve_with_incoming(TcpListenerStream::new(listener)),
         );

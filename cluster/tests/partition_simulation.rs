@@ -458,13 +458,7 @@ fn run_seed(seed: u64) -> anyhow::Result<Run> {
     Ok(run)
 }
 
-// A few seeds in a hundred still stop a replica at its restart: its Raft
-// log is purged beyond the snapshot its state machine holds ("Failed to
-// get log entries" re-applying, or openraft's purge_upto <=
-// snapshot_last_log_id check). Run with `cargo test -- --ignored` until
-// that is fixed.
 #[test]
-#[ignore = "a replica's Raft log can be purged beyond its applied mark; see the comment above"]
 fn acknowledged_batches_survive_partitions_crashes_and_power_loss_on_every_replica() {
     // `RUST_LOG=openraft=warn` shows what the replicas saw.
     if let Ok(filter) = std::env::var("RUST_LOG") {

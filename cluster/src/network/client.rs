@@ -38,6 +38,10 @@ pub trait Connector: Send + Sync + 'static {
 #[error("{0}")]
 pub struct ConnectError(pub String);
 
+/// HTTP/2 receive windows of a broker's channels to its peers.
+pub const HTTP2_CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+pub const HTTP2_STREAM_WINDOW: u32 = 16 * 1024 * 1024;
+
 /// Plaintext TCP to the peer's address.
 #[derive(Debug, Clone)]
 pub struct TcpConnector {
@@ -50,6 +54,11 @@ impl Connector for TcpConnector {
             .map_err(|e| ConnectError(e.to_string()))?
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
+            // Room for whole AppendEntries of a partition in flight: the
+            // default windows stall a follower's answer behind the leader's
+            // reads.
+            .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
+            .initial_stream_window_size(HTTP2_STREAM_WINDOW)
             .http2_keep_alive_interval(Duration::from_secs(1))
             .keep_alive_timeout(Duration::from_secs(2))
             .connect_lazy())

@@ -42,6 +42,9 @@ const APPLIED: &str = "applied";
 
 /// Bytes asked of the holder per read while installing a snapshot.
 const CATCH_UP_READ_BYTES: u32 = 4 * 1024 * 1024;
+/// Pauses between rounds over the replicas while none serves a catch-up.
+const CATCH_UP_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+const CATCH_UP_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The state machine; clones share it (the snapshot builder is a clone).
 #[derive(Clone)]
@@ -192,13 +195,20 @@ impl PartitionStateMachine {
         let failed = |reason: String| -> StorageError {
             StorageIOError::write_snapshot(Some(meta.signature()), &io::Error::other(reason)).into()
         };
-        let Some(holder) = meta.last_membership.membership().get_node(&data.holder) else {
-            return Err(failed(format!(
-                "the snapshot's holder {} is not a member",
-                data.holder
-            )));
-        };
-        let address = holder.address.clone();
+        // The holder first; any other replica holds the same committed
+        // batches, as far as it has applied them.
+        let membership = meta.last_membership.membership();
+        let mut sources: Vec<(NodeId, String)> = membership
+            .nodes()
+            .filter(|(id, _)| **id != self.node)
+            .map(|(id, node)| (*id, node.address.clone()))
+            .collect();
+        sources.sort_by_key(|(id, _)| *id != data.holder);
+        if sources.is_empty() {
+            return Err(failed("no other replica to read from".to_owned()));
+        }
+        let mut backoff = CATCH_UP_BACKOFF_MIN;
+        let mut next_source = 0;
         while self.log.high_watermark() < data.next_offset {
             let from = self.log.high_watermark();
             if from < data.start_offset {
@@ -207,23 +217,22 @@ impl PartitionStateMachine {
                     data.start_offset
                 )));
             }
-            let records = self
-                .source
-                .read(&address, &self.group, from, CATCH_UP_READ_BYTES)
-                .await
-                .map_err(failed)?;
-            let batches = split_batches(&records).map_err(failed)?;
-            let wanted: Vec<(Bytes, BatchHeader)> = batches
-                .into_iter()
-                .filter(|(_, header)| {
-                    header.base_offset >= from && header.base_offset < data.next_offset
-                })
-                .collect();
-            if wanted.is_empty() {
-                return Err(failed(format!(
-                    "the holder sent nothing from offset {from}"
-                )));
-            }
+            let (source, address) = &sources[next_source % sources.len()];
+            let wanted = match self.read_from(address, from, data.next_offset).await {
+                Ok(wanted) => wanted,
+                Err(reason) => {
+                    // Unreachable, or behind: the next replica, and after a
+                    // round of them all a pause.
+                    tracing::warn!(group = %self.group, source, from, %reason, "catching up: a replica did not serve");
+                    next_source += 1;
+                    if next_source % sources.len() == 0 {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(CATCH_UP_BACKOFF_MAX);
+                    }
+                    continue;
+                }
+            };
+            backoff = CATCH_UP_BACKOFF_MIN;
             let now_ms = wanted.last().map_or(0, |(_, h)| h.max_timestamp);
             let (_, mark) = self
                 .log
@@ -232,6 +241,31 @@ impl PartitionStateMachine {
             self.log.publish(&mark);
         }
         Ok(())
+    }
+
+    /// The batches from `from` up to `until` a replica at `address` serves.
+    async fn read_from(
+        &self,
+        address: &str,
+        from: i64,
+        until: i64,
+    ) -> Result<Vec<(Bytes, BatchHeader)>, String> {
+        let records = self
+            .source
+            .read(address, &self.group, from, CATCH_UP_READ_BYTES)
+            .await?;
+        let wanted: Vec<(Bytes, BatchHeader)> = split_batches(&records)?
+            .into_iter()
+            .filter(|(_, header)| header.base_offset >= from && header.base_offset < until)
+            .collect();
+        match wanted.first() {
+            Some((_, first)) if first.base_offset == from => Ok(wanted),
+            Some((_, first)) => Err(format!(
+                "its batches start at offset {}, not {from}",
+                first.base_offset
+            )),
+            None => Err(format!("it has nothing from offset {from}")),
+        }
     }
 }
 
