@@ -11,7 +11,8 @@ use tonic::{Request, Response, Status};
 use super::{append_request, decode, encode};
 use crate::command::MetaCommand;
 use crate::partition::{PartitionGroups, PartitionRaft};
-use crate::types::MetaRaft;
+use crate::types::{MetaRaft, NodeId};
+use openraft::error::RaftError;
 
 /// The service; the Raft handles are cheap to clone.
 #[derive(Clone)]
@@ -70,6 +71,20 @@ fn answer<T: Serialize>(result: &T) -> Result<Response<RaftPayload>, Status> {
     }))
 }
 
+/// openraft's answer for the peer; a Raft that stopped here is not an
+/// answer but an unavailable peer, so the sender backs off and connects
+/// anew (to this broker's next run).
+fn answer_raft<T: Serialize, E: Serialize>(
+    result: &Result<T, RaftError<NodeId, E>>,
+) -> Result<Response<RaftPayload>, Status> {
+    if let Err(RaftError::Fatal(fatal)) = result {
+        return Err(Status::unavailable(format!(
+            "the group's Raft on this broker stopped: {fatal}"
+        )));
+    }
+    answer(result)
+}
+
 fn json<T: serde::de::DeserializeOwned>(payload: &RaftPayload) -> Result<T, Status> {
     decode(&payload.json).map_err(|e| {
         Status::invalid_argument(format!("json: not a Raft request of this release: {e}"))
@@ -90,11 +105,11 @@ impl RaftService for RaftServer {
         match self.group(&payload.group)? {
             Group::Meta(raft) => {
                 let request = append_request(&payload).map_err(|e| not_a_request(&e))?;
-                answer(&raft.append_entries(request).await)
+                answer_raft(&raft.append_entries(request).await)
             }
             Group::Partition(raft) => {
                 let request = append_request(&payload).map_err(|e| not_a_request(&e))?;
-                answer(&raft.append_entries(request).await)
+                answer_raft(&raft.append_entries(request).await)
             }
         }
     }
@@ -102,8 +117,8 @@ impl RaftService for RaftServer {
     async fn vote(&self, call: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let payload = call.into_inner();
         match self.group(&payload.group)? {
-            Group::Meta(raft) => answer(&raft.vote(json(&payload)?).await),
-            Group::Partition(raft) => answer(&raft.vote(json(&payload)?).await),
+            Group::Meta(raft) => answer_raft(&raft.vote(json(&payload)?).await),
+            Group::Partition(raft) => answer_raft(&raft.vote(json(&payload)?).await),
         }
     }
 
@@ -113,8 +128,8 @@ impl RaftService for RaftServer {
     ) -> Result<Response<RaftPayload>, Status> {
         let payload = call.into_inner();
         match self.group(&payload.group)? {
-            Group::Meta(raft) => answer(&raft.install_snapshot(json(&payload)?).await),
-            Group::Partition(raft) => answer(&raft.install_snapshot(json(&payload)?).await),
+            Group::Meta(raft) => answer_raft(&raft.install_snapshot(json(&payload)?).await),
+            Group::Partition(raft) => answer_raft(&raft.install_snapshot(json(&payload)?).await),
         }
     }
 
