@@ -215,6 +215,13 @@ mod tests {
             .initialize(BTreeMap::from([(1, BrokerNode::new("127.0.0.1:1"))]))
             .await
             .unwrap();
+        // A group of one elects itself, but not at once.
+        let elected = tokio::time::timeout(Duration::from_secs(10), async {
+            while replica.leader() != Some(1) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        elected.await.unwrap();
         let proposer = Proposer::start(replica.clone());
         let calls: Vec<_> = (0..200)
             .map(|i| {
