@@ -42,8 +42,11 @@ impl PartitionReplicaConfig {
             id,
             group: group.into(),
             dir: dir.into(),
-            heartbeat_interval: Duration::from_millis(100),
-            election_timeout: (Duration::from_millis(400), Duration::from_millis(800)),
+            // Followers refuse votes for an election timeout after the
+            // last heartbeat (openraft's leader lease), so failover takes
+            // one to two of them: 250-500 ms keeps it near a second.
+            heartbeat_interval: Duration::from_millis(50),
+            election_timeout: (Duration::from_millis(250), Duration::from_millis(500)),
             snapshot_every: 1024,
             kept_behind_snapshot: 4096,
         }
@@ -79,8 +82,15 @@ impl PartitionReplica {
         let raft_log = LogStore::<PartitionRaftConfig>::open(&config.dir.join("log"))
             .map_err(storage)?
             .with_purge_limit(Arc::new(move || durable.durable_applied()));
+        // A replica back from a restart stays out of elections until it
+        // has caught up with a leader (or a leader could not be heard for
+        // a while): openraft 0.9 has no pre-vote, and a replica behind the
+        // others stands for elections it cannot win, splitting the votes
+        // of those that can.
+        let restarted = config.dir.join("log").join("vote").exists();
         let raft_config = openraft::Config {
             cluster_name: format!("brook-partition-{}", config.group),
+            enable_elect: !restarted,
             max_in_snapshot_log_to_keep: config.kept_behind_snapshot,
             max_payload_entries: crate::network::PARTITION_ENTRIES_PER_APPEND,
             ..raft_config(
@@ -100,6 +110,13 @@ impl PartitionReplica {
         )
         .await
         .map_err(|e| ClusterError::Stopped(e.to_string()))?;
+        if restarted {
+            tokio::spawn(elect_once_caught_up(
+                raft.clone(),
+                config.id,
+                config.election_timeout.1 * ELECTION_HOLD_TIMEOUTS,
+            ));
+        }
         Ok(Self {
             id: config.id,
             group: config.group.clone(),
@@ -178,6 +195,33 @@ impl std::fmt::Debug for PartitionReplica {
             .field("leader", &self.leader())
             .finish_non_exhaustive()
     }
+}
+
+/// Longest election timeouts a restarted replica stays out of elections
+/// while it hears from no leader.
+const ELECTION_HOLD_TIMEOUTS: u32 = 2;
+
+/// Lets a restarted replica stand for elections once it follows a leader
+/// and has applied all it holds, or once `longest` passed without that.
+async fn elect_once_caught_up(raft: PartitionRaft, id: NodeId, longest: Duration) {
+    let mut metrics = raft.metrics();
+    let caught_up = async {
+        loop {
+            {
+                let now = metrics.borrow();
+                let follows = now.current_leader.is_some_and(|leader| leader != id);
+                let applied_all = now.last_applied.map(|l| l.index) == now.last_log_index;
+                if follows && applied_all {
+                    return;
+                }
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(longest, caught_up).await;
+    raft.runtime_config().elect(true);
 }
 
 /// The partition replicas a broker runs, by group name: where its Raft
