@@ -167,17 +167,11 @@ impl MetaNode {
     /// here. On a follower: [`ClusterError::NotLeader`], naming the leader
     /// when known.
     pub async fn propose(&self, command: MetaCommand) -> Result<MetaResponse, ClusterError> {
-        match self.raft.client_write(command).await {
-            Ok(written) => Ok(written.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                Err(ClusterError::NotLeader {
-                    leader: forward.leader_id.zip(forward.leader_node),
-                    reason: String::new(),
-                })
-            }
-            Err(RaftError::APIError(e)) => Err(ClusterError::Refused(e.to_string())),
-            Err(RaftError::Fatal(e)) => Err(ClusterError::Stopped(e.to_string())),
-        }
+        self.raft
+            .client_write(command)
+            .await
+            .map(|written| written.data)
+            .map_err(write_failed)
     }
 
     /// Commits `command` through the leader, wherever it is: here, or
@@ -267,6 +261,30 @@ impl std::fmt::Debug for MetaNode {
             .field("id", &self.id)
             .field("leader", &self.leader())
             .finish_non_exhaustive()
+    }
+}
+
+/// A write the group did not take: not the leader (naming it when known),
+/// or refused.
+pub(crate) fn write_refused(e: ClientWriteError<NodeId, BrokerNode>) -> ClusterError {
+    match e {
+        ClientWriteError::ForwardToLeader(forward) => ClusterError::NotLeader {
+            leader: forward.leader_id.zip(forward.leader_node),
+            reason: String::new(),
+        },
+        refused @ ClientWriteError::ChangeMembershipError(_) => {
+            ClusterError::Refused(refused.to_string())
+        }
+    }
+}
+
+/// A write that failed: refused (see [`write_refused`]) or the Raft stopped.
+pub(crate) fn write_failed(
+    e: RaftError<NodeId, ClientWriteError<NodeId, BrokerNode>>,
+) -> ClusterError {
+    match e {
+        RaftError::APIError(e) => write_refused(e),
+        RaftError::Fatal(e) => ClusterError::Stopped(e.to_string()),
     }
 }
 

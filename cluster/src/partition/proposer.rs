@@ -13,12 +13,11 @@
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use openraft::error::ClientWriteError;
 use tokio::sync::{mpsc, oneshot};
 
 use super::replica::PartitionReplica;
 use super::types::{AppliedBatch, ProduceCommand};
-use crate::node::ClusterError;
+use crate::node::{ClusterError, write_refused};
 
 /// Produce requests waiting before callers wait (backpressure).
 const QUEUE_LEN: usize = 4096;
@@ -86,13 +85,7 @@ async fn propose(replica: PartitionReplica, mut queue: mpsc::Receiver<Request>) 
                 Ok(answer) => in_flight.push(async move {
                     let outcome = match answer.await {
                         Ok(Ok(written)) => Ok(written.data.batches),
-                        Ok(Err(ClientWriteError::ForwardToLeader(forward))) => {
-                            Err(ClusterError::NotLeader {
-                                leader: forward.leader_id.zip(forward.leader_node),
-                                reason: String::new(),
-                            })
-                        }
-                        Ok(Err(e)) => Err(ClusterError::Refused(e.to_string())),
+                        Ok(Err(refused)) => Err(write_refused(refused)),
                         Err(_) => Err(ClusterError::Stopped("the Raft stopped".to_owned())),
                     };
                     answer_each(requests, outcome);

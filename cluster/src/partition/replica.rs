@@ -7,14 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use brook_storage::PartitionLog;
-use openraft::error::{ClientWriteError, RaftError};
 use parking_lot::RwLock;
 
 use super::source::LogSource;
 use super::state_machine::PartitionStateMachine;
 use super::types::{PartitionRaft, PartitionRaftConfig, ProduceApplied, ProduceCommand};
 use crate::network::client::{Connector, Network};
-use crate::node::{ClusterError, initialize_result, raft_config};
+use crate::node::{ClusterError, initialize_result, raft_config, write_failed};
 use crate::store::LogStore;
 use crate::types::{BrokerNode, NodeId};
 
@@ -156,17 +155,11 @@ impl PartitionReplica {
     /// majority of the replicas has the entry fsynced and this replica (the
     /// leader) has applied it. On a follower: [`ClusterError::NotLeader`].
     pub async fn produce(&self, command: ProduceCommand) -> Result<ProduceApplied, ClusterError> {
-        match self.raft.client_write(command).await {
-            Ok(written) => Ok(written.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                Err(ClusterError::NotLeader {
-                    leader: forward.leader_id.zip(forward.leader_node),
-                    reason: String::new(),
-                })
-            }
-            Err(RaftError::APIError(e)) => Err(ClusterError::Refused(e.to_string())),
-            Err(RaftError::Fatal(e)) => Err(ClusterError::Stopped(e.to_string())),
-        }
+        self.raft
+            .client_write(command)
+            .await
+            .map(|written| written.data)
+            .map_err(write_failed)
     }
 
     /// The leader this replica knows of.

@@ -31,6 +31,8 @@ use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use crate::store::snapshot_meta;
+
 use super::source::LogSource;
 use super::types::{
     AppliedBatch, PartitionEntry, PartitionRaftConfig, ProduceApplied, ProduceCommand,
@@ -378,15 +380,7 @@ impl RaftSnapshotBuilder<PartitionRaftConfig> for PartitionStateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<PartitionRaftConfig>, StorageError> {
         let (meta, next_offset) = {
             let applied = self.inner.lock();
-            let snapshot_id = applied.last_applied.map_or_else(
-                || "empty".to_owned(),
-                |last| format!("{}-{}", last.leader_id, last.index),
-            );
-            let meta = SnapshotMeta {
-                last_log_id: applied.last_applied,
-                last_membership: applied.membership.clone(),
-                snapshot_id,
-            };
+            let meta = snapshot_meta(applied.last_applied, &applied.membership);
             (meta, applied.next_offset)
         };
         let failed = |e: io::Error| StorageIOError::write_snapshot(Some(meta.signature()), &e);

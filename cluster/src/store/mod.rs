@@ -7,6 +7,24 @@ mod log;
 mod state_machine;
 
 pub use log::LogStore;
+
+use crate::types::{LogId, SnapshotMeta, StoredMembership};
+
+/// The metadata of a snapshot of what was applied up to `last_applied`.
+pub(crate) fn snapshot_meta(
+    last_applied: Option<LogId>,
+    membership: &StoredMembership,
+) -> SnapshotMeta {
+    let snapshot_id = last_applied.map_or_else(
+        || "empty".to_owned(),
+        |last| format!("{}-{}", last.leader_id, last.index),
+    );
+    SnapshotMeta {
+        last_log_id: last_applied,
+        last_membership: membership.clone(),
+        snapshot_id,
+    }
+}
 pub use state_machine::StateMachine;
 
 #[cfg(test)]

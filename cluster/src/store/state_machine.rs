@@ -17,6 +17,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use super::files::{read_json, replace_json};
+use super::snapshot_meta;
 use crate::command::MetaResponse;
 use crate::state::ClusterState;
 use crate::types::{
@@ -100,15 +101,7 @@ impl RaftSnapshotBuilder<MetaRaftConfig> for StateMachine {
             let applied = self.inner.read();
             let data = serde_json::to_vec(&applied.state)
                 .map_err(|e| StorageIOError::read_state_machine(&e))?;
-            let snapshot_id = applied.last_applied.map_or_else(
-                || "empty".to_owned(),
-                |last| format!("{}-{}", last.leader_id, last.index),
-            );
-            let meta = SnapshotMeta {
-                last_log_id: applied.last_applied,
-                last_membership: applied.membership.clone(),
-                snapshot_id,
-            };
+            let meta = snapshot_meta(applied.last_applied, &applied.membership);
             (meta, data)
         };
         let mut durable = self.durable.lock();
