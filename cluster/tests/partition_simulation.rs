@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use brook_cluster::network::client::RemoteLog;
 use brook_cluster::network::service::RaftServer;
 use brook_cluster::partition::{
@@ -31,9 +31,8 @@ use brook_record::{BatchBuilder, BatchHeader, BatchOptions, NewRecord};
 use brook_storage::testing::MemStorage;
 use brook_storage::{LogConfig, PartitionLog};
 use bytes::Bytes;
-use openraft::ServerState;
 use parking_lot::Mutex;
-use sim::{Faults, PORT, SimConnector, seeds};
+use sim::{Leaders, PORT, SimConnector, run_with_faults, seeds};
 use tonic::transport::Server;
 
 const BROKERS: [NodeId; 3] = [1, 2, 3];
@@ -65,7 +64,7 @@ struct Shared {
     /// Starts of each replica so far.
     starts: Mutex<HashMap<NodeId, u32>>,
     power_losses: Mutex<u32>,
-    leaders: Mutex<BTreeMap<u64, BTreeSet<NodeId>>>,
+    leaders: Arc<Leaders>,
 }
 
 /// The segments a replica starts with: new at its first start; after a
@@ -113,26 +112,7 @@ async fn broker(id: NodeId, dir: PathBuf, shared: Arc<Shared>) -> turmoil::Resul
     )
     .await?;
     shared.replicas.lock().insert(id, replica.clone());
-    let observed = shared.clone();
-    let mut metrics = replica.raft().metrics();
-    tokio::spawn(async move {
-        loop {
-            {
-                let now = metrics.borrow();
-                if now.state == ServerState::Leader {
-                    observed
-                        .leaders
-                        .lock()
-                        .entry(now.current_term)
-                        .or_default()
-                        .insert(now.id);
-                }
-            }
-            if metrics.changed().await.is_err() {
-                break;
-            }
-        }
-    });
+    shared.leaders.watch(replica.raft().metrics());
     replica.initialize(replicas()).await?;
     let groups = PartitionGroups::default();
     groups.insert(replica);
@@ -298,16 +278,6 @@ fn describe(shared: &Shared) -> String {
     views.join("; ")
 }
 
-fn mend(sim: &mut turmoil::Sim<'_>) {
-    for a in BROKERS {
-        for b in BROKERS {
-            if a < b {
-                sim.repair(host(a), host(b));
-            }
-        }
-    }
-}
-
 fn run_seed(seed: u64) -> anyhow::Result<Run> {
     let mut run = Run::default();
     let dirs: Vec<tempfile::TempDir> = BROKERS
@@ -328,72 +298,23 @@ fn run_seed(seed: u64) -> anyhow::Result<Run> {
     }
     sim.client("producer", producer(shared.clone(), acknowledged.clone()));
 
-    let mut faults = Faults(seed);
-    let mut next_fault = Duration::from_secs(2);
-    let mut crashed: Vec<(NodeId, Duration)> = Vec::new();
-    let mut cut = false;
-    loop {
-        match sim.step() {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(e) => bail!(
-                "seed {seed}: {e}; acknowledged {} of {BATCHES}; replicas: {}",
-                acknowledged.lock().len(),
-                describe(&shared)
-            ),
-        }
-        let now = sim.elapsed();
-        crashed.retain(|(id, until)| {
-            if now >= *until {
-                sim.bounce(host(*id));
-                false
-            } else {
-                true
-            }
-        });
-        if now >= FAULTS_UNTIL {
-            if cut {
-                mend(&mut sim);
-                cut = false;
-            }
-            continue;
-        }
-        if now < next_fault {
-            continue;
-        }
-        next_fault = now + Duration::from_millis(300 + faults.next(1_500));
-        let leader = shared
+    let leader = || {
+        shared
             .replicas
             .lock()
             .values()
-            .find_map(PartitionReplica::leader);
-        let victim = match leader {
-            Some(leader) if faults.next(2) == 0 => leader,
-            _ => BROKERS[faults.next(3) as usize],
-        };
-        match faults.next(3) {
-            0 => {
-                for other in BROKERS.iter().filter(|o| **o != victim) {
-                    sim.partition(host(victim), host(*other));
-                }
-                cut = true;
-                run.partitions += 1;
-            }
-            1 if cut => {
-                mend(&mut sim);
-                cut = false;
-            }
-            _ if crashed.is_empty() => {
-                sim.crash(host(victim));
-                run.crashes += 1;
-                crashed.push((
-                    victim,
-                    now + Duration::from_millis(100 + faults.next(1_500)),
-                ));
-            }
-            _ => {}
-        }
-    }
+            .find_map(PartitionReplica::leader)
+    };
+    let struck =
+        run_with_faults(&mut sim, seed, &BROKERS, host, leader, FAULTS_UNTIL).map_err(|e| {
+            anyhow::anyhow!(
+                "seed {seed}: {e}; acknowledged {} of {BATCHES}; replicas: {}",
+                acknowledged.lock().len(),
+                describe(&shared)
+            )
+        })?;
+    run.crashes = struck.crashes;
+    run.partitions = struck.partitions;
 
     let acknowledged = acknowledged.lock().clone();
     ensure!(
@@ -446,13 +367,10 @@ fn run_seed(seed: u64) -> anyhow::Result<Run> {
             }
         }
     }
-    let leaders = shared.leaders.lock();
-    for (term, leaders) in leaders.iter() {
-        if leaders.len() > 1 {
-            bail!("seed {seed}: term {term} had leaders {leaders:?}");
-        }
-    }
-    run.terms_with_a_leader = leaders.len();
+    run.terms_with_a_leader = shared
+        .leaders
+        .unique_per_term()
+        .map_err(|e| anyhow::anyhow!("seed {seed}: {e}"))?;
     run.power_losses = *shared.power_losses.lock();
     run.simulated = sim.elapsed();
     Ok(run)

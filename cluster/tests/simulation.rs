@@ -15,14 +15,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use brook_cluster::{
     BrokerNode, ClusterError, MetaCommand, MetaNode, MetaNodeConfig, MetaResponse, NodeId,
 };
 use brook_engine::TopicOverrides;
-use openraft::ServerState;
 use parking_lot::Mutex;
-use sim::{Faults, PORT, SimConnector, seeds};
+use sim::{Leaders, PORT, SimConnector, run_with_faults, seeds};
 use tonic::transport::Server;
 
 const BROKERS: [NodeId; 3] = [1, 2, 3];
@@ -47,7 +46,7 @@ fn voters() -> BTreeMap<NodeId, BrokerNode> {
 #[derive(Default)]
 struct Shared {
     nodes: Mutex<HashMap<NodeId, MetaNode>>,
-    leaders: Mutex<BTreeMap<u64, BTreeSet<NodeId>>>,
+    leaders: Arc<Leaders>,
 }
 
 /// One broker: its group member, serving peers until the host crashes.
@@ -60,26 +59,7 @@ async fn broker(id: NodeId, dir: PathBuf, shared: Arc<Shared>) -> turmoil::Resul
     config.election_timeout = (Duration::from_millis(150), Duration::from_millis(250));
     let node = MetaNode::start(&config, Arc::new(SimConnector)).await?;
     shared.nodes.lock().insert(id, node.clone());
-    let observed = shared.clone();
-    let mut metrics = node.raft().metrics();
-    tokio::spawn(async move {
-        loop {
-            {
-                let now = metrics.borrow();
-                if now.state == ServerState::Leader {
-                    observed
-                        .leaders
-                        .lock()
-                        .entry(now.current_term)
-                        .or_default()
-                        .insert(now.id);
-                }
-            }
-            if metrics.changed().await.is_err() {
-                break;
-            }
-        }
-    });
+    shared.leaders.watch(node.raft().metrics());
     node.initialize(voters()).await?;
     Server::builder()
         .add_service(node.service())
@@ -177,81 +157,17 @@ fn run_seed(seed: u64) -> anyhow::Result<Run> {
     }
     sim.client("client", client(shared.clone(), acknowledged.clone()));
 
-    let mut faults = Faults(seed);
-    let mut next_fault = Duration::from_secs(2);
-    let mut crashed: Vec<(NodeId, Duration)> = Vec::new();
-    let mut cut = false;
-    loop {
-        if sim
-            .step()
-            .map_err(|e| anyhow::anyhow!("seed {seed}: {e}"))?
-        {
-            break;
-        }
-        let now = sim.elapsed();
-        crashed.retain(|(id, until)| {
-            if now >= *until {
-                sim.bounce(host(*id));
-                false
-            } else {
-                true
-            }
-        });
-        if now >= FAULTS_UNTIL {
-            if cut {
-                for a in BROKERS {
-                    for b in BROKERS {
-                        if a < b {
-                            sim.repair(host(a), host(b));
-                        }
-                    }
-                }
-                cut = false;
-            }
-            continue;
-        }
-        if now < next_fault {
-            continue;
-        }
-        next_fault = now + Duration::from_millis(300 + faults.next(1_500));
-        // Half of the faults strike the leader.
-        let leader = shared.nodes.lock().values().find_map(MetaNode::leader);
-        let victim = match leader {
-            Some(leader) if faults.next(2) == 0 => leader,
-            _ => BROKERS[faults.next(3) as usize],
-        };
-        match faults.next(3) {
-            // Cut one broker off from the others.
-            0 => {
-                for other in BROKERS.iter().filter(|o| **o != victim) {
-                    sim.partition(host(victim), host(*other));
-                }
-                cut = true;
-                run.partitions += 1;
-            }
-            // Mend every link.
-            1 if cut => {
-                for a in BROKERS {
-                    for b in BROKERS {
-                        if a < b {
-                            sim.repair(host(a), host(b));
-                        }
-                    }
-                }
-                cut = false;
-            }
-            // Crash one broker (at most one at a time), restarting it later.
-            _ if crashed.is_empty() => {
-                sim.crash(host(victim));
-                run.crashes += 1;
-                crashed.push((
-                    victim,
-                    now + Duration::from_millis(100 + faults.next(1_500)),
-                ));
-            }
-            _ => {}
-        }
-    }
+    let struck = run_with_faults(
+        &mut sim,
+        seed,
+        &BROKERS,
+        host,
+        || shared.nodes.lock().values().find_map(MetaNode::leader),
+        FAULTS_UNTIL,
+    )
+    .map_err(|e| anyhow::anyhow!("seed {seed}: {e}"))?;
+    run.crashes = struck.crashes;
+    run.partitions = struck.partitions;
 
     let acknowledged = acknowledged.lock().clone();
     ensure!(
@@ -281,13 +197,10 @@ fn run_seed(seed: u64) -> anyhow::Result<Run> {
             "seed {seed}: broker {id} holds another state"
         );
     }
-    let leaders = shared.leaders.lock();
-    for (term, leaders) in leaders.iter() {
-        if leaders.len() > 1 {
-            bail!("seed {seed}: term {term} had leaders {leaders:?}");
-        }
-    }
-    run.terms_with_a_leader = leaders.len();
+    run.terms_with_a_leader = shared
+        .leaders
+        .unique_per_term()
+        .map_err(|e| anyhow::anyhow!("seed {seed}: {e}"))?;
     run.simulated = sim.elapsed();
     Ok(run)
 }

@@ -31,13 +31,12 @@ use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::store::snapshot_meta;
-
 use super::source::LogSource;
 use super::types::{
     AppliedBatch, PartitionEntry, PartitionRaftConfig, ProduceApplied, ProduceCommand,
 };
 use crate::store::files::{read_json, replace_json};
+use crate::store::snapshot_meta;
 use crate::types::{LogId, NodeId, SnapshotMeta, StorageError, StoredMembership};
 
 const APPLIED: &str = "applied";

@@ -1,12 +1,14 @@
 //! What the simulations share: gRPC over turmoil's simulated network, the
-//! fault schedule's generator and the seeds to run.
+//! fault schedule, the record of leaders by term and the seeds to run.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use brook_cluster::network::client::{ConnectError, Connector};
+use brook_cluster::{BrokerNode, NodeId};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::codegen::http::Uri;
@@ -113,4 +115,129 @@ pub fn seeds() -> std::ops::Range<u64> {
     };
     let first = env("BROOK_SIMULATION_FIRST_SEED", 1);
     first..first + env("BROOK_SIMULATION_SEEDS", 6)
+}
+
+/// Every leader seen, by term.
+#[derive(Debug, Default)]
+pub struct Leaders(parking_lot::Mutex<BTreeMap<u64, BTreeSet<NodeId>>>);
+
+impl Leaders {
+    /// Records each leader `metrics` shows, until its Raft stops.
+    pub fn watch(
+        self: &std::sync::Arc<Self>,
+        mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<NodeId, BrokerNode>>,
+    ) {
+        let leaders = self.clone();
+        tokio::spawn(async move {
+            loop {
+                {
+                    let now = metrics.borrow();
+                    if now.state == openraft::ServerState::Leader {
+                        leaders
+                            .0
+                            .lock()
+                            .entry(now.current_term)
+                            .or_default()
+                            .insert(now.id);
+                    }
+                }
+                if metrics.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// How many terms had a leader, or the first term that had two.
+    pub fn unique_per_term(&self) -> Result<usize, String> {
+        let leaders = self.0.lock();
+        match leaders.iter().find(|(_, leaders)| leaders.len() > 1) {
+            Some((term, leaders)) => Err(format!("term {term} had leaders {leaders:?}")),
+            None => Ok(leaders.len()),
+        }
+    }
+}
+
+/// The faults a run struck.
+#[derive(Debug, Default)]
+pub struct Struck {
+    pub crashes: u32,
+    pub partitions: u32,
+}
+
+/// Steps `sim` until it ends, striking `brokers` (hosts named by `host`)
+/// until `faults_until`: every 0.3 to 1.8 s, half of the time at the
+/// leader `leader` names, one fault: a broker cut off from the others,
+/// every link mended, or a broker crashed (one at a time) and restarted
+/// 0.1 to 1.6 s later with its files. After `faults_until` every link is
+/// mended, so the group can heal.
+pub fn run_with_faults(
+    sim: &mut turmoil::Sim<'_>,
+    seed: u64,
+    brokers: &[NodeId],
+    host: fn(NodeId) -> String,
+    leader: impl Fn() -> Option<NodeId>,
+    faults_until: Duration,
+) -> turmoil::Result<Struck> {
+    let mend = |sim: &mut turmoil::Sim<'_>| {
+        for a in brokers {
+            for b in brokers.iter().filter(|b| a < *b) {
+                sim.repair(host(*a), host(*b));
+            }
+        }
+    };
+    let mut struck = Struck::default();
+    let mut faults = Faults(seed);
+    let mut next_fault = Duration::from_secs(2);
+    let mut crashed: Vec<(NodeId, Duration)> = Vec::new();
+    let mut cut = false;
+    while !sim.step()? {
+        let now = sim.elapsed();
+        crashed.retain(|(id, until)| {
+            if now >= *until {
+                sim.bounce(host(*id));
+                false
+            } else {
+                true
+            }
+        });
+        if now >= faults_until {
+            if cut {
+                mend(sim);
+                cut = false;
+            }
+            continue;
+        }
+        if now < next_fault {
+            continue;
+        }
+        next_fault = now + Duration::from_millis(300 + faults.next(1_500));
+        let victim = match leader() {
+            Some(leader) if faults.next(2) == 0 => leader,
+            _ => brokers[faults.next(brokers.len() as u64) as usize],
+        };
+        match faults.next(3) {
+            0 => {
+                for other in brokers.iter().filter(|o| **o != victim) {
+                    sim.partition(host(victim), host(*other));
+                }
+                cut = true;
+                struck.partitions += 1;
+            }
+            1 if cut => {
+                mend(sim);
+                cut = false;
+            }
+            _ if crashed.is_empty() => {
+                sim.crash(host(victim));
+                struck.crashes += 1;
+                crashed.push((
+                    victim,
+                    now + Duration::from_millis(100 + faults.next(1_500)),
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(struck)
 }
