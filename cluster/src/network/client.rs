@@ -5,6 +5,7 @@
 //! reconnect by themselves, so an unreachable peer costs a failed call
 //! (`Unreachable`, which openraft backs off from), not a stuck task.
 
+use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
@@ -247,11 +248,30 @@ const READ_LOG_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reads partition logs of peers through `RaftService.ReadLog`.
 pub struct RemoteLog {
     connector: Arc<dyn Connector>,
+    /// A channel per address, kept across the reads of a catch-up (one
+    /// per 4 MiB) and dropped after a read that fails, as `Peer` does.
+    channels: parking_lot::Mutex<HashMap<String, Channel>>,
 }
 
 impl RemoteLog {
     pub fn new(connector: Arc<dyn Connector>) -> Self {
-        Self { connector }
+        Self {
+            connector,
+            channels: parking_lot::Mutex::default(),
+        }
+    }
+
+    fn channel(&self, address: &str) -> Result<Channel, String> {
+        let mut channels = self.channels.lock();
+        if let Some(channel) = channels.get(address) {
+            return Ok(channel.clone());
+        }
+        let channel = self
+            .connector
+            .channel(address)
+            .map_err(|e| format!("{address}: {e}"))?;
+        channels.insert(address.to_owned(), channel.clone());
+        Ok(channel)
     }
 }
 
@@ -264,10 +284,7 @@ impl LogSource for RemoteLog {
         max_bytes: u32,
     ) -> LogRead<'a> {
         Box::pin(async move {
-            let channel = self
-                .connector
-                .channel(address)
-                .map_err(|e| format!("{address}: {e}"))?;
+            let channel = self.channel(address)?;
             let mut call = tonic::Request::new(ReadLogRequest {
                 group: group.to_owned(),
                 offset,
@@ -278,6 +295,7 @@ impl LogSource for RemoteLog {
                 .read_log(call)
                 .await
                 .map_err(|status| {
+                    self.channels.lock().remove(address);
                     format!("reading {group} at {offset} from {address}: {status}")
                 })?;
             Ok(answer.into_inner().records)
