@@ -149,11 +149,6 @@ impl MetaNode {
         &self.partitions
     }
 
-    /// The connector to peers, for partition groups.
-    pub fn connector(&self) -> Arc<dyn Connector> {
-        self.connector.clone()
-    }
-
     /// Forms the group from its voters. Every voter may call it with the
     /// same members; a node that already belongs to a group ignores it.
     pub async fn initialize(

@@ -141,11 +141,6 @@ impl PartitionStateMachine {
         &self.log
     }
 
-    /// The log id of the last entry applied.
-    pub fn last_applied(&self) -> Option<LogId> {
-        self.inner.lock().last_applied
-    }
-
     /// The last log id the `applied` mark on disk covers: the Raft log is
     /// never purged beyond it.
     pub fn durable_applied(&self) -> Option<LogId> {
