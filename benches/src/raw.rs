@@ -121,6 +121,7 @@ pub async fn produce(
             name: options.topic.clone(),
             partitions: options.partitions,
             config: None,
+            replication_factor: None,
         })
         .await;
     if let Err(status) = created {

@@ -16,6 +16,7 @@ mod file_watch;
 mod grpc;
 mod http;
 mod idle;
+mod replicas;
 pub mod server;
 pub mod tls;
 

@@ -21,8 +21,9 @@ use crate::auth::layer::AuthLayer;
 use crate::grpc::connections::{ConnectionLimits, TrackRequestsLayer};
 use crate::grpc::receive_budget::{ReceiveBudget, ReceiveBudgetLayer};
 use crate::http::{HttpLimits, Phase, ServerStatus};
+use crate::replicas::Replicas;
 use crate::tls::ServerTls;
-use brook_cluster::network::client::TcpConnector;
+use brook_cluster::network::client::{Connector, RemoteLog, TcpConnector};
 use brook_cluster::{BrokerNode, MetaCommand, MetaNode, MetaNodeConfig};
 use brook_engine::AuthorizerMode;
 use brook_engine::ClusterConfig;
@@ -311,18 +312,19 @@ async fn serve_grpc(
             broker.begin_shutdown();
         }
     };
-    let meta = match &broker.config().cluster {
+    let (meta, replicas, reconciler) = match &broker.config().cluster {
         Some(cluster) => {
-            let meta = join_cluster(&broker, cluster, &stop).await?;
+            let (meta, replicas) = join_cluster(&broker, cluster, &stop).await?;
             status.set_meta(meta.clone());
             tokio::spawn(watch_metadata_group(
                 meta.clone(),
                 broker.metrics().clone(),
                 stop.clone(),
             ));
-            Some(meta)
+            let reconciler = tokio::spawn(replicas.clone().run(stop.clone()));
+            (Some(meta), Some(replicas), Some(reconciler))
         }
-        None => None,
+        None => (None, None, None),
     };
     let grpc_server = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(limits.streams_per_connection_max))
@@ -333,7 +335,11 @@ async fn serve_grpc(
         // Before the receive budget: a refused request reserves nothing.
         .layer(AuthLayer::new(auth))
         .layer(ReceiveBudgetLayer::new(receive_budget))
-        .add_routes(crate::grpc::routes(&broker, meta.as_ref()))
+        .add_routes(crate::grpc::routes(
+            &broker,
+            meta.as_ref(),
+            replicas.as_ref(),
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -346,6 +352,14 @@ async fn serve_grpc(
         served = &mut grpc_task => served,
         () = stop.cancelled() => finish_within(grace, grpc_task, "gRPC").await,
     };
+    if let Some(reconciler) = reconciler {
+        // The replicas stop (stop is cancelled by now) before the logs
+        // under them are closed.
+        stop.cancel();
+        if let Err(e) = reconciler.await {
+            tracing::warn!(error = %e, "the replicas did not stop cleanly");
+        }
+    }
     if let Some(meta) = &meta {
         meta.shutdown().await;
     }
@@ -364,12 +378,13 @@ async fn serve_grpc(
 
 /// Starts this broker's member of the metadata group (its files under
 /// `<data dir>/cluster/meta`), forms the group with the peers, and keeps
-/// trying to register the broker's address until it is committed.
+/// trying to register the broker's address until it is committed; and the
+/// replicas the broker will run.
 async fn join_cluster(
     broker: &Arc<Broker>,
     cluster: &ClusterConfig,
     stop: &CancellationToken,
-) -> Result<MetaNode, ServeError> {
+) -> Result<(MetaNode, Arc<Replicas>), ServeError> {
     let config = broker.config();
     // Brokers call each other in plaintext and without credentials until
     // the cluster's own TLS and authentication exist: refuse rather than
@@ -380,14 +395,15 @@ async fn join_cluster(
             "a cluster cannot run with TLS or client authentication yet: brokers call each other in plaintext",
         )));
     }
+    let connector: Arc<dyn Connector> = Arc::new(TcpConnector {
+        connect_timeout: PEER_CONNECT_TIMEOUT,
+    });
     let meta = MetaNode::start(
         &MetaNodeConfig::new(
             cluster.node_id,
             config.data_dir.join("cluster").join("meta"),
         ),
-        Arc::new(TcpConnector {
-            connect_timeout: PEER_CONNECT_TIMEOUT,
-        }),
+        connector.clone(),
     )
     .await?;
     let voters = cluster
@@ -407,11 +423,20 @@ async fn join_cluster(
         .get(&cluster.node_id)
         .cloned()
         .unwrap_or_default();
+    let incarnation = new_incarnation();
+    let replicas = Replicas::new(
+        meta.clone(),
+        broker.clone(),
+        connector.clone(),
+        Arc::new(RemoteLog::new(connector)),
+        incarnation,
+    );
     let stop = stop.clone();
     tokio::spawn(async move {
         let register = MetaCommand::RegisterBroker {
             id: registering.id(),
             address,
+            incarnation,
         };
         loop {
             match registering.propose_anywhere(register.clone()).await {
@@ -427,7 +452,17 @@ async fn join_cluster(
             }
         }
     });
-    Ok(meta)
+    Ok((meta, replicas))
+}
+
+/// A number no earlier start of this broker registered with: the start's
+/// time in nanoseconds (a clock set back by more than the broker's uptime
+/// aside, which the process id guards against as well).
+fn new_incarnation() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as u64);
+    nanos ^ (u64::from(std::process::id()) << 48)
 }
 
 /// Mirrors the metadata group's term and leadership into the metrics, and

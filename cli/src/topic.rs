@@ -15,6 +15,10 @@ pub enum TopicCommand {
         /// How many partitions the topic has.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         partitions: u32,
+        /// In a cluster: how many brokers hold each partition (default:
+        /// 3, or every broker when there are fewer).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        replication_factor: Option<u32>,
         /// Delete segments whose newest record is older than this; -1 keeps forever.
         #[arg(long, allow_negative_numbers = true)]
         retention_ms: Option<i64>,
@@ -54,6 +58,7 @@ pub async fn run(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
         TopicCommand::Create {
             name,
             partitions,
+            replication_factor,
             retention_ms,
             retention_bytes,
             segment_bytes,
@@ -67,7 +72,9 @@ pub async fn run(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
                 .with_segment_ms(None)
                 .with_max_message_bytes(max_message_bytes)
                 .with_validate_records(validate_records);
-            let topic = client.create_topic(&name, partitions, config).await?;
+            let topic = client
+                .create_replicated_topic(&name, partitions, replication_factor, config)
+                .await?;
             println!(
                 "created topic {} with {} partitions",
                 topic.name,

@@ -88,10 +88,25 @@ impl Client {
         partitions: u32,
         config: TopicConfig,
     ) -> Result<TopicDescription, ClientError> {
+        self.create_replicated_topic(name, partitions, None, config)
+            .await
+    }
+
+    /// Creates a topic whose partitions are each held by
+    /// `replication_factor` brokers of the cluster (`None`: min(3,
+    /// brokers)). A broker that is not in a cluster takes only 1.
+    pub async fn create_replicated_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: Option<u32>,
+        config: TopicConfig,
+    ) -> Result<TopicDescription, ClientError> {
         let request = proto::CreateTopicRequest {
             name: name.to_owned(),
             partitions,
             config: Some(to_proto(config)),
+            replication_factor,
         };
         let response = self
             .rpc(

@@ -610,6 +610,7 @@ mod tests {
             brook_proto::Error {
                 code: tonic::Code::InvalidArgument as i32,
                 message: "crc mismatch".into(),
+                leader: None,
             },
         );
         assert_eq!(e.code(), Some(StatusCode::InvalidArgument));

@@ -10,10 +10,18 @@ use crate::types::NodeId;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaCommand {
     /// A broker says where it is reached; a later registration of the same
-    /// id replaces the address.
-    RegisterBroker { id: NodeId, address: String },
+    /// id replaces the address. `incarnation` is new at every start of the
+    /// broker: once a broker sees its own in the state it applied, that
+    /// state holds everything committed before the broker started.
+    RegisterBroker {
+        id: NodeId,
+        address: String,
+        #[serde(default)]
+        incarnation: u64,
+    },
     /// Creates a topic, placing each partition's replicas on the brokers
-    /// registered when the command is applied.
+    /// registered when the command is applied. A replication factor of 0
+    /// takes min(3, registered brokers).
     CreateTopic {
         name: String,
         partitions: u32,

@@ -13,6 +13,9 @@ use crate::types::NodeId;
 
 /// The most partitions a topic may have.
 pub const PARTITIONS_MAX: u32 = 100_000;
+/// The replication factor a topic gets when its creator names none, or
+/// fewer brokers when there are fewer.
+pub const DEFAULT_REPLICATION_FACTOR_MAX: u32 = 3;
 /// The longest topic name, in bytes.
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 
@@ -20,11 +23,20 @@ pub const TOPIC_NAME_BYTES_MAX: usize = 249;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BrokerInfo {
     pub address: String,
+    /// Which start of the broker registered last (see
+    /// `MetaCommand::RegisterBroker`).
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 /// A topic and where its partitions live.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicAssignment {
+    /// Unique across the cluster's history: a topic deleted and created
+    /// again under its name has a new id, which tells a broker that missed
+    /// the deletion that the topic it holds is the old one.
+    #[serde(default)]
+    pub id: u64,
     pub replication_factor: u32,
     pub overrides: TopicOverrides,
     /// Per partition, its replicas; the first is the preferred leader.
@@ -35,17 +47,25 @@ pub struct TopicAssignment {
 pub struct ClusterState {
     pub brokers: BTreeMap<NodeId, BrokerInfo>,
     pub topics: BTreeMap<String, TopicAssignment>,
+    /// The id the next topic created gets.
+    #[serde(default)]
+    pub next_topic_id: u64,
 }
 
 impl ClusterState {
     /// Applies one command; the answer says what it did.
     pub fn apply(&mut self, command: &MetaCommand) -> MetaResponse {
         match command {
-            MetaCommand::RegisterBroker { id, address } => {
+            MetaCommand::RegisterBroker {
+                id,
+                address,
+                incarnation,
+            } => {
                 self.brokers.insert(
                     *id,
                     BrokerInfo {
                         address: address.clone(),
+                        incarnation: *incarnation,
                     },
                 );
                 MetaResponse::Done
@@ -79,15 +99,16 @@ impl ClusterState {
         if partitions == 0 || partitions > PARTITIONS_MAX {
             return invalid("partitions", format!("must be 1 to {PARTITIONS_MAX}"));
         }
-        if replication_factor == 0 {
-            return invalid("replication_factor", "must be at least 1".to_owned());
-        }
         if self.topics.contains_key(name) {
             return MetaResponse::TopicExists {
                 name: name.to_owned(),
             };
         }
         let registered = self.brokers.len() as u32;
+        let replication_factor = match replication_factor {
+            0 => registered.clamp(1, DEFAULT_REPLICATION_FACTOR_MAX),
+            chosen => chosen,
+        };
         if replication_factor > registered {
             return MetaResponse::NotEnoughBrokers {
                 needed: replication_factor,
@@ -100,9 +121,12 @@ impl ClusterState {
             replication_factor,
             &self.brokers.keys().copied().collect::<Vec<_>>(),
         );
+        let id = self.next_topic_id;
+        self.next_topic_id += 1;
         self.topics.insert(
             name.to_owned(),
             TopicAssignment {
+                id,
                 replication_factor,
                 overrides,
                 replicas,
@@ -151,6 +175,7 @@ mod tests {
             state.apply(&MetaCommand::RegisterBroker {
                 id: *id,
                 address: format!("b{id}:9420"),
+                incarnation: 1,
             });
         }
         state
@@ -182,6 +207,20 @@ mod tests {
     }
 
     #[test]
+    fn the_default_replication_factor_is_three_or_every_broker_and_ids_are_never_reused() {
+        let mut state = with_brokers(&[1, 2]);
+        assert_eq!(state.apply(&create("a", 1, 0)), MetaResponse::Done);
+        assert_eq!(state.topics["a"].replication_factor, 2);
+        let mut state = with_brokers(&[1, 2, 3, 4]);
+        assert_eq!(state.apply(&create("a", 1, 0)), MetaResponse::Done);
+        assert_eq!(state.topics["a"].replication_factor, 3);
+        let first = state.topics["a"].id;
+        state.apply(&MetaCommand::DeleteTopic { name: "a".into() });
+        assert_eq!(state.apply(&create("a", 1, 0)), MetaResponse::Done);
+        assert_ne!(state.topics["a"].id, first);
+    }
+
+    #[test]
     fn a_replication_factor_beyond_the_brokers_is_refused() {
         let mut state = with_brokers(&[1, 2]);
         assert_eq!(
@@ -203,10 +242,6 @@ mod tests {
         ));
         assert!(matches!(
             state.apply(&create("t", 0, 1)),
-            MetaResponse::Invalid { .. }
-        ));
-        assert!(matches!(
-            state.apply(&create("t", 1, 0)),
             MetaResponse::Invalid { .. }
         ));
         assert_eq!(state.apply(&create("t", 1, 1)), MetaResponse::Done);

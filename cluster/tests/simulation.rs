@@ -92,6 +92,7 @@ async fn client(shared: Arc<Shared>, acknowledged: Arc<Mutex<Vec<String>>>) -> t
         let register = MetaCommand::RegisterBroker {
             id,
             address: format!("{}:{PORT}", host(id)),
+            incarnation: 1,
         };
         while !propose(&shared, &register).await {
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -95,6 +95,22 @@ pub enum PartitionError {
     },
     #[error("topic `{topic}` partition {partition} is closed: the broker is stopping")]
     Closed { topic: String, partition: u32 },
+    /// In a cluster: this broker does not lead the partition (or holds no
+    /// replica of it). Nothing was appended; `leader` takes it when known.
+    #[error("topic `{topic}` partition {partition} is not led by this broker{}", leader_hint(.leader.as_ref()))]
+    NotLeader {
+        topic: String,
+        partition: u32,
+        leader: Option<crate::partition::Leader>,
+    },
+    /// In a cluster: the partition's replicas cannot take writes now
+    /// (starting, or stopped); a retry succeeds once they can.
+    #[error("topic `{topic}` partition {partition} cannot take writes now: {reason}")]
+    Unavailable {
+        topic: String,
+        partition: u32,
+        reason: String,
+    },
     #[error(transparent)]
     OutOfRange(#[from] OutOfRange),
     /// The operation failed for want of `resource` and left nothing behind;
@@ -118,6 +134,13 @@ pub enum PartitionError {
         #[source]
         source: Arc<LogError>,
     },
+}
+
+fn leader_hint(leader: Option<&crate::partition::Leader>) -> String {
+    match leader {
+        Some(leader) => format!(": {leader} leads it"),
+        None => ": no leader is known now (an election may be under way); retry".to_owned(),
+    }
 }
 
 impl PartitionError {

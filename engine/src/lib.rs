@@ -31,3 +31,7 @@ pub use error::{
     ProduceError, QuotaError, RecoverError,
 };
 pub use meta::TopicOverrides;
+pub use partition::{
+    Acknowledgement, AcknowledgementFuture, AppendFailure, AppendResult, Leader, Partition,
+    Replication,
+};

@@ -25,7 +25,7 @@ const RECENT_BATCHES: usize = brook_record::protocol::SEQUENCE_WINDOW;
 pub const PRODUCERS_MAX: usize = 10_000;
 
 /// Why a batch of an idempotent producer was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum SequenceError {
     #[error(
         "out of order sequence for producer_id {producer_id}: expected base_sequence {expected}, got {got}"

@@ -18,16 +18,36 @@ use brook_engine::{RecordValidation, TopicOverrides};
 use super::audit::Audit;
 use super::authorize::Caller;
 use super::status::status;
+use crate::replicas::{ClusterAdminError, Replicas};
 use brook_engine::acl::{Operation, Resource};
 
 #[derive(Debug)]
 pub struct AdminHandler {
     broker: Arc<Broker>,
+    /// In a cluster: topics are created and deleted through it.
+    replicas: Option<Arc<Replicas>>,
 }
 
 impl AdminHandler {
-    pub fn new(broker: Arc<Broker>) -> Self {
-        Self { broker }
+    pub fn new(broker: Arc<Broker>, replicas: Option<Arc<Replicas>>) -> Self {
+        Self { broker, replicas }
+    }
+
+    /// Refuses a change the cluster does not make yet.
+    fn alone(&self, change: &str) -> Result<(), Status> {
+        match self.replicas {
+            Some(_) => Err(Status::failed_precondition(format!(
+                "{change} is not supported in a cluster yet: create a new topic instead"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+fn cluster_status(error: ClusterAdminError) -> Status {
+    match error {
+        ClusterAdminError::Admin(e) => status(e),
+        other => Status::unavailable(other.to_string()),
     }
 }
 
@@ -95,15 +115,29 @@ impl AdminService for AdminHandler {
                 Operation::Create,
                 Resource::Topic(&request.name),
             )?;
-            let info = self
-                .broker
-                .create_topic(
-                    &request.name,
-                    request.partitions,
-                    overrides(request.config)?,
-                )
-                .await
-                .map_err(status)?;
+            let overrides = overrides(request.config)?;
+            let info = if let Some(replicas) = &self.replicas {
+                replicas
+                    .create_topic(
+                        &request.name,
+                        request.partitions,
+                        request.replication_factor.unwrap_or(0),
+                        overrides,
+                    )
+                    .await
+                    .map_err(cluster_status)?
+            } else {
+                if request.replication_factor.is_some_and(|factor| factor > 1) {
+                    return Err(status(Invalid::new(
+                        "replication_factor",
+                        "a broker that is not in a cluster holds one replica of each partition: ask for 1 or leave it unset",
+                    )));
+                }
+                self.broker
+                    .create_topic(&request.name, request.partitions, overrides)
+                    .await
+                    .map_err(status)?
+            };
             Ok(Response::new(CreateTopicResponse {
                 topic: Some(description(info)),
             }))
@@ -129,11 +163,11 @@ impl AdminService for AdminHandler {
         let name = request.into_inner().name;
         let result = async {
             caller.check(&self.broker, Operation::Delete, Resource::Topic(&name))?;
-            self.broker
-                .delete_topic(&name)
-                .await
-                .map(|()| Response::new(DeleteTopicResponse {}))
-                .map_err(status)
+            match &self.replicas {
+                Some(replicas) => replicas.delete_topic(&name).await.map_err(cluster_status),
+                None => self.broker.delete_topic(&name).await.map_err(status),
+            }
+            .map(|()| Response::new(DeleteTopicResponse {}))
         }
         .await;
         audit.record("delete_topic", &format!("topic:{name}"), "", &result);
@@ -187,6 +221,7 @@ impl AdminService for AdminHandler {
                 Operation::Alter,
                 Resource::Topic(&request.name),
             )?;
+            self.alone("adding partitions")?;
             self.broker
                 .add_partitions(&request.name, request.partitions)
                 .await
@@ -226,6 +261,7 @@ impl AdminService for AdminHandler {
             if request.config.is_none() {
                 return Err(status(Invalid::new("config", "must be set")));
             }
+            self.alone("changing a topic's settings")?;
             let info = self
                 .broker
                 .alter_topic_config(&request.name, overrides(request.config.clone())?)

@@ -1,12 +1,14 @@
 //! `brook.v1.ClusterService`: the brokers, which of them answer, and who
 //! leads each partition, as the answering broker knows it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use brook_cluster::MetaNode;
 use brook_engine::Broker;
 use brook_engine::acl::{Operation, Resource};
+use brook_proto::cluster::PingResponse;
 use brook_proto::cluster_service_server::ClusterService;
 use brook_proto::{
     BrokerDescription, DescribeClusterRequest, DescribeClusterResponse, PartitionReplicas,
@@ -14,6 +16,7 @@ use brook_proto::{
 use tonic::{Request, Response, Status};
 
 use super::authorize::Caller;
+use crate::replicas::Replicas;
 
 /// How long a peer has to answer before it counts as not alive.
 const ALIVE_WITHIN: Duration = Duration::from_millis(500);
@@ -24,15 +27,28 @@ const ALONE: u64 = 1;
 pub struct ClusterHandler {
     broker: Arc<Broker>,
     meta: Option<MetaNode>,
+    replicas: Option<Arc<Replicas>>,
 }
 
+/// What each broker answered a ping with, by id (`None`: it did not).
+type Answers = BTreeMap<u64, Option<PingResponse>>;
+
 impl ClusterHandler {
-    pub fn new(broker: Arc<Broker>, meta: Option<MetaNode>) -> Self {
-        Self { broker, meta }
+    pub fn new(
+        broker: Arc<Broker>,
+        meta: Option<MetaNode>,
+        replicas: Option<Arc<Replicas>>,
+    ) -> Self {
+        Self {
+            broker,
+            meta,
+            replicas,
+        }
     }
 
-    /// Every peer with whether it answered, pinged all at once.
-    async fn brokers(&self, meta: &MetaNode) -> Vec<BrokerDescription> {
+    /// Every peer with whether it answered, pinged all at once; this
+    /// broker answers for itself.
+    async fn ping_all(&self, meta: &MetaNode) -> (Vec<BrokerDescription>, Answers) {
         let peers = self
             .broker
             .config()
@@ -41,15 +57,60 @@ impl ClusterHandler {
             .map(|cluster| cluster.peers.clone())
             .unwrap_or_default();
         let pings = peers.iter().map(|(id, address)| async move {
-            let alive = *id == meta.id() || meta.ping(address, ALIVE_WITHIN).await.is_some();
-            BrokerDescription {
-                id: *id,
-                address: address.clone(),
-                alive,
-            }
+            let answer = if *id == meta.id() {
+                Some(PingResponse {
+                    node_id: *id,
+                    term: meta.term(),
+                    leader: meta.leader(),
+                    high_watermarks: meta.partitions().high_watermarks(),
+                    partition_leaders: meta.partitions().leaders(),
+                })
+            } else {
+                meta.ping(address, ALIVE_WITHIN).await
+            };
+            (
+                BrokerDescription {
+                    id: *id,
+                    address: address.clone(),
+                    alive: answer.is_some(),
+                },
+                (*id, answer),
+            )
         });
-        futures::future::join_all(pings).await
+        futures::future::join_all(pings).await.into_iter().unzip()
     }
+}
+
+/// Each partition of the cluster: its leader as its replicas know it, and
+/// how far each replica's applied end is behind the leader's.
+fn replicated_partitions(replicas: &Replicas, answers: &Answers) -> Vec<PartitionReplicas> {
+    let answer = |id: u64| answers.get(&id).and_then(Option::as_ref);
+    replicas
+        .partitions()
+        .into_iter()
+        .map(|view| {
+            let group = brook_cluster::partition::group_name(&view.topic, view.partition);
+            let leader = view
+                .replicas
+                .iter()
+                .find_map(|id| answer(*id)?.partition_leaders.get(&group).copied())
+                .or(view.leader);
+            let end_of = |id: u64| answer(id)?.high_watermarks.get(&group).copied();
+            let leader_end = leader.and_then(end_of);
+            let lag = view
+                .replicas
+                .iter()
+                .filter_map(|id| Some((*id, (leader_end? - end_of(*id)?).max(0))))
+                .collect();
+            PartitionReplicas {
+                topic: view.topic,
+                partition: view.partition,
+                leader: leader.unwrap_or_default(),
+                replicas: view.replicas,
+                lag,
+            }
+        })
+        .collect()
 }
 
 #[tonic::async_trait]
@@ -60,43 +121,42 @@ impl ClusterService for ClusterHandler {
     ) -> Result<Response<DescribeClusterResponse>, Status> {
         let _timer = self.broker.metrics().time_request("DescribeCluster");
         Caller::of(&request).check(&self.broker, Operation::Describe, Resource::Cluster)?;
-        let (answered_by, brokers, metadata_leader, metadata_term) = match &self.meta {
-            Some(meta) => (
-                meta.id(),
-                self.brokers(meta).await,
-                meta.leader(),
-                meta.term(),
-            ),
-            None => (
-                ALONE,
-                vec![BrokerDescription {
+        let response = match (&self.meta, &self.replicas) {
+            (Some(meta), Some(replicas)) => {
+                let (brokers, answers) = self.ping_all(meta).await;
+                DescribeClusterResponse {
+                    answered_by: meta.id(),
+                    clustered: true,
+                    brokers,
+                    metadata_leader: meta.leader(),
+                    metadata_term: meta.term(),
+                    partitions: replicated_partitions(replicas, &answers),
+                }
+            }
+            _ => DescribeClusterResponse {
+                answered_by: ALONE,
+                clustered: false,
+                brokers: vec![BrokerDescription {
                     id: ALONE,
                     address: self.broker.config().listen.to_string(),
                     alive: true,
                 }],
-                None,
-                0,
-            ),
+                metadata_leader: None,
+                metadata_term: 0,
+                partitions: self
+                    .broker
+                    .partition_states()
+                    .into_iter()
+                    .map(|(topic, partition, _)| PartitionReplicas {
+                        topic,
+                        partition,
+                        leader: ALONE,
+                        replicas: vec![ALONE],
+                        lag: [(ALONE, 0)].into_iter().collect(),
+                    })
+                    .collect(),
+            },
         };
-        let partitions = self
-            .broker
-            .partition_states()
-            .into_iter()
-            .map(|(topic, partition, _)| PartitionReplicas {
-                topic,
-                partition,
-                leader: answered_by,
-                replicas: vec![answered_by],
-                lag: [(answered_by, 0)].into_iter().collect(),
-            })
-            .collect();
-        Ok(Response::new(DescribeClusterResponse {
-            answered_by,
-            clustered: self.meta.is_some(),
-            brokers,
-            metadata_leader,
-            metadata_term,
-            partitions,
-        }))
+        Ok(Response::new(response))
     }
 }

@@ -31,12 +31,18 @@ use tonic::service::Routes;
 use brook_cluster::MetaNode;
 use brook_engine::Broker;
 
+use crate::replicas::Replicas;
+
 /// The broker's gRPC services, ready to serve; with `meta`, the services
-/// of the cluster's metadata group too.
-pub fn routes(broker: &Arc<Broker>, meta: Option<&MetaNode>) -> Routes {
+/// of the cluster's groups too.
+pub fn routes(
+    broker: &Arc<Broker>,
+    meta: Option<&MetaNode>,
+    replicas: Option<&Arc<Replicas>>,
+) -> Routes {
     let limit = broker.config().limits.grpc_message_bytes_max;
     let routes = Routes::new(
-        AdminServiceServer::new(admin::AdminHandler::new(broker.clone()))
+        AdminServiceServer::new(admin::AdminHandler::new(broker.clone(), replicas.cloned()))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit),
     )
@@ -68,6 +74,7 @@ pub fn routes(broker: &Arc<Broker>, meta: Option<&MetaNode>) -> Routes {
     .add_service(ClusterServiceServer::new(cluster::ClusterHandler::new(
         broker.clone(),
         meta.cloned(),
+        replicas.cloned(),
     )));
     match meta {
         Some(meta) => routes.add_service(meta.service()),

@@ -8,10 +8,10 @@
 //! status past the client's header limit, and the client would see
 //! RESOURCE_EXHAUSTED or INTERNAL instead of the real code.
 
-use brook_engine::QuotaError;
 use brook_engine::{
     AdminError, FetchError, GroupError, Invalid, NotFound, OpenError, PartitionError, ProduceError,
 };
+use brook_engine::{Leader, QuotaError};
 use brook_storage::LogError;
 use tonic::{Code, Status};
 
@@ -23,7 +23,18 @@ pub const MESSAGE_BYTES_MAX: usize = 1024;
 /// An engine error as a gRPC status.
 pub trait ToStatus: std::error::Error {
     fn code(&self) -> Code;
+
+    /// The broker that leads the partition refused here for not being led
+    /// by this broker, when known.
+    fn leader(&self) -> Option<&Leader> {
+        None
+    }
 }
+
+/// Metadata keys that name the leader of a partition a call was refused
+/// for (see `brook.v1.Error.leader`).
+pub const LEADER_ID_KEY: &str = "brook-leader-id";
+pub const LEADER_ADDRESS_KEY: &str = "brook-leader-address";
 
 impl ToStatus for NotFound {
     fn code(&self) -> Code {
@@ -40,8 +51,14 @@ impl ToStatus for Invalid {
 impl ToStatus for PartitionError {
     fn code(&self) -> Code {
         match self {
-            // Until the broker restarts; another replica or a restart helps.
-            Self::Poisoned { .. } | Self::Closed { .. } => Code::Unavailable,
+            // Poisoned or closed: until the broker restarts; another
+            // replica or a restart helps. In a cluster: another broker
+            // leads it, or its replicas are starting; a retry (there)
+            // succeeds.
+            Self::Poisoned { .. }
+            | Self::Closed { .. }
+            | Self::NotLeader { .. }
+            | Self::Unavailable { .. } => Code::Unavailable,
             Self::Deleted { .. } => Code::NotFound,
             // Acknowledged records are missing: as with a corrupt batch,
             // retrying does not help; an operator must decide.
@@ -55,6 +72,13 @@ impl ToStatus for PartitionError {
                 _ => Code::Internal,
             },
             _ => Code::Internal,
+        }
+    }
+
+    fn leader(&self) -> Option<&Leader> {
+        match self {
+            Self::NotLeader { leader, .. } => leader.as_ref(),
+            _ => None,
         }
     }
 }
@@ -74,6 +98,13 @@ impl ToStatus for ProduceError {
             _ => Code::Internal,
         }
     }
+
+    fn leader(&self) -> Option<&Leader> {
+        match self {
+            Self::Partition(e) => e.leader(),
+            _ => None,
+        }
+    }
 }
 
 impl ToStatus for FetchError {
@@ -84,6 +115,13 @@ impl ToStatus for FetchError {
             Self::Partition(e) => e.code(),
             Self::ShuttingDown => Code::Unavailable,
             _ => Code::Internal,
+        }
+    }
+
+    fn leader(&self) -> Option<&Leader> {
+        match self {
+            Self::Partition(e) => e.leader(),
+            _ => None,
         }
     }
 }
@@ -164,7 +202,15 @@ pub fn to_status(error: &(impl ToStatus + ?Sized)) -> Status {
     } else {
         tracing::debug!(error = %message, "request rejected");
     }
-    Status::new(code, message)
+    let mut status = Status::new(code, message);
+    if let Some(leader) = error.leader() {
+        let metadata = status.metadata_mut();
+        metadata.insert(LEADER_ID_KEY, leader.id.into());
+        if let Ok(address) = leader.address.parse() {
+            metadata.insert(LEADER_ADDRESS_KEY, address);
+        }
+    }
+    status
 }
 
 /// `message` with each name between backticks cut to `NAME_CHARS_MAX`
@@ -207,6 +253,10 @@ pub fn to_proto_error(error: &impl ToStatus) -> brook_proto::Error {
     brook_proto::Error {
         code: status.code() as i32,
         message: status.message().to_owned(),
+        leader: error.leader().map(|leader| brook_proto::LeaderHint {
+            id: leader.id,
+            address: leader.address.clone(),
+        }),
     }
 }
 

@@ -257,6 +257,7 @@ async fn a_known_bearer_token_produces_and_fetches_as_its_name() -> anyhow::Resu
         name: "orders".to_owned(),
         partitions: 1,
         config: Some(TopicConfig::default()),
+        replication_factor: None,
     };
     AdminServiceClient::new(channel.clone())
         .create_topic(with_token(create, token)?)
@@ -502,6 +503,7 @@ async fn admin_changes_are_audited_with_their_principal_and_result() -> anyhow::
             retention_ms: Some(60_000),
             ..brook_proto::TopicConfig::default()
         }),
+        replication_factor: None,
     };
     within(
         "create",

@@ -123,6 +123,7 @@ async fn a_valid_jwt_names_its_subject_and_static_tokens_still_work() -> anyhow:
         name: "orders".to_owned(),
         partitions: 1,
         config: None,
+        replication_factor: None,
     };
     within(
         "create a topic with a JWT",

@@ -210,6 +210,7 @@ async fn bad_topic_names_and_partition_counts_are_invalid() {
             name: name.to_owned(),
             partitions,
             config: None,
+            replication_factor: None,
         };
         let status = clients.admin.create_topic(request).await.unwrap_err();
         assert_status(&status, Code::InvalidArgument, &[message]);
@@ -247,6 +248,7 @@ async fn a_huge_topic_name_gets_its_own_code_and_a_short_message() {
         name: format!("{huge}/"),
         partitions: 1,
         config: None,
+        replication_factor: None,
     };
     let status = clients.admin.create_topic(request).await.unwrap_err();
     assert_status(&status, Code::InvalidArgument, &["over the limit of 249"]);
@@ -260,6 +262,7 @@ async fn duplicate_topic_already_exists() {
         name: TOPIC.to_owned(),
         partitions: 5,
         config: None,
+        replication_factor: None,
     };
     let status = clients.admin.create_topic(request).await.unwrap_err();
     assert_status(&status, Code::AlreadyExists, &["topic `t` already exists"]);

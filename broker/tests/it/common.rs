@@ -70,6 +70,7 @@ impl Clients {
             name: name.to_owned(),
             partitions,
             config: Some(config),
+            replication_factor: None,
         };
         within("create topic", self.admin.create_topic(request)).await??;
         Ok(())

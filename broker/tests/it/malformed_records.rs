@@ -305,6 +305,7 @@ async fn framing_leaves_compressed_records_unchecked_until_altered_back_to_full(
             validate_records: Some("some".to_owned()),
             ..TopicConfig::default()
         }),
+        replication_factor: None,
     };
     let status = within("create", clients.admin.create_topic(request))
         .await

@@ -301,6 +301,7 @@ async fn create_topic(client: &mut Client, name: &str) -> anyhow::Result<()> {
         name: name.to_owned(),
         partitions: 1,
         config: Some(TopicConfig::default()),
+        replication_factor: None,
     };
     within("create topic", client.admin.create_topic(request)).await??;
     Ok(())
@@ -488,6 +489,7 @@ async fn without_authentication_requests_count_as_anonymous() -> anyhow::Result<
         name: "open".into(),
         partitions: 1,
         config: Some(TopicConfig::default()),
+        replication_factor: None,
     };
     within("create topic", admin.create_topic(request)).await??;
     let mut produce = ProduceServiceClient::new(channel.clone());

@@ -152,6 +152,8 @@ impl RaftService for RaftServer {
             node_id: metrics.id,
             term: metrics.current_term,
             leader: metrics.current_leader,
+            high_watermarks: self.partitions.high_watermarks(),
+            partition_leaders: self.partitions.leaders(),
         }))
     }
 

@@ -56,14 +56,23 @@ impl Proposer {
     /// Appends `batches` through the group, after those of every earlier
     /// call; the outcome of each, in order, once committed and applied.
     pub async fn produce(&self, batches: Vec<Bytes>) -> Result<Vec<AppliedBatch>, ClusterError> {
+        self.submit(batches).await.await
+    }
+
+    /// Queues `batches` after those of every earlier call; what it returns
+    /// resolves to their outcomes once they are committed and applied.
+    /// Queuing order is append order.
+    pub async fn submit(
+        &self,
+        batches: Vec<Bytes>,
+    ) -> impl Future<Output = Result<Vec<AppliedBatch>, ClusterError>> + Send + 'static {
+        let stopped = || ClusterError::Stopped("the proposer stopped".to_owned());
         let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Request { batches, reply })
-            .await
-            .map_err(|_| ClusterError::Stopped("the proposer stopped".to_owned()))?;
-        answer
-            .await
-            .map_err(|_| ClusterError::Stopped("the proposer stopped".to_owned()))?
+        let queued = self.requests.send(Request { batches, reply }).await;
+        async move {
+            queued.map_err(|_| stopped())?;
+            answer.await.map_err(|_| stopped())?
+        }
     }
 }
 

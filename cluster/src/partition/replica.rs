@@ -33,6 +33,8 @@ pub struct PartitionReplicaConfig {
     /// Entries kept in the Raft log behind a snapshot, from which a
     /// replica that fell behind catches up without a snapshot.
     pub kept_behind_snapshot: u64,
+    /// Told the partition log's high watermark whenever applying moves it.
+    pub watermark: Option<tokio::sync::watch::Sender<i64>>,
 }
 
 impl PartitionReplicaConfig {
@@ -48,6 +50,7 @@ impl PartitionReplicaConfig {
             election_timeout: (Duration::from_millis(250), Duration::from_millis(500)),
             snapshot_every: 1024,
             kept_behind_snapshot: 4096,
+            watermark: None,
         }
     }
 }
@@ -74,9 +77,15 @@ impl PartitionReplica {
             dir: config.dir.clone(),
             source,
         };
-        let state_machine =
-            PartitionStateMachine::open(&config.dir, &config.group, config.id, log, source)
-                .map_err(storage)?;
+        let state_machine = PartitionStateMachine::open(
+            &config.dir,
+            &config.group,
+            config.id,
+            log,
+            source,
+            config.watermark.clone(),
+        )
+        .map_err(storage)?;
         let durable = state_machine.clone();
         let raft_log = LogStore::<PartitionRaftConfig>::open(&config.dir.join("log"))
             .map_err(storage)?
@@ -237,5 +246,23 @@ impl PartitionGroups {
 
     pub fn get(&self, group: &str) -> Option<PartitionReplica> {
         self.replicas.read().get(group).cloned()
+    }
+
+    /// Each group's leader, where this broker's replica knows it.
+    pub fn leaders(&self) -> HashMap<String, NodeId> {
+        self.replicas
+            .read()
+            .iter()
+            .filter_map(|(group, replica)| Some((group.clone(), replica.leader()?)))
+            .collect()
+    }
+
+    /// Each group's log's high watermark: what this broker has applied.
+    pub fn high_watermarks(&self) -> HashMap<String, i64> {
+        self.replicas
+            .read()
+            .iter()
+            .map(|(group, replica)| (group.clone(), replica.log().high_watermark()))
+            .collect()
     }
 }

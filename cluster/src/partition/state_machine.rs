@@ -30,6 +30,7 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use super::source::LogSource;
 use super::types::{
@@ -63,6 +64,9 @@ pub struct PartitionStateMachine {
     group: String,
     node: NodeId,
     source: Arc<dyn LogSource>,
+    /// Told the log's high watermark whenever applying moves it: readers
+    /// of the partition wait on it.
+    watermark: Option<watch::Sender<i64>>,
 }
 
 impl std::fmt::Debug for PartitionStateMachine {
@@ -110,6 +114,7 @@ impl PartitionStateMachine {
         node: NodeId,
         log: Arc<PartitionLog>,
         source: Arc<dyn LogSource>,
+        watermark: Option<watch::Sender<i64>>,
     ) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let mark: Option<AppliedMark> = read_json(dir, APPLIED)?;
@@ -133,7 +138,15 @@ impl PartitionStateMachine {
             group: group.to_owned(),
             node,
             source,
+            watermark,
         })
+    }
+
+    /// Tells readers where the log's committed end is now.
+    fn publish_watermark(&self) {
+        if let Some(watermark) = &self.watermark {
+            watermark.send_replace(self.log.high_watermark());
+        }
     }
 
     /// The partition's log.
@@ -235,6 +248,7 @@ impl PartitionStateMachine {
                 .append(&wanted, now_ms)
                 .map_err(|e| failed(e.to_string()))?;
             self.log.publish(&mark);
+            self.publish_watermark();
         }
         Ok(())
     }
@@ -301,9 +315,7 @@ impl Applied {
                 results[position] = Some(match outcome {
                     BatchOutcome::Appended(base_offset) => AppliedBatch::Appended { base_offset },
                     BatchOutcome::Duplicate(base_offset) => AppliedBatch::Duplicate { base_offset },
-                    BatchOutcome::Refused(refused) => AppliedBatch::Refused {
-                        reason: refused.to_string(),
-                    },
+                    BatchOutcome::Refused(refused) => AppliedBatch::Sequence(refused),
                 });
             }
         }
@@ -415,6 +427,8 @@ impl RaftStateMachine<PartitionRaftConfig> for PartitionStateMachine {
             applied.last_applied = Some(entry.log_id);
             responses.push(response);
         }
+        drop(applied);
+        self.publish_watermark();
         Ok(responses)
     }
 

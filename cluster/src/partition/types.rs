@@ -27,7 +27,11 @@ pub enum AppliedBatch {
     Appended { base_offset: i64 },
     /// An idempotent producer's retry of a batch appended at this offset.
     Duplicate { base_offset: i64 },
-    /// Refused by its producer's sequence (the reason says how).
+    /// Refused by its producer's sequence.
+    Sequence(brook_storage::SequenceError),
+    /// Not appended for another reason: a header that does not parse (the
+    /// leader validated it, so never in practice), or, applied again after
+    /// a restart, a batch that was not appended the first time.
     Refused { reason: String },
 }
 

@@ -170,6 +170,7 @@ mod tests {
                     payload: EntryPayload::Normal(MetaCommand::RegisterBroker {
                         id: 7,
                         address: "b7:9420".to_owned(),
+                        incarnation: 1,
                     }),
                 }])
                 .await

@@ -40,6 +40,20 @@ pub(super) fn partition_info(partition: &Partition) -> PartitionInfo {
 }
 
 impl Broker {
+    /// Checks what `create_topic` checks of its arguments, without
+    /// creating anything: in a cluster, before the topic is proposed.
+    pub fn check_new_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        overrides: &TopicOverrides,
+    ) -> Result<(), Invalid> {
+        validate_topic_name(name)?;
+        self.check_partition_count(partitions)?;
+        topic::resolve_settings(&self.config.topic_defaults, overrides, &self.config.limits)?;
+        Ok(())
+    }
+
     pub async fn create_topic(
         &self,
         name: &str,
@@ -268,6 +282,7 @@ impl Broker {
                     super::sync_group_for(&self.sync_group, &self.config.data_dir, &record.name, p),
                     &self.open_segments,
                     self.metrics.clone(),
+                    self.config.cluster.is_some(),
                 )
             })
             .collect())

@@ -82,6 +82,7 @@ impl Broker {
         for spec in specs {
             check_offset(spec.offset)?;
             let partition = self.partition(&spec.topic, spec.partition)?;
+            partition.check_readable()?;
             targets.push((spec, partition));
         }
         let deadline = tokio::time::Instant::now() + max_wait;
@@ -140,6 +141,7 @@ impl Broker {
     ) -> Result<Subscription, FetchError> {
         check_offset(offset)?;
         let partition = self.partition(topic, partition)?;
+        partition.check_readable()?;
         let limit = self.config.limits.fetch_bytes_max;
         // A subscription reads ahead of its client, so its chunks default
         // to a modest size rather than the largest fetch.
@@ -168,6 +170,7 @@ impl Broker {
         spec: OffsetSpec,
     ) -> Result<(i64, i64), FetchError> {
         let partition = self.partition(topic, partition)?;
+        partition.check_readable()?;
         let log = partition.log().clone();
         match spec {
             OffsetSpec::Earliest => Ok((log.start_offset(), -1)),

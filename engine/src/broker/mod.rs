@@ -125,6 +125,7 @@ impl Broker {
                         sync_group_for(&sync_group, &config.data_dir, &record.name, i as u32),
                         &open_segments,
                         metrics.clone(),
+                        config.cluster.is_some(),
                     )
                 })
                 .collect();
@@ -212,7 +213,8 @@ impl Broker {
             .ok_or_else(|| NotFound::Topic(name.to_owned()))
     }
 
-    fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, NotFound> {
+    /// A partition of a topic, as it runs on this broker.
+    pub fn partition(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, NotFound> {
         self.topic(topic)?.partition(topic, partition)
     }
 

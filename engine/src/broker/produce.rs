@@ -14,12 +14,12 @@ use std::sync::Arc;
 use brook_record::BatchHeader;
 use bytes::Bytes;
 use tokio::runtime::{Handle, RuntimeFlavor};
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::Broker;
-use crate::error::{Invalid, PartitionError, ProduceError};
+use crate::error::{Invalid, ProduceError};
 use crate::metrics::Metrics;
-use crate::partition::{AppendFailure, Partition};
+use crate::partition::{Acknowledgement, Partition};
 use brook_storage::BatchOutcome;
 
 /// One encoded record batch for one partition.
@@ -54,13 +54,21 @@ pub(super) const DECOMPRESSION_BYTES_IN_FLIGHT_MAX: usize = 256 * 1024 * 1024;
 type PartitionGroup = (Arc<Partition>, Vec<(Bytes, BatchHeader)>, Vec<usize>);
 
 /// Batches queued to one partition and where their results go in the response.
-#[derive(Debug)]
 struct QueuedGroup {
     partition: Arc<Partition>,
     /// Records and bytes of each batch, counted once appended.
     sizes: Vec<(u64, u64)>,
-    reply: oneshot::Receiver<Result<Vec<BatchOutcome>, AppendFailure>>,
+    reply: Acknowledgement,
     positions: Vec<usize>,
+}
+
+impl std::fmt::Debug for QueuedGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueuedGroup")
+            .field("partition", &self.partition.index())
+            .field("batches", &self.positions.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A produce request whose batches are queued; `wait` gives the results.
@@ -218,9 +226,7 @@ impl PendingProduce {
         for group in self.groups {
             let topic = group.partition.topic();
             let index = group.partition.index();
-            // The appender answers every request it takes; a dropped
-            // answer means it stopped.
-            let outcome = group.reply.await.unwrap_or(Err(AppendFailure::Closed));
+            let outcome = group.reply.await;
             match outcome {
                 Ok(outcomes) => {
                     let log_start_offset = group.partition.log().start_offset();
@@ -254,15 +260,7 @@ impl PendingProduce {
                 }
                 Err(failure) => {
                     for position in group.positions {
-                        let error = match &failure {
-                            AppendFailure::Log(e) => {
-                                PartitionError::from_shared_log(topic, index, e.clone())
-                            }
-                            AppendFailure::Closed => PartitionError::Closed {
-                                topic: topic.to_owned(),
-                                partition: index,
-                            },
-                        };
+                        let error = failure.clone().into_partition_error(topic, index);
                         results[position] = Some(Err(error.into()));
                     }
                 }

@@ -1,35 +1,32 @@
-//! A partition at run time: its log, the task that appends to it with group
-//! commit, and the watch that wakes long polls and subscriptions when the
-//! high watermark moves.
+//! A partition at run time: its log, where its appends go, and the watch
+//! that wakes long polls and subscriptions when the high watermark moves.
 //!
-//! Group commit: producers queue append requests; the appender takes every
-//! request waiting at the start of a round, writes them all, pays one fsync
-//! for the lot (shared with other partitions' rounds through the broker's
-//! `SyncGroup` when many sync at once), and only then acknowledges them and
-//! makes them visible. Every so often, after a round, it also takes the
-//! log's recovery point, which bounds the work of a crash recovery.
+//! A broker alone appends through its own appender (group commit and
+//! fsync, `appender`). In a cluster, appends go through the partition's
+//! replicas (`Replication`, implemented outside the engine), and the high
+//! watermark is what they committed and applied to the log; until its
+//! replicas are started, or on a broker that holds no replica of it, a
+//! partition takes no appends and says where to send them.
 
+mod appender;
+mod replication;
+
+pub use replication::{Acknowledgement, Leader, Replication};
+
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
 
 use brook_record::BatchHeader;
 use bytes::Bytes;
+use parking_lot::RwLock;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::FsyncPolicy;
+use crate::error::PartitionError;
 use crate::metrics::Metrics;
-use brook_storage::{BatchOutcome, LogError, OpenSegments, PartitionLog, SyncGroup, WrittenMark};
-
-/// Append requests a partition queues before producers wait (backpressure).
-const APPEND_QUEUE_LEN: usize = 1024;
-/// Requests written in one round at most, so one round's latency stays bounded.
-const ROUND_REQUESTS_MAX: usize = 512;
-
-/// One producer's batches for this partition, appended together.
-struct AppendRequest {
-    batches: Vec<(Bytes, BatchHeader)>,
-    reply: oneshot::Sender<Result<Vec<BatchOutcome>, AppendFailure>>,
-}
+use appender::{APPEND_QUEUE_LEN, AppendRequest, run_appender};
+use brook_storage::{BatchOutcome, LogError, OpenSegments, PartitionLog, SyncGroup};
 
 /// Why a request's batches were not appended (or not made durable).
 #[derive(Debug, Clone)]
@@ -39,6 +36,46 @@ pub enum AppendFailure {
     Log(Arc<LogError>),
     /// The appender is gone: the broker is stopping.
     Closed,
+    /// In a cluster: this broker does not lead the partition. Nothing was
+    /// appended; the leader, when known, takes it.
+    NotLeader(Option<Leader>),
+    /// In a cluster: the partition's replicas cannot take appends now (they
+    /// are starting, or the group stopped); the reason says which.
+    Unavailable(String),
+}
+
+impl AppendFailure {
+    /// The error a producer sees for a batch of `topic`/`partition`.
+    pub fn into_partition_error(self, topic: &str, partition: u32) -> PartitionError {
+        let topic = topic.to_owned();
+        match self {
+            Self::Log(e) => PartitionError::from_shared_log(&topic, partition, e),
+            Self::Closed => PartitionError::Closed { topic, partition },
+            Self::NotLeader(leader) => PartitionError::NotLeader {
+                topic,
+                partition,
+                leader,
+            },
+            Self::Unavailable(reason) => PartitionError::Unavailable {
+                topic,
+                partition,
+                reason,
+            },
+        }
+    }
+}
+
+/// Where a partition's appends go.
+#[derive(Debug, Clone)]
+enum Route {
+    /// The broker's own appender.
+    Local(mpsc::Sender<AppendRequest>),
+    /// The partition's replicas, of which this broker holds one.
+    Replicated(Arc<dyn Replication>),
+    /// Nowhere on this broker: its replicas are not started yet.
+    Starting,
+    /// Another broker: this one holds no replica of the partition.
+    Elsewhere(Option<Leader>),
 }
 
 #[derive(Debug)]
@@ -46,22 +83,16 @@ pub struct Partition {
     topic: String,
     index: u32,
     log: Arc<PartitionLog>,
-    /// Queue to the appender task; bounded by `APPEND_QUEUE_LEN`.
-    appends: mpsc::Sender<AppendRequest>,
+    route: RwLock<Route>,
     /// Carries the high watermark; every change wakes waiting readers.
     watermark: watch::Sender<i64>,
 }
 
-impl std::fmt::Debug for AppendRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppendRequest")
-            .field("batches", &self.batches.len())
-            .finish_non_exhaustive()
-    }
-}
-
 impl Partition {
-    /// Wraps an opened log and starts its appender on the current runtime.
+    /// Wraps an opened log. Alone (`clustered` false) it starts the
+    /// partition's appender on the current runtime; in a cluster the
+    /// partition takes appends once its replicas are routed to.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         topic: &str,
         index: u32,
@@ -70,22 +101,32 @@ impl Partition {
         sync_group: Arc<SyncGroup>,
         open_segments: &Arc<OpenSegments>,
         metrics: Arc<Metrics>,
+        clustered: bool,
     ) -> Arc<Self> {
         log.share_open_segments(open_segments.clone());
         let log = Arc::new(log);
-        let (appends, queue) = mpsc::channel(APPEND_QUEUE_LEN);
         let (watermark, _) = watch::channel(log.high_watermark());
-        let partition = Arc::new(Self {
+        let route = if clustered {
+            Route::Starting
+        } else {
+            let (appends, queue) = mpsc::channel(APPEND_QUEUE_LEN);
+            tokio::spawn(run_appender(
+                log.clone(),
+                queue,
+                fsync,
+                sync_group,
+                watermark.clone(),
+                metrics,
+            ));
+            Route::Local(appends)
+        };
+        Arc::new(Self {
             topic: topic.to_owned(),
             index,
-            log: log.clone(),
-            appends,
-            watermark: watermark.clone(),
-        });
-        tokio::spawn(run_appender(
-            log, queue, fsync, sync_group, watermark, metrics,
-        ));
-        partition
+            log,
+            route: RwLock::new(route),
+            watermark,
+        })
     }
 
     pub fn topic(&self) -> &str {
@@ -100,20 +141,65 @@ impl Partition {
         &self.log
     }
 
-    /// Queues validated batches; the returned receiver resolves once they
-    /// are acknowledged (durable under the `always` fsync policy).
-    /// Queuing order is append order.
-    pub async fn enqueue(
-        &self,
-        batches: Vec<(Bytes, BatchHeader)>,
-    ) -> oneshot::Receiver<Result<Vec<BatchOutcome>, AppendFailure>> {
-        let (reply, receiver) = oneshot::channel();
-        let request = AppendRequest { batches, reply };
-        if let Err(mpsc::error::SendError(request)) = self.appends.send(request).await {
-            // The appender is gone (broker shutting down); answer here.
-            let _ = request.reply.send(Err(AppendFailure::Closed));
+    /// Sends appends through `replication` from now on.
+    pub fn route_through(&self, replication: Arc<dyn Replication>) {
+        *self.route.write() = Route::Replicated(replication);
+    }
+
+    /// Refuses appends and reads from now on, naming the broker that
+    /// serves the partition when known: this broker holds no replica.
+    pub fn route_elsewhere(&self, leader: Option<Leader>) {
+        *self.route.write() = Route::Elsewhere(leader);
+    }
+
+    /// What moves the high watermark readers wait on: in a cluster, the
+    /// replica that applies committed entries to the log sends its new
+    /// high watermark here.
+    pub fn watermark_sender(&self) -> watch::Sender<i64> {
+        self.watermark.clone()
+    }
+
+    /// Queues validated batches; the returned future resolves once they
+    /// are acknowledged (durable under the `always` fsync policy; in a
+    /// cluster, committed by a majority of the replicas). Queuing order is
+    /// append order.
+    pub async fn enqueue(&self, batches: Vec<(Bytes, BatchHeader)>) -> Acknowledgement {
+        let route = self.route.read().clone();
+        match route {
+            Route::Local(appends) => {
+                let (reply, receiver) = oneshot::channel();
+                let request = AppendRequest { batches, reply };
+                if let Err(mpsc::error::SendError(request)) = appends.send(request).await {
+                    // The appender is gone (broker shutting down); answer here.
+                    let _ = request.reply.send(Err(AppendFailure::Closed));
+                }
+                // The appender answers every request it takes; a dropped
+                // answer means it stopped.
+                Box::pin(async move { receiver.await.unwrap_or(Err(AppendFailure::Closed)) })
+            }
+            Route::Replicated(replication) => {
+                replication
+                    .submit(batches.into_iter().map(|(batch, _)| batch).collect())
+                    .await
+            }
+            Route::Starting => failed(AppendFailure::Unavailable(
+                "its replicas on this broker are starting".to_owned(),
+            )),
+            Route::Elsewhere(leader) => failed(AppendFailure::NotLeader(leader)),
         }
-        receiver
+    }
+
+    /// Refuses reads on a broker that holds no replica of the partition
+    /// (its local log is empty, not the partition's).
+    pub fn check_readable(&self) -> Result<(), PartitionError> {
+        match &*self.route.read() {
+            Route::Elsewhere(leader) => Err(PartitionError::NotLeader {
+                topic: self.topic.clone(),
+                partition: self.index,
+                leader: leader.clone(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// A receiver that sees every high watermark change.
@@ -122,115 +208,13 @@ impl Partition {
     }
 }
 
-async fn run_appender(
-    log: Arc<PartitionLog>,
-    mut queue: mpsc::Receiver<AppendRequest>,
-    fsync: FsyncPolicy,
-    sync_group: Arc<SyncGroup>,
-    watermark: watch::Sender<i64>,
-    metrics: Arc<Metrics>,
-) {
-    let mut round = Vec::with_capacity(ROUND_REQUESTS_MAX);
-    while queue.recv_many(&mut round, ROUND_REQUESTS_MAX).await > 0 {
-        let requests = std::mem::take(&mut round);
-        let log_for_round = log.clone();
-        let metrics_for_round = metrics.clone();
-        let watermark_for_round = watermark.clone();
-        let sync_group = sync_group.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
-            write_round(
-                &log_for_round,
-                requests,
-                fsync,
-                &sync_group,
-                &metrics_for_round,
-            );
-            // Readers wake as the producers do, not a task switch later.
-            watermark_for_round.send_replace(log_for_round.high_watermark());
-            // After the answers, so the producers do not wait for it.
-            take_recovery_point_if_due(&log_for_round);
-        })
-        .await;
-        match outcome {
-            Ok(()) => {}
-            Err(join_error) => {
-                log.poison(format!("append task failed: {join_error}"));
-                watermark.send_replace(log.high_watermark());
-            }
-        }
-    }
+fn failed(failure: AppendFailure) -> Acknowledgement {
+    Box::pin(std::future::ready(Err(failure)))
 }
 
-/// Bounds how much of the active segment a crash recovery has to check.
-fn take_recovery_point_if_due(log: &PartitionLog) {
-    let now_ms = brook_storage::now_ms();
-    // A poisoned log takes no more points (and said why when poisoned).
-    if log.poisoned().is_some() || log.damage().is_some() || !log.recovery_point_due(now_ms) {
-        return;
-    }
-    match log.write_recovery_point(now_ms) {
-        // Poisoned meanwhile: deleted, or a sync failed and was logged.
-        Ok(()) | Err(LogError::Poisoned { .. } | LogError::Deleted | LogError::Damaged { .. }) => {}
-        Err(e) => {
-            tracing::warn!(dir = %log.dir().display(), error = %e, "recovery point not written");
-        }
-    }
-}
+/// A future of the acknowledgement a [`Replication`] gives.
+pub type AcknowledgementFuture<'a> = Pin<Box<dyn Future<Output = Acknowledgement> + Send + 'a>>;
 
-/// Writes every request of a round, makes them durable with one fsync
-/// (under the `always` policy), publishes them and answers each producer.
-fn write_round(
-    log: &PartitionLog,
-    requests: Vec<AppendRequest>,
-    fsync: FsyncPolicy,
-    sync_group: &SyncGroup,
-    metrics: &Metrics,
-) {
-    let now_ms = brook_storage::now_ms();
-    let started = Instant::now();
-    let batches: usize = requests.iter().map(|r| r.batches.len()).sum();
-    let mut results = Vec::with_capacity(requests.len());
-    let mut last_mark: Option<WrittenMark> = None;
-    for request in &requests {
-        match log.append(&request.batches, now_ms) {
-            Ok((offsets, mark)) => {
-                results.push(Ok(offsets));
-                last_mark = Some(mark);
-            }
-            Err(e) => results.push(Err(AppendFailure::Log(Arc::new(e)))),
-        }
-    }
-    metrics
-        .append_duration
-        .observe(started.elapsed().as_secs_f64());
-    if let Some(mark) = last_mark {
-        let published = match fsync {
-            FsyncPolicy::Always => {
-                let syncing = Instant::now();
-                let synced = log.sync_in(sync_group);
-                metrics
-                    .fsync_duration
-                    .observe(syncing.elapsed().as_secs_f64());
-                metrics.group_commit_batches.observe(batches as f64);
-                synced.map(|synced| log.publish(&synced))
-            }
-            FsyncPolicy::Interval(_) | FsyncPolicy::Never => {
-                log.publish(&mark);
-                Ok(())
-            }
-        };
-        if let Err(e) = published {
-            // The batches were written but are not known to be durable.
-            let failure = AppendFailure::Log(Arc::new(e));
-            for result in &mut results {
-                if result.is_ok() {
-                    *result = Err(failure.clone());
-                }
-            }
-        }
-    }
-    for (request, result) in requests.into_iter().zip(results) {
-        // A producer that went away no longer needs its answer.
-        let _ = request.reply.send(result);
-    }
-}
+/// What an append ends in: the outcome of each batch, or why none was
+/// appended.
+pub type AppendResult = Result<Vec<BatchOutcome>, AppendFailure>;

@@ -93,6 +93,7 @@ impl As {
             name: name.to_owned(),
             partitions: 1,
             config: Some(TopicConfig::default()),
+            replication_factor: None,
         };
         self.admin.create_topic(request).await.map(|_| ())
     }

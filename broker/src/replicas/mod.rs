@@ -1,0 +1,249 @@
+//! The partitions' replicas on a broker in a cluster: topics are created
+//! and deleted through the metadata group, and every broker makes what it
+//! holds match what the group decided (the reconciler): a topic the group
+//! has is created here, each partition this broker holds a replica of gets
+//! its Raft group and takes appends through it, the others point at the
+//! brokers that hold them; a topic the group deleted is deleted here.
+//!
+//! Which topic a broker holds is kept beside its data
+//! (`<data dir>/cluster/topics/<name>`, the topic's id in the metadata
+//! group, written before the topic is created here): a topic that was
+//! deleted and created again while the broker was down has another id, so
+//! the broker drops its old copy instead of serving it.
+
+mod reconcile;
+mod replication;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use brook_cluster::network::client::Connector;
+use brook_cluster::partition::LogSource;
+use brook_cluster::{ClusterError, MetaCommand, MetaNode, MetaResponse, NodeId};
+use brook_engine::{AdminError, Broker, Invalid, NotFound, TopicInfo, TopicOverrides};
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+pub use replication::RaftReplication;
+
+/// How long an admin call waits for this broker to apply what the metadata
+/// group committed.
+const APPLIED_HERE_WITHIN: Duration = Duration::from_secs(10);
+/// How often the reconciler runs while nothing changes: it retries what
+/// failed (a replica whose start failed, a peer not registered yet).
+const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+
+/// Why a topic change through the cluster failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterAdminError {
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    /// The metadata group could not take the change now (no leader, the
+    /// leader unreachable); a retry may succeed.
+    #[error("the cluster's metadata group cannot take the change now: {0}")]
+    Unavailable(#[from] ClusterError),
+    /// The group took the change, and this broker had not applied it when
+    /// the call gave up waiting.
+    #[error("the change is committed, and this broker has not applied it yet: {0}")]
+    NotAppliedHere(String),
+}
+
+/// Per partition (topic, index): its replication when this broker holds a
+/// replica, `None` when another broker does.
+type Running = HashMap<(String, u32), Option<Arc<RaftReplication>>>;
+
+/// The replicas this broker runs, and the reconciler that keeps them.
+pub struct Replicas {
+    meta: MetaNode,
+    broker: Arc<Broker>,
+    connector: Arc<dyn Connector>,
+    source: Arc<dyn LogSource>,
+    /// This start's registration (see `MetaCommand::RegisterBroker`).
+    incarnation: u64,
+    /// `<data dir>/cluster`.
+    dir: PathBuf,
+    /// What runs here per partition: the replica's replication, or nothing
+    /// when the partition is elsewhere. Changed by the reconciler only.
+    running: Mutex<Running>,
+    /// Topics of this broker from before it joined the cluster that the
+    /// cluster has too (warned about once).
+    foreign: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for Replicas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replicas")
+            .field("node", &self.meta.id())
+            .field("partitions", &self.running.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A partition as this broker sees it, for `DescribeCluster`.
+#[derive(Debug, Clone)]
+pub struct PartitionView {
+    pub topic: String,
+    pub partition: u32,
+    pub replicas: Vec<NodeId>,
+    /// The leader this broker knows of: its own replica's view, or the
+    /// preferred leader for a partition it does not hold.
+    pub leader: Option<NodeId>,
+}
+
+impl Replicas {
+    pub fn new(
+        meta: MetaNode,
+        broker: Arc<Broker>,
+        connector: Arc<dyn Connector>,
+        source: Arc<dyn LogSource>,
+        incarnation: u64,
+    ) -> Arc<Self> {
+        let dir = broker.config().data_dir.join("cluster");
+        Arc::new(Self {
+            meta,
+            broker,
+            connector,
+            source,
+            incarnation,
+            dir,
+            running: Mutex::default(),
+            foreign: Mutex::default(),
+        })
+    }
+
+    /// Creates a topic in the cluster and waits until this broker holds it.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+        overrides: TopicOverrides,
+    ) -> Result<TopicInfo, ClusterAdminError> {
+        // What the engine would refuse is refused before anything is
+        // committed: the same rules on every broker.
+        self.broker
+            .check_new_topic(name, partitions, &overrides)
+            .map_err(AdminError::from)?;
+        let answer = self
+            .meta
+            .propose_anywhere(MetaCommand::CreateTopic {
+                name: name.to_owned(),
+                partitions,
+                replication_factor,
+                overrides,
+            })
+            .await?;
+        refusal(answer)?;
+        self.applied_here(|broker| broker.describe_topic(name).ok())
+            .await
+            .ok_or_else(|| ClusterAdminError::NotAppliedHere(format!("topic `{name}` created")))
+    }
+
+    /// Deletes a topic in the cluster and waits until this broker dropped it.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), ClusterAdminError> {
+        let answer = self
+            .meta
+            .propose_anywhere(MetaCommand::DeleteTopic {
+                name: name.to_owned(),
+            })
+            .await?;
+        refusal(answer)?;
+        self.applied_here(|broker| broker.describe_topic(name).is_err().then_some(()))
+            .await
+            .ok_or_else(|| ClusterAdminError::NotAppliedHere(format!("topic `{name}` deleted")))
+    }
+
+    /// Polls `done` until it says the change is applied here.
+    async fn applied_here<T>(&self, done: impl Fn(&Broker) -> Option<T>) -> Option<T> {
+        let deadline = tokio::time::Instant::now() + APPLIED_HERE_WITHIN;
+        loop {
+            if let Some(done) = done(&self.broker) {
+                return Some(done);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Every partition of the cluster's topics, as this broker sees it.
+    pub fn partitions(&self) -> Vec<PartitionView> {
+        let state = self.meta.state();
+        let running = self.running.lock();
+        let mut views = Vec::new();
+        for (topic, assignment) in &state.topics {
+            for (index, replicas) in assignment.replicas.iter().enumerate() {
+                let index = index as u32;
+                let here = running
+                    .get(&(topic.clone(), index))
+                    .and_then(Option::as_ref);
+                views.push(PartitionView {
+                    topic: topic.clone(),
+                    partition: index,
+                    replicas: replicas.clone(),
+                    leader: match here {
+                        Some(replication) => replication.replica().leader(),
+                        None => replicas.first().copied(),
+                    },
+                });
+            }
+        }
+        views
+    }
+
+    /// Keeps this broker's replicas matching the metadata group until
+    /// `stop`, then stops them.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut applied = self.meta.raft().metrics();
+        loop {
+            self.reconcile().await;
+            tokio::select! {
+                changed = applied.changed() => if changed.is_err() { break },
+                () = tokio::time::sleep(RECONCILE_EVERY) => {}
+                () = stop.cancelled() => break,
+            }
+        }
+        self.stop_all().await;
+    }
+
+    /// Stops every replica's Raft (their logs stay as they are).
+    async fn stop_all(&self) {
+        let running: Vec<Arc<RaftReplication>> = self
+            .running
+            .lock()
+            .drain()
+            .filter_map(|(_, replication)| replication)
+            .collect();
+        for replication in running {
+            self.meta.partitions().remove(replication.replica().group());
+            replication.replica().shutdown().await;
+        }
+    }
+
+    fn partition_dir(&self, topic: &str, partition: u32) -> PathBuf {
+        self.dir
+            .join("partitions")
+            .join(topic)
+            .join(partition.to_string())
+    }
+}
+
+fn refusal(answer: MetaResponse) -> Result<(), ClusterAdminError> {
+    let refused: AdminError = match answer {
+        MetaResponse::Done => return Ok(()),
+        MetaResponse::TopicExists { name } => AdminError::TopicExists(name),
+        MetaResponse::NoSuchTopic { name } => NotFound::Topic(name).into(),
+        MetaResponse::NotEnoughBrokers { needed, registered } => Invalid::new(
+            "replication_factor",
+            format!("{needed} replicas need as many brokers; the cluster has {registered}"),
+        )
+        .into(),
+        MetaResponse::Invalid { field, reason } => {
+            Invalid::new("topic", format!("{field}: {reason}")).into()
+        }
+    };
+    Err(refused.into())
+}

@@ -1,0 +1,237 @@
+//! One pass of the reconciler: what the metadata group applied here so
+//! far, made true of this broker's topics and replicas.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use brook_cluster::partition::{PartitionReplica, PartitionReplicaConfig};
+use brook_cluster::state::TopicAssignment;
+use brook_cluster::{BrokerNode, ClusterState, NodeId};
+use brook_engine::{AdminError, Leader};
+
+use super::{RaftReplication, Replicas};
+
+impl Replicas {
+    /// Creates what the group has and this broker lacks, starts the
+    /// replicas it should run, and deletes the topics the group deleted.
+    pub(super) async fn reconcile(&self) {
+        let state = self.meta.state();
+        for (name, topic) in &state.topics {
+            if let Err(e) = self.hold_topic(name, topic, &state).await {
+                tracing::warn!(topic = %name, error = %e, "could not take the topic's replicas on this broker; trying again");
+            }
+        }
+        // Only a state that holds this start's registration is known to
+        // hold every deletion committed before: an older one could lack a
+        // topic created while this broker was down, and dropping it then
+        // would drop data the group has.
+        let current = state
+            .brokers
+            .get(&self.meta.id())
+            .is_some_and(|broker| broker.incarnation == self.incarnation);
+        if !current {
+            return;
+        }
+        for (name, _) in self.broker.list_topics() {
+            if !state.topics.contains_key(&name) && self.held_id(&name).is_some() {
+                if let Err(e) = self.drop_topic(&name).await {
+                    tracing::warn!(topic = %name, error = %e, "could not delete a topic the cluster deleted; trying again");
+                }
+            }
+        }
+    }
+
+    /// Makes this broker hold `topic` as the group placed it.
+    async fn hold_topic(
+        &self,
+        name: &str,
+        topic: &TopicAssignment,
+        state: &ClusterState,
+    ) -> Result<(), AdminError> {
+        let exists = self.broker.describe_topic(name).is_ok();
+        match (self.held_id(name), exists) {
+            (Some(id), true) if id == topic.id => {}
+            (None, true) => {
+                // A topic of this broker from before it joined the
+                // cluster: its records are not the group's, and serving
+                // them as a replica would diverge. Left alone, refusing
+                // writes, until an operator deletes or moves it.
+                if self.foreign.lock().insert(name.to_owned()) {
+                    tracing::warn!(topic = %name, "this broker holds a topic of this name from before it joined the cluster; it is not served as the cluster's until deleted here");
+                }
+                return Ok(());
+            }
+            (held, exists) => {
+                if exists || held.is_some() {
+                    // Deleted and created again while this broker was away.
+                    self.drop_topic(name).await?;
+                }
+                self.remember_id(name, topic.id)?;
+                match self
+                    .broker
+                    .create_topic(name, topic.replicas.len() as u32, topic.overrides)
+                    .await
+                {
+                    Ok(_) | Err(AdminError::TopicExists(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        for (index, replicas) in topic.replicas.iter().enumerate() {
+            let index = index as u32;
+            if self.running.lock().contains_key(&(name.to_owned(), index)) {
+                continue;
+            }
+            let partition = self.broker.partition(name, index)?;
+            if replicas.contains(&self.meta.id()) {
+                let replica = self.start_replica(name, index, replicas, state).await?;
+                let replication = Arc::new(RaftReplication::new(replica));
+                partition.route_through(replication.clone());
+                self.running
+                    .lock()
+                    .insert((name.to_owned(), index), Some(replication));
+            } else {
+                partition.route_elsewhere(replicas.first().and_then(|id| leader_of(*id, state)));
+                self.running.lock().insert((name.to_owned(), index), None);
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts this broker's replica of a partition and forms its group with
+    /// the other replicas (a replica that already belongs to it ignores
+    /// that).
+    async fn start_replica(
+        &self,
+        topic: &str,
+        index: u32,
+        replicas: &[NodeId],
+        state: &ClusterState,
+    ) -> Result<PartitionReplica, AdminError> {
+        let partition = self.broker.partition(topic, index)?;
+        let group = brook_cluster::partition::group_name(topic, index);
+        let mut config =
+            PartitionReplicaConfig::new(self.meta.id(), &group, self.partition_dir(topic, index));
+        config.watermark = Some(partition.watermark_sender());
+        let failed = |e: brook_cluster::ClusterError| AdminError::Io {
+            what: format!("start the replica of {group}"),
+            source: std::io::Error::other(e.to_string()),
+        };
+        let replica = PartitionReplica::start(
+            &config,
+            partition.log().clone(),
+            self.connector.clone(),
+            self.source.clone(),
+        )
+        .await
+        .map_err(failed)?;
+        self.meta.partitions().insert(replica.clone());
+        let members: BTreeMap<NodeId, BrokerNode> = replicas
+            .iter()
+            .filter_map(|id| {
+                state
+                    .brokers
+                    .get(id)
+                    .map(|broker| (*id, BrokerNode::new(broker.address.clone())))
+            })
+            .collect();
+        if let Err(e) = replica.initialize(members).await {
+            self.meta.partitions().remove(&group);
+            replica.shutdown().await;
+            return Err(failed(e));
+        }
+        tracing::info!(group = %group, replicas = ?replicas, "started this broker's replica");
+        Ok(replica)
+    }
+
+    /// Stops a topic's replicas here and deletes it with their Raft files.
+    async fn drop_topic(&self, name: &str) -> Result<(), AdminError> {
+        let stopping: Vec<Arc<RaftReplication>> = {
+            let mut running = self.running.lock();
+            let keys: Vec<(String, u32)> = running
+                .keys()
+                .filter(|(topic, _)| topic == name)
+                .cloned()
+                .collect();
+            keys.into_iter()
+                .filter_map(|key| running.remove(&key).flatten())
+                .collect()
+        };
+        for replication in stopping {
+            self.meta.partitions().remove(replication.replica().group());
+            replication.replica().shutdown().await;
+        }
+        match self.broker.delete_topic(name).await {
+            Ok(()) | Err(AdminError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let raft_dir = self.dir.join("partitions").join(name);
+        remove_if_present(&raft_dir, |source| AdminError::Io {
+            what: format!("remove {}", raft_dir.display()),
+            source,
+        })?;
+        let marker = self.id_file(name);
+        remove_if_present(&marker, |source| AdminError::Io {
+            what: format!("remove {}", marker.display()),
+            source,
+        })?;
+        tracing::info!(topic = %name, "deleted the topic here, as the cluster did");
+        Ok(())
+    }
+
+    fn id_file(&self, name: &str) -> PathBuf {
+        self.dir.join("topics").join(name)
+    }
+
+    /// The cluster id of the topic this broker holds under `name`.
+    fn held_id(&self, name: &str) -> Option<u64> {
+        std::fs::read_to_string(self.id_file(name))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Records, durably, which of the cluster's topics `name` is here.
+    fn remember_id(&self, name: &str, id: u64) -> Result<(), AdminError> {
+        let path = self.id_file(name);
+        let io = |source| AdminError::Io {
+            what: format!("write {}", path.display()),
+            source,
+        };
+        let dir = self.dir.join("topics");
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let staged = dir.join(format!(".{name}.new"));
+        std::fs::write(&staged, id.to_string()).map_err(io)?;
+        std::fs::File::open(&staged)
+            .and_then(|file| file.sync_all())
+            .map_err(io)?;
+        std::fs::rename(&staged, &path).map_err(io)?;
+        std::fs::File::open(&dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io)
+    }
+}
+
+fn remove_if_present(
+    path: &std::path::Path,
+    error: impl FnOnce(std::io::Error) -> AdminError,
+) -> Result<(), AdminError> {
+    let removed = if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    match removed {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(error(e)),
+        _ => Ok(()),
+    }
+}
+
+fn leader_of(id: NodeId, state: &ClusterState) -> Option<Leader> {
+    state.brokers.get(&id).map(|broker| Leader {
+        id,
+        address: broker.address.clone(),
+    })
+}

@@ -1,0 +1,77 @@
+//! A partition's appends through its Raft group: the engine's
+//! [`Replication`] over the replica's [`Proposer`].
+
+use brook_cluster::ClusterError;
+use brook_cluster::partition::{AppliedBatch, PartitionReplica, Proposer};
+use brook_engine::{Acknowledgement, AcknowledgementFuture, AppendFailure, Leader, Replication};
+use brook_storage::BatchOutcome;
+use bytes::Bytes;
+
+/// Appends to one partition through the group this broker's replica
+/// belongs to; on a replica that does not lead, refuses naming the leader.
+#[derive(Debug)]
+pub struct RaftReplication {
+    proposer: Proposer,
+    replica: PartitionReplica,
+}
+
+impl RaftReplication {
+    pub fn new(replica: PartitionReplica) -> Self {
+        Self {
+            proposer: Proposer::start(replica.clone()),
+            replica,
+        }
+    }
+
+    pub fn replica(&self) -> &PartitionReplica {
+        &self.replica
+    }
+}
+
+impl Replication for RaftReplication {
+    // The future resolves once the batches are queued, into the one that
+    // resolves once they are committed: two waits, on purpose.
+    #[allow(clippy::async_yields_async)]
+    fn submit(&self, batches: Vec<Bytes>) -> AcknowledgementFuture<'_> {
+        Box::pin(async move {
+            let answer = self.proposer.submit(batches).await;
+            let acknowledgement: Acknowledgement = Box::pin(async move {
+                match answer.await {
+                    Ok(applied) => outcomes(applied),
+                    Err(e) => Err(failure(e)),
+                }
+            });
+            acknowledgement
+        })
+    }
+}
+
+/// What applying gave each batch, as the engine reports it. A batch that
+/// was not appended for a reason other than its sequence fails the whole
+/// request: it happens only to a batch whose header the leader took and
+/// the state machine could not parse.
+fn outcomes(applied: Vec<AppliedBatch>) -> Result<Vec<BatchOutcome>, AppendFailure> {
+    applied
+        .into_iter()
+        .map(|batch| match batch {
+            AppliedBatch::Appended { base_offset } => Ok(BatchOutcome::Appended(base_offset)),
+            AppliedBatch::Duplicate { base_offset } => Ok(BatchOutcome::Duplicate(base_offset)),
+            AppliedBatch::Sequence(refused) => Ok(BatchOutcome::Refused(refused)),
+            AppliedBatch::Refused { reason } => Err(AppendFailure::Unavailable(format!(
+                "the replicas did not append a batch: {reason}"
+            ))),
+        })
+        .collect()
+}
+
+fn failure(error: ClusterError) -> AppendFailure {
+    match error {
+        ClusterError::NotLeader { leader, .. } => {
+            AppendFailure::NotLeader(leader.map(|(id, node)| Leader {
+                id,
+                address: node.address,
+            }))
+        }
+        other => AppendFailure::Unavailable(other.to_string()),
+    }
+}
