@@ -356,6 +356,13 @@ pub struct BrokerConfig {
     pub cluster: Option<ClusterConfig>,
 }
 
+/// The largest broker id: a broker's producer ids carry its id in their
+/// high bits (`PRODUCER_ID_NODE_SHIFT`), so that brokers hand out distinct
+/// ids without asking each other.
+pub const NODE_ID_MAX: u64 = (1 << 20) - 1;
+/// Where a broker's id sits in the producer ids it hands out in a cluster.
+pub const PRODUCER_ID_NODE_SHIFT: u32 = 40;
+
 /// A broker's place in a cluster: its id and every voter of the metadata
 /// group (itself included), each at its gRPC address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -372,11 +379,17 @@ impl ClusterConfig {
         node_id: u64,
         peers: std::collections::BTreeMap<u64, String>,
     ) -> Result<Self, Invalid> {
-        if node_id == 0 {
-            return Err(Invalid::new("node_id", "must be at least 1"));
+        if node_id == 0 || node_id > NODE_ID_MAX {
+            return Err(Invalid::new(
+                "node_id",
+                format!("must be 1 to {NODE_ID_MAX}"),
+            ));
         }
-        if peers.contains_key(&0) {
-            return Err(Invalid::new("peers", "ids must be at least 1"));
+        if peers.keys().any(|id| *id == 0 || *id > NODE_ID_MAX) {
+            return Err(Invalid::new(
+                "peers",
+                format!("ids must be 1 to {NODE_ID_MAX}"),
+            ));
         }
         if !peers.contains_key(&node_id) {
             return Err(Invalid::new(

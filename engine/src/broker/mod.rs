@@ -104,8 +104,11 @@ impl Broker {
             quarantined,
             quotas,
         } = blocking(move || open::open_data_dir(&opening)).await??;
-        let producer_epochs =
-            producers::ProducerEpochs::new(producer_epochs, config.limits.producer_ids_max);
+        let producer_epochs = producers::ProducerEpochs::new(
+            producer_epochs,
+            config.limits.producer_ids_max,
+            config.cluster.is_some(),
+        );
         producer_epochs.set_owners(producer_owners);
         let authorizer = match config.authorizer {
             AuthorizerMode::Acl => Authorizer::with_acls(config.super_users.iter().cloned(), acls),

@@ -25,6 +25,11 @@ pub struct ProducerEpochs {
     /// Written by `init_producer_id` (under the admin lock), read per batch.
     state: Mutex<EpochTable>,
     max: usize,
+    /// In a cluster the partitions' replicated logs fence stale epochs
+    /// (their producer state moves with the log), and another broker may
+    /// have handed out the id or bumped its epoch: only an epoch older
+    /// than one this broker handed out is refused here.
+    clustered: bool,
 }
 
 #[derive(Debug, Default)]
@@ -65,7 +70,7 @@ impl EpochTable {
 impl ProducerEpochs {
     /// `epochs` in the order they were handed out (oldest first), which
     /// becomes their order of use until batches say otherwise.
-    pub fn new(epochs: impl IntoIterator<Item = (i64, i16)>, max: usize) -> Self {
+    pub fn new(epochs: impl IntoIterator<Item = (i64, i16)>, max: usize, clustered: bool) -> Self {
         let mut table = EpochTable::default();
         for (id, epoch) in epochs {
             table.touch(id, epoch);
@@ -73,6 +78,7 @@ impl ProducerEpochs {
         Self {
             state: Mutex::new(table),
             max: max.max(1),
+            clustered,
         }
     }
 
@@ -124,6 +130,8 @@ impl ProducerEpochs {
             reason,
         };
         match current {
+            None if self.clustered => Ok(()),
+            Some(epoch) if self.clustered && header.producer_epoch >= epoch => Ok(()),
             None => Err(refused(format!(
                 "producer_id {} is not known to this broker: it was never handed out, or it was forgotten as the least recently used of more than the broker keeps (call InitProducerId)",
                 header.producer_id
@@ -181,6 +189,16 @@ impl ProducerEpochs {
     }
 }
 
+/// A producer id no other broker of the cluster hands out: the broker's id
+/// in the high bits (`PRODUCER_ID_NODE_SHIFT`; node ids are at most
+/// `NODE_ID_MAX`, so it stays positive), the broker's own counter below.
+fn cluster_wide(local: i64, node: Option<u64>) -> i64 {
+    match node {
+        Some(node) => (node as i64) << crate::config::PRODUCER_ID_NODE_SHIFT | local,
+        None => local,
+    }
+}
+
 impl Broker {
     /// A new producer id for `principal` (when `producer_id` is not
     /// positive) or the next epoch of an existing one, durably recorded
@@ -197,8 +215,9 @@ impl Broker {
         let meta = self.meta.clone();
         if producer_id <= 0 {
             let owner = principal.to_owned();
+            let node = self.config.cluster.as_ref().map(|cluster| cluster.node_id);
             let id = blocking(move || {
-                let id = meta.allocate_producer_id()?;
+                let id = cluster_wide(meta.allocate_producer_id()?, node);
                 meta.put_producer_owner(id, &owner)?;
                 Ok::<_, crate::meta::MetaError>(id)
             })
@@ -275,7 +294,7 @@ mod tests {
 
     #[test]
     fn the_table_forgets_the_least_recently_used_ids_beyond_its_bound() {
-        let epochs = ProducerEpochs::new([(1, 0), (2, 0), (3, 0)], 3);
+        let epochs = ProducerEpochs::new([(1, 0), (2, 0), (3, 0)], 3, false);
         // Id 1 produces, so 2 is now the least recently used.
         assert!(epochs.check(&batch_of(1, 0), "t", 0).is_ok());
         epochs.remember(4, 0);
@@ -289,8 +308,30 @@ mod tests {
     }
 
     #[test]
+    fn in_a_cluster_only_an_epoch_older_than_one_handed_out_here_is_refused() {
+        let epochs = ProducerEpochs::new([(1, 2)], 10, true);
+        assert!(epochs.check(&batch_of(1, 1), "t", 0).is_err());
+        assert!(epochs.check(&batch_of(1, 2), "t", 0).is_ok());
+        // Bumped on another broker.
+        assert!(epochs.check(&batch_of(1, 3), "t", 0).is_ok());
+        // Handed out by another broker.
+        assert!(epochs.check(&batch_of(7 << 40 | 1, 0), "t", 0).is_ok());
+        let alone = ProducerEpochs::new([(1, 2)], 10, false);
+        assert!(alone.check(&batch_of(1, 3), "t", 0).is_err());
+        assert!(alone.check(&batch_of(2, 0), "t", 0).is_err());
+    }
+
+    #[test]
+    fn cluster_ids_carry_the_broker_and_never_collide() {
+        assert_eq!(cluster_wide(5, None), 5);
+        assert_ne!(cluster_wide(5, Some(1)), cluster_wide(5, Some(2)));
+        let highest = cluster_wide(i64::from(u32::MAX), Some(crate::config::NODE_ID_MAX));
+        assert!(highest > 0);
+    }
+
+    #[test]
     fn the_newest_id_is_never_its_own_surplus() {
-        let epochs = ProducerEpochs::new([(1, 0)], 1);
+        let epochs = ProducerEpochs::new([(1, 0)], 1, false);
         epochs.remember(2, 0);
         assert_eq!(epochs.surplus(2), vec![1]);
         assert_eq!(epochs.surplus(1), vec![2]);
@@ -298,7 +339,7 @@ mod tests {
 
     #[test]
     fn a_table_loaded_over_its_bound_gives_up_its_oldest_ids() {
-        let epochs = ProducerEpochs::new((1..=10).map(|id| (id, 0)), 4);
+        let epochs = ProducerEpochs::new((1..=10).map(|id| (id, 0)), 4, false);
         let mut surplus = epochs.surplus(10);
         surplus.sort_unstable();
         assert_eq!(surplus, vec![1, 2, 3, 4, 5, 6]);
