@@ -7,6 +7,7 @@
 //! reports its outcome to it.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use brook_proto::admin_service_client::AdminServiceClient;
@@ -18,6 +19,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::auth::{Authorize, AuthorizedChannel, BearerToken, Transport};
 use crate::error::ClientError;
 use crate::resilience::{CircuitBreaker, CircuitBreakerConfig, CircuitState};
+use crate::routing::Routing;
 use crate::tls::{TlsOptions, resolve_scheme};
 
 /// How long establishing the connection may take.
@@ -135,6 +137,11 @@ pub struct Client {
     /// The connection (with the bearer token), for stubs of other
     /// services (consumer groups) and raw calls.
     pub(crate) channel: Transport,
+    /// The broker connected to, as given (empty for a wrapped channel).
+    pub(crate) endpoint: Arc<str>,
+    /// In a cluster: which broker leads which partition, and connections
+    /// to the others.
+    pub(crate) routing: Arc<Routing>,
 }
 
 impl Client {
@@ -168,8 +175,11 @@ impl Client {
             options.produce_in_flight_max > 0,
             "a produce stream needs room for one request"
         );
-        let channel = Self::connect_channel(endpoint, &options).await?;
-        Ok(Self::from_channel(channel, options))
+        let endpoint = endpoint.into();
+        let channel = Self::connect_channel(endpoint.clone(), &options).await?;
+        let mut client = Self::from_channel(channel, options);
+        client.endpoint = Arc::from(endpoint);
+        Ok(client)
     }
 
     /// [`Client::connect_channel`] with `options.bearer_token` added to every
@@ -263,7 +273,19 @@ impl Client {
             breaker: CircuitBreaker::new(options.circuit_breaker),
             options,
             channel,
+            endpoint: Arc::from(""),
+            routing: Arc::default(),
         }
+    }
+
+    /// The client for the broker at `address`: this one when it is the
+    /// broker this client connected to, else one connected on first use
+    /// with the same options.
+    pub(crate) async fn at(&self, address: &Arc<str>) -> Result<Client, ClientError> {
+        if without_scheme(address) == without_scheme(&self.endpoint) {
+            return Ok(self.clone());
+        }
+        self.routing.client_at(self, address).await
     }
 
     /// The options this client was made with.
@@ -308,6 +330,15 @@ impl Client {
             }),
         }
     }
+}
+
+/// An address without its `http://` or `https://`: brokers name each other
+/// by `host:port`.
+fn without_scheme(address: &str) -> &str {
+    address
+        .strip_prefix("http://")
+        .or_else(|| address.strip_prefix("https://"))
+        .unwrap_or(address)
 }
 
 setters!(ClientOptions {

@@ -60,6 +60,10 @@ pub enum ClientError {
         code: StatusCode,
         /// The broker's message.
         message: String,
+        /// In a cluster: the address of the broker that leads the
+        /// partition, when the refusal (UNAVAILABLE: the answering broker
+        /// does not lead it) named one.
+        leader: Option<String>,
     },
 
     /// The broker served bytes that are not valid record batches.
@@ -128,6 +132,10 @@ pub enum ClientError {
     Protocol(String),
 }
 
+/// What a broker's refusal says when it does not lead the partition
+/// (docs/errors.md).
+pub(crate) const NOT_LEADER_PHRASE: &str = "is not led by this broker";
+
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -142,6 +150,7 @@ impl fmt::Display for ClientError {
                 partition,
                 code,
                 message,
+                ..
             } => write!(
                 f,
                 "batch for {topic}/{partition} rejected with {code}: {message}"
@@ -395,6 +404,22 @@ impl ClientError {
         Self::new(operation, StatusCode::from_i32(error.code), error.message)
     }
 
+    /// The broker that leads the refused batch's partition, when the
+    /// refusal named it.
+    pub(crate) fn leader(&self) -> Option<&str> {
+        match self {
+            Self::Rejected { leader, .. } => leader.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Whether a broker refused a batch for not leading its partition (with
+    /// or without naming the leader).
+    pub(crate) fn is_not_leader(&self) -> bool {
+        matches!(self, Self::Rejected { code: StatusCode::Unavailable, message, .. }
+            if message.contains(NOT_LEADER_PHRASE))
+    }
+
     /// A `Rejected` error from the broker's in-band `Error` message.
     pub(crate) fn rejected(topic: String, partition: u32, error: brook_proto::Error) -> Self {
         Self::Rejected {
@@ -402,6 +427,7 @@ impl ClientError {
             partition,
             code: StatusCode::from_i32(error.code),
             message: error.message,
+            leader: error.leader.map(|leader| leader.address),
         }
     }
 

@@ -64,6 +64,7 @@ mod produce;
 mod producer;
 mod quota;
 pub mod resilience;
+mod routing;
 mod stream;
 mod tls;
 #[cfg(feature = "otel")]

@@ -8,6 +8,7 @@ mod auth;
 mod cli;
 mod cluster;
 mod crash;
+mod failover;
 mod groups;
 mod logging;
 mod operations;

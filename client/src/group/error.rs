@@ -40,9 +40,10 @@ pub enum GroupError {
         offset: i64,
         /// Where it was to go.
         dead_letter_topic: String,
-        /// Why the send failed.
+        /// Why the send failed (boxed: it would make every group error
+        /// larger).
         #[source]
-        source: ClientError,
+        source: Box<ClientError>,
     },
 
     /// The member's session ended for good (the member was closed, or the

@@ -508,7 +508,7 @@ async fn dispose(
                     partition,
                     offset,
                     dead_letter_topic: dead_letter_topic.clone(),
-                    source,
+                    source: Box::new(source),
                 }),
             }
         }

@@ -123,6 +123,7 @@ mod tests {
             partition: 0,
             code,
             message: message.to_owned(),
+            leader: None,
         }
     }
 

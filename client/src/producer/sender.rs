@@ -1,10 +1,17 @@
 //! The background task that owns the partition queues and the producer's
-//! produce stream: it takes batches from the accumulator when they fill up
-//! or are due, sends them in multi-partition requests over that one
-//! ordered stream (`connection.rs`), reads the answers and applies them.
+//! produce streams: it takes batches from the accumulator when they fill
+//! up or are due, sends them in multi-partition requests over one ordered
+//! stream per broker (`connection.rs`; a broker alone has one), reads the
+//! answers and applies them.
+//!
+//! In a cluster each partition's batches go to the broker that leads it
+//! (`crate::routing`): a broker that does not lead a partition refuses its
+//! batches naming the leader, and they are sent again there. A partition
+//! moves to another broker only while none of its batches is in flight,
+//! so its batches never race each other on two streams.
 //!
 //! Invariants: at most `max_in_flight` produce requests are awaiting an
-//! answer on the stream; a request holds at most one batch per partition, and at most
+//! answer on each stream; a request holds at most one batch per partition, and at most
 //! `REQUEST_BATCHES_MAX` batches; only this task touches closed batches,
 //! so no lock is held around them. A partition's queue exists while it
 //! holds batches, or sequence numbers the broker remembers (then until it
@@ -89,6 +96,9 @@ const REQUEST_BATCHES_MAX: usize = brook_record::protocol::PRODUCE_BATCHES_MAX_D
 /// most one new producer id per sweep.
 const QUEUE_IDLE_MAX: Duration = Duration::from_secs(300);
 
+/// How often the leaders may be asked of the cluster, at most.
+const DESCRIBE_EVERY: Duration = Duration::from_millis(250);
+
 /// Requests from the producer's handles to the task.
 #[derive(Debug)]
 pub(crate) enum Control {
@@ -102,10 +112,19 @@ pub(crate) enum Control {
     Panic,
 }
 
-/// A call the task waits for besides the stream's answers.
+/// A call the task waits for besides the streams' answers.
 enum Event {
     Identity(Result<(i64, i16), ClientError>),
-    Connected(Result<Box<ProducerStream>, ClientError>),
+    Connected(Arc<str>, Result<Box<ProducerStream>, ClientError>),
+    /// What a broker said of the cluster (leaders learnt as it came).
+    Described,
+}
+
+/// A broker's produce stream, and the failed attempts to open one since
+/// one last answered.
+struct Link {
+    connection: Connection,
+    failures: u32,
 }
 
 /// The produce stream requests travel on. The broker appends the requests
@@ -168,9 +187,13 @@ pub(crate) struct Sender {
     queues: HashMap<TopicPartition, PartitionQueue>,
     /// Identity calls and the opening of the stream, awaiting their answer.
     events: FuturesUnordered<BoxFuture<'static, Event>>,
-    connection: Connection,
-    /// Failed attempts to open a stream since one last opened.
-    connection_failures: u32,
+    /// A stream per broker address.
+    links: HashMap<Arc<str>, Link>,
+    /// Where each partition's batches go now.
+    targets: HashMap<TopicPartition, Arc<str>>,
+    /// A `DescribeCluster` is on its way, or may be asked again after this.
+    describing: bool,
+    describe_after: Option<Instant>,
     identities: Identities,
     /// Flush callers, with the first batch id their flush does not cover.
     flushes: Vec<(u64, oneshot::Sender<()>)>,
@@ -218,8 +241,10 @@ impl Sender {
             accumulator: AccumulatorView::default(),
             queues: HashMap::new(),
             events: FuturesUnordered::new(),
-            connection: Connection::Closed { retry_at: None },
-            connection_failures: 0,
+            links: HashMap::new(),
+            targets: HashMap::new(),
+            describing: false,
+            describe_after: None,
             identities: Identities::default(),
             flushes: Vec::new(),
             backoff: config.backoff(),
@@ -239,6 +264,9 @@ impl Sender {
 
     async fn run_until_finished(&mut self) {
         let shared = self.shared.clone();
+        // In a cluster: every partition's leader, and the brokers to ask
+        // when the one connected to goes away.
+        self.describe_cluster();
         loop {
             let now = Instant::now();
             self.maintain(now);
@@ -250,8 +278,11 @@ impl Sender {
                 request = self.control.recv(), if self.control_open => self.on_control(request),
                 () = shared.wake.notified() => {}
                 Some(event) = self.events.next(), if !self.events.is_empty() => self.on_event(event),
-                message = next_message(&mut self.connection),
-                    if matches!(self.connection, Connection::Open(_)) => self.on_message(message),
+                (target, message) = next_message(&mut self.links),
+                    if self.links.values().any(|link| matches!(link.connection, Connection::Open(_))) =>
+                {
+                    self.on_message(&target, message);
+                }
                 () = sleep_until(wake), if wake.is_some() => {}
             }
         }
@@ -263,11 +294,44 @@ impl Sender {
     fn finished(&self) -> bool {
         self.accumulator.closed
             && self.accumulator.empty
-            && match &self.connection {
+            && self.links.values().all(|link| match &link.connection {
                 Connection::Open(stream) => !stream.has_live_requests(),
                 Connection::Closed { .. } | Connection::Opening => true,
-            }
+            })
             && self.queues.values().all(PartitionQueue::is_empty)
+    }
+
+    /// Where `key`'s batches go: where they went while any is in flight,
+    /// else its leader as known now.
+    fn target_of(&self, key: &TopicPartition) -> Arc<str> {
+        match self.targets.get(key) {
+            Some(target) => target.clone(),
+            None => self
+                .shared
+                .client
+                .routing
+                .target(&key.0, key.1, &self.shared.client.endpoint),
+        }
+    }
+
+    /// Points every partition with nothing in flight at its leader as
+    /// known now.
+    fn route_queues(&mut self) {
+        let client = &self.shared.client;
+        self.targets.retain(|key, _| self.queues.contains_key(key));
+        for (key, queue) in &self.queues {
+            if queue.in_flight() == 0 {
+                let target = client.routing.target(&key.0, key.1, &client.endpoint);
+                self.targets.insert(key.clone(), target);
+            }
+        }
+    }
+
+    /// Whether the stream `key`'s batches go to has room for more.
+    fn has_room_for(&self, key: &TopicPartition) -> bool {
+        self.links
+            .get(&self.target_of(key))
+            .is_none_or(|link| link.connection.has_room())
     }
 
     fn on_control(&mut self, request: Option<Control>) {
@@ -286,7 +350,6 @@ impl Sender {
     /// Moves the batches that are full, or due and sendable now, from the
     /// accumulator to their partition queues.
     fn take_batches(&mut self, now: Instant) {
-        let room = self.connection.has_room();
         let taken = {
             let mut state = self.shared.state.lock();
             let due = Due {
@@ -295,7 +358,7 @@ impl Sender {
             };
             let queues = &self.queues;
             let taken = state.accumulator.take(due, |key| {
-                room && queues.get(key).is_none_or(PartitionQueue::wants_batch)
+                self.has_room_for(key) && queues.get(key).is_none_or(PartitionQueue::wants_batch)
             });
             self.accumulator = AccumulatorView {
                 closed: state.closed,
@@ -340,22 +403,30 @@ impl Sender {
             tracing::debug!("idle partitions forgotten; retiring the default producer identity");
             self.identities.default = None;
         }
+        self.route_queues();
         self.provide_identities(now);
         self.connect(now);
-        if self.send_requests(now) && self.connection.has_room() {
-            // Room is left: batches that waited for it may go now.
+        if self.send_requests(now) {
+            // Room may be left: batches that waited for it may go now.
             self.take_batches(now);
+            self.route_queues();
             self.send_requests(now);
         }
         self.answer_flushes();
     }
 
-    /// Sends requests while there is room in flight and something to send;
-    /// whether any went.
+    /// Sends requests on every open stream while it has room in flight and
+    /// something to send; whether any went.
     fn send_requests(&mut self, now: Instant) -> bool {
+        let targets: Vec<Arc<str>> = self.links.keys().cloned().collect();
         let mut sent = false;
-        while self.connection.has_room() && self.send_request(now) {
-            sent = true;
+        for target in targets {
+            while self.links.get(&target).is_some_and(
+                |link| matches!(&link.connection, Connection::Open(stream) if stream.has_room()),
+            ) && self.send_request(&target, now)
+            {
+                sent = true;
+            }
         }
         sent
     }
@@ -367,26 +438,34 @@ impl Sender {
     /// flight), and must not make the task spin.
     fn next_wake(&self, now: Instant) -> Option<Instant> {
         let queues = self.queues.values().filter_map(|q| q.next_wake(now));
+        let request_timeout = self.shared.client.options.request_timeout;
+        let links = self
+            .links
+            .values()
+            .filter_map(|link| match &link.connection {
+                Connection::Closed { retry_at } => *retry_at,
+                Connection::Open(stream) => stream.next_deadline(request_timeout),
+                Connection::Opening => None,
+            });
         queues
             .chain(self.accumulator.next_wake)
             .chain(self.identities.retry_at)
-            .chain(match &self.connection {
-                Connection::Closed { retry_at } => *retry_at,
-                Connection::Open(stream) => {
-                    stream.next_deadline(self.shared.client.options.request_timeout)
-                }
-                Connection::Opening => None,
-            })
+            .chain(links)
             .filter(|&wake| wake > now)
             .min()
     }
 
     /// Builds and sends one request of every partition's next sendable
     /// batch; `false` when there was nothing to send.
-    fn send_request(&mut self, now: Instant) -> bool {
-        let Connection::Open(stream) = &mut self.connection else {
+    fn send_request(&mut self, target: &Arc<str>, now: Instant) -> bool {
+        let Some(Link {
+            connection: Connection::Open(stream),
+            ..
+        }) = self.links.get_mut(target)
+        else {
             return false;
         };
+        let targets = &self.targets;
         let Request {
             batches,
             resent,
@@ -394,6 +473,7 @@ impl Sender {
             latest_deadline,
         } = gather(
             &mut self.queues,
+            |key| targets.get(key) == Some(target),
             now,
             RequestLimits::within_message(self.shared.client.options.message_bytes_max),
         );
@@ -412,9 +492,12 @@ impl Sender {
             Err(Unsent::Closed(keys)) => self.on_answer(keys, Err(stream_closed())),
             Err(Unsent::Broken(keys)) => {
                 self.on_answer(keys, Err(stream_closed()));
-                self.end_stream(&ClientError::Protocol(
-                    "the broker answered requests it had not read".to_owned(),
-                ));
+                self.end_stream(
+                    target,
+                    &ClientError::Protocol(
+                        "the broker answered requests it had not read".to_owned(),
+                    ),
+                );
             }
         }
         true
@@ -422,20 +505,30 @@ impl Sender {
 
     /// Applies what came on the stream: an answer to its oldest request,
     /// or the end of the stream.
-    fn on_message(&mut self, message: Result<Option<ProduceResponse>, tonic::Status>) {
-        let Connection::Open(stream) = &mut self.connection else {
+    fn on_message(
+        &mut self,
+        target: &Arc<str>,
+        message: Result<Option<ProduceResponse>, tonic::Status>,
+    ) {
+        let Some(Link {
+            connection: Connection::Open(stream),
+            failures,
+        }) = self.links.get_mut(target)
+        else {
             return;
         };
         let response = match message {
             Ok(Some(response)) => response,
-            Ok(None) => return self.end_stream(&stream_closed()),
-            Err(status) => return self.end_stream(&ClientError::status(OPERATION, status)),
+            Ok(None) => return self.end_stream(target, &stream_closed()),
+            Err(status) => {
+                return self.end_stream(target, &ClientError::status(OPERATION, status));
+            }
         };
         let request = match stream.answered(&response) {
             Ok(request) => request,
-            Err(why) => return self.end_stream(&ClientError::Protocol(why)),
+            Err(why) => return self.end_stream(target, &ClientError::Protocol(why)),
         };
-        self.connection_failures = 0;
+        *failures = 0;
         if request.batches.is_empty() {
             // Given up at its delivery timeouts: its batches were answered.
             return;
@@ -453,18 +546,24 @@ impl Sender {
     /// stream is opened at once if this one answered anything, else after
     /// a backoff, so a broker that ends every stream at once is not asked
     /// again at the round-trip rate.
-    fn end_stream(&mut self, error: &ClientError) {
+    fn end_stream(&mut self, target: &Arc<str>, error: &ClientError) {
+        let Some(link) = self.links.get_mut(target) else {
+            return;
+        };
         let Connection::Open(stream) =
-            std::mem::replace(&mut self.connection, Connection::Closed { retry_at: None })
+            std::mem::replace(&mut link.connection, Connection::Closed { retry_at: None })
         else {
             return;
         };
         if !stream.answered_any() {
-            let delay = self.backoff.delay(self.connection_failures);
-            self.connection_failures += 1;
-            self.connection = Connection::Closed {
+            let delay = self.backoff.delay(link.failures);
+            link.failures += 1;
+            link.connection = Connection::Closed {
                 retry_at: Some(crate::deadline::after(Instant::now(), delay)),
             };
+            // The broker may be gone: its partitions' leaders are asked
+            // of the others.
+            self.broker_failed(target);
         }
         tracing::debug!(%error, "produce stream ended; opening another");
         let error = if error.is_retryable() {
@@ -482,8 +581,19 @@ impl Sender {
     /// answer is later than the request timeout: answers come in order, so
     /// every later one waits behind it.
     fn check_answers_due(&mut self, now: Instant) {
+        let targets: Vec<Arc<str>> = self.links.keys().cloned().collect();
+        for target in targets {
+            self.check_answers_due_on(&target, now);
+        }
+    }
+
+    fn check_answers_due_on(&mut self, target: &Arc<str>, now: Instant) {
         let request_timeout = self.shared.client.options.request_timeout;
-        let Connection::Open(stream) = &mut self.connection else {
+        let Some(Link {
+            connection: Connection::Open(stream),
+            ..
+        }) = self.links.get_mut(target)
+        else {
             return;
         };
         let timed_out = |after| ClientError::Timeout {
@@ -499,58 +609,116 @@ impl Sender {
             self.on_answer(given_up, Err(timed_out(delivery_timeout)));
         }
         if late {
-            self.end_stream(&timed_out(request_timeout));
+            self.end_stream(target, &timed_out(request_timeout));
         } else if drained {
-            self.end_stream(&stream_closed());
+            self.end_stream(target, &stream_closed());
         }
     }
 
-    /// Opens the produce stream when batches wait for one and none is
-    /// open (or the open one ended).
+    /// Opens a produce stream to each broker that batches wait for and
+    /// that has none open (or whose last one ended).
     fn connect(&mut self, now: Instant) {
-        let Connection::Closed { retry_at } = self.connection else {
-            return;
-        };
-        if retry_at.is_some_and(|at| at > now) || self.queues.values().all(PartitionQueue::is_empty)
-        {
-            return;
+        let mut wanted: Vec<Arc<str>> = self
+            .queues
+            .iter()
+            .filter(|(_, queue)| !queue.is_empty())
+            .map(|(key, _)| self.target_of(key))
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        for target in wanted {
+            let link = self.links.entry(target.clone()).or_insert(Link {
+                connection: Connection::Closed { retry_at: None },
+                failures: 0,
+            });
+            let Connection::Closed { retry_at } = link.connection else {
+                continue;
+            };
+            if retry_at.is_some_and(|at| at > now) {
+                continue;
+            }
+            link.connection = Connection::Opening;
+            let client = self.shared.client.clone();
+            let capacity = self.shared.config.max_in_flight;
+            self.events.push(Box::pin(async move {
+                let opened = match client.at(&target).await {
+                    Ok(broker) => connection::open(&broker, capacity).await,
+                    Err(error) => Err(error),
+                };
+                Event::Connected(target, opened)
+            }));
         }
-        self.connection = Connection::Opening;
-        let client = self.shared.client.clone();
-        let capacity = self.shared.config.max_in_flight;
-        self.events.push(Box::pin(async move {
-            Event::Connected(connection::open(&client, capacity).await)
-        }));
     }
 
-    fn on_connected(&mut self, opened: Result<Box<ProducerStream>, ClientError>) {
+    fn on_connected(
+        &mut self,
+        target: &Arc<str>,
+        opened: Result<Box<ProducerStream>, ClientError>,
+    ) {
+        let link = self.links.entry(target.clone()).or_insert(Link {
+            connection: Connection::Closed { retry_at: None },
+            failures: 0,
+        });
         match opened {
             // Failures are forgotten at the stream's first answer.
-            Ok(stream) => self.connection = Connection::Open(stream),
+            Ok(stream) => link.connection = Connection::Open(stream),
             Err(error) => {
-                let delay = self.backoff.delay(self.connection_failures);
-                self.connection_failures += 1;
-                self.connection = Connection::Closed {
+                let delay = self.backoff.delay(link.failures);
+                link.failures += 1;
+                link.connection = Connection::Closed {
                     retry_at: Some(crate::deadline::after(Instant::now(), delay)),
                 };
                 if error.is_retryable() {
-                    tracing::debug!(%error, ?delay, "opening the produce stream failed; retrying");
+                    tracing::debug!(%error, ?delay, broker = %target, "opening the produce stream failed; retrying");
+                    self.broker_failed(target);
                     return;
                 }
                 // The broker refuses the stream itself: waiting for the
                 // delivery timeout would not change its mind.
-                tracing::warn!(%error, "the broker refused the produce stream; failing the queued batches");
-                for queue in self.queues.values_mut() {
-                    queue.fail_all(&error);
+                tracing::warn!(%error, broker = %target, "the broker refused the produce stream; failing the queued batches");
+                for (key, queue) in &mut self.queues {
+                    if self.targets.get(key) == Some(target) {
+                        queue.fail_all(&error);
+                    }
                 }
             }
         }
     }
 
+    /// A broker could not be reached: in a cluster, its partitions' leaders
+    /// are asked of the others (each partition moves once its batches in
+    /// flight there are answered).
+    fn broker_failed(&mut self, target: &Arc<str>) {
+        self.shared.client.routing.failed(target);
+        self.describe_cluster();
+    }
+
+    /// Asks a broker for every partition's leader, at most every
+    /// `DESCRIBE_EVERY`.
+    fn describe_cluster(&mut self) {
+        let now = Instant::now();
+        if self.describing || self.describe_after.is_some_and(|after| after > now) {
+            return;
+        }
+        self.describing = true;
+        self.describe_after = Some(now + DESCRIBE_EVERY);
+        let client = self.shared.client.clone();
+        self.events.push(Box::pin(async move {
+            let broker = client.routing.any_broker(&client.endpoint);
+            if let Ok(broker) = client.at(&broker).await
+                && let Ok(cluster) = broker.describe_cluster().await
+            {
+                client.routing.learn_cluster(&cluster);
+            }
+            Event::Described
+        }));
+    }
+
     fn on_event(&mut self, event: Event) {
         match event {
             Event::Identity(answer) => self.on_identity(answer),
-            Event::Connected(opened) => self.on_connected(opened),
+            Event::Connected(target, opened) => self.on_connected(&target, opened),
+            Event::Described => self.describing = false,
         }
     }
 
@@ -585,9 +753,17 @@ impl Sender {
             backoff: self.backoff,
             delivery_timeout: self.shared.config.delivery_timeout,
         };
+        let mut ask_leaders = false;
         for ((key, id), mut answer) in batches.into_iter().zip(answers) {
             if answer.is_ok() && self.shared.take_dropped_acknowledgement() {
                 answer = Err(acknowledgement_dropped());
+            }
+            if let Err(error) = &answer {
+                // In a cluster: the broker does not lead the partition.
+                match error.leader() {
+                    Some(leader) => self.shared.client.routing.learn(&key.0, key.1, leader),
+                    None => ask_leaders |= error.is_not_leader(),
+                }
             }
             let Some(queue) = self.queues.get_mut(&key) else {
                 continue;
@@ -599,6 +775,9 @@ impl Sender {
                 }
                 Outcome::Fenced(error) => self.fence(&error),
             }
+        }
+        if ask_leaders {
+            self.describe_cluster();
         }
     }
 
@@ -638,7 +817,13 @@ impl Sender {
         ids.retry_at = None;
         let client = self.shared.client.clone();
         self.events.push(Box::pin(async move {
-            Event::Identity(client.init_producer_id(-1).await)
+            // Any broker hands out ids; one that answers is asked.
+            let broker = client.routing.any_broker(&client.endpoint);
+            let answer = match client.at(&broker).await {
+                Ok(broker) => broker.init_producer_id(-1).await,
+                Err(error) => Err(error),
+            };
+            Event::Identity(answer)
         }));
     }
 
@@ -699,6 +884,7 @@ impl Sender {
 /// that must go alone goes only in an otherwise empty request, and ends it.
 fn gather(
     queues: &mut HashMap<TopicPartition, PartitionQueue>,
+    belongs: impl Fn(&TopicPartition) -> bool,
     now: Instant,
     limits: RequestLimits,
 ) -> Request {
@@ -712,6 +898,9 @@ fn gather(
     for (key, queue) in queues {
         if bytes >= limits.bytes_max || request.batches.len() >= limits.batches_max {
             break;
+        }
+        if !belongs(key) {
+            continue;
         }
         let Some(index) = queue.sendable(now) else {
             continue;
@@ -765,14 +954,26 @@ fn forget_queues(
     forgot_sequences
 }
 
-/// The stream's next message; never, without an open stream.
+/// The next message of any open stream, with its broker; never, without
+/// an open stream.
 async fn next_message(
-    connection: &mut Connection,
-) -> Result<Option<ProduceResponse>, tonic::Status> {
-    match connection {
-        Connection::Open(stream) => stream.message().await,
-        Connection::Closed { .. } | Connection::Opening => std::future::pending().await,
+    links: &mut HashMap<Arc<str>, Link>,
+) -> (Arc<str>, Result<Option<ProduceResponse>, tonic::Status>) {
+    let messages: Vec<_> = links
+        .iter_mut()
+        .filter_map(|(target, link)| match &mut link.connection {
+            Connection::Open(stream) => {
+                Some(Box::pin(
+                    async move { (target.clone(), stream.message().await) },
+                ))
+            }
+            Connection::Closed { .. } | Connection::Opening => None,
+        })
+        .collect();
+    if messages.is_empty() {
+        return std::future::pending().await;
     }
+    futures::future::select_all(messages).await.0
 }
 
 async fn sleep_until(wake: Option<Instant>) {

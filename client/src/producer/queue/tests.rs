@@ -76,6 +76,7 @@ fn refused(code: Code, message: &str) -> Result<ProduceAck, ClientError> {
         partition: 0,
         code,
         message: message.to_owned(),
+        leader: None,
     })
 }
 

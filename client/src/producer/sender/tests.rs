@@ -32,7 +32,7 @@ fn a_request_holds_at_most_batches_max_batches() {
     let now = Instant::now();
     let (mut queues, _answers) = queues(25, now);
     let sizes: Vec<usize> = std::iter::from_fn(|| {
-        let request = gather(&mut queues, now, LIMITS);
+        let request = gather(&mut queues, |_| true, now, LIMITS);
         (!request.batches.is_empty()).then_some(request.batches.len())
     })
     .collect();
@@ -54,7 +54,7 @@ fn a_request_stays_within_its_byte_limit_but_always_takes_one_batch() {
             batches_max: 10,
         };
         std::iter::from_fn(|| {
-            let request = gather(queues, now, limits);
+            let request = gather(queues, |_| true, now, limits);
             (!request.batches.is_empty()).then_some(request.batches.len())
         })
         .collect()
@@ -70,7 +70,7 @@ fn a_request_stays_within_its_byte_limit_but_always_takes_one_batch() {
         bytes_max: 1,
         batches_max: 10,
     };
-    assert_eq!(gather(&mut queues, now, tiny).batches.len(), 1);
+    assert_eq!(gather(&mut queues, |_| true, now, tiny).batches.len(), 1);
 }
 
 #[test]
@@ -89,7 +89,7 @@ fn a_lowered_message_bound_lowers_the_request_limit() {
 fn a_batch_that_goes_alone_has_a_request_of_its_own() {
     let now = Instant::now();
     let (mut queues, _answers) = queues(4, now);
-    let first = gather(&mut queues, now, LIMITS);
+    let first = gather(&mut queues, |_| true, now, LIMITS);
     assert_eq!(first.sent.len(), 4);
     // The request was refused as a whole.
     for (key, id) in &first.sent {
@@ -97,7 +97,7 @@ fn a_batch_that_goes_alone_has_a_request_of_its_own() {
     }
     let mut requests = Vec::new();
     loop {
-        let request = gather(&mut queues, now, LIMITS);
+        let request = gather(&mut queues, |_| true, now, LIMITS);
         if request.batches.is_empty() {
             break;
         }

@@ -1,0 +1,273 @@
+//! Three `brook serve` processes holding a topic with three replicas: while
+//! an idempotent producer writes numbered records through any broker, the
+//! leader of the partition is killed with SIGKILL and restarted on its
+//! files, cycle after cycle. The producer sees no error, and afterwards
+//! every broker holds every acknowledged record exactly once, in order, the
+//! same log on all three.
+//!
+//! `BROOK_FAILOVER_CYCLES` sets how many cycles (default 50).
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use brook_client::{
+    Client, ClusterDescription, Producer, ProducerConfig, ProducerRecord, TopicConfig,
+};
+use bytes::Bytes;
+use nix::sys::signal::Signal;
+use tokio::task::JoinHandle;
+
+use crate::common::{self, Server};
+
+const TOPIC: &str = "failover";
+/// How long one step (a leader elected, a broker back) may take.
+const STEP_LIMIT: Duration = Duration::from_secs(30);
+
+fn cycles() -> usize {
+    std::env::var("BROOK_FAILOVER_CYCLES")
+        .ok()
+        .and_then(|cycles| cycles.parse().ok())
+        .unwrap_or(50)
+}
+
+/// Free loopback ports for the peers, chosen before any starts.
+fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("a bound address").port())
+        .collect()
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    addresses: Vec<String>,
+    peers: String,
+    servers: Vec<Option<Server>>,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let ports = free_ports(3);
+        let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let peers = (1..=3)
+            .zip(&addresses)
+            .map(|(id, address)| format!("{id}={address}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            dir: tempfile::tempdir().expect("a temporary directory"),
+            addresses,
+            peers,
+            servers: Vec::new(),
+        };
+        for id in 1..=3 {
+            let server = cluster.start_broker(id).await;
+            cluster.servers.push(Some(server));
+        }
+        cluster
+    }
+
+    async fn start_broker(&self, id: u64) -> Server {
+        let index = usize::try_from(id - 1).expect("a small id");
+        Server::start_listening(
+            &self.dir.path().join(format!("broker-{id}")),
+            &self.addresses[index],
+            &["--node-id", &id.to_string(), "--peers", &self.peers],
+            Stdio::null(),
+        )
+        .await
+    }
+
+    fn address(&self, id: u64) -> &str {
+        &self.addresses[usize::try_from(id - 1).expect("a small id")]
+    }
+
+    /// What a running broker says of the cluster.
+    async fn describe(&self) -> Option<ClusterDescription> {
+        for (id, server) in (1..).zip(&self.servers) {
+            if server.is_none() {
+                continue;
+            }
+            if let Ok(client) = Client::connect(self.address(id)).await
+                && let Ok(cluster) = client.describe_cluster().await
+            {
+                return Some(cluster);
+            }
+        }
+        None
+    }
+
+    /// Waits until a running broker says the partition has a live leader
+    /// and every replica in `caught_up` has its records.
+    async fn leader(&self, caught_up: &[u64]) -> u64 {
+        let deadline = Instant::now() + STEP_LIMIT;
+        loop {
+            if let Some(cluster) = self.describe().await
+                && let Some(partition) = cluster.partitions.iter().find(|p| p.topic == TOPIC)
+                && cluster
+                    .brokers
+                    .iter()
+                    .any(|b| b.id == partition.leader && b.alive)
+                && caught_up.iter().all(|id| partition.lag.get(id) == Some(&0))
+            {
+                return partition.leader;
+            }
+            assert!(Instant::now() < deadline, "no leader within {STEP_LIMIT:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// What the producer task saw: acknowledged sequence numbers with their
+/// offsets, and when each was acknowledged.
+#[derive(Default)]
+struct Acknowledged {
+    records: Vec<(u64, i64)>,
+    last_at: Option<Instant>,
+}
+
+fn lock(acknowledged: &Mutex<Acknowledged>) -> MutexGuard<'_, Acknowledged> {
+    acknowledged
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Produces numbered records until `stop`, a few in flight at a time,
+/// failing on any error.
+fn spawn_producer(
+    producer: Producer,
+    acknowledged: Arc<Mutex<Acknowledged>>,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut next = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let mut deliveries = Vec::new();
+            for _ in 0..16 {
+                let record = ProducerRecord::new(TOPIC, Bytes::from(next.to_string()));
+                let delivery = producer.enqueue(record).await.expect("record accepted");
+                deliveries.push((next, delivery));
+                next += 1;
+            }
+            for (seq, delivery) in deliveries {
+                let metadata = delivery
+                    .await
+                    .unwrap_or_else(|e| panic!("record {seq} failed: {e}"));
+                let mut acknowledged = lock(&acknowledged);
+                acknowledged.records.push((seq, metadata.offset));
+                acknowledged.last_at = Some(Instant::now());
+            }
+        }
+        producer.close().await;
+        next
+    })
+}
+
+#[tokio::test]
+async fn killing_the_leader_again_and_again_loses_no_acknowledged_record() {
+    let mut cluster = Cluster::start().await;
+    let client = Client::connect(cluster.address(1))
+        .await
+        .expect("connect to a broker");
+    // Until the brokers have elected a metadata leader and registered.
+    let deadline = Instant::now() + STEP_LIMIT;
+    while let Err(e) = client
+        .create_replicated_topic(TOPIC, 1, Some(3), TopicConfig::default())
+        .await
+    {
+        assert!(Instant::now() < deadline, "create the topic: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let producer = Producer::new(
+        client.clone(),
+        ProducerConfig::default().with_delivery_timeout(Duration::from_secs(60)),
+    );
+    let acknowledged = Arc::new(Mutex::new(Acknowledged::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let task = spawn_producer(producer, acknowledged.clone(), stop.clone());
+
+    let mut failovers = Vec::new();
+    for cycle in 0..cycles() {
+        let leader = cluster.leader(&[1, 2, 3]).await;
+        let before = lock(&acknowledged).records.len();
+        // Let the producer write through this leader for a moment.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let index = usize::try_from(leader - 1).expect("a small id");
+        let killed = cluster.servers[index].take().expect("the leader runs");
+        let killed_at = Instant::now();
+        killed.stop(Signal::SIGKILL).await;
+        // The first acknowledgement after the kill is the new leader's.
+        let deadline = killed_at + STEP_LIMIT;
+        let recovered = loop {
+            let seen = lock(&acknowledged).last_at;
+            if let Some(at) = seen
+                && at > killed_at
+            {
+                break at;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "cycle {cycle}: no acknowledgement within {STEP_LIMIT:?} of killing broker {leader}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        failovers.push(recovered.duration_since(killed_at));
+        assert!(
+            lock(&acknowledged).records.len() > before,
+            "cycle {cycle}: nothing acknowledged"
+        );
+        cluster.servers[index] = Some(cluster.start_broker(leader).await);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sent = tokio::time::timeout(STEP_LIMIT * 2, task)
+        .await
+        .expect("the producer finished")
+        .expect("the producer never failed");
+    let acknowledged = std::mem::take(&mut lock(&acknowledged).records);
+    assert_eq!(acknowledged.len() as u64, sent, "every record acknowledged");
+
+    // Every replica holds every acknowledged record, once, at the offset
+    // it was acknowledged with, and the three logs are equal.
+    cluster.leader(&[1, 2, 3]).await;
+    let mut logs = Vec::new();
+    for id in 1..=3 {
+        let client = Client::connect(cluster.address(id))
+            .await
+            .expect("connect to a replica");
+        logs.push(common::read_sequence_numbers(&client, TOPIC, 0).await);
+    }
+    for (id, log) in (1..).zip(&logs) {
+        assert_eq!(log, &logs[0], "broker {id}'s log differs from broker 1's");
+    }
+    let log = &logs[0];
+    let mut seen = vec![false; usize::try_from(sent).expect("a count")];
+    for seq in log {
+        let seq = usize::try_from(*seq).expect("a sequence number");
+        assert!(!seen[seq], "record {seq} twice");
+        seen[seq] = true;
+    }
+    for (seq, offset) in &acknowledged {
+        let at = usize::try_from(*offset).expect("an offset");
+        assert_eq!(
+            log.get(at),
+            Some(seq),
+            "record {seq} not at offset {offset}"
+        );
+    }
+    failovers.sort_unstable();
+    eprintln!(
+        "{} kill cycles, {} records acknowledged; leader killed -> first acknowledgement: p50 {:?}, max {:?}",
+        failovers.len(),
+        acknowledged.len(),
+        failovers[failovers.len() / 2],
+        failovers[failovers.len() - 1],
+    );
+    for server in cluster.servers.into_iter().flatten() {
+        server.stop(Signal::SIGTERM).await;
+    }
+}

@@ -1,0 +1,147 @@
+//! Where a partition's requests go in a cluster: to the broker that leads
+//! it, as the client learnt it from the brokers themselves (a broker that
+//! does not lead a partition names the one that does in its refusal;
+//! `DescribeCluster` names every partition's leader), over a connection per
+//! broker made on first use.
+//!
+//! A broker alone leads all its partitions: nothing is ever learnt, and
+//! every request goes to the broker the client connected to.
+//!
+//! Invariants: the lock is never held across an `.await`; a broker whose
+//! connection failed leads nothing in the table until a broker names it
+//! again, and is not picked while others are not known to be down.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::client::Client;
+use crate::cluster::ClusterDescription;
+use crate::error::ClientError;
+
+/// How long a broker whose connection failed is passed over.
+const DOWN_FOR: Duration = Duration::from_secs(2);
+
+/// What the client knows of the cluster; shared by a client's clones.
+#[derive(Debug, Default)]
+pub(crate) struct Routing {
+    state: Mutex<Known>,
+    /// Connections to other brokers than the one the client connected to.
+    clients: tokio::sync::Mutex<HashMap<Arc<str>, Client>>,
+}
+
+#[derive(Debug, Default)]
+struct Known {
+    /// Each partition's leader's address.
+    leaders: HashMap<(Arc<str>, u32), Arc<str>>,
+    /// Every broker address heard of, in the order heard of.
+    brokers: Vec<Arc<str>>,
+    /// Brokers whose connection failed, and when.
+    down: HashMap<Arc<str>, Instant>,
+}
+
+impl Known {
+    fn is_down(&self, address: &str, now: Instant) -> bool {
+        self.down
+            .get(address)
+            .is_some_and(|since| now.duration_since(*since) < DOWN_FOR)
+    }
+
+    fn hear_of(&mut self, address: &Arc<str>) {
+        if !self.brokers.iter().any(|known| known == address) {
+            self.brokers.push(address.clone());
+        }
+    }
+}
+
+impl Routing {
+    /// Where requests for `topic`/`partition` go: its leader when known
+    /// and not down, else the first broker not known to be down, starting
+    /// with `bootstrap`.
+    pub(crate) fn target(&self, topic: &str, partition: u32, bootstrap: &Arc<str>) -> Arc<str> {
+        let now = Instant::now();
+        let known = self.state.lock();
+        if let Some(leader) = known.leaders.get(&(Arc::from(topic), partition))
+            && !known.is_down(leader, now)
+        {
+            return leader.clone();
+        }
+        Self::any_up(&known, bootstrap, now)
+    }
+
+    /// A broker not known to be down, `bootstrap` first.
+    pub(crate) fn any_broker(&self, bootstrap: &Arc<str>) -> Arc<str> {
+        Self::any_up(&self.state.lock(), bootstrap, Instant::now())
+    }
+
+    fn any_up(known: &Known, bootstrap: &Arc<str>, now: Instant) -> Arc<str> {
+        std::iter::once(bootstrap)
+            .chain(known.brokers.iter())
+            .find(|address| !known.is_down(address, now))
+            .unwrap_or(bootstrap)
+            .clone()
+    }
+
+    /// A broker named `leader` as the leader of `topic`/`partition`.
+    pub(crate) fn learn(&self, topic: &str, partition: u32, leader: &str) {
+        let leader: Arc<str> = Arc::from(leader);
+        let mut known = self.state.lock();
+        known.hear_of(&leader);
+        known.down.remove(&leader);
+        known.leaders.insert((Arc::from(topic), partition), leader);
+    }
+
+    /// What a broker said of the cluster: its brokers and every leader.
+    pub(crate) fn learn_cluster(&self, cluster: &ClusterDescription) {
+        if !cluster.clustered {
+            return;
+        }
+        let addresses: HashMap<u64, Arc<str>> = cluster
+            .brokers
+            .iter()
+            .map(|broker| (broker.id, Arc::from(broker.address.as_str())))
+            .collect();
+        let mut known = self.state.lock();
+        for address in addresses.values() {
+            known.hear_of(address);
+        }
+        for partition in &cluster.partitions {
+            if let Some(leader) = addresses.get(&partition.leader) {
+                known.leaders.insert(
+                    (Arc::from(partition.topic.as_str()), partition.partition),
+                    leader.clone(),
+                );
+            }
+        }
+    }
+
+    /// The connection to `address` failed: it leads nothing until a broker
+    /// names it again, and is passed over for a while.
+    pub(crate) fn failed(&self, address: &Arc<str>) {
+        let mut known = self.state.lock();
+        known.hear_of(address);
+        known.down.insert(address.clone(), Instant::now());
+        known.leaders.retain(|_, leader| leader != address);
+    }
+
+    /// The client for the broker at `address`, connected on first use with
+    /// `via`'s options.
+    pub(crate) async fn client_at(
+        &self,
+        via: &Client,
+        address: &Arc<str>,
+    ) -> Result<Client, ClientError> {
+        if let Some(client) = self.clients.lock().await.get(address) {
+            return Ok(client.clone());
+        }
+        let client = Client::connect_with(address.to_string(), via.options.clone()).await?;
+        self.clients
+            .lock()
+            .await
+            .entry(address.clone())
+            .or_insert(client.clone());
+        Ok(client)
+    }
+}
