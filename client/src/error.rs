@@ -413,6 +413,13 @@ impl ClientError {
         }
     }
 
+    /// Drops the leader a refusal named (one known to be unreachable).
+    pub(crate) fn forget_leader(&mut self) {
+        if let Self::Rejected { leader, .. } = self {
+            *leader = None;
+        }
+    }
+
     /// Whether a broker refused a batch for not leading its partition (with
     /// or without naming the leader).
     pub(crate) fn is_not_leader(&self) -> bool {

@@ -21,8 +21,9 @@ use crate::client::Client;
 use crate::cluster::ClusterDescription;
 use crate::error::ClientError;
 
-/// How long a broker whose connection failed is passed over.
-const DOWN_FOR: Duration = Duration::from_secs(2);
+/// How long a broker whose connection failed is passed over (named as a
+/// leader or not: its peers name it until they notice it is gone).
+const DOWN_FOR: Duration = Duration::from_secs(1);
 
 /// What the client knows of the cluster; shared by a client's clones.
 #[derive(Debug, Default)]
@@ -84,13 +85,18 @@ impl Routing {
             .clone()
     }
 
-    /// A broker named `leader` as the leader of `topic`/`partition`.
-    pub(crate) fn learn(&self, topic: &str, partition: u32, leader: &str) {
+    /// A broker named `leader` as the leader of `topic`/`partition`;
+    /// whether it is taken: a broker whose connection failed a moment ago
+    /// is not (its peers name it until their election).
+    pub(crate) fn learn(&self, topic: &str, partition: u32, leader: &str) -> bool {
         let leader: Arc<str> = Arc::from(leader);
         let mut known = self.state.lock();
         known.hear_of(&leader);
-        known.down.remove(&leader);
+        if known.is_down(&leader, Instant::now()) {
+            return false;
+        }
         known.leaders.insert((Arc::from(topic), partition), leader);
+        true
     }
 
     /// What a broker said of the cluster: its brokers and every leader.
@@ -107,8 +113,11 @@ impl Routing {
         for address in addresses.values() {
             known.hear_of(address);
         }
+        let now = Instant::now();
         for partition in &cluster.partitions {
-            if let Some(leader) = addresses.get(&partition.leader) {
+            if let Some(leader) = addresses.get(&partition.leader)
+                && !known.is_down(leader, now)
+            {
                 known.leaders.insert(
                     (Arc::from(partition.topic.as_str()), partition.partition),
                     leader.clone(),

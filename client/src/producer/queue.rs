@@ -45,6 +45,10 @@ use crate::resilience::Backoff;
 /// broker remembers per partition to answer retries).
 pub(crate) const IDEMPOTENT_WINDOW: usize = brook_record::protocol::SEQUENCE_WINDOW;
 
+/// How soon a batch refused by a broker that knows no leader for its
+/// partition (an election under way) is sent again.
+const NOT_LEADER_RETRY: Duration = Duration::from_millis(50);
+
 /// What the sender must do after an answer.
 #[derive(Debug)]
 pub(crate) enum Outcome {
@@ -283,8 +287,19 @@ impl PartitionQueue {
                 Outcome::Done
             }
             Failure::Retry => {
+                let delay = if error.leader().is_some() {
+                    // Refused by a broker that does not lead the partition,
+                    // naming the one that does: sent there at once.
+                    Duration::ZERO
+                } else if error.is_not_leader() {
+                    // An election is under way: it ends within a second,
+                    // and the partition is asked about again soon.
+                    NOT_LEADER_RETRY
+                } else {
+                    timing.backoff.delay(batch.attempts.saturating_sub(1))
+                };
                 batch.state = BatchState::Ready {
-                    not_before: timing.now + timing.backoff.delay(batch.attempts.saturating_sub(1)),
+                    not_before: timing.now + delay,
                 };
                 tracing::debug!(topic, partition, attempts = batch.attempts, %error, "batch will be retried");
                 batch.maybe_appended = true;

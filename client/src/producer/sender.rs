@@ -561,10 +561,10 @@ impl Sender {
             link.connection = Connection::Closed {
                 retry_at: Some(crate::deadline::after(Instant::now(), delay)),
             };
-            // The broker may be gone: its partitions' leaders are asked
-            // of the others.
-            self.broker_failed(target);
         }
+        // The broker may be gone: its partitions' leaders are asked of the
+        // others.
+        self.broker_failed(target);
         tracing::debug!(%error, "produce stream ended; opening another");
         let error = if error.is_retryable() {
             error.clone()
@@ -758,10 +758,22 @@ impl Sender {
             if answer.is_ok() && self.shared.take_dropped_acknowledgement() {
                 answer = Err(acknowledgement_dropped());
             }
-            if let Err(error) = &answer {
+            if let Err(error) = &mut answer {
                 // In a cluster: the broker does not lead the partition.
-                match error.leader() {
-                    Some(leader) => self.shared.client.routing.learn(&key.0, key.1, leader),
+                match error.leader().map(Arc::<str>::from) {
+                    Some(leader) if self.shared.client.routing.learn(&key.0, key.1, &leader) => {
+                        // A stream to it that failed before is tried at once.
+                        if let Some(link) = self.links.get_mut(&leader)
+                            && matches!(link.connection, Connection::Closed { .. })
+                        {
+                            link.connection = Connection::Closed { retry_at: None };
+                        }
+                    }
+                    Some(_) => {
+                        // Named, and unreachable a moment ago: as if none were.
+                        error.forget_leader();
+                        ask_leaders = true;
+                    }
                     None => ask_leaders |= error.is_not_leader(),
                 }
             }
