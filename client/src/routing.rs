@@ -154,3 +154,39 @@ impl Routing {
         Ok(client)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bootstrap() -> Arc<str> {
+        Arc::from("b1:9420")
+    }
+
+    #[test]
+    fn a_named_leader_is_where_the_partition_goes_until_it_fails() {
+        let routing = Routing::default();
+        assert_eq!(routing.target("t", 0, &bootstrap()), bootstrap());
+        assert!(routing.learn("t", 0, "b2:9420"));
+        assert_eq!(&*routing.target("t", 0, &bootstrap()), "b2:9420");
+        // Other partitions still go to the broker connected to.
+        assert_eq!(routing.target("t", 1, &bootstrap()), bootstrap());
+        routing.failed(&Arc::from("b2:9420"));
+        assert_eq!(routing.target("t", 0, &bootstrap()), bootstrap());
+        // Its peers name it until their election: not taken meanwhile.
+        assert!(!routing.learn("t", 0, "b2:9420"));
+        assert_eq!(routing.target("t", 0, &bootstrap()), bootstrap());
+    }
+
+    #[test]
+    fn with_the_broker_connected_to_down_another_known_one_is_asked() {
+        let routing = Routing::default();
+        assert!(routing.learn("t", 0, "b2:9420"));
+        routing.failed(&bootstrap());
+        assert_eq!(&*routing.any_broker(&bootstrap()), "b2:9420");
+        assert_eq!(&*routing.target("t", 1, &bootstrap()), "b2:9420");
+        // Every broker down: the one connected to, rather than none.
+        routing.failed(&Arc::from("b2:9420"));
+        assert_eq!(routing.any_broker(&bootstrap()), bootstrap());
+    }
+}

@@ -13,6 +13,7 @@ use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use crate::command::{MetaCommand, MetaResponse};
 use crate::network::client::{Connector, Network};
 use crate::network::service::RaftServer;
+use crate::partition::ElectionTimeouts;
 use crate::partition::PartitionGroups;
 use crate::state::ClusterState;
 use crate::store::{LogStore, StateMachine};
@@ -29,9 +30,9 @@ pub struct MetaNodeConfig {
     pub dir: PathBuf,
     /// How often the leader tells followers it is alive.
     pub heartbeat_interval: Duration,
-    /// A follower that hears nothing for a random time in this range stands
-    /// for election.
-    pub election_timeout: (Duration, Duration),
+    /// A follower that hears nothing for a random time in its window
+    /// stands for election; brokers are ranked by id (`(id - 1) % 4`).
+    pub election: ElectionTimeouts,
     /// Committed entries beyond a snapshot that make a new one.
     pub snapshot_every: u64,
 }
@@ -42,7 +43,11 @@ impl MetaNodeConfig {
             id,
             dir: dir.into(),
             heartbeat_interval: Duration::from_millis(100),
-            election_timeout: (Duration::from_millis(400), Duration::from_millis(800)),
+            election: ElectionTimeouts {
+                first: (Duration::from_millis(400), Duration::from_millis(500)),
+                stagger: Duration::from_millis(150),
+                rank: u32::try_from(id.saturating_sub(1) % 4).unwrap_or(0),
+            },
             snapshot_every: 10_000,
         }
     }
@@ -106,7 +111,7 @@ impl MetaNode {
             cluster_name: "brook-metadata".to_owned(),
             ..raft_config(
                 config.heartbeat_interval,
-                config.election_timeout,
+                config.election.window(),
                 config.snapshot_every,
             )
         }

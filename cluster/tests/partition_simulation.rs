@@ -23,6 +23,7 @@ use std::time::Duration;
 use anyhow::{Context as _, ensure};
 use brook_cluster::network::client::RemoteLog;
 use brook_cluster::network::service::RaftServer;
+use brook_cluster::partition::ElectionTimeouts;
 use brook_cluster::partition::{
     AppliedBatch, PartitionGroups, PartitionReplica, PartitionReplicaConfig, ProduceCommand,
 };
@@ -103,7 +104,13 @@ async fn broker(id: NodeId, dir: PathBuf, shared: Arc<Shared>) -> turmoil::Resul
     config.snapshot_every = 8;
     config.kept_behind_snapshot = 4;
     config.heartbeat_interval = Duration::from_millis(50);
-    config.election_timeout = (Duration::from_millis(150), Duration::from_millis(250));
+    // One window for all, unlike brokers' (ranked apart): elections are
+    // contested as often as possible.
+    config.election = ElectionTimeouts {
+        first: (Duration::from_millis(150), Duration::from_millis(250)),
+        stagger: Duration::ZERO,
+        rank: 0,
+    };
     let replica = PartitionReplica::start(
         &config,
         Arc::new(log),

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
+use brook_cluster::partition::ElectionTimeouts;
 use brook_cluster::{
     BrokerNode, ClusterError, MetaCommand, MetaNode, MetaNodeConfig, MetaResponse, NodeId,
 };
@@ -56,7 +57,13 @@ async fn broker(id: NodeId, dir: PathBuf, shared: Arc<Shared>) -> turmoil::Resul
     // Elections close together against slow links: contested elections,
     // split votes and crashes amid them are what a lost vote would break.
     config.heartbeat_interval = Duration::from_millis(50);
-    config.election_timeout = (Duration::from_millis(150), Duration::from_millis(250));
+    // One window for all, unlike brokers' (ranked apart): elections are
+    // contested as often as possible.
+    config.election = ElectionTimeouts {
+        first: (Duration::from_millis(150), Duration::from_millis(250)),
+        stagger: Duration::ZERO,
+        rank: 0,
+    };
     let node = MetaNode::start(&config, Arc::new(SimConnector)).await?;
     shared.nodes.lock().insert(id, node.clone());
     shared.leaders.watch(node.raft().metrics());

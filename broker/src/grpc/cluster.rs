@@ -81,8 +81,11 @@ impl ClusterHandler {
     }
 }
 
-/// Each partition of the cluster: its leader as its replicas know it, and
-/// how far each replica's applied end is behind the leader's.
+/// Each partition of the cluster: its leader as most of its replicas know
+/// it (a replica back from a restart can name itself, from the term it led
+/// before, until it hears of the next), and how far each replica's applied
+/// end is behind the furthest one's (no replica applies what is not
+/// committed, so that is how far it is behind the commit).
 fn replicated_partitions(replicas: &Replicas, answers: &Answers) -> Vec<PartitionReplicas> {
     let answer = |id: u64| answers.get(&id).and_then(Option::as_ref);
     replicas
@@ -90,17 +93,23 @@ fn replicated_partitions(replicas: &Replicas, answers: &Answers) -> Vec<Partitio
         .into_iter()
         .map(|view| {
             let group = brook_cluster::partition::group_name(&view.topic, view.partition);
-            let leader = view
-                .replicas
-                .iter()
-                .find_map(|id| answer(*id)?.partition_leaders.get(&group).copied())
+            let mut claims: BTreeMap<u64, usize> = BTreeMap::new();
+            for id in &view.replicas {
+                if let Some(leader) = answer(*id).and_then(|a| a.partition_leaders.get(&group)) {
+                    *claims.entry(*leader).or_default() += 1;
+                }
+            }
+            let leader = claims
+                .into_iter()
+                .max_by_key(|(_, count)| *count)
+                .map(|(leader, _)| leader)
                 .or(view.leader);
             let end_of = |id: u64| answer(id)?.high_watermarks.get(&group).copied();
-            let leader_end = leader.and_then(end_of);
+            let furthest = view.replicas.iter().filter_map(|id| end_of(*id)).max();
             let lag = view
                 .replicas
                 .iter()
-                .filter_map(|id| Some((*id, (leader_end? - end_of(*id)?).max(0))))
+                .filter_map(|id| Some((*id, furthest? - end_of(*id)?)))
                 .collect();
             PartitionReplicas {
                 topic: view.topic,

@@ -376,6 +376,61 @@ mod tests {
         );
     }
 
+    /// A broker that does not lead a partition says so in the phrase
+    /// docs/errors.md gives, and names the leader where clients read it.
+    #[test]
+    fn not_leader_names_the_leader_in_band_and_in_metadata() {
+        let leader = brook_engine::Leader {
+            id: 3,
+            address: "10.0.0.3:9420".to_owned(),
+        };
+        let refused = ProduceError::Partition(PartitionError::NotLeader {
+            topic: "t".to_owned(),
+            partition: 0,
+            leader: Some(leader.clone()),
+        });
+        let status = to_status(&refused);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(
+            status.message().contains("is not led by this broker"),
+            "{status:?}"
+        );
+        assert_eq!(
+            status
+                .metadata()
+                .get(LEADER_ADDRESS_KEY)
+                .map(|v| v.to_str().ok()),
+            Some(Some("10.0.0.3:9420"))
+        );
+        assert_eq!(
+            status
+                .metadata()
+                .get(LEADER_ID_KEY)
+                .map(|v| v.to_str().ok()),
+            Some(Some("3"))
+        );
+        let in_band = to_proto_error(&refused);
+        assert_eq!(in_band.code, Code::Unavailable as i32);
+        assert_eq!(
+            in_band.leader,
+            Some(brook_proto::LeaderHint {
+                id: 3,
+                address: leader.address,
+            })
+        );
+        let unknown = PartitionError::NotLeader {
+            topic: "t".to_owned(),
+            partition: 0,
+            leader: None,
+        };
+        assert!(to_proto_error(&unknown).leader.is_none());
+        assert!(
+            to_status(&unknown)
+                .message()
+                .contains("is not led by this broker")
+        );
+    }
+
     /// docs/errors.md promises these phrases to clients, which tell the
     /// three FAILED_PRECONDITION situations apart by them.
     #[test]

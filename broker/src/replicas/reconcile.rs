@@ -114,6 +114,13 @@ impl Replicas {
         let mut config =
             PartitionReplicaConfig::new(self.meta.id(), &group, self.partition_dir(topic, index));
         config.watermark = Some(partition.watermark_sender());
+        // The preferred leader (first in the list) stands for election
+        // first, the others each a window later.
+        config.election.rank = replicas
+            .iter()
+            .position(|id| *id == self.meta.id())
+            .and_then(|rank| u32::try_from(rank).ok())
+            .unwrap_or(0);
         let failed = |e: brook_cluster::ClusterError| AdminError::Io {
             what: format!("start the replica of {group}"),
             source: std::io::Error::other(e.to_string()),

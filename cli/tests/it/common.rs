@@ -61,7 +61,12 @@ impl Server {
             .arg(data_dir)
             .args(["--listen", listen, "--http-listen", "127.0.0.1:0"])
             .args(flags)
-            .env("RUST_LOG", "warn")
+            // BROOK_TEST_SERVER_LOG raises the servers' log level when a
+            // test is being looked into.
+            .env(
+                "RUST_LOG",
+                std::env::var("BROOK_TEST_SERVER_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
