@@ -321,6 +321,7 @@ async fn serve_grpc(
                 broker.metrics().clone(),
                 stop.clone(),
             ));
+            status.set_replicas(replicas.clone());
             let reconciler = tokio::spawn(replicas.clone().run(stop.clone()));
             (Some(meta), Some(replicas), Some(reconciler))
         }

@@ -27,6 +27,8 @@ use serde_json::json;
 use brook_cluster::MetaNode;
 use brook_engine::Broker;
 
+use crate::replicas::Replicas;
+
 /// Where the server is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -47,6 +49,8 @@ pub struct ServerStatus {
     broker: OnceLock<Arc<Broker>>,
     /// Set once the broker joined its cluster's metadata group.
     meta: OnceLock<MetaNode>,
+    /// In a cluster: the replicas `/ready` waits for to catch up.
+    replicas: OnceLock<Arc<Replicas>>,
 }
 
 impl ServerStatus {
@@ -68,12 +72,20 @@ impl ServerStatus {
         let _already = self.meta.set(meta);
     }
 
+    /// The broker's replicas: `/ready` waits for them to catch up.
+    pub fn set_replicas(&self, replicas: Arc<Replicas>) {
+        let _already = self.replicas.set(replicas);
+    }
+
     pub fn set_broker(&self, broker: Arc<Broker>) {
         // A second broker for the same status is a programmer error; the
         // first one stays.
         let _ = self.broker.set(broker);
     }
 }
+
+/// Partitions a `/ready` answer names at most.
+const READY_PARTITIONS_LISTED: usize = 20;
 
 pub fn router(status: Arc<ServerStatus>) -> Router {
     Router::new()
@@ -199,7 +211,20 @@ async fn readiness(State(status): State<Arc<ServerStatus>>) -> impl IntoResponse
                 })),
             )
         }
-        Phase::Ready => (StatusCode::OK, Json(json!({ "status": "ready" }))),
+        Phase::Ready => match status.replicas.get().map(|r| r.catching_up()) {
+            Some(behind) if !behind.is_empty() => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({
+                    "status": "catching_up",
+                    "reason": format!(
+                        "{} partition replicas on this broker are catching up with their leaders",
+                        behind.len()
+                    ),
+                    "partitions": behind.iter().take(READY_PARTITIONS_LISTED).collect::<Vec<_>>(),
+                })),
+            ),
+            _ => (StatusCode::OK, Json(json!({ "status": "ready" }))),
+        },
         Phase::Starting => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "starting", "reason": "recovering the data directory" })),

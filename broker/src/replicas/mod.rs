@@ -11,6 +11,7 @@
 //! deleted and created again while the broker was down has another id, so
 //! the broker drops its old copy instead of serving it.
 
+mod catch_up;
 mod reconcile;
 mod replication;
 
@@ -70,6 +71,9 @@ pub struct Replicas {
     /// Topics of this broker from before it joined the cluster that the
     /// cluster has too (warned about once).
     foreign: Mutex<HashSet<String>>,
+    /// Which replicas have caught up with their leader since they started
+    /// here, and how far the others must apply to have (`catch_up.rs`).
+    catch_up: Mutex<catch_up::CatchUp>,
 }
 
 impl std::fmt::Debug for Replicas {
@@ -110,6 +114,7 @@ impl Replicas {
             dir,
             running: Mutex::default(),
             foreign: Mutex::default(),
+            catch_up: Mutex::default(),
         })
     }
 
@@ -197,6 +202,7 @@ impl Replicas {
     /// Keeps this broker's replicas matching the metadata group until
     /// `stop`, then stops them.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        tokio::spawn(self.clone().watch_catch_up(stop.clone()));
         let mut applied = self.meta.raft().metrics();
         loop {
             self.reconcile().await;

@@ -183,6 +183,7 @@ impl Replicas {
             what: format!("remove {}", marker.display()),
             source,
         })?;
+        self.forget_catch_up(name);
         tracing::info!(topic = %name, "deleted the topic here, as the cluster did");
         Ok(())
     }
