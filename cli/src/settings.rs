@@ -13,13 +13,14 @@ use brook_broker::config::{
     DEFAULT_JWT_LEEWAY, DEFAULT_LISTEN, GroupSettings, JwtAuth, Limits, TokenAuth, TopicSettings,
 };
 use brook_broker::{
-    BrokerConfig, ClientAuth, ClusterConfig, FsyncPolicy, PartitionName, RecordValidation,
-    TlsConfig,
+    BrokerConfig, ClientAuth, FsyncPolicy, PartitionName, RecordValidation, TlsConfig,
 };
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use crate::LogFormat;
+
+mod cluster;
 
 /// Longest clock skew `jwt_leeway_s` may allow: beyond a few minutes an
 /// expired token would stay usable long after it ran out.
@@ -195,6 +196,11 @@ settings! {
     /// This broker's id in its cluster, with `peers` [default: none, the
     /// broker runs alone].
     node_id: u64 = "BROOK_NODE_ID",
+    /// Take this broker's id from the hostname instead of `node_id`: a
+    /// StatefulSet pod's name ends in its ordinal, and `brook-2` is broker 3
+    /// [default: false].
+    #[arg(num_args = 0..=1, default_missing_value = "true")]
+    node_id_from_hostname: bool = "BROOK_NODE_ID_FROM_HOSTNAME",
     /// Every broker of the cluster (this one included) as `ID=HOST:PORT`,
     /// each at its gRPC address: the voters of the metadata group.
     /// Repeatable or comma-separated [default: none].
@@ -266,6 +272,7 @@ pub struct Effective {
     pub http_header_read_timeout_ms: u64,
     pub authorizer: String,
     pub super_users: Vec<String>,
+    /// With `node_id_from_hostname`, the id the hostname gives.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_id: Option<u64>,
     pub peers: Vec<String>,
@@ -300,6 +307,7 @@ impl Settings {
         let limits = Limits::default();
         let broker = BrokerConfig::default();
         let groups = broker.groups;
+        let node_id = self.node_id_resolved()?;
         let effective = Effective {
             data_dir: self
                 .data_dir
@@ -410,7 +418,7 @@ impl Settings {
                 .authorizer
                 .unwrap_or_else(|| broker.authorizer.to_string()),
             super_users: self.super_users.unwrap_or_default(),
-            node_id: self.node_id,
+            node_id,
             peers: self.peers.unwrap_or_default(),
         };
         effective.check()?;
@@ -590,39 +598,6 @@ impl Effective {
         config.super_users.clone_from(&self.super_users);
         config.cluster = self.cluster()?;
         Ok(config)
-    }
-
-    /// The cluster from `node_id` and `peers`: both or neither.
-    fn cluster(&self) -> anyhow::Result<Option<ClusterConfig>> {
-        let node_id = match (self.node_id, self.peers.is_empty()) {
-            (None, true) => return Ok(None),
-            (Some(id), false) => id,
-            (None, false) => bail!("node_id: needed with peers"),
-            (Some(_), true) => bail!("peers: needed with node_id"),
-        };
-        let mut peers = std::collections::BTreeMap::new();
-        for peer in &self.peers {
-            let (id, address) = peer
-                .split_once('=')
-                .with_context(|| format!("peers: `{peer}` is not ID=HOST:PORT"))?;
-            let id: u64 = id
-                .trim()
-                .parse()
-                .with_context(|| format!("peers: `{id}` in `{peer}` is not a broker id"))?;
-            let address = address.trim();
-            if address
-                .rsplit_once(':')
-                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
-            {
-                bail!("peers: `{address}` in `{peer}` is not HOST:PORT");
-            }
-            if peers.insert(id, address.to_owned()).is_some() {
-                bail!("peers: broker {id} is given twice");
-            }
-        }
-        ClusterConfig::new(node_id, peers)
-            .map(Some)
-            .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
     fn accepted_data_loss(&self) -> anyhow::Result<Vec<PartitionName>> {

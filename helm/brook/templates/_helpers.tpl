@@ -133,6 +133,7 @@ broker's own default applies to them. Keys the chart owns are refused.
 {{- end }}
 {{- end }}
 {{- include "brook.authSettings" (dict "ctx" . "merged" $merged) }}
+{{- include "brook.clusterSettings" (dict "ctx" . "merged" $merged) }}
 {{- toJson $merged }}
 {{- end }}
 
@@ -171,6 +172,65 @@ they are refused. Settings the broker would refuse at start fail here.
 {{- end }}
 {{- else if or $auth.tokenSecret $auth.jwt.jwksConfigMap }}
 {{- fail "auth.tokenSecret and auth.jwt.jwksConfigMap need auth.mode token" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The cluster keys of brook.toml, set into "merged" (the settings so far, auth
+included). With replicaCount above 1 every pod gets the same peers, each
+pod's stable name, and takes its node id from its own name (brook-0 is
+broker 1); with 1 there are none. They are the chart's: given in extraConfig
+they are refused. A broker with peers refuses TLS and client authentication
+(brokers do not authenticate each other yet), so that fails here rather than
+in pods that cannot start.
+*/}}
+{{- define "brook.clusterSettings" -}}
+{{- $merged := .merged }}
+{{- $replicas := int .ctx.Values.replicaCount }}
+{{- range $key := list "node_id" "node_id_from_hostname" "peers" }}
+{{- if hasKey $merged $key }}
+{{- fail (printf "brook.toml: %q is set by the chart from replicaCount" $key) }}
+{{- end }}
+{{- end }}
+{{- if gt $replicas 1 }}
+{{- $refused := list }}
+{{- if hasKey $merged "tls_cert" }}{{ $refused = append $refused "TLS" }}{{ end }}
+{{- if ne (toString (index $merged "auth")) "none" }}{{ $refused = append $refused (printf "auth.mode %s" (index $merged "auth")) }}{{ end }}
+{{- if $refused }}
+{{- fail (printf "replicaCount %d makes a cluster, which cannot run with %s yet: brokers call each other in plaintext, without credentials. Set replicaCount: 1, or tls.enabled: false and auth.mode: none (see docs/cluster.md)" $replicas (join " and " $refused)) }}
+{{- end }}
+{{- $_ := set $merged "node_id_from_hostname" true }}
+{{- $_ := set $merged "peers" (include "brook.peers" .ctx | fromJsonArray) }}
+{{- end }}
+{{- end }}
+
+{{/*
+Every broker of the cluster as ID=HOST:PORT, a JSON list: pod <ordinal> is
+broker <ordinal + 1>, at its name under the headless Service and the gRPC
+port, the address its peers call and clients are sent to.
+*/}}
+{{- define "brook.peers" -}}
+{{- $fullname := include "brook.fullname" . }}
+{{- $domain := printf "%s.%s.svc.%s" (include "brook.headlessName" .) .Release.Namespace .Values.clusterDomain }}
+{{- $peers := list }}
+{{- range $ordinal := until (int .Values.replicaCount) }}
+{{- $peers = append $peers (printf "%d=%s-%d.%s:%d" (add1 $ordinal) $fullname $ordinal $domain (int $.Values.ports.grpc)) }}
+{{- end }}
+{{- toJson $peers }}
+{{- end }}
+
+{{/*
+How many pods a PodDisruptionBudget count stands for: an integer, or a
+percentage of the replicas rounded up, as Kubernetes counts it. Call with
+(list $count $replicas).
+*/}}
+{{- define "brook.podCount" -}}
+{{- $count := index . 0 }}
+{{- $replicas := int (index . 1) }}
+{{- if and (kindIs "string" $count) (hasSuffix "%" $count) }}
+{{- div (add (mul (atoi (trimSuffix "%" $count)) $replicas) 99) 100 }}
+{{- else }}
+{{- int $count }}
 {{- end }}
 {{- end }}
 
