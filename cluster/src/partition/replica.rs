@@ -48,10 +48,12 @@ impl PartitionReplicaConfig {
             // A follower stands for election after the leader lease (its
             // longest election timeout) and one election timeout without a
             // heartbeat: with these windows the second-ranked replica
-            // stands 0.6-0.7 s after the leader's last heartbeat.
-            heartbeat_interval: Duration::from_millis(50),
+            // stands 0.75-0.8 s after the leader's last heartbeat. The
+            // heartbeat interval is also how long openraft gives an
+            // AppendEntries: 50 ms was too short under load.
+            heartbeat_interval: Duration::from_millis(100),
             election: ElectionTimeouts {
-                first: (Duration::from_millis(200), Duration::from_millis(260)),
+                first: (Duration::from_millis(250), Duration::from_millis(310)),
                 stagger: Duration::from_millis(100),
                 rank: 0,
             },
