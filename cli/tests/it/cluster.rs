@@ -10,19 +10,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-use crate::common::{Server, brook, run};
+use crate::common::{self, Server, brook, run};
 use crate::operations::http_get;
-
-/// Free loopback ports for the peers, chosen before any starts.
-fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> = (0..count)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("a bound address").port())
-        .collect()
-}
 
 async fn status(broker: &str) -> Option<Value> {
     let output = run(broker, &["cluster", "status", "--json"], b"").await;
@@ -65,7 +54,7 @@ fn alive(status: &Value) -> Vec<u64> {
 #[tokio::test]
 async fn a_killed_metadata_leader_is_replaced_and_rejoins_after_a_restart() {
     let data = tempfile::tempdir().expect("a temporary directory");
-    let ports = free_ports(3);
+    let ports = common::free_ports(3);
     let peers = (1..=3)
         .zip(&ports)
         .map(|(id, port)| format!("{id}=127.0.0.1:{port}"))

@@ -212,3 +212,15 @@ pub async fn read_sequence_numbers(
     }
     numbers
 }
+
+/// Free loopback ports, chosen before any server starts (a cluster's peers
+/// must know each other's addresses first).
+pub fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("a bound address").port())
+        .collect()
+}

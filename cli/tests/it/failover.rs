@@ -34,17 +34,6 @@ fn cycles() -> usize {
         .unwrap_or(50)
 }
 
-/// Free loopback ports for the peers, chosen before any starts.
-fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> = (0..count)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("a bound address").port())
-        .collect()
-}
-
 struct Cluster {
     dir: tempfile::TempDir,
     addresses: Vec<String>,
@@ -54,7 +43,7 @@ struct Cluster {
 
 impl Cluster {
     async fn start() -> Cluster {
-        let ports = free_ports(3);
+        let ports = common::free_ports(3);
         let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let peers = (1..=3)
             .zip(&addresses)
