@@ -92,7 +92,8 @@ fn replicated_partitions(replicas: &Replicas, answers: &Answers) -> Vec<Partitio
         .partitions()
         .into_iter()
         .map(|view| {
-            let group = brook_cluster::partition::group_name(&view.topic, view.partition);
+            let group =
+                brook_cluster::partition::group_name(&view.topic, view.partition, view.topic_id);
             let mut claims: BTreeMap<u64, usize> = BTreeMap::new();
             for id in &view.replicas {
                 if let Some(leader) = answer(*id).and_then(|a| a.partition_leaders.get(&group)) {

@@ -84,7 +84,7 @@ impl Replicas {
             return;
         }
         // Per leader's broker, the partitions that still need a target.
-        let mut to_ask: HashMap<NodeId, Vec<Partition>> = HashMap::new();
+        let mut to_ask: HashMap<NodeId, Vec<(Partition, String)>> = HashMap::new();
         {
             let mut catch_up = self.catch_up.lock();
             for (key, replication) in &pending {
@@ -100,7 +100,10 @@ impl Replicas {
                             catch_up.caught_up.insert(key.clone());
                         }
                         Some(_) => {}
-                        None => to_ask.entry(leader).or_default().push(key.clone()),
+                        None => to_ask
+                            .entry(leader)
+                            .or_default()
+                            .push((key.clone(), replica.group().to_owned())),
                     },
                     None => {}
                 }
@@ -118,8 +121,7 @@ impl Replicas {
                 continue;
             };
             let mut catch_up = self.catch_up.lock();
-            for key in partitions {
-                let group = brook_cluster::partition::group_name(&key.0, key.1);
+            for (key, group) in partitions {
                 if let Some(target) = answer.high_watermarks.get(&group) {
                     catch_up.targets.insert(key, *target);
                 }

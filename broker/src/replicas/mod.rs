@@ -89,6 +89,8 @@ impl std::fmt::Debug for Replicas {
 #[derive(Debug, Clone)]
 pub struct PartitionView {
     pub topic: String,
+    /// The topic's id in the metadata group.
+    pub topic_id: u64,
     pub partition: u32,
     pub replicas: Vec<NodeId>,
     /// The leader this broker knows of: its own replica's view, or the
@@ -187,6 +189,7 @@ impl Replicas {
                     .and_then(Option::as_ref);
                 views.push(PartitionView {
                     topic: topic.clone(),
+                    topic_id: assignment.id,
                     partition: index,
                     replicas: replicas.clone(),
                     leader: match here {

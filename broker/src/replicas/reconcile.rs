@@ -85,7 +85,9 @@ impl Replicas {
             }
             let partition = self.broker.partition(name, index)?;
             if replicas.contains(&self.meta.id()) {
-                let replica = self.start_replica(name, index, replicas, state).await?;
+                let replica = self
+                    .start_replica(name, topic.id, index, replicas, state)
+                    .await?;
                 let replication = Arc::new(RaftReplication::new(replica));
                 partition.route_through(replication.clone());
                 self.running
@@ -105,12 +107,13 @@ impl Replicas {
     async fn start_replica(
         &self,
         topic: &str,
+        topic_id: u64,
         index: u32,
         replicas: &[NodeId],
         state: &ClusterState,
     ) -> Result<PartitionReplica, AdminError> {
         let partition = self.broker.partition(topic, index)?;
-        let group = brook_cluster::partition::group_name(topic, index);
+        let group = brook_cluster::partition::group_name(topic, index, topic_id);
         let mut config =
             PartitionReplicaConfig::new(self.meta.id(), &group, self.partition_dir(topic, index));
         config.watermark = Some(partition.watermark_sender());

@@ -9,109 +9,25 @@
 //! restart (each broker stopped with SIGTERM and started again in turn)
 //! under the same producer must likewise fail no record and lose none.
 
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use brook_client::{
-    Client, ClusterDescription, Producer, ProducerConfig, ProducerRecord, TopicConfig,
-};
+use brook_client::{Client, Producer, ProducerConfig, ProducerRecord, TopicConfig};
 use bytes::Bytes;
 use nix::sys::signal::Signal;
 use tokio::task::JoinHandle;
 
-use crate::common::{self, Server};
+use crate::common;
+use crate::three_brokers::{Cluster, STEP_LIMIT};
 
 const TOPIC: &str = "failover";
-/// How long one step (a leader elected, a broker back) may take.
-const STEP_LIMIT: Duration = Duration::from_secs(30);
 
 fn cycles() -> usize {
     std::env::var("BROOK_FAILOVER_CYCLES")
         .ok()
         .and_then(|cycles| cycles.parse().ok())
         .unwrap_or(50)
-}
-
-struct Cluster {
-    dir: tempfile::TempDir,
-    addresses: Vec<String>,
-    peers: String,
-    servers: Vec<Option<Server>>,
-}
-
-impl Cluster {
-    async fn start() -> Cluster {
-        let ports = common::free_ports(3);
-        let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let peers = (1..=3)
-            .zip(&addresses)
-            .map(|(id, address)| format!("{id}={address}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut cluster = Cluster {
-            dir: tempfile::tempdir().expect("a temporary directory"),
-            addresses,
-            peers,
-            servers: Vec::new(),
-        };
-        for id in 1..=3 {
-            let server = cluster.start_broker(id).await;
-            cluster.servers.push(Some(server));
-        }
-        cluster
-    }
-
-    async fn start_broker(&self, id: u64) -> Server {
-        let index = usize::try_from(id - 1).expect("a small id");
-        Server::start_listening(
-            &self.dir.path().join(format!("broker-{id}")),
-            &self.addresses[index],
-            &["--node-id", &id.to_string(), "--peers", &self.peers],
-            Stdio::null(),
-        )
-        .await
-    }
-
-    fn address(&self, id: u64) -> &str {
-        &self.addresses[usize::try_from(id - 1).expect("a small id")]
-    }
-
-    /// What a running broker says of the cluster.
-    async fn describe(&self) -> Option<ClusterDescription> {
-        for (id, server) in (1..).zip(&self.servers) {
-            if server.is_none() {
-                continue;
-            }
-            if let Ok(client) = Client::connect(self.address(id)).await
-                && let Ok(cluster) = client.describe_cluster().await
-            {
-                return Some(cluster);
-            }
-        }
-        None
-    }
-
-    /// Waits until a running broker says the partition has a live leader
-    /// and every replica in `caught_up` has its records.
-    async fn leader(&self, caught_up: &[u64]) -> u64 {
-        let deadline = Instant::now() + STEP_LIMIT;
-        loop {
-            if let Some(cluster) = self.describe().await
-                && let Some(partition) = cluster.partitions.iter().find(|p| p.topic == TOPIC)
-                && cluster
-                    .brokers
-                    .iter()
-                    .any(|b| b.id == partition.leader && b.alive)
-                && caught_up.iter().all(|id| partition.lag.get(id) == Some(&0))
-            {
-                return partition.leader;
-            }
-            assert!(Instant::now() < deadline, "no leader within {STEP_LIMIT:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
 }
 
 /// What the producer task saw: acknowledged sequence numbers with their
@@ -215,7 +131,7 @@ impl Load {
             .expect("the producer never failed");
         let acknowledged = std::mem::take(&mut lock(&self.acknowledged).records);
         assert_eq!(acknowledged.len() as u64, sent, "every record acknowledged");
-        cluster.leader(&[1, 2, 3]).await;
+        cluster.leader(TOPIC, &[1, 2, 3]).await;
         let mut logs = Vec::new();
         for id in 1..=3 {
             let client = Client::connect(cluster.address(id))
@@ -257,7 +173,7 @@ async fn killing_the_leader_again_and_again_loses_no_acknowledged_record() {
     let load = Load::start(&cluster).await;
     let mut failovers = Vec::new();
     for cycle in 0..cycles() {
-        let leader = cluster.leader(&[1, 2, 3]).await;
+        let leader = cluster.leader(TOPIC, &[1, 2, 3]).await;
         let before = load.acknowledged();
         // Let the producer write through this leader for a moment.
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -307,7 +223,7 @@ async fn a_rolling_restart_under_load_loses_nothing_and_fails_no_record() {
     let mut cluster = Cluster::start().await;
     let load = Load::start(&cluster).await;
     for id in 1..=3u64 {
-        cluster.leader(&[1, 2, 3]).await;
+        cluster.leader(TOPIC, &[1, 2, 3]).await;
         let before = load.acknowledged();
         tokio::time::sleep(Duration::from_millis(200)).await;
         let index = usize::try_from(id - 1).expect("a small id");

@@ -14,5 +14,7 @@ mod logging;
 mod operations;
 mod quotas;
 mod recover;
+mod replicated_topics;
+mod three_brokers;
 mod tls;
 mod undecodable;

@@ -26,7 +26,12 @@ pub use source::LogSource;
 pub use state_machine::PartitionStateMachine;
 pub use types::{AppliedBatch, PartitionRaft, PartitionRaftConfig, ProduceApplied, ProduceCommand};
 
-/// The name of a partition's group, as brokers address it to each other.
-pub fn group_name(topic: &str, partition: u32) -> String {
-    format!("{topic}/{partition}")
+/// The name of a partition's group, as brokers address it to each other:
+/// `topic/partition@topic_id`. The topic's id (its number in the metadata
+/// group) keeps apart the groups of a topic deleted and created again under
+/// its name: a broker that missed the deletion and starts its old replica
+/// must not reach the new group's members, whose votes and logs it does
+/// not share.
+pub fn group_name(topic: &str, partition: u32, topic_id: u64) -> String {
+    format!("{topic}/{partition}@{topic_id}")
 }

@@ -21,7 +21,7 @@ use crate::types::{BrokerNode, NodeId};
 #[derive(Debug, Clone)]
 pub struct PartitionReplicaConfig {
     pub id: NodeId,
-    /// The group's name (`topic/partition`).
+    /// The group's name (`topic/partition@topic_id`, see `group_name`).
     pub group: String,
     /// Where the group's Raft files live (its log and the applied mark).
     pub dir: PathBuf,
