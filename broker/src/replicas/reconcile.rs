@@ -15,23 +15,26 @@ use super::{RaftReplication, Replicas};
 impl Replicas {
     /// Creates what the group has and this broker lacks, starts the
     /// replicas it should run, and deletes the topics the group deleted.
+    ///
+    /// Only once the state applied here holds this start's registration:
+    /// that state holds everything committed before the broker started.
+    /// An older one (right after a restart, before the metadata group's log
+    /// is applied again) could lack a topic's deletion and re-creation, or
+    /// a topic created while the broker was down, and acting on it would
+    /// start replicas of a topic that is gone or drop data the group has.
     pub(super) async fn reconcile(&self) {
         let state = self.meta.state();
-        for (name, topic) in &state.topics {
-            if let Err(e) = self.hold_topic(name, topic, &state).await {
-                tracing::warn!(topic = %name, error = %e, "could not take the topic's replicas on this broker; trying again");
-            }
-        }
-        // Only a state that holds this start's registration is known to
-        // hold every deletion committed before: an older one could lack a
-        // topic created while this broker was down, and dropping it then
-        // would drop data the group has.
         let current = state
             .brokers
             .get(&self.meta.id())
             .is_some_and(|broker| broker.incarnation == self.incarnation);
         if !current {
             return;
+        }
+        for (name, topic) in &state.topics {
+            if let Err(e) = self.hold_topic(name, topic, &state).await {
+                tracing::warn!(topic = %name, error = %e, "could not take the topic's replicas on this broker; trying again");
+            }
         }
         for (name, _) in self.broker.list_topics() {
             if !state.topics.contains_key(&name) && self.held_id(&name).is_some() {
