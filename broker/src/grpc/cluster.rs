@@ -81,6 +81,17 @@ impl ClusterHandler {
     }
 }
 
+/// The metadata group's leader as the broker in the latest term knows it: a
+/// broker back from a restart names itself, from the term it led before,
+/// until it hears of the next one.
+fn metadata_leader(answers: &Answers) -> (u64, Option<u64>) {
+    answers
+        .values()
+        .flatten()
+        .max_by_key(|answer| (answer.term, answer.leader.is_some()))
+        .map_or((0, None), |answer| (answer.term, answer.leader))
+}
+
 /// Each partition of the cluster: its leader as most of its replicas know
 /// it (a replica back from a restart can name itself, from the term it led
 /// before, until it hears of the next), and how far each replica's applied
@@ -134,12 +145,13 @@ impl ClusterService for ClusterHandler {
         let response = match (&self.meta, &self.replicas) {
             (Some(meta), Some(replicas)) => {
                 let (brokers, answers) = self.ping_all(meta).await;
+                let (metadata_term, metadata_leader) = metadata_leader(&answers);
                 DescribeClusterResponse {
                     answered_by: meta.id(),
                     clustered: true,
                     brokers,
-                    metadata_leader: meta.leader(),
-                    metadata_term: meta.term(),
+                    metadata_leader,
+                    metadata_term,
                     partitions: replicated_partitions(replicas, &answers),
                 }
             }
