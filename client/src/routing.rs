@@ -58,13 +58,13 @@ impl Known {
 }
 
 impl Routing {
-    /// Where requests for `topic`/`partition` go: its leader when known
+    /// Where requests for partition `key` (topic, index) go: its leader when known
     /// and not down, else the first broker not known to be down, starting
     /// with `bootstrap`.
-    pub(crate) fn target(&self, topic: &str, partition: u32, bootstrap: &Arc<str>) -> Arc<str> {
+    pub(crate) fn target(&self, key: &(Arc<str>, u32), bootstrap: &Arc<str>) -> Arc<str> {
         let now = Instant::now();
         let known = self.state.lock();
-        if let Some(leader) = known.leaders.get(&(Arc::from(topic), partition))
+        if let Some(leader) = known.leaders.get(key)
             && !known.is_down(leader, now)
         {
             return leader.clone();
@@ -163,19 +163,23 @@ mod tests {
         Arc::from("b1:9420")
     }
 
+    fn key(partition: u32) -> (Arc<str>, u32) {
+        (Arc::from("t"), partition)
+    }
+
     #[test]
     fn a_named_leader_is_where_the_partition_goes_until_it_fails() {
         let routing = Routing::default();
-        assert_eq!(routing.target("t", 0, &bootstrap()), bootstrap());
+        assert_eq!(routing.target(&key(0), &bootstrap()), bootstrap());
         assert!(routing.learn("t", 0, "b2:9420"));
-        assert_eq!(&*routing.target("t", 0, &bootstrap()), "b2:9420");
+        assert_eq!(&*routing.target(&key(0), &bootstrap()), "b2:9420");
         // Other partitions still go to the broker connected to.
-        assert_eq!(routing.target("t", 1, &bootstrap()), bootstrap());
+        assert_eq!(routing.target(&key(1), &bootstrap()), bootstrap());
         routing.failed(&Arc::from("b2:9420"));
-        assert_eq!(routing.target("t", 0, &bootstrap()), bootstrap());
+        assert_eq!(routing.target(&key(0), &bootstrap()), bootstrap());
         // Its peers name it until their election: not taken meanwhile.
         assert!(!routing.learn("t", 0, "b2:9420"));
-        assert_eq!(routing.target("t", 0, &bootstrap()), bootstrap());
+        assert_eq!(routing.target(&key(0), &bootstrap()), bootstrap());
     }
 
     #[test]
@@ -184,7 +188,7 @@ mod tests {
         assert!(routing.learn("t", 0, "b2:9420"));
         routing.failed(&bootstrap());
         assert_eq!(&*routing.any_broker(&bootstrap()), "b2:9420");
-        assert_eq!(&*routing.target("t", 1, &bootstrap()), "b2:9420");
+        assert_eq!(&*routing.target(&key(1), &bootstrap()), "b2:9420");
         // Every broker down: the one connected to, rather than none.
         routing.failed(&Arc::from("b2:9420"));
         assert_eq!(routing.any_broker(&bootstrap()), bootstrap());

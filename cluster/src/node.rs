@@ -232,6 +232,11 @@ impl MetaNode {
         }
     }
 
+    /// What this broker answers a peer's `Ping` with.
+    pub fn ping_answer(&self) -> PingResponse {
+        crate::network::service::ping_answer(&self.raft, &self.partitions)
+    }
+
     /// The metadata as applied here so far.
     pub fn state(&self) -> ClusterState {
         self.state_machine.state()

@@ -58,13 +58,7 @@ impl ClusterHandler {
             .unwrap_or_default();
         let pings = peers.iter().map(|(id, address)| async move {
             let answer = if *id == meta.id() {
-                Some(PingResponse {
-                    node_id: *id,
-                    term: meta.term(),
-                    leader: meta.leader(),
-                    high_watermarks: meta.partitions().high_watermarks(),
-                    partition_leaders: meta.partitions().leaders(),
-                })
+                Some(meta.ping_answer())
             } else {
                 meta.ping(address, ALIVE_WITHIN).await
             };

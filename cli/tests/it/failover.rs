@@ -13,13 +13,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use brook_client::{Client, Producer, ProducerConfig, ProducerRecord, TopicConfig};
+use brook_client::{Client, Producer, ProducerConfig, ProducerRecord};
 use bytes::Bytes;
 use nix::sys::signal::Signal;
 use tokio::task::JoinHandle;
 
 use crate::common;
-use crate::three_brokers::{Cluster, STEP_LIMIT};
+use crate::three_brokers::{Cluster, STEP_LIMIT, create_replicated_topic};
 
 const TOPIC: &str = "failover";
 
@@ -89,15 +89,7 @@ impl Load {
         let client = Client::connect(cluster.address(1))
             .await
             .expect("connect to a broker");
-        // Until the brokers have elected a metadata leader and registered.
-        let deadline = Instant::now() + STEP_LIMIT;
-        while let Err(e) = client
-            .create_replicated_topic(TOPIC, 1, Some(3), TopicConfig::default())
-            .await
-        {
-            assert!(Instant::now() < deadline, "create the topic: {e}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        create_replicated_topic(&client, TOPIC).await;
         let producer = Producer::new(
             client,
             ProducerConfig::default().with_delivery_timeout(Duration::from_secs(60)),

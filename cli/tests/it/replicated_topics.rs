@@ -5,27 +5,14 @@
 
 use std::time::{Duration, Instant};
 
-use brook_client::{Client, Producer, ProducerConfig, ProducerRecord, TopicConfig};
+use brook_client::{Client, Producer, ProducerConfig, ProducerRecord};
 use bytes::Bytes;
 use nix::sys::signal::Signal;
 
 use crate::common;
-use crate::three_brokers::{Cluster, STEP_LIMIT};
+use crate::three_brokers::{Cluster, STEP_LIMIT, create_replicated_topic};
 
 const TOPIC: &str = "reborn";
-
-/// Creates the topic with three replicas, retried until the brokers have a
-/// metadata leader and are all registered.
-async fn create(client: &Client) {
-    let deadline = Instant::now() + STEP_LIMIT;
-    while let Err(e) = client
-        .create_replicated_topic(TOPIC, 1, Some(3), TopicConfig::default())
-        .await
-    {
-        assert!(Instant::now() < deadline, "create the topic: {e}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 async fn produce(client: &Client, numbers: impl IntoIterator<Item = u64>) {
     let producer = Producer::new(client.clone(), ProducerConfig::default());
@@ -62,7 +49,7 @@ async fn a_topic_deleted_and_created_again_while_a_broker_was_down_is_the_new_on
     let client = Client::connect(cluster.address(1))
         .await
         .expect("connect to a broker");
-    create(&client).await;
+    create_replicated_topic(&client, TOPIC).await;
     produce(&client, 0..10).await;
     cluster.leader(TOPIC, &[1, 2, 3]).await;
 
@@ -77,12 +64,12 @@ async fn a_topic_deleted_and_created_again_while_a_broker_was_down_is_the_new_on
 
     // Created again, and deleted and created once more, while broker 3 is
     // down: it comes back holding the old copy of the name.
-    create(&client).await;
+    create_replicated_topic(&client, TOPIC).await;
     cluster.leader(TOPIC, &[1, 2, 3]).await;
     let stopped = cluster.servers[2].take().expect("broker 3 runs");
     stopped.stop(Signal::SIGKILL).await;
     client.delete_topic(TOPIC).await.expect("delete again");
-    create(&client).await;
+    create_replicated_topic(&client, TOPIC).await;
     produce(&client, [100, 101]).await;
     cluster.servers[2] = Some(cluster.start_broker(3).await);
     cluster.leader(TOPIC, &[1, 2, 3]).await;

@@ -4,7 +4,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use brook_client::{Client, ClusterDescription};
+use brook_client::{Client, ClusterDescription, TopicConfig};
 
 use crate::common::{self, Server};
 
@@ -93,5 +93,18 @@ impl Cluster {
             assert!(Instant::now() < deadline, "no leader within {STEP_LIMIT:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// Creates `topic` (one partition, three replicas), retried until the
+/// brokers have elected a metadata leader and all registered.
+pub async fn create_replicated_topic(client: &Client, topic: &str) {
+    let deadline = Instant::now() + STEP_LIMIT;
+    while let Err(e) = client
+        .create_replicated_topic(topic, 1, Some(3), TopicConfig::default())
+        .await
+    {
+        assert!(Instant::now() < deadline, "create the topic: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

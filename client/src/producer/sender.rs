@@ -310,7 +310,7 @@ impl Sender {
                 .shared
                 .client
                 .routing
-                .target(&key.0, key.1, &self.shared.client.endpoint),
+                .target(key, &self.shared.client.endpoint),
         }
     }
 
@@ -321,7 +321,7 @@ impl Sender {
         self.targets.retain(|key, _| self.queues.contains_key(key));
         for (key, queue) in &self.queues {
             if queue.in_flight() == 0 {
-                let target = client.routing.target(&key.0, key.1, &client.endpoint);
+                let target = client.routing.target(key, &client.endpoint);
                 self.targets.insert(key.clone(), target);
             }
         }

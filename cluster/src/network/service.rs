@@ -147,14 +147,7 @@ impl RaftService for RaftServer {
     }
 
     async fn ping(&self, _call: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
-        let metrics = self.meta()?.metrics().borrow().clone();
-        Ok(Response::new(PingResponse {
-            node_id: metrics.id,
-            term: metrics.current_term,
-            leader: metrics.current_leader,
-            high_watermarks: self.partitions.high_watermarks(),
-            partition_leaders: self.partitions.leaders(),
-        }))
+        Ok(Response::new(ping_answer(self.meta()?, &self.partitions)))
     }
 
     async fn read_log(
@@ -175,5 +168,18 @@ impl RaftService for RaftServer {
         Ok(Response::new(ReadLogResponse {
             records: read.records,
         }))
+    }
+}
+
+/// What a broker answers a `Ping` with: how it sees the metadata group, and
+/// every partition group it holds a replica of.
+pub(crate) fn ping_answer(meta: &MetaRaft, partitions: &PartitionGroups) -> PingResponse {
+    let metrics = meta.metrics().borrow().clone();
+    PingResponse {
+        node_id: metrics.id,
+        term: metrics.current_term,
+        leader: metrics.current_leader,
+        high_watermarks: partitions.high_watermarks(),
+        partition_leaders: partitions.leaders(),
     }
 }
