@@ -36,6 +36,20 @@ pub(crate) fn replace_json<T: Serialize>(dir: &Path, name: &str, value: &T) -> i
     replace_file(dir, name, &bytes)
 }
 
+/// `value` as JSON in `dir/name`, replaced atomically (a temporary file
+/// renamed over) but not synced: for what only saves work after a restart
+/// and may be lost, or found unreadable, after a power loss.
+pub(crate) fn replace_json_unsynced<T: Serialize>(
+    dir: &Path,
+    name: &str,
+    value: &T,
+) -> io::Result<()> {
+    let bytes = serde_json::to_vec(value).map_err(io::Error::other)?;
+    let temporary = dir.join(format!("{name}.tmp"));
+    std::fs::write(&temporary, bytes)?;
+    std::fs::rename(&temporary, dir.join(name))
+}
+
 /// The JSON in `dir/name`, or `None` when there is no such file.
 pub(crate) fn read_json<T: DeserializeOwned>(dir: &Path, name: &str) -> io::Result<Option<T>> {
     match std::fs::read(dir.join(name)) {

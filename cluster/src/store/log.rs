@@ -6,7 +6,8 @@
 //! An append is acknowledged to openraft (`LogFlushed`) only after an
 //! `fdatasync` (by a flusher thread, so that appends arriving during one
 //! fsync share the next), and the vote is fsynced before `save_vote`
-//! returns: what a broker promised survives a power loss. A torn last entry (a crash during
+//! returns: what a broker promised survives a power loss. The committed
+//! log id is written unsynced (it is a hint; see `save_committed`). A torn last entry (a crash during
 //! an append, never acknowledged) is cut off at open. Only where each entry
 //! lies in the file is kept in memory; entries are read back from the file
 //! (the page cache, for the recent ones replication reads).
@@ -27,6 +28,7 @@ use parking_lot::Mutex;
 
 use super::files::{
     FRAME_LEN, Records, frame, open_append, read_json, read_records, replace_file, replace_json,
+    replace_json_unsynced,
 };
 use crate::types::{EntryFormat, LogId, StorageError, Vote};
 
@@ -150,7 +152,10 @@ impl<C: EntryFormat> LogStore<C> {
         std::fs::create_dir_all(dir)?;
         let last_purged: Option<LogId> = read_json(dir, PURGED)?;
         let vote: Option<Vote> = read_json(dir, VOTE)?;
-        let committed: Option<LogId> = read_json(dir, COMMITTED)?;
+        let committed: Option<LogId> = read_json(dir, COMMITTED).unwrap_or_else(|e| {
+            tracing::warn!(dir = %dir.display(), error = %e, "the Raft log's committed mark is unreadable; learning it again from the leader");
+            None
+        });
         let path = dir.join(LOG);
         let mut file = open_append(&path)?;
         let Records { records, intact } = read_records(&mut file)?;
@@ -191,6 +196,16 @@ impl<C: EntryFormat> LogStore<C> {
                 },
             );
         }
+        let committed = committed.filter(|committed| {
+            let known = last_purged.is_some_and(|purged| committed.index <= purged.index)
+                || entries
+                    .get(&committed.index)
+                    .is_some_and(|placed| placed.log_id == *committed);
+            if !known {
+                tracing::warn!(dir = %dir.display(), committed = %committed, "the Raft log's committed mark names an entry the log does not hold (lost with a power failure); learning it again from the leader");
+            }
+            known
+        });
         let (flushes, queue) = mpsc::channel();
         std::thread::Builder::new()
             .name("raft-log-flush".to_owned())
@@ -392,8 +407,12 @@ impl<C: EntryFormat> RaftLogStorage<C> for LogStore<C> {
         let mut inner = self.inner.lock();
         // Not needed for safety (the committed index is learned again from
         // the leader); it lets a restarted broker apply what it knew was
-        // committed before hearing from anyone.
-        replace_json(&inner.dir, COMMITTED, &committed).map_err(|e| StorageIOError::write(&e))?;
+        // committed before hearing from anyone. openraft saves it on every
+        // commit, in its core loop and before applying: it is not synced,
+        // which cost two fsyncs per commit on every replica. What a power
+        // failure leaves of it is checked against the log at open.
+        replace_json_unsynced(&inner.dir, COMMITTED, &committed)
+            .map_err(|e| StorageIOError::write(&e))?;
         inner.committed = committed;
         Ok(())
     }

@@ -159,6 +159,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_committed_mark_the_log_does_not_back_is_dropped_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |term, index| LogId::new(CommittedLeaderId::new(term, 1), index);
+        {
+            let mut log = LogStore::open(dir.path()).unwrap();
+            log.append_now(&(1..=3).map(|i| entry(1, i, "a")).collect::<Vec<_>>())
+                .unwrap();
+            log.save_committed(Some(at(1, 2))).await.unwrap();
+        }
+        let mut log = LogStore::open(dir.path()).unwrap();
+        assert_eq!(log.read_committed().await.unwrap(), Some(at(1, 2)));
+
+        // A power failure kept the mark but not the entries it names.
+        log.save_committed(Some(at(1, 5))).await.unwrap();
+        drop(log);
+        let mut log = LogStore::open(dir.path()).unwrap();
+        assert_eq!(log.read_committed().await.unwrap(), None);
+
+        // Or it names an entry of a term the log does not hold there.
+        log.save_committed(Some(at(2, 3))).await.unwrap();
+        drop(log);
+        let mut log = LogStore::open(dir.path()).unwrap();
+        assert_eq!(log.read_committed().await.unwrap(), None);
+
+        // Or it is torn.
+        std::fs::write(dir.path().join("committed"), b"{\"leader_id\":").unwrap();
+        let mut log = LogStore::open(dir.path()).unwrap();
+        assert_eq!(log.read_committed().await.unwrap(), None);
+        assert_eq!(entries(&mut log).await, vec![(1, 1), (1, 2), (1, 3)]);
+    }
+
+    #[tokio::test]
     async fn the_state_machine_starts_again_from_its_snapshot() {
         use openraft::RaftSnapshotBuilder;
         let dir = tempfile::tempdir().unwrap();
