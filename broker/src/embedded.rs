@@ -10,7 +10,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::server::{ServeError, serve};
+use crate::http::{Readiness, ServerStatus};
+use crate::server::{ServeError, serve_with_peers};
+use brook_cluster::network::client::Connector;
 use brook_engine::Broker;
 use brook_engine::OpenError;
 use brook_engine::config::BrokerConfig;
@@ -31,6 +33,13 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
+    #[error("invalid cluster setting")]
+    Config(#[source] brook_engine::Invalid),
+    #[error("broker {broker} had not joined the cluster after {timeout:?}")]
+    NotFormed {
+        broker: u64,
+        timeout: std::time::Duration,
+    },
 }
 
 /// A running in-process broker. Dropping it stops the server; the temporary
@@ -39,6 +48,7 @@ pub enum StartError {
 pub struct EmbeddedBroker {
     addr: SocketAddr,
     broker: Arc<Broker>,
+    status: Arc<ServerStatus>,
     stop: CancellationToken,
     task: Option<JoinHandle<Result<(), ServeError>>>,
     /// Held so the directory lives as long as the broker.
@@ -51,6 +61,20 @@ pub struct EmbeddedBrokerBuilder {
     config: BrokerConfig,
     data_dir: Option<PathBuf>,
     listen: Option<SocketAddr>,
+    /// A listener already bound (an `EmbeddedCluster` binds every
+    /// broker's before it starts any, to name them all as peers).
+    listener: Option<TcpListener>,
+    peers: Option<PeerNetwork>,
+}
+
+/// How a broker of an `EmbeddedCluster` calls its peers.
+#[derive(Clone)]
+pub(crate) struct PeerNetwork(pub Arc<dyn Connector>);
+
+impl std::fmt::Debug for PeerNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerNetwork")
+    }
 }
 
 impl EmbeddedBrokerBuilder {
@@ -74,6 +98,20 @@ impl EmbeddedBrokerBuilder {
     #[must_use]
     pub fn config(mut self, config: BrokerConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Serves on `listener` instead of binding one.
+    #[must_use]
+    pub(crate) fn listener(mut self, listener: TcpListener) -> Self {
+        self.listener = Some(listener);
+        self
+    }
+
+    /// Calls the cluster's peers through `peers` instead of plain TCP.
+    #[must_use]
+    pub(crate) fn peers(mut self, peers: PeerNetwork) -> Self {
+        self.peers = Some(peers);
         self
     }
 
@@ -101,15 +139,19 @@ impl EmbeddedBrokerBuilder {
                 Some(dir)
             }
         };
-        let wanted = self
-            .listen
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-        let listener = TcpListener::bind(wanted)
-            .await
-            .map_err(|source| StartError::Io {
-                what: format!("bind {wanted}"),
-                source,
-            })?;
+        let listener = if let Some(listener) = self.listener {
+            listener
+        } else {
+            let wanted = self
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+            TcpListener::bind(wanted)
+                .await
+                .map_err(|source| StartError::Io {
+                    what: format!("bind {wanted}"),
+                    source,
+                })?
+        };
         let addr = listener.local_addr().map_err(|source| StartError::Io {
             what: "read the bound address".to_owned(),
             source,
@@ -117,13 +159,24 @@ impl EmbeddedBrokerBuilder {
         config.listen = addr;
         let broker = Broker::open(config).await?;
         let stop = CancellationToken::new();
-        let task = tokio::spawn(serve(broker.clone(), listener, None, {
+        let shutdown = {
             let stop = stop.clone();
             async move { stop.cancelled().await }
-        }));
+        };
+        let peers = self.peers.map(|peers| peers.0);
+        let status = Arc::new(ServerStatus::default());
+        let task = tokio::spawn(serve_with_peers(
+            broker.clone(),
+            listener,
+            None,
+            shutdown,
+            peers,
+            status.clone(),
+        ));
         Ok(EmbeddedBroker {
             addr,
             broker,
+            status,
             stop,
             task: Some(task),
             _temp_dir: temp_dir,
@@ -160,6 +213,12 @@ impl EmbeddedBroker {
     /// The broker itself, for direct calls without gRPC.
     pub fn broker(&self) -> &Arc<Broker> {
         &self.broker
+    }
+
+    /// Whether it takes traffic, as a standalone broker's `/ready` says:
+    /// in a cluster, once it has joined and its replicas have caught up.
+    pub fn readiness(&self) -> Readiness {
+        self.status.readiness()
     }
 
     pub fn data_dir(&self) -> &std::path::Path {

@@ -1,6 +1,7 @@
 //! Brook's broker server: the gRPC services and the HTTP endpoints in front
 //! of the engine ([`brook_engine`]), how they start and drain, and
-//! [`EmbeddedBroker`] for tests and applications that embed Brook.
+//! [`EmbeddedBroker`] for tests and applications that embed Brook
+//! ([`EmbeddedCluster`] for several brokers forming a cluster).
 //!
 //! Run it with [`server::serve`] on listeners you bind, or start an
 //! [`EmbeddedBroker`] inside your process. [`Broker`] is the broker as a
@@ -12,6 +13,7 @@
 pub mod auth;
 mod descriptors;
 pub mod embedded;
+mod embedded_cluster;
 mod file_watch;
 mod grpc;
 mod http;
@@ -30,3 +32,5 @@ pub use brook_engine::{
 /// The file system under the log, for embedders that swap in their own.
 pub use brook_storage as storage;
 pub use embedded::{EmbeddedBroker, EmbeddedBrokerBuilder, StartError};
+pub use embedded_cluster::{EmbeddedCluster, EmbeddedClusterBuilder};
+pub use http::Readiness;

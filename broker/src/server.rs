@@ -128,6 +128,7 @@ pub async fn run(
         stop,
         http_stop,
         http_task,
+        None,
     )
     .await
 }
@@ -139,10 +140,23 @@ pub async fn serve(
     http: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    let status = Arc::new(ServerStatus::default());
+    serve_with_peers(broker, grpc, http, shutdown, None, status).await
+}
+
+/// [`serve`], calling the cluster's peers through `peers` (TCP when
+/// `None`) and reporting its readiness in `status`.
+pub(crate) async fn serve_with_peers(
+    broker: Arc<Broker>,
+    grpc: TcpListener,
+    http: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    peers: Option<Arc<dyn Connector>>,
+    status: Arc<ServerStatus>,
+) -> Result<(), ServeError> {
     let connections = connection_limits(broker.config())?;
     let tls = load_tls(broker.config())?;
     let auth = load_auth(broker.config())?;
-    let status = Arc::new(ServerStatus::default());
     status.set_broker(broker.clone());
     let stop = stop_token(shutdown);
     let http_stop = CancellationToken::new();
@@ -165,6 +179,7 @@ pub async fn serve(
         stop,
         http_stop,
         http_task,
+        peers,
     )
     .await
 }
@@ -262,6 +277,7 @@ async fn serve_grpc(
     stop: CancellationToken,
     http_stop: CancellationToken,
     http_task: Option<HttpTask>,
+    peers: Option<Arc<dyn Connector>>,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     for service in SERVICES {
@@ -314,7 +330,7 @@ async fn serve_grpc(
     };
     let (meta, replicas, reconciler) = match &broker.config().cluster {
         Some(cluster) => {
-            let (meta, replicas) = join_cluster(&broker, cluster, &stop).await?;
+            let (meta, replicas) = join_cluster(&broker, cluster, &stop, peers).await?;
             status.set_meta(meta.clone());
             tokio::spawn(watch_metadata_group(
                 meta.clone(),
@@ -385,6 +401,7 @@ async fn join_cluster(
     broker: &Arc<Broker>,
     cluster: &ClusterConfig,
     stop: &CancellationToken,
+    peers: Option<Arc<dyn Connector>>,
 ) -> Result<(MetaNode, Arc<Replicas>), ServeError> {
     let config = broker.config();
     // Brokers call each other in plaintext and without credentials until
@@ -396,8 +413,10 @@ async fn join_cluster(
             "a cluster cannot run with TLS or client authentication yet: brokers call each other in plaintext",
         )));
     }
-    let connector: Arc<dyn Connector> = Arc::new(TcpConnector {
-        connect_timeout: PEER_CONNECT_TIMEOUT,
+    let connector = peers.unwrap_or_else(|| {
+        Arc::new(TcpConnector {
+            connect_timeout: PEER_CONNECT_TIMEOUT,
+        })
     });
     let meta = MetaNode::start(
         &MetaNodeConfig::new(
@@ -502,7 +521,7 @@ async fn watch_metadata_group(
 }
 
 /// How long connecting to a peer may take.
-const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long to wait before registering with the cluster again.
 const REGISTER_RETRY: Duration = Duration::from_millis(500);
 

@@ -40,6 +40,19 @@ pub enum Phase {
     Stopping = 2,
 }
 
+/// Whether a broker takes traffic (`/ready`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// Recovering the data directory.
+    Starting,
+    /// In a cluster, not joined yet: why.
+    Joining(&'static str),
+    /// In a cluster, these partitions' replicas are catching up.
+    CatchingUp(Vec<String>),
+    Stopping,
+}
+
 /// What the HTTP endpoints report on; shared with the server that moves it
 /// through its phases.
 #[derive(Debug, Default)]
@@ -75,6 +88,33 @@ impl ServerStatus {
     /// The broker's replicas: `/ready` waits for them to catch up.
     pub fn set_replicas(&self, replicas: Arc<Replicas>) {
         let _already = self.replicas.set(replicas);
+    }
+
+    /// Whether the broker takes traffic, as `/ready` reports it.
+    pub fn readiness(&self) -> Readiness {
+        match self.phase() {
+            Phase::Starting => Readiness::Starting,
+            Phase::Stopping => Readiness::Stopping,
+            Phase::Ready if self.meta.get().is_some_and(|meta| meta.leader().is_none()) => {
+                Readiness::Joining(
+                    "the cluster's metadata group has no leader this broker knows of",
+                )
+            }
+            Phase::Ready => match self.replicas.get() {
+                None => Readiness::Ready,
+                Some(replicas) if !replicas.joined() => Readiness::Joining(
+                    "this broker's registration with the cluster is not applied here yet",
+                ),
+                Some(replicas) => {
+                    let behind = replicas.catching_up();
+                    if behind.is_empty() {
+                        Readiness::Ready
+                    } else {
+                        Readiness::CatchingUp(behind)
+                    }
+                }
+            },
+        }
     }
 
     pub fn set_broker(&self, broker: Arc<Broker>) {
@@ -196,44 +236,28 @@ async fn liveness(State(status): State<Arc<ServerStatus>>) -> impl IntoResponse 
 }
 
 async fn readiness(State(status): State<Arc<ServerStatus>>) -> impl IntoResponse {
-    match status.phase() {
-        Phase::Ready
-            if status
-                .meta
-                .get()
-                .is_some_and(|meta| meta.leader().is_none()) =>
-        {
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({
-                    "status": "joining",
-                    "reason": "the cluster's metadata group has no leader this broker knows of",
-                })),
-            )
-        }
-        Phase::Ready => match status.replicas.get().map(|r| r.catching_up()) {
-            Some(behind) if !behind.is_empty() => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({
-                    "status": "catching_up",
-                    "reason": format!(
-                        "{} partition replicas on this broker are catching up with their leaders",
-                        behind.len()
-                    ),
-                    "partitions": behind.iter().take(READY_PARTITIONS_LISTED).collect::<Vec<_>>(),
-                })),
-            ),
-            _ => (StatusCode::OK, Json(json!({ "status": "ready" }))),
-        },
-        Phase::Starting => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "starting", "reason": "recovering the data directory" })),
+    let (reason, body) = match status.readiness() {
+        Readiness::Ready => return (StatusCode::OK, Json(json!({ "status": "ready" }))),
+        Readiness::Starting => (
+            "starting",
+            json!({ "reason": "recovering the data directory" }),
         ),
-        Phase::Stopping => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "stopping", "reason": "shutting down" })),
+        Readiness::Joining(reason) => ("joining", json!({ "reason": reason })),
+        Readiness::CatchingUp(behind) => (
+            "catching_up",
+            json!({
+                "reason": format!(
+                    "{} partition replicas on this broker are catching up with their leaders",
+                    behind.len()
+                ),
+                "partitions": behind.iter().take(READY_PARTITIONS_LISTED).collect::<Vec<_>>(),
+            }),
         ),
-    }
+        Readiness::Stopping => ("stopping", json!({ "reason": "shutting down" })),
+    };
+    let mut body = body;
+    body["status"] = json!(reason);
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body))
 }
 
 async fn metrics(State(status): State<Arc<ServerStatus>>) -> Response {

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use brook_cluster::network::client::Connector;
 use brook_cluster::partition::LogSource;
-use brook_cluster::{ClusterError, MetaCommand, MetaNode, MetaResponse, NodeId};
+use brook_cluster::{ClusterError, ClusterState, MetaCommand, MetaNode, MetaResponse, NodeId};
 use brook_engine::{AdminError, Broker, Invalid, NotFound, TopicInfo, TopicOverrides};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -118,6 +118,20 @@ impl Replicas {
             foreign: Mutex::default(),
             catch_up: Mutex::default(),
         })
+    }
+
+    /// Whether the metadata state applied here holds this start's
+    /// registration: the broker has joined, and that state holds
+    /// everything committed before it started.
+    pub fn joined(&self) -> bool {
+        self.joined_in(&self.meta.state())
+    }
+
+    fn joined_in(&self, state: &ClusterState) -> bool {
+        state
+            .brokers
+            .get(&self.meta.id())
+            .is_some_and(|broker| broker.incarnation == self.incarnation)
     }
 
     /// Creates a topic in the cluster and waits until this broker holds it.

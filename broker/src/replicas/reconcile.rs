@@ -24,11 +24,7 @@ impl Replicas {
     /// start replicas of a topic that is gone or drop data the group has.
     pub(super) async fn reconcile(&self) {
         let state = self.meta.state();
-        let current = state
-            .brokers
-            .get(&self.meta.id())
-            .is_some_and(|broker| broker.incarnation == self.incarnation);
-        if !current {
+        if !self.joined_in(&state) {
             return;
         }
         for (name, topic) in &state.topics {

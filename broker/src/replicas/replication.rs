@@ -6,6 +6,13 @@ use brook_cluster::partition::{AppliedBatch, PartitionReplica, Proposer};
 use brook_engine::{Acknowledgement, AcknowledgementFuture, AppendFailure, Leader, Replication};
 use brook_storage::BatchOutcome;
 use bytes::Bytes;
+use std::time::Duration;
+
+/// How long a leader may go without hearing from a majority of its
+/// replicas before it refuses new appends: the other replicas stand for
+/// election 0.75-0.8 s after the last heartbeat they had, so by then one
+/// of them may lead and this one's appends could never commit.
+const QUORUM_SILENCE_MAX: Duration = Duration::from_secs(1);
 
 /// Appends to one partition through the group this broker's replica
 /// belongs to; on a replica that does not lead, refuses naming the leader.
@@ -28,12 +35,31 @@ impl RaftReplication {
     }
 }
 
+impl RaftReplication {
+    /// How long this replica, leading, has not heard from a majority of
+    /// the group, when that is longer than [`QUORUM_SILENCE_MAX`].
+    fn quorum_lost_for(&self) -> Option<u64> {
+        let silence = self.replica.quorum_silence()?;
+        (silence > QUORUM_SILENCE_MAX).then_some(silence.as_millis() as u64)
+    }
+}
+
 impl Replication for RaftReplication {
     // The future resolves once the batches are queued, into the one that
     // resolves once they are committed: two waits, on purpose.
     #[allow(clippy::async_yields_async)]
     fn submit(&self, batches: Vec<Bytes>) -> AcknowledgementFuture<'_> {
         Box::pin(async move {
+            if let Some(silence) = self.quorum_lost_for() {
+                // It could not commit them; the client is better off
+                // asking another broker than waiting for its timeout.
+                let refused: Acknowledgement = Box::pin(async move {
+                    Err(AppendFailure::Unavailable(format!(
+                        "this broker's replica leads the partition but has heard from no majority of its replicas for {silence} ms (cut off from them?); another may lead it by now"
+                    )))
+                });
+                return refused;
+            }
             let answer = self.proposer.submit(batches).await;
             let acknowledgement: Acknowledgement = Box::pin(async move {
                 match answer.await {

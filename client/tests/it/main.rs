@@ -3,6 +3,7 @@
 
 mod auth;
 mod client;
+mod cluster;
 mod consumer;
 mod consumer_backoff;
 #[cfg(feature = "events")]

@@ -22,7 +22,7 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
 use super::{append_payload, decode, encode};
 use crate::partition::source::{LogRead, LogSource};
@@ -49,9 +49,12 @@ pub struct TcpConnector {
     pub connect_timeout: Duration,
 }
 
-impl Connector for TcpConnector {
-    fn channel(&self, address: &str) -> Result<Channel, ConnectError> {
-        Ok(Channel::from_shared(format!("http://{address}"))
+impl TcpConnector {
+    /// The endpoint of a peer's channel, with the settings every broker
+    /// channel uses; a [`Connector`] that makes its own connections (over a
+    /// test network, say) builds on it.
+    pub fn endpoint(&self, address: &str) -> Result<Endpoint, ConnectError> {
+        Ok(Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| ConnectError(e.to_string()))?
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
@@ -61,8 +64,13 @@ impl Connector for TcpConnector {
             .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
             .initial_stream_window_size(HTTP2_STREAM_WINDOW)
             .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(2))
-            .connect_lazy())
+            .keep_alive_timeout(Duration::from_secs(2)))
+    }
+}
+
+impl Connector for TcpConnector {
+    fn channel(&self, address: &str) -> Result<Channel, ConnectError> {
+        Ok(self.endpoint(address)?.connect_lazy())
     }
 }
 

@@ -212,6 +212,18 @@ impl PartitionReplica {
         self.raft.metrics().borrow().current_leader
     }
 
+    /// While this replica leads: how long since a majority of the group
+    /// last acknowledged it (`None` when it does not lead, or no majority
+    /// has acknowledged it yet in this term).
+    pub fn quorum_silence(&self) -> Option<Duration> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        if metrics.state != openraft::ServerState::Leader {
+            return None;
+        }
+        metrics.millis_since_quorum_ack.map(Duration::from_millis)
+    }
+
     /// This replica's current term.
     pub fn term(&self) -> u64 {
         self.raft.metrics().borrow().current_term
