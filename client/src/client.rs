@@ -334,7 +334,7 @@ impl Client {
 
 /// An address without its `http://` or `https://`: brokers name each other
 /// by `host:port`.
-fn without_scheme(address: &str) -> &str {
+pub(crate) fn without_scheme(address: &str) -> &str {
     address
         .strip_prefix("http://")
         .or_else(|| address.strip_prefix("https://"))

@@ -406,6 +406,18 @@ impl ClientError {
 
     /// The broker that leads the refused batch's partition, when the
     /// refusal named it.
+    /// Whether the broker itself could not be reached (or did not answer),
+    /// as opposed to a refusal it sent.
+    pub(crate) fn is_broker_unreachable(&self) -> bool {
+        matches!(
+            self,
+            Self::Transport(_)
+                | Self::ConnectionLost { .. }
+                | Self::Timeout { .. }
+                | Self::CircuitOpen { .. }
+        )
+    }
+
     pub(crate) fn leader(&self) -> Option<&str> {
         match self {
             Self::Rejected { leader, .. } => leader.as_deref(),

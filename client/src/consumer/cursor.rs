@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 /// Where the fetcher reads a partition next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,10 +66,11 @@ pub(crate) type Assignment = HashMap<Arc<str>, HashMap<u32, Arc<PartitionCell>>>
 pub(crate) struct Shared {
     /// The assigned partitions by topic. Held only to look up or replace cells.
     pub assignment: Mutex<Assignment>,
-    /// Wakes the fetcher when the assignment or a fetch offset changed, so a
-    /// long poll for stale offsets is abandoned. `notify_one` keeps one wake-up
-    /// for a fetcher that is not waiting yet.
-    pub changed: Notify,
+    /// Counts changes of the assignment and of fetch offsets: each of the
+    /// fetcher's lanes (and the fetcher) watches it, so a long poll for
+    /// stale offsets is abandoned, and a change made while a lane was not
+    /// waiting is seen when it next waits.
+    pub changed: watch::Sender<u64>,
     /// One permit per chunk fetched and not yet fully handed out (including
     /// the fetch in flight): the prefetch bound.
     pub slots: Arc<Semaphore>,
@@ -82,7 +83,7 @@ impl Shared {
     pub fn new(prefetch: usize) -> Self {
         Self {
             assignment: Mutex::new(HashMap::new()),
-            changed: Notify::new(),
+            changed: watch::Sender::new(0),
             slots: Arc::new(Semaphore::new(prefetch)),
             buffered: AtomicUsize::new(0),
             buffered_max: AtomicUsize::new(0),
@@ -139,7 +140,13 @@ impl Shared {
         }
         *assignment = next;
         drop(assignment);
-        self.changed.notify_one();
+        self.note_change();
+    }
+
+    /// Tells the fetcher the assignment or a fetch offset changed.
+    pub fn note_change(&self) {
+        self.changed
+            .send_modify(|changes| *changes = changes.wrapping_add(1));
     }
 
     /// A slot for one more chunk was taken: count it as buffered.

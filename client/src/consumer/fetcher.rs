@@ -9,16 +9,19 @@
 //! round that made no progress because of a failure ends in a backoff, never
 //! straight into the next round.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use brook_record::Record;
-use tokio::sync::mpsc;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, watch};
 
 use super::cursor::{ChunkSlot, FetchFrom, PartitionCell, Shared};
 use super::{ConsumerConfig, OffsetReset};
-use crate::client::Client;
+use crate::client::{Client, without_scheme};
 use crate::error::{ClientError, ErrorKind};
 use crate::fetch::{FetchOptions, FetchTarget, OffsetSpec, PartitionFetch};
 use crate::undecodable::SkippedBatch;
@@ -84,6 +87,9 @@ pub(crate) struct Fetcher {
     pub config: ConsumerConfig,
     pub shared: Arc<Shared>,
     pub chunks: mpsc::Sender<Chunk>,
+    /// When the brokers were last asked who leads what (at most every
+    /// `DESCRIBE_EVERY`).
+    pub described_at: Mutex<Option<Instant>>,
 }
 
 /// A round that needs no more than waiting for a change.
@@ -98,46 +104,150 @@ enum Round {
     Closed,
 }
 
+/// How often the fetcher looks again where its partitions' leaders are,
+/// while it fetches (a lane per broker it reads from).
+const LANES_CHECKED_EVERY: Duration = Duration::from_millis(250);
+/// The least time between two questions to the brokers about leaders.
+const DESCRIBE_EVERY: Duration = Duration::from_millis(250);
+
 impl Fetcher {
+    /// Fetches in one lane per broker that leads assigned partitions (the
+    /// broker connected to, for a broker alone): each lane is one long poll
+    /// at a time over its broker's partitions, so a broker that has data
+    /// is never held up by another's long poll. Lanes start when a
+    /// partition is led by a broker without one, and end when theirs have
+    /// nothing left to fetch.
     pub async fn run(self) {
-        let mut backoff = self.config.retry_backoff;
-        let mut rotation = 0_usize;
+        self.learn_leaders().await;
+        let mut changes = self.shared.changed.subscribe();
+        let mut lanes = FuturesUnordered::new();
+        let mut running: HashSet<Arc<str>> = HashSet::new();
         loop {
-            let Ok(permit) = self.shared.slots.clone().acquire_owned().await else {
-                return;
-            };
-            let slot = self.shared.chunk_buffered(permit);
-            let round = self.round(slot, rotation).await;
-            rotation = rotation.wrapping_add(1);
-            let wait = match round {
-                Round::Again => {
-                    backoff = self.config.retry_backoff;
-                    continue;
+            for broker in self.brokers_to_fetch_from() {
+                if running.insert(broker.clone()) {
+                    lanes.push(self.lane(broker));
                 }
-                Round::Closed => return,
-                Round::Idle => None,
-                Round::Failed => {
-                    let wait = backoff;
-                    backoff = (backoff * 2).min(self.config.retry_backoff_max);
-                    Some(wait)
+            }
+            if lanes.is_empty() {
+                if changes.changed().await.is_err() {
+                    return;
                 }
-            };
-            match wait {
-                Some(wait) => {
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
-                        () = self.shared.changed.notified() => {}
+                continue;
+            }
+            tokio::select! {
+                Some((broker, ended)) = lanes.next() => {
+                    running.remove(&broker);
+                    if matches!(ended, Round::Closed) {
+                        return;
                     }
                 }
-                None => self.shared.changed.notified().await,
+                changed = changes.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(LANES_CHECKED_EVERY) => {}
             }
         }
     }
 
-    /// Resolves unresolved partitions, then fetches the others once. `slot`
-    /// goes with whatever is queued, or is released.
-    async fn round(&self, slot: ChunkSlot, rotation: usize) -> Round {
-        let cells = self.shared.cells();
+    /// The broker each assigned partition is read from: its leader, as far
+    /// as the client knows, else the broker connected to.
+    fn broker_of(&self, cell: &PartitionCell) -> Arc<str> {
+        let broker = self
+            .client
+            .routing
+            .target(&(cell.topic.clone(), cell.partition), &self.client.endpoint);
+        // The broker connected to, under the name it was given.
+        if without_scheme(&broker) == without_scheme(&self.client.endpoint) {
+            return self.client.endpoint.clone();
+        }
+        broker
+    }
+
+    /// The brokers of the partitions that have something to fetch.
+    fn brokers_to_fetch_from(&self) -> HashSet<Arc<str>> {
+        self.shared
+            .cells()
+            .iter()
+            .filter(|cell| cell.cursor.lock().fetch != FetchFrom::Parked)
+            .map(|cell| self.broker_of(cell))
+            .collect()
+    }
+
+    /// Asks a broker who leads what, unless one was asked a moment ago.
+    /// A broker alone answers that it is not in a cluster: every
+    /// partition stays with it.
+    async fn learn_leaders(&self) {
+        {
+            let mut described_at = self.described_at.lock();
+            let now = Instant::now();
+            if described_at.is_some_and(|at| now.duration_since(at) < DESCRIBE_EVERY) {
+                return;
+            }
+            *described_at = Some(now);
+        }
+        let broker = self.client.routing.any_broker(&self.client.endpoint);
+        if let Ok(client) = self.client.at(&broker).await
+            && let Ok(cluster) = client.describe_cluster().await
+        {
+            self.client.routing.learn_cluster(&cluster);
+        }
+    }
+
+    /// One broker's lane: its partitions fetched one long poll at a time,
+    /// until none of them is left to fetch there or the consumer is gone.
+    async fn lane(&self, broker: Arc<str>) -> (Arc<str>, Round) {
+        let mut changes = self.shared.changed.subscribe();
+        let mut backoff = self.config.retry_backoff;
+        let mut rotation = 0_usize;
+        loop {
+            let round = match self.client.at(&broker).await {
+                Ok(client) => {
+                    let Ok(permit) = self.shared.slots.clone().acquire_owned().await else {
+                        return (broker, Round::Closed);
+                    };
+                    let slot = self.shared.chunk_buffered(permit);
+                    changes.mark_unchanged();
+                    self.round(&client, &broker, slot, rotation, &mut changes)
+                        .await
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, %broker, "consumer cannot connect to a broker; retrying");
+                    Round::Failed
+                }
+            };
+            rotation = rotation.wrapping_add(1);
+            match round {
+                Round::Again => backoff = self.config.retry_backoff,
+                Round::Closed | Round::Idle => return (broker, round),
+                Round::Failed => {
+                    // The broker may be down, or no longer lead: ask where
+                    // the partitions are now, then wait.
+                    self.learn_leaders().await;
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(self.config.retry_backoff_max);
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        _ = changes.changed() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Resolves unresolved partitions read from `broker`, then fetches the
+    /// others once. `slot` goes with whatever is queued, or is released.
+    async fn round(
+        &self,
+        client: &Client,
+        broker: &Arc<str>,
+        slot: ChunkSlot,
+        rotation: usize,
+        changes: &mut watch::Receiver<u64>,
+    ) -> Round {
+        let cells: Vec<Arc<PartitionCell>> = self
+            .shared
+            .cells()
+            .into_iter()
+            .filter(|cell| self.broker_of(cell) == *broker)
+            .collect();
         let mut targets = Vec::with_capacity(cells.len());
         let mut unresolved = Vec::new();
         for cell in cells {
@@ -161,7 +271,7 @@ impl Fetcher {
             }
         }
         if !unresolved.is_empty() {
-            return self.resolve(unresolved, slot).await;
+            return self.resolve(client, unresolved, slot).await;
         }
         if targets.is_empty() {
             return Round::Idle;
@@ -183,24 +293,27 @@ impl Fetcher {
             undecodable: self.config.undecodable,
         };
         let fetched = tokio::select! {
-            fetched = self.client.fetch_many(&request, options) => fetched,
+            fetched = client.fetch_many(&request, options) => fetched,
             // A seek or a new assignment: this poll asks for stale offsets.
-            () = self.shared.changed.notified() => return Round::Again,
+            _ = changes.changed() => return Round::Again,
         };
         match fetched {
             Ok(fetched) => self.queue_fetched(&targets, fetched, slot).await,
             Err(e) if e.is_retryable() => {
-                tracing::warn!(error = %e, "consumer fetch failed; retrying");
+                tracing::warn!(error = %e, %broker, "consumer fetch failed; retrying");
+                if e.is_broker_unreachable() {
+                    self.client.routing.failed(broker);
+                }
                 Round::Failed
             }
-            Err(e) if len == 1 => match self.fail(&targets[0], e).await {
+            Err(e) if len == 1 => match self.fail(client, &targets[0], e).await {
                 Settled::Item(item) => self.queue(vec![item], slot).await,
                 Settled::Moved => Round::Again,
                 Settled::RetryLater => Round::Failed,
             },
             Err(e) => {
                 tracing::debug!(error = %e, "consumer fetch failed; probing each partition");
-                self.probe(&targets, slot).await
+                self.probe(client, &targets, slot).await
             }
         }
     }
@@ -241,7 +354,7 @@ impl Fetcher {
     /// Finds which partitions of a failed multi-partition fetch fail on
     /// their own, and deals with each of those. If none does (or none can
     /// be dealt with yet), the round failed: back off before the next.
-    async fn probe(&self, targets: &[Target], slot: ChunkSlot) -> Round {
+    async fn probe(&self, client: &Client, targets: &[Target], slot: ChunkSlot) -> Round {
         let mut items = Vec::new();
         let mut retry = false;
         let options = FetchOptions {
@@ -250,8 +363,7 @@ impl Fetcher {
             undecodable: self.config.undecodable,
         };
         for target in targets {
-            let probed = self
-                .client
+            let probed = client
                 .fetch(
                     &target.cell.topic,
                     target.cell.partition,
@@ -262,7 +374,7 @@ impl Fetcher {
             match probed {
                 Ok(_) => {}
                 Err(e) if e.is_retryable() => retry = true,
-                Err(e) => match self.fail(target, e).await {
+                Err(e) => match self.fail(client, target, e).await {
                     Settled::Item(item) => items.push(item),
                     Settled::Moved => {}
                     Settled::RetryLater => retry = true,
@@ -283,7 +395,7 @@ impl Fetcher {
 
     /// A partition's fetch failed for good: reset it if it was out of range
     /// and the policy allows, else park it and report the error.
-    async fn fail(&self, target: &Target, error: ClientError) -> Settled {
+    async fn fail(&self, client: &Client, target: &Target, error: ClientError) -> Settled {
         let spec = match (error.kind(), self.config.auto_offset_reset) {
             (ErrorKind::OutOfRange, OffsetReset::Earliest) => Some(OffsetSpec::Earliest),
             (ErrorKind::OutOfRange, OffsetReset::Latest) => Some(OffsetSpec::Latest),
@@ -293,11 +405,7 @@ impl Fetcher {
         let Some(spec) = spec else {
             return Self::park(target, error);
         };
-        let offset = match self
-            .client
-            .list_offsets(&cell.topic, cell.partition, spec)
-            .await
-        {
+        let offset = match client.list_offsets(&cell.topic, cell.partition, spec).await {
             Ok(offset) => offset,
             // Retried after a backoff: the fetch offset did not move.
             Err(e) if e.is_retryable() => {
@@ -345,7 +453,12 @@ impl Fetcher {
     }
 
     /// Gives partitions without an offset the one `auto_offset_reset` names.
-    async fn resolve(&self, unresolved: Vec<(Arc<PartitionCell>, u64)>, slot: ChunkSlot) -> Round {
+    async fn resolve(
+        &self,
+        client: &Client,
+        unresolved: Vec<(Arc<PartitionCell>, u64)>,
+        slot: ChunkSlot,
+    ) -> Round {
         let spec = match self.config.auto_offset_reset {
             OffsetReset::Earliest => OffsetSpec::Earliest,
             OffsetReset::Latest => OffsetSpec::Latest,
@@ -364,11 +477,7 @@ impl Fetcher {
         let mut items = Vec::new();
         let mut retry = false;
         for (cell, epoch) in unresolved {
-            match self
-                .client
-                .list_offsets(&cell.topic, cell.partition, spec)
-                .await
-            {
+            match client.list_offsets(&cell.topic, cell.partition, spec).await {
                 Ok(offset) => {
                     let mut cursor = cell.cursor.lock();
                     if cursor.epoch == epoch && cursor.fetch == FetchFrom::Unresolved {

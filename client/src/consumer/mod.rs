@@ -229,6 +229,7 @@ impl Consumer {
                 config,
                 shared: shared.clone(),
                 chunks: sender,
+                described_at: parking_lot::Mutex::new(None),
             }
             .run(),
         );
@@ -333,7 +334,7 @@ impl Consumer {
             .cell(topic, partition)
             .ok_or_else(not_assigned)?;
         cell.seek(offset);
-        self.shared.changed.notify_one();
+        self.shared.note_change();
         Ok(offset)
     }
 
