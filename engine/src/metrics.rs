@@ -91,6 +91,18 @@ pub struct Metrics {
     /// Times this broker saw the metadata group's leader change (an
     /// election won by someone, or the leader lost).
     pub metadata_leader_changes: Counter,
+    /// Partition replicas running on this broker, and how many of them lead.
+    pub partition_replicas: Gauge,
+    pub partitions_led: Gauge,
+    /// Terms begun in the partition groups this broker holds replicas of
+    /// (each an election).
+    pub partition_elections: Counter,
+    /// Replicas here that have not caught up with their leader since they
+    /// started (what keeps `/ready` at 503).
+    pub replicas_catching_up: Gauge,
+    /// Over the partitions this broker leads: the most Raft entries a
+    /// follower is behind.
+    pub replica_lag_max: Gauge,
 }
 
 impl Default for Metrics {
@@ -122,6 +134,11 @@ impl Metrics {
             metadata_term: Gauge::default(),
             metadata_leader: Gauge::default(),
             metadata_leader_changes: Counter::default(),
+            partition_replicas: Gauge::default(),
+            partitions_led: Gauge::default(),
+            partition_elections: Counter::default(),
+            replicas_catching_up: Gauge::default(),
+            replica_lag_max: Gauge::default(),
             registry: Registry::default(),
         };
         let m = &metrics;
@@ -219,6 +236,31 @@ impl Metrics {
             "brook_cluster_metadata_leader_changes",
             "Changes of the metadata group's leader seen by this broker",
             m.metadata_leader_changes.clone(),
+        );
+        registry.register(
+            "brook_cluster_partition_replicas",
+            "Partition replicas running on this broker",
+            m.partition_replicas.clone(),
+        );
+        registry.register(
+            "brook_cluster_partitions_led",
+            "Partitions this broker's replicas lead",
+            m.partitions_led.clone(),
+        );
+        registry.register(
+            "brook_cluster_partition_elections",
+            "Terms begun in the partition groups this broker holds replicas of (elections)",
+            m.partition_elections.clone(),
+        );
+        registry.register(
+            "brook_cluster_replicas_catching_up",
+            "Replicas on this broker that have not caught up with their leader since they started",
+            m.replicas_catching_up.clone(),
+        );
+        registry.register(
+            "brook_cluster_replica_lag_max",
+            "Over the partitions this broker leads, the most Raft entries a follower is behind",
+            m.replica_lag_max.clone(),
         );
         Self {
             registry,

@@ -12,6 +12,7 @@
 //! the broker drops its old copy instead of serving it.
 
 mod catch_up;
+mod metrics;
 mod reconcile;
 mod replication;
 
@@ -220,6 +221,7 @@ impl Replicas {
     /// `stop`, then stops them.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         tokio::spawn(self.clone().watch_catch_up(stop.clone()));
+        tokio::spawn(self.clone().report_metrics(stop.clone()));
         let mut applied = self.meta.raft().metrics();
         loop {
             self.reconcile().await;

@@ -240,6 +240,39 @@ async fn a_leader_cut_off_from_its_peers_acknowledges_nothing_and_the_majority_g
         "broker {cut} cut off for {elapsed:?}; broker {new_leader} led meanwhile; {} records acknowledged",
         acknowledged.len()
     );
+    // The metrics saw the election, and say who leads now (sampled every
+    // second).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = |id: u64| {
+            cluster
+                .broker(id)
+                .expect("the broker runs")
+                .broker()
+                .metrics()
+                .clone()
+        };
+        let elections: u64 = cluster
+            .ids()
+            .map(|id| metrics(id).partition_elections.get())
+            .sum();
+        let led: i64 = cluster
+            .ids()
+            .map(|id| metrics(id).partitions_led.get())
+            .sum();
+        let replicas: i64 = cluster
+            .ids()
+            .map(|id| metrics(id).partition_replicas.get())
+            .sum();
+        if elections >= 1 && led == 1 && replicas == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics: {elections} elections, {led} partitions led, {replicas} replicas"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     cluster.shutdown().await.expect("a clean shutdown");
 }
 

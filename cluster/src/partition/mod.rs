@@ -21,7 +21,9 @@ pub mod state_machine;
 pub mod types;
 
 pub use proposer::Proposer;
-pub use replica::{ElectionTimeouts, PartitionGroups, PartitionReplica, PartitionReplicaConfig};
+pub use replica::{
+    ElectionTimeouts, PartitionGroups, PartitionReplica, PartitionReplicaConfig, ReplicaStatus,
+};
 pub use source::LogSource;
 pub use state_machine::PartitionStateMachine;
 pub use types::{AppliedBatch, PartitionRaft, PartitionRaftConfig, ProduceApplied, ProduceCommand};

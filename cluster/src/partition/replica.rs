@@ -39,6 +39,16 @@ pub struct PartitionReplicaConfig {
     pub watermark: Option<tokio::sync::watch::Sender<i64>>,
 }
 
+/// A replica's role and progress, as its Raft last reported them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    pub leading: bool,
+    pub term: u64,
+    /// While it leads: the most Raft entries a follower is behind its log
+    /// (the leader itself counted among them, at 0).
+    pub followers_behind_max: u64,
+}
+
 impl PartitionReplicaConfig {
     pub fn new(id: NodeId, group: impl Into<String>, dir: impl Into<PathBuf>) -> Self {
         Self {
@@ -222,6 +232,30 @@ impl PartitionReplica {
             return None;
         }
         metrics.millis_since_quorum_ack.map(Duration::from_millis)
+    }
+
+    /// What the broker's metrics report of this replica.
+    pub fn status(&self) -> ReplicaStatus {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let leading = metrics.state == openraft::ServerState::Leader;
+        let last = metrics.last_log_index.unwrap_or(0);
+        let followers_behind_max = metrics
+            .replication
+            .as_ref()
+            .filter(|_| leading)
+            .and_then(|followers| {
+                followers
+                    .values()
+                    .map(|matched| last.saturating_sub(matched.map_or(0, |m| m.index)))
+                    .max()
+            })
+            .unwrap_or(0);
+        ReplicaStatus {
+            leading,
+            term: metrics.current_term,
+            followers_behind_max,
+        }
     }
 
     /// This replica's current term.
