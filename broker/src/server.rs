@@ -23,7 +23,7 @@ use crate::grpc::receive_budget::{ReceiveBudget, ReceiveBudgetLayer};
 use crate::http::{HttpLimits, Phase, ServerStatus};
 use crate::replicas::Replicas;
 use crate::tls::ServerTls;
-use brook_cluster::network::client::{Connector, RemoteLog, TcpConnector};
+use brook_cluster::network::client::{Connector, PeerTls, RemoteLog, TcpConnector};
 use brook_cluster::{BrokerNode, MetaCommand, MetaNode, MetaNodeConfig};
 use brook_engine::AuthorizerMode;
 use brook_engine::ClusterConfig;
@@ -350,7 +350,7 @@ async fn serve_grpc(
         .max_frame_size(HTTP2_FRAME_BYTES_MAX)
         .layer(TrackRequestsLayer)
         // Before the receive budget: a refused request reserves nothing.
-        .layer(AuthLayer::new(auth))
+        .layer(AuthLayer::new(auth, &broker.config().super_users))
         .layer(ReceiveBudgetLayer::new(receive_budget))
         .add_routes(crate::grpc::routes(
             &broker,
@@ -404,20 +404,10 @@ async fn join_cluster(
     peers: Option<Arc<dyn Connector>>,
 ) -> Result<(MetaNode, Arc<Replicas>), ServeError> {
     let config = broker.config();
-    // Brokers call each other in plaintext and without credentials until
-    // the cluster's own TLS and authentication exist: refuse rather than
-    // open a door the broker's settings say is shut.
-    if config.tls.is_some() || !matches!(config.auth, Authentication::None) {
-        return Err(ServeError::Config(Invalid::new(
-            "peers",
-            "a cluster cannot run with TLS or client authentication yet: brokers call each other in plaintext",
-        )));
-    }
-    let connector = peers.unwrap_or_else(|| {
-        Arc::new(TcpConnector {
-            connect_timeout: PEER_CONNECT_TIMEOUT,
-        })
-    });
+    let connector = match peers {
+        Some(peers) => peers,
+        None => Arc::new(peer_connector(config, cluster).map_err(ServeError::Config)?),
+    };
     let meta = MetaNode::start(
         &MetaNodeConfig::new(
             cluster.node_id,
@@ -473,6 +463,60 @@ async fn join_cluster(
         }
     });
     Ok((meta, replicas))
+}
+
+/// How this broker calls its peers: over TLS when it serves TLS (trusting
+/// `peer_ca`, else the client CA, and presenting its own certificate),
+/// with its token when clients authenticate with tokens. Its peers must
+/// see it as a super user, and it them: with authentication on, the
+/// brokers' own service takes calls from super users only.
+fn peer_connector(config: &BrokerConfig, cluster: &ClusterConfig) -> Result<TcpConnector, Invalid> {
+    let mut connector = TcpConnector::plain(PEER_CONNECT_TIMEOUT);
+    if let Some(tls) = &config.tls {
+        let ca = cluster.peer_ca.as_ref().or(tls.client_ca.as_ref()).ok_or_else(|| {
+            Invalid::new(
+                "peer_ca",
+                "needed in a cluster with TLS (unless tls_client_ca is set): the CAs the peers' certificates chain to",
+            )
+        })?;
+        connector.tls = Some(PeerTls {
+            ca: ca.clone(),
+            cert: tls.cert.clone(),
+            key: tls.key.clone(),
+        });
+    }
+    // With mTLS, the certificate presented above names the broker.
+    if let Authentication::Token(_) = &config.auth {
+        let file = cluster.peer_token_file.as_ref().ok_or_else(|| {
+            Invalid::new(
+                "peer_token_file",
+                "needed in a cluster with auth = token: the token this broker presents to its peers",
+            )
+        })?;
+        let token = std::fs::read_to_string(file).map_err(|e| {
+            Invalid::new(
+                "peer_token_file",
+                format!("cannot read {}: {e}", file.display()),
+            )
+        })?;
+        let header = format!("Bearer {}", token.trim()).parse().map_err(|_| {
+            Invalid::new(
+                "peer_token_file",
+                format!(
+                    "{} does not hold a token that fits a header",
+                    file.display()
+                ),
+            )
+        })?;
+        connector.authorization = Some(header);
+    }
+    if !matches!(config.auth, Authentication::None) && config.super_users.is_empty() {
+        return Err(Invalid::new(
+            "super_users",
+            "needed in a cluster with authentication: the principals the brokers present to each other (only they may call the brokers' own service)",
+        ));
+    }
+    Ok(connector)
 }
 
 /// A number no earlier start of this broker registered with: the start's

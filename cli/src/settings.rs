@@ -206,6 +206,14 @@ settings! {
     /// Repeatable or comma-separated [default: none].
     #[arg(value_name = "ID=HOST:PORT", value_delimiter = ',')]
     peers: Vec<String> = "BROOK_PEERS",
+    /// With TLS in a cluster: PEM bundle of the CAs the peers' certificates
+    /// chain to (this broker calls them over TLS, presenting `tls_cert`)
+    /// [default: `tls_client_ca`].
+    peer_ca: PathBuf = "BROOK_PEER_CA",
+    /// With `auth = token` in a cluster: a file holding the token this
+    /// broker presents to its peers; its principal must be one of
+    /// `super_users` [default: none].
+    peer_token_file: PathBuf = "BROOK_PEER_TOKEN_FILE",
 }
 
 /// The settings with every default filled in and every value checked.
@@ -276,6 +284,10 @@ pub struct Effective {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_id: Option<u64>,
     pub peers: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_ca: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_token_file: Option<PathBuf>,
 }
 
 /// Reads a settings file; unknown keys and values of the wrong type are
@@ -420,6 +432,8 @@ impl Settings {
             super_users: self.super_users.unwrap_or_default(),
             node_id,
             peers: self.peers.unwrap_or_default(),
+            peer_ca: self.peer_ca,
+            peer_token_file: self.peer_token_file,
         };
         effective.check()?;
         Ok(effective)

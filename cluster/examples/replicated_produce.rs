@@ -143,9 +143,7 @@ impl Group {
             let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
             addresses.insert(id, probe.local_addr()?.to_string());
         }
-        let connector: Arc<dyn Connector> = Arc::new(TcpConnector {
-            connect_timeout: Duration::from_secs(1),
-        });
+        let connector: Arc<dyn Connector> = Arc::new(TcpConnector::plain(Duration::from_secs(1)));
         let dirs: BTreeMap<u64, PathBuf> = (1..=count)
             .map(|id| (id, files.path().join(format!("broker-{id}"))))
             .collect();

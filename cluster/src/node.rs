@@ -11,7 +11,7 @@ use brook_proto::cluster::{PingRequest, PingResponse, RaftPayload};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 
 use crate::command::{MetaCommand, MetaResponse};
-use crate::network::client::{Connector, Network};
+use crate::network::client::{Connector, Network, peer_request};
 use crate::network::service::RaftServer;
 use crate::partition::ElectionTimeouts;
 use crate::partition::PartitionGroups;
@@ -203,11 +203,14 @@ impl MetaNode {
             .channel(&leader.address)
             .map_err(|e| unreachable(e.to_string()))?;
         let json = serde_json::to_vec(command).map_err(|e| ClusterError::Refused(e.to_string()))?;
-        let mut call = tonic::Request::new(RaftPayload {
-            json: json.into(),
-            ..RaftPayload::default()
-        });
-        call.set_timeout(FORWARD_TIMEOUT);
+        let call = peer_request(
+            &*self.connector,
+            RaftPayload {
+                json: json.into(),
+                ..RaftPayload::default()
+            },
+            FORWARD_TIMEOUT,
+        );
         let answer = crate::network::raft_client(channel)
             .propose(call)
             .await
@@ -222,8 +225,7 @@ impl MetaNode {
     /// does not answer within `timeout`.
     pub async fn ping(&self, address: &str, timeout: Duration) -> Option<PingResponse> {
         let channel = self.connector.channel(address).ok()?;
-        let mut call = tonic::Request::new(PingRequest {});
-        call.set_timeout(timeout);
+        let call = peer_request(&*self.connector, PingRequest {}, timeout);
         let answer =
             tokio::time::timeout(timeout, crate::network::raft_client(channel).ping(call)).await;
         match answer {

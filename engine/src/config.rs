@@ -370,6 +370,13 @@ pub const PRODUCER_ID_NODE_SHIFT: u32 = 40;
 pub struct ClusterConfig {
     pub node_id: u64,
     pub peers: std::collections::BTreeMap<u64, String>,
+    /// With TLS: the CAs the peers' certificates chain to (the broker
+    /// calls them over TLS, presenting its own certificate). `None`: the
+    /// client CA of `TlsConfig`.
+    pub peer_ca: Option<PathBuf>,
+    /// With token authentication: a file holding the bearer token this
+    /// broker sends to its peers (its principal must be a super user).
+    pub peer_token_file: Option<PathBuf>,
 }
 
 impl ClusterConfig {
@@ -397,7 +404,26 @@ impl ClusterConfig {
                 format!("must include this broker, node_id {node_id}"),
             ));
         }
-        Ok(Self { node_id, peers })
+        Ok(Self {
+            node_id,
+            peers,
+            peer_ca: None,
+            peer_token_file: None,
+        })
+    }
+
+    /// Verifies the peers' certificates against `ca` (see `peer_ca`).
+    #[must_use]
+    pub fn with_peer_ca(mut self, ca: impl Into<PathBuf>) -> Self {
+        self.peer_ca = Some(ca.into());
+        self
+    }
+
+    /// Sends the token in `file` to the peers (see `peer_token_file`).
+    #[must_use]
+    pub fn with_peer_token_file(mut self, file: impl Into<PathBuf>) -> Self {
+        self.peer_token_file = Some(file.into());
+        self
     }
 }
 

@@ -1,7 +1,9 @@
 //! The tower layer that authenticates each request to a Brook service
 //! before its handler (or anything that reads its body) runs.
 //!
-//! A request whose path is under `/brook.v1.` is authenticated; its
+//! A request whose path is under `/brook.v1.` or `/brook.cluster.v1.` is
+//! authenticated (the second, the brokers' own service, only for super
+//! users: PERMISSION_DENIED for others); its
 //! [`Principal`] goes into the request's extensions (for handlers and the
 //! authorization that builds on it) and is logged at debug level. A refused
 //! one is answered with UNAUTHENTICATED at once, and a WARN names the peer
@@ -9,6 +11,7 @@
 //! refusals in between are counted into the next). Other paths
 //! (`grpc.health.v1`, server reflection) pass untouched.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -20,6 +23,10 @@ use crate::grpc::connections::{ConnectionInfo, WARN_INTERVAL, Warnings};
 
 /// The path prefix of the services that need authentication.
 const BROOK_SERVICES: &str = "/brook.v1.";
+/// The path prefix of the brokers' own service (Raft, pings, log reads
+/// between the brokers of a cluster): authenticated too, and only for
+/// super users, the principals the brokers present to each other.
+const CLUSTER_SERVICES: &str = "/brook.cluster.v1.";
 
 /// Authenticates requests to the Brook services.
 #[derive(Debug, Clone)]
@@ -30,16 +37,22 @@ pub struct AuthLayer {
 #[derive(Debug)]
 struct Shared {
     authenticator: Authenticator,
+    /// Who may call the cluster's service.
+    super_users: HashSet<String>,
+    /// Rate limit of the warnings about refused calls to it.
+    cluster_refusals: Mutex<Warnings>,
     /// One rate limit per kind of refusal, taken briefly by refused
     /// requests only.
     warnings: Mutex<[Warnings; Refusal::COUNT]>,
 }
 
 impl AuthLayer {
-    pub(crate) fn new(authenticator: Authenticator) -> Self {
+    pub(crate) fn new(authenticator: Authenticator, super_users: &[String]) -> Self {
         Self {
             shared: Arc::new(Shared {
                 authenticator,
+                super_users: super_users.iter().cloned().collect(),
+                cluster_refusals: Mutex::default(),
                 warnings: Mutex::new(Default::default()),
             }),
         }
@@ -77,7 +90,9 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        if !request.uri().path().starts_with(BROOK_SERVICES) {
+        let path = request.uri().path();
+        let cluster_service = path.starts_with(CLUSTER_SERVICES);
+        if !path.starts_with(BROOK_SERVICES) && !cluster_service {
             return Either::Right(self.inner.call(request));
         }
         let connection = request.extensions().get::<ConnectionInfo>();
@@ -86,6 +101,15 @@ where
             .authenticator
             .authenticate(connection, request.headers())
         {
+            Ok(Some(principal))
+                if cluster_service && !self.shared.super_users.contains(principal.name()) =>
+            {
+                self.warn_cluster_refusal(&request, &principal);
+                let status = tonic::Status::permission_denied(format!(
+                    "{principal} may not call the brokers' own service: only super users (the brokers) may"
+                ));
+                Either::Left(futures::future::ready(Ok(status.into_http())))
+            }
             Ok(Some(principal)) => {
                 tracing::debug!(
                     principal = principal.name(),
@@ -106,6 +130,21 @@ where
 }
 
 impl<S> Authenticate<S> {
+    fn warn_cluster_refusal<B>(&self, request: &http::Request<B>, principal: &Principal) {
+        let due = self.shared.cluster_refusals.lock().due();
+        if let Some(refused) = due {
+            let peer = connection_peer(request);
+            tracing::warn!(
+                peer = peer.as_deref().unwrap_or("unknown"),
+                method = request.uri().path(),
+                %principal,
+                refused_since_last_warning = refused,
+                warn_interval_s = WARN_INTERVAL.as_secs(),
+                "refused a call to the brokers' own service from a principal that is not a super user"
+            );
+        }
+    }
+
     fn warn<B>(&self, request: &http::Request<B>, refusal: Refusal) {
         let due = self.shared.warnings.lock()[refusal.index()].due();
         if let Some(refused) = due {

@@ -145,9 +145,7 @@ impl EmbeddedClusterBuilder {
                 from: id,
                 brokers: brokers.clone(),
                 links: links.clone(),
-                tcp: TcpConnector {
-                    connect_timeout: PEER_CONNECT_TIMEOUT,
-                },
+                tcp: TcpConnector::plain(PEER_CONNECT_TIMEOUT),
             }));
             let broker = EmbeddedBroker::builder()
                 .config(config.clone())

@@ -556,3 +556,56 @@ async fn admin_changes_are_audited_with_their_principal_and_result() -> anyhow::
     broker.shutdown().await?;
     Ok(())
 }
+
+/// The brokers' own service (`brook.cluster.v1`: Raft, pings, log reads)
+/// is authenticated like the others, and only super users (the principals
+/// the brokers present to each other) get past: anyone else is refused
+/// with PERMISSION_DENIED, whatever the authorizer.
+#[tokio::test]
+async fn only_super_users_call_the_brokers_own_service() -> anyhow::Result<()> {
+    use brook_proto::cluster::PingRequest;
+    use brook_proto::cluster::raft_service_client::RaftServiceClient;
+
+    const BROKER_TOKEN: &str = "broker-secret-token-0d3a";
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("tokens");
+    write_token_file(&file, &[("alice", ALICE_TOKEN), ("broker", BROKER_TOKEN)])?;
+    let mut tokens = TokenAuth::new(&file);
+    tokens.reload_interval = Duration::from_millis(50);
+    let mut config = BrokerConfig::default();
+    config.auth = Authentication::Token(tokens);
+    config.super_users = vec!["broker".to_owned()];
+    let broker = EmbeddedBroker::builder().config(config).start().await?;
+    let channel = channel(&broker).await?;
+    let ping = |token: Option<&'static str>| {
+        let channel = channel.clone();
+        async move {
+            let request = with_token(PingRequest {}, token)
+                .map_err(|e| tonic::Status::internal(e.to_string()))?;
+            RaftServiceClient::new(channel)
+                .ping(request)
+                .await
+                .map(|_| ())
+        }
+    };
+
+    let anonymous = within("ping", ping(None)).await?.err().context("served")?;
+    ensure!(anonymous.code() == Code::Unauthenticated, "{anonymous:?}");
+    let alice = within("ping", ping(Some(ALICE_TOKEN)))
+        .await?
+        .err()
+        .context("served alice")?;
+    ensure!(alice.code() == Code::PermissionDenied, "{alice:?}");
+    ensure!(alice.message().contains("super users"), "{alice:?}");
+    // A broker alone serves no cluster service: a super user gets past
+    // authentication and finds nothing there.
+    let peer = within("ping", ping(Some(BROKER_TOKEN)))
+        .await?
+        .err()
+        .context("a broker alone answered a ping")?;
+    ensure!(peer.code() == Code::Unimplemented, "{peer:?}");
+    // Clients' services are not limited to super users.
+    within("list topics", list_topics(&channel, Some(ALICE_TOKEN))).await??;
+    broker.shutdown().await?;
+    Ok(())
+}

@@ -32,7 +32,12 @@ impl Effective {
     /// The cluster from `node_id` and `peers`: both or neither.
     pub(super) fn cluster(&self) -> anyhow::Result<Option<ClusterConfig>> {
         let node_id = match (self.node_id, self.peers.is_empty()) {
-            (None, true) => return Ok(None),
+            (None, true) => {
+                if self.peer_ca.is_some() || self.peer_token_file.is_some() {
+                    bail!("peer_ca and peer_token_file need node_id and peers");
+                }
+                return Ok(None);
+            }
             (Some(id), false) => id,
             (None, false) => bail!("node_id: needed with peers"),
             (Some(_), true) => bail!("peers: needed with node_id"),
@@ -57,9 +62,14 @@ impl Effective {
                 bail!("peers: broker {id} is given twice");
             }
         }
-        ClusterConfig::new(node_id, peers)
-            .map(Some)
-            .map_err(|e| anyhow::anyhow!("{e}"))
+        let mut cluster = ClusterConfig::new(node_id, peers).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Some(ca) = &self.peer_ca {
+            cluster = cluster.with_peer_ca(ca);
+        }
+        if let Some(file) = &self.peer_token_file {
+            cluster = cluster.with_peer_token_file(file);
+        }
+        Ok(Some(cluster))
     }
 }
 

@@ -355,3 +355,28 @@ fn node_id_and_peers_come_together_and_are_checked() {
         assert!(error.contains(says), "{error} (expected {says})");
     }
 }
+
+#[test]
+fn the_peers_ca_and_token_file_belong_to_a_cluster() {
+    let config = |settings: Settings| settings.resolve().and_then(|e| e.broker_config());
+    let peers = Some(vec!["1=b1:9420".to_owned()]);
+    let cluster = config(Settings {
+        node_id: Some(1),
+        peers: peers.clone(),
+        peer_ca: Some("ca.pem".into()),
+        peer_token_file: Some("peer-token".into()),
+        ..Settings::default()
+    })
+    .unwrap()
+    .cluster
+    .unwrap();
+    assert_eq!(cluster.peer_ca, Some("ca.pem".into()));
+    assert_eq!(cluster.peer_token_file, Some("peer-token".into()));
+    let alone = config(Settings {
+        peer_token_file: Some("peer-token".into()),
+        ..Settings::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(alone.contains("need node_id and peers"), "{alone}");
+}

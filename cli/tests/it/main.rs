@@ -15,6 +15,7 @@ mod operations;
 mod quotas;
 mod recover;
 mod replicated_topics;
+mod secure_cluster;
 mod three_brokers;
 mod tls;
 mod undecodable;

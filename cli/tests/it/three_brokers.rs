@@ -4,7 +4,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use brook_client::{Client, ClusterDescription, TopicConfig};
+use brook_client::{Client, ClientError, ClientOptions, ClusterDescription, TopicConfig};
 
 use crate::common::{self, Server};
 
@@ -16,6 +16,10 @@ pub struct Cluster {
     dir: tempfile::TempDir,
     addresses: Vec<String>,
     peers: String,
+    /// Given to every broker besides its id and peers.
+    flags: Vec<String>,
+    /// How the harness's own clients connect.
+    options: ClientOptions,
     /// Broker N at index N - 1; `None` while it is stopped.
     pub servers: Vec<Option<Server>>,
 }
@@ -23,6 +27,12 @@ pub struct Cluster {
 impl Cluster {
     /// Starts brokers 1 to 3 on free loopback ports.
     pub async fn start() -> Cluster {
+        Self::start_with(Vec::new(), ClientOptions::default()).await
+    }
+
+    /// Starts brokers 1 to 3 with `flags` given to each, reached by the
+    /// harness with `options`.
+    pub async fn start_with(flags: Vec<String>, options: ClientOptions) -> Cluster {
         let ports = common::free_ports(3);
         let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let peers = (1..=3)
@@ -34,6 +44,8 @@ impl Cluster {
             dir: tempfile::tempdir().expect("a temporary directory"),
             addresses,
             peers,
+            flags,
+            options,
             servers: Vec::new(),
         };
         for id in 1..=3 {
@@ -49,10 +61,19 @@ impl Cluster {
         Server::start_listening(
             &self.dir.path().join(format!("broker-{id}")),
             &self.addresses[index],
-            &["--node-id", &id.to_string(), "--peers", &self.peers],
+            &[
+                &["--node-id", &id.to_string(), "--peers", &self.peers][..],
+                &self.flags.iter().map(String::as_str).collect::<Vec<_>>(),
+            ]
+            .concat(),
             Stdio::null(),
         )
         .await
+    }
+
+    /// A client of broker `id`, with the harness's options.
+    pub async fn connect(&self, id: u64) -> Result<Client, ClientError> {
+        Client::connect_with(self.address(id), self.options.clone()).await
     }
 
     /// Broker `id`'s gRPC address.
@@ -66,7 +87,7 @@ impl Cluster {
             if server.is_none() {
                 continue;
             }
-            if let Ok(client) = Client::connect(self.address(id)).await
+            if let Ok(client) = self.connect(id).await
                 && let Ok(cluster) = client.describe_cluster().await
             {
                 return Some(cluster);

@@ -13,7 +13,7 @@ use crate::common::{Server, brook, run};
 /// Writes a CA and a broker certificate for `localhost` and 127.0.0.1,
 /// signed by it, into `dir`; returns the paths of the CA, the certificate
 /// and its key.
-fn certificates(dir: &Path) -> (String, String, String) {
+pub fn certificates(dir: &Path) -> (String, String, String) {
     let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca =

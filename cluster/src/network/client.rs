@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +23,8 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::AsciiMetadataValue;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::{append_payload, decode, encode};
 use crate::partition::source::{LogRead, LogSource};
@@ -32,6 +34,28 @@ use crate::types::{BrokerNode, EntryFormat, NodeId};
 pub trait Connector: Send + Sync + 'static {
     /// A channel to `address` (`HOST:PORT`), connecting when first used.
     fn channel(&self, address: &str) -> Result<Channel, ConnectError>;
+
+    /// The `authorization` metadata every call to a peer carries, when
+    /// the brokers authenticate each other with a token.
+    fn authorization(&self) -> Option<AsciiMetadataValue> {
+        None
+    }
+}
+
+/// A call to a peer: `message`, a time limit, and the broker's credentials.
+pub(crate) fn peer_request<T>(
+    connector: &dyn Connector,
+    message: T,
+    timeout: Duration,
+) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    if let Some(authorization) = connector.authorization() {
+        request
+            .metadata_mut()
+            .insert("authorization", authorization);
+    }
+    request
 }
 
 /// Why no channel can be made to an address (it is not a usable URI).
@@ -43,19 +67,39 @@ pub struct ConnectError(pub String);
 pub const HTTP2_CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 pub const HTTP2_STREAM_WINDOW: u32 = 16 * 1024 * 1024;
 
-/// Plaintext TCP to the peer's address.
+/// TCP to the peer's address: plaintext, or TLS when `tls` is set.
 #[derive(Debug, Clone)]
 pub struct TcpConnector {
     pub connect_timeout: Duration,
+    /// TLS to the peers.
+    pub tls: Option<PeerTls>,
+    /// `Bearer <token>` sent with every call.
+    pub authorization: Option<AsciiMetadataValue>,
 }
 
 impl TcpConnector {
+    /// Plaintext, without credentials.
+    pub fn plain(connect_timeout: Duration) -> Self {
+        Self {
+            connect_timeout,
+            tls: None,
+            authorization: None,
+        }
+    }
+
     /// The endpoint of a peer's channel, with the settings every broker
     /// channel uses; a [`Connector`] that makes its own connections (over a
     /// test network, say) builds on it.
     pub fn endpoint(&self, address: &str) -> Result<Endpoint, ConnectError> {
-        Ok(Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| ConnectError(e.to_string()))?
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
+            .map_err(|e| ConnectError(e.to_string()))?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.client_config()?)
+                .map_err(|e| ConnectError(e.to_string()))?;
+        }
+        Ok(endpoint
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
             // Room for whole AppendEntries of a partition in flight: the
@@ -68,9 +112,41 @@ impl TcpConnector {
     }
 }
 
+/// The files of a broker's TLS to its peers, read again for each new
+/// channel, so that renewed certificates are used without a restart.
+#[derive(Debug, Clone)]
+pub struct PeerTls {
+    /// PEM bundle of the CAs the peers' certificates chain to.
+    pub ca: PathBuf,
+    /// This broker's certificate chain and key (PEM), presented to peers
+    /// that ask for a client certificate.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl PeerTls {
+    fn client_config(&self) -> Result<ClientTlsConfig, ConnectError> {
+        let read = |what: &str, path: &PathBuf| {
+            std::fs::read(path).map_err(|e| {
+                ConnectError(format!("cannot read the {what} {}: {e}", path.display()))
+            })
+        };
+        Ok(ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read("peer CA bundle", &self.ca)?))
+            .identity(Identity::from_pem(
+                read("certificate", &self.cert)?,
+                read("key", &self.key)?,
+            )))
+    }
+}
+
 impl Connector for TcpConnector {
     fn channel(&self, address: &str) -> Result<Channel, ConnectError> {
         Ok(self.endpoint(address)?.connect_lazy())
+    }
+
+    fn authorization(&self) -> Option<AsciiMetadataValue> {
+        self.authorization.clone()
     }
 }
 
@@ -166,8 +242,7 @@ impl<C: EntryFormat> Peer<C> {
         let Some(client) = self.client.as_mut() else {
             return Err(unreachable("no channel".to_owned()));
         };
-        let mut call = tonic::Request::new(payload);
-        call.set_timeout(option.hard_ttl());
+        let call = peer_request(&*self.connector, payload, option.hard_ttl());
         let answer = match method {
             Method::AppendEntries => client.append_entries(call).await,
             Method::Vote => client.vote(call).await,
@@ -293,12 +368,15 @@ impl LogSource for RemoteLog {
     ) -> LogRead<'a> {
         Box::pin(async move {
             let channel = self.channel(address)?;
-            let mut call = tonic::Request::new(ReadLogRequest {
-                group: group.to_owned(),
-                offset,
-                max_bytes,
-            });
-            call.set_timeout(READ_LOG_TIMEOUT);
+            let call = peer_request(
+                &*self.connector,
+                ReadLogRequest {
+                    group: group.to_owned(),
+                    offset,
+                    max_bytes,
+                },
+                READ_LOG_TIMEOUT,
+            );
             let answer = crate::network::raft_client(channel)
                 .read_log(call)
                 .await

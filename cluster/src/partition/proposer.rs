@@ -202,9 +202,7 @@ mod tests {
             LogConfig::default(),
         )
         .unwrap();
-        let connector = Arc::new(TcpConnector {
-            connect_timeout: Duration::from_secs(1),
-        });
+        let connector = Arc::new(TcpConnector::plain(Duration::from_secs(1)));
         let replica = PartitionReplica::start(
             &PartitionReplicaConfig::new(1, "t/0", dir.path()),
             Arc::new(log),
