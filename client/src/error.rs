@@ -135,6 +135,9 @@ pub enum ClientError {
 /// What a broker's refusal says when it does not lead the partition
 /// (docs/errors.md).
 pub(crate) const NOT_LEADER_PHRASE: &str = "is not led by this broker";
+/// What it says when it leads the partition but has lost touch with a
+/// majority of the replicas: another broker may lead it by now.
+pub(crate) const CUT_OFF_PHRASE: &str = "has heard from no majority";
 
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -437,6 +440,13 @@ impl ClientError {
     pub(crate) fn is_not_leader(&self) -> bool {
         matches!(self, Self::Rejected { code: StatusCode::Unavailable, message, .. }
             if message.contains(NOT_LEADER_PHRASE))
+    }
+
+    /// Whether a broker refused a batch because it is cut off from a
+    /// majority of the partition's replicas.
+    pub(crate) fn is_cut_off_leader(&self) -> bool {
+        matches!(self, Self::Rejected { code: StatusCode::Unavailable, message, .. }
+            if message.contains(CUT_OFF_PHRASE))
     }
 
     /// A `Rejected` error from the broker's in-band `Error` message.

@@ -537,7 +537,18 @@ impl Sender {
             Some(error) => Err(ClientError::refused(OPERATION, error)),
             None => acks(request.batches.len(), response.results),
         };
+        let cut_off = answer.as_ref().is_ok_and(|answers| {
+            answers
+                .iter()
+                .any(|answer| answer.as_ref().is_err_and(ClientError::is_cut_off_leader))
+        });
+        let target = target.clone();
         self.on_answer(request.batches, answer);
+        if cut_off {
+            // It may lead nothing by now, and names itself the leader
+            // while it cannot hear the others: the others are asked.
+            self.broker_failed(&target);
+        }
     }
 
     /// Closes the stream, failing every request still awaiting its answer

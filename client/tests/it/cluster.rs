@@ -81,6 +81,17 @@ type Acknowledged = Arc<Mutex<Vec<(u64, i64, Instant)>>>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_cut_off_from_its_peers_acknowledges_nothing_and_the_majority_goes_on() {
+    leader_cut_off_under_a_producer(false).await;
+}
+
+/// The same with the producer connected to the leader that is cut off: it
+/// must find the others by itself (the cut-off leader still names itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_producer_connected_to_a_leader_cut_off_goes_on_with_the_majority() {
+    leader_cut_off_under_a_producer(true).await;
+}
+
+async fn leader_cut_off_under_a_producer(bootstrap_at_leader: bool) {
     let cluster = EmbeddedCluster::start().await.expect("a cluster");
     let admin = Client::connect(cluster.endpoint(1).expect("broker 1"))
         .await
@@ -92,11 +103,16 @@ async fn a_leader_cut_off_from_its_peers_acknowledges_nothing_and_the_majority_g
     let cut = leader(&cluster, &[1, 2, 3]).await;
     let majority: Vec<u64> = cluster.ids().filter(|id| *id != cut).collect();
 
-    // The producer starts from a broker of the majority, and gives up on
-    // a request after 2 s: the cut-off leader never answers.
+    // The producer gives up on a request after 2 s: what the cut-off
+    // leader took before it refuses is never answered.
     let options = ClientOptions::default().with_request_timeout(Duration::from_secs(2));
+    let bootstrap = if bootstrap_at_leader {
+        cut
+    } else {
+        majority[0]
+    };
     let client = Client::connect_with(
-        cluster.endpoint(majority[0]).expect("a broker"),
+        cluster.endpoint(bootstrap).expect("a broker"),
         options.clone(),
     )
     .await
