@@ -172,6 +172,8 @@ they are refused. Settings the broker would refuse at start fail here.
 {{- end }}
 {{- else if or $auth.tokenSecret $auth.jwt.jwksConfigMap }}
 {{- fail "auth.tokenSecret and auth.jwt.jwksConfigMap need auth.mode token" }}
+{{- else if $auth.peerTokenSecret }}
+{{- fail "auth.peerTokenSecret needs auth.mode token" }}
 {{- end }}
 {{- end }}
 
@@ -180,27 +182,63 @@ The cluster keys of brook.toml, set into "merged" (the settings so far, auth
 included). With replicaCount above 1 every pod gets the same peers, each
 pod's stable name, and takes its node id from its own name (brook-0 is
 broker 1); with 1 there are none. They are the chart's: given in extraConfig
-they are refused. A broker with peers refuses TLS and client authentication
-(brokers do not authenticate each other yet), so that fails here rather than
-in pods that cannot start.
+they are refused.
+
+Brokers call each other on the gRPC port and speak what it speaks. With TLS
+they verify each other's certificates against peer_ca, the TLS Secret's
+tls.peerCaKey (ca.crt). With authentication the brokers' own service is
+served to super users only, so each broker's principal must be in
+super_users: with auth.mode token each presents the token of
+auth.peerTokenSecret (peer_token_file), with mtls its certificate. What the
+broker would refuse at start (no super_users, no peer token) fails here
+rather than in pods that cannot start.
 */}}
 {{- define "brook.clusterSettings" -}}
 {{- $merged := .merged }}
-{{- $replicas := int .ctx.Values.replicaCount }}
+{{- $ctx := .ctx }}
+{{- $replicas := int $ctx.Values.replicaCount }}
 {{- range $key := list "node_id" "node_id_from_hostname" "peers" }}
 {{- if hasKey $merged $key }}
 {{- fail (printf "brook.toml: %q is set by the chart from replicaCount" $key) }}
 {{- end }}
 {{- end }}
-{{- if gt $replicas 1 }}
-{{- $refused := list }}
-{{- if hasKey $merged "tls_cert" }}{{ $refused = append $refused "TLS" }}{{ end }}
-{{- if ne (toString (index $merged "auth")) "none" }}{{ $refused = append $refused (printf "auth.mode %s" (index $merged "auth")) }}{{ end }}
-{{- if $refused }}
-{{- fail (printf "replicaCount %d makes a cluster, which cannot run with %s yet: brokers call each other in plaintext, without credentials. Set replicaCount: 1, or tls.enabled: false and auth.mode: none (see docs/cluster.md)" $replicas (join " and " $refused)) }}
+{{- if hasKey $merged "peer_ca" }}
+{{- fail "brook.toml: \"peer_ca\" is set by the chart from tls.peerCaKey" }}
 {{- end }}
+{{- if hasKey $merged "peer_token_file" }}
+{{- fail "brook.toml: \"peer_token_file\" is set by the chart from auth.peerTokenSecret" }}
+{{- end }}
+{{- if gt $replicas 1 }}
 {{- $_ := set $merged "node_id_from_hostname" true }}
-{{- $_ := set $merged "peers" (include "brook.peers" .ctx | fromJsonArray) }}
+{{- $_ := set $merged "peers" (include "brook.peers" $ctx | fromJsonArray) }}
+{{- if hasKey $merged "tls_cert" }}
+{{- $_ := set $merged "peer_ca" (printf "%s/%s" (include "brook.tlsDir" $ctx) $ctx.Values.tls.peerCaKey) }}
+{{- end }}
+{{- $mode := toString (index $merged "auth") }}
+{{- $auth := $ctx.Values.auth }}
+{{- if eq $mode "token" }}
+{{- if not $auth.peerTokenSecret }}
+{{- fail (printf "replicaCount %d makes a cluster with auth.mode token, which needs auth.peerTokenSecret: a Secret holding the token each broker presents to its peers (key auth.peerTokenSecretKey, %q), whose name in the token file must be in config.super_users (see docs/cluster.md)" $replicas $auth.peerTokenSecretKey) }}
+{{- end }}
+{{- $_ := set $merged "peer_token_file" (printf "%s/%s" (include "brook.peerTokenDir" $ctx) $auth.peerTokenSecretKey) }}
+{{- end }}
+{{- if ne $mode "none" }}
+{{- $superUsers := index $merged "super_users" }}
+{{- if not $superUsers }}
+{{- $principal := ternary "the name of auth.peerTokenSecret's token in the token file" "the principal of their certificate" (eq $mode "token") }}
+{{- fail (printf "replicaCount %d makes a cluster with auth.mode %s, which needs config.super_users: the brokers' own service takes calls from super users only, so the brokers' principal (%s) must be a super user (see docs/cluster.md)" $replicas $mode $principal) }}
+{{- end }}
+{{- if and (eq $mode "mtls") $ctx.Values.tls.certManager.enabled }}
+{{- $field := toString (default "common-name" (index $merged "mtls_principal")) }}
+{{- $fullname := include "brook.fullname" $ctx }}
+{{- if not (has $field (list "common-name" "dns-name")) }}
+{{- fail (printf "replicaCount %d makes a cluster with auth.mode mtls, whose brokers authenticate with the certificate of tls.certManager; it names them only by DNS names (the first: %q), which config.mtls_principal %s does not read. Use common-name or dns-name, or a Secret of your own (tls.secretName) whose certificates carry the brokers' principal" $replicas $fullname $field) }}
+{{- end }}
+{{- if not (has $fullname $superUsers) }}
+{{- fail (printf "replicaCount %d makes a cluster with auth.mode mtls: the brokers present the certificate of tls.certManager, whose principal is its first DNS name %q; add it to config.super_users (only super users may call the brokers' own service)" $replicas $fullname) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -240,6 +278,10 @@ percentage of the replicas rounded up, as Kubernetes counts it. Call with
 {{- end }}
 {{- define "brook.jwksDir" -}}
 /etc/brook-auth/jwks
+{{- end }}
+{{/* Where the Secret of the token a broker presents to its peers is mounted. */}}
+{{- define "brook.peerTokenDir" -}}
+/etc/brook-auth/peer-token
 {{- end }}
 
 {{/* The scheme of the HTTP port: HTTPS with config.tls_http. */}}
