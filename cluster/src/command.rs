@@ -2,6 +2,8 @@
 //! order every broker applies them.
 
 use brook_engine::TopicOverrides;
+use brook_engine::acl::AclBinding;
+use brook_engine::quota::QuotaLimits;
 use serde::{Deserialize, Serialize};
 
 use crate::types::NodeId;
@@ -30,6 +32,17 @@ pub enum MetaCommand {
     },
     /// Deletes a topic.
     DeleteTopic { name: String },
+    /// Adds an ACL every broker enforces (one that exists changes nothing).
+    AddAcl { acl: AclBinding },
+    /// Removes an ACL.
+    RemoveAcl { acl: AclBinding },
+    /// Sets the quota of a principal, or the default quota (`None`).
+    SetQuota {
+        principal: Option<String>,
+        limits: QuotaLimits,
+    },
+    /// Removes a principal's quota, or the default one (`None`).
+    RemoveQuota { principal: Option<String> },
 }
 
 /// What applying a command did. A refusal is decided by the state machine,
@@ -47,4 +60,10 @@ pub enum MetaResponse {
     NotEnoughBrokers { needed: u32, registered: u32 },
     /// A count or name the command carries is out of bounds.
     Invalid { field: String, reason: String },
+    /// An ACL was removed, or there was no such ACL.
+    AclRemoved { existed: bool },
+    /// No such quota is set.
+    NoSuchQuota,
+    /// Every quota the brokers keep is taken.
+    TooManyQuotas { max: usize },
 }

@@ -3,9 +3,11 @@
 //! pure function of the commands applied, in order, so every broker that
 //! applied the same log holds the same state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use brook_engine::TopicOverrides;
+use brook_engine::acl::AclBinding;
+use brook_engine::quota::{QUOTAS_MAX, QuotaLimits};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{MetaCommand, MetaResponse};
@@ -50,6 +52,14 @@ pub struct ClusterState {
     /// The id the next topic created gets.
     #[serde(default)]
     pub next_topic_id: u64,
+    /// The ACLs every broker enforces.
+    #[serde(default)]
+    pub acls: BTreeSet<AclBinding>,
+    /// Client quotas every broker enforces, by principal, and the default.
+    #[serde(default)]
+    pub quotas: BTreeMap<String, QuotaLimits>,
+    #[serde(default)]
+    pub default_quota: Option<QuotaLimits>,
 }
 
 impl ClusterState {
@@ -83,7 +93,48 @@ impl ClusterState {
                     MetaResponse::NoSuchTopic { name: name.clone() }
                 }
             }
+            MetaCommand::AddAcl { acl } => {
+                self.acls.insert(acl.clone());
+                MetaResponse::Done
+            }
+            MetaCommand::RemoveAcl { acl } => MetaResponse::AclRemoved {
+                existed: self.acls.remove(acl),
+            },
+            MetaCommand::SetQuota { principal, limits } => {
+                self.set_quota(principal.as_ref(), *limits)
+            }
+            MetaCommand::RemoveQuota { principal } => {
+                let removed = match principal {
+                    Some(principal) => self.quotas.remove(principal).is_some(),
+                    None => self.default_quota.take().is_some(),
+                };
+                if removed {
+                    MetaResponse::Done
+                } else {
+                    MetaResponse::NoSuchQuota
+                }
+            }
         }
+    }
+
+    /// Sets a quota, within the number of quotas a broker keeps (the
+    /// default one counted).
+    fn set_quota(&mut self, principal: Option<&String>, limits: QuotaLimits) -> MetaResponse {
+        let present = match principal {
+            Some(principal) => self.quotas.contains_key(principal),
+            None => self.default_quota.is_some(),
+        };
+        let count = self.quotas.len() + usize::from(self.default_quota.is_some());
+        if !present && count >= QUOTAS_MAX {
+            return MetaResponse::TooManyQuotas { max: QUOTAS_MAX };
+        }
+        match principal {
+            Some(principal) => {
+                self.quotas.insert(principal.clone(), limits);
+            }
+            None => self.default_quota = Some(limits),
+        }
+        MetaResponse::Done
     }
 
     fn create_topic(
@@ -257,5 +308,41 @@ mod tests {
             state.apply(&MetaCommand::DeleteTopic { name: "t".into() }),
             MetaResponse::NoSuchTopic { name: "t".into() }
         );
+    }
+
+    #[test]
+    fn quotas_are_set_replaced_removed_and_bounded() {
+        let mut state = ClusterState::default();
+        let limits = |rate| QuotaLimits {
+            produce_bytes_per_second: Some(rate),
+            fetch_bytes_per_second: None,
+        };
+        let set = |principal: Option<&str>, rate| MetaCommand::SetQuota {
+            principal: principal.map(str::to_owned),
+            limits: limits(rate),
+        };
+        assert_eq!(state.apply(&set(None, 1)), MetaResponse::Done);
+        assert_eq!(state.apply(&set(Some("a"), 2)), MetaResponse::Done);
+        assert_eq!(state.apply(&set(Some("a"), 3)), MetaResponse::Done);
+        assert_eq!(state.quotas["a"], limits(3));
+        assert_eq!(state.default_quota, Some(limits(1)));
+        let remove = |principal: Option<&str>| MetaCommand::RemoveQuota {
+            principal: principal.map(str::to_owned),
+        };
+        assert_eq!(state.apply(&remove(None)), MetaResponse::Done);
+        assert_eq!(state.apply(&remove(None)), MetaResponse::NoSuchQuota);
+        for i in 1..QUOTAS_MAX {
+            state.quotas.insert(format!("p{i}"), limits(1));
+        }
+        // Full: a new principal is refused, a known one may change.
+        assert_eq!(
+            state.apply(&set(Some("new"), 1)),
+            MetaResponse::TooManyQuotas { max: QUOTAS_MAX }
+        );
+        assert_eq!(
+            state.apply(&set(None, 1)),
+            MetaResponse::TooManyQuotas { max: QUOTAS_MAX }
+        );
+        assert_eq!(state.apply(&set(Some("a"), 4)), MetaResponse::Done);
     }
 }

@@ -17,16 +17,19 @@ use brook_engine::{Broker, Invalid};
 
 use super::audit::Audit;
 use super::authorize::Caller;
-use super::status::status;
+use super::status::{cluster_status, status};
+use crate::replicas::Replicas;
 
 #[derive(Debug)]
 pub struct AclHandler {
     broker: Arc<Broker>,
+    /// In a cluster: ACLs change through the metadata group.
+    replicas: Option<Arc<Replicas>>,
 }
 
 impl AclHandler {
-    pub fn new(broker: Arc<Broker>) -> Self {
-        Self { broker }
+    pub fn new(broker: Arc<Broker>, replicas: Option<Arc<Replicas>>) -> Self {
+        Self { broker, replicas }
     }
 }
 
@@ -44,7 +47,10 @@ impl AclService for AclHandler {
         let result = async {
             caller.check(&self.broker, Operation::Alter, Resource::Cluster)?;
             let acl = binding_from_proto(acl)?;
-            self.broker.add_acl(acl).await.map_err(status)?;
+            match &self.replicas {
+                Some(replicas) => replicas.add_acl(acl).await.map_err(cluster_status)?,
+                None => self.broker.add_acl(acl).await.map_err(status)?,
+            }
             Ok(Response::new(CreateAclResponse {}))
         }
         .await;
@@ -64,7 +70,10 @@ impl AclService for AclHandler {
         let result = async {
             caller.check(&self.broker, Operation::Alter, Resource::Cluster)?;
             let acl = binding_from_proto(acl)?;
-            let removed = self.broker.remove_acl(acl).await.map_err(status)?;
+            let removed = match &self.replicas {
+                Some(replicas) => replicas.remove_acl(acl).await.map_err(cluster_status)?,
+                None => self.broker.remove_acl(acl).await.map_err(status)?,
+            };
             Ok(Response::new(DeleteAclResponse { removed }))
         }
         .await;

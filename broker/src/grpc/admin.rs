@@ -17,8 +17,8 @@ use brook_engine::{RecordValidation, TopicOverrides};
 
 use super::audit::Audit;
 use super::authorize::Caller;
-use super::status::status;
-use crate::replicas::{ClusterAdminError, Replicas};
+use super::status::{cluster_status, status};
+use crate::replicas::Replicas;
 use brook_engine::acl::{Operation, Resource};
 
 #[derive(Debug)]
@@ -41,13 +41,6 @@ impl AdminHandler {
             ))),
             None => Ok(()),
         }
-    }
-}
-
-fn cluster_status(error: ClusterAdminError) -> Status {
-    match error {
-        ClusterAdminError::Admin(e) => status(e),
-        other => Status::unavailable(other.to_string()),
     }
 }
 

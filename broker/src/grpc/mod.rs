@@ -62,12 +62,12 @@ pub fn routes(
             .max_encoding_message_size(limit),
     )
     .add_service(
-        AclServiceServer::new(acl::AclHandler::new(broker.clone()))
+        AclServiceServer::new(acl::AclHandler::new(broker.clone(), replicas.cloned()))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit),
     )
     .add_service(
-        QuotaServiceServer::new(quota::QuotaHandler::new(broker.clone()))
+        QuotaServiceServer::new(quota::QuotaHandler::new(broker.clone(), replicas.cloned()))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit),
     )

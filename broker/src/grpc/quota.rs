@@ -15,17 +15,20 @@ use brook_engine::{Broker, Invalid};
 
 use super::audit::Audit;
 use super::authorize::Caller;
-use super::status::status;
+use super::status::{cluster_status, status};
+use crate::replicas::Replicas;
 use brook_engine::acl::{Operation, Resource};
 
 #[derive(Debug)]
 pub struct QuotaHandler {
     broker: Arc<Broker>,
+    /// In a cluster: quotas change through the metadata group.
+    replicas: Option<Arc<Replicas>>,
 }
 
 impl QuotaHandler {
-    pub fn new(broker: Arc<Broker>) -> Self {
-        Self { broker }
+    pub fn new(broker: Arc<Broker>, replicas: Option<Arc<Replicas>>) -> Self {
+        Self { broker, replicas }
     }
 }
 
@@ -89,10 +92,17 @@ impl QuotaService for QuotaHandler {
                 produce_bytes_per_second: quota.produce_bytes_per_second,
                 fetch_bytes_per_second: quota.fetch_bytes_per_second,
             };
-            self.broker
-                .set_quota(target.clone(), limits)
-                .await
-                .map_err(status)?;
+            match &self.replicas {
+                Some(replicas) => replicas
+                    .set_quota(target.clone(), limits)
+                    .await
+                    .map_err(cluster_status)?,
+                None => self
+                    .broker
+                    .set_quota(target.clone(), limits)
+                    .await
+                    .map_err(status)?,
+            }
             Ok(Response::new(SetQuotaResponse {
                 quota: Some(to_proto(target, limits)),
             }))
@@ -119,7 +129,13 @@ impl QuotaService for QuotaHandler {
         let result = async {
             caller.check(&self.broker, Operation::Alter, Resource::Cluster)?;
             let target = target(&request.principal, request.default)?;
-            self.broker.remove_quota(target).await.map_err(status)?;
+            match &self.replicas {
+                Some(replicas) => replicas
+                    .remove_quota(target)
+                    .await
+                    .map_err(cluster_status)?,
+                None => self.broker.remove_quota(target).await.map_err(status)?,
+            }
             Ok(Response::new(RemoveQuotaResponse {}))
         }
         .await;

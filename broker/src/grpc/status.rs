@@ -247,6 +247,17 @@ pub fn status(error: impl ToStatus) -> Status {
     to_status(&error)
 }
 
+/// The status of a change the cluster's metadata group refused, or could
+/// not take now (UNAVAILABLE: a retry may succeed).
+pub fn cluster_status(error: crate::replicas::ClusterAdminError) -> Status {
+    use crate::replicas::ClusterAdminError;
+    match error {
+        ClusterAdminError::Admin(e) => status(e),
+        ClusterAdminError::Quota(e) => status(e),
+        other => Status::unavailable(other.to_string()),
+    }
+}
+
 /// The `Error` message of a streamed response or a per-batch result.
 pub fn to_proto_error(error: &impl ToStatus) -> brook_proto::Error {
     let status = to_status(error);

@@ -11,6 +11,7 @@
 //! deleted and created again while the broker was down has another id, so
 //! the broker drops its old copy instead of serving it.
 
+mod access;
 mod catch_up;
 mod metrics;
 mod reconcile;
@@ -24,7 +25,7 @@ use std::time::Duration;
 use brook_cluster::network::client::Connector;
 use brook_cluster::partition::LogSource;
 use brook_cluster::{ClusterError, ClusterState, MetaCommand, MetaNode, MetaResponse, NodeId};
-use brook_engine::{AdminError, Broker, Invalid, NotFound, TopicInfo, TopicOverrides};
+use brook_engine::{AdminError, Broker, Invalid, NotFound, QuotaError, TopicInfo, TopicOverrides};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -50,6 +51,11 @@ pub enum ClusterAdminError {
     /// the call gave up waiting.
     #[error("the change is committed, and this broker has not applied it yet: {0}")]
     NotAppliedHere(String),
+    #[error(transparent)]
+    Quota(#[from] QuotaError),
+    /// The metadata group answered what this change cannot get.
+    #[error("the cluster's metadata group answered {0}")]
+    Unexpected(String),
 }
 
 /// Per partition (topic, index): its replication when this broker holds a
@@ -269,6 +275,7 @@ fn refusal(answer: MetaResponse) -> Result<(), ClusterAdminError> {
         MetaResponse::Invalid { field, reason } => {
             Invalid::new("topic", format!("{field}: {reason}")).into()
         }
+        other => return Err(ClusterAdminError::Unexpected(format!("{other:?}"))),
     };
     Err(refused.into())
 }

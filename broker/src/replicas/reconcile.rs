@@ -27,6 +27,7 @@ impl Replicas {
         if !self.joined_in(&state) {
             return;
         }
+        self.reconcile_access(&state).await;
         for (name, topic) in &state.topics {
             if let Err(e) = self.hold_topic(name, topic, &state).await {
                 tracing::warn!(topic = %name, error = %e, "could not take the topic's replicas on this broker; trying again");

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use brook_broker::EmbeddedCluster;
 use brook_client::{
-    Client, ClientOptions, Consumer, ConsumerConfig, ErrorKind, FetchOptions, NewRecord,
-    OffsetReset, OffsetSpec, Producer, ProducerConfig, ProducerRecord, TopicConfig,
+    Acl, AclOperation, AclResource, Client, ClientOptions, Consumer, ConsumerConfig, ErrorKind,
+    FetchOptions, NewRecord, OffsetReset, OffsetSpec, Producer, ProducerConfig, ProducerRecord,
+    Quota, QuotaTarget, TopicConfig,
 };
 use bytes::Bytes;
 use futures::StreamExt;
@@ -379,5 +380,82 @@ async fn a_consumer_reads_each_partition_from_the_broker_that_holds_it() {
         assert_eq!(values, &expected, "partition {partition}");
     }
     drop(consumer);
+    cluster.shutdown().await.expect("a clean shutdown");
+}
+
+/// ACLs and quotas changed through any broker hold on every broker, and a
+/// broker that was down when they changed takes them when it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acls_and_quotas_are_the_same_on_every_broker() {
+    let mut cluster = EmbeddedCluster::start().await.expect("a cluster");
+    let endpoints: Vec<String> = cluster.endpoints();
+    let connect =
+        |id: u64| Client::connect(endpoints[usize::try_from(id - 1).expect("an id")].clone());
+    let orders = Acl::allow(
+        "alice",
+        AclOperation::Produce,
+        AclResource::Topic("orders".into()),
+    );
+    let quota = Quota::new(QuotaTarget::Principal("alice".into()))
+        .with_produce_bytes_per_second(Some(1_000_000));
+    connect(1)
+        .await
+        .expect("connect")
+        .create_acl(&orders)
+        .await
+        .expect("add the ACL");
+    connect(2)
+        .await
+        .expect("connect")
+        .set_quota(&quota)
+        .await
+        .expect("set the quota");
+
+    // Broker 3 is down while the first ACL goes and another comes.
+    cluster.stop(3).await.expect("stop broker 3");
+    let groups = Acl::allow(
+        "bob",
+        AclOperation::Commit,
+        AclResource::GroupPrefix("bob-".into()),
+    );
+    let removed = connect(2)
+        .await
+        .expect("connect")
+        .delete_acl(&orders)
+        .await
+        .expect("remove the ACL");
+    assert!(removed, "the ACL existed");
+    connect(1)
+        .await
+        .expect("connect")
+        .create_acl(&groups)
+        .await
+        .expect("add an ACL");
+    cluster.restart(3).await.expect("restart broker 3");
+
+    let deadline = Instant::now() + STEP_LIMIT;
+    for id in 1..=3 {
+        loop {
+            let client = connect(id).await.expect("connect");
+            let acls = client.list_acls(None).await.expect("list ACLs");
+            let quotas = client.list_quotas().await.expect("list quotas");
+            if acls == vec![groups.clone()] && quotas == vec![quota.clone()] {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker {id} has ACLs {acls:?} and quotas {quotas:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Removing a quota that is not set is refused the same everywhere.
+    let missing = connect(3)
+        .await
+        .expect("connect")
+        .remove_quota(&QuotaTarget::Default)
+        .await
+        .expect_err("no default quota is set");
+    assert_eq!(missing.kind(), ErrorKind::NotFound, "{missing}");
     cluster.shutdown().await.expect("a clean shutdown");
 }

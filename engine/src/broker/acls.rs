@@ -36,6 +36,12 @@ impl Broker {
         Ok(removed)
     }
 
+    /// Whether `acl` may be stored, by the rules `add_acl` applies (a
+    /// cluster checks before it commits the change).
+    pub fn check_acl(&self, acl: &AclBinding) -> Result<(), Invalid> {
+        check(acl)
+    }
+
     /// Every ACL, sorted.
     pub fn acls(&self) -> Vec<AclBinding> {
         self.authorizer.acls().as_ref().clone()

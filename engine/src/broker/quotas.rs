@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::Broker;
-use crate::error::{QuotaError, blocking};
+use crate::error::{Invalid, QuotaError, blocking};
 use crate::quota::{self, Direction, QUOTAS_MAX, QuotaLimits, QuotaTarget};
 
 impl Broker {
@@ -56,6 +56,12 @@ impl Broker {
         tracing::info!(quota = %target, "quota removed");
         self.quotas.remove(&target);
         Ok(())
+    }
+
+    /// Whether a quota may be set, by the rules `set_quota` applies (a
+    /// cluster checks before it commits the change).
+    pub fn check_quota(&self, target: &QuotaTarget, limits: &QuotaLimits) -> Result<(), Invalid> {
+        quota::check(target, limits)
     }
 
     /// Every quota, the default first, then by principal.
