@@ -32,6 +32,12 @@ pub enum MetaCommand {
     },
     /// Deletes a topic.
     DeleteTopic { name: String },
+    /// Changes a topic's settings: the overrides it sets replace the
+    /// topic's.
+    AlterTopic {
+        name: String,
+        overrides: TopicOverrides,
+    },
     /// Adds an ACL every broker enforces (one that exists changes nothing).
     AddAcl { acl: AclBinding },
     /// Removes an ACL.

@@ -93,6 +93,13 @@ impl ClusterState {
                     MetaResponse::NoSuchTopic { name: name.clone() }
                 }
             }
+            MetaCommand::AlterTopic { name, overrides } => match self.topics.get_mut(name) {
+                Some(topic) => {
+                    topic.overrides = topic.overrides.merged(*overrides);
+                    MetaResponse::Done
+                }
+                None => MetaResponse::NoSuchTopic { name: name.clone() },
+            },
             MetaCommand::AddAcl { acl } => {
                 self.acls.insert(acl.clone());
                 MetaResponse::Done

@@ -254,12 +254,18 @@ impl AdminService for AdminHandler {
             if request.config.is_none() {
                 return Err(status(Invalid::new("config", "must be set")));
             }
-            self.alone("changing a topic's settings")?;
-            let info = self
-                .broker
-                .alter_topic_config(&request.name, overrides(request.config.clone())?)
-                .await
-                .map_err(status)?;
+            let overrides = overrides(request.config.clone())?;
+            let info = match &self.replicas {
+                Some(replicas) => replicas
+                    .alter_topic_config(&request.name, overrides)
+                    .await
+                    .map_err(cluster_status)?,
+                None => self
+                    .broker
+                    .alter_topic_config(&request.name, overrides)
+                    .await
+                    .map_err(status)?,
+            };
             Ok(Response::new(AlterTopicConfigResponse {
                 topic: Some(description(info)),
             }))

@@ -183,6 +183,37 @@ impl Replicas {
             .ok_or_else(|| ClusterAdminError::NotAppliedHere(format!("topic `{name}` deleted")))
     }
 
+    /// Changes a topic's settings in the cluster and waits until this
+    /// broker applies them.
+    pub async fn alter_topic_config(
+        &self,
+        name: &str,
+        overrides: TopicOverrides,
+    ) -> Result<TopicInfo, ClusterAdminError> {
+        // What the engine would refuse is refused before anything is
+        // committed.
+        self.broker.check_altered_config(name, overrides)?;
+        let answer = self
+            .meta
+            .propose_anywhere(MetaCommand::AlterTopic {
+                name: name.to_owned(),
+                overrides,
+            })
+            .await?;
+        refusal(answer)?;
+        let meta = self.meta.clone();
+        self.applied_here(|broker| {
+            let wanted = meta.state().topics.get(name)?.overrides;
+            // Applied here once the state holds the change and the
+            // engine holds the state's settings.
+            (wanted.merged(overrides) == wanted && broker.topic_overrides(name).ok()? == wanted)
+                .then(|| broker.describe_topic(name).ok())
+                .flatten()
+        })
+        .await
+        .ok_or_else(|| ClusterAdminError::NotAppliedHere(format!("topic `{name}` altered")))
+    }
+
     /// Polls `done` until it says the change is applied here.
     async fn applied_here<T>(&self, done: impl Fn(&Broker) -> Option<T>) -> Option<T> {
         let deadline = tokio::time::Instant::now() + APPLIED_HERE_WITHIN;

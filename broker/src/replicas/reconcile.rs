@@ -78,6 +78,15 @@ impl Replicas {
                 }
             }
         }
+        if self
+            .broker
+            .topic_overrides(name)
+            .is_ok_and(|held| held != topic.overrides)
+        {
+            self.broker
+                .alter_topic_config(name, topic.overrides)
+                .await?;
+        }
         for (index, replicas) in topic.replicas.iter().enumerate() {
             let index = index as u32;
             if self.running.lock().contains_key(&(name.to_owned(), index)) {

@@ -459,3 +459,51 @@ async fn acls_and_quotas_are_the_same_on_every_broker() {
     assert_eq!(missing.kind(), ErrorKind::NotFound, "{missing}");
     cluster.shutdown().await.expect("a clean shutdown");
 }
+
+/// A topic's settings changed through one broker change on every broker
+/// that holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_topic_s_settings_change_on_every_broker() {
+    const ALTERED: &str = "altered";
+    let cluster = EmbeddedCluster::start().await.expect("a cluster");
+    let endpoints = cluster.endpoints();
+    let admin = Client::connect(endpoints[1].clone())
+        .await
+        .expect("connect");
+    admin
+        .create_replicated_topic(ALTERED, 2, Some(3), TopicConfig::default())
+        .await
+        .expect("create the topic");
+    let mut config = TopicConfig::default();
+    config.retention_ms = Some(3_600_000);
+    let altered = admin
+        .alter_topic_config(ALTERED, config)
+        .await
+        .expect("alter the topic");
+    assert_eq!(altered.config.retention_ms, 3_600_000);
+    let deadline = Instant::now() + STEP_LIMIT;
+    for endpoint in &endpoints {
+        let client = Client::connect(endpoint.clone()).await.expect("connect");
+        loop {
+            let described = client.describe_topic(ALTERED).await.expect("describe");
+            if described.config.retention_ms == 3_600_000 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{endpoint} keeps retention_ms {}",
+                described.config.retention_ms
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // A setting out of bounds is refused before anything changes.
+    let mut bad = TopicConfig::default();
+    bad.segment_bytes = Some(1);
+    let refused = admin
+        .alter_topic_config(ALTERED, bad)
+        .await
+        .expect_err("a one-byte segment");
+    assert_eq!(refused.kind(), ErrorKind::InvalidArgument, "{refused}");
+    cluster.shutdown().await.expect("a clean shutdown");
+}

@@ -191,6 +191,23 @@ impl Broker {
     }
 
     /// Changes the settings `overrides` sets; the others keep their values.
+    /// A topic's overrides of the broker's topic defaults.
+    pub fn topic_overrides(&self, name: &str) -> Result<TopicOverrides, NotFound> {
+        Ok(self.topic(name)?.record().overrides)
+    }
+
+    /// The overrides `alter_topic_config` would give the topic, checked by
+    /// its rules (a cluster checks before it commits the change).
+    pub fn check_altered_config(
+        &self,
+        name: &str,
+        overrides: TopicOverrides,
+    ) -> Result<TopicOverrides, AdminError> {
+        let merged = self.topic(name)?.record().overrides.merged(overrides);
+        topic::resolve_settings(&self.config.topic_defaults, &merged, &self.config.limits)?;
+        Ok(merged)
+    }
+
     pub async fn alter_topic_config(
         &self,
         name: &str,
