@@ -138,6 +138,9 @@ pub(crate) const NOT_LEADER_PHRASE: &str = "is not led by this broker";
 /// What it says when it leads the partition but has lost touch with a
 /// majority of the replicas: another broker may lead it by now.
 pub(crate) const CUT_OFF_PHRASE: &str = "has heard from no majority";
+/// What a broker of a cluster says to a group call when another broker
+/// coordinates the consumer groups.
+pub(crate) const NOT_COORDINATOR_PHRASE: &str = "does not coordinate consumer groups";
 
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -447,6 +450,13 @@ impl ClientError {
     pub(crate) fn is_cut_off_leader(&self) -> bool {
         matches!(self, Self::Rejected { code: StatusCode::Unavailable, message, .. }
             if message.contains(CUT_OFF_PHRASE))
+    }
+
+    /// Whether a broker of a cluster refused a group call because another
+    /// broker coordinates the groups.
+    pub(crate) fn is_not_coordinator(&self) -> bool {
+        matches!(self, Self::Status { code: StatusCode::Unavailable, message, .. }
+            if message.contains(NOT_COORDINATOR_PHRASE))
     }
 
     /// A `Rejected` error from the broker's in-band `Error` message.

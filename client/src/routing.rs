@@ -41,6 +41,9 @@ struct Known {
     brokers: Vec<Arc<str>>,
     /// Brokers whose connection failed, and when.
     down: HashMap<Arc<str>, Instant>,
+    /// The broker that coordinates consumer groups, when a cluster named
+    /// one.
+    coordinator: Option<Arc<str>>,
 }
 
 impl Known {
@@ -124,6 +127,26 @@ impl Routing {
                 );
             }
         }
+    }
+
+    /// The broker that coordinates consumer groups, when known and not
+    /// down.
+    pub(crate) fn coordinator(&self) -> Option<Arc<str>> {
+        let known = self.state.lock();
+        known
+            .coordinator
+            .clone()
+            .filter(|address| !known.is_down(address, Instant::now()))
+    }
+
+    /// The broker a cluster names as the groups' coordinator (`None`:
+    /// none is known, or there is no cluster).
+    pub(crate) fn set_coordinator(&self, coordinator: Option<Arc<str>>) {
+        let mut known = self.state.lock();
+        if let Some(address) = &coordinator {
+            known.hear_of(address);
+        }
+        known.coordinator = coordinator;
     }
 
     /// The connection to `address` failed: it leads nothing until a broker

@@ -49,6 +49,17 @@ pub enum MetaCommand {
     },
     /// Removes a principal's quota, or the default one (`None`).
     RemoveQuota { principal: Option<String> },
+    /// Commits a consumer group's offsets (topic, partition, next offset
+    /// to consume), the group last active at `at_ms`.
+    CommitOffsets {
+        group: String,
+        offsets: Vec<(String, u32, i64)>,
+        at_ms: i64,
+    },
+    /// Records when a group with committed offsets was last active.
+    MarkGroupActive { group: String, at_ms: i64 },
+    /// Deletes a consumer group's committed offsets.
+    DeleteGroup { group: String },
 }
 
 /// What applying a command did. A refusal is decided by the state machine,

@@ -25,5 +25,5 @@ pub mod types;
 
 pub use command::{MetaCommand, MetaResponse};
 pub use node::{ClusterError, MetaNode, MetaNodeConfig};
-pub use state::ClusterState;
+pub use state::{ClusterState, GroupOffsets};
 pub use types::{BrokerNode, NodeId};

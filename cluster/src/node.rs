@@ -280,6 +280,25 @@ impl MetaNode {
         self.raft.metrics().borrow().current_term
     }
 
+    /// Whether this node leads the group now.
+    pub fn is_leading(&self) -> bool {
+        self.raft.metrics().borrow().state == openraft::ServerState::Leader
+    }
+
+    /// Confirms with a majority that this node leads, and waits until it
+    /// has applied everything committed before: its state is then the
+    /// group's latest.
+    pub async fn catch_up_as_leader(&self) -> Result<(), ClusterError> {
+        self.raft
+            .ensure_linearizable()
+            .await
+            .map(|_| ())
+            .map_err(|e| ClusterError::NotLeader {
+                leader: None,
+                reason: format!(": {e}"),
+            })
+    }
+
     /// Stops the Raft; the storage keeps what it has.
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {

@@ -60,6 +60,18 @@ pub struct ClusterState {
     pub quotas: BTreeMap<String, QuotaLimits>,
     #[serde(default)]
     pub default_quota: Option<QuotaLimits>,
+    /// Consumer groups' committed offsets, by group.
+    #[serde(default)]
+    pub groups: BTreeMap<String, GroupOffsets>,
+}
+
+/// A consumer group's committed offsets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupOffsets {
+    /// By topic, then partition: the next offset to consume.
+    pub offsets: BTreeMap<String, BTreeMap<u32, i64>>,
+    /// When the group was last active (ms since the epoch).
+    pub active_ms: i64,
 }
 
 impl ClusterState {
@@ -100,6 +112,32 @@ impl ClusterState {
                 }
                 None => MetaResponse::NoSuchTopic { name: name.clone() },
             },
+            MetaCommand::CommitOffsets {
+                group,
+                offsets,
+                at_ms,
+            } => {
+                let committed = self.groups.entry(group.clone()).or_default();
+                for (topic, partition, offset) in offsets {
+                    committed
+                        .offsets
+                        .entry(topic.clone())
+                        .or_default()
+                        .insert(*partition, *offset);
+                }
+                committed.active_ms = committed.active_ms.max(*at_ms);
+                MetaResponse::Done
+            }
+            MetaCommand::MarkGroupActive { group, at_ms } => {
+                if let Some(committed) = self.groups.get_mut(group) {
+                    committed.active_ms = committed.active_ms.max(*at_ms);
+                }
+                MetaResponse::Done
+            }
+            MetaCommand::DeleteGroup { group } => {
+                self.groups.remove(group);
+                MetaResponse::Done
+            }
             MetaCommand::AddAcl { acl } => {
                 self.acls.insert(acl.clone());
                 MetaResponse::Done

@@ -386,6 +386,11 @@ pub enum GroupError {
     ShuttingDown,
     #[error("group `{0}` kept closing while a member joined; try again")]
     Contended(String),
+    /// In a cluster: this broker does not coordinate consumer groups (now),
+    /// or the cluster could not commit the change; the message says which
+    /// broker does, when known.
+    #[error("{0}")]
+    NotCoordinator(String),
 }
 
 impl From<FetchError> for GroupError {

@@ -27,6 +27,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::audit::Audit;
 use super::authorize::{Caller, check_topics};
 use super::status::{status, to_status};
+use crate::replicas::Replicas;
 use brook_engine::Broker;
 use brook_engine::acl::{Operation, Resource};
 use brook_engine::group::{
@@ -37,12 +38,37 @@ use brook_engine::{GroupError, Invalid, NotFound};
 #[derive(Debug)]
 pub struct GroupHandler {
     broker: Arc<Broker>,
+    /// In a cluster: only the broker leading the metadata group
+    /// coordinates groups; the others refuse group calls naming it.
+    replicas: Option<Arc<Replicas>>,
 }
 
 impl GroupHandler {
-    pub fn new(broker: Arc<Broker>) -> Self {
-        Self { broker }
+    pub fn new(broker: Arc<Broker>, replicas: Option<Arc<Replicas>>) -> Self {
+        Self { broker, replicas }
     }
+
+    /// Refuses a group call on a broker of a cluster that does not
+    /// coordinate the groups now (UNAVAILABLE, naming the one that does).
+    fn coordinator_here(&self) -> Result<(), Status> {
+        match &self.replicas {
+            Some(replicas) if !*replicas.coordinating().borrow() => {
+                Err(Status::unavailable(replicas.not_coordinator()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Resolves once this broker stops coordinating the groups (never for a
+/// broker alone).
+async fn coordination_lost(replicas: Option<&Arc<Replicas>>) -> String {
+    let Some(replicas) = replicas else {
+        return std::future::pending().await;
+    };
+    let mut coordinating = replicas.coordinating();
+    let _ = coordinating.wait_for(|coordinating| !*coordinating).await;
+    replicas.not_coordinator()
 }
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<GroupResponse, Status>> + Send>>;
@@ -178,12 +204,19 @@ async fn first_join(
 /// when the stream ends, breaks or breaks the protocol, or the broker stops.
 async fn serve_member(
     broker: &Broker,
+    replicas: Option<&Arc<Replicas>>,
     session: &MemberSession,
     inbound: &mut Streaming<GroupRequest>,
 ) {
+    let lost = coordination_lost(replicas);
+    tokio::pin!(lost);
     loop {
         let message = tokio::select! {
             () = session.removed() => return,
+            reason = &mut lost => {
+                session.leave(RemovalReason::CoordinatorMoved(reason));
+                return;
+            }
             () = broker.stopping() => {
                 session.leave(RemovalReason::ShuttingDown);
                 return;
@@ -244,8 +277,10 @@ impl GroupService for GroupHandler {
         request: Request<Streaming<GroupRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let caller = Caller::of(&request);
+        self.coordinator_here()?;
         let mut inbound = request.into_inner();
         let broker = self.broker.clone();
+        let replicas = self.replicas.clone();
         // The member's event queue once it joined, or why it could not.
         let (started, start) =
             oneshot::channel::<Result<(String, String, ReceiverStream<MemberEvent>), Status>>();
@@ -276,7 +311,7 @@ impl GroupService for GroupHandler {
             {
                 return;
             }
-            serve_member(&broker, &session, &mut inbound).await;
+            serve_member(&broker, replicas.as_ref(), &session, &mut inbound).await;
         });
         let stream = futures::stream::once(start).flat_map(|started| match started {
             Ok(Ok((group, member_id, events))) => events
@@ -297,6 +332,7 @@ impl GroupService for GroupHandler {
     ) -> Result<Response<CommitOffsetsResponse>, Status> {
         let _timer = self.broker.metrics().time_request("CommitOffsets");
         let caller = Caller::of(&request);
+        self.coordinator_here()?;
         let request = request.into_inner();
         caller.check(
             &self.broker,
@@ -326,6 +362,7 @@ impl GroupService for GroupHandler {
     ) -> Result<Response<FetchOffsetsResponse>, Status> {
         let _timer = self.broker.metrics().time_request("FetchOffsets");
         let caller = Caller::of(&request);
+        self.coordinator_here()?;
         let request = request.into_inner();
         caller.check(
             &self.broker,
@@ -349,6 +386,7 @@ impl GroupService for GroupHandler {
     ) -> Result<Response<ListGroupsResponse>, Status> {
         let _timer = self.broker.metrics().time_request("ListGroups");
         let caller = Caller::of(&request);
+        self.coordinator_here()?;
         Ok(Response::new(ListGroupsResponse {
             groups: self
                 .broker
@@ -370,6 +408,7 @@ impl GroupService for GroupHandler {
     ) -> Result<Response<DescribeGroupResponse>, Status> {
         let _timer = self.broker.metrics().time_request("DescribeGroup");
         let caller = Caller::of(&request);
+        self.coordinator_here()?;
         let name = request.into_inner().group;
         caller.check(&self.broker, Operation::Describe, Resource::Group(&name))?;
         brook_engine::group::validate_group_name(&name).map_err(status)?;
@@ -415,6 +454,7 @@ impl GroupService for GroupHandler {
         let _timer = self.broker.metrics().time_request("DeleteGroup");
         let audit = Audit::of(&request);
         let caller = Caller::of(&request);
+        self.coordinator_here()?;
         let group = request.into_inner().group;
         let result = async {
             caller.check(&self.broker, Operation::Delete, Resource::Group(&group))?;
@@ -436,6 +476,7 @@ impl GroupService for GroupHandler {
         let _timer = self.broker.metrics().time_request("ResetOffsets");
         let audit = Audit::of(&request);
         let caller = Caller::of(&request);
+        self.coordinator_here()?;
         let request = request.into_inner();
         let details = format!(
             "topic={} partitions={:?} to={:?}",

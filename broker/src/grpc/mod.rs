@@ -57,7 +57,7 @@ pub fn routes(
             .max_encoding_message_size(limit),
     )
     .add_service(
-        GroupServiceServer::new(group::GroupHandler::new(broker.clone()))
+        GroupServiceServer::new(group::GroupHandler::new(broker.clone(), replicas.cloned()))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit),
     )

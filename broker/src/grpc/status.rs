@@ -153,7 +153,7 @@ impl ToStatus for GroupError {
             Self::Full { .. } => Code::ResourceExhausted,
             Self::MemberRemoved { .. } => Code::Aborted,
             Self::JoinTimeout { .. } => Code::DeadlineExceeded,
-            Self::ShuttingDown | Self::Contended(_) => Code::Unavailable,
+            Self::ShuttingDown | Self::Contended(_) | Self::NotCoordinator(_) => Code::Unavailable,
             _ => Code::Internal,
         }
     }

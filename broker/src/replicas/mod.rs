@@ -13,6 +13,7 @@
 
 mod access;
 mod catch_up;
+mod groups;
 mod metrics;
 mod reconcile;
 mod replication;
@@ -81,6 +82,8 @@ pub struct Replicas {
     /// Which replicas have caught up with their leader since they started
     /// here, and how far the others must apply to have (`catch_up.rs`).
     catch_up: Mutex<catch_up::CatchUp>,
+    /// Whether this broker coordinates the consumer groups (`groups.rs`).
+    coordinating: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Replicas {
@@ -124,6 +127,7 @@ impl Replicas {
             running: Mutex::default(),
             foreign: Mutex::default(),
             catch_up: Mutex::default(),
+            coordinating: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -259,6 +263,7 @@ impl Replicas {
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         tokio::spawn(self.clone().watch_catch_up(stop.clone()));
         tokio::spawn(self.clone().report_metrics(stop.clone()));
+        tokio::spawn(self.clone().coordinate_groups(stop.clone()));
         let mut applied = self.meta.raft().metrics();
         loop {
             self.reconcile().await;

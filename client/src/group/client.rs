@@ -7,6 +7,8 @@
 //! for its opening.
 
 use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use brook_proto as proto;
 use brook_proto::group_service_client::GroupServiceClient;
@@ -14,6 +16,9 @@ use futures::Stream;
 
 use crate::client::{Client, ClientOptions};
 use crate::error::ClientError;
+
+/// The pause before calling again at the coordinator a broker named.
+const COORDINATOR_RETRY: Duration = Duration::from_millis(50);
 
 /// One partition of one topic.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -188,6 +193,72 @@ impl GroupClient {
         &self.client
     }
 
+    /// The group service of the broker that coordinates the groups: in a
+    /// cluster, the one the brokers name; else the broker connected to.
+    pub(crate) async fn coordinator(&self) -> Result<GroupClient, ClientError> {
+        match self.client.routing.coordinator() {
+            Some(address) => Ok(Self::from_client(self.client.at(&address).await?)),
+            None => Ok(self.clone()),
+        }
+    }
+
+    /// Asks a broker which one coordinates the groups now (in a cluster,
+    /// the leader of its metadata).
+    pub(crate) async fn find_coordinator(&self) {
+        let broker = self.client.routing.any_broker(&self.client.endpoint);
+        if let Ok(client) = self.client.at(&broker).await
+            && let Ok(cluster) = client.describe_cluster().await
+        {
+            self.client.routing.learn_cluster(&cluster);
+            let coordinator = cluster
+                .metadata_leader
+                .filter(|_| cluster.clustered)
+                .and_then(|id| cluster.brokers.iter().find(|broker| broker.id == id))
+                .map(|broker| Arc::<str>::from(broker.address.as_str()));
+            self.client.routing.set_coordinator(coordinator);
+        }
+    }
+
+    /// Makes a group call at the coordinator. Refused by a broker that does
+    /// not coordinate the groups, or with the coordinator unreachable, it
+    /// asks where the coordinator is and calls again there, within the
+    /// request timeout.
+    async fn rpc_at_coordinator<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        call: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(GroupServiceClient<crate::auth::Transport>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let deadline =
+            crate::deadline::after(Instant::now(), self.client.options().request_timeout);
+        loop {
+            let at = Box::pin(self.coordinator()).await?;
+            // Boxed: the call's future would make every caller's large.
+            let answer = Box::pin(at.client.rpc(
+                operation,
+                at.client.options().request_timeout,
+                call(at.stub.clone()),
+            ))
+            .await;
+            match answer {
+                Err(error)
+                    if (error.is_not_coordinator() || error.is_broker_unreachable())
+                        && Instant::now() < deadline =>
+                {
+                    if error.is_broker_unreachable() && !at.client.endpoint.is_empty() {
+                        self.client.routing.failed(&at.client.endpoint);
+                    }
+                    Box::pin(self.find_coordinator()).await;
+                    tokio::time::sleep(COORDINATOR_RETRY).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Commits `offsets` for `member_id` in `generation`. The broker refuses
     /// (`FAILED_PRECONDITION`) a member it does not know, an old generation,
     /// or a partition the member does not own. A [`crate::GroupConsumer`]
@@ -205,13 +276,11 @@ impl GroupClient {
             generation,
             offsets: offsets.iter().map(to_proto_offset).collect(),
         };
-        self.client
-            .rpc(
-                "commit_offsets",
-                self.client.options().request_timeout,
-                self.stub.clone().commit_offsets(request),
-            )
-            .await?;
+        self.rpc_at_coordinator("commit_offsets", |mut stub| {
+            let request = request.clone();
+            async move { stub.commit_offsets(request).await }
+        })
+        .await?;
         Ok(())
     }
 
@@ -227,12 +296,10 @@ impl GroupClient {
             partitions: partitions.iter().map(to_proto_partition).collect(),
         };
         let response = self
-            .client
-            .rpc(
-                "fetch_offsets",
-                self.client.options().request_timeout,
-                self.stub.clone().fetch_offsets(request),
-            )
+            .rpc_at_coordinator("fetch_offsets", |mut stub| {
+                let request = request.clone();
+                async move { stub.fetch_offsets(request).await }
+            })
             .await?;
         Ok(response
             .offsets
@@ -244,12 +311,9 @@ impl GroupClient {
     /// Every group the broker knows.
     pub async fn list_groups(&self) -> Result<Vec<GroupSummary>, ClientError> {
         let response = self
-            .client
-            .rpc(
-                "list_groups",
-                self.client.options().request_timeout,
-                self.stub.clone().list_groups(proto::ListGroupsRequest {}),
-            )
+            .rpc_at_coordinator("list_groups", |mut stub| async move {
+                stub.list_groups(proto::ListGroupsRequest {}).await
+            })
             .await?;
         Ok(response
             .groups
@@ -268,12 +332,10 @@ impl GroupClient {
             group: group.to_owned(),
         };
         let response = self
-            .client
-            .rpc(
-                "describe_group",
-                self.client.options().request_timeout,
-                self.stub.clone().describe_group(request),
-            )
+            .rpc_at_coordinator("describe_group", |mut stub| {
+                let request = request.clone();
+                async move { stub.describe_group(request).await }
+            })
             .await?;
         Ok(GroupDescription {
             group: response.group,
@@ -310,13 +372,11 @@ impl GroupClient {
         let request = proto::DeleteGroupRequest {
             group: group.to_owned(),
         };
-        self.client
-            .rpc(
-                "delete_group",
-                self.client.options().request_timeout,
-                self.stub.clone().delete_group(request),
-            )
-            .await?;
+        self.rpc_at_coordinator("delete_group", |mut stub| {
+            let request = request.clone();
+            async move { stub.delete_group(request).await }
+        })
+        .await?;
         Ok(())
     }
 
@@ -342,12 +402,10 @@ impl GroupClient {
             }),
         };
         let response = self
-            .client
-            .rpc(
-                "reset_offsets",
-                self.client.options().request_timeout,
-                self.stub.clone().reset_offsets(request),
-            )
+            .rpc_at_coordinator("reset_offsets", |mut stub| {
+                let request = request.clone();
+                async move { stub.reset_offsets(request).await }
+            })
             .await?;
         Ok(response
             .offsets
@@ -362,11 +420,12 @@ impl GroupClient {
         &self,
         requests: impl Stream<Item = proto::GroupRequest> + Send + 'static,
     ) -> Result<tonic::Streaming<proto::GroupResponse>, ClientError> {
-        self.client
+        let at = self.coordinator().await?;
+        at.client
             .rpc(
                 "group_session",
-                self.client.options().request_timeout,
-                self.stub.clone().session(requests),
+                at.client.options().request_timeout,
+                at.stub.clone().session(requests),
             )
             .await
     }

@@ -192,11 +192,19 @@ impl Session {
                         Ended::Left | Ended::Closed => return,
                         Ended::Broken(reason) => {
                             tracing::warn!(group = %self.join.group, %reason, "group session broke; joining again");
+                            // The coordinator may have moved, or be gone.
+                            self.client.find_coordinator().await;
                             if !self.emit(SessionEvent::Lost { reason }).await {
                                 return;
                             }
                         }
                     }
+                }
+                // A broker of a cluster that does not coordinate the
+                // groups (now): the coordinator is asked for and tried.
+                Err(error) if error.is_not_coordinator() => {
+                    tracing::info!(group = %self.join.group, %error, "joining at the groups' coordinator");
+                    self.client.find_coordinator().await;
                 }
                 Err(error) if self.joins == 0 || !error.is_retryable() => {
                     self.emit(SessionEvent::Failed(error)).await;
@@ -204,6 +212,9 @@ impl Session {
                 }
                 Err(error) => {
                     tracing::warn!(group = %self.join.group, %error, "joining the group again failed; retrying");
+                    if error.is_broker_unreachable() {
+                        self.client.find_coordinator().await;
+                    }
                 }
             }
             let delay = self.backoff.delay(attempt);

@@ -13,7 +13,8 @@ use crate::group::GROUP_LAG_SERIES_MAX;
 use crate::group::registry::{Group, Groups, Timer};
 use crate::group::{
     CLIENT_ID_LEN_MAX, GroupInfo, GroupMetrics, GroupState, GroupSummary, JoinSpec, MemberInfo,
-    MemberSession, PartitionLagInfo, ResetTo, TopicPartition, validate_group_name,
+    MemberSession, OffsetReplication, PartitionLagInfo, ReplicatedGroup, ResetTo, TopicPartition,
+    validate_group_name,
 };
 
 impl Broker {
@@ -83,6 +84,20 @@ impl Broker {
             spawn_session_timer(Arc::downgrade(self), self.groups().clone(), group);
         }
         Ok(session)
+    }
+
+    /// In a cluster: committed offsets are made durable through
+    /// `replication` (the metadata group) instead of the broker's own
+    /// store.
+    pub fn replicate_offsets_through(&self, replication: Arc<dyn OffsetReplication>) {
+        self.groups().offsets.replicate_through(replication);
+    }
+
+    /// Replaces the committed offsets this broker holds with `groups`: what
+    /// the replication holds when this broker starts coordinating the
+    /// cluster's groups.
+    pub fn load_replicated_offsets(&self, groups: Vec<ReplicatedGroup>) {
+        self.groups().offsets.replace(groups);
     }
 
     /// Commits offsets (the next offset to consume) for partitions the

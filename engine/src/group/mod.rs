@@ -27,6 +27,7 @@ pub use coordinator::Assignment;
 pub(crate) use info::{GROUP_LAG_SERIES_MAX, GroupMetrics};
 pub use info::{GroupInfo, GroupState, GroupSummary, MemberInfo, PartitionLagInfo, ResetTo};
 pub(crate) use offsets::OffsetStore;
+pub use offsets::{OffsetReplication, ReplicatedGroup};
 pub(crate) use registry::Groups;
 pub use registry::MemberSession;
 
@@ -101,6 +102,9 @@ pub enum RemovalReason {
     OutboundFull { queued: usize },
     /// The broker is stopping.
     ShuttingDown,
+    /// In a cluster: the broker stopped coordinating the groups (another
+    /// broker leads the cluster's metadata now); the reason names it.
+    CoordinatorMoved(String),
     /// It broke the session protocol (the message says how).
     Protocol(String),
 }
@@ -123,6 +127,7 @@ impl RemovalReason {
                 "it did not read its assignments ({queued} queued, the limit)"
             ))),
             Self::ShuttingDown => Some(GroupError::ShuttingDown),
+            Self::CoordinatorMoved(reason) => Some(GroupError::NotCoordinator(reason.clone())),
             Self::Protocol(reason) => Some(Invalid::new("session", reason.clone()).into()),
         }
     }

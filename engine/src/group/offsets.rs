@@ -14,15 +14,37 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use parking_lot::Mutex;
 
 use super::TopicPartition;
 use crate::error::{GroupError, blocking};
 use crate::meta::{MetaError, MetaStore};
 
+/// Where committed offsets are made durable instead of the broker's own
+/// metadata store: in a cluster, the metadata group, so that they survive
+/// the loss of the broker. Each call resolves once the change is durable
+/// (committed), or fails with why (the message is the client's).
+pub trait OffsetReplication: Send + Sync + std::fmt::Debug {
+    fn commit(
+        &self,
+        group: String,
+        offsets: Vec<(String, u32, i64)>,
+        at_ms: i64,
+    ) -> BoxFuture<'static, Result<(), String>>;
+    fn mark_active(&self, group: String, at_ms: i64) -> BoxFuture<'static, Result<(), String>>;
+    fn delete(&self, group: String) -> BoxFuture<'static, Result<(), String>>;
+}
+
+/// A group's committed offsets and when it was last active, as
+/// [`OffsetReplication`] holds them.
+pub type ReplicatedGroup = (String, BTreeMap<TopicPartition, i64>, i64);
+
 #[derive(Debug)]
 pub(crate) struct OffsetStore {
     meta: Arc<dyn MetaStore>,
+    /// In a cluster: where offsets are made durable instead of `meta`.
+    replication: parking_lot::RwLock<Option<Arc<dyn OffsetReplication>>>,
     /// Committed offsets by group, as in the store. Held briefly, never
     /// across an await.
     cache: Mutex<BTreeMap<String, BTreeMap<TopicPartition, i64>>>,
@@ -55,6 +77,7 @@ impl OffsetStore {
         }
         Ok(Self {
             meta,
+            replication: parking_lot::RwLock::new(None),
             cache: Mutex::new(cache),
             active_ms: Mutex::new(active_ms),
             writes: tokio::sync::Mutex::new(()),
@@ -91,11 +114,18 @@ impl OffsetStore {
             .map(|(tp, offset)| (tp.topic.clone(), tp.partition, *offset))
             .collect();
         let now = brook_storage::now_ms();
-        blocking(move || {
-            meta.stage_offsets(&owned, &rows)?;
-            meta.stage_group_activity(&owned, now)
-        })
-        .await??;
+        if let Some(replication) = self.replication() {
+            replication
+                .commit(owned, rows, now)
+                .await
+                .map_err(GroupError::NotCoordinator)?;
+        } else {
+            blocking(move || {
+                meta.stage_offsets(&owned, &rows)?;
+                meta.stage_group_activity(&owned, now)
+            })
+            .await??;
+        }
         self.active_ms.lock().insert(group.to_owned(), now);
         self.cache
             .lock()
@@ -108,6 +138,10 @@ impl OffsetStore {
     /// Makes every staged write durable (in rounds shared with other
     /// callers).
     pub(crate) async fn sync(&self) -> Result<(), GroupError> {
+        if self.replication().is_some() {
+            // Each commit was durable when staged.
+            return Ok(());
+        }
         let meta = self.meta.clone();
         blocking(move || meta.sync()).await??;
         Ok(())
@@ -118,7 +152,14 @@ impl OffsetStore {
     pub(crate) async fn delete(&self, group: &str) -> Result<(), GroupError> {
         let meta = self.meta.clone();
         let owned = group.to_owned();
-        blocking(move || meta.delete_group(&owned)).await??;
+        if let Some(replication) = self.replication() {
+            replication
+                .delete(owned)
+                .await
+                .map_err(GroupError::NotCoordinator)?;
+        } else {
+            blocking(move || meta.delete_group(&owned)).await??;
+        }
         self.cache.lock().remove(group);
         self.active_ms.lock().remove(group);
         Ok(())
@@ -133,13 +174,45 @@ impl OffsetStore {
         let now = brook_storage::now_ms();
         let meta = self.meta.clone();
         let owned = group.to_owned();
-        blocking(move || {
-            meta.stage_group_activity(&owned, now)?;
-            meta.sync()
-        })
-        .await??;
+        if let Some(replication) = self.replication() {
+            replication
+                .mark_active(owned, now)
+                .await
+                .map_err(GroupError::NotCoordinator)?;
+        } else {
+            blocking(move || {
+                meta.stage_group_activity(&owned, now)?;
+                meta.sync()
+            })
+            .await??;
+        }
         self.active_ms.lock().insert(group.to_owned(), now);
         Ok(())
+    }
+
+    fn replication(&self) -> Option<Arc<dyn OffsetReplication>> {
+        self.replication.read().clone()
+    }
+
+    /// Makes offsets durable through `replication` from now on.
+    pub(crate) fn replicate_through(&self, replication: Arc<dyn OffsetReplication>) {
+        *self.replication.write() = Some(replication);
+    }
+
+    /// Replaces every group's offsets and activity with `groups` (what the
+    /// replication holds, when this broker starts coordinating).
+    pub(crate) fn replace(&self, groups: Vec<ReplicatedGroup>) {
+        let mut cache = BTreeMap::new();
+        let mut active_ms = HashMap::new();
+        for (group, offsets, at) in groups {
+            if offsets.is_empty() {
+                continue;
+            }
+            active_ms.insert(group.clone(), at);
+            cache.insert(group, offsets);
+        }
+        *self.cache.lock() = cache;
+        *self.active_ms.lock() = active_ms;
     }
 
     /// Records, in memory only, that `group` is active now (a member joins,

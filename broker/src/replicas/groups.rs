@@ -1,0 +1,156 @@
+//! Consumer groups in a cluster: the broker that leads the metadata group
+//! coordinates every group (members' sessions, assignments, commits), and
+//! committed offsets are made durable through the metadata group, so they
+//! survive the loss of any minority of brokers. When leadership moves, the
+//! new leader loads the offsets the group holds before it takes a group
+//! call, and the old one ends its members' sessions: they join again at
+//! the new one.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use brook_cluster::{ClusterState, MetaCommand, MetaNode, MetaResponse};
+use brook_engine::group::{OffsetReplication, ReplicatedGroup, TopicPartition};
+use futures::future::BoxFuture;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::Replicas;
+
+/// Offsets made durable by the metadata group.
+#[derive(Debug)]
+pub(super) struct MetaOffsets {
+    pub meta: MetaNode,
+}
+
+impl MetaOffsets {
+    fn propose(&self, command: MetaCommand) -> BoxFuture<'static, Result<(), String>> {
+        let meta = self.meta.clone();
+        Box::pin(async move {
+            match meta.propose_anywhere(command).await {
+                Ok(MetaResponse::Done) => Ok(()),
+                Ok(other) => Err(format!("the cluster's metadata group answered {other:?}")),
+                Err(e) => Err(format!(
+                    "the cluster could not commit the group's change: {e}"
+                )),
+            }
+        })
+    }
+}
+
+impl OffsetReplication for MetaOffsets {
+    fn commit(
+        &self,
+        group: String,
+        offsets: Vec<(String, u32, i64)>,
+        at_ms: i64,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        self.propose(MetaCommand::CommitOffsets {
+            group,
+            offsets,
+            at_ms,
+        })
+    }
+
+    fn mark_active(&self, group: String, at_ms: i64) -> BoxFuture<'static, Result<(), String>> {
+        self.propose(MetaCommand::MarkGroupActive { group, at_ms })
+    }
+
+    fn delete(&self, group: String) -> BoxFuture<'static, Result<(), String>> {
+        self.propose(MetaCommand::DeleteGroup { group })
+    }
+}
+
+/// Every group's offsets as the metadata state holds them.
+fn replicated_groups(state: &ClusterState) -> Vec<ReplicatedGroup> {
+    state
+        .groups
+        .iter()
+        .map(|(group, committed)| {
+            let offsets: BTreeMap<TopicPartition, i64> = committed
+                .offsets
+                .iter()
+                .flat_map(|(topic, partitions)| {
+                    partitions.iter().map(|(partition, offset)| {
+                        (TopicPartition::new(topic.clone(), *partition), *offset)
+                    })
+                })
+                .collect();
+            (group.clone(), offsets, committed.active_ms)
+        })
+        .collect()
+}
+
+impl Replicas {
+    /// Whether this broker coordinates the cluster's consumer groups now;
+    /// changes as the metadata group's leadership moves.
+    pub fn coordinating(&self) -> watch::Receiver<bool> {
+        self.coordinating.subscribe()
+    }
+
+    /// Why a group call is refused here, naming the broker that takes it
+    /// when known.
+    pub fn not_coordinator(&self) -> String {
+        let state = self.meta.state();
+        match self
+            .meta
+            .leader()
+            .filter(|leader| *leader != self.meta.id())
+        {
+            Some(leader) => match state.brokers.get(&leader) {
+                Some(info) => format!(
+                    "broker {} does not coordinate consumer groups: broker {leader} at {} does (it leads the cluster's metadata)",
+                    self.meta.id(),
+                    info.address
+                ),
+                None => format!(
+                    "broker {} does not coordinate consumer groups: broker {leader} does (it leads the cluster's metadata)",
+                    self.meta.id()
+                ),
+            },
+            None => format!(
+                "broker {} does not coordinate consumer groups now: the cluster's metadata group is electing a leader, which will",
+                self.meta.id()
+            ),
+        }
+    }
+
+    /// Follows the metadata group's leadership until `stop`: coordinates
+    /// the groups while this broker leads it, from the offsets the group
+    /// holds.
+    pub(super) async fn coordinate_groups(self: Arc<Self>, stop: CancellationToken) {
+        self.broker.replicate_offsets_through(Arc::new(MetaOffsets {
+            meta: self.meta.clone(),
+        }));
+        // Offsets this broker kept on its own before it joined are not the
+        // cluster's: nothing is served (or expired) from them.
+        self.broker.load_replicated_offsets(Vec::new());
+        let mut metrics = self.meta.raft().metrics();
+        loop {
+            let leading = self.meta.is_leading();
+            let coordinating = *self.coordinating.borrow();
+            if leading && !coordinating {
+                match self.meta.catch_up_as_leader().await {
+                    Ok(()) => {
+                        self.broker
+                            .load_replicated_offsets(replicated_groups(&self.meta.state()));
+                        self.coordinating.send_replace(true);
+                        tracing::info!("this broker coordinates the cluster's consumer groups");
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "not coordinating the consumer groups yet");
+                    }
+                }
+            } else if !leading && coordinating {
+                self.coordinating.send_replace(false);
+                // The new coordinator keeps them now (and expires them).
+                self.broker.load_replicated_offsets(Vec::new());
+                tracing::info!("this broker no longer coordinates the cluster's consumer groups");
+            }
+            tokio::select! {
+                changed = metrics.changed() => if changed.is_err() { return },
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+}
