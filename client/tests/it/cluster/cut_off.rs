@@ -1,0 +1,318 @@
+//! Three brokers of an `EmbeddedCluster`, one topic with three replicas,
+//! and the leader of its partition cut off from its peers (its clients
+//! still reach it): it acknowledges nothing from then on (and soon
+//! refuses at once what it is sent), the two others elect a leader and the
+//! producer goes on there; once the link is healed every replica holds
+//! every acknowledged record exactly once, at its acknowledged offset, and
+//! none of what the cut-off leader took alone.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use brook_broker::EmbeddedCluster;
+use brook_client::{
+    Client, ClientOptions, ErrorKind, FetchOptions, NewRecord, OffsetSpec, Producer,
+    ProducerConfig, ProducerRecord, TopicConfig,
+};
+use bytes::Bytes;
+
+use super::STEP_LIMIT;
+
+const TOPIC: &str = "cut-off";
+/// What the cut-off leader is sent directly.
+const ORPHAN: &str = "taken by the cut-off leader alone";
+
+/// The leader of partition 0 of `TOPIC` once every replica has caught up,
+/// as the brokers in `asked` say.
+async fn leader(cluster: &EmbeddedCluster, asked: &[u64]) -> u64 {
+    let deadline = Instant::now() + STEP_LIMIT;
+    loop {
+        for id in asked {
+            let endpoint = cluster.endpoint(*id).expect("a broker of the cluster");
+            if let Ok(client) = Client::connect(endpoint).await
+                && let Ok(description) = client.describe_cluster().await
+                && let Some(partition) = description.partitions.iter().find(|p| p.topic == TOPIC)
+                && partition.leader != 0
+                && partition.lag.len() == 3
+                && partition.lag.values().all(|lag| *lag == 0)
+            {
+                return partition.leader;
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader within {STEP_LIMIT:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every record value of partition 0 on the broker `client` is connected
+/// to, in offset order.
+async fn log_of(client: &Client) -> Vec<String> {
+    let end = client
+        .list_offsets(TOPIC, 0, OffsetSpec::Latest)
+        .await
+        .expect("the end offset");
+    let options = FetchOptions::default().with_max_wait(Duration::ZERO);
+    let mut values = Vec::new();
+    while i64::try_from(values.len()).expect("a count") < end {
+        let offset = i64::try_from(values.len()).expect("a count");
+        let fetched = client
+            .fetch(TOPIC, 0, offset, options)
+            .await
+            .expect("fetch");
+        assert!(!fetched.records.is_empty(), "data below the high watermark");
+        for record in fetched.records {
+            let value = record.value.expect("every record has a value");
+            values.push(String::from_utf8(value.to_vec()).expect("text"));
+        }
+    }
+    values
+}
+
+async fn high_watermark(client: &Client) -> i64 {
+    client
+        .list_offsets(TOPIC, 0, OffsetSpec::Latest)
+        .await
+        .expect("the high watermark")
+}
+
+type Acknowledged = Arc<Mutex<Vec<(u64, i64, Instant)>>>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_cut_off_from_its_peers_acknowledges_nothing_and_the_majority_goes_on() {
+    leader_cut_off_under_a_producer(false).await;
+}
+
+/// The same with the producer connected to the leader that is cut off: it
+/// must find the others by itself (the cut-off leader still names itself).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_producer_connected_to_a_leader_cut_off_goes_on_with_the_majority() {
+    leader_cut_off_under_a_producer(true).await;
+}
+
+async fn leader_cut_off_under_a_producer(bootstrap_at_leader: bool) {
+    let cluster = EmbeddedCluster::start().await.expect("a cluster");
+    let admin = Client::connect(cluster.endpoint(1).expect("broker 1"))
+        .await
+        .expect("connect");
+    admin
+        .create_replicated_topic(TOPIC, 1, Some(3), TopicConfig::default())
+        .await
+        .expect("create the topic");
+    let cut = leader(&cluster, &[1, 2, 3]).await;
+    let majority: Vec<u64> = cluster.ids().filter(|id| *id != cut).collect();
+
+    // The producer gives up on a request after 2 s: what the cut-off
+    // leader took before it refuses is never answered.
+    let options = ClientOptions::default().with_request_timeout(Duration::from_secs(2));
+    let bootstrap = if bootstrap_at_leader {
+        cut
+    } else {
+        majority[0]
+    };
+    let client = Client::connect_with(
+        cluster.endpoint(bootstrap).expect("a broker"),
+        options.clone(),
+    )
+    .await
+    .expect("connect");
+    let producer = Producer::new(
+        client,
+        ProducerConfig::default().with_delivery_timeout(Duration::from_secs(60)),
+    );
+    let acknowledged: Acknowledged = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let task = tokio::spawn({
+        let acknowledged = acknowledged.clone();
+        let stop = stop.clone();
+        async move {
+            let mut next = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let mut deliveries = Vec::new();
+                for _ in 0..16 {
+                    let record = ProducerRecord::new(TOPIC, Bytes::from(next.to_string()));
+                    deliveries.push((next, producer.enqueue(record).await.expect("accepted")));
+                    next += 1;
+                }
+                for (seq, delivery) in deliveries {
+                    let metadata = delivery
+                        .await
+                        .unwrap_or_else(|e| panic!("record {seq} failed: {e}"));
+                    acknowledged
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push((seq, metadata.offset, Instant::now()));
+                }
+            }
+            producer.close().await;
+            next
+        }
+    });
+    let count = || {
+        acknowledged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    };
+    let deadline = Instant::now() + STEP_LIMIT;
+    while count() < 500 {
+        assert!(Instant::now() < deadline, "the producer did not start");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    cluster.isolate(cut);
+    let cut_at = Instant::now();
+    let at_cut = Client::connect_with(cluster.endpoint(cut).expect("a broker"), options)
+        .await
+        .expect("connect to the cut-off leader");
+    // What the leader committed before the cut may still be applied.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let watermark_after_cut = high_watermark(&at_cut).await;
+    let orphan = [NewRecord {
+        value: Some(Bytes::from(ORPHAN)),
+        ..NewRecord::default()
+    }];
+    let answer = at_cut.produce(TOPIC, 0, &orphan).await;
+    assert!(
+        answer.is_err(),
+        "the cut-off leader acknowledged a record: {answer:?}"
+    );
+    // Once it has heard from no majority for a while, it says so at once
+    // rather than leaving the client to its timeout.
+    tokio::time::sleep_until((cut_at + Duration::from_millis(1500)).into()).await;
+    let asked_at = Instant::now();
+    let refused = at_cut
+        .produce(TOPIC, 0, &orphan)
+        .await
+        .expect_err("the cut-off leader acknowledged a record");
+    assert_eq!(refused.kind(), ErrorKind::Unavailable, "{refused}");
+    assert!(
+        asked_at.elapsed() < Duration::from_secs(1),
+        "refused only after {:?}: {refused}",
+        asked_at.elapsed()
+    );
+
+    // The majority elects a leader and the producer goes on there.
+    let before = count();
+    let deadline = Instant::now() + STEP_LIMIT;
+    while count() < before + 500 {
+        assert!(
+            Instant::now() < deadline,
+            "the producer made no progress while broker {cut} was cut off"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let new_leader = leader_of_majority(&cluster, &majority).await;
+    assert_ne!(new_leader, cut);
+    assert_eq!(
+        high_watermark(&at_cut).await,
+        watermark_after_cut,
+        "the cut-off leader's high watermark moved"
+    );
+    let elapsed = cut_at.elapsed();
+
+    cluster.heal(cut);
+    stop.store(true, Ordering::Relaxed);
+    let sent = tokio::time::timeout(STEP_LIMIT * 2, task)
+        .await
+        .expect("the producer finished")
+        .expect("the producer never failed");
+    let acknowledged =
+        std::mem::take(&mut *acknowledged.lock().unwrap_or_else(PoisonError::into_inner));
+    assert_eq!(acknowledged.len() as u64, sent, "every record acknowledged");
+    leader(&cluster, &[1, 2, 3]).await;
+
+    let mut logs = Vec::new();
+    for id in cluster.ids() {
+        let client = Client::connect(cluster.endpoint(id).expect("a broker"))
+            .await
+            .expect("connect");
+        logs.push((id, log_of(&client).await));
+    }
+    let (_, first) = &logs[0];
+    for (id, log) in &logs {
+        assert_eq!(log, first, "broker {id}'s log differs from broker 1's");
+    }
+    assert!(
+        !first.iter().any(|value| value == ORPHAN),
+        "what the cut-off leader took alone was kept"
+    );
+    let mut seen = vec![false; usize::try_from(sent).expect("a count")];
+    for value in first {
+        let seq: usize = value.parse().expect("a sequence number");
+        assert!(!seen[seq], "record {seq} twice");
+        seen[seq] = true;
+    }
+    for (seq, offset, _) in &acknowledged {
+        let at = usize::try_from(*offset).expect("an offset");
+        assert_eq!(
+            first.get(at).map(String::as_str),
+            Some(seq.to_string().as_str()),
+            "record {seq} not at offset {offset}"
+        );
+    }
+    eprintln!(
+        "broker {cut} cut off for {elapsed:?}; broker {new_leader} led meanwhile; {} records acknowledged",
+        acknowledged.len()
+    );
+    // The metrics saw the election, and say who leads now (sampled every
+    // second).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = |id: u64| {
+            cluster
+                .broker(id)
+                .expect("the broker runs")
+                .broker()
+                .metrics()
+                .clone()
+        };
+        let elections: u64 = cluster
+            .ids()
+            .map(|id| metrics(id).partition_elections.get())
+            .sum();
+        let led: i64 = cluster
+            .ids()
+            .map(|id| metrics(id).partitions_led.get())
+            .sum();
+        let replicas: i64 = cluster
+            .ids()
+            .map(|id| metrics(id).partition_replicas.get())
+            .sum();
+        if elections >= 1 && led == 1 && replicas == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics: {elections} elections, {led} partitions led, {replicas} replicas"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.shutdown().await.expect("a clean shutdown");
+}
+
+/// The leader the brokers of the majority agree on (the cut-off one is
+/// not asked: it still names itself).
+async fn leader_of_majority(cluster: &EmbeddedCluster, majority: &[u64]) -> u64 {
+    let deadline = Instant::now() + STEP_LIMIT;
+    loop {
+        let mut named = Vec::new();
+        for id in majority {
+            let endpoint = cluster.endpoint(*id).expect("a broker");
+            if let Ok(client) = Client::connect(endpoint).await
+                && let Ok(description) = client.describe_cluster().await
+                && let Some(partition) = description.partitions.iter().find(|p| p.topic == TOPIC)
+            {
+                named.push(partition.leader);
+            }
+        }
+        if named.len() == majority.len()
+            && named[0] != 0
+            && named.iter().all(|leader| *leader == named[0])
+        {
+            return named[0];
+        }
+        assert!(Instant::now() < deadline, "the majority elected no leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,174 @@
+//! Consumer groups in a cluster: one coordinator for every member,
+//! wherever it connected, and committed offsets that outlive it.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use brook_broker::EmbeddedCluster;
+use brook_client::{
+    Client, ConsumedRecord, GroupClient, GroupConfig, GroupConsumer, OffsetReset, Producer,
+    ProducerConfig, ProducerRecord, TopicConfig,
+};
+use bytes::Bytes;
+
+use super::STEP_LIMIT;
+
+/// A consumer group in a cluster: members connected to different brokers
+/// form one group at the broker leading the cluster's metadata; its
+/// committed offsets outlive that broker, and the members go on at the
+/// next one from where they had committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_group_spans_the_cluster_and_its_offsets_outlive_its_coordinator() {
+    const EVENTS: &str = "events";
+    const GROUP: &str = "billing";
+    let mut cluster = EmbeddedCluster::start().await.expect("a cluster");
+    let endpoints = cluster.endpoints();
+    let client = Client::connect(endpoints[0].clone())
+        .await
+        .expect("connect");
+    client
+        .create_replicated_topic(EVENTS, 4, Some(3), TopicConfig::default())
+        .await
+        .expect("create the topic");
+    let produce = |from: u64, to: u64| {
+        let client = client.clone();
+        async move {
+            let producer = Producer::new(client, ProducerConfig::default());
+            for seq in from..to {
+                let record = ProducerRecord::new(EVENTS, Bytes::from(seq.to_string()))
+                    .partition(u32::try_from(seq % 4).expect("a partition"));
+                tokio::time::timeout(STEP_LIMIT, producer.send(record))
+                    .await
+                    .expect("acknowledged in time")
+                    .expect("acknowledged");
+            }
+            producer.close().await;
+        }
+    };
+    produce(0, 200).await;
+
+    // Two members, each connected to another broker.
+    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let mut members = Vec::new();
+    for endpoint in &endpoints[1..] {
+        let groups = GroupClient::connect(endpoint.clone())
+            .await
+            .expect("connect");
+        let config = GroupConfig::new(GROUP, [EVENTS])
+            .with_session_timeout(Duration::from_secs(1))
+            .with_auto_offset_reset(OffsetReset::Earliest)
+            .with_commit_interval(Duration::from_millis(100))
+            .with_max_wait(Duration::from_millis(100));
+        let member = GroupConsumer::join(groups, config).await.expect("join");
+        let handle = member.handle();
+        let seen = seen.clone();
+        let task = tokio::spawn(member.run(move |consumed: ConsumedRecord| {
+            let seen = seen.clone();
+            async move {
+                let value = consumed.record.value.clone().expect("a value");
+                let seq: u64 = std::str::from_utf8(&value)
+                    .expect("text")
+                    .parse()
+                    .expect("a number");
+                seen.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(seq);
+                Ok::<(), std::io::Error>(())
+            }
+        }));
+        members.push((handle, task));
+    }
+    let seen_now = || seen.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let deadline = Instant::now() + STEP_LIMIT;
+    while seen_now()
+        .iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+        < 200
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the group consumed {} of 200",
+            seen_now().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // One group: two groups would each have consumed everything.
+    assert!(
+        seen_now().len() < 300,
+        "{} records handed out for 200",
+        seen_now().len()
+    );
+
+    // Everything committed, as the coordinator says.
+    let groups = GroupClient::connect(endpoints[0].clone())
+        .await
+        .expect("connect");
+    let deadline = Instant::now() + STEP_LIMIT;
+    loop {
+        let described = groups
+            .describe_group(GROUP)
+            .await
+            .expect("describe the group");
+        if described.partitions.len() == 4 && described.partitions.iter().all(|p| p.lag == 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all committed: {described:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let coordinator = client
+        .describe_cluster()
+        .await
+        .expect("describe the cluster")
+        .metadata_leader
+        .expect("a metadata leader");
+    let handed_out_before = seen_now().len();
+    cluster
+        .stop(coordinator)
+        .await
+        .expect("stop the coordinator");
+
+    let survivor = endpoints
+        .iter()
+        .enumerate()
+        .find(|(index, _)| *index as u64 + 1 != coordinator)
+        .map(|(_, endpoint)| endpoint.clone())
+        .expect("a broker left");
+    let client = Client::connect(survivor).await.expect("connect");
+    let producer = Producer::new(client, ProducerConfig::default());
+    for seq in 200..300u64 {
+        let record = ProducerRecord::new(EVENTS, Bytes::from(seq.to_string()))
+            .partition(u32::try_from(seq % 4).expect("a partition"));
+        tokio::time::timeout(STEP_LIMIT, producer.send(record))
+            .await
+            .expect("acknowledged in time")
+            .expect("acknowledged");
+    }
+    producer.close().await;
+    let deadline = Instant::now() + STEP_LIMIT;
+    while !(200..300).all(|seq| seen_now().contains(&seq)) {
+        assert!(
+            Instant::now() < deadline,
+            "the group did not go on after broker {coordinator} (its coordinator) stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The new coordinator had the committed offsets: nothing before them
+    // was handed out again.
+    let again = seen_now()[handed_out_before..]
+        .iter()
+        .filter(|seq| **seq < 200)
+        .count();
+    assert_eq!(
+        again, 0,
+        "records committed before the coordinator stopped were handed out again"
+    );
+    for (handle, task) in members {
+        handle.shutdown();
+        let _ = tokio::time::timeout(STEP_LIMIT, task).await;
+    }
+    cluster.shutdown().await.expect("a clean shutdown");
+}
