@@ -32,6 +32,9 @@ pub enum MetaCommand {
     },
     /// Deletes a topic.
     DeleteTopic { name: String },
+    /// Grows a topic to `partitions` partitions, placing the new ones' replicas
+    /// on the brokers registered when the command is applied.
+    AddPartitions { name: String, partitions: u32 },
     /// Changes a topic's settings: the overrides it sets replace the
     /// topic's.
     AlterTopic {

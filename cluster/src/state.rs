@@ -105,6 +105,9 @@ impl ClusterState {
                     MetaResponse::NoSuchTopic { name: name.clone() }
                 }
             }
+            MetaCommand::AddPartitions { name, partitions } => {
+                self.add_partitions(name, *partitions)
+            }
             MetaCommand::AlterTopic { name, overrides } => match self.topics.get_mut(name) {
                 Some(topic) => {
                     topic.overrides = topic.overrides.merged(*overrides);
@@ -228,6 +231,40 @@ impl ClusterState {
                 replicas,
             },
         );
+        MetaResponse::Done
+    }
+}
+
+impl ClusterState {
+    /// Grows a topic; the new partitions are placed as they would have
+    /// been had the topic been created with them.
+    fn add_partitions(&mut self, name: &str, partitions: u32) -> MetaResponse {
+        if partitions > PARTITIONS_MAX {
+            return invalid("partitions", format!("must be 1 to {PARTITIONS_MAX}"));
+        }
+        let brokers: Vec<NodeId> = self.brokers.keys().copied().collect();
+        let Some(topic) = self.topics.get_mut(name) else {
+            return MetaResponse::NoSuchTopic {
+                name: name.to_owned(),
+            };
+        };
+        let current = topic.replicas.len();
+        if partitions as usize <= current {
+            return invalid(
+                "partitions",
+                format!(
+                    "topic `{name}` has {current} partitions; the new count must be larger, got {partitions}"
+                ),
+            );
+        }
+        if topic.replication_factor as usize > brokers.len() {
+            return MetaResponse::NotEnoughBrokers {
+                needed: topic.replication_factor,
+                registered: brokers.len() as u32,
+            };
+        }
+        let placed = place(name, partitions, topic.replication_factor, &brokers);
+        topic.replicas.extend(placed.into_iter().skip(current));
         MetaResponse::Done
     }
 }

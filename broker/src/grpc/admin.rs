@@ -32,16 +32,6 @@ impl AdminHandler {
     pub fn new(broker: Arc<Broker>, replicas: Option<Arc<Replicas>>) -> Self {
         Self { broker, replicas }
     }
-
-    /// Refuses a change the cluster does not make yet.
-    fn alone(&self, change: &str) -> Result<(), Status> {
-        match self.replicas {
-            Some(_) => Err(Status::failed_precondition(format!(
-                "{change} is not supported in a cluster yet: create a new topic instead"
-            ))),
-            None => Ok(()),
-        }
-    }
 }
 
 fn overrides(config: Option<TopicConfig>) -> Result<TopicOverrides, Status> {
@@ -214,16 +204,20 @@ impl AdminService for AdminHandler {
                 Operation::Alter,
                 Resource::Topic(&request.name),
             )?;
-            self.alone("adding partitions")?;
-            self.broker
-                .add_partitions(&request.name, request.partitions)
-                .await
-                .map(|info| {
-                    Response::new(AddPartitionsResponse {
-                        topic: Some(description(info)),
-                    })
-                })
-                .map_err(status)
+            let info = match &self.replicas {
+                Some(replicas) => replicas
+                    .add_partitions(&request.name, request.partitions)
+                    .await
+                    .map_err(cluster_status)?,
+                None => self
+                    .broker
+                    .add_partitions(&request.name, request.partitions)
+                    .await
+                    .map_err(status)?,
+            };
+            Ok(Response::new(AddPartitionsResponse {
+                topic: Some(description(info)),
+            }))
         }
         .await;
         audit.record(

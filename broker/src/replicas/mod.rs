@@ -187,6 +187,47 @@ impl Replicas {
             .ok_or_else(|| ClusterAdminError::NotAppliedHere(format!("topic `{name}` deleted")))
     }
 
+    /// Grows a topic to `partitions` partitions in the cluster and waits
+    /// until this broker has them.
+    pub async fn add_partitions(
+        &self,
+        name: &str,
+        partitions: u32,
+    ) -> Result<TopicInfo, ClusterAdminError> {
+        self.broker
+            .check_partition_count(partitions)
+            .map_err(AdminError::from)?;
+        let current = self
+            .broker
+            .describe_topic(name)
+            .map_err(AdminError::from)?
+            .partitions
+            .len();
+        if partitions as usize <= current {
+            return Err(AdminError::from(Invalid::new(
+                "partitions",
+                format!("topic `{name}` has {current} partitions; the new count must be larger, got {partitions}"),
+            ))
+            .into());
+        }
+        let answer = self
+            .meta
+            .propose_anywhere(MetaCommand::AddPartitions {
+                name: name.to_owned(),
+                partitions,
+            })
+            .await?;
+        refusal(answer)?;
+        self.applied_here(|broker| {
+            broker
+                .describe_topic(name)
+                .ok()
+                .filter(|topic| topic.partitions.len() == partitions as usize)
+        })
+        .await
+        .ok_or_else(|| ClusterAdminError::NotAppliedHere(format!("topic `{name}` grown")))
+    }
+
     /// Changes a topic's settings in the cluster and waits until this
     /// broker applies them.
     pub async fn alter_topic_config(

@@ -87,6 +87,12 @@ impl Replicas {
                 .alter_topic_config(name, topic.overrides)
                 .await?;
         }
+        let held = self.broker.describe_topic(name).map(|t| t.partitions.len());
+        if held.is_ok_and(|held| held < topic.replicas.len()) {
+            self.broker
+                .add_partitions(name, topic.replicas.len() as u32)
+                .await?;
+        }
         for (index, replicas) in topic.replicas.iter().enumerate() {
             let index = index as u32;
             if self.running.lock().contains_key(&(name.to_owned(), index)) {

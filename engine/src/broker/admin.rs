@@ -234,7 +234,8 @@ impl Broker {
         Ok(self.describe(name, &topic))
     }
 
-    fn check_partition_count(&self, partitions: u32) -> Result<(), Invalid> {
+    /// Whether a topic may have `partitions` partitions.
+    pub fn check_partition_count(&self, partitions: u32) -> Result<(), Invalid> {
         let max = self.config.limits.partitions_per_topic_max;
         if partitions == 0 || partitions > max {
             return Err(Invalid::new(

@@ -1,12 +1,15 @@
-//! What the cluster agrees on besides topics and records: ACLs, quotas
-//! and topic settings changed through one broker hold on every broker.
+//! What the cluster agrees on besides records: ACLs, quotas, topic
+//! settings and partition counts changed through one broker hold on every
+//! broker.
 
 use std::time::{Duration, Instant};
 
 use brook_broker::EmbeddedCluster;
 use brook_client::{
-    Acl, AclOperation, AclResource, Client, ErrorKind, Quota, QuotaTarget, TopicConfig,
+    Acl, AclOperation, AclResource, Client, ErrorKind, Producer, ProducerConfig, ProducerRecord,
+    Quota, QuotaTarget, TopicConfig,
 };
+use bytes::Bytes;
 
 use super::STEP_LIMIT;
 
@@ -132,5 +135,59 @@ async fn a_topic_s_settings_change_on_every_broker() {
         .await
         .expect_err("a one-byte segment");
     assert_eq!(refused.kind(), ErrorKind::InvalidArgument, "{refused}");
+    cluster.shutdown().await.expect("a clean shutdown");
+}
+
+/// A topic grown through one broker has its new partitions on every broker
+/// that holds it, replicated and taking records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_topic_grows_on_every_broker() {
+    const GROWN: &str = "grown";
+    let cluster = EmbeddedCluster::start().await.expect("a cluster");
+    let endpoints = cluster.endpoints();
+    let admin = Client::connect(endpoints[2].clone())
+        .await
+        .expect("connect");
+    admin
+        .create_replicated_topic(GROWN, 2, Some(3), TopicConfig::default())
+        .await
+        .expect("create the topic");
+    let grown = admin
+        .add_partitions(GROWN, 4)
+        .await
+        .expect("add partitions");
+    assert_eq!(grown.partitions.len(), 4);
+    let deadline = Instant::now() + STEP_LIMIT;
+    for endpoint in &endpoints {
+        let client = Client::connect(endpoint.clone()).await.expect("connect");
+        while client
+            .describe_topic(GROWN)
+            .await
+            .expect("describe")
+            .partitions
+            .len()
+            < 4
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{endpoint} did not grow the topic"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let producer = Producer::new(admin.clone(), ProducerConfig::default());
+    for partition in 0..4 {
+        let record = ProducerRecord::new(GROWN, Bytes::from("x")).partition(partition);
+        tokio::time::timeout(STEP_LIMIT, producer.send(record))
+            .await
+            .expect("acknowledged in time")
+            .unwrap_or_else(|e| panic!("partition {partition}: {e}"));
+    }
+    producer.close().await;
+    let fewer = admin
+        .add_partitions(GROWN, 3)
+        .await
+        .expect_err("fewer partitions than it has");
+    assert_eq!(fewer.kind(), ErrorKind::InvalidArgument, "{fewer}");
     cluster.shutdown().await.expect("a clean shutdown");
 }
