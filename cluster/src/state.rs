@@ -427,4 +427,28 @@ mod tests {
         );
         assert_eq!(state.apply(&set(Some("a"), 4)), MetaResponse::Done);
     }
+
+    #[test]
+    fn added_partitions_are_placed_as_at_creation() {
+        let mut grown = with_brokers(&[1, 2, 3, 4]);
+        assert_eq!(grown.apply(&create("t", 2, 3)), MetaResponse::Done);
+        let add = |partitions| MetaCommand::AddPartitions {
+            name: "t".to_owned(),
+            partitions,
+        };
+        assert_eq!(grown.apply(&add(5)), MetaResponse::Done);
+        let mut created = with_brokers(&[1, 2, 3, 4]);
+        created.apply(&create("t", 5, 3));
+        assert_eq!(grown.topics["t"].replicas, created.topics["t"].replicas);
+        assert!(matches!(grown.apply(&add(5)), MetaResponse::Invalid { .. }));
+        assert_eq!(
+            grown.apply(&MetaCommand::AddPartitions {
+                name: "missing".to_owned(),
+                partitions: 2,
+            }),
+            MetaResponse::NoSuchTopic {
+                name: "missing".to_owned()
+            }
+        );
+    }
 }
