@@ -1,7 +1,7 @@
 //! A broker's member of the metadata group: its Raft, storage and network,
 //! started together, and the operations the broker needs of it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,11 +9,9 @@ use std::time::Duration;
 use brook_proto::cluster::raft_service_server::RaftServiceServer;
 use brook_proto::cluster::{PingRequest, PingResponse, RaftPayload};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
-use parking_lot::Mutex;
-use tonic::transport::Channel;
 
 use crate::command::{MetaCommand, MetaResponse};
-use crate::network::client::{ConnectError, Connector, Network, peer_request};
+use crate::network::client::{Connector, Network, peer_request};
 use crate::network::service::RaftServer;
 use crate::partition::ElectionTimeouts;
 use crate::partition::PartitionGroups;
@@ -91,10 +89,6 @@ pub struct MetaNode {
     /// The partition replicas this broker runs, reached through the same
     /// service.
     partitions: PartitionGroups,
-    /// Channels to peers for pings and forwarded proposals, kept across
-    /// calls (a TLS handshake per ping would be wasted) and dropped after
-    /// a call through one fails.
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl MetaNode {
@@ -138,7 +132,6 @@ impl MetaNode {
             state_machine,
             connector,
             partitions: PartitionGroups::default(),
-            channels: Arc::default(),
         })
     }
 
@@ -206,6 +199,7 @@ impl MetaNode {
             reason: format!(": the leader at {leader} did not take it: {reason}"),
         };
         let channel = self
+            .connector
             .channel(&leader.address)
             .map_err(|e| unreachable(e.to_string()))?;
         let json = serde_json::to_vec(command).map_err(|e| ClusterError::Refused(e.to_string()))?;
@@ -220,10 +214,7 @@ impl MetaNode {
         let answer = crate::network::raft_client(channel)
             .propose(call)
             .await
-            .map_err(|status| {
-                self.forget_channel(&leader.address);
-                unreachable(status.to_string())
-            })?
+            .map_err(|status| unreachable(status.to_string()))?
             .into_inner();
         let result: Result<MetaResponse, String> = serde_json::from_slice(&answer.json)
             .map_err(|e| ClusterError::Refused(format!("the leader's answer: {e}")))?;
@@ -233,31 +224,14 @@ impl MetaNode {
     /// Asks the broker at `address` how it sees the group; `None` when it
     /// does not answer within `timeout`.
     pub async fn ping(&self, address: &str, timeout: Duration) -> Option<PingResponse> {
-        let channel = self.channel(address).ok()?;
+        let channel = self.connector.channel(address).ok()?;
         let call = peer_request(&*self.connector, PingRequest {}, timeout);
         let answer =
             tokio::time::timeout(timeout, crate::network::raft_client(channel).ping(call)).await;
-        if let Ok(Ok(answer)) = answer {
-            Some(answer.into_inner())
-        } else {
-            self.forget_channel(address);
-            None
+        match answer {
+            Ok(Ok(answer)) => Some(answer.into_inner()),
+            _ => None,
         }
-    }
-
-    /// The kept channel to `address`, made on first use.
-    fn channel(&self, address: &str) -> Result<Channel, ConnectError> {
-        let mut channels = self.channels.lock();
-        if let Some(channel) = channels.get(address) {
-            return Ok(channel.clone());
-        }
-        let channel = self.connector.channel(address)?;
-        channels.insert(address.to_owned(), channel.clone());
-        Ok(channel)
-    }
-
-    fn forget_channel(&self, address: &str) {
-        self.channels.lock().remove(address);
     }
 
     /// What this broker answers a peer's `Ping` with.
