@@ -224,6 +224,9 @@ impl MetaNode {
     /// Asks the broker at `address` how it sees the group; `None` when it
     /// does not answer within `timeout`.
     pub async fn ping(&self, address: &str, timeout: Duration) -> Option<PingResponse> {
+        // A channel per call: a kept one to a broker that was just killed
+        // waits out the timeout, where a new one is refused at once, and
+        // whoever asks (a producer looking for a new leader) waits too.
         let channel = self.connector.channel(address).ok()?;
         let call = peer_request(&*self.connector, PingRequest {}, timeout);
         let answer =
