@@ -1,5 +1,5 @@
-//! `brook topic`: create, list, describe and delete topics through a
-//! running broker (and recover a quarantined one offline, `recover.rs`);
+//! `brook topic`: create, alter, grow, list, describe and delete topics
+//! through a running broker (and recover a quarantined one offline, `recover.rs`);
 //! results as aligned tables on stdout.
 
 use brook_client::{Client, RecordValidation, TopicConfig, TopicDescription};
@@ -35,6 +35,37 @@ pub enum TopicCommand {
         /// (decompresses compressed batches) or framing (does not).
         #[arg(long)]
         validate_records: Option<RecordValidation>,
+    },
+    /// Change a topic's settings; those not given stay as they are.
+    Alter {
+        name: String,
+        /// Delete segments whose newest record is older than this; -1 keeps forever.
+        #[arg(long, allow_negative_numbers = true)]
+        retention_ms: Option<i64>,
+        /// Delete the oldest segments while a partition holds more; -1 keeps everything.
+        #[arg(long, allow_negative_numbers = true)]
+        retention_bytes: Option<i64>,
+        /// Roll to a new segment at this size.
+        #[arg(long)]
+        segment_bytes: Option<u64>,
+        /// Roll to a new segment once the active one is this old.
+        #[arg(long)]
+        segment_ms: Option<i64>,
+        /// The largest record batch the topic accepts.
+        #[arg(long)]
+        max_message_bytes: Option<u32>,
+        /// How much of a produced batch's records the broker checks: full
+        /// (decompresses compressed batches) or framing (does not).
+        #[arg(long)]
+        validate_records: Option<RecordValidation>,
+    },
+    /// Grow a topic to this many partitions. Records stay where they are:
+    /// keyed records map to other partitions from then on.
+    AddPartitions {
+        name: String,
+        /// The topic's new partition count, more than it has.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        partitions: u32,
     },
     /// List the topics and their partition counts.
     List,
@@ -77,6 +108,40 @@ pub async fn run(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
                 .await?;
             println!(
                 "created topic {} with {} partitions",
+                topic.name,
+                topic.partitions.len()
+            );
+        }
+        TopicCommand::Alter {
+            name,
+            retention_ms,
+            retention_bytes,
+            segment_bytes,
+            segment_ms,
+            max_message_bytes,
+            validate_records,
+        } => {
+            let config = TopicConfig::default()
+                .with_retention_ms(retention_ms)
+                .with_retention_bytes(retention_bytes)
+                .with_segment_bytes(segment_bytes)
+                .with_segment_ms(segment_ms)
+                .with_max_message_bytes(max_message_bytes)
+                .with_validate_records(validate_records);
+            if config == TopicConfig::default() {
+                anyhow::bail!(
+                    "give at least one setting to change (--retention-ms, --retention-bytes, --segment-bytes, --segment-ms, --max-message-bytes, --validate-records)"
+                );
+            }
+            print!(
+                "{}",
+                describe(&client.alter_topic_config(&name, config).await?)
+            );
+        }
+        TopicCommand::AddPartitions { name, partitions } => {
+            let topic = client.add_partitions(&name, partitions).await?;
+            println!(
+                "topic {} has {} partitions",
                 topic.name,
                 topic.partitions.len()
             );

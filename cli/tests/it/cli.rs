@@ -123,6 +123,59 @@ async fn produced_lines_are_consumed_and_the_server_stops_on_sigterm() {
 }
 
 #[tokio::test]
+async fn a_topic_s_settings_change_and_it_grows() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let broker = server.endpoint();
+    brook(&broker, &["topic", "create", "t", "--partitions", "1"], b"").await;
+
+    let altered = brook(
+        &broker,
+        &[
+            "topic",
+            "alter",
+            "t",
+            "--retention-ms",
+            "60000",
+            "--segment-ms",
+            "30000",
+        ],
+        b"",
+    )
+    .await;
+    assert!(
+        altered.contains("retention_ms=60000") && altered.contains("segment_ms=30000"),
+        "{altered}"
+    );
+    let described = brook(&broker, &["topic", "describe", "t"], b"").await;
+    assert!(described.contains("retention_ms=60000"), "{described}");
+    let nothing = run(&broker, &["topic", "alter", "t"], b"").await;
+    assert!(!nothing.status.success());
+    let stderr = String::from_utf8_lossy(&nothing.stderr);
+    assert!(stderr.contains("at least one setting"), "{stderr}");
+
+    let grown = brook(
+        &broker,
+        &["topic", "add-partitions", "t", "--partitions", "3"],
+        b"",
+    )
+    .await;
+    assert_eq!(grown.trim(), "topic t has 3 partitions");
+    let fewer = run(
+        &broker,
+        &["topic", "add-partitions", "t", "--partitions", "2"],
+        b"",
+    )
+    .await;
+    assert!(!fewer.status.success());
+    let stderr = String::from_utf8_lossy(&fewer.stderr);
+    assert!(stderr.contains("must be larger"), "{stderr}");
+
+    let status = server.stop(Signal::SIGINT).await;
+    assert_eq!(status.code(), Some(0), "{status}");
+}
+
+#[tokio::test]
 async fn topics_are_deleted_and_errors_exit_non_zero() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path()).await;
