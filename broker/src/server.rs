@@ -499,15 +499,18 @@ fn peer_connector(config: &BrokerConfig, cluster: &ClusterConfig) -> Result<TcpC
                 format!("cannot read {}: {e}", file.display()),
             )
         })?;
-        let header = format!("Bearer {}", token.trim()).parse().map_err(|_| {
-            Invalid::new(
-                "peer_token_file",
-                format!(
-                    "{} does not hold a token that fits a header",
-                    file.display()
-                ),
-            )
-        })?;
+        let mut header: tonic::metadata::AsciiMetadataValue =
+            format!("Bearer {}", token.trim()).parse().map_err(|_| {
+                Invalid::new(
+                    "peer_token_file",
+                    format!(
+                        "{} does not hold a token that fits a header",
+                        file.display()
+                    ),
+                )
+            })?;
+        // Never shown by a `Debug` or a log line.
+        header.set_sensitive(true);
         connector.authorization = Some(header);
     }
     if !matches!(config.auth, Authentication::None) && config.super_users.is_empty() {

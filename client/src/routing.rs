@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::client::Client;
+use crate::client::{Client, without_scheme};
 use crate::cluster::ClusterDescription;
 use crate::error::ClientError;
 
@@ -49,7 +49,7 @@ struct Known {
 impl Known {
     fn is_down(&self, address: &str, now: Instant) -> bool {
         self.down
-            .get(address)
+            .get(without_scheme(address))
             .is_some_and(|since| now.duration_since(*since) < DOWN_FOR)
     }
 
@@ -154,8 +154,31 @@ impl Routing {
     pub(crate) fn failed(&self, address: &Arc<str>) {
         let mut known = self.state.lock();
         known.hear_of(address);
-        known.down.insert(address.clone(), Instant::now());
-        known.leaders.retain(|_, leader| leader != address);
+        // The same broker may be known with and without a scheme (given by
+        // the caller, named by a broker).
+        let bare = without_scheme(address);
+        known.down.insert(Arc::from(bare), Instant::now());
+        known
+            .leaders
+            .retain(|_, leader| without_scheme(leader) != bare);
+    }
+
+    /// Every broker not known to be down, `bootstrap` first: those to ask
+    /// about the cluster, in turn.
+    pub(crate) fn brokers_up(&self, bootstrap: &Arc<str>) -> Vec<Arc<str>> {
+        let known = self.state.lock();
+        let now = Instant::now();
+        let mut up: Vec<Arc<str>> = Vec::new();
+        for address in std::iter::once(bootstrap).chain(known.brokers.iter()) {
+            if !known.is_down(address, now)
+                && !up
+                    .iter()
+                    .any(|seen| without_scheme(seen) == without_scheme(address))
+            {
+                up.push(address.clone());
+            }
+        }
+        up
     }
 
     /// The client for the broker at `address`, connected on first use with

@@ -257,9 +257,16 @@ impl MetaNode {
         self.raft.metrics().borrow().current_term
     }
 
-    /// Whether this node leads the group now.
-    pub fn is_leading(&self) -> bool {
-        self.raft.metrics().borrow().state == openraft::ServerState::Leader
+    /// Whether this node leads the group now, and has heard from a
+    /// majority within `silence_max` (a leader cut off from the others
+    /// goes on calling itself the leader until it hears of a new term).
+    pub fn is_leading(&self, silence_max: Duration) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        metrics.state == openraft::ServerState::Leader
+            && metrics
+                .millis_since_quorum_ack
+                .is_none_or(|silence| Duration::from_millis(silence) <= silence_max)
     }
 
     /// Confirms with a majority that this node leads, and waits until it

@@ -17,6 +17,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::Replicas;
 
+/// How long the coordinator may go without hearing from a majority of the
+/// brokers before it stops coordinating: the others elect a new leader
+/// after about as long, and two coordinators would hand out the same
+/// partitions.
+const QUORUM_SILENCE_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Offsets made durable by the metadata group.
 #[derive(Debug)]
 pub(super) struct MetaOffsets {
@@ -27,7 +33,11 @@ impl MetaOffsets {
     fn propose(&self, command: MetaCommand) -> BoxFuture<'static, Result<(), String>> {
         let meta = self.meta.clone();
         Box::pin(async move {
-            match meta.propose_anywhere(command).await {
+            // Here only, never forwarded: a broker that lost the
+            // leadership (and the groups) must not have a commit it took
+            // as coordinator land after the new coordinator loaded the
+            // offsets.
+            match meta.propose(command).await {
                 Ok(MetaResponse::Done) => Ok(()),
                 Ok(other) => Err(format!("the cluster's metadata group answered {other:?}")),
                 Err(e) => Err(format!(
@@ -124,16 +134,16 @@ impl Replicas {
         }));
         // Offsets this broker kept on its own before it joined are not the
         // cluster's: nothing is served (or expired) from them.
-        self.broker.load_replicated_offsets(Vec::new());
+        self.broker.load_replicated_offsets(None);
         let mut metrics = self.meta.raft().metrics();
         loop {
-            let leading = self.meta.is_leading();
+            let leading = self.meta.is_leading(QUORUM_SILENCE_MAX);
             let coordinating = *self.coordinating.borrow();
             if leading && !coordinating {
                 match self.meta.catch_up_as_leader().await {
                     Ok(()) => {
                         self.broker
-                            .load_replicated_offsets(replicated_groups(&self.meta.state()));
+                            .load_replicated_offsets(Some(replicated_groups(&self.meta.state())));
                         self.coordinating.send_replace(true);
                         tracing::info!("this broker coordinates the cluster's consumer groups");
                     }
@@ -144,11 +154,13 @@ impl Replicas {
             } else if !leading && coordinating {
                 self.coordinating.send_replace(false);
                 // The new coordinator keeps them now (and expires them).
-                self.broker.load_replicated_offsets(Vec::new());
+                self.broker.load_replicated_offsets(None);
                 tracing::info!("this broker no longer coordinates the cluster's consumer groups");
             }
             tokio::select! {
                 changed = metrics.changed() => if changed.is_err() { return },
+                // A leader cut off from the others may see no change.
+                () = tokio::time::sleep(QUORUM_SILENCE_MAX / 4) => {}
                 () = stop.cancelled() => return,
             }
         }

@@ -78,20 +78,24 @@ impl Replicas {
                 }
             }
         }
+        // A change this broker cannot make (other limits than the broker
+        // that took it) is retried, and keeps no replica from starting.
         if self
             .broker
             .topic_overrides(name)
             .is_ok_and(|held| held != topic.overrides)
+            && let Err(e) = self.broker.alter_topic_config(name, topic.overrides).await
         {
-            self.broker
-                .alter_topic_config(name, topic.overrides)
-                .await?;
+            tracing::warn!(topic = %name, error = %e, "could not give the topic the cluster's settings; trying again");
         }
         let held = self.broker.describe_topic(name).map(|t| t.partitions.len());
-        if held.is_ok_and(|held| held < topic.replicas.len()) {
-            self.broker
+        if held.is_ok_and(|held| held < topic.replicas.len())
+            && let Err(e) = self
+                .broker
                 .add_partitions(name, topic.replicas.len() as u32)
-                .await?;
+                .await
+        {
+            tracing::warn!(topic = %name, error = %e, "could not open the topic's new partitions; trying again");
         }
         for (index, replicas) in topic.replicas.iter().enumerate() {
             let index = index as u32;

@@ -196,26 +196,44 @@ impl GroupClient {
     /// The group service of the broker that coordinates the groups: in a
     /// cluster, the one the brokers name; else the broker connected to.
     pub(crate) async fn coordinator(&self) -> Result<GroupClient, ClientError> {
-        match self.client.routing.coordinator() {
-            Some(address) => Ok(Self::from_client(self.client.at(&address).await?)),
-            None => Ok(self.clone()),
+        if let Some(address) = self.client.routing.coordinator() {
+            match self.client.at(&address).await {
+                Ok(client) => return Ok(Self::from_client(client)),
+                // Passed over; the broker connected to names the next.
+                Err(error) if error.is_broker_unreachable() => {
+                    self.client.routing.failed(&address);
+                }
+                Err(error) => return Err(error),
+            }
         }
+        Ok(self.clone())
     }
 
     /// Asks a broker which one coordinates the groups now (in a cluster,
     /// the leader of its metadata).
+    /// Asks the known brokers in turn until one answers.
     pub(crate) async fn find_coordinator(&self) {
-        let broker = self.client.routing.any_broker(&self.client.endpoint);
-        if let Ok(client) = self.client.at(&broker).await
-            && let Ok(cluster) = client.describe_cluster().await
-        {
-            self.client.routing.learn_cluster(&cluster);
-            let coordinator = cluster
-                .metadata_leader
-                .filter(|_| cluster.clustered)
-                .and_then(|id| cluster.brokers.iter().find(|broker| broker.id == id))
-                .map(|broker| Arc::<str>::from(broker.address.as_str()));
-            self.client.routing.set_coordinator(coordinator);
+        for broker in self.client.routing.brokers_up(&self.client.endpoint) {
+            let described = match self.client.at(&broker).await {
+                Ok(client) => client.describe_cluster().await,
+                Err(error) => Err(error),
+            };
+            match described {
+                Ok(cluster) => {
+                    self.client.routing.learn_cluster(&cluster);
+                    let coordinator = cluster
+                        .metadata_leader
+                        .filter(|_| cluster.clustered)
+                        .and_then(|id| cluster.brokers.iter().find(|broker| broker.id == id))
+                        .map(|broker| Arc::<str>::from(broker.address.as_str()));
+                    self.client.routing.set_coordinator(coordinator);
+                    return;
+                }
+                Err(error) if error.is_broker_unreachable() => {
+                    self.client.routing.failed(&broker);
+                }
+                Err(_) => {}
+            }
         }
     }
 
@@ -421,13 +439,22 @@ impl GroupClient {
         requests: impl Stream<Item = proto::GroupRequest> + Send + 'static,
     ) -> Result<tonic::Streaming<proto::GroupResponse>, ClientError> {
         let at = self.coordinator().await?;
-        at.client
+        let opened = at
+            .client
             .rpc(
                 "group_session",
                 at.client.options().request_timeout,
                 at.stub.clone().session(requests),
             )
-            .await
+            .await;
+        if let Err(error) = &opened
+            && error.is_broker_unreachable()
+            && !at.client.endpoint.is_empty()
+        {
+            // Passed over while the coordinator is looked for again.
+            self.client.routing.failed(&at.client.endpoint);
+        }
+        opened
     }
 }
 

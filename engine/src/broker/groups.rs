@@ -93,10 +93,12 @@ impl Broker {
         self.groups().offsets.replicate_through(replication);
     }
 
-    /// Replaces the committed offsets this broker holds with `groups`: what
-    /// the replication holds when this broker starts coordinating the
-    /// cluster's groups.
-    pub fn load_replicated_offsets(&self, groups: Vec<ReplicatedGroup>) {
+    /// In a cluster: `Some(groups)` when this broker starts coordinating
+    /// the groups (what the replication holds becomes the committed
+    /// offsets it serves, every group counted active now), `None` when it
+    /// stops (it serves and expires none). Commits begun before change
+    /// nothing here after.
+    pub fn load_replicated_offsets(&self, groups: Option<Vec<ReplicatedGroup>>) {
         self.groups().offsets.replace(groups);
     }
 
@@ -110,6 +112,10 @@ impl Broker {
         offsets: Vec<(TopicPartition, i64)>,
     ) -> Result<(), GroupError> {
         validate_group_name(group)?;
+        // In a cluster this broker may hold no replica of a partition, or
+        // one behind its leader: it cannot check an offset against the
+        // end, and takes it as Kafka does.
+        let replicated = self.groups().offsets.is_replicated();
         for (tp, offset) in &offsets {
             if *offset < 0 {
                 return Err(Invalid::new(
@@ -117,6 +123,9 @@ impl Broker {
                     format!("the offset for {tp} must be >= 0, got {offset}"),
                 )
                 .into());
+            }
+            if replicated {
+                continue;
             }
             let (end, _) = self
                 .list_offsets(&tp.topic, tp.partition, OffsetSpec::Latest)
@@ -286,7 +295,8 @@ impl Broker {
         let Some(retention) = groups.settings.offsets_retention else {
             return Vec::new();
         };
-        if !groups.past_expiry_grace() {
+        // In a cluster only the coordinator keeps, and expires, offsets.
+        if !groups.past_expiry_grace() || !groups.offsets.keeping() {
             return Vec::new();
         }
         let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);

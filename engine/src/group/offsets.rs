@@ -45,6 +45,13 @@ pub(crate) struct OffsetStore {
     meta: Arc<dyn MetaStore>,
     /// In a cluster: where offsets are made durable instead of `meta`.
     replication: parking_lot::RwLock<Option<Arc<dyn OffsetReplication>>>,
+    /// In a cluster: bumped whenever this broker starts or stops keeping
+    /// the offsets (see `replace`), so that a write that began before
+    /// does not touch the mirror after.
+    epoch: std::sync::atomic::AtomicU64,
+    /// In a cluster: whether this broker keeps the offsets now (it
+    /// coordinates the groups); only then does it expire groups.
+    keeping: std::sync::atomic::AtomicBool,
     /// Committed offsets by group, as in the store. Held briefly, never
     /// across an await.
     cache: Mutex<BTreeMap<String, BTreeMap<TopicPartition, i64>>>,
@@ -78,6 +85,8 @@ impl OffsetStore {
         Ok(Self {
             meta,
             replication: parking_lot::RwLock::new(None),
+            epoch: std::sync::atomic::AtomicU64::new(0),
+            keeping: std::sync::atomic::AtomicBool::new(true),
             cache: Mutex::new(cache),
             active_ms: Mutex::new(active_ms),
             writes: tokio::sync::Mutex::new(()),
@@ -115,10 +124,16 @@ impl OffsetStore {
             .collect();
         let now = brook_storage::now_ms();
         if let Some(replication) = self.replication() {
+            let epoch = self.epoch();
             replication
                 .commit(owned, rows, now)
                 .await
                 .map_err(GroupError::NotCoordinator)?;
+            if self.epoch() != epoch {
+                // This broker stopped (or started again) keeping the
+                // offsets meanwhile: its mirror is not where they live.
+                return Ok(());
+            }
         } else {
             blocking(move || {
                 meta.stage_offsets(&owned, &rows)?;
@@ -153,10 +168,14 @@ impl OffsetStore {
         let meta = self.meta.clone();
         let owned = group.to_owned();
         if let Some(replication) = self.replication() {
+            let epoch = self.epoch();
             replication
                 .delete(owned)
                 .await
                 .map_err(GroupError::NotCoordinator)?;
+            if self.epoch() != epoch {
+                return Ok(());
+            }
         } else {
             blocking(move || meta.delete_group(&owned)).await??;
         }
@@ -175,10 +194,14 @@ impl OffsetStore {
         let meta = self.meta.clone();
         let owned = group.to_owned();
         if let Some(replication) = self.replication() {
+            let epoch = self.epoch();
             replication
                 .mark_active(owned, now)
                 .await
                 .map_err(GroupError::NotCoordinator)?;
+            if self.epoch() != epoch {
+                return Ok(());
+            }
         } else {
             blocking(move || {
                 meta.stage_group_activity(&owned, now)?;
@@ -199,20 +222,42 @@ impl OffsetStore {
         *self.replication.write() = Some(replication);
     }
 
-    /// Replaces every group's offsets and activity with `groups` (what the
-    /// replication holds, when this broker starts coordinating).
-    pub(crate) fn replace(&self, groups: Vec<ReplicatedGroup>) {
+    fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether this broker keeps the offsets now, and may expire groups.
+    pub(crate) fn keeping(&self) -> bool {
+        self.keeping.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// In a cluster: `Some(groups)` when this broker starts keeping the
+    /// offsets (it coordinates the groups): the mirror becomes what the
+    /// replication holds, every group counted active now (its members have
+    /// not had the time to join again). `None` when it stops: the mirror
+    /// is emptied. Writes begun before either touch the mirror no more.
+    pub(crate) fn replace(&self, groups: Option<Vec<ReplicatedGroup>>) {
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let keeping = groups.is_some();
+        let now = brook_storage::now_ms();
         let mut cache = BTreeMap::new();
         let mut active_ms = HashMap::new();
-        for (group, offsets, at) in groups {
+        for (group, offsets, at) in groups.into_iter().flatten() {
             if offsets.is_empty() {
                 continue;
             }
-            active_ms.insert(group.clone(), at);
+            active_ms.insert(group.clone(), at.max(now));
             cache.insert(group, offsets);
         }
         *self.cache.lock() = cache;
         *self.active_ms.lock() = active_ms;
+        self.keeping
+            .store(keeping, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether offsets go through a replication (a cluster).
+    pub(crate) fn is_replicated(&self) -> bool {
+        self.replication().is_some()
     }
 
     /// Records, in memory only, that `group` is active now (a member joins,

@@ -172,3 +172,57 @@ async fn a_group_spans_the_cluster_and_its_offsets_outlive_its_coordinator() {
     }
     cluster.shutdown().await.expect("a clean shutdown");
 }
+
+/// Partitions with one replica each, on different brokers: the
+/// coordinator holds at most one of them, and takes the commits of all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_group_commits_partitions_its_coordinator_does_not_hold() {
+    const SPREAD: &str = "spread-out";
+    const GROUP: &str = "spread";
+    let cluster = EmbeddedCluster::start().await.expect("a cluster");
+    let endpoints = cluster.endpoints();
+    let client = Client::connect(endpoints[0].clone())
+        .await
+        .expect("connect");
+    client
+        .create_replicated_topic(SPREAD, 3, Some(1), TopicConfig::default())
+        .await
+        .expect("create the topic");
+    let producer = Producer::new(client, ProducerConfig::default());
+    for seq in 0..30u32 {
+        let record = ProducerRecord::new(SPREAD, Bytes::from(seq.to_string())).partition(seq % 3);
+        tokio::time::timeout(STEP_LIMIT, producer.send(record))
+            .await
+            .expect("acknowledged in time")
+            .expect("acknowledged");
+    }
+    producer.close().await;
+
+    let groups = GroupClient::connect(endpoints[1].clone())
+        .await
+        .expect("connect");
+    let config = GroupConfig::new(GROUP, [SPREAD])
+        .with_auto_offset_reset(OffsetReset::Earliest)
+        .with_commit_interval(Duration::from_millis(100))
+        .with_max_wait(Duration::from_millis(100));
+    let member = GroupConsumer::join(groups.clone(), config)
+        .await
+        .expect("join");
+    let handle = member.handle();
+    let task = tokio::spawn(member.run(|_: ConsumedRecord| async { Ok::<(), std::io::Error>(()) }));
+    let deadline = Instant::now() + STEP_LIMIT;
+    loop {
+        let committed = groups
+            .fetch_offsets(GROUP, &[])
+            .await
+            .expect("fetch offsets");
+        if committed.len() == 3 && committed.iter().all(|p| p.offset == 10) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "committed: {committed:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    handle.shutdown();
+    let _ = tokio::time::timeout(STEP_LIMIT, task).await;
+    cluster.shutdown().await.expect("a clean shutdown");
+}
