@@ -247,6 +247,12 @@ impl MetaNode {
         self.state_machine.state()
     }
 
+    /// What `read` makes of the metadata applied here, without copying it
+    /// (it holds every group's committed offsets); `read` must not block.
+    pub fn read_state<T>(&self, read: impl FnOnce(&ClusterState) -> T) -> T {
+        self.state_machine.read_state(read)
+    }
+
     /// The leader this node knows of.
     pub fn leader(&self) -> Option<NodeId> {
         self.raft.metrics().borrow().current_leader

@@ -101,17 +101,19 @@ impl Replicas {
     /// Why a group call is refused here, naming the broker that takes it
     /// when known.
     pub fn not_coordinator(&self) -> String {
-        let state = self.meta.state();
-        match self
+        let leader = self
             .meta
             .leader()
-            .filter(|leader| *leader != self.meta.id())
-        {
-            Some(leader) => match state.brokers.get(&leader) {
-                Some(info) => format!(
-                    "broker {} does not coordinate consumer groups: broker {leader} at {} does (it leads the cluster's metadata)",
-                    self.meta.id(),
-                    info.address
+            .filter(|leader| *leader != self.meta.id());
+        let address = leader.and_then(|leader| {
+            self.meta
+                .read_state(|state| Some(state.brokers.get(&leader)?.address.clone()))
+        });
+        match leader {
+            Some(leader) => match address {
+                Some(address) => format!(
+                    "broker {} does not coordinate consumer groups: broker {leader} at {address} does (it leads the cluster's metadata)",
+                    self.meta.id()
                 ),
                 None => format!(
                     "broker {} does not coordinate consumer groups: broker {leader} does (it leads the cluster's metadata)",
@@ -143,7 +145,7 @@ impl Replicas {
                 match self.meta.catch_up_as_leader().await {
                     Ok(()) => {
                         self.broker
-                            .load_replicated_offsets(Some(replicated_groups(&self.meta.state())));
+                            .load_replicated_offsets(Some(self.meta.read_state(replicated_groups)));
                         self.coordinating.send_replace(true);
                         tracing::info!("this broker coordinates the cluster's consumer groups");
                     }

@@ -135,7 +135,7 @@ impl Replicas {
     /// registration: the broker has joined, and that state holds
     /// everything committed before it started.
     pub fn joined(&self) -> bool {
-        self.joined_in(&self.meta.state())
+        self.meta.read_state(|state| self.joined_in(state))
     }
 
     fn joined_in(&self, state: &ClusterState) -> bool {
@@ -194,22 +194,9 @@ impl Replicas {
         name: &str,
         partitions: u32,
     ) -> Result<TopicInfo, ClusterAdminError> {
-        self.broker
-            .check_partition_count(partitions)
-            .map_err(AdminError::from)?;
-        let current = self
-            .broker
-            .describe_topic(name)
-            .map_err(AdminError::from)?
-            .partitions
-            .len();
-        if partitions as usize <= current {
-            return Err(AdminError::from(Invalid::new(
-                "partitions",
-                format!("topic `{name}` has {current} partitions; the new count must be larger, got {partitions}"),
-            ))
-            .into());
-        }
+        // What the engine would refuse is refused before anything is
+        // committed.
+        self.broker.check_added_partitions(name, partitions)?;
         let answer = self
             .meta
             .propose_anywhere(MetaCommand::AddPartitions {
@@ -248,7 +235,7 @@ impl Replicas {
         refusal(answer)?;
         let meta = self.meta.clone();
         self.applied_here(|broker| {
-            let wanted = meta.state().topics.get(name)?.overrides;
+            let wanted = meta.read_state(|state| Some(state.topics.get(name)?.overrides))?;
             // Applied here once the state holds the change and the
             // engine holds the state's settings.
             (wanted.merged(overrides) == wanted && broker.topic_overrides(name).ok()? == wanted)

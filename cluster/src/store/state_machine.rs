@@ -79,6 +79,11 @@ impl StateMachine {
         self.inner.read().state.clone()
     }
 
+    /// What `read` makes of the state, without copying it.
+    pub fn read_state<T>(&self, read: impl FnOnce(&ClusterState) -> T) -> T {
+        read(&self.inner.read().state)
+    }
+
     /// The log id of the last command applied.
     pub fn last_applied(&self) -> Option<LogId> {
         self.inner.read().last_applied

@@ -158,19 +158,9 @@ impl Broker {
 
     /// Grows a topic to `total` partitions.
     pub async fn add_partitions(&self, name: &str, total: u32) -> Result<TopicInfo, AdminError> {
-        self.check_partition_count(total)?;
         let _admin = self.admin.lock().await;
+        let current = self.check_added_partitions(name, total)?;
         let topic = self.topic(name)?;
-        let current = topic.partition_count();
-        if total <= current {
-            return Err(Invalid::new(
-                "partitions",
-                format!(
-                    "topic `{name}` has {current} partitions; the new count must be larger, got {total}"
-                ),
-            )
-            .into());
-        }
         let mut record = topic.record();
         let settings = topic::resolve_settings(
             &self.config.topic_defaults,
@@ -234,8 +224,25 @@ impl Broker {
         Ok(self.describe(name, &topic))
     }
 
+    /// Whether `add_partitions` may grow the topic to `total` partitions;
+    /// how many it has (a cluster checks before it commits the change).
+    pub fn check_added_partitions(&self, name: &str, total: u32) -> Result<u32, AdminError> {
+        self.check_partition_count(total)?;
+        let current = self.topic(name)?.partition_count();
+        if total <= current {
+            return Err(Invalid::new(
+                "partitions",
+                format!(
+                    "topic `{name}` has {current} partitions; the new count must be larger, got {total}"
+                ),
+            )
+            .into());
+        }
+        Ok(current)
+    }
+
     /// Whether a topic may have `partitions` partitions.
-    pub fn check_partition_count(&self, partitions: u32) -> Result<(), Invalid> {
+    fn check_partition_count(&self, partitions: u32) -> Result<(), Invalid> {
         let max = self.config.limits.partitions_per_topic_max;
         if partitions == 0 || partitions > max {
             return Err(Invalid::new(

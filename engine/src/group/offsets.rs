@@ -24,7 +24,8 @@ use crate::meta::{MetaError, MetaStore};
 /// Where committed offsets are made durable instead of the broker's own
 /// metadata store: in a cluster, the metadata group, so that they survive
 /// the loss of the broker. Each call resolves once the change is durable
-/// (committed), or fails with why (the message is the client's).
+/// (committed), or fails with why (the message is the client's); nothing
+/// is done before the future is first polled.
 pub trait OffsetReplication: Send + Sync + std::fmt::Debug {
     fn commit(
         &self,
@@ -124,14 +125,10 @@ impl OffsetStore {
             .collect();
         let now = brook_storage::now_ms();
         if let Some(replication) = self.replication() {
-            let epoch = self.epoch();
-            replication
-                .commit(owned, rows, now)
-                .await
-                .map_err(GroupError::NotCoordinator)?;
-            if self.epoch() != epoch {
-                // This broker stopped (or started again) keeping the
-                // offsets meanwhile: its mirror is not where they live.
+            if !self
+                .replicated(replication.commit(owned, rows, now))
+                .await?
+            {
                 return Ok(());
             }
         } else {
@@ -168,12 +165,7 @@ impl OffsetStore {
         let meta = self.meta.clone();
         let owned = group.to_owned();
         if let Some(replication) = self.replication() {
-            let epoch = self.epoch();
-            replication
-                .delete(owned)
-                .await
-                .map_err(GroupError::NotCoordinator)?;
-            if self.epoch() != epoch {
+            if !self.replicated(replication.delete(owned)).await? {
                 return Ok(());
             }
         } else {
@@ -194,12 +186,7 @@ impl OffsetStore {
         let meta = self.meta.clone();
         let owned = group.to_owned();
         if let Some(replication) = self.replication() {
-            let epoch = self.epoch();
-            replication
-                .mark_active(owned, now)
-                .await
-                .map_err(GroupError::NotCoordinator)?;
-            if self.epoch() != epoch {
+            if !self.replicated(replication.mark_active(owned, now)).await? {
                 return Ok(());
             }
         } else {
@@ -224,6 +211,19 @@ impl OffsetStore {
 
     fn epoch(&self) -> u64 {
         self.epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Makes `write` durable through the replication; whether the mirror
+    /// may then take it: not when this broker stopped (or started again)
+    /// keeping the offsets meanwhile, the mirror no longer being where
+    /// they live. (`write` does nothing until awaited here.)
+    async fn replicated(
+        &self,
+        write: BoxFuture<'static, Result<(), String>>,
+    ) -> Result<bool, GroupError> {
+        let epoch = self.epoch();
+        write.await.map_err(GroupError::NotCoordinator)?;
+        Ok(self.epoch() == epoch)
     }
 
     /// Whether this broker keeps the offsets now, and may expire groups.
