@@ -19,45 +19,17 @@ pub enum TopicCommand {
         /// 3, or every broker when there are fewer).
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         replication_factor: Option<u32>,
-        /// Delete segments whose newest record is older than this; -1 keeps forever.
-        #[arg(long, allow_negative_numbers = true)]
-        retention_ms: Option<i64>,
-        /// Delete the oldest segments while a partition holds more; -1 keeps everything.
-        #[arg(long, allow_negative_numbers = true)]
-        retention_bytes: Option<i64>,
-        /// Roll to a new segment at this size.
-        #[arg(long)]
-        segment_bytes: Option<u64>,
-        /// The largest record batch the topic accepts.
-        #[arg(long)]
-        max_message_bytes: Option<u32>,
-        /// How much of a produced batch's records the broker checks: full
-        /// (decompresses compressed batches) or framing (does not).
-        #[arg(long)]
-        validate_records: Option<RecordValidation>,
+        #[command(flatten)]
+        settings: TopicSettingArgs,
     },
     /// Change a topic's settings; those not given stay as they are.
     Alter {
         name: String,
-        /// Delete segments whose newest record is older than this; -1 keeps forever.
-        #[arg(long, allow_negative_numbers = true)]
-        retention_ms: Option<i64>,
-        /// Delete the oldest segments while a partition holds more; -1 keeps everything.
-        #[arg(long, allow_negative_numbers = true)]
-        retention_bytes: Option<i64>,
-        /// Roll to a new segment at this size.
-        #[arg(long)]
-        segment_bytes: Option<u64>,
+        #[command(flatten)]
+        settings: TopicSettingArgs,
         /// Roll to a new segment once the active one is this old.
         #[arg(long)]
         segment_ms: Option<i64>,
-        /// The largest record batch the topic accepts.
-        #[arg(long)]
-        max_message_bytes: Option<u32>,
-        /// How much of a produced batch's records the broker checks: full
-        /// (decompresses compressed batches) or framing (does not).
-        #[arg(long)]
-        validate_records: Option<RecordValidation>,
     },
     /// Grow a topic to this many partitions. Records stay where they are:
     /// keyed records map to other partitions from then on.
@@ -84,25 +56,48 @@ pub enum TopicCommand {
     Recover(crate::recover::RecoverArgs),
 }
 
+/// The settings `topic create` and `topic alter` both take.
+#[derive(Debug, clap::Args)]
+pub struct TopicSettingArgs {
+    /// Delete segments whose newest record is older than this; -1 keeps forever.
+    #[arg(long, allow_negative_numbers = true)]
+    retention_ms: Option<i64>,
+    /// Delete the oldest segments while a partition holds more; -1 keeps everything.
+    #[arg(long, allow_negative_numbers = true)]
+    retention_bytes: Option<i64>,
+    /// Roll to a new segment at this size.
+    #[arg(long)]
+    segment_bytes: Option<u64>,
+    /// The largest record batch the topic accepts.
+    #[arg(long)]
+    max_message_bytes: Option<u32>,
+    /// How much of a produced batch's records the broker checks: full
+    /// (decompresses compressed batches) or framing (does not).
+    #[arg(long)]
+    validate_records: Option<RecordValidation>,
+}
+
+impl TopicSettingArgs {
+    fn config(self, segment_ms: Option<i64>) -> TopicConfig {
+        TopicConfig::default()
+            .with_retention_ms(self.retention_ms)
+            .with_retention_bytes(self.retention_bytes)
+            .with_segment_bytes(self.segment_bytes)
+            .with_segment_ms(segment_ms)
+            .with_max_message_bytes(self.max_message_bytes)
+            .with_validate_records(self.validate_records)
+    }
+}
+
 pub async fn run(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
     match command {
         TopicCommand::Create {
             name,
             partitions,
             replication_factor,
-            retention_ms,
-            retention_bytes,
-            segment_bytes,
-            max_message_bytes,
-            validate_records,
+            settings,
         } => {
-            let config = TopicConfig::default()
-                .with_retention_ms(retention_ms)
-                .with_retention_bytes(retention_bytes)
-                .with_segment_bytes(segment_bytes)
-                .with_segment_ms(None)
-                .with_max_message_bytes(max_message_bytes)
-                .with_validate_records(validate_records);
+            let config = settings.config(None);
             let topic = client
                 .create_replicated_topic(&name, partitions, replication_factor, config)
                 .await?;
@@ -114,20 +109,10 @@ pub async fn run(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
         }
         TopicCommand::Alter {
             name,
-            retention_ms,
-            retention_bytes,
-            segment_bytes,
+            settings,
             segment_ms,
-            max_message_bytes,
-            validate_records,
         } => {
-            let config = TopicConfig::default()
-                .with_retention_ms(retention_ms)
-                .with_retention_bytes(retention_bytes)
-                .with_segment_bytes(segment_bytes)
-                .with_segment_ms(segment_ms)
-                .with_max_message_bytes(max_message_bytes)
-                .with_validate_records(validate_records);
+            let config = settings.config(segment_ms);
             if config == TopicConfig::default() {
                 anyhow::bail!(
                     "give at least one setting to change (--retention-ms, --retention-bytes, --segment-bytes, --segment-ms, --max-message-bytes, --validate-records)"

@@ -6,12 +6,10 @@ use std::time::{Duration, Instant};
 
 use brook_broker::EmbeddedCluster;
 use brook_client::{
-    Client, ConsumedRecord, GroupClient, GroupConfig, GroupConsumer, OffsetReset, Producer,
-    ProducerConfig, ProducerRecord, TopicConfig,
+    Client, ConsumedRecord, GroupClient, GroupConfig, GroupConsumer, OffsetReset, TopicConfig,
 };
-use bytes::Bytes;
 
-use super::STEP_LIMIT;
+use super::{STEP_LIMIT, send_numbered};
 
 /// A consumer group in a cluster: members connected to different brokers
 /// form one group at the broker leading the cluster's metadata; its
@@ -30,22 +28,7 @@ async fn a_group_spans_the_cluster_and_its_offsets_outlive_its_coordinator() {
         .create_replicated_topic(EVENTS, 4, Some(3), TopicConfig::default())
         .await
         .expect("create the topic");
-    let produce = |from: u64, to: u64| {
-        let client = client.clone();
-        async move {
-            let producer = Producer::new(client, ProducerConfig::default());
-            for seq in from..to {
-                let record = ProducerRecord::new(EVENTS, Bytes::from(seq.to_string()))
-                    .partition(u32::try_from(seq % 4).expect("a partition"));
-                tokio::time::timeout(STEP_LIMIT, producer.send(record))
-                    .await
-                    .expect("acknowledged in time")
-                    .expect("acknowledged");
-            }
-            producer.close().await;
-        }
-    };
-    produce(0, 200).await;
+    send_numbered(&client, EVENTS, 0..200, 4).await;
 
     // Two members, each connected to another broker.
     let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
@@ -138,16 +121,7 @@ async fn a_group_spans_the_cluster_and_its_offsets_outlive_its_coordinator() {
         .map(|(_, endpoint)| endpoint.clone())
         .expect("a broker left");
     let client = Client::connect(survivor).await.expect("connect");
-    let producer = Producer::new(client, ProducerConfig::default());
-    for seq in 200..300u64 {
-        let record = ProducerRecord::new(EVENTS, Bytes::from(seq.to_string()))
-            .partition(u32::try_from(seq % 4).expect("a partition"));
-        tokio::time::timeout(STEP_LIMIT, producer.send(record))
-            .await
-            .expect("acknowledged in time")
-            .expect("acknowledged");
-    }
-    producer.close().await;
+    send_numbered(&client, EVENTS, 200..300, 4).await;
     let deadline = Instant::now() + STEP_LIMIT;
     while !(200..300).all(|seq| seen_now().contains(&seq)) {
         assert!(
@@ -188,15 +162,7 @@ async fn a_group_commits_partitions_its_coordinator_does_not_hold() {
         .create_replicated_topic(SPREAD, 3, Some(1), TopicConfig::default())
         .await
         .expect("create the topic");
-    let producer = Producer::new(client, ProducerConfig::default());
-    for seq in 0..30u32 {
-        let record = ProducerRecord::new(SPREAD, Bytes::from(seq.to_string())).partition(seq % 3);
-        tokio::time::timeout(STEP_LIMIT, producer.send(record))
-            .await
-            .expect("acknowledged in time")
-            .expect("acknowledged");
-    }
-    producer.close().await;
+    send_numbered(&client, SPREAD, 0..30, 3).await;
 
     let groups = GroupClient::connect(endpoints[1].clone())
         .await

@@ -11,7 +11,7 @@ use brook_client::{
 use bytes::Bytes;
 use futures::StreamExt;
 
-use super::STEP_LIMIT;
+use super::{STEP_LIMIT, acknowledged};
 
 /// A topic whose partitions each have one replica, on different brokers:
 /// a consumer connected to broker 1 reads every partition from the broker
@@ -42,10 +42,7 @@ async fn a_consumer_reads_each_partition_from_the_broker_that_holds_it() {
         for i in 0..PER_PARTITION {
             let record = ProducerRecord::new(SPREAD, Bytes::from(format!("{partition}-{i}")))
                 .partition(partition);
-            tokio::time::timeout(STEP_LIMIT, producer.send(record))
-                .await
-                .expect("acknowledged in time")
-                .expect("acknowledged");
+            acknowledged(&producer, record).await.expect("acknowledged");
         }
     }
     producer.close().await;

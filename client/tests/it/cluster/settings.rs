@@ -11,7 +11,7 @@ use brook_client::{
 };
 use bytes::Bytes;
 
-use super::STEP_LIMIT;
+use super::{STEP_LIMIT, acknowledged};
 
 /// ACLs and quotas changed through any broker hold on every broker, and a
 /// broker that was down when they changed takes them when it is back.
@@ -178,9 +178,8 @@ async fn a_topic_grows_on_every_broker() {
     let producer = Producer::new(admin.clone(), ProducerConfig::default());
     for partition in 0..4 {
         let record = ProducerRecord::new(GROWN, Bytes::from("x")).partition(partition);
-        tokio::time::timeout(STEP_LIMIT, producer.send(record))
+        acknowledged(&producer, record)
             .await
-            .expect("acknowledged in time")
             .unwrap_or_else(|e| panic!("partition {partition}: {e}"));
     }
     producer.close().await;
