@@ -24,7 +24,7 @@ use crate::http::{HttpLimits, Phase, ServerStatus};
 use crate::replicas::Replicas;
 use crate::tls::ServerTls;
 use brook_cluster::network::client::{Connector, PeerTls, RemoteLog, TcpConnector};
-use brook_cluster::{BrokerNode, MetaCommand, MetaNode, MetaNodeConfig};
+use brook_cluster::{BrokerNode, MetaCommand, MetaNode, MetaNodeConfig, MetaResponse};
 use brook_engine::AuthorizerMode;
 use brook_engine::ClusterConfig;
 use brook_engine::config::Authentication;
@@ -421,12 +421,21 @@ async fn join_cluster(
         .iter()
         .map(|(id, address)| (*id, BrokerNode::new(address.clone())))
         .collect();
-    meta.initialize(voters).await?;
-    tracing::info!(
-        node_id = cluster.node_id,
-        peers = ?cluster.peers,
-        "joined the cluster's metadata group"
-    );
+    if cluster.join {
+        // Added by the metadata group's leader (`AddBroker`): forming a
+        // group here would make a second one.
+        tracing::info!(
+            node_id = cluster.node_id,
+            "waiting to be added to the cluster (join): `brook cluster add-broker` on any of its brokers"
+        );
+    } else {
+        meta.initialize(voters).await?;
+        tracing::info!(
+            node_id = cluster.node_id,
+            peers = ?cluster.peers,
+            "joined the cluster's metadata group"
+        );
+    }
     let registering = meta.clone();
     let address = cluster
         .peers
@@ -448,8 +457,19 @@ async fn join_cluster(
             address,
             incarnation,
         };
+        let mut told_removed = false;
         loop {
             match registering.propose_anywhere(register.clone()).await {
+                Ok(MetaResponse::BrokerRemoved { id }) => {
+                    // Until it is added again.
+                    if !told_removed {
+                        tracing::error!(
+                            node_id = id,
+                            "this broker was removed from the cluster: it takes no part until it is added again (brook cluster add-broker)"
+                        );
+                        told_removed = true;
+                    }
+                }
                 Ok(_) => {
                     tracing::info!("broker registered with the cluster");
                     return;

@@ -1,6 +1,10 @@
-//! `brook cluster status`: the brokers of the cluster, which answer, and
-//! who leads each partition, as the broker asked sees it.
+//! `brook cluster`: the brokers of the cluster, which answer, and who
+//! leads each partition, as the broker asked sees it (`status`); brokers
+//! added and removed.
 
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
 use brook_client::Client;
 use clap::Subcommand;
 use serde_json::json;
@@ -19,10 +23,39 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Add a broker started with `--join` to the cluster; returns once it
+    /// votes in the metadata group. New topics are placed on it from then
+    /// on; move existing partitions with `brook topic reassign`.
+    AddBroker {
+        /// The new broker's id.
+        #[arg(long)]
+        node_id: u64,
+        /// Its gRPC address (HOST:PORT), where the other brokers reach it.
+        #[arg(long)]
+        address: String,
+    },
+    /// Remove a broker that holds no replica from the cluster (move its
+    /// partitions first with `brook topic reassign`).
+    RemoveBroker {
+        /// The broker's id.
+        node_id: u64,
+    },
 }
 
 pub async fn run(client: &Client, command: ClusterCommand) -> anyhow::Result<()> {
-    let ClusterCommand::Status { json } = command;
+    let json = match command {
+        ClusterCommand::Status { json } => json,
+        ClusterCommand::AddBroker { node_id, address } => {
+            client.add_broker(node_id, &address).await?;
+            println!("added broker {node_id} at {address}");
+            return Ok(());
+        }
+        ClusterCommand::RemoveBroker { node_id } => {
+            client.remove_broker(node_id).await?;
+            println!("removed broker {node_id}");
+            return Ok(());
+        }
+    };
     let cluster = client.describe_cluster().await?;
     if json {
         let brokers: Vec<_> = cluster
@@ -45,6 +78,7 @@ pub async fn run(client: &Client, command: ClusterCommand) -> anyhow::Result<()>
                     "leader": p.leader,
                     "replicas": p.replicas,
                     "lag": lag,
+                    "moving_to": p.moving_to,
                 })
             })
             .collect();
@@ -89,25 +123,72 @@ pub async fn run(client: &Client, command: ClusterCommand) -> anyhow::Result<()>
                     .map(|(id, records)| format!("{id}:{records}"))
                     .collect::<Vec<_>>()
                     .join(",");
-                let replicas = p
-                    .replicas
-                    .iter()
-                    .map(u64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(",");
+                let replicas = ids(&p.replicas);
+                let moving_to = if p.moving_to.is_empty() {
+                    "-".to_owned()
+                } else {
+                    ids(&p.moving_to)
+                };
                 vec![
                     p.topic.clone(),
                     p.partition.to_string(),
                     p.leader.to_string(),
                     replicas,
                     lag,
+                    moving_to,
                 ]
             })
             .collect();
         print!(
             "{}",
-            table(&["TOPIC", "PARTITION", "LEADER", "REPLICAS", "LAG"], &rows)
+            table(
+                &[
+                    "TOPIC",
+                    "PARTITION",
+                    "LEADER",
+                    "REPLICAS",
+                    "LAG",
+                    "MOVING TO"
+                ],
+                &rows
+            )
         );
     }
     Ok(())
+}
+
+fn ids(ids: &[u64]) -> String {
+    ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// Waits until each partition of `topic` in `targets` has its target
+/// replicas and no move under way.
+pub async fn wait_until_moved(
+    client: &Client,
+    topic: &str,
+    targets: &[(u32, Vec<u64>)],
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let cluster = client.describe_cluster().await?;
+        let moved = targets.iter().all(|(partition, replicas)| {
+            cluster.partitions.iter().any(|p| {
+                p.topic == topic
+                    && p.partition == *partition
+                    && p.replicas == *replicas
+                    && p.moving_to.is_empty()
+            })
+        });
+        if moved {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the partitions of {topic} did not reach their new replicas within {} s (see `brook cluster status`)",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

@@ -214,6 +214,11 @@ settings! {
     /// broker presents to its peers; its principal must be one of
     /// `super_users` [default: none].
     peer_token_file: PathBuf = "BROOK_PEER_TOKEN_FILE",
+    /// Join a running cluster instead of forming one with `peers`: the
+    /// broker waits until `brook cluster add-broker` adds it [default:
+    /// false].
+    #[arg(num_args = 0..=1, default_missing_value = "true")]
+    join: bool = "BROOK_JOIN",
 }
 
 /// The settings with every default filled in and every value checked.
@@ -288,6 +293,7 @@ pub struct Effective {
     pub peer_ca: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer_token_file: Option<PathBuf>,
+    pub join: bool,
 }
 
 /// Reads a settings file; unknown keys and values of the wrong type are
@@ -434,6 +440,7 @@ impl Settings {
             peers: self.peers.unwrap_or_default(),
             peer_ca: self.peer_ca,
             peer_token_file: self.peer_token_file,
+            join: self.join.unwrap_or(false),
         };
         effective.check()?;
         Ok(effective)

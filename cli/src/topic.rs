@@ -1,4 +1,4 @@
-//! `brook topic`: create, alter, grow, list, describe and delete topics
+//! `brook topic`: create, alter, grow, move, list, describe and delete topics
 //! through a running broker (and recover a quarantined one offline, `recover.rs`);
 //! results as aligned tables on stdout.
 
@@ -38,6 +38,25 @@ pub enum TopicCommand {
         /// The topic's new partition count, more than it has.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         partitions: u32,
+    },
+    /// In a cluster: move partitions to other brokers. The partition's
+    /// leader adds the new replicas, waits until they have caught up, and
+    /// drops the old ones; produces go on meanwhile.
+    Reassign {
+        name: String,
+        /// A partition to move; repeatable.
+        #[arg(long = "partition", required = true)]
+        partitions: Vec<u32>,
+        /// The brokers the partitions are to be on, by id, the first the
+        /// preferred leader.
+        #[arg(long, value_delimiter = ',', required = true)]
+        replicas: Vec<u64>,
+        /// Wait until the partitions are on their new replicas.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
     },
     /// List the topics and their partition counts.
     List,
@@ -130,6 +149,30 @@ pub async fn run(client: &Client, command: TopicCommand) -> anyhow::Result<()> {
                 topic.name,
                 topic.partitions.len()
             );
+        }
+        TopicCommand::Reassign {
+            name,
+            partitions,
+            replicas,
+            wait,
+            timeout_s,
+        } => {
+            let targets: Vec<(u32, Vec<u64>)> = partitions
+                .iter()
+                .map(|partition| (*partition, replicas.clone()))
+                .collect();
+            client.reassign_partitions(&name, &targets).await?;
+            println!("moving {name} partitions {partitions:?} to brokers {replicas:?}");
+            if wait {
+                crate::cluster::wait_until_moved(
+                    client,
+                    &name,
+                    &targets,
+                    std::time::Duration::from_secs(timeout_s),
+                )
+                .await?;
+                println!("moved");
+            }
         }
         TopicCommand::List => {
             let rows: Vec<Vec<String>> = client

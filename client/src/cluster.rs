@@ -2,6 +2,7 @@
 //! leads each partition.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use brook_proto as proto;
 use brook_proto::cluster_service_client::ClusterServiceClient;
@@ -53,7 +54,14 @@ pub struct PartitionReplicas {
     pub replicas: Vec<u64>,
     /// Records each replica is behind the leader, by broker id.
     pub lag: BTreeMap<u64, i64>,
+    /// While the partition moves to other brokers: the replicas it moves
+    /// to (empty otherwise).
+    pub moving_to: Vec<u64>,
 }
+
+/// How long a change of the cluster's brokers may take: a broker being
+/// added has a minute to catch up with the metadata group.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(100);
 
 impl Client {
     /// The cluster as the connected broker sees it (needs `describe` on the
@@ -90,8 +98,67 @@ impl Client {
                     leader: p.leader,
                     replicas: p.replicas,
                     lag: p.lag.into_iter().collect(),
+                    moving_to: p.moving_to,
                 })
                 .collect(),
         })
+    }
+
+    /// Adds the broker `node_id`, started with `join` and reached at
+    /// `address` (`HOST:PORT`), to the cluster; returns once it votes in
+    /// the metadata group (needs `alter` on the cluster when ACLs are on).
+    pub async fn add_broker(&self, node_id: u64, address: &str) -> Result<(), ClientError> {
+        let mut stub = ClusterServiceClient::new(self.channel.clone());
+        self.rpc(
+            "add_broker",
+            self.options.request_timeout.max(MEMBERSHIP_TIMEOUT),
+            stub.add_broker(proto::AddBrokerRequest {
+                node_id,
+                address: address.to_owned(),
+            }),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Removes the broker `node_id`, which must hold no replica, from the
+    /// cluster.
+    pub async fn remove_broker(&self, node_id: u64) -> Result<(), ClientError> {
+        let mut stub = ClusterServiceClient::new(self.channel.clone());
+        self.rpc(
+            "remove_broker",
+            self.options.request_timeout.max(MEMBERSHIP_TIMEOUT),
+            stub.remove_broker(proto::RemoveBrokerRequest { node_id }),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Moves partitions of `topic`: each `(partition, replicas)` names the
+    /// brokers it is to be on, the first its preferred leader. Returns once
+    /// the move is recorded; [`Client::describe_cluster`] shows it under
+    /// way (`moving_to`) until the partition's replicas are the new ones.
+    pub async fn reassign_partitions(
+        &self,
+        topic: &str,
+        partitions: &[(u32, Vec<u64>)],
+    ) -> Result<(), ClientError> {
+        let mut stub = ClusterServiceClient::new(self.channel.clone());
+        self.rpc(
+            "reassign_partitions",
+            self.options.request_timeout,
+            stub.reassign_partitions(proto::ReassignPartitionsRequest {
+                topic: topic.to_owned(),
+                partitions: partitions
+                    .iter()
+                    .map(|(partition, replicas)| proto::PartitionTarget {
+                        partition: *partition,
+                        replicas: replicas.clone(),
+                    })
+                    .collect(),
+            }),
+        )
+        .await?;
+        Ok(())
     }
 }

@@ -500,7 +500,11 @@ fn kind_of(code: StatusCode, message: &str) -> ErrorKind {
         StatusCode::FailedPrecondition if message.contains("out of order sequence") => {
             ErrorKind::OutOfOrderSequence
         }
-        StatusCode::FailedPrecondition if message.contains("needs an empty group") => {
+        StatusCode::FailedPrecondition
+            if message.contains("needs an empty group")
+                || message.contains("holds replicas")
+                || message.contains("not in a cluster") =>
+        {
             ErrorKind::FailedPrecondition
         }
         StatusCode::FailedPrecondition => ErrorKind::Fenced,

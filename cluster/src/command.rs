@@ -63,6 +63,31 @@ pub enum MetaCommand {
     MarkGroupActive { group: String, at_ms: i64 },
     /// Deletes a consumer group's committed offsets.
     DeleteGroup { group: String },
+    /// Starts moving partitions of a topic to other replicas: each
+    /// `(partition, replicas)` is the replica list the partition is to
+    /// have, the first the preferred leader. The partition's leader
+    /// changes its group's membership; `FinishReassignment` records that
+    /// it did. A partition whose list is its current one stops moving.
+    ReassignPartitions {
+        topic: String,
+        partitions: Vec<(u32, Vec<NodeId>)>,
+    },
+    /// A partition's group has `replicas` as its voters now: the move to
+    /// them is over. Changes nothing unless the topic is still `topic_id`
+    /// and the partition is moving to exactly `replicas`.
+    FinishReassignment {
+        topic: String,
+        topic_id: u64,
+        partition: u32,
+        replicas: Vec<NodeId>,
+    },
+    /// Takes a broker out of the cluster's brokers: no partition is
+    /// placed on it from then on. Refused while it holds a replica, or
+    /// is to hold one.
+    RemoveBroker { id: NodeId },
+    /// Lets a broker that was removed register again (it is being added
+    /// back).
+    AdmitBroker { id: NodeId },
 }
 
 /// What applying a command did. A refusal is decided by the state machine,
@@ -86,4 +111,16 @@ pub enum MetaResponse {
     NoSuchQuota,
     /// Every quota the brokers keep is taken.
     TooManyQuotas { max: usize },
+    /// The broker holds replicas (or is to hold them): `partitions` names
+    /// some of them, as `topic/partition`.
+    BrokerHoldsReplicas {
+        id: NodeId,
+        count: usize,
+        partitions: Vec<String>,
+    },
+    /// No broker of that id is registered.
+    NoSuchBroker { id: NodeId },
+    /// The broker was removed from the cluster: it may not register
+    /// until it is added again.
+    BrokerRemoved { id: NodeId },
 }

@@ -9,6 +9,8 @@
 //! - [`network`]: the group's messages over gRPC
 //!   (`brook.cluster.v1.RaftService`).
 //! - [`node`]: a broker's member of the group.
+//! - [`membership`]: changing a group's voters (brokers added and
+//!   removed, partitions moved).
 //! - [`partition`]: one Raft group per partition, whose state machine is
 //!   the partition's log.
 //!
@@ -16,6 +18,7 @@
 //! crate only stores, carries and applies what it decides.
 
 pub mod command;
+pub mod membership;
 pub mod network;
 pub mod node;
 pub mod partition;
@@ -24,6 +27,6 @@ pub mod store;
 pub mod types;
 
 pub use command::{MetaCommand, MetaResponse};
-pub use node::{ClusterError, MetaNode, MetaNodeConfig};
+pub use node::{ClusterError, MembershipChange, MetaNode, MetaNodeConfig};
 pub use state::{ClusterState, GroupOffsets};
 pub use types::{BrokerNode, NodeId};

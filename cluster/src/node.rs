@@ -9,8 +9,10 @@ use std::time::Duration;
 use brook_proto::cluster::raft_service_server::RaftServiceServer;
 use brook_proto::cluster::{PingRequest, PingResponse, RaftPayload};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use serde::{Deserialize, Serialize};
 
 use crate::command::{MetaCommand, MetaResponse};
+use crate::membership::{replace_voters, voters};
 use crate::network::client::{Connector, Network, peer_request};
 use crate::network::service::RaftServer;
 use crate::partition::ElectionTimeouts;
@@ -21,6 +23,21 @@ use crate::types::{BrokerNode, MetaRaft, MetaRaftConfig, NodeId};
 
 /// How long a change forwarded to the leader may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a broker being added has to catch up with the metadata group.
+const JOIN_CATCH_UP: Duration = Duration::from_secs(60);
+/// How long a change of voters forwarded to the leader may take.
+const MEMBERSHIP_FORWARD_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A change of the metadata group's voters, made by its leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Adds the broker `id`, reached at `address` and started to join
+    /// (`join`), as a voter once it has caught up.
+    AddBroker { id: NodeId, address: String },
+    /// Takes a broker that holds no replica out of the cluster's brokers
+    /// and out of the voters.
+    RemoveBroker { id: NodeId },
+}
 
 /// How a broker takes part in the metadata group.
 #[derive(Debug, Clone)]
@@ -194,6 +211,33 @@ impl MetaNode {
         leader: &BrokerNode,
         command: &MetaCommand,
     ) -> Result<MetaResponse, ClusterError> {
+        self.forward_to(leader, command, Forwarded::Command).await
+    }
+
+    /// Changes the metadata group's voters through its leader, wherever it
+    /// is: here, or forwarded once to the broker this one knows as leader.
+    pub async fn change_members(
+        &self,
+        change: MembershipChange,
+    ) -> Result<MetaResponse, ClusterError> {
+        match change_members(&self.raft, &change).await {
+            Err(ClusterError::NotLeader {
+                leader: Some((_, leader)),
+                ..
+            }) => {
+                self.forward_to(&leader, &change, Forwarded::Membership)
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    async fn forward_to<T: Serialize>(
+        &self,
+        leader: &BrokerNode,
+        request: &T,
+        kind: Forwarded,
+    ) -> Result<MetaResponse, ClusterError> {
         let unreachable = |reason: String| ClusterError::NotLeader {
             leader: None,
             reason: format!(": the leader at {leader} did not take it: {reason}"),
@@ -202,20 +246,30 @@ impl MetaNode {
             .connector
             .channel(&leader.address)
             .map_err(|e| unreachable(e.to_string()))?;
-        let json = serde_json::to_vec(command).map_err(|e| ClusterError::Refused(e.to_string()))?;
-        let call = peer_request(
-            &*self.connector,
-            RaftPayload {
-                json: json.into(),
-                ..RaftPayload::default()
-            },
-            FORWARD_TIMEOUT,
-        );
-        let answer = crate::network::raft_client(channel)
-            .propose(call)
-            .await
-            .map_err(|status| unreachable(status.to_string()))?
-            .into_inner();
+        let json = serde_json::to_vec(request).map_err(|e| ClusterError::Refused(e.to_string()))?;
+        let payload = RaftPayload {
+            json: json.into(),
+            ..RaftPayload::default()
+        };
+        let mut client = crate::network::raft_client(channel);
+        let answer = match kind {
+            Forwarded::Command => {
+                client
+                    .propose(peer_request(&*self.connector, payload, FORWARD_TIMEOUT))
+                    .await
+            }
+            Forwarded::Membership => {
+                client
+                    .change_membership(peer_request(
+                        &*self.connector,
+                        payload,
+                        MEMBERSHIP_FORWARD_TIMEOUT,
+                    ))
+                    .await
+            }
+        }
+        .map_err(|status| unreachable(status.to_string()))?
+        .into_inner();
         let result: Result<MetaResponse, String> = serde_json::from_slice(&answer.json)
             .map_err(|e| ClusterError::Refused(format!("the leader's answer: {e}")))?;
         result.map_err(unreachable)
@@ -251,6 +305,29 @@ impl MetaNode {
     /// (it holds every group's committed offsets); `read` must not block.
     pub fn read_state<T>(&self, read: impl FnOnce(&ClusterState) -> T) -> T {
         self.state_machine.read_state(read)
+    }
+
+    /// Every broker of the cluster with its address: the registered ones
+    /// and the metadata group's members (a broker added, not registered
+    /// yet), but none that was removed.
+    pub fn brokers(&self) -> BTreeMap<NodeId, String> {
+        let mut brokers: BTreeMap<NodeId, String> = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            metrics
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, node)| (*id, node.address.clone()))
+                .collect()
+        };
+        self.read_state(|state| {
+            for (id, broker) in &state.brokers {
+                brokers.insert(*id, broker.address.clone());
+            }
+            brokers.retain(|id, _| !state.removed.contains(id));
+        });
+        brokers
     }
 
     /// The leader this node knows of.
@@ -303,6 +380,66 @@ impl std::fmt::Debug for MetaNode {
             .field("id", &self.id)
             .field("leader", &self.leader())
             .finish_non_exhaustive()
+    }
+}
+
+/// What a broker asks of the leader.
+#[derive(Debug, Clone, Copy)]
+enum Forwarded {
+    Command,
+    Membership,
+}
+
+/// Makes a change of the metadata group's voters; only the leader can.
+pub(crate) async fn change_members(
+    raft: &MetaRaft,
+    change: &MembershipChange,
+) -> Result<MetaResponse, ClusterError> {
+    let propose = |command| async {
+        raft.client_write(command)
+            .await
+            .map(|written| written.data)
+            .map_err(write_failed)
+    };
+    let voter_nodes = || -> BTreeMap<NodeId, BrokerNode> {
+        let metrics = raft.metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        let voters: Vec<NodeId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .filter(|(id, _)| voters.contains(id))
+            .map(|(id, node)| (*id, node.clone()))
+            .collect()
+    };
+    match change {
+        MembershipChange::AddBroker { id, address } => {
+            propose(MetaCommand::AdmitBroker { id: *id }).await?;
+            let mut target = voter_nodes();
+            target.insert(*id, BrokerNode::new(address.clone()));
+            replace_voters(raft, &target, JOIN_CATCH_UP).await?;
+            Ok(MetaResponse::Done)
+        }
+        MembershipChange::RemoveBroker { id } => {
+            let voter = voters(raft).contains(id);
+            match propose(MetaCommand::RemoveBroker { id: *id }).await? {
+                MetaResponse::Done => {}
+                // Never registered, and a voter all the same.
+                MetaResponse::NoSuchBroker { .. } if voter => {}
+                refused => return Ok(refused),
+            }
+            let mut target = voter_nodes();
+            target.remove(id);
+            if voter {
+                if target.is_empty() {
+                    return Err(ClusterError::Refused(
+                        "the cluster's last broker cannot be removed".to_owned(),
+                    ));
+                }
+                replace_voters(raft, &target, JOIN_CATCH_UP).await?;
+            }
+            Ok(MetaResponse::Done)
+        }
     }
 }
 

@@ -20,6 +20,8 @@ pub const PARTITIONS_MAX: u32 = 100_000;
 pub const DEFAULT_REPLICATION_FACTOR_MAX: u32 = 3;
 /// The longest topic name, in bytes.
 pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+/// How many of the partitions a broker holds a refusal to remove it names.
+const PARTITIONS_NAMED_MAX: usize = 10;
 
 /// A registered broker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +45,31 @@ pub struct TopicAssignment {
     pub overrides: TopicOverrides,
     /// Per partition, its replicas; the first is the preferred leader.
     pub replicas: Vec<Vec<NodeId>>,
+    /// Partitions being moved, and the replicas each is moving to.
+    #[serde(default)]
+    pub moves: BTreeMap<u32, Vec<NodeId>>,
+    /// Partitions moved at least once: their groups were formed long
+    /// ago, and a replica starting now joins them rather than forming
+    /// them (only the replicas a partition was created with form it).
+    #[serde(default)]
+    pub moved: BTreeSet<u32>,
+}
+
+impl TopicAssignment {
+    /// The brokers that hold a replica of `partition` or are to hold one:
+    /// its replicas, and while it moves, those it moves to.
+    pub fn holders(&self, partition: u32) -> impl Iterator<Item = NodeId> + '_ {
+        let current = self.replicas.get(partition as usize).into_iter().flatten();
+        let target = self.moves.get(&partition).into_iter().flatten();
+        current
+            .chain(target.filter(move |id| {
+                !self
+                    .replicas
+                    .get(partition as usize)
+                    .is_some_and(|replicas| replicas.contains(id))
+            }))
+            .copied()
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +90,10 @@ pub struct ClusterState {
     /// Consumer groups' committed offsets, by group.
     #[serde(default)]
     pub groups: BTreeMap<String, GroupOffsets>,
+    /// Brokers removed from the cluster (a removed broker started again
+    /// with its old settings must not register, and be given partitions).
+    #[serde(default)]
+    pub removed: BTreeSet<NodeId>,
 }
 
 /// A consumer group's committed offsets.
@@ -83,6 +114,9 @@ impl ClusterState {
                 address,
                 incarnation,
             } => {
+                if self.removed.contains(id) {
+                    return MetaResponse::BrokerRemoved { id: *id };
+                }
                 self.brokers.insert(
                     *id,
                     BrokerInfo {
@@ -150,6 +184,31 @@ impl ClusterState {
             },
             MetaCommand::SetQuota { principal, limits } => {
                 self.set_quota(principal.as_ref(), *limits)
+            }
+            MetaCommand::ReassignPartitions { topic, partitions } => {
+                self.reassign(topic, partitions)
+            }
+            MetaCommand::FinishReassignment {
+                topic,
+                topic_id,
+                partition,
+                replicas,
+            } => {
+                if let Some(assignment) = self.topics.get_mut(topic)
+                    && assignment.id == *topic_id
+                    && assignment.moves.get(partition) == Some(replicas)
+                    && let Some(current) = assignment.replicas.get_mut(*partition as usize)
+                {
+                    current.clone_from(replicas);
+                    assignment.moves.remove(partition);
+                    assignment.moved.insert(*partition);
+                }
+                MetaResponse::Done
+            }
+            MetaCommand::RemoveBroker { id } => self.remove_broker(*id),
+            MetaCommand::AdmitBroker { id } => {
+                self.removed.remove(id);
+                MetaResponse::Done
             }
             MetaCommand::RemoveQuota { principal } => {
                 let removed = match principal {
@@ -229,8 +288,87 @@ impl ClusterState {
                 replication_factor,
                 overrides,
                 replicas,
+                moves: BTreeMap::new(),
+                moved: BTreeSet::new(),
             },
         );
+        MetaResponse::Done
+    }
+
+    /// Records where partitions are to move; each target is checked
+    /// before any is recorded.
+    fn reassign(&mut self, name: &str, partitions: &[(u32, Vec<NodeId>)]) -> MetaResponse {
+        let Some(topic) = self.topics.get(name) else {
+            return MetaResponse::NoSuchTopic {
+                name: name.to_owned(),
+            };
+        };
+        for (partition, replicas) in partitions {
+            let count = topic.replicas.len();
+            if *partition as usize >= count {
+                return invalid(
+                    "partition",
+                    format!(
+                        "topic `{name}` has partitions 0 to {}, got {partition}",
+                        count - 1
+                    ),
+                );
+            }
+            if replicas.is_empty() {
+                return invalid("replicas", format!("partition {partition}: none given"));
+            }
+            let distinct: BTreeSet<&NodeId> = replicas.iter().collect();
+            if distinct.len() != replicas.len() {
+                return invalid(
+                    "replicas",
+                    format!("partition {partition}: a broker is named twice in {replicas:?}"),
+                );
+            }
+            if let Some(unknown) = replicas.iter().find(|id| !self.brokers.contains_key(id)) {
+                return invalid(
+                    "replicas",
+                    format!("partition {partition}: broker {unknown} is not in the cluster"),
+                );
+            }
+        }
+        let Some(topic) = self.topics.get_mut(name) else {
+            return MetaResponse::NoSuchTopic {
+                name: name.to_owned(),
+            };
+        };
+        for (partition, replicas) in partitions {
+            if topic.replicas.get(*partition as usize) == Some(replicas) {
+                topic.moves.remove(partition);
+            } else {
+                topic.moves.insert(*partition, replicas.clone());
+            }
+        }
+        MetaResponse::Done
+    }
+
+    /// Takes a broker that holds no replica out of the brokers.
+    fn remove_broker(&mut self, id: NodeId) -> MetaResponse {
+        if !self.brokers.contains_key(&id) {
+            return MetaResponse::NoSuchBroker { id };
+        }
+        let held: Vec<String> = self
+            .topics
+            .iter()
+            .flat_map(|(name, topic)| {
+                (0..topic.replicas.len() as u32)
+                    .filter(move |partition| topic.holders(*partition).any(|holder| holder == id))
+                    .map(move |partition| format!("{name}/{partition}"))
+            })
+            .collect();
+        if !held.is_empty() {
+            return MetaResponse::BrokerHoldsReplicas {
+                id,
+                count: held.len(),
+                partitions: held.into_iter().take(PARTITIONS_NAMED_MAX).collect(),
+            };
+        }
+        self.brokers.remove(&id);
+        self.removed.insert(id);
         MetaResponse::Done
     }
 }
@@ -450,5 +588,116 @@ mod tests {
                 name: "missing".to_owned()
             }
         );
+    }
+
+    fn reassign(topic: &str, partition: u32, replicas: &[NodeId]) -> MetaCommand {
+        MetaCommand::ReassignPartitions {
+            topic: topic.to_owned(),
+            partitions: vec![(partition, replicas.to_vec())],
+        }
+    }
+
+    #[test]
+    fn a_move_is_checked_recorded_and_finished_only_as_recorded() {
+        let mut state = with_brokers(&[1, 2, 3, 4]);
+        state.apply(&create("t", 2, 3));
+        let before = state.topics["t"].clone();
+        for refused in [
+            reassign("t", 2, &[1, 2, 3]),
+            reassign("t", 0, &[]),
+            reassign("t", 0, &[1, 1, 2]),
+            reassign("t", 0, &[1, 2, 9]),
+        ] {
+            assert!(
+                matches!(state.apply(&refused), MetaResponse::Invalid { .. }),
+                "{refused:?}"
+            );
+        }
+        assert!(matches!(
+            state.apply(&reassign("missing", 0, &[1])),
+            MetaResponse::NoSuchTopic { .. }
+        ));
+        assert_eq!(state.topics["t"], before, "a refused move changes nothing");
+
+        assert_eq!(
+            state.apply(&reassign("t", 0, &[4, 2, 3])),
+            MetaResponse::Done
+        );
+        assert_eq!(state.topics["t"].moves[&0], vec![4, 2, 3]);
+        let holders: BTreeSet<NodeId> = state.topics["t"].holders(0).collect();
+        let mut expected: BTreeSet<NodeId> = before.replicas[0].iter().copied().collect();
+        expected.insert(4);
+        assert_eq!(
+            holders, expected,
+            "old and new replicas hold it while it moves"
+        );
+
+        let finish = |topic_id, replicas: &[NodeId]| MetaCommand::FinishReassignment {
+            topic: "t".to_owned(),
+            topic_id,
+            partition: 0,
+            replicas: replicas.to_vec(),
+        };
+        // Another target, or another topic of the name: nothing happens.
+        let id = state.topics["t"].id;
+        state.apply(&finish(id, &[4, 3, 2]));
+        state.apply(&finish(id + 1, &[4, 2, 3]));
+        assert_eq!(state.topics["t"].replicas, before.replicas);
+        state.apply(&finish(id, &[4, 2, 3]));
+        let topic = &state.topics["t"];
+        assert_eq!(topic.replicas[0], vec![4, 2, 3]);
+        assert!(topic.moves.is_empty());
+        assert!(topic.moved.contains(&0) && !topic.moved.contains(&1));
+
+        // Naming the current replicas stops a move.
+        state.apply(&reassign("t", 1, &[1, 4, 2]));
+        let current = state.topics["t"].replicas[1].clone();
+        state.apply(&reassign("t", 1, &current));
+        assert!(state.topics["t"].moves.is_empty());
+    }
+
+    #[test]
+    fn a_broker_is_removed_only_once_it_holds_nothing_and_registers_again_only_once_admitted() {
+        let mut state = with_brokers(&[1, 2, 3, 4]);
+        state.apply(&create("t", 1, 3));
+        let holder = state.topics["t"].replicas[0][0];
+        let spare = (1..=4)
+            .find(|id| !state.topics["t"].replicas[0].contains(id))
+            .expect("a broker without a replica");
+        let remove = |id| MetaCommand::RemoveBroker { id };
+        assert!(matches!(
+            state.apply(&remove(holder)),
+            MetaResponse::BrokerHoldsReplicas { count: 1, .. }
+        ));
+        // A broker a partition moves to holds it already.
+        let mut target = state.topics["t"].replicas[0].clone();
+        target[2] = spare;
+        state.apply(&reassign("t", 0, &target));
+        match state.apply(&remove(spare)) {
+            MetaResponse::BrokerHoldsReplicas { partitions, .. } => {
+                assert_eq!(partitions, vec!["t/0".to_owned()]);
+            }
+            other => panic!("removed a broker a partition moves to: {other:?}"),
+        }
+        state.apply(&reassign("t", 0, &state.topics["t"].replicas[0].clone()));
+        assert_eq!(state.apply(&remove(spare)), MetaResponse::Done);
+        assert!(!state.brokers.contains_key(&spare));
+        assert_eq!(
+            state.apply(&remove(spare)),
+            MetaResponse::NoSuchBroker { id: spare }
+        );
+        let register = MetaCommand::RegisterBroker {
+            id: spare,
+            address: "again:9420".to_owned(),
+            incarnation: 2,
+        };
+        assert_eq!(
+            state.apply(&register),
+            MetaResponse::BrokerRemoved { id: spare }
+        );
+        assert!(!state.brokers.contains_key(&spare));
+        state.apply(&MetaCommand::AdmitBroker { id: spare });
+        assert_eq!(state.apply(&register), MetaResponse::Done);
+        assert!(state.brokers.contains_key(&spare));
     }
 }

@@ -377,6 +377,10 @@ pub struct ClusterConfig {
     /// With token authentication: a file holding the bearer token this
     /// broker sends to its peers (its principal must be a super user).
     pub peer_token_file: Option<PathBuf>,
+    /// The broker joins a running cluster (added by `AddBroker`) instead of
+    /// forming the metadata group with its peers; its peers are then the
+    /// brokers it first asks about the cluster.
+    pub join: bool,
 }
 
 impl ClusterConfig {
@@ -409,7 +413,15 @@ impl ClusterConfig {
             peers,
             peer_ca: None,
             peer_token_file: None,
+            join: false,
         })
+    }
+
+    /// Joins a running cluster instead of forming one (see `join`).
+    #[must_use]
+    pub fn joining(mut self, join: bool) -> Self {
+        self.join = join;
+        self
     }
 
     /// Verifies the peers' certificates against `ca` (see `peer_ca`).

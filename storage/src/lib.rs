@@ -32,7 +32,7 @@ pub use log::{
     WrittenMark,
 };
 pub use open_segments::{DEFAULT_OPEN_SEGMENTS_MAX, OpenSegments};
-pub use producers::SequenceError;
+pub use producers::{ProducerState, SequenceError};
 pub use scan::TailDamage;
 pub use sync_group::SyncGroup;
 

@@ -965,6 +965,67 @@ impl PartitionLog {
         Ok(deleted.len())
     }
 
+    /// Drops every record and makes the log start again, empty, at
+    /// `start`; the producers' sequences go with the records. For a
+    /// replica whose records another replica's replace: one taken off the
+    /// partition, or one behind the others' log start. The only way the
+    /// high watermark goes back.
+    ///
+    /// The clean-shutdown mark, the recovery point and the producer
+    /// snapshots go first, then the segments from the newest down, so a
+    /// crash part way leaves a shorter log that still opens (and that
+    /// lost nothing its marks promise).
+    pub fn restart_at(&self, start: i64) -> Result<(), LogError> {
+        let _writer = self.writer.lock();
+        if let Some(refusal) = self.refusal.lock().as_ref() {
+            if matches!(refusal, Refusal::Deleted) {
+                return Err(LogError::Deleted);
+            }
+        }
+        let storage = self.storage.as_ref();
+        let files = storage
+            .list_files(&self.dir)
+            .map_err(|e| LogError::io("list", &self.dir, e))?;
+        Self::settle(storage, &self.dir, &files, true)?;
+        producers::snapshot::remove_all(storage, &self.dir)?;
+        let open = self.open_segments.read().clone();
+        let old: Vec<Arc<Segment>> = self.segments.read().values().cloned().collect();
+        for segment in old.iter().rev() {
+            segment.forget(&open);
+            segment.delete_files(storage)?;
+        }
+        let fresh = Arc::new(Segment::create(storage, &self.dir, start)?);
+        storage
+            .sync_dir(&self.dir)
+            .map_err(|e| LogError::io("fsync", &self.dir, e))?;
+        *self.segments.write() = BTreeMap::from([(start, fresh)]);
+        self.high_watermark.store(start, Ordering::Release);
+        self.start_offset.store(start, Ordering::Release);
+        *self.producers.lock() = ProducerState::default();
+        *self.last_recovery_point.lock() = PointTaken {
+            active_base: start,
+            active_bytes: 0,
+            at_ms: crate::clock::now_ms(),
+        };
+        *self.shortage.lock() = None;
+        tracing::info!(dir = %self.dir.display(), start, "log restarted empty");
+        Ok(())
+    }
+
+    /// The idempotent producers' sequences after the last batch written.
+    pub fn producer_state(&self) -> ProducerState {
+        let _writer = self.writer.lock();
+        self.producers.lock().clone()
+    }
+
+    /// Replaces the producers' sequences: those another replica had at
+    /// the offset this log ends at (after `restart_at`, this log lacks
+    /// the batches that made them).
+    pub fn replace_producer_state(&self, state: ProducerState) {
+        let _writer = self.writer.lock();
+        *self.producers.lock() = state;
+    }
+
     /// Removes the partition's directory; the log refuses writes afterwards.
     pub fn delete(&self) -> Result<(), LogError> {
         let _writer = self.writer.lock();
@@ -1140,6 +1201,46 @@ mod tests {
         let files = storage.paths();
         assert_eq!(log.enforce_retention(i64::MAX).unwrap(), 0);
         assert_eq!(storage.paths(), files);
+    }
+
+    #[test]
+    fn a_log_restarted_at_an_offset_holds_nothing_before_it_and_reopens_there() {
+        let storage = MemStorage::default();
+        let log = open(&storage).unwrap();
+        log.set_config(LogConfig {
+            segment_bytes: 1024,
+            ..LogConfig::default()
+        });
+        for sequence in 0..30 {
+            let (_, mark) = log
+                .append(&[idempotent_batch(&"x".repeat(100), sequence)], 0)
+                .unwrap();
+            log.publish(&mark);
+        }
+        log.close_clean().unwrap();
+        assert!(log.segment_count() > 1);
+
+        log.restart_at(500).unwrap();
+        assert_eq!((log.start_offset(), log.high_watermark()), (500, 500));
+        assert!(log.read(500, usize::MAX).unwrap().records.is_empty());
+        // The producer's sequence went with its records: it starts anew.
+        let (outcomes, mark) = log.append(&[idempotent_batch("y", 0)], 0).unwrap();
+        assert_eq!(outcomes, [BatchOutcome::Appended(500)]);
+        log.publish(&mark);
+        log.sync().unwrap();
+        drop(log);
+
+        let (log, report) = open_with_report(&storage);
+        assert!(report.shortfall.is_none(), "{report:?}");
+        assert_eq!((log.start_offset(), log.high_watermark()), (500, 501));
+        assert_eq!(log.segment_count(), 1);
+        let files = storage.paths();
+        assert!(
+            files
+                .iter()
+                .all(|path| !path.to_string_lossy().contains("0000000000.")),
+            "the old files are gone: {files:?}"
+        );
     }
 
     fn idempotent_batch(value: &str, base_sequence: i32) -> (Bytes, BatchHeader) {

@@ -307,6 +307,17 @@ pub mod snapshot {
         Ok(())
     }
 
+    /// Removes every snapshot (the log's records are gone).
+    pub fn remove_all(storage: &dyn Storage, dir: &Path) -> Result<(), LogError> {
+        for offset in offsets(storage, dir)? {
+            let old_path = self::path(dir, offset);
+            storage
+                .remove_file(&old_path)
+                .map_err(|e| LogError::io("remove", &old_path, e))?;
+        }
+        Ok(())
+    }
+
     /// The newest intact snapshot at or below `max_offset`.
     pub fn load_latest(
         storage: &dyn Storage,

@@ -56,6 +56,7 @@ struct Member {
 #[derive(Debug)]
 pub struct EmbeddedClusterBuilder {
     brokers: u64,
+    spares: u64,
     config: BrokerConfig,
     data_dir: Option<PathBuf>,
 }
@@ -64,6 +65,7 @@ impl Default for EmbeddedClusterBuilder {
     fn default() -> Self {
         Self {
             brokers: 3,
+            spares: 0,
             config: BrokerConfig::default(),
             data_dir: None,
         }
@@ -75,6 +77,15 @@ impl EmbeddedClusterBuilder {
     #[must_use]
     pub fn brokers(mut self, brokers: u64) -> Self {
         self.brokers = brokers.max(1);
+        self
+    }
+
+    /// Brokers beyond the cluster's, not started: each gets its id (after
+    /// the cluster's), port and directory, and joins the running cluster
+    /// (`join`) once started with [`EmbeddedCluster::restart`] and added.
+    #[must_use]
+    pub fn spares(mut self, spares: u64) -> Self {
+        self.spares = spares;
         self
     }
 
@@ -111,7 +122,7 @@ impl EmbeddedClusterBuilder {
             (dir.path().to_owned(), Some(dir))
         };
         let mut listeners = BTreeMap::new();
-        for id in 1..=self.brokers {
+        for id in 1..=self.brokers + self.spares {
             let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
                 .await
                 .map_err(|source| StartError::Io {
@@ -124,29 +135,54 @@ impl EmbeddedClusterBuilder {
             })?;
             listeners.insert(id, (addr, listener));
         }
-        let peers: BTreeMap<u64, String> = listeners
+        let everyone: BTreeMap<u64, String> = listeners
             .iter()
             .map(|(id, (addr, _))| (*id, addr.to_string()))
             .collect();
         let brokers: Arc<HashMap<String, u64>> = Arc::new(
-            peers
+            everyone
                 .iter()
                 .map(|(id, address)| (address.clone(), *id))
                 .collect(),
         );
+        let founders: BTreeMap<u64, String> = everyone
+            .iter()
+            .filter(|(id, _)| **id <= self.brokers)
+            .map(|(id, address)| (*id, address.clone()))
+            .collect();
         let links = Arc::new(Links::default());
         let mut members = BTreeMap::new();
         for (id, (addr, listener)) in listeners {
+            let spare = id > self.brokers;
+            let mut peers = founders.clone();
+            peers.insert(id, addr.to_string());
             let mut config = self.config.clone();
             config.data_dir = root.join(id.to_string());
-            config.cluster =
-                Some(ClusterConfig::new(id, peers.clone()).map_err(StartError::Config)?);
+            config.cluster = Some(
+                ClusterConfig::new(id, peers)
+                    .map_err(StartError::Config)?
+                    .joining(spare),
+            );
             let peers = PeerNetwork(Arc::new(FaultyConnector {
                 from: id,
                 brokers: brokers.clone(),
                 links: links.clone(),
                 tcp: TcpConnector::plain(PEER_CONNECT_TIMEOUT),
             }));
+            if spare {
+                // Its port is free again until it starts.
+                drop(listener);
+                members.insert(
+                    id,
+                    Member {
+                        addr,
+                        config,
+                        peers,
+                        broker: None,
+                    },
+                );
+                continue;
+            }
             let broker = EmbeddedBroker::builder()
                 .config(config.clone())
                 .data_dir(config.data_dir.clone())
@@ -227,8 +263,8 @@ impl EmbeddedCluster {
         }
     }
 
-    /// Starts broker `id` again, on its address and from its data (a
-    /// no-op while it runs).
+    /// Starts broker `id` again, on its address and from its data, or a
+    /// spare for the first time (a no-op while it runs).
     pub async fn restart(&mut self, id: u64) -> Result<(), StartError> {
         let Some(member) = self.members.get_mut(&id) else {
             return Ok(());

@@ -11,11 +11,14 @@ use brook_engine::acl::{Operation, Resource};
 use brook_proto::cluster::PingResponse;
 use brook_proto::cluster_service_server::ClusterService;
 use brook_proto::{
-    BrokerDescription, DescribeClusterRequest, DescribeClusterResponse, PartitionReplicas,
+    AddBrokerRequest, AddBrokerResponse, BrokerDescription, DescribeClusterRequest,
+    DescribeClusterResponse, PartitionReplicas, ReassignPartitionsRequest,
+    ReassignPartitionsResponse, RemoveBrokerRequest, RemoveBrokerResponse,
 };
 use tonic::{Request, Response, Status};
 
 use super::authorize::Caller;
+use super::status::cluster_status;
 use crate::replicas::Replicas;
 
 /// How long a peer has to answer before it counts as not alive.
@@ -46,16 +49,10 @@ impl ClusterHandler {
         }
     }
 
-    /// Every peer with whether it answered, pinged all at once; this
+    /// Every broker with whether it answered, pinged all at once; this
     /// broker answers for itself.
     async fn ping_all(&self, meta: &MetaNode) -> (Vec<BrokerDescription>, Answers) {
-        let peers = self
-            .broker
-            .config()
-            .cluster
-            .as_ref()
-            .map(|cluster| cluster.peers.clone())
-            .unwrap_or_default();
+        let peers = meta.brokers();
         let pings = peers.iter().map(|(id, address)| async move {
             let answer = if *id == meta.id() {
                 Some(meta.ping_answer())
@@ -101,7 +98,12 @@ fn replicated_partitions(replicas: &Replicas, answers: &Answers) -> Vec<Partitio
                 brook_cluster::partition::group_name(&view.topic, view.partition, view.topic_id);
             let mut claims: BTreeMap<u64, usize> = BTreeMap::new();
             for id in &view.replicas {
-                if let Some(leader) = answer(*id).and_then(|a| a.partition_leaders.get(&group)) {
+                // A leader no longer among the replicas (it was moved off
+                // and stepped down) is named until the next election.
+                if let Some(leader) = answer(*id)
+                    .and_then(|a| a.partition_leaders.get(&group))
+                    .filter(|leader| view.replicas.contains(leader))
+                {
                     *claims.entry(*leader).or_default() += 1;
                 }
             }
@@ -109,7 +111,7 @@ fn replicated_partitions(replicas: &Replicas, answers: &Answers) -> Vec<Partitio
                 .into_iter()
                 .max_by_key(|(_, count)| *count)
                 .map(|(leader, _)| leader)
-                .or(view.leader);
+                .or(view.leader.filter(|leader| view.replicas.contains(leader)));
             let end_of = |id: u64| answer(id)?.high_watermarks.get(&group).copied();
             let furthest = view.replicas.iter().filter_map(|id| end_of(*id)).max();
             let lag = view
@@ -123,6 +125,7 @@ fn replicated_partitions(replicas: &Replicas, answers: &Answers) -> Vec<Partitio
                 leader: leader.unwrap_or_default(),
                 replicas: view.replicas,
                 lag,
+                moving_to: view.moving_to,
             }
         })
         .collect()
@@ -169,10 +172,74 @@ impl ClusterService for ClusterHandler {
                         leader: ALONE,
                         replicas: vec![ALONE],
                         lag: [(ALONE, 0)].into_iter().collect(),
+                        moving_to: Vec::new(),
                     })
                     .collect(),
             },
         };
         Ok(Response::new(response))
+    }
+
+    async fn add_broker(
+        &self,
+        request: Request<AddBrokerRequest>,
+    ) -> Result<Response<AddBrokerResponse>, Status> {
+        let _timer = self.broker.metrics().time_request("AddBroker");
+        Caller::of(&request).check(&self.broker, Operation::Alter, Resource::Cluster)?;
+        let replicas = self.clustered()?;
+        let request = request.into_inner();
+        replicas
+            .add_broker(request.node_id, &request.address)
+            .await
+            .map_err(cluster_status)?;
+        tracing::info!(node_id = request.node_id, address = %request.address, "broker added to the cluster");
+        Ok(Response::new(AddBrokerResponse {}))
+    }
+
+    async fn remove_broker(
+        &self,
+        request: Request<RemoveBrokerRequest>,
+    ) -> Result<Response<RemoveBrokerResponse>, Status> {
+        let _timer = self.broker.metrics().time_request("RemoveBroker");
+        Caller::of(&request).check(&self.broker, Operation::Alter, Resource::Cluster)?;
+        let replicas = self.clustered()?;
+        let node_id = request.into_inner().node_id;
+        replicas
+            .remove_broker(node_id)
+            .await
+            .map_err(cluster_status)?;
+        tracing::info!(node_id, "broker removed from the cluster");
+        Ok(Response::new(RemoveBrokerResponse {}))
+    }
+
+    async fn reassign_partitions(
+        &self,
+        request: Request<ReassignPartitionsRequest>,
+    ) -> Result<Response<ReassignPartitionsResponse>, Status> {
+        let _timer = self.broker.metrics().time_request("ReassignPartitions");
+        Caller::of(&request).check(&self.broker, Operation::Alter, Resource::Cluster)?;
+        let replicas = self.clustered()?;
+        let request = request.into_inner();
+        let partitions = request
+            .partitions
+            .into_iter()
+            .map(|target| (target.partition, target.replicas))
+            .collect();
+        replicas
+            .reassign_partitions(&request.topic, partitions)
+            .await
+            .map_err(cluster_status)?;
+        Ok(Response::new(ReassignPartitionsResponse {}))
+    }
+}
+
+impl ClusterHandler {
+    /// The broker's replicas, when it runs in a cluster.
+    fn clustered(&self) -> Result<&Arc<Replicas>, Status> {
+        self.replicas.as_ref().ok_or_else(|| {
+            Status::failed_precondition(
+                "this broker is not in a cluster (no node_id and peers): there are no brokers to add, remove or move partitions between",
+            )
+        })
     }
 }

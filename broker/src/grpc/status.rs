@@ -254,6 +254,9 @@ pub fn cluster_status(error: crate::replicas::ClusterAdminError) -> Status {
     match error {
         ClusterAdminError::Admin(e) => status(e),
         ClusterAdminError::Quota(e) => status(e),
+        e @ ClusterAdminError::NoSuchBroker(_) => Status::not_found(e.to_string()),
+        e @ ClusterAdminError::BrokerInUse { .. } => Status::failed_precondition(e.to_string()),
+        e @ ClusterAdminError::NotMade(_) => Status::aborted(e.to_string()),
         other => Status::unavailable(other.to_string()),
     }
 }

@@ -43,12 +43,12 @@ impl Replicas {
             if foreign.contains(topic) {
                 continue;
             }
-            for (index, replicas) in assignment.replicas.iter().enumerate() {
-                let key = (topic.clone(), index as u32);
+            for index in 0..assignment.replicas.len() as u32 {
+                let key = (topic.clone(), index);
                 let done = match running.get(&key) {
                     Some(Some(_)) => catch_up.caught_up.contains(&key),
                     Some(None) => true,
-                    None => !replicas.contains(&me),
+                    None => !assignment.holders(index).any(|id| id == me),
                 };
                 if !done {
                     behind.push(format!("{topic}/{index}"));
@@ -134,5 +134,13 @@ impl Replicas {
         let mut catch_up = self.catch_up.lock();
         catch_up.caught_up.retain(|(t, _)| t != topic);
         catch_up.targets.retain(|(t, _), _| t != topic);
+    }
+
+    /// Forgets what was known of one replica (it left this broker).
+    pub(super) fn forget_replica_catch_up(&self, topic: &str, partition: u32) {
+        let key = (topic.to_owned(), partition);
+        let mut catch_up = self.catch_up.lock();
+        catch_up.caught_up.remove(&key);
+        catch_up.targets.remove(&key);
     }
 }

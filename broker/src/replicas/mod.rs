@@ -14,7 +14,9 @@
 mod access;
 mod catch_up;
 mod groups;
+mod membership;
 mod metrics;
+mod moves;
 mod reconcile;
 mod replication;
 
@@ -57,6 +59,21 @@ pub enum ClusterAdminError {
     /// The metadata group answered what this change cannot get.
     #[error("the cluster's metadata group answered {0}")]
     Unexpected(String),
+    /// No broker of that id is in the cluster.
+    #[error("node_id: no broker {0} is in the cluster")]
+    NoSuchBroker(NodeId),
+    /// A broker that holds replicas cannot be removed.
+    #[error(
+        "node_id: broker {id} holds replicas of {count} partition(s) ({partitions}); move them to other brokers first (ReassignPartitions)"
+    )]
+    BrokerInUse {
+        id: NodeId,
+        count: usize,
+        partitions: String,
+    },
+    /// The leader tried the change and could not make it.
+    #[error("the change was not made: {0}")]
+    NotMade(String),
 }
 
 /// Per partition (topic, index): its replication when this broker holds a
@@ -84,6 +101,9 @@ pub struct Replicas {
     catch_up: Mutex<catch_up::CatchUp>,
     /// Whether this broker coordinates the consumer groups (`groups.rs`).
     coordinating: tokio::sync::watch::Sender<bool>,
+    /// The partition groups this broker is moving to other replicas now
+    /// (`moves.rs`), by group name.
+    moving: Arc<Mutex<HashSet<String>>>,
 }
 
 impl std::fmt::Debug for Replicas {
@@ -106,6 +126,8 @@ pub struct PartitionView {
     /// The leader this broker knows of: its own replica's view, or the
     /// preferred leader for a partition it does not hold.
     pub leader: Option<NodeId>,
+    /// While the partition moves: the replicas it moves to.
+    pub moving_to: Vec<NodeId>,
 }
 
 impl Replicas {
@@ -128,6 +150,7 @@ impl Replicas {
             foreign: Mutex::default(),
             catch_up: Mutex::default(),
             coordinating: tokio::sync::watch::Sender::new(false),
+            moving: Arc::default(),
         })
     }
 
@@ -280,6 +303,7 @@ impl Replicas {
                         Some(replication) => replication.replica().leader(),
                         None => replicas.first().copied(),
                     },
+                    moving_to: assignment.moves.get(&index).cloned().unwrap_or_default(),
                 });
             }
         }

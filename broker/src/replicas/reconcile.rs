@@ -97,38 +97,68 @@ impl Replicas {
         {
             tracing::warn!(topic = %name, error = %e, "could not open the topic's new partitions; trying again");
         }
+        let me = self.meta.id();
         for (index, replicas) in topic.replicas.iter().enumerate() {
             let index = index as u32;
-            if self.running.lock().contains_key(&(name.to_owned(), index)) {
-                continue;
-            }
-            let partition = self.broker.partition(name, index)?;
-            if replicas.contains(&self.meta.id()) {
-                let replica = self
-                    .start_replica(name, topic.id, index, replicas, state)
-                    .await?;
-                let replication = Arc::new(RaftReplication::new(replica));
-                partition.route_through(replication.clone());
-                self.running
-                    .lock()
-                    .insert((name.to_owned(), index), Some(replication));
-            } else {
-                partition.route_elsewhere(replicas.first().and_then(|id| leader_of(*id, state)));
-                self.running.lock().insert((name.to_owned(), index), None);
+            let key = (name.to_owned(), index);
+            let running = self.running.lock().get(&key).cloned();
+            let holds_here = topic.holders(index).any(|id| id == me);
+            match (holds_here, running) {
+                (true, Some(Some(_))) => {}
+                (true, None | Some(None)) => {
+                    let partition = self.broker.partition(name, index)?;
+                    // Only the replicas a partition was created with form
+                    // its group; one it is moving to joins the group.
+                    let forms_group = !topic.moved.contains(&index) && replicas.contains(&me);
+                    let ranked = topic.moves.get(&index).unwrap_or(replicas);
+                    let replica = self
+                        .start_replica(
+                            name,
+                            topic.id,
+                            index,
+                            ranked,
+                            forms_group.then_some(replicas),
+                            state,
+                        )
+                        .await?;
+                    let replication = Arc::new(RaftReplication::new(replica));
+                    partition.route_through(replication.clone());
+                    self.running.lock().insert(key, Some(replication));
+                }
+                (false, Some(Some(replication))) => {
+                    self.leave_partition(name, index, &replication, replicas, state)
+                        .await?;
+                }
+                (false, running) => {
+                    // The preferred leader this broker names changes when
+                    // the partition moves.
+                    if running.is_none() && self.partition_dir(name, index).exists() {
+                        // It left while this broker was down.
+                        self.drop_replica_files(name, index)?;
+                    }
+                    let partition = self.broker.partition(name, index)?;
+                    partition
+                        .route_elsewhere(replicas.first().and_then(|id| leader_of(*id, state)));
+                    self.running.lock().insert(key, None);
+                }
             }
         }
+        self.drive_moves(name, topic, state);
         Ok(())
     }
 
-    /// Starts this broker's replica of a partition and forms its group with
-    /// the other replicas (a replica that already belongs to it ignores
-    /// that).
+    /// Starts this broker's replica of a partition, ranked for elections
+    /// by its place in `ranked`, and forms its group with the replicas in
+    /// `founders` when given (a replica that already belongs to the group
+    /// ignores that; one without founders waits to be added by the
+    /// group's leader).
     async fn start_replica(
         &self,
         topic: &str,
         topic_id: u64,
         index: u32,
-        replicas: &[NodeId],
+        ranked: &[NodeId],
+        founders: Option<&Vec<NodeId>>,
         state: &ClusterState,
     ) -> Result<PartitionReplica, AdminError> {
         let partition = self.broker.partition(topic, index)?;
@@ -138,7 +168,7 @@ impl Replicas {
         config.watermark = Some(partition.watermark_sender());
         // The preferred leader (first in the list) stands for election
         // first, the others each a window later.
-        config.election.rank = replicas
+        config.election.rank = ranked
             .iter()
             .position(|id| *id == self.meta.id())
             .and_then(|rank| u32::try_from(rank).ok())
@@ -156,21 +186,15 @@ impl Replicas {
         .await
         .map_err(failed)?;
         self.meta.partitions().insert(replica.clone());
-        let members: BTreeMap<NodeId, BrokerNode> = replicas
-            .iter()
-            .filter_map(|id| {
-                state
-                    .brokers
-                    .get(id)
-                    .map(|broker| (*id, BrokerNode::new(broker.address.clone())))
-            })
-            .collect();
-        if let Err(e) = replica.initialize(members).await {
-            self.meta.partitions().remove(&group);
-            replica.shutdown().await;
-            return Err(failed(e));
+        if let Some(founders) = founders {
+            let members = broker_nodes(founders, state);
+            if let Err(e) = replica.initialize(members).await {
+                self.meta.partitions().remove(&group);
+                replica.shutdown().await;
+                return Err(failed(e));
+            }
         }
-        tracing::info!(group = %group, replicas = ?replicas, "started this broker's replica");
+        tracing::info!(group = %group, replicas = ?ranked, forms_group = founders.is_some(), "started this broker's replica");
         Ok(replica)
     }
 
@@ -244,7 +268,7 @@ impl Replicas {
     }
 }
 
-fn remove_if_present(
+pub(super) fn remove_if_present(
     path: &std::path::Path,
     error: impl FnOnce(std::io::Error) -> AdminError,
 ) -> Result<(), AdminError> {
@@ -259,7 +283,19 @@ fn remove_if_present(
     }
 }
 
-fn leader_of(id: NodeId, state: &ClusterState) -> Option<Leader> {
+/// The brokers `ids` names, at their registered addresses.
+pub(super) fn broker_nodes(ids: &[NodeId], state: &ClusterState) -> BTreeMap<NodeId, BrokerNode> {
+    ids.iter()
+        .filter_map(|id| {
+            state
+                .brokers
+                .get(id)
+                .map(|broker| (*id, BrokerNode::new(broker.address.clone())))
+        })
+        .collect()
+}
+
+pub(super) fn leader_of(id: NodeId, state: &ClusterState) -> Option<Leader> {
     state.brokers.get(&id).map(|broker| Leader {
         id,
         address: broker.address.clone(),

@@ -33,8 +33,8 @@ impl Effective {
     pub(super) fn cluster(&self) -> anyhow::Result<Option<ClusterConfig>> {
         let node_id = match (self.node_id, self.peers.is_empty()) {
             (None, true) => {
-                if self.peer_ca.is_some() || self.peer_token_file.is_some() {
-                    bail!("peer_ca and peer_token_file need node_id and peers");
+                if self.peer_ca.is_some() || self.peer_token_file.is_some() || self.join {
+                    bail!("peer_ca, peer_token_file and join need node_id and peers");
                 }
                 return Ok(None);
             }
@@ -69,7 +69,7 @@ impl Effective {
         if let Some(file) = &self.peer_token_file {
             cluster = cluster.with_peer_token_file(file);
         }
-        Ok(Some(cluster))
+        Ok(Some(cluster.joining(self.join)))
     }
 }
 

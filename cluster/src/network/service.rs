@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::{append_request, decode, encode};
 use crate::command::MetaCommand;
+use crate::node::{MembershipChange, change_members};
 use crate::partition::{PartitionGroups, PartitionRaft};
 use crate::types::{MetaRaft, NodeId};
 use openraft::error::RaftError;
@@ -142,6 +143,18 @@ impl RaftService for RaftServer {
             .client_write(command)
             .await
             .map(|written| written.data)
+            .map_err(|e| e.to_string());
+        answer(&result)
+    }
+
+    async fn change_membership(
+        &self,
+        call: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let change: MembershipChange = json(&call.into_inner())?;
+        // Only as the leader, like `propose`.
+        let result = change_members(self.meta()?, &change)
+            .await
             .map_err(|e| e.to_string());
         answer(&result)
     }

@@ -1,7 +1,7 @@
 //! A broker's replica of one partition: the partition group's Raft, its
 //! Raft log and its state machine (the partition's log), started together.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -215,6 +215,28 @@ impl PartitionReplica {
             .await
             .map(|written| written.data)
             .map_err(write_failed)
+    }
+
+    /// The group's voters, as this replica knows them.
+    pub fn voters(&self) -> BTreeSet<NodeId> {
+        crate::membership::voters(&self.raft)
+    }
+
+    /// Whether this replica leads its group now.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == openraft::ServerState::Leader
+    }
+
+    /// Moves the group to `target` as its voters (on the leader only): the
+    /// replicas it lacks join as learners and must catch up within
+    /// `within` first. A leader that is not among them steps down once
+    /// the change is committed.
+    pub async fn change_replicas(
+        &self,
+        target: &BTreeMap<NodeId, BrokerNode>,
+        within: Duration,
+    ) -> Result<(), ClusterError> {
+        crate::membership::replace_voters(&self.raft, target, within).await
     }
 
     /// The leader this replica knows of.

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use brook_record::BatchHeader;
-use brook_storage::{BatchOutcome, LogError, PartitionLog};
+use brook_storage::{BatchOutcome, LogError, PartitionLog, ProducerState};
 use bytes::Bytes;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
@@ -95,6 +95,10 @@ struct Applied {
 struct AppliedMark {
     meta: SnapshotMeta,
     next_offset: i64,
+    /// The idempotent producers' sequences at `next_offset`, when known
+    /// (not while entries applied before a restart are applied again).
+    #[serde(default)]
+    producers: Option<ProducerState>,
 }
 
 /// A snapshot's data: where the log ends and who can serve it.
@@ -103,6 +107,11 @@ struct SnapshotData {
     next_offset: i64,
     start_offset: i64,
     holder: NodeId,
+    /// The producers' sequences at `next_offset`: a replica that restarts
+    /// its log at `start_offset` reads only the batches after it, and
+    /// takes these so that it judges later batches as the others do.
+    #[serde(default)]
+    producers: Option<ProducerState>,
 }
 
 impl PartitionStateMachine {
@@ -167,7 +176,12 @@ impl PartitionStateMachine {
     /// Syncs the segments and records that they hold what was applied up
     /// to `meta`; returns the mark now written, which is a later one when
     /// a later one was written meanwhile.
-    fn write_mark(&self, meta: &SnapshotMeta, next_offset: i64) -> io::Result<AppliedMark> {
+    fn write_mark(
+        &self,
+        meta: &SnapshotMeta,
+        next_offset: i64,
+        producers: Option<ProducerState>,
+    ) -> io::Result<AppliedMark> {
         let mut marked = self.marked.lock();
         if let Some(later) = marked
             .as_ref()
@@ -179,6 +193,7 @@ impl PartitionStateMachine {
         let mark = AppliedMark {
             meta: meta.clone(),
             next_offset,
+            producers,
         };
         replace_json(&self.dir, APPLIED, &mark)?;
         *marked = Some(mark.clone());
@@ -190,6 +205,7 @@ impl PartitionStateMachine {
             next_offset: mark.next_offset,
             start_offset: self.log.start_offset(),
             holder: self.node,
+            producers: mark.producers,
         };
         let bytes = serde_json::to_vec(&data).map_err(io::Error::other)?;
         Ok(Snapshot {
@@ -218,14 +234,19 @@ impl PartitionStateMachine {
         }
         let mut backoff = CATCH_UP_BACKOFF_MIN;
         let mut next_source = 0;
+        let restarted = self.log.high_watermark() < data.start_offset;
+        if restarted {
+            // What this replica has ends before the first record the
+            // others keep: the gap can never be filled, so its log starts
+            // again where theirs does.
+            tracing::info!(group = %self.group, ends = self.log.high_watermark(), start = data.start_offset, "this replica is behind the others' log start: restarting its log there");
+            self.log
+                .restart_at(data.start_offset)
+                .map_err(|e| failed(e.to_string()))?;
+            self.publish_watermark();
+        }
         while self.log.high_watermark() < data.next_offset {
             let from = self.log.high_watermark();
-            if from < data.start_offset {
-                return Err(failed(format!(
-                    "this replica ends at offset {from}, before the holder's log start {}",
-                    data.start_offset
-                )));
-            }
             let (source, address) = &sources[next_source % sources.len()];
             let wanted = match self.read_from(address, from, data.next_offset).await {
                 Ok(wanted) => wanted,
@@ -249,6 +270,9 @@ impl PartitionStateMachine {
                 .map_err(|e| failed(e.to_string()))?;
             self.log.publish(&mark);
             self.publish_watermark();
+        }
+        if restarted && let Some(producers) = &data.producers {
+            self.log.replace_producer_state(producers.clone());
         }
         Ok(())
     }
@@ -384,13 +408,19 @@ pub(crate) fn split_batches(records: &Bytes) -> Result<Vec<(Bytes, BatchHeader)>
 
 impl RaftSnapshotBuilder<PartitionRaftConfig> for PartitionStateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<PartitionRaftConfig>, StorageError> {
-        let (meta, next_offset) = {
+        let (meta, next_offset, producers) = {
+            // Under the lock applying holds: the log ends at
+            // `next_offset` unless entries are being applied again.
             let applied = self.inner.lock();
             let meta = snapshot_meta(applied.last_applied, &applied.membership);
-            (meta, applied.next_offset)
+            let producers = (applied.next_offset == self.log.high_watermark())
+                .then(|| self.log.producer_state());
+            (meta, applied.next_offset, producers)
         };
         let failed = |e: io::Error| StorageIOError::write_snapshot(Some(meta.signature()), &e);
-        let mark = self.write_mark(&meta, next_offset).map_err(failed)?;
+        let mark = self
+            .write_mark(&meta, next_offset, producers)
+            .map_err(failed)?;
         self.snapshot_of(mark).map_err(|e| failed(e).into())
     }
 }
@@ -455,7 +485,7 @@ impl RaftStateMachine<PartitionRaftConfig> for PartitionStateMachine {
             "installing a snapshot: reading the records this replica misses from the holder"
         );
         self.catch_up(meta, &data).await?;
-        self.write_mark(meta, data.next_offset)
+        self.write_mark(meta, data.next_offset, data.producers.clone())
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         *self.inner.lock() = Applied {
             last_applied: meta.last_log_id,
@@ -472,5 +502,148 @@ impl RaftStateMachine<PartitionRaftConfig> for PartitionStateMachine {
             .map(|mark| self.snapshot_of(mark))
             .transpose()
             .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::Path;
+
+    use brook_record::{BatchOptions, NewRecord};
+    use brook_storage::testing::MemStorage;
+    use brook_storage::{LogConfig, SequenceError};
+    use openraft::{CommittedLeaderId, Membership};
+
+    use super::*;
+    use crate::partition::source::LogRead;
+    use crate::types::BrokerNode;
+
+    /// The leader's log as its peers read it: only from `start` on, what
+    /// retention left.
+    struct Retained {
+        log: Arc<PartitionLog>,
+        start: i64,
+    }
+
+    impl LogSource for Retained {
+        fn read<'a>(
+            &'a self,
+            _address: &'a str,
+            _group: &'a str,
+            offset: i64,
+            max_bytes: u32,
+        ) -> LogRead<'a> {
+            Box::pin(async move {
+                if offset < self.start {
+                    return Err(format!("offset {offset} is before the log start"));
+                }
+                self.log
+                    .read(offset, max_bytes as usize)
+                    .map(|read| read.records)
+                    .map_err(|e| e.to_string())
+            })
+        }
+    }
+
+    fn log() -> Arc<PartitionLog> {
+        let storage = Arc::new(MemStorage::default());
+        let (log, _) = PartitionLog::open(storage, Path::new("/p"), LogConfig::default())
+            .expect("a log in memory");
+        Arc::new(log)
+    }
+
+    fn batch(producer_id: i64, base_sequence: i32) -> (Bytes, BatchHeader) {
+        let record = NewRecord {
+            timestamp: 1_000,
+            value: Some(Bytes::from(format!("{producer_id}/{base_sequence}"))),
+            ..NewRecord::default()
+        };
+        let options = BatchOptions {
+            producer_id,
+            producer_epoch: 0,
+            base_sequence,
+            ..BatchOptions::default()
+        };
+        let bytes = brook_record::encode_batch(&[record], options).expect("a batch");
+        let header = BatchHeader::parse(&bytes).expect("its header");
+        (bytes, header)
+    }
+
+    fn append(log: &PartitionLog, batch: (Bytes, BatchHeader)) -> BatchOutcome {
+        let (outcomes, mark) = log.append(&[batch], 1_000).expect("appended");
+        log.publish(&mark);
+        outcomes.into_iter().next().expect("one outcome")
+    }
+
+    /// A replica that ends before the leader's log start (retention
+    /// removed what it misses) restarts its log there, reads the rest,
+    /// and takes the leader's producer sequences: a producer whose last
+    /// batch is before the start goes on as it does on the leader.
+    #[tokio::test]
+    async fn a_replica_behind_the_log_start_restarts_there_with_the_producers_sequences() {
+        // On the leader: producer 7 wrote offsets 0 to 4, producer 8 the
+        // offsets 5 to 9; retention removed everything before 5.
+        let leader = log();
+        for sequence in 0..5 {
+            append(&leader, batch(7, sequence));
+        }
+        for sequence in 0..5 {
+            append(&leader, batch(8, sequence));
+        }
+        let producers = leader.producer_state();
+        let source = Arc::new(Retained {
+            log: leader.clone(),
+            start: 5,
+        });
+
+        let dir = tempfile::tempdir().expect("a directory");
+        let behind = log();
+        append(&behind, batch(7, 0));
+        let mut machine =
+            PartitionStateMachine::open(dir.path(), "t/0@0", 2, behind.clone(), source, None)
+                .expect("the state machine");
+        let nodes: BTreeMap<NodeId, BrokerNode> = [1, 2]
+            .into_iter()
+            .map(|id| (id, BrokerNode::new(format!("b{id}:9420"))))
+            .collect();
+        let membership = Membership::new(vec![BTreeSet::from([1, 2])], nodes);
+        let last = LogId::new(CommittedLeaderId::new(3, 1), 40);
+        let meta = SnapshotMeta {
+            last_log_id: Some(last),
+            last_membership: StoredMembership::new(Some(last), membership),
+            snapshot_id: "3-1-40".to_owned(),
+        };
+        let data = SnapshotData {
+            next_offset: 10,
+            start_offset: 5,
+            holder: 1,
+            producers: Some(producers),
+        };
+        let bytes = serde_json::to_vec(&data).expect("json");
+        machine
+            .install_snapshot(&meta, Box::new(Cursor::new(bytes)))
+            .await
+            .expect("installed");
+
+        assert_eq!((behind.start_offset(), behind.high_watermark()), (5, 10));
+        assert_eq!(
+            behind.read(5, usize::MAX).expect("read").records,
+            leader.read(5, usize::MAX).expect("read").records,
+            "the same batches at the same offsets"
+        );
+        // The replica judges the next batches as the leader does.
+        for (producer_id, sequence) in [(7, 5), (8, 5), (7, 4)] {
+            let on_leader = append(&leader, batch(producer_id, sequence));
+            let on_replica = append(&behind, batch(producer_id, sequence));
+            assert_eq!(
+                on_replica, on_leader,
+                "producer {producer_id} sequence {sequence}"
+            );
+        }
+        assert!(matches!(
+            append(&behind, batch(7, 9)),
+            BatchOutcome::Refused(SequenceError::OutOfOrder { .. })
+        ));
     }
 }

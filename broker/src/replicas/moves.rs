@@ -1,0 +1,109 @@
+//! Partitions moving between brokers. The metadata group records where a
+//! partition is to move (`ReassignPartitions`); the broker that leads the
+//! partition's group adds the new replicas as learners, waits until they
+//! have caught up, changes the group's voters (openraft's joint
+//! consensus), and records that the move is over (`FinishReassignment`).
+//! A broker whose replica is no longer wanted then stops it and drops
+//! its records and Raft files.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use brook_cluster::state::TopicAssignment;
+use brook_cluster::{ClusterState, MetaCommand, NodeId};
+use brook_engine::AdminError;
+
+use super::reconcile::{broker_nodes, leader_of, remove_if_present};
+use super::{RaftReplication, Replicas};
+
+/// How long new replicas have to catch up in one attempt; a move whose
+/// replicas have not is tried again by the next pass of the reconciler,
+/// from where they got to.
+const CATCH_UP_PER_ATTEMPT: Duration = Duration::from_secs(60);
+
+impl Replicas {
+    /// Moves the partitions of `topic` this broker leads that are to move.
+    pub(super) fn drive_moves(&self, name: &str, topic: &TopicAssignment, state: &ClusterState) {
+        for (index, target) in &topic.moves {
+            let running = self.running.lock().get(&(name.to_owned(), *index)).cloned();
+            let Some(Some(replication)) = running else {
+                continue;
+            };
+            let replica = replication.replica().clone();
+            if !replica.is_leader() {
+                continue;
+            }
+            let nodes = broker_nodes(target, state);
+            if nodes.len() != target.len() {
+                tracing::warn!(group = %replica.group(), ?target, "a broker the partition is to move to is not registered; waiting");
+                continue;
+            }
+            if !self.moving.lock().insert(replica.group().to_owned()) {
+                continue;
+            }
+            let meta = self.meta.clone();
+            let moving = self.moving.clone();
+            let finish = MetaCommand::FinishReassignment {
+                topic: name.to_owned(),
+                topic_id: topic.id,
+                partition: *index,
+                replicas: target.clone(),
+            };
+            tokio::spawn(async move {
+                let group = replica.group().to_owned();
+                tracing::info!(%group, target = ?nodes.keys().collect::<Vec<_>>(), "moving the partition's replicas");
+                match replica.change_replicas(&nodes, CATCH_UP_PER_ATTEMPT).await {
+                    Ok(()) => match meta.propose_anywhere(finish).await {
+                        Ok(_) => tracing::info!(%group, "the partition's replicas moved"),
+                        Err(e) => {
+                            tracing::warn!(%group, error = %e, "the partition moved; recording it failed; trying again");
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(%group, error = %e, "moving the partition's replicas; trying again");
+                    }
+                }
+                moving.lock().remove(&group);
+            });
+        }
+    }
+
+    /// Stops this broker's replica of a partition it no longer holds,
+    /// drops its records and Raft files, and points the partition at the
+    /// brokers that hold it.
+    pub(super) async fn leave_partition(
+        &self,
+        name: &str,
+        index: u32,
+        replication: &Arc<RaftReplication>,
+        replicas: &[NodeId],
+        state: &ClusterState,
+    ) -> Result<(), AdminError> {
+        let partition = self.broker.partition(name, index)?;
+        partition.route_elsewhere(replicas.first().and_then(|id| leader_of(*id, state)));
+        self.running.lock().insert((name.to_owned(), index), None);
+        let replica = replication.replica();
+        self.meta.partitions().remove(replica.group());
+        replica.shutdown().await;
+        self.drop_replica_files(name, index)?;
+        tracing::info!(group = %replica.group(), "this broker's replica left the partition");
+        Ok(())
+    }
+
+    /// Drops the records and Raft files of a replica this broker does not
+    /// run (left while it ran, or while the broker was down).
+    pub(super) fn drop_replica_files(&self, name: &str, index: u32) -> Result<(), AdminError> {
+        let partition = self.broker.partition(name, index)?;
+        partition.log().restart_at(0).map_err(|e| AdminError::Io {
+            what: format!("drop the records of {name}/{index}"),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let dir = self.partition_dir(name, index);
+        remove_if_present(&dir, |source| AdminError::Io {
+            what: format!("remove {}", dir.display()),
+            source,
+        })?;
+        self.forget_replica_catch_up(name, index);
+        Ok(())
+    }
+}

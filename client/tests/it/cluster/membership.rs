@@ -1,0 +1,297 @@
+//! Brokers added to and removed from an `EmbeddedCluster`, and a partition
+//! moved under a producer: a spare broker started to join is added, the
+//! partition moves off its leader onto the new broker while an idempotent
+//! producer writes, and every acknowledged record ends up on each new
+//! replica exactly once, at its offset; the old replica's records and Raft
+//! files are gone, and the broker that held it can then be removed (one
+//! that holds a replica cannot).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use brook_broker::EmbeddedCluster;
+use brook_client::{
+    Client, ClientOptions, ErrorKind, FetchOptions, OffsetSpec, PartitionReplicas, Producer,
+    ProducerConfig, ProducerRecord, TopicConfig,
+};
+use bytes::Bytes;
+
+use super::STEP_LIMIT;
+
+const TOPIC: &str = "moving";
+const SPARE: u64 = 4;
+
+/// Partition 0 of `topic` as broker `asked` describes it, once `done`
+/// holds for it.
+async fn partition_when(
+    cluster: &EmbeddedCluster,
+    asked: u64,
+    topic: &str,
+    done: impl Fn(&PartitionReplicas) -> bool,
+) -> PartitionReplicas {
+    let deadline = Instant::now() + STEP_LIMIT;
+    let client = Client::connect(cluster.endpoint(asked).expect("a broker"))
+        .await
+        .expect("connect");
+    let mut last = None;
+    loop {
+        if let Ok(description) = client.describe_cluster().await
+            && let Some(partition) = description
+                .partitions
+                .into_iter()
+                .find(|p| p.topic == topic && p.partition == 0)
+        {
+            if done(&partition) {
+                return partition;
+            }
+            last = Some(partition);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "partition 0 of {topic} not as wanted within {STEP_LIMIT:?}: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every record value of partition 0 on broker `id`, in offset order.
+async fn log_of(cluster: &EmbeddedCluster, id: u64) -> Vec<String> {
+    let client = Client::connect(cluster.endpoint(id).expect("a broker"))
+        .await
+        .expect("connect");
+    let end = client
+        .list_offsets(TOPIC, 0, OffsetSpec::Latest)
+        .await
+        .expect("the end offset");
+    let options = FetchOptions::default().with_max_wait(Duration::ZERO);
+    let mut values = Vec::new();
+    while i64::try_from(values.len()).expect("a count") < end {
+        let offset = i64::try_from(values.len()).expect("a count");
+        let fetched = client
+            .fetch(TOPIC, 0, offset, options)
+            .await
+            .expect("fetch");
+        assert!(!fetched.records.is_empty(), "data below the high watermark");
+        for record in fetched.records {
+            let value = record.value.expect("every record has a value");
+            values.push(String::from_utf8(value.to_vec()).expect("text"));
+        }
+    }
+    values
+}
+
+type Acknowledged = Arc<Mutex<Vec<(u64, i64)>>>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_moves_off_its_leader_onto_an_added_broker_under_a_producer() {
+    let mut cluster = EmbeddedCluster::builder()
+        .brokers(3)
+        .spares(1)
+        .start()
+        .await
+        .expect("a cluster");
+    let admin = Client::connect(cluster.endpoint(1).expect("broker 1"))
+        .await
+        .expect("connect");
+    admin
+        .create_replicated_topic(TOPIC, 1, Some(3), TopicConfig::default())
+        .await
+        .expect("create the topic");
+    let before = partition_when(&cluster, 1, TOPIC, |p| p.leader != 0).await;
+    let leaving = before.leader;
+
+    // The spare joins: started, then added by an operator.
+    cluster.restart(SPARE).await.expect("start the spare");
+    let spare_address = cluster
+        .endpoint(SPARE)
+        .expect("the spare")
+        .trim_start_matches("http://")
+        .to_owned();
+    admin
+        .add_broker(SPARE, &spare_address)
+        .await
+        .expect("add the spare");
+    let described = admin.describe_cluster().await.expect("describe");
+    assert!(
+        described.brokers.iter().any(|b| b.id == SPARE),
+        "the added broker is listed: {described:?}"
+    );
+
+    let options = ClientOptions::default().with_request_timeout(Duration::from_secs(2));
+    let staying = (1..=3).find(|id| *id != leaving).expect("another broker");
+    let client = Client::connect_with(cluster.endpoint(staying).expect("a broker"), options)
+        .await
+        .expect("connect");
+    let producer = Producer::new(
+        client,
+        ProducerConfig::default().with_delivery_timeout(Duration::from_secs(60)),
+    );
+    let acknowledged: Acknowledged = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let task = tokio::spawn({
+        let acknowledged = acknowledged.clone();
+        let stop = stop.clone();
+        async move {
+            let mut next = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let mut deliveries = Vec::new();
+                for _ in 0..16 {
+                    let record = ProducerRecord::new(TOPIC, Bytes::from(next.to_string()));
+                    deliveries.push((next, producer.enqueue(record).await.expect("accepted")));
+                    next += 1;
+                }
+                for (seq, delivery) in deliveries {
+                    let metadata = delivery
+                        .await
+                        .unwrap_or_else(|e| panic!("record {seq} failed: {e}"));
+                    acknowledged
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push((seq, metadata.offset));
+                }
+            }
+            producer.close().await;
+        }
+    });
+    let count = || {
+        acknowledged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    };
+    let wait_for = |at_least: usize| {
+        let count = &count;
+        async move {
+            let deadline = Instant::now() + STEP_LIMIT;
+            while count() < at_least {
+                assert!(Instant::now() < deadline, "the producer stalled");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    wait_for(500).await;
+
+    // The leader moves off: the spare takes its place, first in the list.
+    let target: Vec<u64> = std::iter::once(SPARE)
+        .chain(before.replicas.iter().copied().filter(|id| *id != leaving))
+        .collect();
+    admin
+        .reassign_partitions(TOPIC, &[(0, target.clone())])
+        .await
+        .expect("move the partition");
+    let moved = partition_when(&cluster, 1, TOPIC, |p| {
+        p.replicas == target && p.moving_to.is_empty() && p.leader != 0
+    })
+    .await;
+    assert_ne!(moved.leader, leaving, "the old leader was moved off");
+    let after_move = count();
+    wait_for(after_move + 500).await;
+    stop.store(true, Ordering::Relaxed);
+    tokio::time::timeout(STEP_LIMIT, task)
+        .await
+        .expect("the producer stops")
+        .expect("the producer saw no error");
+
+    // Every new replica holds every acknowledged record once, at its
+    // offset, once it has caught up.
+    let acknowledged = acknowledged
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let last = acknowledged
+        .iter()
+        .map(|(_, offset)| *offset)
+        .max()
+        .expect("records");
+    for id in &target {
+        let deadline = Instant::now() + STEP_LIMIT;
+        let log = loop {
+            let log = log_of(&cluster, *id).await;
+            if i64::try_from(log.len()).expect("a count") > last {
+                break log;
+            }
+            assert!(Instant::now() < deadline, "broker {id} did not catch up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        for (seq, offset) in &acknowledged {
+            let at = usize::try_from(*offset).expect("an offset");
+            assert_eq!(
+                log.get(at),
+                Some(&seq.to_string()),
+                "broker {id}: record {seq} acknowledged at offset {offset}"
+            );
+        }
+        let mut distinct = log.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(
+            distinct.len(),
+            log.len(),
+            "broker {id} holds a record twice"
+        );
+    }
+
+    // The replica that left dropped its records and its Raft files, and
+    // names the partition's brokers instead of serving it.
+    let left = cluster.broker(leaving).expect("the old leader runs");
+    let raft_dir = left
+        .data_dir()
+        .join("cluster")
+        .join("partitions")
+        .join(TOPIC)
+        .join("0");
+    let deadline = Instant::now() + STEP_LIMIT;
+    while raft_dir.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} is still there",
+            raft_dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = left
+        .broker()
+        .partition(TOPIC, 0)
+        .expect("the partition")
+        .log()
+        .clone();
+    assert_eq!((log.start_offset(), log.high_watermark()), (0, 0));
+
+    // A broker that holds a replica cannot be removed; the one that left
+    // can, and new topics are placed on the others only.
+    let refused = admin
+        .remove_broker(target[1])
+        .await
+        .expect_err("removed a broker that holds a replica");
+    assert_eq!(refused.kind(), ErrorKind::FailedPrecondition, "{refused}");
+    assert!(refused.to_string().contains(TOPIC), "{refused}");
+    let asked = target[1];
+    let admin = Client::connect(cluster.endpoint(asked).expect("a broker"))
+        .await
+        .expect("connect");
+    admin
+        .remove_broker(leaving)
+        .await
+        .expect("remove the broker");
+    let described = admin.describe_cluster().await.expect("describe");
+    assert!(
+        described.brokers.iter().all(|b| b.id != leaving),
+        "the removed broker is not listed: {described:?}"
+    );
+    admin
+        .create_replicated_topic("after", 3, Some(3), TopicConfig::default())
+        .await
+        .expect("create a topic after the removal");
+    let placed = partition_when(&cluster, asked, "after", |p| p.leader != 0).await;
+    assert!(
+        !placed.replicas.contains(&leaving),
+        "placed on the removed broker: {placed:?}"
+    );
+    let unknown = admin
+        .remove_broker(99)
+        .await
+        .expect_err("removed a broker that does not exist");
+    assert_eq!(unknown.kind(), ErrorKind::NotFound, "{unknown}");
+    cluster.shutdown().await.expect("shutdown");
+}
