@@ -14,6 +14,7 @@
 mod access;
 mod catch_up;
 mod groups;
+mod leaders;
 mod membership;
 mod metrics;
 mod moves;
@@ -316,6 +317,7 @@ impl Replicas {
         tokio::spawn(self.clone().watch_catch_up(stop.clone()));
         tokio::spawn(self.clone().report_metrics(stop.clone()));
         tokio::spawn(self.clone().coordinate_groups(stop.clone()));
+        tokio::spawn(self.clone().balance_leaders(stop.clone()));
         let mut applied = self.meta.raft().metrics();
         loop {
             self.reconcile().await;

@@ -1,8 +1,9 @@
 //! A partition's appends through its Raft group: the engine's
 //! [`Replication`] over the replica's [`Proposer`].
 
-use brook_cluster::ClusterError;
+use brook_cluster::network::client::Connector;
 use brook_cluster::partition::{AppliedBatch, PartitionReplica, Proposer};
+use brook_cluster::{ClusterError, NodeId};
 use brook_engine::{Acknowledgement, AcknowledgementFuture, AppendFailure, Leader, Replication};
 use brook_storage::BatchOutcome;
 use bytes::Bytes;
@@ -20,6 +21,9 @@ const QUORUM_SILENCE_MAX: Duration = Duration::from_secs(1);
 pub struct RaftReplication {
     proposer: Proposer,
     replica: PartitionReplica,
+    /// Held exclusively while leadership is handed over: appends wait
+    /// instead of lengthening the log the next leader must match.
+    handing_over: tokio::sync::RwLock<()>,
 }
 
 impl RaftReplication {
@@ -27,7 +31,21 @@ impl RaftReplication {
         Self {
             proposer: Proposer::start(replica.clone()),
             replica,
+            handing_over: tokio::sync::RwLock::new(()),
         }
+    }
+
+    /// Hands this replica's leadership to broker `to`'s replica (see
+    /// `PartitionReplica::hand_over`), holding appends back meanwhile; they
+    /// then go on here, or are refused naming the new leader.
+    pub async fn hand_over(
+        &self,
+        to: NodeId,
+        connector: &dyn Connector,
+        within: Duration,
+    ) -> Result<bool, ClusterError> {
+        let _held = self.handing_over.write().await;
+        self.replica.hand_over(to, connector, within).await
     }
 
     pub fn replica(&self) -> &PartitionReplica {
@@ -60,7 +78,10 @@ impl Replication for RaftReplication {
                 });
                 return refused;
             }
-            let answer = self.proposer.submit(batches).await;
+            let answer = {
+                let _not_handing_over = self.handing_over.read().await;
+                self.proposer.submit(batches).await
+            };
             let acknowledgement: Acknowledgement = Box::pin(async move {
                 match answer.await {
                     Ok(applied) => outcomes(applied),

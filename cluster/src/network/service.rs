@@ -159,6 +159,19 @@ impl RaftService for RaftServer {
         answer(&result)
     }
 
+    async fn elect(&self, call: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let group = call.into_inner().group;
+        let Group::Partition(raft) = self.group(&group)? else {
+            return Err(Status::invalid_argument(
+                "group: only a partition group's leadership is handed over",
+            ));
+        };
+        raft.trigger().elect().await.map_err(|e| {
+            Status::unavailable(format!("the group's Raft on this broker stopped: {e}"))
+        })?;
+        Ok(Response::new(RaftPayload::default()))
+    }
+
     async fn ping(&self, _call: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
         Ok(Response::new(ping_answer(self.meta()?, &self.partitions)))
     }

@@ -239,6 +239,104 @@ impl PartitionReplica {
         crate::membership::replace_voters(&self.raft, target, within).await
     }
 
+    /// While this replica leads: how many entries the replica on broker
+    /// `id` is behind its log (`None` when it does not lead, or has not
+    /// heard from that replica in this term).
+    pub fn entries_behind(&self, id: NodeId) -> Option<u64> {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        if metrics.state != openraft::ServerState::Leader {
+            return None;
+        }
+        let matched = metrics.replication.as_ref()?.get(&id).copied().flatten()?;
+        Some(
+            metrics
+                .last_log_index
+                .unwrap_or(0)
+                .saturating_sub(matched.index),
+        )
+    }
+
+    /// While this replica leads: whether the replica on broker `id` holds
+    /// every entry this one does, and this one has applied them all.
+    pub fn in_step_with(&self, id: NodeId) -> bool {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        let last = metrics.last_log_index;
+        metrics.state == openraft::ServerState::Leader
+            && metrics.last_applied.map(|applied| applied.index) == last
+            && metrics
+                .replication
+                .as_ref()
+                .and_then(|replication| replication.get(&id).copied().flatten())
+                .map(|matched| matched.index)
+                == last
+    }
+
+    /// Hands this replica's leadership to the replica on broker `to`: once
+    /// that one holds every entry this one does (the caller proposes
+    /// nothing meanwhile), it is asked to stand for election, which this
+    /// one's vote wins for it (openraft 0.9 has no leadership transfer; a
+    /// leader grants a vote to a candidate whose log is as long as its own
+    /// once its own election is older than its lease). Answers whether
+    /// leadership left this replica within `within`.
+    pub async fn hand_over(
+        &self,
+        to: NodeId,
+        connector: &dyn Connector,
+        within: Duration,
+    ) -> Result<bool, ClusterError> {
+        let address = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&to)
+                .map(|node| node.address.clone())
+        }
+        .ok_or_else(|| ClusterError::Refused(format!("broker {to} is not in the group")))?;
+        let deadline = tokio::time::Instant::now() + within;
+        let mut metrics = self.raft.metrics();
+        while !self.in_step_with(to) {
+            if tokio::time::timeout_at(deadline, metrics.changed())
+                .await
+                .is_err()
+            {
+                return Ok(false);
+            }
+        }
+        let channel = connector
+            .channel(&address)
+            .map_err(|e| ClusterError::Refused(format!("broker {to} at {address}: {e}")))?;
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let call = crate::network::client::peer_request(
+            connector,
+            brook_proto::cluster::RaftPayload {
+                group: self.group.clone(),
+                ..Default::default()
+            },
+            remaining,
+        );
+        crate::network::raft_client(channel)
+            .elect(call)
+            .await
+            .map_err(|status| {
+                ClusterError::Refused(format!("broker {to} at {address}: {status}"))
+            })?;
+        loop {
+            if !self.is_leader() {
+                return Ok(true);
+            }
+            if tokio::time::timeout_at(deadline, metrics.changed())
+                .await
+                .is_err()
+            {
+                return Ok(false);
+            }
+        }
+    }
+
     /// The leader this replica knows of.
     pub fn leader(&self) -> Option<NodeId> {
         self.raft.metrics().borrow().current_leader

@@ -81,7 +81,123 @@ async fn log_of(cluster: &EmbeddedCluster, id: u64) -> Vec<String> {
     values
 }
 
-type Acknowledged = Arc<Mutex<Vec<(u64, i64)>>>;
+/// An idempotent producer writing numbered records to `TOPIC` until
+/// stopped; each acknowledged record's number and offset.
+struct Producing {
+    acknowledged: Arc<Mutex<Vec<(u64, i64)>>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Producing {
+    /// Starts it through broker `bootstrap`.
+    async fn start(cluster: &EmbeddedCluster, bootstrap: u64) -> Self {
+        let options = ClientOptions::default().with_request_timeout(Duration::from_secs(2));
+        let client = Client::connect_with(cluster.endpoint(bootstrap).expect("a broker"), options)
+            .await
+            .expect("connect");
+        let producer = Producer::new(
+            client,
+            ProducerConfig::default().with_delivery_timeout(Duration::from_secs(60)),
+        );
+        let acknowledged: Arc<Mutex<Vec<(u64, i64)>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn({
+            let acknowledged = acknowledged.clone();
+            let stop = stop.clone();
+            async move {
+                let mut next = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let mut deliveries = Vec::new();
+                    for _ in 0..16 {
+                        let record = ProducerRecord::new(TOPIC, Bytes::from(next.to_string()));
+                        deliveries.push((next, producer.enqueue(record).await.expect("accepted")));
+                        next += 1;
+                    }
+                    for (seq, delivery) in deliveries {
+                        let metadata = delivery
+                            .await
+                            .unwrap_or_else(|e| panic!("record {seq} failed: {e}"));
+                        acknowledged
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push((seq, metadata.offset));
+                    }
+                }
+                producer.close().await;
+            }
+        });
+        Self {
+            acknowledged,
+            stop,
+            task,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.acknowledged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Waits until at least `at_least` records are acknowledged.
+    async fn wait_for(&self, at_least: usize) {
+        let deadline = Instant::now() + STEP_LIMIT;
+        while self.count() < at_least {
+            assert!(Instant::now() < deadline, "the producer stalled");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops it; it must have seen no error.
+    async fn stop(self) -> Vec<(u64, i64)> {
+        self.stop.store(true, Ordering::Relaxed);
+        tokio::time::timeout(STEP_LIMIT, self.task)
+            .await
+            .expect("the producer stops")
+            .expect("the producer saw no error");
+        self.acknowledged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Waits until broker `id` holds every acknowledged record, then checks
+/// that each is there once, at its offset.
+async fn holds_every_acknowledged(cluster: &EmbeddedCluster, id: u64, acknowledged: &[(u64, i64)]) {
+    let last = acknowledged
+        .iter()
+        .map(|(_, offset)| *offset)
+        .max()
+        .expect("records");
+    let deadline = Instant::now() + STEP_LIMIT;
+    let log = loop {
+        let log = log_of(cluster, id).await;
+        if i64::try_from(log.len()).expect("a count") > last {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "broker {id} did not catch up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for (seq, offset) in acknowledged {
+        let at = usize::try_from(*offset).expect("an offset");
+        assert_eq!(
+            log.get(at),
+            Some(&seq.to_string()),
+            "broker {id}: record {seq} acknowledged at offset {offset}"
+        );
+    }
+    let mut distinct = log.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        log.len(),
+        "broker {id} holds a record twice"
+    );
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partition_moves_off_its_leader_onto_an_added_broker_under_a_producer() {
@@ -118,59 +234,9 @@ async fn a_partition_moves_off_its_leader_onto_an_added_broker_under_a_producer(
         "the added broker is listed: {described:?}"
     );
 
-    let options = ClientOptions::default().with_request_timeout(Duration::from_secs(2));
     let staying = (1..=3).find(|id| *id != leaving).expect("another broker");
-    let client = Client::connect_with(cluster.endpoint(staying).expect("a broker"), options)
-        .await
-        .expect("connect");
-    let producer = Producer::new(
-        client,
-        ProducerConfig::default().with_delivery_timeout(Duration::from_secs(60)),
-    );
-    let acknowledged: Acknowledged = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let task = tokio::spawn({
-        let acknowledged = acknowledged.clone();
-        let stop = stop.clone();
-        async move {
-            let mut next = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let mut deliveries = Vec::new();
-                for _ in 0..16 {
-                    let record = ProducerRecord::new(TOPIC, Bytes::from(next.to_string()));
-                    deliveries.push((next, producer.enqueue(record).await.expect("accepted")));
-                    next += 1;
-                }
-                for (seq, delivery) in deliveries {
-                    let metadata = delivery
-                        .await
-                        .unwrap_or_else(|e| panic!("record {seq} failed: {e}"));
-                    acknowledged
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push((seq, metadata.offset));
-                }
-            }
-            producer.close().await;
-        }
-    });
-    let count = || {
-        acknowledged
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    };
-    let wait_for = |at_least: usize| {
-        let count = &count;
-        async move {
-            let deadline = Instant::now() + STEP_LIMIT;
-            while count() < at_least {
-                assert!(Instant::now() < deadline, "the producer stalled");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    };
-    wait_for(500).await;
+    let producing = Producing::start(&cluster, staying).await;
+    producing.wait_for(500).await;
 
     // The leader moves off: the spare takes its place, first in the list.
     let target: Vec<u64> = std::iter::once(SPARE)
@@ -185,51 +251,12 @@ async fn a_partition_moves_off_its_leader_onto_an_added_broker_under_a_producer(
     })
     .await;
     assert_ne!(moved.leader, leaving, "the old leader was moved off");
-    let after_move = count();
-    wait_for(after_move + 500).await;
-    stop.store(true, Ordering::Relaxed);
-    tokio::time::timeout(STEP_LIMIT, task)
-        .await
-        .expect("the producer stops")
-        .expect("the producer saw no error");
-
+    producing.wait_for(producing.count() + 500).await;
+    let acknowledged = producing.stop().await;
     // Every new replica holds every acknowledged record once, at its
     // offset, once it has caught up.
-    let acknowledged = acknowledged
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
-    let last = acknowledged
-        .iter()
-        .map(|(_, offset)| *offset)
-        .max()
-        .expect("records");
     for id in &target {
-        let deadline = Instant::now() + STEP_LIMIT;
-        let log = loop {
-            let log = log_of(&cluster, *id).await;
-            if i64::try_from(log.len()).expect("a count") > last {
-                break log;
-            }
-            assert!(Instant::now() < deadline, "broker {id} did not catch up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        for (seq, offset) in &acknowledged {
-            let at = usize::try_from(*offset).expect("an offset");
-            assert_eq!(
-                log.get(at),
-                Some(&seq.to_string()),
-                "broker {id}: record {seq} acknowledged at offset {offset}"
-            );
-        }
-        let mut distinct = log.clone();
-        distinct.sort_unstable();
-        distinct.dedup();
-        assert_eq!(
-            distinct.len(),
-            log.len(),
-            "broker {id} holds a record twice"
-        );
+        holds_every_acknowledged(&cluster, *id, &acknowledged).await;
     }
 
     // The replica that left dropped its records and its Raft files, and
@@ -293,5 +320,58 @@ async fn a_partition_moves_off_its_leader_onto_an_added_broker_under_a_producer(
         .await
         .expect_err("removed a broker that does not exist");
     assert_eq!(unknown.kind(), ErrorKind::NotFound, "{unknown}");
+    cluster.shutdown().await.expect("shutdown");
+}
+
+/// After its preferred replica (the first of its list) restarts, a
+/// partition's leadership goes back to it by itself, with no error for a
+/// producer writing meanwhile and nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leadership_goes_back_to_the_preferred_replica_after_it_restarts() {
+    let mut cluster = EmbeddedCluster::start().await.expect("a cluster");
+    let admin = Client::connect(cluster.endpoint(1).expect("broker 1"))
+        .await
+        .expect("connect");
+    admin
+        .create_replicated_topic(TOPIC, 1, Some(3), TopicConfig::default())
+        .await
+        .expect("create the topic");
+    let created = partition_when(&cluster, 1, TOPIC, |p| p.leader != 0).await;
+    let preferred = created.replicas[0];
+    let other = created.replicas[1];
+
+    cluster
+        .stop(preferred)
+        .await
+        .expect("stop the preferred replica");
+    partition_when(&cluster, other, TOPIC, |p| {
+        p.leader != 0 && p.leader != preferred
+    })
+    .await;
+    let producing = Producing::start(&cluster, other).await;
+    producing.wait_for(500).await;
+    cluster
+        .restart(preferred)
+        .await
+        .expect("start the preferred replica again");
+    // It leads again once it has caught up and the stand-in has led for
+    // 10 s (looked at every 5 s).
+    let deadline = Instant::now() + Duration::from_secs(45);
+    loop {
+        let back = partition_when(&cluster, other, TOPIC, |p| p.leader != 0).await;
+        if back.leader == preferred {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leadership did not go back to broker {preferred}: {back:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    producing.wait_for(producing.count() + 500).await;
+    let acknowledged = producing.stop().await;
+    for id in &created.replicas {
+        holds_every_acknowledged(&cluster, *id, &acknowledged).await;
+    }
     cluster.shutdown().await.expect("shutdown");
 }
