@@ -2,7 +2,9 @@
 //! cluster status` shows every broker alive and one metadata leader; after
 //! the leader is killed with SIGKILL another broker leads and the killed one
 //! shows as not alive; restarted on its files, it is alive again and the
-//! group keeps a single leader. A broker alone answers as broker 1.
+//! group keeps a single leader. A broker alone answers as broker 1. A
+//! fourth broker started with `--join` is added, takes a partition, and the
+//! broker it replaced is removed, all through the CLI.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -166,4 +168,169 @@ async fn a_broker_alone_answers_as_broker_one_with_its_partitions() {
         "{stderr}"
     );
     server.stop(Signal::SIGTERM).await;
+}
+
+/// A fourth `brook serve --join` is added with `brook cluster add-broker`,
+/// a partition is moved onto it with `brook topic reassign --wait` and
+/// keeps its records there, and the broker it left is removed with `brook
+/// cluster remove-broker` (a broker that still holds a replica is not).
+#[tokio::test]
+async fn a_broker_joins_takes_a_partition_and_the_one_it_replaced_is_removed() {
+    let data = tempfile::tempdir().expect("a temporary directory");
+    let ports = common::free_ports(4);
+    let address = |id: usize| format!("127.0.0.1:{}", ports[id - 1]);
+    let founders = (1..=3)
+        .map(|id| format!("{id}={}", address(id)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let start = |id: usize, extra: &'static [&'static str]| {
+        let dir = data.path().join(format!("broker-{id}"));
+        let listen = address(id);
+        let peers = if id <= 3 {
+            founders.clone()
+        } else {
+            format!("{founders},{id}={listen}")
+        };
+        async move {
+            let node_id = id.to_string();
+            Server::start_listening(
+                &dir,
+                &listen,
+                &[&["--node-id", &node_id, "--peers", &peers][..], extra].concat(),
+                Stdio::null(),
+            )
+            .await
+        }
+    };
+    let mut servers = Vec::new();
+    for id in 1..=3 {
+        servers.push(start(id, &[]).await);
+    }
+    let first = servers[0].grpc.clone();
+    // Ready once registered: a topic created then is placed on all three.
+    for (id, server) in (1..).zip(&servers) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http_get(&server.http, "/ready").await.0 != 200 {
+            assert!(Instant::now() < deadline, "broker {id} never ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    brook(
+        &first,
+        &[
+            "topic",
+            "create",
+            "t",
+            "--partitions",
+            "1",
+            "--replication-factor",
+            "3",
+        ],
+        b"",
+    )
+    .await;
+    brook(&first, &["produce", "t"], b"one\ntwo\nthree\n").await;
+
+    servers.push(start(4, &["--join"]).await);
+    let added = brook(
+        &first,
+        &[
+            "cluster",
+            "add-broker",
+            "--node-id",
+            "4",
+            "--address",
+            &address(4),
+        ],
+        b"",
+    )
+    .await;
+    assert!(added.contains("added broker 4"), "{added}");
+    let status = wait_for(&first, "four brokers alive", |s| alive(s) == [1, 2, 3, 4]).await;
+    let replicas: Vec<u64> = status["partitions"][0]["replicas"]
+        .as_array()
+        .expect("replicas")
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    let leaving = replicas[0];
+    let target: Vec<u64> = std::iter::once(4)
+        .chain(replicas.iter().copied().skip(1))
+        .collect();
+    let listed = target
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let moved = brook(
+        &first,
+        &[
+            "topic",
+            "reassign",
+            "t",
+            "--partition",
+            "0",
+            "--replicas",
+            &listed,
+            "--wait",
+        ],
+        b"",
+    )
+    .await;
+    assert!(moved.ends_with("moved\n"), "{moved}");
+    let status = wait_for(&first, "the partition on its new replicas", |s| {
+        s["partitions"][0]["moving_to"] == serde_json::json!([])
+            && s["partitions"][0]["replicas"] == serde_json::json!(target)
+    })
+    .await;
+    assert_eq!(status["partitions"][0]["topic"], "t");
+    // The new replica serves the records it was not there for.
+    let new_replica = brook_client::Client::connect(servers[3].endpoint())
+        .await
+        .expect("connect to broker 4");
+    let fetched = new_replica
+        .fetch(
+            "t",
+            0,
+            0,
+            brook_client::FetchOptions::default().with_max_wait(Duration::ZERO),
+        )
+        .await
+        .expect("fetch from broker 4");
+    let values: Vec<String> = fetched
+        .records
+        .iter()
+        .filter_map(|r| r.value.as_ref())
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    assert_eq!(values, ["one", "two", "three"]);
+
+    let holder = target[1].to_string();
+    let refused = run(&first, &["cluster", "remove-broker", &holder], b"").await;
+    assert!(
+        !refused.status.success(),
+        "removed a broker holding a replica"
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("holds replicas"), "{stderr}");
+    let removed = brook(
+        &first,
+        &["cluster", "remove-broker", &leaving.to_string()],
+        b"",
+    )
+    .await;
+    assert!(
+        removed.contains(&format!("removed broker {leaving}")),
+        "{removed}"
+    );
+    let asked = servers[3].grpc.clone();
+    wait_for(&asked, "the removed broker gone from the list", |s| {
+        s["brokers"]
+            .as_array()
+            .is_some_and(|b| b.iter().all(|b| b["id"].as_u64() != Some(leaving)))
+    })
+    .await;
+    for server in servers {
+        server.stop(Signal::SIGTERM).await;
+    }
 }
