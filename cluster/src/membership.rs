@@ -27,6 +27,33 @@ pub fn voters<C: EntryFormat>(raft: &Raft<C>) -> BTreeSet<NodeId> {
         .collect()
 }
 
+/// The group's learners: members that do not vote (added for a change
+/// that has not happened yet).
+pub fn learners<C: EntryFormat>(raft: &Raft<C>) -> BTreeSet<NodeId> {
+    raft.metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .learner_ids()
+        .collect()
+}
+
+/// Takes `learners` out of the group (on the leader): a change of voters
+/// that was called off left them behind, and the leader would go on
+/// replicating to them.
+pub async fn remove_learners<C>(
+    raft: &Raft<C>,
+    learners: BTreeSet<NodeId>,
+) -> Result<(), ClusterError>
+where
+    C: EntryFormat<Responder = openraft::raft::responder::OneshotResponder<C>>,
+{
+    raft.change_membership(ChangeMembers::RemoveNodes(learners), false)
+        .await
+        .map_err(write_failed)?;
+    Ok(())
+}
+
 /// Whether the group's configuration is joint: a change of voters is
 /// half done.
 pub fn in_joint_config<C: EntryFormat>(raft: &Raft<C>) -> bool {

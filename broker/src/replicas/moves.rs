@@ -6,6 +6,7 @@
 //! A broker whose replica is no longer wanted then stops it and drops
 //! its records and Raft files.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,8 +23,57 @@ use super::{RaftReplication, Replicas};
 const CATCH_UP_PER_ATTEMPT: Duration = Duration::from_secs(60);
 
 impl Replicas {
-    /// Moves the partitions of `topic` this broker leads that are to move.
+    /// Moves the partitions of `topic` this broker leads that are to move,
+    /// and gives the others' groups exactly the partition's replicas as
+    /// members (a move called off part way can leave learners behind, or
+    /// the voters it had reached).
     pub(super) fn drive_moves(&self, name: &str, topic: &TopicAssignment, state: &ClusterState) {
+        for (index, replicas) in topic.replicas.iter().enumerate() {
+            let index = index as u32;
+            if topic.moves.contains_key(&index) {
+                continue;
+            }
+            let running = self.running.lock().get(&(name.to_owned(), index)).cloned();
+            let Some(Some(replication)) = running else {
+                continue;
+            };
+            let replica = replication.replica().clone();
+            let wanted: BTreeSet<NodeId> = replicas.iter().copied().collect();
+            let learners = replica.learners();
+            if (replica.voters() == wanted && learners.is_empty()) || !replica.is_leader() {
+                continue;
+            }
+            let nodes = broker_nodes(replicas, state);
+            if nodes.len() != replicas.len()
+                || !self.moving.lock().insert(replica.group().to_owned())
+            {
+                continue;
+            }
+            let moving = self.moving.clone();
+            tokio::spawn(async move {
+                let group = replica.group().to_owned();
+                let restored = async {
+                    replica
+                        .change_replicas(&nodes, CATCH_UP_PER_ATTEMPT)
+                        .await?;
+                    let stray: BTreeSet<NodeId> =
+                        replica.learners().difference(&wanted).copied().collect();
+                    if !stray.is_empty() {
+                        replica.remove_learners(stray).await?;
+                    }
+                    Ok::<(), brook_cluster::ClusterError>(())
+                };
+                match restored.await {
+                    Ok(()) => {
+                        tracing::info!(%group, replicas = ?wanted, "the partition's group has its replicas again (a move was called off)");
+                    }
+                    Err(e) => {
+                        tracing::warn!(%group, error = %e, "could not give the partition's group its replicas; trying again");
+                    }
+                }
+                moving.lock().remove(&group);
+            });
+        }
         for (index, target) in &topic.moves {
             let running = self.running.lock().get(&(name.to_owned(), *index)).cloned();
             let Some(Some(replication)) = running else {

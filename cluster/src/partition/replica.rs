@@ -222,6 +222,16 @@ impl PartitionReplica {
         crate::membership::voters(&self.raft)
     }
 
+    /// The group's learners (see `membership::learners`).
+    pub fn learners(&self) -> BTreeSet<NodeId> {
+        crate::membership::learners(&self.raft)
+    }
+
+    /// Takes `learners` out of the group (on the leader only).
+    pub async fn remove_learners(&self, learners: BTreeSet<NodeId>) -> Result<(), ClusterError> {
+        crate::membership::remove_learners(&self.raft, learners).await
+    }
+
     /// Whether this replica leads its group now.
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == openraft::ServerState::Leader

@@ -375,3 +375,77 @@ async fn leadership_goes_back_to_the_preferred_replica_after_it_restarts() {
     }
     cluster.shutdown().await.expect("shutdown");
 }
+
+/// A move to a broker that is down waits for it; naming the partition's
+/// current replicas calls the move off, and the partition goes on where it
+/// was, taking produces, with nothing placed on the broker when it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_move_to_a_broker_that_is_down_can_be_called_off() {
+    let mut cluster = EmbeddedCluster::builder()
+        .brokers(3)
+        .spares(1)
+        .start()
+        .await
+        .expect("a cluster");
+    let admin = Client::connect(cluster.endpoint(1).expect("broker 1"))
+        .await
+        .expect("connect");
+    admin
+        .create_replicated_topic(TOPIC, 1, Some(3), TopicConfig::default())
+        .await
+        .expect("create the topic");
+    let before = partition_when(&cluster, 1, TOPIC, |p| p.leader != 0).await;
+    cluster.restart(SPARE).await.expect("start the spare");
+    let spare_address = cluster
+        .endpoint(SPARE)
+        .expect("the spare")
+        .trim_start_matches("http://")
+        .to_owned();
+    admin
+        .add_broker(SPARE, &spare_address)
+        .await
+        .expect("add the spare");
+    cluster.stop(SPARE).await.expect("stop the spare");
+
+    let target: Vec<u64> = before.replicas[..2]
+        .iter()
+        .copied()
+        .chain(std::iter::once(SPARE))
+        .collect();
+    admin
+        .reassign_partitions(TOPIC, &[(0, target.clone())])
+        .await
+        .expect("move the partition");
+    partition_when(&cluster, 1, TOPIC, |p| p.moving_to == target).await;
+    // The spare cannot catch up: the move waits.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let waiting = partition_when(&cluster, 1, TOPIC, |_| true).await;
+    assert_eq!(waiting.moving_to, target, "{waiting:?}");
+    assert_eq!(waiting.replicas, before.replicas);
+
+    admin
+        .reassign_partitions(TOPIC, &[(0, before.replicas.clone())])
+        .await
+        .expect("call the move off");
+    partition_when(&cluster, 1, TOPIC, |p| {
+        p.moving_to.is_empty() && p.replicas == before.replicas && p.leader != 0
+    })
+    .await;
+    let producing = Producing::start(&cluster, 1).await;
+    producing.wait_for(300).await;
+    cluster.restart(SPARE).await.expect("start the spare again");
+    producing.wait_for(producing.count() + 300).await;
+    let acknowledged = producing.stop().await;
+    for id in &before.replicas {
+        holds_every_acknowledged(&cluster, *id, &acknowledged).await;
+    }
+    let spare = cluster.broker(SPARE).expect("the spare runs");
+    let log = spare
+        .broker()
+        .partition(TOPIC, 0)
+        .expect("the partition")
+        .log()
+        .clone();
+    assert_eq!(log.high_watermark(), 0, "the spare holds none of it");
+    cluster.shutdown().await.expect("shutdown");
+}
