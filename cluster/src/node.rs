@@ -1,7 +1,7 @@
 //! A broker's member of the metadata group: its Raft, storage and network,
 //! started together, and the operations the broker needs of it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{MetaCommand, MetaResponse};
-use crate::membership::{replace_voters, voters};
+use crate::membership::{learners, remove_learners, replace_voters, voters};
 use crate::network::client::{Connector, Network, peer_request};
 use crate::network::service::RaftServer;
 use crate::partition::ElectionTimeouts;
@@ -422,10 +422,12 @@ pub(crate) async fn change_members(
         }
         MembershipChange::RemoveBroker { id } => {
             let voter = voters(raft).contains(id);
+            // Added, and never caught up.
+            let learner = learners(raft).contains(id);
             match propose(MetaCommand::RemoveBroker { id: *id }).await? {
                 MetaResponse::Done => {}
-                // Never registered, and a voter all the same.
-                MetaResponse::NoSuchBroker { .. } if voter => {}
+                // Never registered, and a member all the same.
+                MetaResponse::NoSuchBroker { .. } if voter || learner => {}
                 refused => return Ok(refused),
             }
             let mut target = voter_nodes();
@@ -437,6 +439,9 @@ pub(crate) async fn change_members(
                     ));
                 }
                 replace_voters(raft, &target, JOIN_CATCH_UP).await?;
+            }
+            if learners(raft).contains(id) {
+                remove_learners(raft, BTreeSet::from([*id])).await?;
             }
             Ok(MetaResponse::Done)
         }
