@@ -4,18 +4,24 @@
 //! Raft log is fsynced before it counts), while an idempotent producer gets
 //! batches acknowledged through whichever replica leads, retrying each
 //! until it is. A replica that falls behind the leader's purged Raft log
-//! catches up through a snapshot and the leader's log.
+//! catches up through a snapshot and the leader's log. Meanwhile the
+//! partition moves: a fourth broker, started with nothing and outside the
+//! group, replaces one of the three (sometimes the leader), which then
+//! stops (`sim/reassignment.rs`); faults strike the fourth broker too.
 //!
-//! Over many seeds it checks that every acknowledged batch is in every
-//! replica's log exactly once, at the offset it was acknowledged with;
-//! that the replicas hold the same batches at the same offsets, densely;
-//! and that no term had two leaders. `BROOK_SIMULATION_SEEDS` and
-//! `BROOK_SIMULATION_FIRST_SEED` choose the seeds, as for the metadata
-//! group.
+//! Over many seeds it checks that every acknowledged batch is in the log
+//! of every replica of the group the move left, exactly once, at the
+//! offset it was acknowledged with; that those replicas hold the same
+//! batches at the same offsets, densely, and have the new voters; that
+//! the replica that left holds a prefix of that; and that no term had two
+//! leaders. `BROOK_SIMULATION_SEEDS` and `BROOK_SIMULATION_FIRST_SEED`
+//! choose the seeds, as for the metadata group.
 
+#[path = "sim/reassignment.rs"]
+mod reassignment;
 mod sim;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,39 +39,51 @@ use brook_storage::testing::MemStorage;
 use brook_storage::{LogConfig, PartitionLog};
 use bytes::Bytes;
 use parking_lot::Mutex;
+use reassignment::{Plan, Progress, Replicas, reassign};
 use sim::{Leaders, PORT, SimConnector, run_with_faults, seeds};
 use tonic::transport::Server;
 
-const BROKERS: [NodeId; 3] = [1, 2, 3];
+/// The replicas the partition is created with.
+const ORIGINAL: [NodeId; 3] = [1, 2, 3];
+/// The broker the partition moves onto: it starts with no data, outside
+/// the group, and joins it rather than forming it.
+const NEWCOMER: NodeId = 4;
+const BROKERS: [NodeId; 4] = [1, 2, 3, NEWCOMER];
 const GROUP: &str = "events/0";
 /// Batches the producer gets acknowledged per seed.
 const BATCHES: i32 = 60;
 const PRODUCER_ID: i64 = 7;
 /// Faults stop after this much simulated time, so the group can heal.
 const FAULTS_UNTIL: Duration = Duration::from_secs(30);
+/// The move starts between these moments, while the faults go on.
+const MOVE_FROM: Duration = Duration::from_secs(3);
+const MOVE_UNTIL: Duration = Duration::from_secs(27);
 
 fn host(id: NodeId) -> String {
     format!("broker-{id}")
 }
 
-fn replicas() -> BTreeMap<NodeId, BrokerNode> {
-    BROKERS
-        .iter()
-        .map(|id| (*id, BrokerNode::new(format!("{}:{PORT}", host(*id)))))
-        .collect()
+fn node(id: NodeId) -> BrokerNode {
+    BrokerNode::new(format!("{}:{PORT}", host(id)))
 }
 
-/// What the hosts share with the producer and the checks.
+fn original_replicas() -> BTreeMap<NodeId, BrokerNode> {
+    ORIGINAL.iter().map(|id| (*id, node(*id))).collect()
+}
+
+/// What the hosts share with the producer, the operator and the checks.
 #[derive(Default)]
 struct Shared {
-    /// The running instance of each replica.
-    replicas: Mutex<HashMap<NodeId, PartitionReplica>>,
+    /// The latest instance of each replica.
+    replicas: Replicas,
     /// Each replica's segments, carried from one start to the next.
-    disks: Mutex<HashMap<NodeId, MemStorage>>,
+    disks: Mutex<BTreeMap<NodeId, MemStorage>>,
     /// Starts of each replica so far.
-    starts: Mutex<HashMap<NodeId, u32>>,
+    starts: Mutex<BTreeMap<NodeId, u32>>,
     power_losses: Mutex<u32>,
     leaders: Arc<Leaders>,
+    /// The move of the partition onto `NEWCOMER`.
+    moved: Mutex<Progress>,
 }
 
 /// The segments a replica starts with: new at its first start; after a
@@ -95,8 +113,38 @@ fn partition_dir() -> &'static Path {
     Path::new("/data/topics/events/0")
 }
 
+/// One broker: its replica, unless it left the group (then only the
+/// Raft service, knowing no group), serving peers until the host crashes.
 async fn broker(id: NodeId, dir: PathBuf, shared: Arc<Shared>) -> turmoil::Result {
-    let disk = disk_for(&shared, id);
+    let groups = PartitionGroups::default();
+    if !shared.replicas.has_left(id) {
+        let replica = start_replica(id, dir, &shared).await?;
+        groups.insert(replica.clone());
+        if shared.replicas.started(&replica, &groups) {
+            shared.leaders.watch(replica.raft().metrics());
+            // Only the replicas the partition was created with form the
+            // group; the newcomer waits to be added.
+            if id != NEWCOMER {
+                replica.initialize(original_replicas()).await?;
+            }
+        } else {
+            groups.remove(replica.group());
+            replica.shutdown().await;
+        }
+    }
+    Server::builder()
+        .add_service(RaftServer::new(None, groups).into_service())
+        .serve_with_incoming(sim::listen().await?)
+        .await?;
+    Ok(())
+}
+
+async fn start_replica(
+    id: NodeId,
+    dir: PathBuf,
+    shared: &Shared,
+) -> anyhow::Result<PartitionReplica> {
+    let disk = disk_for(shared, id);
     let (log, _) = PartitionLog::open(Arc::new(disk), partition_dir(), LogConfig::default())?;
     let mut config = PartitionReplicaConfig::new(id, GROUP, dir);
     // Snapshots and purges often, so that replicas back from a crash need
@@ -111,23 +159,13 @@ async fn broker(id: NodeId, dir: PathBuf, shared: Arc<Shared>) -> turmoil::Resul
         stagger: Duration::ZERO,
         rank: 0,
     };
-    let replica = PartitionReplica::start(
+    Ok(PartitionReplica::start(
         &config,
         Arc::new(log),
         Arc::new(SimConnector),
         Arc::new(RemoteLog::new(Arc::new(SimConnector))),
     )
-    .await?;
-    shared.replicas.lock().insert(id, replica.clone());
-    shared.leaders.watch(replica.raft().metrics());
-    replica.initialize(replicas()).await?;
-    let groups = PartitionGroups::default();
-    groups.insert(replica);
-    Server::builder()
-        .add_service(RaftServer::new(None, groups).into_service())
-        .serve_with_incoming(sim::listen().await?)
-        .await?;
-    Ok(())
+    .await?)
 }
 
 /// Every this many batches, one comes from a producer that is not
@@ -165,8 +203,7 @@ fn idempotent_sequence(sequence: i32) -> i32 {
 /// Produces through whichever replica leads; the batch's base offset once
 /// acknowledged, `None` when no replica took it this time.
 async fn produce(shared: &Shared, batch: &Bytes) -> Option<i64> {
-    let replicas: Vec<PartitionReplica> = shared.replicas.lock().values().cloned().collect();
-    for replica in replicas {
+    for replica in shared.replicas.members() {
         let command = ProduceCommand {
             batches: vec![batch.clone()],
             now_ms: 1_000,
@@ -203,15 +240,22 @@ async fn producer(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Wait, after the faults, until every replica has applied the same.
+    // Wait, after the faults and the move, until every replica of the
+    // group has applied the same.
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        if turmoil::elapsed() < FAULTS_UNTIL {
+        if turmoil::elapsed() < FAULTS_UNTIL || shared.replicas.left().is_none() {
             continue;
         }
-        let replicas = shared.replicas.lock();
+        let target = shared.moved.lock().target.clone();
+        let replicas: Vec<_> = shared
+            .replicas
+            .members()
+            .into_iter()
+            .filter(|r| target.contains(&r.id()))
+            .collect();
         let applied: BTreeSet<_> = replicas
-            .values()
+            .iter()
             .map(|r| {
                 (
                     r.raft().metrics().borrow().last_applied,
@@ -219,7 +263,7 @@ async fn producer(
                 )
             })
             .collect();
-        if replicas.len() == BROKERS.len() && applied.len() == 1 {
+        if replicas.len() == target.len() && applied.len() == 1 {
             return Ok(());
         }
     }
@@ -250,30 +294,40 @@ fn batches_of(log: &PartitionLog) -> anyhow::Result<Vec<(i64, i32, u32, u32)>> {
     Ok(batches)
 }
 
+/// What a seed's run went through, to show that faults happened.
 #[derive(Debug, Default)]
 struct Run {
     crashes: u32,
     power_losses: u32,
     partitions: u32,
     terms_with_a_leader: usize,
+    /// The replica the partition moved off, whether it led then, when the
+    /// move was done and how many attempts it took.
+    moved_off: Option<NodeId>,
+    leader_moved_off: bool,
+    moved_at: Option<Duration>,
+    move_attempts: u32,
     simulated: Duration,
 }
 
-/// Each replica's view, for a run that did not finish.
+/// Each replica's view and the move's progress, for a run that did not
+/// finish.
 fn describe(shared: &Shared) -> String {
-    let replicas = shared.replicas.lock();
+    let left = shared.replicas.left();
     let mut views = Vec::new();
     for id in BROKERS {
-        let Some(replica) = replicas.get(&id) else {
+        let Some(replica) = shared.replicas.get(id) else {
             views.push(format!("{id}: never started"));
             continue;
         };
         let metrics = replica.raft().metrics().borrow().clone();
         views.push(format!(
-            "{id}: {:?} term {} leader {:?} last log {:?} applied {:?} snapshot {:?} purged {:?} high watermark {} running {}",
+            "{id}{}: {:?} term {} leader {:?} voters {:?} last log {:?} applied {:?} snapshot {:?} purged {:?} high watermark {} running {}",
+            if left == Some(id) { " (left the group)" } else { "" },
             metrics.state,
             metrics.current_term,
             metrics.current_leader,
+            metrics.membership_config.membership().get_joint_config(),
             metrics.last_log_index,
             metrics.last_applied.map(|l| l.index),
             metrics.snapshot.map(|l| l.index),
@@ -282,7 +336,7 @@ fn describe(shared: &Shared) -> String {
             metrics.running_state.is_ok(),
         ));
     }
-    views.join("; ")
+    format!("{}; move: {:?}", views.join("; "), shared.moved.lock())
 }
 
 fn run_seed(seed: u64) -> anyhow::Result<Run> {
@@ -304,14 +358,22 @@ fn run_seed(seed: u64) -> anyhow::Result<Run> {
         sim.host(host(id), move || broker(id, dir.clone(), shared.clone()));
     }
     sim.client("producer", producer(shared.clone(), acknowledged.clone()));
+    let plan = Plan::for_seed(seed, &ORIGINAL, MOVE_FROM, MOVE_UNTIL);
+    let operator = shared.clone();
+    sim.client("operator", async move {
+        let progress = &operator.moved;
+        reassign(
+            &operator.replicas,
+            plan,
+            &ORIGINAL,
+            NEWCOMER,
+            node,
+            progress,
+        )
+        .await
+    });
 
-    let leader = || {
-        shared
-            .replicas
-            .lock()
-            .values()
-            .find_map(PartitionReplica::leader)
-    };
+    let leader = || shared.replicas.known_leader();
     let struck =
         run_with_faults(&mut sim, seed, &BROKERS, host, leader, FAULTS_UNTIL).map_err(|e| {
             anyhow::anyhow!(
@@ -329,38 +391,63 @@ fn run_seed(seed: u64) -> anyhow::Result<Run> {
         "seed {seed}: only {} acknowledged",
         acknowledged.len()
     );
-    let replicas = shared.replicas.lock();
-    let logs: Vec<_> = BROKERS
+    check_logs(&shared, &acknowledged).map_err(|e| anyhow::anyhow!("seed {seed}: {e:#}"))?;
+    run.terms_with_a_leader = shared
+        .leaders
+        .unique_per_term()
+        .map_err(|e| anyhow::anyhow!("seed {seed}: {e}"))?;
+    run.power_losses = *shared.power_losses.lock();
+    let moved = shared.moved.lock().clone();
+    run.moved_off = moved.leaving;
+    run.leader_moved_off = moved.leaving_led;
+    run.moved_at = moved.done_at;
+    run.move_attempts = moved.attempts;
+    run.simulated = sim.elapsed();
+    Ok(run)
+}
+
+/// Checks the logs of the group the move left: every acknowledged batch
+/// on every replica at its offset (an idempotent one exactly once), the
+/// same batches everywhere, densely, and the new voters alone; the
+/// replica that left holds a prefix of the same.
+fn check_logs(shared: &Shared, acknowledged: &BTreeMap<i32, i64>) -> anyhow::Result<()> {
+    let moved = shared.moved.lock().clone();
+    ensure!(moved.done_at.is_some(), "the move was not done: {moved:?}");
+    let group: Vec<PartitionReplica> = moved
+        .target
         .iter()
         .map(|id| {
-            replicas
-                .get(id)
-                .context("a replica never started")
-                .and_then(|r| batches_of(r.log()))
+            let replica = shared.replicas.get(*id);
+            replica.with_context(|| format!("replica {id} never started"))
         })
         .collect::<Result<_, _>>()?;
-    for (id, batches) in BROKERS.iter().zip(&logs) {
+    let logs: Vec<_> = group
+        .iter()
+        .map(|r| batches_of(r.log()))
+        .collect::<Result<_, _>>()?;
+    for (replica, batches) in group.iter().zip(&logs) {
+        let id = replica.id();
         ensure!(
             *batches == logs[0],
-            "seed {seed}: replica {id} holds other batches than replica {}:\n{batches:?}\n{:?}",
-            BROKERS[0],
+            "replica {id} holds other batches than replica {}:\n{batches:?}\n{:?}",
+            group[0].id(),
             logs[0]
         );
         let mut next = 0;
         for (base_offset, _, _, count) in batches {
             ensure!(
                 *base_offset == next,
-                "seed {seed}: replica {id}: a batch at {base_offset}, expected {next}"
+                "replica {id}: a batch at {base_offset}, expected {next}"
             );
             next += i64::from(*count);
         }
-        for (sequence, base_offset) in &acknowledged {
+        for (sequence, base_offset) in acknowledged {
             let held = batches.iter().find(|b| b.0 == *base_offset);
             let expected = batch(*sequence)?;
             let expected = BatchHeader::parse(&expected)?;
             ensure!(
                 held.is_some_and(|b| b.2 == expected.crc),
-                "seed {seed}: replica {id}: batch {sequence}, acknowledged at {base_offset}, is not there: {held:?}"
+                "replica {id}: batch {sequence}, acknowledged at {base_offset}, is not there: {held:?}"
             );
             if sequence % PLAIN_EVERY != 0 {
                 let copies = batches
@@ -369,22 +456,32 @@ fn run_seed(seed: u64) -> anyhow::Result<Run> {
                     .count();
                 ensure!(
                     copies == 1,
-                    "seed {seed}: replica {id}: the idempotent batch {sequence} is held {copies} times"
+                    "replica {id}: the idempotent batch {sequence} is held {copies} times"
                 );
             }
         }
+        let metrics = replica.raft().metrics().borrow().clone();
+        let configs = metrics.membership_config.membership().get_joint_config();
+        ensure!(
+            configs.len() == 1 && configs[0] == moved.target,
+            "replica {id}: the group's voters are {configs:?}, not {:?}",
+            moved.target
+        );
     }
-    run.terms_with_a_leader = shared
-        .leaders
-        .unique_per_term()
-        .map_err(|e| anyhow::anyhow!("seed {seed}: {e}"))?;
-    run.power_losses = *shared.power_losses.lock();
-    run.simulated = sim.elapsed();
-    Ok(run)
+    if let Some(left) = moved.leaving.and_then(|id| shared.replicas.get(id)) {
+        let batches = batches_of(left.log())?;
+        ensure!(
+            logs[0].starts_with(&batches),
+            "replica {} that left holds batches the group does not:\n{batches:?}\n{:?}",
+            left.id(),
+            logs[0]
+        );
+    }
+    Ok(())
 }
 
 #[test]
-fn acknowledged_batches_survive_partitions_crashes_and_power_loss_on_every_replica() {
+fn acknowledged_batches_survive_partitions_crashes_power_loss_and_a_move_on_every_replica() {
     // `RUST_LOG=openraft=warn` shows what the replicas saw.
     if let Ok(filter) = std::env::var("RUST_LOG") {
         let _ = tracing_subscriber::fmt()
