@@ -81,7 +81,9 @@ where
     let current = voters(raft);
     let wanted: BTreeSet<NodeId> = target.keys().copied().collect();
     if current == wanted && !in_joint_config(raft) {
-        return Ok(());
+        // The configuration may be one a change that timed out appended
+        // and has not committed yet: done only once it is applied.
+        return wait_membership_applied(raft, catch_up_within).await;
     }
     let known: BTreeSet<NodeId> = raft
         .metrics()
@@ -104,6 +106,41 @@ where
         .await
         .map_err(write_failed)?;
     Ok(())
+}
+
+/// Waits until this leader has applied its latest configuration (which is
+/// then committed).
+async fn wait_membership_applied<C: EntryFormat>(
+    raft: &Raft<C>,
+    within: Duration,
+) -> Result<(), ClusterError> {
+    let mut metrics = raft.metrics();
+    let applied = async {
+        loop {
+            {
+                let now = metrics.borrow();
+                if now.state != ServerState::Leader {
+                    return Err(ClusterError::NotLeader {
+                        leader: None,
+                        reason: ": leadership moved while the group's configuration committed"
+                            .to_owned(),
+                    });
+                }
+                if now.membership_config.log_id().as_ref() <= now.last_applied.as_ref() {
+                    return Ok(());
+                }
+            }
+            if metrics.changed().await.is_err() {
+                return Err(ClusterError::Stopped("the group's Raft stopped".to_owned()));
+            }
+        }
+    };
+    tokio::time::timeout(within, applied).await.map_err(|_| {
+        ClusterError::Refused(format!(
+            "the group's configuration was not committed within {} s",
+            within.as_secs()
+        ))
+    })?
 }
 
 /// Waits until each of `learners` is at most `CATCH_UP_SLACK` entries

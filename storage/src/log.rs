@@ -701,6 +701,28 @@ impl PartitionLog {
         batches: &[(Bytes, BatchHeader)],
         now_ms: i64,
     ) -> Result<(Vec<BatchOutcome>, WrittenMark), LogError> {
+        self.append_checked(batches, now_ms, true)
+    }
+
+    /// Appends batches copied from another replica of this log, each at the
+    /// next offset: they were checked when first appended there, so no
+    /// producer sequence refuses them (a replica that restarted at the
+    /// others' log start lacks the batches the sequences follow); the
+    /// producers' sequences are recorded as usual.
+    pub fn append_copied(
+        &self,
+        batches: &[(Bytes, BatchHeader)],
+        now_ms: i64,
+    ) -> Result<(Vec<BatchOutcome>, WrittenMark), LogError> {
+        self.append_checked(batches, now_ms, false)
+    }
+
+    fn append_checked(
+        &self,
+        batches: &[(Bytes, BatchHeader)],
+        now_ms: i64,
+        check_sequences: bool,
+    ) -> Result<(Vec<BatchOutcome>, WrittenMark), LogError> {
         let _writer = self.writer.lock();
         self.check_poison()?;
         let config = self.config();
@@ -708,7 +730,12 @@ impl PartitionLog {
         let mut active = self.active();
         let mut producers = self.producers.lock();
         for (batch, header) in batches {
-            match producers.check(header) {
+            let check = if check_sequences {
+                producers.check(header)
+            } else {
+                Ok(SequenceCheck::Append)
+            };
+            match check {
                 Ok(SequenceCheck::Append) => {}
                 Ok(SequenceCheck::Duplicate { base_offset }) => {
                     outcomes.push(BatchOutcome::Duplicate(base_offset));

@@ -187,9 +187,14 @@ impl RaftService for RaftServer {
                 request.group
             ))
         })?;
-        let read = replica
-            .log()
-            .read(request.offset, request.max_bytes as usize)
+        // From the log start when asked for less: the reader learns that
+        // retention removed what it misses (the first batch starts later).
+        let log = replica.log();
+        let read = log
+            .read(
+                request.offset.max(log.start_offset()),
+                request.max_bytes as usize,
+            )
             .map_err(|e| Status::out_of_range(format!("offset: {e}")))?;
         Ok(Response::new(ReadLogResponse {
             records: read.records,

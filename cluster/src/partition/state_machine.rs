@@ -234,7 +234,7 @@ impl PartitionStateMachine {
         }
         let mut backoff = CATCH_UP_BACKOFF_MIN;
         let mut next_source = 0;
-        let restarted = self.log.high_watermark() < data.start_offset;
+        let mut restarted = self.log.high_watermark() < data.start_offset;
         if restarted {
             // What this replica has ends before the first record the
             // others keep: the gap can never be filled, so its log starts
@@ -250,7 +250,19 @@ impl PartitionStateMachine {
             let (source, address) = &sources[next_source % sources.len()];
             let wanted = match self.read_from(address, from, data.next_offset).await {
                 Ok(wanted) => wanted,
-                Err(reason) => {
+                Err(Unread::Gap { starts_at }) => {
+                    // Retention removed what this replica misses since the
+                    // snapshot was made: it starts again where the others
+                    // now start.
+                    tracing::info!(group = %self.group, source, from, starts_at, "the replicas' logs now start after this replica's end: restarting its log there");
+                    self.log
+                        .restart_at(starts_at)
+                        .map_err(|e| failed(e.to_string()))?;
+                    self.publish_watermark();
+                    restarted = true;
+                    continue;
+                }
+                Err(Unread::Failed(reason)) => {
                     // Unreachable, or behind: the next replica, and after a
                     // round of them all a pause.
                     tracing::warn!(group = %self.group, source, from, %reason, "catching up: a replica did not serve");
@@ -266,7 +278,7 @@ impl PartitionStateMachine {
             let now_ms = wanted.last().map_or(0, |(_, h)| h.max_timestamp);
             let (_, mark) = self
                 .log
-                .append(&wanted, now_ms)
+                .append_copied(&wanted, now_ms)
                 .map_err(|e| failed(e.to_string()))?;
             self.log.publish(&mark);
             self.publish_watermark();
@@ -283,24 +295,43 @@ impl PartitionStateMachine {
         address: &str,
         from: i64,
         until: i64,
-    ) -> Result<Vec<(Bytes, BatchHeader)>, String> {
+    ) -> Result<Vec<(Bytes, BatchHeader)>, Unread> {
         let records = self
             .source
             .read(address, &self.group, from, CATCH_UP_READ_BYTES)
-            .await?;
-        let wanted: Vec<(Bytes, BatchHeader)> = split_batches(&records)?
+            .await
+            .map_err(Unread::Failed)?;
+        let batches = split_batches(&records).map_err(Unread::Failed)?;
+        // A replica serves from its log start when asked for less.
+        if let Some((_, first)) = batches.first()
+            && first.base_offset > from
+        {
+            return Err(Unread::Gap {
+                starts_at: first.base_offset,
+            });
+        }
+        let wanted: Vec<(Bytes, BatchHeader)> = batches
             .into_iter()
             .filter(|(_, header)| header.base_offset >= from && header.base_offset < until)
             .collect();
         match wanted.first() {
             Some((_, first)) if first.base_offset == from => Ok(wanted),
-            Some((_, first)) => Err(format!(
+            Some((_, first)) => Err(Unread::Failed(format!(
                 "its batches start at offset {}, not {from}",
                 first.base_offset
-            )),
-            None => Err(format!("it has nothing from offset {from}")),
+            ))),
+            None => Err(Unread::Failed(format!("it has nothing from offset {from}"))),
         }
     }
+}
+
+/// Why a replica did not serve a catch-up read.
+#[derive(Debug)]
+enum Unread {
+    /// Its log starts at `starts_at`, after the offset asked for.
+    Gap { starts_at: i64 },
+    /// Unreachable, behind, or refused.
+    Failed(String),
 }
 
 impl Applied {
@@ -534,12 +565,11 @@ mod tests {
             offset: i64,
             max_bytes: u32,
         ) -> LogRead<'a> {
+            // As `RaftService.ReadLog`: from the log start when asked
+            // for less.
             Box::pin(async move {
-                if offset < self.start {
-                    return Err(format!("offset {offset} is before the log start"));
-                }
                 self.log
-                    .read(offset, max_bytes as usize)
+                    .read(offset.max(self.start), max_bytes as usize)
                     .map(|read| read.records)
                     .map_err(|e| e.to_string())
             })
@@ -645,5 +675,52 @@ mod tests {
             append(&behind, batch(7, 9)),
             BatchOutcome::Refused(SequenceError::OutOfOrder { .. })
         ));
+    }
+
+    /// The snapshot says the others' log starts at 0, but retention has
+    /// removed records since: the replica restarts its log where their
+    /// logs start now instead of asking for the missing ones for ever.
+    #[tokio::test]
+    async fn a_replica_whose_missing_records_retention_removed_since_the_snapshot_restarts() {
+        let leader = log();
+        for sequence in 0..10 {
+            append(&leader, batch(7, sequence));
+        }
+        let source = Arc::new(Retained {
+            log: leader.clone(),
+            start: 6,
+        });
+        let dir = tempfile::tempdir().expect("a directory");
+        let behind = log();
+        let mut machine =
+            PartitionStateMachine::open(dir.path(), "t/0@0", 2, behind.clone(), source, None)
+                .expect("the state machine");
+        let nodes: BTreeMap<NodeId, BrokerNode> = [1, 2]
+            .into_iter()
+            .map(|id| (id, BrokerNode::new(format!("b{id}:9420"))))
+            .collect();
+        let membership = Membership::new(vec![BTreeSet::from([1, 2])], nodes);
+        let last = LogId::new(CommittedLeaderId::new(3, 1), 40);
+        let meta = SnapshotMeta {
+            last_log_id: Some(last),
+            last_membership: StoredMembership::new(Some(last), membership),
+            snapshot_id: "3-1-40".to_owned(),
+        };
+        let data = SnapshotData {
+            next_offset: 10,
+            start_offset: 0,
+            holder: 1,
+            producers: Some(leader.producer_state()),
+        };
+        let bytes = serde_json::to_vec(&data).expect("json");
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            machine.install_snapshot(&meta, Box::new(Cursor::new(bytes))),
+        )
+        .await
+        .expect("installed in time")
+        .expect("installed");
+        assert_eq!((behind.start_offset(), behind.high_watermark()), (6, 10));
+        assert_eq!(append(&behind, batch(7, 10)), append(&leader, batch(7, 10)));
     }
 }
