@@ -35,6 +35,8 @@ use crate::types::{EntryFormat, LogId, StorageError, Vote};
 const LOG: &str = "log";
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
+/// How often the committed mark is written at most.
+const COMMITTED_SAVE_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 const PURGED: &str = "purged";
 
 /// Purged entries the log file may keep before it is rewritten without
@@ -144,6 +146,8 @@ struct LogFile {
     last_purged: Option<LogId>,
     vote: Option<Vote>,
     committed: Option<LogId>,
+    /// When the committed mark was last written.
+    committed_saved_at: Option<std::time::Instant>,
 }
 
 impl<C: EntryFormat> LogStore<C> {
@@ -222,6 +226,7 @@ impl<C: EntryFormat> LogStore<C> {
                 last_purged,
                 vote,
                 committed,
+                committed_saved_at: None,
             })),
             purge_limit: None,
             format: std::marker::PhantomData,
@@ -411,8 +416,18 @@ impl<C: EntryFormat> RaftLogStorage<C> for LogStore<C> {
         // commit, in its core loop and before applying: it is not synced,
         // which cost two fsyncs per commit on every replica. What a power
         // failure leaves of it is checked against the log at open.
-        replace_json_unsynced(&inner.dir, COMMITTED, &committed)
-            .map_err(|e| StorageIOError::write(&e))?;
+        // Nor is every commit written: a rename per commit in openraft's
+        // core loop held back everything else the group does. A mark older
+        // than the last commit only means less is applied before the
+        // leader is heard from.
+        let due = inner
+            .committed_saved_at
+            .is_none_or(|at| at.elapsed() >= COMMITTED_SAVE_EVERY);
+        if due {
+            replace_json_unsynced(&inner.dir, COMMITTED, &committed)
+                .map_err(|e| StorageIOError::write(&e))?;
+            inner.committed_saved_at = Some(std::time::Instant::now());
+        }
         inner.committed = committed;
         Ok(())
     }
