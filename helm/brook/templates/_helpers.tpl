@@ -182,7 +182,7 @@ The cluster keys of brook.toml, set into "merged" (the settings so far, auth
 included). With replicaCount above 1 every pod gets the same peers, each
 pod's stable name, and takes its node id from its own name (brook-0 is
 broker 1); with 1 there are none. They are the chart's: given in extraConfig
-they are refused.
+they are refused, and so is join (every pod forms the cluster).
 
 Brokers call each other on the gRPC port and speak what it speaks. With TLS
 they verify each other's certificates against peer_ca, the TLS Secret's
@@ -201,6 +201,9 @@ rather than in pods that cannot start.
 {{- if hasKey $merged $key }}
 {{- fail (printf "brook.toml: %q is set by the chart from replicaCount" $key) }}
 {{- end }}
+{{- end }}
+{{- if hasKey $merged "join" }}
+{{- fail "brook.toml: \"join\" is not the chart's: every pod forms the cluster with the others, and brokers that join a running one are added outside the chart (see docs/cluster.md)" }}
 {{- end }}
 {{- if hasKey $merged "peer_ca" }}
 {{- fail "brook.toml: \"peer_ca\" is set by the chart from tls.peerCaKey" }}
