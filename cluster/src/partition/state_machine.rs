@@ -606,6 +606,21 @@ mod tests {
         outcomes.into_iter().next().expect("one outcome")
     }
 
+    /// A snapshot's description in a group of brokers 1 and 2.
+    fn snapshot_of_two() -> SnapshotMeta {
+        let nodes: BTreeMap<NodeId, BrokerNode> = [1, 2]
+            .into_iter()
+            .map(|id| (id, BrokerNode::new(format!("b{id}:9420"))))
+            .collect();
+        let membership = Membership::new(vec![BTreeSet::from([1, 2])], nodes);
+        let last = LogId::new(CommittedLeaderId::new(3, 1), 40);
+        SnapshotMeta {
+            last_log_id: Some(last),
+            last_membership: StoredMembership::new(Some(last), membership),
+            snapshot_id: "3-1-40".to_owned(),
+        }
+    }
+
     /// A replica that ends before the leader's log start (retention
     /// removed what it misses) restarts its log there, reads the rest,
     /// and takes the leader's producer sequences: a producer whose last
@@ -633,17 +648,7 @@ mod tests {
         let mut machine =
             PartitionStateMachine::open(dir.path(), "t/0@0", 2, behind.clone(), source, None)
                 .expect("the state machine");
-        let nodes: BTreeMap<NodeId, BrokerNode> = [1, 2]
-            .into_iter()
-            .map(|id| (id, BrokerNode::new(format!("b{id}:9420"))))
-            .collect();
-        let membership = Membership::new(vec![BTreeSet::from([1, 2])], nodes);
-        let last = LogId::new(CommittedLeaderId::new(3, 1), 40);
-        let meta = SnapshotMeta {
-            last_log_id: Some(last),
-            last_membership: StoredMembership::new(Some(last), membership),
-            snapshot_id: "3-1-40".to_owned(),
-        };
+        let meta = snapshot_of_two();
         let data = SnapshotData {
             next_offset: 10,
             start_offset: 5,
@@ -695,17 +700,7 @@ mod tests {
         let mut machine =
             PartitionStateMachine::open(dir.path(), "t/0@0", 2, behind.clone(), source, None)
                 .expect("the state machine");
-        let nodes: BTreeMap<NodeId, BrokerNode> = [1, 2]
-            .into_iter()
-            .map(|id| (id, BrokerNode::new(format!("b{id}:9420"))))
-            .collect();
-        let membership = Membership::new(vec![BTreeSet::from([1, 2])], nodes);
-        let last = LogId::new(CommittedLeaderId::new(3, 1), 40);
-        let meta = SnapshotMeta {
-            last_log_id: Some(last),
-            last_membership: StoredMembership::new(Some(last), membership),
-            snapshot_id: "3-1-40".to_owned(),
-        };
+        let meta = snapshot_of_two();
         let data = SnapshotData {
             next_offset: 10,
             start_offset: 0,

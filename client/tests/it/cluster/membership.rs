@@ -199,9 +199,11 @@ async fn holds_every_acknowledged(cluster: &EmbeddedCluster, id: u64, acknowledg
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_partition_moves_off_its_leader_onto_an_added_broker_under_a_producer() {
-    let mut cluster = EmbeddedCluster::builder()
+/// Three brokers and a spare not started, a topic of one partition with
+/// three replicas, a client of broker 1, and the partition once it has a
+/// leader.
+async fn three_brokers_and_a_spare() -> (EmbeddedCluster, Client, PartitionReplicas) {
+    let cluster = EmbeddedCluster::builder()
         .brokers(3)
         .spares(1)
         .start()
@@ -214,20 +216,31 @@ async fn a_partition_moves_off_its_leader_onto_an_added_broker_under_a_producer(
         .create_replicated_topic(TOPIC, 1, Some(3), TopicConfig::default())
         .await
         .expect("create the topic");
-    let before = partition_when(&cluster, 1, TOPIC, |p| p.leader != 0).await;
-    let leaving = before.leader;
+    let partition = partition_when(&cluster, 1, TOPIC, |p| p.leader != 0).await;
+    (cluster, admin, partition)
+}
 
-    // The spare joins: started, then added by an operator.
+/// Starts the spare (it joins) and adds it, as an operator would.
+async fn add_the_spare(cluster: &mut EmbeddedCluster, admin: &Client) {
     cluster.restart(SPARE).await.expect("start the spare");
-    let spare_address = cluster
+    let address = cluster
         .endpoint(SPARE)
         .expect("the spare")
         .trim_start_matches("http://")
         .to_owned();
     admin
-        .add_broker(SPARE, &spare_address)
+        .add_broker(SPARE, &address)
         .await
         .expect("add the spare");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_moves_off_its_leader_onto_an_added_broker_under_a_producer() {
+    let (mut cluster, admin, before) = three_brokers_and_a_spare().await;
+    let leaving = before.leader;
+
+    // The spare joins: started, then added by an operator.
+    add_the_spare(&mut cluster, &admin).await;
     let described = admin.describe_cluster().await.expect("describe");
     assert!(
         described.brokers.iter().any(|b| b.id == SPARE),
@@ -381,30 +394,8 @@ async fn leadership_goes_back_to_the_preferred_replica_after_it_restarts() {
 /// was, taking produces, with nothing placed on the broker when it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_move_to_a_broker_that_is_down_can_be_called_off() {
-    let mut cluster = EmbeddedCluster::builder()
-        .brokers(3)
-        .spares(1)
-        .start()
-        .await
-        .expect("a cluster");
-    let admin = Client::connect(cluster.endpoint(1).expect("broker 1"))
-        .await
-        .expect("connect");
-    admin
-        .create_replicated_topic(TOPIC, 1, Some(3), TopicConfig::default())
-        .await
-        .expect("create the topic");
-    let before = partition_when(&cluster, 1, TOPIC, |p| p.leader != 0).await;
-    cluster.restart(SPARE).await.expect("start the spare");
-    let spare_address = cluster
-        .endpoint(SPARE)
-        .expect("the spare")
-        .trim_start_matches("http://")
-        .to_owned();
-    admin
-        .add_broker(SPARE, &spare_address)
-        .await
-        .expect("add the spare");
+    let (mut cluster, admin, before) = three_brokers_and_a_spare().await;
+    add_the_spare(&mut cluster, &admin).await;
     cluster.stop(SPARE).await.expect("stop the spare");
 
     let target: Vec<u64> = before.replicas[..2]
