@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use openraft::{ChangeMembers, Raft, ServerState};
+use openraft::{ChangeMembers, Raft, RaftMetrics, ServerState};
 
 use crate::node::{ClusterError, write_failed};
 use crate::types::{BrokerNode, EntryFormat, NodeId};
@@ -108,6 +108,22 @@ where
     Ok(())
 }
 
+/// While `metrics` are a leader's: how many entries the member `id` is
+/// behind its log (`None` when it is not the leader, or has not heard from
+/// that member in this term).
+pub fn entries_behind(metrics: &RaftMetrics<NodeId, BrokerNode>, id: NodeId) -> Option<u64> {
+    if metrics.state != ServerState::Leader {
+        return None;
+    }
+    let matched = metrics.replication.as_ref()?.get(&id).copied().flatten()?;
+    Some(
+        metrics
+            .last_log_index
+            .unwrap_or(0)
+            .saturating_sub(matched.index),
+    )
+}
+
 /// Waits until this leader has applied its latest configuration (which is
 /// then committed).
 async fn wait_membership_applied<C: EntryFormat>(
@@ -164,14 +180,9 @@ async fn wait_caught_up<C: EntryFormat>(
                         reason: ": leadership moved while a new replica caught up".to_owned(),
                     });
                 }
-                let last = now.last_log_index.unwrap_or(0);
-                let behind = |id: &NodeId| {
-                    now.replication
-                        .as_ref()
-                        .and_then(|replication| replication.get(id).copied().flatten())
-                        .map_or(u64::MAX, |matched| last.saturating_sub(matched.index))
-                };
-                if learners.iter().all(|id| behind(id) <= CATCH_UP_SLACK) {
+                if learners.iter().all(|id| {
+                    entries_behind(&now, *id).is_some_and(|behind| behind <= CATCH_UP_SLACK)
+                }) {
                     return Ok(());
                 }
             }

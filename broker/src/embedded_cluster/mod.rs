@@ -169,34 +169,27 @@ impl EmbeddedClusterBuilder {
                 links: links.clone(),
                 tcp: TcpConnector::plain(PEER_CONNECT_TIMEOUT),
             }));
-            if spare {
+            let broker = if spare {
                 // Its port is free again until it starts.
                 drop(listener);
-                members.insert(
-                    id,
-                    Member {
-                        addr,
-                        config,
-                        peers,
-                        broker: None,
-                    },
-                );
-                continue;
-            }
-            let broker = EmbeddedBroker::builder()
-                .config(config.clone())
-                .data_dir(config.data_dir.clone())
-                .listener(listener)
-                .peers(peers.clone())
-                .start()
-                .await?;
+                None
+            } else {
+                let broker = EmbeddedBroker::builder()
+                    .config(config.clone())
+                    .data_dir(config.data_dir.clone())
+                    .listener(listener)
+                    .peers(peers.clone())
+                    .start()
+                    .await?;
+                Some(broker)
+            };
             members.insert(
                 id,
                 Member {
                     addr,
                     config,
                     peers,
-                    broker: Some(broker),
+                    broker,
                 },
             );
         }

@@ -253,18 +253,7 @@ impl PartitionReplica {
     /// `id` is behind its log (`None` when it does not lead, or has not
     /// heard from that replica in this term).
     pub fn entries_behind(&self, id: NodeId) -> Option<u64> {
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow();
-        if metrics.state != openraft::ServerState::Leader {
-            return None;
-        }
-        let matched = metrics.replication.as_ref()?.get(&id).copied().flatten()?;
-        Some(
-            metrics
-                .last_log_index
-                .unwrap_or(0)
-                .saturating_sub(matched.index),
-        )
+        crate::membership::entries_behind(&self.raft.metrics().borrow(), id)
     }
 
     /// While this replica leads: whether the replica on broker `id` holds
@@ -272,15 +261,8 @@ impl PartitionReplica {
     pub fn in_step_with(&self, id: NodeId) -> bool {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
-        let last = metrics.last_log_index;
-        metrics.state == openraft::ServerState::Leader
-            && metrics.last_applied.map(|applied| applied.index) == last
-            && metrics
-                .replication
-                .as_ref()
-                .and_then(|replication| replication.get(&id).copied().flatten())
-                .map(|matched| matched.index)
-                == last
+        crate::membership::entries_behind(&metrics, id) == Some(0)
+            && metrics.last_applied.map(|applied| applied.index) == metrics.last_log_index
     }
 
     /// Hands this replica's leadership to the replica on broker `to`: once
