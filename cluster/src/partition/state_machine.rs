@@ -621,6 +621,39 @@ mod tests {
         }
     }
 
+    /// Installs, on a replica over `behind`, a snapshot of `leader`'s log up
+    /// to its end, which says the log starts at `start_offset`, while the
+    /// leader serves its log from `retained_from` on (what retention left).
+    async fn install_behind(
+        behind: &Arc<PartitionLog>,
+        leader: &Arc<PartitionLog>,
+        start_offset: i64,
+        retained_from: i64,
+    ) {
+        let source = Arc::new(Retained {
+            log: leader.clone(),
+            start: retained_from,
+        });
+        let dir = tempfile::tempdir().expect("a directory");
+        let mut machine =
+            PartitionStateMachine::open(dir.path(), "t/0@0", 2, behind.clone(), source, None)
+                .expect("the state machine");
+        let data = SnapshotData {
+            next_offset: leader.high_watermark(),
+            start_offset,
+            holder: 1,
+            producers: Some(leader.producer_state()),
+        };
+        let bytes = serde_json::to_vec(&data).expect("json");
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            machine.install_snapshot(&snapshot_of_two(), Box::new(Cursor::new(bytes))),
+        )
+        .await
+        .expect("installed in time")
+        .expect("installed");
+    }
+
     /// A replica that ends before the leader's log start (retention
     /// removed what it misses) restarts its log there, reads the rest,
     /// and takes the leader's producer sequences: a producer whose last
@@ -636,30 +669,9 @@ mod tests {
         for sequence in 0..5 {
             append(&leader, batch(8, sequence));
         }
-        let producers = leader.producer_state();
-        let source = Arc::new(Retained {
-            log: leader.clone(),
-            start: 5,
-        });
-
-        let dir = tempfile::tempdir().expect("a directory");
         let behind = log();
         append(&behind, batch(7, 0));
-        let mut machine =
-            PartitionStateMachine::open(dir.path(), "t/0@0", 2, behind.clone(), source, None)
-                .expect("the state machine");
-        let meta = snapshot_of_two();
-        let data = SnapshotData {
-            next_offset: 10,
-            start_offset: 5,
-            holder: 1,
-            producers: Some(producers),
-        };
-        let bytes = serde_json::to_vec(&data).expect("json");
-        machine
-            .install_snapshot(&meta, Box::new(Cursor::new(bytes)))
-            .await
-            .expect("installed");
+        install_behind(&behind, &leader, 5, 5).await;
 
         assert_eq!((behind.start_offset(), behind.high_watermark()), (5, 10));
         assert_eq!(
@@ -691,30 +703,9 @@ mod tests {
         for sequence in 0..10 {
             append(&leader, batch(7, sequence));
         }
-        let source = Arc::new(Retained {
-            log: leader.clone(),
-            start: 6,
-        });
-        let dir = tempfile::tempdir().expect("a directory");
         let behind = log();
-        let mut machine =
-            PartitionStateMachine::open(dir.path(), "t/0@0", 2, behind.clone(), source, None)
-                .expect("the state machine");
-        let meta = snapshot_of_two();
-        let data = SnapshotData {
-            next_offset: 10,
-            start_offset: 0,
-            holder: 1,
-            producers: Some(leader.producer_state()),
-        };
-        let bytes = serde_json::to_vec(&data).expect("json");
-        tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            machine.install_snapshot(&meta, Box::new(Cursor::new(bytes))),
-        )
-        .await
-        .expect("installed in time")
-        .expect("installed");
+        // The snapshot says the log starts at 0; the leader serves from 6.
+        install_behind(&behind, &leader, 0, 6).await;
         assert_eq!((behind.start_offset(), behind.high_watermark()), (6, 10));
         assert_eq!(append(&behind, batch(7, 10)), append(&leader, batch(7, 10)));
     }

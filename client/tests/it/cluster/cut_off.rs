@@ -6,18 +6,14 @@
 //! every acknowledged record exactly once, at its acknowledged offset, and
 //! none of what the cut-off leader took alone.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use brook_broker::EmbeddedCluster;
-use brook_client::{
-    Client, ClientOptions, ErrorKind, FetchOptions, NewRecord, OffsetSpec, Producer,
-    ProducerConfig, ProducerRecord, TopicConfig,
-};
+use brook_client::{Client, ErrorKind, NewRecord, OffsetSpec, TopicConfig};
 use bytes::Bytes;
 
 use super::STEP_LIMIT;
+use super::producing::{Producing, log_of, producer_options};
 
 const TOPIC: &str = "cut-off";
 /// What the cut-off leader is sent directly.
@@ -45,38 +41,12 @@ async fn leader(cluster: &EmbeddedCluster, asked: &[u64]) -> u64 {
     }
 }
 
-/// Every record value of partition 0 on the broker `client` is connected
-/// to, in offset order.
-async fn log_of(client: &Client) -> Vec<String> {
-    let end = client
-        .list_offsets(TOPIC, 0, OffsetSpec::Latest)
-        .await
-        .expect("the end offset");
-    let options = FetchOptions::default().with_max_wait(Duration::ZERO);
-    let mut values = Vec::new();
-    while i64::try_from(values.len()).expect("a count") < end {
-        let offset = i64::try_from(values.len()).expect("a count");
-        let fetched = client
-            .fetch(TOPIC, 0, offset, options)
-            .await
-            .expect("fetch");
-        assert!(!fetched.records.is_empty(), "data below the high watermark");
-        for record in fetched.records {
-            let value = record.value.expect("every record has a value");
-            values.push(String::from_utf8(value.to_vec()).expect("text"));
-        }
-    }
-    values
-}
-
 async fn high_watermark(client: &Client) -> i64 {
     client
         .list_offsets(TOPIC, 0, OffsetSpec::Latest)
         .await
         .expect("the high watermark")
 }
-
-type Acknowledged = Arc<Mutex<Vec<(u64, i64, Instant)>>>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_cut_off_from_its_peers_acknowledges_nothing_and_the_majority_goes_on() {
@@ -104,7 +74,7 @@ async fn leader_cut_off_under_a_producer(bootstrap_at_leader: bool) {
 
     // The producer gives up on a request after 2 s: what the cut-off
     // leader took before it refuses is never answered.
-    let options = ClientOptions::default().with_request_timeout(Duration::from_secs(2));
+    let options = producer_options();
     let bootstrap = if bootstrap_at_leader {
         cut
     } else {
@@ -116,49 +86,8 @@ async fn leader_cut_off_under_a_producer(bootstrap_at_leader: bool) {
     )
     .await
     .expect("connect");
-    let producer = Producer::new(
-        client,
-        ProducerConfig::default().with_delivery_timeout(Duration::from_secs(60)),
-    );
-    let acknowledged: Acknowledged = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let task = tokio::spawn({
-        let acknowledged = acknowledged.clone();
-        let stop = stop.clone();
-        async move {
-            let mut next = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let mut deliveries = Vec::new();
-                for _ in 0..16 {
-                    let record = ProducerRecord::new(TOPIC, Bytes::from(next.to_string()));
-                    deliveries.push((next, producer.enqueue(record).await.expect("accepted")));
-                    next += 1;
-                }
-                for (seq, delivery) in deliveries {
-                    let metadata = delivery
-                        .await
-                        .unwrap_or_else(|e| panic!("record {seq} failed: {e}"));
-                    acknowledged
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push((seq, metadata.offset, Instant::now()));
-                }
-            }
-            producer.close().await;
-            next
-        }
-    });
-    let count = || {
-        acknowledged
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    };
-    let deadline = Instant::now() + STEP_LIMIT;
-    while count() < 500 {
-        assert!(Instant::now() < deadline, "the producer did not start");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let producing = Producing::start(client, TOPIC);
+    producing.wait_for(500, "the producer did not start").await;
 
     cluster.isolate(cut);
     let cut_at = Instant::now();
@@ -193,15 +122,12 @@ async fn leader_cut_off_under_a_producer(bootstrap_at_leader: bool) {
     );
 
     // The majority elects a leader and the producer goes on there.
-    let before = count();
-    let deadline = Instant::now() + STEP_LIMIT;
-    while count() < before + 500 {
-        assert!(
-            Instant::now() < deadline,
-            "the producer made no progress while broker {cut} was cut off"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    producing
+        .wait_for(
+            producing.count() + 500,
+            &format!("the producer made no progress while broker {cut} was cut off"),
+        )
+        .await;
     let new_leader = leader_of_majority(&cluster, &majority).await;
     assert_ne!(new_leader, cut);
     assert_eq!(
@@ -212,13 +138,7 @@ async fn leader_cut_off_under_a_producer(bootstrap_at_leader: bool) {
     let elapsed = cut_at.elapsed();
 
     cluster.heal(cut);
-    stop.store(true, Ordering::Relaxed);
-    let sent = tokio::time::timeout(STEP_LIMIT * 2, task)
-        .await
-        .expect("the producer finished")
-        .expect("the producer never failed");
-    let acknowledged =
-        std::mem::take(&mut *acknowledged.lock().unwrap_or_else(PoisonError::into_inner));
+    let (acknowledged, sent) = producing.stop(STEP_LIMIT * 2).await;
     assert_eq!(acknowledged.len() as u64, sent, "every record acknowledged");
     leader(&cluster, &[1, 2, 3]).await;
 
@@ -227,7 +147,7 @@ async fn leader_cut_off_under_a_producer(bootstrap_at_leader: bool) {
         let client = Client::connect(cluster.endpoint(id).expect("a broker"))
             .await
             .expect("connect");
-        logs.push((id, log_of(&client).await));
+        logs.push((id, log_of(&client, TOPIC).await));
     }
     let (_, first) = &logs[0];
     for (id, log) in &logs {
@@ -243,7 +163,7 @@ async fn leader_cut_off_under_a_producer(bootstrap_at_leader: bool) {
         assert!(!seen[seq], "record {seq} twice");
         seen[seq] = true;
     }
-    for (seq, offset, _) in &acknowledged {
+    for (seq, offset) in &acknowledged {
         let at = usize::try_from(*offset).expect("an offset");
         assert_eq!(
             first.get(at).map(String::as_str),

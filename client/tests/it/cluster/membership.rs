@@ -6,18 +6,13 @@
 //! files are gone, and the broker that held it can then be removed (one
 //! that holds a replica cannot).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use brook_broker::EmbeddedCluster;
-use brook_client::{
-    Client, ClientOptions, ErrorKind, FetchOptions, OffsetSpec, PartitionReplicas, Producer,
-    ProducerConfig, ProducerRecord, TopicConfig,
-};
-use bytes::Bytes;
+use brook_client::{Client, ErrorKind, PartitionReplicas, TopicConfig};
 
 use super::STEP_LIMIT;
+use super::producing::{Producing, log_of, producer_options};
 
 const TOPIC: &str = "moving";
 const SPARE: u64 = 4;
@@ -55,113 +50,15 @@ async fn partition_when(
     }
 }
 
-/// Every record value of partition 0 on broker `id`, in offset order.
-async fn log_of(cluster: &EmbeddedCluster, id: u64) -> Vec<String> {
-    let client = Client::connect(cluster.endpoint(id).expect("a broker"))
-        .await
-        .expect("connect");
-    let end = client
-        .list_offsets(TOPIC, 0, OffsetSpec::Latest)
-        .await
-        .expect("the end offset");
-    let options = FetchOptions::default().with_max_wait(Duration::ZERO);
-    let mut values = Vec::new();
-    while i64::try_from(values.len()).expect("a count") < end {
-        let offset = i64::try_from(values.len()).expect("a count");
-        let fetched = client
-            .fetch(TOPIC, 0, offset, options)
-            .await
-            .expect("fetch");
-        assert!(!fetched.records.is_empty(), "data below the high watermark");
-        for record in fetched.records {
-            let value = record.value.expect("every record has a value");
-            values.push(String::from_utf8(value.to_vec()).expect("text"));
-        }
-    }
-    values
-}
-
-/// An idempotent producer writing numbered records to `TOPIC` until
-/// stopped; each acknowledged record's number and offset.
-struct Producing {
-    acknowledged: Arc<Mutex<Vec<(u64, i64)>>>,
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Producing {
-    /// Starts it through broker `bootstrap`.
-    async fn start(cluster: &EmbeddedCluster, bootstrap: u64) -> Self {
-        let options = ClientOptions::default().with_request_timeout(Duration::from_secs(2));
-        let client = Client::connect_with(cluster.endpoint(bootstrap).expect("a broker"), options)
-            .await
-            .expect("connect");
-        let producer = Producer::new(
-            client,
-            ProducerConfig::default().with_delivery_timeout(Duration::from_secs(60)),
-        );
-        let acknowledged: Arc<Mutex<Vec<(u64, i64)>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn({
-            let acknowledged = acknowledged.clone();
-            let stop = stop.clone();
-            async move {
-                let mut next = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let mut deliveries = Vec::new();
-                    for _ in 0..16 {
-                        let record = ProducerRecord::new(TOPIC, Bytes::from(next.to_string()));
-                        deliveries.push((next, producer.enqueue(record).await.expect("accepted")));
-                        next += 1;
-                    }
-                    for (seq, delivery) in deliveries {
-                        let metadata = delivery
-                            .await
-                            .unwrap_or_else(|e| panic!("record {seq} failed: {e}"));
-                        acknowledged
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .push((seq, metadata.offset));
-                    }
-                }
-                producer.close().await;
-            }
-        });
-        Self {
-            acknowledged,
-            stop,
-            task,
-        }
-    }
-
-    fn count(&self) -> usize {
-        self.acknowledged
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-
-    /// Waits until at least `at_least` records are acknowledged.
-    async fn wait_for(&self, at_least: usize) {
-        let deadline = Instant::now() + STEP_LIMIT;
-        while self.count() < at_least {
-            assert!(Instant::now() < deadline, "the producer stalled");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// Stops it; it must have seen no error.
-    async fn stop(self) -> Vec<(u64, i64)> {
-        self.stop.store(true, Ordering::Relaxed);
-        tokio::time::timeout(STEP_LIMIT, self.task)
-            .await
-            .expect("the producer stops")
-            .expect("the producer saw no error");
-        self.acknowledged
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
+/// Starts a `Producing` through broker `bootstrap`.
+async fn produce_through(cluster: &EmbeddedCluster, bootstrap: u64) -> Producing {
+    let client = Client::connect_with(
+        cluster.endpoint(bootstrap).expect("a broker"),
+        producer_options(),
+    )
+    .await
+    .expect("connect");
+    Producing::start(client, TOPIC)
 }
 
 /// Waits until broker `id` holds every acknowledged record, then checks
@@ -173,8 +70,11 @@ async fn holds_every_acknowledged(cluster: &EmbeddedCluster, id: u64, acknowledg
         .max()
         .expect("records");
     let deadline = Instant::now() + STEP_LIMIT;
+    let client = Client::connect(cluster.endpoint(id).expect("a broker"))
+        .await
+        .expect("connect");
     let log = loop {
-        let log = log_of(cluster, id).await;
+        let log = log_of(&client, TOPIC).await;
         if i64::try_from(log.len()).expect("a count") > last {
             break log;
         }
@@ -199,13 +99,13 @@ async fn holds_every_acknowledged(cluster: &EmbeddedCluster, id: u64, acknowledg
     );
 }
 
-/// Three brokers and a spare not started, a topic of one partition with
+/// Three brokers and `spares` not started, a topic of one partition with
 /// three replicas, a client of broker 1, and the partition once it has a
 /// leader.
-async fn three_brokers_and_a_spare() -> (EmbeddedCluster, Client, PartitionReplicas) {
+async fn three_brokers_and_a_topic(spares: u64) -> (EmbeddedCluster, Client, PartitionReplicas) {
     let cluster = EmbeddedCluster::builder()
         .brokers(3)
-        .spares(1)
+        .spares(spares)
         .start()
         .await
         .expect("a cluster");
@@ -236,7 +136,7 @@ async fn add_the_spare(cluster: &mut EmbeddedCluster, admin: &Client) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_partition_moves_off_its_leader_onto_an_added_broker_under_a_producer() {
-    let (mut cluster, admin, before) = three_brokers_and_a_spare().await;
+    let (mut cluster, admin, before) = three_brokers_and_a_topic(1).await;
     let leaving = before.leader;
 
     // The spare joins: started, then added by an operator.
@@ -248,8 +148,8 @@ async fn a_partition_moves_off_its_leader_onto_an_added_broker_under_a_producer(
     );
 
     let staying = (1..=3).find(|id| *id != leaving).expect("another broker");
-    let producing = Producing::start(&cluster, staying).await;
-    producing.wait_for(500).await;
+    let producing = produce_through(&cluster, staying).await;
+    producing.wait_for(500, "the producer stalled").await;
 
     // The leader moves off: the spare takes its place, first in the list.
     let target: Vec<u64> = std::iter::once(SPARE)
@@ -264,8 +164,10 @@ async fn a_partition_moves_off_its_leader_onto_an_added_broker_under_a_producer(
     })
     .await;
     assert_ne!(moved.leader, leaving, "the old leader was moved off");
-    producing.wait_for(producing.count() + 500).await;
-    let acknowledged = producing.stop().await;
+    producing
+        .wait_for(producing.count() + 500, "the producer stalled")
+        .await;
+    let (acknowledged, _) = producing.stop(STEP_LIMIT).await;
     // Every new replica holds every acknowledged record once, at its
     // offset, once it has caught up.
     for id in &target {
@@ -341,15 +243,7 @@ async fn a_partition_moves_off_its_leader_onto_an_added_broker_under_a_producer(
 /// producer writing meanwhile and nothing lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leadership_goes_back_to_the_preferred_replica_after_it_restarts() {
-    let mut cluster = EmbeddedCluster::start().await.expect("a cluster");
-    let admin = Client::connect(cluster.endpoint(1).expect("broker 1"))
-        .await
-        .expect("connect");
-    admin
-        .create_replicated_topic(TOPIC, 1, Some(3), TopicConfig::default())
-        .await
-        .expect("create the topic");
-    let created = partition_when(&cluster, 1, TOPIC, |p| p.leader != 0).await;
+    let (mut cluster, _, created) = three_brokers_and_a_topic(0).await;
     let preferred = created.replicas[0];
     let other = created.replicas[1];
 
@@ -361,8 +255,8 @@ async fn leadership_goes_back_to_the_preferred_replica_after_it_restarts() {
         p.leader != 0 && p.leader != preferred
     })
     .await;
-    let producing = Producing::start(&cluster, other).await;
-    producing.wait_for(500).await;
+    let producing = produce_through(&cluster, other).await;
+    producing.wait_for(500, "the producer stalled").await;
     cluster
         .restart(preferred)
         .await
@@ -381,8 +275,10 @@ async fn leadership_goes_back_to_the_preferred_replica_after_it_restarts() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    producing.wait_for(producing.count() + 500).await;
-    let acknowledged = producing.stop().await;
+    producing
+        .wait_for(producing.count() + 500, "the producer stalled")
+        .await;
+    let (acknowledged, _) = producing.stop(STEP_LIMIT).await;
     for id in &created.replicas {
         holds_every_acknowledged(&cluster, *id, &acknowledged).await;
     }
@@ -394,7 +290,7 @@ async fn leadership_goes_back_to_the_preferred_replica_after_it_restarts() {
 /// was, taking produces, with nothing placed on the broker when it is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_move_to_a_broker_that_is_down_can_be_called_off() {
-    let (mut cluster, admin, before) = three_brokers_and_a_spare().await;
+    let (mut cluster, admin, before) = three_brokers_and_a_topic(1).await;
     add_the_spare(&mut cluster, &admin).await;
     cluster.stop(SPARE).await.expect("stop the spare");
 
@@ -422,11 +318,13 @@ async fn a_move_to_a_broker_that_is_down_can_be_called_off() {
         p.moving_to.is_empty() && p.replicas == before.replicas && p.leader != 0
     })
     .await;
-    let producing = Producing::start(&cluster, 1).await;
-    producing.wait_for(300).await;
+    let producing = produce_through(&cluster, 1).await;
+    producing.wait_for(300, "the producer stalled").await;
     cluster.restart(SPARE).await.expect("start the spare again");
-    producing.wait_for(producing.count() + 300).await;
-    let acknowledged = producing.stop().await;
+    producing
+        .wait_for(producing.count() + 300, "the producer stalled")
+        .await;
+    let (acknowledged, _) = producing.stop(STEP_LIMIT).await;
     for id in &before.replicas {
         holds_every_acknowledged(&cluster, *id, &acknowledged).await;
     }

@@ -12,6 +12,7 @@ use bytes::Bytes;
 mod cut_off;
 mod groups;
 mod membership;
+mod producing;
 mod reads;
 mod settings;
 
