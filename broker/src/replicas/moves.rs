@@ -23,36 +23,54 @@ use super::{RaftReplication, Replicas};
 const CATCH_UP_PER_ATTEMPT: Duration = Duration::from_secs(60);
 
 impl Replicas {
-    /// Moves the partitions of `topic` this broker leads that are to move,
-    /// and gives the others' groups exactly the partition's replicas as
-    /// members (a move called off part way can leave learners behind, or
+    /// Gives the groups of `topic`'s partitions this broker leads the
+    /// replicas the cluster gives them: the ones a partition is to move
+    /// to, recording the move once it is made, and otherwise exactly its
+    /// replicas (a move called off part way can leave learners behind, or
     /// the voters it had reached).
     pub(super) fn drive_moves(&self, name: &str, topic: &TopicAssignment, state: &ClusterState) {
         for (index, replicas) in topic.replicas.iter().enumerate() {
             let index = index as u32;
-            if topic.moves.contains_key(&index) {
-                continue;
-            }
+            let moving_to = topic.moves.get(&index);
+            let target = moving_to.unwrap_or(replicas);
             let running = self.running.lock().get(&(name.to_owned(), index)).cloned();
             let Some(Some(replication)) = running else {
                 continue;
             };
             let replica = replication.replica().clone();
-            let wanted: BTreeSet<NodeId> = replicas.iter().copied().collect();
-            let learners = replica.learners();
-            if (replica.voters() == wanted && learners.is_empty()) || !replica.is_leader() {
-                continue;
-            }
-            let nodes = broker_nodes(replicas, state);
-            if nodes.len() != replicas.len()
-                || !self.moving.lock().insert(replica.group().to_owned())
+            let wanted: BTreeSet<NodeId> = target.iter().copied().collect();
+            if !replica.is_leader()
+                || (moving_to.is_none()
+                    && replica.voters() == wanted
+                    && replica.learners().is_empty())
             {
                 continue;
             }
+            let nodes = broker_nodes(target, state);
+            if nodes.len() != target.len() {
+                if moving_to.is_some() {
+                    tracing::warn!(group = %replica.group(), ?target, "a broker the partition is to move to is not registered; waiting");
+                }
+                continue;
+            }
+            if !self.moving.lock().insert(replica.group().to_owned()) {
+                continue;
+            }
+            let finish = moving_to.map(|target| MetaCommand::FinishReassignment {
+                topic: name.to_owned(),
+                topic_id: topic.id,
+                partition: index,
+                replicas: target.clone(),
+            });
+            let meta = self.meta.clone();
             let moving = self.moving.clone();
             tokio::spawn(async move {
                 let group = replica.group().to_owned();
-                let restored = async {
+                let moved = finish.is_some();
+                if moved {
+                    tracing::info!(%group, target = ?wanted, "moving the partition's replicas");
+                }
+                let changed = async {
                     replica
                         .change_replicas(&nodes, CATCH_UP_PER_ATTEMPT)
                         .await?;
@@ -61,56 +79,18 @@ impl Replicas {
                     if !stray.is_empty() {
                         replica.remove_learners(stray).await?;
                     }
+                    if let Some(finish) = finish {
+                        meta.propose_anywhere(finish).await?;
+                    }
                     Ok::<(), brook_cluster::ClusterError>(())
                 };
-                match restored.await {
+                match changed.await {
+                    Ok(()) if moved => tracing::info!(%group, "the partition's replicas moved"),
                     Ok(()) => {
                         tracing::info!(%group, replicas = ?wanted, "the partition's group has its replicas again (a move was called off)");
                     }
                     Err(e) => {
-                        tracing::warn!(%group, error = %e, "could not give the partition's group its replicas; trying again");
-                    }
-                }
-                moving.lock().remove(&group);
-            });
-        }
-        for (index, target) in &topic.moves {
-            let running = self.running.lock().get(&(name.to_owned(), *index)).cloned();
-            let Some(Some(replication)) = running else {
-                continue;
-            };
-            let replica = replication.replica().clone();
-            if !replica.is_leader() {
-                continue;
-            }
-            let nodes = broker_nodes(target, state);
-            if nodes.len() != target.len() {
-                tracing::warn!(group = %replica.group(), ?target, "a broker the partition is to move to is not registered; waiting");
-                continue;
-            }
-            if !self.moving.lock().insert(replica.group().to_owned()) {
-                continue;
-            }
-            let meta = self.meta.clone();
-            let moving = self.moving.clone();
-            let finish = MetaCommand::FinishReassignment {
-                topic: name.to_owned(),
-                topic_id: topic.id,
-                partition: *index,
-                replicas: target.clone(),
-            };
-            tokio::spawn(async move {
-                let group = replica.group().to_owned();
-                tracing::info!(%group, target = ?nodes.keys().collect::<Vec<_>>(), "moving the partition's replicas");
-                match replica.change_replicas(&nodes, CATCH_UP_PER_ATTEMPT).await {
-                    Ok(()) => match meta.propose_anywhere(finish).await {
-                        Ok(_) => tracing::info!(%group, "the partition's replicas moved"),
-                        Err(e) => {
-                            tracing::warn!(%group, error = %e, "the partition moved; recording it failed; trying again");
-                        }
-                    },
-                    Err(e) => {
-                        tracing::warn!(%group, error = %e, "moving the partition's replicas; trying again");
+                        tracing::warn!(%group, error = %e, "changing the partition's replicas; trying again");
                     }
                 }
                 moving.lock().remove(&group);
