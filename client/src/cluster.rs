@@ -59,6 +59,19 @@ pub struct PartitionReplicas {
     pub moving_to: Vec<u64>,
 }
 
+/// The broker that coordinates a consumer group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupCoordinator {
+    /// False for a broker alone: it coordinates every group itself.
+    pub clustered: bool,
+    /// The coordinator's id.
+    pub node_id: u64,
+    /// Its gRPC address (`HOST:PORT`).
+    pub address: String,
+    /// The group's slot: groups of a slot share their coordinator.
+    pub slot: u32,
+}
+
 /// How long a change of the cluster's brokers may take: a broker being
 /// added has a minute to catch up with the metadata group.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(100);
@@ -101,6 +114,27 @@ impl Client {
                     moving_to: p.moving_to,
                 })
                 .collect(),
+        })
+    }
+
+    /// Which broker coordinates consumer group `group` (needs `describe`
+    /// on the group when ACLs are on).
+    pub async fn find_coordinator(&self, group: &str) -> Result<GroupCoordinator, ClientError> {
+        let mut stub = ClusterServiceClient::new(self.channel.clone());
+        let response = self
+            .rpc(
+                "find_coordinator",
+                self.options.request_timeout,
+                stub.find_coordinator(proto::FindCoordinatorRequest {
+                    group: group.to_owned(),
+                }),
+            )
+            .await?;
+        Ok(GroupCoordinator {
+            clustered: response.clustered,
+            node_id: response.node_id,
+            address: response.address,
+            slot: response.slot,
         })
     }
 

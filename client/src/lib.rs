@@ -82,7 +82,7 @@ pub use client::{
     Client, ClientOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MESSAGE_BYTES_MAX,
     DEFAULT_PRODUCE_IN_FLIGHT_MAX, DEFAULT_REQUEST_TIMEOUT,
 };
-pub use cluster::{BrokerDescription, ClusterDescription, PartitionReplicas};
+pub use cluster::{BrokerDescription, ClusterDescription, GroupCoordinator, PartitionReplicas};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, ConsumerError, OffsetReset, SeekTo};
 pub use error::{Cause, ClientError, ErrorKind, StatusCode};
 pub use fetch::{

@@ -24,6 +24,8 @@ use crate::error::ClientError;
 /// How long a broker whose connection failed is passed over (named as a
 /// leader or not: its peers name it until they notice it is gone).
 const DOWN_FOR: Duration = Duration::from_secs(1);
+/// How many groups' coordinators a client remembers.
+const COORDINATORS_KEPT_MAX: usize = 10_000;
 
 /// What the client knows of the cluster; shared by a client's clones.
 #[derive(Debug, Default)]
@@ -41,9 +43,9 @@ struct Known {
     brokers: Vec<Arc<str>>,
     /// Brokers whose connection failed, and when.
     down: HashMap<Arc<str>, Instant>,
-    /// The broker that coordinates consumer groups, when a cluster named
-    /// one.
-    coordinator: Option<Arc<str>>,
+    /// The broker that coordinates each consumer group, when a cluster
+    /// named one.
+    coordinators: HashMap<String, Arc<str>>,
 }
 
 impl Known {
@@ -129,24 +131,34 @@ impl Routing {
         }
     }
 
-    /// The broker that coordinates consumer groups, when known and not
-    /// down.
-    pub(crate) fn coordinator(&self) -> Option<Arc<str>> {
+    /// The broker that coordinates `group`, when known and not down.
+    pub(crate) fn coordinator(&self, group: &str) -> Option<Arc<str>> {
         let known = self.state.lock();
         known
-            .coordinator
-            .clone()
+            .coordinators
+            .get(group)
             .filter(|address| !known.is_down(address, Instant::now()))
+            .cloned()
     }
 
-    /// The broker a cluster names as the groups' coordinator (`None`:
-    /// none is known, or there is no cluster).
-    pub(crate) fn set_coordinator(&self, coordinator: Option<Arc<str>>) {
+    /// The broker a cluster names as `group`'s coordinator (`None`: none
+    /// is known, or there is no cluster).
+    pub(crate) fn set_coordinator(&self, group: &str, coordinator: Option<Arc<str>>) {
         let mut known = self.state.lock();
-        if let Some(address) = &coordinator {
-            known.hear_of(address);
+        match coordinator {
+            Some(address) => {
+                known.hear_of(&address);
+                // A client that goes through endless group names keeps
+                // only the latest ones.
+                if known.coordinators.len() >= COORDINATORS_KEPT_MAX {
+                    known.coordinators.clear();
+                }
+                known.coordinators.insert(group.to_owned(), address);
+            }
+            None => {
+                known.coordinators.remove(group);
+            }
         }
-        known.coordinator = coordinator;
     }
 
     /// The connection to `address` failed: it leads nothing until a broker

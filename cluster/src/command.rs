@@ -54,15 +54,32 @@ pub enum MetaCommand {
     RemoveQuota { principal: Option<String> },
     /// Commits a consumer group's offsets (topic, partition, next offset
     /// to consume), the group last active at `at_ms`.
+    /// `epoch` is that of the coordinator making the change (see
+    /// `crate::coordinators`): the change is refused unless it is the
+    /// group's slot's epoch when applied.
     CommitOffsets {
         group: String,
         offsets: Vec<(String, u32, i64)>,
         at_ms: i64,
+        #[serde(default)]
+        epoch: Option<u64>,
     },
     /// Records when a group with committed offsets was last active.
-    MarkGroupActive { group: String, at_ms: i64 },
+    MarkGroupActive {
+        group: String,
+        at_ms: i64,
+        #[serde(default)]
+        epoch: Option<u64>,
+    },
     /// Deletes a consumer group's committed offsets.
-    DeleteGroup { group: String },
+    DeleteGroup {
+        group: String,
+        #[serde(default)]
+        epoch: Option<u64>,
+    },
+    /// Gives each slot of consumer groups to a broker to coordinate, each
+    /// under a new epoch.
+    AssignCoordinators { slots: Vec<(u32, NodeId)> },
     /// Starts moving partitions of a topic to other replicas: each
     /// `(partition, replicas)` is the replica list the partition is to
     /// have, the first the preferred leader. The partition's leader
@@ -117,6 +134,12 @@ pub enum MetaResponse {
         id: NodeId,
         count: usize,
         partitions: Vec<String>,
+    },
+    /// A change to a group's offsets came from a broker that does not
+    /// coordinate it (any longer); `coordinator` does, if any.
+    NotCoordinator {
+        group: String,
+        coordinator: Option<NodeId>,
     },
     /// No broker of that id is registered.
     NoSuchBroker { id: NodeId },

@@ -11,6 +11,7 @@
 //! - [`node`]: a broker's member of the group.
 //! - [`membership`]: changing a group's voters (brokers added and
 //!   removed, partitions moved).
+//! - [`coordinators`]: which broker coordinates which consumer groups.
 //! - [`partition`]: one Raft group per partition, whose state machine is
 //!   the partition's log.
 //!
@@ -18,6 +19,7 @@
 //! crate only stores, carries and applies what it decides.
 
 pub mod command;
+pub mod coordinators;
 pub mod membership;
 pub mod network;
 pub mod node;
@@ -27,6 +29,7 @@ pub mod store;
 pub mod types;
 
 pub use command::{MetaCommand, MetaResponse};
+pub use coordinators::{COORDINATOR_SLOTS, CoordinatorLease, LeaseBoard, coordinator_slot};
 pub use node::{ClusterError, MembershipChange, MetaNode, MetaNodeConfig};
 pub use state::{ClusterState, GroupOffsets};
 pub use types::{BrokerNode, NodeId};

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use brook_proto::cluster::raft_service_server::RaftServiceServer;
-use brook_proto::cluster::{PingRequest, PingResponse, RaftPayload};
+use brook_proto::cluster::{CoordinationRequest, PingRequest, PingResponse, RaftPayload};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{MetaCommand, MetaResponse};
+use crate::coordinators::LeaseBoard;
 use crate::membership::{learners, remove_learners, replace_voters, voters};
 use crate::network::client::{Connector, Network, peer_request};
 use crate::network::service::RaftServer;
@@ -106,6 +107,8 @@ pub struct MetaNode {
     /// The partition replicas this broker runs, reached through the same
     /// service.
     partitions: PartitionGroups,
+    /// The slots of consumer groups this broker coordinates.
+    leases: Arc<LeaseBoard>,
 }
 
 impl MetaNode {
@@ -149,6 +152,7 @@ impl MetaNode {
             state_machine,
             connector,
             partitions: PartitionGroups::default(),
+            leases: Arc::default(),
         })
     }
 
@@ -163,7 +167,44 @@ impl MetaNode {
     /// The gRPC service that answers peers, for the metadata group and
     /// every partition group in [`MetaNode::partitions`].
     pub fn service(&self) -> RaftServiceServer<RaftServer> {
-        RaftServer::new(Some(self.raft.clone()), self.partitions.clone()).into_service()
+        RaftServer::new(Some(self.raft.clone()), self.partitions.clone())
+            .with_leases(self.leases.clone())
+            .into_service()
+    }
+
+    /// The slots of consumer groups this broker coordinates, as the
+    /// metadata leader is told.
+    pub fn leases(&self) -> &LeaseBoard {
+        &self.leases
+    }
+
+    /// A channel to the peer at `address`, connecting when first used and
+    /// again after it broke; for calls made over and over.
+    pub fn peer_channel(&self, address: &str) -> Option<tonic::transport::Channel> {
+        self.connector.channel(address).ok()
+    }
+
+    /// As the metadata leader of `term`, having applied up to `applied`:
+    /// asks the broker at the end of `channel` which slots it coordinates
+    /// (slot → epoch), confirming that it may go on; `None` when it does
+    /// not answer within `timeout`.
+    pub async fn ask_coordination(
+        &self,
+        channel: tonic::transport::Channel,
+        (term, applied): (u64, u64),
+        timeout: Duration,
+    ) -> Option<BTreeMap<u32, u64>> {
+        let request = CoordinationRequest { term, applied };
+        let call = peer_request(&*self.connector, request, timeout);
+        let answer = tokio::time::timeout(
+            timeout,
+            crate::network::raft_client(channel).coordination(call),
+        )
+        .await;
+        match answer {
+            Ok(Ok(answer)) => Some(answer.into_inner().held.into_iter().collect()),
+            _ => None,
+        }
     }
 
     /// The partition replicas this broker runs.
@@ -333,6 +374,15 @@ impl MetaNode {
     /// The leader this node knows of.
     pub fn leader(&self) -> Option<NodeId> {
         self.raft.metrics().borrow().current_leader
+    }
+
+    /// The index of the last entry applied here (0 before any).
+    pub fn applied_index(&self) -> u64 {
+        self.raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |applied| applied.index)
     }
 
     /// This node's current term.

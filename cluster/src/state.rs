@@ -11,6 +11,7 @@ use brook_engine::quota::{QUOTAS_MAX, QuotaLimits};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{MetaCommand, MetaResponse};
+use crate::coordinators::CoordinatorLease;
 use crate::types::NodeId;
 
 /// The most partitions a topic may have.
@@ -94,6 +95,10 @@ pub struct ClusterState {
     /// with its old settings must not register, and be given partitions).
     #[serde(default)]
     pub removed: BTreeSet<NodeId>,
+    /// Who coordinates each slot of consumer groups (see
+    /// `crate::coordinators`).
+    #[serde(default)]
+    pub coordinators: BTreeMap<u32, CoordinatorLease>,
 }
 
 /// A consumer group's committed offsets.
@@ -153,7 +158,11 @@ impl ClusterState {
                 group,
                 offsets,
                 at_ms,
+                epoch,
             } => {
+                if let Some(refused) = self.fence_group(group, *epoch) {
+                    return refused;
+                }
                 let committed = self.groups.entry(group.clone()).or_default();
                 for (topic, partition, offset) in offsets {
                     committed
@@ -165,16 +174,27 @@ impl ClusterState {
                 committed.active_ms = committed.active_ms.max(*at_ms);
                 MetaResponse::Done
             }
-            MetaCommand::MarkGroupActive { group, at_ms } => {
+            MetaCommand::MarkGroupActive {
+                group,
+                at_ms,
+                epoch,
+            } => {
+                if let Some(refused) = self.fence_group(group, *epoch) {
+                    return refused;
+                }
                 if let Some(committed) = self.groups.get_mut(group) {
                     committed.active_ms = committed.active_ms.max(*at_ms);
                 }
                 MetaResponse::Done
             }
-            MetaCommand::DeleteGroup { group } => {
+            MetaCommand::DeleteGroup { group, epoch } => {
+                if let Some(refused) = self.fence_group(group, *epoch) {
+                    return refused;
+                }
                 self.groups.remove(group);
                 MetaResponse::Done
             }
+            MetaCommand::AssignCoordinators { slots } => self.assign_coordinators(slots),
             MetaCommand::AddAcl { acl } => {
                 self.acls.insert(acl.clone());
                 MetaResponse::Done

@@ -12,8 +12,9 @@ use brook_proto::cluster::PingResponse;
 use brook_proto::cluster_service_server::ClusterService;
 use brook_proto::{
     AddBrokerRequest, AddBrokerResponse, BrokerDescription, DescribeClusterRequest,
-    DescribeClusterResponse, PartitionReplicas, ReassignPartitionsRequest,
-    ReassignPartitionsResponse, RemoveBrokerRequest, RemoveBrokerResponse,
+    DescribeClusterResponse, FindCoordinatorRequest, FindCoordinatorResponse, PartitionReplicas,
+    ReassignPartitionsRequest, ReassignPartitionsResponse, RemoveBrokerRequest,
+    RemoveBrokerResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -230,6 +231,38 @@ impl ClusterService for ClusterHandler {
             .await
             .map_err(cluster_status)?;
         Ok(Response::new(ReassignPartitionsResponse {}))
+    }
+
+    async fn find_coordinator(
+        &self,
+        request: Request<FindCoordinatorRequest>,
+    ) -> Result<Response<FindCoordinatorResponse>, Status> {
+        let _timer = self.broker.metrics().time_request("FindCoordinator");
+        let caller = Caller::of(&request);
+        let group = request.into_inner().group;
+        caller.check(&self.broker, Operation::Describe, Resource::Group(&group))?;
+        brook_engine::group::validate_group_name(&group).map_err(super::status::status)?;
+        let slot = brook_cluster::coordinator_slot(&group);
+        let slots = brook_cluster::COORDINATOR_SLOTS;
+        let Some(replicas) = &self.replicas else {
+            return Ok(Response::new(FindCoordinatorResponse {
+                clustered: false,
+                node_id: ALONE,
+                address: self.broker.config().listen.to_string(),
+                slot,
+                slots,
+            }));
+        };
+        match replicas.coordinator_of(&group) {
+            Some((node_id, Some(address))) => Ok(Response::new(FindCoordinatorResponse {
+                clustered: true,
+                node_id,
+                address,
+                slot,
+                slots,
+            })),
+            _ => Err(Status::unavailable(replicas.not_coordinator(&group))),
+        }
     }
 }
 

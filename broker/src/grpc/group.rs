@@ -38,8 +38,9 @@ use brook_engine::{GroupError, Invalid, NotFound};
 #[derive(Debug)]
 pub struct GroupHandler {
     broker: Arc<Broker>,
-    /// In a cluster: only the broker leading the metadata group
-    /// coordinates groups; the others refuse group calls naming it.
+    /// In a cluster: each broker coordinates the groups of the slots it
+    /// was given, and refuses calls for the others naming their
+    /// coordinator.
     replicas: Option<Arc<Replicas>>,
 }
 
@@ -48,27 +49,42 @@ impl GroupHandler {
         Self { broker, replicas }
     }
 
-    /// Refuses a group call on a broker of a cluster that does not
-    /// coordinate the groups now (UNAVAILABLE, naming the one that does).
-    fn coordinator_here(&self) -> Result<(), Status> {
-        match &self.replicas {
-            Some(replicas) if !*replicas.coordinating().borrow() => {
-                Err(Status::unavailable(replicas.not_coordinator()))
-            }
-            _ => Ok(()),
-        }
+    /// Refuses a call for `group` on a broker of a cluster that does not
+    /// coordinate it now (UNAVAILABLE, naming the one that does).
+    fn coordinator_here(&self, group: &str) -> Result<(), Status> {
+        coordinator_here(self.replicas.as_ref(), group).map(|_| ())
     }
 }
 
-/// Resolves once this broker stops coordinating the groups (never for a
-/// broker alone).
-async fn coordination_lost(replicas: Option<&Arc<Replicas>>) -> String {
+/// In a cluster: the epoch under which this broker coordinates `group`,
+/// or the refusal naming the broker that does.
+fn coordinator_here(replicas: Option<&Arc<Replicas>>, group: &str) -> Result<Option<u64>, Status> {
+    let Some(replicas) = replicas else {
+        return Ok(None);
+    };
+    let slot = brook_cluster::coordinator_slot(group);
+    match replicas.coordinating().borrow().get(&slot) {
+        Some(epoch) => Ok(Some(*epoch)),
+        None => Err(Status::unavailable(replicas.not_coordinator(group))),
+    }
+}
+
+/// Resolves once this broker no longer coordinates `group` under `epoch`
+/// (never for a broker alone).
+async fn coordination_lost(
+    replicas: Option<&Arc<Replicas>>,
+    group: &str,
+    epoch: Option<u64>,
+) -> String {
     let Some(replicas) = replicas else {
         return std::future::pending().await;
     };
+    let slot = brook_cluster::coordinator_slot(group);
     let mut coordinating = replicas.coordinating();
-    let _ = coordinating.wait_for(|coordinating| !*coordinating).await;
-    replicas.not_coordinator()
+    let _ = coordinating
+        .wait_for(|held| held.get(&slot).copied() != epoch)
+        .await;
+    replicas.not_coordinator(group)
 }
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<GroupResponse, Status>> + Send>>;
@@ -204,11 +220,11 @@ async fn first_join(
 /// when the stream ends, breaks or breaks the protocol, or the broker stops.
 async fn serve_member(
     broker: &Broker,
-    replicas: Option<&Arc<Replicas>>,
+    (replicas, epoch): (Option<&Arc<Replicas>>, Option<u64>),
     session: &MemberSession,
     inbound: &mut Streaming<GroupRequest>,
 ) {
-    let lost = coordination_lost(replicas);
+    let lost = coordination_lost(replicas, session.group(), epoch);
     tokio::pin!(lost);
     loop {
         let message = tokio::select! {
@@ -277,7 +293,6 @@ impl GroupService for GroupHandler {
         request: Request<Streaming<GroupRequest>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let caller = Caller::of(&request);
-        self.coordinator_here()?;
         let mut inbound = request.into_inner();
         let broker = self.broker.clone();
         let replicas = self.replicas.clone();
@@ -289,15 +304,17 @@ impl GroupService for GroupHandler {
             let _open = open;
             let joined = match first_join(&broker, &mut inbound).await {
                 Ok(Some(join)) => join_permission(&caller, &broker, &join).and_then(|()| {
+                    let epoch = coordinator_here(replicas.as_ref(), &join.group)?;
                     broker
                         .join_group(join_spec(join))
+                        .map(|session| (session, epoch))
                         .map_err(|e| to_status(&e))
                 }),
                 Ok(None) => return,
                 Err(e) => Err(to_status(&e)),
             };
-            let mut session = match joined {
-                Ok(session) => session,
+            let (mut session, epoch) = match joined {
+                Ok(joined) => joined,
                 Err(status) => {
                     let _ = started.send(Err(status));
                     return;
@@ -311,7 +328,7 @@ impl GroupService for GroupHandler {
             {
                 return;
             }
-            serve_member(&broker, replicas.as_ref(), &session, &mut inbound).await;
+            serve_member(&broker, (replicas.as_ref(), epoch), &session, &mut inbound).await;
         });
         let stream = futures::stream::once(start).flat_map(|started| match started {
             Ok(Ok((group, member_id, events))) => events
@@ -332,8 +349,8 @@ impl GroupService for GroupHandler {
     ) -> Result<Response<CommitOffsetsResponse>, Status> {
         let _timer = self.broker.metrics().time_request("CommitOffsets");
         let caller = Caller::of(&request);
-        self.coordinator_here()?;
         let request = request.into_inner();
+        self.coordinator_here(&request.group)?;
         caller.check(
             &self.broker,
             Operation::Commit,
@@ -362,8 +379,8 @@ impl GroupService for GroupHandler {
     ) -> Result<Response<FetchOffsetsResponse>, Status> {
         let _timer = self.broker.metrics().time_request("FetchOffsets");
         let caller = Caller::of(&request);
-        self.coordinator_here()?;
         let request = request.into_inner();
+        self.coordinator_here(&request.group)?;
         caller.check(
             &self.broker,
             Operation::Describe,
@@ -386,12 +403,18 @@ impl GroupService for GroupHandler {
     ) -> Result<Response<ListGroupsResponse>, Status> {
         let _timer = self.broker.metrics().time_request("ListGroups");
         let caller = Caller::of(&request);
-        self.coordinator_here()?;
+        // In a cluster: the groups this broker coordinates.
+        let coordinated = |group: &str| {
+            self.replicas
+                .as_ref()
+                .is_none_or(|replicas| replicas.coordinates(group))
+        };
         Ok(Response::new(ListGroupsResponse {
             groups: self
                 .broker
                 .list_groups()
                 .into_iter()
+                .filter(|g| coordinated(&g.name))
                 .filter(|g| caller.may(&self.broker, Operation::Describe, Resource::Group(&g.name)))
                 .map(|g| GroupSummary {
                     group: g.name,
@@ -408,8 +431,8 @@ impl GroupService for GroupHandler {
     ) -> Result<Response<DescribeGroupResponse>, Status> {
         let _timer = self.broker.metrics().time_request("DescribeGroup");
         let caller = Caller::of(&request);
-        self.coordinator_here()?;
         let name = request.into_inner().group;
+        self.coordinator_here(&name)?;
         caller.check(&self.broker, Operation::Describe, Resource::Group(&name))?;
         brook_engine::group::validate_group_name(&name).map_err(status)?;
         let info = self
@@ -454,8 +477,8 @@ impl GroupService for GroupHandler {
         let _timer = self.broker.metrics().time_request("DeleteGroup");
         let audit = Audit::of(&request);
         let caller = Caller::of(&request);
-        self.coordinator_here()?;
         let group = request.into_inner().group;
+        self.coordinator_here(&group)?;
         let result = async {
             caller.check(&self.broker, Operation::Delete, Resource::Group(&group))?;
             self.broker
@@ -476,8 +499,8 @@ impl GroupService for GroupHandler {
         let _timer = self.broker.metrics().time_request("ResetOffsets");
         let audit = Audit::of(&request);
         let caller = Caller::of(&request);
-        self.coordinator_here()?;
         let request = request.into_inner();
+        self.coordinator_here(&request.group)?;
         let details = format!(
             "topic={} partitions={:?} to={:?}",
             request.topic, request.partitions, request.to

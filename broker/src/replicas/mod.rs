@@ -13,6 +13,7 @@
 
 mod access;
 mod catch_up;
+mod coordinators;
 mod groups;
 mod leaders;
 mod membership;
@@ -100,8 +101,9 @@ pub struct Replicas {
     /// Which replicas have caught up with their leader since they started
     /// here, and how far the others must apply to have (`catch_up.rs`).
     catch_up: Mutex<catch_up::CatchUp>,
-    /// Whether this broker coordinates the consumer groups (`groups.rs`).
-    coordinating: tokio::sync::watch::Sender<bool>,
+    /// The slots of consumer groups this broker coordinates, with their
+    /// epochs (`groups.rs`).
+    coordinating: tokio::sync::watch::Sender<groups::Held>,
     /// The partition groups this broker is moving to other replicas now
     /// (`moves.rs`), by group name.
     moving: Arc<Mutex<HashSet<String>>>,
@@ -150,7 +152,7 @@ impl Replicas {
             running: Mutex::default(),
             foreign: Mutex::default(),
             catch_up: Mutex::default(),
-            coordinating: tokio::sync::watch::Sender::new(false),
+            coordinating: tokio::sync::watch::Sender::new(groups::Held::new()),
             moving: Arc::default(),
         })
     }
@@ -317,6 +319,7 @@ impl Replicas {
         tokio::spawn(self.clone().watch_catch_up(stop.clone()));
         tokio::spawn(self.clone().report_metrics(stop.clone()));
         tokio::spawn(self.clone().coordinate_groups(stop.clone()));
+        tokio::spawn(self.clone().assign_coordinators(stop.clone()));
         tokio::spawn(self.clone().balance_leaders(stop.clone()));
         let mut applied = self.meta.raft().metrics();
         loop {

@@ -6,6 +6,7 @@
 //! [`Client::rpc`] (time limit, circuit breaker); the session stream does
 //! for its opening.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -193,10 +194,10 @@ impl GroupClient {
         &self.client
     }
 
-    /// The group service of the broker that coordinates the groups: in a
+    /// The group service of the broker that coordinates `group`: in a
     /// cluster, the one the brokers name; else the broker connected to.
-    pub(crate) async fn coordinator(&self) -> Result<GroupClient, ClientError> {
-        if let Some(address) = self.client.routing.coordinator() {
+    pub(crate) async fn coordinator(&self, group: &str) -> Result<GroupClient, ClientError> {
+        if let Some(address) = self.client.routing.coordinator(group) {
             match self.client.at(&address).await {
                 Ok(client) => return Ok(Self::from_client(client)),
                 // Passed over; the broker connected to names the next.
@@ -209,30 +210,28 @@ impl GroupClient {
         Ok(self.clone())
     }
 
-    /// Asks a broker which one coordinates the groups now (in a cluster,
-    /// the leader of its metadata).
-    /// Asks the known brokers in turn until one answers.
-    pub(crate) async fn find_coordinator(&self) {
+    /// Asks the known brokers in turn which one coordinates `group` now,
+    /// until one answers.
+    pub(crate) async fn find_coordinator(&self, group: &str) {
         for broker in self.client.routing.brokers_up(&self.client.endpoint) {
-            let described = match self.client.at(&broker).await {
-                Ok(client) => client.describe_cluster().await,
+            let found = match self.client.at(&broker).await {
+                Ok(client) => client.find_coordinator(group).await,
                 Err(error) => Err(error),
             };
-            match described {
-                Ok(cluster) => {
-                    self.client.routing.learn_cluster(&cluster);
-                    let coordinator = cluster
-                        .metadata_leader
-                        .filter(|_| cluster.clustered)
-                        .and_then(|id| cluster.brokers.iter().find(|broker| broker.id == id))
-                        .map(|broker| Arc::<str>::from(broker.address.as_str()));
-                    self.client.routing.set_coordinator(coordinator);
+            match found {
+                Ok(found) => {
+                    let coordinator = found
+                        .clustered
+                        .then(|| Arc::<str>::from(found.address.as_str()));
+                    self.client.routing.set_coordinator(group, coordinator);
                     return;
                 }
                 Err(error) if error.is_broker_unreachable() => {
                     self.client.routing.failed(&broker);
                 }
-                Err(_) => {}
+                // No broker coordinates the group yet: asked again on the
+                // next try.
+                Err(_) => return,
             }
         }
     }
@@ -243,6 +242,7 @@ impl GroupClient {
     /// request timeout.
     async fn rpc_at_coordinator<T, F, Fut>(
         &self,
+        group: &str,
         operation: &'static str,
         call: F,
     ) -> Result<T, ClientError>
@@ -253,7 +253,7 @@ impl GroupClient {
         let deadline =
             crate::deadline::after(Instant::now(), self.client.options().request_timeout);
         loop {
-            let at = Box::pin(self.coordinator()).await?;
+            let at = Box::pin(self.coordinator(group)).await?;
             // Boxed: the call's future would make every caller's large.
             let answer = Box::pin(at.client.rpc(
                 operation,
@@ -269,7 +269,7 @@ impl GroupClient {
                     if error.is_broker_unreachable() && !at.client.endpoint.is_empty() {
                         self.client.routing.failed(&at.client.endpoint);
                     }
-                    Box::pin(self.find_coordinator()).await;
+                    Box::pin(self.find_coordinator(group)).await;
                     tokio::time::sleep(COORDINATOR_RETRY).await;
                 }
                 other => return other,
@@ -294,7 +294,7 @@ impl GroupClient {
             generation,
             offsets: offsets.iter().map(to_proto_offset).collect(),
         };
-        self.rpc_at_coordinator("commit_offsets", |mut stub| {
+        self.rpc_at_coordinator(group, "commit_offsets", |mut stub| {
             let request = request.clone();
             async move { stub.commit_offsets(request).await }
         })
@@ -314,7 +314,7 @@ impl GroupClient {
             partitions: partitions.iter().map(to_proto_partition).collect(),
         };
         let response = self
-            .rpc_at_coordinator("fetch_offsets", |mut stub| {
+            .rpc_at_coordinator(group, "fetch_offsets", |mut stub| {
                 let request = request.clone();
                 async move { stub.fetch_offsets(request).await }
             })
@@ -326,22 +326,40 @@ impl GroupClient {
             .collect())
     }
 
-    /// Every group the broker knows.
+    /// Every group: in a cluster, those of every broker (each lists the
+    /// groups it coordinates), else those of the broker connected to.
     pub async fn list_groups(&self) -> Result<Vec<GroupSummary>, ClientError> {
-        let response = self
-            .rpc_at_coordinator("list_groups", |mut stub| async move {
-                stub.list_groups(proto::ListGroupsRequest {}).await
-            })
-            .await?;
-        Ok(response
-            .groups
-            .into_iter()
-            .map(|g| GroupSummary {
-                group: g.group,
-                state: g.state,
-                members: g.members,
-            })
-            .collect())
+        let cluster = self.client.describe_cluster().await?;
+        if !cluster.clustered {
+            return Ok(summaries(self.list_groups_here().await?));
+        }
+        self.client.routing.learn_cluster(&cluster);
+        let mut groups: BTreeMap<String, GroupSummary> = BTreeMap::new();
+        for broker in &cluster.brokers {
+            let address = Arc::<str>::from(broker.address.as_str());
+            let here = Self::from_client(self.client.at(&address).await?);
+            for group in summaries(here.list_groups_here().await?) {
+                // A group moving between brokers may be listed by both for
+                // a moment: the one with members is where it is now.
+                let kept = groups.entry(group.group.clone()).or_insert(group.clone());
+                if group.members > kept.members {
+                    *kept = group;
+                }
+            }
+        }
+        Ok(groups.into_values().collect())
+    }
+
+    /// The groups the broker connected to knows (coordinates, in a
+    /// cluster).
+    async fn list_groups_here(&self) -> Result<proto::ListGroupsResponse, ClientError> {
+        let mut stub = self.stub.clone();
+        Box::pin(self.client.rpc(
+            "list_groups",
+            self.client.options().request_timeout,
+            async move { stub.list_groups(proto::ListGroupsRequest {}).await },
+        ))
+        .await
     }
 
     /// The group's state, members, and committed offset and lag per partition.
@@ -350,7 +368,7 @@ impl GroupClient {
             group: group.to_owned(),
         };
         let response = self
-            .rpc_at_coordinator("describe_group", |mut stub| {
+            .rpc_at_coordinator(group, "describe_group", |mut stub| {
                 let request = request.clone();
                 async move { stub.describe_group(request).await }
             })
@@ -390,7 +408,7 @@ impl GroupClient {
         let request = proto::DeleteGroupRequest {
             group: group.to_owned(),
         };
-        self.rpc_at_coordinator("delete_group", |mut stub| {
+        self.rpc_at_coordinator(group, "delete_group", |mut stub| {
             let request = request.clone();
             async move { stub.delete_group(request).await }
         })
@@ -420,7 +438,7 @@ impl GroupClient {
             }),
         };
         let response = self
-            .rpc_at_coordinator("reset_offsets", |mut stub| {
+            .rpc_at_coordinator(group, "reset_offsets", |mut stub| {
                 let request = request.clone();
                 async move { stub.reset_offsets(request).await }
             })
@@ -436,9 +454,10 @@ impl GroupClient {
     /// the opening only (the broker answering with its headers).
     pub(crate) async fn open_session(
         &self,
+        group: &str,
         requests: impl Stream<Item = proto::GroupRequest> + Send + 'static,
     ) -> Result<tonic::Streaming<proto::GroupResponse>, ClientError> {
-        let at = self.coordinator().await?;
+        let at = self.coordinator(group).await?;
         let opened = at
             .client
             .rpc(
@@ -456,6 +475,18 @@ impl GroupClient {
         }
         opened
     }
+}
+
+fn summaries(response: proto::ListGroupsResponse) -> Vec<GroupSummary> {
+    response
+        .groups
+        .into_iter()
+        .map(|g| GroupSummary {
+            group: g.group,
+            state: g.state,
+            members: g.members,
+        })
+        .collect()
 }
 
 pub(crate) fn to_proto_partition(p: &TopicPartition) -> proto::TopicPartition {

@@ -193,7 +193,7 @@ impl Session {
                         Ended::Broken(reason) => {
                             tracing::warn!(group = %self.join.group, %reason, "group session broke; joining again");
                             // The coordinator may have moved, or be gone.
-                            self.client.find_coordinator().await;
+                            self.client.find_coordinator(&self.join.group).await;
                             if !self.emit(SessionEvent::Lost { reason }).await {
                                 return;
                             }
@@ -204,7 +204,7 @@ impl Session {
                 // groups (now): the coordinator is asked for and tried.
                 Err(error) if error.is_not_coordinator() => {
                     tracing::info!(group = %self.join.group, %error, "joining at the groups' coordinator");
-                    self.client.find_coordinator().await;
+                    self.client.find_coordinator(&self.join.group).await;
                 }
                 Err(error) if self.joins == 0 || !error.is_retryable() => {
                     self.emit(SessionEvent::Failed(error)).await;
@@ -213,7 +213,7 @@ impl Session {
                 Err(error) => {
                     tracing::warn!(group = %self.join.group, %error, "joining the group again failed; retrying");
                     if error.is_broker_unreachable() {
-                        self.client.find_coordinator().await;
+                        self.client.find_coordinator(&self.join.group).await;
                     }
                 }
             }
@@ -245,7 +245,7 @@ impl Session {
             .expect("a new channel has room for the join");
         let mut responses = self
             .client
-            .open_session(ReceiverStream::new(requests_rx))
+            .open_session(&self.join.group, ReceiverStream::new(requests_rx))
             .await?;
         let limit = self.client.client().options().request_timeout;
         let first = timeout(limit, responses.message())

@@ -2,14 +2,18 @@
 //! of the local metadata Raft and the partition groups this broker runs.
 
 use brook_proto::cluster::raft_service_server::{RaftService, RaftServiceServer};
+use std::sync::Arc;
+
 use brook_proto::cluster::{
-    PingRequest, PingResponse, RaftPayload, ReadLogRequest, ReadLogResponse,
+    CoordinationRequest, CoordinationResponse, PingRequest, PingResponse, RaftPayload,
+    ReadLogRequest, ReadLogResponse,
 };
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 use super::{append_request, decode, encode};
 use crate::command::MetaCommand;
+use crate::coordinators::LeaseBoard;
 use crate::node::{MembershipChange, change_members};
 use crate::partition::{PartitionGroups, PartitionRaft};
 use crate::types::{MetaRaft, NodeId};
@@ -21,6 +25,8 @@ pub struct RaftServer {
     /// Absent on a server that only carries partition groups (tests).
     meta: Option<MetaRaft>,
     partitions: PartitionGroups,
+    /// What this broker coordinates, told to the metadata leader.
+    leases: Arc<LeaseBoard>,
 }
 
 /// The group a request addresses.
@@ -38,7 +44,18 @@ impl RaftServer {
     }
 
     pub fn new(meta: Option<MetaRaft>, partitions: PartitionGroups) -> Self {
-        Self { meta, partitions }
+        Self {
+            meta,
+            partitions,
+            leases: Arc::default(),
+        }
+    }
+
+    /// Answers the metadata leader's `Coordination` from `leases`.
+    #[must_use]
+    pub fn with_leases(mut self, leases: Arc<LeaseBoard>) -> Self {
+        self.leases = leases;
+        self
     }
 
     fn group(&self, name: &str) -> Result<Group, Status> {
@@ -174,6 +191,21 @@ impl RaftService for RaftServer {
 
     async fn ping(&self, _call: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
         Ok(Response::new(ping_answer(self.meta()?, &self.partitions)))
+    }
+
+    async fn coordination(
+        &self,
+        call: Request<CoordinationRequest>,
+    ) -> Result<Response<CoordinationResponse>, Status> {
+        let request = call.into_inner();
+        // A leader deposed without knowing it yet is still behind the term
+        // this broker has seen, and confirms nothing.
+        if request.term >= self.meta()?.metrics().borrow().current_term {
+            self.leases.confirm(request.term, request.applied);
+        }
+        Ok(Response::new(CoordinationResponse {
+            held: self.leases.held().into_iter().collect(),
+        }))
     }
 
     async fn read_log(

@@ -93,13 +93,19 @@ impl Broker {
         self.groups().offsets.replicate_through(replication);
     }
 
-    /// In a cluster: `Some(groups)` when this broker starts coordinating
-    /// the groups (what the replication holds becomes the committed
-    /// offsets it serves, every group counted active now), `None` when it
-    /// stops (it serves and expires none). Commits begun before change
-    /// nothing here after.
-    pub fn load_replicated_offsets(&self, groups: Option<Vec<ReplicatedGroup>>) {
-        self.groups().offsets.replace(groups);
+    /// In a cluster: this broker starts coordinating `groups` (what the
+    /// replication holds of them becomes the committed offsets it serves,
+    /// each group counted active now). Call before the replication's
+    /// `lease` names them.
+    pub fn load_replicated_offsets(&self, groups: Vec<ReplicatedGroup>) {
+        self.groups().offsets.take_groups(groups);
+    }
+
+    /// In a cluster: forgets the offsets of the groups the replication's
+    /// `lease` no longer names (it serves and expires them no more).
+    /// Commits under way change nothing here after.
+    pub async fn forget_unkept_offsets(&self) {
+        self.groups().offsets.forget_unkept().await;
     }
 
     /// Commits offsets (the next offset to consume) for partitions the
@@ -295,8 +301,7 @@ impl Broker {
         let Some(retention) = groups.settings.offsets_retention else {
             return Vec::new();
         };
-        // In a cluster only the coordinator keeps, and expires, offsets.
-        if !groups.past_expiry_grace() || !groups.offsets.keeping() {
+        if !groups.past_expiry_grace() {
             return Vec::new();
         }
         let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
@@ -304,6 +309,10 @@ impl Broker {
         let mut expired = Vec::new();
         for name in groups.offsets.inactive_since(before) {
             let _writes = groups.offsets.writes.lock().await;
+            // In a cluster only a group's coordinator expires it.
+            if !groups.offsets.keeps(&name) {
+                continue;
+            }
             // Checked again under the lock: a member may have joined, or
             // committed, since the list was made. Members first: a join
             // notes the group active before its member is in.

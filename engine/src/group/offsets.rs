@@ -23,18 +23,30 @@ use crate::meta::{MetaError, MetaStore};
 
 /// Where committed offsets are made durable instead of the broker's own
 /// metadata store: in a cluster, the metadata group, so that they survive
-/// the loss of the broker. Each call resolves once the change is durable
-/// (committed), or fails with why (the message is the client's); nothing
-/// is done before the future is first polled.
+/// the loss of the broker. A broker keeps (serves, changes, expires) only
+/// the groups it coordinates, each under a lease: the epoch of its
+/// coordination, which every change carries, and which the replication
+/// refuses once another broker coordinates the group. Each call resolves
+/// once the change is durable (committed), or fails with why (the message
+/// is the client's); nothing is done before the future is first polled.
 pub trait OffsetReplication: Send + Sync + std::fmt::Debug {
+    /// The epoch under which this broker coordinates `group` now; `None`
+    /// when it does not.
+    fn lease(&self, group: &str) -> Option<u64>;
     fn commit(
         &self,
         group: String,
         offsets: Vec<(String, u32, i64)>,
         at_ms: i64,
+        lease: u64,
     ) -> BoxFuture<'static, Result<(), String>>;
-    fn mark_active(&self, group: String, at_ms: i64) -> BoxFuture<'static, Result<(), String>>;
-    fn delete(&self, group: String) -> BoxFuture<'static, Result<(), String>>;
+    fn mark_active(
+        &self,
+        group: String,
+        at_ms: i64,
+        lease: u64,
+    ) -> BoxFuture<'static, Result<(), String>>;
+    fn delete(&self, group: String, lease: u64) -> BoxFuture<'static, Result<(), String>>;
 }
 
 /// A group's committed offsets and when it was last active, as
@@ -44,15 +56,9 @@ pub type ReplicatedGroup = (String, BTreeMap<TopicPartition, i64>, i64);
 #[derive(Debug)]
 pub(crate) struct OffsetStore {
     meta: Arc<dyn MetaStore>,
-    /// In a cluster: where offsets are made durable instead of `meta`.
+    /// In a cluster: where offsets are made durable instead of `meta`;
+    /// the mirror then holds only the groups this broker coordinates.
     replication: parking_lot::RwLock<Option<Arc<dyn OffsetReplication>>>,
-    /// In a cluster: bumped whenever this broker starts or stops keeping
-    /// the offsets (see `replace`), so that a write that began before
-    /// does not touch the mirror after.
-    epoch: std::sync::atomic::AtomicU64,
-    /// In a cluster: whether this broker keeps the offsets now (it
-    /// coordinates the groups); only then does it expire groups.
-    keeping: std::sync::atomic::AtomicBool,
     /// Committed offsets by group, as in the store. Held briefly, never
     /// across an await.
     cache: Mutex<BTreeMap<String, BTreeMap<TopicPartition, i64>>>,
@@ -86,8 +92,6 @@ impl OffsetStore {
         Ok(Self {
             meta,
             replication: parking_lot::RwLock::new(None),
-            epoch: std::sync::atomic::AtomicU64::new(0),
-            keeping: std::sync::atomic::AtomicBool::new(true),
             cache: Mutex::new(cache),
             active_ms: Mutex::new(active_ms),
             writes: tokio::sync::Mutex::new(()),
@@ -125,10 +129,10 @@ impl OffsetStore {
             .collect();
         let now = brook_storage::now_ms();
         if let Some(replication) = self.replication() {
-            if !self
-                .replicated(replication.commit(owned, rows, now))
-                .await?
-            {
+            let written = self.replicated(&*replication, group, |lease| {
+                replication.commit(owned, rows, now, lease)
+            });
+            if !written.await? {
                 return Ok(());
             }
         } else {
@@ -165,7 +169,10 @@ impl OffsetStore {
         let meta = self.meta.clone();
         let owned = group.to_owned();
         if let Some(replication) = self.replication() {
-            if !self.replicated(replication.delete(owned)).await? {
+            let written = self.replicated(&*replication, group, |lease| {
+                replication.delete(owned, lease)
+            });
+            if !written.await? {
                 return Ok(());
             }
         } else {
@@ -186,7 +193,10 @@ impl OffsetStore {
         let meta = self.meta.clone();
         let owned = group.to_owned();
         if let Some(replication) = self.replication() {
-            if !self.replicated(replication.mark_active(owned, now)).await? {
+            let written = self.replicated(&*replication, group, |lease| {
+                replication.mark_active(owned, now, lease)
+            });
+            if !written.await? {
                 return Ok(());
             }
         } else {
@@ -204,55 +214,67 @@ impl OffsetStore {
         self.replication.read().clone()
     }
 
-    /// Makes offsets durable through `replication` from now on.
+    /// Makes offsets durable through `replication` from now on. Offsets
+    /// this broker kept on its own before are not the cluster's: nothing
+    /// is served (or expired) from them.
     pub(crate) fn replicate_through(&self, replication: Arc<dyn OffsetReplication>) {
         *self.replication.write() = Some(replication);
+        self.cache.lock().clear();
+        self.active_ms.lock().clear();
     }
 
-    fn epoch(&self) -> u64 {
-        self.epoch.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// Makes `write` durable through the replication; whether the mirror
-    /// may then take it: not when this broker stopped (or started again)
-    /// keeping the offsets meanwhile, the mirror no longer being where
-    /// they live. (`write` does nothing until awaited here.)
+    /// Makes a write durable through `replication` under the lease this
+    /// broker holds on `group` (refused without one); whether the mirror
+    /// may then take it: not when the lease changed meanwhile, the mirror
+    /// no longer being where the group's offsets live. (`write` does
+    /// nothing until awaited here.)
     async fn replicated(
         &self,
-        write: BoxFuture<'static, Result<(), String>>,
+        replication: &dyn OffsetReplication,
+        group: &str,
+        write: impl FnOnce(u64) -> BoxFuture<'static, Result<(), String>>,
     ) -> Result<bool, GroupError> {
-        let epoch = self.epoch();
-        write.await.map_err(GroupError::NotCoordinator)?;
-        Ok(self.epoch() == epoch)
+        let Some(lease) = replication.lease(group) else {
+            return Err(GroupError::NotCoordinator(format!(
+                "this broker does not coordinate consumer groups of group `{group}`'s slot now"
+            )));
+        };
+        write(lease).await.map_err(GroupError::NotCoordinator)?;
+        Ok(replication.lease(group) == Some(lease))
     }
 
-    /// Whether this broker keeps the offsets now, and may expire groups.
-    pub(crate) fn keeping(&self) -> bool {
-        self.keeping.load(std::sync::atomic::Ordering::Acquire)
+    /// Whether this broker keeps `group`'s offsets: always alone, in a
+    /// cluster while it coordinates the group.
+    pub(crate) fn keeps(&self, group: &str) -> bool {
+        self.replication()
+            .is_none_or(|replication| replication.lease(group).is_some())
     }
 
-    /// In a cluster: `Some(groups)` when this broker starts keeping the
-    /// offsets (it coordinates the groups): the mirror becomes what the
-    /// replication holds, every group counted active now (its members have
-    /// not had the time to join again). `None` when it stops: the mirror
-    /// is emptied. Writes begun before either touch the mirror no more.
-    pub(crate) fn replace(&self, groups: Option<Vec<ReplicatedGroup>>) {
-        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        let keeping = groups.is_some();
+    /// In a cluster: this broker starts coordinating `groups` (those of
+    /// the slots it was given): the mirror takes what the replication
+    /// holds of them, each counted active now (its members have not had
+    /// the time to join again).
+    pub(crate) fn take_groups(&self, groups: Vec<ReplicatedGroup>) {
         let now = brook_storage::now_ms();
-        let mut cache = BTreeMap::new();
-        let mut active_ms = HashMap::new();
-        for (group, offsets, at) in groups.into_iter().flatten() {
+        let mut cache = self.cache.lock();
+        let mut active_ms = self.active_ms.lock();
+        for (group, offsets, at) in groups {
             if offsets.is_empty() {
                 continue;
             }
             active_ms.insert(group.clone(), at.max(now));
             cache.insert(group, offsets);
         }
-        *self.cache.lock() = cache;
-        *self.active_ms.lock() = active_ms;
-        self.keeping
-            .store(keeping, std::sync::atomic::Ordering::Release);
+    }
+
+    /// In a cluster: forgets the groups this broker no longer coordinates,
+    /// after any write under way (which then leaves the mirror alone).
+    pub(crate) async fn forget_unkept(&self) {
+        let _writes = self.writes.lock().await;
+        let mut cache = self.cache.lock();
+        let mut active_ms = self.active_ms.lock();
+        cache.retain(|group, _| self.keeps(group));
+        active_ms.retain(|group, _| self.keeps(group));
     }
 
     /// Whether offsets go through a replication (a cluster).

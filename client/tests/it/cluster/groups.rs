@@ -1,5 +1,6 @@
-//! Consumer groups in a cluster: one coordinator for every member,
-//! wherever it connected, and committed offsets that outlive it.
+//! Consumer groups in a cluster: one coordinator for every member of a
+//! group, wherever it connected; groups spread over the brokers; committed
+//! offsets that outlive their coordinator.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use brook_client::{
 use super::{STEP_LIMIT, send_numbered};
 
 /// A consumer group in a cluster: members connected to different brokers
-/// form one group at the broker leading the cluster's metadata; its
+/// form one group at the broker that coordinates it; its
 /// committed offsets outlive that broker, and the members go on at the
 /// next one from where they had committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -103,11 +104,10 @@ async fn a_group_spans_the_cluster_and_its_offsets_outlive_its_coordinator() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let coordinator = client
-        .describe_cluster()
+        .find_coordinator(GROUP)
         .await
-        .expect("describe the cluster")
-        .metadata_leader
-        .expect("a metadata leader");
+        .expect("find the group's coordinator")
+        .node_id;
     let handed_out_before = seen_now().len();
     cluster
         .stop(coordinator)
