@@ -326,8 +326,9 @@ impl GroupClient {
             .collect())
     }
 
-    /// Every group: in a cluster, those of every broker (each lists the
-    /// groups it coordinates), else those of the broker connected to.
+    /// Every group: in a cluster, those of every broker that answers (each
+    /// lists the groups it coordinates), else those of the broker
+    /// connected to.
     pub async fn list_groups(&self) -> Result<Vec<GroupSummary>, ClientError> {
         let cluster = self.client.describe_cluster().await?;
         if !cluster.clustered {
@@ -335,10 +336,20 @@ impl GroupClient {
         }
         self.client.routing.learn_cluster(&cluster);
         let mut groups: BTreeMap<String, GroupSummary> = BTreeMap::new();
-        for broker in &cluster.brokers {
+        // A broker that is down coordinates nothing: its groups move to the
+        // others within seconds.
+        for broker in cluster.brokers.iter().filter(|broker| broker.alive) {
             let address = Arc::<str>::from(broker.address.as_str());
-            let here = Self::from_client(self.client.at(&address).await?);
-            for group in summaries(here.list_groups_here().await?) {
+            let listed = match self.client.at(&address).await {
+                Ok(client) => Self::from_client(client).list_groups_here().await,
+                Err(error) => Err(error),
+            };
+            let listed = match listed {
+                Ok(listed) => listed,
+                Err(error) if error.is_broker_unreachable() => continue,
+                Err(error) => return Err(error),
+            };
+            for group in summaries(listed) {
                 // A group moving between brokers may be listed by both for
                 // a moment: the one with members is where it is now.
                 let kept = groups.entry(group.group.clone()).or_insert(group.clone());

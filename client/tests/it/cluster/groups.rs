@@ -192,3 +192,180 @@ async fn a_group_commits_partitions_its_coordinator_does_not_hold() {
     let _ = tokio::time::timeout(STEP_LIMIT, task).await;
     cluster.shutdown().await.expect("a clean shutdown");
 }
+
+/// Records a group's member consumed, as numbers.
+type Seen = Arc<Mutex<Vec<u64>>>;
+
+/// Starts a member of `group` on `endpoint` that notes what it consumes.
+async fn numbered_member(
+    endpoint: &str,
+    group: &str,
+    topic: &str,
+    seen: Seen,
+) -> (
+    brook_client::GroupHandle,
+    tokio::task::JoinHandle<Result<(), brook_client::GroupError>>,
+) {
+    let groups = GroupClient::connect(endpoint.to_owned())
+        .await
+        .expect("connect");
+    let config = GroupConfig::new(group, [topic])
+        .with_session_timeout(Duration::from_secs(1))
+        .with_auto_offset_reset(OffsetReset::Earliest)
+        .with_commit_interval(Duration::from_millis(100))
+        .with_max_wait(Duration::from_millis(100));
+    let member = GroupConsumer::join(groups, config).await.expect("join");
+    let handle = member.handle();
+    let task = tokio::spawn(member.run(move |consumed: ConsumedRecord| {
+        let seen = seen.clone();
+        async move {
+            let value = consumed.record.value.clone().expect("a value");
+            let seq: u64 = std::str::from_utf8(&value)
+                .expect("text")
+                .parse()
+                .expect("a number");
+            seen.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(seq);
+            Ok::<(), std::io::Error>(())
+        }
+    }));
+    (handle, task)
+}
+
+/// Consumer groups are shared out among the brokers: three groups with
+/// three different coordinators. When one of them stops, its groups move
+/// to the others by themselves and go on from their last commit, and the
+/// other groups go on too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn groups_spread_over_the_brokers_and_move_when_one_stops() {
+    const EVENTS: &str = "spread-events";
+    let mut cluster = EmbeddedCluster::start().await.expect("a cluster");
+    let endpoints = cluster.endpoints();
+    let client = Client::connect(endpoints[0].clone())
+        .await
+        .expect("connect");
+    client
+        .create_replicated_topic(EVENTS, 2, Some(3), TopicConfig::default())
+        .await
+        .expect("create the topic");
+    send_numbered(&client, EVENTS, 0..100, 2).await;
+
+    // One group coordinated by each broker.
+    let mut by_broker: std::collections::BTreeMap<u64, String> = Default::default();
+    let deadline = Instant::now() + STEP_LIMIT;
+    for index in 0.. {
+        if by_broker.len() == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && index < 1000,
+            "groups' coordinators found: {by_broker:?}"
+        );
+        let group = format!("spread-{}", index % 64);
+        match client.find_coordinator(&group).await {
+            Ok(found) => {
+                assert!(found.clustered);
+                by_broker.entry(found.node_id).or_insert(group);
+            }
+            // No broker has the slot yet.
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let leader = client
+        .describe_cluster()
+        .await
+        .expect("describe the cluster")
+        .metadata_leader
+        .expect("a metadata leader");
+    let victim = *by_broker
+        .keys()
+        .find(|id| **id != leader)
+        .expect("a broker that does not lead the metadata");
+    let survivor = endpoints
+        .iter()
+        .enumerate()
+        .find(|(index, _)| *index as u64 + 1 != victim)
+        .map(|(_, endpoint)| endpoint.clone())
+        .expect("a broker left");
+
+    let mut members = Vec::new();
+    for group in by_broker.values() {
+        let seen = Seen::default();
+        let (handle, task) = numbered_member(&survivor, group, EVENTS, seen.clone()).await;
+        members.push((group.clone(), seen, handle, task));
+    }
+    let seen_now = |seen: &Seen| seen.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let groups = GroupClient::connect(survivor.clone())
+        .await
+        .expect("connect");
+    for (group, seen, _, _) in &members {
+        let deadline = Instant::now() + STEP_LIMIT;
+        loop {
+            let committed = groups
+                .fetch_offsets(group, &[])
+                .await
+                .expect("fetch offsets");
+            if committed.len() == 2 && committed.iter().all(|p| p.offset == 50) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "group {group} committed {committed:?}, consumed {}",
+                seen_now(seen).len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let handed_out_before: Vec<usize> = members
+        .iter()
+        .map(|(_, seen, _, _)| seen_now(seen).len())
+        .collect();
+    cluster.stop(victim).await.expect("stop a coordinator");
+
+    let client = Client::connect(survivor.clone()).await.expect("connect");
+    send_numbered(&client, EVENTS, 100..200, 2).await;
+    for (group, seen, _, _) in &members {
+        let deadline = Instant::now() + STEP_LIMIT;
+        while !(100..200).all(|seq| seen_now(seen).contains(&seq)) {
+            assert!(
+                Instant::now() < deadline,
+                "group {group} did not go on after broker {victim} stopped"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for ((group, seen, _, _), before) in members.iter().zip(handed_out_before) {
+        let again = seen_now(seen)[before..]
+            .iter()
+            .filter(|seq| **seq < 100)
+            .count();
+        assert_eq!(
+            again, 0,
+            "group {group}: records committed before broker {victim} stopped were handed out again"
+        );
+    }
+    let moved = client
+        .find_coordinator(&by_broker[&victim])
+        .await
+        .expect("find the moved group's coordinator");
+    assert_ne!(
+        moved.node_id, victim,
+        "the stopped broker's group did not move"
+    );
+    let listed: Vec<String> = groups
+        .list_groups()
+        .await
+        .expect("list the groups")
+        .into_iter()
+        .map(|summary| summary.group)
+        .collect();
+    for group in by_broker.values() {
+        assert!(listed.contains(group), "{group} not in {listed:?}");
+    }
+    for (_, _, handle, task) in members {
+        handle.shutdown();
+        let _ = tokio::time::timeout(STEP_LIMIT, task).await;
+    }
+    cluster.shutdown().await.expect("a clean shutdown");
+}
