@@ -417,23 +417,29 @@ async fn join_cluster(
     )
     .await?;
     let voters = cluster
-        .peers
-        .iter()
-        .map(|(id, address)| (*id, BrokerNode::new(address.clone())))
+        .founding_voters()
+        .into_iter()
+        .map(|(id, address)| (id, BrokerNode::new(address)))
         .collect();
-    if cluster.join {
-        // Added by the metadata group's leader (`AddBroker`): forming a
-        // group here would make a second one.
-        tracing::info!(
-            node_id = cluster.node_id,
-            "waiting to be added to the cluster (join): `brook cluster add-broker` on any of its brokers"
-        );
-    } else {
+    if cluster.forms() {
         meta.initialize(voters).await?;
         tracing::info!(
             node_id = cluster.node_id,
             peers = ?cluster.peers,
             "joined the cluster's metadata group"
+        );
+    } else if cluster.asks_to_join() && meta.is_fresh() {
+        tracing::info!(
+            node_id = cluster.node_id,
+            "asking the cluster's brokers to add this one"
+        );
+        tokio::spawn(ask_to_be_added(meta.clone(), cluster.clone(), stop.clone()));
+    } else {
+        // Added by the metadata group's leader (`AddBroker`): forming a
+        // group here would make a second one.
+        tracing::info!(
+            node_id = cluster.node_id,
+            "waiting to be added to the cluster (join): `brook cluster add-broker` on any of its brokers"
         );
     }
     let registering = meta.clone();
@@ -483,6 +489,43 @@ async fn join_cluster(
         }
     });
     Ok((meta, replicas))
+}
+
+/// Asks the other peers in turn, until one (the metadata leader) has added
+/// this broker, it votes, or `stop`.
+async fn ask_to_be_added(meta: MetaNode, cluster: ClusterConfig, stop: CancellationToken) {
+    let own_address = cluster
+        .peers
+        .get(&cluster.node_id)
+        .cloned()
+        .unwrap_or_default();
+    loop {
+        for (id, peer) in &cluster.peers {
+            if *id == cluster.node_id {
+                continue;
+            }
+            if meta.is_voter() {
+                return;
+            }
+            let asked = tokio::select! {
+                asked = meta.ask_to_be_added(peer, &own_address) => asked,
+                () = stop.cancelled() => return,
+            };
+            match asked {
+                Ok(_) => {
+                    tracing::info!(by = id, "added to the cluster");
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(broker = id, error = %e, "not added by this broker; asking the next");
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(REGISTER_RETRY) => {}
+            () = stop.cancelled() => return,
+        }
+    }
 }
 
 /// How this broker calls its peers: over TLS when it serves TLS (trusting

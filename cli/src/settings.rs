@@ -219,6 +219,13 @@ settings! {
     /// false].
     #[arg(num_args = 0..=1, default_missing_value = "true")]
     join: bool = "BROOK_JOIN",
+    /// The ids of the brokers (among `peers`) that form the cluster when it
+    /// first starts. Any other broker of `peers` joins it: on its first
+    /// start it asks the others to add it (as `brook cluster add-broker`
+    /// does). Repeatable or comma-separated [default: every broker in
+    /// `peers`].
+    #[arg(value_name = "ID", value_delimiter = ',')]
+    founders: Vec<u64> = "BROOK_FOUNDERS",
 }
 
 /// The settings with every default filled in and every value checked.
@@ -294,6 +301,8 @@ pub struct Effective {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer_token_file: Option<PathBuf>,
     pub join: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub founders: Vec<u64>,
 }
 
 /// Reads a settings file; unknown keys and values of the wrong type are
@@ -441,6 +450,7 @@ impl Settings {
             peer_ca: self.peer_ca,
             peer_token_file: self.peer_token_file,
             join: self.join.unwrap_or(false),
+            founders: self.founders.unwrap_or_default(),
         };
         effective.check()?;
         Ok(effective)

@@ -109,6 +109,8 @@ pub struct MetaNode {
     partitions: PartitionGroups,
     /// The slots of consumer groups this broker coordinates.
     leases: Arc<LeaseBoard>,
+    /// Shared with the service, which takes changes other brokers forward.
+    membership_lock: MembershipLock,
 }
 
 impl MetaNode {
@@ -153,6 +155,7 @@ impl MetaNode {
             connector,
             partitions: PartitionGroups::default(),
             leases: Arc::default(),
+            membership_lock: MembershipLock::default(),
         })
     }
 
@@ -169,6 +172,7 @@ impl MetaNode {
     pub fn service(&self) -> RaftServiceServer<RaftServer> {
         RaftServer::new(Some(self.raft.clone()), self.partitions.clone())
             .with_leases(self.leases.clone())
+            .with_membership_lock(self.membership_lock.clone())
             .into_service()
     }
 
@@ -261,7 +265,7 @@ impl MetaNode {
         &self,
         change: MembershipChange,
     ) -> Result<MetaResponse, ClusterError> {
-        match change_members(&self.raft, &change).await {
+        match change_members(&self.raft, &self.membership_lock, &change).await {
             Err(ClusterError::NotLeader {
                 leader: Some((_, leader)),
                 ..
@@ -271,6 +275,45 @@ impl MetaNode {
             }
             other => other,
         }
+    }
+
+    /// As a broker not yet in the cluster: asks the broker at `peer` to
+    /// add this one, reached at `own_address`, as `AddBroker` does. Only
+    /// the leader takes it (the others answer `NotLeader`); it answers
+    /// once this broker has caught up and votes.
+    pub async fn ask_to_be_added(
+        &self,
+        peer: &str,
+        own_address: &str,
+    ) -> Result<MetaResponse, ClusterError> {
+        let change = MembershipChange::AddBroker {
+            id: self.id,
+            address: own_address.to_owned(),
+        };
+        self.forward_to(
+            &BrokerNode::new(peer.to_owned()),
+            &change,
+            Forwarded::Membership,
+        )
+        .await
+    }
+
+    /// Whether this broker has never been a member of a metadata group:
+    /// its files hold no membership at all.
+    pub fn is_fresh(&self) -> bool {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .next()
+            .is_none()
+    }
+
+    /// Whether this broker votes in the metadata group, as far as it knows.
+    pub fn is_voter(&self) -> bool {
+        voters(&self.raft).contains(&self.id)
     }
 
     async fn forward_to<T: Serialize>(
@@ -441,10 +484,17 @@ enum Forwarded {
 }
 
 /// Makes a change of the metadata group's voters; only the leader can.
+/// Serializes the changes of voters one leader makes: each computes its
+/// target from the voters when it starts, so two at once (two brokers
+/// asking to be added together) would each leave the other's broker out.
+pub type MembershipLock = Arc<tokio::sync::Mutex<()>>;
+
 pub(crate) async fn change_members(
     raft: &MetaRaft,
+    lock: &MembershipLock,
     change: &MembershipChange,
 ) -> Result<MetaResponse, ClusterError> {
+    let _one_at_a_time = lock.lock().await;
     let propose = |command| async {
         raft.client_write(command)
             .await

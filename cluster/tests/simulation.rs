@@ -3,7 +3,11 @@
 //! their files), while a client proposes commands through whichever broker
 //! leads. Over many seeds it checks that every acknowledged command is in
 //! every broker's state once the network heals, that all brokers hold the
-//! same state, and that no term ever had two leaders.
+//! same state, and that no term ever had two leaders. And brokers joining
+//! it: two brokers that start empty and ask the leader to add them at the
+//! same moment, as pods of a StatefulSet scaled up together do, must both
+//! end up voting (the leader makes one change of voters at a time, so
+//! neither addition leaves the other out).
 //!
 //! `BROOK_SIMULATION_SEEDS` (default 6) and `BROOK_SIMULATION_FIRST_SEED`
 //! (default 1) choose the seeds: a long run is the same test with more.
@@ -225,6 +229,116 @@ fn acknowledged_metadata_survives_partitions_and_crashes_and_leaders_are_unique_
     for seed in seeds() {
         match run_seed(seed) {
             Ok(run) => eprintln!("seed {seed}: {run:?}"),
+            Err(e) => panic!("{e:#}"),
+        }
+    }
+}
+
+/// Brokers joining: these three form the group, the other two ask the
+/// leader to add them at the same moment.
+const FOUNDERS: [NodeId; 3] = BROKERS;
+const JOINERS: [NodeId; 2] = [4, 5];
+
+fn address(id: NodeId) -> String {
+    format!("{}:{PORT}", host(id))
+}
+
+/// One broker: a founder forms the group, a joiner waits to be added.
+async fn founder_or_joiner(id: NodeId, dir: PathBuf, shared: Arc<Shared>) -> turmoil::Result {
+    let node = MetaNode::start(&MetaNodeConfig::new(id, dir), Arc::new(SimConnector)).await?;
+    shared.nodes.lock().insert(id, node.clone());
+    if FOUNDERS.contains(&id) {
+        let founders: BTreeMap<NodeId, BrokerNode> = FOUNDERS
+            .iter()
+            .map(|id| (*id, BrokerNode::new(address(*id))))
+            .collect();
+        node.initialize(founders).await?;
+    }
+    Server::builder()
+        .add_service(node.service())
+        .serve_with_incoming(sim::listen().await?)
+        .await?;
+    Ok(())
+}
+
+/// Waits for a leader among the founders, then has both joiners ask it at
+/// once, each until it was added.
+async fn join_both(shared: Arc<Shared>) -> turmoil::Result {
+    let leader = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let nodes = shared.nodes.lock();
+        if let Some(leader) = FOUNDERS
+            .iter()
+            .filter_map(|id| nodes.get(id))
+            .find_map(MetaNode::leader)
+            && JOINERS.iter().all(|id| nodes.contains_key(id))
+        {
+            break leader;
+        }
+    };
+    let asks = JOINERS.iter().map(|id| {
+        let node = shared.nodes.lock().get(id).cloned();
+        async move {
+            let node = node.context("a joiner started")?;
+            for _ in 0..20 {
+                if node
+                    .ask_to_be_added(&address(leader), &address(node.id()))
+                    .await
+                    .is_ok()
+                {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            anyhow::bail!("broker {} was never added", node.id())
+        }
+    });
+    for asked in futures::future::join_all(asks).await {
+        asked.map_err(|e| format!("{e:#}"))?;
+    }
+    Ok(())
+}
+
+fn run_joining_seed(seed: u64) -> anyhow::Result<BTreeSet<NodeId>> {
+    let all: Vec<NodeId> = FOUNDERS.iter().chain(&JOINERS).copied().collect();
+    let dirs: Vec<tempfile::TempDir> = all
+        .iter()
+        .map(|_| tempfile::tempdir())
+        .collect::<Result<_, _>>()?;
+    let shared = Arc::new(Shared::default());
+    let mut sim = turmoil::Builder::new()
+        .simulation_duration(Duration::from_secs(120))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(20))
+        .rng_seed(seed)
+        .build();
+    for (id, dir) in all.iter().zip(&dirs) {
+        let (id, dir, shared) = (*id, dir.path().to_owned(), shared.clone());
+        sim.host(host(id), move || {
+            founder_or_joiner(id, dir.clone(), shared.clone())
+        });
+    }
+    sim.client("operator", join_both(shared.clone()));
+    sim.run().map_err(|e| anyhow::anyhow!("seed {seed}: {e}"))?;
+    let nodes = shared.nodes.lock();
+    let leader = FOUNDERS
+        .iter()
+        .filter_map(|id| nodes.get(id))
+        .find(|node| node.leader() == Some(node.id()))
+        .context("no leader at the end")?;
+    let voting = brook_cluster::membership::voters(leader.raft());
+    ensure!(
+        voting == all.iter().copied().collect(),
+        "seed {seed}: the voters are {voting:?} after both joiners were added"
+    );
+    Ok(voting)
+}
+
+#[test]
+fn brokers_asking_to_be_added_at_once_all_vote() {
+    for seed in seeds() {
+        match run_joining_seed(seed) {
+            Ok(voting) => eprintln!("seed {seed}: voters {voting:?}"),
             Err(e) => panic!("{e:#}"),
         }
     }

@@ -381,6 +381,10 @@ pub struct ClusterConfig {
     /// forming the metadata group with its peers; its peers are then the
     /// brokers it first asks about the cluster.
     pub join: bool,
+    /// The brokers that formed the cluster (`None`: every peer). A broker
+    /// not among them joins: on its first start (its metadata directory
+    /// empty) it asks its peers to add it, and waits until one has.
+    pub founders: Option<std::collections::BTreeSet<u64>>,
 }
 
 impl ClusterConfig {
@@ -414,7 +418,56 @@ impl ClusterConfig {
             peer_ca: None,
             peer_token_file: None,
             join: false,
+            founders: None,
         })
+    }
+
+    /// Only `founders` form the cluster; every other broker asks to be
+    /// added on its first start (see `founders`). Each must be a peer.
+    pub fn with_founders(
+        mut self,
+        founders: std::collections::BTreeSet<u64>,
+    ) -> Result<Self, Invalid> {
+        if founders.is_empty() {
+            return Err(Invalid::new("founders", "must name at least one broker"));
+        }
+        if let Some(unknown) = founders.iter().find(|id| !self.peers.contains_key(id)) {
+            return Err(Invalid::new(
+                "founders",
+                format!("broker {unknown} is not in peers"),
+            ));
+        }
+        self.founders = Some(founders);
+        Ok(self)
+    }
+
+    /// Whether this broker forms the cluster with the other founders
+    /// (rather than joining it).
+    pub fn forms(&self) -> bool {
+        !self.join
+            && self
+                .founders
+                .as_ref()
+                .is_none_or(|founders| founders.contains(&self.node_id))
+    }
+
+    /// Whether this broker asks its peers to add it: it is not a founder
+    /// and was not told to wait for an operator (`join`).
+    pub fn asks_to_join(&self) -> bool {
+        !self.join && !self.forms()
+    }
+
+    /// The voters the founders form the metadata group with.
+    pub fn founding_voters(&self) -> std::collections::BTreeMap<u64, String> {
+        self.peers
+            .iter()
+            .filter(|(id, _)| {
+                self.founders
+                    .as_ref()
+                    .is_none_or(|founders| founders.contains(id))
+            })
+            .map(|(id, address)| (*id, address.clone()))
+            .collect()
     }
 
     /// Joins a running cluster instead of forming one (see `join`).

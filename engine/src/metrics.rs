@@ -100,6 +100,8 @@ pub struct Metrics {
     /// Replicas here that have not caught up with their leader since they
     /// started (what keeps `/ready` at 503).
     pub replicas_catching_up: Gauge,
+    /// Slots of consumer groups this broker coordinates.
+    pub coordinated_group_slots: Gauge,
     /// Over the partitions this broker leads: the most Raft entries a
     /// follower is behind.
     pub replica_lag_max: Gauge,
@@ -138,6 +140,7 @@ impl Metrics {
             partitions_led: Gauge::default(),
             partition_elections: Counter::default(),
             replicas_catching_up: Gauge::default(),
+            coordinated_group_slots: Gauge::default(),
             replica_lag_max: Gauge::default(),
             registry: Registry::default(),
         };
@@ -256,6 +259,11 @@ impl Metrics {
             "brook_cluster_replicas_catching_up",
             "Replicas on this broker that have not caught up with their leader since they started",
             m.replicas_catching_up.clone(),
+        );
+        registry.register(
+            "brook_cluster_coordinated_group_slots",
+            "Slots of consumer groups (of 16) this broker coordinates",
+            m.coordinated_group_slots.clone(),
         );
         registry.register(
             "brook_cluster_replica_lag_max",

@@ -1,6 +1,7 @@
 //! The broker's cluster metrics from its partition replicas: how many run
 //! and lead here, elections, catching up, and how far followers are
-//! behind the partitions led here. Sampled every second from each
+//! behind the partitions led here; and how many slots of consumer groups
+//! it coordinates. Sampled every second from each
 //! replica's Raft metrics.
 
 use std::collections::HashMap;
@@ -66,5 +67,8 @@ impl Replicas {
         metrics
             .replicas_catching_up
             .set(i64::try_from(self.catching_up().len()).unwrap_or(i64::MAX));
+        metrics
+            .coordinated_group_slots
+            .set(i64::try_from(self.coordinating.borrow().len()).unwrap_or(i64::MAX));
     }
 }

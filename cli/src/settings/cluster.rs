@@ -33,8 +33,12 @@ impl Effective {
     pub(super) fn cluster(&self) -> anyhow::Result<Option<ClusterConfig>> {
         let node_id = match (self.node_id, self.peers.is_empty()) {
             (None, true) => {
-                if self.peer_ca.is_some() || self.peer_token_file.is_some() || self.join {
-                    bail!("peer_ca, peer_token_file and join need node_id and peers");
+                if self.peer_ca.is_some()
+                    || self.peer_token_file.is_some()
+                    || self.join
+                    || !self.founders.is_empty()
+                {
+                    bail!("peer_ca, peer_token_file, join and founders need node_id and peers");
                 }
                 return Ok(None);
             }
@@ -68,6 +72,11 @@ impl Effective {
         }
         if let Some(file) = &self.peer_token_file {
             cluster = cluster.with_peer_token_file(file);
+        }
+        if !self.founders.is_empty() {
+            cluster = cluster
+                .with_founders(self.founders.iter().copied().collect())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         Ok(Some(cluster.joining(self.join)))
     }

@@ -334,3 +334,99 @@ async fn a_broker_joins_takes_a_partition_and_the_one_it_replaced_is_removed() {
         server.stop(Signal::SIGTERM).await;
     }
 }
+
+/// Five `brook serve` with the same `--peers` (all five) and `--founders
+/// 1,2,3`, as the Helm chart runs a cluster grown from three pods to five:
+/// the first three form the cluster, the other two, started with them, ask
+/// to be added at once and both are, with no operator's command;
+/// restarted, a broker that was added does not ask again and is still a
+/// member.
+#[tokio::test]
+async fn brokers_beyond_the_founders_add_themselves() {
+    let data = tempfile::tempdir().expect("a temporary directory");
+    let ports = common::free_ports(5);
+    let peers = (1..=5)
+        .map(|id| format!("{id}=127.0.0.1:{}", ports[id - 1]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let start = |id: usize| {
+        let dir = data.path().join(format!("broker-{id}"));
+        let listen = format!("127.0.0.1:{}", ports[id - 1]);
+        let peers = peers.clone();
+        async move {
+            let node_id = id.to_string();
+            let args = [
+                "--node-id",
+                &node_id,
+                "--peers",
+                &peers,
+                "--founders",
+                "1,2,3",
+            ];
+            Server::start_listening(&dir, &listen, &args, Stdio::null()).await
+        }
+    };
+    let mut servers = Vec::new();
+    for id in 1..=5 {
+        servers.push(start(id).await);
+    }
+    let first = servers[0].grpc.clone();
+    wait_for(&first, "five brokers alive", |s| {
+        alive(s) == [1, 2, 3, 4, 5]
+    })
+    .await;
+    for (id, server) in (4..).zip(&servers[3..]) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http_get(&server.http, "/ready").await.0 != 200 {
+            assert!(Instant::now() < deadline, "broker {id} never ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Each follows the cluster's leader: one left out of the voters by
+        // the other's addition stands for election on its own, and knows
+        // none.
+        wait_for(&server.grpc, "the cluster as the newcomer sees it", |s| {
+            alive(s) == [1, 2, 3, 4, 5] && s["metadata_leader"].as_u64().is_some()
+        })
+        .await;
+    }
+    // Placed on all five: brokers 4 and 5 registered, and take replicas.
+    brook(
+        &first,
+        &[
+            "topic",
+            "create",
+            "t",
+            "--partitions",
+            "5",
+            "--replication-factor",
+            "1",
+        ],
+        b"",
+    )
+    .await;
+    let status = wait_for(&first, "a partition on brokers 4 and 5", |s| {
+        s["partitions"].as_array().is_some_and(|partitions| {
+            [4, 5].iter().all(|id| {
+                partitions
+                    .iter()
+                    .any(|p| p["replicas"] == serde_json::json!([id]))
+            })
+        })
+    })
+    .await;
+    assert_eq!(status["partitions"].as_array().map(Vec::len), Some(5));
+
+    let fifth = servers.pop().expect("broker 5");
+    fifth.stop(Signal::SIGTERM).await;
+    servers.push(start(5).await);
+    wait_for(&first, "broker 5 back", |s| alive(s) == [1, 2, 3, 4, 5]).await;
+    brook(
+        &servers[4].grpc,
+        &["produce", "t", "--partition", "0"],
+        b"x\n",
+    )
+    .await;
+    for server in servers {
+        server.stop(Signal::SIGTERM).await;
+    }
+}

@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use super::{append_request, decode, encode};
 use crate::command::MetaCommand;
 use crate::coordinators::LeaseBoard;
-use crate::node::{MembershipChange, change_members};
+use crate::node::{MembershipChange, MembershipLock, change_members};
 use crate::partition::{PartitionGroups, PartitionRaft};
 use crate::types::{MetaRaft, NodeId};
 use openraft::error::RaftError;
@@ -27,6 +27,8 @@ pub struct RaftServer {
     partitions: PartitionGroups,
     /// What this broker coordinates, told to the metadata leader.
     leases: Arc<LeaseBoard>,
+    /// The metadata node's: one change of voters at a time.
+    membership_lock: MembershipLock,
 }
 
 /// The group a request addresses.
@@ -48,7 +50,15 @@ impl RaftServer {
             meta,
             partitions,
             leases: Arc::default(),
+            membership_lock: MembershipLock::default(),
         }
+    }
+
+    /// Makes the changes of voters it takes wait for those of `lock`.
+    #[must_use]
+    pub fn with_membership_lock(mut self, lock: MembershipLock) -> Self {
+        self.membership_lock = lock;
+        self
     }
 
     /// Answers the metadata leader's `Coordination` from `leases`.
@@ -170,7 +180,7 @@ impl RaftService for RaftServer {
     ) -> Result<Response<RaftPayload>, Status> {
         let change: MembershipChange = json(&call.into_inner())?;
         // Only as the leader, like `propose`.
-        let result = change_members(self.meta()?, &change)
+        let result = change_members(self.meta()?, &self.membership_lock, &change)
             .await
             .map_err(|e| e.to_string());
         answer(&result)

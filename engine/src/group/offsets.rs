@@ -186,7 +186,9 @@ impl OffsetStore {
     /// Records that `group` was active now (its last member left), durably.
     /// Only groups with committed offsets are kept, and only they expire.
     pub(crate) async fn mark_active(&self, group: &str) -> Result<(), GroupError> {
-        if !self.has_group(group) {
+        // In a cluster a group whose slot moved on is its new
+        // coordinator's to mark.
+        if !self.has_group(group) || !self.keeps(group) {
             return Ok(());
         }
         let now = brook_storage::now_ms();

@@ -97,8 +97,8 @@ setting is one); strings are quoted (JSON string escapes are valid TOML).
 {{- if kindIs "string" . }}{{ toJson . }}
 {{- else if kindIs "bool" . }}{{ . }}
 {{- else if or (kindIs "float64" .) (kindIs "int64" .) (kindIs "int" .) }}{{ int64 . }}
-{{- else if kindIs "slice" . }}[{{ range $i, $item := . }}{{ if $i }}, {{ end }}{{ toJson (toString $item) }}{{ end }}]
-{{- else }}{{ fail (printf "brook.toml: unsupported value %v (%s): the file is flat, use strings, numbers, booleans and lists of strings" . (kindOf .)) }}
+{{- else if kindIs "slice" . }}[{{ range $i, $item := . }}{{ if $i }}, {{ end }}{{ if or (kindIs "int" $item) (kindIs "int64" $item) (kindIs "float64" $item) }}{{ int64 $item }}{{ else }}{{ toJson (toString $item) }}{{ end }}{{ end }}]
+{{- else }}{{ fail (printf "brook.toml: unsupported value %v (%s): the file is flat, use strings, numbers, booleans and lists of strings or numbers" . (kindOf .)) }}
 {{- end }}
 {{- end }}
 
@@ -181,8 +181,10 @@ they are refused. Settings the broker would refuse at start fail here.
 The cluster keys of brook.toml, set into "merged" (the settings so far, auth
 included). With replicaCount above 1 every pod gets the same peers, each
 pod's stable name, and takes its node id from its own name (brook-0 is
-broker 1); with 1 there are none. They are the chart's: given in extraConfig
-they are refused, and so is join (every pod forms the cluster).
+broker 1); brokers 1 to .Values.founders form the cluster, and the pods
+beyond them (replicaCount raised later) ask to be added on their first
+start. With 1 there are none. They are the chart's: given in extraConfig
+they are refused, and so is join.
 
 Brokers call each other on the gRPC port and speak what it speaks. With TLS
 they verify each other's certificates against peer_ca, the TLS Secret's
@@ -197,7 +199,7 @@ rather than in pods that cannot start.
 {{- $merged := .merged }}
 {{- $ctx := .ctx }}
 {{- $replicas := int $ctx.Values.replicaCount }}
-{{- range $key := list "node_id" "node_id_from_hostname" "peers" }}
+{{- range $key := list "node_id" "node_id_from_hostname" "peers" "founders" }}
 {{- if hasKey $merged $key }}
 {{- fail (printf "brook.toml: %q is set by the chart from replicaCount" $key) }}
 {{- end }}
@@ -212,8 +214,13 @@ rather than in pods that cannot start.
 {{- fail "brook.toml: \"peer_token_file\" is set by the chart from auth.peerTokenSecret" }}
 {{- end }}
 {{- if gt $replicas 1 }}
+{{- $founders := int $ctx.Values.founders }}
+{{- if lt $replicas $founders }}
+{{- fail (printf "replicaCount %d is below founders %d: the first founders brokers form the cluster, and it must keep the number it was installed with (set founders to replicaCount when installing a smaller cluster)" $replicas $founders) }}
+{{- end }}
 {{- $_ := set $merged "node_id_from_hostname" true }}
 {{- $_ := set $merged "peers" (include "brook.peers" $ctx | fromJsonArray) }}
+{{- $_ := set $merged "founders" (untilStep 1 (int (add1 $founders)) 1) }}
 {{- if hasKey $merged "tls_cert" }}
 {{- $_ := set $merged "peer_ca" (printf "%s/%s" (include "brook.tlsDir" $ctx) $ctx.Values.tls.peerCaKey) }}
 {{- end }}

@@ -252,7 +252,7 @@ async fn groups_spread_over_the_brokers_and_move_when_one_stops() {
     send_numbered(&client, EVENTS, 0..100, 2).await;
 
     // One group coordinated by each broker.
-    let mut by_broker: std::collections::BTreeMap<u64, String> = Default::default();
+    let mut by_broker = std::collections::BTreeMap::<u64, String>::new();
     let deadline = Instant::now() + STEP_LIMIT;
     for index in 0.. {
         if by_broker.len() == 3 {
