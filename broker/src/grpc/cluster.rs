@@ -253,6 +253,14 @@ impl ClusterService for ClusterHandler {
                 slots,
             }));
         };
+        // Cut off from the metadata leader, this broker may name a
+        // coordinator the others have replaced: the client asks another.
+        if !replicas.in_touch() {
+            return Err(Status::unavailable(format!(
+                "broker {} is not in touch with the cluster's metadata leader now, and cannot say who coordinates group `{group}`: ask another broker",
+                self.meta.as_ref().map_or(0, MetaNode::id)
+            )));
+        }
         match replicas.coordinator_of(&group) {
             Some((node_id, Some(address))) => Ok(Response::new(FindCoordinatorResponse {
                 clustered: true,

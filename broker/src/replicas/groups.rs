@@ -192,18 +192,25 @@ impl Replicas {
         }
     }
 
+    /// Whether this broker is in touch with the metadata leader: it leads
+    /// the metadata group in touch with a majority, or the leader
+    /// confirmed lately and this broker has applied as far as the leader
+    /// had then. Only then is what it says of coordinators current.
+    pub fn in_touch(&self) -> bool {
+        self.meta.is_leading(CONFIRMATION_SILENCE_MAX)
+            || self
+                .meta
+                .leases()
+                .confirmed_within(CONFIRMATION_SILENCE_MAX)
+                .is_some_and(|leader_applied| self.meta.applied_index() >= leader_applied)
+    }
+
     /// The slots the metadata state gives this broker, when it may
     /// coordinate: it leads the metadata group in touch with a majority,
     /// or the leader confirmed lately and this broker has applied as far
     /// as the leader had then.
     fn slots_given(&self) -> Held {
-        let in_touch = self.meta.is_leading(CONFIRMATION_SILENCE_MAX)
-            || self
-                .meta
-                .leases()
-                .confirmed_within(CONFIRMATION_SILENCE_MAX)
-                .is_some_and(|leader_applied| self.meta.applied_index() >= leader_applied);
-        if !in_touch {
+        if !self.in_touch() {
             return Held::new();
         }
         let me = self.meta.id();

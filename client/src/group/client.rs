@@ -229,9 +229,10 @@ impl GroupClient {
                 Err(error) if error.is_broker_unreachable() => {
                     self.client.routing.failed(&broker);
                 }
-                // No broker coordinates the group yet: asked again on the
-                // next try.
-                Err(_) => return,
+                // Cut off from the cluster, or no broker coordinates the
+                // group yet: the next broker may know; else asked again on
+                // the next try.
+                Err(_) => {}
             }
         }
     }

@@ -369,3 +369,150 @@ async fn groups_spread_over_the_brokers_and_move_when_one_stops() {
     }
     cluster.shutdown().await.expect("a clean shutdown");
 }
+
+/// A coordinator cut off from the other brokers (it still takes clients'
+/// calls) stops coordinating its groups within about a second, so it hands
+/// out nothing the next coordinator hands out too; the metadata leader
+/// gives its slot to another broker, where the group's member joins again
+/// by itself and goes on from its commits. Healed, the broker takes group
+/// calls again only for slots it is given anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_coordinator_cut_off_from_the_cluster_stops_and_its_group_moves() {
+    const EVENTS: &str = "cut-events";
+    let cluster = EmbeddedCluster::start().await.expect("a cluster");
+    let endpoints = cluster.endpoints();
+    let client = Client::connect(endpoints[0].clone())
+        .await
+        .expect("connect");
+    client
+        .create_replicated_topic(EVENTS, 1, Some(3), TopicConfig::default())
+        .await
+        .expect("create the topic");
+    send_numbered(&client, EVENTS, 0..50, 1).await;
+
+    // A group coordinated by a broker that leads neither the metadata nor
+    // the partition: what is cut off is the coordinator alone.
+    let described = client
+        .describe_cluster()
+        .await
+        .expect("describe the cluster");
+    let leaders = [
+        described.metadata_leader.expect("a metadata leader"),
+        described.partitions[0].leader,
+    ];
+    let deadline = Instant::now() + STEP_LIMIT;
+    let (group, cut) = 'found: loop {
+        for index in 0..64 {
+            let group = format!("cut-{index}");
+            if let Ok(found) = client.find_coordinator(&group).await
+                && !leaders.contains(&found.node_id)
+            {
+                break 'found (group, found.node_id);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no group coordinated off the leader"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let cut_endpoint = endpoints[usize::try_from(cut - 1).expect("an index")].clone();
+    let majority = endpoints
+        .iter()
+        .enumerate()
+        .find(|(index, _)| *index as u64 + 1 != cut)
+        .map(|(_, endpoint)| endpoint.clone())
+        .expect("another broker");
+
+    let seen = Seen::default();
+    let (handle, task) = numbered_member(&majority, &group, EVENTS, seen.clone()).await;
+    let groups = GroupClient::connect(majority.clone())
+        .await
+        .expect("connect");
+    let committed_all = |expected: i64| {
+        let groups = groups.clone();
+        let group = group.clone();
+        async move {
+            let deadline = Instant::now() + STEP_LIMIT;
+            loop {
+                let committed = groups.fetch_offsets(&group, &[]).await;
+                if let Ok(committed) = &committed
+                    && committed.len() == 1
+                    && committed.iter().all(|p| p.offset == expected)
+                {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "committed: {committed:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    committed_all(50).await;
+
+    // Asked of a broker of the majority from now on.
+    let client = Client::connect(majority.clone()).await.expect("connect");
+    cluster.isolate(cut);
+    let isolated_at = Instant::now();
+    // The cut-off broker refuses the group's calls once its leases lapse.
+    let mut at_cut = brook_proto::group_service_client::GroupServiceClient::connect(cut_endpoint)
+        .await
+        .expect("connect to the cut-off broker");
+    loop {
+        let answer = at_cut
+            .fetch_offsets(brook_proto::FetchOffsetsRequest {
+                group: group.clone(),
+                partitions: Vec::new(),
+            })
+            .await;
+        match answer {
+            Err(status)
+                if status
+                    .message()
+                    .contains("does not coordinate consumer groups") =>
+            {
+                break;
+            }
+            other => assert!(
+                isolated_at.elapsed() < Duration::from_secs(3),
+                "broker {cut} still coordinates {group} {:?} after it was cut off: {other:?}",
+                isolated_at.elapsed()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stopped_after = isolated_at.elapsed();
+    // Another broker coordinates it, and the member goes on there.
+    let deadline = Instant::now() + STEP_LIMIT;
+    loop {
+        if let Ok(found) = client.find_coordinator(&group).await
+            && found.node_id != cut
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{group} never moved off broker {cut}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let moved_after = isolated_at.elapsed();
+    assert!(
+        stopped_after < moved_after,
+        "the group moved ({moved_after:?}) before broker {cut} stopped coordinating it ({stopped_after:?})"
+    );
+    let before = seen.lock().unwrap_or_else(PoisonError::into_inner).len();
+    send_numbered(&client, EVENTS, 50..100, 1).await;
+    committed_all(100).await;
+    let again = seen.lock().unwrap_or_else(PoisonError::into_inner)[before..]
+        .iter()
+        .filter(|seq| **seq < 50)
+        .count();
+    assert_eq!(
+        again, 0,
+        "records committed before the cut were handed out again"
+    );
+    cluster.heal(cut);
+    handle.shutdown();
+    let _ = tokio::time::timeout(STEP_LIMIT, task).await;
+    cluster.shutdown().await.expect("a clean shutdown");
+}
