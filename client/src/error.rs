@@ -445,11 +445,22 @@ impl ClientError {
             if message.contains(NOT_LEADER_PHRASE))
     }
 
-    /// Whether a broker refused a batch because it is cut off from a
-    /// majority of the partition's replicas.
+    /// Whether a broker refused a batch, or a read, because it is cut off
+    /// from a majority of the partition's replicas.
     pub(crate) fn is_cut_off_leader(&self) -> bool {
-        matches!(self, Self::Rejected { code: StatusCode::Unavailable, message, .. }
-            if message.contains(CUT_OFF_PHRASE))
+        match self {
+            Self::Rejected {
+                code: StatusCode::Unavailable,
+                message,
+                ..
+            }
+            | Self::Status {
+                code: StatusCode::Unavailable,
+                message,
+                ..
+            } => message.contains(CUT_OFF_PHRASE),
+            _ => false,
+        }
     }
 
     /// Whether a broker of a cluster refused a group call because another

@@ -111,6 +111,14 @@ pub enum PartitionError {
         partition: u32,
         reason: String,
     },
+    /// In a cluster: this broker's replica may not serve reads now (a
+    /// leader cut off from the other replicas); another broker may.
+    #[error("topic `{topic}` partition {partition} cannot be read here now: {reason}")]
+    NotReadable {
+        topic: String,
+        partition: u32,
+        reason: String,
+    },
     #[error(transparent)]
     OutOfRange(#[from] OutOfRange),
     /// The operation failed for want of `resource` and left nothing behind;

@@ -58,7 +58,8 @@ impl ToStatus for PartitionError {
             Self::Poisoned { .. }
             | Self::Closed { .. }
             | Self::NotLeader { .. }
-            | Self::Unavailable { .. } => Code::Unavailable,
+            | Self::Unavailable { .. }
+            | Self::NotReadable { .. } => Code::Unavailable,
             Self::Deleted { .. } => Code::NotFound,
             // Acknowledged records are missing: as with a corrupt batch,
             // retrying does not help; an operator must decide.

@@ -63,6 +63,13 @@ impl RaftReplication {
 }
 
 impl Replication for RaftReplication {
+    fn read_refusal(&self) -> Option<String> {
+        let silence = self.quorum_lost_for()?;
+        Some(format!(
+            "this broker's replica leads the partition but has heard from no majority of its replicas for {silence} ms (cut off from them?): it would serve nothing newer; another may lead it by now"
+        ))
+    }
+
     // The future resolves once the batches are queued, into the one that
     // resolves once they are committed: two waits, on purpose.
     #[allow(clippy::async_yields_async)]

@@ -301,7 +301,9 @@ impl Fetcher {
             Ok(fetched) => self.queue_fetched(&targets, fetched, slot).await,
             Err(e) if e.is_retryable() => {
                 tracing::warn!(error = %e, %broker, "consumer fetch failed; retrying");
-                if e.is_broker_unreachable() {
+                // A leader cut off from its replicas still names itself:
+                // another broker is asked where the partitions are.
+                if e.is_broker_unreachable() || e.is_cut_off_leader() {
                     self.client.routing.failed(broker);
                 }
                 Round::Failed

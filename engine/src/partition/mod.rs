@@ -190,7 +190,9 @@ impl Partition {
     }
 
     /// Refuses reads on a broker that holds no replica of the partition
-    /// (its local log is empty, not the partition's).
+    /// (its local log is empty, not the partition's), and on a replica
+    /// that says it may not serve them now (a leader cut off from the
+    /// others).
     pub fn check_readable(&self) -> Result<(), PartitionError> {
         match &*self.route.read() {
             Route::Elsewhere(leader) => Err(PartitionError::NotLeader {
@@ -198,6 +200,14 @@ impl Partition {
                 partition: self.index,
                 leader: leader.clone(),
             }),
+            Route::Replicated(replication) => match replication.read_refusal() {
+                Some(reason) => Err(PartitionError::NotReadable {
+                    topic: self.topic.clone(),
+                    partition: self.index,
+                    reason,
+                }),
+                None => Ok(()),
+            },
             _ => Ok(()),
         }
     }

@@ -20,6 +20,13 @@ pub trait Replication: Send + Sync + fmt::Debug {
     /// acknowledgement that resolves once they are committed and applied
     /// to this replica's log (offsets decided, high watermark moved).
     fn submit(&self, batches: Vec<Bytes>) -> AcknowledgementFuture<'_>;
+
+    /// Why reads of this replica are refused now, if they are: a leader
+    /// cut off from the other replicas serves what it had committed and
+    /// nothing newer, while another replica may lead by now.
+    fn read_refusal(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The broker that leads a partition, as far as this one knows.

@@ -2,15 +2,24 @@
 //! and the leader of its partition cut off from its peers (its clients
 //! still reach it): it acknowledges nothing from then on (and soon
 //! refuses at once what it is sent), the two others elect a leader and the
-//! producer goes on there; once the link is healed every replica holds
-//! every acknowledged record exactly once, at its acknowledged offset, and
-//! none of what the cut-off leader took alone.
+//! producer goes on there, and so does a consumer reading the partition
+//! (the cut-off leader soon refuses reads too, rather than serving nothing
+//! newer); once the link is healed every replica holds every acknowledged
+//! record exactly once, at its acknowledged offset, and none of what the
+//! cut-off leader took alone.
 
 use std::time::{Duration, Instant};
 
 use brook_broker::EmbeddedCluster;
-use brook_client::{Client, ErrorKind, NewRecord, OffsetSpec, TopicConfig};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use brook_client::{
+    Client, Consumer, ConsumerConfig, ErrorKind, FetchOptions, NewRecord, OffsetReset, OffsetSpec,
+    TopicConfig,
+};
 use bytes::Bytes;
+use futures::StreamExt;
 
 use super::STEP_LIMIT;
 use super::producing::{Producing, log_of, producer_options};
@@ -86,8 +95,26 @@ async fn leader_cut_off_under_a_producer(bootstrap_at_leader: bool) {
     )
     .await
     .expect("connect");
-    let producing = Producing::start(client, TOPIC);
+    let producing = Producing::start(client.clone(), TOPIC);
     producing.wait_for(500, "the producer did not start").await;
+    // A consumer of the partition, connected where the producer is: the
+    // highest offset it has read.
+    let read_up_to = Arc::new(AtomicI64::new(-1));
+    let consuming = {
+        let read_up_to = read_up_to.clone();
+        let config = ConsumerConfig::default()
+            .with_max_wait(Duration::from_millis(100))
+            .with_auto_offset_reset(OffsetReset::Earliest);
+        let mut consumer = Consumer::new(client, config);
+        consumer.assign(&[(TOPIC, 0)]);
+        tokio::spawn(async move {
+            while let Some(consumed) = consumer.next().await {
+                if let Ok(consumed) = consumed {
+                    read_up_to.fetch_max(consumed.record.offset, Ordering::Relaxed);
+                }
+            }
+        })
+    };
 
     cluster.isolate(cut);
     let cut_at = Instant::now();
@@ -120,6 +147,22 @@ async fn leader_cut_off_under_a_producer(bootstrap_at_leader: bool) {
         "refused only after {:?}: {refused}",
         asked_at.elapsed()
     );
+    // And reads: it would serve nothing newer than the cut.
+    let read = at_cut
+        .fetch(
+            TOPIC,
+            0,
+            0,
+            FetchOptions::default().with_max_wait(Duration::ZERO),
+        )
+        .await;
+    match read {
+        Ok(fetched) => panic!(
+            "the cut-off leader served a read: {} records",
+            fetched.records.len()
+        ),
+        Err(unread) => assert_eq!(unread.kind(), ErrorKind::Unavailable, "{unread}"),
+    }
 
     // The majority elects a leader and the producer goes on there.
     producing
@@ -130,11 +173,25 @@ async fn leader_cut_off_under_a_producer(bootstrap_at_leader: bool) {
         .await;
     let new_leader = leader_of_majority(&cluster, &majority).await;
     assert_ne!(new_leader, cut);
-    assert_eq!(
-        high_watermark(&at_cut).await,
-        watermark_after_cut,
-        "the cut-off leader's high watermark moved"
-    );
+    let deadline = Instant::now() + STEP_LIMIT;
+    while read_up_to.load(Ordering::Relaxed) <= watermark_after_cut {
+        assert!(
+            Instant::now() < deadline,
+            "the consumer read nothing the majority took after broker {cut} was cut off (up to offset {})",
+            read_up_to.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    consuming.abort();
+    // It refuses reads by now; if it answers, its high watermark has not
+    // moved.
+    match at_cut.list_offsets(TOPIC, 0, OffsetSpec::Latest).await {
+        Ok(watermark) => assert_eq!(
+            watermark, watermark_after_cut,
+            "the cut-off leader's high watermark moved"
+        ),
+        Err(refused) => assert_eq!(refused.kind(), ErrorKind::Unavailable, "{refused}"),
+    }
     let elapsed = cut_at.elapsed();
 
     cluster.heal(cut);
