@@ -27,6 +27,10 @@ use super::client::{GroupClient, TopicPartition, from_proto_partition, to_proto_
 use crate::error::ClientError;
 use crate::resilience::Backoff;
 
+/// How far the backoff grows while brokers answer that they do not
+/// coordinate the group (`retry_backoff` doubled this many times: 200 ms
+/// by default).
+const NOT_COORDINATOR_BACKOFF_STEPS: u32 = 2;
 /// Events queued for the member; small, as they come only with rebalances.
 pub(crate) const EVENTS_MAX: usize = 16;
 /// Broker messages read ahead while the member does not take its events;
@@ -203,8 +207,11 @@ impl Session {
                 // A broker of a cluster that does not coordinate the
                 // groups (now): the coordinator is asked for and tried.
                 Err(error) if error.is_not_coordinator() => {
-                    tracing::info!(group = %self.join.group, %error, "joining at the groups' coordinator");
+                    tracing::info!(group = %self.join.group, %error, "joining at the group's coordinator");
                     self.client.find_coordinator(&self.join.group).await;
+                    // The group is moving to another broker, which takes
+                    // it within seconds: asked again soon, not ever later.
+                    attempt = attempt.min(NOT_COORDINATOR_BACKOFF_STEPS);
                 }
                 Err(error) if self.joins == 0 || !error.is_retryable() => {
                     self.emit(SessionEvent::Failed(error)).await;

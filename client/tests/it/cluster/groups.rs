@@ -322,6 +322,7 @@ async fn groups_spread_over_the_brokers_and_move_when_one_stops() {
         .map(|(_, seen, _, _)| seen_now(seen).len())
         .collect();
     cluster.stop(victim).await.expect("stop a coordinator");
+    let stopped_at = Instant::now();
 
     let client = Client::connect(survivor.clone()).await.expect("connect");
     send_numbered(&client, EVENTS, 100..200, 2).await;
@@ -345,6 +346,10 @@ async fn groups_spread_over_the_brokers_and_move_when_one_stops() {
             "group {group}: records committed before broker {victim} stopped were handed out again"
         );
     }
+    eprintln!(
+        "broker {victim} stopped: every group went on within {:?}",
+        stopped_at.elapsed()
+    );
     let moved = client
         .find_coordinator(&by_broker[&victim])
         .await
@@ -496,6 +501,9 @@ async fn a_coordinator_cut_off_from_the_cluster_stops_and_its_group_moves() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let moved_after = isolated_at.elapsed();
+    eprintln!(
+        "broker {cut} cut off: stopped coordinating {group} after {stopped_after:?}, another broker had it after {moved_after:?}"
+    );
     assert!(
         stopped_after < moved_after,
         "the group moved ({moved_after:?}) before broker {cut} stopped coordinating it ({stopped_after:?})"
