@@ -107,6 +107,9 @@ impl Replicas {
                 continue;
             };
             self.hear_brokers(hearing, *start, &mut channels).await;
+            if !self.ready_to_assign(*start) {
+                continue;
+            }
             let plan = self.plan(hearing);
             if plan.is_empty() {
                 continue;
@@ -177,6 +180,20 @@ impl Replicas {
         if brokers.contains_key(&me) {
             hearing.heard(me, Some(self.coordinating.borrow().clone()), now, start);
         }
+    }
+
+    /// Whether slots may be given now: not in a new cluster until every
+    /// voter of the metadata group has registered (or a few seconds went
+    /// by), so that they are spread over all of them at once rather than
+    /// given to the first and moved one by one.
+    fn ready_to_assign(&self, leading_since: Instant) -> bool {
+        if leading_since.elapsed() >= SILENT_MAX {
+            return true;
+        }
+        let voters = brook_cluster::membership::voters(self.meta.raft());
+        self.meta.read_state(|state| {
+            !state.coordinators.is_empty() || voters.iter().all(|id| state.brokers.contains_key(id))
+        })
     }
 
     /// What to reassign, from what the leader heard.
