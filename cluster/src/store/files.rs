@@ -76,6 +76,23 @@ pub(crate) fn open_append(path: &Path) -> io::Result<File> {
 
 /// One record framed: length, CRC-32 of the payload, payload.
 pub(crate) fn frame(payload: &[u8]) -> io::Result<Vec<u8>> {
+    let mut framed = Vec::with_capacity(FRAME_LEN + payload.len());
+    framed.extend_from_slice(&[0; FRAME_LEN]);
+    framed.extend_from_slice(payload);
+    seal_frame(&mut framed)?;
+    Ok(framed)
+}
+
+/// Writes the header of a record whose payload was written in place after
+/// `FRAME_LEN` bytes left for it: `record` is the header and the payload,
+/// so that a record is framed without copying its payload again.
+pub(crate) fn seal_frame(record: &mut [u8]) -> io::Result<()> {
+    let Some((header, payload)) = record.split_at_mut_checked(FRAME_LEN) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a record without room for its header",
+        ));
+    };
     if payload.len() > RECORD_BYTES_MAX {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -85,11 +102,9 @@ pub(crate) fn frame(payload: &[u8]) -> io::Result<Vec<u8>> {
             ),
         ));
     }
-    let mut framed = Vec::with_capacity(FRAME_LEN + payload.len());
-    framed.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    framed.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    framed.extend_from_slice(payload);
-    Ok(framed)
+    header[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    header[4..].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    Ok(())
 }
 
 /// A framed file read back: each record's payload with the offset it
