@@ -14,7 +14,7 @@
 //! - [`LeaseBoard`]: what this broker coordinates, and when the metadata
 //!   leader last confirmed that it may.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -160,10 +160,13 @@ pub struct LeaseBoard {
 struct Leases {
     /// Slot → the epoch it is coordinated under here.
     held: BTreeMap<u32, u64>,
-    /// When the metadata leader last asked, the term it leads in, and how
-    /// far it had applied.
-    confirmed: Option<Confirmation>,
+    /// The metadata leader's latest asks, oldest first: when each came,
+    /// the term it leads in, and how far it had applied.
+    confirmations: VecDeque<Confirmation>,
 }
+
+/// How many of the leader's asks are kept: more than come in a second.
+const CONFIRMATIONS_KEPT: usize = 16;
 
 #[derive(Debug, Clone, Copy)]
 struct Confirmation {
@@ -188,25 +191,35 @@ impl LeaseBoard {
     /// than one heard before counts for nothing.
     pub fn confirm(&self, term: u64, applied: u64) {
         let mut inner = self.inner.lock();
-        if inner.confirmed.is_some_and(|heard| heard.term > term) {
+        if inner
+            .confirmations
+            .back()
+            .is_some_and(|heard| heard.term > term)
+        {
             return;
         }
-        inner.confirmed = Some(Confirmation {
+        inner.confirmations.push_back(Confirmation {
             at: Instant::now(),
             term,
             applied,
         });
+        while inner.confirmations.len() > CONFIRMATIONS_KEPT {
+            inner.confirmations.pop_front();
+        }
     }
 
-    /// When the metadata leader confirmed within `within`: how far it had
-    /// applied, which this broker must have applied too before it may
-    /// coordinate what the state says it does.
-    pub fn confirmed_within(&self, within: Duration) -> Option<u64> {
+    /// Whether the metadata leader asked within `within` having applied
+    /// no more than this broker has now (`applied_here`): then what this
+    /// broker's state says of coordinators is as recent as the leader's
+    /// was then. Any such ask counts, not only the latest: the leader is
+    /// usually a little ahead, and its latest ask may come before this
+    /// broker has applied what the leader had.
+    pub fn reached_within(&self, within: Duration, applied_here: u64) -> bool {
         self.inner
             .lock()
-            .confirmed
-            .filter(|heard| heard.at.elapsed() <= within)
-            .map(|heard| heard.applied)
+            .confirmations
+            .iter()
+            .any(|heard| heard.at.elapsed() <= within && heard.applied <= applied_here)
     }
 }
 
@@ -398,6 +411,27 @@ mod tests {
         };
         assert_eq!(state.apply(&unfenced), MetaResponse::Done);
         assert!(state.groups.is_empty());
+    }
+
+    /// The leader's latest ask may be ahead of this broker; an earlier
+    /// one it has reached keeps it in touch, for as long as it is recent.
+    #[test]
+    fn an_ask_reached_keeps_a_broker_in_touch_though_the_latest_is_ahead() {
+        let board = LeaseBoard::default();
+        assert!(!board.reached_within(Duration::from_secs(1), 100));
+        board.confirm(2, 10);
+        board.confirm(2, 12);
+        assert!(board.reached_within(Duration::from_secs(1), 11));
+        assert!(!board.reached_within(Duration::from_secs(1), 9));
+        assert!(!board.reached_within(Duration::ZERO, 11));
+        // A deposed leader's ask counts for nothing.
+        board.confirm(1, 0);
+        assert!(!board.reached_within(Duration::from_secs(1), 9));
+        for applied in 20..60 {
+            board.confirm(3, applied);
+        }
+        assert!(!board.reached_within(Duration::from_secs(1), 40));
+        assert!(board.reached_within(Duration::from_secs(1), 44));
     }
 
     #[test]

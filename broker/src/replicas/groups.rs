@@ -193,16 +193,15 @@ impl Replicas {
     }
 
     /// Whether this broker is in touch with the metadata leader: it leads
-    /// the metadata group in touch with a majority, or the leader
-    /// confirmed lately and this broker has applied as far as the leader
-    /// had then. Only then is what it says of coordinators current.
+    /// the metadata group in touch with a majority, or the leader asked
+    /// within the last second having applied no more than this broker
+    /// has. Only then is what it says of coordinators current.
     pub fn in_touch(&self) -> bool {
         self.meta.is_leading(CONFIRMATION_SILENCE_MAX)
             || self
                 .meta
                 .leases()
-                .confirmed_within(CONFIRMATION_SILENCE_MAX)
-                .is_some_and(|leader_applied| self.meta.applied_index() >= leader_applied)
+                .reached_within(CONFIRMATION_SILENCE_MAX, self.meta.applied_index())
     }
 
     /// The slots the metadata state gives this broker, when it may

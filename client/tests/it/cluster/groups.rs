@@ -521,3 +521,72 @@ async fn a_coordinator_cut_off_from_the_cluster_stops_and_its_group_moves() {
     let _ = tokio::time::timeout(STEP_LIMIT, task).await;
     cluster.shutdown().await.expect("a clean shutdown");
 }
+
+/// A group coordinated by a broker that does not lead the metadata keeps
+/// its member and generation while it commits steadily: the brokers'
+/// coordination does not end sessions when nothing failed (a follower a
+/// little behind the metadata leader goes on coordinating).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_steady_group_keeps_its_session_under_commits() {
+    const EVENTS: &str = "steady-events";
+    let cluster = EmbeddedCluster::start().await.expect("a cluster");
+    let endpoints = cluster.endpoints();
+    let client = Client::connect(endpoints[0].clone())
+        .await
+        .expect("connect");
+    client
+        .create_replicated_topic(EVENTS, 2, Some(3), TopicConfig::default())
+        .await
+        .expect("create the topic");
+    let leader = client
+        .describe_cluster()
+        .await
+        .expect("describe the cluster")
+        .metadata_leader
+        .expect("a metadata leader");
+    let deadline = Instant::now() + STEP_LIMIT;
+    let group = 'found: loop {
+        for index in 0..64 {
+            let group = format!("steady-{index}");
+            if let Ok(found) = client.find_coordinator(&group).await
+                && found.node_id != leader
+            {
+                break 'found group;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no group coordinated off the leader"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let seen = Seen::default();
+    let (handle, task) = numbered_member(&endpoints[0], &group, EVENTS, seen.clone()).await;
+    let groups = GroupClient::connect(endpoints[0].clone())
+        .await
+        .expect("connect");
+    send_numbered(&client, EVENTS, 0..20, 2).await;
+    let deadline = Instant::now() + STEP_LIMIT;
+    let before = loop {
+        let described = groups.describe_group(&group).await.expect("describe");
+        if described.members.len() == 1 && described.partitions.iter().all(|p| p.lag == 0) {
+            break described;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the member never caught up: {described:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Records, and so commits, through the metadata group for a while.
+    send_numbered(&client, EVENTS, 20..400, 2).await;
+    let after = groups.describe_group(&group).await.expect("describe");
+    assert_eq!(
+        (after.generation, &after.members[0].member_id),
+        (before.generation, &before.members[0].member_id),
+        "the group's session ended or rebalanced while nothing failed"
+    );
+    handle.shutdown();
+    let _ = tokio::time::timeout(STEP_LIMIT, task).await;
+    cluster.shutdown().await.expect("a clean shutdown");
+}
