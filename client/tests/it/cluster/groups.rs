@@ -12,6 +12,91 @@ use brook_client::{
 
 use super::{STEP_LIMIT, send_numbered};
 
+/// Records a group's member consumed, as numbers.
+type Seen = Arc<Mutex<Vec<u64>>>;
+
+/// Starts a member of `group` on `endpoint` that notes what it consumes.
+async fn numbered_member(
+    endpoint: &str,
+    group: &str,
+    topic: &str,
+    seen: Seen,
+) -> (
+    brook_client::GroupHandle,
+    tokio::task::JoinHandle<Result<(), brook_client::GroupError>>,
+) {
+    let groups = GroupClient::connect(endpoint.to_owned())
+        .await
+        .expect("connect");
+    let config = GroupConfig::new(group, [topic])
+        .with_session_timeout(Duration::from_secs(1))
+        .with_auto_offset_reset(OffsetReset::Earliest)
+        .with_commit_interval(Duration::from_millis(100))
+        .with_max_wait(Duration::from_millis(100));
+    let member = GroupConsumer::join(groups, config).await.expect("join");
+    let handle = member.handle();
+    let task = tokio::spawn(member.run(move |consumed: ConsumedRecord| {
+        let seen = seen.clone();
+        async move {
+            let value = consumed.record.value.clone().expect("a value");
+            let seq: u64 = std::str::from_utf8(&value)
+                .expect("text")
+                .parse()
+                .expect("a number");
+            seen.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(seq);
+            Ok::<(), std::io::Error>(())
+        }
+    }));
+    (handle, task)
+}
+
+/// A cluster of three with `topic` created on it, and a client of its
+/// first broker.
+async fn cluster_with_topic(
+    topic: &str,
+    partitions: u32,
+    replication_factor: u32,
+) -> (EmbeddedCluster, Vec<String>, Client) {
+    let cluster = EmbeddedCluster::start().await.expect("a cluster");
+    let endpoints = cluster.endpoints();
+    let client = Client::connect(endpoints[0].clone())
+        .await
+        .expect("connect");
+    client
+        .create_replicated_topic(
+            topic,
+            partitions,
+            Some(replication_factor),
+            TopicConfig::default(),
+        )
+        .await
+        .expect("create the topic");
+    (cluster, endpoints, client)
+}
+
+/// A group named `prefix-N` whose coordinator is none of `avoid`, with its
+/// coordinator, once the slots are given out.
+async fn group_coordinated_off(client: &Client, prefix: &str, avoid: &[u64]) -> (String, u64) {
+    let deadline = Instant::now() + STEP_LIMIT;
+    loop {
+        for index in 0..64 {
+            let group = format!("{prefix}-{index}");
+            if let Ok(found) = client.find_coordinator(&group).await
+                && !avoid.contains(&found.node_id)
+            {
+                return (group, found.node_id);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no group coordinated off brokers {avoid:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A consumer group in a cluster: members connected to different brokers
 /// form one group at the broker that coordinates it; its
 /// committed offsets outlive that broker, and the members go on at the
@@ -20,47 +105,14 @@ use super::{STEP_LIMIT, send_numbered};
 async fn a_group_spans_the_cluster_and_its_offsets_outlive_its_coordinator() {
     const EVENTS: &str = "events";
     const GROUP: &str = "billing";
-    let mut cluster = EmbeddedCluster::start().await.expect("a cluster");
-    let endpoints = cluster.endpoints();
-    let client = Client::connect(endpoints[0].clone())
-        .await
-        .expect("connect");
-    client
-        .create_replicated_topic(EVENTS, 4, Some(3), TopicConfig::default())
-        .await
-        .expect("create the topic");
+    let (mut cluster, endpoints, client) = cluster_with_topic(EVENTS, 4, 3).await;
     send_numbered(&client, EVENTS, 0..200, 4).await;
 
     // Two members, each connected to another broker.
-    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let seen = Seen::default();
     let mut members = Vec::new();
     for endpoint in &endpoints[1..] {
-        let groups = GroupClient::connect(endpoint.clone())
-            .await
-            .expect("connect");
-        let config = GroupConfig::new(GROUP, [EVENTS])
-            .with_session_timeout(Duration::from_secs(1))
-            .with_auto_offset_reset(OffsetReset::Earliest)
-            .with_commit_interval(Duration::from_millis(100))
-            .with_max_wait(Duration::from_millis(100));
-        let member = GroupConsumer::join(groups, config).await.expect("join");
-        let handle = member.handle();
-        let seen = seen.clone();
-        let task = tokio::spawn(member.run(move |consumed: ConsumedRecord| {
-            let seen = seen.clone();
-            async move {
-                let value = consumed.record.value.clone().expect("a value");
-                let seq: u64 = std::str::from_utf8(&value)
-                    .expect("text")
-                    .parse()
-                    .expect("a number");
-                seen.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(seq);
-                Ok::<(), std::io::Error>(())
-            }
-        }));
-        members.push((handle, task));
+        members.push(numbered_member(endpoint, GROUP, EVENTS, seen.clone()).await);
     }
     let seen_now = || seen.lock().unwrap_or_else(PoisonError::into_inner).clone();
     let deadline = Instant::now() + STEP_LIMIT;
@@ -153,15 +205,7 @@ async fn a_group_spans_the_cluster_and_its_offsets_outlive_its_coordinator() {
 async fn a_group_commits_partitions_its_coordinator_does_not_hold() {
     const SPREAD: &str = "spread-out";
     const GROUP: &str = "spread";
-    let cluster = EmbeddedCluster::start().await.expect("a cluster");
-    let endpoints = cluster.endpoints();
-    let client = Client::connect(endpoints[0].clone())
-        .await
-        .expect("connect");
-    client
-        .create_replicated_topic(SPREAD, 3, Some(1), TopicConfig::default())
-        .await
-        .expect("create the topic");
+    let (cluster, endpoints, client) = cluster_with_topic(SPREAD, 3, 1).await;
     send_numbered(&client, SPREAD, 0..30, 3).await;
 
     let groups = GroupClient::connect(endpoints[1].clone())
@@ -193,46 +237,6 @@ async fn a_group_commits_partitions_its_coordinator_does_not_hold() {
     cluster.shutdown().await.expect("a clean shutdown");
 }
 
-/// Records a group's member consumed, as numbers.
-type Seen = Arc<Mutex<Vec<u64>>>;
-
-/// Starts a member of `group` on `endpoint` that notes what it consumes.
-async fn numbered_member(
-    endpoint: &str,
-    group: &str,
-    topic: &str,
-    seen: Seen,
-) -> (
-    brook_client::GroupHandle,
-    tokio::task::JoinHandle<Result<(), brook_client::GroupError>>,
-) {
-    let groups = GroupClient::connect(endpoint.to_owned())
-        .await
-        .expect("connect");
-    let config = GroupConfig::new(group, [topic])
-        .with_session_timeout(Duration::from_secs(1))
-        .with_auto_offset_reset(OffsetReset::Earliest)
-        .with_commit_interval(Duration::from_millis(100))
-        .with_max_wait(Duration::from_millis(100));
-    let member = GroupConsumer::join(groups, config).await.expect("join");
-    let handle = member.handle();
-    let task = tokio::spawn(member.run(move |consumed: ConsumedRecord| {
-        let seen = seen.clone();
-        async move {
-            let value = consumed.record.value.clone().expect("a value");
-            let seq: u64 = std::str::from_utf8(&value)
-                .expect("text")
-                .parse()
-                .expect("a number");
-            seen.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(seq);
-            Ok::<(), std::io::Error>(())
-        }
-    }));
-    (handle, task)
-}
-
 /// Consumer groups are shared out among the brokers: three groups with
 /// three different coordinators. When one of them stops, its groups move
 /// to the others by themselves and go on from their last commit, and the
@@ -240,15 +244,7 @@ async fn numbered_member(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn groups_spread_over_the_brokers_and_move_when_one_stops() {
     const EVENTS: &str = "spread-events";
-    let mut cluster = EmbeddedCluster::start().await.expect("a cluster");
-    let endpoints = cluster.endpoints();
-    let client = Client::connect(endpoints[0].clone())
-        .await
-        .expect("connect");
-    client
-        .create_replicated_topic(EVENTS, 2, Some(3), TopicConfig::default())
-        .await
-        .expect("create the topic");
+    let (mut cluster, endpoints, client) = cluster_with_topic(EVENTS, 2, 3).await;
     send_numbered(&client, EVENTS, 0..100, 2).await;
 
     // One group coordinated by each broker.
@@ -381,15 +377,7 @@ async fn groups_spread_over_the_brokers_and_move_when_one_stops() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_coordinator_cut_off_from_the_cluster_stops_and_its_group_moves() {
     const EVENTS: &str = "cut-events";
-    let cluster = EmbeddedCluster::start().await.expect("a cluster");
-    let endpoints = cluster.endpoints();
-    let client = Client::connect(endpoints[0].clone())
-        .await
-        .expect("connect");
-    client
-        .create_replicated_topic(EVENTS, 1, Some(3), TopicConfig::default())
-        .await
-        .expect("create the topic");
+    let (cluster, endpoints, client) = cluster_with_topic(EVENTS, 1, 3).await;
     send_numbered(&client, EVENTS, 0..50, 1).await;
 
     // A group coordinated by a broker that leads neither the metadata nor
@@ -402,22 +390,7 @@ async fn a_coordinator_cut_off_from_the_cluster_stops_and_its_group_moves() {
         described.metadata_leader.expect("a metadata leader"),
         described.partitions[0].leader,
     ];
-    let deadline = Instant::now() + STEP_LIMIT;
-    let (group, cut) = 'found: loop {
-        for index in 0..64 {
-            let group = format!("cut-{index}");
-            if let Ok(found) = client.find_coordinator(&group).await
-                && !leaders.contains(&found.node_id)
-            {
-                break 'found (group, found.node_id);
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no group coordinated off the leader"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (group, cut) = group_coordinated_off(&client, "cut", &leaders).await;
     let cut_endpoint = endpoints[usize::try_from(cut - 1).expect("an index")].clone();
     let majority = endpoints
         .iter()
@@ -529,37 +502,14 @@ async fn a_coordinator_cut_off_from_the_cluster_stops_and_its_group_moves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_steady_group_keeps_its_session_under_commits() {
     const EVENTS: &str = "steady-events";
-    let cluster = EmbeddedCluster::start().await.expect("a cluster");
-    let endpoints = cluster.endpoints();
-    let client = Client::connect(endpoints[0].clone())
-        .await
-        .expect("connect");
-    client
-        .create_replicated_topic(EVENTS, 2, Some(3), TopicConfig::default())
-        .await
-        .expect("create the topic");
+    let (cluster, endpoints, client) = cluster_with_topic(EVENTS, 2, 3).await;
     let leader = client
         .describe_cluster()
         .await
         .expect("describe the cluster")
         .metadata_leader
         .expect("a metadata leader");
-    let deadline = Instant::now() + STEP_LIMIT;
-    let group = 'found: loop {
-        for index in 0..64 {
-            let group = format!("steady-{index}");
-            if let Ok(found) = client.find_coordinator(&group).await
-                && found.node_id != leader
-            {
-                break 'found group;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no group coordinated off the leader"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (group, _) = group_coordinated_off(&client, "steady", &[leader]).await;
     let seen = Seen::default();
     let (handle, task) = numbered_member(&endpoints[0], &group, EVENTS, seen.clone()).await;
     let groups = GroupClient::connect(endpoints[0].clone())
