@@ -27,7 +27,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::audit::Audit;
 use super::authorize::{Caller, check_topics};
 use super::status::{status, to_status};
-use crate::replicas::Replicas;
+use crate::replicas::{Replicas, lease_in};
 use brook_engine::Broker;
 use brook_engine::acl::{Operation, Resource};
 use brook_engine::group::{
@@ -62,9 +62,8 @@ fn coordinator_here(replicas: Option<&Arc<Replicas>>, group: &str) -> Result<Opt
     let Some(replicas) = replicas else {
         return Ok(None);
     };
-    let slot = brook_cluster::coordinator_slot(group);
-    match replicas.coordinating().borrow().get(&slot) {
-        Some(epoch) => Ok(Some(*epoch)),
+    match replicas.lease(group) {
+        Some(epoch) => Ok(Some(epoch)),
         None => Err(Status::unavailable(replicas.not_coordinator(group))),
     }
 }
@@ -79,10 +78,9 @@ async fn coordination_lost(
     let Some(replicas) = replicas else {
         return std::future::pending().await;
     };
-    let slot = brook_cluster::coordinator_slot(group);
     let mut coordinating = replicas.coordinating();
     let _ = coordinating
-        .wait_for(|held| held.get(&slot).copied() != epoch)
+        .wait_for(|held| lease_in(held, group) != epoch)
         .await;
     replicas.not_coordinator(group)
 }
@@ -407,7 +405,7 @@ impl GroupService for GroupHandler {
         let coordinated = |group: &str| {
             self.replicas
                 .as_ref()
-                .is_none_or(|replicas| replicas.coordinates(group))
+                .is_none_or(|replicas| replicas.lease(group).is_some())
         };
         Ok(Response::new(ListGroupsResponse {
             groups: self

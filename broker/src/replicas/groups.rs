@@ -31,7 +31,12 @@ use super::Replicas;
 pub(super) const CONFIRMATION_SILENCE_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Slot → the epoch of its assignment this broker coordinates it under.
-pub(super) type Held = BTreeMap<u32, u64>;
+pub type Held = BTreeMap<u32, u64>;
+
+/// The epoch under which the slots `held` cover `group`, if they do.
+pub fn lease_in(held: &Held, group: &str) -> Option<u64> {
+    held.get(&coordinator_slot(group)).copied()
+}
 
 /// Offsets made durable by the metadata group, each change under this
 /// broker's lease on the group's slot.
@@ -65,7 +70,7 @@ impl MetaOffsets {
 
 impl OffsetReplication for MetaOffsets {
     fn lease(&self, group: &str) -> Option<u64> {
-        self.held.borrow().get(&coordinator_slot(group)).copied()
+        lease_in(&self.held.borrow(), group)
     }
 
     fn commit(
@@ -126,11 +131,10 @@ fn replicated_groups(state: &ClusterState, slots: &Held) -> Vec<ReplicatedGroup>
 }
 
 impl Replicas {
-    /// Whether this broker coordinates `group` now.
-    pub fn coordinates(&self, group: &str) -> bool {
-        self.coordinating
-            .borrow()
-            .contains_key(&coordinator_slot(group))
+    /// The epoch under which this broker coordinates `group` now, if it
+    /// does.
+    pub fn lease(&self, group: &str) -> Option<u64> {
+        lease_in(&self.coordinating.borrow(), group)
     }
 
     /// The slots this broker coordinates, with their epochs; changes as

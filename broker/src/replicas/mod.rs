@@ -34,6 +34,7 @@ use brook_engine::{AdminError, Broker, Invalid, NotFound, QuotaError, TopicInfo,
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
+pub use groups::lease_in;
 pub use replication::RaftReplication;
 
 /// How long an admin call waits for this broker to apply what the metadata
