@@ -124,10 +124,10 @@ pub async fn produce(
             replication_factor: None,
         })
         .await;
-    if let Err(status) = created {
-        if status.code() != tonic::Code::AlreadyExists {
-            return Err(status).context("create the bench topic");
-        }
+    if let Err(status) = created
+        && status.code() != tonic::Code::AlreadyExists
+    {
+        return Err(status).context("create the bench topic");
     }
     let mut producer = ProduceServiceClient::new(channel)
         .max_decoding_message_size(usize::MAX)

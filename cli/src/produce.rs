@@ -80,11 +80,11 @@ async fn feed(producer: &Producer, args: &ProduceArgs) -> anyhow::Result<u64> {
         if let Some(partition) = args.partition {
             record = record.partition(partition);
         }
-        if pending.len() == DELIVERIES_PENDING_MAX {
-            if let Some(oldest) = pending.pop_front() {
-                oldest.await?;
-                produced += 1;
-            }
+        if pending.len() == DELIVERIES_PENDING_MAX
+            && let Some(oldest) = pending.pop_front()
+        {
+            oldest.await?;
+            produced += 1;
         }
         pending.push_back(producer.enqueue(record).await?);
     }

@@ -225,10 +225,10 @@ impl ProduceStream {
         } = self;
         drop(requests);
         drop(awaiting);
-        if let Err(e) = reader.await {
-            if e.is_panic() {
-                std::panic::resume_unwind(e.into_panic());
-            }
+        if let Err(e) = reader.await
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
         }
     }
 }

@@ -268,16 +268,15 @@ impl PartitionLog {
             }
             segments.insert(base, Arc::new(segment));
         }
-        if let Some(mark) = &clean_mark {
-            if let Some(active) = Self::open_clean_active(storage.as_ref(), dir, active_base, mark)?
-            {
-                let stale_point = point.as_ref().is_some_and(|p| p.active_base != active_base);
-                Self::settle(storage.as_ref(), dir, &files, stale_point)?;
-                report.clean_shutdown = true;
-                segments.insert(active_base, Arc::new(active));
-                let log = Self::assemble(dir, storage, config, segments, mark.producers.clone());
-                return Ok((log, report));
-            }
+        if let Some(mark) = &clean_mark
+            && let Some(active) = Self::open_clean_active(storage.as_ref(), dir, active_base, mark)?
+        {
+            let stale_point = point.as_ref().is_some_and(|p| p.active_base != active_base);
+            Self::settle(storage.as_ref(), dir, &files, stale_point)?;
+            report.clean_shutdown = true;
+            segments.insert(active_base, Arc::new(active));
+            let log = Self::assemble(dir, storage, config, segments, mark.producers.clone());
+            return Ok((log, report));
         }
         if let Some(point) = point.as_ref().filter(|p| p.active_base == active_base) {
             let mut producers = point.producers.clone();
@@ -377,10 +376,8 @@ impl PartitionLog {
         segments.insert(segment.base_offset(), Arc::new(segment));
         let log = Self::assemble(dir, storage, config, segments, producers);
         log.count_lost(report.shortfall.as_ref());
-        if keep {
-            if let Some(damage) = &report.shortfall {
-                *log.refusal.lock() = Some(Refusal::Damaged(damage.clone()));
-            }
+        if keep && let Some(damage) = &report.shortfall {
+            *log.refusal.lock() = Some(Refusal::Damaged(damage.clone()));
         }
         Ok(log)
     }
@@ -1004,10 +1001,10 @@ impl PartitionLog {
     /// lost nothing its marks promise).
     pub fn restart_at(&self, start: i64) -> Result<(), LogError> {
         let _writer = self.writer.lock();
-        if let Some(refusal) = self.refusal.lock().as_ref() {
-            if matches!(refusal, Refusal::Deleted) {
-                return Err(LogError::Deleted);
-            }
+        if let Some(refusal) = self.refusal.lock().as_ref()
+            && matches!(refusal, Refusal::Deleted)
+        {
+            return Err(LogError::Deleted);
         }
         let storage = self.storage.as_ref();
         let files = storage

@@ -258,18 +258,16 @@ impl<'a> Scanner<'a> {
         let Some(batch) = self.bytes(position, len)? else {
             return Ok(Err(TailDamage::Torn { position }));
         };
-        if verify {
-            if let Err(e) = brook_record::validate_batch(batch, usize::MAX) {
-                return Ok(corrupt(e.to_string()));
-            }
+        if verify && let Err(e) = brook_record::validate_batch(batch, usize::MAX) {
+            return Ok(corrupt(e.to_string()));
         }
-        if let Some(expected) = expected_offset {
-            if header.base_offset != expected {
-                return Ok(corrupt(format!(
-                    "base offset {} where {expected} was expected",
-                    header.base_offset
-                )));
-            }
+        if let Some(expected) = expected_offset
+            && header.base_offset != expected
+        {
+            return Ok(corrupt(format!(
+                "base offset {} where {expected} was expected",
+                header.base_offset
+            )));
         }
         Ok(Ok(header))
     }

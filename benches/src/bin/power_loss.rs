@@ -206,7 +206,7 @@ async fn produce_until(
             Err(_) => break,
         }
         i += 1;
-        if i % 256 == 0 {
+        if i.is_multiple_of(256) {
             tokio::task::yield_now().await;
         }
     }

@@ -145,10 +145,10 @@ impl Jwks {
 fn key(value: serde_json::Value) -> Result<Key, String> {
     let jwk: Jwk =
         serde_json::from_value(value).map_err(|e| format!("not a key this broker reads: {e}"))?;
-    if let Some(usage) = &jwk.common.public_key_use {
-        if *usage != PublicKeyUse::Signature {
-            return Err("not a signing key (`use` is not `sig`)".into());
-        }
+    if let Some(usage) = &jwk.common.public_key_use
+        && *usage != PublicKeyUse::Signature
+    {
+        return Err("not a signing key (`use` is not `sig`)".into());
     }
     let mut algorithms = match &jwk.algorithm {
         AlgorithmParameters::RSA(_) => RSA_ALGORITHMS.to_vec(),

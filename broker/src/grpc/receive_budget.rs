@@ -256,10 +256,10 @@ impl HttpBody for BudgetedBody {
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    if let Err(status) = this.follow(data) {
-                        return this.fail(status);
-                    }
+                if let Some(data) = frame.data_ref()
+                    && let Err(status) = this.follow(data)
+                {
+                    return this.fail(status);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

@@ -34,10 +34,11 @@ impl Replicas {
             }
         }
         for (name, _) in self.broker.list_topics() {
-            if !state.topics.contains_key(&name) && self.held_id(&name).is_some() {
-                if let Err(e) = self.drop_topic(&name).await {
-                    tracing::warn!(topic = %name, error = %e, "could not delete a topic the cluster deleted; trying again");
-                }
+            if !state.topics.contains_key(&name)
+                && self.held_id(&name).is_some()
+                && let Err(e) = self.drop_topic(&name).await
+            {
+                tracing::warn!(topic = %name, error = %e, "could not delete a topic the cluster deleted; trying again");
             }
         }
     }

@@ -90,10 +90,10 @@ pub(crate) async fn wait_for(
 ) -> anyhow::Result<String> {
     common::within(&format!("{path} answering {status}"), async {
         loop {
-            if let Ok((code, body)) = get(addr, path).await {
-                if code == status {
-                    return body;
-                }
+            if let Ok((code, body)) = get(addr, path).await
+                && code == status
+            {
+                return body;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -322,12 +322,11 @@ impl Work for Workers {
             }
         }
         for partition in partitions {
-            if let Some(worker) = self.active.get_mut(partition) {
-                if let Err(error) = (&mut worker.task).await {
-                    if error.is_panic() {
-                        tracing::error!(%partition, "partition worker panicked");
-                    }
-                }
+            if let Some(worker) = self.active.get_mut(partition)
+                && let Err(error) = (&mut worker.task).await
+                && error.is_panic()
+            {
+                tracing::error!(%partition, "partition worker panicked");
             }
         }
         if !lost {

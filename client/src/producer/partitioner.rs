@@ -67,10 +67,10 @@ impl Sticky {
     /// A batch of `partition` was closed: keyless records move on if they
     /// were sticking to it.
     pub(crate) fn batch_closed(&mut self, partition: u32) {
-        if let Some((current, count)) = &mut self.current {
-            if *current == partition {
-                *current = (partition + 1) % *count;
-            }
+        if let Some((current, count)) = &mut self.current
+            && *current == partition
+        {
+            *current = (partition + 1) % *count;
         }
     }
 }
