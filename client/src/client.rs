@@ -34,6 +34,17 @@ pub const DEFAULT_PRODUCE_IN_FLIGHT_MAX: usize = 128;
 
 /// How often an idle connection is pinged (see [`ClientOptions::keepalive_interval`]).
 const KEEPALIVE_INTERVAL_DEFAULT: Duration = Duration::from_secs(30);
+/// HTTP/2 receive windows: bytes a broker may send before the client
+/// reads them. hyper's defaults (5 MiB per connection, 2 MiB per stream)
+/// make a broker answering a fetch of several MiB wait for the client's
+/// window updates in the middle of the answer.
+const HTTP2_CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+const HTTP2_STREAM_WINDOW: u32 = 16 * 1024 * 1024;
+/// Largest HTTP/2 frame the broker may send. At the 16 KiB default a
+/// fetch answer of 1 MiB is 64 frames, each its own write and wake-up on
+/// both sides: consuming 1 KiB records ran at about 0.78 GB/s on
+/// loopback, and at about 1 GB/s with 1 MiB frames.
+const HTTP2_FRAME_BYTES_MAX: u32 = 1024 * 1024;
 /// How long a ping may take (see [`ClientOptions::keepalive_timeout`]).
 const KEEPALIVE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(20);
 
@@ -225,6 +236,9 @@ impl Client {
             })?
             .connect_timeout(options.connect_timeout)
             .tcp_nodelay(true)
+            .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
+            .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+            .max_frame_size(HTTP2_FRAME_BYTES_MAX)
             // A half-open connection shows no error by itself: pings find it.
             .http2_keep_alive_interval(options.keepalive_interval)
             .keep_alive_timeout(options.keepalive_timeout)
