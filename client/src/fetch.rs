@@ -17,7 +17,10 @@ use std::time::Duration;
 
 use brook_proto as proto;
 use brook_proto::list_offsets_request::Spec;
-use brook_record::{BatchError, BatchIter, Record, decode_batch, split_batches};
+use brook_record::{
+    BatchError, BatchIter, CheckedBatch, CheckedRecords, Record, check_batch, decode_batch,
+    split_batches,
+};
 use bytes::Bytes;
 use futures::Stream;
 use tonic::Streaming;
@@ -144,6 +147,39 @@ impl Client {
         targets: &[FetchTarget],
         options: FetchOptions,
     ) -> Result<Vec<PartitionFetch>, ClientError> {
+        let fetched = self.fetch_checked(targets, options).await?;
+        targets
+            .iter()
+            .zip(fetched)
+            .map(|(target, fetched)| {
+                let records = FetchedRecords::new(fetched.batches, target.offset)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|error| {
+                        undecodable(&target.topic, target.partition, target.offset, error)
+                    })?;
+                Ok(PartitionFetch {
+                    topic: target.topic.clone(),
+                    partition: target.partition,
+                    result: FetchResult {
+                        records,
+                        high_watermark: fetched.high_watermark,
+                        log_start_offset: fetched.log_start_offset,
+                        next_offset: fetched.next_offset,
+                        skipped: fetched.skipped,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// [`Client::fetch_many`] with each partition's batches checked but
+    /// their records not yet decoded: a consumer decodes each record as it
+    /// hands it out, on its reader's task, while the next fetch travels.
+    pub(crate) async fn fetch_checked(
+        &self,
+        targets: &[FetchTarget],
+        options: FetchOptions,
+    ) -> Result<Vec<CheckedFetch>, ClientError> {
         let request = proto::FetchRequest {
             partitions: targets
                 .iter()
@@ -186,7 +222,7 @@ impl Client {
                         target.topic, target.partition, fetched.topic, fetched.partition
                     )));
                 }
-                let decoded = decode_from(
+                let checked = check_from(
                     &fetched.topic,
                     fetched.partition,
                     fetched.records,
@@ -194,16 +230,12 @@ impl Client {
                     options.undecodable,
                     &mut budget,
                 )?;
-                Ok(PartitionFetch {
-                    topic: fetched.topic,
-                    partition: fetched.partition,
-                    result: FetchResult {
-                        records: decoded.records,
-                        high_watermark: fetched.high_watermark,
-                        log_start_offset: fetched.log_start_offset,
-                        next_offset: decoded.next_offset,
-                        skipped: decoded.skipped,
-                    },
+                Ok(CheckedFetch {
+                    batches: checked.batches,
+                    high_watermark: fetched.high_watermark,
+                    log_start_offset: fetched.log_start_offset,
+                    next_offset: checked.next_offset,
+                    skipped: checked.skipped,
                 })
             })
             .collect()
@@ -269,33 +301,46 @@ impl Client {
     }
 }
 
-/// What [`decode_from`] made of one partition's bytes.
+/// One partition of a [`Client::fetch_checked`] answer: as a
+/// [`FetchResult`], with batches checked instead of records decoded.
 #[derive(Debug)]
-struct Decoded {
-    records: Vec<Record>,
+pub(crate) struct CheckedFetch {
+    /// Batches that decode, in offset order; the first may start before
+    /// the offset asked for.
+    pub batches: Vec<CheckedBatch>,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    pub next_offset: i64,
+    pub skipped: Option<SkippedBatch>,
+}
+
+/// What [`check_from`] made of one partition's bytes.
+#[derive(Debug)]
+struct Checked {
+    batches: Vec<CheckedBatch>,
     next_offset: i64,
     skipped: Option<SkippedBatch>,
 }
 
-/// Decodes the concatenated batches fetched from `topic`/`partition` at
-/// `offset`, keeping records at or after `offset`; also returns the offset
-/// after the last batch decoded (or `offset` if none).
+/// Checks the concatenated batches fetched from `topic`/`partition` at
+/// `offset`, keeping those that decode; also returns the offset after the
+/// last batch kept (or `offset` if none).
 ///
 /// Stops at a batch that does not decode, returning what came before it
 /// (the next fetch starts with it). If it is the first batch, it fails,
 /// unless `policy` is to skip and the batch's header is sound: then the
-/// batch is skipped and decoding goes on after it. Takes the bytes of the
-/// records it decodes from `budget`, and stops, after the first batch (so
-/// every partition makes progress), once the budget is spent: compressed
-/// batches may decode to many times the bytes fetched.
-fn decode_from(
+/// batch is skipped and checking goes on after it. Takes the bytes of the
+/// batches' records, decompressed, from `budget`, and stops, after the
+/// first batch (so every partition makes progress), once the budget is
+/// spent: compressed batches may decode to many times the bytes fetched.
+fn check_from(
     topic: &str,
     partition: u32,
     records: Bytes,
     offset: i64,
     policy: UndecodablePolicy,
     budget: &mut usize,
-) -> Result<Decoded, ClientError> {
+) -> Result<Checked, ClientError> {
     let mut kept = Vec::new();
     let mut next_offset = offset;
     let mut skipped = None;
@@ -303,12 +348,12 @@ fn decode_from(
         if index > 0 && *budget == 0 {
             break;
         }
-        let decoded = match &batch {
-            Ok(batch) => decode_batch(batch),
+        let checked = match &batch {
+            Ok(batch) => check_batch(batch),
             Err(error) => Err(error.clone()),
         };
-        let (header, decoded) = match decoded {
-            Ok(decoded) => decoded,
+        let checked = match checked {
+            Ok(checked) => checked,
             Err(error) if index == 0 => {
                 let skip = match (&batch, policy) {
                     (Ok(batch), UndecodablePolicy::Skip) => {
@@ -327,35 +372,70 @@ fn decode_from(
             // part): the next fetch starts there and reports it.
             Err(_) => break,
         };
-        // decode_batch checked that the last offset fits in an i64.
-        let last = header.base_offset + i64::from(header.last_offset_delta);
-        next_offset = next_offset.max(last.saturating_add(1));
-        let decoded_bytes = decoded.iter().map(record_bytes).sum::<usize>();
-        *budget = budget.saturating_sub(decoded_bytes);
-        kept.extend(decoded.into_iter().filter(|r| r.offset >= offset));
+        next_offset = next_offset.max(checked.last_offset().saturating_add(1));
+        *budget = budget.saturating_sub(checked.records_bytes());
+        // A batch wholly below the offset asked for holds nothing to hand out.
+        if checked.last_offset() >= offset {
+            kept.push(checked);
+        }
     }
-    Ok(Decoded {
-        records: kept,
+    Ok(Checked {
+        batches: kept,
         next_offset,
         skipped,
     })
 }
 
-/// The bytes a decoded record holds: key, value and headers.
-fn record_bytes(record: &Record) -> usize {
-    record.key.as_ref().map_or(0, Bytes::len)
-        + record.value.as_ref().map_or(0, Bytes::len)
-        + record
-            .headers
-            .iter()
-            .map(|h| h.key.len() + h.value.len())
-            .sum::<usize>()
+/// The records of checked batches from an offset on, each decoded as it
+/// is taken.
+#[derive(Debug)]
+pub(crate) struct FetchedRecords {
+    batches: std::vec::IntoIter<CheckedBatch>,
+    current: Option<CheckedRecords>,
+    /// Records below this (the offset fetched from) are passed over.
+    from: i64,
+}
+
+impl FetchedRecords {
+    pub(crate) fn new(batches: Vec<CheckedBatch>, from: i64) -> Self {
+        Self {
+            batches: batches.into_iter(),
+            current: None,
+            from,
+        }
+    }
+}
+
+impl Iterator for FetchedRecords {
+    /// An error only if a checked batch failed to decode after all: the
+    /// records end there.
+    type Item = Result<Record, BatchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(record) = self.current.as_mut().and_then(Iterator::next) {
+                if record.is_err() {
+                    self.batches = Vec::new().into_iter();
+                    self.current = None;
+                }
+                return Some(record);
+            }
+            let mut records = self.batches.next()?.records();
+            records.skip_below(self.from);
+            self.current = Some(records);
+        }
+    }
 }
 
 /// A batch of `topic`/`partition` at `offset` that does not decode: lost
 /// data as far as this client can tell, so `DATA_LOSS`, not retryable; the
 /// decoding error is the status's source.
-fn undecodable(topic: &str, partition: u32, offset: i64, error: BatchError) -> ClientError {
+pub(crate) fn undecodable(
+    topic: &str,
+    partition: u32,
+    offset: i64,
+    error: BatchError,
+) -> ClientError {
     ClientError::Status {
         operation: "fetch",
         code: StatusCode::DataLoss,
@@ -503,6 +583,32 @@ mod tests {
 
     fn concat(batches: &[Vec<u8>]) -> Bytes {
         Bytes::from(batches.concat())
+    }
+
+    /// What the consumer gets of a fetch answer, with its records decoded.
+    #[derive(Debug)]
+    struct Decoded {
+        records: Vec<Record>,
+        next_offset: i64,
+        skipped: Option<SkippedBatch>,
+    }
+
+    fn decode_from(
+        topic: &str,
+        partition: u32,
+        records: Bytes,
+        offset: i64,
+        policy: UndecodablePolicy,
+        budget: &mut usize,
+    ) -> Result<Decoded, ClientError> {
+        let checked = check_from(topic, partition, records, offset, policy, budget)?;
+        Ok(Decoded {
+            records: FetchedRecords::new(checked.batches, offset)
+                .collect::<Result<_, _>>()
+                .unwrap(),
+            next_offset: checked.next_offset,
+            skipped: checked.skipped,
+        })
     }
 
     fn offsets(records: &[Record]) -> Vec<i64> {

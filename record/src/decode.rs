@@ -16,12 +16,134 @@ use crate::error::BatchError;
 use crate::header::{BatchHeader, HEADER_LEN, LENGTH_PREFIX_LEN, batch_total_len};
 use crate::record::{MIN_RECORD_BODY_LEN, Record, RecordSpans};
 use crate::record_decode::{RecordContext, decode_record};
+use crate::record_walk::walk_record;
 use crate::validate::{check_header, check_record_count, parse_exact};
 
 /// Full decode of one batch: verifies CRC and structure, decompresses, returns header
 /// and records with absolute offsets. Zero-copy for uncompressed batches (key/value
 /// are slices of the input Bytes).
 pub fn decode_batch(batch: &Bytes) -> Result<(BatchHeader, Vec<Record>), BatchError> {
+    let (header, section) = open_batch(batch)?;
+    let ctx = RecordContext::of(&header);
+    // record_count is now known to match the section, and every record is at least
+    // 1 + MIN_RECORD_BODY_LEN bytes; bound the preallocation by both anyway.
+    let cap = (header.record_count as usize).min(section.len() / (1 + MIN_RECORD_BODY_LEN));
+    let mut records = Vec::with_capacity(cap);
+    for (index, span) in RecordSpans::new(&section).enumerate() {
+        records.push(decode_record(&section, span?, index, ctx)?);
+    }
+    Ok((header, records))
+}
+
+/// Checks one batch exactly as [`decode_batch`] does (CRC, structure, every
+/// record field by field), without building its records: a consumer that
+/// hands records out one at a time decodes each when it is asked for
+/// ([`CheckedBatch::records`]), so no vector of records is built, and the
+/// check can run on one task while another hands out the records.
+pub fn check_batch(batch: &Bytes) -> Result<CheckedBatch, BatchError> {
+    let (header, section) = open_batch(batch)?;
+    for (index, span) in RecordSpans::new(&section).enumerate() {
+        walk_record(&section, span?, index, &mut ())?;
+    }
+    Ok(CheckedBatch { header, section })
+}
+
+/// A batch [`check_batch`] passed: its header and its records section
+/// (decompressed).
+#[derive(Debug, Clone)]
+pub struct CheckedBatch {
+    header: BatchHeader,
+    section: Bytes,
+}
+
+impl CheckedBatch {
+    /// The batch's header.
+    pub fn header(&self) -> &BatchHeader {
+        &self.header
+    }
+
+    /// The offset of the batch's last record.
+    pub fn last_offset(&self) -> i64 {
+        // open_batch checked that this does not overflow.
+        self.header.base_offset + i64::from(self.header.last_offset_delta)
+    }
+
+    /// Bytes of its records, decompressed: what decoding them all holds.
+    pub fn records_bytes(&self) -> usize {
+        self.section.len()
+    }
+
+    /// Its records, decoded one at a time, in offset order.
+    pub fn records(self) -> CheckedRecords {
+        CheckedRecords {
+            ctx: RecordContext::of(&self.header),
+            section: self.section,
+            position: 0,
+            index: 0,
+        }
+    }
+}
+
+/// The records of a [`CheckedBatch`], decoded as they are taken.
+#[derive(Debug, Clone)]
+pub struct CheckedRecords {
+    ctx: RecordContext,
+    section: Bytes,
+    /// Where the next record's length prefix starts in `section`.
+    position: usize,
+    index: usize,
+}
+
+impl CheckedRecords {
+    /// Skips the records below `offset` without decoding them.
+    pub fn skip_below(&mut self, offset: i64) {
+        let mut spans = RecordSpans::starting_at(&self.section, self.position, self.index);
+        while self.next_offset() < offset {
+            // Nothing to skip to (a changed section would fail here).
+            let Some(Ok(span)) = spans.next() else {
+                self.position = self.section.len();
+                return;
+            };
+            self.position = span.end;
+            self.index += 1;
+        }
+    }
+
+    /// The offset of the record `next` gives.
+    fn next_offset(&self) -> i64 {
+        let index = i64::try_from(self.index).unwrap_or(i64::MAX);
+        self.ctx.base_offset.saturating_add(index)
+    }
+}
+
+impl Iterator for CheckedRecords {
+    /// Always `Ok` for a batch [`check_batch`] passed; an error (which would
+    /// mean the section changed since) ends the records.
+    type Item = Result<Record, BatchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let mut spans = RecordSpans::starting_at(&self.section, self.position, self.index);
+        let decoded = match spans.next()? {
+            Ok(span) => {
+                self.position = span.end;
+                decode_record(&self.section, span, self.index, self.ctx)
+            }
+            Err(error) => Err(error),
+        };
+        self.index += 1;
+        if decoded.is_err() {
+            self.position = self.section.len();
+        }
+        Some(decoded)
+    }
+}
+
+impl FusedIterator for CheckedRecords {}
+
+/// The checks every decoding runs before the records: header, CRC, offsets
+/// within an i64, record count; gives the header and the records section,
+/// decompressed.
+fn open_batch(batch: &Bytes) -> Result<(BatchHeader, Bytes), BatchError> {
     let header = parse_exact(batch)?;
     let codec = check_header(&header, batch)?;
     if header
@@ -37,19 +159,7 @@ pub fn decode_batch(batch: &Bytes) -> Result<(BatchHeader, Vec<Record>), BatchEr
     // parse_exact guaranteed batch.len() >= HEADER_LEN, so this slice is in range.
     let section = decompress(codec, &batch.slice(HEADER_LEN..))?;
     check_record_count(&header, &section)?;
-
-    let ctx = RecordContext {
-        base_offset: header.base_offset,
-        first_timestamp: header.first_timestamp,
-    };
-    // record_count is now known to match the section, and every record is at least
-    // 1 + MIN_RECORD_BODY_LEN bytes; bound the preallocation by both anyway.
-    let cap = (header.record_count as usize).min(section.len() / (1 + MIN_RECORD_BODY_LEN));
-    let mut records = Vec::with_capacity(cap);
-    for (index, span) in RecordSpans::new(&section).enumerate() {
-        records.push(decode_record(&section, span?, index, ctx)?);
-    }
-    Ok((header, records))
+    Ok((header, section))
 }
 
 /// Splits a buffer of concatenated whole batches (what the broker serves) into

@@ -27,7 +27,10 @@ mod varint;
 
 pub use builder::{BatchBuilder, BatchOptions, encode_batch};
 pub use compression::{Compression, MAX_DECOMPRESSED_BYTES, decompressed_size_bound};
-pub use decode::{BatchIter, decode_batch, decode_batches, split_batches};
+pub use decode::{
+    BatchIter, CheckedBatch, CheckedRecords, check_batch, decode_batch, decode_batches,
+    split_batches,
+};
 pub use error::{BatchError, ParseCompressionError};
 pub use header::{
     BatchHeader, HEADER_LEN, LENGTH_PREFIX_LEN, MAGIC, batch_total_len, encode_base_offset,

@@ -106,10 +106,15 @@ pub(crate) struct RecordSpans<'a> {
 
 impl<'a> RecordSpans<'a> {
     pub(crate) fn new(section: &'a [u8]) -> Self {
+        Self::starting_at(section, 0, 0)
+    }
+
+    /// The spans from the record `index`, whose length prefix is at `pos`.
+    pub(crate) fn starting_at(section: &'a [u8], pos: usize, index: usize) -> Self {
         RecordSpans {
             section,
-            pos: 0,
-            index: 0,
+            pos,
+            index,
             failed: false,
         }
     }

@@ -13,10 +13,19 @@ use crate::record::{Header, Record, malformed};
 use crate::record_walk::{HeaderVisitor, walk_record};
 
 /// Batch-level values a record needs to become absolute.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct RecordContext {
     pub base_offset: i64,
     pub first_timestamp: i64,
+}
+
+impl RecordContext {
+    pub(crate) fn of(header: &crate::header::BatchHeader) -> Self {
+        Self {
+            base_offset: header.base_offset,
+            first_timestamp: header.first_timestamp,
+        }
+    }
 }
 
 /// Collects a record's headers as owned values.

@@ -1,5 +1,6 @@
-//! The consumer's background task: one `fetch_many` long poll at a time over
-//! every assigned partition, each answer queued as one chunk.
+//! The consumer's background task: one fetch long poll at a time over
+//! every assigned partition, each answer queued as one chunk of checked
+//! batches (the stream decodes their records as it hands them out).
 //!
 //! Invariants: a prefetch slot is taken before a fetch starts and travels
 //! with the chunk until the stream has handed it out, so fetched data never
@@ -13,7 +14,6 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use brook_record::Record;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use parking_lot::Mutex;
@@ -23,7 +23,7 @@ use super::cursor::{ChunkSlot, FetchFrom, PartitionCell, Shared};
 use super::{ConsumerConfig, OffsetReset};
 use crate::client::{Client, without_scheme};
 use crate::error::{ClientError, ErrorKind};
-use crate::fetch::{FetchOptions, FetchTarget, OffsetSpec, PartitionFetch};
+use crate::fetch::{CheckedFetch, FetchOptions, FetchTarget, FetchedRecords, OffsetSpec};
 use crate::undecodable::SkippedBatch;
 
 /// What one fetch round queues for the stream.
@@ -36,11 +36,12 @@ pub(crate) struct Chunk {
 /// One partition's share of a chunk, or an error for the stream to report.
 #[derive(Debug)]
 pub(crate) enum Item {
-    /// Records fetched under `epoch`, in offset order.
+    /// Records fetched under `epoch`, in offset order, decoded as the
+    /// stream hands them out.
     Records {
         cell: Arc<PartitionCell>,
         epoch: u64,
-        records: std::vec::IntoIter<Record>,
+        records: FetchedRecords,
     },
     /// A batch that did not decode was skipped (its records come before
     /// the partition's next `Records`): the position moves past it.
@@ -293,7 +294,7 @@ impl Fetcher {
             undecodable: self.config.undecodable,
         };
         let fetched = tokio::select! {
-            fetched = client.fetch_many(&request, options) => fetched,
+            fetched = client.fetch_checked(&request, options) => fetched,
             // A seek or a new assignment: this poll asks for stale offsets.
             _ = changes.changed() => return Round::Again,
         };
@@ -324,7 +325,7 @@ impl Fetcher {
     async fn queue_fetched(
         &self,
         targets: &[Target],
-        fetched: Vec<PartitionFetch>,
+        fetched: Vec<CheckedFetch>,
         slot: ChunkSlot,
     ) -> Round {
         let mut items = Vec::new();
@@ -333,20 +334,20 @@ impl Fetcher {
             if cursor.epoch != target.epoch || cursor.fetch != FetchFrom::At(target.offset) {
                 continue;
             }
-            cursor.fetch = FetchFrom::At(fetched.result.next_offset);
+            cursor.fetch = FetchFrom::At(fetched.next_offset);
             drop(cursor);
-            if let Some(batch) = fetched.result.skipped {
+            if let Some(batch) = fetched.skipped {
                 items.push(Item::Skipped {
                     cell: target.cell.clone(),
                     epoch: target.epoch,
                     batch,
                 });
             }
-            if !fetched.result.records.is_empty() {
+            if !fetched.batches.is_empty() {
                 items.push(Item::Records {
                     cell: target.cell.clone(),
                     epoch: target.epoch,
-                    records: fetched.result.records.into_iter(),
+                    records: FetchedRecords::new(fetched.batches, target.offset),
                 });
             }
         }

@@ -31,7 +31,7 @@ use self::cursor::Shared;
 use self::fetcher::{Chunk, Fetcher, Item};
 use crate::client::Client;
 use crate::error::ClientError;
-use crate::fetch::OffsetSpec;
+use crate::fetch::{OffsetSpec, undecodable};
 use crate::undecodable::{SkipCounters, SkippedBatch, SkippedCallback, UndecodablePolicy};
 
 /// Where a partition's consumption starts when it has no valid offset: when
@@ -380,6 +380,14 @@ impl Consumer {
                 let mut cursor = cell.cursor.lock();
                 if cursor.assigned && cursor.epoch == *epoch {
                     for record in records.by_ref() {
+                        let record = match record {
+                            Ok(record) => record,
+                            Err(error) => {
+                                let at = cursor.position.unwrap_or_default();
+                                let error = undecodable(&cell.topic, cell.partition, at, error);
+                                return Some(Err(error));
+                            }
+                        };
                         if cursor.position.is_none_or(|at| record.offset >= at) {
                             cursor.position = Some(record.offset + 1);
                             return Some(Ok(Delivery::Record(ConsumedRecord {

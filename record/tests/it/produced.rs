@@ -5,7 +5,8 @@
 
 use brook_record::{
     BatchError, BatchHeader, BatchOptions, Compression, HEADER_LEN, MAX_DECOMPRESSED_BYTES,
-    NewRecord, RecordValidation, decode_batch, encode_batch, validate_produced_batch,
+    NewRecord, Record, RecordValidation, check_batch, decode_batch, encode_batch,
+    validate_produced_batch,
 };
 use bytes::Bytes;
 use proptest::collection::vec;
@@ -55,6 +56,25 @@ fn framing(batch: &[u8]) -> Result<BatchHeader, BatchError> {
 }
 
 /// A minimal record: `offset_delta` given, no key, no value, no headers.
+/// `check_batch` accepts exactly what `decode_batch` decodes, and the records
+/// it then gives one at a time are the same, none of them an error.
+fn check_agrees_with_decoding(batch: &Bytes) -> Result<(), TestCaseError> {
+    match (check_batch(batch), decode_batch(batch)) {
+        (Ok(checked), Ok((_, decoded))) => {
+            let checked: Result<Vec<Record>, BatchError> = checked.records().collect();
+            prop_assert_eq!(checked, Ok(decoded));
+        }
+        (Err(_), Err(_)) => {}
+        (checked, decoded) => prop_assert!(
+            false,
+            "check_batch {:?} but decode_batch {:?}",
+            checked.err(),
+            decoded.err()
+        ),
+    }
+    Ok(())
+}
+
 fn minimal(offset_delta: u8) -> [u8; 7] {
     [6, 0, 0, offset_delta, 1, 1, 0]
 }
@@ -228,6 +248,7 @@ proptest! {
         let batch = encode_batch(&records, options).unwrap();
         prop_assert!(full(&batch).is_ok());
         prop_assert!(framing(&batch).is_ok());
+        check_agrees_with_decoding(&batch)?;
     }
 
     /// Single-byte corruptions of the plain records section, compressed again and
@@ -255,6 +276,7 @@ proptest! {
         if codec == Compression::None {
             prop_assert_eq!(framing(&batch).is_ok(), validated.is_ok());
         }
+        check_agrees_with_decoding(&batch)?;
     }
 
     /// Arbitrary bytes as the plain section, compressed or not: whatever the check
@@ -267,6 +289,7 @@ proptest! {
     ) {
         let batch = sealed(codec, record_count, &compress(codec, &plain));
         prop_assert_eq!(full(&batch).is_ok(), decode_batch(&batch).is_ok());
+        check_agrees_with_decoding(&batch)?;
     }
 
     /// Garbage as the compressed section itself never panics, and the check
@@ -279,5 +302,6 @@ proptest! {
     ) {
         let batch = sealed(codec, record_count, &section);
         prop_assert_eq!(full(&batch).is_ok(), decode_batch(&batch).is_ok());
+        check_agrees_with_decoding(&batch)?;
     }
 }

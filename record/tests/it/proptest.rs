@@ -3,7 +3,8 @@
 
 use brook_record::{
     BatchError, BatchHeader, BatchOptions, Compression, HEADER_LEN, Header, NewRecord, Record,
-    decode_batch, decode_batches, encode_batch, split_batches, stamp_base_offset, validate_batch,
+    check_batch, decode_batch, decode_batches, encode_batch, split_batches, stamp_base_offset,
+    validate_batch,
 };
 use bytes::Bytes;
 use proptest::collection::vec;
@@ -107,6 +108,29 @@ proptest! {
         prop_assert_eq!(header.last_offset(), base + records.len() as i64 - 1);
         let (_, decoded) = decode_batch(&batch).unwrap();
         assert_matches(&decoded, &records, base);
+    }
+
+    /// The records `check_batch` gives, after skipping below any offset, are
+    /// the decoded records from that offset on.
+    #[test]
+    fn checked_records_skip_to_an_offset(
+        records in vec(arb_record(), 1..8),
+        codec in arb_codec(),
+        base in 0i64..=i64::MAX - 8,
+        skip in 0i64..10,
+    ) {
+        let options = BatchOptions { compression: codec, ..BatchOptions::default() };
+        let mut batch = encode_batch(&records, options).unwrap().to_vec();
+        stamp_base_offset(&mut batch, base);
+        let batch = Bytes::from(batch);
+        let checked = check_batch(&batch).unwrap();
+        prop_assert_eq!(checked.last_offset(), base + records.len() as i64 - 1);
+        let mut rest = checked.records();
+        rest.skip_below(base.saturating_add(skip));
+        let rest: Vec<Record> = rest.collect::<Result<_, _>>().unwrap();
+        let (_, decoded) = decode_batch(&batch).unwrap();
+        let wanted: Vec<Record> = decoded.into_iter().filter(|r| r.offset >= base + skip).collect();
+        prop_assert_eq!(rest, wanted);
     }
 
     #[test]
