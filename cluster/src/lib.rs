@@ -24,6 +24,7 @@ pub mod membership;
 pub mod network;
 pub mod node;
 pub mod partition;
+mod quorum_silence;
 pub mod state;
 pub mod store;
 pub mod types;

@@ -18,6 +18,7 @@ use crate::network::client::{Connector, Network, peer_request};
 use crate::network::service::RaftServer;
 use crate::partition::ElectionTimeouts;
 use crate::partition::PartitionGroups;
+use crate::quorum_silence::QuorumSilence;
 use crate::state::ClusterState;
 use crate::store::{LogStore, StateMachine};
 use crate::types::{BrokerNode, MetaRaft, MetaRaftConfig, NodeId};
@@ -111,6 +112,7 @@ pub struct MetaNode {
     leases: Arc<LeaseBoard>,
     /// Shared with the service, which takes changes other brokers forward.
     membership_lock: MembershipLock,
+    quorum_silence: Arc<QuorumSilence>,
 }
 
 impl MetaNode {
@@ -156,6 +158,7 @@ impl MetaNode {
             partitions: PartitionGroups::default(),
             leases: Arc::default(),
             membership_lock: MembershipLock::default(),
+            quorum_silence: Arc::default(),
         })
     }
 
@@ -439,10 +442,13 @@ impl MetaNode {
     pub fn is_leading(&self, silence_max: Duration) -> bool {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
-        metrics.state == openraft::ServerState::Leader
-            && metrics
-                .millis_since_quorum_ack
-                .is_none_or(|silence| Duration::from_millis(silence) <= silence_max)
+        self.quorum_silence
+            .of(
+                metrics.state == openraft::ServerState::Leader,
+                metrics.current_term,
+                metrics.millis_since_quorum_ack,
+            )
+            .is_some_and(|silence| silence <= silence_max)
     }
 
     /// Confirms with a majority that this node leads, and waits until it

@@ -14,6 +14,7 @@ use super::state_machine::PartitionStateMachine;
 use super::types::{PartitionRaft, PartitionRaftConfig, ProduceApplied, ProduceCommand};
 use crate::network::client::{Connector, Network};
 use crate::node::{ClusterError, initialize_result, raft_config, write_failed};
+use crate::quorum_silence::QuorumSilence;
 use crate::store::LogStore;
 use crate::types::{BrokerNode, NodeId};
 
@@ -107,6 +108,7 @@ pub struct PartitionReplica {
     group: String,
     raft: PartitionRaft,
     state_machine: PartitionStateMachine,
+    quorum_silence: Arc<QuorumSilence>,
 }
 
 impl PartitionReplica {
@@ -176,6 +178,7 @@ impl PartitionReplica {
             group: config.group.clone(),
             raft,
             state_machine,
+            quorum_silence: Arc::default(),
         })
     }
 
@@ -335,15 +338,16 @@ impl PartitionReplica {
     }
 
     /// While this replica leads: how long since a majority of the group
-    /// last acknowledged it (`None` when it does not lead, or no majority
-    /// has acknowledged it yet in this term).
+    /// last acknowledged it, or, while none has in this term, since it was
+    /// first seen leading the term. `None` when it does not lead.
     pub fn quorum_silence(&self) -> Option<Duration> {
         let metrics = self.raft.metrics();
         let metrics = metrics.borrow();
-        if metrics.state != openraft::ServerState::Leader {
-            return None;
-        }
-        metrics.millis_since_quorum_ack.map(Duration::from_millis)
+        self.quorum_silence.of(
+            metrics.state == openraft::ServerState::Leader,
+            metrics.current_term,
+            metrics.millis_since_quorum_ack,
+        )
     }
 
     /// What the broker's metrics report of this replica.
