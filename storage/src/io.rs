@@ -21,6 +21,23 @@ use super::sync_group::SyncGroup;
 pub trait LogFile: Send + Sync + fmt::Debug {
     /// Reads up to `buf.len()` bytes at `position`; fewer only at end of file.
     fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<usize>;
+    /// Reads up to `len` bytes at `position` into a new buffer; fewer only
+    /// at end of file.
+    fn read_vec_at(&self, len: usize, position: u64) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0; len];
+        let mut filled = 0;
+        while filled < len {
+            match self.read_at(&mut buf[filled..], position + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(filled);
+        Ok(buf)
+    }
+
     /// Appends all of `bufs`, in order, at the end of the file.
     fn append(&self, bufs: &[IoSlice<'_>]) -> io::Result<()>;
     /// Makes everything appended so far durable (fdatasync).
@@ -130,6 +147,24 @@ struct OsFile {
 impl LogFile for OsFile {
     fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<usize> {
         self.file.read_at(buf, position)
+    }
+
+    /// Reads into the buffer's spare capacity: a fetch's megabytes are not
+    /// zeroed before the kernel overwrites them.
+    fn read_vec_at(&self, len: usize, position: u64) -> io::Result<Vec<u8>> {
+        let mut buf = Vec::with_capacity(len);
+        while buf.len() < len {
+            let at = position + buf.len() as u64;
+            match rustix::io::pread(&self.file, rustix::buffer::spare_capacity(&mut buf), at) {
+                Ok(0) => break,
+                // Read some, or interrupted before reading: go on.
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // The capacity may exceed `len`; nothing past it was asked for.
+        buf.truncate(len);
+        Ok(buf)
     }
 
     fn append(&self, bufs: &[IoSlice<'_>]) -> io::Result<()> {
@@ -267,6 +302,26 @@ mod tests {
         file.truncate(1).unwrap();
         assert_eq!(file.len().unwrap(), 1);
         assert!(read_exact_at(file.as_ref(), &mut buf, 0).is_err());
+    }
+
+    #[test]
+    fn os_file_reads_into_a_new_buffer_exactly_what_is_asked_or_up_to_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = OsStorage.open(&dir.path().join("f")).unwrap();
+        let content: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+        file.append(&[IoSlice::new(&content)]).unwrap();
+        assert_eq!(file.read_vec_at(10, 5).unwrap(), &content[5..15]);
+        assert_eq!(
+            file.read_vec_at(70_000, 1_000).unwrap(),
+            &content[1_000..71_000]
+        );
+        assert_eq!(
+            file.read_vec_at(1_000, 99_500).unwrap(),
+            &content[99_500..],
+            "fewer at the end of the file"
+        );
+        assert!(file.read_vec_at(10, 200_000).unwrap().is_empty());
+        assert!(file.read_vec_at(0, 0).unwrap().is_empty());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use parking_lot::{Mutex, RwLock};
 use super::damage::{Damage, Floor};
 use super::error::LogError;
 use super::index::{OffsetEntry, OffsetIndex, TimeEntry, TimeIndex};
-use super::io::{LogFile, Storage, read_exact_at, read_full_at};
+use super::io::{LogFile, Storage, read_exact_at};
 use super::open_segments::OpenSegments;
 use super::recovery_point::RecoveryPoint;
 use super::scan::{ScanOutcome, ScanStart, Scanner, TailDamage};
@@ -853,11 +853,11 @@ impl Segment {
         let first_len = brook_record::batch_total_len(&prefix).unwrap_or(0) as u64;
         let available = visible - start;
         let want = (max_bytes as u64).max(first_len).min(available);
-        let mut buf = BytesMut::zeroed(usize::try_from(want).unwrap_or(usize::MAX));
-        let n = read_full_at(log, &mut buf, start)
+        let mut buf = log
+            .read_vec_at(usize::try_from(want).unwrap_or(usize::MAX), start)
             .map_err(|e| LogError::io("read", &self.paths.log, e))?;
-        buf.truncate(whole_batches_len(&buf[..n]));
-        Ok(Some(buf.freeze()))
+        buf.truncate(whole_batches_len(&buf));
+        Ok(Some(Bytes::from(buf)))
     }
 
     /// The first record at or after `timestamp` in this segment, as
