@@ -72,7 +72,7 @@ impl Default for Workload {
             rate: None,
             raw: false,
             existing: false,
-            fetch_bytes: 1024 * 1024,
+            fetch_bytes: brook_record::protocol::FETCH_BYTES_DEFAULT,
             retained_bytes: 0,
         }
     }

@@ -73,7 +73,7 @@ pub struct BenchArgs {
     #[arg(long)]
     existing: bool,
     /// Consumer fetch size in bytes.
-    #[arg(long, default_value_t = 1024 * 1024)]
+    #[arg(long, default_value_t = brook_record::protocol::FETCH_BYTES_DEFAULT)]
     fetch_bytes: u32,
     /// Write this many bytes to another topic first (data already retained).
     #[arg(long, default_value_t = 0)]

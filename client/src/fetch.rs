@@ -47,7 +47,7 @@ pub struct FetchOptions {
 }
 
 impl Default for FetchOptions {
-    /// 1 MiB, a 500 ms long-poll, and a batch that does not decode fails the fetch.
+    /// 4 MiB, a 500 ms long-poll, and a batch that does not decode fails the fetch.
     fn default() -> Self {
         Self {
             max_bytes: brook_record::protocol::FETCH_BYTES_DEFAULT,

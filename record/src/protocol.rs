@@ -19,8 +19,11 @@ pub const PRODUCE_BATCHES_MAX_DEFAULT: usize = 10_000;
 pub const GRPC_MESSAGE_BYTES_MAX_DEFAULT: usize = 128 * 1024 * 1024;
 
 /// What a consumer asks for in one fetch unless told otherwise: bytes of
-/// record batches per response.
-pub const FETCH_BYTES_DEFAULT: u32 = 1024 * 1024;
+/// record batches per response. A consumer has one fetch in flight per
+/// broker, so each fetch pays a round trip and the broker's read before
+/// any byte moves: 1 KiB records were read back on loopback at about
+/// 0.95 GB/s with 1 MiB fetches and about 1.2 GB/s with 4 MiB.
+pub const FETCH_BYTES_DEFAULT: u32 = 4 * 1024 * 1024;
 
 /// How long a consumer's fetch waits at the end of the log by default;
 /// well under the broker's longest wait (`fetch_wait_ms_max`, 60 s).

@@ -78,7 +78,7 @@ pub struct ConsumerConfig {
 }
 
 impl Default for ConsumerConfig {
-    /// 1 MiB fetches, a 500 ms long poll, 4 chunks prefetched, reset to
+    /// 4 MiB fetches, a 500 ms long poll, 4 chunks prefetched, reset to
     /// latest, retries after 100 ms up to 5 s, a batch that does not
     /// decode stops its partition.
     fn default() -> Self {

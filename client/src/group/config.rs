@@ -88,7 +88,7 @@ pub struct GroupConfig {
 
 impl GroupConfig {
     /// The defaults: 10 s session timeout, reset to latest, commits every
-    /// second, 1 MiB fetches with a 500 ms long poll and 4 prefetched, 256
+    /// second, 4 MiB fetches with a 500 ms long poll and 4 prefetched, 256
     /// records queued per partition, 16 handlers at once, no handler retries,
     /// [`FailurePolicy::Fail`], and a batch that does not decode stops the
     /// member ([`UndecodablePolicy::Stop`]).
