@@ -53,6 +53,14 @@ pub trait OffsetReplication: Send + Sync + std::fmt::Debug {
 /// [`OffsetReplication`] holds them.
 pub type ReplicatedGroup = (String, BTreeMap<TopicPartition, i64>, i64);
 
+/// How long a change to a group's offsets may take to be committed by the
+/// replication before the caller is told it failed (its outcome unknown:
+/// the epoch it carries still fences it). Every write holds `writes`, so
+/// a coordinator cut off from the cluster would otherwise hold all its
+/// groups' commits, and giving up its slots, until the cut heals. Kafka's
+/// `offsets.commit.timeout.ms` is the same 5 s.
+const REPLICATED_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[derive(Debug)]
 pub(crate) struct OffsetStore {
     meta: Arc<dyn MetaStore>,
@@ -241,7 +249,15 @@ impl OffsetStore {
                 "this broker does not coordinate consumer groups of group `{group}`'s slot now"
             )));
         };
-        write(lease).await.map_err(GroupError::NotCoordinator)?;
+        match tokio::time::timeout(REPLICATED_WRITE_TIMEOUT, write(lease)).await {
+            Ok(written) => written.map_err(GroupError::NotCoordinator)?,
+            Err(_elapsed) => {
+                return Err(GroupError::NotCoordinator(format!(
+                    "the change to group `{group}`'s offsets was not committed by the cluster within {} s (this broker may be cut off from it); it may still be",
+                    REPLICATED_WRITE_TIMEOUT.as_secs()
+                )));
+            }
+        }
         Ok(replication.lease(group) == Some(lease))
     }
 
@@ -354,5 +370,56 @@ mod tests {
         store.delete("g").await.unwrap();
         assert!(!store.has_group("g"));
         assert!(meta.groups().unwrap().is_empty());
+    }
+
+    /// A replication that holds this broker's lease on every group but
+    /// never commits anything: a coordinator cut off from the cluster.
+    #[derive(Debug)]
+    struct CutOff;
+
+    impl OffsetReplication for CutOff {
+        fn lease(&self, _group: &str) -> Option<u64> {
+            Some(1)
+        }
+        fn commit(
+            &self,
+            _group: String,
+            _offsets: Vec<(String, u32, i64)>,
+            _at_ms: i64,
+            _lease: u64,
+        ) -> BoxFuture<'static, Result<(), String>> {
+            Box::pin(futures::future::pending())
+        }
+        fn mark_active(
+            &self,
+            _group: String,
+            _at_ms: i64,
+            _lease: u64,
+        ) -> BoxFuture<'static, Result<(), String>> {
+            Box::pin(futures::future::pending())
+        }
+        fn delete(&self, _group: String, _lease: u64) -> BoxFuture<'static, Result<(), String>> {
+            Box::pin(futures::future::pending())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_cluster_does_not_commit_fails_in_time_and_frees_the_writes() {
+        let meta: Arc<dyn MetaStore> = Arc::new(MemoryMetaStore::default());
+        let store = OffsetStore::load(meta).unwrap();
+        store.replicate_through(Arc::new(CutOff));
+        let started = tokio::time::Instant::now();
+        let writes = store.writes.lock().await;
+        let put = store.put("g", vec![(TopicPartition::new("t", 0), 3)]);
+        let error = tokio::time::timeout(REPLICATED_WRITE_TIMEOUT * 2, put)
+            .await
+            .expect("the write gives up by itself")
+            .unwrap_err();
+        drop(writes);
+        assert_eq!(started.elapsed(), REPLICATED_WRITE_TIMEOUT);
+        assert!(error.to_string().contains("not committed"), "{error}");
+        assert!(store.get("g").is_empty(), "the mirror is left alone");
+        // Giving up groups waits for the writes, which are free again.
+        store.forget_unkept().await;
     }
 }
