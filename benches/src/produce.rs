@@ -13,8 +13,8 @@ use brook_client::{
     Client, ClientError, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, TopicConfig,
 };
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt as _, StreamExt};
 use hdrhistogram::Histogram;
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
@@ -23,9 +23,17 @@ use crate::connection::Connection;
 use crate::report::{Figures, Latency, histogram};
 use crate::workload::{KEYS, Workload};
 
-/// Delivery futures handed from a producer thread to its collector; bounds
-/// how many the thread gets ahead (the `Producer`'s buffer bounds it too).
-const PENDING_CHANNEL: usize = 64 * 1024;
+/// Hand-overs of delivery futures from a producer thread to its collector;
+/// bounds how far the thread gets ahead (the `Producer`'s buffer bounds it
+/// too).
+const PENDING_CHANNEL: usize = 1024;
+
+/// Delivery futures a producer thread sending as fast as it can hands its
+/// collector at once: one channel message per record cost about as much
+/// as the `Producer`'s own work for it. Small enough (tens of
+/// microseconds of records) not to show in the latencies; a paced thread
+/// hands each over at once.
+const HANDED_OVER_TOGETHER: usize = 64;
 
 /// Bytes at the front of an e2e value: its intended send time in
 /// nanoseconds after the run's start.
@@ -155,8 +163,17 @@ impl Plan {
         self,
         runtime: &Handle,
         producer: &Producer,
-        pending: &mpsc::Sender<(Instant, DeliveryFuture)>,
+        pending: &mpsc::Sender<Vec<(Instant, DeliveryFuture)>>,
     ) -> anyhow::Result<u64> {
+        // Polled here first, `enqueue` needs the runtime's context (its
+        // rare waits use timers).
+        let _runtime = runtime.enter();
+        let together = if self.interval.is_some() {
+            1
+        } else {
+            HANDED_OVER_TOGETHER
+        };
+        let mut handing = Vec::with_capacity(together);
         let mut sent = 0u64;
         loop {
             if self.records.is_some_and(|n| sent >= n) {
@@ -177,13 +194,26 @@ impl Plan {
                 break;
             }
             let record = self.record(sent, intended);
-            let delivery = runtime
-                .block_on(producer.enqueue(record))
-                .context("enqueue a record")?;
-            pending
-                .blocking_send((intended, delivery))
-                .map_err(|_closed| anyhow::anyhow!("the collector stopped"))?;
+            // Accepted at once unless the buffer is full: then wait.
+            let mut enqueue = std::pin::pin!(producer.enqueue(record));
+            let delivery = match enqueue.as_mut().now_or_never() {
+                Some(accepted) => accepted,
+                None => runtime.block_on(enqueue),
+            }
+            .context("enqueue a record")?;
+            handing.push((intended, delivery));
+            if handing.len() >= together {
+                let handed = std::mem::replace(&mut handing, Vec::with_capacity(together));
+                pending
+                    .blocking_send(handed)
+                    .map_err(|_closed| anyhow::anyhow!("the collector stopped"))?;
+            }
             sent += 1;
+        }
+        if !handing.is_empty() {
+            pending
+                .blocking_send(handing)
+                .map_err(|_closed| anyhow::anyhow!("the collector stopped"))?;
         }
         runtime.block_on(producer.close());
         Ok(sent)
@@ -211,7 +241,7 @@ impl Plan {
 /// different partitions race) and records latencies from their intended
 /// send times. Ends when the producer thread hung up and all are answered.
 async fn collect(
-    mut deliveries: mpsc::Receiver<(Instant, DeliveryFuture)>,
+    mut deliveries: mpsc::Receiver<Vec<(Instant, DeliveryFuture)>>,
 ) -> anyhow::Result<Histogram<u64>> {
     let mut latencies = histogram();
     let mut pending = FuturesUnordered::new();
@@ -225,7 +255,11 @@ async fn collect(
                 record_latency(&mut latencies, intended);
             }
             delivery = deliveries.recv(), if open => match delivery {
-                Some((intended, delivery)) => pending.push(tagged(intended, delivery)),
+                Some(handed) => {
+                    for (intended, delivery) in handed {
+                        pending.push(tagged(intended, delivery));
+                    }
+                }
                 None => open = false,
             },
             else => break,
