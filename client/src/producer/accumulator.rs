@@ -19,6 +19,8 @@
 //! opened.
 
 use std::collections::HashMap;
+
+use foldhash::fast::RandomState;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -112,10 +114,10 @@ impl OpenBatch {
 struct TopicBatches {
     name: Arc<str>,
     sticky: Sticky,
-    open: HashMap<u32, OpenBatch>,
+    open: HashMap<u32, OpenBatch, RandomState>,
     /// Bytes of each partition's last closed batch (at most one entry per
     /// partition of the topic).
-    last_batch_bytes: HashMap<u32, usize>,
+    last_batch_bytes: HashMap<u32, usize, RandomState>,
 }
 
 impl TopicBatches {
@@ -149,7 +151,9 @@ pub(crate) struct Due {
 
 #[derive(Debug)]
 pub(crate) struct Accumulator {
-    topics: HashMap<Arc<str>, TopicBatches>,
+    /// Looked up once or twice per record: a fast hasher (the keys are
+    /// the application's, not a peer's).
+    topics: HashMap<Arc<str>, TopicBatches, RandomState>,
     /// Batches that filled up, for the sender to take.
     full: Vec<(TopicPartition, OpenBatch)>,
     compression: Compression,
@@ -168,7 +172,7 @@ impl Accumulator {
         buffer: Arc<BufferMemory>,
     ) -> Self {
         Self {
-            topics: HashMap::new(),
+            topics: HashMap::default(),
             full: Vec::new(),
             compression,
             linger,
@@ -203,8 +207,8 @@ impl Accumulator {
                 TopicBatches {
                     name,
                     sticky: Sticky::default(),
-                    open: HashMap::new(),
-                    last_batch_bytes: HashMap::new(),
+                    open: HashMap::default(),
+                    last_batch_bytes: HashMap::default(),
                 },
             );
         }

@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 
+use foldhash::fast::RandomState;
+
 /// Topics whose metadata the producer keeps.
 pub(crate) const TOPICS_MAX: usize = 1024;
 
@@ -20,7 +22,9 @@ pub(crate) struct TopicMetadata {
 #[derive(Debug)]
 pub(crate) struct MetadataCache {
     /// Each topic's metadata and the order it was cached in.
-    topics: HashMap<String, (TopicMetadata, u64)>,
+    /// Looked up per record: a fast hasher (the keys are the
+    /// application's, not a peer's).
+    topics: HashMap<String, (TopicMetadata, u64), RandomState>,
     next_order: u64,
     capacity: usize,
 }
@@ -29,7 +33,7 @@ impl MetadataCache {
     pub(crate) fn new(capacity: usize) -> Self {
         assert!(capacity > 0, "the cache holds at least one topic");
         Self {
-            topics: HashMap::new(),
+            topics: HashMap::default(),
             next_order: 0,
             capacity,
         }

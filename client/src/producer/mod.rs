@@ -48,7 +48,7 @@ use self::accumulator::{Accumulator, Incoming};
 use self::buffer::BufferMemory;
 use self::metadata::{MetadataCache, TOPICS_MAX, TopicMetadata};
 use self::partitioner::{Target, keyed_partition};
-use self::record::record_size;
+use self::record::{WallClock, record_size};
 use self::sender::{Control, Sender};
 use crate::client::Client;
 use crate::error::ClientError;
@@ -133,6 +133,8 @@ pub(crate) struct Shared {
     pub(crate) resent_batches: AtomicU64,
     /// Set by the sender task when it ends.
     pub(crate) finished: watch::Sender<bool>,
+    /// Stamps records without a timestamp.
+    pub(crate) wall_clock: WallClock,
 }
 
 /// The part of [`Shared`] behind its lock.
@@ -195,6 +197,7 @@ impl Producer {
             drop_acknowledgements: AtomicUsize::new(0),
             resent_batches: AtomicU64::new(0),
             finished: watch::Sender::new(false),
+            wall_clock: WallClock::new(),
         });
         tokio::spawn(Sender::new(shared.clone(), requests).run());
         Self {
@@ -239,7 +242,7 @@ impl Producer {
             .ok_or_else(|| error::larger_than_buffer(size, shared.config.buffer_memory))?;
         let topic = std::mem::take(&mut record.topic);
         let partition = record.partition;
-        let record = record.into_new_record();
+        let record = record.into_new_record(|| shared.wall_clock.ms_at(accepted));
         let mut reservation = None;
         let mut described_again = false;
         loop {

@@ -1,6 +1,8 @@
 //! What a caller hands the producer, and what it gets back.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
 
 use brook_record::{Header, NewRecord};
 use bytes::Bytes;
@@ -86,7 +88,8 @@ impl ProducerRecord {
         }
     }
 
-    pub(crate) fn into_new_record(self) -> NewRecord {
+    /// The record to encode; `now_ms` stamps it when it has no timestamp.
+    pub(crate) fn into_new_record(self, now_ms: impl FnOnce() -> i64) -> NewRecord {
         NewRecord {
             timestamp: self.timestamp.unwrap_or_else(now_ms),
             key: self.key,
@@ -152,6 +155,43 @@ pub(crate) fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// The system clock's milliseconds at an `Instant`, from one reading of it
+/// per second: a producer stamps every record, and in a virtual machine a
+/// clock read can cost as much as encoding a small record. A step of the
+/// system clock shows within a second; between readings time moves with
+/// the monotonic clock.
+#[derive(Debug)]
+pub(crate) struct WallClock {
+    /// An instant and the system clock's milliseconds read at it.
+    reading: Mutex<(Instant, i64)>,
+}
+
+/// How long a reading of the system clock serves.
+const WALL_CLOCK_READ_EVERY: Duration = Duration::from_secs(1);
+
+impl WallClock {
+    pub(crate) fn new() -> Self {
+        Self {
+            reading: Mutex::new((Instant::now(), now_ms())),
+        }
+    }
+
+    /// Milliseconds since the Unix epoch at `at`, an instant of now.
+    pub(crate) fn ms_at(&self, at: Instant) -> i64 {
+        let mut reading = self.reading.lock();
+        match at.checked_duration_since(reading.0) {
+            Some(since) if since < WALL_CLOCK_READ_EVERY => {
+                // Under a second: the cast cannot truncate.
+                reading.1.saturating_add(since.as_millis() as i64)
+            }
+            _ => {
+                *reading = (at, now_ms());
+                reading.1
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,8 +208,24 @@ mod tests {
         assert_eq!(record.value.as_deref(), Some(&b"v"[..]));
         assert_eq!(record.partition, Some(3));
         assert_eq!(record.headers.len(), 1);
-        let new = record.into_new_record();
+        let new = record.into_new_record(|| unreachable!("the record has a timestamp"));
         assert_eq!(new.timestamp, 9);
+    }
+
+    #[test]
+    fn the_wall_clock_moves_with_the_instants_and_reads_the_system_clock_again() {
+        let clock = WallClock::new();
+        let (start, start_ms) = *clock.reading.lock();
+        assert_eq!(
+            clock.ms_at(start + Duration::from_millis(250)),
+            start_ms + 250
+        );
+        let later = start + WALL_CLOCK_READ_EVERY + Duration::from_millis(1);
+        let read_again = clock.ms_at(later);
+        assert!((read_again - now_ms()).abs() < 100, "{read_again}");
+        assert_eq!(clock.reading.lock().0, later);
+        let system = now_ms();
+        assert!((clock.ms_at(Instant::now()) - system).abs() < 100);
     }
 
     #[test]
@@ -179,7 +235,7 @@ mod tests {
             .header("h", "v");
         let size = record_size(&record);
         let batch = brook_record::encode_batch(
-            &[record.into_new_record()],
+            &[record.into_new_record(now_ms)],
             brook_record::BatchOptions::default(),
         )
         .unwrap();
