@@ -6,6 +6,9 @@
 //! collector task per producer awaits the delivery futures and records each
 //! record's latency from its intended send time.
 
+use std::future::{self, Future as _};
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -249,17 +252,14 @@ async fn collect(
     loop {
         tokio::select! {
             biased;
-            Some((intended, outcome)) = pending.next(), if !pending.is_empty() => {
-                let outcome: Result<_, ClientError> = outcome;
-                outcome.context("a record was not delivered")?;
-                record_latency(&mut latencies, intended);
-            }
-            delivery = deliveries.recv(), if open => match delivery {
-                Some(handed) => {
-                    for (intended, delivery) in handed {
-                        pending.push(tagged(intended, delivery));
-                    }
+            Some(delivered) = pending.next(), if !pending.is_empty() => {
+                let delivered: Result<Vec<u64>, ClientError> = delivered;
+                for micros in delivered.context("a record was not delivered")? {
+                    latencies.saturating_record(micros);
                 }
+            }
+            handed = deliveries.recv(), if open => match handed {
+                Some(handed) => pending.push(delivered(handed)),
                 None => open = false,
             },
             else => break,
@@ -268,17 +268,44 @@ async fn collect(
     Ok(latencies)
 }
 
-async fn tagged(
-    intended: Instant,
-    delivery: DeliveryFuture,
-) -> (Instant, Result<brook_client::RecordMetadata, ClientError>) {
-    (intended, delivery.await)
+/// Waits for the deliveries handed over together, each looked at whenever
+/// any is answered, so each latency ends when its own record was answered
+/// (one task per hand-over, not per record); gives them in microseconds.
+async fn delivered(mut waiting: Vec<(Instant, DeliveryFuture)>) -> Result<Vec<u64>, ClientError> {
+    let mut micros = Vec::with_capacity(waiting.len());
+    future::poll_fn(|cx| {
+        let mut now = None;
+        let mut index = 0;
+        while index < waiting.len() {
+            match Pin::new(&mut waiting[index].1).poll(cx) {
+                Poll::Ready(outcome) => {
+                    outcome?;
+                    let (intended, _) = waiting.swap_remove(index);
+                    // One clock read serves every record answered at once.
+                    let now = *now.get_or_insert_with(Instant::now);
+                    micros.push(latency_micros(intended, now));
+                }
+                Poll::Pending => index += 1,
+            }
+        }
+        if waiting.is_empty() {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await?;
+    Ok(micros)
 }
 
 /// Records the time from `since` until now, in microseconds (at least 1).
 pub fn record_latency(latencies: &mut Histogram<u64>, since: Instant) {
-    let micros = since.elapsed().as_micros().max(1) as u64;
-    latencies.saturating_record(micros);
+    latencies.saturating_record(latency_micros(since, Instant::now()));
+}
+
+/// The time from `since` to `now` in microseconds, at least 1.
+fn latency_micros(since: Instant, now: Instant) -> u64 {
+    now.saturating_duration_since(since).as_micros().max(1) as u64
 }
 
 /// The intended send time stamped at the front of an e2e value.
