@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use super::Broker;
 use crate::error::{FetchError, Invalid, PartitionError, blocking};
 use crate::metrics::Metrics;
+use crate::partition::Partition;
 use brook_storage::PartitionLog;
 
 /// Chunk size of a subscription that asks for no particular size.
@@ -153,6 +154,7 @@ impl Broker {
         Ok(Subscription {
             watch: partition.watch(),
             log: partition.log().clone(),
+            readable: partition.clone(),
             topic: topic.to_owned(),
             partition: partition.index(),
             offset,
@@ -313,6 +315,11 @@ pub struct SubscriptionChunk {
 pub struct Subscription {
     watch: watch::Receiver<i64>,
     log: Arc<PartitionLog>,
+    /// Asked before every read, and every `READABILITY_CHECKED_EVERY` at the
+    /// tail, whether it may still be read here: a leader cut off from its
+    /// replicas would otherwise keep the subscription waiting for records
+    /// the majority takes elsewhere.
+    readable: Arc<Partition>,
     topic: String,
     partition: u32,
     offset: i64,
@@ -333,6 +340,9 @@ impl Subscription {
             // a backlog must not hold up a shutdown.
             if self.stop.is_cancelled() {
                 return None;
+            }
+            if let Err(refused) = self.readable.check_readable() {
+                return Some(Err(refused.into()));
             }
             self.watch.mark_unchanged();
             let log = self.log.clone();
@@ -366,18 +376,30 @@ impl Subscription {
                     next_offset: self.offset,
                 }));
             }
-            tokio::select! {
-                () = self.stop.cancelled() => return None,
-                changed = self.watch.changed() => {
-                    if changed.is_err() {
-                        return None;
+            loop {
+                tokio::select! {
+                    () = self.stop.cancelled() => return None,
+                    changed = self.watch.changed() => {
+                        if changed.is_err() {
+                            return None;
+                        }
+                        self.woken_at_tail = true;
+                        break;
                     }
-                    self.woken_at_tail = true;
+                    () = tokio::time::sleep(READABILITY_CHECKED_EVERY) => {
+                        if let Err(refused) = self.readable.check_readable() {
+                            return Some(Err(refused.into()));
+                        }
+                    }
                 }
             }
         }
     }
 }
+
+/// How often a subscription waiting at the tail asks whether its partition
+/// may still be read here.
+const READABILITY_CHECKED_EVERY: Duration = Duration::from_millis(250);
 
 /// The last offset held by concatenated whole batches and how many records
 /// they hold, from their headers (nothing is decoded).

@@ -121,6 +121,23 @@ async fn leader_cut_off_under_a_producer(bootstrap_at_leader: bool) {
     let at_cut = Client::connect_with(cluster.endpoint(cut).expect("a broker"), options)
         .await
         .expect("connect to the cut-off leader");
+    // A subscription at the cut-off leader, opened before it refuses reads:
+    // it must end, rather than wait at the tail for records the majority
+    // takes elsewhere.
+    let subscribed = {
+        let mut subscription = at_cut
+            .subscribe(TOPIC, 0, 0)
+            .await
+            .expect("subscribe at the cut-off leader");
+        tokio::spawn(async move {
+            while let Some(pushed) = subscription.next().await {
+                if let Err(ended) = pushed {
+                    return Some(ended);
+                }
+            }
+            None
+        })
+    };
     // What the leader committed before the cut may still be applied.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let watermark_after_cut = high_watermark(&at_cut).await;
@@ -163,6 +180,12 @@ async fn leader_cut_off_under_a_producer(bootstrap_at_leader: bool) {
         ),
         Err(unread) => assert_eq!(unread.kind(), ErrorKind::Unavailable, "{unread}"),
     }
+    let ended = tokio::time::timeout_at((cut_at + Duration::from_secs(4)).into(), subscribed)
+        .await
+        .expect("the subscription at the cut-off leader still waits for records 4 s after the cut")
+        .expect("the subscription's task");
+    let ended = ended.expect("the subscription ended without an error");
+    assert_eq!(ended.kind(), ErrorKind::Unavailable, "{ended}");
 
     // The majority elects a leader and the producer goes on there.
     producing
