@@ -2,7 +2,7 @@
 //! batches as they become visible, and offset lookups. Reads return stored
 //! batches as they are; nothing is decoded on this path.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use brook_record::BatchHeader;
@@ -154,7 +154,7 @@ impl Broker {
         Ok(Subscription {
             watch: partition.watch(),
             log: partition.log().clone(),
-            readable: partition.clone(),
+            readable: Arc::downgrade(&partition),
             topic: topic.to_owned(),
             partition: partition.index(),
             offset,
@@ -318,8 +318,10 @@ pub struct Subscription {
     /// Asked before every read, and every `READABILITY_CHECKED_EVERY` at the
     /// tail, whether it may still be read here: a leader cut off from its
     /// replicas would otherwise keep the subscription waiting for records
-    /// the majority takes elsewhere.
-    readable: Arc<Partition>,
+    /// the majority takes elsewhere. Weak: the partition's end (its topic
+    /// deleted) is what ends the subscription, and holding it would keep
+    /// its watch open.
+    readable: Weak<Partition>,
     topic: String,
     partition: u32,
     offset: i64,
@@ -332,6 +334,12 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// Why the partition may not be read here now, if it may not (a
+    /// partition already gone is left to its watch to end the subscription).
+    fn refusal(&self) -> Option<PartitionError> {
+        self.readable.upgrade()?.check_readable().err()
+    }
+
     /// The next batches; `None` once the partition is gone or the broker
     /// stops.
     pub async fn next(&mut self) -> Option<Result<SubscriptionChunk, FetchError>> {
@@ -341,7 +349,7 @@ impl Subscription {
             if self.stop.is_cancelled() {
                 return None;
             }
-            if let Err(refused) = self.readable.check_readable() {
+            if let Some(refused) = self.refusal() {
                 return Some(Err(refused.into()));
             }
             self.watch.mark_unchanged();
@@ -387,7 +395,7 @@ impl Subscription {
                         break;
                     }
                     () = tokio::time::sleep(READABILITY_CHECKED_EVERY) => {
-                        if let Err(refused) = self.readable.check_readable() {
+                        if let Some(refused) = self.refusal() {
                             return Some(Err(refused.into()));
                         }
                     }
