@@ -273,6 +273,29 @@ impl Client {
         })
     }
 
+    /// The messages of a subscription as they come, each up to `max_bytes`
+    /// of batches: for a consumer that checks the batches itself.
+    pub(crate) async fn subscribe_raw(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+        max_bytes: u32,
+    ) -> Result<Streaming<proto::SubscribeResponse>, ClientError> {
+        let request = proto::SubscribeRequest {
+            topic: topic.to_owned(),
+            partition,
+            offset,
+            max_bytes,
+        };
+        self.rpc(
+            "subscribe",
+            self.options.request_timeout,
+            self.fetch.clone().subscribe(request),
+        )
+        .await
+    }
+
     /// Looks up an offset of a partition. For [`OffsetSpec::Timestamp`] the
     /// answer is -1 when no record is that recent.
     pub async fn list_offsets(
@@ -312,6 +335,33 @@ pub(crate) struct CheckedFetch {
     pub log_start_offset: i64,
     pub next_offset: i64,
     pub skipped: Option<SkippedBatch>,
+}
+
+/// The batches of one subscription message, checked as a fetch's are
+/// (no budget: a message holds at most what was asked per message).
+pub(crate) fn check_pushed(
+    topic: &str,
+    partition: u32,
+    pushed: proto::SubscribeResponse,
+    offset: i64,
+    policy: UndecodablePolicy,
+) -> Result<CheckedFetch, ClientError> {
+    let mut budget = usize::MAX;
+    let checked = check_from(
+        topic,
+        partition,
+        pushed.records,
+        offset,
+        policy,
+        &mut budget,
+    )?;
+    Ok(CheckedFetch {
+        batches: checked.batches,
+        high_watermark: pushed.high_watermark,
+        log_start_offset: -1,
+        next_offset: checked.next_offset,
+        skipped: checked.skipped,
+    })
 }
 
 /// What [`check_from`] made of one partition's bytes.

@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 
 use super::cursor::{ChunkSlot, FetchFrom, PartitionCell, Shared};
+use super::streams::STREAMED_PARTITIONS_MAX;
 use super::{ConsumerConfig, OffsetReset};
 use crate::client::{Client, without_scheme};
 use crate::error::{ClientError, ErrorKind};
@@ -67,7 +68,7 @@ pub(crate) enum Item {
 }
 
 /// What became of a partition whose fetch failed for good.
-enum Settled {
+pub(super) enum Settled {
     /// Reset, or parked with the error: queue the item.
     Item(Item),
     /// The partition moved meanwhile (a seek, a new assignment): nothing to do.
@@ -77,10 +78,10 @@ enum Settled {
 }
 
 /// A partition as it was when the fetch started.
-struct Target {
-    cell: Arc<PartitionCell>,
-    epoch: u64,
-    offset: i64,
+pub(super) struct Target {
+    pub cell: Arc<PartitionCell>,
+    pub epoch: u64,
+    pub offset: i64,
 }
 
 pub(crate) struct Fetcher {
@@ -91,10 +92,13 @@ pub(crate) struct Fetcher {
     /// When the brokers were last asked who leads what (at most every
     /// `DESCRIBE_EVERY`).
     pub described_at: Mutex<Option<Instant>>,
+    /// A broker answered that it does not know `Subscribe` (it is older
+    /// than this client): every lane fetches from then on.
+    pub fetch_only: std::sync::atomic::AtomicBool,
 }
 
 /// A round that needs no more than waiting for a change.
-enum Round {
+pub(super) enum Round {
     /// Something was done; go again.
     Again,
     /// Nothing to fetch: wait for an assignment or a seek.
@@ -150,7 +154,7 @@ impl Fetcher {
 
     /// The broker each assigned partition is read from: its leader, as far
     /// as the client knows, else the broker connected to.
-    fn broker_of(&self, cell: &PartitionCell) -> Arc<str> {
+    pub(super) fn broker_of(&self, cell: &PartitionCell) -> Arc<str> {
         let broker = self
             .client
             .routing
@@ -277,6 +281,13 @@ impl Fetcher {
         if targets.is_empty() {
             return Round::Idle;
         }
+        if targets.len() <= STREAMED_PARTITIONS_MAX
+            && !self.fetch_only.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            // Each pushed message takes a slot of its own.
+            drop(slot);
+            return self.stream_round(client, broker, targets, changes).await;
+        }
         // The broker fills its byte budget in request order: rotate for fairness.
         let len = targets.len();
         targets.rotate_left(rotation % len);
@@ -398,7 +409,12 @@ impl Fetcher {
 
     /// A partition's fetch failed for good: reset it if it was out of range
     /// and the policy allows, else park it and report the error.
-    async fn fail(&self, client: &Client, target: &Target, error: ClientError) -> Settled {
+    pub(super) async fn fail(
+        &self,
+        client: &Client,
+        target: &Target,
+        error: ClientError,
+    ) -> Settled {
         let spec = match (error.kind(), self.config.auto_offset_reset) {
             (ErrorKind::OutOfRange, OffsetReset::Earliest) => Some(OffsetSpec::Earliest),
             (ErrorKind::OutOfRange, OffsetReset::Latest) => Some(OffsetSpec::Latest),
@@ -509,7 +525,7 @@ impl Fetcher {
         self.queue(items, slot).await
     }
 
-    async fn queue(&self, items: Vec<Item>, slot: ChunkSlot) -> Round {
+    pub(super) async fn queue(&self, items: Vec<Item>, slot: ChunkSlot) -> Round {
         if items.is_empty() {
             return Round::Again;
         }

@@ -14,6 +14,7 @@
 
 mod cursor;
 mod fetcher;
+mod streams;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -230,6 +231,7 @@ impl Consumer {
                 shared: shared.clone(),
                 chunks: sender,
                 described_at: parking_lot::Mutex::new(None),
+                fetch_only: std::sync::atomic::AtomicBool::new(false),
             }
             .run(),
         );

@@ -96,6 +96,74 @@ async fn two_assigned_partitions_stream_in_order_per_partition() {
     assert_eq!(consumer.position("orders", 1), Some(25));
 }
 
+/// More partitions on one broker than a consumer streams: it reads them
+/// with fetches of several at a time, every record once and in order.
+#[tokio::test]
+async fn a_consumer_of_many_partitions_reads_them_all_in_order() {
+    const PARTITIONS: u32 = 20;
+    let (_broker, client) = connect().await;
+    client
+        .create_topic("many", PARTITIONS, TopicConfig::default())
+        .await
+        .unwrap();
+    for partition in 0..PARTITIONS {
+        produce(&client, "many", partition, 0, 12, 5).await;
+    }
+    let mut consumer = Consumer::new(client.clone(), config(OffsetReset::Earliest));
+    let assigned: Vec<(&str, u32)> = (0..PARTITIONS).map(|p| ("many", p)).collect();
+    consumer.assign(&assigned);
+    let mut seen = vec![Vec::new(); PARTITIONS as usize];
+    for _ in 0..PARTITIONS * 12 {
+        let consumed = next(&mut consumer).await;
+        let p = consumed.partition;
+        assert_eq!(value(&consumed), format!("p{p}-{}", consumed.record.offset));
+        seen[p as usize].push(consumed.record.offset);
+    }
+    // Records appended while it waits at the end come too.
+    produce(&client, "many", 7, 12, 15, 1).await;
+    for _ in 0..3 {
+        let consumed = next(&mut consumer).await;
+        seen[consumed.partition as usize].push(consumed.record.offset);
+    }
+    for (partition, offsets) in seen.iter().enumerate() {
+        let end = if partition == 7 { 15 } else { 12 };
+        assert_eq!(
+            offsets,
+            &(0..end).collect::<Vec<_>>(),
+            "partition {partition}"
+        );
+    }
+}
+
+/// A consumer of a few partitions has the broker push their records:
+/// records appended while it waits at the end come as they are appended,
+/// and a seek back reads them again.
+#[tokio::test]
+async fn a_streaming_consumer_gets_appends_and_seeks_back() {
+    let (_broker, client) = connect().await;
+    client
+        .create_topic("pushed", 1, TopicConfig::default())
+        .await
+        .unwrap();
+    produce(&client, "pushed", 0, 0, 10, 3).await;
+    let mut consumer = Consumer::new(client.clone(), config(OffsetReset::Earliest));
+    consumer.assign(&[("pushed", 0)]);
+    for offset in 0..10 {
+        assert_eq!(next(&mut consumer).await.record.offset, offset);
+    }
+    for i in 10..20 {
+        produce(&client, "pushed", 0, i, i + 1, 1).await;
+        assert_eq!(next(&mut consumer).await.record.offset, i);
+    }
+    consumer
+        .seek("pushed", 0, SeekTo::Offset(4))
+        .await
+        .expect("seek");
+    for offset in 4..20 {
+        assert_eq!(next(&mut consumer).await.record.offset, offset);
+    }
+}
+
 #[tokio::test]
 async fn seek_moves_to_an_offset_the_ends_and_a_timestamp() {
     let (_broker, client) = connect().await;
