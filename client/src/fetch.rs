@@ -152,7 +152,12 @@ impl Client {
             .iter()
             .zip(fetched)
             .map(|(target, fetched)| {
-                let records = FetchedRecords::new(fetched.batches, target.offset)
+                let CheckedFetch {
+                    checked,
+                    high_watermark,
+                    log_start_offset,
+                } = fetched;
+                let records = FetchedRecords::new(checked.batches, target.offset)
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|error| {
                         undecodable(&target.topic, target.partition, target.offset, error)
@@ -162,10 +167,10 @@ impl Client {
                     partition: target.partition,
                     result: FetchResult {
                         records,
-                        high_watermark: fetched.high_watermark,
-                        log_start_offset: fetched.log_start_offset,
-                        next_offset: fetched.next_offset,
-                        skipped: fetched.skipped,
+                        high_watermark,
+                        log_start_offset,
+                        next_offset: checked.next_offset,
+                        skipped: checked.skipped,
                     },
                 })
             })
@@ -231,11 +236,9 @@ impl Client {
                     &mut budget,
                 )?;
                 Ok(CheckedFetch {
-                    batches: checked.batches,
+                    checked,
                     high_watermark: fetched.high_watermark,
                     log_start_offset: fetched.log_start_offset,
-                    next_offset: checked.next_offset,
-                    skipped: checked.skipped,
                 })
             })
             .collect()
@@ -328,13 +331,9 @@ impl Client {
 /// [`FetchResult`], with batches checked instead of records decoded.
 #[derive(Debug)]
 pub(crate) struct CheckedFetch {
-    /// Batches that decode, in offset order; the first may start before
-    /// the offset asked for.
-    pub batches: Vec<CheckedBatch>,
+    pub checked: Checked,
     pub high_watermark: i64,
     pub log_start_offset: i64,
-    pub next_offset: i64,
-    pub skipped: Option<SkippedBatch>,
 }
 
 /// The batches of one subscription message, checked as a fetch's are
@@ -345,31 +344,27 @@ pub(crate) fn check_pushed(
     pushed: proto::SubscribeResponse,
     offset: i64,
     policy: UndecodablePolicy,
-) -> Result<CheckedFetch, ClientError> {
+) -> Result<Checked, ClientError> {
     let mut budget = usize::MAX;
-    let checked = check_from(
+    check_from(
         topic,
         partition,
         pushed.records,
         offset,
         policy,
         &mut budget,
-    )?;
-    Ok(CheckedFetch {
-        batches: checked.batches,
-        high_watermark: pushed.high_watermark,
-        log_start_offset: -1,
-        next_offset: checked.next_offset,
-        skipped: checked.skipped,
-    })
+    )
 }
 
 /// What [`check_from`] made of one partition's bytes.
 #[derive(Debug)]
-struct Checked {
-    batches: Vec<CheckedBatch>,
-    next_offset: i64,
-    skipped: Option<SkippedBatch>,
+pub(crate) struct Checked {
+    /// Batches that decode, in offset order; the first may start before
+    /// the offset asked for.
+    pub batches: Vec<CheckedBatch>,
+    /// Where to read next: after the last batch kept, or skipped.
+    pub next_offset: i64,
+    pub skipped: Option<SkippedBatch>,
 }
 
 /// Checks the concatenated batches fetched from `topic`/`partition` at

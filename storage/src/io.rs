@@ -25,15 +25,7 @@ pub trait LogFile: Send + Sync + fmt::Debug {
     /// at end of file.
     fn read_vec_at(&self, len: usize, position: u64) -> io::Result<Vec<u8>> {
         let mut buf = vec![0; len];
-        let mut filled = 0;
-        while filled < len {
-            match self.read_at(&mut buf[filled..], position + filled as u64) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let filled = read_full_at(self, &mut buf, position)?;
         buf.truncate(filled);
         Ok(buf)
     }
@@ -103,7 +95,11 @@ pub fn read_exact_at(file: &dyn LogFile, mut buf: &mut [u8], mut position: u64) 
 }
 
 /// Reads up to `buf.len()` bytes at `position`, stopping early only at end of file.
-pub fn read_full_at(file: &dyn LogFile, buf: &mut [u8], position: u64) -> io::Result<usize> {
+pub fn read_full_at(
+    file: &(impl LogFile + ?Sized),
+    buf: &mut [u8],
+    position: u64,
+) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match file.read_at(&mut buf[filled..], position + filled as u64) {

@@ -24,7 +24,7 @@ use super::streams::STREAMED_PARTITIONS_MAX;
 use super::{ConsumerConfig, OffsetReset};
 use crate::client::{Client, without_scheme};
 use crate::error::{ClientError, ErrorKind};
-use crate::fetch::{CheckedFetch, FetchOptions, FetchTarget, FetchedRecords, OffsetSpec};
+use crate::fetch::{Checked, CheckedFetch, FetchOptions, FetchTarget, FetchedRecords, OffsetSpec};
 use crate::undecodable::SkippedBatch;
 
 /// What one fetch round queues for the stream.
@@ -82,6 +82,35 @@ pub(super) struct Target {
     pub cell: Arc<PartitionCell>,
     pub epoch: u64,
     pub offset: i64,
+}
+
+/// Moves `target`'s fetch offset past what was `checked` there and adds
+/// the items it makes, unless something (a seek, a reset) moved the
+/// partition since `target` was taken: then `checked` is stale, nothing is
+/// done, and it answers `false`.
+pub(super) fn take_checked(target: &Target, checked: Checked, items: &mut Vec<Item>) -> bool {
+    {
+        let mut cursor = target.cell.cursor.lock();
+        if cursor.epoch != target.epoch || cursor.fetch != FetchFrom::At(target.offset) {
+            return false;
+        }
+        cursor.fetch = FetchFrom::At(checked.next_offset);
+    }
+    if let Some(batch) = checked.skipped {
+        items.push(Item::Skipped {
+            cell: target.cell.clone(),
+            epoch: target.epoch,
+            batch,
+        });
+    }
+    if !checked.batches.is_empty() {
+        items.push(Item::Records {
+            cell: target.cell.clone(),
+            epoch: target.epoch,
+            records: FetchedRecords::new(checked.batches, target.offset),
+        });
+    }
+    true
 }
 
 pub(crate) struct Fetcher {
@@ -311,15 +340,7 @@ impl Fetcher {
         };
         match fetched {
             Ok(fetched) => self.queue_fetched(&targets, fetched, slot).await,
-            Err(e) if e.is_retryable() => {
-                tracing::warn!(error = %e, %broker, "consumer fetch failed; retrying");
-                // A leader cut off from its replicas still names itself:
-                // another broker is asked where the partitions are.
-                if e.is_broker_unreachable() || e.is_cut_off_leader() {
-                    self.client.routing.failed(broker);
-                }
-                Round::Failed
-            }
+            Err(e) if e.is_retryable() => self.retry_later(broker, &e, "fetch"),
             Err(e) if len == 1 => match self.fail(client, &targets[0], e).await {
                 Settled::Item(item) => self.queue(vec![item], slot).await,
                 Settled::Moved => Round::Again,
@@ -341,28 +362,21 @@ impl Fetcher {
     ) -> Round {
         let mut items = Vec::new();
         for (target, fetched) in targets.iter().zip(fetched) {
-            let mut cursor = target.cell.cursor.lock();
-            if cursor.epoch != target.epoch || cursor.fetch != FetchFrom::At(target.offset) {
-                continue;
-            }
-            cursor.fetch = FetchFrom::At(fetched.next_offset);
-            drop(cursor);
-            if let Some(batch) = fetched.skipped {
-                items.push(Item::Skipped {
-                    cell: target.cell.clone(),
-                    epoch: target.epoch,
-                    batch,
-                });
-            }
-            if !fetched.batches.is_empty() {
-                items.push(Item::Records {
-                    cell: target.cell.clone(),
-                    epoch: target.epoch,
-                    records: FetchedRecords::new(fetched.batches, target.offset),
-                });
-            }
+            take_checked(target, fetched.checked, &mut items);
         }
         self.queue(items, slot).await
+    }
+
+    /// A read from `broker` (`call`: fetch, subscription) failed for a
+    /// passing reason: the round backs off.
+    pub(super) fn retry_later(&self, broker: &Arc<str>, error: &ClientError, call: &str) -> Round {
+        tracing::warn!(%error, %broker, "consumer {call} failed; retrying");
+        // A leader cut off from its replicas still names itself: another
+        // broker is asked where the partitions are.
+        if error.is_broker_unreachable() || error.is_cut_off_leader() {
+            self.client.routing.failed(broker);
+        }
+        Round::Failed
     }
 
     /// Finds which partitions of a failed multi-partition fetch fail on

@@ -23,10 +23,10 @@ use futures::stream::SelectAll;
 use tokio::sync::watch;
 
 use super::cursor::FetchFrom;
-use super::fetcher::{Fetcher, Item, Round, Settled, Target};
+use super::fetcher::{Fetcher, Round, Settled, Target, take_checked};
 use crate::client::Client;
 use crate::error::{ClientError, StatusCode};
-use crate::fetch::{FetchedRecords, check_pushed};
+use crate::fetch::check_pushed;
 
 /// A lane reads over subscriptions when it has at most this many
 /// partitions; with more, one fetch for all of them costs the broker less
@@ -126,26 +126,8 @@ impl Fetcher {
             };
             let next_offset = checked.next_offset;
             let mut items = Vec::new();
-            {
-                let mut cursor = at.cell.cursor.lock();
-                if cursor.epoch != at.epoch || cursor.fetch != FetchFrom::At(at.offset) {
-                    return Round::Again;
-                }
-                cursor.fetch = FetchFrom::At(next_offset);
-            }
-            if let Some(batch) = checked.skipped {
-                items.push(Item::Skipped {
-                    cell: at.cell.clone(),
-                    epoch: at.epoch,
-                    batch,
-                });
-            }
-            if !checked.batches.is_empty() {
-                items.push(Item::Records {
-                    cell: at.cell.clone(),
-                    epoch: at.epoch,
-                    records: FetchedRecords::new(checked.batches, at.offset),
-                });
+            if !take_checked(&at, checked, &mut items) {
+                return Round::Again;
             }
             match self.queue(items, slot).await {
                 Round::Again => {}
@@ -194,11 +176,7 @@ impl Fetcher {
             return Round::Again;
         }
         if error.is_retryable() {
-            tracing::warn!(error = %error, %broker, "consumer subscription failed; retrying");
-            if error.is_broker_unreachable() || error.is_cut_off_leader() {
-                self.client.routing.failed(broker);
-            }
-            return Round::Failed;
+            return self.retry_later(broker, &error, "subscription");
         }
         match self.fail(client, target, error).await {
             Settled::Item(item) => {
