@@ -178,6 +178,8 @@ impl<C: EntryFormat> RaftNetworkFactory<C> for Network<C> {
             group: self.group.clone(),
             connector: self.connector.clone(),
             client: None,
+            calling: false,
+            unanswered: 0,
             format: PhantomData,
         }
     }
@@ -193,8 +195,26 @@ pub struct Peer<C> {
     /// transport: a connection whose peer restarted can stay open on our
     /// side and swallow every request until it times out.
     client: Option<RaftServiceClient<Channel>>,
+    /// A call is under way; still set when the next call starts if
+    /// openraft dropped it at its time limit.
+    calling: bool,
+    /// Calls in a row that openraft dropped at their time limit.
+    unanswered: u32,
     format: PhantomData<fn() -> C>,
 }
+
+/// Calls in a row left unanswered within openraft's time limit after which
+/// the connection is made again: one slow answer (a follower's fsync
+/// behind a busy disk) says nothing about the connection, and making it
+/// again cost more than the wait; several say it may be one whose peer is
+/// gone without closing it.
+const UNANSWERED_BEFORE_RECONNECT: u32 = 3;
+
+/// How much longer than openraft's time limit a call is given in
+/// transport: openraft's limit ends a slow call (a `Timeout`, after which
+/// it sends again at once), not the transport's, whose error reads as an
+/// unreachable peer that openraft backs off from.
+const TRANSPORT_TIMEOUT_MARGIN: Duration = Duration::from_millis(100);
 
 /// Why a peer could not be used, for openraft's `Unreachable`.
 #[derive(Debug, thiserror::Error)]
@@ -226,6 +246,29 @@ impl<C: EntryFormat> Peer<C> {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        if std::mem::replace(&mut self.calling, true) {
+            self.unanswered += 1;
+            if self.unanswered >= UNANSWERED_BEFORE_RECONNECT {
+                self.unanswered = 0;
+                self.client = None;
+            }
+        }
+        let result = self.call_now(method, payload, option).await;
+        self.calling = false;
+        self.unanswered = 0;
+        result
+    }
+
+    async fn call_now<Resp, E>(
+        &mut self,
+        method: Method,
+        payload: RaftPayload,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BrokerNode, RaftError<NodeId, E>>>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
         let unreachable = |reason: String| {
             RPCError::Unreachable(Unreachable::new(&PeerError {
                 node: self.target,
@@ -242,7 +285,11 @@ impl<C: EntryFormat> Peer<C> {
         let Some(client) = self.client.as_mut() else {
             return Err(unreachable("no channel".to_owned()));
         };
-        let call = peer_request(&*self.connector, payload, option.hard_ttl());
+        let call = peer_request(
+            &*self.connector,
+            payload,
+            option.hard_ttl() + TRANSPORT_TIMEOUT_MARGIN,
+        );
         let answer = match method {
             Method::AppendEntries => client.append_entries(call).await,
             Method::Vote => client.vote(call).await,

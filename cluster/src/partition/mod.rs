@@ -13,12 +13,15 @@
 //! - [`source`]: reading missing records from another replica.
 //! - [`replica`]: a broker's replica of one partition.
 //! - [`proposer`]: concurrent produces grouped into few entries.
+//! - `write_back`: the segments synced a little at a time as batches are
+//!   applied, so that a snapshot's sync finds little left to write.
 
 pub mod proposer;
 pub mod replica;
 pub mod source;
 pub mod state_machine;
 pub mod types;
+mod write_back;
 
 pub use proposer::Proposer;
 pub use replica::{

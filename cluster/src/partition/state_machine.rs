@@ -8,7 +8,8 @@
 //! consumers read nothing else.
 //!
 //! Durability comes from the Raft log (fsynced before an entry counts
-//! towards a majority); the segments are synced when a snapshot is taken,
+//! towards a majority); the segments are synced in the background as
+//! batches are applied (`write_back`) and when a snapshot is taken,
 //! and the snapshot records how far they were synced (`applied`). After a
 //! crash, openraft applies the entries after that point again: the log may
 //! already hold some of their batches (written but not synced before the
@@ -36,6 +37,7 @@ use super::source::LogSource;
 use super::types::{
     AppliedBatch, PartitionEntry, PartitionRaftConfig, ProduceApplied, ProduceCommand,
 };
+use super::write_back::WriteBack;
 use crate::store::files::{read_json, replace_json};
 use crate::store::snapshot_meta;
 use crate::types::{LogId, NodeId, SnapshotMeta, StorageError, StoredMembership};
@@ -67,6 +69,8 @@ pub struct PartitionStateMachine {
     /// Told the log's high watermark whenever applying moves it: readers
     /// of the partition wait on it.
     watermark: Option<watch::Sender<i64>>,
+    /// Syncs the segments a little at a time as batches are applied.
+    write_back: WriteBack,
 }
 
 impl std::fmt::Debug for PartitionStateMachine {
@@ -142,6 +146,7 @@ impl PartitionStateMachine {
         Ok(Self {
             inner: Arc::new(Mutex::new(applied)),
             marked: Arc::new(Mutex::new(mark)),
+            write_back: WriteBack::new(log.clone()),
             log,
             dir: dir.to_owned(),
             group: group.to_owned(),
@@ -471,14 +476,18 @@ impl RaftStateMachine<PartitionRaftConfig> for PartitionStateMachine {
     {
         let mut applied = self.inner.lock();
         let mut responses = Vec::new();
+        let mut applied_bytes = 0;
         for entry in entries {
             let response = match &entry.payload {
                 EntryPayload::Blank => ProduceApplied::default(),
-                EntryPayload::Normal(command) => applied
-                    .apply_produce(&self.log, command)
-                    // A replica that cannot apply what the others applied
-                    // must stop rather than diverge.
-                    .map_err(|e| StorageIOError::write_state_machine(&e))?,
+                EntryPayload::Normal(command) => {
+                    applied_bytes += command.batches.iter().map(|b| b.len() as u64).sum::<u64>();
+                    applied
+                        .apply_produce(&self.log, command)
+                        // A replica that cannot apply what the others
+                        // applied must stop rather than diverge.
+                        .map_err(|e| StorageIOError::write_state_machine(&e))?
+                }
                 EntryPayload::Membership(membership) => {
                     applied.membership =
                         StoredMembership::new(Some(entry.log_id), membership.clone());
@@ -490,6 +499,7 @@ impl RaftStateMachine<PartitionRaftConfig> for PartitionStateMachine {
         }
         drop(applied);
         self.publish_watermark();
+        self.write_back.applied(applied_bytes);
         Ok(responses)
     }
 

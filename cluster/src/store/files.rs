@@ -75,6 +75,7 @@ pub(crate) fn open_append(path: &Path) -> io::Result<File> {
 }
 
 /// One record framed: length, CRC-32 of the payload, payload.
+#[cfg(test)]
 pub(crate) fn frame(payload: &[u8]) -> io::Result<Vec<u8>> {
     let mut framed = Vec::with_capacity(FRAME_LEN + payload.len());
     framed.extend_from_slice(&[0; FRAME_LEN]);

@@ -1,16 +1,24 @@
-//! A Raft group's log on disk: one append-only file of framed entries, and
-//! small files for the vote, the committed log id and the purge point, each
-//! replaced atomically. The metadata group and every partition group use
-//! it; an [`EntryFormat`] says how a group's entries are written.
+//! A Raft group's log on disk: append-only chunk files of framed entries,
+//! and small files for the vote, the committed log id and the purge point,
+//! each replaced atomically. The metadata group and every partition group
+//! use it; an [`EntryFormat`] says how a group's entries are written.
 //!
 //! An append is acknowledged to openraft (`LogFlushed`) only after an
 //! `fdatasync` (by a flusher thread, so that appends arriving during one
 //! fsync share the next), and the vote is fsynced before `save_vote`
 //! returns: what a broker promised survives a power loss. The committed
-//! log id is written unsynced (it is a hint; see `save_committed`). A torn last entry (a crash during
-//! an append, never acknowledged) is cut off at open. Only where each entry
-//! lies in the file is kept in memory; entries are read back from the file
-//! (the page cache, for the recent ones replication reads).
+//! log id is written unsynced (it is a hint; see `save_committed`). A torn
+//! last entry (a crash during an append, never acknowledged) is cut off at
+//! open. Only where each entry lies is kept in memory; entries are read
+//! back from the files (the page cache, for the recent ones replication
+//! reads).
+//!
+//! The entries go into chunks of about `CHUNK_BYTES`: `log`, then `log.1`,
+//! `log.2`, and so on, the last one taking appends. A purge deletes the
+//! chunks that hold only purged entries; nothing is ever copied. (One file
+//! rewritten without its purged entries copied every entry kept behind a
+//! snapshot, tens of megabytes under load, while appends waited: a stall
+//! of a fifth of a second every few snapshots.)
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -27,21 +35,41 @@ use openraft::{OptionalSend, RaftLogId, RaftLogReader, StorageIOError};
 use parking_lot::Mutex;
 
 use super::files::{
-    FRAME_LEN, Records, frame, open_append, read_json, read_records, replace_file, replace_json,
-    replace_json_unsynced, seal_frame,
+    FRAME_LEN, Records, open_append, read_json, read_records, replace_json, replace_json_unsynced,
+    seal_frame, sync_dir,
 };
 use crate::types::{EntryFormat, LogId, StorageError, Vote};
 
+/// The first chunk's name, and the prefix of the others' (`log.<n>`).
 const LOG: &str = "log";
+/// Chunk size after which appends go to a new chunk.
+const CHUNK_BYTES: u64 = 16 * 1024 * 1024;
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 /// How often the committed mark is written at most.
 const COMMITTED_SAVE_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 const PURGED: &str = "purged";
 
-/// Purged entries the log file may keep before it is rewritten without
-/// them.
-const PURGED_IN_FILE_MAX: usize = 4096;
+/// The file name of chunk `number`.
+fn chunk_name(number: u64) -> String {
+    if number == 0 {
+        LOG.to_owned()
+    } else {
+        format!("{LOG}.{number}")
+    }
+}
+
+/// The number of the chunk a file name names, if it names one.
+fn chunk_number(name: &str) -> Option<u64> {
+    if name == LOG {
+        return Some(0);
+    }
+    let digits = name.strip_prefix(LOG)?.strip_prefix('.')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
 
 /// The log store of a group whose entries are `C::Entry`; clones share it
 /// (openraft's reader is a clone).
@@ -117,27 +145,37 @@ impl<C: EntryFormat> Debug for LogStore<C> {
     }
 }
 
-/// Where one entry lies in the file.
+/// Where one entry lies.
 #[derive(Debug, Clone, Copy)]
 struct Placed {
     log_id: LogId,
-    /// Where its frame starts.
+    /// The number of its chunk.
+    chunk: u64,
+    /// Where its frame starts in the chunk.
     offset: u64,
     /// Its payload's length.
     length: usize,
 }
 
+/// One chunk file.
+#[derive(Debug)]
+struct Chunk {
+    /// Shared with the flusher, which syncs it.
+    file: Arc<File>,
+    /// Bytes of it that hold entries.
+    end: u64,
+}
+
 #[derive(Debug)]
 struct LogFile {
     dir: PathBuf,
-    /// Shared with the flusher, which syncs it.
-    file: Arc<File>,
+    /// The chunks by number; the last one takes appends. Entries lie in
+    /// them in index order: a later chunk holds only later entries.
+    chunks: BTreeMap<u64, Chunk>,
+    /// Chunk size after which appends go to a new chunk.
+    chunk_bytes: u64,
     /// Every entry after the purge point, by index.
     entries: BTreeMap<u64, Placed>,
-    /// Bytes of the file that hold entries.
-    end: u64,
-    /// Entries in the file at or before the purge point.
-    purged_in_file: usize,
     /// A purge openraft asked for that the state machine's snapshot on
     /// disk does not cover yet (openraft purges as it installs a
     /// snapshot, not after): done as far as the snapshot reaches, and the
@@ -153,6 +191,12 @@ struct LogFile {
 impl<C: EntryFormat> LogStore<C> {
     /// Opens (or creates) the log in `dir`.
     pub fn open(dir: &Path) -> io::Result<Self> {
+        Self::open_with_chunks_of(dir, CHUNK_BYTES)
+    }
+
+    /// Opens (or creates) the log in `dir`, starting a new chunk after
+    /// `chunk_bytes`.
+    pub(crate) fn open_with_chunks_of(dir: &Path, chunk_bytes: u64) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let last_purged: Option<LogId> = read_json(dir, PURGED)?;
         let vote: Option<Vote> = read_json(dir, VOTE)?;
@@ -160,43 +204,73 @@ impl<C: EntryFormat> LogStore<C> {
             tracing::warn!(dir = %dir.display(), error = %e, "the Raft log's committed mark is unreadable; learning it again from the leader");
             None
         });
-        let path = dir.join(LOG);
-        let mut file = open_append(&path)?;
-        let Records { records, intact } = read_records(&mut file)?;
-        let length = file.metadata()?.len();
-        if intact < length {
-            tracing::warn!(
-                path = %path.display(),
-                cut_bytes = length - intact,
-                "the metadata log ends in a torn entry (a crash during an append); cutting it off"
-            );
-            file.set_len(intact)?;
-            file.sync_all()?;
+        let mut numbers = Vec::new();
+        for found in std::fs::read_dir(dir)? {
+            if let Some(number) = found?.file_name().to_str().and_then(chunk_number) {
+                numbers.push(number);
+            }
         }
+        numbers.sort_unstable();
+        if numbers.is_empty() {
+            numbers.push(0);
+        }
+        let mut chunks = BTreeMap::new();
         let mut entries = BTreeMap::new();
-        let mut purged_in_file = 0;
-        for (offset, payload) in records {
-            let entry = C::decode_entry(&payload).map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{} at byte {offset}: {e}", path.display()),
-                )
-            })?;
-            let log_id = *entry.get_log_id();
-            let index = log_id.index;
-            if last_purged.is_some_and(|purged| index <= purged.index) {
-                purged_in_file += 1;
+        let mut torn = false;
+        for number in numbers {
+            let path = dir.join(chunk_name(number));
+            if torn {
+                // After a torn chunk: written in the same unsynced round
+                // as its tail, never acknowledged.
+                tracing::warn!(path = %path.display(), "removing a Raft log chunk written after a torn one");
+                std::fs::remove_file(&path)?;
+                sync_dir(dir)?;
                 continue;
             }
-            // A truncation rewrites the tail, so a later entry of the same
-            // index replaces an earlier one.
-            entries.split_off(&index);
-            entries.insert(
-                index,
-                Placed {
-                    log_id,
-                    offset,
-                    length: payload.len(),
+            let mut file = open_append(&path)?;
+            let Records { records, intact } = read_records(&mut file)?;
+            let length = file.metadata()?.len();
+            if intact < length {
+                tracing::warn!(
+                    path = %path.display(),
+                    cut_bytes = length - intact,
+                    "a Raft log ends in a torn entry (a crash during an append); cutting it off"
+                );
+                file.set_len(intact)?;
+                file.sync_all()?;
+                torn = true;
+            }
+            for (offset, payload) in records {
+                let entry = C::decode_entry(&payload).map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{} at byte {offset}: {e}", path.display()),
+                    )
+                })?;
+                let log_id = *entry.get_log_id();
+                let index = log_id.index;
+                if last_purged.is_some_and(|purged| index <= purged.index) {
+                    continue;
+                }
+                // A truncation cuts the tail, so a later entry of the same
+                // index (written by a log of before chunks) replaces an
+                // earlier one.
+                entries.split_off(&index);
+                entries.insert(
+                    index,
+                    Placed {
+                        log_id,
+                        chunk: number,
+                        offset,
+                        length: payload.len(),
+                    },
+                );
+            }
+            chunks.insert(
+                number,
+                Chunk {
+                    file: Arc::new(file),
+                    end: intact,
                 },
             );
         }
@@ -214,20 +288,23 @@ impl<C: EntryFormat> LogStore<C> {
         std::thread::Builder::new()
             .name("raft-log-flush".to_owned())
             .spawn(move || flush::<C>(&queue))?;
+        let mut log = LogFile {
+            dir: dir.to_owned(),
+            chunks,
+            chunk_bytes,
+            entries,
+            pending_purge: None,
+            last_purged,
+            vote,
+            committed,
+            committed_saved_at: None,
+        };
+        // Chunks a purge left (it deletes them after the purge point is
+        // written) hold nothing needed.
+        log.remove_purged_chunks()?;
         Ok(Self {
             flushes,
-            inner: Arc::new(Mutex::new(LogFile {
-                dir: dir.to_owned(),
-                file: Arc::new(file),
-                entries,
-                end: intact,
-                purged_in_file,
-                pending_purge: None,
-                last_purged,
-                vote,
-                committed,
-                committed_saved_at: None,
-            })),
+            inner: Arc::new(Mutex::new(log)),
             purge_limit: None,
             format: std::marker::PhantomData,
         })
@@ -285,16 +362,17 @@ impl<C: EntryFormat> LogStore<C> {
             seal_frame(&mut framed.bytes[start..])?;
             framed.placed.push(Placed {
                 log_id: *entry.get_log_id(),
+                // Set where the chunk is chosen.
+                chunk: 0,
                 offset: start as u64,
                 length: framed.bytes.len() - start - FRAME_LEN,
             });
         }
         let mut inner = self.inner.lock();
-        // Before the new entries, so the file never holds a purge point
+        // Before the new entries, so the log never holds a purge point
         // after entries that follow it.
         self.purge_allowed(&mut inner)?;
-        inner.append(framed)?;
-        Ok(inner.file.clone())
+        inner.append(framed)
     }
 
     /// The entries in `range`, read back from the file.
@@ -304,6 +382,7 @@ impl<C: EntryFormat> LogStore<C> {
         for placed in inner.entries.range(range).map(|(_, placed)| *placed) {
             let mut payload = vec![0; placed.length];
             inner
+                .chunk(placed.chunk)?
                 .file
                 .read_exact_at(&mut payload, placed.offset + FRAME_LEN as u64)?;
             entries.push(C::decode_entry(&payload)?);
@@ -321,61 +400,122 @@ struct Framed {
 }
 
 impl LogFile {
-    fn append(&mut self, framed: Framed) -> io::Result<()> {
-        (&*self.file).write_all(&framed.bytes)?;
+    fn chunk(&self, number: u64) -> io::Result<&Chunk> {
+        self.chunks.get(&number).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "{}: chunk {number} of the Raft log is gone",
+                    self.dir.display()
+                ),
+            )
+        })
+    }
+
+    /// The chunk that takes appends.
+    fn active(&self) -> io::Result<(u64, &Chunk)> {
+        self.chunks
+            .last_key_value()
+            .map(|(number, chunk)| (*number, chunk))
+            .ok_or_else(|| io::Error::other("a Raft log without chunks"))
+    }
+
+    /// Writes `framed` to the active chunk, after starting a new one if
+    /// the active one is full; returns the file to sync.
+    fn append(&mut self, framed: Framed) -> io::Result<Arc<File>> {
+        let (mut number, active) = self.active()?;
+        if active.end > 0 && active.end + framed.bytes.len() as u64 > self.chunk_bytes {
+            // Synced first, so that no chunk but the last ever ends in
+            // an unsynced write; the new file's name is made durable
+            // before anything written to it is acknowledged.
+            active.file.sync_data()?;
+            number += 1;
+            let file = open_append(&self.dir.join(chunk_name(number)))?;
+            sync_dir(&self.dir)?;
+            self.chunks.insert(
+                number,
+                Chunk {
+                    file: Arc::new(file),
+                    end: 0,
+                },
+            );
+        }
+        let chunk = self
+            .chunks
+            .get_mut(&number)
+            .ok_or_else(|| io::Error::other("the active chunk is gone"))?;
+        (&*chunk.file).write_all(&framed.bytes)?;
         for placed in framed.placed {
             self.entries.insert(
                 placed.log_id.index,
                 Placed {
-                    offset: self.end + placed.offset,
+                    chunk: number,
+                    offset: chunk.end + placed.offset,
                     ..placed
                 },
             );
         }
-        self.end += framed.bytes.len() as u64;
-        Ok(())
+        chunk.end += framed.bytes.len() as u64;
+        Ok(chunk.file.clone())
     }
 
-    /// Removes the entries from `index` on, from memory and the file.
+    /// Removes the entries from `index` on, from memory and the files:
+    /// the chunks after the one that holds `index`, then that one's tail.
     fn truncate(&mut self, index: u64) -> io::Result<()> {
         let removed = self.entries.split_off(&index);
-        if let Some((_, placed)) = removed.first_key_value() {
-            self.file.set_len(placed.offset)?;
-            self.file.sync_data()?;
-            self.end = placed.offset;
+        let Some((_, first)) = removed.first_key_value() else {
+            return Ok(());
+        };
+        let later: Vec<u64> = self
+            .chunks
+            .range(first.chunk + 1..)
+            .map(|(number, _)| *number)
+            .collect();
+        // Last first: a crash part way leaves a log without a gap.
+        for number in later.iter().rev() {
+            self.chunks.remove(number);
+            std::fs::remove_file(self.dir.join(chunk_name(*number)))?;
         }
+        if !later.is_empty() {
+            sync_dir(&self.dir)?;
+        }
+        let chunk = self
+            .chunks
+            .get_mut(&first.chunk)
+            .ok_or_else(|| io::Error::other("a truncated chunk is gone"))?;
+        chunk.file.set_len(first.offset)?;
+        chunk.file.sync_data()?;
+        chunk.end = first.offset;
         Ok(())
     }
 
     fn purge(&mut self, log_id: LogId) -> io::Result<()> {
         replace_json(&self.dir, PURGED, &log_id)?;
         let kept = self.entries.split_off(&(log_id.index + 1));
-        self.purged_in_file += self.entries.len();
         self.entries = kept;
         self.last_purged = Some(log_id);
-        if self.purged_in_file > PURGED_IN_FILE_MAX {
-            self.rewrite()?;
-        }
-        Ok(())
+        self.remove_purged_chunks()
     }
 
-    /// Rewrites the file with only the entries after the purge point.
-    fn rewrite(&mut self) -> io::Result<()> {
-        let mut bytes = Vec::new();
-        let mut entries = BTreeMap::new();
-        for (index, placed) in std::mem::take(&mut self.entries) {
-            let start = placed.offset + FRAME_LEN as u64;
-            let mut payload = vec![0; placed.length];
-            self.file.read_exact_at(&mut payload, start)?;
-            let offset = bytes.len() as u64;
-            bytes.extend_from_slice(&frame(&payload)?);
-            entries.insert(index, Placed { offset, ..placed });
+    /// Deletes the chunks before the first that holds an entry after the
+    /// purge point (the active one stays). Unsynced: a chunk a power
+    /// failure brings back holds only purged entries, skipped at open and
+    /// deleted again.
+    fn remove_purged_chunks(&mut self) -> io::Result<()> {
+        let (active, _) = self.active()?;
+        let first_needed = self
+            .entries
+            .first_key_value()
+            .map_or(active, |(_, placed)| placed.chunk);
+        let purged: Vec<u64> = self
+            .chunks
+            .range(..first_needed)
+            .map(|(number, _)| *number)
+            .collect();
+        for number in purged {
+            self.chunks.remove(&number);
+            std::fs::remove_file(self.dir.join(chunk_name(number)))?;
         }
-        replace_file(&self.dir, LOG, &bytes)?;
-        self.file = Arc::new(open_append(&self.dir.join(LOG))?);
-        self.entries = entries;
-        self.end = bytes.len() as u64;
-        self.purged_in_file = 0;
         Ok(())
     }
 }

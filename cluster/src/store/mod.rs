@@ -57,6 +57,127 @@ mod tests {
         Suite::test_all(OnDisk).unwrap();
     }
 
+    /// Chunks so small that nearly every entry starts one.
+    const TINY_CHUNKS: u64 = 64;
+
+    struct InTinyChunks;
+
+    impl StoreBuilder<MetaRaftConfig, LogStore, StateMachine, TempDir> for InTinyChunks {
+        async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
+            let dir = tempfile::tempdir().unwrap();
+            let log = LogStore::open_with_chunks_of(&dir.path().join("log"), TINY_CHUNKS).unwrap();
+            let state = StateMachine::open(&dir.path().join("state")).unwrap();
+            Ok((dir, log, state))
+        }
+    }
+
+    #[test]
+    fn a_log_of_many_chunks_passes_openraft_s_storage_suite() {
+        Suite::test_all(InTinyChunks).unwrap();
+    }
+
+    /// The chunk files in `dir`, by name, with their inode numbers.
+    fn chunks(dir: &std::path::Path) -> Vec<(String, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let mut chunks: Vec<(String, u64)> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|found| found.unwrap())
+            .map(|found| {
+                let inode = found.metadata().unwrap().ino();
+                (found.file_name().to_string_lossy().into_owned(), inode)
+            })
+            .filter(|(name, _)| name == "log" || name.starts_with("log."))
+            .collect();
+        chunks.sort();
+        chunks
+    }
+
+    #[tokio::test]
+    async fn a_purge_deletes_whole_chunks_and_copies_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |index| LogId::new(CommittedLeaderId::new(1, 1), index);
+        let mut log = LogStore::open_with_chunks_of(dir.path(), TINY_CHUNKS).unwrap();
+        for index in 1..=6 {
+            log.append_now(&[entry(1, index, "a")]).unwrap();
+        }
+        let before = chunks(dir.path());
+        assert_eq!(before.len(), 6, "one entry per chunk: {before:?}");
+        log.purge(at(3)).await.unwrap();
+        // The chunks of entries 4 to 6 are the same files as before: a
+        // purge that rewrote the log copied every entry it kept.
+        assert_eq!(chunks(dir.path()), before[3..].to_vec());
+        assert_eq!(entries(&mut log).await, vec![(1, 4), (1, 5), (1, 6)]);
+        drop(log);
+        let mut log = LogStore::open_with_chunks_of(dir.path(), TINY_CHUNKS).unwrap();
+        assert_eq!(entries(&mut log).await, vec![(1, 4), (1, 5), (1, 6)]);
+        // Purging everything keeps the chunk that takes appends.
+        log.purge(at(6)).await.unwrap();
+        assert_eq!(chunks(dir.path()), before[5..].to_vec());
+        log.append_now(&[entry(1, 7, "b")]).unwrap();
+        drop(log);
+        let mut log = LogStore::open_with_chunks_of(dir.path(), TINY_CHUNKS).unwrap();
+        assert_eq!(entries(&mut log).await, vec![(1, 7)]);
+    }
+
+    #[tokio::test]
+    async fn a_truncation_into_an_earlier_chunk_removes_the_later_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStore::open_with_chunks_of(dir.path(), TINY_CHUNKS).unwrap();
+        for index in 1..=5 {
+            log.append_now(&[entry(1, index, "a")]).unwrap();
+        }
+        log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 3))
+            .await
+            .unwrap();
+        assert_eq!(
+            chunks(dir.path()).len(),
+            3,
+            "entries 1 and 2, and an emptied third"
+        );
+        log.append_now(&[entry(2, 3, "b"), entry(2, 4, "b")])
+            .unwrap();
+        assert_eq!(
+            entries(&mut log).await,
+            vec![(1, 1), (1, 2), (2, 3), (2, 4)]
+        );
+        drop(log);
+        let mut log = LogStore::open_with_chunks_of(dir.path(), TINY_CHUNKS).unwrap();
+        assert_eq!(
+            entries(&mut log).await,
+            vec![(1, 1), (1, 2), (2, 3), (2, 4)]
+        );
+    }
+
+    #[tokio::test]
+    async fn chunks_after_a_torn_one_are_dropped_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let log = LogStore::open_with_chunks_of(dir.path(), TINY_CHUNKS).unwrap();
+            for index in 1..=4 {
+                log.append_now(&[entry(1, index, "a")]).unwrap();
+            }
+        }
+        let names = chunks(dir.path());
+        assert_eq!(names.len(), 4);
+        // The second chunk lost its tail: what follows it was never
+        // acknowledged.
+        let second = dir.path().join(&names[1].0);
+        let length = std::fs::metadata(&second).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&second)
+            .unwrap()
+            .set_len(length - 3)
+            .unwrap();
+        let mut log = LogStore::open_with_chunks_of(dir.path(), TINY_CHUNKS).unwrap();
+        assert_eq!(entries(&mut log).await, vec![(1, 1)]);
+        assert_eq!(chunks(dir.path()).len(), 2);
+        log.append_now(&[entry(1, 2, "b")]).unwrap();
+        drop(log);
+        let mut log = LogStore::open_with_chunks_of(dir.path(), TINY_CHUNKS).unwrap();
+        assert_eq!(entries(&mut log).await, vec![(1, 1), (1, 2)]);
+    }
+
     fn entry(term: u64, index: u64, name: &str) -> Entry<MetaRaftConfig> {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
