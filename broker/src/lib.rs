@@ -20,6 +20,7 @@ mod http;
 mod idle;
 mod replicas;
 pub mod server;
+mod still_failing;
 pub mod tls;
 
 pub use brook_engine::{

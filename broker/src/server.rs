@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
@@ -22,6 +23,7 @@ use crate::grpc::connections::{ConnectionLimits, TrackRequestsLayer};
 use crate::grpc::receive_budget::{ReceiveBudget, ReceiveBudgetLayer};
 use crate::http::{HttpLimits, Phase, ServerStatus};
 use crate::replicas::Replicas;
+use crate::still_failing::StillFailing;
 use crate::tls::ServerTls;
 use brook_cluster::network::client::{Connector, PeerTls, RemoteLog, TcpConnector};
 use brook_cluster::{BrokerNode, MetaCommand, MetaNode, MetaNodeConfig, MetaResponse};
@@ -464,6 +466,7 @@ async fn join_cluster(
             incarnation,
         };
         let mut told_removed = false;
+        let mut failing = StillFailing::since(Instant::now());
         loop {
             match registering.propose_anywhere(register.clone()).await {
                 Ok(MetaResponse::BrokerRemoved { id }) => {
@@ -480,7 +483,18 @@ async fn join_cluster(
                     tracing::info!("broker registered with the cluster");
                     return;
                 }
-                Err(e) => tracing::debug!(error = %e, "registering with the cluster; trying again"),
+                Err(e) => {
+                    let now = Instant::now();
+                    if failing.warn_now(now) {
+                        tracing::warn!(
+                            error = %e,
+                            failing_for_s = failing.failing_for(now).as_secs(),
+                            "still not registered with the cluster; trying again"
+                        );
+                    } else {
+                        tracing::debug!(error = %e, "registering with the cluster; trying again");
+                    }
+                }
             }
             tokio::select! {
                 () = tokio::time::sleep(REGISTER_RETRY) => {}
@@ -499,7 +513,9 @@ async fn ask_to_be_added(meta: MetaNode, cluster: ClusterConfig, stop: Cancellat
         .get(&cluster.node_id)
         .cloned()
         .unwrap_or_default();
+    let mut failing = StillFailing::since(Instant::now());
     loop {
+        let mut refusals = Vec::new();
         for (id, peer) in &cluster.peers {
             if *id == cluster.node_id {
                 continue;
@@ -518,8 +534,17 @@ async fn ask_to_be_added(meta: MetaNode, cluster: ClusterConfig, stop: Cancellat
                 }
                 Err(e) => {
                     tracing::debug!(broker = id, error = %e, "not added by this broker; asking the next");
+                    refusals.push(format!("{id}: {e}"));
                 }
             }
+        }
+        let now = Instant::now();
+        if failing.warn_now(now) {
+            tracing::warn!(
+                failing_for_s = failing.failing_for(now).as_secs(),
+                answers = %refusals.join("; "),
+                "still not added to the cluster: no broker asked could add this one (is the metadata group's leader up, and this broker's address in its peers?); asking again"
+            );
         }
         tokio::select! {
             () = tokio::time::sleep(REGISTER_RETRY) => {}
