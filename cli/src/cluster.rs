@@ -34,11 +34,20 @@ pub enum ClusterCommand {
         #[arg(long)]
         address: String,
     },
-    /// Remove a broker that holds no replica from the cluster (move its
-    /// partitions first with `brook topic reassign`).
+    /// Remove a broker from the cluster. It must hold no replica: move its
+    /// partitions first with `brook topic reassign`, or give
+    /// `--move-partitions`.
     RemoveBroker {
         /// The broker's id.
         node_id: u64,
+        /// First move every replica it holds to the other live brokers
+        /// (each to the one holding the fewest replicas, not already
+        /// holding that partition), and wait until they are there.
+        #[arg(long)]
+        move_partitions: bool,
+        /// How long to wait for the moves, in seconds.
+        #[arg(long, default_value_t = 600, requires = "move_partitions")]
+        timeout_s: u64,
     },
 }
 
@@ -50,8 +59,17 @@ pub async fn run(client: &Client, command: ClusterCommand) -> anyhow::Result<()>
             println!("added broker {node_id} at {address}");
             return Ok(());
         }
-        ClusterCommand::RemoveBroker { node_id } => {
-            client.remove_broker(node_id).await?;
+        ClusterCommand::RemoveBroker {
+            node_id,
+            move_partitions,
+            timeout_s,
+        } => {
+            if move_partitions {
+                crate::drain::remove_after_moving(client, node_id, Duration::from_secs(timeout_s))
+                    .await?;
+            } else {
+                client.remove_broker(node_id).await?;
+            }
             println!("removed broker {node_id}");
             return Ok(());
         }

@@ -7,6 +7,7 @@ mod bench;
 mod cluster;
 mod connection;
 mod consume;
+mod drain;
 mod group;
 mod health;
 mod produce;

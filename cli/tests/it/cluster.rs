@@ -426,6 +426,65 @@ async fn brokers_beyond_the_founders_add_themselves() {
         b"x\n",
     )
     .await;
+
+    // Scaling back to four: broker 5 is removed with its replica moved to
+    // another broker first, records included.
+    let on_fifth = status["partitions"]
+        .as_array()
+        .and_then(|partitions| {
+            partitions
+                .iter()
+                .find(|p| p["replicas"] == serde_json::json!([5]))
+        })
+        .and_then(|p| p["partition"].as_u64())
+        .expect("a partition on broker 5")
+        .to_string();
+    brook(
+        &first,
+        &["produce", "t", "--partition", &on_fifth],
+        b"kept\n",
+    )
+    .await;
+    let removed = brook(
+        &first,
+        &[
+            "cluster",
+            "remove-broker",
+            "5",
+            "--move-partitions",
+            "--timeout-s",
+            "60",
+        ],
+        b"",
+    )
+    .await;
+    assert!(removed.contains("removed broker 5"), "{removed}");
+    let status = wait_for(&first, "broker 5 gone", |s| alive(s) == [1, 2, 3, 4]).await;
+    let placed_on = |id: u64| {
+        status["partitions"].as_array().is_some_and(|partitions| {
+            partitions.iter().any(|p| {
+                p["replicas"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|r| r.as_u64() == Some(id)))
+            })
+        })
+    };
+    assert!(!placed_on(5), "a replica left on broker 5: {status}");
+    let consumed = brook(
+        &first,
+        &[
+            "consume",
+            "t",
+            "--partition",
+            &on_fifth,
+            "--from-beginning",
+            "--idle-timeout-ms",
+            "3000",
+        ],
+        b"",
+    )
+    .await;
+    assert!(consumed.contains("kept"), "{consumed}");
     for server in servers {
         server.stop(Signal::SIGTERM).await;
     }
