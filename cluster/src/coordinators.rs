@@ -151,21 +151,45 @@ pub fn plan_coordinators(
 /// the leader last confirmed it may: a broker that has not heard from a
 /// leader in touch with a majority stops coordinating before the leader
 /// gives its slots to another.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LeaseBoard {
     inner: Mutex<Leases>,
 }
 
-#[derive(Debug, Default)]
+impl Default for LeaseBoard {
+    fn default() -> Self {
+        // Answers are numbered from a point no earlier start of this
+        // broker is likely to have reached, so that a leader echoing an
+        // answer of an earlier start finds no match.
+        let first = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |since| u64::try_from(since.as_nanos()).unwrap_or(1))
+            .max(1);
+        Self {
+            inner: Mutex::new(Leases {
+                held: BTreeMap::new(),
+                confirmations: VecDeque::new(),
+                answers: VecDeque::new(),
+                next_answer: first,
+            }),
+        }
+    }
+}
+
+#[derive(Debug)]
 struct Leases {
     /// Slot → the epoch it is coordinated under here.
     held: BTreeMap<u32, u64>,
-    /// The metadata leader's latest asks, oldest first: when each came,
-    /// the term it leads in, and how far it had applied.
+    /// The metadata leader's latest asks, oldest first: as of when each
+    /// confirms, the term it leads in, and how far it had applied.
     confirmations: VecDeque<Confirmation>,
+    /// The latest answers given, oldest first: their numbers and when.
+    answers: VecDeque<(u64, Instant)>,
+    next_answer: u64,
 }
 
-/// How many of the leader's asks are kept: more than come in a second.
+/// How many of the leader's asks, and of the answers, are kept: more than
+/// come in a second.
 const CONFIRMATIONS_KEPT: usize = 16;
 
 #[derive(Debug, Clone, Copy)]
@@ -187,9 +211,13 @@ impl LeaseBoard {
     }
 
     /// The metadata leader of `term`, having applied the entries up to
-    /// `applied`, asked, being in touch with a majority; an older term
-    /// than one heard before counts for nothing.
-    pub fn confirm(&self, term: u64, applied: u64) {
+    /// `applied`, asked, being in touch with a majority, having heard this
+    /// broker's answer `answered` (`None` from a leader that does not
+    /// say). It confirms as of when that answer was given: an ask that
+    /// took long to arrive confirms no more than the leader knew. An
+    /// answer this broker does not know of (0, none yet, or one too old)
+    /// confirms nothing, nor does an older term than one heard before.
+    pub fn confirm(&self, term: u64, applied: u64, answered: Option<u64>) {
         let mut inner = self.inner.lock();
         if inner
             .confirmations
@@ -198,14 +226,31 @@ impl LeaseBoard {
         {
             return;
         }
-        inner.confirmations.push_back(Confirmation {
-            at: Instant::now(),
-            term,
-            applied,
-        });
+        let at = match answered {
+            None => Instant::now(),
+            Some(answer) => match inner.answers.iter().find(|(number, _)| *number == answer) {
+                Some((_, at)) => *at,
+                None => return,
+            },
+        };
+        inner
+            .confirmations
+            .push_back(Confirmation { at, term, applied });
         while inner.confirmations.len() > CONFIRMATIONS_KEPT {
             inner.confirmations.pop_front();
         }
+    }
+
+    /// Numbers an answer given now, for the leader to echo.
+    pub fn answer(&self) -> u64 {
+        let mut inner = self.inner.lock();
+        let number = inner.next_answer;
+        inner.next_answer = number.wrapping_add(1).max(1);
+        inner.answers.push_back((number, Instant::now()));
+        while inner.answers.len() > CONFIRMATIONS_KEPT {
+            inner.answers.pop_front();
+        }
+        number
     }
 
     /// Whether the metadata leader asked within `within` having applied
@@ -419,19 +464,51 @@ mod tests {
     fn an_ask_reached_keeps_a_broker_in_touch_though_the_latest_is_ahead() {
         let board = LeaseBoard::default();
         assert!(!board.reached_within(Duration::from_secs(1), 100));
-        board.confirm(2, 10);
-        board.confirm(2, 12);
+        board.confirm(2, 10, None);
+        board.confirm(2, 12, None);
         assert!(board.reached_within(Duration::from_secs(1), 11));
         assert!(!board.reached_within(Duration::from_secs(1), 9));
         assert!(!board.reached_within(Duration::ZERO, 11));
         // A deposed leader's ask counts for nothing.
-        board.confirm(1, 0);
+        board.confirm(1, 0, None);
         assert!(!board.reached_within(Duration::from_secs(1), 9));
         for applied in 20..60 {
-            board.confirm(3, applied);
+            board.confirm(3, applied, None);
         }
         assert!(!board.reached_within(Duration::from_secs(1), 40));
         assert!(board.reached_within(Duration::from_secs(1), 44));
+    }
+
+    /// An ask confirms as of the answer it echoes: one delayed on its way
+    /// does not keep a broker in touch longer than the leader knew it.
+    #[test]
+    fn an_ask_confirms_as_of_the_answer_the_leader_had_heard() {
+        let board = LeaseBoard::default();
+        let within = Duration::from_millis(200);
+        board.confirm(2, 10, Some(0));
+        assert!(
+            !board.reached_within(within, 10),
+            "a leader that heard no answer yet confirms nothing"
+        );
+        let first = board.answer();
+        board.confirm(2, 10, Some(first));
+        assert!(board.reached_within(within, 10));
+        std::thread::sleep(within + Duration::from_millis(50));
+        let second = board.answer();
+        // Arriving now, an ask that echoes the old answer confirms as of
+        // then, which is too long ago.
+        board.confirm(2, 10, Some(first));
+        assert!(!board.reached_within(within, 10), "a delayed ask");
+        board.confirm(2, 10, Some(second.wrapping_add(7)));
+        assert!(!board.reached_within(within, 10), "an answer never given");
+        board.confirm(2, 10, Some(second));
+        assert!(board.reached_within(within, 10));
+        std::thread::sleep(within + Duration::from_millis(50));
+        board.confirm(2, 10, None);
+        assert!(
+            board.reached_within(within, 10),
+            "a leader that does not echo confirms as of the ask's arrival"
+        );
     }
 
     #[test]

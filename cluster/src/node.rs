@@ -191,17 +191,24 @@ impl MetaNode {
         self.connector.channel(address).ok()
     }
 
-    /// As the metadata leader of `term`, having applied up to `applied`:
-    /// asks the broker at the end of `channel` which slots it coordinates
-    /// (slot → epoch), confirming that it may go on; `None` when it does
-    /// not answer within `timeout`.
+    /// As the metadata leader of `term`, having applied up to `applied`
+    /// and last heard the broker's answer `answered` (0: none yet): asks
+    /// the broker at the end of `channel` which slots it coordinates (slot
+    /// → epoch), confirming that it may go on; with them, the number of
+    /// this answer, for the next ask to echo. `None` when it does not
+    /// answer within `timeout`.
     pub async fn ask_coordination(
         &self,
         channel: tonic::transport::Channel,
         (term, applied): (u64, u64),
+        answered: u64,
         timeout: Duration,
-    ) -> Option<BTreeMap<u32, u64>> {
-        let request = CoordinationRequest { term, applied };
+    ) -> Option<(BTreeMap<u32, u64>, u64)> {
+        let request = CoordinationRequest {
+            term,
+            applied,
+            answered: Some(answered),
+        };
         let call = peer_request(&*self.connector, request, timeout);
         let answer = tokio::time::timeout(
             timeout,
@@ -209,7 +216,10 @@ impl MetaNode {
         )
         .await;
         match answer {
-            Ok(Ok(answer)) => Some(answer.into_inner().held.into_iter().collect()),
+            Ok(Ok(answer)) => {
+                let answer = answer.into_inner();
+                Some((answer.held.into_iter().collect(), answer.answer))
+            }
             _ => None,
         }
     }

@@ -52,6 +52,9 @@ struct Heard {
     last: Instant,
     since: Instant,
     held: Held,
+    /// The number of its latest answer (0: none yet), which the next ask
+    /// echoes: the broker counts the ask as a confirmation as of then.
+    answer: u64,
 }
 
 impl Hearing {
@@ -64,19 +67,23 @@ impl Hearing {
         }
     }
 
-    fn heard(&mut self, id: NodeId, held: Option<Held>, now: Instant, start: Instant) {
+    /// What broker `id` answered (what it holds and the answer's number),
+    /// or that it did not.
+    fn heard(&mut self, id: NodeId, answered: Option<(Held, u64)>, now: Instant, start: Instant) {
         let entry = self.brokers.entry(id).or_insert(Heard {
             last: start,
             since: now,
             held: Held::new(),
+            answer: 0,
         });
-        match held {
-            Some(held) => {
+        match answered {
+            Some((held, answer)) => {
                 if now.duration_since(entry.last) > SILENT_MAX {
                     entry.since = now;
                 }
                 entry.last = now;
                 entry.held = held;
+                entry.answer = answer;
             }
             None if now.duration_since(entry.last) > SILENT_MAX => entry.held.clear(),
             None => {}
@@ -164,10 +171,12 @@ impl Replicas {
                     channel
                 };
                 let meta = self.meta.clone();
+                let answered = hearing.brokers.get(id).map_or(0, |heard| heard.answer);
                 Some(async move {
                     (
                         *id,
-                        meta.ask_coordination(channel, asked, ANSWER_WITHIN).await,
+                        meta.ask_coordination(channel, asked, answered, ANSWER_WITHIN)
+                            .await,
                     )
                 })
             });
@@ -178,7 +187,8 @@ impl Replicas {
             hearing.heard(id, held, now, start);
         }
         if brokers.contains_key(&me) {
-            hearing.heard(me, Some(self.coordinating.borrow().clone()), now, start);
+            let held = self.coordinating.borrow().clone();
+            hearing.heard(me, Some((held, 0)), now, start);
         }
     }
 

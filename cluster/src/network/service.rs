@@ -211,10 +211,12 @@ impl RaftService for RaftServer {
         // A leader deposed without knowing it yet is still behind the term
         // this broker has seen, and confirms nothing.
         if request.term >= self.meta()?.metrics().borrow().current_term {
-            self.leases.confirm(request.term, request.applied);
+            self.leases
+                .confirm(request.term, request.applied, request.answered);
         }
         Ok(Response::new(CoordinationResponse {
             held: self.leases.held().into_iter().collect(),
+            answer: self.leases.answer(),
         }))
     }
 
