@@ -20,7 +20,7 @@
 //! snapshot, tens of megabytes under load, while appends waited: a stall
 //! of a fifth of a second every few snapshots.)
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, btree_map};
 use std::fmt::Debug;
 use std::fs::File;
 use std::io::{self, Write};
@@ -160,8 +160,10 @@ struct Placed {
 /// One chunk file.
 #[derive(Debug)]
 struct Chunk {
-    /// Shared with the flusher, which syncs it.
-    file: Arc<File>,
+    /// Open while the chunk takes appends (shared with the flusher, which
+    /// syncs it); the others are opened when read, so that a log of many
+    /// chunks holds one descriptor.
+    file: Option<Arc<File>>,
     /// Bytes of it that hold entries.
     end: u64,
 }
@@ -269,10 +271,13 @@ impl<C: EntryFormat> LogStore<C> {
             chunks.insert(
                 number,
                 Chunk {
-                    file: Arc::new(file),
+                    file: Some(Arc::new(file)),
                     end: intact,
                 },
             );
+        }
+        for (_, chunk) in chunks.iter_mut().rev().skip(1) {
+            chunk.file = None;
         }
         let committed = committed.filter(|committed| {
             let known = last_purged.is_some_and(|purged| committed.index <= purged.index)
@@ -379,12 +384,22 @@ impl<C: EntryFormat> LogStore<C> {
     fn read(&self, range: impl RangeBounds<u64>) -> io::Result<Vec<C::Entry>> {
         let inner = self.inner.lock();
         let mut entries = Vec::new();
+        // Earlier chunks, opened for this read.
+        let mut opened: BTreeMap<u64, File> = BTreeMap::new();
         for placed in inner.entries.range(range).map(|(_, placed)| *placed) {
             let mut payload = vec![0; placed.length];
-            inner
-                .chunk(placed.chunk)?
-                .file
-                .read_exact_at(&mut payload, placed.offset + FRAME_LEN as u64)?;
+            let at = placed.offset + FRAME_LEN as u64;
+            if let Some(file) = &inner.chunk(placed.chunk)?.file {
+                file.read_exact_at(&mut payload, at)?;
+            } else {
+                let file = match opened.entry(placed.chunk) {
+                    btree_map::Entry::Occupied(open) => open.into_mut(),
+                    btree_map::Entry::Vacant(closed) => {
+                        closed.insert(File::open(inner.dir.join(chunk_name(placed.chunk)))?)
+                    }
+                };
+                file.read_exact_at(&mut payload, at)?;
+            }
             entries.push(C::decode_entry(&payload)?);
         }
         Ok(entries)
@@ -412,30 +427,42 @@ impl LogFile {
         })
     }
 
-    /// The chunk that takes appends.
-    fn active(&self) -> io::Result<(u64, &Chunk)> {
-        self.chunks
-            .last_key_value()
-            .map(|(number, chunk)| (*number, chunk))
-            .ok_or_else(|| io::Error::other("a Raft log without chunks"))
+    /// The chunk that takes appends: its number, its end and its file.
+    fn active(&self) -> io::Result<(u64, u64, Arc<File>)> {
+        match self.chunks.last_key_value() {
+            Some((
+                number,
+                Chunk {
+                    file: Some(file),
+                    end,
+                },
+            )) => Ok((*number, *end, file.clone())),
+            _ => Err(io::Error::other(
+                "a Raft log without a chunk open for appends",
+            )),
+        }
     }
 
     /// Writes `framed` to the active chunk, after starting a new one if
     /// the active one is full; returns the file to sync.
     fn append(&mut self, framed: Framed) -> io::Result<Arc<File>> {
-        let (mut number, active) = self.active()?;
-        if active.end > 0 && active.end + framed.bytes.len() as u64 > self.chunk_bytes {
+        let (mut number, end, file) = self.active()?;
+        let mut file = file;
+        if end > 0 && end + framed.bytes.len() as u64 > self.chunk_bytes {
             // Synced first, so that no chunk but the last ever ends in
             // an unsynced write; the new file's name is made durable
             // before anything written to it is acknowledged.
-            active.file.sync_data()?;
+            file.sync_data()?;
+            if let Some(full) = self.chunks.get_mut(&number) {
+                full.file = None;
+            }
             number += 1;
-            let file = open_append(&self.dir.join(chunk_name(number)))?;
+            file = Arc::new(open_append(&self.dir.join(chunk_name(number)))?);
             sync_dir(&self.dir)?;
             self.chunks.insert(
                 number,
                 Chunk {
-                    file: Arc::new(file),
+                    file: Some(file.clone()),
                     end: 0,
                 },
             );
@@ -444,7 +471,7 @@ impl LogFile {
             .chunks
             .get_mut(&number)
             .ok_or_else(|| io::Error::other("the active chunk is gone"))?;
-        (&*chunk.file).write_all(&framed.bytes)?;
+        (&*file).write_all(&framed.bytes)?;
         for placed in framed.placed {
             self.entries.insert(
                 placed.log_id.index,
@@ -456,7 +483,7 @@ impl LogFile {
             );
         }
         chunk.end += framed.bytes.len() as u64;
-        Ok(chunk.file.clone())
+        Ok(file)
     }
 
     /// Removes the entries from `index` on, from memory and the files:
@@ -479,12 +506,19 @@ impl LogFile {
         if !later.is_empty() {
             sync_dir(&self.dir)?;
         }
+        let path = self.dir.join(chunk_name(first.chunk));
         let chunk = self
             .chunks
             .get_mut(&first.chunk)
             .ok_or_else(|| io::Error::other("a truncated chunk is gone"))?;
-        chunk.file.set_len(first.offset)?;
-        chunk.file.sync_data()?;
+        // It takes the appends again.
+        let file = match &chunk.file {
+            Some(file) => file.clone(),
+            None => Arc::new(open_append(&path)?),
+        };
+        file.set_len(first.offset)?;
+        file.sync_data()?;
+        chunk.file = Some(file);
         chunk.end = first.offset;
         Ok(())
     }
@@ -502,7 +536,7 @@ impl LogFile {
     /// failure brings back holds only purged entries, skipped at open and
     /// deleted again.
     fn remove_purged_chunks(&mut self) -> io::Result<()> {
-        let (active, _) = self.active()?;
+        let (active, _, _) = self.active()?;
         let first_needed = self
             .entries
             .first_key_value()
@@ -631,5 +665,54 @@ impl<C: EntryFormat> RaftLogStorage<C> for LogStore<C> {
         }
         self.purge_allowed(&mut inner)
             .map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Entry, EntryPayload};
+
+    use super::*;
+    use crate::command::MetaCommand;
+    use crate::types::MetaRaftConfig;
+
+    fn entry(index: u64) -> Entry<MetaRaftConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(MetaCommand::DeleteTopic {
+                name: "a".to_owned(),
+            }),
+        }
+    }
+
+    fn open_files(log: &LogStore<MetaRaftConfig>) -> usize {
+        let inner = log.inner.lock();
+        inner.chunks.values().filter(|c| c.file.is_some()).count()
+    }
+
+    #[tokio::test]
+    async fn a_log_of_many_chunks_keeps_one_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = LogStore::<MetaRaftConfig>::open_with_chunks_of(dir.path(), 64).unwrap();
+        for index in 1..=8 {
+            log.append_now(&[entry(index)]).unwrap();
+        }
+        assert_eq!(log.inner.lock().chunks.len(), 8);
+        assert_eq!(open_files(&log), 1, "the chunk taking appends");
+        // Earlier chunks are read all the same.
+        let read = log.try_get_log_entries(2..=7).await.unwrap();
+        assert_eq!(read.len(), 6);
+        // A truncation into an earlier chunk makes it the one open.
+        log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 4))
+            .await
+            .unwrap();
+        assert_eq!(open_files(&log), 1);
+        log.append_now(&[entry(4)]).unwrap();
+        drop(log);
+        let mut log = LogStore::<MetaRaftConfig>::open_with_chunks_of(dir.path(), 64).unwrap();
+        assert_eq!(open_files(&log), 1);
+        let read = log.try_get_log_entries(..).await.unwrap();
+        let indexes: Vec<u64> = read.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(indexes, [1, 2, 3, 4]);
     }
 }
