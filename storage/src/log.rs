@@ -847,6 +847,21 @@ impl PartitionLog {
         Ok(mark)
     }
 
+    /// Starts the active segment's way to the disk ahead of the sync that
+    /// counts: fsyncs what was written so far, and nothing more. Unlike
+    /// `sync` it answers for nothing: a segment deleted meanwhile (the log
+    /// restarted, say) is no loss here and is not taken for damage, which
+    /// the next `sync` would report if it were. A failed fsync poisons the
+    /// log, as it does in `sync`.
+    pub fn write_back(&self) -> Result<(), LogError> {
+        let segment = {
+            let _writer = self.writer.lock();
+            self.check_poison()?;
+            self.active()
+        };
+        segment.sync().inspect_err(|e| self.poison(e.to_string()))
+    }
+
     /// Lets readers see everything up to `mark`.
     pub fn publish(&self, mark: &WrittenMark) {
         // Segments sealed since the last publish are on disk (a roll syncs
@@ -1162,6 +1177,24 @@ mod tests {
             LogConfig::default(),
         )
         .map(|(log, _)| log)
+    }
+
+    /// A write-back that finds its segment deleted (the log restarted
+    /// while it ran) takes nothing for damage; the sync that counts still
+    /// does.
+    #[test]
+    fn a_write_back_does_not_take_a_deleted_segment_for_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) =
+            PartitionLog::open(Arc::new(crate::OsStorage), dir.path(), LogConfig::default())
+                .unwrap();
+        log.append(&[batch("one")], 0).unwrap();
+        log.write_back().unwrap();
+        std::fs::remove_file(dir.path().join("00000000000000000000.log")).unwrap();
+        log.write_back().unwrap();
+        assert!(log.damage().is_none(), "{:?}", log.damage());
+        assert!(log.sync().is_err());
+        assert!(log.damage().is_some());
     }
 
     fn write_three(storage: &MemStorage) -> Vec<u64> {

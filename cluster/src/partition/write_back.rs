@@ -55,8 +55,11 @@ impl WriteBack {
         let sync = move || {
             // A failed sync poisons the log: the next append fails and the
             // replica stops applying, as it does when a snapshot's sync
-            // fails. A log whose topic was deleted refuses; nothing is lost.
-            if let Err(e) = log.sync() {
+            // fails. It answers for nothing else: the log may restart (a
+            // replica behind the others' start, or moved off) while it
+            // runs, which the snapshot's own sync must not take for a
+            // damaged log.
+            if let Err(e) = log.write_back() {
                 tracing::debug!(error = %e, "a background sync of a replica's segments failed");
             }
             shared.syncing.store(false, Ordering::Release);
