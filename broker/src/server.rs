@@ -484,11 +484,10 @@ async fn join_cluster(
                     return;
                 }
                 Err(e) => {
-                    let now = Instant::now();
-                    if failing.warn_now(now) {
+                    if let Some(failing_for) = failing.warn_now(Instant::now()) {
                         tracing::warn!(
                             error = %e,
-                            failing_for_s = failing.failing_for(now).as_secs(),
+                            failing_for_s = failing_for.as_secs(),
                             "still not registered with the cluster; trying again"
                         );
                     } else {
@@ -538,10 +537,9 @@ async fn ask_to_be_added(meta: MetaNode, cluster: ClusterConfig, stop: Cancellat
                 }
             }
         }
-        let now = Instant::now();
-        if failing.warn_now(now) {
+        if let Some(failing_for) = failing.warn_now(Instant::now()) {
             tracing::warn!(
-                failing_for_s = failing.failing_for(now).as_secs(),
+                failing_for_s = failing_for.as_secs(),
                 answers = %refusals.join("; "),
                 "still not added to the cluster: no broker asked could add this one (is the metadata group's leader up, and this broker's address in its peers?); asking again"
             );

@@ -30,21 +30,19 @@ impl StillFailing {
         }
     }
 
-    /// Whether a failure seen `now` should be logged as a warning.
-    pub(crate) fn warn_now(&mut self, now: Instant) -> bool {
-        let due = now.duration_since(self.since) >= WARN_AFTER
+    /// Whether a failure seen `now` should be logged as a warning: then
+    /// how long the step has been failing.
+    pub(crate) fn warn_now(&mut self, now: Instant) -> Option<Duration> {
+        let failing_for = now.duration_since(self.since);
+        let due = failing_for >= WARN_AFTER
             && self
                 .warned_at
                 .is_none_or(|warned| now.duration_since(warned) >= WARN_EVERY);
-        if due {
-            self.warned_at = Some(now);
+        if !due {
+            return None;
         }
-        due
-    }
-
-    /// How long the step has been failing at `now`.
-    pub(crate) fn failing_for(&self, now: Instant) -> Duration {
-        now.duration_since(self.since)
+        self.warned_at = Some(now);
+        Some(failing_for)
     }
 }
 
@@ -57,12 +55,15 @@ mod tests {
         let start = Instant::now();
         let mut failing = StillFailing::since(start);
         let at = |seconds: u64| start + Duration::from_secs(seconds);
-        assert!(!failing.warn_now(at(0)));
-        assert!(!failing.warn_now(at(9)));
-        assert!(failing.warn_now(at(10)), "failing for WARN_AFTER");
-        assert!(!failing.warn_now(at(11)));
-        assert!(!failing.warn_now(at(69)));
-        assert!(failing.warn_now(at(70)), "WARN_EVERY later");
-        assert_eq!(failing.failing_for(at(70)), Duration::from_secs(70));
+        assert_eq!(failing.warn_now(at(0)), None);
+        assert_eq!(failing.warn_now(at(9)), None);
+        assert!(failing.warn_now(at(10)).is_some(), "failing for WARN_AFTER");
+        assert_eq!(failing.warn_now(at(11)), None);
+        assert_eq!(failing.warn_now(at(69)), None);
+        assert_eq!(
+            failing.warn_now(at(70)),
+            Some(Duration::from_secs(70)),
+            "WARN_EVERY later"
+        );
     }
 }

@@ -830,16 +830,7 @@ impl PartitionLog {
     /// Like `sync`, but through `group`: when many partitions sync at once
     /// they share one file-system sync.
     pub fn sync_in(&self, group: &SyncGroup) -> Result<WrittenMark, LogError> {
-        let mark = {
-            let _writer = self.writer.lock();
-            self.check_poison()?;
-            let active = self.active();
-            WrittenMark {
-                bytes: active.written_bytes(),
-                next_offset: active.next_offset(),
-                segment: active,
-            }
-        };
+        let mark = self.written_mark()?;
         group
             .sync(|| mark.segment.sync())
             .inspect_err(|e| self.poison(e.to_string()))?;
@@ -854,12 +845,23 @@ impl PartitionLog {
     /// the next `sync` would report if it were. A failed fsync poisons the
     /// log, as it does in `sync`.
     pub fn write_back(&self) -> Result<(), LogError> {
-        let segment = {
-            let _writer = self.writer.lock();
-            self.check_poison()?;
-            self.active()
-        };
-        segment.sync().inspect_err(|e| self.poison(e.to_string()))
+        self.written_mark()?
+            .segment
+            .sync()
+            .inspect_err(|e| self.poison(e.to_string()))
+    }
+
+    /// Where what was written so far ends, in the active segment (an
+    /// error when the log is poisoned).
+    fn written_mark(&self) -> Result<WrittenMark, LogError> {
+        let _writer = self.writer.lock();
+        self.check_poison()?;
+        let active = self.active();
+        Ok(WrittenMark {
+            bytes: active.written_bytes(),
+            next_offset: active.next_offset(),
+            segment: active,
+        })
     }
 
     /// Lets readers see everything up to `mark`.

@@ -146,7 +146,7 @@ impl PartitionStateMachine {
         Ok(Self {
             inner: Arc::new(Mutex::new(applied)),
             marked: Arc::new(Mutex::new(mark)),
-            write_back: WriteBack::new(log.clone()),
+            write_back: WriteBack::default(),
             log,
             dir: dir.to_owned(),
             group: group.to_owned(),
@@ -499,7 +499,7 @@ impl RaftStateMachine<PartitionRaftConfig> for PartitionStateMachine {
         }
         drop(applied);
         self.publish_watermark();
-        self.write_back.applied(applied_bytes);
+        self.write_back.applied(&self.log, applied_bytes);
         Ok(responses)
     }
 

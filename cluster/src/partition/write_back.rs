@@ -15,14 +15,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use brook_storage::PartitionLog;
 
 /// Applied bytes that start a background sync of the segments.
-pub(crate) const WRITE_BACK_BYTES: u64 = 1024 * 1024;
+const WRITE_BACK_BYTES: u64 = 1024 * 1024;
 
 /// Counts the bytes applied to one partition's log and syncs it in the
 /// background once `WRITE_BACK_BYTES` have gathered; at most one sync
-/// runs at a time.
-#[derive(Debug, Clone)]
+/// runs at a time. Clones share the count.
+#[derive(Debug, Clone, Default)]
 pub(crate) struct WriteBack {
-    log: Arc<PartitionLog>,
     shared: Arc<Shared>,
 }
 
@@ -34,23 +33,16 @@ struct Shared {
 }
 
 impl WriteBack {
-    pub(crate) fn new(log: Arc<PartitionLog>) -> Self {
-        Self {
-            log,
-            shared: Arc::default(),
-        }
-    }
-
-    /// Counts `bytes` more applied; starts a sync when enough have
-    /// gathered and none runs.
-    pub(crate) fn applied(&self, bytes: u64) {
+    /// Counts `bytes` more applied to `log`; starts a sync of it when
+    /// enough have gathered and none runs.
+    pub(crate) fn applied(&self, log: &Arc<PartitionLog>, bytes: u64) {
         let unsynced = self.shared.unsynced.fetch_add(bytes, Ordering::AcqRel) + bytes;
         if unsynced < WRITE_BACK_BYTES || self.shared.syncing.swap(true, Ordering::AcqRel) {
             return;
         }
         // The sync covers everything written before it starts.
         self.shared.unsynced.store(0, Ordering::Release);
-        let log = self.log.clone();
+        let log = log.clone();
         let shared = self.shared.clone();
         let sync = move || {
             // A failed sync poisons the log: the next append fails and the
@@ -76,24 +68,10 @@ mod tests {
     use std::path::Path;
     use std::time::Duration;
 
-    use brook_record::{BatchHeader, BatchOptions, NewRecord};
     use brook_storage::LogConfig;
-    use brook_storage::testing::MemStorage;
-    use bytes::Bytes;
+    use brook_storage::testing::{MemStorage, single_record_batch};
 
     use super::*;
-
-    /// A batch of one record of `value_bytes`.
-    fn batch(value_bytes: usize) -> (Bytes, BatchHeader) {
-        let record = NewRecord {
-            timestamp: 1_000,
-            value: Some(Bytes::from(vec![7; value_bytes])),
-            ..NewRecord::default()
-        };
-        let bytes = brook_record::encode_batch(&[record], BatchOptions::default()).unwrap();
-        let header = BatchHeader::parse(&bytes).unwrap();
-        (bytes, header)
-    }
 
     /// How many records a crash now would leave in the log.
     fn surviving_a_crash(storage: &MemStorage) -> i64 {
@@ -122,14 +100,15 @@ mod tests {
         let (log, _) =
             PartitionLog::open(storage.clone(), Path::new("/p"), LogConfig::default()).unwrap();
         let log = Arc::new(log);
-        let write_back = WriteBack::new(log.clone());
+        let write_back = WriteBack::default();
+        let value = "v".repeat(64 * 1024);
         let applied = |count: i64| {
             for _ in 0..count {
-                let batch = batch(64 * 1024);
+                let batch = single_record_batch(&value);
                 let bytes = batch.0.len() as u64;
                 let (_, mark) = log.append(&[batch], 1_000).unwrap();
                 log.publish(&mark);
-                write_back.applied(bytes);
+                write_back.applied(&log, bytes);
             }
         };
         // 64 KiB batches: 15 stay under the threshold, the 16th is over.

@@ -446,8 +446,7 @@ impl LogFile {
     /// Writes `framed` to the active chunk, after starting a new one if
     /// the active one is full; returns the file to sync.
     fn append(&mut self, framed: Framed) -> io::Result<Arc<File>> {
-        let (mut number, end, file) = self.active()?;
-        let mut file = file;
+        let (mut number, end, mut file) = self.active()?;
         if end > 0 && end + framed.bytes.len() as u64 > self.chunk_bytes {
             // Synced first, so that no chunk but the last ever ends in
             // an unsynced write; the new file's name is made durable
@@ -500,8 +499,7 @@ impl LogFile {
             .collect();
         // Last first: a crash part way leaves a log without a gap.
         for number in later.iter().rev() {
-            self.chunks.remove(number);
-            std::fs::remove_file(self.dir.join(chunk_name(*number)))?;
+            self.delete_chunk(*number)?;
         }
         if !later.is_empty() {
             sync_dir(&self.dir)?;
@@ -547,10 +545,16 @@ impl LogFile {
             .map(|(number, _)| *number)
             .collect();
         for number in purged {
-            self.chunks.remove(&number);
-            std::fs::remove_file(self.dir.join(chunk_name(number)))?;
+            self.delete_chunk(number)?;
         }
         Ok(())
+    }
+
+    /// Forgets chunk `number` and deletes its file (the directory is not
+    /// synced).
+    fn delete_chunk(&mut self, number: u64) -> io::Result<()> {
+        self.chunks.remove(&number);
+        std::fs::remove_file(self.dir.join(chunk_name(number)))
     }
 }
 
@@ -670,20 +674,11 @@ impl<C: EntryFormat> RaftLogStorage<C> for LogStore<C> {
 
 #[cfg(test)]
 mod tests {
-    use openraft::{CommittedLeaderId, Entry, EntryPayload};
+    use openraft::CommittedLeaderId;
 
     use super::*;
-    use crate::command::MetaCommand;
+    use crate::store::tests::{TINY_CHUNKS, entry, log_of_chunks};
     use crate::types::MetaRaftConfig;
-
-    fn entry(index: u64) -> Entry<MetaRaftConfig> {
-        Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(MetaCommand::DeleteTopic {
-                name: "a".to_owned(),
-            }),
-        }
-    }
 
     fn open_files(log: &LogStore<MetaRaftConfig>) -> usize {
         let inner = log.inner.lock();
@@ -693,10 +688,7 @@ mod tests {
     #[tokio::test]
     async fn a_log_of_many_chunks_keeps_one_open() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = LogStore::<MetaRaftConfig>::open_with_chunks_of(dir.path(), 64).unwrap();
-        for index in 1..=8 {
-            log.append_now(&[entry(index)]).unwrap();
-        }
+        let mut log = log_of_chunks(dir.path(), 8);
         assert_eq!(log.inner.lock().chunks.len(), 8);
         assert_eq!(open_files(&log), 1, "the chunk taking appends");
         // Earlier chunks are read all the same.
@@ -707,9 +699,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(open_files(&log), 1);
-        log.append_now(&[entry(4)]).unwrap();
+        log.append_now(&[entry(1, 4, "a")]).unwrap();
         drop(log);
-        let mut log = LogStore::<MetaRaftConfig>::open_with_chunks_of(dir.path(), 64).unwrap();
+        let mut log =
+            LogStore::<MetaRaftConfig>::open_with_chunks_of(dir.path(), TINY_CHUNKS).unwrap();
         assert_eq!(open_files(&log), 1);
         let read = log.try_get_log_entries(..).await.unwrap();
         let indexes: Vec<u64> = read.iter().map(|e| e.log_id.index).collect();

@@ -58,7 +58,17 @@ mod tests {
     }
 
     /// Chunks so small that nearly every entry starts one.
-    const TINY_CHUNKS: u64 = 64;
+    pub(super) const TINY_CHUNKS: u64 = 64;
+
+    /// The log in `dir`, of tiny chunks, with entries 1 to `count` of term
+    /// 1 appended one at a time: one chunk each.
+    pub(super) fn log_of_chunks(dir: &std::path::Path, count: u64) -> LogStore {
+        let log = LogStore::open_with_chunks_of(dir, TINY_CHUNKS).unwrap();
+        for index in 1..=count {
+            log.append_now(&[entry(1, index, "a")]).unwrap();
+        }
+        log
+    }
 
     struct InTinyChunks;
 
@@ -96,10 +106,7 @@ mod tests {
     async fn a_purge_deletes_whole_chunks_and_copies_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let at = |index| LogId::new(CommittedLeaderId::new(1, 1), index);
-        let mut log = LogStore::open_with_chunks_of(dir.path(), TINY_CHUNKS).unwrap();
-        for index in 1..=6 {
-            log.append_now(&[entry(1, index, "a")]).unwrap();
-        }
+        let mut log = log_of_chunks(dir.path(), 6);
         let before = chunks(dir.path());
         assert_eq!(before.len(), 6, "one entry per chunk: {before:?}");
         log.purge(at(3)).await.unwrap();
@@ -122,10 +129,7 @@ mod tests {
     #[tokio::test]
     async fn a_truncation_into_an_earlier_chunk_removes_the_later_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = LogStore::open_with_chunks_of(dir.path(), TINY_CHUNKS).unwrap();
-        for index in 1..=5 {
-            log.append_now(&[entry(1, index, "a")]).unwrap();
-        }
+        let mut log = log_of_chunks(dir.path(), 5);
         log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 3))
             .await
             .unwrap();
@@ -151,12 +155,7 @@ mod tests {
     #[tokio::test]
     async fn chunks_after_a_torn_one_are_dropped_at_open() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let log = LogStore::open_with_chunks_of(dir.path(), TINY_CHUNKS).unwrap();
-            for index in 1..=4 {
-                log.append_now(&[entry(1, index, "a")]).unwrap();
-            }
-        }
+        drop(log_of_chunks(dir.path(), 4));
         let names = chunks(dir.path());
         assert_eq!(names.len(), 4);
         // The second chunk lost its tail: what follows it was never
@@ -178,7 +177,7 @@ mod tests {
         assert_eq!(entries(&mut log).await, vec![(1, 1), (1, 2)]);
     }
 
-    fn entry(term: u64, index: u64, name: &str) -> Entry<MetaRaftConfig> {
+    pub(super) fn entry(term: u64, index: u64, name: &str) -> Entry<MetaRaftConfig> {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
             payload: EntryPayload::Normal(MetaCommand::DeleteTopic {
