@@ -19,7 +19,7 @@
 //! closed (`close`, or every `Producer` dropped) and every accepted record
 //! is answered; `finished` is set however it ends, a panic included.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -191,6 +191,12 @@ pub(crate) struct Sender {
     links: HashMap<Arc<str>, Link>,
     /// Where each partition's batches go now.
     targets: HashMap<TopicPartition, Arc<str>>,
+    /// Partitions whose target refused a batch naming another leader:
+    /// nothing more goes to the target, and each is pointed at its leader
+    /// once its requests in flight are answered. (Sent at once to the
+    /// target, a refused batch was refused again behind the requests still
+    /// in flight there, and again, until its delivery timeout.)
+    led_elsewhere: HashSet<TopicPartition>,
     /// A `DescribeCluster` is on its way, or may be asked again after this.
     describing: bool,
     describe_after: Option<Instant>,
@@ -243,6 +249,7 @@ impl Sender {
             events: FuturesUnordered::new(),
             links: HashMap::new(),
             targets: HashMap::new(),
+            led_elsewhere: HashSet::new(),
             describing: false,
             describe_after: None,
             identities: Identities::default(),
@@ -319,10 +326,13 @@ impl Sender {
     fn route_queues(&mut self) {
         let client = &self.shared.client;
         self.targets.retain(|key, _| self.queues.contains_key(key));
+        self.led_elsewhere
+            .retain(|key| self.queues.contains_key(key));
         for (key, queue) in &self.queues {
             if queue.in_flight() == 0 {
                 let target = client.routing.target(key, &client.endpoint);
                 self.targets.insert(key.clone(), target);
+                self.led_elsewhere.remove(key);
             }
         }
     }
@@ -466,6 +476,7 @@ impl Sender {
             return false;
         };
         let targets = &self.targets;
+        let led_elsewhere = &self.led_elsewhere;
         let Request {
             batches,
             resent,
@@ -473,7 +484,7 @@ impl Sender {
             latest_deadline,
         } = gather(
             &mut self.queues,
-            |key| targets.get(key) == Some(target),
+            |key| targets.get(key) == Some(target) && !led_elsewhere.contains(key),
             now,
             RequestLimits::within_message(self.shared.client.options.message_bytes_max),
         );
@@ -773,6 +784,9 @@ impl Sender {
                 // In a cluster: the broker does not lead the partition.
                 match error.leader().map(Arc::<str>::from) {
                     Some(leader) if self.shared.client.routing.learn(&key.0, key.1, &leader) => {
+                        if self.targets.get(&key) != Some(&leader) {
+                            self.led_elsewhere.insert(key.clone());
+                        }
                         // A stream to it that failed before is tried at once.
                         if let Some(link) = self.links.get_mut(&leader)
                             && matches!(link.connection, Connection::Closed { .. })

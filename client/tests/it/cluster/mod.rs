@@ -14,6 +14,7 @@ mod groups;
 mod membership;
 mod producing;
 mod reads;
+mod routing;
 mod settings;
 
 /// How long one step (an election, catching up, a change reaching every
