@@ -8,6 +8,8 @@
 //! - `produce`, `consume`, `e2e`: the three workloads through the real
 //!   `brook_client::Producer` and `Consumer`; `raw`: produce over the raw
 //!   pipelined stream, the broker's own ceiling without a client library.
+//! - `leaders`: where a topic's partitions take writes; runs wait for
+//!   every leader of a cluster's topic before they measure.
 //! - `report`: one run's figures; latencies come from hdrhistogram.
 //!
 //! Invariant: with a rate, every latency is counted from the record's
@@ -17,6 +19,7 @@
 pub mod connection;
 pub mod consume;
 pub mod e2e;
+pub mod leaders;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod produce;

@@ -6,6 +6,7 @@
 //! collector task per producer awaits the delivery futures and records each
 //! record's latency from its intended send time.
 
+use std::collections::BTreeMap;
 use std::future::{self, Future as _};
 use std::pin::Pin;
 use std::task::Poll;
@@ -65,16 +66,23 @@ pub async fn run(connection: &Connection, workload: &Workload) -> anyhow::Result
     })
 }
 
-/// Creates `topic` unless it exists.
-pub async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> anyhow::Result<()> {
+/// Creates `topic` unless it exists, and waits until each of its
+/// partitions has a leader; returns them as [`crate::leaders::of_topic`]
+/// does.
+pub async fn ensure_topic(
+    client: &Client,
+    topic: &str,
+    partitions: u32,
+) -> anyhow::Result<Option<BTreeMap<String, Vec<u32>>>> {
     match client
         .create_topic(topic, partitions, TopicConfig::default())
         .await
     {
-        Ok(_) => Ok(()),
-        Err(error) if error.kind() == brook_client::ErrorKind::AlreadyExists => Ok(()),
-        Err(error) => Err(error).context("create the bench topic"),
+        Ok(_) => {}
+        Err(error) if error.kind() == brook_client::ErrorKind::AlreadyExists => {}
+        Err(error) => return Err(error).context("create the bench topic"),
     }
+    crate::leaders::of_topic(client, topic).await
 }
 
 /// Runs `workload.producers` producers from `start`; with `stamp`, each

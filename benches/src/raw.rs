@@ -6,9 +6,8 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use brook_proto::admin_service_client::AdminServiceClient;
 use brook_proto::produce_service_client::ProduceServiceClient;
-use brook_proto::{CreateTopicRequest, PartitionBatch, ProduceRequest};
+use brook_proto::{PartitionBatch, ProduceRequest};
 use brook_record::{BatchBuilder, BatchOptions, Compression, NewRecord};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -24,9 +23,11 @@ use crate::workload::Workload;
 #[derive(Debug, Clone)]
 pub struct RawOptions {
     pub topic: String,
-    pub partitions: u32,
-    /// The partition of the first batch; the next ones go round-robin.
-    pub first_partition: u32,
+    /// The partitions it writes, round robin: all of them on a broker
+    /// alone, those one broker leads in a cluster.
+    pub partitions: Vec<u32>,
+    /// The index in `partitions` of the first batch's partition.
+    pub first_partition: usize,
     pub records: u64,
     pub record_size: usize,
     pub batch_records: usize,
@@ -35,29 +36,34 @@ pub struct RawOptions {
     pub compression: Compression,
 }
 
-/// `--raw`: `workload.producers` streams, each on its own connection, with
+/// `--raw`: `workload.producers` producers, each with a stream on its own
+/// connection to every broker that leads partitions of the topic, with
 /// batches of about `batch_size` bytes and `max_in_flight` requests each.
 pub async fn run(connection: &Connection, workload: &Workload) -> anyhow::Result<Figures> {
     if workload.rate.is_some() || workload.keyed || workload.duration().is_some() {
         bail!("--raw produces a count of keyless records as fast as acknowledged");
     }
+    let destinations = destinations(connection, &workload.topic, workload.partitions).await?;
     let started = Instant::now();
-    let mut streams = Vec::with_capacity(workload.producers);
+    let mut streams = Vec::new();
     for index in 0..workload.producers {
-        let options = RawOptions {
-            topic: workload.topic.clone(),
-            partitions: workload.partitions,
-            first_partition: index as u32 % workload.partitions,
-            records: workload.share(index).unwrap_or(0),
-            record_size: workload.record_size,
-            batch_records: (workload.batch_size / workload.record_size.max(1)).max(1),
-            in_flight: workload.max_in_flight,
-            compression: workload.compression,
-        };
-        let connection = connection.clone();
-        streams.push(tokio::spawn(
-            async move { produce(&connection, &options).await },
-        ));
+        let share = workload.share(index).unwrap_or(0);
+        for (destination, records) in destinations.iter().zip(split(share, &destinations)) {
+            let options = RawOptions {
+                topic: workload.topic.clone(),
+                partitions: destination.partitions.clone(),
+                first_partition: index,
+                records,
+                record_size: workload.record_size,
+                batch_records: (workload.batch_size / workload.record_size.max(1)).max(1),
+                in_flight: workload.max_in_flight,
+                compression: workload.compression,
+            };
+            let connection = destination.connection.clone();
+            streams.push(tokio::spawn(
+                async move { produce(&connection, &options).await },
+            ));
+        }
     }
     let mut latencies = histogram();
     for stream in streams {
@@ -78,8 +84,8 @@ pub async fn run(connection: &Connection, workload: &Workload) -> anyhow::Result
 }
 
 /// Writes `records` records of `record_size` bytes to `topic` (created
-/// with `partitions` if missing) over one raw stream, for consume runs and
-/// retained data; not measured.
+/// with `partitions` if missing) over one raw stream per leading broker,
+/// for consume runs and retained data; not measured.
 pub async fn fill(
     connection: &Connection,
     topic: &str,
@@ -87,21 +93,77 @@ pub async fn fill(
     records: u64,
     record_size: usize,
 ) -> anyhow::Result<()> {
-    let options = RawOptions {
-        topic: topic.to_owned(),
-        partitions,
-        first_partition: 0,
-        records,
-        record_size,
-        batch_records: (256 * 1024 / record_size.max(1)).clamp(1, 10_000),
-        in_flight: 32,
-        compression: Compression::None,
+    let destinations = destinations(connection, topic, partitions).await?;
+    let mut streams = Vec::with_capacity(destinations.len());
+    for (destination, records) in destinations.iter().zip(split(records, &destinations)) {
+        let options = RawOptions {
+            topic: topic.to_owned(),
+            partitions: destination.partitions.clone(),
+            first_partition: 0,
+            records,
+            record_size,
+            batch_records: (256 * 1024 / record_size.max(1)).clamp(1, 10_000),
+            in_flight: 32,
+            compression: Compression::None,
+        };
+        let connection = destination.connection.clone();
+        streams.push(tokio::spawn(
+            async move { produce(&connection, &options).await },
+        ));
+    }
+    for stream in streams {
+        stream.await??;
+    }
+    Ok(())
+}
+
+/// A broker the raw stream writes to, and the partitions it leads.
+#[derive(Debug, Clone)]
+struct Destination {
+    connection: Connection,
+    partitions: Vec<u32>,
+}
+
+/// Creates `topic` unless it exists, and waits for its leaders: the
+/// broker `connection` reaches when it is alone, else each leader.
+async fn destinations(
+    connection: &Connection,
+    topic: &str,
+    partitions: u32,
+) -> anyhow::Result<Vec<Destination>> {
+    let client = connection.client().await?;
+    let Some(leaders) = crate::produce::ensure_topic(&client, topic, partitions).await? else {
+        return Ok(vec![Destination {
+            connection: connection.clone(),
+            partitions: (0..partitions).collect(),
+        }]);
     };
-    produce(connection, &options).await.map(drop)
+    Ok(leaders
+        .into_iter()
+        .map(|(address, partitions)| Destination {
+            connection: Connection::new(address, connection.options.clone()),
+            partitions,
+        })
+        .collect())
+}
+
+/// `records` dealt to the destinations in proportion to the partitions
+/// each one leads.
+fn split(records: u64, destinations: &[Destination]) -> Vec<u64> {
+    let total: u64 = destinations.iter().map(|d| d.partitions.len() as u64).sum();
+    let mut shares: Vec<u64> = destinations
+        .iter()
+        .map(|d| records * d.partitions.len() as u64 / total.max(1))
+        .collect();
+    let dealt: u64 = shares.iter().sum();
+    if let Some(first) = shares.first_mut() {
+        *first += records - dealt;
+    }
+    shares
 }
 
 /// Produces `options.records` records over one produce stream, spreading
-/// batches round-robin over the partitions; returns request → ack
+/// batches round-robin over `options.partitions`; returns request → ack
 /// latencies (microseconds, one per batch).
 pub async fn produce(
     connection: &Connection,
@@ -111,24 +173,10 @@ pub async fn produce(
     if options.records == 0 {
         return Ok(latencies);
     }
-    if options.batch_records == 0 || options.partitions == 0 || options.in_flight == 0 {
+    if options.batch_records == 0 || options.partitions.is_empty() || options.in_flight == 0 {
         bail!("batch size, partitions and in-flight requests must be positive");
     }
     let channel = connection.channel().await?;
-    let mut admin = AdminServiceClient::new(channel.clone());
-    let created = admin
-        .create_topic(CreateTopicRequest {
-            name: options.topic.clone(),
-            partitions: options.partitions,
-            config: None,
-            replication_factor: None,
-        })
-        .await;
-    if let Err(status) = created
-        && status.code() != tonic::Code::AlreadyExists
-    {
-        return Err(status).context("create the bench topic");
-    }
     let mut producer = ProduceServiceClient::new(channel)
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
@@ -153,13 +201,13 @@ pub async fn produce(
             } else {
                 encode(&value, count, options.compression)?
             };
-            let partition =
-                (u64::from(options.first_partition) + next_batch) % u64::from(options.partitions);
+            let partition = options.partitions
+                [(options.first_partition + next_batch as usize) % options.partitions.len()];
             let request = ProduceRequest {
                 correlation_id: next_batch,
                 batches: vec![PartitionBatch {
                     topic: options.topic.clone(),
-                    partition: partition as u32,
+                    partition,
                     batch,
                 }],
             };
@@ -213,4 +261,25 @@ fn encode(value: &Bytes, count: u64, compression: Compression) -> anyhow::Result
         });
     }
     Ok(builder.build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn led(partitions: &[u32]) -> Destination {
+        Destination {
+            connection: Connection::new("b:9420", brook_client::ClientOptions::default()),
+            partitions: partitions.to_vec(),
+        }
+    }
+
+    #[test]
+    fn records_are_dealt_by_partitions_led_and_add_up() {
+        let destinations = [led(&[0, 3]), led(&[1]), led(&[2, 4, 5])];
+        assert_eq!(split(600, &destinations), vec![200, 100, 300]);
+        assert_eq!(split(7, &destinations), vec![3, 1, 3]);
+        assert_eq!(split(0, &destinations), vec![0, 0, 0]);
+        assert_eq!(split(5, &[led(&[0])]), vec![5]);
+    }
 }

@@ -154,3 +154,43 @@ async fn a_bad_workload_is_refused() {
     .await;
     assert!(refused.is_err());
 }
+
+/// Against three brokers, on a topic whose partitions are led by different
+/// brokers and were created a moment before: the raw stream sends each
+/// partition's batches to its leader (a broker refuses those of partitions
+/// it does not lead), and consume fills and reads them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_produce_and_consume_reach_every_leader_of_a_cluster() -> anyhow::Result<()> {
+    let cluster = brook_broker::EmbeddedCluster::start().await?;
+    let connection = brook_bench::Connection::new(
+        cluster.endpoint(1).expect("broker 1"),
+        brook_client::ClientOptions::default(),
+    );
+    let raw = brook_bench::run(
+        Mode::Produce,
+        &connection,
+        "always",
+        &Workload {
+            raw: true,
+            topic: "raw".to_owned(),
+            partitions: 6,
+            ..workload(3_001)
+        },
+    )
+    .await?;
+    assert_sane(&raw, 3_001);
+    let consumed = brook_bench::run(
+        Mode::Consume,
+        &connection,
+        "always",
+        &Workload {
+            topic: "filled".to_owned(),
+            partitions: 6,
+            ..workload(4_000)
+        },
+    )
+    .await?;
+    assert_sane(&consumed, 4_000);
+    cluster.shutdown().await?;
+    Ok(())
+}
