@@ -221,10 +221,22 @@ async fn a_partition_moves_off_its_leader_onto_an_added_broker_under_a_producer(
         described.brokers.iter().all(|b| b.id != leaving),
         "the removed broker is not listed: {described:?}"
     );
-    admin
-        .create_replicated_topic("after", 3, Some(3), TopicConfig::default())
-        .await
-        .expect("create a topic after the removal");
+    // The removed broker may have led the metadata group: until the
+    // others elect a leader, a change is refused as UNAVAILABLE, which a
+    // client retries.
+    let deadline = Instant::now() + STEP_LIMIT;
+    loop {
+        match admin
+            .create_replicated_topic("after", 3, Some(3), TopicConfig::default())
+            .await
+        {
+            Ok(_) => break,
+            Err(error) if error.kind() == ErrorKind::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => panic!("create a topic after the removal: {error}"),
+        }
+    }
     let placed = partition_when(&cluster, asked, "after", |p| p.leader != 0).await;
     assert!(
         !placed.replicas.contains(&leaving),
