@@ -174,10 +174,20 @@ async fn leader_cut_off_under_a_producer(bootstrap_at_leader: bool) {
         )
         .await;
     match read {
-        Ok(fetched) => panic!(
-            "the cut-off leader served a read: {} records",
-            fetched.records.len()
-        ),
+        Ok(fetched) => {
+            // Whom it takes for the leader says whether it still led.
+            let described = at_cut.describe_cluster().await;
+            let seen = described.as_ref().map(|d| {
+                d.partitions
+                    .iter()
+                    .find(|p| p.topic == TOPIC)
+                    .map(|p| (p.leader, p.lag.clone()))
+            });
+            panic!(
+                "the cut-off leader (broker {cut}) served a read: {} records; it describes the partition as (leader, lag) {seen:?}",
+                fetched.records.len()
+            )
+        }
         Err(unread) => assert_eq!(unread.kind(), ErrorKind::Unavailable, "{unread}"),
     }
     let ended = tokio::time::timeout_at((cut_at + Duration::from_secs(4)).into(), subscribed)
