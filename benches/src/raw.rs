@@ -13,6 +13,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::connection::Connection;
@@ -47,23 +48,18 @@ pub async fn run(connection: &Connection, workload: &Workload) -> anyhow::Result
     let started = Instant::now();
     let mut streams = Vec::new();
     for index in 0..workload.producers {
+        let template = RawOptions {
+            topic: workload.topic.clone(),
+            partitions: Vec::new(),
+            first_partition: index,
+            records: 0,
+            record_size: workload.record_size,
+            batch_records: (workload.batch_size / workload.record_size.max(1)).max(1),
+            in_flight: workload.max_in_flight,
+            compression: workload.compression,
+        };
         let share = workload.share(index).unwrap_or(0);
-        for (destination, records) in destinations.iter().zip(split(share, &destinations)) {
-            let options = RawOptions {
-                topic: workload.topic.clone(),
-                partitions: destination.partitions.clone(),
-                first_partition: index,
-                records,
-                record_size: workload.record_size,
-                batch_records: (workload.batch_size / workload.record_size.max(1)).max(1),
-                in_flight: workload.max_in_flight,
-                compression: workload.compression,
-            };
-            let connection = destination.connection.clone();
-            streams.push(tokio::spawn(
-                async move { produce(&connection, &options).await },
-            ));
-        }
+        streams.extend(spawn_streams(&destinations, share, &template));
     }
     let mut latencies = histogram();
     for stream in streams {
@@ -94,27 +90,43 @@ pub async fn fill(
     record_size: usize,
 ) -> anyhow::Result<()> {
     let destinations = destinations(connection, topic, partitions).await?;
-    let mut streams = Vec::with_capacity(destinations.len());
-    for (destination, records) in destinations.iter().zip(split(records, &destinations)) {
-        let options = RawOptions {
-            topic: topic.to_owned(),
-            partitions: destination.partitions.clone(),
-            first_partition: 0,
-            records,
-            record_size,
-            batch_records: (256 * 1024 / record_size.max(1)).clamp(1, 10_000),
-            in_flight: 32,
-            compression: Compression::None,
-        };
-        let connection = destination.connection.clone();
-        streams.push(tokio::spawn(
-            async move { produce(&connection, &options).await },
-        ));
-    }
-    for stream in streams {
+    let template = RawOptions {
+        topic: topic.to_owned(),
+        partitions: Vec::new(),
+        first_partition: 0,
+        records: 0,
+        record_size,
+        batch_records: (256 * 1024 / record_size.max(1)).clamp(1, 10_000),
+        in_flight: 32,
+        compression: Compression::None,
+    };
+    for stream in spawn_streams(&destinations, records, &template) {
         stream.await??;
     }
     Ok(())
+}
+
+/// Starts one raw stream per destination, each writing its share of
+/// `records` to the partitions it leads, otherwise as `template` says (its
+/// own `partitions` and `records` are not used).
+fn spawn_streams(
+    destinations: &[Destination],
+    records: u64,
+    template: &RawOptions,
+) -> Vec<JoinHandle<anyhow::Result<Histogram<u64>>>> {
+    destinations
+        .iter()
+        .zip(split(records, destinations))
+        .map(|(destination, records)| {
+            let options = RawOptions {
+                partitions: destination.partitions.clone(),
+                records,
+                ..template.clone()
+            };
+            let connection = destination.connection.clone();
+            tokio::spawn(async move { produce(&connection, &options).await })
+        })
+        .collect()
 }
 
 /// A broker the raw stream writes to, and the partitions it leads.
