@@ -29,8 +29,11 @@ const TOPIC: &str = "cut-off";
 const ORPHAN: &str = "taken by the cut-off leader alone";
 
 /// The leader of partition 0 of `TOPIC` once every replica has caught up,
-/// as the brokers in `asked` say.
-async fn leader(cluster: &EmbeddedCluster, asked: &[u64]) -> u64 {
+/// as the brokers in `asked` say; with `preferred`, once the partition is
+/// led by its preferred replica (the first listed) too. A leader other
+/// than the preferred one hands leadership over after leading for a while,
+/// which would move it under the test's feet.
+async fn leader(cluster: &EmbeddedCluster, asked: &[u64], preferred: bool) -> u64 {
     let deadline = Instant::now() + STEP_LIMIT;
     loop {
         for id in asked {
@@ -39,6 +42,7 @@ async fn leader(cluster: &EmbeddedCluster, asked: &[u64]) -> u64 {
                 && let Ok(description) = client.describe_cluster().await
                 && let Some(partition) = description.partitions.iter().find(|p| p.topic == TOPIC)
                 && partition.leader != 0
+                && (!preferred || partition.replicas.first() == Some(&partition.leader))
                 && partition.lag.len() == 3
                 && partition.lag.values().all(|lag| *lag == 0)
             {
@@ -48,6 +52,17 @@ async fn leader(cluster: &EmbeddedCluster, asked: &[u64]) -> u64 {
         assert!(Instant::now() < deadline, "no leader within {STEP_LIMIT:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The leader of partition 0 of `TOPIC` as the broker `client` is
+/// connected to describes it.
+async fn leader_named_by(client: &Client) -> Option<u64> {
+    let description = client.describe_cluster().await.ok()?;
+    description
+        .partitions
+        .iter()
+        .find(|p| p.topic == TOPIC)
+        .map(|p| p.leader)
 }
 
 async fn high_watermark(client: &Client) -> i64 {
@@ -78,7 +93,7 @@ async fn leader_cut_off_under_a_producer(bootstrap_at_leader: bool) {
         .create_replicated_topic(TOPIC, 1, Some(3), TopicConfig::default())
         .await
         .expect("create the topic");
-    let cut = leader(&cluster, &[1, 2, 3]).await;
+    let cut = leader(&cluster, &[1, 2, 3], true).await;
     let majority: Vec<u64> = cluster.ids().filter(|id| *id != cut).collect();
 
     // The producer gives up on a request after 2 s: what the cut-off
@@ -121,6 +136,14 @@ async fn leader_cut_off_under_a_producer(bootstrap_at_leader: bool) {
     let at_cut = Client::connect_with(cluster.endpoint(cut).expect("a broker"), options)
         .await
         .expect("connect to the cut-off leader");
+    // Cut off, it cannot win an election, so if it names itself now it led
+    // at the cut: what follows tests a cut-off leader, not a follower.
+    let named = leader_named_by(&at_cut).await;
+    assert_eq!(
+        named,
+        Some(cut),
+        "broker {cut} no longer led the partition when it was cut off"
+    );
     // A subscription at the cut-off leader, opened before it refuses reads:
     // it must end, rather than wait at the tail for records the majority
     // takes elsewhere.
@@ -230,7 +253,7 @@ async fn leader_cut_off_under_a_producer(bootstrap_at_leader: bool) {
     cluster.heal(cut);
     let (acknowledged, sent) = producing.stop(STEP_LIMIT * 2).await;
     assert_eq!(acknowledged.len() as u64, sent, "every record acknowledged");
-    leader(&cluster, &[1, 2, 3]).await;
+    leader(&cluster, &[1, 2, 3], false).await;
 
     let mut logs = Vec::new();
     for id in cluster.ids() {
