@@ -1,9 +1,9 @@
 //! The few file operations the stores need: a small file replaced
-//! atomically and durably, and length- and CRC-framed records in an
-//! append-only file.
+//! atomically and durably, and length- and CRC-framed records written one
+//! after the other.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::Path;
 
 use serde::Serialize;
@@ -11,6 +11,18 @@ use serde::de::DeserializeOwned;
 
 /// Bytes before each record's payload: its length and CRC-32 (little-endian).
 pub(crate) const FRAME_LEN: usize = 8;
+
+/// The CRC-32 of a record's payload; with a `seed`, of the seed's bytes
+/// (little-endian) followed by the payload, so that a record is valid only
+/// where it was written for that seed.
+pub(crate) fn record_crc(seed: Option<u64>, payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    if let Some(seed) = seed {
+        hasher.update(&seed.to_le_bytes());
+    }
+    hasher.update(payload);
+    hasher.finalize()
+}
 
 /// The largest record the stores write or read: far above any metadata
 /// entry, and a bound on what a damaged length field can make us allocate.
@@ -65,12 +77,14 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Opens (creating) an append-only file of framed records.
-pub(crate) fn open_append(path: &Path) -> io::Result<File> {
+/// Opens a file of framed records for reading and for writing at chosen
+/// positions, creating it if missing.
+pub(crate) fn open_positioned(path: &Path) -> io::Result<File> {
     OpenOptions::new()
         .create(true)
+        .truncate(false)
         .read(true)
-        .append(true)
+        .write(true)
         .open(path)
 }
 
@@ -80,14 +94,14 @@ pub(crate) fn frame(payload: &[u8]) -> io::Result<Vec<u8>> {
     let mut framed = Vec::with_capacity(FRAME_LEN + payload.len());
     framed.extend_from_slice(&[0; FRAME_LEN]);
     framed.extend_from_slice(payload);
-    seal_frame(&mut framed)?;
+    seal_frame(&mut framed, None)?;
     Ok(framed)
 }
 
 /// Writes the header of a record whose payload was written in place after
 /// `FRAME_LEN` bytes left for it: `record` is the header and the payload,
 /// so that a record is framed without copying its payload again.
-pub(crate) fn seal_frame(record: &mut [u8]) -> io::Result<()> {
+pub(crate) fn seal_frame(record: &mut [u8], seed: Option<u64>) -> io::Result<()> {
     let Some((header, payload)) = record.split_at_mut_checked(FRAME_LEN) else {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -104,7 +118,7 @@ pub(crate) fn seal_frame(record: &mut [u8]) -> io::Result<()> {
         ));
     }
     header[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    header[4..].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    header[4..].copy_from_slice(&record_crc(seed, payload).to_le_bytes());
     Ok(())
 }
 
@@ -115,14 +129,13 @@ pub(crate) struct Records {
     pub(crate) intact: u64,
 }
 
-/// The records of a framed file: reading stops at the first record that is
-/// cut short or fails its CRC (a write a crash interrupted), and what
-/// follows is not trusted.
-pub(crate) fn read_records(file: &mut File) -> io::Result<Records> {
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
+/// The records framed in `bytes` from `from` on, sealed with `seed`:
+/// reading stops at the first record that is cut short or fails its CRC (a
+/// write a crash interrupted, or what an earlier use of a recycled file
+/// left), and what follows is not trusted.
+pub(crate) fn read_records(bytes: &[u8], from: usize, seed: Option<u64>) -> Records {
     let mut records = Vec::new();
-    let mut at = 0usize;
+    let mut at = from;
     while let Some(header) = bytes.get(at..at + FRAME_LEN) {
         let mut length = [0u8; 4];
         let mut crc = [0u8; 4];
@@ -135,16 +148,16 @@ pub(crate) fn read_records(file: &mut File) -> io::Result<Records> {
         let Some(payload) = bytes.get(at + FRAME_LEN..at + FRAME_LEN + length) else {
             break;
         };
-        if crc32fast::hash(payload) != u32::from_le_bytes(crc) {
+        if record_crc(seed, payload) != u32::from_le_bytes(crc) {
             break;
         }
         records.push((at as u64, payload.to_vec()));
         at += FRAME_LEN + length;
     }
-    Ok(Records {
+    Records {
         records,
         intact: at as u64,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -153,26 +166,38 @@ mod tests {
 
     #[test]
     fn a_torn_or_damaged_tail_ends_the_records() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log");
-        let mut file = open_append(&path).unwrap();
+        let mut bytes = Vec::new();
         for payload in [&b"one"[..], b"two", b"three"] {
-            file.write_all(&frame(payload).unwrap()).unwrap();
+            bytes.extend_from_slice(&frame(payload).unwrap());
         }
-        let full = std::fs::metadata(&path).unwrap().len();
         // Cut the last record short.
-        file.set_len(full - 2).unwrap();
-        let mut file = File::open(&path).unwrap();
-        let read = read_records(&mut file).unwrap();
+        let read = read_records(&bytes[..bytes.len() - 2], 0, None);
         assert_eq!(read.records.len(), 2);
         assert_eq!(read.intact, 2 * FRAME_LEN as u64 + 6);
         // Flip a byte of the second record's payload.
-        let mut bytes = std::fs::read(&path).unwrap();
         bytes[FRAME_LEN + 3 + FRAME_LEN] ^= 1;
-        std::fs::write(&path, bytes).unwrap();
-        let read = read_records(&mut File::open(&path).unwrap()).unwrap();
+        let read = read_records(&bytes, 0, None);
         assert_eq!(read.records, vec![(0, b"one".to_vec())]);
         assert_eq!(read.intact, FRAME_LEN as u64 + 3);
+    }
+
+    #[test]
+    fn a_record_is_valid_only_under_the_seed_it_was_sealed_with() {
+        let mut bytes = vec![0; 5];
+        for payload in [&b"one"[..], b"two"] {
+            let start = bytes.len();
+            bytes.extend_from_slice(&[0; FRAME_LEN]);
+            bytes.extend_from_slice(payload);
+            seal_frame(&mut bytes[start..], Some(7)).unwrap();
+        }
+        let read = read_records(&bytes, 5, Some(7));
+        assert_eq!(
+            read.records,
+            vec![(5, b"one".to_vec()), (5 + 11, b"two".to_vec())]
+        );
+        // What another use of the file left is not taken for records.
+        assert!(read_records(&bytes, 5, Some(8)).records.is_empty());
+        assert!(read_records(&bytes, 5, None).records.is_empty());
     }
 
     #[test]
