@@ -40,6 +40,54 @@ pub trait Connector: Send + Sync + 'static {
     fn authorization(&self) -> Option<AsciiMetadataValue> {
         None
     }
+
+    /// Called after a call over a channel to `address` failed in
+    /// transport: a connector that hands out the same channel again
+    /// makes a new one next time. (Callers still holding the old channel
+    /// keep it until their own calls fail.)
+    fn forget(&self, _address: &str) {}
+}
+
+/// One channel (one HTTP/2 connection) to each peer, shared by every Raft
+/// group of the broker, over the channels `inner` makes.
+///
+/// With a connection per group and peer, each group's AppendEntries went
+/// out and came back as its own writes and reads, and a broker with many
+/// partitions paid the system calls and wake-ups of each: requests of
+/// several groups in flight at once share the connection's writes here.
+pub struct SharedChannels {
+    inner: Arc<dyn Connector>,
+    open: parking_lot::Mutex<HashMap<String, Channel>>,
+}
+
+impl SharedChannels {
+    pub fn new(inner: Arc<dyn Connector>) -> Self {
+        Self {
+            inner,
+            open: parking_lot::Mutex::default(),
+        }
+    }
+}
+
+impl Connector for SharedChannels {
+    fn channel(&self, address: &str) -> Result<Channel, ConnectError> {
+        let mut open = self.open.lock();
+        if let Some(channel) = open.get(address) {
+            return Ok(channel.clone());
+        }
+        let channel = self.inner.channel(address)?;
+        open.insert(address.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    fn authorization(&self) -> Option<AsciiMetadataValue> {
+        self.inner.authorization()
+    }
+
+    fn forget(&self, address: &str) {
+        self.open.lock().remove(address);
+        self.inner.forget(address);
+    }
 }
 
 /// A call to a peer: `message`, a time limit, and the broker's credentials.
@@ -251,6 +299,7 @@ impl<C: EntryFormat> Peer<C> {
             if self.unanswered >= UNANSWERED_BEFORE_RECONNECT {
                 self.unanswered = 0;
                 self.client = None;
+                self.connector.forget(&self.address);
             }
         }
         let result = self.call_now(method, payload, option).await;
@@ -308,6 +357,7 @@ impl<C: EntryFormat> Peer<C> {
                     // Start over with a new connection next time, and let
                     // openraft back off from an unreachable peer.
                     self.client = None;
+                    self.connector.forget(&self.address);
                     return Err(unreachable(status.to_string()));
                 }
                 return Err(RPCError::Network(NetworkError::new(&status)));
@@ -433,5 +483,70 @@ impl LogSource for RemoteLog {
                 })?;
             Ok(answer.into_inner().records)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Counts the channels it makes.
+    #[derive(Default)]
+    struct Counting {
+        made: AtomicUsize,
+    }
+
+    impl Connector for Counting {
+        fn channel(&self, address: &str) -> Result<Channel, ConnectError> {
+            self.made.fetch_add(1, Ordering::Relaxed);
+            Ok(Endpoint::from_shared(format!("http://{address}"))
+                .map_err(|e| ConnectError(e.to_string()))?
+                .connect_lazy())
+        }
+    }
+
+    #[tokio::test]
+    async fn groups_share_one_channel_per_peer_until_a_call_over_it_fails() {
+        let counting = Arc::new(Counting::default());
+        let shared = SharedChannels::new(counting.clone());
+        for _ in 0..3 {
+            shared.channel("127.0.0.1:1").expect("a channel");
+            shared.channel("127.0.0.1:2").expect("a channel");
+        }
+        assert_eq!(counting.made.load(Ordering::Relaxed), 2, "one per peer");
+        shared.forget("127.0.0.1:1");
+        shared.channel("127.0.0.1:1").expect("a channel");
+        shared.channel("127.0.0.1:2").expect("a channel");
+        assert_eq!(
+            counting.made.load(Ordering::Relaxed),
+            3,
+            "a new one for the forgotten peer only"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_peer_whose_call_failed_in_transport_forgets_the_channel() {
+        let counting = Arc::new(Counting::default());
+        let shared: Arc<dyn Connector> = Arc::new(SharedChannels::new(counting.clone()));
+        // Nothing listens on port 1: the call fails as unreachable.
+        let mut network = Network::<crate::types::MetaRaftConfig>::new(shared, "");
+        let mut peer = network
+            .new_client(2, &BrokerNode::new("127.0.0.1:1".to_owned()))
+            .await;
+        let vote = VoteRequest::new(openraft::Vote::new(1, 1), None);
+        let option = RPCOption::new(Duration::from_secs(1));
+        for _ in 0..2 {
+            let answer = peer.vote(vote.clone(), option.clone()).await;
+            assert!(
+                matches!(answer, Err(RPCError::Unreachable(_))),
+                "{answer:?}"
+            );
+        }
+        assert_eq!(
+            counting.made.load(Ordering::Relaxed),
+            2,
+            "each failed call left a new channel to be made"
+        );
     }
 }
