@@ -26,9 +26,10 @@ use serde::de::DeserializeOwned;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use super::gather::{Gathered, Gatherers};
 use super::{append_payload, decode, encode};
 use crate::partition::source::{LogRead, LogSource};
-use crate::types::{BrokerNode, EntryFormat, NodeId};
+use crate::types::{BrokerNode, EntryFormat, LogId, NodeId};
 
 /// Makes the channel to a peer's address.
 pub trait Connector: Send + Sync + 'static {
@@ -46,31 +47,78 @@ pub trait Connector: Send + Sync + 'static {
     /// makes a new one next time. (Callers still holding the old channel
     /// keep it until their own calls fail.)
     fn forget(&self, _address: &str) {}
+
+    /// Sends `payload`, an AppendEntries without entries that carries
+    /// nothing new (a heartbeat), together with other groups' to the same
+    /// peer, when this connector gathers them; hands it back when it does
+    /// not (the caller sends it alone). `timeout` bounds the call.
+    fn gather(
+        &self,
+        _address: &str,
+        payload: RaftPayload,
+        _timeout: Duration,
+    ) -> Result<Gathered, RaftPayload> {
+        Err(payload)
+    }
 }
 
-/// One channel (one HTTP/2 connection) to each peer, shared by every Raft
-/// group of the broker, over the channels `inner` makes.
+/// What a broker's Raft groups share to reach their peers: one channel
+/// (one HTTP/2 connection) to each peer, over the channels `inner` makes,
+/// and one task per peer that sends the groups' heartbeats together.
 ///
 /// With a connection per group and peer, each group's AppendEntries went
 /// out and came back as its own writes and reads, and a broker with many
-/// partitions paid the system calls and wake-ups of each: requests of
-/// several groups in flight at once share the connection's writes here.
+/// partitions paid the system calls, wake-ups and keep-alive pings of each.
 pub struct SharedChannels {
-    inner: Arc<dyn Connector>,
-    open: parking_lot::Mutex<HashMap<String, Channel>>,
+    channels: Arc<ChannelCache>,
+    gatherers: Gatherers,
 }
 
 impl SharedChannels {
     pub fn new(inner: Arc<dyn Connector>) -> Self {
         Self {
-            inner,
-            open: parking_lot::Mutex::default(),
+            channels: Arc::new(ChannelCache {
+                inner,
+                open: parking_lot::Mutex::default(),
+            }),
+            gatherers: Gatherers::default(),
         }
     }
 }
 
 impl Connector for SharedChannels {
     fn channel(&self, address: &str) -> Result<Channel, ConnectError> {
+        self.channels.channel(address)
+    }
+
+    fn authorization(&self) -> Option<AsciiMetadataValue> {
+        self.channels.inner.authorization()
+    }
+
+    fn forget(&self, address: &str) {
+        self.channels.forget(address);
+    }
+
+    fn gather(
+        &self,
+        address: &str,
+        payload: RaftPayload,
+        timeout: Duration,
+    ) -> Result<Gathered, RaftPayload> {
+        Ok(self
+            .gatherers
+            .call(&self.channels, address, payload, timeout))
+    }
+}
+
+/// The one channel to each peer.
+pub(crate) struct ChannelCache {
+    inner: Arc<dyn Connector>,
+    open: parking_lot::Mutex<HashMap<String, Channel>>,
+}
+
+impl ChannelCache {
+    pub(crate) fn channel(&self, address: &str) -> Result<Channel, ConnectError> {
         let mut open = self.open.lock();
         if let Some(channel) = open.get(address) {
             return Ok(channel.clone());
@@ -80,13 +128,14 @@ impl Connector for SharedChannels {
         Ok(channel)
     }
 
-    fn authorization(&self) -> Option<AsciiMetadataValue> {
-        self.inner.authorization()
-    }
-
     fn forget(&self, address: &str) {
         self.open.lock().remove(address);
         self.inner.forget(address);
+    }
+
+    /// The connector the channels come from (and calls' credentials).
+    pub(crate) fn connector(&self) -> &dyn Connector {
+        &*self.inner
     }
 }
 
@@ -226,6 +275,7 @@ impl<C: EntryFormat> RaftNetworkFactory<C> for Network<C> {
             group: self.group.clone(),
             connector: self.connector.clone(),
             client: None,
+            last_commit_sent: None,
             calling: false,
             unanswered: 0,
             format: PhantomData,
@@ -243,6 +293,11 @@ pub struct Peer<C> {
     /// transport: a connection whose peer restarted can stay open on our
     /// side and swallow every request until it times out.
     client: Option<RaftServiceClient<Channel>>,
+    /// The `leader_commit` of the last AppendEntries sent: one without
+    /// entries that carries the same is a heartbeat, which the connector
+    /// may send together with other groups'. (One that moves it goes at
+    /// once: the followers apply what it says is committed.)
+    last_commit_sent: Option<LogId>,
     /// A call is under way; still set when the next call starts if
     /// openraft dropped it at its time limit.
     calling: bool,
@@ -325,27 +380,36 @@ impl<C: EntryFormat> Peer<C> {
                 reason,
             }))
         };
-        if self.client.is_none() {
-            match self.connector.channel(&self.address) {
-                Ok(channel) => self.client = Some(crate::network::raft_client(channel)),
-                Err(e) => return Err(unreachable(format!("the address is not usable: {e}"))),
-            }
-        }
-        let Some(client) = self.client.as_mut() else {
-            return Err(unreachable("no channel".to_owned()));
+        let timeout = option.hard_ttl() + TRANSPORT_TIMEOUT_MARGIN;
+        let payload = match method {
+            Method::Heartbeat => self.connector.gather(&self.address, payload, timeout),
+            _ => Err(payload),
         };
-        let call = peer_request(
-            &*self.connector,
-            payload,
-            option.hard_ttl() + TRANSPORT_TIMEOUT_MARGIN,
-        );
-        let answer = match method {
-            Method::AppendEntries => client.append_entries(call).await,
-            Method::Vote => client.vote(call).await,
-            Method::InstallSnapshot => client.install_snapshot(call).await,
+        let answer = match payload {
+            Ok(gathered) => gathered.await,
+            Err(payload) => {
+                if self.client.is_none() {
+                    match self.connector.channel(&self.address) {
+                        Ok(channel) => self.client = Some(crate::network::raft_client(channel)),
+                        Err(e) => {
+                            return Err(unreachable(format!("the address is not usable: {e}")));
+                        }
+                    }
+                }
+                let Some(client) = self.client.as_mut() else {
+                    return Err(unreachable("no channel".to_owned()));
+                };
+                let call = peer_request(&*self.connector, payload, timeout);
+                match method {
+                    Method::AppendEntries | Method::Heartbeat => client.append_entries(call).await,
+                    Method::Vote => client.vote(call).await,
+                    Method::InstallSnapshot => client.install_snapshot(call).await,
+                }
+                .map(tonic::Response::into_inner)
+            }
         };
         let payload = match answer {
-            Ok(answer) => answer.into_inner(),
+            Ok(answer) => answer,
             Err(status) => {
                 if matches!(
                     status.code(),
@@ -372,6 +436,8 @@ impl<C: EntryFormat> Peer<C> {
 #[derive(Debug, Clone, Copy)]
 enum Method {
     AppendEntries,
+    /// An AppendEntries without entries that carries nothing new.
+    Heartbeat,
     Vote,
     InstallSnapshot,
 }
@@ -392,7 +458,14 @@ impl<C: EntryFormat> RaftNetwork<C> for Peer<C> {
     {
         let payload = append_payload(&self.group, &request)
             .map_err(|e| RPCError::Network(NetworkError::new(&EncodeError(e))))?;
-        self.call(Method::AppendEntries, payload, &option).await
+        let commit = request.leader_commit;
+        let method = if request.entries.is_empty() && self.last_commit_sent == commit {
+            Method::Heartbeat
+        } else {
+            Method::AppendEntries
+        };
+        self.last_commit_sent = commit;
+        self.call(method, payload, &option).await
     }
 
     async fn install_snapshot(
