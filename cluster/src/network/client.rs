@@ -48,6 +48,12 @@ pub trait Connector: Send + Sync + 'static {
     /// keep it until their own calls fail.)
     fn forget(&self, _address: &str) {}
 
+    /// Whether `channel` hands out the same channel to an address until it
+    /// is forgotten (rather than a new one each time).
+    fn shares_channels(&self) -> bool {
+        false
+    }
+
     /// Sends `payload`, an AppendEntries without entries that carries
     /// nothing new (a heartbeat), together with other groups' to the same
     /// peer, when this connector gathers them; hands it back when it does
@@ -97,6 +103,10 @@ impl Connector for SharedChannels {
 
     fn forget(&self, address: &str) {
         self.channels.forget(address);
+    }
+
+    fn shares_channels(&self) -> bool {
+        true
     }
 
     fn gather(
@@ -291,7 +301,8 @@ pub struct Peer<C> {
     connector: Arc<dyn Connector>,
     /// Made at the first call, and again after a call that failed in
     /// transport: a connection whose peer restarted can stay open on our
-    /// side and swallow every request until it times out.
+    /// side and swallow every request until it times out. (Taken again at
+    /// every call from a connector that shares its channels.)
     client: Option<RaftServiceClient<Channel>>,
     /// The `leader_commit` of the last AppendEntries sent: one without
     /// entries that carries the same is a heartbeat, which the connector
@@ -388,7 +399,10 @@ impl<C: EntryFormat> Peer<C> {
         let answer = match payload {
             Ok(gathered) => gathered.await,
             Err(payload) => {
-                if self.client.is_none() {
+                // A connector that shares its channels is asked for the
+                // current one at every call, so that once a failed one is
+                // forgotten every group moves to the next at once.
+                if self.client.is_none() || self.connector.shares_channels() {
                     match self.connector.channel(&self.address) {
                         Ok(channel) => self.client = Some(crate::network::raft_client(channel)),
                         Err(e) => {
@@ -459,7 +473,13 @@ impl<C: EntryFormat> RaftNetwork<C> for Peer<C> {
         let payload = append_payload(&self.group, &request)
             .map_err(|e| RPCError::Network(NetworkError::new(&EncodeError(e))))?;
         let commit = request.leader_commit;
-        let method = if request.entries.is_empty() && self.last_commit_sent == commit {
+        // The metadata group's heartbeats go alone: openraft times them,
+        // not the partitions' clock, and none of the partitions' answers
+        // should hold them up.
+        let method = if request.entries.is_empty()
+            && self.last_commit_sent == commit
+            && !self.group.is_empty()
+        {
             Method::Heartbeat
         } else {
             Method::AppendEntries
