@@ -11,7 +11,6 @@ use bytes::Bytes;
 
 mod cut_off;
 mod groups;
-mod heartbeats;
 mod membership;
 mod producing;
 mod reads;
