@@ -25,7 +25,7 @@ use crate::http::{HttpLimits, Phase, ServerStatus};
 use crate::replicas::Replicas;
 use crate::still_failing::StillFailing;
 use crate::tls::ServerTls;
-use brook_cluster::network::client::{Connector, PeerTls, RemoteLog, TcpConnector};
+use brook_cluster::network::client::{Connector, PeerTls, RemoteLog, SharedChannels, TcpConnector};
 use brook_cluster::{BrokerNode, MetaCommand, MetaNode, MetaNodeConfig, MetaResponse};
 use brook_engine::AuthorizerMode;
 use brook_engine::ClusterConfig;
@@ -406,10 +406,14 @@ async fn join_cluster(
     peers: Option<Arc<dyn Connector>>,
 ) -> Result<(MetaNode, Arc<Replicas>), ServeError> {
     let config = broker.config();
-    let connector = match peers {
+    let connector: Arc<dyn Connector> = match peers {
         Some(peers) => peers,
         None => Arc::new(peer_connector(config, cluster).map_err(ServeError::Config)?),
     };
+    // Catch-up reads (4 MiB each) keep connections of their own, so that
+    // they never hold up the groups' heartbeats.
+    let catch_up = Arc::new(RemoteLog::new(connector.clone()));
+    let connector: Arc<dyn Connector> = Arc::new(SharedChannels::new(connector));
     let meta = MetaNode::start(
         &MetaNodeConfig::new(
             cluster.node_id,
@@ -455,7 +459,7 @@ async fn join_cluster(
         meta.clone(),
         broker.clone(),
         connector.clone(),
-        Arc::new(RemoteLog::new(connector)),
+        catch_up,
         incarnation,
     );
     let stop = stop.clone();

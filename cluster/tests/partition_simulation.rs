@@ -27,11 +27,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
-use brook_cluster::network::client::RemoteLog;
+use brook_cluster::network::client::{RemoteLog, SharedChannels};
 use brook_cluster::network::service::RaftServer;
 use brook_cluster::partition::ElectionTimeouts;
 use brook_cluster::partition::{
-    AppliedBatch, PartitionGroups, PartitionReplica, PartitionReplicaConfig, ProduceCommand,
+    AppliedBatch, HeartbeatClock, PartitionGroups, PartitionReplica, PartitionReplicaConfig,
+    ProduceCommand,
 };
 use brook_cluster::{BrokerNode, ClusterError, NodeId};
 use brook_record::{BatchBuilder, BatchHeader, BatchOptions, NewRecord};
@@ -159,10 +160,12 @@ async fn start_replica(
         stagger: Duration::ZERO,
         rank: 0,
     };
+    // As in a broker: heartbeats on one clock, gathered per peer.
+    config.heartbeat_clock = Some(HeartbeatClock::start(config.heartbeat_interval));
     Ok(PartitionReplica::start(
         &config,
         Arc::new(log),
-        Arc::new(SimConnector),
+        Arc::new(SharedChannels::new(Arc::new(SimConnector))),
         Arc::new(RemoteLog::new(Arc::new(SimConnector))),
     )
     .await?)

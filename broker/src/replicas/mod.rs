@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use brook_cluster::network::client::Connector;
-use brook_cluster::partition::LogSource;
+use brook_cluster::partition::{HEARTBEAT_INTERVAL, HeartbeatClock, LogSource};
 use brook_cluster::{ClusterError, ClusterState, MetaCommand, MetaNode, MetaResponse, NodeId};
 use brook_engine::{AdminError, Broker, Invalid, NotFound, QuotaError, TopicInfo, TopicOverrides};
 use parking_lot::Mutex;
@@ -108,6 +108,9 @@ pub struct Replicas {
     /// The partition groups this broker is moving to other replicas now
     /// (`moves.rs`), by group name.
     moving: Arc<Mutex<HashSet<String>>>,
+    /// The one clock of the heartbeats of the partitions this broker
+    /// leads.
+    heartbeats: HeartbeatClock,
 }
 
 impl std::fmt::Debug for Replicas {
@@ -155,6 +158,7 @@ impl Replicas {
             catch_up: Mutex::default(),
             coordinating: tokio::sync::watch::Sender::new(groups::Held::new()),
             moving: Arc::default(),
+            heartbeats: HeartbeatClock::start(HEARTBEAT_INTERVAL),
         })
     }
 

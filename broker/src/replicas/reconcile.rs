@@ -167,6 +167,7 @@ impl Replicas {
         let mut config =
             PartitionReplicaConfig::new(self.meta.id(), &group, self.partition_dir(topic, index));
         config.watermark = Some(partition.watermark_sender());
+        config.heartbeat_clock = Some(self.heartbeats.clone());
         // The preferred leader (first in the list) stands for election
         // first, the others each a window later.
         config.election.rank = ranked

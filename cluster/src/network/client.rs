@@ -26,9 +26,10 @@ use serde::de::DeserializeOwned;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use super::gather::{Gathered, Gatherers};
 use super::{append_payload, decode, encode};
 use crate::partition::source::{LogRead, LogSource};
-use crate::types::{BrokerNode, EntryFormat, NodeId};
+use crate::types::{BrokerNode, EntryFormat, LogId, NodeId};
 
 /// Makes the channel to a peer's address.
 pub trait Connector: Send + Sync + 'static {
@@ -39,6 +40,167 @@ pub trait Connector: Send + Sync + 'static {
     /// the brokers authenticate each other with a token.
     fn authorization(&self) -> Option<AsciiMetadataValue> {
         None
+    }
+
+    /// Called after a call over a channel to `address` failed in
+    /// transport: a connector that hands out the same channel again
+    /// makes a new one next time. (Callers still holding the old channel
+    /// keep it until their own calls fail.)
+    fn forget(&self, _address: &str) {}
+
+    /// Whether `channel` hands out the same channel to an address until it
+    /// is forgotten (rather than a new one each time).
+    fn shares_channels(&self) -> bool {
+        false
+    }
+
+    /// Called, by a connector that shares its channels, when a call to
+    /// `address` was given up unanswered at openraft's time limit.
+    fn unanswered(&self, _address: &str) {}
+
+    /// Called, by a connector that shares its channels, when a call to
+    /// `address` ended otherwise (answered, or failed in transport).
+    fn answered(&self, _address: &str) {}
+
+    /// Sends `payload`, an AppendEntries without entries that carries
+    /// nothing new (a heartbeat), together with other groups' to the same
+    /// peer, when this connector gathers them; hands it back when it does
+    /// not (the caller sends it alone). `timeout` bounds the call.
+    fn gather(
+        &self,
+        _address: &str,
+        payload: RaftPayload,
+        _timeout: Duration,
+    ) -> Result<Gathered, RaftPayload> {
+        Err(payload)
+    }
+}
+
+/// What a broker's Raft groups share to reach their peers: one channel
+/// (one HTTP/2 connection) to each peer, over the channels `inner` makes,
+/// and one task per peer that sends the groups' heartbeats together.
+///
+/// With a connection per group and peer, each group's AppendEntries went
+/// out and came back as its own writes and reads, and a broker with many
+/// partitions paid the system calls, wake-ups and keep-alive pings of each.
+pub struct SharedChannels {
+    channels: Arc<ChannelCache>,
+    gatherers: Gatherers,
+}
+
+impl SharedChannels {
+    pub fn new(inner: Arc<dyn Connector>) -> Self {
+        Self {
+            channels: Arc::new(ChannelCache {
+                inner,
+                open: parking_lot::Mutex::default(),
+            }),
+            gatherers: Gatherers::default(),
+        }
+    }
+}
+
+impl Connector for SharedChannels {
+    fn channel(&self, address: &str) -> Result<Channel, ConnectError> {
+        self.channels.channel(address)
+    }
+
+    fn authorization(&self) -> Option<AsciiMetadataValue> {
+        self.channels.inner.authorization()
+    }
+
+    fn forget(&self, address: &str) {
+        self.channels.forget(address);
+    }
+
+    fn shares_channels(&self) -> bool {
+        true
+    }
+
+    fn unanswered(&self, address: &str) {
+        self.channels.unanswered(address);
+    }
+
+    fn answered(&self, address: &str) {
+        self.channels.answered(address);
+    }
+
+    fn gather(
+        &self,
+        address: &str,
+        payload: RaftPayload,
+        timeout: Duration,
+    ) -> Result<Gathered, RaftPayload> {
+        Ok(self
+            .gatherers
+            .call(&self.channels, address, payload, timeout))
+    }
+}
+
+/// The one channel to each peer.
+pub(crate) struct ChannelCache {
+    inner: Arc<dyn Connector>,
+    open: parking_lot::Mutex<HashMap<String, OpenChannel>>,
+}
+
+struct OpenChannel {
+    channel: Channel,
+    /// Calls over it in a row, by any group, given up unanswered.
+    unanswered: u32,
+}
+
+impl ChannelCache {
+    pub(crate) fn channel(&self, address: &str) -> Result<Channel, ConnectError> {
+        let mut open = self.open.lock();
+        if let Some(open) = open.get(address) {
+            return Ok(open.channel.clone());
+        }
+        let channel = self.inner.channel(address)?;
+        open.insert(
+            address.to_owned(),
+            OpenChannel {
+                channel: channel.clone(),
+                unanswered: 0,
+            },
+        );
+        Ok(channel)
+    }
+
+    fn forget(&self, address: &str) {
+        self.open.lock().remove(address);
+        self.inner.forget(address);
+    }
+
+    /// Counts a call given up unanswered, and forgets the channel after
+    /// `UNANSWERED_BEFORE_RECONNECT` in a row: counted per peer, not per
+    /// group, because openraft makes a new client for every round of votes,
+    /// and a group without a leader sends nothing else. A connection whose
+    /// peer went away without closing it swallowed every vote, and the group
+    /// stayed without a leader for good.
+    fn unanswered(&self, address: &str) {
+        let stuck = {
+            let mut open = self.open.lock();
+            let Some(channel) = open.get_mut(address) else {
+                return;
+            };
+            channel.unanswered += 1;
+            channel.unanswered >= UNANSWERED_BEFORE_RECONNECT
+        };
+        if stuck {
+            tracing::debug!(peer = %address, "calls in a row went unanswered: connecting again");
+            self.forget(address);
+        }
+    }
+
+    fn answered(&self, address: &str) {
+        if let Some(channel) = self.open.lock().get_mut(address) {
+            channel.unanswered = 0;
+        }
+    }
+
+    /// The connector the channels come from (and calls' credentials).
+    pub(crate) fn connector(&self) -> &dyn Connector {
+        &*self.inner
     }
 }
 
@@ -174,10 +336,11 @@ impl<C: EntryFormat> RaftNetworkFactory<C> for Network<C> {
     async fn new_client(&mut self, target: NodeId, node: &BrokerNode) -> Peer<C> {
         Peer {
             target,
-            address: node.address.clone(),
+            address: node.address.as_str().into(),
             group: self.group.clone(),
             connector: self.connector.clone(),
             client: None,
+            last_commit_sent: None,
             calling: false,
             unanswered: 0,
             format: PhantomData,
@@ -188,15 +351,23 @@ impl<C: EntryFormat> RaftNetworkFactory<C> for Network<C> {
 /// The channel to one peer, for one group.
 pub struct Peer<C> {
     target: NodeId,
-    address: String,
+    address: Arc<str>,
     group: String,
     connector: Arc<dyn Connector>,
     /// Made at the first call, and again after a call that failed in
     /// transport: a connection whose peer restarted can stay open on our
-    /// side and swallow every request until it times out.
+    /// side and swallow every request until it times out. (Taken again at
+    /// every call from a connector that shares its channels.)
     client: Option<RaftServiceClient<Channel>>,
+    /// The `leader_commit` of the last AppendEntries sent: one without
+    /// entries that carries the same is a heartbeat, which the connector
+    /// may send together with other groups'. (One that moves it goes at
+    /// once: the followers apply what it says is committed.)
+    last_commit_sent: Option<LogId>,
     /// A call is under way; still set when the next call starts if
-    /// openraft dropped it at its time limit.
+    /// openraft dropped it at its time limit. (A connector that shares
+    /// its channels counts such calls per peer instead, across groups and
+    /// clients.)
     calling: bool,
     /// Calls in a row that openraft dropped at their time limit.
     unanswered: u32,
@@ -215,6 +386,24 @@ const UNANSWERED_BEFORE_RECONNECT: u32 = 3;
 /// it sends again at once), not the transport's, whose error reads as an
 /// unreachable peer that openraft backs off from.
 const TRANSPORT_TIMEOUT_MARGIN: Duration = Duration::from_millis(100);
+
+/// Tells a connector that shares its channels how a call ended: dropped
+/// before it ended, it was given up at openraft's time limit.
+struct CallWatch {
+    connector: Arc<dyn Connector>,
+    address: Arc<str>,
+    ended: bool,
+}
+
+impl Drop for CallWatch {
+    fn drop(&mut self) {
+        if self.ended {
+            self.connector.answered(&self.address);
+        } else {
+            self.connector.unanswered(&self.address);
+        }
+    }
+}
 
 /// Why a peer could not be used, for openraft's `Unreachable`.
 #[derive(Debug, thiserror::Error)]
@@ -246,11 +435,22 @@ impl<C: EntryFormat> Peer<C> {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        if self.connector.shares_channels() {
+            let mut watch = CallWatch {
+                connector: self.connector.clone(),
+                address: self.address.clone(),
+                ended: false,
+            };
+            let result = self.call_now(method, payload, option).await;
+            watch.ended = true;
+            return result;
+        }
         if std::mem::replace(&mut self.calling, true) {
             self.unanswered += 1;
             if self.unanswered >= UNANSWERED_BEFORE_RECONNECT {
                 self.unanswered = 0;
                 self.client = None;
+                self.connector.forget(&self.address);
             }
         }
         let result = self.call_now(method, payload, option).await;
@@ -272,31 +472,43 @@ impl<C: EntryFormat> Peer<C> {
         let unreachable = |reason: String| {
             RPCError::Unreachable(Unreachable::new(&PeerError {
                 node: self.target,
-                address: self.address.clone(),
+                address: self.address.to_string(),
                 reason,
             }))
         };
-        if self.client.is_none() {
-            match self.connector.channel(&self.address) {
-                Ok(channel) => self.client = Some(crate::network::raft_client(channel)),
-                Err(e) => return Err(unreachable(format!("the address is not usable: {e}"))),
-            }
-        }
-        let Some(client) = self.client.as_mut() else {
-            return Err(unreachable("no channel".to_owned()));
+        let timeout = option.hard_ttl() + TRANSPORT_TIMEOUT_MARGIN;
+        let payload = match method {
+            Method::Heartbeat => self.connector.gather(&self.address, payload, timeout),
+            _ => Err(payload),
         };
-        let call = peer_request(
-            &*self.connector,
-            payload,
-            option.hard_ttl() + TRANSPORT_TIMEOUT_MARGIN,
-        );
-        let answer = match method {
-            Method::AppendEntries => client.append_entries(call).await,
-            Method::Vote => client.vote(call).await,
-            Method::InstallSnapshot => client.install_snapshot(call).await,
+        let answer = match payload {
+            Ok(gathered) => gathered.await,
+            Err(payload) => {
+                // A connector that shares its channels is asked for the
+                // current one at every call, so that once a failed one is
+                // forgotten every group moves to the next at once.
+                if self.client.is_none() || self.connector.shares_channels() {
+                    match self.connector.channel(&self.address) {
+                        Ok(channel) => self.client = Some(crate::network::raft_client(channel)),
+                        Err(e) => {
+                            return Err(unreachable(format!("the address is not usable: {e}")));
+                        }
+                    }
+                }
+                let Some(client) = self.client.as_mut() else {
+                    return Err(unreachable("no channel".to_owned()));
+                };
+                let call = peer_request(&*self.connector, payload, timeout);
+                match method {
+                    Method::AppendEntries | Method::Heartbeat => client.append_entries(call).await,
+                    Method::Vote => client.vote(call).await,
+                    Method::InstallSnapshot => client.install_snapshot(call).await,
+                }
+                .map(tonic::Response::into_inner)
+            }
         };
         let payload = match answer {
-            Ok(answer) => answer.into_inner(),
+            Ok(answer) => answer,
             Err(status) => {
                 if matches!(
                     status.code(),
@@ -308,6 +520,7 @@ impl<C: EntryFormat> Peer<C> {
                     // Start over with a new connection next time, and let
                     // openraft back off from an unreachable peer.
                     self.client = None;
+                    self.connector.forget(&self.address);
                     return Err(unreachable(status.to_string()));
                 }
                 return Err(RPCError::Network(NetworkError::new(&status)));
@@ -322,6 +535,8 @@ impl<C: EntryFormat> Peer<C> {
 #[derive(Debug, Clone, Copy)]
 enum Method {
     AppendEntries,
+    /// An AppendEntries without entries that carries nothing new.
+    Heartbeat,
     Vote,
     InstallSnapshot,
 }
@@ -342,7 +557,20 @@ impl<C: EntryFormat> RaftNetwork<C> for Peer<C> {
     {
         let payload = append_payload(&self.group, &request)
             .map_err(|e| RPCError::Network(NetworkError::new(&EncodeError(e))))?;
-        self.call(Method::AppendEntries, payload, &option).await
+        let commit = request.leader_commit;
+        // The metadata group's heartbeats go alone: openraft times them,
+        // not the partitions' clock, and none of the partitions' answers
+        // should hold them up.
+        let method = if request.entries.is_empty()
+            && self.last_commit_sent == commit
+            && !self.group.is_empty()
+        {
+            Method::Heartbeat
+        } else {
+            Method::AppendEntries
+        };
+        self.last_commit_sent = commit;
+        self.call(method, payload, &option).await
     }
 
     async fn install_snapshot(
@@ -433,5 +661,133 @@ impl LogSource for RemoteLog {
                 })?;
             Ok(answer.into_inner().records)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Counts the channels it makes.
+    #[derive(Default)]
+    struct Counting {
+        made: AtomicUsize,
+    }
+
+    impl Connector for Counting {
+        fn channel(&self, address: &str) -> Result<Channel, ConnectError> {
+            self.made.fetch_add(1, Ordering::Relaxed);
+            Ok(Endpoint::from_shared(format!("http://{address}"))
+                .map_err(|e| ConnectError(e.to_string()))?
+                .connect_lazy())
+        }
+    }
+
+    #[tokio::test]
+    async fn groups_share_one_channel_per_peer_until_a_call_over_it_fails() {
+        let counting = Arc::new(Counting::default());
+        let shared = SharedChannels::new(counting.clone());
+        for _ in 0..3 {
+            shared.channel("127.0.0.1:1").expect("a channel");
+            shared.channel("127.0.0.1:2").expect("a channel");
+        }
+        assert_eq!(counting.made.load(Ordering::Relaxed), 2, "one per peer");
+        shared.forget("127.0.0.1:1");
+        shared.channel("127.0.0.1:1").expect("a channel");
+        shared.channel("127.0.0.1:2").expect("a channel");
+        assert_eq!(
+            counting.made.load(Ordering::Relaxed),
+            3,
+            "a new one for the forgotten peer only"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_peer_whose_call_failed_in_transport_forgets_the_channel() {
+        let counting = Arc::new(Counting::default());
+        let shared: Arc<dyn Connector> = Arc::new(SharedChannels::new(counting.clone()));
+        // Nothing listens on port 1: the call fails as unreachable.
+        let mut network = Network::<crate::types::MetaRaftConfig>::new(shared, "");
+        let mut peer = network
+            .new_client(2, &BrokerNode::new("127.0.0.1:1".to_owned()))
+            .await;
+        let vote = VoteRequest::new(openraft::Vote::new(1, 1), None);
+        let option = RPCOption::new(Duration::from_secs(1));
+        for _ in 0..2 {
+            let answer = peer.vote(vote.clone(), option.clone()).await;
+            assert!(
+                matches!(answer, Err(RPCError::Unreachable(_))),
+                "{answer:?}"
+            );
+        }
+        assert_eq!(
+            counting.made.load(Ordering::Relaxed),
+            2,
+            "each failed call left a new channel to be made"
+        );
+    }
+
+    #[tokio::test]
+    async fn votes_given_up_unanswered_by_fresh_clients_forget_the_channel() {
+        // A peer that accepts connections and never answers: a connection
+        // whose other end is gone without closing it looks the same.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a listener");
+        let address = silent.local_addr().expect("its address").to_string();
+        let held = tokio::spawn(async move {
+            let mut connections = Vec::new();
+            while let Ok((connection, _)) = silent.accept().await {
+                connections.push(connection);
+            }
+        });
+        let counting = Arc::new(Counting::default());
+        let shared: Arc<dyn Connector> = Arc::new(SharedChannels::new(counting.clone()));
+        let mut network = Network::<crate::types::MetaRaftConfig>::new(shared.clone(), "");
+        let vote = VoteRequest::new(openraft::Vote::new(1, 1), None);
+        let option = RPCOption::new(Duration::from_secs(1));
+        // openraft makes a new client for every round of votes and drops
+        // the call at its time limit.
+        for _ in 0..UNANSWERED_BEFORE_RECONNECT {
+            let mut peer = network
+                .new_client(2, &BrokerNode::new(address.clone()))
+                .await;
+            let call = peer.vote(vote.clone(), option.clone());
+            assert!(
+                tokio::time::timeout(Duration::from_millis(50), call)
+                    .await
+                    .is_err(),
+                "the silent peer answered"
+            );
+        }
+        shared.channel(&address).expect("a channel");
+        held.abort();
+        assert_eq!(
+            counting.made.load(Ordering::Relaxed),
+            2,
+            "the channel that swallowed the votes was replaced"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_answer_between_unanswered_calls_keeps_the_channel() {
+        let counting = Arc::new(Counting::default());
+        let shared = SharedChannels::new(counting.clone());
+        let address = "127.0.0.1:1";
+        shared.channel(address).expect("a channel");
+        for _ in 0..3 {
+            for _ in 1..UNANSWERED_BEFORE_RECONNECT {
+                shared.unanswered(address);
+            }
+            shared.answered(address);
+        }
+        shared.channel(address).expect("a channel");
+        assert_eq!(counting.made.load(Ordering::Relaxed), 1);
+        for _ in 0..UNANSWERED_BEFORE_RECONNECT {
+            shared.unanswered(address);
+        }
+        shared.channel(address).expect("a channel");
+        assert_eq!(counting.made.load(Ordering::Relaxed), 2);
     }
 }

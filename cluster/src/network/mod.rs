@@ -2,9 +2,11 @@
 //! (`brook.cluster.v1.RaftService`): [`client`] sends openraft's requests
 //! to a peer, [`service`] answers them. Both carry openraft's types as
 //! JSON, except AppendEntries' entries, which travel in their group's entry
-//! format (a partition's batches as they are).
+//! format (a partition's batches as they are). [`gather`] sends the
+//! heartbeats of a broker's groups to a peer together.
 
 pub mod client;
+mod gather;
 pub mod service;
 
 use brook_proto::cluster::RaftPayload;

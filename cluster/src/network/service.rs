@@ -5,8 +5,8 @@ use brook_proto::cluster::raft_service_server::{RaftService, RaftServiceServer};
 use std::sync::Arc;
 
 use brook_proto::cluster::{
-    CoordinationRequest, CoordinationResponse, PingRequest, PingResponse, RaftPayload,
-    ReadLogRequest, ReadLogResponse,
+    CoordinationRequest, CoordinationResponse, PingRequest, PingResponse, RaftAnswer, RaftAnswers,
+    RaftPayload, RaftPayloads, ReadLogRequest, ReadLogResponse,
 };
 use serde::Serialize;
 use tonic::{Request, Response, Status};
@@ -84,6 +84,20 @@ impl RaftServer {
             })
     }
 
+    /// One AppendEntries, to the group it names.
+    async fn append_one(&self, payload: RaftPayload) -> Result<Response<RaftPayload>, Status> {
+        match self.group(&payload.group)? {
+            Group::Meta(raft) => {
+                let request = append_request(&payload).map_err(|e| not_a_request(&e))?;
+                answer_raft(&raft.append_entries(request).await)
+            }
+            Group::Partition(raft) => {
+                let request = append_request(&payload).map_err(|e| not_a_request(&e))?;
+                answer_raft(&raft.append_entries(request).await)
+            }
+        }
+    }
+
     fn meta(&self) -> Result<&MetaRaft, Status> {
         self.meta
             .as_ref()
@@ -129,17 +143,34 @@ impl RaftService for RaftServer {
         &self,
         call: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let payload = call.into_inner();
-        match self.group(&payload.group)? {
-            Group::Meta(raft) => {
-                let request = append_request(&payload).map_err(|e| not_a_request(&e))?;
-                answer_raft(&raft.append_entries(request).await)
-            }
-            Group::Partition(raft) => {
-                let request = append_request(&payload).map_err(|e| not_a_request(&e))?;
-                answer_raft(&raft.append_entries(request).await)
-            }
-        }
+        self.append_one(call.into_inner()).await
+    }
+
+    async fn append_entries_batch(
+        &self,
+        call: Request<RaftPayloads>,
+    ) -> Result<Response<RaftAnswers>, Status> {
+        let payloads = call.into_inner().payloads;
+        // At once: the groups are independent, and each waits on its own
+        // Raft.
+        let answers =
+            futures::future::join_all(payloads.into_iter().map(|payload| self.append_one(payload)))
+                .await
+                .into_iter()
+                .map(|answered| match answered {
+                    Ok(payload) => RaftAnswer {
+                        code: 0,
+                        message: String::new(),
+                        payload: Some(payload.into_inner()),
+                    },
+                    Err(status) => RaftAnswer {
+                        code: status.code() as i32,
+                        message: status.message().to_owned(),
+                        payload: None,
+                    },
+                })
+                .collect();
+        Ok(Response::new(RaftAnswers { answers }))
     }
 
     async fn vote(&self, call: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {

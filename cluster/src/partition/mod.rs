@@ -13,9 +13,12 @@
 //! - [`source`]: reading missing records from another replica.
 //! - [`replica`]: a broker's replica of one partition.
 //! - [`proposer`]: concurrent produces grouped into few entries.
+//! - `heartbeats`: one clock for the heartbeats of the groups a broker
+//!   leads, so that they leave together ([`HeartbeatClock`]).
 //! - `write_back`: the segments synced a little at a time as batches are
 //!   applied, so that a snapshot's sync finds little left to write.
 
+mod heartbeats;
 pub mod proposer;
 pub mod replica;
 pub mod source;
@@ -23,9 +26,11 @@ pub mod state_machine;
 pub mod types;
 mod write_back;
 
+pub use heartbeats::HeartbeatClock;
 pub use proposer::Proposer;
 pub use replica::{
-    ElectionTimeouts, PartitionGroups, PartitionReplica, PartitionReplicaConfig, ReplicaStatus,
+    ElectionTimeouts, HEARTBEAT_INTERVAL, PartitionGroups, PartitionReplica,
+    PartitionReplicaConfig, ReplicaStatus,
 };
 pub use source::LogSource;
 pub use state_machine::PartitionStateMachine;

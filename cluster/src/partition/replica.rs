@@ -9,6 +9,7 @@ use std::time::Duration;
 use brook_storage::PartitionLog;
 use parking_lot::RwLock;
 
+use super::heartbeats::HeartbeatClock;
 use super::source::LogSource;
 use super::state_machine::PartitionStateMachine;
 use super::types::{PartitionRaft, PartitionRaftConfig, ProduceApplied, ProduceCommand};
@@ -17,6 +18,9 @@ use crate::node::{ClusterError, initialize_result, raft_config, write_failed};
 use crate::quorum_silence::QuorumSilence;
 use crate::store::LogStore;
 use crate::types::{BrokerNode, NodeId};
+
+/// How often a partition group's leader sends heartbeats, by default.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How a broker takes part in one partition group.
 #[derive(Debug, Clone)]
@@ -38,6 +42,10 @@ pub struct PartitionReplicaConfig {
     pub kept_behind_snapshot: u64,
     /// Told the partition log's high watermark whenever applying moves it.
     pub watermark: Option<tokio::sync::watch::Sender<i64>>,
+    /// The clock the replica's heartbeats follow while it leads, shared
+    /// by the broker's replicas so that they leave together; `None`:
+    /// openraft times them for this group alone.
+    pub heartbeat_clock: Option<HeartbeatClock>,
 }
 
 /// A replica's role and progress, as its Raft last reported them.
@@ -62,7 +70,7 @@ impl PartitionReplicaConfig {
             // stands 0.75-0.8 s after the leader's last heartbeat. The
             // heartbeat interval is also how long openraft gives an
             // AppendEntries: 50 ms was too short under load.
-            heartbeat_interval: Duration::from_millis(100),
+            heartbeat_interval: HEARTBEAT_INTERVAL,
             election: ElectionTimeouts {
                 first: (Duration::from_millis(250), Duration::from_millis(310)),
                 stagger: Duration::from_millis(100),
@@ -71,6 +79,7 @@ impl PartitionReplicaConfig {
             snapshot_every: 1024,
             kept_behind_snapshot: 4096,
             watermark: None,
+            heartbeat_clock: None,
         }
     }
 }
@@ -109,6 +118,9 @@ pub struct PartitionReplica {
     raft: PartitionRaft,
     state_machine: PartitionStateMachine,
     quorum_silence: Arc<QuorumSilence>,
+    /// The clock that sends this replica's heartbeats, kept running while
+    /// the replica is.
+    _heartbeat_clock: Option<HeartbeatClock>,
 }
 
 impl PartitionReplica {
@@ -147,6 +159,7 @@ impl PartitionReplica {
         let raft_config = openraft::Config {
             cluster_name: format!("brook-partition-{}", config.group),
             enable_elect: !restarted,
+            enable_heartbeat: config.heartbeat_clock.is_none(),
             max_in_snapshot_log_to_keep: config.kept_behind_snapshot,
             max_payload_entries: crate::network::PARTITION_ENTRIES_PER_APPEND,
             ..raft_config(
@@ -166,6 +179,9 @@ impl PartitionReplica {
         )
         .await
         .map_err(|e| ClusterError::Stopped(e.to_string()))?;
+        if let Some(clock) = &config.heartbeat_clock {
+            clock.register(raft.clone());
+        }
         if restarted {
             tokio::spawn(elect_once_caught_up(
                 raft.clone(),
@@ -179,6 +195,7 @@ impl PartitionReplica {
             raft,
             state_machine,
             quorum_silence: Arc::default(),
+            _heartbeat_clock: config.heartbeat_clock.clone(),
         })
     }
 

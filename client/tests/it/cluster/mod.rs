@@ -11,6 +11,7 @@ use bytes::Bytes;
 
 mod cut_off;
 mod groups;
+mod heartbeats;
 mod membership;
 mod producing;
 mod reads;
