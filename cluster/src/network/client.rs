@@ -396,27 +396,40 @@ const TRANSPORT_TIMEOUT_MARGIN: Duration = Duration::from_millis(100);
 /// entries, or at the latest the next heartbeat, which is sent (one notice
 /// in a row is withheld at most).
 ///
-/// The answer given in the follower's place is success, which the follower
-/// gave the last call: a notice carries the follower's acknowledged
-/// position as its `prev_log_id`, so it moves nothing in openraft but the
-/// time of this follower's last acknowledgement, and it follows a
-/// majority's acknowledgement of the entry it commits by no more than the
-/// leader's own fsync. After a call that failed, notices are sent.
+/// The answer given in the follower's place is success, and only to a
+/// notice whose `prev_log_id` the follower confirmed with success to the
+/// call just before (openraft's notices carry the follower's acknowledged
+/// position): it moves nothing in openraft but the time of this follower's
+/// last acknowledgement, and a notice follows a majority's acknowledgement
+/// of the entry it commits by no more than the leader's own fsync. After a
+/// call that failed, or that openraft gave up at its time limit, notices
+/// are sent.
 #[derive(Debug, Default)]
 struct CommitNotices {
     /// The `leader_commit` of the last call sent.
     last_sent: Option<LogId>,
     /// The last AppendEntries was a notice answered here.
     withheld: bool,
-    /// The last call sent was answered with success.
-    last_succeeded: bool,
+    /// What the follower's answer to the last call sent confirmed.
+    confirmed: Confirmed,
+}
+
+#[derive(Debug, Default, PartialEq)]
+enum Confirmed {
+    /// That call is under way, failed, or was given up unanswered.
+    #[default]
+    Nothing,
+    /// It was answered with success: the follower holds the log up to
+    /// this id (`None`: an empty log).
+    UpTo(Option<LogId>),
 }
 
 impl CommitNotices {
-    /// Whether an AppendEntries without entries carrying `commit` is
-    /// answered here instead of sent.
-    fn withhold(&mut self, commit: Option<LogId>) -> bool {
-        let withhold = commit != self.last_sent && !self.withheld && self.last_succeeded;
+    /// Whether an AppendEntries without entries, after `prev`, carrying
+    /// `commit`, is answered here instead of sent.
+    fn withhold(&mut self, prev: Option<LogId>, commit: Option<LogId>) -> bool {
+        let withhold =
+            commit != self.last_sent && !self.withheld && self.confirmed == Confirmed::UpTo(prev);
         if withhold {
             self.withheld = true;
         }
@@ -427,10 +440,13 @@ impl CommitNotices {
     fn sending(&mut self, commit: Option<LogId>) {
         self.withheld = false;
         self.last_sent = commit;
+        self.confirmed = Confirmed::Nothing;
     }
 
-    fn answered(&mut self, succeeded: bool) {
-        self.last_succeeded = succeeded;
+    /// The follower answered the call with success: it holds the log up
+    /// to `last` (the call's last entry, or its `prev_log_id`).
+    fn confirmed(&mut self, last: Option<LogId>) {
+        self.confirmed = Confirmed::UpTo(last);
     }
 }
 
@@ -602,15 +618,17 @@ impl<C: EntryFormat> RaftNetwork<C> for Peer<C> {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BrokerNode, RaftError<NodeId>>>
     {
-        let payload = append_payload(&self.group, &request)
-            .map_err(|e| RPCError::Network(NetworkError::new(&EncodeError(e))))?;
         let partition = !self.group.is_empty();
         if partition
             && request.entries.is_empty()
-            && self.commit_notices.withhold(request.leader_commit)
+            && self
+                .commit_notices
+                .withhold(request.prev_log_id, request.leader_commit)
         {
             return Ok(AppendEntriesResponse::Success);
         }
+        let payload = append_payload(&self.group, &request)
+            .map_err(|e| RPCError::Network(NetworkError::new(&EncodeError(e))))?;
         // The metadata group's heartbeats go alone: openraft times them,
         // not the partitions' clock, and none of the partitions' answers
         // should hold them up.
@@ -619,10 +637,17 @@ impl<C: EntryFormat> RaftNetwork<C> for Peer<C> {
         } else {
             Method::AppendEntries
         };
+        let last = request
+            .entries
+            .last()
+            .map_or(request.prev_log_id, |entry| Some(entry.log_id));
+        // Before the call: openraft may drop it at its time limit, and a
+        // call that was never answered confirms nothing.
         self.commit_notices.sending(request.leader_commit);
         let answer = self.call(method, payload, &option).await;
-        self.commit_notices
-            .answered(matches!(answer, Ok(AppendEntriesResponse::Success)));
+        if matches!(answer, Ok(AppendEntriesResponse::Success)) {
+            self.commit_notices.confirmed(last);
+        }
         answer
     }
 
@@ -852,27 +877,30 @@ mod tests {
     fn one_commit_notice_in_a_row_is_answered_here_after_a_success() {
         let mut notices = CommitNotices::default();
         notices.sending(Some(commit(1)));
-        notices.answered(true);
+        notices.confirmed(Some(commit(5)));
         assert!(
-            notices.withhold(Some(commit(2))),
-            "a new commit after a success"
+            notices.withhold(Some(commit(5)), Some(commit(2))),
+            "a new commit after the follower confirmed the notice's prev_log_id"
         );
         assert!(
-            !notices.withhold(Some(commit(2))),
+            !notices.withhold(Some(commit(5)), Some(commit(2))),
             "the next one, a heartbeat with the commit withheld, goes"
         );
         notices.sending(Some(commit(2)));
-        notices.answered(true);
+        notices.confirmed(Some(commit(5)));
         assert!(
-            !notices.withhold(Some(commit(2))),
+            !notices.withhold(Some(commit(5)), Some(commit(2))),
             "a heartbeat: nothing new"
         );
-        assert!(notices.withhold(Some(commit(3))));
-        notices.sending(Some(commit(3)));
-        notices.answered(false);
         assert!(
-            !notices.withhold(Some(commit(4))),
-            "after a failed call, the follower is asked"
+            !notices.withhold(Some(commit(4)), Some(commit(3))),
+            "a prev_log_id the follower did not confirm"
+        );
+        assert!(notices.withhold(Some(commit(5)), Some(commit(3))));
+        notices.sending(Some(commit(3)));
+        assert!(
+            !notices.withhold(Some(commit(5)), Some(commit(4))),
+            "the last call failed, or was given up unanswered"
         );
     }
 }
