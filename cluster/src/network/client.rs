@@ -357,8 +357,8 @@ pub struct Peer<C> {
     connector: Arc<dyn Connector>,
     /// Made at the first call, and again after a call that failed in
     /// transport: a connection whose peer restarted can stay open on our
-    /// side and swallow every request until it times out. (Taken again at
-    /// every call from a connector that shares its channels.)
+    /// side and swallow every request until it times out. (Not kept for a
+    /// connector that shares its channels: taken from it at every call.)
     client: Option<RaftServiceClient<Channel>>,
     /// Which AppendEntries without entries only tell of a new commit, and
     /// may be answered here (a partition group's).
@@ -549,17 +549,33 @@ impl<C: EntryFormat> Peer<C> {
             Err(payload) => {
                 // A connector that shares its channels is asked for the
                 // current one at every call, so that once a failed one is
-                // forgotten every group moves to the next at once.
-                if self.client.is_none() || self.connector.shares_channels() {
+                // forgotten every group moves to the next at once; and it
+                // is not kept between calls, so that a forgotten one closes
+                // once its calls are over (a group that only sends
+                // heartbeats, which are gathered, would hold it for good).
+                let mut this_call = None;
+                let client = if self.connector.shares_channels() {
                     match self.connector.channel(&self.address) {
-                        Ok(channel) => self.client = Some(crate::network::raft_client(channel)),
+                        Ok(channel) => this_call.insert(crate::network::raft_client(channel)),
                         Err(e) => {
                             return Err(unreachable(format!("the address is not usable: {e}")));
                         }
                     }
-                }
-                let Some(client) = self.client.as_mut() else {
-                    return Err(unreachable("no channel".to_owned()));
+                } else {
+                    if self.client.is_none() {
+                        match self.connector.channel(&self.address) {
+                            Ok(channel) => {
+                                self.client = Some(crate::network::raft_client(channel));
+                            }
+                            Err(e) => {
+                                return Err(unreachable(format!("the address is not usable: {e}")));
+                            }
+                        }
+                    }
+                    let Some(client) = self.client.as_mut() else {
+                        return Err(unreachable("no channel".to_owned()));
+                    };
+                    client
                 };
                 let call = peer_request(&*self.connector, payload, timeout);
                 match method {
@@ -845,6 +861,51 @@ mod tests {
             counting.made.load(Ordering::Relaxed),
             2,
             "the channel that swallowed the votes was replaced"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_channel_closes_although_a_peer_called_over_it() {
+        use tokio::io::AsyncReadExt as _;
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a listener");
+        let address = silent.local_addr().expect("its address").to_string();
+        // Reads each connection to its end, and says when the first ends.
+        let (closed, first_closed) = tokio::sync::oneshot::channel();
+        let reader = tokio::spawn(async move {
+            let (mut connection, _) = silent.accept().await.expect("a connection");
+            let mut buffer = [0u8; 4096];
+            while connection
+                .read(&mut buffer)
+                .await
+                .is_ok_and(|read| read > 0)
+            {}
+            let _ = closed.send(());
+        });
+        let shared: Arc<dyn Connector> =
+            Arc::new(SharedChannels::new(Arc::new(Counting::default())));
+        let mut network = Network::<crate::types::MetaRaftConfig>::new(shared.clone(), "");
+        let mut peer = network
+            .new_client(2, &BrokerNode::new(address.clone()))
+            .await;
+        let vote = VoteRequest::new(openraft::Vote::new(1, 1), None);
+        let call = peer.vote(vote, RPCOption::new(Duration::from_secs(1)));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), call)
+                .await
+                .is_err(),
+            "the silent peer answered"
+        );
+        shared.forget(&address);
+        // The peer stays, idle, as a replication stream's does between
+        // calls: it must not keep the connection open.
+        let outcome = tokio::time::timeout(Duration::from_secs(5), first_closed).await;
+        drop(peer);
+        reader.abort();
+        assert!(
+            matches!(outcome, Ok(Ok(()))),
+            "the forgotten channel's connection stayed open"
         );
     }
 
