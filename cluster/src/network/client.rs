@@ -62,9 +62,8 @@ pub trait Connector: Send + Sync + 'static {
     /// `address` ended otherwise (answered, or failed in transport).
     fn answered(&self, _address: &str) {}
 
-    /// Sends `payload`, a partition group's AppendEntries without entries
-    /// (a heartbeat, or the commit after a withheld notice; see
-    /// `CommitNotices`), together with other groups' to the same
+    /// Sends `payload`, an AppendEntries without entries that carries
+    /// nothing new (a heartbeat), together with other groups' to the same
     /// peer, when this connector gathers them; hands it back when it does
     /// not (the caller sends it alone). `timeout` bounds the call.
     fn gather(
@@ -341,7 +340,7 @@ impl<C: EntryFormat> RaftNetworkFactory<C> for Network<C> {
             group: self.group.clone(),
             connector: self.connector.clone(),
             client: None,
-            commit_notices: CommitNotices::default(),
+            last_commit_sent: None,
             calling: false,
             unanswered: 0,
             format: PhantomData,
@@ -360,9 +359,11 @@ pub struct Peer<C> {
     /// side and swallow every request until it times out. (Not kept for a
     /// connector that shares its channels: taken from it at every call.)
     client: Option<RaftServiceClient<Channel>>,
-    /// Which AppendEntries without entries only tell of a new commit, and
-    /// may be answered here (a partition group's).
-    commit_notices: CommitNotices,
+    /// The `leader_commit` of the last AppendEntries sent: one without
+    /// entries that carries the same is a heartbeat, which the connector
+    /// may send together with other groups'. (One that moves it goes at
+    /// once: the followers apply what it says is committed.)
+    last_commit_sent: Option<LogId>,
     /// A call is under way; still set when the next call starts if
     /// openraft dropped it at its time limit. (A connector that shares
     /// its channels counts such calls per peer instead, across groups and
@@ -385,70 +386,6 @@ const UNANSWERED_BEFORE_RECONNECT: u32 = 3;
 /// it sends again at once), not the transport's, whose error reads as an
 /// unreachable peer that openraft backs off from.
 const TRANSPORT_TIMEOUT_MARGIN: Duration = Duration::from_millis(100);
-
-/// openraft tells every follower of each new commit at once, in an
-/// AppendEntries without entries of its own, and sends that follower
-/// nothing else until it is answered: under load these notices were nearly
-/// half of the calls between brokers, and each put a round trip in front of
-/// the follower's next entries. A partition's followers need the commit
-/// only to apply what they hold (the leader answers producers), so the
-/// notice is answered here and the commit rides on the next call: the next
-/// entries, or at the latest the next heartbeat, which is sent (one notice
-/// in a row is withheld at most).
-///
-/// The answer given in the follower's place is success, and only to a
-/// notice whose `prev_log_id` the follower confirmed with success to the
-/// call just before (openraft's notices carry the follower's acknowledged
-/// position): it moves nothing in openraft but the time of this follower's
-/// last acknowledgement, and a notice follows a majority's acknowledgement
-/// of the entry it commits by no more than the leader's own fsync. After a
-/// call that failed, or that openraft gave up at its time limit, notices
-/// are sent.
-#[derive(Debug, Default)]
-struct CommitNotices {
-    /// The `leader_commit` of the last call sent.
-    last_sent: Option<LogId>,
-    /// The last AppendEntries was a notice answered here.
-    withheld: bool,
-    /// What the follower's answer to the last call sent confirmed.
-    confirmed: Confirmed,
-}
-
-#[derive(Debug, Default, PartialEq)]
-enum Confirmed {
-    /// That call is under way, failed, or was given up unanswered.
-    #[default]
-    Nothing,
-    /// It was answered with success: the follower holds the log up to
-    /// this id (`None`: an empty log).
-    UpTo(Option<LogId>),
-}
-
-impl CommitNotices {
-    /// Whether an AppendEntries without entries, after `prev`, carrying
-    /// `commit`, is answered here instead of sent.
-    fn withhold(&mut self, prev: Option<LogId>, commit: Option<LogId>) -> bool {
-        let withhold =
-            commit != self.last_sent && !self.withheld && self.confirmed == Confirmed::UpTo(prev);
-        if withhold {
-            self.withheld = true;
-        }
-        withhold
-    }
-
-    /// A call carrying `commit` goes out.
-    fn sending(&mut self, commit: Option<LogId>) {
-        self.withheld = false;
-        self.last_sent = commit;
-        self.confirmed = Confirmed::Nothing;
-    }
-
-    /// The follower answered the call with success: it holds the log up
-    /// to `last` (the call's last entry, or its `prev_log_id`).
-    fn confirmed(&mut self, last: Option<LogId>) {
-        self.confirmed = Confirmed::UpTo(last);
-    }
-}
 
 /// Tells a connector that shares its channels how a call ended: dropped
 /// before it ended, it was given up at openraft's time limit.
@@ -614,7 +551,7 @@ impl<C: EntryFormat> Peer<C> {
 #[derive(Debug, Clone, Copy)]
 enum Method {
     AppendEntries,
-    /// An AppendEntries of a partition group without entries.
+    /// An AppendEntries without entries that carries nothing new.
     Heartbeat,
     Vote,
     InstallSnapshot,
@@ -634,37 +571,22 @@ impl<C: EntryFormat> RaftNetwork<C> for Peer<C> {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BrokerNode, RaftError<NodeId>>>
     {
-        let partition = !self.group.is_empty();
-        if partition
-            && request.entries.is_empty()
-            && self
-                .commit_notices
-                .withhold(request.prev_log_id, request.leader_commit)
-        {
-            return Ok(AppendEntriesResponse::Success);
-        }
         let payload = append_payload(&self.group, &request)
             .map_err(|e| RPCError::Network(NetworkError::new(&EncodeError(e))))?;
+        let commit = request.leader_commit;
         // The metadata group's heartbeats go alone: openraft times them,
         // not the partitions' clock, and none of the partitions' answers
         // should hold them up.
-        let method = if request.entries.is_empty() && partition {
+        let method = if request.entries.is_empty()
+            && self.last_commit_sent == commit
+            && !self.group.is_empty()
+        {
             Method::Heartbeat
         } else {
             Method::AppendEntries
         };
-        let last = request
-            .entries
-            .last()
-            .map_or(request.prev_log_id, |entry| Some(entry.log_id));
-        // Before the call: openraft may drop it at its time limit, and a
-        // call that was never answered confirms nothing.
-        self.commit_notices.sending(request.leader_commit);
-        let answer = self.call(method, payload, &option).await;
-        if matches!(answer, Ok(AppendEntriesResponse::Success)) {
-            self.commit_notices.confirmed(last);
-        }
-        answer
+        self.last_commit_sent = commit;
+        self.call(method, payload, &option).await
     }
 
     async fn install_snapshot(
@@ -928,40 +850,5 @@ mod tests {
         }
         shared.channel(address).expect("a channel");
         assert_eq!(counting.made.load(Ordering::Relaxed), 2);
-    }
-
-    fn commit(index: u64) -> LogId {
-        openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), index)
-    }
-
-    #[test]
-    fn one_commit_notice_in_a_row_is_answered_here_after_a_success() {
-        let mut notices = CommitNotices::default();
-        notices.sending(Some(commit(1)));
-        notices.confirmed(Some(commit(5)));
-        assert!(
-            notices.withhold(Some(commit(5)), Some(commit(2))),
-            "a new commit after the follower confirmed the notice's prev_log_id"
-        );
-        assert!(
-            !notices.withhold(Some(commit(5)), Some(commit(2))),
-            "the next one, a heartbeat with the commit withheld, goes"
-        );
-        notices.sending(Some(commit(2)));
-        notices.confirmed(Some(commit(5)));
-        assert!(
-            !notices.withhold(Some(commit(5)), Some(commit(2))),
-            "a heartbeat: nothing new"
-        );
-        assert!(
-            !notices.withhold(Some(commit(4)), Some(commit(3))),
-            "a prev_log_id the follower did not confirm"
-        );
-        assert!(notices.withhold(Some(commit(5)), Some(commit(3))));
-        notices.sending(Some(commit(3)));
-        assert!(
-            !notices.withhold(Some(commit(5)), Some(commit(4))),
-            "the last call failed, or was given up unanswered"
-        );
     }
 }
