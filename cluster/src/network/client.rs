@@ -490,29 +490,22 @@ impl<C: EntryFormat> Peer<C> {
                 // is not kept between calls, so that a forgotten one closes
                 // once its calls are over (a group that only sends
                 // heartbeats, which are gathered, would hold it for good).
+                let shares = self.connector.shares_channels();
                 let mut this_call = None;
-                let client = if self.connector.shares_channels() {
-                    match self.connector.channel(&self.address) {
-                        Ok(channel) => this_call.insert(crate::network::raft_client(channel)),
-                        Err(e) => {
-                            return Err(unreachable(format!("the address is not usable: {e}")));
-                        }
+                if shares || self.client.is_none() {
+                    let channel = self
+                        .connector
+                        .channel(&self.address)
+                        .map_err(|e| unreachable(format!("the address is not usable: {e}")))?;
+                    let client = crate::network::raft_client(channel);
+                    if shares {
+                        this_call = Some(client);
+                    } else {
+                        self.client = Some(client);
                     }
-                } else {
-                    if self.client.is_none() {
-                        match self.connector.channel(&self.address) {
-                            Ok(channel) => {
-                                self.client = Some(crate::network::raft_client(channel));
-                            }
-                            Err(e) => {
-                                return Err(unreachable(format!("the address is not usable: {e}")));
-                            }
-                        }
-                    }
-                    let Some(client) = self.client.as_mut() else {
-                        return Err(unreachable("no channel".to_owned()));
-                    };
-                    client
+                }
+                let Some(client) = this_call.as_mut().or(self.client.as_mut()) else {
+                    return Err(unreachable("no channel".to_owned()));
                 };
                 let call = peer_request(&*self.connector, payload, timeout);
                 match method {
